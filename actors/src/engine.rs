@@ -1,0 +1,552 @@
+//! The engine: runs a request's attempt plan against the providers, coalesces identical
+//! requests, and turns each request into exactly one recorded run.
+//!
+//! Upstream I/O runs here, in the request's own task on its HTTP worker, never inside an actor's
+//! mailbox turn. Actors are told what happened (provider outcomes, finished runs) with
+//! non-blocking sends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::Addr;
+use arc_swap::ArcSwap;
+use uuid::Uuid;
+
+use crate::cache::{is_cacheable, Cache, CacheKey, Join};
+use crate::catalog::{Catalog, Prices};
+use crate::completion::{Completion, CompletionAccumulator, StreamEvent, Usage};
+use crate::error::{AttemptSummary, ErrorKind, GatewayError};
+use crate::provider::actor::{Admission, AttemptOutcome};
+use crate::provider::{EventStream, UpstreamRequest};
+use crate::recorder::metrics::Metrics;
+use crate::recorder::run::{feedback_token, CacheStatus, RunRecord, RunStatus};
+use crate::recorder::store::RunStore;
+use crate::recorder::{Record, Recorder};
+use crate::router::{FallbackPlan, PlannedAttempt, ProviderRegistry};
+use crate::wire::ChatRequest;
+
+/// Everything the request path needs. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    pub providers: Arc<ProviderRegistry>,
+    pub catalog: Arc<ArcSwap<Catalog>>,
+    pub cache: Cache,
+    pub recorder: Addr<Recorder>,
+    pub store: RunStore,
+    pub metrics: Metrics,
+    /// Base of the web UI links put on each choice.
+    pub public_url: Arc<str>,
+}
+
+/// A successful answer, shared with coalesced followers.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub completion: Completion,
+    /// Catalog id of the model that answered.
+    pub model: String,
+    pub provider: String,
+    pub provider_model: String,
+    pub cost_usd: f64,
+    pub attempts: Vec<AttemptSummary>,
+    /// The run that called the provider.
+    pub run_id: Uuid,
+}
+
+/// What is known of a run before it is executed.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub run_id: Uuid,
+    pub tenant: String,
+    pub agent: String,
+    pub requested_model: String,
+    pub version_id: Option<String>,
+    pub stream: bool,
+    pub started: Instant,
+    pub created_at: SystemTime,
+    pub request: Option<serde_json::Value>,
+    pub input: Option<serde_json::Value>,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    pub feedback_token: String,
+}
+
+impl RunContext {
+    pub fn new(tenant: &str, agent: &str, requested_model: &str, stream: bool) -> RunContext {
+        let run_id = Uuid::now_v7();
+        RunContext {
+            run_id,
+            tenant: tenant.to_string(),
+            agent: agent.to_string(),
+            requested_model: requested_model.to_string(),
+            version_id: None,
+            stream,
+            started: Instant::now(),
+            created_at: SystemTime::now(),
+            request: None,
+            input: None,
+            metadata: None,
+            feedback_token: feedback_token(run_id),
+        }
+    }
+
+    /// `<agent>/<run_id>`, the response `id`.
+    pub fn response_id(&self) -> String {
+        format!("{}/{}", self.agent, self.run_id)
+    }
+
+    pub fn created_unix(&self) -> u64 {
+        self.created_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}
+
+/// Guarantees one run record per request: finish it with a result, or dropping it (the client
+/// went away) records a cancelled run with whatever was produced and what it cost.
+pub struct RunGuard {
+    gateway: Gateway,
+    pub ctx: RunContext,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub provider_model: Option<String>,
+    prices: Prices,
+    pub attempts: Vec<AttemptSummary>,
+    pub cache: CacheStatus,
+    pub source_run_id: Option<Uuid>,
+    /// Streamed output so far.
+    accumulator: CompletionAccumulator,
+    /// A streaming attempt still open, to report to its provider when the stream ends.
+    open_attempt: Option<OpenAttempt>,
+    recorded: bool,
+}
+
+struct OpenAttempt {
+    planned: PlannedAttempt,
+    admission: Admission,
+    started: Instant,
+    index: usize,
+}
+
+impl RunGuard {
+    pub fn new(gateway: Gateway, ctx: RunContext) -> RunGuard {
+        RunGuard {
+            gateway,
+            ctx,
+            model: None,
+            provider: None,
+            provider_model: None,
+            prices: Prices::default(),
+            attempts: Vec::new(),
+            cache: CacheStatus::Bypass,
+            source_run_id: None,
+            accumulator: CompletionAccumulator::default(),
+            open_attempt: None,
+            recorded: false,
+        }
+    }
+
+    pub fn duration_seconds(&self) -> f64 {
+        self.ctx.started.elapsed().as_secs_f64()
+    }
+
+    fn record(
+        &mut self,
+        status: RunStatus,
+        output: Option<Completion>,
+        cost_usd: f64,
+        error: Option<&GatewayError>,
+    ) {
+        if self.recorded {
+            return;
+        }
+        self.recorded = true;
+        let usage = output.as_ref().map(|c| c.usage).unwrap_or_default();
+        let run = RunRecord {
+            id: self.ctx.run_id,
+            tenant: self.ctx.tenant.clone(),
+            agent: self.ctx.agent.clone(),
+            created_at: humantime::format_rfc3339_millis(self.ctx.created_at).to_string(),
+            status,
+            requested_model: self.ctx.requested_model.clone(),
+            model: self.model.clone(),
+            provider: self.provider.clone(),
+            provider_model: self.provider_model.clone(),
+            version_id: self.ctx.version_id.clone(),
+            stream: self.ctx.stream,
+            request: self.ctx.request.take(),
+            input: self.ctx.input.take(),
+            output,
+            attempts: std::mem::take(&mut self.attempts),
+            usage,
+            cost_usd,
+            duration_seconds: self.duration_seconds(),
+            cache: self.cache,
+            error: error.map(|e| e.body()),
+            metadata: self.ctx.metadata.take(),
+            feedback_token: self.ctx.feedback_token.clone(),
+            source_run_id: self.source_run_id,
+        };
+        self.gateway.recorder.do_send(Record(Box::new(run)));
+    }
+
+    /// Records a failed run; returns the error with the attempts as its details.
+    pub fn fail(mut self, mut error: GatewayError) -> GatewayError {
+        if error.attempts.is_empty() {
+            error.attempts = self.attempts.clone();
+        }
+        let output = {
+            let acc = std::mem::take(&mut self.accumulator);
+            let c = acc.finish();
+            (!c.choices.is_empty()).then_some(c)
+        };
+        let cost = output
+            .as_ref()
+            .map(|c| c.usage.cost_usd(&self.prices))
+            .unwrap_or(0.0);
+        self.close_attempt(Some(error.kind));
+        self.record(RunStatus::Error, output, cost, Some(&error));
+        error
+    }
+
+    /// Records a successful non-streamed run.
+    pub fn succeed(mut self, answer: &Answer, cost_usd: f64) {
+        self.model = Some(answer.model.clone());
+        self.provider = Some(answer.provider.clone());
+        self.provider_model = Some(answer.provider_model.clone());
+        self.record(
+            RunStatus::Success,
+            Some(answer.completion.clone()),
+            cost_usd,
+            None,
+        );
+    }
+
+    // ---- streaming ----
+
+    /// Adds a streamed event to the run's output.
+    pub fn push_event(&mut self, event: &StreamEvent) {
+        self.accumulator.push(event);
+    }
+
+    /// The cost of the streamed usage so far.
+    pub fn streamed_cost(&self) -> f64 {
+        self.accumulator
+            .usage
+            .map(|u| u.cost_usd(&self.prices))
+            .unwrap_or(0.0)
+    }
+
+    pub fn streamed_usage(&self) -> Usage {
+        self.accumulator.usage.unwrap_or_default()
+    }
+
+    fn close_attempt(&mut self, error: Option<ErrorKind>) {
+        if let Some(open) = self.open_attempt.take() {
+            let elapsed = open.started.elapsed();
+            if let Some(summary) = self.attempts.get_mut(open.index) {
+                summary.duration_seconds = elapsed.as_secs_f64();
+                if let Some(kind) = error {
+                    summary.error = Some(kind.metric_label().to_string());
+                }
+            }
+            report(&open.planned, open.admission, error, elapsed);
+        }
+    }
+
+    /// Records a stream that ended well.
+    pub fn finish_stream(mut self) {
+        self.close_attempt(None);
+        let completion = std::mem::take(&mut self.accumulator).finish();
+        let cost = completion.usage.cost_usd(&self.prices);
+        self.record(RunStatus::Success, Some(completion), cost, None);
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        if self.recorded {
+            return;
+        }
+        self.close_attempt(Some(ErrorKind::Cancelled));
+        let completion = std::mem::take(&mut self.accumulator).finish();
+        let cost = completion.usage.cost_usd(&self.prices);
+        let output = (!completion.choices.is_empty()).then_some(completion);
+        let error = GatewayError::new(ErrorKind::Cancelled, "the client closed the connection");
+        self.record(RunStatus::Cancelled, output, cost, Some(&error));
+    }
+}
+
+/// Tells a provider actor how a call went, without waiting; a full mailbox only loses a sample.
+fn report(planned: &PlannedAttempt, admission: Admission, error: Option<ErrorKind>, d: Duration) {
+    let outcome = AttemptOutcome {
+        error,
+        latency: d,
+        probe: admission == Admission::Probe,
+    };
+    if planned.provider.actor.try_send(outcome).is_err() {
+        tracing::debug!(provider = planned.provider.name(), "provider mailbox full");
+    }
+}
+
+fn summary(planned: &PlannedAttempt, previous: Option<&GatewayError>) -> AttemptSummary {
+    AttemptSummary {
+        provider: planned.provider.name().to_string(),
+        model: planned.offer.model.clone(),
+        status: None,
+        error: None,
+        duration_seconds: 0.0,
+        reason: match (planned.reason, previous) {
+            (Some(reason), Some(e)) => Some(format!("{reason} after {}", e.kind.metric_label())),
+            (Some(reason), None) => Some(reason.to_string()),
+            (None, _) => None,
+        },
+    }
+}
+
+/// The error once every attempt failed or was skipped.
+fn exhausted(
+    last: Option<GatewayError>,
+    attempts: &[AttemptSummary],
+    skipped: &[String],
+) -> GatewayError {
+    let mut error = match last {
+        Some(e) => e,
+        None => GatewayError::new(
+            ErrorKind::NoProviderAvailable,
+            format!(
+                "every provider for this model has its circuit open: {}",
+                skipped.join(", ")
+            ),
+        )
+        .with_retry_after(Some(Duration::from_secs(1))),
+    };
+    error.attempts = attempts.to_vec();
+    error
+}
+
+/// A stream whose first event has arrived: the provider is committed.
+pub struct LiveStream {
+    pub first: StreamEvent,
+    pub rest: EventStream,
+    pub model: String,
+}
+
+impl Gateway {
+    /// Runs a non-streaming request to the end: coalesced with identical in-flight requests when
+    /// the cache applies, otherwise straight through the plan.
+    pub async fn complete(
+        &self,
+        guard: &mut RunGuard,
+        plan: &FallbackPlan,
+        request: &ChatRequest,
+    ) -> Result<Arc<Answer>, GatewayError> {
+        if !is_cacheable(request) {
+            return self.execute(guard, plan, request).await.map(Arc::new);
+        }
+        let key = CacheKey::new(&guard.ctx.tenant, &guard.ctx.agent, request);
+        match self.cache.join(key).await? {
+            Join::Lead => {
+                guard.cache = CacheStatus::Miss;
+                let leadership = self.cache.leader(key);
+                let result = self.execute(guard, plan, request).await.map(Arc::new);
+                leadership.complete(result.clone());
+                result
+            }
+            Join::Follow(rx) => match rx.await {
+                Ok(Ok(answer)) => {
+                    self.metrics.coalesced.inc();
+                    guard.cache = CacheStatus::Coalesced;
+                    guard.source_run_id = Some(answer.run_id);
+                    Ok(answer)
+                }
+                // The leader went away: do the work ourselves.
+                Ok(Err(e)) if e.kind == ErrorKind::Cancelled => {
+                    self.execute(guard, plan, request).await.map(Arc::new)
+                }
+                Ok(Err(e)) => {
+                    guard.cache = CacheStatus::Coalesced;
+                    Err(e)
+                }
+                Err(_) => self.execute(guard, plan, request).await.map(Arc::new),
+            },
+        }
+    }
+
+    /// Tries the plan's attempts in order until one answers or an error should not fall back.
+    async fn execute(
+        &self,
+        guard: &mut RunGuard,
+        plan: &FallbackPlan,
+        request: &ChatRequest,
+    ) -> Result<Answer, GatewayError> {
+        let mut last: Option<GatewayError> = None;
+        let mut skipped = Vec::new();
+        for planned in &plan.attempts {
+            let admission = planned.provider.health.admit();
+            if admission == Admission::Refused {
+                skipped.push(planned.provider.name().to_string());
+                continue;
+            }
+            let mut attempt = summary(planned, last.as_ref());
+            guard.model = Some(planned.model.id.clone());
+            guard.provider = Some(planned.provider.name().to_string());
+            guard.provider_model = Some(planned.offer.model.clone());
+            guard.prices = planned.offer.prices;
+            let call = UpstreamRequest {
+                request,
+                model: &planned.offer.model,
+                reasoning_effort: planned.reasoning_effort.as_deref(),
+            };
+            let started = Instant::now();
+            let total = planned.provider.settings.timeouts.total();
+            let result =
+                match tokio::time::timeout(total, planned.provider.client.complete(call)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(GatewayError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "provider `{}` did not answer within {:.1}s",
+                            planned.provider.name(),
+                            total.as_secs_f64()
+                        ),
+                    )),
+                };
+            let elapsed = started.elapsed();
+            report(
+                planned,
+                admission,
+                result.as_ref().err().map(|e| e.kind),
+                elapsed,
+            );
+            attempt.duration_seconds = elapsed.as_secs_f64();
+            match result {
+                Ok(completion) => {
+                    attempt.status = Some(200);
+                    guard.attempts.push(attempt);
+                    let cost_usd = completion.usage.cost_usd(&planned.offer.prices);
+                    return Ok(Answer {
+                        completion,
+                        model: planned.model.id.clone(),
+                        provider: planned.provider.name().to_string(),
+                        provider_model: planned.offer.model.clone(),
+                        cost_usd,
+                        attempts: guard.attempts.clone(),
+                        run_id: guard.ctx.run_id,
+                    });
+                }
+                Err(error) => {
+                    attempt.status = error.upstream_status;
+                    attempt.error = Some(error.kind.metric_label().to_string());
+                    guard.attempts.push(attempt);
+                    tracing::warn!(
+                        provider = planned.provider.name(),
+                        model = %planned.offer.model,
+                        error = %error,
+                        "attempt failed"
+                    );
+                    let fallback = error.should_fallback();
+                    last = Some(error);
+                    if !fallback {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(exhausted(last, &guard.attempts, &skipped))
+    }
+
+    /// Opens a stream on the first attempt of the plan that delivers a first event. Failures
+    /// before that are invisible to the client: the next attempt is tried.
+    pub async fn open_stream(
+        &self,
+        guard: &mut RunGuard,
+        plan: &FallbackPlan,
+        request: &ChatRequest,
+    ) -> Result<LiveStream, GatewayError> {
+        use futures::StreamExt;
+
+        let mut last: Option<GatewayError> = None;
+        let mut skipped = Vec::new();
+        for planned in &plan.attempts {
+            let admission = planned.provider.health.admit();
+            if admission == Admission::Refused {
+                skipped.push(planned.provider.name().to_string());
+                continue;
+            }
+            let mut attempt = summary(planned, last.as_ref());
+            let call = UpstreamRequest {
+                request,
+                model: &planned.offer.model,
+                reasoning_effort: planned.reasoning_effort.as_deref(),
+            };
+            let started = Instant::now();
+            let first_byte = planned.provider.settings.timeouts.first_byte();
+            let opened = tokio::time::timeout(first_byte, async {
+                let mut stream = planned.provider.client.stream(call).await?;
+                match stream.next().await {
+                    Some(Ok(first)) => Ok((first, stream)),
+                    Some(Err(e)) => Err(e),
+                    None => Err(GatewayError::new(
+                        ErrorKind::UpstreamMalformed,
+                        format!(
+                            "provider `{}` sent an empty stream",
+                            planned.provider.name()
+                        ),
+                    )),
+                }
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(GatewayError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "provider `{}` sent nothing within {:.1}s",
+                        planned.provider.name(),
+                        first_byte.as_secs_f64()
+                    ),
+                ))
+            });
+            match opened {
+                Ok((first, rest)) => {
+                    attempt.status = Some(200);
+                    guard.attempts.push(attempt);
+                    guard.model = Some(planned.model.id.clone());
+                    guard.provider = Some(planned.provider.name().to_string());
+                    guard.provider_model = Some(planned.offer.model.clone());
+                    guard.prices = planned.offer.prices;
+                    guard.open_attempt = Some(OpenAttempt {
+                        planned: planned.clone(),
+                        admission,
+                        started,
+                        index: guard.attempts.len() - 1,
+                    });
+                    return Ok(LiveStream {
+                        first,
+                        rest,
+                        model: planned.model.id.clone(),
+                    });
+                }
+                Err(error) => {
+                    let elapsed = started.elapsed();
+                    report(planned, admission, Some(error.kind), elapsed);
+                    attempt.duration_seconds = elapsed.as_secs_f64();
+                    attempt.status = error.upstream_status;
+                    attempt.error = Some(error.kind.metric_label().to_string());
+                    guard.attempts.push(attempt);
+                    tracing::warn!(
+                        provider = planned.provider.name(),
+                        model = %planned.offer.model,
+                        error = %error,
+                        "stream attempt failed before its first event"
+                    );
+                    let fallback = error.should_fallback();
+                    last = Some(error);
+                    if !fallback {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(exhausted(last, &guard.attempts, &skipped))
+    }
+}

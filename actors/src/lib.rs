@@ -1,0 +1,19 @@
+//! flowgate's actors and the engine they run: wire types, provider adapters, routing, cache,
+//! recorder. The HTTP edge (the `flowgate` binary) parses and validates requests and hands them
+//! to these.
+#![deny(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod breaker;
+pub mod cache;
+pub mod catalog;
+pub mod completion;
+pub mod engine;
+pub mod error;
+pub mod model_ref;
+pub mod provider;
+pub mod recorder;
+pub mod router;
+pub mod supervisor;
+pub mod version;
+pub mod wire;

@@ -1,0 +1,346 @@
+//! The provider actor: owns one provider's circuit breaker and health figures, and publishes them
+//! on a [`HealthBoard`] that the request path reads without waiting on the mailbox.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::breaker::{BreakerSettings, CircuitBreaker, CircuitState};
+use crate::error::ErrorKind;
+use crate::recorder::metrics::Metrics;
+
+/// Time source, injectable so breaker transitions can be tested without sleeping.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Instant;
+}
+
+/// The real clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// What readers see of a provider's health.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthSnapshot {
+    pub state: CircuitState,
+    /// Failures among the last outcomes (up to [`WINDOW`]).
+    pub error_rate: f64,
+    /// Exponentially weighted mean latency of successful calls.
+    pub latency_seconds: Option<f64>,
+    pub requests_total: u64,
+    pub failures_total: u64,
+    /// Seconds until an open circuit lets a probe through.
+    pub retry_in_seconds: Option<f64>,
+}
+
+/// Outcomes kept for the error rate.
+pub const WINDOW: usize = 100;
+
+/// Published health of one provider: a snapshot swapped atomically, and the probe permits of a
+/// half-open circuit.
+#[derive(Debug)]
+pub struct HealthBoard {
+    snapshot: ArcSwap<HealthSnapshot>,
+    probe_permits: AtomicU32,
+}
+
+/// The request path's answer from [`HealthBoard::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Circuit closed: go.
+    Admitted,
+    /// Circuit half-open and a probe permit was taken: go, and report the outcome.
+    Probe,
+    /// Circuit open: skip this provider.
+    Refused,
+}
+
+impl HealthBoard {
+    fn new() -> Self {
+        HealthBoard {
+            snapshot: ArcSwap::from_pointee(HealthSnapshot {
+                state: CircuitState::Closed,
+                error_rate: 0.0,
+                latency_seconds: None,
+                requests_total: 0,
+                failures_total: 0,
+                retry_in_seconds: None,
+            }),
+            probe_permits: AtomicU32::new(0),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<HealthSnapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn state(&self) -> CircuitState {
+        self.snapshot.load().state
+    }
+
+    /// Lock-free admission check for the request path.
+    pub fn admit(&self) -> Admission {
+        match self.snapshot.load().state {
+            CircuitState::Closed => Admission::Admitted,
+            CircuitState::Open | CircuitState::HalfOpen => {
+                let taken = self
+                    .probe_permits
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1))
+                    .is_ok();
+                if taken {
+                    Admission::Probe
+                } else {
+                    Admission::Refused
+                }
+            }
+        }
+    }
+}
+
+/// The result of one upstream call, reported by the request path.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct AttemptOutcome {
+    /// `None` on success.
+    pub error: Option<ErrorKind>,
+    pub latency: Duration,
+    /// The call held a half-open probe permit.
+    pub probe: bool,
+}
+
+/// Re-evaluates time-driven transitions (open → half-open). Sent by the actor's own timer.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Tick;
+
+pub struct ProviderActor {
+    name: String,
+    breaker: CircuitBreaker,
+    settings: BreakerSettings,
+    board: Arc<HealthBoard>,
+    clock: Arc<dyn Clock>,
+    metrics: Metrics,
+    window: VecDeque<bool>,
+    latency_ewma: Option<f64>,
+    requests_total: u64,
+    failures_total: u64,
+}
+
+impl ProviderActor {
+    pub fn new(
+        name: String,
+        settings: BreakerSettings,
+        clock: Arc<dyn Clock>,
+        metrics: Metrics,
+    ) -> (ProviderActor, Arc<HealthBoard>) {
+        let board = Arc::new(HealthBoard::new());
+        metrics.circuit_state.with_label_values(&[&name]).set(0);
+        let actor = ProviderActor {
+            name,
+            breaker: CircuitBreaker::new(settings),
+            settings,
+            board: board.clone(),
+            clock,
+            metrics,
+            window: VecDeque::with_capacity(WINDOW),
+            latency_ewma: None,
+            requests_total: 0,
+            failures_total: 0,
+        };
+        (actor, board)
+    }
+
+    fn transitioned(&mut self, to: Option<CircuitState>, ctx: &mut Context<Self>) {
+        let Some(to) = to else { return };
+        tracing::info!(provider = %self.name, to = to.as_str(), "circuit transition");
+        self.metrics
+            .circuit_transitions
+            .with_label_values(&[&self.name, to.as_str()])
+            .inc();
+        self.metrics
+            .circuit_state
+            .with_label_values(&[&self.name])
+            .set(to.gauge());
+        match to {
+            CircuitState::HalfOpen => self
+                .board
+                .probe_permits
+                .store(self.settings.half_open_probes, Ordering::Release),
+            CircuitState::Open => {
+                self.board.probe_permits.store(0, Ordering::Release);
+                // Wake up when the cool-down ends to move to half-open.
+                ctx.run_later(self.settings.cooldown, |_, ctx| ctx.notify(Tick));
+            }
+            CircuitState::Closed => self.board.probe_permits.store(0, Ordering::Release),
+        }
+    }
+
+    fn publish(&self) {
+        let failures = self.window.iter().filter(|ok| !**ok).count();
+        let now = self.clock.now();
+        self.board.snapshot.store(Arc::new(HealthSnapshot {
+            state: self.breaker.state(),
+            error_rate: if self.window.is_empty() {
+                0.0
+            } else {
+                failures as f64 / self.window.len() as f64
+            },
+            latency_seconds: self.latency_ewma,
+            requests_total: self.requests_total,
+            failures_total: self.failures_total,
+            retry_in_seconds: self
+                .breaker
+                .retry_at()
+                .map(|at| at.saturating_duration_since(now).as_secs_f64()),
+        }));
+    }
+}
+
+impl Actor for ProviderActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(4096);
+    }
+}
+
+impl Handler<AttemptOutcome> for ProviderActor {
+    type Result = ();
+
+    fn handle(&mut self, outcome: AttemptOutcome, ctx: &mut Self::Context) {
+        let now = self.clock.now();
+        let tick = self.breaker.tick(now);
+        self.transitioned(tick, ctx);
+        self.requests_total += 1;
+        let failed = outcome.error.is_some_and(|k| k.is_provider_failure());
+        let transition = match outcome.error {
+            None => {
+                let latency = outcome.latency.as_secs_f64();
+                self.latency_ewma = Some(match self.latency_ewma {
+                    None => latency,
+                    Some(mean) => mean * 0.9 + latency * 0.1,
+                });
+                self.breaker.on_success(now)
+            }
+            Some(_) if failed => {
+                self.failures_total += 1;
+                self.breaker.on_failure(now)
+            }
+            Some(_) => {
+                // Not the provider's fault (e.g. a 400 the user caused): give the probe back.
+                if outcome.probe && self.breaker.state() == CircuitState::HalfOpen {
+                    self.board.probe_permits.fetch_add(1, Ordering::AcqRel);
+                }
+                None
+            }
+        };
+        if self.window.len() == WINDOW {
+            self.window.pop_front();
+        }
+        self.window.push_back(!failed);
+        self.transitioned(transition, ctx);
+        self.publish();
+    }
+}
+
+impl Handler<Tick> for ProviderActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Tick, ctx: &mut Self::Context) {
+        let now = self.clock.now();
+        let transition = self.breaker.tick(now);
+        self.transitioned(transition, ctx);
+        self.publish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct ManualClock(Mutex<Instant>);
+
+    impl Clock for ManualClock {
+        fn now(&self) -> Instant {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    #[actix_rt::test]
+    async fn breaker_opens_refuses_probes_and_closes_on_manual_clock() {
+        let clock = Arc::new(ManualClock(Mutex::new(Instant::now())));
+        let settings = BreakerSettings {
+            failure_threshold: 2,
+            // Long enough that the actor's own timer never fires during the test.
+            cooldown: Duration::from_secs(3600),
+            half_open_probes: 1,
+        };
+        let (actor, board) =
+            ProviderActor::new("p".into(), settings, clock.clone(), Metrics::new().unwrap());
+        let addr = actor.start();
+        let failure = AttemptOutcome {
+            error: Some(ErrorKind::UpstreamServer),
+            latency: Duration::from_millis(5),
+            probe: false,
+        };
+        addr.send(failure).await.unwrap();
+        assert_eq!(board.admit(), Admission::Admitted);
+        addr.send(failure).await.unwrap();
+        assert_eq!(board.state(), CircuitState::Open);
+        assert_eq!(board.admit(), Admission::Refused);
+
+        // Cool-down passes on the manual clock.
+        *clock.0.lock().unwrap() += Duration::from_secs(3601);
+        addr.send(Tick).await.unwrap();
+        assert_eq!(board.state(), CircuitState::HalfOpen);
+        assert_eq!(board.admit(), Admission::Probe);
+        assert_eq!(board.admit(), Admission::Refused, "one probe at a time");
+
+        addr.send(AttemptOutcome {
+            error: None,
+            latency: Duration::from_millis(5),
+            probe: true,
+        })
+        .await
+        .unwrap();
+        assert_eq!(board.state(), CircuitState::Closed);
+        assert_eq!(board.admit(), Admission::Admitted);
+        let snapshot = board.snapshot();
+        assert_eq!(snapshot.requests_total, 3);
+        assert_eq!(snapshot.failures_total, 2);
+    }
+
+    #[actix_rt::test]
+    async fn client_errors_do_not_open_the_circuit() {
+        let settings = BreakerSettings {
+            failure_threshold: 1,
+            ..BreakerSettings::default()
+        };
+        let (actor, board) = ProviderActor::new(
+            "p".into(),
+            settings,
+            Arc::new(SystemClock),
+            Metrics::new().unwrap(),
+        );
+        let addr = actor.start();
+        addr.send(AttemptOutcome {
+            error: Some(ErrorKind::UpstreamBadRequest),
+            latency: Duration::from_millis(1),
+            probe: false,
+        })
+        .await
+        .unwrap();
+        assert_eq!(board.state(), CircuitState::Closed);
+    }
+}

@@ -1,0 +1,149 @@
+//! The Prometheus registry and every `flowgate_*` metric. Owned by the recorder; other actors
+//! hold a clone of the handles (prometheus metrics are atomic, so updates never queue).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Handles to every metric. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by outcome code (`ok` or the error's metric label) and cache status.
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    /// Upstream calls, by provider and outcome.
+    pub upstream_attempts: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub cost_usd: prometheus::CounterVec,
+    pub tokens: IntCounterVec,
+    pub runs_recorded: IntCounter,
+    pub recorder_errors: IntCounter,
+    pub recorder_write_seconds: Histogram,
+    pub circuit_state: IntGaugeVec,
+    pub circuit_transitions: IntCounterVec,
+    pub coalesced: IntCounter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "flowgate_requests_total",
+                "Chat completion requests answered",
+            ),
+            &["code", "stream"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "flowgate_request_duration_seconds",
+                "Time from request to the end of the answer",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["stream"],
+        )?;
+        let upstream_attempts = IntCounterVec::new(
+            Opts::new("flowgate_upstream_attempts_total", "Upstream calls"),
+            &["provider", "outcome"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "flowgate_upstream_duration_seconds",
+                "Duration of upstream calls",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider"],
+        )?;
+        let cost_usd = prometheus::CounterVec::new(
+            Opts::new(
+                "flowgate_cost_usd_total",
+                "Cost of upstream calls in US dollars",
+            ),
+            &["provider"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new("flowgate_tokens_total", "Tokens used"),
+            &["provider", "kind"],
+        )?;
+        let runs_recorded =
+            IntCounter::new("flowgate_runs_recorded_total", "Runs written to the store")?;
+        let recorder_errors = IntCounter::new(
+            "flowgate_recorder_errors_total",
+            "Runs the recorder failed to write",
+        )?;
+        let recorder_write_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "flowgate_recorder_write_seconds",
+                "Time to write one run to the store",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "flowgate_circuit_state",
+                "Circuit state per provider: 0 closed, 1 open, 2 half-open",
+            ),
+            &["provider"],
+        )?;
+        let circuit_transitions = IntCounterVec::new(
+            Opts::new(
+                "flowgate_circuit_transitions_total",
+                "Circuit breaker transitions",
+            ),
+            &["provider", "to"],
+        )?;
+        let coalesced = IntCounter::new(
+            "flowgate_cache_coalesced_total",
+            "Requests answered by an identical in-flight request",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_attempts.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(cost_usd.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(runs_recorded.clone()))?;
+        registry.register(Box::new(recorder_errors.clone()))?;
+        registry.register(Box::new(recorder_write_seconds.clone()))?;
+        registry.register(Box::new(circuit_state.clone()))?;
+        registry.register(Box::new(circuit_transitions.clone()))?;
+        registry.register(Box::new(coalesced.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_attempts,
+            upstream_duration,
+            cost_usd,
+            tokens,
+            runs_recorded,
+            recorder_errors,
+            recorder_write_seconds,
+            circuit_state,
+            circuit_transitions,
+            coalesced,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

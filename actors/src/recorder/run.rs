@@ -1,0 +1,113 @@
+//! The run record: one request through the gateway, as stored and as the admin API shows it.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::completion::{Completion, Usage};
+use crate::error::AttemptSummary;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Success,
+    Error,
+    /// The client went away; `output` holds what had been streamed.
+    Cancelled,
+}
+
+/// How the cache took part in the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheStatus {
+    /// The cache was not consulted (`use_cache` said no).
+    Bypass,
+    Miss,
+    Hit,
+    /// Answered by an identical request in flight at the same time.
+    Coalesced,
+}
+
+impl CacheStatus {
+    /// The `x-flowgate-cache` header value.
+    pub fn header(self) -> &'static str {
+        match self {
+            CacheStatus::Hit | CacheStatus::Coalesced => "hit",
+            CacheStatus::Miss | CacheStatus::Bypass => "miss",
+        }
+    }
+}
+
+/// One run, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: Uuid,
+    pub tenant: String,
+    pub agent: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub status: RunStatus,
+    /// The `model` string as the client sent it.
+    pub requested_model: String,
+    /// The catalog model that answered (or was planned).
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub provider_model: Option<String>,
+    pub version_id: Option<String>,
+    pub stream: bool,
+    /// The request body (messages and parameters), as received.
+    pub request: Option<serde_json::Value>,
+    pub input: Option<serde_json::Value>,
+    pub output: Option<Completion>,
+    pub attempts: Vec<AttemptSummary>,
+    pub usage: Usage,
+    /// Every upstream call of the run, retries included.
+    pub cost_usd: f64,
+    pub duration_seconds: f64,
+    pub cache: CacheStatus,
+    /// The OpenAI error body the client received.
+    pub error: Option<serde_json::Value>,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    pub feedback_token: String,
+    /// For cache hits and coalesced runs: the run whose answer was reused.
+    pub source_run_id: Option<Uuid>,
+}
+
+/// What run listings show of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub id: Uuid,
+    pub agent: String,
+    pub created_at: String,
+    pub status: RunStatus,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub cost_usd: f64,
+    pub duration_seconds: f64,
+    pub cache: CacheStatus,
+}
+
+impl From<&RunRecord> for RunSummary {
+    fn from(r: &RunRecord) -> Self {
+        RunSummary {
+            id: r.id,
+            agent: r.agent.clone(),
+            created_at: r.created_at.clone(),
+            status: r.status,
+            model: r.model.clone(),
+            provider: r.provider.clone(),
+            cost_usd: r.cost_usd,
+            duration_seconds: r.duration_seconds,
+            cache: r.cache,
+        }
+    }
+}
+
+/// A fresh feedback token for a run: the run id and a random secret.
+pub fn feedback_token(run_id: Uuid) -> String {
+    format!(
+        "{}.{:016x}{:016x}",
+        run_id,
+        fastrand::u64(..),
+        fastrand::u64(..)
+    )
+}

@@ -1,0 +1,155 @@
+//! The supervisor: starts every actor from the compiled config, restarts the ones that stop,
+//! and drains them on shutdown.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use arc_swap::ArcSwap;
+
+use crate::cache::Cache;
+use crate::catalog::Catalog;
+use crate::engine::Gateway;
+use crate::provider::actor::{Clock, SystemClock};
+use crate::provider::{ProviderActor, ProviderClient, ProviderHandle, ProviderSettings};
+use crate::recorder::metrics::Metrics;
+use crate::recorder::store::RunStore;
+use crate::recorder::{Barrier, Flush, Recorder};
+use crate::router::ProviderRegistry;
+
+/// The runtime configuration the actors need, compiled from the TOML config.
+#[derive(Debug)]
+pub struct GatewayConfig {
+    pub providers: Vec<ProviderSettings>,
+    pub catalog: Catalog,
+    /// Where sled keeps the runs.
+    pub data_dir: PathBuf,
+    /// How often the store is flushed to disk (the `kill -9` loss window).
+    pub flush_interval: Duration,
+    /// Shards of the in-flight coalescing table.
+    pub cache_shards: usize,
+    /// Base URL of the web UI, for the run links.
+    pub public_url: String,
+}
+
+impl Supervised for Recorder {}
+impl Supervised for ProviderActor {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        tracing::warn!("provider actor restarting");
+    }
+}
+
+/// Owns the actors' lifecycle.
+pub struct Supervisor {
+    gateway: Gateway,
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+}
+
+/// Waits until every run sent so far is written and flushed to disk.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Drain;
+
+impl Handler<Drain> for Supervisor {
+    type Result = ResponseFuture<Result<(), String>>;
+
+    fn handle(&mut self, _: Drain, _: &mut Self::Context) -> Self::Result {
+        let recorder = self.gateway.recorder.clone();
+        Box::pin(async move {
+            recorder
+                .send(Barrier)
+                .timeout(Duration::from_secs(30))
+                .await
+                .map_err(|e| format!("recorder did not drain: {e}"))?;
+            recorder
+                .send(Flush)
+                .timeout(Duration::from_secs(30))
+                .await
+                .map_err(|e| format!("recorder did not flush: {e}"))?
+        })
+    }
+}
+
+impl Supervisor {
+    /// Opens the store and starts the recorder, the provider actors and the cache shards.
+    /// Must run inside an actix system.
+    pub fn start(config: GatewayConfig) -> Result<(Gateway, Addr<Supervisor>), String> {
+        Self::start_with_clock(config, Arc::new(SystemClock))
+    }
+
+    pub fn start_with_clock(
+        config: GatewayConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Gateway, Addr<Supervisor>), String> {
+        let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            format!(
+                "cannot create data_dir `{}`: {e}",
+                config.data_dir.display()
+            )
+        })?;
+        let store = RunStore::open(&config.data_dir, config.flush_interval).map_err(|e| {
+            format!(
+                "cannot open the run store in `{}`: {e}",
+                config.data_dir.display()
+            )
+        })?;
+
+        // The recorder gets its own thread: store writes never run on a request arbiter.
+        let recorder = {
+            let store = store.clone();
+            let metrics = metrics.clone();
+            actix::Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                Recorder::new(store, metrics)
+            })
+        };
+
+        let mut providers: ProviderRegistry = HashMap::new();
+        for settings in config.providers {
+            let client = ProviderClient::new(&settings)?;
+            let (actor, health) = ProviderActor::new(
+                settings.name.clone(),
+                settings.breaker,
+                clock.clone(),
+                metrics.clone(),
+            );
+            let actor = actix::Supervisor::start(move |_| actor);
+            if !settings.enabled {
+                tracing::warn!(
+                    provider = %settings.name,
+                    reason = settings.disabled_reason.as_deref().unwrap_or(""),
+                    "provider disabled"
+                );
+            }
+            providers.insert(
+                settings.name.clone(),
+                ProviderHandle {
+                    settings: Arc::new(settings),
+                    client: Arc::new(client),
+                    health,
+                    actor,
+                },
+            );
+        }
+
+        let gateway = Gateway {
+            providers: Arc::new(providers),
+            catalog: Arc::new(ArcSwap::from_pointee(config.catalog)),
+            cache: Cache::start(config.cache_shards),
+            recorder,
+            store,
+            metrics,
+            public_url: config.public_url.trim_end_matches('/').into(),
+        };
+        let supervisor = Supervisor {
+            gateway: gateway.clone(),
+        }
+        .start();
+        Ok((gateway, supervisor))
+    }
+}

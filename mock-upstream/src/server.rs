@@ -1,0 +1,309 @@
+//! The HTTP server: lifecycle ([`MockUpstream`]), request recording and routing to the
+//! provider modules.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use actix_web::dev::ServerHandle;
+use actix_web::http::Method;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::openai;
+
+/// Largest request body accepted (benchmarks send big prompts).
+const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+/// Path of the control endpoint listing (`GET`) or clearing (`DELETE`) recorded requests.
+pub const CONTROL_REQUESTS_PATH: &str = "/_mock/requests";
+
+/// Options for [`MockUpstream::start_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Number of actix worker threads (at least 1).
+    pub workers: usize,
+    /// Whether to record every request (method, path, headers, body). Disable it for
+    /// benchmarks; [`MockUpstream::count`] keeps counting either way.
+    pub record: bool,
+}
+
+impl Default for Options {
+    /// Two workers, recording on.
+    fn default() -> Self {
+        Options {
+            workers: 2,
+            record: true,
+        }
+    }
+}
+
+/// One request received by the mock (control endpoints under `/_mock/` excluded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedRequest {
+    /// HTTP method, e.g. `"POST"`.
+    pub method: String,
+    /// Request path without the query string, e.g. `"/v1/chat/completions"`.
+    pub path: String,
+    /// Headers by lowercase name; repeated headers are joined with `", "`.
+    pub headers: BTreeMap<String, String>,
+    /// The body parsed as JSON, or `Null` when it is empty or not JSON.
+    pub body: Value,
+}
+
+/// Server state shared by all workers.
+#[derive(Debug)]
+pub(crate) struct State {
+    record: bool,
+    requests: Mutex<Vec<RecordedRequest>>,
+    received: AtomicUsize,
+    attempts: Mutex<HashMap<String, u64>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl State {
+    fn new(record: bool) -> Self {
+        State {
+            record,
+            requests: Mutex::new(Vec::new()),
+            received: AtomicUsize::new(0),
+            attempts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts an attempt for `model` (a full model string) and returns how many attempts
+    /// came before it.
+    pub(crate) fn next_attempt(&self, model: &str) -> u64 {
+        let mut attempts = lock(&self.attempts);
+        match attempts.get_mut(model) {
+            Some(count) => {
+                let before = *count;
+                *count += 1;
+                before
+            }
+            None => {
+                attempts.insert(model.to_string(), 1);
+                0
+            }
+        }
+    }
+
+    fn record(&self, req: &HttpRequest, body: &Value) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        if !self.record {
+            return;
+        }
+        let mut headers: BTreeMap<String, String> = BTreeMap::new();
+        for (name, value) in req.headers() {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            headers
+                .entry(name.as_str().to_ascii_lowercase())
+                .and_modify(|existing| {
+                    existing.push_str(", ");
+                    existing.push_str(&value);
+                })
+                .or_insert_with(|| value.into_owned());
+        }
+        let recorded = RecordedRequest {
+            method: req.method().as_str().to_string(),
+            path: req.path().to_string(),
+            headers,
+            body: body.clone(),
+        };
+        lock(&self.requests).push(recorded);
+    }
+
+    fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.requests).clone()
+    }
+
+    fn clear(&self) -> usize {
+        self.received.store(0, Ordering::Relaxed);
+        std::mem::take(&mut *lock(&self.requests)).len()
+    }
+}
+
+/// A running mock upstream server (see the [crate documentation](crate)).
+///
+/// The server runs on its own thread with its own actix system; dropping the value stops
+/// it (abruptly: in-flight requests, including `hang`ing ones, are dropped).
+#[derive(Debug)]
+pub struct MockUpstream {
+    /// The TCP port the server is bound to.
+    pub port: u16,
+    addr: SocketAddr,
+    state: Arc<State>,
+    handle: Option<ServerHandle>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MockUpstream {
+    /// Starts a server on `127.0.0.1:0` with [`Options::default`] (2 workers, recording).
+    ///
+    /// # Panics
+    /// If the server cannot be started (no free port, thread spawn failure).
+    pub fn start() -> MockUpstream {
+        MockUpstream::start_with(Options::default())
+    }
+
+    /// Starts a server on `127.0.0.1:0` with `workers` worker threads, recording on.
+    ///
+    /// # Panics
+    /// If the server cannot be started.
+    pub fn start_with_workers(workers: usize) -> MockUpstream {
+        MockUpstream::start_with(Options {
+            workers,
+            record: true,
+        })
+    }
+
+    /// Starts a server on `127.0.0.1:0` with the given options.
+    ///
+    /// # Panics
+    /// If the server cannot be started.
+    pub fn start_with(options: Options) -> MockUpstream {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        match MockUpstream::start_on(addr, options) {
+            Ok(server) => server,
+            Err(e) => panic!("cannot start the mock upstream on {addr}: {e}"),
+        }
+    }
+
+    /// Starts a server bound to `addr` (port 0 picks a free port) and returns once it is
+    /// bound and accepting connections.
+    pub fn start_on(addr: SocketAddr, options: Options) -> io::Result<MockUpstream> {
+        let state = Arc::new(State::new(options.record));
+        let workers = options.workers.max(1);
+        let (tx, rx) = std::sync::mpsc::channel::<io::Result<(SocketAddr, ServerHandle)>>();
+        let data = web::Data::from(Arc::clone(&state));
+        let thread = std::thread::Builder::new()
+            .name("mock-upstream".to_string())
+            .spawn(move || {
+                let system = actix_rt::System::new();
+                system.block_on(async move {
+                    let server = HttpServer::new(move || {
+                        App::new()
+                            .app_data(data.clone())
+                            .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+                            .default_service(web::to(dispatch))
+                    })
+                    .workers(workers)
+                    .disable_signals()
+                    .bind(addr);
+                    let server = match server {
+                        Ok(server) => server,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let Some(bound) = server.addrs().first().copied() else {
+                        let _ = tx.send(Err(io::Error::other("no address bound")));
+                        return;
+                    };
+                    let server = server.run();
+                    let _ = tx.send(Ok((bound, server.handle())));
+                    let _ = server.await;
+                });
+            })?;
+        let (addr, handle) = rx
+            .recv()
+            .map_err(|_| io::Error::other("the mock upstream thread exited during startup"))??;
+        Ok(MockUpstream {
+            port: addr.port(),
+            addr,
+            state,
+            handle: Some(handle),
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The OpenAI-style base URL, `http://127.0.0.1:PORT/v1` (the bound IP is used).
+    pub fn base_url(&self) -> String {
+        format!("{}/v1", self.url())
+    }
+
+    /// The server root, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far, in arrival order (empty when recording is off).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.requests()
+    }
+
+    /// Forgets the recorded requests and resets [`count`](Self::count). `fail_first`
+    /// counters are kept.
+    pub fn clear(&self) {
+        self.state.clear();
+    }
+
+    /// Number of requests received since start or the last [`clear`](Self::clear)
+    /// (counted even when recording is off).
+    pub fn count(&self) -> usize {
+        self.state.received.load(Ordering::Relaxed)
+    }
+
+    /// Blocks until the server stops (it only stops when dropped, so this serves forever;
+    /// used by the binary).
+    pub fn wait(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            // The stop command is sent right away; the returned future only reports
+            // completion, which joining the thread below waits for anyway.
+            drop(handle.stop(false));
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The single actix handler: control endpoints, recording, then routing by method/path.
+async fn dispatch(req: HttpRequest, body: Bytes, state: web::Data<State>) -> HttpResponse {
+    if req.path() == CONTROL_REQUESTS_PATH {
+        return match *req.method() {
+            Method::GET => HttpResponse::Ok().json(state.requests()),
+            Method::DELETE => {
+                let cleared = state.clear();
+                HttpResponse::Ok().json(serde_json::json!({ "cleared": cleared }))
+            }
+            _ => HttpResponse::MethodNotAllowed()
+                .insert_header(("allow", "GET, DELETE"))
+                .finish(),
+        };
+    }
+    let json: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).unwrap_or(Value::Null)
+    };
+    state.record(&req, &json);
+    match (req.method().as_str(), req.path()) {
+        ("POST", "/v1/chat/completions" | "/chat/completions") => {
+            openai::chat_completions(&req, json, &state).await
+        }
+        ("GET", "/v1/models" | "/models") => openai::models(),
+        _ => openai::not_found(&req),
+    }
+}

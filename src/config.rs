@@ -1,0 +1,546 @@
+//! Configuration: the TOML file is parsed into raw structs (unknown keys rejected, with the path
+//! of the bad key), `${ENV_VAR}` references are interpolated, and the result is validated and
+//! compiled once into the runtime config the actors use. A bad config fails at start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flowgate_actors::breaker::BreakerSettings;
+use flowgate_actors::catalog::{Catalog, ModelEntry, Prices, ProviderOffer, Supports};
+use flowgate_actors::provider::{
+    MockBehaviour, MockSettings, OpenAiSettings, ProviderKind, ProviderSettings, Timeouts,
+};
+use flowgate_actors::supervisor::GatewayConfig;
+use serde::Deserialize;
+
+/// The shipped model catalog, compiled into the binary so it is always there.
+const SHIPPED_CATALOG: &str = include_str!("../config/catalog.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    recorder: RawRecorder,
+    #[serde(default)]
+    providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    models: BTreeMap<String, RawModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    data_dir: PathBuf,
+    /// Base URL of the web UI in run links; defaults to `http://<listen>`.
+    public_url: Option<String>,
+    /// Largest accepted request body.
+    max_body_bytes: usize,
+    /// HTTP worker threads; defaults to the number of cores.
+    workers: Option<usize>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: "data".into(),
+            public_url: None,
+            max_body_bytes: 32 * 1024 * 1024,
+            workers: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    api_keys: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRecorder {
+    /// Runs are on disk at most this long after they finish.
+    flush_interval_ms: u64,
+}
+
+impl Default for RawRecorder {
+    fn default() -> Self {
+        RawRecorder {
+            flush_interval_ms: 200,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum RawProvider {
+    Openai(RawOpenAi),
+    Mock(RawMock),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOpenAi {
+    #[serde(default = "default_openai_url")]
+    base_url: String,
+    #[serde(default)]
+    api_key: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    timeouts: Timeouts,
+    #[serde(default)]
+    breaker: BreakerSettings,
+}
+
+fn default_openai_url() -> String {
+    "https://api.openai.com/v1".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMock {
+    #[serde(default)]
+    latency_ms: u64,
+    #[serde(default)]
+    chunk_delay_ms: u64,
+    #[serde(default)]
+    failure_rate: f64,
+    #[serde(default)]
+    failure_status: Option<u16>,
+    /// Per-model behaviour, by provider model id.
+    #[serde(default)]
+    models: BTreeMap<String, MockBehaviour>,
+    #[serde(default)]
+    timeouts: Timeouts,
+    #[serde(default)]
+    breaker: BreakerSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    #[serde(default)]
+    models: BTreeMap<String, RawModel>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    release_date: Option<String>,
+    #[serde(default)]
+    context_window: Option<u64>,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
+    #[serde(default)]
+    supports: Supports,
+    providers: Vec<RawOffer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOffer {
+    provider: String,
+    model: String,
+    input_per_mtok: f64,
+    output_per_mtok: f64,
+    #[serde(default)]
+    cached_input_per_mtok: Option<f64>,
+}
+
+/// Who may call the gateway.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Empty: any bearer token is accepted (loopback only).
+    pub api_keys: Vec<String>,
+}
+
+/// The HTTP edge's settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub workers: usize,
+    /// Base URL of the web UI in run links; `None`: `http://<bound address>`.
+    pub public_url: Option<String>,
+}
+
+/// The validated, compiled configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub gateway: GatewayConfig,
+}
+
+/// Replaces `${VAR}` in every string. A string naming an unset (or empty) variable is removed,
+/// so the field reads as absent; `unset` collects `path → variable` for the log and for
+/// disabling providers whose key is missing.
+fn interpolate(value: &mut toml::Value, path: &str, unset: &mut BTreeMap<String, String>) -> bool {
+    match value {
+        toml::Value::String(s) => {
+            let mut out = String::with_capacity(s.len());
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let Some(end) = rest[start..].find('}') else {
+                    out.push_str(&rest[start..]);
+                    rest = "";
+                    break;
+                };
+                let name = &rest[start + 2..start + end];
+                match std::env::var(name) {
+                    Ok(v) if !v.is_empty() => out.push_str(&v),
+                    _ => {
+                        unset.insert(path.to_string(), name.to_string());
+                        return false;
+                    }
+                }
+                rest = &rest[start + end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+            true
+        }
+        toml::Value::Table(table) => {
+            let keys: Vec<String> = table.keys().cloned().collect();
+            for key in keys {
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                let keep = table
+                    .get_mut(&key)
+                    .is_some_and(|v| interpolate(v, &child, unset));
+                if !keep {
+                    table.remove(&key);
+                }
+            }
+            true
+        }
+        toml::Value::Array(items) => {
+            let mut index = 0;
+            items.retain_mut(|item| {
+                let keep = interpolate(item, &format!("{path}[{index}]"), unset);
+                index += 1;
+                keep
+            });
+            true
+        }
+        _ => true,
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(value: toml::Value, source: &str) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let where_ = if path == "." || path.is_empty() {
+            String::new()
+        } else {
+            format!(" at `{path}`")
+        };
+        format!("{source}: invalid config{where_}: {}", e.inner())
+    })
+}
+
+fn compile_model(id: &str, raw: RawModel) -> ModelEntry {
+    ModelEntry {
+        id: id.to_string(),
+        display_name: raw.display_name.unwrap_or_else(|| id.to_string()),
+        aliases: raw.aliases,
+        context_window: raw.context_window,
+        max_output_tokens: raw.max_output_tokens,
+        release_date: raw.release_date,
+        supports: raw.supports,
+        providers: raw
+            .providers
+            .into_iter()
+            .map(|o| ProviderOffer {
+                provider: o.provider,
+                model: o.model,
+                prices: Prices {
+                    input_per_mtok: o.input_per_mtok,
+                    output_per_mtok: o.output_per_mtok,
+                    cached_input_per_mtok: o.cached_input_per_mtok,
+                },
+            })
+            .collect(),
+    }
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+impl Config {
+    /// Reads, interpolates, validates and compiles the config file.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config `{}`: {e}", path.display()))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Compiles config text. A relative `data_dir` is relative to the working directory.
+    pub fn from_toml(text: &str, source: &str) -> Result<Config, String> {
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| format!("{source}: not valid TOML: {e}"))?;
+        let mut unset = BTreeMap::new();
+        interpolate(&mut value, "", &mut unset);
+        for (path, var) in &unset {
+            tracing::info!(key = %path, variable = %var, "config: environment variable unset");
+        }
+        let raw: RawConfig = parse(value, source)?;
+
+        let shipped: toml::Value = toml::from_str(SHIPPED_CATALOG)
+            .map_err(|e| format!("shipped catalog: not valid TOML: {e}"))?;
+        let shipped: RawCatalog = parse(shipped, "config/catalog.toml")?;
+
+        // Server.
+        let listen: SocketAddr = raw.server.listen.parse().map_err(|e| {
+            format!(
+                "{source}: invalid config at `server.listen`: `{}` is not an address: {e}",
+                raw.server.listen
+            )
+        })?;
+        let api_keys: Vec<String> = raw
+            .auth
+            .api_keys
+            .into_iter()
+            .filter(|k| !k.is_empty())
+            .collect();
+        if api_keys.is_empty() && !is_loopback(&listen) {
+            return Err(format!(
+                "{source}: refusing to listen on {listen} with no API key: anyone could use \
+                 your providers. Set `auth.api_keys` (e.g. FLOWGATE_API_KEY) or listen on 127.0.0.1"
+            ));
+        }
+        if raw.server.max_body_bytes == 0 {
+            return Err(format!(
+                "{source}: invalid config at `server.max_body_bytes`: must be positive"
+            ));
+        }
+        let workers = raw
+            .server
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1);
+
+        // Providers.
+        let mut providers = Vec::new();
+        for (name, raw_provider) in raw.providers {
+            let path = format!("providers.{name}");
+            let settings = match raw_provider {
+                RawProvider::Openai(o) => {
+                    let key_path = format!("{path}.api_key");
+                    let disabled_reason =
+                        unset.get(&key_path).map(|var| format!("{var} is not set"));
+                    if !o.base_url.starts_with("http://") && !o.base_url.starts_with("https://") {
+                        return Err(format!(
+                            "{source}: invalid config at `{path}.base_url`: `{}` is not an http(s) URL",
+                            o.base_url
+                        ));
+                    }
+                    ProviderSettings {
+                        name: name.clone(),
+                        kind: ProviderKind::OpenAi(OpenAiSettings {
+                            base_url: o.base_url,
+                            api_key: o.api_key,
+                            headers: o.headers,
+                        }),
+                        enabled: disabled_reason.is_none(),
+                        disabled_reason,
+                        timeouts: o.timeouts,
+                        breaker: o.breaker,
+                    }
+                }
+                RawProvider::Mock(m) => {
+                    let behaviours = std::iter::once((path.clone(), m.failure_rate)).chain(
+                        m.models
+                            .iter()
+                            .map(|(k, b)| (format!("{path}.models.{k}"), b.failure_rate)),
+                    );
+                    for (p, rate) in behaviours {
+                        if !(0.0..=1.0).contains(&rate) {
+                            return Err(format!(
+                                "{source}: invalid config at `{p}.failure_rate`: must be between 0 and 1"
+                            ));
+                        }
+                    }
+                    ProviderSettings {
+                        name: name.clone(),
+                        kind: ProviderKind::Mock(MockSettings {
+                            default: MockBehaviour {
+                                latency_ms: m.latency_ms,
+                                chunk_delay_ms: m.chunk_delay_ms,
+                                failure_rate: m.failure_rate,
+                                failure_status: m.failure_status,
+                            },
+                            models: m.models,
+                        }),
+                        enabled: true,
+                        disabled_reason: None,
+                        timeouts: m.timeouts,
+                        breaker: m.breaker,
+                    }
+                }
+            };
+            if settings.breaker.failure_threshold == 0 {
+                return Err(format!(
+                    "{source}: invalid config at `{path}.breaker.failure_threshold`: must be at least 1"
+                ));
+            }
+            providers.push(settings);
+        }
+        let provider_names: HashMap<&str, ()> =
+            providers.iter().map(|p| (p.name.as_str(), ())).collect();
+
+        // Catalog: the shipped models, then the user's, which add or replace.
+        for (id, model) in &raw.models {
+            for (i, offer) in model.providers.iter().enumerate() {
+                if !provider_names.contains_key(offer.provider.as_str()) {
+                    return Err(format!(
+                        "{source}: invalid config at `models.{id}.providers[{i}].provider`: no provider named `{}` in [providers]",
+                        offer.provider
+                    ));
+                }
+            }
+        }
+        let mut models: BTreeMap<String, RawModel> = shipped.models;
+        models.extend(raw.models);
+        let catalog = Catalog::new(
+            models
+                .into_iter()
+                .map(|(id, m)| compile_model(&id, m))
+                .collect(),
+        )
+        .map_err(|e| format!("{source}: invalid catalog: {e}"))?;
+
+        let data_dir = raw.server.data_dir;
+        Ok(Config {
+            server: ServerConfig {
+                listen,
+                max_body_bytes: raw.server.max_body_bytes,
+                workers,
+                public_url: raw.server.public_url.clone(),
+            },
+            auth: AuthConfig { api_keys },
+            gateway: GatewayConfig {
+                providers,
+                catalog,
+                data_dir,
+                flush_interval: Duration::from_millis(raw.recorder.flush_interval_ms.max(1)),
+                cache_shards: workers,
+                // Completed once the listener is bound (see `http::serve`).
+                public_url: raw.server.public_url.unwrap_or_default(),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, String> {
+        Config::from_toml(text, "test.toml")
+    }
+
+    #[test]
+    fn shipped_config_compiles_and_serves_mock_echo() {
+        let text = include_str!("../config/flowgate.toml");
+        let config = load(text).unwrap();
+        let mock = config.gateway.catalog.get("mock-echo").unwrap();
+        assert_eq!(mock.providers[0].provider, "mock");
+        assert!(config.gateway.catalog.models().len() >= 5);
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let err =
+            load("[providers.openai]\ntype = \"openai\"\nbase_urll = \"http://x\"\n").unwrap_err();
+        assert!(err.contains("providers.openai"), "{err}");
+        assert!(err.contains("base_urll"), "{err}");
+        let err = load("[server]\nlisten = \"127.0.0.1:1\"\nworkerz = 2\n").unwrap_err();
+        assert!(err.contains("server"), "{err}");
+        assert!(err.contains("workerz"), "{err}");
+    }
+
+    #[test]
+    fn unset_key_disables_provider_and_set_key_interpolates() {
+        std::env::set_var("FLOWGATE_TEST_KEY_SET", "sk-test");
+        let config = load(
+            "[providers.a]\ntype = \"openai\"\napi_key = \"${FLOWGATE_TEST_KEY_UNSET}\"\n\
+             [providers.b]\ntype = \"openai\"\napi_key = \"${FLOWGATE_TEST_KEY_SET}\"\n",
+        )
+        .unwrap();
+        let a = config
+            .gateway
+            .providers
+            .iter()
+            .find(|p| p.name == "a")
+            .unwrap();
+        assert!(!a.enabled);
+        assert_eq!(
+            a.disabled_reason.as_deref(),
+            Some("FLOWGATE_TEST_KEY_UNSET is not set")
+        );
+        let b = config
+            .gateway
+            .providers
+            .iter()
+            .find(|p| p.name == "b")
+            .unwrap();
+        assert!(b.enabled);
+        assert!(
+            matches!(&b.kind, ProviderKind::OpenAi(o) if o.api_key.as_deref() == Some("sk-test"))
+        );
+    }
+
+    #[test]
+    fn no_keys_refuses_public_listen_and_unset_key_list_is_empty() {
+        let err = load("[server]\nlisten = \"0.0.0.0:8080\"\n").unwrap_err();
+        assert!(err.contains("refusing"), "{err}");
+        let config = load(
+            "[auth]\napi_keys = [\"${FLOWGATE_TEST_NOPE}\"]\n[server]\nlisten = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
+        assert!(config.auth.api_keys.is_empty());
+        std::env::set_var("FLOWGATE_TEST_GW_KEY", "k1");
+        let config = load(
+            "[auth]\napi_keys = [\"${FLOWGATE_TEST_GW_KEY}\"]\n[server]\nlisten = \"0.0.0.0:0\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.auth.api_keys, vec!["k1".to_string()]);
+    }
+
+    #[test]
+    fn user_models_override_and_must_name_known_providers() {
+        let config = load(
+            "[providers.up]\ntype = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\n\
+             [models.\"gpt-4o-mini-latest\"]\naliases = [\"gpt-4o-mini\"]\n\
+             providers = [{ provider = \"up\", model = \"x\", input_per_mtok = 1.0, output_per_mtok = 2.0 }]\n",
+        )
+        .unwrap();
+        let m = config.gateway.catalog.get("gpt-4o-mini").unwrap();
+        assert_eq!(m.providers[0].provider, "up");
+        let err = load(
+            "[models.x]\nproviders = [{ provider = \"nope\", model = \"x\", input_per_mtok = 1.0, output_per_mtok = 2.0 }]\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("models.x.providers[0].provider"), "{err}");
+    }
+}

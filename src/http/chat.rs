@@ -1,0 +1,352 @@
+//! `POST /v1/chat/completions`: the OpenAI Chat Completions endpoint, streaming and not.
+
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use bytes::{Bytes, BytesMut};
+use flowgate_actors::engine::{Answer, RunContext, RunGuard};
+use flowgate_actors::error::{ErrorKind, GatewayError};
+use flowgate_actors::model_ref::{ModelRef, Target};
+use flowgate_actors::recorder::run::CacheStatus;
+use flowgate_actors::router::{PlanRoute, Router};
+use flowgate_actors::version::version_id;
+use flowgate_actors::wire::ChatRequest;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use super::{sse, AppState};
+
+const ROUTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn chat_completions(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    router: web::Data<Addr<Router>>,
+) -> Result<HttpResponse, GatewayError> {
+    let tenant = state.auth.tenant(&req)?;
+    // From here on, every outcome is recorded as exactly one run.
+    let ctx = RunContext::new(&tenant, "default", "", false);
+    let mut guard = RunGuard::new(state.gateway.clone(), ctx);
+    let request = match prepare(&req, payload, &state, &mut guard).await {
+        Ok(request) => request,
+        Err(e) => return Err(guard.fail(e)),
+    };
+    let plan = match router
+        .send(PlanRoute {
+            model: request.target_model.clone(),
+            use_fallback: request.chat.use_fallback.clone(),
+            provider: request.chat.provider.clone(),
+        })
+        .timeout(ROUTER_TIMEOUT)
+        .await
+    {
+        Ok(Ok(plan)) => plan,
+        Ok(Err(e)) => return Err(guard.fail(e)),
+        Err(e) => {
+            return Err(guard.fail(GatewayError::internal(format!(
+                "router did not answer: {e}"
+            ))))
+        }
+    };
+    guard.model = Some(plan.model.id.clone());
+    guard.ctx.version_id = Some(version_id(&plan.model.id, &request.chat));
+
+    if request.chat.is_stream() {
+        return match state
+            .gateway
+            .open_stream(&mut guard, &plan, &request.chat)
+            .await
+        {
+            Ok(live) => {
+                let mut response = HttpResponse::Ok();
+                run_headers(&mut response, &guard);
+                response
+                    .content_type("text/event-stream")
+                    .insert_header(("cache-control", "no-cache"))
+                    .insert_header(("x-accel-buffering", "no"));
+                Ok(response.streaming(sse::body(guard, live)))
+            }
+            Err(e) => Err(guard.fail(e)),
+        };
+    }
+
+    match state
+        .gateway
+        .complete(&mut guard, &plan, &request.chat)
+        .await
+    {
+        Ok(answer) => {
+            // Only the run that called the provider pays; a coalesced follower costs nothing.
+            let cost_usd = if guard.cache == CacheStatus::Coalesced {
+                0.0
+            } else {
+                answer.cost_usd
+            };
+            guard.model = Some(answer.model.clone());
+            guard.provider = Some(answer.provider.clone());
+            let body = render_completion(&guard, &answer, cost_usd, &state.gateway.public_url);
+            let mut response = HttpResponse::Ok();
+            run_headers(&mut response, &guard);
+            guard.succeed(&answer, cost_usd);
+            Ok(response.json(body))
+        }
+        Err(e) => Err(guard.fail(e)),
+    }
+}
+
+/// A validated request.
+struct Prepared {
+    chat: ChatRequest,
+    /// The catalog name to resolve.
+    target_model: String,
+}
+
+/// Reads, parses and validates the body, filling in the run's context as facts become known.
+async fn prepare(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    guard: &mut RunGuard,
+) -> Result<Prepared, GatewayError> {
+    let body = read_body(req, payload, state.max_body_bytes).await?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        GatewayError::invalid(format!(
+            "the body is not valid JSON (line {}, column {}): {e}",
+            e.line(),
+            e.column()
+        ))
+        .with_code("invalid_json")
+    })?;
+    if !value.is_object() {
+        return Err(GatewayError::invalid("the body must be a JSON object"));
+    }
+    // Known early so that even a request rejected below is filed under its agent.
+    if let Some(model) = value.get("model").and_then(Value::as_str) {
+        guard.ctx.requested_model = model.to_string();
+        if let Ok(parsed) = ModelRef::parse(model, None) {
+            guard.ctx.agent = parsed.agent;
+        }
+    }
+    guard.ctx.stream = value
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let chat: ChatRequest = serde_path_to_error::deserialize(&value).map_err(field_error)?;
+    guard.ctx.request = Some(value);
+    guard.ctx.input = chat.input.clone().map(Value::Object);
+    guard.ctx.metadata = chat.metadata.clone();
+    validate(&chat)?;
+
+    let agent_override = chat.agent_id.clone().or_else(|| {
+        chat.metadata
+            .as_ref()
+            .and_then(|m| m.get("agent_id"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let model_ref = ModelRef::parse(&chat.model, agent_override.as_deref())?;
+    guard.ctx.agent = model_ref.agent.clone();
+    let target_model = match model_ref.target {
+        Target::Model(id) => id,
+        Target::Deployment {
+            schema_id,
+            environment,
+        } => {
+            return Err(GatewayError::invalid(format!(
+                "agent `{}` has no version deployed to {} for schema #{schema_id}",
+                model_ref.agent,
+                environment.as_str()
+            ))
+            .with_param("model")
+            .with_code("deployment_not_found"))
+        }
+    };
+    Ok(Prepared { chat, target_model })
+}
+
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    let too_large = || {
+        GatewayError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("the body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| GatewayError::invalid(format!("cannot read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// A serde error as a 400 that names the field.
+fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> GatewayError {
+    let path = e.path().to_string();
+    let inner = e.inner().to_string();
+    // "missing field `messages`" has the parent as its path: name the field itself.
+    let param = match inner
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        Some(field) if path == "." => field.to_string(),
+        Some(field) => format!("{path}.{field}"),
+        None => path.clone(),
+    };
+    let code = if inner.starts_with("missing field") {
+        "missing_field"
+    } else {
+        "invalid_type"
+    };
+    let message = if path == "." {
+        inner
+    } else {
+        format!("`{path}`: {inner}")
+    };
+    GatewayError::invalid(message)
+        .with_param(param)
+        .with_code(code)
+}
+
+fn validate(chat: &ChatRequest) -> Result<(), GatewayError> {
+    if chat.messages.is_empty() {
+        return Err(
+            GatewayError::invalid("`messages` must contain at least one message")
+                .with_param("messages"),
+        );
+    }
+    if let Some(t) = chat.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(GatewayError::invalid(format!(
+                "`temperature` must be between 0 and 2, got {t}"
+            ))
+            .with_param("temperature"));
+        }
+    }
+    if let Some(p) = chat.top_p {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(
+                GatewayError::invalid(format!("`top_p` must be between 0 and 1, got {p}"))
+                    .with_param("top_p"),
+            );
+        }
+    }
+    if chat.n == Some(0) {
+        return Err(GatewayError::invalid("`n` must be at least 1").with_param("n"));
+    }
+    Ok(())
+}
+
+fn run_headers(response: &mut HttpResponseBuilder, guard: &RunGuard) {
+    response.insert_header(("x-flowgate-run-id", guard.ctx.run_id.to_string()));
+    if let Some(provider) = &guard.provider {
+        response.insert_header(("x-flowgate-provider", provider.as_str()));
+    }
+    if let Some(model) = &guard.model {
+        response.insert_header(("x-flowgate-model", model.as_str()));
+    }
+    response.insert_header(("x-flowgate-cache", guard.cache.header()));
+}
+
+/// The link to a run in the web UI.
+pub fn run_url(public_url: &str, run_id: &uuid::Uuid) -> String {
+    format!("{public_url}/runs/{run_id}")
+}
+
+/// The OpenAI `chat.completion` object with flowgate's additions.
+fn render_completion(guard: &RunGuard, answer: &Answer, cost_usd: f64, public_url: &str) -> Value {
+    let duration = guard.duration_seconds();
+    let n = answer.completion.choices.len().max(1) as f64;
+    let url = run_url(public_url, &guard.ctx.run_id);
+    let choices: Vec<Value> = answer
+        .completion
+        .choices
+        .iter()
+        .map(|choice| {
+            let mut message = json!({
+                "role": "assistant",
+                "content": choice.message.content,
+                "refusal": choice.message.refusal,
+            });
+            if !choice.message.tool_calls.is_empty() {
+                message["tool_calls"] = choice
+                    .message
+                    .tool_calls
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "id": t.id,
+                            "type": "function",
+                            "function": {"name": t.name, "arguments": t.arguments},
+                        })
+                    })
+                    .collect();
+            }
+            json!({
+                "index": choice.index,
+                "message": message,
+                "logprobs": null,
+                "finish_reason": choice.finish_reason.as_str(),
+                "cost_usd": cost_usd / n,
+                "duration_seconds": duration,
+                "feedback_token": guard.ctx.feedback_token,
+                "url": url,
+            })
+        })
+        .collect();
+    json!({
+        "id": guard.ctx.response_id(),
+        "object": "chat.completion",
+        "created": guard.ctx.created_unix(),
+        "model": answer.model,
+        "choices": choices,
+        "usage": answer.completion.usage.to_openai(),
+        "cost_usd": cost_usd,
+        "duration_seconds": duration,
+        "version_id": guard.ctx.version_id,
+        "metadata": guard.ctx.metadata,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_for(body: Value) -> GatewayError {
+        field_error(serde_path_to_error::deserialize::<_, ChatRequest>(&body).unwrap_err())
+    }
+
+    #[test]
+    fn missing_and_mistyped_fields_are_named() {
+        let e = error_for(json!({"model": "m"}));
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        assert_eq!(e.code.as_deref(), Some("missing_field"));
+
+        let e = error_for(json!({"messages": []}));
+        assert_eq!(e.param.as_deref(), Some("model"));
+
+        let e = error_for(json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}));
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+
+        let e = error_for(json!({"model": "m", "messages": [], "temperature": "hot"}));
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+        assert_eq!(e.code.as_deref(), Some("invalid_type"));
+    }
+}

@@ -1,0 +1,105 @@
+//! The HTTP edge: actix-web handlers parse and validate, then hand the work to the actors.
+
+mod auth;
+mod chat;
+mod models;
+mod ops;
+mod runs;
+mod sse;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use flowgate_actors::engine::Gateway;
+use flowgate_actors::error::GatewayError;
+use flowgate_actors::router::Router;
+use flowgate_actors::supervisor::{Drain, Supervisor};
+
+use crate::config::Config;
+
+pub use auth::Auth;
+
+/// Shared by every worker.
+#[derive(Clone)]
+pub struct AppState {
+    pub gateway: Gateway,
+    pub auth: Arc<Auth>,
+    pub max_body_bytes: usize,
+}
+
+/// Serves until SIGINT/SIGTERM, then drains the recorder.
+pub async fn serve(config: Config) -> Result<(), String> {
+    let listener = TcpListener::bind(config.server.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let mut gateway_config = config.gateway;
+    if config.server.public_url.is_none() {
+        gateway_config.public_url = format!("http://{bound}");
+    }
+    let (gateway, supervisor) = Supervisor::start(gateway_config)?;
+    let state = AppState {
+        gateway,
+        auth: Arc::new(Auth::new(&config.auth.api_keys)),
+        max_body_bytes: config.server.max_body_bytes,
+    };
+    let server = HttpServer::new(move || {
+        // One router per worker, on the worker's own arbiter.
+        let router = Router::new(
+            state.gateway.catalog.clone(),
+            state.gateway.providers.clone(),
+        )
+        .start();
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .app_data(web::Data::new(router))
+            .configure(routes)
+    })
+    .workers(config.server.workers)
+    .backlog(4096)
+    .max_connection_rate(4096)
+    .keep_alive(Duration::from_secs(75))
+    .shutdown_timeout(30)
+    .listen(listener)
+    .map_err(|e| format!("cannot serve on {bound}: {e}"))?
+    .run();
+    // Tests and scripts read this line to find the port.
+    println!("listening on http://{bound}");
+    tracing::info!(address = %bound, "flowgate listening");
+    server.await.map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("draining the recorder");
+    supervisor
+        .send(Drain)
+        .await
+        .map_err(|e| format!("supervisor did not drain: {e}"))??;
+    Ok(())
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/v1/chat/completions",
+        web::post().to(chat::chat_completions),
+    )
+    .route("/chat/completions", web::post().to(chat::chat_completions))
+    .route("/v1/models", web::get().to(models::list_models))
+    .route("/v1/models/{model:.*}", web::get().to(models::get_model))
+    .route("/metrics", web::get().to(ops::metrics))
+    .route("/healthz", web::get().to(ops::healthz))
+    .route("/readyz", web::get().to(ops::readyz))
+    .route("/api/runs/{run_id}", web::get().to(runs::get_run))
+    .route(
+        "/api/agents/{agent}/runs",
+        web::get().to(runs::list_agent_runs),
+    )
+    .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError;
+    GatewayError::not_found(format!("no route for {} {}", req.method(), req.path()))
+        .error_response()
+}

@@ -1,0 +1,149 @@
+//! Rendering a live answer as OpenAI `chat.completion.chunk` server-sent events. The last chunk
+//! carries `usage`, `cost_usd` and `duration_seconds`, then `data: [DONE]`. An error after
+//! content was sent is a final `data: {"error": …}` event. If the client goes away, the body is
+//! dropped with its [`RunGuard`], which records the run as cancelled with what it cost.
+
+use actix_web::Error;
+use bytes::Bytes;
+use flowgate_actors::completion::StreamEvent;
+use flowgate_actors::engine::{LiveStream, RunGuard};
+use flowgate_actors::provider::EventStream;
+use futures::{Stream, StreamExt};
+use serde_json::{json, Value};
+
+struct State {
+    guard: Option<RunGuard>,
+    first: Option<StreamEvent>,
+    rest: EventStream,
+    id: String,
+    created: u64,
+    model: String,
+    /// Choices that have had their `role` delta.
+    started: Vec<u32>,
+    done: bool,
+}
+
+fn event(data: &Value) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
+}
+
+impl State {
+    fn chunk(&self, choices: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
+
+    fn delta(&mut self, index: u32, mut delta: Value) -> Bytes {
+        if !self.started.contains(&index) {
+            self.started.push(index);
+            delta["role"] = json!("assistant");
+        }
+        event(&self.chunk(json!([{
+            "index": index,
+            "delta": delta,
+            "logprobs": null,
+            "finish_reason": null,
+        }])))
+    }
+
+    /// The bytes for one event; `None` for events that only feed the run (usage).
+    fn render(&mut self, ev: &StreamEvent) -> Option<Bytes> {
+        match ev {
+            StreamEvent::Content { index, text } => {
+                Some(self.delta(*index, json!({ "content": text })))
+            }
+            StreamEvent::ToolCall {
+                index,
+                call,
+                id,
+                name,
+                arguments,
+            } => {
+                let mut tool_call =
+                    json!({ "index": call, "function": { "arguments": arguments } });
+                if let Some(id) = id {
+                    tool_call["id"] = json!(id);
+                    tool_call["type"] = json!("function");
+                }
+                if let Some(name) = name {
+                    tool_call["function"]["name"] = json!(name);
+                }
+                Some(self.delta(*index, json!({ "tool_calls": [tool_call] })))
+            }
+            StreamEvent::Finish { index, reason } => Some(event(&self.chunk(json!([{
+                "index": index,
+                "delta": {},
+                "logprobs": null,
+                "finish_reason": reason.as_str(),
+            }])))),
+            StreamEvent::Usage(_) => None,
+        }
+    }
+
+    fn last_chunk(&self, guard: &RunGuard) -> Bytes {
+        let mut chunk = self.chunk(json!([]));
+        chunk["usage"] = guard.streamed_usage().to_openai();
+        chunk["cost_usd"] = json!(guard.streamed_cost());
+        chunk["duration_seconds"] = json!(guard.duration_seconds());
+        let mut bytes = event(&chunk).to_vec();
+        bytes.extend_from_slice(b"data: [DONE]\n\n");
+        Bytes::from(bytes)
+    }
+}
+
+async fn next(mut s: State) -> Option<(Result<Bytes, Error>, State)> {
+    loop {
+        if s.done {
+            return None;
+        }
+        let item = match s.first.take() {
+            Some(first) => Some(Ok(first)),
+            None => s.rest.next().await,
+        };
+        match item {
+            Some(Ok(ev)) => {
+                if let Some(guard) = s.guard.as_mut() {
+                    guard.push_event(&ev);
+                }
+                if let Some(bytes) = s.render(&ev) {
+                    return Some((Ok(bytes), s));
+                }
+            }
+            Some(Err(error)) => {
+                s.done = true;
+                let error = match s.guard.take() {
+                    Some(guard) => guard.fail(error),
+                    None => error,
+                };
+                return Some((Ok(event(&error.body())), s));
+            }
+            None => {
+                s.done = true;
+                let guard = s.guard.take()?;
+                let bytes = s.last_chunk(&guard);
+                guard.finish_stream();
+                return Some((Ok(bytes), s));
+            }
+        }
+    }
+}
+
+/// The SSE body for a live stream.
+pub fn body(guard: RunGuard, live: LiveStream) -> impl Stream<Item = Result<Bytes, Error>> {
+    let state = State {
+        id: guard.ctx.response_id(),
+        created: guard.ctx.created_unix(),
+        model: live.model,
+        guard: Some(guard),
+        first: Some(live.first),
+        rest: live.rest,
+        started: Vec::new(),
+        done: false,
+    };
+    futures::stream::unfold(state, next)
+}

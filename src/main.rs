@@ -1,0 +1,107 @@
+//! flowgate: a self-hosted, OpenAI-compatible LLM gateway.
+#![deny(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod config;
+mod http;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "flowgate", version, about = "An OpenAI-compatible LLM gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway (the default command).
+    Serve {
+        /// The config file.
+        #[arg(long, default_value = "config/flowgate.toml")]
+        config: PathBuf,
+        /// Overrides `server.listen` (e.g. `127.0.0.1:0` for any free port).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Validate the config file and exit.
+    CheckConfig {
+        #[arg(long, default_value = "config/flowgate.toml")]
+        config: PathBuf,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let command = cli.command.unwrap_or(Command::Serve {
+        config: PathBuf::from("config/flowgate.toml"),
+        listen: None,
+    });
+    match command {
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} providers, {} models)",
+                    config.display(),
+                    c.gateway.providers.len(),
+                    c.gateway.catalog.models().len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config, listen } => {
+            let mut loaded = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(listen) = listen {
+                match listen.parse() {
+                    Ok(addr)
+                        if loaded.auth.api_keys.is_empty()
+                            && !std::net::SocketAddr::ip(&addr).is_loopback() =>
+                    {
+                        eprintln!("refusing to listen on {addr} with no API key configured");
+                        return ExitCode::from(2);
+                    }
+                    Ok(addr) => loaded.server.listen = addr,
+                    Err(e) => {
+                        eprintln!("--listen `{listen}`: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            match actix_rt::System::new().block_on(http::serve(loaded)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    let _ = std::io::stderr().flush();
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
