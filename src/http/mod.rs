@@ -64,9 +64,17 @@ pub async fn serve(config: Config) -> Result<(), String> {
     .max_connection_rate(4096)
     .keep_alive(Duration::from_secs(75))
     .shutdown_timeout(30)
+    // Signals are ours: stop the server, then drain the recorder, in that order.
+    .disable_signals()
     .listen(listener)
     .map_err(|e| format!("cannot serve on {bound}: {e}"))?
     .run();
+    let handle = server.handle();
+    actix_rt::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        handle.stop(true).await;
+    });
     // Tests and scripts read this line to find the port.
     println!("listening on http://{bound}");
     tracing::info!(address = %bound, "flowgate listening");
@@ -77,6 +85,23 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("supervisor did not drain: {e}"))??;
     Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops flowgate");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
