@@ -8,9 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flowgate_actors::breaker::BreakerSettings;
-use flowgate_actors::catalog::{Catalog, ModelEntry, Prices, ProviderOffer, Supports};
+use flowgate_actors::catalog::{
+    Catalog, Fallbacks, LongContextPrices, ModelEntry, Prices, ProviderOffer, Supports,
+};
+use flowgate_actors::provider::media::MediaSettings;
 use flowgate_actors::provider::{
-    MockBehaviour, MockSettings, OpenAiSettings, ProviderKind, ProviderSettings, Timeouts,
+    AnthropicSettings, AzureSettings, BedrockSettings, GeminiSettings, MockBehaviour, MockSettings,
+    OpenAiFlavor, OpenAiSettings, ProviderKind, ProviderSettings, Timeouts, VertexCredentials,
+    VertexSettings,
 };
 use flowgate_actors::supervisor::GatewayConfig;
 use serde::Deserialize;
@@ -27,6 +32,8 @@ struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     recorder: RawRecorder,
+    #[serde(default)]
+    media: RawMedia,
     #[serde(default)]
     providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
@@ -79,10 +86,36 @@ impl Default for RawRecorder {
     }
 }
 
+/// How provider adapters download media (for providers that cannot fetch URLs).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMedia {
+    max_bytes: usize,
+    /// Allow image/file URLs that resolve to private, loopback or link-local addresses.
+    allow_private_networks: bool,
+    timeout_seconds: f64,
+}
+
+impl Default for RawMedia {
+    fn default() -> Self {
+        let d = MediaSettings::default();
+        RawMedia {
+            max_bytes: d.max_bytes,
+            allow_private_networks: d.allow_private_networks,
+            timeout_seconds: d.timeout.as_secs_f64(),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum RawProvider {
     Openai(RawOpenAi),
+    Azure(RawAzure),
+    Anthropic(RawAnthropic),
+    Gemini(RawGemini),
+    Vertex(RawVertex),
+    Bedrock(RawBedrock),
     Mock(RawMock),
 }
 
@@ -95,6 +128,9 @@ struct RawOpenAi {
     api_key: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// Which OpenAI-compatible API (groq, mistral, …); detected from `base_url` if absent.
+    #[serde(default)]
+    flavor: Option<OpenAiFlavor>,
     #[serde(default)]
     timeouts: Timeouts,
     #[serde(default)]
@@ -103,6 +139,119 @@ struct RawOpenAi {
 
 fn default_openai_url() -> String {
     "https://api.openai.com/v1".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAzure {
+    /// `https://<resource>.openai.azure.com`
+    endpoint: String,
+    #[serde(default)]
+    api_key: Option<String>,
+    #[serde(default = "default_azure_version")]
+    api_version: String,
+    #[serde(default)]
+    timeouts: Timeouts,
+    #[serde(default)]
+    breaker: BreakerSettings,
+}
+
+fn default_azure_version() -> String {
+    "2024-10-21".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnthropic {
+    #[serde(default = "default_anthropic_url")]
+    base_url: String,
+    #[serde(default)]
+    api_key: Option<String>,
+    #[serde(default = "default_anthropic_version")]
+    version: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    timeouts: Timeouts,
+    #[serde(default)]
+    breaker: BreakerSettings,
+}
+
+fn default_anthropic_url() -> String {
+    "https://api.anthropic.com".into()
+}
+
+fn default_anthropic_version() -> String {
+    "2023-06-01".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGemini {
+    #[serde(default = "default_gemini_url")]
+    base_url: String,
+    #[serde(default)]
+    api_key: Option<String>,
+    #[serde(default)]
+    timeouts: Timeouts,
+    #[serde(default)]
+    breaker: BreakerSettings,
+}
+
+fn default_gemini_url() -> String {
+    "https://generativelanguage.googleapis.com".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVertex {
+    project: String,
+    #[serde(default = "default_vertex_region")]
+    region: String,
+    #[serde(default)]
+    base_url: Option<String>,
+    /// Path to a service-account key file.
+    #[serde(default)]
+    credentials_file: Option<PathBuf>,
+    /// A service-account key, as JSON text.
+    #[serde(default)]
+    credentials_json: Option<String>,
+    /// A fixed OAuth access token.
+    #[serde(default)]
+    access_token: Option<String>,
+    /// The metadata server (used when no other credential is given).
+    #[serde(default = "default_metadata_url")]
+    metadata_url: String,
+    #[serde(default)]
+    timeouts: Timeouts,
+    #[serde(default)]
+    breaker: BreakerSettings,
+}
+
+fn default_vertex_region() -> String {
+    "us-central1".into()
+}
+
+fn default_metadata_url() -> String {
+    "http://metadata.google.internal".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBedrock {
+    region: String,
+    #[serde(default)]
+    access_key_id: Option<String>,
+    #[serde(default)]
+    secret_access_key: Option<String>,
+    #[serde(default)]
+    session_token: Option<String>,
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    timeouts: Timeouts,
+    #[serde(default)]
+    breaker: BreakerSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +297,8 @@ struct RawModel {
     #[serde(default)]
     supports: Supports,
     providers: Vec<RawOffer>,
+    #[serde(default)]
+    fallback: Fallbacks,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,6 +310,10 @@ struct RawOffer {
     output_per_mtok: f64,
     #[serde(default)]
     cached_input_per_mtok: Option<f64>,
+    #[serde(default)]
+    cache_write_per_mtok: Option<f64>,
+    #[serde(default)]
+    long_context: Option<LongContextPrices>,
 }
 
 /// Who may call the gateway.
@@ -266,6 +421,7 @@ fn compile_model(id: &str, raw: RawModel) -> ModelEntry {
         max_output_tokens: raw.max_output_tokens,
         release_date: raw.release_date,
         supports: raw.supports,
+        fallbacks: raw.fallback,
         providers: raw
             .providers
             .into_iter()
@@ -276,6 +432,8 @@ fn compile_model(id: &str, raw: RawModel) -> ModelEntry {
                     input_per_mtok: o.input_per_mtok,
                     output_per_mtok: o.output_per_mtok,
                     cached_input_per_mtok: o.cached_input_per_mtok,
+                    cache_write_per_mtok: o.cache_write_per_mtok,
+                    long_context: o.long_context,
                 },
             })
             .collect(),
@@ -343,29 +501,151 @@ impl Config {
         let mut providers = Vec::new();
         for (name, raw_provider) in raw.providers {
             let path = format!("providers.{name}");
+            // A secret whose variable is unset disables the provider.
+            let unset_secret = |keys: &[&str]| {
+                keys.iter()
+                    .find_map(|k| unset.get(&format!("{path}.{k}")))
+                    .map(|var| format!("{var} is not set"))
+            };
+            let check_url = |key: &str, url: &str| {
+                if url.starts_with("http://") || url.starts_with("https://") {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{source}: invalid config at `{path}.{key}`: `{url}` is not an http(s) URL"
+                    ))
+                }
+            };
+            let provider =
+                |kind, disabled_reason: Option<String>, timeouts, breaker| ProviderSettings {
+                    name: name.clone(),
+                    kind,
+                    enabled: disabled_reason.is_none(),
+                    disabled_reason,
+                    timeouts,
+                    breaker,
+                };
             let settings = match raw_provider {
                 RawProvider::Openai(o) => {
-                    let key_path = format!("{path}.api_key");
-                    let disabled_reason =
-                        unset.get(&key_path).map(|var| format!("{var} is not set"));
-                    if !o.base_url.starts_with("http://") && !o.base_url.starts_with("https://") {
-                        return Err(format!(
-                            "{source}: invalid config at `{path}.base_url`: `{}` is not an http(s) URL",
-                            o.base_url
-                        ));
-                    }
-                    ProviderSettings {
-                        name: name.clone(),
-                        kind: ProviderKind::OpenAi(OpenAiSettings {
+                    check_url("base_url", &o.base_url)?;
+                    let flavor = o
+                        .flavor
+                        .unwrap_or_else(|| OpenAiFlavor::detect(&o.base_url));
+                    provider(
+                        ProviderKind::OpenAi(OpenAiSettings {
                             base_url: o.base_url,
                             api_key: o.api_key,
                             headers: o.headers,
+                            flavor,
                         }),
-                        enabled: disabled_reason.is_none(),
-                        disabled_reason,
-                        timeouts: o.timeouts,
-                        breaker: o.breaker,
-                    }
+                        unset_secret(&["api_key"]),
+                        o.timeouts,
+                        o.breaker,
+                    )
+                }
+                RawProvider::Azure(a) => {
+                    check_url("endpoint", &a.endpoint)?;
+                    provider(
+                        ProviderKind::Azure(AzureSettings {
+                            endpoint: a.endpoint,
+                            api_key: a.api_key,
+                            api_version: a.api_version,
+                        }),
+                        unset_secret(&["api_key", "endpoint"]),
+                        a.timeouts,
+                        a.breaker,
+                    )
+                }
+                RawProvider::Anthropic(a) => {
+                    check_url("base_url", &a.base_url)?;
+                    provider(
+                        ProviderKind::Anthropic(AnthropicSettings {
+                            base_url: a.base_url,
+                            api_key: a.api_key,
+                            version: a.version,
+                            headers: a.headers,
+                        }),
+                        unset_secret(&["api_key"]),
+                        a.timeouts,
+                        a.breaker,
+                    )
+                }
+                RawProvider::Gemini(g) => {
+                    check_url("base_url", &g.base_url)?;
+                    provider(
+                        ProviderKind::Gemini(GeminiSettings {
+                            base_url: g.base_url,
+                            api_key: g.api_key,
+                        }),
+                        unset_secret(&["api_key"]),
+                        g.timeouts,
+                        g.breaker,
+                    )
+                }
+                RawProvider::Vertex(v) => {
+                    let base_url = v.base_url.clone().unwrap_or_else(|| {
+                        if v.region == "global" {
+                            "https://aiplatform.googleapis.com".to_string()
+                        } else {
+                            format!("https://{}-aiplatform.googleapis.com", v.region)
+                        }
+                    });
+                    check_url("base_url", &base_url)?;
+                    let mut disabled = unset_secret(&[
+                        "project",
+                        "credentials_file",
+                        "credentials_json",
+                        "access_token",
+                    ]);
+                    let credentials = if let Some(token) = v.access_token {
+                        VertexCredentials::AccessToken(token)
+                    } else if let Some(json) = v.credentials_json {
+                        VertexCredentials::ServiceAccount(json)
+                    } else if let Some(file) = v.credentials_file {
+                        match std::fs::read_to_string(&file) {
+                            Ok(json) => VertexCredentials::ServiceAccount(json),
+                            Err(e) => {
+                                disabled = Some(format!(
+                                    "cannot read credentials_file `{}`: {e}",
+                                    file.display()
+                                ));
+                                VertexCredentials::MetadataServer(v.metadata_url.clone())
+                            }
+                        }
+                    } else {
+                        VertexCredentials::MetadataServer(v.metadata_url.clone())
+                    };
+                    provider(
+                        ProviderKind::Vertex(VertexSettings {
+                            project: v.project,
+                            region: v.region,
+                            base_url,
+                            credentials,
+                        }),
+                        disabled,
+                        v.timeouts,
+                        v.breaker,
+                    )
+                }
+                RawProvider::Bedrock(b) => {
+                    let base_url = b.base_url.clone().unwrap_or_else(|| {
+                        format!("https://bedrock-runtime.{}.amazonaws.com", b.region)
+                    });
+                    check_url("base_url", &base_url)?;
+                    let missing = (b.access_key_id.is_none() || b.secret_access_key.is_none())
+                        .then(|| "access_key_id and secret_access_key are required".to_string());
+                    provider(
+                        ProviderKind::Bedrock(BedrockSettings {
+                            region: b.region,
+                            access_key_id: b.access_key_id,
+                            secret_access_key: b.secret_access_key,
+                            session_token: b.session_token,
+                            base_url,
+                        }),
+                        unset_secret(&["access_key_id", "secret_access_key", "region"]).or(missing),
+                        b.timeouts,
+                        b.breaker,
+                    )
                 }
                 RawProvider::Mock(m) => {
                     let behaviours = std::iter::once((path.clone(), m.failure_rate)).chain(
@@ -446,6 +726,12 @@ impl Config {
                 cache_shards: workers,
                 // Completed once the listener is bound (see `http::serve`).
                 public_url: raw.server.public_url.unwrap_or_default(),
+                media: MediaSettings {
+                    max_bytes: raw.media.max_bytes,
+                    allow_private_networks: raw.media.allow_private_networks,
+                    timeout: Duration::try_from_secs_f64(raw.media.timeout_seconds)
+                        .unwrap_or(Duration::from_secs(30)),
+                },
             },
         })
     }

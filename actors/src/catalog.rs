@@ -13,8 +13,43 @@ use crate::error::{ErrorKind, GatewayError};
 pub struct Prices {
     pub input_per_mtok: f64,
     pub output_per_mtok: f64,
+    /// Prompt tokens read from the provider's prompt cache (default: the input price).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_input_per_mtok: Option<f64>,
+    /// Prompt tokens written to the provider's prompt cache (Anthropic; default: input price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_mtok: Option<f64>,
+    /// Prices that apply to the whole call once its prompt exceeds a size (e.g. >200k tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_context: Option<LongContextPrices>,
+}
+
+/// A long-context price tier.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+pub struct LongContextPrices {
+    /// The tier applies when prompt tokens are above this.
+    pub threshold_tokens: u64,
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_mtok: Option<f64>,
+}
+
+/// Fallback models by error class, tried in order when `use_fallback` is `auto`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Fallbacks {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limit: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub structured_output: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context_exceeded: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content_moderation: Vec<String>,
+    /// Any other provider failure (server errors, timeouts, overload).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<String>,
 }
 
 /// What a model can do.
@@ -61,6 +96,7 @@ pub struct ModelEntry {
     pub supports: Supports,
     /// In order of preference.
     pub providers: Vec<ProviderOffer>,
+    pub fallbacks: Fallbacks,
 }
 
 /// A `model` string resolved to a catalog entry.
@@ -193,6 +229,7 @@ mod tests {
                 ..Supports::default()
             },
             providers: vec![],
+            fallbacks: Fallbacks::default(),
         }
     }
 

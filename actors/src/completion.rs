@@ -78,6 +78,9 @@ pub struct Usage {
     /// Part of `completion_tokens` spent on reasoning.
     #[serde(default)]
     pub reasoning_tokens: u64,
+    /// Part of `prompt_tokens` written to the provider's prompt cache (Anthropic).
+    #[serde(default)]
+    pub cache_write_tokens: u64,
 }
 
 impl Usage {
@@ -90,18 +93,36 @@ impl Usage {
         self.completion_tokens += other.completion_tokens;
         self.cached_tokens += other.cached_tokens;
         self.reasoning_tokens += other.reasoning_tokens;
+        self.cache_write_tokens += other.cache_write_tokens;
     }
 
-    /// The price of this usage at the given per-million-token prices.
+    /// The price of this usage at the given per-million-token prices. Above a long-context
+    /// threshold, the long-context tier prices the whole call.
     pub fn cost_usd(&self, prices: &Prices) -> f64 {
+        let (input, output, cached_price) = match prices.long_context {
+            Some(tier) if self.prompt_tokens > tier.threshold_tokens => (
+                tier.input_per_mtok,
+                tier.output_per_mtok,
+                tier.cached_input_per_mtok
+                    .or(prices.cached_input_per_mtok)
+                    .unwrap_or(tier.input_per_mtok),
+            ),
+            _ => (
+                prices.input_per_mtok,
+                prices.output_per_mtok,
+                prices
+                    .cached_input_per_mtok
+                    .unwrap_or(prices.input_per_mtok),
+            ),
+        };
         let cached = self.cached_tokens.min(self.prompt_tokens);
-        let uncached = self.prompt_tokens - cached;
-        let cached_price = prices
-            .cached_input_per_mtok
-            .unwrap_or(prices.input_per_mtok);
-        (uncached as f64 * prices.input_per_mtok
+        let written = self.cache_write_tokens.min(self.prompt_tokens - cached);
+        let uncached = self.prompt_tokens - cached - written;
+        let write_price = prices.cache_write_per_mtok.unwrap_or(input);
+        (uncached as f64 * input
             + cached as f64 * cached_price
-            + self.completion_tokens as f64 * prices.output_per_mtok)
+            + written as f64 * write_price
+            + self.completion_tokens as f64 * output)
             / 1_000_000.0
     }
 
@@ -221,15 +242,51 @@ mod tests {
             prompt_tokens: 1_000,
             completion_tokens: 500,
             cached_tokens: 200,
-            reasoning_tokens: 0,
+            ..Usage::default()
         };
         let prices = Prices {
             input_per_mtok: 0.15,
             output_per_mtok: 0.60,
             cached_input_per_mtok: Some(0.075),
+            ..Prices::default()
         };
         // 800 * 0.15 + 200 * 0.075 + 500 * 0.60 = 120 + 15 + 300 = 435 per 1M
         assert!((usage.cost_usd(&prices) - 0.000435).abs() < 1e-12);
+    }
+
+    #[test]
+    fn cost_prices_cache_writes_and_long_context_tiers() {
+        use crate::catalog::LongContextPrices;
+        // Anthropic-style: 100 uncached, 300 read from cache, 600 written to it.
+        let usage = Usage {
+            prompt_tokens: 1_000,
+            completion_tokens: 100,
+            cached_tokens: 300,
+            cache_write_tokens: 600,
+            ..Usage::default()
+        };
+        let prices = Prices {
+            input_per_mtok: 3.0,
+            output_per_mtok: 15.0,
+            cached_input_per_mtok: Some(0.30),
+            cache_write_per_mtok: Some(3.75),
+            long_context: Some(LongContextPrices {
+                threshold_tokens: 200_000,
+                input_per_mtok: 6.0,
+                output_per_mtok: 22.5,
+                cached_input_per_mtok: Some(0.60),
+            }),
+        };
+        // 100*3 + 300*0.30 + 600*3.75 + 100*15 = 300 + 90 + 2250 + 1500 = 4140 per 1M
+        assert!((usage.cost_usd(&prices) - 0.004140).abs() < 1e-12);
+        // Over the threshold the whole call is priced at the tier.
+        let long = Usage {
+            prompt_tokens: 250_000,
+            completion_tokens: 1_000,
+            ..Usage::default()
+        };
+        // 250000*6 + 1000*22.5 = 1_522_500 per 1M
+        assert!((long.cost_usd(&prices) - 1.5225).abs() < 1e-9);
     }
 
     #[test]

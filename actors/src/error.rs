@@ -29,6 +29,14 @@ pub enum ErrorKind {
     UpstreamBadRequest,
     /// An upstream provider rejected our credentials.
     UpstreamAuth,
+    /// The provider is overloaded (Anthropic 529, Gemini 503 UNAVAILABLE): try elsewhere.
+    Overloaded,
+    /// The prompt does not fit the model's context window.
+    ContextTooLong,
+    /// The provider refused the content (moderation, safety filters).
+    ContentFiltered,
+    /// The chosen model cannot honour a part of the request (e.g. a PDF to a text model).
+    UnsupportedByModel,
     /// The upstream connection could not be made or broke.
     UpstreamConnection,
     /// The upstream answered something we could not parse.
@@ -47,7 +55,11 @@ impl ErrorKind {
     /// The HTTP status the OpenAI SDKs map to the right exception.
     pub fn status_code(self) -> StatusCode {
         match self {
-            ErrorKind::InvalidRequest | ErrorKind::UpstreamBadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::InvalidRequest
+            | ErrorKind::UpstreamBadRequest
+            | ErrorKind::ContextTooLong
+            | ErrorKind::ContentFiltered
+            | ErrorKind::UnsupportedByModel => StatusCode::BAD_REQUEST,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::ModelNotFound | ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -56,6 +68,7 @@ impl ErrorKind {
             | ErrorKind::UpstreamAuth
             | ErrorKind::UpstreamConnection
             | ErrorKind::UpstreamMalformed => StatusCode::BAD_GATEWAY,
+            ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::NoProviderAvailable => StatusCode::SERVICE_UNAVAILABLE,
             // 499 is nginx's "client closed request"; the client never reads it.
@@ -74,8 +87,13 @@ impl ErrorKind {
             | ErrorKind::UpstreamAuth
             | ErrorKind::UpstreamConnection
             | ErrorKind::UpstreamMalformed
+            | ErrorKind::Overloaded
             | ErrorKind::Timeout
-            | ErrorKind::NoProviderAvailable => true,
+            | ErrorKind::NoProviderAvailable
+            // Another model may have a larger window, another provider other filters.
+            | ErrorKind::ContextTooLong
+            | ErrorKind::ContentFiltered
+            | ErrorKind::UnsupportedByModel => true,
             ErrorKind::InvalidRequest
             | ErrorKind::Unauthorized
             | ErrorKind::ModelNotFound
@@ -96,6 +114,7 @@ impl ErrorKind {
                 | ErrorKind::UpstreamAuth
                 | ErrorKind::UpstreamConnection
                 | ErrorKind::UpstreamMalformed
+                | ErrorKind::Overloaded
                 | ErrorKind::Timeout
         )
     }
@@ -112,6 +131,10 @@ impl ErrorKind {
             ErrorKind::UpstreamServer => "upstream_server_error",
             ErrorKind::UpstreamBadRequest => "upstream_bad_request",
             ErrorKind::UpstreamAuth => "upstream_auth",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::ContextTooLong => "context_length_exceeded",
+            ErrorKind::ContentFiltered => "content_filter",
+            ErrorKind::UnsupportedByModel => "unsupported_by_model",
             ErrorKind::UpstreamConnection => "upstream_connection",
             ErrorKind::UpstreamMalformed => "upstream_malformed",
             ErrorKind::Timeout => "timeout",
@@ -128,7 +151,10 @@ impl ErrorKind {
             | ErrorKind::ModelNotFound
             | ErrorKind::NotFound
             | ErrorKind::PayloadTooLarge
-            | ErrorKind::UpstreamBadRequest => "invalid_request_error",
+            | ErrorKind::UpstreamBadRequest
+            | ErrorKind::ContextTooLong
+            | ErrorKind::ContentFiltered
+            | ErrorKind::UnsupportedByModel => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::Timeout => "timeout_error",
@@ -136,6 +162,7 @@ impl ErrorKind {
             | ErrorKind::UpstreamAuth
             | ErrorKind::UpstreamConnection
             | ErrorKind::UpstreamMalformed
+            | ErrorKind::Overloaded
             | ErrorKind::NoProviderAvailable => "upstream_error",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "server_error",

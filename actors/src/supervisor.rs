@@ -13,6 +13,7 @@ use crate::cache::Cache;
 use crate::catalog::Catalog;
 use crate::engine::Gateway;
 use crate::provider::actor::{Clock, SystemClock};
+use crate::provider::media::{MediaFetcher, MediaSettings};
 use crate::provider::{ProviderActor, ProviderClient, ProviderHandle, ProviderSettings};
 use crate::recorder::metrics::Metrics;
 use crate::recorder::store::RunStore;
@@ -32,6 +33,8 @@ pub struct GatewayConfig {
     pub cache_shards: usize,
     /// Base URL of the web UI, for the run links.
     pub public_url: String,
+    /// How adapters download media for providers that cannot fetch URLs.
+    pub media: MediaSettings,
 }
 
 impl Supervised for Recorder {}
@@ -109,9 +112,10 @@ impl Supervisor {
             })
         };
 
+        let media = MediaFetcher::new(config.media);
         let mut providers: ProviderRegistry = HashMap::new();
         for settings in config.providers {
-            let client = ProviderClient::new(&settings)?;
+            let client = ProviderClient::new(&settings, &media)?;
             let (actor, health) = ProviderActor::new(
                 settings.name.clone(),
                 settings.breaker,

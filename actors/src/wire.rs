@@ -174,15 +174,42 @@ pub enum MessageContent {
     Parts(Vec<ContentPart>),
 }
 
-/// A part of a multi-part message. Image, audio and file parts are kept as sent.
+/// A part of a multi-part message.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentPart {
     Text { text: String },
-    ImageUrl { image_url: Value },
-    InputAudio { input_audio: Value },
-    File { file: Value },
+    ImageUrl { image_url: ImageUrl },
+    InputAudio { input_audio: InputAudio },
+    File { file: FilePart },
     Refusal { refusal: String },
+}
+
+/// An image: an `https://` URL or a `data:<mime>;base64,<data>` URI.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageUrl {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Audio input, base64-encoded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InputAudio {
+    pub data: String,
+    /// `wav`, `mp3`, …
+    pub format: String,
+}
+
+/// A file (PDF): inline as a data URI in `file_data`, or an uploaded `file_id`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FilePart {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

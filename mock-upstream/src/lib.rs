@@ -25,7 +25,10 @@
 //! `DELETE /_mock/requests` (clear), which are not recorded themselves.
 
 pub mod answer;
+mod anthropic;
+mod bedrock;
 pub mod directives;
+mod gemini;
 mod ids;
 pub mod openai;
 pub mod schema_instance;

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::openai;
+use crate::{anthropic, bedrock, gemini, openai};
 
 /// Largest request body accepted (benchmarks send big prompts).
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
@@ -299,11 +299,35 @@ async fn dispatch(req: HttpRequest, body: Bytes, state: web::Data<State>) -> Htt
         serde_json::from_slice(&body).unwrap_or(Value::Null)
     };
     state.record(&req, &json);
-    match (req.method().as_str(), req.path()) {
-        ("POST", "/v1/chat/completions" | "/chat/completions") => {
+    let path = req.path();
+    match req.method().as_str() {
+        "POST" if path == "/v1/chat/completions" || path == "/chat/completions" => {
             openai::chat_completions(&req, json, &state).await
         }
-        ("GET", "/v1/models" | "/models") => openai::models(),
+        // Azure OpenAI: /openai/deployments/{deployment}/chat/completions?api-version=…
+        "POST"
+            if path.starts_with("/openai/deployments/") && path.ends_with("/chat/completions") =>
+        {
+            openai::chat_completions(&req, json, &state).await
+        }
+        "GET" if path == "/v1/models" || path == "/models" => openai::models(),
+        // Anthropic Messages API.
+        "POST" if path == "/v1/messages" => anthropic::messages(&req, json, &state).await,
+        // Gemini API (/v1beta/models/{m}:generateContent) and Vertex AI
+        // (/v1/projects/{p}/locations/{l}/publishers/google/models/{m}:generateContent).
+        "POST" if path.contains(":generateContent") || path.contains(":streamGenerateContent") => {
+            gemini::generate(&req, json, &state).await
+        }
+        // Google OAuth token endpoint (service-account JWT exchange) and metadata server.
+        "POST" if path == "/token" => gemini::token(&req, &body),
+        "GET" if path.starts_with("/computeMetadata/") => gemini::metadata_token(&req),
+        // Bedrock Converse: /model/{modelId}/converse and /converse-stream.
+        "POST"
+            if path.starts_with("/model/")
+                && (path.ends_with("/converse") || path.ends_with("/converse-stream")) =>
+        {
+            bedrock::converse(&req, &body, &state).await
+        }
         _ => openai::not_found(&req),
     }
 }

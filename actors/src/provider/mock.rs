@@ -8,7 +8,7 @@ use std::time::Duration;
 use flowgate_mock_upstream::answer::{answer, MockAnswer};
 use futures::StreamExt;
 
-use super::openai::kind_for_status;
+use super::http::kind_for_status;
 use super::{EventStream, MockBehaviour, MockSettings, UpstreamRequest};
 use crate::completion::{
     AssistantMessage, Choice, Completion, FinishReason, StreamEvent, ToolCallOut, Usage,

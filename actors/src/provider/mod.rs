@@ -3,6 +3,11 @@
 //! and circuit breaker.
 
 pub mod actor;
+pub mod anthropic;
+pub mod bedrock;
+pub mod gemini;
+pub mod http;
+pub mod media;
 pub mod mock;
 pub mod openai;
 pub mod sse;
@@ -76,6 +81,117 @@ pub struct OpenAiSettings {
     pub api_key: Option<String>,
     /// Extra headers sent with every request (e.g. OpenRouter's `HTTP-Referer`).
     pub headers: BTreeMap<String, String>,
+    /// Which OpenAI-compatible API this is, for its known quirks.
+    pub flavor: OpenAiFlavor,
+}
+
+/// The OpenAI-compatible APIs whose quirks the `openai` adapter knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenAiFlavor {
+    #[default]
+    OpenAi,
+    Groq,
+    Mistral,
+    Xai,
+    Fireworks,
+    Together,
+    DeepSeek,
+    OpenRouter,
+    Ollama,
+    Vllm,
+}
+
+impl OpenAiFlavor {
+    /// The flavor of a well-known base URL; `OpenAi` for anything else.
+    pub fn detect(base_url: &str) -> OpenAiFlavor {
+        let host = base_url
+            .split("://")
+            .nth(1)
+            .unwrap_or(base_url)
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let known = [
+            ("api.groq.com", OpenAiFlavor::Groq),
+            ("api.mistral.ai", OpenAiFlavor::Mistral),
+            ("api.x.ai", OpenAiFlavor::Xai),
+            ("api.fireworks.ai", OpenAiFlavor::Fireworks),
+            ("api.together.xyz", OpenAiFlavor::Together),
+            ("api.together.ai", OpenAiFlavor::Together),
+            ("api.deepseek.com", OpenAiFlavor::DeepSeek),
+            ("openrouter.ai", OpenAiFlavor::OpenRouter),
+            (":11434", OpenAiFlavor::Ollama),
+        ];
+        known
+            .iter()
+            .find(|(needle, _)| host.contains(needle))
+            .map_or(OpenAiFlavor::OpenAi, |(_, flavor)| *flavor)
+    }
+}
+
+/// Settings of the `azure` kind: Azure OpenAI. The catalog's provider model id is the
+/// deployment name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AzureSettings {
+    /// `https://<resource>.openai.azure.com`
+    pub endpoint: String,
+    pub api_key: Option<String>,
+    pub api_version: String,
+}
+
+/// Settings of the `anthropic` kind: the Messages API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnthropicSettings {
+    /// `https://api.anthropic.com`; `/v1/messages` is appended.
+    pub base_url: String,
+    pub api_key: Option<String>,
+    /// The `anthropic-version` header.
+    pub version: String,
+    /// Extra headers (e.g. `anthropic-beta`).
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Settings of the `gemini` kind: the Gemini API with an API key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeminiSettings {
+    /// `https://generativelanguage.googleapis.com`; `/v1beta/models/…` is appended.
+    pub base_url: String,
+    pub api_key: Option<String>,
+}
+
+/// How the `vertex` kind gets its OAuth token.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VertexCredentials {
+    /// A service-account key (the JSON text): a signed JWT is exchanged at its `token_uri`.
+    ServiceAccount(String),
+    /// The GCE/GKE metadata server at this base URL.
+    MetadataServer(String),
+    /// A fixed access token (for tests and short-lived setups).
+    AccessToken(String),
+}
+
+/// Settings of the `vertex` kind: Gemini on Vertex AI.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VertexSettings {
+    pub project: String,
+    /// e.g. `us-central1`, or `global`.
+    pub region: String,
+    /// Default: `https://<region>-aiplatform.googleapis.com` (`https://aiplatform.googleapis.com`
+    /// for `global`).
+    pub base_url: String,
+    pub credentials: VertexCredentials,
+}
+
+/// Settings of the `bedrock` kind: Amazon Bedrock's Converse API, signed with SigV4.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BedrockSettings {
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// Default: `https://bedrock-runtime.<region>.amazonaws.com`.
+    pub base_url: String,
 }
 
 /// Behaviour of one model of the built-in `mock` provider.
@@ -103,6 +219,11 @@ pub struct MockSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderKind {
     OpenAi(OpenAiSettings),
+    Azure(AzureSettings),
+    Anthropic(AnthropicSettings),
+    Gemini(GeminiSettings),
+    Vertex(VertexSettings),
+    Bedrock(BedrockSettings),
     Mock(MockSettings),
 }
 
@@ -110,6 +231,11 @@ impl ProviderKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             ProviderKind::OpenAi(_) => "openai",
+            ProviderKind::Azure(_) => "azure",
+            ProviderKind::Anthropic(_) => "anthropic",
+            ProviderKind::Gemini(_) => "gemini",
+            ProviderKind::Vertex(_) => "vertex",
+            ProviderKind::Bedrock(_) => "bedrock",
             ProviderKind::Mock(_) => "mock",
         }
     }
@@ -140,18 +266,56 @@ pub struct UpstreamRequest<'a> {
 /// The adapter of one provider kind.
 #[derive(Debug)]
 pub enum ProviderClient {
+    /// OpenAI and Azure OpenAI (same wire format).
     OpenAi(openai::OpenAiClient),
+    Anthropic(anthropic::AnthropicClient),
+    /// Gemini API and Vertex AI (same wire format).
+    Gemini(gemini::GeminiClient),
+    Bedrock(bedrock::BedrockClient),
     Mock(mock::MockClient),
 }
 
+/// What every adapter is built from.
+#[derive(Debug, Clone)]
+pub struct AdapterContext {
+    /// The provider's name in config, for messages.
+    pub name: String,
+    pub timeouts: Timeouts,
+    /// Downloads images and files for providers that cannot fetch URLs.
+    pub media: media::MediaFetcher,
+}
+
 impl ProviderClient {
-    pub fn new(settings: &ProviderSettings) -> Result<ProviderClient, String> {
+    pub fn new(
+        settings: &ProviderSettings,
+        media: &media::MediaFetcher,
+    ) -> Result<ProviderClient, String> {
+        let ctx = AdapterContext {
+            name: settings.name.clone(),
+            timeouts: settings.timeouts,
+            media: media.clone(),
+        };
         Ok(match &settings.kind {
             ProviderKind::OpenAi(openai) => ProviderClient::OpenAi(openai::OpenAiClient::new(
                 &settings.name,
                 openai.clone(),
                 settings.timeouts,
             )?),
+            ProviderKind::Azure(azure) => {
+                ProviderClient::OpenAi(openai::OpenAiClient::azure(ctx, azure.clone())?)
+            }
+            ProviderKind::Anthropic(anthropic) => {
+                ProviderClient::Anthropic(anthropic::AnthropicClient::new(ctx, anthropic.clone())?)
+            }
+            ProviderKind::Gemini(gemini) => {
+                ProviderClient::Gemini(gemini::GeminiClient::gemini(ctx, gemini.clone())?)
+            }
+            ProviderKind::Vertex(vertex) => {
+                ProviderClient::Gemini(gemini::GeminiClient::vertex(ctx, vertex.clone())?)
+            }
+            ProviderKind::Bedrock(bedrock) => {
+                ProviderClient::Bedrock(bedrock::BedrockClient::new(ctx, bedrock.clone())?)
+            }
             ProviderKind::Mock(mock) => ProviderClient::Mock(mock::MockClient::new(mock.clone())),
         })
     }
@@ -160,6 +324,9 @@ impl ProviderClient {
     pub async fn complete(&self, call: UpstreamRequest<'_>) -> Result<Completion, GatewayError> {
         match self {
             ProviderClient::OpenAi(client) => client.complete(call).await,
+            ProviderClient::Anthropic(client) => client.complete(call).await,
+            ProviderClient::Gemini(client) => client.complete(call).await,
+            ProviderClient::Bedrock(client) => client.complete(call).await,
             ProviderClient::Mock(client) => client.complete(call).await,
         }
     }
@@ -168,6 +335,9 @@ impl ProviderClient {
     pub async fn stream(&self, call: UpstreamRequest<'_>) -> Result<EventStream, GatewayError> {
         match self {
             ProviderClient::OpenAi(client) => client.stream(call).await,
+            ProviderClient::Anthropic(client) => client.stream(call).await,
+            ProviderClient::Gemini(client) => client.stream(call).await,
+            ProviderClient::Bedrock(client) => client.stream(call).await,
             ProviderClient::Mock(client) => client.stream(call).await,
         }
     }

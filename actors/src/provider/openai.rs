@@ -7,8 +7,11 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::time::{timeout, Instant};
 
+use super::http::{self, kind_for_status};
 use super::sse::SseDecoder;
-use super::{EventStream, OpenAiSettings, Timeouts, UpstreamRequest};
+use super::{
+    AdapterContext, AzureSettings, EventStream, OpenAiSettings, Timeouts, UpstreamRequest,
+};
 use crate::completion::{
     AssistantMessage, Choice, Completion, FinishReason, StreamEvent, ToolCallOut, Usage,
 };
@@ -23,8 +26,20 @@ pub struct OpenAiClient {
     name: String,
     settings: OpenAiSettings,
     timeouts: Timeouts,
-    url: String,
+    endpoint: Endpoint,
     http: reqwest::Client,
+}
+
+/// Where requests go and how they authenticate.
+#[derive(Debug)]
+enum Endpoint {
+    /// `<base_url>/chat/completions`, `Authorization: Bearer`.
+    OpenAi { url: String },
+    /// `<endpoint>/openai/deployments/<model>/chat/completions?api-version=…`, `api-key`.
+    Azure {
+        endpoint: String,
+        api_version: String,
+    },
 }
 
 // ---- wire types, private to this module ----
@@ -216,6 +231,7 @@ impl From<UsageBody> for Usage {
                 .completion_tokens_details
                 .and_then(|d| d.reasoning_tokens)
                 .unwrap_or(0),
+            cache_write_tokens: 0,
         }
     }
 }
@@ -321,90 +337,59 @@ fn chunk_events(chunk: Chunk, out: &mut VecDeque<StreamEvent>) {
     }
 }
 
-fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-    {
-        return Duration::try_from_secs_f64(ms / 1000.0).ok();
-    }
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-}
-
-/// Maps an upstream HTTP status to the gateway's error kind.
-pub(crate) fn kind_for_status(status: u16) -> ErrorKind {
-    match status {
-        401 | 403 => ErrorKind::UpstreamAuth,
-        408 => ErrorKind::Timeout,
-        429 => ErrorKind::RateLimited,
-        400 | 404 | 409 | 413 | 422 => ErrorKind::UpstreamBadRequest,
-        _ => ErrorKind::UpstreamServer,
-    }
-}
-
 impl OpenAiClient {
     pub fn new(
         name: &str,
         settings: OpenAiSettings,
         timeouts: Timeouts,
     ) -> Result<OpenAiClient, String> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect())
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build()
-            .map_err(|e| format!("provider `{name}`: cannot build its HTTP client: {e}"))?;
         let url = format!(
             "{}/chat/completions",
             settings.base_url.trim_end_matches('/')
         );
         Ok(OpenAiClient {
             name: name.to_string(),
+            http: http::client(name, &timeouts)?,
             settings,
             timeouts,
-            url,
-            http,
+            endpoint: Endpoint::OpenAi { url },
+        })
+    }
+
+    /// Azure OpenAI: the same wire format, deployments in the URL, an `api-key` header.
+    pub fn azure(ctx: AdapterContext, azure: AzureSettings) -> Result<OpenAiClient, String> {
+        Ok(OpenAiClient {
+            http: http::client(&ctx.name, &ctx.timeouts)?,
+            name: ctx.name,
+            settings: OpenAiSettings {
+                base_url: azure.endpoint.clone(),
+                api_key: azure.api_key,
+                headers: Default::default(),
+                flavor: super::OpenAiFlavor::OpenAi,
+            },
+            timeouts: ctx.timeouts,
+            endpoint: Endpoint::Azure {
+                endpoint: azure.endpoint.trim_end_matches('/').to_string(),
+                api_version: azure.api_version,
+            },
         })
     }
 
     /// Removes the provider key from text that may echo it.
     fn scrub(&self, text: &str) -> String {
-        match &self.settings.api_key {
-            Some(key) if !key.is_empty() => text.replace(key.as_str(), "***"),
-            _ => text.to_string(),
-        }
+        http::scrub(text, &[self.settings.api_key.as_deref().unwrap_or("")])
     }
 
     fn transport_error(&self, error: reqwest::Error) -> GatewayError {
-        let error = error.without_url();
-        let kind = if error.is_timeout() {
-            ErrorKind::Timeout
-        } else {
-            ErrorKind::UpstreamConnection
-        };
-        let detail = if error.is_connect() {
-            "could not connect".to_string()
-        } else {
-            self.scrub(&error.to_string())
-        };
-        GatewayError::new(kind, format!("provider `{}`: {detail}", self.name))
+        http::transport_error(
+            &self.name,
+            error,
+            &[self.settings.api_key.as_deref().unwrap_or("")],
+        )
     }
 
     fn timeout_error(&self, what: &str, limit: Duration) -> GatewayError {
-        GatewayError::new(
-            ErrorKind::Timeout,
-            format!(
-                "provider `{}` did not answer {what} within {:.1}s",
-                self.name,
-                limit.as_secs_f64()
-            ),
-        )
+        http::timeout_error(&self.name, what, limit)
     }
 
     async fn send(
@@ -412,10 +397,30 @@ impl OpenAiClient {
         call: &UpstreamRequest<'_>,
         stream: bool,
     ) -> Result<reqwest::Response, GatewayError> {
-        let mut request = self.http.post(&self.url).json(&body(call, stream));
-        if let Some(key) = &self.settings.api_key {
-            request = request.bearer_auth(key);
+        let mut request = match &self.endpoint {
+            Endpoint::OpenAi { url } => {
+                let request = self.http.post(url);
+                match &self.settings.api_key {
+                    Some(key) => request.bearer_auth(key),
+                    None => request,
+                }
+            }
+            Endpoint::Azure {
+                endpoint,
+                api_version,
+            } => {
+                let url = format!(
+                    "{endpoint}/openai/deployments/{}/chat/completions",
+                    call.model
+                );
+                let request = self.http.post(url).query(&[("api-version", api_version)]);
+                match &self.settings.api_key {
+                    Some(key) => request.header("api-key", key),
+                    None => request,
+                }
+            }
         }
+        .json(&body(call, stream));
         for (name, value) in &self.settings.headers {
             request = request.header(name, value);
         }
@@ -432,7 +437,7 @@ impl OpenAiClient {
 
     async fn status_error(&self, response: reqwest::Response) -> GatewayError {
         let status = response.status().as_u16();
-        let retry_after = parse_retry_after(response.headers());
+        let retry_after = http::retry_after(response.headers());
         let kind = kind_for_status(status);
         let text = match timeout(Duration::from_secs(5), response.bytes()).await {
             Ok(Ok(bytes)) => {
@@ -654,7 +659,8 @@ mod tests {
                 prompt_tokens: 10,
                 completion_tokens: 5,
                 cached_tokens: 4,
-                reasoning_tokens: 2
+                reasoning_tokens: 2,
+                ..Usage::default()
             }
         );
     }
@@ -682,14 +688,5 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(matches!(&out[0], StreamEvent::ToolCall { id: Some(id), .. } if id == "call_1"));
         assert!(matches!(&out[1], StreamEvent::Usage(u) if u.prompt_tokens == 3));
-    }
-
-    #[test]
-    fn statuses_map_to_kinds() {
-        assert_eq!(kind_for_status(429), ErrorKind::RateLimited);
-        assert_eq!(kind_for_status(401), ErrorKind::UpstreamAuth);
-        assert_eq!(kind_for_status(400), ErrorKind::UpstreamBadRequest);
-        assert_eq!(kind_for_status(503), ErrorKind::UpstreamServer);
-        assert_eq!(kind_for_status(529), ErrorKind::UpstreamServer);
     }
 }

@@ -1,0 +1,103 @@
+//! HTTP plumbing every adapter shares: the client, status → error kind, `Retry-After`,
+//! transport errors with secrets scrubbed.
+
+use std::time::Duration;
+
+use crate::error::{ErrorKind, GatewayError};
+
+use super::Timeouts;
+
+/// An HTTP client for one provider: its connect timeout, pooled keep-alive connections.
+pub fn client(name: &str, timeouts: &Timeouts) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(timeouts.connect())
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build()
+        .map_err(|e| format!("provider `{name}`: cannot build its HTTP client: {e}"))
+}
+
+/// Maps an upstream HTTP status to the gateway's error kind.
+pub fn kind_for_status(status: u16) -> ErrorKind {
+    match status {
+        401 | 403 => ErrorKind::UpstreamAuth,
+        408 => ErrorKind::Timeout,
+        429 => ErrorKind::RateLimited,
+        529 => ErrorKind::Overloaded,
+        413 => ErrorKind::ContextTooLong,
+        400 | 404 | 409 | 422 => ErrorKind::UpstreamBadRequest,
+        _ => ErrorKind::UpstreamServer,
+    }
+}
+
+/// `retry-after-ms` or `retry-after` (seconds).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+    {
+        return Duration::try_from_secs_f64(ms / 1000.0).ok();
+    }
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+}
+
+/// Replaces each secret in `text` with `***`.
+pub fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        out = out.replace(secret, "***");
+    }
+    out
+}
+
+/// A connection-level failure (no HTTP status), without the URL (it may carry a key).
+pub fn transport_error(name: &str, error: reqwest::Error, secrets: &[&str]) -> GatewayError {
+    let error = error.without_url();
+    let kind = if error.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::UpstreamConnection
+    };
+    let detail = if error.is_connect() {
+        "could not connect".to_string()
+    } else {
+        scrub(&error.to_string(), secrets)
+    };
+    GatewayError::new(kind, format!("provider `{name}`: {detail}"))
+}
+
+/// A timeout while waiting for `what`.
+pub fn timeout_error(name: &str, what: &str, limit: Duration) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::Timeout,
+        format!(
+            "provider `{name}` did not answer {what} within {:.1}s",
+            limit.as_secs_f64()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_kinds() {
+        assert_eq!(kind_for_status(429), ErrorKind::RateLimited);
+        assert_eq!(kind_for_status(401), ErrorKind::UpstreamAuth);
+        assert_eq!(kind_for_status(400), ErrorKind::UpstreamBadRequest);
+        assert_eq!(kind_for_status(503), ErrorKind::UpstreamServer);
+        assert_eq!(kind_for_status(529), ErrorKind::Overloaded);
+    }
+
+    #[test]
+    fn secrets_are_scrubbed() {
+        assert_eq!(scrub("bad key sk-123456", &["sk-123456"]), "bad key ***");
+    }
+}
