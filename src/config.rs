@@ -144,8 +144,9 @@ fn default_openai_url() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAzure {
-    /// `https://<resource>.openai.azure.com`
-    endpoint: String,
+    /// `https://<resource>.openai.azure.com`; unset: the provider is disabled.
+    #[serde(default)]
+    endpoint: Option<String>,
     #[serde(default)]
     api_key: Option<String>,
     #[serde(default = "default_azure_version")]
@@ -205,7 +206,9 @@ fn default_gemini_url() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVertex {
-    project: String,
+    /// Unset: the provider is disabled.
+    #[serde(default)]
+    project: Option<String>,
     #[serde(default = "default_vertex_region")]
     region: String,
     #[serde(default)]
@@ -228,6 +231,10 @@ struct RawVertex {
     breaker: BreakerSettings,
 }
 
+fn default_bedrock_region() -> String {
+    "us-east-1".into()
+}
+
 fn default_vertex_region() -> String {
     "us-central1".into()
 }
@@ -239,6 +246,7 @@ fn default_metadata_url() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBedrock {
+    #[serde(default = "default_bedrock_region")]
     region: String,
     #[serde(default)]
     access_key_id: Option<String>,
@@ -544,14 +552,20 @@ impl Config {
                     )
                 }
                 RawProvider::Azure(a) => {
-                    check_url("endpoint", &a.endpoint)?;
+                    let endpoint = a.endpoint.unwrap_or_default();
+                    let missing = endpoint
+                        .is_empty()
+                        .then(|| "no endpoint is set".to_string());
+                    if missing.is_none() {
+                        check_url("endpoint", &endpoint)?;
+                    }
                     provider(
                         ProviderKind::Azure(AzureSettings {
-                            endpoint: a.endpoint,
+                            endpoint,
                             api_key: a.api_key,
                             api_version: a.api_version,
                         }),
-                        unset_secret(&["api_key", "endpoint"]),
+                        unset_secret(&["endpoint", "api_key"]).or(missing),
                         a.timeouts,
                         a.breaker,
                     )
@@ -596,7 +610,8 @@ impl Config {
                         "credentials_file",
                         "credentials_json",
                         "access_token",
-                    ]);
+                    ])
+                    .or_else(|| v.project.is_none().then(|| "no project is set".to_string()));
                     let credentials = if let Some(token) = v.access_token {
                         VertexCredentials::AccessToken(token)
                     } else if let Some(json) = v.credentials_json {
@@ -617,7 +632,7 @@ impl Config {
                     };
                     provider(
                         ProviderKind::Vertex(VertexSettings {
-                            project: v.project,
+                            project: v.project.unwrap_or_default(),
                             region: v.region,
                             base_url,
                             credentials,
