@@ -47,6 +47,14 @@ providers = [
   { provider = "upstream", model = "gpt-4o-mini;malformed", input_per_mtok = 1.0, output_per_mtok = 1.0 },
 ]
 
+[models."up-down"]
+providers = [{ provider = "upstream", model = "gpt-4o-mini;status=503", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
+fallback = { unavailable = ["up-model"], rate_limit = ["mock-echo"] }
+
+[models."up-text-only"]
+providers = [{ provider = "upstream", model = "gpt-4o-mini", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
+supports = { json_mode = true }
+
 [models."up-slow"]
 providers = [
   { provider = "upstream", model = "gpt-4o-mini;delay_ms=300", input_per_mtok = 1.0, output_per_mtok = 1.0 },
@@ -544,4 +552,69 @@ async fn identical_concurrent_requests_reach_the_provider_once() {
     let results = futures::future::join_all((0..3).map(|_| chat(&s.gw, never.clone()))).await;
     assert!(results.iter().all(|(status, _, _)| *status == 200));
     assert_eq!(s.upstream.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn auto_fallback_uses_the_catalog_fallback_for_the_error_class() {
+    let s = setup();
+    let (status, headers, body) = chat(
+        &s.gw,
+        json!({"model": "up-down", "messages": user("still here")}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-flowgate-model"], "up-model");
+    assert_eq!(body["model"], "up-model");
+    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
+    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
+    let attempts = run["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{run}");
+    assert_eq!(attempts[0]["status"], 503);
+    assert_eq!(
+        attempts[1]["reason"],
+        "auto_fallback after upstream_server_error"
+    );
+
+    // `never` turns it off: the error comes back.
+    let (status, _, body) = chat(
+        &s.gw,
+        json!({"model": "up-down", "use_fallback": "never", "messages": user("x")}),
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+
+    // An explicit list replaces the catalog's.
+    let (status, headers, _) = chat(
+        &s.gw,
+        json!({"model": "up-down", "use_fallback": ["mock-echo"], "messages": user("x")}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-flowgate-provider"], "mock");
+}
+
+#[tokio::test]
+async fn input_the_model_cannot_take_is_a_400_that_names_it() {
+    let s = setup();
+    let image = json!([{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    ]}]);
+    let (status, _, body) = chat(&s.gw, json!({"model": "up-text-only", "messages": image})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "unsupported_by_model");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("image input"));
+    assert_eq!(s.upstream.count(), 0, "no provider was called");
+
+    // A fallback model that can take it is used instead.
+    let (status, headers, _) = chat(
+        &s.gw,
+        json!({"model": "up-text-only", "use_fallback": ["mock-echo"], "messages": image}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-flowgate-model"], "mock-echo");
 }

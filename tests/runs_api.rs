@@ -51,7 +51,8 @@ async fn every_request_is_one_run_listed_newest_first_and_kept_across_restarts()
     )
     .await;
     assert_eq!(status, 404);
-    assert!(headers.get("x-flowgate-run-id").is_none());
+    // The error names its run, so a client can look it up.
+    let error_run_id = headers["x-flowgate-run-id"].to_str().unwrap().to_string();
     let (status, _, _) = chat(
         &gw,
         json!({"model": "ledger/mock-echo", "messages": "not a list"}),

@@ -22,7 +22,7 @@ use crate::recorder::metrics::Metrics;
 use crate::recorder::run::{feedback_token, CacheStatus, RunRecord, RunStatus};
 use crate::recorder::store::RunStore;
 use crate::recorder::{Record, Recorder};
-use crate::router::{FallbackPlan, PlannedAttempt, ProviderRegistry};
+use crate::router::{auto_fallback_attempts, FallbackPlan, PlannedAttempt, ProviderRegistry};
 use crate::wire::ChatRequest;
 
 /// Everything the request path needs. Cheap to clone.
@@ -191,6 +191,8 @@ impl RunGuard {
 
     /// Records a failed run; returns the error with the attempts as its details.
     pub fn fail(mut self, mut error: GatewayError) -> GatewayError {
+        // Close a streaming attempt first, so the details say how it ended.
+        self.close_attempt(Some(error.kind));
         if error.attempts.is_empty() {
             error.attempts = self.attempts.clone();
         }
@@ -203,7 +205,6 @@ impl RunGuard {
             .as_ref()
             .map(|c| c.usage.cost_usd(&self.prices))
             .unwrap_or(0.0);
-        self.close_attempt(Some(error.kind));
         self.record(RunStatus::Error, output, cost, Some(&error));
         error
     }
@@ -324,6 +325,51 @@ fn exhausted(
     error
 }
 
+/// Walks a plan's attempts, then, with `use_fallback: auto`, the catalog's fallback models for
+/// the class of the last error.
+struct AttemptCursor {
+    index: usize,
+    extra: Vec<PlannedAttempt>,
+    extended: bool,
+}
+
+impl AttemptCursor {
+    fn new() -> Self {
+        AttemptCursor {
+            index: 0,
+            extra: Vec::new(),
+            extended: false,
+        }
+    }
+
+    fn next<'a>(
+        &'a mut self,
+        gateway: &Gateway,
+        plan: &'a FallbackPlan,
+        last: Option<&GatewayError>,
+    ) -> Option<&'a PlannedAttempt> {
+        let planned = plan.attempts.len();
+        if self.index >= planned + self.extra.len() && !self.extended {
+            self.extended = true;
+            if let Some(error) = last.filter(|e| plan.auto_fallback && e.should_fallback()) {
+                self.extra = auto_fallback_attempts(
+                    &gateway.catalog.load(),
+                    &gateway.providers,
+                    plan,
+                    error.kind,
+                );
+            }
+        }
+        let i = self.index;
+        self.index += 1;
+        if i < planned {
+            plan.attempts.get(i)
+        } else {
+            self.extra.get(i - planned)
+        }
+    }
+}
+
 /// A stream whose first event has arrived: the provider is committed.
 pub struct LiveStream {
     pub first: StreamEvent,
@@ -381,7 +427,8 @@ impl Gateway {
     ) -> Result<Answer, GatewayError> {
         let mut last: Option<GatewayError> = None;
         let mut skipped = Vec::new();
-        for planned in &plan.attempts {
+        let mut cursor = AttemptCursor::new();
+        while let Some(planned) = cursor.next(self, plan, last.as_ref()) {
             let admission = planned.provider.health.admit();
             if admission == Admission::Refused {
                 skipped.push(planned.provider.name().to_string());
@@ -467,7 +514,8 @@ impl Gateway {
 
         let mut last: Option<GatewayError> = None;
         let mut skipped = Vec::new();
-        for planned in &plan.attempts {
+        let mut cursor = AttemptCursor::new();
+        while let Some(planned) = cursor.next(self, plan, last.as_ref()) {
             let admission = planned.provider.health.admit();
             if admission == Admission::Refused {
                 skipped.push(planned.provider.name().to_string());

@@ -6,6 +6,7 @@
 
 pub mod breaker;
 pub mod cache;
+pub mod capabilities;
 pub mod catalog;
 pub mod completion;
 pub mod engine;

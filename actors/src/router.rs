@@ -8,10 +8,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 
+use crate::capabilities::Needs;
 use crate::catalog::{Catalog, ModelEntry, ProviderOffer, ResolvedModel};
 use crate::error::{ErrorKind, GatewayError};
 use crate::provider::ProviderHandle;
-use crate::wire::UseFallback;
+use crate::wire::{FallbackMode, UseFallback};
 
 /// Configured providers by name.
 pub type ProviderRegistry = HashMap<String, ProviderHandle>;
@@ -19,6 +20,7 @@ pub type ProviderRegistry = HashMap<String, ProviderHandle>;
 /// Why an attempt is in the plan after the first.
 pub const REASON_OTHER_PROVIDER: &str = "other_provider";
 pub const REASON_FALLBACK_MODEL: &str = "fallback_model";
+pub const REASON_AUTO_FALLBACK: &str = "auto_fallback";
 
 /// One step of a plan: a provider serving a model.
 #[derive(Debug, Clone)]
@@ -37,6 +39,11 @@ pub struct FallbackPlan {
     /// The model the client asked for.
     pub model: Arc<ModelEntry>,
     pub attempts: Vec<PlannedAttempt>,
+    /// `use_fallback: auto`: once the attempts fail, the catalog's fallback models for the
+    /// error class are tried.
+    pub auto_fallback: bool,
+    /// What the request needs of a model.
+    pub needs: Needs,
 }
 
 /// Plan the attempts for a model.
@@ -47,6 +54,7 @@ pub struct PlanRoute {
     pub use_fallback: Option<UseFallback>,
     /// Pin one provider: no other provider and no fallback model.
     pub provider: Option<String>,
+    pub needs: Needs,
 }
 
 pub struct Router {
@@ -81,8 +89,12 @@ fn offers(
     providers: &ProviderRegistry,
     pin: Option<&str>,
     first_reason: Option<&'static str>,
+    needs: &Needs,
     out: &mut Vec<PlannedAttempt>,
 ) {
+    if needs.missing(&resolved.entry.supports).is_some() {
+        return;
+    }
     for offer in &resolved.entry.providers {
         if pin.is_some_and(|p| p != offer.provider) {
             continue;
@@ -135,7 +147,7 @@ pub fn plan(
         }
     }
     let mut attempts = Vec::new();
-    offers(&resolved, providers, pin, None, &mut attempts);
+    offers(&resolved, providers, pin, None, &msg.needs, &mut attempts);
 
     if pin.is_none() {
         if let Some(UseFallback::Models(models)) = &msg.use_fallback {
@@ -149,15 +161,29 @@ pub fn plan(
                     providers,
                     None,
                     Some(REASON_FALLBACK_MODEL),
+                    &msg.needs,
                     &mut attempts,
                 );
             }
         }
-        // `auto` (the default) will add the catalog's fallback models by error class once the
-        // catalog carries them; `never` adds nothing.
     }
+    let auto_fallback = pin.is_none()
+        && matches!(
+            msg.use_fallback,
+            None | Some(UseFallback::Mode(FallbackMode::Auto))
+        );
 
     if attempts.is_empty() {
+        if let Some(missing) = msg.needs.missing(&resolved.entry.supports) {
+            return Err(GatewayError::new(
+                ErrorKind::UnsupportedByModel,
+                format!(
+                    "`{}` does not support {missing}; choose a model whose `supports` lists it (GET /v1/models)",
+                    resolved.entry.id
+                ),
+            )
+            .with_param("messages"));
+        }
         let why: Vec<String> = resolved
             .entry
             .providers
@@ -187,5 +213,50 @@ pub fn plan(
     Ok(FallbackPlan {
         model: resolved.entry,
         attempts,
+        auto_fallback,
+        needs: msg.needs,
     })
+}
+
+/// The catalog's fallback models for the class of `error`, as attempts, skipping models the
+/// plan already tried.
+pub fn auto_fallback_attempts(
+    catalog: &Catalog,
+    providers: &ProviderRegistry,
+    plan: &FallbackPlan,
+    error: ErrorKind,
+) -> Vec<PlannedAttempt> {
+    let fallbacks = &plan.model.fallbacks;
+    let class = match error {
+        ErrorKind::RateLimited => &fallbacks.rate_limit,
+        ErrorKind::ContextTooLong => &fallbacks.context_exceeded,
+        ErrorKind::ContentFiltered => &fallbacks.content_moderation,
+        ErrorKind::UpstreamServer
+        | ErrorKind::UpstreamAuth
+        | ErrorKind::UpstreamConnection
+        | ErrorKind::UpstreamMalformed
+        | ErrorKind::Overloaded
+        | ErrorKind::Timeout
+        | ErrorKind::NoProviderAvailable => &fallbacks.unavailable,
+        _ => return Vec::new(),
+    };
+    let mut out: Vec<PlannedAttempt> = Vec::new();
+    for name in class {
+        let Ok(resolved) = catalog.resolve(name) else {
+            continue;
+        };
+        if plan
+            .attempts
+            .iter()
+            .any(|a| a.model.id == resolved.entry.id)
+        {
+            continue;
+        }
+        let before = out.len();
+        offers(&resolved, providers, None, None, &plan.needs, &mut out);
+        for attempt in &mut out[before..] {
+            attempt.reason = Some(REASON_AUTO_FALLBACK);
+        }
+    }
+    out
 }

@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use actix::Addr;
-use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 use bytes::{Bytes, BytesMut};
+use flowgate_actors::capabilities::Needs;
 use flowgate_actors::engine::{Answer, RunContext, RunGuard};
 use flowgate_actors::error::{ErrorKind, GatewayError};
 use flowgate_actors::model_ref::{ModelRef, Target};
@@ -28,26 +30,51 @@ pub async fn chat_completions(
     let tenant = state.auth.tenant(&req)?;
     // From here on, every outcome is recorded as exactly one run.
     let ctx = RunContext::new(&tenant, "default", "", false);
-    let mut guard = RunGuard::new(state.gateway.clone(), ctx);
+    let guard = RunGuard::new(state.gateway.clone(), ctx);
+    Ok(run(req, payload, state, router, guard).await)
+}
+
+/// Records a failed run and answers with its error, naming the run in a header.
+fn failed(guard: RunGuard, error: GatewayError) -> HttpResponse {
+    let run_id = guard.ctx.run_id;
+    let error = guard.fail(error);
+    let mut response = error.error_response();
+    if let Ok(value) = HeaderValue::from_str(&run_id.to_string()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-flowgate-run-id"), value);
+    }
+    response
+}
+
+async fn run(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    router: web::Data<Addr<Router>>,
+    mut guard: RunGuard,
+) -> HttpResponse {
     let request = match prepare(&req, payload, &state, &mut guard).await {
         Ok(request) => request,
-        Err(e) => return Err(guard.fail(e)),
+        Err(e) => return failed(guard, e),
     };
     let plan = match router
         .send(PlanRoute {
             model: request.target_model.clone(),
             use_fallback: request.chat.use_fallback.clone(),
             provider: request.chat.provider.clone(),
+            needs: Needs::of(&request.chat),
         })
         .timeout(ROUTER_TIMEOUT)
         .await
     {
         Ok(Ok(plan)) => plan,
-        Ok(Err(e)) => return Err(guard.fail(e)),
+        Ok(Err(e)) => return failed(guard, e),
         Err(e) => {
-            return Err(guard.fail(GatewayError::internal(format!(
-                "router did not answer: {e}"
-            ))))
+            return failed(
+                guard,
+                GatewayError::internal(format!("router did not answer: {e}")),
+            )
         }
     };
     guard.model = Some(plan.model.id.clone());
@@ -66,9 +93,9 @@ pub async fn chat_completions(
                     .content_type("text/event-stream")
                     .insert_header(("cache-control", "no-cache"))
                     .insert_header(("x-accel-buffering", "no"));
-                Ok(response.streaming(sse::body(guard, live)))
+                response.streaming(sse::body(guard, live))
             }
-            Err(e) => Err(guard.fail(e)),
+            Err(e) => failed(guard, e),
         };
     }
 
@@ -90,9 +117,9 @@ pub async fn chat_completions(
             let mut response = HttpResponse::Ok();
             run_headers(&mut response, &guard);
             guard.succeed(&answer, cost_usd);
-            Ok(response.json(body))
+            response.json(body)
         }
-        Err(e) => Err(guard.fail(e)),
+        Err(e) => failed(guard, e),
     }
 }
 
