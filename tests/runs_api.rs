@@ -86,6 +86,8 @@ async fn every_request_is_one_run_listed_newest_first_and_kept_across_restarts()
     .await;
     assert_eq!(error_run["status"], "error");
     assert_eq!(error_run["error"]["error"]["param"], "messages");
+    let (_, not_found_run) = get_json(&gw, &format!("/api/runs/{error_run_id}")).await;
+    assert_eq!(not_found_run["error"]["error"]["code"], "model_not_found");
 
     // Graceful restart keeps everything.
     gw.stop();
