@@ -5,6 +5,7 @@
 //! mailbox turn. Actors are told what happened (provider outcomes, finished runs) with
 //! non-blocking sends.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,10 +20,11 @@ use crate::error::{AttemptSummary, ErrorKind, GatewayError};
 use crate::provider::actor::{Admission, AttemptOutcome};
 use crate::provider::{EventStream, UpstreamRequest};
 use crate::recorder::metrics::Metrics;
-use crate::recorder::run::{feedback_token, CacheStatus, RunRecord, RunStatus};
+use crate::recorder::run::{feedback_token, CacheStatus, RunRecord, RunStatus, StructuredRecord};
 use crate::recorder::store::RunStore;
 use crate::recorder::{Record, Recorder};
 use crate::router::{auto_fallback_attempts, FallbackPlan, PlannedAttempt, ProviderRegistry};
+use crate::structured::{answer_text, Layer, StructuredSpec, Validators};
 use crate::wire::ChatRequest;
 
 /// Everything the request path needs. Cheap to clone.
@@ -36,6 +38,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Base of the web UI links put on each choice.
     pub public_url: Arc<str>,
+    /// Compiled JSON schemas for structured outputs.
+    pub validators: Arc<Validators>,
 }
 
 /// A successful answer, shared with coalesced followers.
@@ -113,6 +117,8 @@ pub struct RunGuard {
     pub attempts: Vec<AttemptSummary>,
     pub cache: CacheStatus,
     pub source_run_id: Option<Uuid>,
+    /// How a structured output was produced and repaired.
+    pub structured: StructuredRecord,
     /// Streamed output so far.
     accumulator: CompletionAccumulator,
     /// A streaming attempt still open, to report to its provider when the stream ends.
@@ -139,6 +145,7 @@ impl RunGuard {
             attempts: Vec::new(),
             cache: CacheStatus::Bypass,
             source_run_id: None,
+            structured: StructuredRecord::default(),
             accumulator: CompletionAccumulator::default(),
             open_attempt: None,
             recorded: false,
@@ -185,6 +192,8 @@ impl RunGuard {
             metadata: self.ctx.metadata.take(),
             feedback_token: self.ctx.feedback_token.clone(),
             source_run_id: self.source_run_id,
+            structured: (self.structured.layer.is_some())
+                .then(|| std::mem::take(&mut self.structured)),
         };
         self.gateway.recorder.do_send(Record(Box::new(run)));
     }
@@ -302,6 +311,52 @@ fn summary(planned: &PlannedAttempt, previous: Option<&GatewayError>) -> Attempt
             (None, _) => None,
         },
     }
+}
+
+/// One upstream call under the provider's total timeout, reported to its actor.
+async fn call_provider(
+    planned: &PlannedAttempt,
+    admission: Admission,
+    request: &ChatRequest,
+) -> (Result<Completion, GatewayError>, Duration) {
+    let call = UpstreamRequest {
+        request,
+        model: &planned.offer.model,
+        reasoning_effort: planned.reasoning_effort.as_deref(),
+    };
+    let started = Instant::now();
+    let total = planned.provider.settings.timeouts.total();
+    let result = match tokio::time::timeout(total, planned.provider.client.complete(call)).await {
+        Ok(result) => result,
+        Err(_) => Err(GatewayError::new(
+            ErrorKind::Timeout,
+            format!(
+                "provider `{}` did not answer within {:.1}s",
+                planned.provider.name(),
+                total.as_secs_f64()
+            ),
+        )),
+    };
+    let elapsed = started.elapsed();
+    report(
+        planned,
+        admission,
+        result.as_ref().err().map(|e| e.kind),
+        elapsed,
+    );
+    (result, elapsed)
+}
+
+/// Whether a provider refused the request because of its JSON schema (unsupported keywords,
+/// strict-mode rules): then the next layer down is tried.
+fn rejects_schema(error: &GatewayError) -> bool {
+    if error.kind != ErrorKind::UpstreamBadRequest {
+        return false;
+    }
+    let message = error.message.to_ascii_lowercase();
+    ["schema", "response_format", "strict", "json mode"]
+        .iter()
+        .any(|needle| message.contains(needle))
 }
 
 /// The error once every attempt failed or was skipped.
@@ -425,8 +480,12 @@ impl Gateway {
         plan: &FallbackPlan,
         request: &ChatRequest,
     ) -> Result<Answer, GatewayError> {
+        let spec = StructuredSpec::of(request);
         let mut last: Option<GatewayError> = None;
         let mut skipped = Vec::new();
+        // Every upstream call of the run is paid for, repairs and failed attempts included.
+        let mut usage = Usage::default();
+        let mut spent = 0.0;
         let mut cursor = AttemptCursor::new();
         while let Some(planned) = cursor.next(self, plan, last.as_ref()) {
             let admission = planned.provider.health.admit();
@@ -434,72 +493,147 @@ impl Gateway {
                 skipped.push(planned.provider.name().to_string());
                 continue;
             }
-            let mut attempt = summary(planned, last.as_ref());
             guard.model = Some(planned.model.id.clone());
             guard.provider = Some(planned.provider.name().to_string());
             guard.provider_model = Some(planned.offer.model.clone());
             guard.prices = planned.offer.prices;
-            let call = UpstreamRequest {
-                request,
-                model: &planned.offer.model,
-                reasoning_effort: planned.reasoning_effort.as_deref(),
-            };
-            let started = Instant::now();
-            let total = planned.provider.settings.timeouts.total();
-            let result =
-                match tokio::time::timeout(total, planned.provider.client.complete(call)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(GatewayError::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "provider `{}` did not answer within {:.1}s",
-                            planned.provider.name(),
-                            total.as_secs_f64()
-                        ),
-                    )),
-                };
-            let elapsed = started.elapsed();
-            report(
-                planned,
-                admission,
-                result.as_ref().err().map(|e| e.kind),
-                elapsed,
-            );
-            attempt.duration_seconds = elapsed.as_secs_f64();
-            match result {
-                Ok(completion) => {
-                    attempt.status = Some(200);
-                    guard.attempts.push(attempt);
-                    let cost_usd = completion.usage.cost_usd(&planned.offer.prices);
-                    return Ok(Answer {
-                        completion,
-                        model: planned.model.id.clone(),
-                        provider: planned.provider.name().to_string(),
-                        provider_model: planned.offer.model.clone(),
-                        cost_usd,
-                        attempts: guard.attempts.clone(),
-                        run_id: guard.ctx.run_id,
-                    });
+            let supports = planned.model.supports;
+            let mut layer = spec.as_ref().map(|s| s.layer_for(&supports));
+            let mut sent: Cow<'_, ChatRequest> = match (&spec, layer) {
+                (Some(spec), Some(layer)) if layer != Layer::Native => {
+                    Cow::Owned(spec.rewrite(request, layer))
                 }
-                Err(error) => {
-                    attempt.status = error.upstream_status;
-                    attempt.error = Some(error.kind.metric_label().to_string());
+                _ => Cow::Borrowed(request),
+            };
+            let mut reason: Option<String> = None;
+            let mut repairs_left = 1;
+            // Calls to this provider: the first, a repair, or a lower layer.
+            loop {
+                let mut attempt = summary(planned, last.as_ref());
+                if reason.is_some() {
+                    attempt.reason = reason.take();
+                }
+                let (result, elapsed) = call_provider(planned, admission, &sent).await;
+                attempt.duration_seconds = elapsed.as_secs_f64();
+                let completion = match result {
+                    Ok(completion) => completion,
+                    Err(error) => {
+                        attempt.status = error.upstream_status;
+                        attempt.error = Some(error.kind.metric_label().to_string());
+                        guard.attempts.push(attempt);
+                        tracing::warn!(
+                            provider = planned.provider.name(),
+                            model = %planned.offer.model,
+                            error = %error,
+                            "attempt failed"
+                        );
+                        // A provider that rejects the schema gets the next layer down.
+                        if let (Some(spec), Some(current)) = (&spec, layer) {
+                            if current == Layer::Native && rejects_schema(&error) {
+                                if let Some(lower) = current.degrade(&supports) {
+                                    layer = Some(lower);
+                                    sent = Cow::Owned(spec.rewrite(request, lower));
+                                    reason = Some(format!(
+                                        "schema_rejected, retry at {}",
+                                        lower.as_str()
+                                    ));
+                                    continue;
+                                }
+                            }
+                        }
+                        let fallback = error.should_fallback();
+                        last = Some(error);
+                        if !fallback {
+                            return Err(exhausted(last, &guard.attempts, &skipped));
+                        }
+                        break;
+                    }
+                };
+                attempt.status = Some(200);
+                usage.add(&completion.usage);
+                spent += completion.usage.cost_usd(&planned.offer.prices);
+                let (Some(spec), Some(current)) = (&spec, layer) else {
                     guard.attempts.push(attempt);
-                    tracing::warn!(
-                        provider = planned.provider.name(),
-                        model = %planned.offer.model,
-                        error = %error,
-                        "attempt failed"
-                    );
-                    let fallback = error.should_fallback();
-                    last = Some(error);
-                    if !fallback {
+                    return Ok(self.answer(guard, planned, completion, usage, spent));
+                };
+                let checked = spec.extract(&completion, current).and_then(|value| {
+                    self.validators
+                        .validate(&spec.schema, &value)
+                        .map(|_| value)
+                });
+                match checked {
+                    Ok(value) => {
+                        guard.attempts.push(attempt);
+                        guard.structured.layer = Some(current);
+                        self.count_structured(
+                            current,
+                            if guard.structured.repairs > 0 {
+                                "repaired"
+                            } else {
+                                "valid"
+                            },
+                        );
+                        let shaped = spec.shape(completion, &value);
+                        return Ok(self.answer(guard, planned, shaped, usage, spent));
+                    }
+                    Err(problem) => {
+                        attempt.error = Some(
+                            ErrorKind::InvalidStructuredOutput
+                                .metric_label()
+                                .to_string(),
+                        );
+                        guard.attempts.push(attempt);
+                        guard.structured.layer = Some(current);
+                        guard.structured.validation_errors.push(problem.clone());
+                        self.count_structured(current, "invalid");
+                        if repairs_left > 0 {
+                            repairs_left -= 1;
+                            guard.structured.repairs += 1;
+                            sent =
+                                Cow::Owned(spec.repair(&sent, &answer_text(&completion), &problem));
+                            reason = Some("repair after invalid_structured_output".to_string());
+                            continue;
+                        }
+                        last = Some(GatewayError::new(
+                            ErrorKind::InvalidStructuredOutput,
+                            format!(
+                                "`{}` did not produce an object matching the schema `{}`: {problem}",
+                                planned.model.id, spec.name
+                            ),
+                        ));
                         break;
                     }
                 }
             }
         }
         Err(exhausted(last, &guard.attempts, &skipped))
+    }
+
+    fn answer(
+        &self,
+        guard: &RunGuard,
+        planned: &PlannedAttempt,
+        mut completion: Completion,
+        usage: Usage,
+        spent: f64,
+    ) -> Answer {
+        completion.usage = usage;
+        Answer {
+            completion,
+            model: planned.model.id.clone(),
+            provider: planned.provider.name().to_string(),
+            provider_model: planned.offer.model.clone(),
+            cost_usd: spent,
+            attempts: guard.attempts.clone(),
+            run_id: guard.ctx.run_id,
+        }
+    }
+
+    fn count_structured(&self, layer: Layer, outcome: &str) {
+        self.metrics
+            .structured_outputs
+            .with_label_values(&[layer.as_str(), outcome])
+            .inc();
     }
 
     /// Opens a stream on the first attempt of the plan that delivers a first event. Failures

@@ -37,6 +37,8 @@ pub enum ErrorKind {
     ContentFiltered,
     /// The chosen model cannot honour a part of the request (e.g. a PDF to a text model).
     UnsupportedByModel,
+    /// The model's answer did not match the requested schema, even after a repair attempt.
+    InvalidStructuredOutput,
     /// The upstream connection could not be made or broke.
     UpstreamConnection,
     /// The upstream answered something we could not parse.
@@ -67,7 +69,8 @@ impl ErrorKind {
             ErrorKind::UpstreamServer
             | ErrorKind::UpstreamAuth
             | ErrorKind::UpstreamConnection
-            | ErrorKind::UpstreamMalformed => StatusCode::BAD_GATEWAY,
+            | ErrorKind::UpstreamMalformed
+            | ErrorKind::InvalidStructuredOutput => StatusCode::BAD_GATEWAY,
             ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::NoProviderAvailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -93,7 +96,8 @@ impl ErrorKind {
             // Another model may have a larger window, another provider other filters.
             | ErrorKind::ContextTooLong
             | ErrorKind::ContentFiltered
-            | ErrorKind::UnsupportedByModel => true,
+            | ErrorKind::UnsupportedByModel
+            | ErrorKind::InvalidStructuredOutput => true,
             ErrorKind::InvalidRequest
             | ErrorKind::Unauthorized
             | ErrorKind::ModelNotFound
@@ -135,6 +139,7 @@ impl ErrorKind {
             ErrorKind::ContextTooLong => "context_length_exceeded",
             ErrorKind::ContentFiltered => "content_filter",
             ErrorKind::UnsupportedByModel => "unsupported_by_model",
+            ErrorKind::InvalidStructuredOutput => "invalid_structured_output",
             ErrorKind::UpstreamConnection => "upstream_connection",
             ErrorKind::UpstreamMalformed => "upstream_malformed",
             ErrorKind::Timeout => "timeout",
@@ -163,6 +168,7 @@ impl ErrorKind {
             | ErrorKind::UpstreamConnection
             | ErrorKind::UpstreamMalformed
             | ErrorKind::Overloaded
+            | ErrorKind::InvalidStructuredOutput
             | ErrorKind::NoProviderAvailable => "upstream_error",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "server_error",

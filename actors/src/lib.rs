@@ -15,6 +15,7 @@ pub mod model_ref;
 pub mod provider;
 pub mod recorder;
 pub mod router;
+pub mod structured;
 pub mod supervisor;
 pub mod version;
 pub mod wire;

@@ -231,6 +231,7 @@ pub fn auto_fallback_attempts(
         ErrorKind::RateLimited => &fallbacks.rate_limit,
         ErrorKind::ContextTooLong => &fallbacks.context_exceeded,
         ErrorKind::ContentFiltered => &fallbacks.content_moderation,
+        ErrorKind::InvalidStructuredOutput => &fallbacks.structured_output,
         ErrorKind::UpstreamServer
         | ErrorKind::UpstreamAuth
         | ErrorKind::UpstreamConnection

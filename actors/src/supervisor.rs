@@ -149,6 +149,7 @@ impl Supervisor {
             store,
             metrics,
             public_url: config.public_url.trim_end_matches('/').into(),
+            validators: Default::default(),
         };
         let supervisor = Supervisor {
             gateway: gateway.clone(),

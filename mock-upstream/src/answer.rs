@@ -177,7 +177,8 @@ fn forced_tool_calls(request: &Value) -> Option<Vec<MockToolCall>> {
                 .unwrap_or(Value::Null);
             Some(vec![call(name.to_string(), &parameters)])
         }
-        Value::String(s) if s == "required" => {
+        // `any` is Mistral's name for `required`.
+        Value::String(s) if s == "required" || s == "any" => {
             let parallel = request.get("parallel_tool_calls") != Some(&Value::Bool(false));
             let mut calls: Vec<MockToolCall> = tools
                 .iter()

@@ -272,6 +272,18 @@ fn error_response(status: u16, body: &Value, retry_after: Option<String>) -> Htt
     response.json(body)
 }
 
+/// OpenAI authenticates with `Authorization: Bearer`; Azure OpenAI with an `api-key` header.
+fn has_credentials(req: &HttpRequest) -> bool {
+    if req.path().starts_with("/openai/deployments/") {
+        return req
+            .headers()
+            .get("api-key")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|key| !key.trim().is_empty());
+    }
+    has_bearer_token(req)
+}
+
 fn has_bearer_token(req: &HttpRequest) -> bool {
     req.headers()
         .get("authorization")
@@ -290,7 +302,7 @@ pub(crate) async fn chat_completions(
     body: Value,
     state: &State,
 ) -> HttpResponse {
-    if !has_bearer_token(req) {
+    if !has_credentials(req) {
         let body = error_body(
             "You didn't provide an API key. You need to provide your API key in an \
              Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). \

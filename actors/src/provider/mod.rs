@@ -6,6 +6,7 @@ pub mod actor;
 pub mod anthropic;
 pub mod bedrock;
 pub mod gemini;
+pub mod google_auth;
 pub mod http;
 pub mod media;
 pub mod mock;

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     pub circuit_transitions: IntCounterVec,
     pub coalesced: IntCounter,
+    /// Structured outputs by layer and outcome (valid, repaired, invalid).
+    pub structured_outputs: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -120,6 +122,14 @@ impl Metrics {
         registry.register(Box::new(circuit_state.clone()))?;
         registry.register(Box::new(circuit_transitions.clone()))?;
         registry.register(Box::new(coalesced.clone()))?;
+        let structured_outputs = IntCounterVec::new(
+            Opts::new(
+                "flowgate_structured_outputs_total",
+                "Structured outputs by layer and outcome",
+            ),
+            &["layer", "outcome"],
+        )?;
+        registry.register(Box::new(structured_outputs.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -134,6 +144,7 @@ impl Metrics {
             circuit_state,
             circuit_transitions,
             coalesced,
+            structured_outputs,
         })
     }
 

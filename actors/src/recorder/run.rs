@@ -70,6 +70,18 @@ pub struct RunRecord {
     pub feedback_token: String,
     /// For cache hits and coalesced runs: the run whose answer was reused.
     pub source_run_id: Option<Uuid>,
+    /// For requests with a schema: how the structured output was produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured: Option<StructuredRecord>,
+}
+
+/// How a structured output was produced: its layer, repairs and validation errors.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StructuredRecord {
+    pub layer: Option<crate::structured::Layer>,
+    /// Repair attempts that showed the model its error.
+    pub repairs: u32,
+    pub validation_errors: Vec<String>,
 }
 
 /// What run listings show of a run.

@@ -144,6 +144,7 @@ mod tests {
             metadata: None,
             feedback_token: String::new(),
             source_run_id: None,
+            structured: None,
         }
     }
 
