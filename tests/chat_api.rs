@@ -618,3 +618,113 @@ async fn input_the_model_cannot_take_is_a_400_that_names_it() {
     assert_eq!(status, 200);
     assert_eq!(headers["x-flowgate-model"], "mock-echo");
 }
+
+fn user_tool() -> Value {
+    json!([{"type": "function", "function": {"name": "User", "parameters": {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                       "tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["name", "age", "tags"]}}}])
+}
+
+#[tokio::test]
+async fn a_forced_tool_on_a_json_mode_model_is_answered_in_json_mode_and_validated() {
+    let s = setup();
+    let (status, headers, body) = chat(
+        &s.gw,
+        json!({"model": "up-text-only", "messages": user("Jason is 25"),
+            "tools": user_tool(), "tool_choice": {"type": "function", "function": {"name": "User"}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The client gets the tool call it asked for…
+    let call = &body["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "User");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["age"].is_i64() && args["tags"].is_array(), "{args}");
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    // …while the provider, which has no tools, got JSON mode and the schema in the system
+    // message.
+    let sent = &s.upstream.requests()[0].body;
+    assert!(sent.get("tools").is_none(), "{sent}");
+    assert_eq!(sent["response_format"]["type"], "json_object");
+    assert_eq!(sent["messages"][0]["role"], "system");
+    assert!(sent["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("\"tags\""));
+    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
+    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
+    assert_eq!(run["structured"]["layer"], "json_mode", "{run}");
+    assert_eq!(run["structured"]["repairs"], 0);
+}
+
+#[tokio::test]
+async fn structured_streams_arrive_as_tool_deltas_and_as_whole_valid_json_chunks() {
+    let s = setup();
+    let (status, headers, events) = chat_stream(
+        &s.gw,
+        json!({"model": "up-text-only", "stream": true, "messages": user("Jason is 25"),
+            "tools": user_tool(), "tool_choice": {"type": "function", "function": {"name": "User"}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut arguments = String::new();
+    let mut names = 0;
+    let mut finish = String::new();
+    for e in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        if let Some(call) = c["choices"][0]["delta"]["tool_calls"].get(0) {
+            if call["function"]["name"] == "User" {
+                names += 1;
+            }
+            arguments.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+        }
+        assert!(
+            c["choices"][0]["delta"]["content"].is_null(),
+            "no content deltas: {c}"
+        );
+        if let Some(f) = c["choices"][0]["finish_reason"].as_str() {
+            finish = f.to_string();
+        }
+    }
+    assert_eq!(names, 1);
+    assert_eq!(finish, "tool_calls");
+    let args: Value = serde_json::from_str(&arguments).unwrap();
+    assert!(args["age"].is_i64(), "{args}");
+    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
+    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
+    assert_eq!(run["structured"]["layer"], "json_mode", "{run}");
+    assert_eq!(run["structured"]["validation_errors"], json!([]));
+
+    // valid_json_chunks: each content chunk is the whole JSON so far, and parses.
+    let schema = json!({"type": "object", "properties": {
+        "title": {"type": "string", "examples": ["A fairly long title that spans several chunks"]},
+        "count": {"type": "integer"}}, "required": ["title", "count"]});
+    let (status, _, events) = chat_stream(
+        &s.gw,
+        json!({"model": "up-model", "stream": true, "messages": user("go"),
+            "stream_options": {"valid_json_chunks": true},
+            "response_format": {"type": "json_schema", "json_schema": {"name": "T", "schema": schema}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let contents: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .map(|text| serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+        .collect();
+    assert!(contents.len() > 2, "several growing chunks: {contents:?}");
+    let last = contents.last().unwrap();
+    assert!(
+        last["title"].is_string() && last["count"].is_i64(),
+        "{last}"
+    );
+    assert!(contents[0].to_string().len() < last.to_string().len());
+}

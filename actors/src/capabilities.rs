@@ -2,6 +2,7 @@
 //! catalog's `supports` before any provider is called.
 
 use crate::catalog::Supports;
+use crate::structured::{StructuredSpec, Target};
 use crate::wire::{ChatRequest, ContentPart, MessageContent};
 
 /// The capabilities a request needs.
@@ -15,8 +16,17 @@ pub struct Needs {
 
 impl Needs {
     pub fn of(request: &ChatRequest) -> Needs {
+        // A single forced tool is a structured output: models without tools answer it in
+        // JSON or text mode.
+        let forced_schema = matches!(
+            StructuredSpec::of(request),
+            Some(StructuredSpec {
+                target: Target::Tool(_),
+                ..
+            })
+        );
         let mut needs = Needs {
-            tools: request.tools.as_ref().is_some_and(|t| !t.is_empty()),
+            tools: !forced_schema && request.tools.as_ref().is_some_and(|t| !t.is_empty()),
             ..Needs::default()
         };
         for message in &request.messages {

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::cache::{is_cacheable, Cache, CacheKey, Join};
 use crate::catalog::{Catalog, Prices};
-use crate::completion::{Completion, CompletionAccumulator, StreamEvent, Usage};
+use crate::completion::{Completion, CompletionAccumulator, FinishReason, StreamEvent, Usage};
 use crate::error::{AttemptSummary, ErrorKind, GatewayError};
 use crate::provider::actor::{Admission, AttemptOutcome};
 use crate::provider::{EventStream, UpstreamRequest};
@@ -24,7 +24,7 @@ use crate::recorder::run::{feedback_token, CacheStatus, RunRecord, RunStatus, St
 use crate::recorder::store::RunStore;
 use crate::recorder::{Record, Recorder};
 use crate::router::{auto_fallback_attempts, FallbackPlan, PlannedAttempt, ProviderRegistry};
-use crate::structured::{answer_text, Layer, StructuredSpec, Validators};
+use crate::structured::{answer_text, Layer, StructuredSpec, Target, Validators};
 use crate::wire::ChatRequest;
 
 /// Everything the request path needs. Cheap to clone.
@@ -119,6 +119,8 @@ pub struct RunGuard {
     pub source_run_id: Option<Uuid>,
     /// How a structured output was produced and repaired.
     pub structured: StructuredRecord,
+    /// A streamed structured output, validated once the stream ends.
+    streamed_spec: Option<(StructuredSpec, Layer)>,
     /// Streamed output so far.
     accumulator: CompletionAccumulator,
     /// A streaming attempt still open, to report to its provider when the stream ends.
@@ -146,6 +148,7 @@ impl RunGuard {
             cache: CacheStatus::Bypass,
             source_run_id: None,
             structured: StructuredRecord::default(),
+            streamed_spec: None,
             accumulator: CompletionAccumulator::default(),
             open_attempt: None,
             recorded: false,
@@ -267,6 +270,25 @@ impl RunGuard {
     pub fn finish_stream(mut self) {
         self.close_attempt(None);
         let completion = std::mem::take(&mut self.accumulator).finish();
+        if let Some((spec, layer)) = self.streamed_spec.take() {
+            // Content already went out: the outcome is recorded, not repaired.
+            let checked = spec
+                .extract(&completion, Layer::Native)
+                .and_then(|value| self.gateway.validators.validate(&spec.schema, &value));
+            self.structured.layer = Some(layer);
+            let outcome = match checked {
+                Ok(()) => "valid",
+                Err(problem) => {
+                    self.structured.validation_errors.push(problem);
+                    "invalid"
+                }
+            };
+            self.gateway
+                .metrics
+                .structured_outputs
+                .with_label_values(&[layer.as_str(), outcome])
+                .inc();
+        }
         let cost = completion.usage.cost_usd(&self.prices);
         self.record(RunStatus::Success, Some(completion), cost, None);
     }
@@ -430,6 +452,44 @@ pub struct LiveStream {
     pub first: StreamEvent,
     pub rest: EventStream,
     pub model: String,
+}
+
+impl LiveStream {
+    /// Turns content deltas into argument deltas of one call to `name` (and the final `stop`
+    /// into `tool_calls`), for a forced tool answered below the native layer.
+    fn as_tool_call(self, name: String, run_id: Uuid) -> LiveStream {
+        use futures::StreamExt;
+
+        let id = format!("call_{}", run_id.simple());
+        let mut named = false;
+        let mut convert = move |event: StreamEvent| match event {
+            StreamEvent::Content { index, text } => {
+                let first = !std::mem::replace(&mut named, true);
+                StreamEvent::ToolCall {
+                    index,
+                    call: 0,
+                    id: first.then(|| id.clone()),
+                    name: first.then(|| name.clone()),
+                    arguments: text,
+                }
+            }
+            StreamEvent::Finish { index, reason } => StreamEvent::Finish {
+                index,
+                reason: if reason == FinishReason::Stop {
+                    FinishReason::ToolCalls
+                } else {
+                    reason
+                },
+            },
+            other => other,
+        };
+        let first = convert(self.first);
+        LiveStream {
+            first,
+            rest: self.rest.map(move |item| item.map(&mut convert)).boxed(),
+            model: self.model,
+        }
+    }
 }
 
 impl Gateway {
@@ -646,6 +706,7 @@ impl Gateway {
     ) -> Result<LiveStream, GatewayError> {
         use futures::StreamExt;
 
+        let spec = StructuredSpec::of(request);
         let mut last: Option<GatewayError> = None;
         let mut skipped = Vec::new();
         let mut cursor = AttemptCursor::new();
@@ -656,8 +717,15 @@ impl Gateway {
                 continue;
             }
             let mut attempt = summary(planned, last.as_ref());
+            let layer = spec.as_ref().map(|s| s.layer_for(&planned.model.supports));
+            let sent: Cow<'_, ChatRequest> = match (&spec, layer) {
+                (Some(spec), Some(layer)) if layer != Layer::Native => {
+                    Cow::Owned(spec.rewrite(request, layer))
+                }
+                _ => Cow::Borrowed(request),
+            };
             let call = UpstreamRequest {
-                request,
+                request: &sent,
                 model: &planned.offer.model,
                 reasoning_effort: planned.reasoning_effort.as_deref(),
             };
@@ -702,11 +770,20 @@ impl Gateway {
                         started,
                         index: guard.attempts.len() - 1,
                     });
-                    return Ok(LiveStream {
+                    let mut live = LiveStream {
                         first,
                         rest,
                         model: planned.model.id.clone(),
-                    });
+                    };
+                    if let (Some(spec), Some(layer)) = (spec, layer) {
+                        // A forced tool answered in JSON or text mode still reaches the
+                        // client as tool-call argument deltas.
+                        if let (Target::Tool(name), true) = (&spec.target, layer != Layer::Native) {
+                            live = live.as_tool_call(name.clone(), guard.ctx.run_id);
+                        }
+                        guard.streamed_spec = Some((spec, layer));
+                    }
+                    return Ok(live);
                 }
                 Err(error) => {
                     let elapsed = started.elapsed();

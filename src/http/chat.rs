@@ -93,7 +93,13 @@ async fn run(
                     .content_type("text/event-stream")
                     .insert_header(("cache-control", "no-cache"))
                     .insert_header(("x-accel-buffering", "no"));
-                response.streaming(sse::body(guard, live))
+                let valid_json_chunks = request
+                    .chat
+                    .stream_options
+                    .as_ref()
+                    .and_then(|o| o.valid_json_chunks)
+                    .unwrap_or(false);
+                response.streaming(sse::body(guard, live, valid_json_chunks))
             }
             Err(e) => failed(guard, e),
         };

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use flowgate_actors::completion::StreamEvent;
 use flowgate_actors::engine::{LiveStream, RunGuard};
 use flowgate_actors::provider::EventStream;
+use flowgate_actors::structured::extract_json;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 
@@ -21,6 +22,9 @@ struct State {
     /// Choices that have had their `role` delta.
     started: Vec<u32>,
     done: bool,
+    /// `stream_options.valid_json_chunks`: each chunk carries the whole valid partial JSON so
+    /// far, keyed by (choice, tool call or `u32::MAX` for content).
+    valid_json: Option<Vec<((u32, u32), String)>>,
 }
 
 fn event(data: &Value) -> Bytes {
@@ -51,10 +55,31 @@ impl State {
         }])))
     }
 
+    /// With `valid_json_chunks`, the whole JSON so far of one content or tool-call slot, closed
+    /// so it parses; `None` until it starts looking like JSON.
+    fn whole_json(&mut self, slot: (u32, u32), text: &str) -> Option<Option<String>> {
+        let buffers = self.valid_json.as_mut()?;
+        let position = match buffers.iter().position(|(s, _)| *s == slot) {
+            Some(p) => p,
+            None => {
+                buffers.push((slot, String::new()));
+                buffers.len() - 1
+            }
+        };
+        let buffer = &mut buffers[position].1;
+        buffer.push_str(text);
+        Some(extract_json(buffer).map(|v| v.to_string()))
+    }
+
     /// The bytes for one event; `None` for events that only feed the run (usage).
     fn render(&mut self, ev: &StreamEvent) -> Option<Bytes> {
         match ev {
             StreamEvent::Content { index, text } => {
+                let text = match self.whole_json((*index, u32::MAX), text) {
+                    None => text.clone(),
+                    Some(Some(whole)) => whole,
+                    Some(None) => return None,
+                };
                 Some(self.delta(*index, json!({ "content": text })))
             }
             StreamEvent::ToolCall {
@@ -133,8 +158,13 @@ async fn next(mut s: State) -> Option<(Result<Bytes, Error>, State)> {
     }
 }
 
-/// The SSE body for a live stream.
-pub fn body(guard: RunGuard, live: LiveStream) -> impl Stream<Item = Result<Bytes, Error>> {
+/// The SSE body for a live stream. With `valid_json_chunks`, every content (or tool-call
+/// arguments) chunk is the whole valid partial JSON so far instead of a delta.
+pub fn body(
+    guard: RunGuard,
+    live: LiveStream,
+    valid_json_chunks: bool,
+) -> impl Stream<Item = Result<Bytes, Error>> {
     let state = State {
         id: guard.ctx.response_id(),
         created: guard.ctx.created_unix(),
@@ -144,6 +174,7 @@ pub fn body(guard: RunGuard, live: LiveStream) -> impl Stream<Item = Result<Byte
         rest: live.rest,
         started: Vec::new(),
         done: false,
+        valid_json: valid_json_chunks.then(Vec::new),
     };
     futures::stream::unfold(state, next)
 }
