@@ -457,7 +457,7 @@ pub struct LiveStream {
 impl LiveStream {
     /// Turns content deltas into argument deltas of one call to `name` (and the final `stop`
     /// into `tool_calls`), for a forced tool answered below the native layer.
-    fn as_tool_call(self, name: String, run_id: Uuid) -> LiveStream {
+    fn into_tool_call(self, name: String, run_id: Uuid) -> LiveStream {
         use futures::StreamExt;
 
         let id = format!("call_{}", run_id.simple());
@@ -779,7 +779,7 @@ impl Gateway {
                         // A forced tool answered in JSON or text mode still reaches the
                         // client as tool-call argument deltas.
                         if let (Target::Tool(name), true) = (&spec.target, layer != Layer::Native) {
-                            live = live.as_tool_call(name.clone(), guard.ctx.run_id);
+                            live = live.into_tool_call(name.clone(), guard.ctx.run_id);
                         }
                         guard.streamed_spec = Some((spec, layer));
                     }
