@@ -17,6 +17,7 @@ use flowgate_actors::provider::{
     OpenAiFlavor, OpenAiSettings, ProviderKind, ProviderSettings, Timeouts, VertexCredentials,
     VertexSettings,
 };
+use flowgate_actors::retry::RetryPolicy;
 use flowgate_actors::supervisor::GatewayConfig;
 use serde::Deserialize;
 
@@ -34,6 +35,9 @@ struct RawConfig {
     recorder: RawRecorder,
     #[serde(default)]
     media: RawMedia,
+    /// Retries of transient upstream failures (when no other provider or model is left).
+    #[serde(default)]
+    retries: RetryPolicy,
     #[serde(default)]
     providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
@@ -741,6 +745,7 @@ impl Config {
                 cache_shards: workers,
                 // Completed once the listener is bound (see `http::serve`).
                 public_url: raw.server.public_url.unwrap_or_default(),
+                retry: raw.retries,
                 media: MediaSettings {
                     max_bytes: raw.media.max_bytes,
                     allow_private_networks: raw.media.allow_private_networks,

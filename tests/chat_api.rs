@@ -55,6 +55,15 @@ fallback = { unavailable = ["up-model"], rate_limit = ["mock-echo"] }
 providers = [{ provider = "upstream", model = "gpt-4o-mini", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
 supports = { json_mode = true }
 
+[models."up-flaky"]
+providers = [{ provider = "upstream", model = "gpt-4o-mini;status=500;fail_first=2", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
+
+[models."up-flaky-stream"]
+providers = [{ provider = "upstream", model = "gpt-4o-mini;status=503;fail_first=1", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
+
+[models."up-retry-after"]
+providers = [{ provider = "upstream", model = "gpt-4o-mini;status=429;retry_after=1;fail_first=1", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
+
 [models."up-slow"]
 providers = [
   { provider = "upstream", model = "gpt-4o-mini;delay_ms=300", input_per_mtok = 1.0, output_per_mtok = 1.0 },
@@ -727,4 +736,48 @@ async fn structured_streams_arrive_as_tool_deltas_and_as_whole_valid_json_chunks
         "{last}"
     );
     assert!(contents[0].to_string().len() < last.to_string().len());
+}
+
+#[tokio::test]
+async fn the_last_provider_is_retried_with_backoff_and_retry_after_is_honoured() {
+    let s = setup();
+    let (status, headers, body) = chat(
+        &s.gw,
+        json!({"model": "up-flaky", "messages": user("again")}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
+    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
+    let attempts = run["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3, "{run}");
+    assert_eq!(attempts[0]["status"], 500);
+    assert_eq!(attempts[1]["reason"], "retry after upstream_server_error");
+    assert_eq!(attempts[2]["status"], 200);
+    assert_eq!(s.upstream.count(), 3);
+
+    // Streams are retried before their first byte too.
+    let (status, _, events) = chat_stream(
+        &s.gw,
+        json!({"model": "up-flaky-stream", "stream": true, "messages": user("again")}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+
+    // A 429 asking to wait one second is waited for, then retried.
+    let started = std::time::Instant::now();
+    let (status, headers, _) = chat(
+        &s.gw,
+        json!({"model": "up-retry-after", "messages": user("x")}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
+    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
+    assert_eq!(
+        run["attempts"][1]["reason"], "retry after rate_limited",
+        "{run}"
+    );
 }

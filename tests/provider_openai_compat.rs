@@ -435,6 +435,10 @@ fn scripted_gateway(dir: &std::path::Path, server: &Scripted, flavor: &str) -> F
     let config = base_config(&dir.join("data"), None)
         + &format!(
             r#"
+# One call per request, so each scripted answer maps to one client answer.
+[retries]
+max_retries = 0
+
 [providers.scripted]
 type = "openai"
 flavor = "{flavor}"

@@ -23,6 +23,7 @@ use crate::recorder::metrics::Metrics;
 use crate::recorder::run::{feedback_token, CacheStatus, RunRecord, RunStatus, StructuredRecord};
 use crate::recorder::store::RunStore;
 use crate::recorder::{Record, Recorder};
+use crate::retry::RetryPolicy;
 use crate::router::{auto_fallback_attempts, FallbackPlan, PlannedAttempt, ProviderRegistry};
 use crate::structured::{answer_text, Layer, StructuredSpec, Target, Validators};
 use crate::wire::ChatRequest;
@@ -40,6 +41,8 @@ pub struct Gateway {
     pub public_url: Arc<str>,
     /// Compiled JSON schemas for structured outputs.
     pub validators: Arc<Validators>,
+    /// Retries of transient failures.
+    pub retry: RetryPolicy,
 }
 
 /// A successful answer, shared with coalesced followers.
@@ -419,14 +422,9 @@ impl AttemptCursor {
         }
     }
 
-    fn next<'a>(
-        &'a mut self,
-        gateway: &Gateway,
-        plan: &'a FallbackPlan,
-        last: Option<&GatewayError>,
-    ) -> Option<&'a PlannedAttempt> {
-        let planned = plan.attempts.len();
-        if self.index >= planned + self.extra.len() && !self.extended {
+    /// Adds the auto fallback models once the plan's own attempts are used up.
+    fn extend(&mut self, gateway: &Gateway, plan: &FallbackPlan, last: Option<&GatewayError>) {
+        if self.index >= plan.attempts.len() + self.extra.len() && !self.extended {
             self.extended = true;
             if let Some(error) = last.filter(|e| plan.auto_fallback && e.should_fallback()) {
                 self.extra = auto_fallback_attempts(
@@ -437,6 +435,22 @@ impl AttemptCursor {
                 );
             }
         }
+    }
+
+    /// Whether anything is left to try after `last`.
+    fn has_more(&mut self, gateway: &Gateway, plan: &FallbackPlan, last: &GatewayError) -> bool {
+        self.extend(gateway, plan, Some(last));
+        self.index < plan.attempts.len() + self.extra.len()
+    }
+
+    fn next<'a>(
+        &'a mut self,
+        gateway: &Gateway,
+        plan: &'a FallbackPlan,
+        last: Option<&GatewayError>,
+    ) -> Option<&'a PlannedAttempt> {
+        let planned = plan.attempts.len();
+        self.extend(gateway, plan, last);
         let i = self.index;
         self.index += 1;
         if i < planned {
@@ -546,8 +560,11 @@ impl Gateway {
         // Every upstream call of the run is paid for, repairs and failed attempts included.
         let mut usage = Usage::default();
         let mut spent = 0.0;
+        let deadline = guard.ctx.started + self.retry.request_timeout();
         let mut cursor = AttemptCursor::new();
         while let Some(planned) = cursor.next(self, plan, last.as_ref()) {
+            // Owned, so the cursor can be asked what is left while this attempt runs.
+            let planned = &planned.clone();
             let admission = planned.provider.health.admit();
             if admission == Admission::Refused {
                 skipped.push(planned.provider.name().to_string());
@@ -567,6 +584,7 @@ impl Gateway {
             };
             let mut reason: Option<String> = None;
             let mut repairs_left = 1;
+            let mut retries = 0;
             // Calls to this provider: the first, a repair, or a lower layer.
             loop {
                 let mut attempt = summary(planned, last.as_ref());
@@ -600,6 +618,15 @@ impl Gateway {
                                     continue;
                                 }
                             }
+                        }
+                        // Retry this provider when nothing else is left to try.
+                        if let Some(delay) =
+                            self.retry_delay(&error, retries, deadline, &mut cursor, plan)
+                        {
+                            retries += 1;
+                            reason = Some(format!("retry after {}", error.kind.metric_label()));
+                            tokio::time::sleep(delay).await;
+                            continue;
                         }
                         let fallback = error.should_fallback();
                         last = Some(error);
@@ -689,6 +716,27 @@ impl Gateway {
         }
     }
 
+    /// How long to wait before retrying the same provider after `error`, if at all: only for
+    /// transient errors, when the plan has nothing else to try, within the retry budget and
+    /// the request's deadline.
+    fn retry_delay(
+        &self,
+        error: &GatewayError,
+        retries: u32,
+        deadline: Instant,
+        cursor: &mut AttemptCursor,
+        plan: &FallbackPlan,
+    ) -> Option<Duration> {
+        if !RetryPolicy::is_retryable(error.kind)
+            || retries >= self.retry.max_retries
+            || cursor.has_more(self, plan, error)
+        {
+            return None;
+        }
+        let delay = self.retry.delay(retries, error.retry_after)?;
+        (Instant::now() + delay < deadline).then_some(delay)
+    }
+
     fn count_structured(&self, layer: Layer, outcome: &str) {
         self.metrics
             .structured_outputs
@@ -709,14 +757,15 @@ impl Gateway {
         let spec = StructuredSpec::of(request);
         let mut last: Option<GatewayError> = None;
         let mut skipped = Vec::new();
+        let deadline = guard.ctx.started + self.retry.request_timeout();
         let mut cursor = AttemptCursor::new();
         while let Some(planned) = cursor.next(self, plan, last.as_ref()) {
+            let planned = &planned.clone();
             let admission = planned.provider.health.admit();
             if admission == Admission::Refused {
                 skipped.push(planned.provider.name().to_string());
                 continue;
             }
-            let mut attempt = summary(planned, last.as_ref());
             let layer = spec.as_ref().map(|s| s.layer_for(&planned.model.supports));
             let sent: Cow<'_, ChatRequest> = match (&spec, layer) {
                 (Some(spec), Some(layer)) if layer != Layer::Native => {
@@ -724,83 +773,102 @@ impl Gateway {
                 }
                 _ => Cow::Borrowed(request),
             };
-            let call = UpstreamRequest {
-                request: &sent,
-                model: &planned.offer.model,
-                reasoning_effort: planned.reasoning_effort.as_deref(),
-            };
-            let started = Instant::now();
-            let first_byte = planned.provider.settings.timeouts.first_byte();
-            let opened = tokio::time::timeout(first_byte, async {
-                let mut stream = planned.provider.client.stream(call).await?;
-                match stream.next().await {
-                    Some(Ok(first)) => Ok((first, stream)),
-                    Some(Err(e)) => Err(e),
-                    None => Err(GatewayError::new(
-                        ErrorKind::UpstreamMalformed,
-                        format!(
-                            "provider `{}` sent an empty stream",
-                            planned.provider.name()
-                        ),
-                    )),
+            let mut retries = 0;
+            let mut reason: Option<String> = None;
+            loop {
+                let mut attempt = summary(planned, last.as_ref());
+                if reason.is_some() {
+                    attempt.reason = reason.take();
                 }
-            })
-            .await
-            .unwrap_or_else(|_| {
-                Err(GatewayError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "provider `{}` sent nothing within {:.1}s",
-                        planned.provider.name(),
-                        first_byte.as_secs_f64()
-                    ),
-                ))
-            });
-            match opened {
-                Ok((first, rest)) => {
-                    attempt.status = Some(200);
-                    guard.attempts.push(attempt);
-                    guard.model = Some(planned.model.id.clone());
-                    guard.provider = Some(planned.provider.name().to_string());
-                    guard.provider_model = Some(planned.offer.model.clone());
-                    guard.prices = planned.offer.prices;
-                    guard.open_attempt = Some(OpenAttempt {
-                        planned: planned.clone(),
-                        admission,
-                        started,
-                        index: guard.attempts.len() - 1,
-                    });
-                    let mut live = LiveStream {
-                        first,
-                        rest,
-                        model: planned.model.id.clone(),
-                    };
-                    if let (Some(spec), Some(layer)) = (spec, layer) {
-                        // A forced tool answered in JSON or text mode still reaches the
-                        // client as tool-call argument deltas.
-                        if let (Target::Tool(name), true) = (&spec.target, layer != Layer::Native) {
-                            live = live.into_tool_call(name.clone(), guard.ctx.run_id);
-                        }
-                        guard.streamed_spec = Some((spec, layer));
+                let call = UpstreamRequest {
+                    request: &sent,
+                    model: &planned.offer.model,
+                    reasoning_effort: planned.reasoning_effort.as_deref(),
+                };
+                let started = Instant::now();
+                let first_byte = planned.provider.settings.timeouts.first_byte();
+                let opened = tokio::time::timeout(first_byte, async {
+                    let mut stream = planned.provider.client.stream(call).await?;
+                    match stream.next().await {
+                        Some(Ok(first)) => Ok((first, stream)),
+                        Some(Err(e)) => Err(e),
+                        None => Err(GatewayError::new(
+                            ErrorKind::UpstreamMalformed,
+                            format!(
+                                "provider `{}` sent an empty stream",
+                                planned.provider.name()
+                            ),
+                        )),
                     }
-                    return Ok(live);
-                }
-                Err(error) => {
-                    let elapsed = started.elapsed();
-                    report(planned, admission, Some(error.kind), elapsed);
-                    attempt.duration_seconds = elapsed.as_secs_f64();
-                    attempt.status = error.upstream_status;
-                    attempt.error = Some(error.kind.metric_label().to_string());
-                    guard.attempts.push(attempt);
-                    tracing::warn!(
-                        provider = planned.provider.name(),
-                        model = %planned.offer.model,
-                        error = %error,
-                        "stream attempt failed before its first event"
-                    );
-                    let fallback = error.should_fallback();
-                    last = Some(error);
-                    if !fallback {
+                })
+                .await
+                .unwrap_or_else(|_| {
+                    Err(GatewayError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "provider `{}` sent nothing within {:.1}s",
+                            planned.provider.name(),
+                            first_byte.as_secs_f64()
+                        ),
+                    ))
+                });
+                match opened {
+                    Ok((first, rest)) => {
+                        attempt.status = Some(200);
+                        guard.attempts.push(attempt);
+                        guard.model = Some(planned.model.id.clone());
+                        guard.provider = Some(planned.provider.name().to_string());
+                        guard.provider_model = Some(planned.offer.model.clone());
+                        guard.prices = planned.offer.prices;
+                        guard.open_attempt = Some(OpenAttempt {
+                            planned: planned.clone(),
+                            admission,
+                            started,
+                            index: guard.attempts.len() - 1,
+                        });
+                        let mut live = LiveStream {
+                            first,
+                            rest,
+                            model: planned.model.id.clone(),
+                        };
+                        if let (Some(spec), Some(layer)) = (spec, layer) {
+                            // A forced tool answered in JSON or text mode still reaches the
+                            // client as tool-call argument deltas.
+                            if let (Target::Tool(name), true) =
+                                (&spec.target, layer != Layer::Native)
+                            {
+                                live = live.into_tool_call(name.clone(), guard.ctx.run_id);
+                            }
+                            guard.streamed_spec = Some((spec, layer));
+                        }
+                        return Ok(live);
+                    }
+                    Err(error) => {
+                        let elapsed = started.elapsed();
+                        report(planned, admission, Some(error.kind), elapsed);
+                        attempt.duration_seconds = elapsed.as_secs_f64();
+                        attempt.status = error.upstream_status;
+                        attempt.error = Some(error.kind.metric_label().to_string());
+                        guard.attempts.push(attempt);
+                        tracing::warn!(
+                            provider = planned.provider.name(),
+                            model = %planned.offer.model,
+                            error = %error,
+                            "stream attempt failed before its first event"
+                        );
+                        if let Some(delay) =
+                            self.retry_delay(&error, retries, deadline, &mut cursor, plan)
+                        {
+                            retries += 1;
+                            reason = Some(format!("retry after {}", error.kind.metric_label()));
+                            tokio::time::sleep(delay).await;
+                            continue;
+                        }
+                        let fallback = error.should_fallback();
+                        last = Some(error);
+                        if !fallback {
+                            return Err(exhausted(last, &guard.attempts, &skipped));
+                        }
                         break;
                     }
                 }

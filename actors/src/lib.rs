@@ -14,6 +14,7 @@ pub mod error;
 pub mod model_ref;
 pub mod provider;
 pub mod recorder;
+pub mod retry;
 pub mod router;
 pub mod structured;
 pub mod supervisor;

@@ -18,6 +18,7 @@ use crate::provider::{ProviderActor, ProviderClient, ProviderHandle, ProviderSet
 use crate::recorder::metrics::Metrics;
 use crate::recorder::store::RunStore;
 use crate::recorder::{Barrier, Flush, Recorder};
+use crate::retry::RetryPolicy;
 use crate::router::ProviderRegistry;
 
 /// The runtime configuration the actors need, compiled from the TOML config.
@@ -35,6 +36,8 @@ pub struct GatewayConfig {
     pub public_url: String,
     /// How adapters download media for providers that cannot fetch URLs.
     pub media: MediaSettings,
+    /// Retries of transient upstream failures.
+    pub retry: RetryPolicy,
 }
 
 impl Supervised for Recorder {}
@@ -150,6 +153,7 @@ impl Supervisor {
             metrics,
             public_url: config.public_url.trim_end_matches('/').into(),
             validators: Default::default(),
+            retry: config.retry,
         };
         let supervisor = Supervisor {
             gateway: gateway.clone(),

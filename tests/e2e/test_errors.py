@@ -74,16 +74,19 @@ def test_failing_only_provider_is_a_502_listing_the_attempt(client, mock_upstrea
     error = info.value
     assert error.status_code == 502
     assert error.type == "upstream_error"
+    # The only provider is retried twice (the default) with backoff, then the error is returned.
     attempts = error.body["details"]["attempts"]
-    assert len(attempts) == 1, attempts
-    attempt = attempts[0]
-    assert attempt["provider"] == "upstream"
-    assert attempt["model"] == "gpt-4o-mini;status=500"
-    assert attempt["status"] == 500
-    assert attempt["error"] == "upstream_server_error"
+    assert len(attempts) == 3, attempts
+    for attempt in attempts:
+        assert attempt["provider"] == "upstream"
+        assert attempt["model"] == "gpt-4o-mini;status=500"
+        assert attempt["status"] == 500
+        assert attempt["error"] == "upstream_server_error"
+    assert "reason" not in attempts[0]
+    assert [a["reason"] for a in attempts[1:]] == ["retry after upstream_server_error"] * 2
 
-    # One call upstream (no hidden retries), and the provider key is not in the error.
-    assert len(mock_upstream.chat_requests_containing(marker)) == 1
+    # Every call is visible in the details, and the provider key is not in the error.
+    assert len(mock_upstream.chat_requests_containing(marker)) == 3
     assert UPSTREAM_SECRET not in error.response.text
     assert API_KEY not in error.response.text
 
