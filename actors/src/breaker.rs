@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerSettings {
     /// Consecutive failures that open the circuit.
@@ -18,6 +18,10 @@ pub struct BreakerSettings {
     pub cooldown: Duration,
     /// Concurrent probes allowed while half-open.
     pub half_open_probes: u32,
+    /// Share of failures among recent calls that opens the circuit (1.0: never by rate).
+    pub error_rate_threshold: f64,
+    /// Recent calls needed before the error rate counts.
+    pub min_calls: u32,
 }
 
 impl Default for BreakerSettings {
@@ -26,6 +30,8 @@ impl Default for BreakerSettings {
             failure_threshold: 5,
             cooldown: Duration::from_secs(30),
             half_open_probes: 1,
+            error_rate_threshold: 0.5,
+            min_calls: 20,
         }
     }
 }
@@ -148,13 +154,21 @@ impl CircuitBreaker {
         }
     }
 
-    /// Records a provider failure. Returns the new state if it changed.
-    pub fn on_failure(&mut self, now: Instant) -> Option<CircuitState> {
+    /// Records a provider failure, with the error rate over the recent window of `calls`.
+    /// Returns the new state if it changed.
+    pub fn on_failure(
+        &mut self,
+        now: Instant,
+        error_rate: f64,
+        calls: u32,
+    ) -> Option<CircuitState> {
         self.tick(now);
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        let rate_trips =
+            calls >= self.settings.min_calls && error_rate >= self.settings.error_rate_threshold;
         match self.state {
             CircuitState::Closed
-                if self.consecutive_failures >= self.settings.failure_threshold =>
+                if self.consecutive_failures >= self.settings.failure_threshold || rate_trips =>
             {
                 self.open(now)
             }
@@ -180,6 +194,8 @@ mod tests {
             failure_threshold: 3,
             cooldown: Duration::from_secs(10),
             half_open_probes: 1,
+            error_rate_threshold: 0.5,
+            min_calls: 10,
         }
     }
 
@@ -187,9 +203,9 @@ mod tests {
     fn opens_after_threshold_then_half_opens_then_closes() {
         let t0 = Instant::now();
         let mut b = CircuitBreaker::new(settings());
-        assert_eq!(b.on_failure(t0), None);
-        assert_eq!(b.on_failure(t0), None);
-        assert_eq!(b.on_failure(t0), Some(CircuitState::Open));
+        assert_eq!(b.on_failure(t0, 0.0, 0), None);
+        assert_eq!(b.on_failure(t0, 0.0, 0), None);
+        assert_eq!(b.on_failure(t0, 0.0, 0), Some(CircuitState::Open));
         assert!(!b.try_acquire(t0 + Duration::from_secs(9)));
         // Cool-down over: one probe only.
         assert!(b.try_acquire(t0 + Duration::from_secs(10)));
@@ -207,24 +223,34 @@ mod tests {
         let t0 = Instant::now();
         let mut b = CircuitBreaker::new(settings());
         for _ in 0..3 {
-            b.on_failure(t0);
+            b.on_failure(t0, 0.0, 0);
         }
         let t1 = t0 + Duration::from_secs(12);
         assert!(b.try_acquire(t1));
-        assert_eq!(b.on_failure(t1), Some(CircuitState::Open));
+        assert_eq!(b.on_failure(t1, 0.0, 0), Some(CircuitState::Open));
         assert!(!b.try_acquire(t1 + Duration::from_secs(9)));
         assert!(b.try_acquire(t1 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_high_error_rate_opens_without_consecutive_failures() {
+        let t0 = Instant::now();
+        let mut b = CircuitBreaker::new(settings());
+        // Below the minimum number of calls the rate does not count.
+        assert_eq!(b.on_failure(t0, 0.9, 5), None);
+        b.on_success(t0);
+        assert_eq!(b.on_failure(t0, 0.6, 12), Some(CircuitState::Open));
     }
 
     #[test]
     fn success_resets_the_failure_count() {
         let t0 = Instant::now();
         let mut b = CircuitBreaker::new(settings());
-        b.on_failure(t0);
-        b.on_failure(t0);
+        b.on_failure(t0, 0.0, 0);
+        b.on_failure(t0, 0.0, 0);
         b.on_success(t0);
-        b.on_failure(t0);
-        b.on_failure(t0);
+        b.on_failure(t0, 0.0, 0);
+        b.on_failure(t0, 0.0, 0);
         assert_eq!(b.state(), CircuitState::Closed);
     }
 }

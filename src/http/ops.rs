@@ -15,14 +15,8 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let recorder_ok = state
-        .gateway
-        .recorder
-        .send(Barrier)
-        .timeout(Duration::from_secs(2))
-        .await
-        .is_ok();
+/// Each provider's configuration summary and published health.
+fn providers_json(state: &AppState) -> (BTreeMap<String, serde_json::Value>, usize) {
     let mut providers = BTreeMap::new();
     let mut usable = 0;
     for (name, provider) in state.gateway.providers.iter() {
@@ -40,6 +34,35 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             }),
         );
     }
+    (providers, usable)
+}
+
+/// `GET /api/providers`: state, error rate and latency of every provider.
+pub async fn providers(
+    req: actix_web::HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, flowgate_actors::error::GatewayError> {
+    state.auth.tenant(&req)?;
+    let (providers, _) = providers_json(&state);
+    let data: Vec<serde_json::Value> = providers
+        .into_iter()
+        .map(|(name, mut p)| {
+            p["name"] = json!(name);
+            p
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "object": "list", "data": data })))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let recorder_ok = state
+        .gateway
+        .recorder
+        .send(Barrier)
+        .timeout(Duration::from_secs(2))
+        .await
+        .is_ok();
+    let (providers, usable) = providers_json(&state);
     let ready = recorder_ok && usable > 0;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },

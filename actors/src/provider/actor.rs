@@ -185,6 +185,14 @@ impl ProviderActor {
         }
     }
 
+    /// The error rate over the window plus one more outcome, and the number of calls in it.
+    fn error_rate_with(&self, ok: bool) -> (f64, u32) {
+        let skip = usize::from(self.window.len() == WINDOW);
+        let calls = self.window.iter().skip(skip).count() + 1;
+        let failures = self.window.iter().skip(skip).filter(|ok| !**ok).count() + usize::from(!ok);
+        (failures as f64 / calls as f64, calls as u32)
+    }
+
     fn publish(&self) {
         let failures = self.window.iter().filter(|ok| !**ok).count();
         let now = self.clock.now();
@@ -234,7 +242,8 @@ impl Handler<AttemptOutcome> for ProviderActor {
             }
             Some(_) if failed => {
                 self.failures_total += 1;
-                self.breaker.on_failure(now)
+                let (rate, calls) = self.error_rate_with(false);
+                self.breaker.on_failure(now, rate, calls)
             }
             Some(_) => {
                 // Not the provider's fault (e.g. a 400 the user caused): give the probe back.
@@ -285,6 +294,7 @@ mod tests {
             // Long enough that the actor's own timer never fires during the test.
             cooldown: Duration::from_secs(3600),
             half_open_probes: 1,
+            ..BreakerSettings::default()
         };
         let (actor, board) =
             ProviderActor::new("p".into(), settings, clock.clone(), Metrics::new().unwrap());
