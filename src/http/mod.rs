@@ -115,6 +115,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     .route("/metrics", web::get().to(ops::metrics))
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))
+    .route("/api/providers", web::get().to(ops::providers))
     .route("/api/runs/{run_id}", web::get().to(runs::get_run))
     .route(
         "/api/agents/{agent}/runs",
