@@ -1,6 +1,13 @@
 //! The Anthropic Messages API wire format: `POST /v1/messages` (JSON and SSE) and
 //! Anthropic-style errors (`{"type":"error","error":{"type":…,"message":…},"request_id":…}`).
 //!
+//! Claude on Vertex AI speaks it too, at
+//! `POST /v1/projects/{p}/locations/{l}/publishers/anthropic/models/{model}:rawPredict`
+//! (`:streamRawPredict` to stream): authenticated by `Authorization: Bearer` (any token;
+//! Google's `401 UNAUTHENTICATED` without one), the model (URL-decoded, directives included)
+//! in the path and not in the body, `"anthropic_version": "vertex-2023-10-16"` in the body
+//! instead of the header, and `stream: true` exactly on `:streamRawPredict`.
+//!
 //! The request is checked the way the real API checks it (the `x-api-key` and
 //! `anthropic-version` headers, required fields, roles, empty text blocks, `tool_result`
 //! blocks answering the previous turn's `tool_use`, the rules around `thinking`), converted
@@ -37,6 +44,8 @@ pub const MALFORMED_BODY: &str = r#"{"id": "msg_x", "type": "message", "content"
 pub const THINKING_TEXT: &str = "The user wants an answer; I will give it plainly.";
 /// Smallest `thinking.budget_tokens` the API accepts.
 const MIN_THINKING_BUDGET: u64 = 1024;
+/// The `anthropic_version` Vertex AI requires in the body.
+pub const VERTEX_VERSION: &str = "vertex-2023-10-16";
 
 /// Directives only this route understands (see the module documentation).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -712,6 +721,80 @@ pub(crate) async fn messages(req: &HttpRequest, body: Value, state: &State) -> H
     if header(req, "anthropic-version").is_none() {
         return invalid("anthropic-version: header is required");
     }
+    if body.get("anthropic_version").is_some() {
+        return invalid("anthropic_version: Extra inputs are not permitted");
+    }
+    respond(body, state).await
+}
+
+/// The model and whether to stream, from a Vertex AI path
+/// `/v1/projects/{p}/locations/{l}/publishers/anthropic/models/{model}:rawPredict`.
+fn parse_vertex_path(path: &str) -> Option<(String, bool)> {
+    let (prefix, method) = path.rsplit_once(':')?;
+    let stream = match method {
+        "rawPredict" => false,
+        "streamRawPredict" => true,
+        _ => return None,
+    };
+    let segments: Vec<&str> = prefix.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        [version, "projects", _, "locations", _, "publishers", "anthropic", "models", model]
+            if matches!(*version, "v1" | "v1beta1") && !model.is_empty() =>
+        {
+            Some((crate::gemini::percent_decode(model), stream))
+        }
+        _ => None,
+    }
+}
+
+/// `POST …/publishers/anthropic/models/{model}:rawPredict` and `:streamRawPredict`: Claude
+/// on Vertex AI.
+pub(crate) async fn raw_predict(req: &HttpRequest, mut body: Value, state: &State) -> HttpResponse {
+    let Some((model, stream)) = parse_vertex_path(req.path()) else {
+        let message = format!(
+            "The requested URL {} was not found on this server. (mock upstream)",
+            req.path()
+        );
+        let body = crate::gemini::error_body(404, "NOT_FOUND", &message);
+        return HttpResponse::NotFound().json(body);
+    };
+    if crate::gemini::bearer_token(req).is_none() {
+        let body = crate::gemini::error_body(
+            401,
+            "UNAUTHENTICATED",
+            "Request is missing required authentication credential. Expected OAuth 2 access \
+             token, login cookie or other valid authentication credential. (mock upstream)",
+        );
+        return HttpResponse::Unauthorized().json(body);
+    }
+    let Some(object) = body.as_object_mut() else {
+        return invalid("The request body is not valid JSON.");
+    };
+    if object.contains_key("model") {
+        return invalid("model: Extra inputs are not permitted");
+    }
+    match object.get("anthropic_version").and_then(Value::as_str) {
+        None => return invalid("anthropic_version: Field required"),
+        Some(VERTEX_VERSION) => {}
+        Some(_) => {
+            return invalid(&format!(
+                "anthropic_version: Input should be '{VERTEX_VERSION}'"
+            ))
+        }
+    }
+    if (object.get("stream") == Some(&Value::Bool(true))) != stream {
+        return invalid(
+            "stream: `stream: true` goes to :streamRawPredict, anything else to :rawPredict \
+             (mock upstream)",
+        );
+    }
+    object.insert("model".into(), Value::String(model));
+    respond(body, state).await
+}
+
+/// Answers a checked Messages request (`model` set): validation, scripted outcomes, then
+/// the reply as a `message` or an event stream.
+async fn respond(body: Value, state: &State) -> HttpResponse {
     if let Err(message) = validate(&body) {
         return invalid(&message);
     }
@@ -776,6 +859,29 @@ pub(crate) async fn messages(req: &HttpRequest, body: Value, state: &State) -> H
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vertex_paths_parse() {
+        let base = "/v1/projects/p/locations/us-east5/publishers/anthropic/models";
+        assert_eq!(
+            parse_vertex_path(&format!("{base}/claude-3-7-sonnet@20250219:rawPredict")),
+            Some(("claude-3-7-sonnet@20250219".to_string(), false))
+        );
+        assert_eq!(
+            parse_vertex_path(&format!("{base}/claude-x;status=529%20:streamRawPredict")),
+            Some(("claude-x;status=529 ".to_string(), true))
+        );
+        assert_eq!(
+            parse_vertex_path(&format!("{base}/claude-x:generateContent")),
+            None
+        );
+        assert_eq!(
+            parse_vertex_path(
+                "/v1/projects/p/locations/l/publishers/google/models/gemini:rawPredict"
+            ),
+            None
+        );
+    }
 
     #[test]
     fn extra_directives_parse() {

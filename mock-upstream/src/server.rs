@@ -318,6 +318,10 @@ async fn dispatch(req: HttpRequest, body: Bytes, state: web::Data<State>) -> Htt
         "POST" if path.contains(":generateContent") || path.contains(":streamGenerateContent") => {
             gemini::generate(&req, json, &state).await
         }
+        // Claude on Vertex AI: …/publishers/anthropic/models/{m}:rawPredict (:streamRawPredict).
+        "POST" if path.ends_with(":rawPredict") || path.ends_with(":streamRawPredict") => {
+            anthropic::raw_predict(&req, json, &state).await
+        }
         // Google OAuth token endpoint (service-account JWT exchange) and metadata server.
         "POST" if path == "/token" => gemini::token(&req, &body),
         "GET" if path.starts_with("/computeMetadata/") => gemini::metadata_token(&req),

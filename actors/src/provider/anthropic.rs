@@ -1,4 +1,5 @@
-//! The `anthropic` adapter: Anthropic's Messages API (`POST <base_url>/v1/messages`).
+//! The `anthropic` adapter: Anthropic's Messages API (`POST <base_url>/v1/messages`), and
+//! Claude on Vertex AI, which speaks the same format (see [`AnthropicClient::vertex`]).
 //!
 //! The OpenAI-shaped request is translated into a Messages request, and the answer back:
 //!
@@ -25,8 +26,15 @@
 //! are not shown (their tokens are part of `output_tokens`). Usage: `prompt_tokens` is
 //! `input_tokens + cache_read_input_tokens + cache_creation_input_tokens`, of which the cache
 //! reads are `cached_tokens` and the cache writes `cache_write_tokens`.
+//!
+//! On Vertex AI (a `vertex` provider's `claude-…` models) only three things differ: the URL
+//! (`POST {base}/v1/projects/{project}/locations/{region}/publishers/anthropic/models/{model}:rawPredict`,
+//! `:streamRawPredict` to stream), the credentials (`Authorization: Bearer <OAuth token>` from
+//! the provider's [`TokenSource`]), and the body, which names no `model` and carries
+//! `"anthropic_version": "vertex-2023-10-16"` instead of the `anthropic-version` header.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -34,10 +42,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::time::{timeout, Instant};
 
+use super::gemini::{encode_segment, versioned_base};
+use super::google_auth::TokenSource;
 use super::http::{self, kind_for_status};
 use super::media;
 use super::sse::SseDecoder;
-use super::{AdapterContext, AnthropicSettings, EventStream, UpstreamRequest};
+use super::{AdapterContext, AnthropicSettings, EventStream, UpstreamRequest, VertexSettings};
 use crate::completion::{
     AssistantMessage, Choice, Completion, FinishReason, StreamEvent, ToolCallOut, Usage,
 };
@@ -66,21 +76,69 @@ const JSON_SCHEMA_INSTRUCTION: &str = "Respond with a single valid JSON object t
 /// The description of the tool that carries a structured answer.
 const ANSWER_TOOL_DESCRIPTION: &str =
     "Give your final answer by calling this tool: its input is the answer.";
+/// The `anthropic_version` Vertex AI requires in the body.
+pub const VERTEX_ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
 
 #[derive(Debug)]
 pub struct AnthropicClient {
     ctx: AdapterContext,
-    settings: AnthropicSettings,
-    /// `<base_url>/v1/messages`.
-    url: String,
+    endpoint: Endpoint,
     http: reqwest::Client,
+}
+
+/// Where requests go and how they authenticate.
+enum Endpoint {
+    /// Anthropic's API: `<base_url>/v1/messages`, `x-api-key` and `anthropic-version` headers.
+    Anthropic {
+        url: String,
+        settings: AnthropicSettings,
+    },
+    /// Claude on Vertex AI: `{base}/projects/{project}/locations/{region}/publishers/anthropic/
+    /// models/{model}:rawPredict` (base ends in `/v1`), `Authorization: Bearer <oauth token>`.
+    Vertex {
+        base: String,
+        project: String,
+        region: String,
+        /// Shared with the provider's Gemini client.
+        tokens: Arc<TokenSource>,
+    },
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Anthropic { url, settings } => f
+                .debug_struct("Anthropic")
+                .field("url", url)
+                .field("api_key", &settings.api_key.as_ref().map(|_| "***"))
+                .field("version", &settings.version)
+                .finish_non_exhaustive(),
+            Endpoint::Vertex {
+                base,
+                project,
+                region,
+                tokens,
+            } => f
+                .debug_struct("Vertex")
+                .field("base", base)
+                .field("project", project)
+                .field("region", region)
+                .field("tokens", tokens)
+                .finish(),
+        }
+    }
 }
 
 // ---- request wire types, private to this module ----
 
 #[derive(Debug, Serialize)]
 struct MessagesBody {
-    model: String,
+    /// `None` on Vertex AI, where the URL names the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    /// Vertex AI only: [`VERTEX_ANTHROPIC_VERSION`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anthropic_version: Option<&'static str>,
     max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<String>,
@@ -442,7 +500,8 @@ fn translate(call: &UpstreamRequest<'_>, stream: bool) -> Result<Prepared, Gatew
 
     Ok(Prepared {
         body: MessagesBody {
-            model: call.model.to_string(),
+            model: Some(call.model.to_string()),
+            anthropic_version: None,
             max_tokens,
             system,
             messages,
@@ -1198,6 +1257,7 @@ fn error_kind(status: Option<u16>, error_type: Option<&str>, message: &str) -> E
 // ---- the client ----
 
 impl AnthropicClient {
+    /// Anthropic's Messages API with an API key.
     pub fn new(ctx: AdapterContext, settings: AnthropicSettings) -> Result<Self, String> {
         let base = settings.base_url.trim_end_matches('/');
         let url = if base.ends_with("/v1") {
@@ -1207,23 +1267,72 @@ impl AnthropicClient {
         };
         Ok(AnthropicClient {
             http: http::client(&ctx.name, &ctx.timeouts)?,
-            url,
+            endpoint: Endpoint::Anthropic { url, settings },
             ctx,
-            settings,
         })
     }
 
-    fn secrets(&self) -> [&str; 1] {
-        [self.settings.api_key.as_deref().unwrap_or("")]
+    /// Claude on Vertex AI, with OAuth tokens from the provider's token source (the one its
+    /// Gemini models use too).
+    pub fn vertex(
+        ctx: AdapterContext,
+        settings: VertexSettings,
+        tokens: Arc<TokenSource>,
+    ) -> Result<Self, String> {
+        Ok(AnthropicClient {
+            http: http::client(&ctx.name, &ctx.timeouts)?,
+            endpoint: Endpoint::Vertex {
+                base: versioned_base(&settings.base_url, "v1"),
+                project: settings.project,
+                region: settings.region,
+                tokens,
+            },
+            ctx,
+        })
     }
 
-    /// Removes the provider key from text that may echo it.
-    fn scrub(&self, text: &str) -> String {
-        http::scrub(text, &self.secrets())
+    /// The URL of one call to `model`.
+    fn url(&self, model: &str, stream: bool) -> String {
+        match &self.endpoint {
+            Endpoint::Anthropic { url, .. } => url.clone(),
+            Endpoint::Vertex {
+                base,
+                project,
+                region,
+                ..
+            } => format!(
+                "{base}/projects/{}/locations/{}/publishers/anthropic/models/{}:{}",
+                encode_segment(project),
+                encode_segment(region),
+                encode_segment(model),
+                if stream {
+                    "streamRawPredict"
+                } else {
+                    "rawPredict"
+                }
+            ),
+        }
     }
 
-    fn transport_error(&self, error: reqwest::Error) -> GatewayError {
-        http::transport_error(&self.ctx.name, error, &self.secrets())
+    /// The body as this endpoint wants it: on Vertex AI the URL names the model and the API
+    /// version goes in the body.
+    fn adapt_body(&self, body: &mut MessagesBody) {
+        if let Endpoint::Vertex { .. } = self.endpoint {
+            body.model = None;
+            body.anthropic_version = Some(VERTEX_ANTHROPIC_VERSION);
+        }
+    }
+
+    /// The secret of one call, never to be shown: the API key, or the OAuth token.
+    fn secret<'a>(&'a self, token: Option<&'a str>) -> &'a str {
+        match &self.endpoint {
+            Endpoint::Anthropic { settings, .. } => settings.api_key.as_deref().unwrap_or(""),
+            Endpoint::Vertex { .. } => token.unwrap_or(""),
+        }
+    }
+
+    fn transport_error(&self, error: reqwest::Error, token: Option<&str>) -> GatewayError {
+        http::transport_error(&self.ctx.name, error, &[self.secret(token)])
     }
 
     fn malformed(&self, what: impl std::fmt::Display) -> GatewayError {
@@ -1244,6 +1353,7 @@ impl AnthropicClient {
             e.message = format!("provider `{}`: {}", self.ctx.name, e.message);
             e
         })?;
+        self.adapt_body(&mut prepared.body);
         self.resolve_media(&mut prepared.body).await?;
         Ok(prepared)
     }
@@ -1273,36 +1383,50 @@ impl AnthropicClient {
         Ok(())
     }
 
-    async fn send(&self, body: &MessagesBody) -> Result<reqwest::Response, GatewayError> {
-        let mut request = self
-            .http
-            .post(&self.url)
-            .header("anthropic-version", &self.settings.version)
-            .json(body);
-        if let Some(key) = &self.settings.api_key {
-            request = request.header("x-api-key", key);
-        }
-        for (name, value) in &self.settings.headers {
-            request = request.header(name, value);
-        }
+    /// Sends `body` for `model`; the response and, on Vertex AI, the token it was sent with.
+    async fn send(
+        &self,
+        model: &str,
+        body: &MessagesBody,
+    ) -> Result<(reqwest::Response, Option<Arc<str>>), GatewayError> {
+        let mut request = self.http.post(self.url(model, body.stream)).json(body);
+        let token = match &self.endpoint {
+            Endpoint::Anthropic { settings, .. } => {
+                request = request.header("anthropic-version", &settings.version);
+                if let Some(key) = &settings.api_key {
+                    request = request.header("x-api-key", key);
+                }
+                for (name, value) in &settings.headers {
+                    request = request.header(name, value);
+                }
+                None
+            }
+            Endpoint::Vertex { tokens, .. } => {
+                let token = tokens.token().await?;
+                request = request.bearer_auth(&*token);
+                Some(token)
+            }
+        };
         let timeouts = &self.ctx.timeouts;
         let limit = timeouts.first_byte().min(timeouts.total());
         let response = timeout(limit, request.send())
             .await
             .map_err(|_| http::timeout_error(&self.ctx.name, "with headers", limit))?
-            .map_err(|e| self.transport_error(e))?;
+            .map_err(|e| self.transport_error(e, token.as_deref()))?;
         if response.status().is_success() {
-            return Ok(response);
+            return Ok((response, token));
         }
-        Err(self.status_error(response).await)
+        Err(self.status_error(response, token.as_deref()).await)
     }
 
-    async fn status_error(&self, response: reqwest::Response) -> GatewayError {
+    async fn status_error(&self, response: reqwest::Response, token: Option<&str>) -> GatewayError {
         let status = response.status().as_u16();
         let retry_after = http::retry_after(response.headers());
         let (error_type, text) = match timeout(Duration::from_secs(5), response.bytes()).await {
             Ok(Ok(bytes)) => {
                 let cut = &bytes[..bytes.len().min(MAX_ERROR_BODY)];
+                // Anthropic's `{"error": {"type", "message"}}`; Vertex AI's own errors are
+                // `{"error": {"code", "message", "status"}}` and parse too (no type).
                 match serde_json::from_slice::<ErrorEnvelope>(cut) {
                     Ok(envelope) => (
                         envelope.error.kind,
@@ -1317,7 +1441,12 @@ impl AnthropicClient {
             _ => (None, String::new()),
         };
         let kind = error_kind(Some(status), error_type.as_deref(), &text);
+        let secrets = [self.secret(token)];
         let message = if kind == ErrorKind::UpstreamAuth {
+            // A rejected token is dropped: the next call fetches another.
+            if let (Endpoint::Vertex { tokens, .. }, Some(token)) = (&self.endpoint, token) {
+                tokens.invalidate(token);
+            }
             // Auth messages may quote the key: never pass them on.
             format!(
                 "provider `{}` rejected its credentials ({status})",
@@ -1328,8 +1457,8 @@ impl AnthropicClient {
             format!(
                 "provider `{}` answered {status}{}: {}",
                 self.ctx.name,
-                self.scrub(&label),
-                self.scrub(&text)
+                http::scrub(&label, &secrets),
+                http::scrub(&text, &secrets)
             )
         };
         GatewayError::new(kind, message)
@@ -1340,19 +1469,19 @@ impl AnthropicClient {
     pub async fn complete(&self, call: UpstreamRequest<'_>) -> Result<Completion, GatewayError> {
         let started = Instant::now();
         let prepared = self.prepare(&call, false).await?;
-        let response = self.send(&prepared.body).await?;
+        let (response, token) = self.send(call.model, &prepared.body).await?;
         let total = self.ctx.timeouts.total();
         let remaining = total.saturating_sub(started.elapsed());
         let bytes = timeout(remaining, response.bytes())
             .await
             .map_err(|_| http::timeout_error(&self.ctx.name, "its whole body", total))?
-            .map_err(|e| self.transport_error(e))?;
+            .map_err(|e| self.transport_error(e, token.as_deref()))?;
         match serde_json::from_slice::<MessageResponse>(&bytes) {
             Ok(parsed) => Ok(completion_from(parsed, prepared.answer_tool.as_deref())),
             Err(e) => match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
                 Ok(envelope) => Err(error_event(
                     &self.ctx.name,
-                    &self.secrets(),
+                    &[self.secret(token.as_deref())],
                     envelope.error,
                     "instead of a message",
                 )
@@ -1365,7 +1494,7 @@ impl AnthropicClient {
     pub async fn stream(&self, call: UpstreamRequest<'_>) -> Result<EventStream, GatewayError> {
         let started = Instant::now();
         let prepared = self.prepare(&call, true).await?;
-        let response = self.send(&prepared.body).await?;
+        let (response, token) = self.send(call.model, &prepared.body).await?;
         let is_json = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -1376,7 +1505,7 @@ impl AnthropicClient {
         }
         let state = StreamState {
             name: self.ctx.name.clone(),
-            api_key: self.settings.api_key.clone().unwrap_or_default(),
+            secret: self.secret(token.as_deref()).to_string(),
             body: response.bytes_stream().boxed(),
             decoder: SseDecoder::new(),
             translator: StreamTranslator::new(prepared.answer_tool),
@@ -1408,7 +1537,8 @@ fn error_event(name: &str, secrets: &[&str], error: ErrorBody, during: &str) -> 
 
 struct StreamState {
     name: String,
-    api_key: String,
+    /// The API key or OAuth token, scrubbed from error messages.
+    secret: String,
     body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     decoder: SseDecoder,
     translator: StreamTranslator,
@@ -1481,7 +1611,7 @@ async fn next_event(
                     };
                     if let Err(error) = s.translator.push(parsed, &mut s.pending) {
                         s.finished = true;
-                        s.error = Some(error_event(&s.name, &[&s.api_key], error, "mid-stream"));
+                        s.error = Some(error_event(&s.name, &[&s.secret], error, "mid-stream"));
                         break;
                     }
                     if s.translator.stopped {
@@ -1497,6 +1627,7 @@ async fn next_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::VertexCredentials;
     use crate::wire::ChatRequest;
     use serde_json::json;
 
@@ -2205,6 +2336,133 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    fn vertex_client(base_url: &str, region: &str) -> AnthropicClient {
+        let ctx = AdapterContext {
+            name: "vertex".into(),
+            timeouts: super::super::Timeouts::default(),
+            media: media::MediaFetcher::new(media::MediaSettings::default()),
+        };
+        let credentials = VertexCredentials::AccessToken("ya29.vertex-secret".into());
+        let tokens = TokenSource::for_provider(&ctx, &credentials).unwrap();
+        let settings = VertexSettings {
+            project: "my-project".into(),
+            region: region.into(),
+            base_url: base_url.into(),
+            credentials,
+        };
+        AnthropicClient::vertex(ctx, settings, tokens).unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn vertex_urls_and_body_name_the_model_once() {
+        let regional = vertex_client("https://us-east5-aiplatform.googleapis.com/", "us-east5");
+        assert_eq!(
+            regional.url("claude-3-7-sonnet@20250219", false),
+            "https://us-east5-aiplatform.googleapis.com/v1/projects/my-project/locations/us-east5/publishers/anthropic/models/claude-3-7-sonnet@20250219:rawPredict"
+        );
+        assert_eq!(
+            regional.url("claude-3-7-sonnet@20250219", true),
+            "https://us-east5-aiplatform.googleapis.com/v1/projects/my-project/locations/us-east5/publishers/anthropic/models/claude-3-7-sonnet@20250219:streamRawPredict"
+        );
+        let global = vertex_client("https://aiplatform.googleapis.com/v1", "global");
+        assert_eq!(
+            global.url("claude sonnet/4", false),
+            "https://aiplatform.googleapis.com/v1/projects/my-project/locations/global/publishers/anthropic/models/claude%20sonnet%2F4:rawPredict"
+        );
+        assert!(!format!("{global:?}").contains("ya29"));
+
+        let r = request(json!({"model": "x", "stream": true, "max_tokens": 300,
+            "messages": [{"role": "user", "content": "Hi"}]}));
+        let call = UpstreamRequest {
+            request: &r,
+            model: "claude-3-7-sonnet@20250219",
+            reasoning_effort: None,
+        };
+        let body = serde_json::to_value(regional.prepare(&call, true).await.unwrap().body).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "anthropic_version": "vertex-2023-10-16",
+                "max_tokens": 300,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+                "stream": true
+            })
+        );
+        // Anthropic's own API: the model in the body, no version in it.
+        let direct = client_for("https://api.anthropic.com".into());
+        let body = serde_json::to_value(direct.prepare(&call, false).await.unwrap().body).unwrap();
+        assert_eq!(body["model"], "claude-3-7-sonnet@20250219");
+        assert!(body.get("anthropic_version").is_none());
+        assert_eq!(
+            direct.url("claude-x", true),
+            "https://api.anthropic.com/v1/messages"
+        );
+        assert!(!format!("{direct:?}").contains("sk-ant"));
+    }
+
+    #[actix_rt::test]
+    async fn vertex_against_the_mock_raw_predict() {
+        let mock = flowgate_mock_upstream::MockUpstream::start();
+        let client = vertex_client(&mock.url(), "us-east5");
+        let r = request(
+            json!({"model": "x", "messages": [{"role": "user", "content": "Hello Vertex"}]}),
+        );
+        let call = |model| UpstreamRequest {
+            request: &r,
+            model,
+            reasoning_effort: None,
+        };
+        let c = client
+            .complete(call("claude-3-7-sonnet@20250219"))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.choices[0].message.content.as_deref(),
+            Some("Hello Vertex")
+        );
+        assert!(c.usage.prompt_tokens > 0 && c.usage.completion_tokens > 0);
+        let sent = &mock.requests()[0];
+        assert_eq!(
+            sent.path,
+            "/v1/projects/my-project/locations/us-east5/publishers/anthropic/models/claude-3-7-sonnet@20250219:rawPredict"
+        );
+        assert_eq!(sent.headers["authorization"], "Bearer ya29.vertex-secret");
+        assert!(!sent.headers.contains_key("x-api-key"));
+        assert!(!sent.headers.contains_key("anthropic-version"));
+        assert_eq!(sent.body["anthropic_version"], "vertex-2023-10-16");
+        assert!(sent.body.get("model").is_none());
+
+        let mut stream = client
+            .stream(call("claude-3-7-sonnet@20250219;chunk_chars=3"))
+            .await
+            .unwrap();
+        let mut text = String::new();
+        while let Some(event) = stream.next().await {
+            if let StreamEvent::Content { text: t, .. } = event.unwrap() {
+                text.push_str(&t);
+            }
+        }
+        assert_eq!(text, "Hello Vertex");
+        let sent = mock.requests().pop().unwrap();
+        assert!(sent.path.ends_with(":streamRawPredict"), "{}", sent.path);
+        assert_eq!(sent.body["stream"], true);
+
+        let e = client
+            .complete(call("claude-3-7-sonnet@20250219;status=529"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.kind, e.upstream_status),
+            (ErrorKind::Overloaded, Some(529))
+        );
+        let e = client
+            .complete(call("claude-3-7-sonnet@20250219;status=401"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::UpstreamAuth);
+        assert!(!e.message.contains("ya29"), "{}", e.message);
     }
 
     #[actix_rt::test]

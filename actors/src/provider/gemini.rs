@@ -2,6 +2,10 @@
 //! Vertex AI (OAuth bearer tokens, see [`google_auth`](super::google_auth)). Both speak the
 //! same `generateContent` wire format; only the URL and the credentials differ.
 //!
+//! A `vertex` provider also serves Anthropic's Claude models, in Anthropic's own format:
+//! [`VertexClient`] sends `claude-…` models to the [`AnthropicClient`] in its Vertex mode and
+//! every other model to the [`GeminiClient`], both with the provider's one OAuth token cache.
+//!
 //! The OpenAI request is translated both ways:
 //!
 //! * `system`/`developer` messages → `systemInstruction`; `user`/`assistant` turns →
@@ -19,6 +23,7 @@
 //! reasons and usage; streams use `:streamGenerateContent?alt=sse`.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -26,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::time::{timeout, Instant};
 
+use super::anthropic::AnthropicClient;
 use super::google_auth::TokenSource;
 use super::http::{self, kind_for_status};
 use super::media::{self, MediaData, MediaFetcher};
@@ -46,8 +52,6 @@ use crate::wire::{
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Gemini accepts at most this many stop sequences.
 const MAX_STOP_SEQUENCES: usize = 5;
-/// Token requests never wait longer than this.
-const MAX_TOKEN_WAIT: Duration = Duration::from_secs(30);
 /// The thought signature Google documents for function calls that were not produced by the
 /// model in this exact form (history replayed from elsewhere). Gemini 3 rejects replayed
 /// function calls without a signature; the OpenAI format cannot carry the real one.
@@ -77,7 +81,8 @@ enum Endpoint {
         base: String,
         project: String,
         region: String,
-        tokens: TokenSource,
+        /// Shared with the provider's Claude client (see [`VertexClient`]).
+        tokens: Arc<TokenSource>,
     },
 }
 
@@ -1193,7 +1198,7 @@ fn retry_delay(details: &[Value]) -> Option<Duration> {
 // ---- the client ----
 
 /// Percent-encodes one path segment (keeps RFC 3986 `pchar`s such as `;`, `=` and `:`).
-fn encode_segment(segment: &str) -> String {
+pub(super) fn encode_segment(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
         match byte {
@@ -1231,7 +1236,7 @@ fn encode_path(path: &str) -> String {
 }
 
 /// `base` with the API version appended unless it already ends with one.
-fn versioned_base(base: &str, default_version: &str) -> String {
+pub(super) fn versioned_base(base: &str, default_version: &str) -> String {
     let base = base.trim_end_matches('/');
     let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
     // The last path segment (not the host) looks like `v1`, `v1beta`, `v1beta1`.
@@ -1250,12 +1255,6 @@ fn versioned_base(base: &str, default_version: &str) -> String {
     }
 }
 
-/// Models Vertex AI serves in their maker's own format (`publishers/anthropic/…:rawPredict`),
-/// not through `generateContent`.
-fn is_partner_model(model: &str) -> bool {
-    model.starts_with("claude-") || model.starts_with("publishers/anthropic/")
-}
-
 impl GeminiClient {
     /// The Gemini API (`generativelanguage.googleapis.com`) with an API key.
     pub fn gemini(ctx: AdapterContext, settings: GeminiSettings) -> Result<Self, String> {
@@ -1271,17 +1270,14 @@ impl GeminiClient {
         })
     }
 
-    /// Gemini on Vertex AI, with OAuth tokens from the configured credentials.
-    pub fn vertex(ctx: AdapterContext, settings: VertexSettings) -> Result<Self, String> {
-        let http = http::client(&ctx.name, &ctx.timeouts)?;
-        let wait = ctx
-            .timeouts
-            .first_byte()
-            .min(ctx.timeouts.total())
-            .min(MAX_TOKEN_WAIT);
-        let tokens = TokenSource::new(&ctx.name, &settings.credentials, http.clone(), wait)?;
+    /// Gemini on Vertex AI, with OAuth tokens from the provider's token source.
+    pub fn vertex(
+        ctx: AdapterContext,
+        settings: VertexSettings,
+        tokens: Arc<TokenSource>,
+    ) -> Result<Self, String> {
         Ok(GeminiClient {
-            http,
+            http: http::client(&ctx.name, &ctx.timeouts)?,
             endpoint: Endpoint::Vertex {
                 base: versioned_base(&settings.base_url, "v1"),
                 project: settings.project,
@@ -1372,16 +1368,6 @@ impl GeminiClient {
         call: &UpstreamRequest<'_>,
         stream: bool,
     ) -> Result<reqwest::Response, GatewayError> {
-        if matches!(self.endpoint, Endpoint::Vertex { .. }) && is_partner_model(call.model) {
-            return Err(GatewayError::new(
-                ErrorKind::UnsupportedByModel,
-                format!(
-                    "provider `{}` speaks Gemini's generateContent; `{}` is a partner model \
-                     (Anthropic's format on Vertex) that this adapter cannot call",
-                    self.name, call.model
-                ),
-            ));
-        }
         let media = self.fetch_media(call.request).await?;
         let body = request_body(call, &media)?;
         drop(media);
@@ -1489,6 +1475,54 @@ impl GeminiClient {
             deadline: started + self.timeouts.total(),
         };
         Ok(futures::stream::unfold(state, next_event).boxed())
+    }
+}
+
+// ---- the `vertex` kind: Gemini and Claude behind one provider ----
+
+/// A `vertex` provider: Google's models through `generateContent`, Anthropic's Claude models
+/// through `rawPredict` in Anthropic's format. Both families use the provider's one OAuth
+/// token source, so one token serves them all.
+#[derive(Debug)]
+pub struct VertexClient {
+    gemini: GeminiClient,
+    claude: AnthropicClient,
+}
+
+/// The Claude model id `model` names, if it names one: `claude-…` as the Model Garden spells
+/// them (`claude-3-7-sonnet@20250219`), or the same under `publishers/anthropic/models/`.
+fn claude_model(model: &str) -> Option<&str> {
+    let id = model
+        .strip_prefix("publishers/anthropic/models/")
+        .unwrap_or(model);
+    id.starts_with("claude-").then_some(id)
+}
+
+impl VertexClient {
+    pub fn new(ctx: AdapterContext, settings: VertexSettings) -> Result<Self, String> {
+        let tokens = TokenSource::for_provider(&ctx, &settings.credentials)?;
+        Ok(VertexClient {
+            gemini: GeminiClient::vertex(ctx.clone(), settings.clone(), Arc::clone(&tokens))?,
+            claude: AnthropicClient::vertex(ctx, settings, tokens)?,
+        })
+    }
+
+    pub async fn complete(&self, call: UpstreamRequest<'_>) -> Result<Completion, GatewayError> {
+        match claude_model(call.model) {
+            Some(model) => {
+                self.claude
+                    .complete(UpstreamRequest { model, ..call })
+                    .await
+            }
+            None => self.gemini.complete(call).await,
+        }
+    }
+
+    pub async fn stream(&self, call: UpstreamRequest<'_>) -> Result<EventStream, GatewayError> {
+        match claude_model(call.model) {
+            Some(model) => self.claude.stream(UpstreamRequest { model, ..call }).await,
+            None => self.gemini.stream(call).await,
+        }
     }
 }
 
@@ -1997,7 +2031,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::UpstreamAuth);
 
-        let vertex = GeminiClient::vertex(
+        let vertex = VertexClient::new(
             ctx(),
             VertexSettings {
                 project: "p".into(),
@@ -2478,6 +2512,98 @@ mod tests {
     }
 
     #[test]
+    fn vertex_routes_claude_models_to_anthropic() {
+        for (model, claude) in [
+            (
+                "claude-3-7-sonnet@20250219",
+                Some("claude-3-7-sonnet@20250219"),
+            ),
+            (
+                "claude-sonnet-4@20250514;status=529",
+                Some("claude-sonnet-4@20250514;status=529"),
+            ),
+            (
+                "publishers/anthropic/models/claude-opus-4@20250514",
+                Some("claude-opus-4@20250514"),
+            ),
+            ("gemini-2.5-pro", None),
+            ("publishers/google/models/gemini-2.5-pro", None),
+            ("endpoints/123", None),
+            ("claudette", None),
+        ] {
+            assert_eq!(claude_model(model), claude, "{model}");
+        }
+    }
+
+    #[actix_rt::test]
+    async fn vertex_serves_both_families_with_one_token() {
+        let mock = flowgate_mock_upstream::MockUpstream::start();
+        let vertex = VertexClient::new(
+            ctx(),
+            VertexSettings {
+                project: "p".into(),
+                region: "us-east5".into(),
+                base_url: mock.url(),
+                credentials: VertexCredentials::MetadataServer(mock.url()),
+            },
+        )
+        .unwrap();
+        let r =
+            request(json!({"model": "m", "messages": [{"role": "user", "content": "Hello both"}]}));
+        let call = |model| UpstreamRequest {
+            request: &r,
+            model,
+            reasoning_effort: None,
+        };
+        // Concurrent first calls of both families: one token request between them.
+        let (gemini, claude) = futures::join!(
+            vertex.complete(call("gemini-2.5-pro")),
+            vertex.complete(call("claude-3-7-sonnet@20250219"))
+        );
+        for c in [gemini.unwrap(), claude.unwrap()] {
+            assert_eq!(c.choices[0].message.content.as_deref(), Some("Hello both"));
+        }
+        let requests = mock.requests();
+        let mut paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+        paths.sort_unstable();
+        assert_eq!(
+            paths,
+            [
+                "/computeMetadata/v1/instance/service-accounts/default/token",
+                "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-3-7-sonnet@20250219:rawPredict",
+                "/v1/projects/p/locations/us-east5/publishers/google/models/gemini-2.5-pro:generateContent",
+            ]
+        );
+        let bearers: Vec<&str> = requests
+            .iter()
+            .filter(|r| r.path.starts_with("/v1/"))
+            .map(|r| r.headers["authorization"].as_str())
+            .collect();
+        assert_eq!(bearers.len(), 2);
+        assert!(bearers[0].starts_with("Bearer mock-token-"), "{bearers:?}");
+        assert_eq!(bearers[0], bearers[1]);
+
+        // A token Claude's endpoint rejects is dropped for Gemini too.
+        let err = vertex
+            .complete(call("claude-3-7-sonnet@20250219;status=401"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::UpstreamAuth);
+        assert!(!err.message.contains("mock-token"), "{}", err.message);
+        vertex.complete(call("gemini-2.5-pro")).await.unwrap();
+        let requests = mock.requests();
+        let tokens = requests
+            .iter()
+            .filter(|r| r.path.starts_with("/computeMetadata"))
+            .count();
+        assert_eq!(tokens, 2);
+        assert_ne!(
+            requests.last().unwrap().headers["authorization"],
+            bearers[0]
+        );
+    }
+
+    #[test]
     fn urls_carry_the_model_but_never_the_key() {
         let gemini = GeminiClient::gemini(
             ctx(),
@@ -2514,16 +2640,14 @@ mod tests {
             "http://127.0.0.1:1/v1alpha/models/m:generateContent"
         );
 
-        let vertex = GeminiClient::vertex(
-            ctx(),
-            VertexSettings {
-                project: "my-project".into(),
-                region: "europe-west4".into(),
-                base_url: "https://europe-west4-aiplatform.googleapis.com".into(),
-                credentials: VertexCredentials::AccessToken("ya29.token".into()),
-            },
-        )
-        .unwrap();
+        let settings = VertexSettings {
+            project: "my-project".into(),
+            region: "europe-west4".into(),
+            base_url: "https://europe-west4-aiplatform.googleapis.com".into(),
+            credentials: VertexCredentials::AccessToken("ya29.token".into()),
+        };
+        let tokens = TokenSource::for_provider(&ctx(), &settings.credentials).unwrap();
+        let vertex = GeminiClient::vertex(ctx(), settings, tokens).unwrap();
         assert_eq!(
             vertex.url("gemini-2.5-pro", false),
             "https://europe-west4-aiplatform.googleapis.com/v1/projects/my-project/locations/europe-west4/publishers/google/models/gemini-2.5-pro:generateContent"
@@ -2533,15 +2657,7 @@ mod tests {
             "https://europe-west4-aiplatform.googleapis.com/v1/projects/my-project/locations/europe-west4/endpoints/123:streamGenerateContent?alt=sse"
         );
         assert!(!format!("{vertex:?}").contains("ya29"));
-        let r = request(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}));
-        let err = futures::executor::block_on(vertex.complete(UpstreamRequest {
-            request: &r,
-            model: "claude-sonnet-4-5@20250929",
-            reasoning_effort: None,
-        }))
-        .unwrap_err();
-        assert_eq!(err.kind, ErrorKind::UnsupportedByModel);
-        let bad = GeminiClient::vertex(
+        let bad = VertexClient::new(
             ctx(),
             VertexSettings {
                 project: "p".into(),

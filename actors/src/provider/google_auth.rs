@@ -23,7 +23,7 @@ use serde::Deserialize;
 use tokio::time::{timeout, Instant};
 
 use super::http;
-use super::VertexCredentials;
+use super::{AdapterContext, VertexCredentials};
 use crate::error::{ErrorKind, GatewayError};
 
 /// The OAuth scope Vertex AI needs.
@@ -40,6 +40,8 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 const DEFAULT_EXPIRES_IN: u64 = 3600;
 /// Token endpoint error bodies longer than this are cut.
 const MAX_ERROR_BODY: usize = 16 * 1024;
+/// Token requests never wait longer than this.
+const MAX_TOKEN_WAIT: Duration = Duration::from_secs(30);
 
 fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -284,6 +286,22 @@ impl TokenSource {
             cached: Mutex::new(None),
             refresh: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The token source of one `vertex` provider, shared by every model family it serves
+    /// (one cache, one refresh at a time). Token requests wait at most as long as the
+    /// provider's first byte, and never more than 30 s.
+    pub fn for_provider(
+        ctx: &AdapterContext,
+        credentials: &VertexCredentials,
+    ) -> Result<Arc<TokenSource>, String> {
+        let wait = ctx
+            .timeouts
+            .first_byte()
+            .min(ctx.timeouts.total())
+            .min(MAX_TOKEN_WAIT);
+        let http = http::client(&ctx.name, &ctx.timeouts)?;
+        TokenSource::new(&ctx.name, credentials, http, wait).map(Arc::new)
     }
 
     fn fresh(&self) -> Option<Arc<str>> {

@@ -272,6 +272,8 @@ pub enum ProviderClient {
     Anthropic(anthropic::AnthropicClient),
     /// Gemini API and Vertex AI (same wire format).
     Gemini(gemini::GeminiClient),
+    /// Vertex AI: Gemini models, and Claude models in Anthropic's format.
+    Vertex(gemini::VertexClient),
     Bedrock(bedrock::BedrockClient),
     Mock(mock::MockClient),
 }
@@ -312,7 +314,7 @@ impl ProviderClient {
                 ProviderClient::Gemini(gemini::GeminiClient::gemini(ctx, gemini.clone())?)
             }
             ProviderKind::Vertex(vertex) => {
-                ProviderClient::Gemini(gemini::GeminiClient::vertex(ctx, vertex.clone())?)
+                ProviderClient::Vertex(gemini::VertexClient::new(ctx, vertex.clone())?)
             }
             ProviderKind::Bedrock(bedrock) => {
                 ProviderClient::Bedrock(bedrock::BedrockClient::new(ctx, bedrock.clone())?)
@@ -327,6 +329,7 @@ impl ProviderClient {
             ProviderClient::OpenAi(client) => client.complete(call).await,
             ProviderClient::Anthropic(client) => client.complete(call).await,
             ProviderClient::Gemini(client) => client.complete(call).await,
+            ProviderClient::Vertex(client) => client.complete(call).await,
             ProviderClient::Bedrock(client) => client.complete(call).await,
             ProviderClient::Mock(client) => client.complete(call).await,
         }
@@ -338,6 +341,7 @@ impl ProviderClient {
             ProviderClient::OpenAi(client) => client.stream(call).await,
             ProviderClient::Anthropic(client) => client.stream(call).await,
             ProviderClient::Gemini(client) => client.stream(call).await,
+            ProviderClient::Vertex(client) => client.stream(call).await,
             ProviderClient::Bedrock(client) => client.stream(call).await,
             ProviderClient::Mock(client) => client.stream(call).await,
         }
