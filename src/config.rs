@@ -11,6 +11,7 @@ use flowgate_actors::breaker::BreakerSettings;
 use flowgate_actors::catalog::{
     Catalog, Fallbacks, LongContextPrices, ModelEntry, Prices, ProviderOffer, Supports,
 };
+use flowgate_actors::engine::HedgingPolicy;
 use flowgate_actors::provider::media::MediaSettings;
 use flowgate_actors::provider::{
     AnthropicSettings, AzureSettings, BedrockSettings, GeminiSettings, MockBehaviour, MockSettings,
@@ -38,6 +39,9 @@ struct RawConfig {
     /// Retries of transient upstream failures (when no other provider or model is left).
     #[serde(default)]
     retries: RetryPolicy,
+    /// Hedged requests for the agents that opt in.
+    #[serde(default)]
+    hedging: HedgingPolicy,
     #[serde(default)]
     providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
@@ -746,6 +750,7 @@ impl Config {
                 // Completed once the listener is bound (see `http::serve`).
                 public_url: raw.server.public_url.unwrap_or_default(),
                 retry: raw.retries,
+                hedging: raw.hedging,
                 media: MediaSettings {
                     max_bytes: raw.media.max_bytes,
                     allow_private_networks: raw.media.allow_private_networks,

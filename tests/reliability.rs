@@ -38,6 +38,16 @@ api_key = "dead-secret"
 [retries]
 max_retries = 0
 
+[hedging]
+agents = ["hedged"]
+after_ms = 100
+
+[models."rel-hedge"]
+providers = [
+  {{ provider = "upstream", model = "gpt-4o-mini;delay_ms=1500", input_per_mtok = 1.0, output_per_mtok = 1.0 }},
+  {{ provider = "backup", model = "gpt-4o-mini", input_per_mtok = 2.0, output_per_mtok = 2.0 }},
+]
+
 [models."rel-breaker"]
 providers = [
   {{ provider = "flaky", model = "gpt-4o-mini;status=500;fail_first=2", input_per_mtok = 1.0, output_per_mtok = 1.0 }},
@@ -196,4 +206,44 @@ async fn hangs_slow_first_bytes_and_dead_providers_fall_back_with_the_reason_rec
         assert_eq!(run["attempts"][1]["provider"], "backup");
         assert!(!run.to_string().contains("dead-secret"));
     }
+}
+
+#[tokio::test]
+async fn hedged_agents_get_the_faster_provider_and_others_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = MockUpstream::start();
+    let gw = Flowgate::start(dir.path(), &config(dir.path(), &upstream));
+
+    let (status, headers, body) = chat(
+        &gw,
+        json!({"model": "hedged/rel-hedge", "messages": user("race")}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-flowgate-provider"], "backup");
+    // Priced at the provider that answered.
+    let usage = &body["usage"];
+    let expected = (usage["prompt_tokens"].as_f64().unwrap()
+        + usage["completion_tokens"].as_f64().unwrap())
+        * 2.0
+        / 1e6;
+    assert!((body["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-15);
+    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
+    let (_, run) = get_json(&gw, &format!("/api/runs/{run_id}")).await;
+    let attempts = run["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{run}");
+    assert_eq!(attempts[0]["provider"], "upstream");
+    assert_eq!(attempts[0]["error"], "cancelled");
+    assert_eq!(attempts[1]["provider"], "backup");
+    assert_eq!(attempts[1]["reason"], "hedge");
+    assert_eq!(attempts[1]["status"], 200);
+
+    // An agent that did not opt in waits for the first provider.
+    let (status, headers, _) = chat(
+        &gw,
+        json!({"model": "plain/rel-hedge", "messages": user("no race")}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-flowgate-provider"], "upstream");
 }

@@ -13,6 +13,7 @@ use actix::Addr;
 use arc_swap::ArcSwap;
 use uuid::Uuid;
 
+use crate::breaker::CircuitState;
 use crate::cache::{is_cacheable, Cache, CacheKey, Join};
 use crate::catalog::{Catalog, Prices};
 use crate::completion::{Completion, CompletionAccumulator, FinishReason, StreamEvent, Usage};
@@ -43,6 +44,25 @@ pub struct Gateway {
     pub validators: Arc<Validators>,
     /// Retries of transient failures.
     pub retry: RetryPolicy,
+    /// Hedged requests for the agents that opted in.
+    pub hedging: Arc<HedgingPolicy>,
+}
+
+/// Hedged requests, off by default: for the listed agents, a second provider is started when
+/// the first has not answered within `after_ms`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HedgingPolicy {
+    pub agents: Vec<String>,
+    pub after_ms: u64,
+}
+
+impl HedgingPolicy {
+    /// The hedge delay for `agent`, if it opted in.
+    pub fn after_for(&self, agent: &str) -> Option<Duration> {
+        (self.after_ms > 0 && self.agents.iter().any(|a| a == agent))
+            .then(|| Duration::from_millis(self.after_ms))
+    }
 }
 
 /// A successful answer, shared with coalesced followers.
@@ -562,6 +582,25 @@ impl Gateway {
         let mut spent = 0.0;
         let deadline = guard.ctx.started + self.retry.request_timeout();
         let mut cursor = AttemptCursor::new();
+        if spec.is_none() {
+            if let Some(after) = self.hedge_after(&guard.ctx.agent, plan) {
+                match self.hedged(guard, plan, request, after).await {
+                    (Ok((completion, planned)), _) => {
+                        usage.add(&completion.usage);
+                        spent += completion.usage.cost_usd(&planned.offer.prices);
+                        return Ok(self.answer(guard, planned, completion, usage, spent));
+                    }
+                    (Err(error), tried) => {
+                        cursor.index = tried;
+                        let fallback = error.should_fallback();
+                        last = Some(error);
+                        if !fallback {
+                            return Err(exhausted(last, &guard.attempts, &skipped));
+                        }
+                    }
+                }
+            }
+        }
         while let Some(planned) = cursor.next(self, plan, last.as_ref()) {
             // Owned, so the cursor can be asked what is left while this attempt runs.
             let planned = &planned.clone();
@@ -713,6 +752,95 @@ impl Gateway {
             cost_usd: spent,
             attempts: guard.attempts.clone(),
             run_id: guard.ctx.run_id,
+        }
+    }
+
+    /// The hedge delay, when the agent opted in and the plan starts with two healthy providers.
+    fn hedge_after(&self, agent: &str, plan: &FallbackPlan) -> Option<Duration> {
+        let after = self.hedging.after_for(agent)?;
+        let [first, second, ..] = plan.attempts.as_slice() else {
+            return None;
+        };
+        let healthy = |p: &PlannedAttempt| p.provider.health.state() == CircuitState::Closed;
+        (first.provider.name() != second.provider.name() && healthy(first) && healthy(second))
+            .then_some(after)
+    }
+
+    /// A hedged request: the first attempt, and if it has not answered within `after`, the
+    /// second one too; the first success wins and the other call is cancelled. Returns the
+    /// answer and its attempt, or the last error and how many plan attempts were used.
+    async fn hedged<'p>(
+        &self,
+        guard: &mut RunGuard,
+        plan: &'p FallbackPlan,
+        request: &ChatRequest,
+        after: Duration,
+    ) -> (
+        Result<(Completion, &'p PlannedAttempt), GatewayError>,
+        usize,
+    ) {
+        use futures::future::{select, Either};
+
+        let (first, second) = (&plan.attempts[0], &plan.attempts[1]);
+        let record = |guard: &mut RunGuard,
+                      planned: &PlannedAttempt,
+                      result: &Result<Completion, GatewayError>,
+                      elapsed: Duration,
+                      reason: Option<String>| {
+            let mut attempt = summary(planned, None);
+            attempt.reason = reason;
+            attempt.duration_seconds = elapsed.as_secs_f64();
+            match result {
+                Ok(_) => attempt.status = Some(200),
+                Err(e) => {
+                    attempt.status = e.upstream_status;
+                    attempt.error = Some(e.kind.metric_label().to_string());
+                }
+            }
+            guard.attempts.push(attempt);
+        };
+        let mut a = Box::pin(call_provider(first, Admission::Admitted, request));
+        let timer = Box::pin(tokio::time::sleep(after));
+        if let Either::Left(((result, elapsed), _)) = select(a.as_mut(), timer).await {
+            // Answered (or failed) before the hedge was needed.
+            record(guard, first, &result, elapsed, None);
+            return (result.map(|c| (c, first)), 1);
+        }
+        let hedge_started = Instant::now();
+        let b = Box::pin(call_provider(second, Admission::Admitted, request));
+        let hedge = || Some("hedge".to_string());
+        match select(a, b).await {
+            Either::Left(((result, elapsed), b)) => {
+                record(guard, first, &result, elapsed, None);
+                if let Ok(completion) = result {
+                    drop(b);
+                    let cancelled = Err(GatewayError::new(ErrorKind::Cancelled, "hedge lost"));
+                    record(guard, second, &cancelled, hedge_started.elapsed(), hedge());
+                    return (Ok((completion, first)), 2);
+                }
+                let (result, elapsed) = b.await;
+                record(guard, second, &result, elapsed, hedge());
+                (result.map(|c| (c, second)), 2)
+            }
+            Either::Right(((result, elapsed), a)) => {
+                if let Ok(completion) = result {
+                    drop(a);
+                    let cancelled = Err(GatewayError::new(ErrorKind::Cancelled, "hedge lost"));
+                    record(
+                        guard,
+                        first,
+                        &cancelled,
+                        after + hedge_started.elapsed(),
+                        None,
+                    );
+                    record(guard, second, &Ok(completion.clone()), elapsed, hedge());
+                    return (Ok((completion, second)), 2);
+                }
+                record(guard, second, &result, elapsed, hedge());
+                let (result, elapsed) = a.await;
+                record(guard, first, &result, after + elapsed, None);
+                (result.map(|c| (c, first)), 2)
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 
 use crate::cache::Cache;
 use crate::catalog::Catalog;
-use crate::engine::Gateway;
+use crate::engine::{Gateway, HedgingPolicy};
 use crate::provider::actor::{Clock, SystemClock};
 use crate::provider::media::{MediaFetcher, MediaSettings};
 use crate::provider::{ProviderActor, ProviderClient, ProviderHandle, ProviderSettings};
@@ -38,6 +38,8 @@ pub struct GatewayConfig {
     pub media: MediaSettings,
     /// Retries of transient upstream failures.
     pub retry: RetryPolicy,
+    /// Hedged requests for the agents that opted in.
+    pub hedging: HedgingPolicy,
 }
 
 impl Supervised for Recorder {}
@@ -154,6 +156,7 @@ impl Supervisor {
             public_url: config.public_url.trim_end_matches('/').into(),
             validators: Default::default(),
             retry: config.retry,
+            hedging: Arc::new(config.hedging),
         };
         let supervisor = Supervisor {
             gateway: gateway.clone(),
