@@ -60,6 +60,11 @@ providers = [
   {{ provider = "backup", model = "gpt-4o-mini", input_per_mtok = 1.0, output_per_mtok = 1.0 }},
 ]
 
+[models."rel-forever"]
+providers = [
+  {{ provider = "upstream", model = "gpt-4o-mini;hang", input_per_mtok = 1.0, output_per_mtok = 1.0 }},
+]
+
 [models."rel-slow-first-byte"]
 providers = [
   {{ provider = "slow", model = "gpt-4o-mini;ttfb_ms=3000", input_per_mtok = 1.0, output_per_mtok = 1.0 }},
@@ -246,4 +251,44 @@ async fn hedged_agents_get_the_faster_provider_and_others_wait() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(headers["x-flowgate-provider"], "upstream");
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_the_upstream_call_and_the_run_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = MockUpstream::start();
+    let gw = Flowgate::start(dir.path(), &config(dir.path(), &upstream));
+    // The provider never answers (and has the default, minutes-long timeouts); the client
+    // gives up after 300 ms.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let result = impatient
+        .post(gw.chat_url())
+        .json(
+            &json!({"model": "gone/rel-forever", "use_fallback": "never",
+            "messages": user("are you there?")}),
+        )
+        .send()
+        .await;
+    assert!(result.is_err(), "the client timed out");
+    // The run is recorded as cancelled long before the provider's own timeouts would end it.
+    let mut runs = Value::Null;
+    for _ in 0..100 {
+        let (_, page) = get_json(&gw, "/api/agents/gone/runs").await;
+        if page["items"].as_array().is_some_and(|i| !i.is_empty()) {
+            runs = page;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(runs["items"][0]["status"], "cancelled", "{runs}");
+    let (_, run) = get_json(
+        &gw,
+        &format!("/api/runs/{}", runs["items"][0]["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(run["error"]["error"]["code"], "cancelled");
+    assert_eq!(run["attempts"].as_array().map(Vec::len), Some(0), "{run}");
 }

@@ -17,7 +17,7 @@ use flowgate_actors::wire::ChatRequest;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use super::{sse, AppState};
+use super::{disconnect, sse, AppState};
 
 const ROUTER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -105,11 +105,15 @@ async fn run(
         };
     }
 
-    match state
-        .gateway
-        .complete(&mut guard, &plan, &request.chat)
-        .await
-    {
+    // A client that goes away cancels the upstream call; the guard records the run as
+    // cancelled when it is dropped.
+    let completed = tokio::select! {
+        completed = state.gateway.complete(&mut guard, &plan, &request.chat) => completed,
+        () = disconnect::client_gone(&req) => {
+            return HttpResponse::build(ErrorKind::Cancelled.status_code()).finish();
+        }
+    };
+    match completed {
         Ok(answer) => {
             // Only the run that called the provider pays; a coalesced follower costs nothing.
             let cost_usd = if guard.cache == CacheStatus::Coalesced {

@@ -2,6 +2,7 @@
 
 mod auth;
 mod chat;
+mod disconnect;
 mod models;
 mod ops;
 mod runs;
@@ -59,6 +60,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
             .app_data(web::Data::new(router))
             .configure(routes)
     })
+    .on_connect(disconnect::on_connect)
     .workers(config.server.workers)
     .backlog(4096)
     .max_connection_rate(4096)
