@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flowgate_actors::breaker::BreakerSettings;
+use flowgate_actors::cache::CacheSettings;
 use flowgate_actors::catalog::{
     Catalog, Fallbacks, LongContextPrices, ModelEntry, Prices, ProviderOffer, Supports,
 };
@@ -33,6 +34,8 @@ struct RawConfig {
     #[serde(default)]
     auth: RawAuth,
     #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
     recorder: RawRecorder,
     #[serde(default)]
     media: RawMedia,
@@ -42,6 +45,8 @@ struct RawConfig {
     /// Hedged requests for the agents that opt in.
     #[serde(default)]
     hedging: HedgingPolicy,
+    #[serde(default)]
+    cache: RawCache,
     #[serde(default)]
     providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
@@ -76,7 +81,41 @@ impl Default for RawServer {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawAuth {
+    /// Keys of the `default` tenant.
     api_keys: Vec<String>,
+    /// Other tenants: `[auth.tenants.<name>] api_keys = [...]`. Tenants never see each
+    /// other's runs, versions, deployments or cache entries.
+    tenants: BTreeMap<String, RawTenant>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTenant {
+    api_keys: Vec<String>,
+}
+
+/// Keys that may change deployments: `api_keys = ["${FLOWGATE_ADMIN_KEY}", { key = "…", label =
+/// "ops" }]`. The label (or a digest prefix) is what deployment records show.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    api_keys: Vec<RawAdminKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawAdminKey {
+    Key(String),
+    Labelled(RawLabelledKey),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLabelledKey {
+    /// Absent when its `${VAR}` is unset: the key is then skipped.
+    #[serde(default)]
+    key: Option<String>,
+    label: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +129,29 @@ impl Default for RawRecorder {
     fn default() -> Self {
         RawRecorder {
             flush_interval_ms: 200,
+        }
+    }
+}
+
+/// Stored answers: how long they are served and how many bytes they may take.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCache {
+    /// 0: answers are not stored (identical in-flight requests are still shared).
+    ttl_seconds: u64,
+    /// 0: answers are not stored.
+    max_bytes: u64,
+    /// Shards of the in-flight table; default: the number of workers.
+    shards: Option<usize>,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        let d = CacheSettings::default();
+        RawCache {
+            ttl_seconds: d.ttl.as_secs(),
+            max_bytes: d.max_bytes,
+            shards: None,
         }
     }
 }
@@ -335,8 +397,26 @@ struct RawOffer {
 /// Who may call the gateway.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
-    /// Empty: any bearer token is accepted (loopback only).
+    /// Keys of the `default` tenant. With no key at all (here or in `tenants`), any bearer
+    /// token is accepted (loopback only).
     pub api_keys: Vec<String>,
+    /// Other tenants and their keys.
+    pub tenants: Vec<(String, Vec<String>)>,
+}
+
+/// One admin key.
+#[derive(Debug, Clone)]
+pub struct AdminKey {
+    pub key: String,
+    /// Who the key is, in deployment records.
+    pub label: Option<String>,
+}
+
+/// Who may change deployments.
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    /// Empty: nobody (deployment writes are refused).
+    pub api_keys: Vec<AdminKey>,
 }
 
 /// The HTTP edge's settings.
@@ -354,6 +434,7 @@ pub struct ServerConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
+    pub admin: AdminConfig,
     pub gateway: GatewayConfig,
 }
 
@@ -456,6 +537,47 @@ fn compile_model(id: &str, raw: RawModel) -> ModelEntry {
     }
 }
 
+/// Admin keys: unset ones skipped, none shared with a tenant key (an admin key must never work
+/// as a client key, nor the reverse), labels unique.
+fn compile_admin(raw: RawAdmin, api_keys: &[String], source: &str) -> Result<AdminConfig, String> {
+    let mut keys: Vec<AdminKey> = Vec::new();
+    for (i, raw_key) in raw.api_keys.into_iter().enumerate() {
+        let path = format!("admin.api_keys[{i}]");
+        let (key, label) = match raw_key {
+            RawAdminKey::Key(key) => (Some(key), None),
+            RawAdminKey::Labelled(l) => (l.key, Some(l.label)),
+        };
+        let Some(key) = key.filter(|k| !k.is_empty()) else {
+            continue;
+        };
+        if let Some(label) = &label {
+            if label.trim().is_empty() {
+                return Err(format!(
+                    "{source}: invalid config at `{path}.label`: must not be empty"
+                ));
+            }
+            if keys.iter().any(|k| k.label.as_ref() == Some(label)) {
+                return Err(format!(
+                    "{source}: invalid config at `{path}.label`: `{label}` names another key too"
+                ));
+            }
+        }
+        if api_keys.contains(&key) {
+            return Err(format!(
+                "{source}: invalid config at `{path}`: an admin key must not also be an \
+                 `auth.api_keys` key"
+            ));
+        }
+        if keys.iter().any(|k| k.key == key) {
+            return Err(format!(
+                "{source}: invalid config at `{path}`: the same key is listed twice"
+            ));
+        }
+        keys.push(AdminKey { key, label });
+    }
+    Ok(AdminConfig { api_keys: keys })
+}
+
 fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
@@ -496,12 +618,28 @@ impl Config {
             .into_iter()
             .filter(|k| !k.is_empty())
             .collect();
-        if api_keys.is_empty() && !is_loopback(&listen) {
+        let mut tenants = Vec::new();
+        for (name, tenant) in raw.auth.tenants {
+            if !flowgate_actors::model_ref::is_slug(&name) || name == "default" {
+                return Err(format!(
+                    "{source}: invalid config at `auth.tenants.{name}`: tenant names are slugs other than `default`"
+                ));
+            }
+            let keys: Vec<String> = tenant
+                .api_keys
+                .into_iter()
+                .filter(|k| !k.is_empty())
+                .collect();
+            tenants.push((name, keys));
+        }
+        let no_key = api_keys.is_empty() && tenants.iter().all(|(_, keys)| keys.is_empty());
+        if no_key && !is_loopback(&listen) {
             return Err(format!(
                 "{source}: refusing to listen on {listen} with no API key: anyone could use \
                  your providers. Set `auth.api_keys` (e.g. FLOWGATE_API_KEY) or listen on 127.0.0.1"
             ));
         }
+        let admin = compile_admin(raw.admin, &api_keys, source)?;
         if raw.server.max_body_bytes == 0 {
             return Err(format!(
                 "{source}: invalid config at `server.max_body_bytes`: must be positive"
@@ -740,13 +878,18 @@ impl Config {
                 workers,
                 public_url: raw.server.public_url.clone(),
             },
-            auth: AuthConfig { api_keys },
+            auth: AuthConfig { api_keys, tenants },
+            admin,
             gateway: GatewayConfig {
                 providers,
                 catalog,
                 data_dir,
                 flush_interval: Duration::from_millis(raw.recorder.flush_interval_ms.max(1)),
-                cache_shards: workers,
+                cache: CacheSettings {
+                    shards: raw.cache.shards.unwrap_or(workers).max(1),
+                    ttl: Duration::from_secs(raw.cache.ttl_seconds),
+                    max_bytes: raw.cache.max_bytes,
+                },
                 // Completed once the listener is bound (see `http::serve`).
                 public_url: raw.server.public_url.unwrap_or_default(),
                 retry: raw.retries,
@@ -836,6 +979,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.auth.api_keys, vec!["k1".to_string()]);
+    }
+
+    #[test]
+    fn admin_keys_take_labels_skip_unset_and_never_double_as_api_keys() {
+        std::env::set_var("FLOWGATE_TEST_ADMIN_KEY", "adm-1");
+        let config = load(
+            "[admin]\napi_keys = [\"${FLOWGATE_TEST_ADMIN_KEY}\", \"${FLOWGATE_TEST_ADMIN_UNSET}\",\n\
+             { key = \"adm-2\", label = \"ops\" }, { key = \"${FLOWGATE_TEST_ADMIN_UNSET}\", label = \"gone\" }]\n",
+        )
+        .unwrap();
+        let keys: Vec<(&str, Option<&str>)> = config
+            .admin
+            .api_keys
+            .iter()
+            .map(|k| (k.key.as_str(), k.label.as_deref()))
+            .collect();
+        assert_eq!(keys, vec![("adm-1", None), ("adm-2", Some("ops"))]);
+        assert!(load("").unwrap().admin.api_keys.is_empty());
+        let err =
+            load("[auth]\napi_keys = [\"same\"]\n[admin]\napi_keys = [\"same\"]\n").unwrap_err();
+        assert!(err.contains("admin.api_keys[0]"), "{err}");
+        let err = load("[admin]\napi_keys = [{ key = \"k\", lable = \"x\" }]\n").unwrap_err();
+        assert!(err.contains("admin.api_keys"), "{err}");
+        let err = load("[admin]\napi_keys = [{ key = \"a\", label = \"x\" }, { key = \"b\", label = \"x\" }]\n")
+            .unwrap_err();
+        assert!(err.contains("admin.api_keys[1].label"), "{err}");
     }
 
     #[test]

@@ -13,8 +13,9 @@ use actix::Addr;
 use arc_swap::ArcSwap;
 use uuid::Uuid;
 
+use crate::agents::AgentStore;
 use crate::breaker::CircuitState;
-use crate::cache::{is_cacheable, Cache, CacheKey, Join};
+use crate::cache::{is_cacheable, Cache, CacheKey, Join, StreamJoin, StreamSource};
 use crate::catalog::{Catalog, Prices};
 use crate::completion::{Completion, CompletionAccumulator, FinishReason, StreamEvent, Usage};
 use crate::error::{AttemptSummary, ErrorKind, GatewayError};
@@ -37,6 +38,8 @@ pub struct Gateway {
     pub cache: Cache,
     pub recorder: Addr<Recorder>,
     pub store: RunStore,
+    /// Agents' schemas, versions, deployments, conversations and feedback.
+    pub agents: AgentStore,
     pub metrics: Metrics,
     /// Base of the web UI links put on each choice.
     pub public_url: Arc<str>,
@@ -94,6 +97,10 @@ pub struct RunContext {
     pub input: Option<serde_json::Value>,
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     pub feedback_token: String,
+    pub schema_id: Option<u32>,
+    pub conversation_id: Option<Uuid>,
+    /// The messages sent upstream, when templates were rendered or a deployment supplied them.
+    pub rendered_messages: Option<Vec<crate::wire::Message>>,
 }
 
 impl RunContext {
@@ -112,6 +119,9 @@ impl RunContext {
             input: None,
             metadata: None,
             feedback_token: feedback_token(run_id),
+            schema_id: None,
+            conversation_id: None,
+            rendered_messages: None,
         }
     }
 
@@ -144,6 +154,10 @@ pub struct RunGuard {
     pub structured: StructuredRecord,
     /// A streamed structured output, validated once the stream ends.
     streamed_spec: Option<(StructuredSpec, Layer)>,
+    /// What the finished upstream calls of a non-streamed run used and cost, repairs and
+    /// failed validations included: paid even when the run fails.
+    paid_usage: Usage,
+    paid_usd: f64,
     /// Streamed output so far.
     accumulator: CompletionAccumulator,
     /// A streaming attempt still open, to report to its provider when the stream ends.
@@ -172,6 +186,8 @@ impl RunGuard {
             source_run_id: None,
             structured: StructuredRecord::default(),
             streamed_spec: None,
+            paid_usage: Usage::default(),
+            paid_usd: 0.0,
             accumulator: CompletionAccumulator::default(),
             open_attempt: None,
             recorded: false,
@@ -193,7 +209,7 @@ impl RunGuard {
             return;
         }
         self.recorded = true;
-        let usage = output.as_ref().map(|c| c.usage).unwrap_or_default();
+        let usage = output.as_ref().map(|c| c.usage).unwrap_or(self.paid_usage);
         let run = RunRecord {
             id: self.ctx.run_id,
             tenant: self.ctx.tenant.clone(),
@@ -220,6 +236,9 @@ impl RunGuard {
             source_run_id: self.source_run_id,
             structured: (self.structured.layer.is_some())
                 .then(|| std::mem::take(&mut self.structured)),
+            schema_id: self.ctx.schema_id,
+            conversation_id: self.ctx.conversation_id,
+            rendered_messages: self.ctx.rendered_messages.take(),
         };
         self.gateway.recorder.do_send(Record(Box::new(run)));
     }
@@ -239,9 +258,16 @@ impl RunGuard {
         let cost = output
             .as_ref()
             .map(|c| c.usage.cost_usd(&self.prices))
-            .unwrap_or(0.0);
+            .unwrap_or(0.0)
+            + self.paid_usd;
         self.record(RunStatus::Error, output, cost, Some(&error));
         error
+    }
+
+    /// Adds a finished upstream call to what the run paid.
+    fn pay(&mut self, usage: &Usage, prices: &Prices) {
+        self.paid_usage.add(usage);
+        self.paid_usd += usage.cost_usd(prices);
     }
 
     /// Records a successful non-streamed run.
@@ -538,12 +564,25 @@ impl Gateway {
         if !is_cacheable(request) {
             return self.execute(guard, plan, request).await.map(Arc::new);
         }
-        let key = CacheKey::new(&guard.ctx.tenant, &guard.ctx.agent, request);
+        let key = CacheKey::with_version(
+            &guard.ctx.tenant,
+            &guard.ctx.agent,
+            guard.ctx.version_id.as_deref(),
+            request,
+        );
+        if let Some(stored) = self.cache.lookup(&key) {
+            guard.cache = CacheStatus::Hit;
+            guard.source_run_id = Some(stored.source_run_id);
+            return Ok(Arc::new(stored.into_answer()));
+        }
         match self.cache.join(key).await? {
             Join::Lead => {
                 guard.cache = CacheStatus::Miss;
                 let leadership = self.cache.leader(key);
                 let result = self.execute(guard, plan, request).await.map(Arc::new);
+                if let Ok(answer) = &result {
+                    self.cache.store(key, answer);
+                }
                 leadership.complete(result.clone());
                 result
             }
@@ -577,18 +616,14 @@ impl Gateway {
         let spec = StructuredSpec::of(request);
         let mut last: Option<GatewayError> = None;
         let mut skipped = Vec::new();
-        // Every upstream call of the run is paid for, repairs and failed attempts included.
-        let mut usage = Usage::default();
-        let mut spent = 0.0;
         let deadline = guard.ctx.started + self.retry.request_timeout();
         let mut cursor = AttemptCursor::new();
         if spec.is_none() {
             if let Some(after) = self.hedge_after(&guard.ctx.agent, plan) {
                 match self.hedged(guard, plan, request, after).await {
                     (Ok((completion, planned)), _) => {
-                        usage.add(&completion.usage);
-                        spent += completion.usage.cost_usd(&planned.offer.prices);
-                        return Ok(self.answer(guard, planned, completion, usage, spent));
+                        guard.pay(&completion.usage, &planned.offer.prices);
+                        return Ok(self.answer(guard, planned, completion));
                     }
                     (Err(error), tried) => {
                         cursor.index = tried;
@@ -676,11 +711,11 @@ impl Gateway {
                     }
                 };
                 attempt.status = Some(200);
-                usage.add(&completion.usage);
-                spent += completion.usage.cost_usd(&planned.offer.prices);
+                // Every upstream call of the run is paid for, repairs and failed ones included.
+                guard.pay(&completion.usage, &planned.offer.prices);
                 let (Some(spec), Some(current)) = (&spec, layer) else {
                     guard.attempts.push(attempt);
-                    return Ok(self.answer(guard, planned, completion, usage, spent));
+                    return Ok(self.answer(guard, planned, completion));
                 };
                 let checked = spec.extract(&completion, current).and_then(|value| {
                     self.validators
@@ -700,7 +735,7 @@ impl Gateway {
                             },
                         );
                         let shaped = spec.shape(completion, &value);
-                        return Ok(self.answer(guard, planned, shaped, usage, spent));
+                        return Ok(self.answer(guard, planned, shaped));
                     }
                     Err(problem) => {
                         attempt.error = Some(
@@ -740,16 +775,14 @@ impl Gateway {
         guard: &RunGuard,
         planned: &PlannedAttempt,
         mut completion: Completion,
-        usage: Usage,
-        spent: f64,
     ) -> Answer {
-        completion.usage = usage;
+        completion.usage = guard.paid_usage;
         Answer {
             completion,
             model: planned.model.id.clone(),
             provider: planned.provider.name().to_string(),
             provider_model: planned.offer.model.clone(),
-            cost_usd: spent,
+            cost_usd: guard.paid_usd,
             attempts: guard.attempts.clone(),
             run_id: guard.ctx.run_id,
         }
@@ -870,6 +903,73 @@ impl Gateway {
             .structured_outputs
             .with_label_values(&[layer.as_str(), outcome])
             .inc();
+    }
+
+    /// A streamed answer: replayed from the cache, shared with an identical stream in flight,
+    /// or opened on a provider.
+    pub async fn stream(
+        &self,
+        guard: &mut RunGuard,
+        plan: &FallbackPlan,
+        request: &ChatRequest,
+    ) -> Result<LiveStream, GatewayError> {
+        if !is_cacheable(request) {
+            return self.open_stream(guard, plan, request).await;
+        }
+        let key = CacheKey::with_version(
+            &guard.ctx.tenant,
+            &guard.ctx.agent,
+            guard.ctx.version_id.as_deref(),
+            request,
+        );
+        if let Some(stored) = self.cache.lookup(&key) {
+            guard.cache = CacheStatus::Hit;
+            guard.source_run_id = Some(stored.source_run_id);
+            guard.model = Some(stored.model.clone());
+            guard.provider = Some(stored.provider.clone());
+            guard.provider_model = Some(stored.provider_model.clone());
+            return Ok(stored.replay());
+        }
+        match self.cache.join_stream(key).await? {
+            StreamJoin::Lead(leadership) => {
+                guard.cache = CacheStatus::Miss;
+                match self.open_stream(guard, plan, request).await {
+                    Ok(live) => {
+                        let source = StreamSource {
+                            run_id: guard.ctx.run_id,
+                            model: live.model.clone(),
+                            provider: guard.provider.clone().unwrap_or_default(),
+                            provider_model: guard.provider_model.clone().unwrap_or_default(),
+                        };
+                        // Structured streams are validated only at their end: not stored.
+                        let store = StructuredSpec::of(request).is_none();
+                        Ok(leadership.publish(source, live, store))
+                    }
+                    Err(e) => {
+                        leadership.fail(e.clone());
+                        Err(e)
+                    }
+                }
+            }
+            StreamJoin::Follow(follower) => match follower.open().await {
+                Ok(followed) => {
+                    self.metrics.coalesced.inc();
+                    guard.cache = CacheStatus::Coalesced;
+                    guard.source_run_id = Some(followed.source.run_id);
+                    guard.model = Some(followed.source.model.clone());
+                    guard.provider = Some(followed.source.provider.clone());
+                    guard.provider_model = Some(followed.source.provider_model.clone());
+                    Ok(followed.live)
+                }
+                Err(e) if e.kind == ErrorKind::Cancelled => {
+                    self.open_stream(guard, plan, request).await
+                }
+                Err(e) => {
+                    guard.cache = CacheStatus::Coalesced;
+                    Err(e)
+                }
+            },
+        }
     }
 
     /// Opens a stream on the first attempt of the plan that delivers a first event. Failures

@@ -4,6 +4,7 @@
 #![deny(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod agents;
 pub mod breaker;
 pub mod cache;
 pub mod capabilities;
@@ -18,5 +19,6 @@ pub mod retry;
 pub mod router;
 pub mod structured;
 pub mod supervisor;
+pub mod templates;
 pub mod version;
 pub mod wire;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 
-use crate::cache::Cache;
+use crate::agents::AgentStore;
+use crate::cache::{Cache, CacheSettings};
 use crate::catalog::Catalog;
 use crate::engine::{Gateway, HedgingPolicy};
 use crate::provider::actor::{Clock, SystemClock};
@@ -31,7 +32,8 @@ pub struct GatewayConfig {
     /// How often the store is flushed to disk (the `kill -9` loss window).
     pub flush_interval: Duration,
     /// Shards of the in-flight coalescing table.
-    pub cache_shards: usize,
+    /// Stored answers (TTL, size bound) and the shards of the in-flight table.
+    pub cache: CacheSettings,
     /// Base URL of the web UI, for the run links.
     pub public_url: String,
     /// How adapters download media for providers that cannot fetch URLs.
@@ -68,7 +70,12 @@ impl Handler<Drain> for Supervisor {
 
     fn handle(&mut self, _: Drain, _: &mut Self::Context) -> Self::Result {
         let recorder = self.gateway.recorder.clone();
+        let cache = self.gateway.cache.clone();
         Box::pin(async move {
+            // Answers queued for the cache are written before the store is flushed.
+            if let Err(e) = cache.settle().await {
+                tracing::warn!(error = %e, "cache did not settle");
+            }
             recorder
                 .send(Barrier)
                 .timeout(Duration::from_secs(30))
@@ -108,12 +115,20 @@ impl Supervisor {
             )
         })?;
 
+        let agents = AgentStore::open(store.db()).map_err(|e| {
+            format!(
+                "cannot open the agents' store in `{}`: {e}",
+                config.data_dir.display()
+            )
+        })?;
+
         // The recorder gets its own thread: store writes never run on a request arbiter.
         let recorder = {
             let store = store.clone();
             let metrics = metrics.clone();
+            let agents = agents.clone();
             actix::Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                Recorder::new(store, metrics)
+                Recorder::new(store, metrics).with_agents(agents)
             })
         };
 
@@ -149,9 +164,10 @@ impl Supervisor {
         let gateway = Gateway {
             providers: Arc::new(providers),
             catalog: Arc::new(ArcSwap::from_pointee(config.catalog)),
-            cache: Cache::start(config.cache_shards),
+            cache: Cache::open(store.db(), config.cache, &metrics)?,
             recorder,
             store,
+            agents,
             metrics,
             public_url: config.public_url.trim_end_matches('/').into(),
             validators: Default::default(),

@@ -18,9 +18,21 @@
 //!
 //! Token counts are `max(1, ceil(chars / 4))` of all message texts (prompt) and of the
 //! content or tool-call arguments (completion).
+//!
+//! Directives of the request's `model` string change the structured answers of rules 1–3
+//! (see [`crate::directives`]): `call_tools` makes `tool_choice: "auto"` (or no
+//! `tool_choice`) call every declared tool, as `"required"` does; `bad_json_first=N` and
+//! `invalid_first=N` make the first answers for that exact model string malformed JSON or
+//! JSON that violates the schema ([`malformed_json`], [`violating_instance`]), counted per
+//! model string in a process-wide map; `prose_json` wraps structured content answers in
+//! prose and a code fence ([`in_prose`]).
 
-use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex, PoisonError};
 
+use serde_json::{json, Value};
+
+use crate::directives::Directives;
 use crate::ids;
 use crate::schema_instance::instance_for;
 
@@ -53,6 +65,11 @@ pub struct MockToolCall {
 /// Computes the answer to an OpenAI chat-completions request (as JSON). Never panics,
 /// whatever the shape of `request`.
 pub fn answer(request: &Value) -> MockAnswer {
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let directives = Directives::parse(model);
     let messages: &[Value] = request
         .get("messages")
         .and_then(Value::as_array)
@@ -64,7 +81,17 @@ pub fn answer(request: &Value) -> MockAnswer {
         .sum();
     let prompt_tokens = tokens_for_chars(prompt_chars);
 
-    if let Some(tool_calls) = forced_tool_calls(request) {
+    if let Some(calls) = forced_tool_calls(request, directives.call_tools) {
+        let fault = structured_fault(model, &directives);
+        let tool_calls: Vec<MockToolCall> = calls
+            .into_iter()
+            .map(|(mut call, schema)| {
+                if let Some(fault) = fault {
+                    call.arguments = fault.apply(&call.arguments, &schema);
+                }
+                call
+            })
+            .collect();
         let chars = tool_calls.iter().map(|c| c.arguments.chars().count()).sum();
         return MockAnswer {
             content: None,
@@ -79,7 +106,8 @@ pub fn answer(request: &Value) -> MockAnswer {
         .get("response_format")
         .and_then(|f| f.get("type"))
         .and_then(Value::as_str);
-    let content = if response_format == Some("json_schema") {
+    // The content, and the schema it is an instance of when it is a structured answer.
+    let (content, schema) = if response_format == Some("json_schema") {
         let schema = request
             .pointer("/response_format/json_schema/schema")
             .unwrap_or(&Value::Null);
@@ -87,25 +115,148 @@ pub fn answer(request: &Value) -> MockAnswer {
             Value::Null => Value::Object(Default::default()),
             schema => instance_for(schema),
         };
-        instance.to_string()
+        (instance.to_string(), Some(schema.clone()))
     } else if let Some(schema) = system_prompt_schema(messages) {
-        instance_for(&schema).to_string()
+        (instance_for(&schema).to_string(), Some(schema))
     } else if response_format == Some("json_object") {
-        "{}".to_string()
+        ("{}".to_string(), Some(json!({"type": "object"})))
     } else {
-        messages
+        let echo = messages
             .iter()
             .rev()
             .find(|m| role(m) == Some("user"))
             .map(message_text)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        (echo, None)
     };
+    // Only structured answers are counted (and spoiled).
+    let fault = schema
+        .as_ref()
+        .and_then(|schema| Some((structured_fault(model, &directives)?, schema)));
+    let mut content = match fault {
+        Some((fault, schema)) => fault.apply(&content, schema),
+        None => content,
+    };
+    if directives.prose_json && schema.is_some() {
+        content = in_prose(&content);
+    }
     MockAnswer {
         completion_tokens: tokens_for_chars(content.chars().count()),
         content: Some(content),
         tool_calls: Vec::new(),
         finish_reason: "stop",
         prompt_tokens,
+    }
+}
+
+/// How a scripted structured answer goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// `bad_json_first`: not JSON at all.
+    Malformed,
+    /// `invalid_first`: JSON that violates the schema.
+    Invalid,
+}
+
+impl Fault {
+    /// The faulty version of `json`, the compact JSON text of an instance of `schema`.
+    fn apply(self, json: &str, schema: &Value) -> String {
+        match self {
+            Fault::Malformed => malformed_json(json),
+            Fault::Invalid => {
+                let instance = serde_json::from_str(json).unwrap_or(Value::Null);
+                violating_instance(instance, schema).to_string()
+            }
+        }
+    }
+}
+
+/// Structured answers given so far, by exact model string (for `bad_json_first` and
+/// `invalid_first`). Process-wide: the answer function has no server state, and the
+/// built-in `mock` provider of flowgate calls it in-process.
+static STRUCTURED_ANSWERS: LazyLock<Mutex<HashMap<String, u64>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Counts a structured answer for `model` and says whether (and how) it goes wrong. Model
+/// strings without `bad_json_first`/`invalid_first` are neither counted nor faulty.
+fn structured_fault(model: &str, d: &Directives) -> Option<Fault> {
+    if !d.scripts_structured_faults() {
+        return None;
+    }
+    let index = {
+        let mut counts = STRUCTURED_ANSWERS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(model.to_string()).or_insert(0);
+        let index = *count;
+        *count += 1;
+        index
+    };
+    let bad = d.bad_json_first.unwrap_or(0);
+    let invalid = d.invalid_first.unwrap_or(0);
+    if index < bad {
+        Some(Fault::Malformed)
+    } else if index < bad.saturating_add(invalid) {
+        Some(Fault::Invalid)
+    } else {
+        None
+    }
+}
+
+/// `json` (the compact text of an object or array) made unreadable the way models get JSON
+/// wrong: an unquoted key and value added at the front, a trailing comma, no closer —
+/// `{"age":0}` becomes `{mock: bad_json, "age":0,`. Neither a strict parser nor a lenient
+/// one (trailing commas, single quotes, truncation) reads it.
+pub fn malformed_json(json: &str) -> String {
+    let json = json.trim();
+    let (open, rest) = match json.chars().next() {
+        Some(c @ ('{' | '[')) => (c, &json[1..]),
+        _ => ('{', json),
+    };
+    let inner = rest.strip_suffix(['}', ']']).unwrap_or(rest).trim();
+    if inner.is_empty() {
+        format!("{open}mock: bad_json,")
+    } else {
+        format!("{open}mock: bad_json, {inner},")
+    }
+}
+
+/// `json` the way chatty models answer: a sentence, a ` ```json ` fence, a closing line.
+pub fn in_prose(json: &str) -> String {
+    format!("Sure! Here is the JSON you asked for:\n```json\n{json}\n```\nLet me know if you need anything else.")
+}
+
+/// A value that does not validate against `schema`, derived from `instance` (which does):
+/// without the schema's first required property when it has one, else with its first
+/// property of the wrong type, else of the wrong type altogether.
+pub fn violating_instance(instance: Value, schema: &Value) -> Value {
+    let required = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .and_then(|r| r.iter().filter_map(Value::as_str).next());
+    match instance {
+        Value::Object(mut map) => {
+            if let Some(name) = required {
+                if map.remove(name).is_some() {
+                    return Value::Object(map);
+                }
+            }
+            let Some(first) = map.keys().next().cloned() else {
+                return json!("mock: invalid_first");
+            };
+            let wrong = wrong_type(&map[&first]);
+            map.insert(first, wrong);
+            Value::Object(map)
+        }
+        other => wrong_type(&other),
+    }
+}
+
+/// A value of another JSON type than `value`.
+fn wrong_type(value: &Value) -> Value {
+    match value {
+        Value::String(_) => json!(12345),
+        _ => json!("mock: invalid_first"),
     }
 }
 
@@ -143,7 +294,9 @@ pub fn message_text(message: &Value) -> String {
     }
 }
 
-fn forced_tool_calls(request: &Value) -> Option<Vec<MockToolCall>> {
+/// The forced tool calls of a request, each with its tool's `parameters` schema; with
+/// `call_tools`, `tool_choice: "auto"` (or none) counts as `"required"`.
+fn forced_tool_calls(request: &Value, call_tools: bool) -> Option<Vec<(MockToolCall, Value)>> {
     let tools: &[Value] = request
         .get("tools")
         .and_then(Value::as_array)
@@ -155,15 +308,24 @@ fn forced_tool_calls(request: &Value) -> Option<Vec<MockToolCall>> {
         let parameters = function.get("parameters").cloned().unwrap_or(Value::Null);
         Some((name, parameters))
     };
-    let call = |name: String, parameters: &Value| MockToolCall {
-        id: new_tool_call_id(),
-        arguments: match parameters {
-            Value::Null => "{}".to_string(),
-            schema => instance_for(schema).to_string(),
-        },
-        name,
+    let call = |name: String, parameters: Value| {
+        let call = MockToolCall {
+            id: new_tool_call_id(),
+            arguments: match &parameters {
+                Value::Null => "{}".to_string(),
+                schema => instance_for(schema).to_string(),
+            },
+            name,
+        };
+        (call, parameters)
     };
-    match request.get("tool_choice")? {
+    let auto = Value::String("auto".to_string());
+    let choice = match request.get("tool_choice") {
+        Some(choice) => choice,
+        None if call_tools => &auto,
+        None => return None,
+    };
+    match choice {
         Value::Object(choice) => {
             if choice.get("type").and_then(Value::as_str) != Some("function") {
                 return None;
@@ -175,15 +337,15 @@ fn forced_tool_calls(request: &Value) -> Option<Vec<MockToolCall>> {
                 .find(|(n, _)| n == name)
                 .map(|(_, p)| p)
                 .unwrap_or(Value::Null);
-            Some(vec![call(name.to_string(), &parameters)])
+            Some(vec![call(name.to_string(), parameters)])
         }
         // `any` is Mistral's name for `required`.
-        Value::String(s) if s == "required" || s == "any" => {
+        Value::String(s) if s == "required" || s == "any" || (call_tools && s == "auto") => {
             let parallel = request.get("parallel_tool_calls") != Some(&Value::Bool(false));
-            let mut calls: Vec<MockToolCall> = tools
+            let mut calls: Vec<(MockToolCall, Value)> = tools
                 .iter()
                 .filter_map(function_of)
-                .map(|(name, parameters)| call(name, &parameters))
+                .map(|(name, parameters)| call(name, parameters))
                 .collect();
             if !parallel {
                 calls.truncate(1);
@@ -410,6 +572,159 @@ mod tests {
             find_embedded_schema(r#"{"outer": 1, "inner": {"type": "integer"}}"#),
             Some(json!({"type": "integer"}))
         );
+    }
+
+    /// A model string no other test uses, so that the process-wide counters start at 0.
+    fn unique_model(directives: &str) -> String {
+        format!("m-{};{directives}", ids::with_prefix("t"))
+    }
+
+    fn user_schema() -> Value {
+        json!({
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+            "required": ["name", "age"]
+        })
+    }
+
+    #[test]
+    fn bad_json_first_spoils_the_first_answers_then_answers_well() {
+        let model = unique_model("bad_json_first=2");
+        let request = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "Jason is 25"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "U", "schema": user_schema()}}
+        });
+        for _ in 0..2 {
+            let a = answer(&request);
+            let text = a.content.unwrap();
+            assert_eq!(text, r#"{mock: bad_json, "age":0,"name":"string","#);
+            assert!(serde_json::from_str::<Value>(&text).is_err());
+            assert_eq!(a.completion_tokens, tokens_for_chars(text.chars().count()));
+        }
+        let good = answer(&request).content.unwrap();
+        assert_eq!(good, r#"{"age":0,"name":"string"}"#);
+
+        // The counter is per exact model string: another string starts afresh.
+        let mut other = request.clone();
+        other["model"] = json!(unique_model("bad_json_first=2"));
+        assert!(answer(&other)
+            .content
+            .unwrap()
+            .starts_with("{mock: bad_json"));
+    }
+
+    #[test]
+    fn invalid_first_follows_bad_json_first_and_applies_to_tool_arguments() {
+        let model = unique_model("bad_json_first=1;invalid_first=1");
+        let request = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "Jason is 25"}],
+            "tools": [{"type": "function", "function": {"name": "User", "parameters": user_schema()}}],
+            "tool_choice": {"type": "function", "function": {"name": "User"}}
+        });
+        let arguments = |a: MockAnswer| a.tool_calls[0].arguments.clone();
+        let first = arguments(answer(&request));
+        assert!(serde_json::from_str::<Value>(&first).is_err(), "{first}");
+        // The required `name` is missing.
+        let second: Value = serde_json::from_str(&arguments(answer(&request))).unwrap();
+        assert_eq!(second, json!({"age": 0}));
+        let third: Value = serde_json::from_str(&arguments(answer(&request))).unwrap();
+        assert_eq!(third, json!({"age": 0, "name": "string"}));
+    }
+
+    #[test]
+    fn structured_faults_apply_to_system_prompt_schemas_and_skip_echoes() {
+        let model = unique_model("invalid_first=1");
+        let echo = json!({"model": model, "messages": [{"role": "user", "content": "hello"}]});
+        // An echo is not structured: it is neither spoiled nor counted.
+        assert_eq!(answer(&echo).content.as_deref(), Some("hello"));
+        let request = json!({"model": model, "messages": [
+            {"role": "system", "content": format!("Answer with JSON matching {}", user_schema())},
+            {"role": "user", "content": "Jason is 25"}
+        ]});
+        let first: Value = serde_json::from_str(&answer(&request).content.unwrap()).unwrap();
+        assert_eq!(first, json!({"age": 0}));
+        let second: Value = serde_json::from_str(&answer(&request).content.unwrap()).unwrap();
+        assert_eq!(second, json!({"age": 0, "name": "string"}));
+    }
+
+    #[test]
+    fn prose_json_wraps_structured_content_only() {
+        let model = unique_model("prose_json");
+        let request = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "Jason is 25"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "U", "schema": user_schema()}}
+        });
+        let text = answer(&request).content.unwrap();
+        assert_eq!(
+            text,
+            "Sure! Here is the JSON you asked for:\n```json\n{\"age\":0,\"name\":\"string\"}\n```\n\
+             Let me know if you need anything else."
+        );
+        // Tool calls and echoes are left alone.
+        let tools = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "User", "parameters": user_schema()}}],
+            "tool_choice": "required"
+        });
+        assert_eq!(
+            answer(&tools).tool_calls[0].arguments,
+            r#"{"age":0,"name":"string"}"#
+        );
+        let echo = json!({"model": model, "messages": [{"role": "user", "content": "x"}]});
+        assert_eq!(answer(&echo).content.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn faulty_values() {
+        assert_eq!(malformed_json("{}"), "{mock: bad_json,");
+        assert_eq!(malformed_json("[1,2]"), "[mock: bad_json, 1,2,");
+        assert_eq!(malformed_json("3"), "{mock: bad_json, 3,");
+        // Nothing required: the first property gets the wrong type.
+        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+        assert_eq!(
+            violating_instance(json!({"a": "x"}), &schema),
+            json!({"a": 12345})
+        );
+        assert_eq!(
+            violating_instance(json!({"a": 1}), &schema),
+            json!({"a": "mock: invalid_first"})
+        );
+        assert_eq!(
+            violating_instance(json!({}), &schema),
+            json!("mock: invalid_first")
+        );
+        assert_eq!(
+            violating_instance(json!([1]), &json!({"type": "array"})),
+            json!("mock: invalid_first")
+        );
+    }
+
+    #[test]
+    fn call_tools_calls_every_tool_under_auto() {
+        let model = unique_model("call_tools");
+        let mut request = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "x"}],
+            "tools": [weather_tool(), {"type": "function", "function": {"name": "noop"}}],
+            "tool_choice": "auto"
+        });
+        let names =
+            |a: MockAnswer| -> Vec<String> { a.tool_calls.into_iter().map(|c| c.name).collect() };
+        assert_eq!(names(answer(&request)), ["get_weather", "noop"]);
+        request.as_object_mut().unwrap().remove("tool_choice");
+        assert_eq!(names(answer(&request)), ["get_weather", "noop"]);
+        request["parallel_tool_calls"] = json!(false);
+        assert_eq!(names(answer(&request)), ["get_weather"]);
+        request["tool_choice"] = json!("none");
+        assert_eq!(answer(&request).content.as_deref(), Some("x"));
+        // Without the directive, `auto` echoes.
+        request["model"] = json!("m");
+        request["tool_choice"] = json!("auto");
+        assert_eq!(answer(&request).content.as_deref(), Some("x"));
     }
 
     #[test]

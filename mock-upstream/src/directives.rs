@@ -18,6 +18,21 @@
 //! | `chunk_delay_ms=N` | streaming: delay between chunks |
 //! | `ttfb_ms=N` | streaming: delay after the headers, before the first chunk |
 //! | `chunk_chars=N` | streaming: characters of content per chunk (default 8) |
+//! | `bad_json_first=N` | the first N structured answers for this exact model string are malformed JSON (see below) |
+//! | `invalid_first=N` | the next N structured answers (after the `bad_json_first` ones) are JSON that violates the schema |
+//! | `call_tools` | with `tool_choice` `auto` (or absent) and tools declared, call every declared tool, as `required` does (only the first with `parallel_tool_calls: false`) |
+//! | `prose_json` | structured content answers (not tool calls) come wrapped in prose and a ` ```json ` fence, as chatty models write them |
+//!
+//! `bad_json_first` and `invalid_first` apply to structured answers only (a forced tool
+//! call's arguments, a `json_schema` or `json_object` content, an instance of a schema found
+//! in the system prompt), on every route whose request reaches [`crate::answer::answer`] with
+//! the full model string. They share one counter per exact model string, kept apart from the
+//! `fail_first` one: answer `k` (from 0) is malformed when `k < bad_json_first`, violates the
+//! schema when `k < bad_json_first + invalid_first`, and is a valid instance after that.
+//! A malformed answer is the instance with an unquoted key added, a trailing comma and no
+//! closing brace (`{mock: bad_json, "age":0,`): no JSON parser, lenient or not, reads it. A
+//! violating answer lacks the schema's first required property (or has a property of the
+//! wrong type when nothing is required).
 
 use std::time::Duration;
 
@@ -49,6 +64,15 @@ pub struct Directives {
     pub ttfb_ms: Option<u64>,
     /// `chunk_chars=N`: characters per streamed content chunk (≥ 1).
     pub chunk_chars: Option<usize>,
+    /// `bad_json_first=N`: the first N structured answers are malformed JSON.
+    pub bad_json_first: Option<u64>,
+    /// `invalid_first=N`: the N structured answers after the malformed ones violate the
+    /// schema.
+    pub invalid_first: Option<u64>,
+    /// `call_tools`: `tool_choice: auto` calls every declared tool.
+    pub call_tools: bool,
+    /// `prose_json`: structured content answers come in prose and a code fence.
+    pub prose_json: bool,
 }
 
 /// Parses a model string into its [`Directives`]; never fails.
@@ -101,10 +125,20 @@ impl Directives {
                         .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
                         .or(d.chunk_chars)
                 }
+                "bad_json_first" => d.bad_json_first = num().or(d.bad_json_first),
+                "invalid_first" => d.invalid_first = num().or(d.invalid_first),
+                "call_tools" => d.call_tools = value.is_none_or(truthy),
+                "prose_json" => d.prose_json = value.is_none_or(truthy),
                 _ => {}
             }
         }
         d
+    }
+
+    /// Whether structured answers are scripted to go wrong (`bad_json_first` or
+    /// `invalid_first` given), so that they need the per-model answer counter.
+    pub fn scripts_structured_faults(&self) -> bool {
+        self.bad_json_first.is_some_and(|n| n > 0) || self.invalid_first.is_some_and(|n| n > 0)
     }
 
     /// Whether the model string carried no directive at all.
@@ -199,5 +233,22 @@ mod tests {
         assert_eq!(parse("m;fail_first=2").error_status(), Some(500));
         assert_eq!(parse("m;status=200").error_status(), None);
         assert_eq!(parse("").base, "");
+    }
+
+    #[test]
+    fn structured_fault_directives() {
+        let d = parse("gpt-4o-mini;bad_json_first=2;invalid_first=3;call_tools;prose_json");
+        assert!(d.prose_json);
+        assert_eq!(d.bad_json_first, Some(2));
+        assert_eq!(d.invalid_first, Some(3));
+        assert!(d.call_tools && d.scripts_structured_faults() && !d.is_plain());
+        // They do not make the request fail.
+        assert_eq!(d.error_status(), None);
+
+        let d = parse("m;bad_json_first=x;invalid_first=0;call_tools=off");
+        assert_eq!(d.bad_json_first, None);
+        assert_eq!(d.invalid_first, Some(0));
+        assert!(!d.call_tools && !d.scripts_structured_faults());
+        assert!(parse("m;invalid_first=1").scripts_structured_faults());
     }
 }

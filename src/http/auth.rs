@@ -20,12 +20,15 @@ fn digest(key: &str) -> [u8; 32] {
 }
 
 impl Auth {
-    pub fn new(api_keys: &[String]) -> Auth {
+    pub fn new(api_keys: &[String], tenants: &[(String, Vec<String>)]) -> Auth {
+        let default = api_keys
+            .iter()
+            .map(|k| (digest(k), DEFAULT_TENANT.to_string()));
+        let others = tenants
+            .iter()
+            .flat_map(|(name, keys)| keys.iter().map(move |k| (digest(k), name.clone())));
         Auth {
-            keys: api_keys
-                .iter()
-                .map(|k| (digest(k), DEFAULT_TENANT.to_string()))
-                .collect(),
+            keys: default.chain(others).collect(),
         }
     }
 

@@ -6,18 +6,20 @@ use actix::Addr;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 use bytes::{Bytes, BytesMut};
+use flowgate_actors::agents::resolve::target_of;
 use flowgate_actors::capabilities::Needs;
 use flowgate_actors::engine::{Answer, RunContext, RunGuard};
 use flowgate_actors::error::{ErrorKind, GatewayError};
 use flowgate_actors::model_ref::{ModelRef, Target};
 use flowgate_actors::recorder::run::CacheStatus;
 use flowgate_actors::router::{PlanRoute, Router};
+use flowgate_actors::templates::Limits;
 use flowgate_actors::version::version_id;
 use flowgate_actors::wire::ChatRequest;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use super::{disconnect, sse, AppState};
+use super::{connection, sse, AppState};
 
 const ROUTER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -78,14 +80,13 @@ async fn run(
         }
     };
     guard.model = Some(plan.model.id.clone());
-    guard.ctx.version_id = Some(version_id(&plan.model.id, &request.chat));
+    // `prepare` versioned the templates; this covers what it could not resolve.
+    if guard.ctx.version_id.is_none() {
+        guard.ctx.version_id = Some(version_id(&plan.model.id, &request.chat));
+    }
 
     if request.chat.is_stream() {
-        return match state
-            .gateway
-            .open_stream(&mut guard, &plan, &request.chat)
-            .await
-        {
+        return match state.gateway.stream(&mut guard, &plan, &request.chat).await {
             Ok(live) => {
                 let mut response = HttpResponse::Ok();
                 run_headers(&mut response, &guard);
@@ -109,14 +110,14 @@ async fn run(
     // cancelled when it is dropped.
     let completed = tokio::select! {
         completed = state.gateway.complete(&mut guard, &plan, &request.chat) => completed,
-        () = disconnect::client_gone(&req) => {
+        () = connection::client_gone(&req) => {
             return HttpResponse::build(ErrorKind::Cancelled.status_code()).finish();
         }
     };
     match completed {
         Ok(answer) => {
             // Only the run that called the provider pays; a coalesced follower costs nothing.
-            let cost_usd = if guard.cache == CacheStatus::Coalesced {
+            let cost_usd = if matches!(guard.cache, CacheStatus::Coalesced | CacheStatus::Hit) {
                 0.0
             } else {
                 answer.cost_usd
@@ -140,7 +141,9 @@ struct Prepared {
     target_model: String,
 }
 
-/// Reads, parses and validates the body, filling in the run's context as facts become known.
+/// Reads, parses and validates the body, then resolves it against its agent (the deployment it
+/// targets, its templates rendered with `input`, its version, schema and conversation), filling
+/// in the run's context as facts become known.
 async fn prepare(
     req: &HttpRequest,
     payload: web::Payload,
@@ -174,7 +177,6 @@ async fn prepare(
     guard.ctx.request = Some(value);
     guard.ctx.input = chat.input.clone().map(Value::Object);
     guard.ctx.metadata = chat.metadata.clone();
-    validate(&chat)?;
 
     let agent_override = chat.agent_id.clone().or_else(|| {
         chat.metadata
@@ -183,24 +185,56 @@ async fn prepare(
             .and_then(Value::as_str)
             .map(str::to_string)
     });
-    let model_ref = ModelRef::parse(&chat.model, agent_override.as_deref())?;
+    let model_ref = ModelRef::parse(&chat.model, agent_override.as_deref());
+    // A deployment supplies the messages: its request is validated once resolved.
+    let deployment = chat.environment.is_some()
+        || chat.schema_id.is_some()
+        || matches!(&model_ref, Ok(r) if matches!(r.target, Target::Deployment { .. }));
+    if !deployment {
+        validate(&chat)?;
+    }
+    let model_ref = model_ref?;
     guard.ctx.agent = model_ref.agent.clone();
-    let target_model = match model_ref.target {
-        Target::Model(id) => id,
-        Target::Deployment {
-            schema_id,
-            environment,
-        } => {
-            return Err(GatewayError::invalid(format!(
-                "agent `{}` has no version deployed to {} for schema #{schema_id}",
-                model_ref.agent,
-                environment.as_str()
-            ))
-            .with_param("model")
-            .with_code("deployment_not_found"))
-        }
+    let target = target_of(
+        model_ref.target,
+        chat.environment.as_deref(),
+        chat.schema_id,
+    )?;
+
+    let agents = state.gateway.agents.clone();
+    let catalog = state.gateway.catalog.load_full();
+    let (tenant, agent, run_id) = (guard.ctx.tenant.clone(), model_ref.agent, guard.ctx.run_id);
+    let templated = deployment || chat.input.is_some();
+    let resolve = move || {
+        agents.resolve(
+            &catalog,
+            &tenant,
+            &agent,
+            run_id,
+            target,
+            chat,
+            &Limits::default(),
+        )
     };
-    Ok(Prepared { chat, target_model })
+    // Rendering is CPU work (bounded by the template limits): off the worker thread.
+    let resolution = if templated {
+        web::block(resolve)
+            .await
+            .map_err(|e| GatewayError::internal(format!("template rendering failed: {e}")))??
+    } else {
+        resolve()?
+    };
+    if deployment {
+        validate(&resolution.request)?;
+    }
+    guard.ctx.version_id = resolution.version_id;
+    guard.ctx.schema_id = Some(resolution.schema_id);
+    guard.ctx.conversation_id = Some(resolution.conversation_id);
+    guard.ctx.rendered_messages = resolution.rendered_messages;
+    Ok(Prepared {
+        chat: resolution.request,
+        target_model: resolution.target_model,
+    })
 }
 
 async fn read_body(

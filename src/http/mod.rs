@@ -1,8 +1,10 @@
 //! The HTTP edge: actix-web handlers parse and validate, then hand the work to the actors.
 
+mod agents;
 mod auth;
 mod chat;
-mod disconnect;
+mod connection;
+mod feedback;
 mod models;
 mod ops;
 mod runs;
@@ -28,6 +30,8 @@ pub use auth::Auth;
 pub struct AppState {
     pub gateway: Gateway,
     pub auth: Arc<Auth>,
+    /// Who may deploy.
+    pub admin: Arc<agents::AdminAuth>,
     pub max_body_bytes: usize,
 }
 
@@ -45,7 +49,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let (gateway, supervisor) = Supervisor::start(gateway_config)?;
     let state = AppState {
         gateway,
-        auth: Arc::new(Auth::new(&config.auth.api_keys)),
+        auth: Arc::new(Auth::new(&config.auth.api_keys, &config.auth.tenants)),
+        admin: Arc::new(agents::AdminAuth::new(&config.admin.api_keys)),
         max_body_bytes: config.server.max_body_bytes,
     };
     let server = HttpServer::new(move || {
@@ -60,7 +65,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
             .app_data(web::Data::new(router))
             .configure(routes)
     })
-    .on_connect(disconnect::on_connect)
+    .on_connect(connection::on_connect)
     .workers(config.server.workers)
     .backlog(4096)
     .max_connection_rate(4096)
@@ -122,6 +127,31 @@ fn routes(cfg: &mut web::ServiceConfig) {
     .route(
         "/api/agents/{agent}/runs",
         web::get().to(runs::list_agent_runs),
+    )
+    .route("/v1/feedback", web::post().to(feedback::post_feedback))
+    .route(
+        "/api/runs/{run_id}/feedback",
+        web::get().to(feedback::list_run_feedback),
+    )
+    .route(
+        "/api/agents/{agent}/versions",
+        web::get().to(agents::list_versions),
+    )
+    .route(
+        "/api/agents/{agent}/versions/{version_id}",
+        web::get().to(agents::get_version),
+    )
+    .route(
+        "/api/agents/{agent}/versions/{version_id}/deploy",
+        web::post().to(agents::deploy),
+    )
+    .route(
+        "/api/agents/{agent}/deployments",
+        web::get().to(agents::list_deployments),
+    )
+    .route(
+        "/api/agents/{agent}/schemas",
+        web::get().to(agents::list_schemas),
     )
     .default_service(web::to(not_found));
 }

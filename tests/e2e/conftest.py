@@ -169,7 +169,7 @@ type = "openai"
 base_url = {_toml_str(upstream_base_url)}
 api_key = {_toml_str(UPSTREAM_SECRET)}
 # A few deliberate 500s must not open the circuit for the rest of the suite.
-breaker = {{ failure_threshold = 1000 }}
+breaker = {{ failure_threshold = 1000, error_rate_threshold = 1.1 }}
 
 [models."up-model"]
 aliases = ["up-alias"]
@@ -191,7 +191,125 @@ providers = [{{ provider = "upstream", model = "gpt-4o-mini;status=500", {offer}
 # Streams one 4-character piece, then the upstream connection is cut.
 [models."up-cut"]
 providers = [{{ provider = "upstream", model = "gpt-4o-mini;cut_after=1;chunk_chars=4", {offer} }}]
-"""
+""" + structured_config(upstream_base_url.removesuffix("/v1"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Structured outputs (test_structured.py)
+#
+# Three adapters over the same mock upstream: the `upstream` provider (openai type), and
+# `sx_anthropic` / `sx_gemini` (anthropic and gemini types, base_url = the mock's root).
+
+ANTHROPIC_SECRET = "sx-anthropic-secret"
+GEMINI_SECRET = "sx-gemini-secret"
+
+# Adapter → (provider, the provider's model id). `call_tools` makes the mock call every
+# declared tool under `tool_choice: auto` (Instructor's PARALLEL_TOOLS); it is a no-op otherwise.
+SX_ADAPTERS = {
+    "openai": ("upstream", "gpt-4o-mini;call_tools"),
+    "anthropic": ("sx_anthropic", "claude-3-5-haiku-20241022;call_tools"),
+    "gemini": ("sx_gemini", "gemini-2.0-flash;call_tools"),
+}
+NATIVE_SUPPORTS = "{ structured_output = true, json_mode = true, tools = true, parallel_tools = true }"
+JSON_MODE_SUPPORTS = "{ json_mode = true }"
+TEXT_SUPPORTS = "{}"
+
+# Layer 2 (json_mode) and 3 (text) models: catalog id → (provider, provider model, supports).
+SX_LAYER_MODELS = {
+    "sx-mock-json-mode": ("mock", "mock-echo", JSON_MODE_SUPPORTS),
+    "sx-mock-text": ("mock", "mock-echo", TEXT_SUPPORTS),
+    "sx-up-json-mode": ("upstream", "gpt-4o-mini", JSON_MODE_SUPPORTS),
+    "sx-up-text": ("upstream", "gpt-4o-mini", TEXT_SUPPORTS),
+    "sx-anthropic-json-mode": ("sx_anthropic", "claude-3-5-haiku-20241022", JSON_MODE_SUPPORTS),
+    "sx-anthropic-text": ("sx_anthropic", "claude-3-5-haiku-20241022", TEXT_SUPPORTS),
+    "sx-gemini-json-mode": ("sx_gemini", "gemini-2.0-flash", JSON_MODE_SUPPORTS),
+    "sx-gemini-text": ("sx_gemini", "gemini-2.0-flash", TEXT_SUPPORTS),
+    # text-layer models that answer like chatty models: prose and a ```json fence around the JSON
+    "sx-prose-up-text": ("upstream", "gpt-4o-mini;prose_json", TEXT_SUPPORTS),
+    "sx-prose-anthropic-text": ("sx_anthropic", "claude-3-5-haiku-20241022;prose_json", TEXT_SUPPORTS),
+}
+
+# Models whose first answers go wrong (mock directives `bad_json_first` / `invalid_first`).
+# The mock counts answers per exact provider model string for the whole session, so each of
+# these models serves ONE request: its model string is made unique with a `tag=` (a key the
+# mock ignores), and a test that needs a faulty model uses its own. Only the openai and
+# anthropic routes of the mock see the directives (its gemini route strips them before
+# answering), so there is no gemini entry.
+# catalog id → (adapter, directives, supports)
+SX_FAULTY_MODELS = {
+    # malformed JSON first, then the instance
+    "sx-bad-json-openai-tools": ("openai", "bad_json_first=1", NATIVE_SUPPORTS),
+    "sx-bad-json-openai-schema": ("openai", "bad_json_first=1", NATIVE_SUPPORTS),
+    "sx-bad-json-anthropic-tools": ("anthropic", "bad_json_first=1", NATIVE_SUPPORTS),
+    "sx-bad-json-anthropic-schema": ("anthropic", "bad_json_first=1", NATIVE_SUPPORTS),
+    "sx-bad-json-up-json-mode": ("openai", "bad_json_first=1", JSON_MODE_SUPPORTS),
+    "sx-bad-json-up-text": ("openai", "bad_json_first=1", TEXT_SUPPORTS),
+    # JSON that violates the schema first, then the instance
+    "sx-invalid-openai-tools": ("openai", "invalid_first=1", NATIVE_SUPPORTS),
+    "sx-invalid-openai-schema": ("openai", "invalid_first=1", NATIVE_SUPPORTS),
+    "sx-invalid-anthropic-tools": ("anthropic", "invalid_first=1", NATIVE_SUPPORTS),
+    "sx-invalid-anthropic-schema": ("anthropic", "invalid_first=1", NATIVE_SUPPORTS),
+    "sx-invalid-up-json-mode": ("openai", "invalid_first=1", JSON_MODE_SUPPORTS),
+    "sx-invalid-up-text": ("openai", "invalid_first=1", TEXT_SUPPORTS),
+    # streamed: no repair is possible once content went out
+    "sx-invalid-stream": ("openai", "invalid_first=1", NATIVE_SUPPORTS),
+    # for the metrics test
+    "sx-invalid-metrics": ("openai", "invalid_first=1", NATIVE_SUPPORTS),
+    # Instructor modes whose schema flowgate cannot see (JSON, MD_JSON: in the prompt text;
+    # PARALLEL_TOOLS: `tool_choice: auto`)
+    "sx-bad-json-openai-json": ("openai", "bad_json_first=1", NATIVE_SUPPORTS),
+    "sx-bad-json-openai-md-json": ("openai", "bad_json_first=1", NATIVE_SUPPORTS),
+    "sx-invalid-openai-parallel": ("openai", "invalid_first=1;call_tools", NATIVE_SUPPORTS),
+    # always wrong (5 answers cover the first call and the repair of two requests)
+    "sx-invalid-fallback": ("openai", "invalid_first=5", NATIVE_SUPPORTS),
+    # wrong twice (the first call and its repair), no fallback configured
+    "sx-invalid-twice-error": ("openai", "invalid_first=2", NATIVE_SUPPORTS),
+    "sx-invalid-twice-cost": ("openai", "invalid_first=2", NATIVE_SUPPORTS),
+}
+# Where `sx-invalid-fallback` goes once its repair failed too.
+SX_FALLBACK_TARGET = "sx-openai"
+
+
+def sx_native_model(adapter: str) -> str:
+    """The catalog id of the natively structured model of an adapter."""
+    return f"sx-{adapter}"
+
+
+def structured_config(mock_root: str) -> str:
+    offer = f"input_per_mtok = {INPUT_PER_MTOK}, output_per_mtok = {OUTPUT_PER_MTOK}"
+    out = [f"""
+[providers.sx_anthropic]
+type = "anthropic"
+base_url = {_toml_str(mock_root)}
+api_key = {_toml_str(ANTHROPIC_SECRET)}
+breaker = {{ failure_threshold = 1000, error_rate_threshold = 1.1 }}
+
+[providers.sx_gemini]
+type = "gemini"
+base_url = {_toml_str(mock_root)}
+api_key = {_toml_str(GEMINI_SECRET)}
+breaker = {{ failure_threshold = 1000, error_rate_threshold = 1.1 }}
+"""]
+
+    def model(name: str, provider: str, provider_model: str, supports: str, extra: str = "") -> None:
+        out.append(f"""
+[models.{_toml_str(name)}]
+providers = [{{ provider = {_toml_str(provider)}, model = {_toml_str(provider_model)}, {offer} }}]
+supports = {supports}
+{extra}""")
+
+    for adapter, (provider, provider_model) in SX_ADAPTERS.items():
+        model(sx_native_model(adapter), provider, provider_model, NATIVE_SUPPORTS)
+    for name, (provider, provider_model, supports) in SX_LAYER_MODELS.items():
+        model(name, provider, provider_model, supports)
+    for name, (adapter, directives, supports) in SX_FAULTY_MODELS.items():
+        provider, provider_model = SX_ADAPTERS[adapter]
+        extra = ""
+        if name == "sx-invalid-fallback":
+            extra = f"fallback = {{ structured_output = [{_toml_str(SX_FALLBACK_TARGET)}] }}"
+        base = provider_model.split(";")[0]
+        model(name, provider, f"{base};{directives};tag={name}", supports, extra)
+    return "".join(out)
 
 
 class Flowgate:

@@ -2,8 +2,8 @@
 //! hold a clone of the handles (prometheus metrics are atomic, so updates never queue).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -28,6 +28,18 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     pub circuit_transitions: IntCounterVec,
     pub coalesced: IntCounter,
+    /// Lookups answered from the stored cache.
+    pub cache_hits: IntCounter,
+    /// Lookups that found no usable stored answer (absent or expired).
+    pub cache_misses: IntCounter,
+    /// Stored answers removed, by reason (`size`: the byte bound; `expired`: the TTL).
+    pub cache_evictions: IntCounterVec,
+    /// Bytes of stored answers (keys and encoded entries).
+    pub cache_stored_bytes: IntGauge,
+    /// Stored answers.
+    pub cache_entries: IntGauge,
+    /// Answers not stored because the cache writer's mailbox was full.
+    pub cache_writes_dropped: IntCounter,
     /// Structured outputs by layer and outcome (valid, repaired, invalid).
     pub structured_outputs: IntCounterVec,
 }
@@ -122,6 +134,38 @@ impl Metrics {
         registry.register(Box::new(circuit_state.clone()))?;
         registry.register(Box::new(circuit_transitions.clone()))?;
         registry.register(Box::new(coalesced.clone()))?;
+        let cache_hits = IntCounter::new(
+            "flowgate_cache_hits_total",
+            "Requests answered from a stored answer",
+        )?;
+        let cache_misses = IntCounter::new(
+            "flowgate_cache_misses_total",
+            "Cache lookups that found no usable stored answer",
+        )?;
+        let cache_evictions = IntCounterVec::new(
+            Opts::new(
+                "flowgate_cache_evictions_total",
+                "Stored answers removed, by reason (size, expired)",
+            ),
+            &["reason"],
+        )?;
+        // Both series exist from the start, so dashboards see zero rather than nothing.
+        for reason in ["size", "expired"] {
+            cache_evictions.with_label_values(&[reason]);
+        }
+        let cache_stored_bytes =
+            IntGauge::new("flowgate_cache_stored_bytes", "Bytes of stored answers")?;
+        let cache_entries = IntGauge::new("flowgate_cache_entries", "Stored answers")?;
+        let cache_writes_dropped = IntCounter::new(
+            "flowgate_cache_writes_dropped_total",
+            "Answers not stored because the cache writer was saturated",
+        )?;
+        registry.register(Box::new(cache_hits.clone()))?;
+        registry.register(Box::new(cache_misses.clone()))?;
+        registry.register(Box::new(cache_evictions.clone()))?;
+        registry.register(Box::new(cache_stored_bytes.clone()))?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        registry.register(Box::new(cache_writes_dropped.clone()))?;
         let structured_outputs = IntCounterVec::new(
             Opts::new(
                 "flowgate_structured_outputs_total",
@@ -144,6 +188,12 @@ impl Metrics {
             circuit_state,
             circuit_transitions,
             coalesced,
+            cache_hits,
+            cache_misses,
+            cache_evictions,
+            cache_stored_bytes,
+            cache_entries,
+            cache_writes_dropped,
             structured_outputs,
         })
     }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
+use crate::agents::AgentStore;
 use metrics::Metrics;
 use run::{RunRecord, RunStatus};
 use store::RunStore;
@@ -32,11 +33,22 @@ pub struct Flush;
 pub struct Recorder {
     store: RunStore,
     metrics: Metrics,
+    agents: Option<AgentStore>,
 }
 
 impl Recorder {
     pub fn new(store: RunStore, metrics: Metrics) -> Self {
-        Recorder { store, metrics }
+        Recorder {
+            store,
+            metrics,
+            agents: None,
+        }
+    }
+
+    /// Also keeps the agents' version statistics and conversation links, from each stored run.
+    pub fn with_agents(mut self, agents: AgentStore) -> Self {
+        self.agents = Some(agents);
+        self
     }
 
     fn observe(&self, run: &RunRecord) {
@@ -101,7 +113,13 @@ impl Handler<Record> for Recorder {
     fn handle(&mut self, Record(run): Record, _: &mut Self::Context) {
         let started = Instant::now();
         match self.store.insert(&run) {
-            Ok(()) => self.metrics.runs_recorded.inc(),
+            Ok(()) => {
+                self.metrics.runs_recorded.inc();
+                if let Some(Err(e)) = self.agents.as_ref().map(|agents| agents.observe(&run)) {
+                    self.metrics.recorder_errors.inc();
+                    tracing::warn!(run_id = %run.id, error = %e, "recorder: cannot update the agent");
+                }
+            }
             Err(e) => {
                 self.metrics.recorder_errors.inc();
                 tracing::error!(run_id = %run.id, error = %e, "recorder: cannot write run");

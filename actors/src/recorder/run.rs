@@ -73,6 +73,16 @@ pub struct RunRecord {
     /// For requests with a schema: how the structured output was produced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub structured: Option<StructuredRecord>,
+    /// The agent's id for the run's (input schema, output schema) pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_id: Option<u32>,
+    /// Shared by the runs of one conversation: the id of its first run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<Uuid>,
+    /// The messages as sent upstream, when they differ from the request's (templates rendered
+    /// with `input`, or supplied by a deployment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendered_messages: Option<Vec<crate::wire::Message>>,
 }
 
 /// How a structured output was produced: its layer, repairs and validation errors.

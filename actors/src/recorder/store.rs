@@ -108,6 +108,12 @@ impl RunStore {
         Ok(RunPage { items, next_cursor })
     }
 
+    /// The sled database the runs live in, for other stores that share its file and flushes
+    /// (the answer cache keeps its own trees in it).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     pub fn flush(&self) -> Result<(), String> {
         self.db.flush().map(|_| ()).map_err(|e| e.to_string())
     }
@@ -145,6 +151,9 @@ mod tests {
             feedback_token: String::new(),
             source_run_id: None,
             structured: None,
+            schema_id: None,
+            conversation_id: None,
+            rendered_messages: None,
         }
     }
 

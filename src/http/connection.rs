@@ -1,5 +1,6 @@
-//! Noticing that a client went away while a non-streaming answer is being computed, so the
-//! upstream call is cancelled at once instead of running to completion for nobody.
+//! Per-connection setup: `TCP_NODELAY` (streamed chunks must not wait for the client's
+//! delayed ACK), and noticing that a client went away while a non-streaming answer is being
+//! computed, so the upstream call is cancelled at once instead of running for nobody.
 //!
 //! actix-web keeps polling a handler after its client closed the connection, so each
 //! connection's socket is kept (duplicated) in the connection data, and a request waits for the
@@ -16,10 +17,14 @@ use actix_web::HttpRequest;
 #[derive(Clone)]
 pub struct ClientSocket(Arc<std::net::TcpStream>);
 
-/// `HttpServer::on_connect` hook: remembers the socket of each plain TCP connection.
+/// `HttpServer::on_connect` hook: disables Nagle's algorithm and remembers the socket of each
+/// plain TCP connection.
 pub fn on_connect(connection: &dyn Any, data: &mut Extensions) {
     if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
         use std::os::fd::AsFd;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         if let Ok(owned) = stream.as_fd().try_clone_to_owned() {
             data.insert(ClientSocket(Arc::new(std::net::TcpStream::from(owned))));
         }

@@ -1,0 +1,522 @@
+//! Versions: a stable hash of the properties that shape the answer (model, message TEMPLATES,
+//! temperature, max tokens, top_p, tools, tool_choice, response format, reasoning, provider).
+//! Two runs with the same templates and parameters share a version whatever their `input`; a
+//! version is what gets deployed. The recorder keeps each version's usage statistics.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{agent_prefix, bounded_insert, hash_json, now_rfc3339, store_error, AgentStore};
+use crate::error::GatewayError;
+use crate::recorder::run::{RunRecord, RunStatus};
+use crate::wire::{ChatRequest, Message, ResponseFormat, Tool, ToolChoice};
+
+/// What shapes the answer. Metadata, streaming, caching and fallback options do not.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VersionProperties {
+    /// A catalog model id (with a reasoning-effort suffix when one was asked for).
+    pub model: String,
+    /// The message templates, before rendering.
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Tool>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+}
+
+/// The properties, borrowed: what the id hashes, so that a request is versioned without copying
+/// its messages. Field for field the serialization of [`VersionProperties`].
+#[derive(Serialize)]
+struct Shape<'a> {
+    model: &'a str,
+    messages: &'a [Message],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<&'a Vec<Tool>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<&'a ToolChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<&'a ResponseFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider: Option<&'a str>,
+}
+
+impl<'a> Shape<'a> {
+    fn of_request(model: &'a str, request: &'a ChatRequest) -> Shape<'a> {
+        Shape {
+            model,
+            messages: &request.messages,
+            temperature: request.temperature,
+            max_tokens: request.max_tokens.or(request.max_completion_tokens),
+            top_p: request.top_p,
+            tools: request.tools.as_ref(),
+            tool_choice: request.tool_choice.as_ref(),
+            response_format: request.response_format.as_ref(),
+            reasoning_effort: request.reasoning_effort.as_deref(),
+            reasoning: request.reasoning.as_ref(),
+            provider: request.provider.as_deref(),
+        }
+    }
+
+    /// 32 hex digits of the SHA-256 of the JSON of the properties.
+    fn id(&self) -> String {
+        let mut hasher = Sha256::new();
+        hash_json(&mut hasher, self);
+        let digest = hasher.finalize();
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl VersionProperties {
+    /// The version of a request whose messages are still templates.
+    pub fn of(model: &str, request: &ChatRequest) -> VersionProperties {
+        VersionProperties {
+            model: model.to_string(),
+            messages: request.messages.clone(),
+            temperature: request.temperature,
+            max_tokens: request.max_tokens.or(request.max_completion_tokens),
+            top_p: request.top_p,
+            tools: request.tools.clone(),
+            tool_choice: request.tool_choice.clone(),
+            response_format: request.response_format.clone(),
+            reasoning_effort: request.reasoning_effort.clone(),
+            reasoning: request.reasoning.clone(),
+            provider: request.provider.clone(),
+        }
+    }
+
+    /// 32 hex digits of the SHA-256 of the JSON of the properties.
+    pub fn id(&self) -> String {
+        Shape {
+            model: &self.model,
+            messages: &self.messages,
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            top_p: self.top_p,
+            tools: self.tools.as_ref(),
+            tool_choice: self.tool_choice.as_ref(),
+            response_format: self.response_format.as_ref(),
+            reasoning_effort: self.reasoning_effort.as_deref(),
+            reasoning: self.reasoning.as_ref(),
+            provider: self.provider.as_deref(),
+        }
+        .id()
+    }
+
+    /// These properties with the parameters the request sets itself (a deployment caller's
+    /// overrides). The messages stay the version's.
+    pub fn overridden_by(&self, request: &ChatRequest) -> VersionProperties {
+        VersionProperties {
+            model: self.model.clone(),
+            messages: self.messages.clone(),
+            temperature: request.temperature.or(self.temperature),
+            max_tokens: request
+                .max_tokens
+                .or(request.max_completion_tokens)
+                .or(self.max_tokens),
+            top_p: request.top_p.or(self.top_p),
+            tools: request.tools.clone().or_else(|| self.tools.clone()),
+            tool_choice: request
+                .tool_choice
+                .clone()
+                .or_else(|| self.tool_choice.clone()),
+            response_format: request
+                .response_format
+                .clone()
+                .or_else(|| self.response_format.clone()),
+            reasoning_effort: request
+                .reasoning_effort
+                .clone()
+                .or_else(|| self.reasoning_effort.clone()),
+            reasoning: request.reasoning.clone().or_else(|| self.reasoning.clone()),
+            provider: request.provider.clone().or_else(|| self.provider.clone()),
+        }
+    }
+
+    /// Sets the request's model and shaping parameters to these (not its messages).
+    pub fn apply_to(&self, request: &mut ChatRequest) {
+        request.model = self.model.clone();
+        request.temperature = self.temperature;
+        if request.max_tokens.is_none() && request.max_completion_tokens.is_none() {
+            request.max_tokens = self.max_tokens;
+        }
+        request.top_p = self.top_p;
+        request.tools = self.tools.clone();
+        request.tool_choice = self.tool_choice.clone();
+        request.response_format = self.response_format.clone();
+        request.reasoning_effort = self.reasoning_effort.clone();
+        request.reasoning = self.reasoning.clone();
+        request.provider = self.provider.clone();
+    }
+}
+
+/// A version of an agent, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VersionRecord {
+    pub id: String,
+    /// The schema of the run that created the version: what a deployment of it serves unless
+    /// the deploy names another.
+    pub schema_id: u32,
+    pub created_at: String,
+    pub properties: VersionProperties,
+}
+
+/// A version's usage, from its recorded runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VersionStats {
+    pub run_count: u64,
+    pub error_count: u64,
+    pub cost_usd: f64,
+    pub total_duration_seconds: f64,
+    pub first_used_at: Option<String>,
+    pub last_used_at: Option<String>,
+}
+
+/// What the versions listing shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionSummary {
+    #[serde(flatten)]
+    pub record: VersionRecord,
+    pub stats: VersionStats,
+    pub average_duration_seconds: Option<f64>,
+    pub average_cost_usd: Option<f64>,
+}
+
+impl VersionSummary {
+    fn new(record: VersionRecord, stats: VersionStats) -> VersionSummary {
+        let n = stats.run_count as f64;
+        VersionSummary {
+            average_duration_seconds: (stats.run_count > 0)
+                .then(|| stats.total_duration_seconds / n),
+            average_cost_usd: (stats.run_count > 0).then(|| stats.cost_usd / n),
+            record,
+            stats,
+        }
+    }
+}
+
+fn version_key(tenant: &str, agent: &str, id: &str) -> Vec<u8> {
+    let mut key = agent_prefix(tenant, agent);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+impl AgentStore {
+    /// The version of a request whose messages are still templates, stored if it is new.
+    /// Known versions cost one hash of the request and no copy.
+    pub fn version_of_request(
+        &self,
+        tenant: &str,
+        agent: &str,
+        model: &str,
+        request: &ChatRequest,
+        schema_id: u32,
+    ) -> Result<String, GatewayError> {
+        let id = Shape::of_request(model, request).id();
+        if self
+            .cache
+            .versions
+            .contains_key(&version_key(tenant, agent, &id))
+        {
+            return Ok(id);
+        }
+        self.ensure_version(
+            tenant,
+            agent,
+            &VersionProperties::of(model, request),
+            schema_id,
+        )
+    }
+
+    /// Stores the version if it is new; returns its id.
+    pub fn ensure_version(
+        &self,
+        tenant: &str,
+        agent: &str,
+        properties: &VersionProperties,
+        schema_id: u32,
+    ) -> Result<String, GatewayError> {
+        let id = properties.id();
+        let key = version_key(tenant, agent, &id);
+        if self.cache.versions.contains_key(&key) {
+            return Ok(id);
+        }
+        if let Some(existing) = self.versions.get(&key).map_err(store_error)? {
+            let record: VersionRecord = serde_json::from_slice(&existing).map_err(store_error)?;
+            bounded_insert(&self.cache.versions, key, Arc::new(record));
+            return Ok(id);
+        }
+        let record = VersionRecord {
+            id: id.clone(),
+            schema_id,
+            created_at: now_rfc3339(),
+            properties: properties.clone(),
+        };
+        let bytes = serde_json::to_vec(&record).map_err(store_error)?;
+        // The first writer wins; a concurrent one finds it there and keeps that record.
+        let stored = match self
+            .versions
+            .compare_and_swap(&key, None as Option<&[u8]>, Some(bytes))
+            .map_err(store_error)?
+        {
+            Ok(()) => record,
+            Err(current) => match current.current {
+                Some(bytes) => serde_json::from_slice(&bytes).map_err(store_error)?,
+                None => record,
+            },
+        };
+        bounded_insert(&self.cache.versions, key, Arc::new(stored));
+        Ok(id)
+    }
+
+    pub fn version(
+        &self,
+        tenant: &str,
+        agent: &str,
+        id: &str,
+    ) -> Result<Option<Arc<VersionRecord>>, GatewayError> {
+        let key = version_key(tenant, agent, id);
+        if let Some(record) = self.cache.versions.get(&key) {
+            return Ok(Some(record.clone()));
+        }
+        let Some(bytes) = self.versions.get(&key).map_err(store_error)? else {
+            return Ok(None);
+        };
+        let record: Arc<VersionRecord> =
+            Arc::new(serde_json::from_slice(&bytes).map_err(store_error)?);
+        bounded_insert(&self.cache.versions, key, record.clone());
+        Ok(Some(record))
+    }
+
+    pub fn version_stats(
+        &self,
+        tenant: &str,
+        agent: &str,
+        id: &str,
+    ) -> Result<VersionStats, GatewayError> {
+        match self
+            .version_stats
+            .get(version_key(tenant, agent, id))
+            .map_err(store_error)?
+        {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(store_error),
+            None => Ok(VersionStats::default()),
+        }
+    }
+
+    /// The agent's versions with their statistics, most recently used first.
+    pub fn versions(&self, tenant: &str, agent: &str) -> Result<Vec<VersionSummary>, GatewayError> {
+        let prefix = agent_prefix(tenant, agent);
+        let mut out = Vec::new();
+        for entry in self.versions.scan_prefix(&prefix) {
+            let (_, bytes) = entry.map_err(store_error)?;
+            let record: VersionRecord = serde_json::from_slice(&bytes).map_err(store_error)?;
+            let stats = self.version_stats(tenant, agent, &record.id)?;
+            out.push(VersionSummary::new(record, stats));
+        }
+        out.sort_by(|a, b| {
+            b.stats
+                .last_used_at
+                .cmp(&a.stats.last_used_at)
+                .then_with(|| b.record.created_at.cmp(&a.record.created_at))
+        });
+        Ok(out)
+    }
+
+    /// One version with its statistics.
+    pub fn version_summary(
+        &self,
+        tenant: &str,
+        agent: &str,
+        id: &str,
+    ) -> Result<Option<VersionSummary>, GatewayError> {
+        let Some(record) = self.version(tenant, agent, id)? else {
+            return Ok(None);
+        };
+        let stats = self.version_stats(tenant, agent, id)?;
+        Ok(Some(VersionSummary::new((*record).clone(), stats)))
+    }
+
+    /// Adds a recorded run to its version's statistics.
+    pub(super) fn add_run_to_stats(
+        &self,
+        tenant: &str,
+        agent: &str,
+        version_id: &str,
+        run: &RunRecord,
+    ) -> Result<(), String> {
+        let mut failed = None;
+        self.version_stats
+            .update_and_fetch(version_key(tenant, agent, version_id), |old| {
+                let mut stats: VersionStats = match old.map(serde_json::from_slice) {
+                    Some(Ok(stats)) => stats,
+                    Some(Err(e)) => {
+                        failed = Some(e.to_string());
+                        VersionStats::default()
+                    }
+                    None => VersionStats::default(),
+                };
+                stats.run_count += 1;
+                if run.status != RunStatus::Success {
+                    stats.error_count += 1;
+                }
+                stats.cost_usd += run.cost_usd;
+                stats.total_duration_seconds += run.duration_seconds;
+                let at = &run.created_at;
+                if stats.first_used_at.as_ref().is_none_or(|first| at < first) {
+                    stats.first_used_at = Some(at.clone());
+                }
+                if stats.last_used_at.as_ref().is_none_or(|last| at > last) {
+                    stats.last_used_at = Some(at.clone());
+                }
+                serde_json::to_vec(&stats).ok()
+            })
+            .map_err(|e| e.to_string())?;
+        match failed {
+            Some(e) => Err(format!(
+                "version statistics were unreadable and restarted: {e}"
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(body: Value) -> ChatRequest {
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn the_id_hashes_templates_and_shaping_parameters_only() {
+        let a = request(json!({
+            "model": "x", "messages": [{"role": "user", "content": "Hi {{ name }}"}],
+            "temperature": 0.5, "input": {"name": "A"}, "metadata": {"k": 1}, "stream": true
+        }));
+        let mut b = a.clone();
+        b.input = Some(json!({"name": "B"}).as_object().unwrap().clone());
+        b.metadata = None;
+        b.stream = None;
+        let va = VersionProperties::of("gpt-4o-mini-latest", &a);
+        assert_eq!(
+            va.id(),
+            VersionProperties::of("gpt-4o-mini-latest", &b).id()
+        );
+        assert_eq!(va.id().len(), 32);
+        b.temperature = Some(0.6);
+        assert_ne!(
+            va.id(),
+            VersionProperties::of("gpt-4o-mini-latest", &b).id()
+        );
+        assert_ne!(va.id(), VersionProperties::of("other-model", &a).id());
+        // Hashing the borrowed request and the stored properties agree.
+        assert_eq!(Shape::of_request("gpt-4o-mini-latest", &a).id(), va.id());
+        let full = request(json!({
+            "model": "x", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.1,
+            "max_completion_tokens": 9, "top_p": 0.5, "reasoning_effort": "low", "provider": "p",
+            "reasoning": {"effort": "low"}, "response_format": {"type": "json_object"},
+            "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"
+        }));
+        assert_eq!(
+            Shape::of_request("m", &full).id(),
+            VersionProperties::of("m", &full).id()
+        );
+        let mut c = a.clone();
+        c.messages[0].content = Some(crate::wire::MessageContent::Text("Hi {{ who }}".into()));
+        assert_ne!(
+            va.id(),
+            VersionProperties::of("gpt-4o-mini-latest", &c).id()
+        );
+    }
+
+    #[test]
+    fn request_parameters_override_the_version() {
+        let base = VersionProperties::of(
+            "m",
+            &request(json!({"model": "x", "messages": [], "temperature": 0.1, "max_tokens": 10})),
+        );
+        let caller = request(json!({"model": "a/#1/prod", "messages": [], "temperature": 0.9}));
+        let merged = base.overridden_by(&caller);
+        assert_eq!(merged.temperature, Some(0.9));
+        assert_eq!(merged.max_tokens, Some(10));
+        assert_eq!(merged.model, "m");
+        let mut effective = caller.clone();
+        merged.apply_to(&mut effective);
+        assert_eq!(effective.model, "m");
+        assert_eq!(effective.max_tokens, Some(10));
+        // Not overridden: the same version.
+        assert_eq!(
+            base.overridden_by(&request(json!({"model": "a/#1/prod", "messages": []})))
+                .id(),
+            base.id()
+        );
+    }
+
+    #[test]
+    fn versions_are_stored_once_and_listed_with_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let store = AgentStore::open(&db).unwrap();
+        let props = VersionProperties::of(
+            "m",
+            &request(json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]})),
+        );
+        let id = store.ensure_version("t", "a", &props, 1).unwrap();
+        assert_eq!(store.ensure_version("t", "a", &props, 2).unwrap(), id);
+        // The first record stays.
+        assert_eq!(store.version("t", "a", &id).unwrap().unwrap().schema_id, 1);
+        let mut run: RunRecord = serde_json::from_value(json!({
+            "id": uuid::Uuid::now_v7(), "tenant": "t", "agent": "a",
+            "created_at": "2026-01-01T00:00:01.000Z", "status": "success",
+            "requested_model": "m", "model": "m", "provider": null, "provider_model": null,
+            "version_id": id, "stream": false, "request": null, "input": null, "output": null,
+            "attempts": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+            "cost_usd": 0.25, "duration_seconds": 1.0, "cache": "bypass", "error": null,
+            "metadata": null, "feedback_token": "x", "source_run_id": null
+        }))
+        .unwrap();
+        store.observe(&run).unwrap();
+        run.created_at = "2026-01-01T00:00:00.000Z".into();
+        run.status = RunStatus::Error;
+        run.duration_seconds = 3.0;
+        store.observe(&run).unwrap();
+        let listed = store.versions("t", "a").unwrap();
+        assert_eq!(listed.len(), 1);
+        let s = &listed[0].stats;
+        assert_eq!((s.run_count, s.error_count), (2, 1));
+        assert!((s.cost_usd - 0.5).abs() < 1e-9);
+        assert_eq!(listed[0].average_duration_seconds, Some(2.0));
+        assert_eq!(s.first_used_at.as_deref(), Some("2026-01-01T00:00:00.000Z"));
+        assert_eq!(s.last_used_at.as_deref(), Some("2026-01-01T00:00:01.000Z"));
+        assert!(store.versions("t", "other").unwrap().is_empty());
+    }
+}

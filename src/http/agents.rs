@@ -1,0 +1,298 @@
+//! The agents admin API: versions with their usage, schemas and deployments.
+//!
+//! * `GET /api/agents/{agent}/versions`, `GET /api/agents/{agent}/versions/{version_id}`
+//! * `GET /api/agents/{agent}/schemas`
+//! * `POST /api/agents/{agent}/versions/{version_id}/deploy` `{"environment", "schema_id"?}`
+//! * `GET /api/agents/{agent}/deployments` (current ones and the history, newest first)
+//!
+//! Reads take a tenant API key (or an admin key, for the default tenant); deploying takes an
+//! admin key from `[admin] api_keys`, and records who (the key's label or a digest prefix, never
+//! the key) and when. Store work runs off the worker thread.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use flowgate_actors::error::{ErrorKind, GatewayError};
+use flowgate_actors::model_ref::{is_slug, Environment};
+use flowgate_actors::recorder::Barrier;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::auth::DEFAULT_TENANT;
+use super::AppState;
+use crate::config::AdminKey;
+
+/// Admin keys, kept as digests, each with who it is.
+pub struct AdminAuth {
+    keys: HashMap<[u8; 32], String>,
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// The bearer token of the request, if any.
+pub(super) fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+impl AdminAuth {
+    pub fn new(keys: &[AdminKey]) -> AdminAuth {
+        AdminAuth {
+            keys: keys
+                .iter()
+                .map(|k| {
+                    let d = digest(&k.key);
+                    let who = match &k.label {
+                        Some(label) => label.clone(),
+                        None => format!(
+                            "key:{}",
+                            d[..4]
+                                .iter()
+                                .map(|b| format!("{b:02x}"))
+                                .collect::<String>()
+                        ),
+                    };
+                    (d, who)
+                })
+                .collect(),
+        }
+    }
+
+    /// Who the caller is, if it holds an admin key.
+    fn identify(&self, req: &HttpRequest) -> Option<String> {
+        bearer(req).and_then(|token| self.keys.get(&digest(token)).cloned())
+    }
+
+    /// Who the caller is, or 401 when it holds no admin key.
+    pub fn require(&self, req: &HttpRequest) -> Result<String, GatewayError> {
+        let unauthorized = |message: &str| {
+            GatewayError::new(ErrorKind::Unauthorized, message).with_code("admin_key_required")
+        };
+        if self.keys.is_empty() {
+            return Err(unauthorized(
+                "deployments need an admin key and none is configured: add `[admin] api_keys = \
+                 [\"${FLOWGATE_ADMIN_KEY}\"]` to the config",
+            ));
+        }
+        if bearer(req).is_none() {
+            return Err(unauthorized(
+                "this endpoint needs an admin key: send `Authorization: Bearer <admin key>`",
+            ));
+        }
+        self.identify(req)
+            .ok_or_else(|| unauthorized("this is not an admin key"))
+    }
+}
+
+/// The tenant a read is for: an admin key reads the default tenant, any other caller its own.
+fn reader_tenant(req: &HttpRequest, state: &AppState) -> Result<String, GatewayError> {
+    if state.admin.identify(req).is_some() {
+        return Ok(DEFAULT_TENANT.to_string());
+    }
+    state.auth.tenant(req)
+}
+
+fn agent_name(raw: String) -> Result<String, GatewayError> {
+    if is_slug(&raw) {
+        Ok(raw)
+    } else {
+        Err(GatewayError::invalid(format!("`{raw}` is not an agent name")).with_param("agent"))
+    }
+}
+
+fn blocking_error(e: impl std::fmt::Display) -> GatewayError {
+    GatewayError::internal(format!("agent store: {e}"))
+}
+
+/// Runs store work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, GatewayError> + Send + 'static,
+) -> Result<T, GatewayError> {
+    web::block(work).await.map_err(blocking_error)?
+}
+
+/// Waits until the recorder has written every run sent before now, so statistics include the
+/// caller's own runs.
+async fn settle(state: &AppState) {
+    let _ = state
+        .gateway
+        .recorder
+        .send(Barrier)
+        .timeout(Duration::from_secs(5))
+        .await;
+}
+
+/// A JSON body as a 400 that names the field, in the OpenAI error shape.
+pub(super) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let message = if path == "." {
+            format!("invalid body: {}", e.inner())
+        } else {
+            format!("invalid body at `{path}`: {}", e.inner())
+        };
+        let error = GatewayError::invalid(message);
+        if path == "." {
+            error
+        } else {
+            error.with_param(path)
+        }
+    })
+}
+
+pub async fn list_versions(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let tenant = reader_tenant(&req, &state)?;
+    let agent = agent_name(path.into_inner())?;
+    settle(&state).await;
+    let agents = state.gateway.agents.clone();
+    let items = blocking(move || agents.versions(&tenant, &agent)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+pub async fn get_version(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let tenant = reader_tenant(&req, &state)?;
+    let (agent, version_id) = path.into_inner();
+    let agent = agent_name(agent)?;
+    settle(&state).await;
+    let agents = state.gateway.agents.clone();
+    let found = {
+        let agent = agent.clone();
+        let version_id = version_id.clone();
+        blocking(move || agents.version_summary(&tenant, &agent, &version_id)).await?
+    };
+    let summary = found.ok_or_else(|| {
+        GatewayError::not_found(format!("agent `{agent}` has no version `{version_id}`"))
+    })?;
+    Ok(HttpResponse::Ok().json(summary))
+}
+
+pub async fn list_schemas(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let tenant = reader_tenant(&req, &state)?;
+    let agent = agent_name(path.into_inner())?;
+    let agents = state.gateway.agents.clone();
+    let items = blocking(move || agents.schemas(&tenant, &agent)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+pub async fn list_deployments(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let tenant = reader_tenant(&req, &state)?;
+    let agent = agent_name(path.into_inner())?;
+    let agents = state.gateway.agents.clone();
+    let deployments = blocking(move || agents.deployments(&tenant, &agent)).await?;
+    Ok(HttpResponse::Ok().json(deployments))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    environment: String,
+    /// The schema whose callers get the version; the version's own schema when absent.
+    #[serde(default)]
+    schema_id: Option<u32>,
+}
+
+pub async fn deploy(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let who = state.admin.require(&req)?;
+    let (agent, version_id) = path.into_inner();
+    let agent = agent_name(agent)?;
+    let body: DeployBody = parse_body(&body)?;
+    let environment = Environment::parse(&body.environment).ok_or_else(|| {
+        GatewayError::invalid(format!(
+            "`{}` is not an environment: use dev, staging or production",
+            body.environment
+        ))
+        .with_param("environment")
+    })?;
+    let agents = state.gateway.agents.clone();
+    let record = blocking(move || {
+        agents.deploy(
+            DEFAULT_TENANT,
+            &agent,
+            &version_id,
+            body.schema_id,
+            environment,
+            &who,
+        )
+    })
+    .await?;
+    tracing::info!(
+        agent = %record.agent,
+        schema_id = record.schema_id,
+        environment = record.environment.as_str(),
+        version_id = %record.version_id,
+        deployed_by = %record.deployed_by,
+        "deployed"
+    );
+    Ok(HttpResponse::Ok().json(record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn admin_keys_are_recognised_by_digest_and_named_without_the_key() {
+        let auth = AdminAuth::new(&[
+            AdminKey {
+                key: "secret-one".into(),
+                label: Some("ops".into()),
+            },
+            AdminKey {
+                key: "secret-two".into(),
+                label: None,
+            },
+        ]);
+        let with = |token: &str| {
+            TestRequest::default()
+                .insert_header(("authorization", format!("Bearer {token}")))
+                .to_http_request()
+        };
+        assert_eq!(auth.require(&with("secret-one")).unwrap(), "ops");
+        let who = auth.require(&with("secret-two")).unwrap();
+        assert!(who.starts_with("key:") && who.len() == 12, "{who}");
+        assert!(!who.contains("secret"));
+        let e = auth.require(&with("nope")).unwrap_err();
+        assert_eq!(e.status_code().as_u16(), 401);
+        let e = auth
+            .require(&TestRequest::default().to_http_request())
+            .unwrap_err();
+        assert!(e.message.contains("Authorization"), "{}", e.message);
+        let none = AdminAuth::new(&[]);
+        let e = none.require(&with("secret-one")).unwrap_err();
+        assert!(e.message.contains("[admin]"), "{}", e.message);
+    }
+}

@@ -1,0 +1,114 @@
+//! `POST /v1/feedback`: end-user feedback on a run, authenticated by the run's feedback token
+//! (`<run_id>.<secret>`, handed out on each choice of the answer), so an app can send it from
+//! its users' devices without a flowgate API key. `GET /api/runs/{run_id}/feedback` reads it.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use flowgate_actors::agents::feedback::{token_matches, token_run_id};
+use flowgate_actors::agents::{FeedbackRecord, Outcome};
+use flowgate_actors::error::GatewayError;
+use flowgate_actors::recorder::run::RunRecord;
+use flowgate_actors::recorder::Barrier;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::agents::{bearer, parse_body};
+use super::auth::DEFAULT_TENANT;
+use super::AppState;
+
+#[derive(Deserialize)]
+struct FeedbackBody {
+    feedback_token: String,
+    outcome: Outcome,
+    #[serde(default)]
+    comment: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+}
+
+fn store_error(e: impl std::fmt::Display) -> GatewayError {
+    GatewayError::internal(format!("store: {e}"))
+}
+
+/// The run, once the recorder has written it (feedback may follow its answer at once).
+async fn find_run(
+    state: &AppState,
+    tenant: &str,
+    run_id: Uuid,
+) -> Result<Option<RunRecord>, GatewayError> {
+    let read = || {
+        let store = state.gateway.store.clone();
+        let tenant = tenant.to_string();
+        web::block(move || store.get(&tenant, run_id))
+    };
+    if let Some(run) = read().await.map_err(store_error)?.map_err(store_error)? {
+        return Ok(Some(run));
+    }
+    let _ = state
+        .gateway
+        .recorder
+        .send(Barrier)
+        .timeout(Duration::from_secs(5))
+        .await;
+    read().await.map_err(store_error)?.map_err(store_error)
+}
+
+pub async fn post_feedback(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    // The token is the credential; a caller that also sends an API key must send a valid one.
+    let tenant = match bearer(&req) {
+        Some(_) => state.auth.tenant(&req)?,
+        None => DEFAULT_TENANT.to_string(),
+    };
+    let body: FeedbackBody = parse_body(&body)?;
+    let invalid_token = || {
+        GatewayError::invalid(
+            "`feedback_token` is not a feedback token: use the `feedback_token` of a choice of \
+             the answer",
+        )
+        .with_param("feedback_token")
+        .with_code("invalid_feedback_token")
+    };
+    let run_id = token_run_id(&body.feedback_token).ok_or_else(invalid_token)?;
+    let run = find_run(&state, &tenant, run_id).await?;
+    // An unknown run and a wrong secret look the same: a token cannot be probed for runs.
+    let run = run
+        .filter(|run| token_matches(&run.feedback_token, &body.feedback_token))
+        .ok_or_else(|| {
+            GatewayError::not_found("no run matches this feedback token")
+                .with_param("feedback_token")
+        })?;
+    let record = FeedbackRecord::new(run.id, body.outcome, body.comment, body.user_id)?;
+    let agents = state.gateway.agents.clone();
+    let stored = record.clone();
+    web::block(move || agents.put_feedback(&stored))
+        .await
+        .map_err(store_error)??;
+    Ok(HttpResponse::Ok().json(record))
+}
+
+pub async fn list_run_feedback(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let tenant = state.auth.tenant(&req)?;
+    let raw = path.into_inner();
+    let raw = raw.rsplit('/').next().unwrap_or(&raw).to_string();
+    let run_id: Uuid = raw.parse().map_err(|_| {
+        GatewayError::invalid(format!("`{raw}` is not a run id")).with_param("run_id")
+    })?;
+    if find_run(&state, &tenant, run_id).await?.is_none() {
+        return Err(GatewayError::not_found(format!("no run `{run_id}`")));
+    }
+    let agents = state.gateway.agents.clone();
+    let items = web::block(move || agents.feedback_for(run_id))
+        .await
+        .map_err(store_error)??;
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
