@@ -1,0 +1,635 @@
+#!/usr/bin/env bash
+# flowgate proxy-overhead benchmark: the same chat-completions load against the mock upstream
+# directly, through nginx, and through flowgate (which records every run, as in production).
+# Run by hand from anywhere: `bash bench/run.sh`. See bench/README.md for how to read it.
+#
+# Knobs (environment variables):
+#   BENCH_DURATION=10        seconds per measured run
+#   BENCH_WARMUP=2           seconds of warm-up before each throughput run (not reported)
+#   BENCH_CONNECTIONS=64     concurrent connections of the load tool
+#   BENCH_RATE=1000          requests/s of the fixed-rate (latency) scenario
+#   BENCH_PROXY_WORKERS=1    nginx worker_processes and flowgate server.workers
+#   BENCH_TOOL=auto          auto | oha | wrk (wrk cannot pace requests: no fixed-rate scenario)
+#   BENCH_SKIP_BUILD=0       1: use the existing target/release binaries
+#   BENCH_KEEP_TMP=0         1: keep the temp dir (configs, flowgate's sled data) after the run
+#   BENCH_IDLE_WAIT=120      seconds to wait for other programs to leave the CPU before the load
+#   BENCH_SCENARIOS="throughput rate stream"   which scenarios to run
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DURATION=${BENCH_DURATION:-10}
+WARMUP=${BENCH_WARMUP:-2}
+CONNS=${BENCH_CONNECTIONS:-64}
+RATE=${BENCH_RATE:-1000}
+PROXY_WORKERS=${BENCH_PROXY_WORKERS:-1}
+TOOL=${BENCH_TOOL:-auto}
+SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
+KEEP_TMP=${BENCH_KEEP_TMP:-0}
+IDLE_WAIT=${BENCH_IDLE_WAIT:-120}
+SCENARIOS=${BENCH_SCENARIOS:-throughput rate stream}
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=$ROOT/bench/results/$STAMP
+mkdir -p "$OUT"
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/flowgate-bench.XXXXXX")
+REPORT=$OUT/report.txt
+SUMMARY=$OUT/summary.tsv
+
+PIDS=()        # every long-running process this script started
+UP_PID="" NGX_PID="" FG_PID=""
+
+log() { printf '%s\n' "$*" | tee -a "$REPORT"; }
+die() {
+    log "ERROR: $*"
+    exit 1
+}
+
+stop_pid() { # pid name grace_seconds
+    local pid=$1 name=$2 grace=$3 i
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < grace * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    log "warning: $name (pid $pid) did not stop within ${grace}s of SIGTERM; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    # flowgate first (it drains its recorder on SIGTERM), then the proxy, then the upstream.
+    stop_pid "$FG_PID" flowgate 40
+    stop_pid "$NGX_PID" nginx 10
+    stop_pid "$UP_PID" mock-upstream 10
+    local pid
+    for pid in "${PIDS[@]}"; do stop_pid "$pid" "pid $pid" 5; done
+    if [[ $KEEP_TMP == 1 ]]; then
+        echo "temp dir kept: $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+    echo "raw output (load-tool JSON, logs, configs, report): $OUT"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------------------------
+# 1. Tools.
+# ---------------------------------------------------------------------------------------------
+SUDO=""
+if [[ $(id -u) != 0 ]]; then SUDO=sudo; fi
+apt_updated=0
+apt_install() {
+    if [[ $apt_updated == 0 ]]; then
+        $SUDO apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@"
+}
+
+export PATH="$PATH:$HOME/.cargo/bin:/usr/sbin:/sbin"
+command -v jq >/dev/null || apt_install jq
+command -v curl >/dev/null || apt_install curl
+
+if [[ $TOOL == auto || $TOOL == oha ]] && ! command -v oha >/dev/null; then
+    echo "installing oha (cargo install oha --locked; a few minutes, once)..."
+    if ! cargo install oha --locked; then
+        [[ $TOOL == oha ]] && die "cargo install oha failed"
+        echo "cargo install oha failed; falling back to wrk"
+    fi
+fi
+if [[ $TOOL == auto ]]; then
+    if command -v oha >/dev/null; then TOOL=oha; else TOOL=wrk; fi
+fi
+if [[ $TOOL == wrk ]] && ! command -v wrk >/dev/null; then apt_install wrk; fi
+command -v "$TOOL" >/dev/null || die "load tool $TOOL is not available"
+
+if ! command -v nginx >/dev/null; then
+    apt_install nginx-light || apt_install nginx
+fi
+command -v nginx >/dev/null || die "nginx is not available"
+
+OHA_JSON_FLAG=()
+if [[ $TOOL == oha ]]; then
+    if oha --help | grep -q -- '--output-format'; then
+        OHA_JSON_FLAG=(--output-format json)
+    elif oha --help | grep -q -- '--json'; then
+        OHA_JSON_FLAG=(--json)
+    else
+        die "this oha has neither --output-format json nor --json; upgrade it (cargo install oha --locked --force)"
+    fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 2. Build.
+# ---------------------------------------------------------------------------------------------
+cd "$ROOT"
+if [[ $SKIP_BUILD != 1 ]]; then
+    # The root package is the workspace's only default member: name both packages.
+    echo "building release binaries (cargo build --release --bins -p flowgate -p flowgate-mock-upstream)..."
+    cargo build --release --bins -p flowgate -p flowgate-mock-upstream 2>&1 | tee "$OUT/build.log"
+fi
+FLOWGATE=$ROOT/target/release/flowgate
+MOCK=$ROOT/target/release/flowgate-mock-upstream
+[[ -x $FLOWGATE && -x $MOCK ]] || die "missing $FLOWGATE or $MOCK (build failed?)"
+
+# ---------------------------------------------------------------------------------------------
+# 3. Processes.
+# ---------------------------------------------------------------------------------------------
+# wait_listening NAME PID STDOUT_FILE STDERR_FILE -> sets LISTEN_URL from "listening on http://..."
+wait_listening() {
+    local name=$1 pid=$2 out=$3 err=$4 i line
+    for ((i = 0; i < 300; i++)); do
+        line=$(grep -m1 -o 'listening on http://[0-9.:]*' "$out" 2>/dev/null || true)
+        if [[ -n $line ]]; then
+            LISTEN_URL=${line#listening on }
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$err" >&2 || true
+            die "$name exited before listening (log: $err)"
+        fi
+        sleep 0.1
+    done
+    die "$name did not print 'listening on' within 30s (log: $err)"
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Mock upstream: zero delay, not recording, one worker thread.
+"$MOCK" --listen 127.0.0.1:0 --workers 1 --no-record \
+    >"$OUT/mock-upstream.stdout" 2>"$OUT/mock-upstream.stderr" &
+UP_PID=$!
+PIDS+=("$UP_PID")
+wait_listening mock-upstream "$UP_PID" "$OUT/mock-upstream.stdout" "$OUT/mock-upstream.stderr"
+UP_URL=$LISTEN_URL
+UP_PORT=${UP_URL##*:}
+
+# nginx: a plain reverse proxy with upstream keep-alive.
+chmod 0755 "$TMP" # nginx workers may run as `nobody` and use the temp paths below
+mkdir -p "$TMP/nginx"
+start_nginx() {
+    local port=$1
+    cat >"$TMP/nginx.conf" <<EOF
+# Generated by bench/run.sh.
+worker_processes $PROXY_WORKERS;
+daemon off;
+pid $TMP/nginx.pid;
+error_log $OUT/nginx-error.log warn;
+events {
+    worker_connections 8192;
+}
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    upstream mock {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 256;
+        keepalive_requests 10000000;
+    }
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    cp "$TMP/nginx.conf" "$OUT/nginx.conf"
+    nginx -p "$TMP/nginx" -c "$TMP/nginx.conf" -e "$OUT/nginx-error.log" \
+        >"$OUT/nginx.stdout" 2>"$OUT/nginx.stderr" &
+    NGX_PID=$!
+    local i
+    for ((i = 0; i < 100; i++)); do
+        if ! kill -0 "$NGX_PID" 2>/dev/null; then
+            NGX_PID=""
+            return 1
+        fi
+        if port_in_use "$port"; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+NGX_PORT=""
+for attempt in 1 2 3 4 5 6 7 8; do
+    port=$((20000 + RANDOM % 40000))
+    port_in_use "$port" && continue
+    if start_nginx "$port"; then
+        NGX_PORT=$port
+        PIDS+=("$NGX_PID")
+        break
+    fi
+    stop_pid "$NGX_PID" nginx 5
+    NGX_PID=""
+done
+[[ -n $NGX_PORT ]] || {
+    cat "$OUT/nginx.stderr" "$OUT/nginx-error.log" >&2 2>/dev/null || true
+    die "nginx did not start (see $OUT/nginx-error.log)"
+}
+NGX_URL=http://127.0.0.1:$NGX_PORT
+NGX_PIDS=("$NGX_PID")
+for _ in 1 2 3 4 5 6 7 8 9 10; do # the workers appear right after the master
+    mapfile -t ngx_workers < <(pgrep -P "$NGX_PID" || true)
+    ((${#ngx_workers[@]} >= PROXY_WORKERS)) && break
+    sleep 0.1
+done
+NGX_PIDS+=("${ngx_workers[@]}")
+
+# flowgate: records every run into a sled store in the temp dir.
+cat >"$TMP/flowgate.toml" <<EOF
+# Generated by bench/run.sh.
+[server]
+listen = "127.0.0.1:0"
+data_dir = "$TMP/flowgate-data"
+workers = $PROXY_WORKERS
+
+[recorder]
+flush_interval_ms = 200
+
+[providers.upstream]
+type = "openai"
+base_url = "$UP_URL/v1"
+api_key = "bench"
+
+[models."bench-model"]
+providers = [{ provider = "upstream", model = "gpt-4o-mini", input_per_mtok = 0.15, output_per_mtok = 0.60 }]
+EOF
+cp "$TMP/flowgate.toml" "$OUT/flowgate.toml"
+"$FLOWGATE" check-config --config "$TMP/flowgate.toml" >"$OUT/flowgate-check-config.txt" 2>&1 ||
+    die "flowgate check-config failed: $(cat "$OUT/flowgate-check-config.txt")"
+"$FLOWGATE" serve --config "$TMP/flowgate.toml" >"$OUT/flowgate.stdout" 2>"$OUT/flowgate.stderr" &
+FG_PID=$!
+PIDS+=("$FG_PID")
+wait_listening flowgate "$FG_PID" "$OUT/flowgate.stdout" "$OUT/flowgate.stderr"
+FG_URL=$LISTEN_URL
+
+# ---------------------------------------------------------------------------------------------
+# 4. Requests.
+# ---------------------------------------------------------------------------------------------
+PATH_CC=/v1/chat/completions
+body() { # model stream(true|false)
+    if [[ $2 == true ]]; then
+        printf '{"model":"%s","messages":[{"role":"user","content":"Hello, benchmark"}],"stream":true}' "$1"
+    else
+        printf '{"model":"%s","messages":[{"role":"user","content":"Hello, benchmark"}]}' "$1"
+    fi
+}
+declare -A URL=([direct]=$UP_URL [nginx]=$NGX_URL [flowgate]=$FG_URL)
+declare -A MODEL=([direct]=gpt-4o-mini [nginx]=gpt-4o-mini [flowgate]=bench-model)
+
+metric() { # NAME -> value of an unlabelled flowgate metric (0 if absent)
+    { curl -sS --max-time 5 "$FG_URL/metrics" || true; } | awk -v n="$1" '$1 == n { v = $2 } END { print (v == "" ? 0 : v) }'
+}
+
+# wait_recorder EXPECTED: waits (max 30 s) until flowgate_runs_recorded_total >= EXPECTED or
+# stops moving for 3 s; sets RECORDED and RECORDER_WAIT (seconds waited).
+wait_recorder() {
+    local expected=$1 last=-1 still=0 i start now
+    start=$(date +%s.%N)
+    for ((i = 0; i < 300; i++)); do
+        RECORDED=$(metric flowgate_runs_recorded_total)
+        RECORDED=${RECORDED%.*}
+        if ((RECORDED >= expected)); then break; fi
+        if ((RECORDED == last)); then
+            still=$((still + 1))
+            ((still >= 30)) && break
+        else
+            still=0
+        fi
+        last=$RECORDED
+        sleep 0.1
+    done
+    now=$(date +%s.%N)
+    RECORDER_WAIT=$(awk -v a="$start" -v b="$now" 'BEGIN { printf "%.1f", b - a }')
+}
+
+check_flowgate_alive() {
+    if ! kill -0 "$FG_PID" 2>/dev/null; then
+        local rc=0
+        wait "$FG_PID" || rc=$?
+        FG_PID=""
+        tail -n 40 "$OUT/flowgate.stderr" | tee -a "$REPORT"
+        die "flowgate died during the benchmark (exit status $rc); log: $OUT/flowgate.stderr"
+    fi
+}
+# After every run: all three servers must still be up. (On Ctrl-C they all get SIGINT, while
+# oha catches it and exits normally, so bash would otherwise carry on with the next run.)
+check_servers_alive() {
+    local dead=()
+    kill -0 "$UP_PID" 2>/dev/null || dead+=(mock-upstream)
+    kill -0 "$NGX_PID" 2>/dev/null || dead+=(nginx)
+    kill -0 "$FG_PID" 2>/dev/null || dead+=(flowgate)
+    if ((${#dead[@]} >= 2)); then
+        die "${dead[*]} have stopped (interrupted?)"
+    fi
+    if ((${#dead[@]} > 0)); then
+        check_flowgate_alive
+        die "${dead[*]} stopped during the benchmark (see $OUT/*.stderr, $OUT/nginx-error.log)"
+    fi
+}
+
+# Smoke test: one request per target and mode, must be 200; responses are kept.
+smoke() { # target stream
+    local t=$1 s=$2 code
+    code=$(curl -sS --max-time 10 -o "$OUT/smoke-$t-stream_$s.body" -D "$OUT/smoke-$t-stream_$s.headers" \
+        -w '%{http_code}' -H 'Authorization: Bearer bench' -H 'Content-Type: application/json' \
+        --data-binary "$(body "${MODEL[$t]}" "$s")" "${URL[$t]}$PATH_CC") || code=000
+    if [[ $code != 200 ]]; then
+        head -c 2000 "$OUT/smoke-$t-stream_$s.body" >&2 || true
+        die "smoke request to $t (stream=$s) answered HTTP $code"
+    fi
+    if [[ $s == true ]] && ! grep -q 'data: \[DONE\]' "$OUT/smoke-$t-stream_$s.body"; then
+        die "smoke stream from $t has no 'data: [DONE]' (see $OUT/smoke-$t-stream_$s.body)"
+    fi
+}
+for t in direct nginx flowgate; do smoke "$t" false; done
+for t in direct flowgate; do smoke "$t" true; done
+wait_recorder 2
+RECORDED_BASE=$RECORDED
+
+# The wrk fallback's request script: POST with the body from the environment, summary as JSON.
+cat >"$TMP/wrk.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = os.getenv("BENCH_BODY")
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer bench"
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"non2xx3xx":%d,"connect":%d,"read":%d,"write":%d,"timeout":%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.status, e.connect, e.read, e.write, e.timeout))
+end
+EOF
+
+# CPU accounting: every run records the CPU time used by the upstream, nginx, flowgate and the
+# load tool, and by the whole machine, so that interference (from the other servers, flowgate's
+# recorder catching up, or anything else running on the machine) is visible.
+CLK_TCK=$(getconf CLK_TCK)
+proc_ticks() { # pid... -> utime + stime (all threads) in clock ticks
+    local total=0 p a
+    for p in "$@"; do
+        [[ -n $p && -r /proc/$p/stat ]] || continue
+        read -r -a a <<<"$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null)" || continue
+        ((${#a[@]} > 12)) && total=$((total + a[11] + a[12]))
+    done
+    echo "$total"
+}
+snapshot() { # prefix -> sets ${prefix}_{BUSY,TOTAL,UP,NGX,FG,KIDS}
+    local u n sy i w irq sirq st kids
+    read -r _ u n sy i w irq sirq st _ </proc/stat
+    printf -v "${1}_BUSY" '%s' $((u + n + sy + irq + sirq + st))
+    printf -v "${1}_TOTAL" '%s' $((u + n + sy + irq + sirq + st + i + w))
+    printf -v "${1}_UP" '%s' "$(proc_ticks "$UP_PID")"
+    printf -v "${1}_NGX" '%s' "$(proc_ticks "${NGX_PIDS[@]}")"
+    printf -v "${1}_FG" '%s' "$(proc_ticks "$FG_PID")"
+    times >"$TMP/times" # builtin, in this shell: CPU of the waited-for children (the load tool)
+    kids=$(awk 'NR == 2 { t = 0; for (f = 1; f <= 2; f++) { split($f, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }; printf "%d", t * 1000000 }' "$TMP/times")
+    printf -v "${1}_KIDS" '%s' "$kids" # microseconds
+}
+
+FG_SENT=0 # requests the load tool sent to flowgate (warm-ups included)
+printf 'target\tscenario\trps_ok\tp50_ms\tp99_ms\tsent\tok_200\tnon_200\terrors\tupstream_us_per_req\tproxy_us_per_req\tloadtool_us_per_req\tother_cpu_pct\tmachine_busy_pct\tflowgate_cpu_s\n' >"$SUMMARY"
+
+# load NAME TARGET SCENARIO(throughput|rate|stream) SECONDS [record(1|0)]
+# Runs the load tool; writes $OUT/NAME.{json,txt}; appends a row to summary.tsv when record=1.
+load() {
+    local name=$1 t=$2 scenario=$3 secs=$4 rec=${5:-1}
+    local stream=false url body_s row cpu
+    [[ $scenario == stream ]] && stream=true
+    url=${URL[$t]}$PATH_CC
+    body_s=$(body "${MODEL[$t]}" "$stream")
+    echo "  $name: $t, $scenario, ${secs}s, $CONNS connections$([[ $scenario == rate ]] && echo ", $RATE req/s")" >&2
+    if [[ $TOOL == wrk && $scenario == rate ]]; then
+        echo "    skipped: wrk cannot pace requests at a fixed rate (install oha)" >&2
+        [[ $rec == 1 ]] && printf '%s\t%s\tn/a\tn/a\tn/a\t0\t0\t0\t0\tn/a\tn/a\tn/a\tn/a\tn/a\tn/a\n' "$t" "$scenario" >>"$SUMMARY"
+        return 0
+    fi
+    snapshot A
+    if [[ $TOOL == oha ]]; then
+        local extra=()
+        [[ $scenario == rate ]] && extra=(-q "$RATE" --latency-correction)
+        oha --no-tui "${OHA_JSON_FLAG[@]}" -z "${secs}s" -c "$CONNS" -w "${extra[@]}" \
+            -m POST -H 'Authorization: Bearer bench' -T application/json -d "$body_s" \
+            "$url" >"$OUT/$name.json" 2>"$OUT/$name.stderr" || die "oha failed for $name: $(cat "$OUT/$name.stderr")"
+        snapshot B
+        row=$(jq -r --arg t "$t" --arg s "$scenario" '
+            (.statusCodeDistribution // {}) as $sc | (.errorDistribution // {}) as $ed
+            | ([$sc[]] | add // 0) as $resp | ([$ed[]] | add // 0) as $errs
+            | ($sc["200"] // 0) as $ok
+            | [$t, $s,
+               (if .summary.total > 0 then $ok / .summary.total else 0 end | floor),
+               ((.latencyPercentiles.p50 // 0) * 1000 * 1000 | round / 1000),
+               ((.latencyPercentiles.p99 // 0) * 1000 * 1000 | round / 1000),
+               ($resp + $errs), $ok, ($resp - $ok), $errs] | @tsv' "$OUT/$name.json")
+    else
+        BENCH_BODY=$body_s wrk -t 2 -c "$CONNS" -d "${secs}s" --latency -s "$TMP/wrk.lua" "$url" \
+            >"$OUT/$name.txt" 2>&1 || die "wrk failed for $name: $(tail -5 "$OUT/$name.txt")"
+        snapshot B
+        grep '^WRKJSON ' "$OUT/$name.txt" | sed 's/^WRKJSON //' >"$OUT/$name.json"
+        row=$(jq -r --arg t "$t" --arg s "$scenario" '
+            (.connect + .read + .write + .timeout) as $errs
+            | [$t, $s, ((.requests - .non2xx3xx) / (.duration_us / 1e6) | floor),
+               (.p50_us / 1000), (.p99_us / 1000),
+               .requests, (.requests - .non2xx3xx), .non2xx3xx, $errs] | @tsv' "$OUT/$name.json")
+    fi
+    # CPU per request (µs) of the upstream, the proxy under test and the load tool; the share of
+    # the machine's busy CPU used by none of them (kernel softirq for loopback, other programs).
+    cpu=$(awk -v hz="$CLK_TCK" -v t="$t" -v sent="$(cut -f6 <<<"$row")" \
+        -v busy=$((B_BUSY - A_BUSY)) -v total=$((B_TOTAL - A_TOTAL)) \
+        -v up=$((B_UP - A_UP)) -v ngx=$((B_NGX - A_NGX)) -v fg=$((B_FG - A_FG)) \
+        -v kids=$((B_KIDS - A_KIDS)) 'BEGIN {
+            n = (sent > 0) ? sent : 1
+            up_s = up / hz; ngx_s = ngx / hz; fg_s = fg / hz; oha_s = kids / 1e6; busy_s = busy / hz
+            proxy = (t == "nginx") ? sprintf("%.1f", ngx_s * 1e6 / n) : (t == "flowgate") ? sprintf("%.1f", fg_s * 1e6 / n) : "-"
+            other = busy_s - up_s - ngx_s - fg_s - oha_s; if (other < 0) other = 0
+            printf "%.1f\t%s\t%.1f\t%.0f\t%.0f\t%.2f", up_s * 1e6 / n, proxy, oha_s * 1e6 / n,
+                (busy_s > 0 ? 100 * other / busy_s : 0), (total > 0 ? 100 * busy / total : 0), fg_s }')
+    row="$row"$'\t'"$cpu"
+    check_servers_alive
+    if [[ $t == flowgate ]]; then
+        FG_SENT=$((FG_SENT + $(cut -f6 <<<"$row")))
+        # Let the recorder catch up so its backlog does not eat into the next run's CPU.
+        wait_recorder $((RECORDED_BASE + FG_SENT))
+        echo "    flowgate recorder: $((RECORDED - RECORDED_BASE))/$FG_SENT runs recorded (waited ${RECORDER_WAIT}s)" >&2
+    fi
+    [[ $rec == 1 ]] && printf '%s\n' "$row" >>"$SUMMARY"
+    sleep 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# 5. Scenarios.
+# ---------------------------------------------------------------------------------------------
+# Wait (up to BENCH_IDLE_WAIT seconds) for the machine to be quiet: with 2 cores, a compile
+# running beside the benchmark halves every figure.
+idle_deadline=$((SECONDS + IDLE_WAIT))
+while :; do
+    snapshot I0
+    sleep 2
+    snapshot I1
+    IDLE_BUSY=$(awk -v b=$((I1_BUSY - I0_BUSY)) -v t=$((I1_TOTAL - I0_TOTAL)) 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }')
+    ((IDLE_BUSY <= 15 || SECONDS >= idle_deadline)) && break
+    echo "machine CPU ${IDLE_BUSY}% busy before the load (other programs); waiting for it to quieten..." >&2
+done
+GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$ROOT" --no-optional-locks status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+    GIT_REV="$GIT_REV (+ uncommitted changes)"
+fi
+{
+    echo "flowgate benchmark $STAMP — commit $GIT_REV"
+    echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
+    echo "NOTE: the load tool, the mock upstream, nginx and flowgate all share these cores, so"
+    echo "      every figure includes CPU contention; compare the targets with each other, not"
+    echo "      with production numbers."
+    echo "load tool: $($TOOL --version 2>&1 | head -1); proxy: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+    echo "upstream: flowgate-mock-upstream, 1 worker thread, no recording, zero delay ($UP_URL)"
+    echo "nginx: worker_processes $PROXY_WORKERS, upstream keepalive 256, access_log off ($NGX_URL)"
+    echo "flowgate: server.workers $PROXY_WORKERS (plus its recorder/sled threads), runs recorded to sled ($FG_URL)"
+    echo "          the request has no temperature 0, so flowgate's in-flight coalescing never applies"
+    echo "machine CPU busy over 2 s before the load (servers idle): ${IDLE_BUSY}%$(
+        awk -v b="$IDLE_BUSY" 'BEGIN { if (b > 10) print "  WARNING: something else is using the CPU; figures will be disturbed" }')"
+    echo "load: POST $PATH_CC, $CONNS connections, ${DURATION}s per run (+${WARMUP}s warm-up before each"
+    echo "      throughput run); $(if [[ $TOOL == oha ]]; then echo "fixed-rate runs use -q $RATE with latency correction"; else echo "no fixed-rate runs with wrk"; fi)"
+} | tee -a "$REPORT"
+echo
+
+if [[ " $SCENARIOS " == *" throughput "* ]]; then
+    echo "scenario: max throughput" >&2
+    for t in direct nginx flowgate; do
+        load "warmup-$t" "$t" throughput "$WARMUP" 0
+        load "throughput-$t" "$t" throughput "$DURATION"
+    done
+fi
+if [[ " $SCENARIOS " == *" rate "* ]]; then
+    echo "scenario: fixed rate $RATE req/s" >&2
+    for t in direct nginx flowgate; do
+        load "rate-$t" "$t" rate "$DURATION"
+    done
+fi
+if [[ " $SCENARIOS " == *" stream "* ]]; then
+    echo "scenario: streaming throughput" >&2
+    for t in direct flowgate; do
+        load "warmup-stream-$t" "$t" stream "$WARMUP" 0
+        load "stream-$t" "$t" stream "$DURATION"
+    done
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 6. Results.
+# ---------------------------------------------------------------------------------------------
+wait_recorder $((RECORDED_BASE + FG_SENT))
+RECORDED_LOAD=$((RECORDED - RECORDED_BASE))
+curl -sS --max-time 5 "$FG_URL/metrics" >"$OUT/flowgate-metrics.txt" || true
+RECORDER_ERRORS=$(awk '$1 == "flowgate_recorder_errors_total" { print $2 }' "$OUT/flowgate-metrics.txt")
+
+field() { # target scenario column-number
+    awk -F'\t' -v t="$1" -v s="$2" -v c="$3" '$1 == t && $2 == s { print $c }' "$SUMMARY"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0 || a == "n/a") print "n/a"; else printf "%.2f", a / b }'; }
+verdict() { # value op target
+    awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {
+        if (v == "n/a" || v == "") { print "n/a"; exit }
+        ok = (op == ">=") ? (v + 0 >= t + 0) : (v + 0 < t + 0); print ok ? "PASS" : "FAIL" }'
+}
+
+{
+    echo
+    printf '%-9s %-10s %8s %8s %8s %8s %8s %7s %6s | %8s %8s %8s | %6s %5s\n' \
+        target scenario "req/s" "p50 ms" "p99 ms" sent "200" non-200 errors "upstr" proxy "load" other busy
+    printf '%s\n' "------------------------------------------------------------------------------+----------------------------+-------------"
+    tail -n +2 "$SUMMARY" | while IFS=$'\t' read -r t s rps p50 p99 sent ok non errs up px lt oth busy _; do
+        mark=" "
+        [[ $oth != n/a ]] && ((${oth%.*} > 15)) && mark="!"
+        [[ $oth == n/a ]] || oth+=%
+        [[ $busy == n/a ]] || busy+=%
+        printf '%-9s %-10s %8s %8s %8s %8s %8s %7s %6s | %8s %8s %8s | %6s %5s %s\n' \
+            "$t" "$s" "$rps" "$p50" "$p99" "$sent" "$ok" "$non" "$errs" "$up" "$px" "$lt" "$oth" "$busy" "$mark"
+    done
+    if awk -F'\t' 'NR > 1 && $13 != "n/a" && $13 + 0 > 15 { found = 1 } END { exit !found }' "$SUMMARY"; then
+        echo "! other > 15%: CPU went to programs outside the benchmark during this run; its figures"
+        echo "  are disturbed (on a quiet machine other stays near 0%). Rerun when the machine is idle."
+    fi
+    echo "req/s counts 200 responses only; latencies are end-to-end, to the last byte of the body."
+    echo "upstr/proxy/load: CPU microseconds per request used by the mock upstream, the proxy under"
+    echo "test and the load tool; other: share of the busy CPU used by none of them (kernel loopback"
+    echo "work, other programs); busy: machine CPU utilisation during the run."
+    echo
+    TP_RATIO=$(ratio "$(field flowgate throughput 3)" "$(field nginx throughput 3)")
+    TP_DIRECT=$(ratio "$(field flowgate throughput 3)" "$(field direct throughput 3)")
+    NGX_DIRECT=$(ratio "$(field nginx throughput 3)" "$(field direct throughput 3)")
+    ST_RATIO=$(ratio "$(field flowgate stream 3)" "$(field direct stream 3)")
+    ADDED_P99=$(awk -v f="$(field flowgate rate 5)" -v d="$(field direct rate 5)" \
+        'BEGIN { if (f == "n/a" || f == "") print "n/a"; else printf "%.3f", f - d }')
+    ADDED_P99_NGX=$(awk -v f="$(field nginx rate 5)" -v d="$(field direct rate 5)" \
+        'BEGIN { if (f == "n/a" || f == "") print "n/a"; else printf "%.3f", f - d }')
+    ADDED_P50=$(awk -v f="$(field flowgate rate 4)" -v d="$(field direct rate 4)" \
+        'BEGIN { if (f == "n/a" || f == "") print "n/a"; else printf "%.3f", f - d }')
+    echo "flowgate rps / nginx rps (throughput):       $TP_RATIO   target >= 0.45: $(verdict "$TP_RATIO" '>=' 0.45)"
+    echo "flowgate added p99 over direct @ $RATE rps:  $ADDED_P99 ms   target < 1 ms: $(verdict "$ADDED_P99" '<' 1)"
+    echo "  for reference: flowgate added p50 @ $RATE rps $ADDED_P50 ms; nginx added p99 $ADDED_P99_NGX ms"
+    echo "  for reference: flowgate/direct rps $TP_DIRECT, nginx/direct rps $NGX_DIRECT (throughput)"
+    echo "flowgate stream rps / direct stream rps:     $ST_RATIO"
+    echo "proxy CPU per request (throughput): flowgate $(field flowgate throughput 11) us, nginx $(field nginx throughput 11) us" \
+        "(ratio $(ratio "$(field flowgate throughput 11)" "$(field nginx throughput 11)"))"
+    FG_BG=$(awk -F'\t' 'NR > 1 && $1 != "flowgate" { s += $15 } END { printf "%.2f", s }' "$SUMMARY")
+    echo "flowgate CPU during the other targets' runs (background work): ${FG_BG}s"
+    echo
+    echo "runs recorded by flowgate (flowgate_runs_recorded_total, load only): $RECORDED_LOAD"
+    echo "requests the load tool sent to flowgate (all runs incl. warm-ups):   $FG_SENT"
+    if [[ $TOOL == wrk ]]; then
+        echo "  (wrk does not count requests in flight at each deadline: up to $CONNS per run go uncounted)"
+    fi
+    echo "flowgate_recorder_errors_total: ${RECORDER_ERRORS:-absent}; flowgate_cache_coalesced_total:" \
+        "$(awk '$1 == "flowgate_cache_coalesced_total" { print $2 }' "$OUT/flowgate-metrics.txt")"
+    echo "flowgate_requests_total by outcome:"
+    grep '^flowgate_requests_total' "$OUT/flowgate-metrics.txt" | sed 's/^/  /' || echo "  (none)"
+} | tee -a "$REPORT"
+
+# Problems: non-200s, errors, flowgate warnings, exit status.
+{
+    echo
+    awk -F'\t' 'NR > 1 && ($8 + 0 > 0 || $9 + 0 > 0) { print "non-200/errors: " $1 " " $2 ": " $8 " non-200, " $9 " errors" }' "$SUMMARY"
+    if [[ $TOOL == oha ]]; then
+        for f in "$OUT"/*.json; do
+            jq -r --arg f "$(basename "$f")" '
+                ((.statusCodeDistribution // {}) | to_entries[] | select(.key != "200") | "  \($f): HTTP \(.key) x\(.value)"),
+                ((.errorDistribution // {}) | to_entries[] | "  \($f): \(.key) x\(.value)")' "$f" 2>/dev/null || true
+        done
+    fi
+    warns=$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/flowgate.stderr" | grep -cE ' (WARN|ERROR) ' || true)
+    echo "flowgate log: $warns WARN/ERROR lines ($OUT/flowgate.stderr)"
+    if ((warns > 0)); then
+        sed 's/\x1b\[[0-9;]*m//g' "$OUT/flowgate.stderr" | grep -E ' (WARN|ERROR) ' | head -n 10 | sed 's/^/  /'
+    fi
+} | tee -a "$REPORT"
+
+check_flowgate_alive
+fg_stop_start=$(date +%s.%N)
+kill -TERM "$FG_PID"
+for ((i = 0; i < 400; i++)); do
+    kill -0 "$FG_PID" 2>/dev/null || break
+    sleep 0.1
+done
+if kill -0 "$FG_PID" 2>/dev/null; then
+    log "PROBLEM: flowgate still running 40s after SIGTERM; sending SIGKILL"
+    kill -KILL "$FG_PID" 2>/dev/null || true
+fi
+FG_RC=0
+wait "$FG_PID" || FG_RC=$?
+fg_stop_end=$(date +%s.%N)
+FG_PID=""
+log "flowgate stopped on SIGTERM with exit status $FG_RC after $(awk -v a="$fg_stop_start" -v b="$fg_stop_end" 'BEGIN { printf "%.1f", b - a }')s"
+log "sled data dir after the run: $(du -sh "$TMP/flowgate-data" 2>/dev/null | cut -f1)"
