@@ -539,7 +539,11 @@ fn compile_model(id: &str, raw: RawModel) -> ModelEntry {
 
 /// Admin keys: unset ones skipped, none shared with a tenant key (an admin key must never work
 /// as a client key, nor the reverse), labels unique.
-fn compile_admin(raw: RawAdmin, api_keys: &[String], source: &str) -> Result<AdminConfig, String> {
+fn compile_admin(
+    raw: RawAdmin,
+    client_keys: &[&String],
+    source: &str,
+) -> Result<AdminConfig, String> {
     let mut keys: Vec<AdminKey> = Vec::new();
     for (i, raw_key) in raw.api_keys.into_iter().enumerate() {
         let path = format!("admin.api_keys[{i}]");
@@ -562,10 +566,10 @@ fn compile_admin(raw: RawAdmin, api_keys: &[String], source: &str) -> Result<Adm
                 ));
             }
         }
-        if api_keys.contains(&key) {
+        if client_keys.contains(&&key) {
             return Err(format!(
-                "{source}: invalid config at `{path}`: an admin key must not also be an \
-                 `auth.api_keys` key"
+                "{source}: invalid config at `{path}`: an admin key must not also be a client \
+                 key of `auth`"
             ));
         }
         if keys.iter().any(|k| k.key == key) {
@@ -639,7 +643,11 @@ impl Config {
                  your providers. Set `auth.api_keys` (e.g. FLOWGATE_API_KEY) or listen on 127.0.0.1"
             ));
         }
-        let admin = compile_admin(raw.admin, &api_keys, source)?;
+        let client_keys: Vec<&String> = api_keys
+            .iter()
+            .chain(tenants.iter().flat_map(|(_, keys)| keys))
+            .collect();
+        let admin = compile_admin(raw.admin, &client_keys, source)?;
         if raw.server.max_body_bytes == 0 {
             return Err(format!(
                 "{source}: invalid config at `server.max_body_bytes`: must be positive"
@@ -1000,6 +1008,11 @@ mod tests {
         let err =
             load("[auth]\napi_keys = [\"same\"]\n[admin]\napi_keys = [\"same\"]\n").unwrap_err();
         assert!(err.contains("admin.api_keys[0]"), "{err}");
+        let err = load(
+            "[auth.tenants.acme]\napi_keys = [\"acme-key\"]\n[admin]\napi_keys = [\"x\", \"acme-key\"]\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("admin.api_keys[1]"), "{err}");
         let err = load("[admin]\napi_keys = [{ key = \"k\", lable = \"x\" }]\n").unwrap_err();
         assert!(err.contains("admin.api_keys"), "{err}");
         let err = load("[admin]\napi_keys = [{ key = \"a\", label = \"x\" }, { key = \"b\", label = \"x\" }]\n")

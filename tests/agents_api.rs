@@ -589,3 +589,137 @@ async fn follow_up_runs_join_the_conversation_and_feedback_is_stored_on_the_run(
     assert_eq!(items[0]["outcome"], "negative");
     assert_eq!(items[0]["user_id"], "u1");
 }
+
+#[tokio::test]
+async fn tenants_see_only_their_own_agents_and_admins_name_the_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = MockUpstream::start();
+    let mut text = config(&dir.path().join("data"), &upstream);
+    text = text.replacen(
+        "[admin]",
+        "[auth]\napi_keys = [\"default-key\"]\n[auth.tenants.acme]\napi_keys = [\"acme-key\"]\n\n[admin]",
+        1,
+    );
+    let gw = Flowgate::start(dir.path(), &text);
+    let send = |method: reqwest::Method,
+                path: &str,
+                key: &str,
+                tenant: Option<&str>,
+                body: Option<Value>| {
+        let mut request = client()
+            .request(method, format!("{}{path}", gw.url))
+            .bearer_auth(key);
+        if let Some(tenant) = tenant {
+            request = request.header("x-flowgate-tenant", tenant);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let response = request.send().await.expect("request");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let call = json!({"model": "shared/up-a", "messages": [{"role": "system", "content": "Acme {{ email }}"}],
+                      "input": {"email": "a@acme"}});
+    let (status, body) = send(
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        "acme-key",
+        None,
+        Some(call),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let version = body["version_id"].as_str().unwrap().to_string();
+    let deploy_path = format!("/api/agents/shared/versions/{version}/deploy");
+    let prod = json!({"environment": "production"});
+
+    // The version is acme's: not found for the default tenant, deployed for acme when named.
+    let (status, _) = send(
+        reqwest::Method::POST,
+        &deploy_path,
+        ADMIN_KEY,
+        None,
+        Some(prod.clone()),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, record) = send(
+        reqwest::Method::POST,
+        &deploy_path,
+        ADMIN_KEY,
+        Some("acme"),
+        Some(prod),
+    )
+    .await;
+    assert_eq!(status, 200, "{record}");
+
+    let deployed =
+        json!({"model": "shared/#1/production", "messages": [], "input": {"email": "b@acme"}});
+    let (status, body) = send(
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        "acme-key",
+        None,
+        Some(deployed.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        last_upstream_body(&upstream)["messages"][0]["content"],
+        "Acme b@acme"
+    );
+    let (status, body) = send(
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        "default-key",
+        None,
+        Some(deployed),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "deployment_not_found");
+
+    let (_, mine) = send(
+        reqwest::Method::GET,
+        "/api/agents/shared/deployments",
+        "acme-key",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(mine["deployments"].as_array().unwrap().len(), 1);
+    let (_, theirs) = send(
+        reqwest::Method::GET,
+        "/api/agents/shared/deployments",
+        "default-key",
+        None,
+        None,
+    )
+    .await;
+    assert!(theirs["deployments"].as_array().unwrap().is_empty());
+    let (_, admin) = send(
+        reqwest::Method::GET,
+        "/api/agents/shared/versions",
+        ADMIN_KEY,
+        Some("acme"),
+        None,
+    )
+    .await;
+    assert_eq!(admin["items"].as_array().unwrap().len(), 1);
+    // A client key is not an admin key.
+    let (status, _) = send(
+        reqwest::Method::POST,
+        &deploy_path,
+        "acme-key",
+        Some("acme"),
+        Some(json!({"environment": "dev"})),
+    )
+    .await;
+    assert_eq!(status, 401);
+}

@@ -5,9 +5,10 @@
 //! * `POST /api/agents/{agent}/versions/{version_id}/deploy` `{"environment", "schema_id"?}`
 //! * `GET /api/agents/{agent}/deployments` (current ones and the history, newest first)
 //!
-//! Reads take a tenant API key (or an admin key, for the default tenant); deploying takes an
-//! admin key from `[admin] api_keys`, and records who (the key's label or a digest prefix, never
-//! the key) and when. Store work runs off the worker thread.
+//! Reads take a tenant API key, or an admin key; deploying takes an admin key from `[admin]
+//! api_keys`, and records who (the key's label or a digest prefix, never the key) and when. An
+//! admin acts for the tenant named by `x-flowgate-tenant` (the default tenant without it).
+//! Store work runs off the worker thread.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -95,10 +96,28 @@ impl AdminAuth {
     }
 }
 
-/// The tenant a read is for: an admin key reads the default tenant, any other caller its own.
+/// Header with which an admin names the tenant it acts for (the default tenant without it).
+const TENANT_HEADER: &str = "x-flowgate-tenant";
+
+/// The tenant an admin request acts for.
+fn admin_tenant(req: &HttpRequest) -> Result<String, GatewayError> {
+    match req.headers().get(TENANT_HEADER) {
+        None => Ok(DEFAULT_TENANT.to_string()),
+        Some(value) => match value.to_str().map(str::trim) {
+            Ok(tenant) if is_slug(tenant) => Ok(tenant.to_string()),
+            _ => Err(GatewayError::invalid(format!(
+                "`{TENANT_HEADER}` must name a tenant (a slug)"
+            ))
+            .with_param(TENANT_HEADER)),
+        },
+    }
+}
+
+/// The tenant a read is for: an admin key reads the tenant it names (the default one without
+/// `x-flowgate-tenant`), any other caller its own.
 fn reader_tenant(req: &HttpRequest, state: &AppState) -> Result<String, GatewayError> {
     if state.admin.identify(req).is_some() {
-        return Ok(DEFAULT_TENANT.to_string());
+        return admin_tenant(req);
     }
     state.auth.tenant(req)
 }
@@ -226,6 +245,7 @@ pub async fn deploy(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let who = state.admin.require(&req)?;
+    let tenant = admin_tenant(&req)?;
     let (agent, version_id) = path.into_inner();
     let agent = agent_name(agent)?;
     let body: DeployBody = parse_body(&body)?;
@@ -239,7 +259,7 @@ pub async fn deploy(
     let agents = state.gateway.agents.clone();
     let record = blocking(move || {
         agents.deploy(
-            DEFAULT_TENANT,
+            &tenant,
             &agent,
             &version_id,
             body.schema_id,

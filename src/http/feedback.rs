@@ -1,6 +1,8 @@
 //! `POST /v1/feedback`: end-user feedback on a run, authenticated by the run's feedback token
 //! (`<run_id>.<secret>`, handed out on each choice of the answer), so an app can send it from
-//! its users' devices without a flowgate API key. `GET /api/runs/{run_id}/feedback` reads it.
+//! its users' devices without a flowgate API key. Without a key the run is looked up in the
+//! `default` tenant: another tenant's app sends its API key along (until the run store can read
+//! a run by id alone). `GET /api/runs/{run_id}/feedback` reads a run's feedback.
 
 use std::time::Duration;
 
