@@ -316,8 +316,9 @@ async fn structured_outputs_and_json_mode() {
 
     let (status, _, _) = chat(
         &s.gw,
+        // JSON mode answers are validated as JSON: the mock echoes this user message, which is.
         json!({"model": "claude-test", "messages": [{"role": "system", "content": "Extract."},
-            {"role": "user", "content": "Jason is 25"}], "response_format": {"type": "json_object"}}),
+            {"role": "user", "content": "{\"name\": \"Jason\", \"age\": 25}"}], "response_format": {"type": "json_object"}}),
     )
     .await;
     assert_eq!(status, 200);

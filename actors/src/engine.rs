@@ -1060,6 +1060,11 @@ impl Gateway {
                             model: planned.model.id.clone(),
                         };
                         if let (Some(spec), Some(layer)) = (spec, layer) {
+                            // Below the native layer, prose and code fences around the JSON
+                            // never reach the client.
+                            if layer != Layer::Native {
+                                live = live.isolate_json();
+                            }
                             // A forced tool answered in JSON or text mode still reaches the
                             // client as tool-call argument deltas.
                             if let (Target::Tool(name), true) =

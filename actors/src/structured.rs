@@ -9,18 +9,30 @@
 //!
 //! Every result is validated against the schema; the engine gives a malformed or non-conforming
 //! answer one repair attempt that shows the model its error, then falls back.
+//!
+//! A request may also ask for JSON without a machine-readable schema, as Instructor's JSON mode
+//! (`response_format: json_object`, the schema in the system prompt) and MD_JSON mode (no
+//! `response_format`, the schema in the system prompt, the answer in a ` ```json ` fence) do:
+//! its target is [`Target::Json`], validated against the schema embedded in the system prompt
+//! when one is found.
+//!
+//! Streams below the native layer go through [`isolate_stream`], which relays only the
+//! characters of the first top-level JSON value of the model's text: no prose, no code fences.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::Supports;
-use crate::completion::{Completion, FinishReason, ToolCallOut};
+use crate::completion::{Completion, FinishReason, StreamEvent, ToolCallOut};
+use crate::engine::LiveStream;
+use crate::provider::EventStream;
 use crate::wire::{
-    ChatRequest, Message, MessageContent, ResponseFormat, Role, ToolChoice, ToolChoiceMode,
+    ChatRequest, Message, MessageContent, ResponseFormat, Role, Tool, ToolChoice, ToolChoiceMode,
 };
 
 /// How the structured answer was produced.
@@ -58,6 +70,11 @@ pub enum Target {
     Content,
     /// As the arguments of a call to this tool (a forced tool).
     Tool(String),
+    /// In the message content, a JSON object the request asks for without a `json_schema`
+    /// format: `response_format: json_object`, or no format and a system prompt that embeds a
+    /// JSON Schema and asks for JSON (Instructor's JSON and MD_JSON modes). The spec's schema
+    /// is the one embedded in the system prompt, or `{"type": "object"}` when none is found.
+    Json,
 }
 
 /// The structured output a request asks for.
@@ -81,6 +98,10 @@ impl StructuredSpec {
             }
         }
         let tools = request.tools.as_deref().unwrap_or_default();
+        if tools.is_empty() {
+            // The answer is content: it may be JSON asked for in the prompt.
+            return Self::json_in_prompt(request);
+        }
         let forced = match &request.tool_choice {
             Some(ToolChoice::Named(named)) => Some(named.function.name.as_str()),
             Some(ToolChoice::Mode(ToolChoiceMode::Required)) if tools.len() == 1 => {
@@ -88,6 +109,10 @@ impl StructuredSpec {
             }
             _ => None,
         }?;
+        Self::forced_tool(tools, forced)
+    }
+
+    fn forced_tool(tools: &[Tool], forced: &str) -> Option<StructuredSpec> {
         let tool = tools.iter().find(|t| t.function.name == forced)?;
         Some(StructuredSpec {
             target: Target::Tool(forced.to_string()),
@@ -100,11 +125,50 @@ impl StructuredSpec {
         })
     }
 
-    /// The best layer the model supports.
+    /// A request without tools that asks for JSON in content: `response_format: json_object`
+    /// (Instructor's JSON mode), or no format (or `text`) and a system or developer message
+    /// that embeds a JSON Schema and says "json" (Instructor's MD_JSON mode). The schema is
+    /// the one embedded in the system prompt; a `json_object` request without one accepts any
+    /// JSON object.
+    fn json_in_prompt(request: &ChatRequest) -> Option<StructuredSpec> {
+        let json_object = match &request.response_format {
+            Some(ResponseFormat::JsonObject) => true,
+            None | Some(ResponseFormat::Text) => false,
+            Some(ResponseFormat::JsonSchema { .. }) => return None,
+        };
+        let embedded = request
+            .messages
+            .iter()
+            .filter(|m| matches!(m.role, Role::System | Role::Developer))
+            .map(|m| m.text())
+            .filter(|text| json_object || text.to_ascii_lowercase().contains("json"))
+            .find_map(|text| find_embedded_schema(&text));
+        let schema = match embedded {
+            Some(schema) => schema,
+            None if json_object => serde_json::json!({"type": "object"}),
+            None => return None,
+        };
+        let name = schema
+            .get("title")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .unwrap_or("json_object")
+            .to_string();
+        Some(StructuredSpec {
+            target: Target::Json,
+            name,
+            schema,
+        })
+    }
+
+    /// The best layer the model supports. A [`Target::Json`] request is native where the model
+    /// has a JSON mode (the request goes as it came), else answered in text.
     pub fn layer_for(&self, supports: &Supports) -> Layer {
         let native = match self.target {
             Target::Content => supports.structured_output,
             Target::Tool(_) => supports.tools,
+            Target::Json if supports.json_mode => return Layer::Native,
+            Target::Json => return Layer::Text,
         };
         if native {
             Layer::Native
@@ -116,6 +180,17 @@ impl StructuredSpec {
     }
 
     fn instructions(&self) -> String {
+        if self.target == Target::Json {
+            // The schema, if any, is already in the system prompt; the client may have asked
+            // for a code fence (MD_JSON), which the extraction tolerates.
+            return if self.schema == serde_json::json!({"type": "object"}) {
+                "Answer with a single JSON object.".to_string()
+            } else {
+                "Answer with a single JSON object that validates against the JSON Schema given \
+                 in these instructions (an instance of it, not the schema itself)."
+                    .to_string()
+            };
+        }
         let schema = serde_json::to_string(&self.schema).unwrap_or_default();
         format!(
             "Answer with a single JSON object that validates against this JSON Schema, and \
@@ -173,7 +248,8 @@ impl StructuredSpec {
         let json = value.to_string();
         for choice in completion.choices.iter_mut().take(1) {
             match &self.target {
-                Target::Content => {
+                // MD_JSON answers lose their fence: Instructor reads bare JSON in that mode too.
+                Target::Content | Target::Json => {
                     choice.message.content = Some(json.clone());
                     choice.message.tool_calls.clear();
                     if choice.finish_reason == FinishReason::ToolCalls {
@@ -403,6 +479,220 @@ fn trim_trailing_comma(out: &mut String) {
     }
 }
 
+/// Braces of a system prompt tried as the start of an embedded schema, at most.
+const MAX_SCHEMA_CANDIDATES: usize = 64;
+
+/// The JSON Schema embedded in a prompt's text, as Instructor's JSON and MD_JSON modes append
+/// it after their prose: the first `{…}` that parses as a JSON object, looks like a schema
+/// (`properties`, `$defs`, or a `type` naming a JSON type) and compiles. An object that parses
+/// but is not such a schema (an example answer) is skipped whole, not searched inside.
+pub fn find_embedded_schema(text: &str) -> Option<Value> {
+    let mut from = 0;
+    for _ in 0..MAX_SCHEMA_CANDIDATES {
+        let start = from + text.get(from..)?.find('{')?;
+        // One JSON value from this brace, ignoring whatever follows it; prose fails fast.
+        let mut values = serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
+        match values.next() {
+            Some(Ok(Value::Object(map))) => {
+                if looks_like_schema(&map) {
+                    let schema = Value::Object(map);
+                    if jsonschema::validator_for(&schema).is_ok() {
+                        return Some(schema);
+                    }
+                }
+                from = start + values.byte_offset().max(1);
+            }
+            _ => from = start + 1,
+        }
+    }
+    None
+}
+
+fn looks_like_schema(map: &Map<String, Value>) -> bool {
+    const TYPES: [&str; 7] = [
+        "object", "array", "string", "number", "integer", "boolean", "null",
+    ];
+    let is_type = |v: &Value| v.as_str().is_some_and(|t| TYPES.contains(&t));
+    map.get("properties").is_some_and(Value::is_object)
+        || map.get("$defs").is_some_and(Value::is_object)
+        || map.get("type").is_some_and(|t| match t {
+            Value::Array(types) => !types.is_empty() && types.iter().all(is_type),
+            other => is_type(other),
+        })
+}
+
+// ---- streams below the native layer ----
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Isolation {
+    /// Before the first `{` or `[`: prose, a code fence line, whitespace.
+    #[default]
+    Before,
+    /// Inside the top-level value.
+    Inside,
+    /// The top-level value has closed: whatever follows is dropped.
+    Done,
+}
+
+/// Isolates the first top-level JSON object or array of a streamed text, chunk by chunk: what
+/// comes before its opening `{`/`[` (prose, a ` ```json ` fence line) and after its closer
+/// (the closing fence, more prose) is dropped. Strings and their escapes are tracked, so
+/// brackets and quotes inside them do not count, wherever the chunks split.
+#[derive(Debug, Clone, Default)]
+pub struct JsonIsolator {
+    state: Isolation,
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl JsonIsolator {
+    pub fn new() -> JsonIsolator {
+        JsonIsolator::default()
+    }
+
+    /// The part of `text`, the next chunk of the stream, that belongs to the JSON value.
+    pub fn push(&mut self, text: &str) -> String {
+        let mut begin = (self.state == Isolation::Inside).then_some(0);
+        let mut end = text.len();
+        for (i, c) in text.char_indices() {
+            match self.state {
+                Isolation::Done => {
+                    end = i;
+                    break;
+                }
+                Isolation::Before => {
+                    if c == '{' || c == '[' {
+                        self.state = Isolation::Inside;
+                        self.depth = 1;
+                        begin = Some(i);
+                    }
+                }
+                Isolation::Inside if self.in_string => {
+                    if self.escaped {
+                        self.escaped = false;
+                    } else if c == '\\' {
+                        self.escaped = true;
+                    } else if c == '"' {
+                        self.in_string = false;
+                    }
+                }
+                Isolation::Inside => match c {
+                    '"' => self.in_string = true,
+                    '{' | '[' => self.depth += 1,
+                    '}' | ']' => {
+                        self.depth = self.depth.saturating_sub(1);
+                        if self.depth == 0 {
+                            self.state = Isolation::Done;
+                        }
+                    }
+                    _ => {}
+                },
+            }
+        }
+        begin.map_or_else(String::new, |b| text[b..end].to_string())
+    }
+
+    /// Whether the top-level value has closed.
+    pub fn is_done(&self) -> bool {
+        self.state == Isolation::Done
+    }
+}
+
+/// The isolators of one stream: one per choice for content, one per (choice, call) for tool
+/// call arguments.
+#[derive(Debug, Default)]
+struct StreamIsolators {
+    content: HashMap<u32, JsonIsolator>,
+    calls: HashMap<(u32, u32), JsonIsolator>,
+}
+
+impl StreamIsolators {
+    /// The event with its text isolated; `None` when nothing of it is left to send (a tool
+    /// call's first fragment, which names the call, is always kept). With `keep`, a content
+    /// event is kept even when its text became empty.
+    fn apply(&mut self, event: StreamEvent, keep: bool) -> Option<StreamEvent> {
+        match event {
+            StreamEvent::Content { index, text } => {
+                let text = self.content.entry(index).or_default().push(&text);
+                (keep || !text.is_empty()).then_some(StreamEvent::Content { index, text })
+            }
+            StreamEvent::ToolCall {
+                index,
+                call,
+                id,
+                name,
+                arguments,
+            } => {
+                let arguments = self
+                    .calls
+                    .entry((index, call))
+                    .or_default()
+                    .push(&arguments);
+                (keep || id.is_some() || name.is_some() || !arguments.is_empty()).then_some(
+                    StreamEvent::ToolCall {
+                        index,
+                        call,
+                        id,
+                        name,
+                        arguments,
+                    },
+                )
+            }
+            other @ (StreamEvent::Finish { .. } | StreamEvent::Usage(_)) => Some(other),
+        }
+    }
+}
+
+fn isolated_rest(mut isolators: StreamIsolators, stream: EventStream) -> EventStream {
+    use futures::StreamExt;
+
+    stream
+        .filter_map(move |item| {
+            let out = match item {
+                Ok(event) => isolators.apply(event, false).map(Ok),
+                Err(e) => Some(Err(e)),
+            };
+            futures::future::ready(out)
+        })
+        .boxed()
+}
+
+/// `stream` with the text of its content deltas (per choice) and of its tool-call argument
+/// deltas (per choice and call) reduced to the first top-level JSON value: the stream of a
+/// structured output answered below the native layer, without the prose and code fences the
+/// model put around the JSON. Deltas left empty are dropped, except the first fragment of a
+/// tool call (kept, with empty arguments, for its id and name); finish and usage events and
+/// errors pass through.
+pub fn isolate_stream(stream: EventStream) -> EventStream {
+    isolated_rest(StreamIsolators::default(), stream)
+}
+
+/// [`isolate_stream`] for a stream whose first event has already been read: the isolated
+/// first event and the isolated rest, sharing the isolators. The first event is kept even
+/// when its text becomes empty (an empty content delta, as OpenAI itself starts streams), so
+/// the stream still has a first event without waiting for the next ones.
+pub fn isolate_live(first: StreamEvent, rest: EventStream) -> (StreamEvent, EventStream) {
+    let mut isolators = StreamIsolators::default();
+    let first = isolators
+        .apply(first, true)
+        .expect("a kept event is never dropped");
+    (first, isolated_rest(isolators, rest))
+}
+
+impl LiveStream {
+    /// The stream with only its JSON value relayed ([`isolate_live`]): for a structured
+    /// output below the native layer, before `into_tool_call`.
+    pub fn isolate_json(self) -> LiveStream {
+        let (first, rest) = isolate_live(self.first, self.rest);
+        LiveStream {
+            first,
+            rest,
+            model: self.model,
+        }
+    }
+}
+
 /// Compiled validators, by schema digest: compiling is costly, schemas repeat.
 #[derive(Default)]
 pub struct Validators {
@@ -558,6 +848,391 @@ mod tests {
             "{\"age\":25}"
         );
         assert!(shaped.choices[0].message.content.is_none());
+    }
+
+    // ---- JSON asked for in the prompt (Instructor's JSON and MD_JSON modes) ----
+
+    /// Instructor 1.17's JSON/MD_JSON system message (`instructor/v2/providers/openai/
+    /// handlers.py`), as sent for a `User` with a nested `Address`.
+    fn instructor_system(schema: &Value) -> String {
+        format!(
+            "\n            As a genius expert, your task is to understand the content and provide\n            \
+             the parsed objects in json that match the following json_schema:\n\n\n            \
+             {}\n\n            Make sure to return an instance of the JSON, not the schema itself\n",
+            serde_json::to_string_pretty(schema).unwrap()
+        )
+    }
+
+    fn user_schema() -> Value {
+        serde_json::json!({
+            "$defs": {"Address": {
+                "properties": {
+                    "city": {"title": "City", "type": "string"},
+                    "country": {"enum": ["FR", "DE"], "title": "Country", "type": "string"}
+                },
+                "required": ["city", "country"], "title": "Address", "type": "object"
+            }},
+            "properties": {
+                "name": {"title": "Name", "type": "string"},
+                "age": {"title": "Age", "type": "integer"},
+                "address": {"$ref": "#/$defs/Address"},
+                "nickname": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": null, "title": "Nickname"}
+            },
+            "required": ["name", "age", "address"], "title": "User", "type": "object"
+        })
+    }
+
+    /// Instructor 1.17, `Mode.JSON`: the schema in the system message, a `json_object` format.
+    fn instructor_json_request() -> ChatRequest {
+        request(serde_json::json!({"model": "m", "messages": [
+            {"role": "system", "content": instructor_system(&user_schema())},
+            {"role": "user", "content": "Extract: Jason 25"}],
+            "response_format": {"type": "json_object"}}))
+    }
+
+    /// Instructor 1.17, `Mode.MD_JSON`: the schema in the system message, no format, the
+    /// answer asked for in a fence.
+    fn instructor_md_json_request() -> ChatRequest {
+        request(serde_json::json!({"model": "m", "messages": [
+            {"role": "system", "content": instructor_system(&user_schema())},
+            {"role": "user", "content": "Extract: Jason 25\n\nReturn the correct JSON response within a ```json codeblock. not the JSON_SCHEMA"}]}))
+    }
+
+    const JASON: &str = r#"{"name":"Jason","age":25,"address":{"city":"Paris","country":"FR"}}"#;
+
+    #[test]
+    fn json_mode_and_md_json_requests_are_validated_against_the_prompt_schema() {
+        for r in [instructor_json_request(), instructor_md_json_request()] {
+            let spec = StructuredSpec::of(&r).unwrap();
+            assert_eq!(spec.target, Target::Json);
+            assert_eq!(spec.name, "User");
+            assert_eq!(spec.schema, user_schema());
+        }
+        // The schema may be in a developer message, or in text parts.
+        let r = request(serde_json::json!({"model": "m", "messages": [
+            {"role": "developer", "content": [{"type": "text", "text": instructor_system(&user_schema())}]},
+            {"role": "user", "content": "hi"}]}));
+        assert_eq!(StructuredSpec::of(&r).unwrap().schema, user_schema());
+    }
+
+    #[test]
+    fn json_object_without_a_schema_accepts_any_object() {
+        let r = request(serde_json::json!({"model": "m", "messages": [
+            {"role": "system", "content": "Reply in JSON, e.g. {\"type\": \"greeting\", \"text\": \"hi\"}."},
+            {"role": "user", "content": "hello"}],
+            "response_format": {"type": "json_object"}}));
+        let spec = StructuredSpec::of(&r).unwrap();
+        assert_eq!(spec.target, Target::Json);
+        assert_eq!(spec.name, "json_object");
+        // The example answer is not mistaken for a schema.
+        assert_eq!(spec.schema, serde_json::json!({"type": "object"}));
+        let validators = Validators::default();
+        assert!(validators
+            .validate(&spec.schema, &serde_json::json!({"anything": [1]}))
+            .is_ok());
+        assert!(validators
+            .validate(&spec.schema, &serde_json::json!([1]))
+            .is_err());
+    }
+
+    #[test]
+    fn md_json_detection_is_conservative() {
+        let no_spec = |body: Value| assert!(StructuredSpec::of(&request(body)).is_none());
+        let schema = serde_json::to_string(&user_schema()).unwrap();
+        // A schema but no mention of JSON.
+        no_spec(serde_json::json!({"model": "m", "messages": [
+            {"role": "system", "content": format!("Fill this form: {schema}")},
+            {"role": "user", "content": "hi"}]}));
+        // JSON mentioned, but no schema (an example), or the schema only in a user message.
+        no_spec(serde_json::json!({"model": "m", "messages": [
+            {"role": "system", "content": "Answer in json like {\"type\": \"greeting\"}"},
+            {"role": "user", "content": format!("json schema: {schema}")}]}));
+        // A schema that does not compile.
+        no_spec(serde_json::json!({"model": "m", "messages": [
+            {"role": "system", "content": "json: {\"properties\": {\"a\": {\"type\": \"nope\"}}}"}]}));
+        // Tools the model may call: the answer need not be content (PARALLEL_TOOLS stays
+        // unvalidated too).
+        no_spec(serde_json::json!({"model": "m", "messages": [
+            {"role": "system", "content": instructor_system(&user_schema())}],
+            "tools": [{"type": "function", "function": {"name": "a"}},
+                      {"type": "function", "function": {"name": "b"}}],
+            "tool_choice": "auto"}));
+        // A text format is the same as none.
+        let r = request(serde_json::json!({"model": "m", "messages": [
+            {"role": "system", "content": instructor_system(&user_schema())}],
+            "response_format": {"type": "text"}}));
+        assert_eq!(StructuredSpec::of(&r).unwrap().target, Target::Json);
+        // A json_schema format without a schema is not a JSON-in-prompt request.
+        no_spec(serde_json::json!({"model": "m", "messages": [
+            {"role": "system", "content": instructor_system(&user_schema())}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "U"}}}));
+    }
+
+    #[test]
+    fn embedded_schemas_are_found_after_prose_and_braces() {
+        let schema = user_schema();
+        let pretty = serde_json::to_string_pretty(&schema).unwrap();
+        let text = format!(
+            "Use {{name}} placeholders; an example {{\"name\": \"x\", \"age\": 1}}, then the schema {pretty} \
+             and {{\"type\": \"object\"}}"
+        );
+        assert_eq!(find_embedded_schema(&text), Some(schema));
+        assert_eq!(
+            find_embedded_schema("{\"type\": [\"string\", \"null\"]}"),
+            Some(serde_json::json!({"type": ["string", "null"]}))
+        );
+        assert_eq!(find_embedded_schema("{\"type\": \"greeting\"}"), None);
+        assert_eq!(find_embedded_schema("no braces"), None);
+        assert_eq!(find_embedded_schema("{{{{ { {\"a\": é"), None);
+        // Bounded: a prompt of many braces is not searched forever.
+        let many = "{x ".repeat(10_000) + &serde_json::to_string(&user_schema()).unwrap();
+        assert_eq!(find_embedded_schema(&many), None);
+    }
+
+    #[test]
+    fn json_targets_are_native_with_a_json_mode_else_text() {
+        let json_mode = Supports {
+            json_mode: true,
+            ..Supports::default()
+        };
+        let structured_only = Supports {
+            structured_output: true,
+            tools: true,
+            ..Supports::default()
+        };
+        for r in [instructor_json_request(), instructor_md_json_request()] {
+            let spec = StructuredSpec::of(&r).unwrap();
+            assert_eq!(spec.layer_for(&json_mode), Layer::Native);
+            assert_eq!(spec.layer_for(&structured_only), Layer::Text);
+            assert_eq!(spec.layer_for(&Supports::default()), Layer::Text);
+            // Native: as it came.
+            let same = |a: &ChatRequest| serde_json::to_value(a).unwrap();
+            assert_eq!(same(&spec.rewrite(&r, Layer::Native)), same(&r));
+            // Text: no format; the instruction added to the system message, which already
+            // has the schema (not repeated).
+            let sent = spec.rewrite(&r, Layer::Text);
+            assert!(sent.response_format.is_none());
+            assert_eq!(sent.messages.len(), r.messages.len());
+            let system = sent.messages[0].text();
+            assert!(system.starts_with(&r.messages[0].text()), "{system}");
+            assert!(system.ends_with("(an instance of it, not the schema itself)."));
+            assert_eq!(system.matches("\"$defs\"").count(), 1, "{system}");
+            assert_eq!(sent.messages[1], r.messages[1]);
+        }
+        // Without a schema the instruction asks for an object only.
+        let r = request(serde_json::json!({"model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_object"}}));
+        let spec = StructuredSpec::of(&r).unwrap();
+        let sent = spec.rewrite(&r, Layer::Text);
+        assert_eq!(sent.messages[0].role, Role::System);
+        assert_eq!(sent.messages[0].text(), "Answer with a single JSON object.");
+    }
+
+    #[test]
+    fn json_answers_are_extracted_validated_and_sent_as_compact_json() {
+        let validators = Validators::default();
+        for r in [instructor_json_request(), instructor_md_json_request()] {
+            let spec = StructuredSpec::of(&r).unwrap();
+            // The MD_JSON answer in its fence, with prose: the client gets bare JSON, which
+            // Instructor's MD_JSON parser reads too.
+            let fenced = format!("Here it is:\n```json\n{JASON}\n```\nDone.");
+            let answer = completion(Some(&fenced), vec![]);
+            let value = spec.extract(&answer, Layer::Native).unwrap();
+            validators.validate(&spec.schema, &value).unwrap();
+            let shaped = spec.shape(answer, &value);
+            let sent = shaped.choices[0].message.content.clone().unwrap();
+            assert!(
+                sent.starts_with('{') && !sent.contains([' ', '\n', '`']),
+                "{sent}"
+            );
+            assert_eq!(
+                serde_json::from_str::<Value>(&sent).unwrap(),
+                serde_json::from_str::<Value>(JASON).unwrap()
+            );
+            assert_eq!(shaped.choices[0].finish_reason, FinishReason::Stop);
+            assert!(shaped.choices[0].message.tool_calls.is_empty());
+            // Malformed JSON (what the mock's `bad_json_first` sends) gets the repair.
+            let bad = completion(Some("{mock: bad_json, \"name\":\"Jason\","), vec![]);
+            let error = spec.extract(&bad, Layer::Native).unwrap_err();
+            let repair = spec.repair(&r, &answer_text(&bad), &error);
+            assert_eq!(repair.messages.len(), r.messages.len() + 2);
+            // JSON that misses a property of the prompt's schema is invalid.
+            let partial = completion(Some("{\"name\": \"Jason\"}"), vec![]);
+            let value = spec.extract(&partial, Layer::Native).unwrap();
+            let problem = validators.validate(&spec.schema, &value).unwrap_err();
+            assert!(
+                problem.contains("\"age\" is a required property"),
+                "{problem}"
+            );
+        }
+    }
+
+    // ---- streams ----
+
+    /// Every way of cutting `text` into two or three chunks, and one char at a time, gives
+    /// `expected`.
+    fn isolates_whatever_the_chunks(text: &str, expected: &str) {
+        let bounds: Vec<usize> = (0..=text.len())
+            .filter(|&i| text.is_char_boundary(i))
+            .collect();
+        let run = |cuts: &[usize]| {
+            let mut isolator = JsonIsolator::new();
+            let mut out = String::new();
+            let mut last = 0;
+            for &cut in cuts.iter().chain([&text.len()]) {
+                out.push_str(&isolator.push(&text[last..cut]));
+                last = cut;
+            }
+            out
+        };
+        for (n, &a) in bounds.iter().enumerate() {
+            assert_eq!(run(&[a]), expected, "cut at {a}");
+            for &b in &bounds[n..] {
+                assert_eq!(run(&[a, b]), expected, "cuts at {a}, {b}");
+            }
+        }
+        let mut isolator = JsonIsolator::new();
+        let by_char: String = text
+            .chars()
+            .map(|c| isolator.push(c.encode_utf8(&mut [0; 4])))
+            .collect();
+        assert_eq!(by_char, expected);
+    }
+
+    #[test]
+    fn the_isolator_keeps_only_the_first_json_value() {
+        let json =
+            r#"{"q": "a \"quoted\" {brace} and [bracket] \\", "n": [1, {"x": "é}"}], "e": {}}"#;
+        isolates_whatever_the_chunks(json, json);
+        isolates_whatever_the_chunks(
+            &format!("Sure! Here is the JSON you asked for:\n```json\n{json}\n```\nLet me know if {{you}} need more."),
+            json,
+        );
+        isolates_whatever_the_chunks("```\n[1, [2], \"]\"] and [3]", "[1, [2], \"]\"]");
+        // A truncated value is relayed as far as it goes; no value, nothing.
+        isolates_whatever_the_chunks("text {\"a\": \"b", "{\"a\": \"b");
+        isolates_whatever_the_chunks("no json here", "");
+        let mut isolator = JsonIsolator::new();
+        assert_eq!(isolator.push("x {\"a\":"), "{\"a\":");
+        assert!(!isolator.is_done());
+        assert_eq!(isolator.push(" 1} tail"), " 1}");
+        assert!(isolator.is_done());
+        assert_eq!(isolator.push("{\"b\": 2}"), "");
+    }
+
+    fn events(stream: EventStream) -> Vec<StreamEvent> {
+        use futures::StreamExt;
+        futures::executor::block_on(stream.map(|e| e.unwrap()).collect())
+    }
+
+    fn content(index: u32, text: &str) -> StreamEvent {
+        StreamEvent::Content {
+            index,
+            text: text.into(),
+        }
+    }
+
+    fn args(index: u32, call: u32, named: bool, arguments: &str) -> StreamEvent {
+        StreamEvent::ToolCall {
+            index,
+            call,
+            id: named.then(|| format!("call_{call}")),
+            name: named.then(|| format!("f{call}")),
+            arguments: arguments.into(),
+        }
+    }
+
+    fn boxed(events: Vec<StreamEvent>) -> EventStream {
+        use futures::StreamExt;
+        futures::stream::iter(events.into_iter().map(Ok)).boxed()
+    }
+
+    #[test]
+    fn streams_are_isolated_per_choice_and_per_call() {
+        let finish = StreamEvent::Finish {
+            index: 0,
+            reason: FinishReason::Stop,
+        };
+        let usage = StreamEvent::Usage(Usage::default());
+        let input = vec![
+            content(0, "Sure! ``"),
+            content(1, "{\"b\": \"}"),
+            content(0, "`json\n{\"a\""),
+            args(0, 0, true, ""),
+            args(0, 1, true, "Here: {\"y\":"),
+            args(0, 0, false, "```json\n"),
+            content(0, ": \"x\\\"}\"}\n``"),
+            content(1, "\"} more"),
+            args(0, 0, false, "{\"x\": 1}"),
+            args(0, 1, false, " 2} bye"),
+            content(0, "`\nBye!"),
+            args(0, 0, false, " trailing"),
+            finish.clone(),
+            usage.clone(),
+        ];
+        let expected = vec![
+            content(1, "{\"b\": \"}"),
+            content(0, "{\"a\""),
+            args(0, 0, true, ""),
+            args(0, 1, true, "{\"y\":"),
+            content(0, ": \"x\\\"}\"}"),
+            content(1, "\"}"),
+            args(0, 0, false, "{\"x\": 1}"),
+            args(0, 1, false, " 2}"),
+            finish,
+            usage,
+        ];
+        assert_eq!(events(isolate_stream(boxed(input))), expected);
+    }
+
+    #[test]
+    fn errors_pass_through_the_isolated_stream() {
+        use futures::StreamExt;
+        let input = futures::stream::iter(vec![
+            Ok(content(0, "x {\"a\": 1")),
+            Err(crate::error::GatewayError::new(
+                crate::error::ErrorKind::Timeout,
+                "idle",
+            )),
+        ])
+        .boxed();
+        let out: Vec<_> = futures::executor::block_on(isolate_stream(input).collect());
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].as_ref().unwrap(), &content(0, "{\"a\": 1"));
+        assert!(out[1].is_err());
+    }
+
+    #[test]
+    fn a_live_stream_keeps_its_first_event_and_continues_its_isolation() {
+        // The first delta is all prose: it stays, empty, so the stream still starts at once.
+        let (first, rest) = isolate_live(
+            content(0, "Sure! Here is the JSON:\n```json\n"),
+            boxed(vec![
+                content(0, "{\"a\": \"}"),
+                content(0, "\"}\n```"),
+                content(0, "\nBye"),
+            ]),
+        );
+        assert_eq!(first, content(0, ""));
+        assert_eq!(
+            events(rest),
+            vec![content(0, "{\"a\": \"}"), content(0, "\"}")]
+        );
+        // The isolators are shared between the first event and the rest.
+        let (first, rest) = isolate_live(
+            content(0, "ok {\"s\": \"{"),
+            boxed(vec![content(0, "\"} {\"t\": 1}")]),
+        );
+        assert_eq!(first, content(0, "{\"s\": \"{"));
+        assert_eq!(events(rest), vec![content(0, "\"}")]);
+        // A tool call's first fragment keeps its id and name.
+        let (first, rest) = isolate_live(
+            args(0, 0, true, "```json"),
+            boxed(vec![args(0, 0, false, "\n[1]")]),
+        );
+        assert_eq!(first, args(0, 0, true, ""));
+        assert_eq!(events(rest), vec![args(0, 0, false, "[1]")]);
     }
 
     #[test]

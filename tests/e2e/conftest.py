@@ -255,8 +255,8 @@ SX_FAULTY_MODELS = {
     "sx-invalid-stream": ("openai", "invalid_first=1", NATIVE_SUPPORTS),
     # for the metrics test
     "sx-invalid-metrics": ("openai", "invalid_first=1", NATIVE_SUPPORTS),
-    # Instructor modes whose schema flowgate cannot see (JSON, MD_JSON: in the prompt text;
-    # PARALLEL_TOOLS: `tool_choice: auto`)
+    # Instructor modes whose schema is only in the prompt (JSON, MD_JSON: validated since
+    # flowgate finds it there) or not forced (PARALLEL_TOOLS: `tool_choice: auto`)
     "sx-bad-json-openai-json": ("openai", "bad_json_first=1", NATIVE_SUPPORTS),
     "sx-bad-json-openai-md-json": ("openai", "bad_json_first=1", NATIVE_SUPPORTS),
     "sx-invalid-openai-parallel": ("openai", "invalid_first=1;call_tools", NATIVE_SUPPORTS),

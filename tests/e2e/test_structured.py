@@ -159,18 +159,18 @@ MODES = [
 ADAPTERS = ["openai", "anthropic", "gemini"]
 CALLS = ["create", "acreate", "create_partial", "create_iterable"]
 
-# The layer flowgate records per mode: modes whose request carries a schema flowgate can see
-# (a forced tool, a `json_schema` response format) are answered natively; JSON and MD_JSON put
-# the schema in the prompt text, PARALLEL_TOOLS lets the model choose among tools (`auto`):
-# flowgate passes those through without a structured record.
+# The layer flowgate records per mode: a forced tool, a `json_schema` response format, JSON mode
+# and a schema embedded in the system prompt (JSON, MD_JSON) are all seen and answered natively
+# by these models; PARALLEL_TOOLS lets the model choose among tools (`auto`): flowgate passes it
+# through without a structured record.
 EXPECTED_LAYER = {
     Mode.TOOLS: "native",
     Mode.TOOLS_STRICT: "native",
     Mode.JSON_SCHEMA: "native",
     Mode.OPENROUTER_STRUCTURED_OUTPUTS: "native",
     Mode.PARALLEL_TOOLS: None,
-    Mode.JSON: None,
-    Mode.MD_JSON: None,
+    Mode.JSON: "native",
+    Mode.MD_JSON: "native",
 }
 
 
@@ -733,17 +733,6 @@ GAP_CASES = [
 
 
 BUG_NO_SCHEMA_SEEN = {
-    Mode.JSON: (
-        "flowgate gap: StructuredSpec::of only knows `response_format: json_schema` and a forced "
-        "tool; Instructor's JSON mode sends `response_format: json_object` with the schema in "
-        "the system prompt, so flowgate neither checks that the answer is JSON nor repairs it: "
-        "the malformed content reaches the client unchanged and Instructor fails"
-    ),
-    Mode.MD_JSON: (
-        "flowgate gap: MD_JSON sends no response_format and no tools (the schema is only in the "
-        "system prompt), so flowgate has no spec, does not validate or repair, and passes the "
-        "malformed content through"
-    ),
     Mode.PARALLEL_TOOLS: (
         "flowgate gap: PARALLEL_TOOLS sends several tools with `tool_choice: auto`; "
         "StructuredSpec::of returns None (no forced tool), so the calls' arguments are not "
@@ -755,6 +744,7 @@ BUG_NO_SCHEMA_SEEN = {
 @pytest.mark.parametrize("model,mode", [
     pytest.param(model, mode, marks=pytest.mark.xfail(strict=True, reason=BUG_NO_SCHEMA_SEEN[mode]),
                  id=f"{model}-XFAIL")
+    if mode in BUG_NO_SCHEMA_SEEN else pytest.param(model, mode, id=model)
     for model, mode in GAP_CASES
 ])
 def test_a_bad_first_answer_in_modes_without_a_visible_schema(flowgate, mock_upstream, model, mode, marker):
@@ -773,27 +763,11 @@ def test_a_bad_first_answer_in_modes_without_a_visible_schema(flowgate, mock_ups
 # Text-layer models that wrap their JSON in prose and a code fence
 
 
-BUG_STREAMED_TEXT_LAYER = (
-    "flowgate bug: below the native layer a stream is relayed as the provider sends it "
-    "(engine.rs open_stream / LiveStream::as_tool_call turn content deltas into argument deltas "
-    "verbatim); the JSON is never extracted from the text, so the client receives "
-    "'Sure! Here is the JSON you asked for:\\n```json\\n{...}\\n```\\n...' as the tool "
-    "arguments / JSON content, which Instructor's partial parser rejects; the non-streamed "
-    "answer is extracted. finish_stream then validates with the lenient extract_json and "
-    "records the run as valid."
-)
-
-
 def prose_cases():
     for model in ["sx-prose-up-text", "sx-prose-anthropic-text"]:
         for mode in [Mode.TOOLS, Mode.JSON_SCHEMA]:
             for call in ["create", "create_partial", "create_iterable"]:
-                marks = []
-                case_id = f"{model}-{mode.name}-{call}"
-                if call == "create_partial":
-                    marks.append(pytest.mark.xfail(strict=True, reason=BUG_STREAMED_TEXT_LAYER))
-                    case_id += "-XFAIL"
-                yield pytest.param(model, mode, call, marks=marks, id=case_id)
+                yield pytest.param(model, mode, call, id=f"{model}-{mode.name}-{call}")
 
 
 @pytest.mark.parametrize("model,mode,call", list(prose_cases()))
