@@ -299,6 +299,13 @@ async fn failing_provider_falls_back_invisibly_and_attempts_are_recorded() {
         attempts[1]["reason"],
         "other_provider after upstream_server_error"
     );
+    let (_, metrics) = get_json(&s.gw, "/metrics").await;
+    assert!(
+        metrics.as_str().unwrap().contains(
+            "flowgate_fallbacks_total{error=\"upstream_server_error\",reason=\"other_provider\"} 1"
+        ),
+        "{metrics}"
+    );
 
     // Streaming too: the failure happens before any content, so the client never sees it.
     let (status, headers, events) = chat_stream(
@@ -754,6 +761,13 @@ async fn the_last_provider_is_retried_with_backoff_and_retry_after_is_honoured()
     assert_eq!(attempts[1]["reason"], "retry after upstream_server_error");
     assert_eq!(attempts[2]["status"], 200);
     assert_eq!(s.upstream.count(), 3);
+    let (_, metrics) = get_json(&s.gw, "/metrics").await;
+    assert!(
+        metrics.as_str().unwrap().contains(
+            "flowgate_retries_total{error=\"upstream_server_error\",provider=\"upstream\"} 2"
+        ),
+        "{metrics}"
+    );
 
     // Streams are retried before their first byte too.
     let (status, _, events) = chat_stream(

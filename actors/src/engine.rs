@@ -240,6 +240,7 @@ impl RunGuard {
             conversation_id: self.ctx.conversation_id,
             rendered_messages: self.ctx.rendered_messages.take(),
         };
+        self.gateway.metrics.count_attempt_reasons(&run.attempts);
         self.gateway.recorder.do_send(Record(Box::new(run)));
     }
 

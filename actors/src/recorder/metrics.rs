@@ -42,6 +42,10 @@ pub struct Metrics {
     pub cache_writes_dropped: IntCounter,
     /// Structured outputs by layer and outcome (valid, repaired, invalid).
     pub structured_outputs: IntCounterVec,
+    /// Retries of the same provider, by provider and the error that caused them.
+    pub retries: IntCounterVec,
+    /// Attempts on another provider or model, by reason and the error that caused them.
+    pub fallbacks: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -174,6 +178,22 @@ impl Metrics {
             &["layer", "outcome"],
         )?;
         registry.register(Box::new(structured_outputs.clone()))?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "flowgate_retries_total",
+                "Retries of the same provider after a transient error",
+            ),
+            &["provider", "error"],
+        )?;
+        registry.register(Box::new(retries.clone()))?;
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "flowgate_fallbacks_total",
+                "Attempts moved to another provider or model",
+            ),
+            &["reason", "error"],
+        )?;
+        registry.register(Box::new(fallbacks.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -195,7 +215,34 @@ impl Metrics {
             cache_entries,
             cache_writes_dropped,
             structured_outputs,
+            retries,
+            fallbacks,
         })
+    }
+
+    /// Counts the retries and fallbacks among a run's attempts, from their `reason`
+    /// (`retry after <error>`, `other_provider after <error>`, `hedge`, …).
+    pub fn count_attempt_reasons(&self, attempts: &[crate::error::AttemptSummary]) {
+        for attempt in attempts {
+            let Some(reason) = attempt.reason.as_deref() else {
+                continue;
+            };
+            let (kind, error) = match reason.split_once(" after ") {
+                Some((kind, error)) => (kind, error),
+                None => (reason, "none"),
+            };
+            match kind {
+                "retry" => self
+                    .retries
+                    .with_label_values(&[&attempt.provider, error])
+                    .inc(),
+                "other_provider" | "fallback_model" | "auto_fallback" | "hedge" => {
+                    self.fallbacks.with_label_values(&[kind, error]).inc()
+                }
+                // Repairs and schema downgrades are counted by the structured-output metric.
+                _ => {}
+            }
+        }
     }
 
     /// The Prometheus text exposition of every metric.
