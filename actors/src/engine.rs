@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix::Addr;
 use arc_swap::ArcSwap;
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::agents::AgentStore;
@@ -27,7 +28,9 @@ use crate::recorder::store::RunStore;
 use crate::recorder::{Record, Recorder};
 use crate::retry::RetryPolicy;
 use crate::router::{auto_fallback_attempts, FallbackPlan, PlannedAttempt, ProviderRegistry};
-use crate::structured::{answer_text, Layer, StructuredSpec, Target, Validators};
+use crate::structured::{
+    answer_text, repair_request, validate_tool_calls, Layer, StructuredSpec, Target, Validators,
+};
 use crate::wire::ChatRequest;
 
 /// Everything the request path needs. Cheap to clone.
@@ -714,28 +717,38 @@ impl Gateway {
                 attempt.status = Some(200);
                 // Every upstream call of the run is paid for, repairs and failed ones included.
                 guard.pay(&completion.usage, &planned.offer.prices);
-                let (Some(spec), Some(current)) = (&spec, layer) else {
-                    guard.attempts.push(attempt);
-                    return Ok(self.answer(guard, planned, completion));
+                // The object the client asked for (a spec), or the tool calls the model chose
+                // to make, checked against their schemas.
+                let current = layer.unwrap_or(Layer::Native);
+                let checked: Result<Option<Value>, String> = match &spec {
+                    Some(spec) => spec.extract(&completion, current).and_then(|value| {
+                        self.validators
+                            .validate(&spec.schema, &value)
+                            .map(|_| Some(value))
+                    }),
+                    None => match validate_tool_calls(&self.validators, &sent, &completion) {
+                        Ok(true) => Ok(None),
+                        Ok(false) => {
+                            guard.attempts.push(attempt);
+                            return Ok(self.answer(guard, planned, completion));
+                        }
+                        Err(problem) => Err(problem),
+                    },
                 };
-                let checked = spec.extract(&completion, current).and_then(|value| {
-                    self.validators
-                        .validate(&spec.schema, &value)
-                        .map(|_| value)
-                });
                 match checked {
                     Ok(value) => {
                         guard.attempts.push(attempt);
                         guard.structured.layer = Some(current);
-                        self.count_structured(
-                            current,
-                            if guard.structured.repairs > 0 {
-                                "repaired"
-                            } else {
-                                "valid"
-                            },
-                        );
-                        let shaped = spec.shape(completion, &value);
+                        let outcome = if guard.structured.repairs > 0 {
+                            "repaired"
+                        } else {
+                            "valid"
+                        };
+                        self.count_structured(current, outcome);
+                        let shaped = match (&spec, value) {
+                            (Some(spec), Some(value)) => spec.shape(completion, &value),
+                            _ => completion,
+                        };
                         return Ok(self.answer(guard, planned, shaped));
                     }
                     Err(problem) => {
@@ -751,16 +764,22 @@ impl Gateway {
                         if repairs_left > 0 {
                             repairs_left -= 1;
                             guard.structured.repairs += 1;
-                            sent =
-                                Cow::Owned(spec.repair(&sent, &answer_text(&completion), &problem));
+                            sent = Cow::Owned(repair_request(
+                                &sent,
+                                &answer_text(&completion),
+                                &problem,
+                            ));
                             reason = Some("repair after invalid_structured_output".to_string());
                             continue;
                         }
+                        let what = spec
+                            .as_ref()
+                            .map_or("its tool calls' schemas", |s| s.name.as_str());
                         last = Some(GatewayError::new(
                             ErrorKind::InvalidStructuredOutput,
                             format!(
-                                "`{}` did not produce an object matching the schema `{}`: {problem}",
-                                planned.model.id, spec.name
+                                "`{}` did not produce output matching `{what}`: {problem}",
+                                planned.model.id
                             ),
                         ));
                         break;

@@ -278,21 +278,55 @@ impl StructuredSpec {
 
     /// The request for the one repair attempt: the bad answer and what was wrong with it.
     pub fn repair(&self, sent: &ChatRequest, bad_answer: &str, error: &str) -> ChatRequest {
-        let mut out = sent.clone();
-        out.messages.push(Message {
-            role: Role::Assistant,
-            content: Some(MessageContent::Text(bad_answer.to_string())),
-            name: None,
-            tool_calls: None,
-            tool_call_id: None,
-            extra: Default::default(),
-        });
-        out.messages.push(user_message(format!(
-            "Your answer was not valid: {error}\nAnswer again with only the corrected JSON \
-             object, matching the schema exactly."
-        )));
-        out
+        repair_request(sent, bad_answer, error)
     }
+}
+
+/// The request for a repair attempt: the bad answer, and what was wrong with it.
+pub fn repair_request(sent: &ChatRequest, bad_answer: &str, error: &str) -> ChatRequest {
+    let mut out = sent.clone();
+    out.messages.push(Message {
+        role: Role::Assistant,
+        content: Some(MessageContent::Text(bad_answer.to_string())),
+        name: None,
+        tool_calls: None,
+        tool_call_id: None,
+        extra: Default::default(),
+    });
+    out.messages.push(user_message(format!(
+        "Your answer was not valid: {error}\nAnswer again with only the corrected JSON \
+         object, matching the schema exactly."
+    )));
+    out
+}
+
+/// Checks the tool calls a model chose to make (e.g. Instructor's PARALLEL_TOOLS, agents with
+/// `tool_choice: auto`) against the parameter schemas of the tools they name. `Ok(false)`: the
+/// answer has no tool calls to check.
+pub fn validate_tool_calls(
+    validators: &Validators,
+    request: &ChatRequest,
+    completion: &Completion,
+) -> Result<bool, String> {
+    let tools = request.tools.as_deref().unwrap_or_default();
+    let mut checked = false;
+    for choice in &completion.choices {
+        for call in &choice.message.tool_calls {
+            checked = true;
+            let tool = tools
+                .iter()
+                .find(|t| t.function.name == call.name)
+                .ok_or_else(|| format!("the tool `{}` does not exist", call.name))?;
+            let arguments = extract_json(&call.arguments)
+                .ok_or_else(|| format!("the arguments of `{}` are not JSON", call.name))?;
+            if let Some(schema) = &tool.function.parameters {
+                validators
+                    .validate(schema, &arguments)
+                    .map_err(|e| format!("the arguments of `{}`: {e}", call.name))?;
+            }
+        }
+    }
+    Ok(checked)
 }
 
 fn user_message(text: String) -> Message {
@@ -1233,6 +1267,33 @@ mod tests {
         );
         assert_eq!(first, args(0, 0, true, ""));
         assert_eq!(events(rest), vec![args(0, 0, false, "[1]")]);
+    }
+
+    #[test]
+    fn tool_calls_the_model_chose_are_checked_against_their_tools() {
+        let validators = Validators::default();
+        let r = request(
+            serde_json::json!({"model": "m", "messages": [], "tool_choice": "auto",
+            "tools": [{"type": "function", "function": {"name": "weather", "parameters": {
+                "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]}),
+        );
+        let call = |name: &str, arguments: &str| ToolCallOut {
+            id: "call_1".into(),
+            name: name.into(),
+            arguments: arguments.into(),
+        };
+        let ok = completion(None, vec![call("weather", "{\"city\": \"Paris\"}")]);
+        assert_eq!(validate_tool_calls(&validators, &r, &ok), Ok(true));
+        let text = completion(Some("no tools needed"), vec![]);
+        assert_eq!(validate_tool_calls(&validators, &r, &text), Ok(false));
+        let missing = completion(None, vec![call("weather", "{}")]);
+        assert!(validate_tool_calls(&validators, &r, &missing)
+            .unwrap_err()
+            .contains("city"));
+        let unknown = completion(None, vec![call("stocks", "{}")]);
+        assert!(validate_tool_calls(&validators, &r, &unknown)
+            .unwrap_err()
+            .contains("does not exist"));
     }
 
     #[test]

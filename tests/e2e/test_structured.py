@@ -162,13 +162,13 @@ CALLS = ["create", "acreate", "create_partial", "create_iterable"]
 # The layer flowgate records per mode: a forced tool, a `json_schema` response format, JSON mode
 # and a schema embedded in the system prompt (JSON, MD_JSON) are all seen and answered natively
 # by these models; PARALLEL_TOOLS lets the model choose among tools (`auto`): flowgate passes it
-# through without a structured record.
+# through, and its tool calls are validated against their tools' schemas.
 EXPECTED_LAYER = {
     Mode.TOOLS: "native",
     Mode.TOOLS_STRICT: "native",
     Mode.JSON_SCHEMA: "native",
     Mode.OPENROUTER_STRUCTURED_OUTPUTS: "native",
-    Mode.PARALLEL_TOOLS: None,
+    Mode.PARALLEL_TOOLS: "native",
     Mode.JSON: "native",
     Mode.MD_JSON: "native",
 }
@@ -556,7 +556,7 @@ def test_a_failed_repair_without_fallback_is_a_502_naming_the_problem(flowgate, 
     body = error.body if isinstance(error.body, dict) else {}
     body = body.get("error", body)
     assert body["code"] == "invalid_structured_output", body
-    assert "did not produce an object matching the schema `User`" in body["message"], body
+    assert "did not produce output matching `User`" in body["message"], body
     assert len(body["details"]["attempts"]) == 2
     assert len(upstream_calls(mock_upstream, marker)) == 2
     run = flowgate.get_run(error.response.headers["x-flowgate-run-id"])
@@ -732,13 +732,9 @@ GAP_CASES = [
 ]
 
 
-BUG_NO_SCHEMA_SEEN = {
-    Mode.PARALLEL_TOOLS: (
-        "flowgate gap: PARALLEL_TOOLS sends several tools with `tool_choice: auto`; "
-        "StructuredSpec::of returns None (no forced tool), so the calls' arguments are not "
-        "validated against their tools' `parameters` and an invalid call is not repaired"
-    ),
-}
+# Every mode's first bad answer is now repaired (PARALLEL_TOOLS: the calls' arguments are
+# validated against their tools' `parameters`).
+BUG_NO_SCHEMA_SEEN: dict = {}
 
 
 @pytest.mark.parametrize("model,mode", [
