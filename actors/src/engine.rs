@@ -364,6 +364,7 @@ impl Drop for RunGuard {
 /// Tells a provider actor how a call went, without waiting; a full mailbox only loses a sample.
 fn report(planned: &PlannedAttempt, admission: Admission, error: Option<ErrorKind>, d: Duration) {
     let outcome = AttemptOutcome {
+        model: planned.offer.model.clone(),
         error,
         latency: d,
         probe: admission == Admission::Probe,
@@ -643,7 +644,7 @@ impl Gateway {
         while let Some(planned) = cursor.next(self, plan, last.as_ref()) {
             // Owned, so the cursor can be asked what is left while this attempt runs.
             let planned = &planned.clone();
-            let admission = planned.provider.health.admit();
+            let admission = planned.provider.health.admit_model(&planned.offer.model);
             if admission == Admission::Refused {
                 skipped.push(planned.provider.name().to_string());
                 continue;
@@ -1009,7 +1010,7 @@ impl Gateway {
         let mut cursor = AttemptCursor::new();
         while let Some(planned) = cursor.next(self, plan, last.as_ref()) {
             let planned = &planned.clone();
-            let admission = planned.provider.health.admit();
+            let admission = planned.provider.health.admit_model(&planned.offer.model);
             if admission == Admission::Refused {
                 skipped.push(planned.provider.name().to_string());
                 continue;

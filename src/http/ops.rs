@@ -31,6 +31,8 @@ fn providers_json(state: &AppState) -> (BTreeMap<String, serde_json::Value>, usi
                 "enabled": provider.settings.enabled,
                 "disabled_reason": provider.settings.disabled_reason,
                 "health": *health,
+                // Models with their own open circuit (rate limited, overloaded).
+                "open_models": provider.health.open_models(),
             }),
         );
     }

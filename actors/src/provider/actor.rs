@@ -1,13 +1,14 @@
 //! The provider actor: owns one provider's circuit breaker and health figures, and publishes them
 //! on a [`HealthBoard`] that the request path reads without waiting on the mailbox.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use arc_swap::ArcSwap;
+use dashmap::DashMap;
 use serde::Serialize;
 
 use crate::breaker::{BreakerSettings, CircuitBreaker, CircuitState};
@@ -52,6 +53,24 @@ pub const WINDOW: usize = 100;
 pub struct HealthBoard {
     snapshot: ArcSwap<HealthSnapshot>,
     probe_permits: AtomicU32,
+    /// Circuits of single models, for errors that concern one model of the provider (rate
+    /// limits and overload are per model at most providers). Absent: closed.
+    models: DashMap<String, ModelGate>,
+}
+
+/// The published circuit of one model.
+#[derive(Debug)]
+struct ModelGate {
+    state: AtomicU8,
+    probe_permits: AtomicU32,
+}
+
+fn state_code(state: CircuitState) -> u8 {
+    match state {
+        CircuitState::Closed => 0,
+        CircuitState::Open => 1,
+        CircuitState::HalfOpen => 2,
+    }
 }
 
 /// The request path's answer from [`HealthBoard::admit`].
@@ -77,6 +96,7 @@ impl HealthBoard {
                 retry_in_seconds: None,
             }),
             probe_permits: AtomicU32::new(0),
+            models: DashMap::new(),
         }
     }
 
@@ -86,6 +106,43 @@ impl HealthBoard {
 
     pub fn state(&self) -> CircuitState {
         self.snapshot.load().state
+    }
+
+    /// Admission for one model of the provider: the provider's circuit, then the model's.
+    pub fn admit_model(&self, model: &str) -> Admission {
+        let provider = self.admit();
+        if provider == Admission::Refused {
+            return provider;
+        }
+        let Some(gate) = self.models.get(model) else {
+            return provider;
+        };
+        match gate.state.load(Ordering::Acquire) {
+            0 => provider,
+            _ => {
+                let taken = gate
+                    .probe_permits
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1))
+                    .is_ok();
+                if taken {
+                    Admission::Probe
+                } else {
+                    Admission::Refused
+                }
+            }
+        }
+    }
+
+    /// The models whose own circuit is not closed.
+    pub fn open_models(&self) -> Vec<String> {
+        let mut models: Vec<String> = self
+            .models
+            .iter()
+            .filter(|g| g.state.load(Ordering::Acquire) != 0)
+            .map(|g| g.key().clone())
+            .collect();
+        models.sort();
+        models
     }
 
     /// Lock-free admission check for the request path.
@@ -108,9 +165,11 @@ impl HealthBoard {
 }
 
 /// The result of one upstream call, reported by the request path.
-#[derive(Debug, Clone, Copy, Message)]
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct AttemptOutcome {
+    /// The provider's model id the call was for.
+    pub model: String,
     /// `None` on success.
     pub error: Option<ErrorKind>,
     pub latency: Duration,
@@ -134,6 +193,13 @@ pub struct ProviderActor {
     latency_ewma: Option<f64>,
     requests_total: u64,
     failures_total: u64,
+    /// Circuits of single models (see [`HealthBoard::admit_model`]).
+    model_breakers: HashMap<String, CircuitBreaker>,
+}
+
+/// Errors that concern one model rather than the whole provider.
+fn is_model_specific(kind: ErrorKind) -> bool {
+    matches!(kind, ErrorKind::RateLimited | ErrorKind::Overloaded)
 }
 
 impl ProviderActor {
@@ -156,6 +222,7 @@ impl ProviderActor {
             latency_ewma: None,
             requests_total: 0,
             failures_total: 0,
+            model_breakers: HashMap::new(),
         };
         (actor, board)
     }
@@ -191,6 +258,53 @@ impl ProviderActor {
         let calls = self.window.iter().skip(skip).count() + 1;
         let failures = self.window.iter().skip(skip).filter(|ok| !**ok).count() + usize::from(!ok);
         (failures as f64 / calls as f64, calls as u32)
+    }
+
+    /// Feeds a model's own circuit and publishes its state.
+    fn model_outcome(&mut self, outcome: &AttemptOutcome, now: Instant, ctx: &mut Context<Self>) {
+        let model_failure = outcome.error.is_some_and(is_model_specific);
+        if !model_failure && !self.model_breakers.contains_key(&outcome.model) {
+            return;
+        }
+        let breaker = self
+            .model_breakers
+            .entry(outcome.model.clone())
+            .or_insert_with(|| CircuitBreaker::new(self.settings));
+        let transition = match outcome.error {
+            None => breaker.on_success(now),
+            Some(kind) if is_model_specific(kind) => breaker.on_failure(now, 0.0, 0),
+            Some(_) => None,
+        };
+        let state = breaker.state();
+        if let Some(to) = transition {
+            tracing::info!(provider = %self.name, model = %outcome.model, to = to.as_str(), "model circuit transition");
+            self.set_model_gate(&outcome.model, to);
+            if to == CircuitState::Open {
+                ctx.run_later(self.settings.cooldown, |_, ctx| ctx.notify(Tick));
+            }
+        }
+        if state == CircuitState::Closed && outcome.error.is_none() {
+            // Healthy again: forget it, so the request path's lookup stays cheap.
+            self.model_breakers.remove(&outcome.model);
+            self.board.models.remove(&outcome.model);
+        }
+    }
+
+    fn set_model_gate(&self, model: &str, state: CircuitState) {
+        let permits = match state {
+            CircuitState::HalfOpen => self.settings.half_open_probes,
+            _ => 0,
+        };
+        let gate = self
+            .board
+            .models
+            .entry(model.to_string())
+            .or_insert_with(|| ModelGate {
+                state: AtomicU8::new(0),
+                probe_permits: AtomicU32::new(0),
+            });
+        gate.probe_permits.store(permits, Ordering::Release);
+        gate.state.store(state_code(state), Ordering::Release);
     }
 
     fn publish(&self) {
@@ -230,7 +344,11 @@ impl Handler<AttemptOutcome> for ProviderActor {
         let tick = self.breaker.tick(now);
         self.transitioned(tick, ctx);
         self.requests_total += 1;
-        let failed = outcome.error.is_some_and(|k| k.is_provider_failure());
+        self.model_outcome(&outcome, now, ctx);
+        // Rate limits and overload of one model do not count against the whole provider.
+        let failed = outcome
+            .error
+            .is_some_and(|k| k.is_provider_failure() && !is_model_specific(k));
         let transition = match outcome.error {
             None => {
                 let latency = outcome.latency.as_secs_f64();
@@ -269,6 +387,14 @@ impl Handler<Tick> for ProviderActor {
         let now = self.clock.now();
         let transition = self.breaker.tick(now);
         self.transitioned(transition, ctx);
+        let half_open: Vec<String> = self
+            .model_breakers
+            .iter_mut()
+            .filter_map(|(model, breaker)| breaker.tick(now).map(|_| model.clone()))
+            .collect();
+        for model in half_open {
+            self.set_model_gate(&model, CircuitState::HalfOpen);
+        }
         self.publish();
     }
 }
@@ -300,11 +426,12 @@ mod tests {
             ProviderActor::new("p".into(), settings, clock.clone(), Metrics::new().unwrap());
         let addr = actor.start();
         let failure = AttemptOutcome {
+            model: "m".into(),
             error: Some(ErrorKind::UpstreamServer),
             latency: Duration::from_millis(5),
             probe: false,
         };
-        addr.send(failure).await.unwrap();
+        addr.send(failure.clone()).await.unwrap();
         assert_eq!(board.admit(), Admission::Admitted);
         addr.send(failure).await.unwrap();
         assert_eq!(board.state(), CircuitState::Open);
@@ -318,6 +445,7 @@ mod tests {
         assert_eq!(board.admit(), Admission::Refused, "one probe at a time");
 
         addr.send(AttemptOutcome {
+            model: "m".into(),
             error: None,
             latency: Duration::from_millis(5),
             probe: true,
@@ -329,6 +457,50 @@ mod tests {
         let snapshot = board.snapshot();
         assert_eq!(snapshot.requests_total, 3);
         assert_eq!(snapshot.failures_total, 2);
+    }
+
+    #[actix_rt::test]
+    async fn rate_limits_open_only_that_models_circuit() {
+        let clock = Arc::new(ManualClock(Mutex::new(Instant::now())));
+        let settings = BreakerSettings {
+            failure_threshold: 2,
+            cooldown: Duration::from_secs(3600),
+            half_open_probes: 1,
+            ..BreakerSettings::default()
+        };
+        let (actor, board) =
+            ProviderActor::new("p".into(), settings, clock.clone(), Metrics::new().unwrap());
+        let addr = actor.start();
+        let limited = AttemptOutcome {
+            model: "busy-model".into(),
+            error: Some(ErrorKind::RateLimited),
+            latency: Duration::from_millis(1),
+            probe: false,
+        };
+        addr.send(limited.clone()).await.unwrap();
+        addr.send(limited).await.unwrap();
+        assert_eq!(board.admit_model("busy-model"), Admission::Refused);
+        assert_eq!(board.admit_model("other-model"), Admission::Admitted);
+        assert_eq!(
+            board.state(),
+            CircuitState::Closed,
+            "the provider stays closed"
+        );
+        assert_eq!(board.open_models(), vec!["busy-model".to_string()]);
+
+        *clock.0.lock().unwrap() += Duration::from_secs(3601);
+        addr.send(Tick).await.unwrap();
+        assert_eq!(board.admit_model("busy-model"), Admission::Probe);
+        addr.send(AttemptOutcome {
+            model: "busy-model".into(),
+            error: None,
+            latency: Duration::from_millis(1),
+            probe: true,
+        })
+        .await
+        .unwrap();
+        assert_eq!(board.admit_model("busy-model"), Admission::Admitted);
+        assert!(board.open_models().is_empty());
     }
 
     #[actix_rt::test]
@@ -345,6 +517,7 @@ mod tests {
         );
         let addr = actor.start();
         addr.send(AttemptOutcome {
+            model: "m".into(),
             error: Some(ErrorKind::UpstreamBadRequest),
             latency: Duration::from_millis(1),
             probe: false,
