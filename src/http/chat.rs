@@ -8,6 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseErr
 use bytes::{Bytes, BytesMut};
 use flowgate_actors::agents::resolve::target_of;
 use flowgate_actors::capabilities::Needs;
+use flowgate_actors::completion::{Choice, ToolCallOut};
 use flowgate_actors::engine::{Answer, RunContext, RunGuard};
 use flowgate_actors::error::{ErrorKind, GatewayError};
 use flowgate_actors::model_ref::{ModelRef, Target};
@@ -17,7 +18,7 @@ use flowgate_actors::templates::Limits;
 use flowgate_actors::version::version_id;
 use flowgate_actors::wire::ChatRequest;
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{connection, sse, AppState};
 
@@ -342,63 +343,170 @@ pub fn run_url(public_url: &str, run_id: &uuid::Uuid) -> String {
 }
 
 /// The OpenAI `chat.completion` object with flowgate's additions.
-fn render_completion(guard: &RunGuard, answer: &Answer, cost_usd: f64, public_url: &str) -> Value {
+fn render_completion<'a>(
+    guard: &RunGuard,
+    answer: &'a Answer,
+    cost_usd: f64,
+    public_url: &str,
+) -> CompletionBody<'a> {
     let duration = guard.duration_seconds();
     let n = answer.completion.choices.len().max(1) as f64;
-    let url = run_url(public_url, &guard.ctx.run_id);
-    let choices: Vec<Value> = answer
-        .completion
-        .choices
-        .iter()
-        .map(|choice| {
-            let mut message = json!({
-                "role": "assistant",
-                "content": choice.message.content,
-                "refusal": choice.message.refusal,
-            });
-            if !choice.message.tool_calls.is_empty() {
-                message["tool_calls"] = choice
-                    .message
-                    .tool_calls
-                    .iter()
-                    .map(|t| {
-                        json!({
-                            "id": t.id,
-                            "type": "function",
-                            "function": {"name": t.name, "arguments": t.arguments},
-                        })
-                    })
-                    .collect();
-            }
-            json!({
-                "index": choice.index,
-                "message": message,
-                "logprobs": null,
-                "finish_reason": choice.finish_reason.as_str(),
-                "cost_usd": cost_usd / n,
-                "duration_seconds": duration,
-                "feedback_token": guard.ctx.feedback_token,
-                "url": url,
-            })
-        })
-        .collect();
-    json!({
-        "id": guard.ctx.response_id(),
-        "object": "chat.completion",
-        "created": guard.ctx.created_unix(),
-        "model": answer.model,
-        "choices": choices,
-        "usage": answer.completion.usage.to_openai(),
-        "cost_usd": cost_usd,
-        "duration_seconds": duration,
-        "version_id": guard.ctx.version_id,
-        "metadata": guard.ctx.metadata,
-    })
+    let usage = &answer.completion.usage;
+    CompletionBody {
+        id: guard.ctx.response_id(),
+        object: "chat.completion",
+        created: guard.ctx.created_unix(),
+        model: &answer.model,
+        choices: ChoicesBody {
+            choices: &answer.completion.choices,
+            cost_usd: cost_usd / n,
+            duration_seconds: duration,
+            feedback_token: guard.ctx.feedback_token.clone(),
+            url: run_url(public_url, &guard.ctx.run_id),
+        },
+        usage: UsageBody {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.total_tokens(),
+            prompt_tokens_details: CachedTokens {
+                cached_tokens: usage.cached_tokens,
+            },
+            completion_tokens_details: ReasoningTokens {
+                reasoning_tokens: usage.reasoning_tokens,
+            },
+        },
+        cost_usd,
+        duration_seconds: duration,
+        version_id: guard.ctx.version_id.clone(),
+        metadata: guard.ctx.metadata.clone(),
+    }
+}
+
+/// The body [`render_completion`] answers with, serialized as it is: the answer is borrowed, the
+/// few values of the run are copied (the run is recorded before the body is written).
+#[derive(serde::Serialize)]
+struct CompletionBody<'a> {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: ChoicesBody<'a>,
+    usage: UsageBody,
+    cost_usd: f64,
+    duration_seconds: f64,
+    version_id: Option<String>,
+    metadata: Option<serde_json::Map<String, Value>>,
+}
+
+/// The choices, with what each repeats of the run.
+struct ChoicesBody<'a> {
+    choices: &'a [Choice],
+    cost_usd: f64,
+    duration_seconds: f64,
+    feedback_token: String,
+    url: String,
+}
+
+impl serde::Serialize for ChoicesBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.choices.iter().map(|choice| ChoiceBody {
+            index: choice.index,
+            message: MessageBody {
+                role: "assistant",
+                content: choice.message.content.as_deref(),
+                refusal: choice.message.refusal.as_deref(),
+                tool_calls: ToolCallsBody(&choice.message.tool_calls),
+            },
+            logprobs: (),
+            finish_reason: choice.finish_reason.as_str(),
+            cost_usd: self.cost_usd,
+            duration_seconds: self.duration_seconds,
+            feedback_token: &self.feedback_token,
+            url: &self.url,
+        }))
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ChoiceBody<'a> {
+    index: u32,
+    message: MessageBody<'a>,
+    /// Always `null`.
+    logprobs: (),
+    finish_reason: &'static str,
+    cost_usd: f64,
+    duration_seconds: f64,
+    feedback_token: &'a str,
+    url: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct MessageBody<'a> {
+    role: &'static str,
+    content: Option<&'a str>,
+    refusal: Option<&'a str>,
+    #[serde(skip_serializing_if = "ToolCallsBody::is_empty")]
+    tool_calls: ToolCallsBody<'a>,
+}
+
+/// Tool calls in the OpenAI shape: `{"id", "type": "function", "function": {"name", "arguments"}}`.
+struct ToolCallsBody<'a>(&'a [ToolCallOut]);
+
+impl ToolCallsBody<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl serde::Serialize for ToolCallsBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Call<'a> {
+            id: &'a str,
+            #[serde(rename = "type")]
+            kind: &'static str,
+            function: Function<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct Function<'a> {
+            name: &'a str,
+            arguments: &'a str,
+        }
+        serializer.collect_seq(self.0.iter().map(|t| Call {
+            id: &t.id,
+            kind: "function",
+            function: Function {
+                name: &t.name,
+                arguments: &t.arguments,
+            },
+        }))
+    }
+}
+
+/// The OpenAI `usage` object.
+#[derive(serde::Serialize)]
+struct UsageBody {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: CachedTokens,
+    completion_tokens_details: ReasoningTokens,
+}
+
+#[derive(serde::Serialize)]
+struct CachedTokens {
+    cached_tokens: u64,
+}
+
+#[derive(serde::Serialize)]
+struct ReasoningTokens {
+    reasoning_tokens: u64,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn error_for(body: Value) -> GatewayError {
         field_error(serde_path_to_error::deserialize::<_, ChatRequest>(&body).unwrap_err())

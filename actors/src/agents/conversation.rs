@@ -142,6 +142,7 @@ impl AgentStore {
             return Ok(None);
         };
         match self
+            .inner
             .conversations
             .get(conversation_key(tenant, agent, &hash))
             .map_err(store_error)?
@@ -185,7 +186,8 @@ impl AgentStore {
             &run.agent,
             &continuation_hash(messages, answer),
         );
-        self.conversations
+        self.inner
+            .conversations
             .insert(key, conversation.as_bytes())
             .map(|_| ())
             .map_err(|e| e.to_string())

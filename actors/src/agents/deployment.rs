@@ -85,7 +85,7 @@ impl AgentStore {
         let key = pointer_key(tenant, agent, schema_id, environment);
         let history_prefix = agent_prefix(tenant, agent);
         let deployed_at = now_rfc3339();
-        let result = (&self.deployments, &self.deployment_history).transaction(
+        let result = (&self.inner.deployments, &self.inner.deployment_history).transaction(
             |(pointers, history)| -> sled::transaction::ConflictableTransactionResult<DeploymentRecord, String> {
                 let previous: Option<DeploymentRecord> = match pointers.get(&key)? {
                     Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(abort)?),
@@ -129,6 +129,7 @@ impl AgentStore {
         environment: Environment,
     ) -> Result<Option<DeploymentRecord>, GatewayError> {
         match self
+            .inner
             .deployments
             .get(pointer_key(tenant, agent, schema_id, environment))
             .map_err(store_error)?
@@ -146,11 +147,13 @@ impl AgentStore {
             serde_json::from_slice::<DeploymentRecord>(&bytes).map_err(store_error)
         };
         let deployments = self
+            .inner
             .deployments
             .scan_prefix(&prefix)
             .map(decode)
             .collect::<Result<Vec<_>, _>>()?;
         let history = self
+            .inner
             .deployment_history
             .scan_prefix(&prefix)
             .rev()

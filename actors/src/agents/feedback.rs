@@ -86,18 +86,22 @@ impl AgentStore {
             }
             None => {
                 key.push(1);
-                let id = self.db.generate_id().map_err(store_error)?;
+                let id = self.inner.db.generate_id().map_err(store_error)?;
                 key.extend_from_slice(&id.to_be_bytes());
             }
         }
         let bytes = serde_json::to_vec(record).map_err(store_error)?;
-        self.feedback.insert(key, bytes).map_err(store_error)?;
+        self.inner
+            .feedback
+            .insert(key, bytes)
+            .map_err(store_error)?;
         Ok(())
     }
 
     /// Every feedback on the run.
     pub fn feedback_for(&self, run_id: Uuid) -> Result<Vec<FeedbackRecord>, GatewayError> {
-        self.feedback
+        self.inner
+            .feedback
             .scan_prefix(run_id.as_bytes())
             .map(|entry| {
                 let (_, bytes) = entry.map_err(store_error)?;

@@ -10,7 +10,10 @@
 //!
 //! Writes on the request path are rare (a new schema pair, a new version); statistics and
 //! conversation links are written by the recorder, off the request path, through
-//! [`AgentStore::observe`].
+//! [`AgentStore::observe`]. Conversation links are stored at once; version statistics are
+//! summed in memory (readers see them at once) and stored in one batch by
+//! [`AgentStore::write_stats`], which the recorder calls within the flush interval, on `Flush`
+//! and when it stops.
 
 pub mod conversation;
 pub mod deployment;
@@ -19,7 +22,8 @@ pub mod resolve;
 pub mod schema;
 pub mod version;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
@@ -36,9 +40,14 @@ pub use version::{VersionProperties, VersionRecord, VersionStats, VersionSummary
 /// Immutable records kept in memory above this count are dropped wholesale (bounded memory).
 const MAX_CACHED: usize = 4096;
 
-/// Handle to the agents' store. Cheap to clone.
+/// Handle to the agents' store. Cheap to clone (one reference count).
 #[derive(Clone)]
 pub struct AgentStore {
+    inner: Arc<Trees>,
+}
+
+/// The trees and in-memory state behind an [`AgentStore`].
+struct Trees {
     db: sled::Db,
     /// Schema ids by pair digest, schema records by id, and each agent's id counter.
     schemas: sled::Tree,
@@ -54,7 +63,11 @@ pub struct AgentStore {
     conversations: sled::Tree,
     /// Feedback by run.
     feedback: sled::Tree,
-    cache: Arc<Cache>,
+    cache: Cache,
+    /// Statistics updated since they were last written to `version_stats`: whole values (the
+    /// stored statistics plus the runs observed since), by version key. Readers look here
+    /// first, so a run counts as soon as the recorder observed it.
+    pending_stats: Mutex<HashMap<Vec<u8>, VersionStats>>,
 }
 
 /// Records that never change once written, so they can be kept without invalidation.
@@ -75,7 +88,8 @@ fn bounded_insert<V>(map: &DashMap<Vec<u8>, V>, key: Vec<u8>, value: V) {
 
 /// `tenant \0 agent \0`: the prefix of every key of an agent.
 fn agent_prefix(tenant: &str, agent: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(tenant.len() + agent.len() + 2);
+    // Room for what keys add to the prefix: a version id, a hash, a schema key.
+    let mut key = Vec::with_capacity(tenant.len() + agent.len() + 2 + 40);
     key.extend_from_slice(tenant.as_bytes());
     key.push(0);
     key.extend_from_slice(agent.as_bytes());
@@ -83,13 +97,40 @@ fn agent_prefix(tenant: &str, agent: &str) -> Vec<u8> {
     key
 }
 
-/// Feeds serialized JSON straight into a hash, without building the text.
-struct HashWriter<'a>(&'a mut sha2::Sha256);
+/// Feeds serialized JSON into a hash through a small buffer: serde_json writes many short
+/// pieces, and the hash takes them best in blocks. Never builds the whole text.
+struct HashWriter<'a> {
+    hasher: &'a mut sha2::Sha256,
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl HashWriter<'_> {
+    fn finish(self) {
+        sha2::Digest::update(self.hasher, &self.buf[..self.len]);
+    }
+}
 
 impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        sha2::Digest::update(self.0, buf);
-        Ok(buf.len())
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.len + data.len() <= self.buf.len() {
+            self.buf[self.len..self.len + data.len()].copy_from_slice(data);
+            self.len += data.len();
+        } else {
+            sha2::Digest::update(self.hasher, &self.buf[..self.len]);
+            self.len = 0;
+            if data.len() >= self.buf.len() {
+                sha2::Digest::update(self.hasher, data);
+            } else {
+                self.buf[..data.len()].copy_from_slice(data);
+                self.len = data.len();
+            }
+        }
+        Ok(data.len())
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.write(data).map(|_| ())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -99,8 +140,25 @@ impl std::io::Write for HashWriter<'_> {
 
 /// Adds the JSON of `value` to the hash.
 fn hash_json(hasher: &mut sha2::Sha256, value: &impl serde::Serialize) {
+    let mut writer = HashWriter {
+        hasher,
+        buf: [0; 256],
+        len: 0,
+    };
     // Writing to a hash cannot fail, and these values always serialize.
-    let _ = serde_json::to_writer(HashWriter(hasher), value);
+    let _ = serde_json::to_writer(&mut writer, value);
+    writer.finish();
+}
+
+/// Lower-case hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    out
 }
 
 fn store_error(e: impl std::fmt::Display) -> GatewayError {
@@ -116,30 +174,50 @@ impl AgentStore {
     /// Opens (or creates) the agents' trees in the runs' database.
     pub fn open(db: &sled::Db) -> sled::Result<AgentStore> {
         Ok(AgentStore {
-            db: db.clone(),
-            schemas: db.open_tree("agent_schemas")?,
-            versions: db.open_tree("agent_versions")?,
-            version_stats: db.open_tree("agent_version_stats")?,
-            deployments: db.open_tree("agent_deployments")?,
-            deployment_history: db.open_tree("agent_deployment_history")?,
-            conversations: db.open_tree("agent_conversations")?,
-            feedback: db.open_tree("run_feedback")?,
-            cache: Arc::default(),
+            inner: Arc::new(Trees {
+                db: db.clone(),
+                schemas: db.open_tree("agent_schemas")?,
+                versions: db.open_tree("agent_versions")?,
+                version_stats: db.open_tree("agent_version_stats")?,
+                deployments: db.open_tree("agent_deployments")?,
+                deployment_history: db.open_tree("agent_deployment_history")?,
+                conversations: db.open_tree("agent_conversations")?,
+                feedback: db.open_tree("run_feedback")?,
+                cache: Cache::default(),
+                pending_stats: Mutex::default(),
+            }),
         })
     }
 
     /// Takes a recorded run into account: its version's statistics and, for an answered run,
     /// the link that lets the next turn of its conversation find it. Called by the recorder
     /// after it stored the run, on the recorder's thread.
+    ///
+    /// The statistics are kept in memory (readers see them at once) until
+    /// [`AgentStore::write_stats`] stores them; the recorder calls it periodically, on `Flush`
+    /// and when it stops. The conversation link is stored at once.
     pub fn observe(&self, run: &RunRecord) -> Result<(), String> {
-        if let Some(version_id) = &run.version_id {
-            self.add_run_to_stats(&run.tenant, &run.agent, version_id, run)?;
-        }
-        self.link_answer(run)
+        let stats = match &run.version_id {
+            Some(version_id) => self.add_run_to_stats(&run.tenant, &run.agent, version_id, run),
+            None => Ok(()),
+        };
+        let link = self.link_answer(run);
+        stats.and(link)
+    }
+
+    /// Whether statistics wait in memory for [`AgentStore::write_stats`].
+    pub fn has_pending_stats(&self) -> bool {
+        !self.pending_stats_lock().is_empty()
+    }
+
+    /// Writes the statistics observed since the last call to the store (in one batch). They
+    /// are on disk once the database is next flushed.
+    pub fn write_stats(&self) -> Result<(), String> {
+        self.write_pending_stats()
     }
 
     /// Writes everything to disk now (after an admin write that must survive a crash).
     pub fn flush(&self) -> Result<(), GatewayError> {
-        self.db.flush().map(|_| ()).map_err(store_error)
+        self.inner.db.flush().map(|_| ()).map_err(store_error)
     }
 }

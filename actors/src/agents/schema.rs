@@ -203,18 +203,25 @@ impl AgentStore {
         output: &Value,
     ) -> Result<u32, GatewayError> {
         let inferred = input_schema(input);
-        let digest_key = key(tenant, agent, BY_DIGEST, &pair_digest(&inferred, output));
-        if let Some(id) = self.cache.schema_ids.get(&digest_key) {
+        let digest = if inferred.is_null() && output.is_null() {
+            // Plain text without input, the most common pair: its digest is a constant.
+            static PLAIN: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+            *PLAIN.get_or_init(|| pair_digest(&Value::Null, &Value::Null))
+        } else {
+            pair_digest(&inferred, output)
+        };
+        let digest_key = key(tenant, agent, BY_DIGEST, &digest);
+        if let Some(id) = self.inner.cache.schema_ids.get(&digest_key) {
             return Ok(*id);
         }
-        let id = match self.schemas.get(&digest_key).map_err(store_error)? {
+        let id = match self.inner.schemas.get(&digest_key).map_err(store_error)? {
             Some(bytes) => decode_id(&bytes)?,
             None => {
                 let admitting = self.admitting_schema(tenant, agent, input, output)?;
                 self.assign_schema_id(tenant, agent, &digest_key, admitting, &inferred, output)?
             }
         };
-        bounded_insert(&self.cache.schema_ids, digest_key, id);
+        bounded_insert(&self.inner.cache.schema_ids, digest_key, id);
         Ok(id)
     }
 
@@ -234,6 +241,7 @@ impl AgentStore {
                 (Value::Null, None) => true,
                 (Value::Null, Some(_)) | (_, None) => false,
                 (expected, Some(input)) => self
+                    .inner
                     .cache
                     .validators
                     .validate(expected, &Value::Object(input.clone()))
@@ -257,7 +265,7 @@ impl AgentStore {
     ) -> Result<u32, GatewayError> {
         let counter_key = key(tenant, agent, COUNTER, &[]);
         let created_at = now_rfc3339();
-        let result = self.schemas.transaction(
+        let result = self.inner.schemas.transaction(
             |tx| -> sled::transaction::ConflictableTransactionResult<u32, String> {
                 if let Some(bytes) = tx.get(digest_key)? {
                     return decode_id(&bytes).map_err(|e| abort(&e.message));
@@ -298,22 +306,23 @@ impl AgentStore {
         id: u32,
     ) -> Result<Option<Arc<SchemaRecord>>, GatewayError> {
         let record_key = key(tenant, agent, BY_ID, &id.to_be_bytes());
-        if let Some(record) = self.cache.schemas.get(&record_key) {
+        if let Some(record) = self.inner.cache.schemas.get(&record_key) {
             return Ok(Some(record.clone()));
         }
-        let Some(bytes) = self.schemas.get(&record_key).map_err(store_error)? else {
+        let Some(bytes) = self.inner.schemas.get(&record_key).map_err(store_error)? else {
             return Ok(None);
         };
         let record: Arc<SchemaRecord> =
             Arc::new(serde_json::from_slice(&bytes).map_err(store_error)?);
-        bounded_insert(&self.cache.schemas, record_key, record.clone());
+        bounded_insert(&self.inner.cache.schemas, record_key, record.clone());
         Ok(Some(record))
     }
 
     /// Every schema of the agent, by id.
     pub fn schemas(&self, tenant: &str, agent: &str) -> Result<Vec<SchemaRecord>, GatewayError> {
         let prefix = key(tenant, agent, BY_ID, &[]);
-        self.schemas
+        self.inner
+            .schemas
             .scan_prefix(&prefix)
             .map(|entry| {
                 let (_, bytes) = entry.map_err(store_error)?;
@@ -349,6 +358,7 @@ impl AgentStore {
                 schema.id
             ))),
             (expected, Some(input)) => self
+                .inner
                 .cache
                 .validators
                 .validate(expected, &Value::Object(input.clone()))

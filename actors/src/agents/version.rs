@@ -3,13 +3,15 @@
 //! Two runs with the same templates and parameters share a version whatever their `input`; a
 //! version is what gets deployed. The recorder keeps each version's usage statistics.
 
-use std::sync::Arc;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::{Arc, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{agent_prefix, bounded_insert, hash_json, now_rfc3339, store_error, AgentStore};
+use super::{agent_prefix, bounded_insert, hash_json, hex, now_rfc3339, store_error, AgentStore};
 use crate::error::GatewayError;
 use crate::recorder::run::{RunRecord, RunStatus};
 use crate::wire::{ChatRequest, Message, ResponseFormat, Tool, ToolChoice};
@@ -89,7 +91,7 @@ impl<'a> Shape<'a> {
         let mut hasher = Sha256::new();
         hash_json(&mut hasher, self);
         let digest = hasher.finalize();
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        hex(&digest[..16])
     }
 }
 
@@ -229,7 +231,7 @@ fn version_key(tenant: &str, agent: &str, id: &str) -> Vec<u8> {
 
 impl AgentStore {
     /// The version of a request whose messages are still templates, stored if it is new.
-    /// Known versions cost one hash of the request and no copy.
+    /// Known versions cost one hash of the request, no copy and no store access.
     pub fn version_of_request(
         &self,
         tenant: &str,
@@ -239,19 +241,11 @@ impl AgentStore {
         schema_id: u32,
     ) -> Result<String, GatewayError> {
         let id = Shape::of_request(model, request).id();
-        if self
-            .cache
-            .versions
-            .contains_key(&version_key(tenant, agent, &id))
-        {
+        let key = version_key(tenant, agent, &id);
+        if self.inner.cache.versions.contains_key(&key) {
             return Ok(id);
         }
-        self.ensure_version(
-            tenant,
-            agent,
-            &VersionProperties::of(model, request),
-            schema_id,
-        )
+        self.store_version(key, id, &VersionProperties::of(model, request), schema_id)
     }
 
     /// Stores the version if it is new; returns its id.
@@ -264,12 +258,24 @@ impl AgentStore {
     ) -> Result<String, GatewayError> {
         let id = properties.id();
         let key = version_key(tenant, agent, &id);
-        if self.cache.versions.contains_key(&key) {
+        if self.inner.cache.versions.contains_key(&key) {
             return Ok(id);
         }
-        if let Some(existing) = self.versions.get(&key).map_err(store_error)? {
+        self.store_version(key, id, properties, schema_id)
+    }
+
+    /// Stores version `id` (of `properties`, under `key`) unless the store has it; caches the
+    /// stored record.
+    fn store_version(
+        &self,
+        key: Vec<u8>,
+        id: String,
+        properties: &VersionProperties,
+        schema_id: u32,
+    ) -> Result<String, GatewayError> {
+        if let Some(existing) = self.inner.versions.get(&key).map_err(store_error)? {
             let record: VersionRecord = serde_json::from_slice(&existing).map_err(store_error)?;
-            bounded_insert(&self.cache.versions, key, Arc::new(record));
+            bounded_insert(&self.inner.cache.versions, key, Arc::new(record));
             return Ok(id);
         }
         let record = VersionRecord {
@@ -281,6 +287,7 @@ impl AgentStore {
         let bytes = serde_json::to_vec(&record).map_err(store_error)?;
         // The first writer wins; a concurrent one finds it there and keeps that record.
         let stored = match self
+            .inner
             .versions
             .compare_and_swap(&key, None as Option<&[u8]>, Some(bytes))
             .map_err(store_error)?
@@ -291,7 +298,7 @@ impl AgentStore {
                 None => record,
             },
         };
-        bounded_insert(&self.cache.versions, key, Arc::new(stored));
+        bounded_insert(&self.inner.cache.versions, key, Arc::new(stored));
         Ok(id)
     }
 
@@ -302,29 +309,33 @@ impl AgentStore {
         id: &str,
     ) -> Result<Option<Arc<VersionRecord>>, GatewayError> {
         let key = version_key(tenant, agent, id);
-        if let Some(record) = self.cache.versions.get(&key) {
+        if let Some(record) = self.inner.cache.versions.get(&key) {
             return Ok(Some(record.clone()));
         }
-        let Some(bytes) = self.versions.get(&key).map_err(store_error)? else {
+        let Some(bytes) = self.inner.versions.get(&key).map_err(store_error)? else {
             return Ok(None);
         };
         let record: Arc<VersionRecord> =
             Arc::new(serde_json::from_slice(&bytes).map_err(store_error)?);
-        bounded_insert(&self.cache.versions, key, record.clone());
+        bounded_insert(&self.inner.cache.versions, key, record.clone());
         Ok(Some(record))
     }
 
+    /// The version's statistics: the recorder's latest, whether or not they are written yet.
     pub fn version_stats(
         &self,
         tenant: &str,
         agent: &str,
         id: &str,
     ) -> Result<VersionStats, GatewayError> {
-        match self
-            .version_stats
-            .get(version_key(tenant, agent, id))
-            .map_err(store_error)?
-        {
+        let key = version_key(tenant, agent, id);
+        // Held while reading the store too: a concurrent write moves the statistics from memory
+        // to the store under this lock, so they are found in one place or the other.
+        let pending = self.pending_stats_lock();
+        if let Some(stats) = pending.get(&key) {
+            return Ok(stats.clone());
+        }
+        match self.inner.version_stats.get(&key).map_err(store_error)? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(store_error),
             None => Ok(VersionStats::default()),
         }
@@ -334,7 +345,7 @@ impl AgentStore {
     pub fn versions(&self, tenant: &str, agent: &str) -> Result<Vec<VersionSummary>, GatewayError> {
         let prefix = agent_prefix(tenant, agent);
         let mut out = Vec::new();
-        for entry in self.versions.scan_prefix(&prefix) {
+        for entry in self.inner.versions.scan_prefix(&prefix) {
             let (_, bytes) = entry.map_err(store_error)?;
             let record: VersionRecord = serde_json::from_slice(&bytes).map_err(store_error)?;
             let stats = self.version_stats(tenant, agent, &record.id)?;
@@ -363,7 +374,16 @@ impl AgentStore {
         Ok(Some(VersionSummary::new((*record).clone(), stats)))
     }
 
-    /// Adds a recorded run to its version's statistics.
+    pub(super) fn pending_stats_lock(&self) -> MutexGuard<'_, HashMap<Vec<u8>, VersionStats>> {
+        // The map is consistent after any panic (every update is a whole value): keep going.
+        self.inner
+            .pending_stats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a recorded run to its version's statistics, in memory: the first run of a version
+    /// since the last write starts from the stored statistics.
     pub(super) fn add_run_to_stats(
         &self,
         tenant: &str,
@@ -371,39 +391,72 @@ impl AgentStore {
         version_id: &str,
         run: &RunRecord,
     ) -> Result<(), String> {
+        let key = version_key(tenant, agent, version_id);
+        let mut pending = self.pending_stats_lock();
         let mut failed = None;
-        self.version_stats
-            .update_and_fetch(version_key(tenant, agent, version_id), |old| {
-                let mut stats: VersionStats = match old.map(serde_json::from_slice) {
-                    Some(Ok(stats)) => stats,
-                    Some(Err(e)) => {
-                        failed = Some(e.to_string());
-                        VersionStats::default()
-                    }
-                    None => VersionStats::default(),
+        let stats = match pending.entry(key) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let stored = match self.inner.version_stats.get(entry.key()) {
+                    Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
+                        Ok(stats) => stats,
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            VersionStats::default()
+                        }
+                    },
+                    Ok(None) => VersionStats::default(),
+                    Err(e) => return Err(e.to_string()),
                 };
-                stats.run_count += 1;
-                if run.status != RunStatus::Success {
-                    stats.error_count += 1;
-                }
-                stats.cost_usd += run.cost_usd;
-                stats.total_duration_seconds += run.duration_seconds;
-                let at = &run.created_at;
-                if stats.first_used_at.as_ref().is_none_or(|first| at < first) {
-                    stats.first_used_at = Some(at.clone());
-                }
-                if stats.last_used_at.as_ref().is_none_or(|last| at > last) {
-                    stats.last_used_at = Some(at.clone());
-                }
-                serde_json::to_vec(&stats).ok()
-            })
-            .map_err(|e| e.to_string())?;
+                entry.insert(stored)
+            }
+        };
+        stats.run_count += 1;
+        if run.status != RunStatus::Success {
+            stats.error_count += 1;
+        }
+        stats.cost_usd += run.cost_usd;
+        stats.total_duration_seconds += run.duration_seconds;
+        let at = &run.created_at;
+        set_if(&mut stats.first_used_at, at, |first| at.as_str() < first);
+        set_if(&mut stats.last_used_at, at, |last| at.as_str() > last);
         match failed {
             Some(e) => Err(format!(
                 "version statistics were unreadable and restarted: {e}"
             )),
             None => Ok(()),
         }
+    }
+
+    /// Writes the statistics kept in memory to the store, in one batch.
+    pub(super) fn write_pending_stats(&self) -> Result<(), String> {
+        let mut pending = self.pending_stats_lock();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (key, stats) in pending.iter() {
+            let bytes = serde_json::to_vec(stats).map_err(|e| e.to_string())?;
+            batch.insert(key.as_slice(), bytes);
+        }
+        self.inner
+            .version_stats
+            .apply_batch(batch)
+            .map_err(|e| e.to_string())?;
+        pending.clear();
+        Ok(())
+    }
+}
+
+/// Sets `slot` to `at` when it is empty or `replaces` its value, reusing its allocation.
+fn set_if(slot: &mut Option<String>, at: &str, replaces: impl FnOnce(&str) -> bool) {
+    match slot {
+        Some(current) if replaces(current) => {
+            current.clear();
+            current.push_str(at);
+        }
+        Some(_) => {}
+        None => *slot = Some(at.to_string()),
     }
 }
 
@@ -518,5 +571,64 @@ mod tests {
         assert_eq!(s.first_used_at.as_deref(), Some("2026-01-01T00:00:00.000Z"));
         assert_eq!(s.last_used_at.as_deref(), Some("2026-01-01T00:00:01.000Z"));
         assert!(store.versions("t", "other").unwrap().is_empty());
+    }
+
+    #[test]
+    fn statistics_count_at_once_and_are_stored_when_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats_tree = |db: &sled::Db| db.open_tree("agent_version_stats").unwrap();
+        let id = {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let store = AgentStore::open(&db).unwrap();
+            let props = VersionProperties::of(
+                "m",
+                &request(json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]})),
+            );
+            let id = store.ensure_version("t", "a", &props, 1).unwrap();
+            let run = |at: &str, cost: f64| -> RunRecord {
+                serde_json::from_value(json!({
+                    "id": uuid::Uuid::now_v7(), "tenant": "t", "agent": "a", "created_at": at,
+                    "status": "success", "requested_model": "m", "model": "m", "provider": null,
+                    "provider_model": null, "version_id": id, "stream": false, "request": null,
+                    "input": null, "output": null, "attempts": [],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1}, "cost_usd": cost,
+                    "duration_seconds": 1.0, "cache": "bypass", "error": null, "metadata": null,
+                    "feedback_token": "x", "source_run_id": null
+                }))
+                .unwrap()
+            };
+            store
+                .observe(&run("2026-01-01T00:00:02.000Z", 0.5))
+                .unwrap();
+            // Counted before it is written.
+            assert!(store.has_pending_stats());
+            assert!(stats_tree(&db).is_empty());
+            assert_eq!(store.version_stats("t", "a", &id).unwrap().run_count, 1);
+            store.write_stats().unwrap();
+            assert!(!store.has_pending_stats());
+            assert_eq!(stats_tree(&db).len(), 1);
+            // The next runs start from the stored statistics.
+            store
+                .observe(&run("2026-01-01T00:00:01.000Z", 0.25))
+                .unwrap();
+            store
+                .observe(&run("2026-01-01T00:00:03.000Z", 0.25))
+                .unwrap();
+            let s = store.version_stats("t", "a", &id).unwrap();
+            assert_eq!(s.run_count, 3);
+            assert_eq!(s.first_used_at.as_deref(), Some("2026-01-01T00:00:01.000Z"));
+            assert_eq!(s.last_used_at.as_deref(), Some("2026-01-01T00:00:03.000Z"));
+            store.write_stats().unwrap();
+            store.flush().unwrap();
+            id
+        };
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let store = AgentStore::open(&db).unwrap();
+        let listed = store.versions("t", "a").unwrap();
+        let s = &listed[0].stats;
+        assert_eq!((s.run_count, s.error_count), (3, 0));
+        assert!((s.cost_usd - 1.0).abs() < 1e-9);
+        assert_eq!(s.last_used_at.as_deref(), Some("2026-01-01T00:00:03.000Z"));
+        assert_eq!(listed[0].record.id, id);
     }
 }

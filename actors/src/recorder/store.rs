@@ -17,6 +17,7 @@ pub struct RunStore {
     db: sled::Db,
     runs: sled::Tree,
     by_agent: sled::Tree,
+    flush_every: Duration,
 }
 
 /// One page of runs, newest first.
@@ -28,7 +29,8 @@ pub struct RunPage {
 }
 
 fn agent_prefix(tenant: &str, agent: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(tenant.len() + agent.len() + 2);
+    // Room for the run id that usually follows.
+    let mut key = Vec::with_capacity(tenant.len() + agent.len() + 2 + 16);
     key.extend_from_slice(tenant.as_bytes());
     key.push(0);
     key.extend_from_slice(agent.as_bytes());
@@ -46,13 +48,30 @@ impl RunStore {
             .open()?;
         let runs = db.open_tree("runs")?;
         let by_agent = db.open_tree("runs_by_agent")?;
-        Ok(RunStore { db, runs, by_agent })
+        Ok(RunStore {
+            db,
+            runs,
+            by_agent,
+            flush_every,
+        })
+    }
+
+    /// How often sled writes the log to disk: what a write waits at most to survive `kill -9`.
+    pub fn flush_every(&self) -> Duration {
+        self.flush_every
     }
 
     pub fn insert(&self, run: &RunRecord) -> Result<(), String> {
-        let bytes = serde_json::to_vec(run).map_err(|e| e.to_string())?;
+        self.insert_with(run, &mut Vec::new())
+    }
+
+    /// [`RunStore::insert`], serializing into `buf` (cleared first): a writer that keeps its
+    /// buffer between runs allocates nothing for the text.
+    pub fn insert_with(&self, run: &RunRecord, buf: &mut Vec<u8>) -> Result<(), String> {
+        buf.clear();
+        serde_json::to_writer(&mut *buf, run).map_err(|e| e.to_string())?;
         self.runs
-            .insert(run.id.as_bytes(), bytes)
+            .insert(run.id.as_bytes(), buf.as_slice())
             .map_err(|e| e.to_string())?;
         let mut key = agent_prefix(&run.tenant, &run.agent);
         key.extend_from_slice(run.id.as_bytes());
