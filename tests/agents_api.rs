@@ -11,39 +11,17 @@ use serde_json::{json, Value};
 const ADMIN_KEY: &str = "admin-secret-key";
 
 fn config(data_dir: &std::path::Path, upstream: &MockUpstream) -> String {
-    let mut config = base_config(data_dir, Some(upstream));
-    config.push_str(&format!(
-        r#"
-[admin]
-api_keys = [{{ key = "{ADMIN_KEY}", label = "release-bot" }}]
-
-[models."up-a"]
-providers = [{{ provider = "upstream", model = "gpt-4o-mini", input_per_mtok = 1.0, output_per_mtok = 2.0 }}]
-supports = {{ structured_output = true, json_mode = true, tools = true }}
-
-[models."up-b"]
-providers = [{{ provider = "upstream", model = "gpt-4o", input_per_mtok = 1.0, output_per_mtok = 2.0 }}]
-supports = {{ structured_output = true, json_mode = true, tools = true }}
-"#
-    ));
-    config
-}
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    upstream: MockUpstream,
-    gw: Flowgate,
+    let supports = "supports = { structured_output = true, json_mode = true, tools = true }";
+    let model =
+        |id: &str, model: &str| model_table(id, &[offer("upstream", model, 1.0, 2.0)], supports);
+    base_config(data_dir, Some(upstream))
+        + &format!("\n[admin]\napi_keys = [{{ key = \"{ADMIN_KEY}\", label = \"release-bot\" }}]\n")
+        + &model("up-a", "gpt-4o-mini")
+        + &model("up-b", "gpt-4o")
 }
 
 fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = MockUpstream::start();
-    let gw = Flowgate::start(dir.path(), &config(&dir.path().join("data"), &upstream));
-    Setup {
-        _dir: dir,
-        upstream,
-        gw,
-    }
+    Setup::start(config)
 }
 
 async fn post(gw: &Flowgate, path: &str, body: Value, bearer: Option<&str>) -> (u16, Value) {
@@ -51,6 +29,11 @@ async fn post(gw: &Flowgate, path: &str, body: Value, bearer: Option<&str>) -> (
     if let Some(token) = bearer {
         request = request.bearer_auth(token);
     }
+    send(request).await
+}
+
+/// Sends `request`; returns the status and the body, JSON if it is.
+async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.expect("request");
     let status = response.status().as_u16();
     let text = response.text().await.expect("body");
@@ -119,16 +102,19 @@ async fn call_production(gw: &Flowgate, agent: &str, extra: Value) -> (reqwest::
 #[tokio::test]
 async fn templates_render_input_and_share_a_version() {
     let s = setup();
-    let (status, _, body) = chat(
-        &s.gw,
+    let greet = |input: Value| {
         json!({
             "model": "greeter/up-a",
             "messages": [
                 {"role": "system", "content": "Greet {{ person.name | title }}{% if vip %}, a VIP{% endif %}.\n{% for t in tags %}- {{ t }}\n{% endfor %}"},
                 {"role": "user", "content": "Hello"}
             ],
-            "input": {"person": {"name": "ada lovelace"}, "vip": true, "tags": ["math", "poetry"]},
-        }),
+            "input": input,
+        })
+    };
+    let (status, _, body) = chat(
+        &s.gw,
+        greet(json!({"person": {"name": "ada lovelace"}, "vip": true, "tags": ["math", "poetry"]})),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -143,20 +129,12 @@ async fn templates_render_input_and_share_a_version() {
     // Another input, same templates: same version and schema.
     let (status, headers, again) = chat(
         &s.gw,
-        json!({
-            "model": "greeter/up-a",
-            "messages": [
-                {"role": "system", "content": "Greet {{ person.name | title }}{% if vip %}, a VIP{% endif %}.\n{% for t in tags %}- {{ t }}\n{% endfor %}"},
-                {"role": "user", "content": "Hello"}
-            ],
-            "input": {"person": {"name": "alan"}, "vip": false, "tags": []},
-        }),
+        greet(json!({"person": {"name": "alan"}, "vip": false, "tags": []})),
     )
     .await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["version_id"], version.as_str());
-    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
+    let run = run_of(&s.gw, &headers).await;
     assert_eq!(run["input"]["person"]["name"], "alan");
     assert_eq!(run["schema_id"], 1);
     assert_eq!(run["rendered_messages"][0]["content"], "Greet Alan.\n");
@@ -346,14 +324,8 @@ async fn a_deployment_changes_what_the_upstream_receives_without_a_restart_and_r
     assert_eq!(status, 200, "{body}");
     let sent = last_upstream_body(&s.upstream);
     assert_eq!(sent["temperature"], 0.3);
-    let contents: Vec<&str> = sent["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["content"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        contents,
+        strings_at(&sent["messages"], "content"),
         ["Label caller@example.com (v2)", "Go.", "And be quick."]
     );
 
@@ -366,13 +338,10 @@ async fn a_deployment_changes_what_the_upstream_receives_without_a_restart_and_r
 
     let (status, deployments) = get_json(&s.gw, "/api/agents/classifier/deployments").await;
     assert_eq!(status, 200, "{deployments}");
-    let history: Vec<&str> = deployments["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["version_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(history, [v1.as_str(), v2.as_str(), v1.as_str()]);
+    assert_eq!(
+        strings_at(&deployments["history"], "version_id"),
+        [v1.as_str(), v2.as_str(), v1.as_str()]
+    );
     assert_eq!(
         deployments["history"][0]["previous_version_id"],
         v2.as_str()
@@ -455,18 +424,16 @@ async fn concurrent_deploys_leave_one_consistent_winner() {
 
 #[tokio::test]
 async fn versions_deployments_and_statistics_persist_across_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = MockUpstream::start();
-    let data = dir.path().join("data");
-    let gw = Flowgate::start(dir.path(), &config(&data, &upstream));
-    let v1 = create_version(&gw, "keeper", "up-a", "Keep {{ email }}", 0.2).await;
-    let (status, _) = deploy(&gw, "keeper", &v1, "staging").await;
+    let s = Setup::start(config);
+    let v1 = create_version(&s.gw, "keeper", "up-a", "Keep {{ email }}", 0.2).await;
+    let (status, _) = deploy(&s.gw, "keeper", &v1, "staging").await;
     assert_eq!(status, 200);
-    let (_, before) = get_json(&gw, "/api/agents/keeper/versions").await;
+    let (_, before) = get_json(&s.gw, "/api/agents/keeper/versions").await;
     assert_eq!(before["items"][0]["stats"]["run_count"], 1);
-    gw.stop();
+    let config_path = s.gw.config_path.clone();
+    s.gw.stop();
 
-    let gw = Flowgate::start_with(&dir.path().join("flowgate.toml"));
+    let gw = Flowgate::start_with(&config_path);
     let (status, _, body) = chat(
         &gw,
         json!({"model": "keeper/#1/staging", "messages": [], "input": {"email": "back@example.com"}}),
@@ -475,7 +442,7 @@ async fn versions_deployments_and_statistics_persist_across_restart() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["version_id"], v1.as_str());
     assert_eq!(
-        last_upstream_body(&upstream)["messages"][0]["content"],
+        last_upstream_body(&s.upstream)["messages"][0]["content"],
         "Keep back@example.com"
     );
     let (_, after) = get_json(&gw, "/api/agents/keeper/versions").await;
@@ -501,11 +468,11 @@ async fn follow_up_runs_join_the_conversation_and_feedback_is_stored_on_the_run(
     )
     .await;
     assert_eq!(status, 200, "{answer}");
-    let first_id = headers["x-flowgate-run-id"].to_str().unwrap().to_string();
+    let first_id = run_id(&headers);
     let reply = answer["choices"][0]["message"].clone();
 
     // Make sure the recorder has linked the answer.
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{first_id}")).await;
+    let run = get_run(&s.gw, &first_id).await;
     assert_eq!(run["conversation_id"], first_id.as_str());
 
     let mut follow_up = first.as_array().unwrap().clone();
@@ -517,68 +484,36 @@ async fn follow_up_runs_join_the_conversation_and_feedback_is_stored_on_the_run(
     )
     .await;
     assert_eq!(status, 200);
-    let second_id = headers["x-flowgate-run-id"].to_str().unwrap().to_string();
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{second_id}")).await;
+    let run = run_of(&s.gw, &headers).await;
     assert_eq!(run["conversation_id"], first_id.as_str(), "{run}");
 
     // An unrelated run starts its own conversation.
-    let (_, headers, _) = chat(
-        &s.gw,
-        json!({"model": "talker/mock-echo", "messages": user("other")}),
-    )
-    .await;
-    let other_id = headers["x-flowgate-run-id"].to_str().unwrap().to_string();
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{other_id}")).await;
-    assert_eq!(run["conversation_id"], other_id.as_str());
+    let (_, headers, _) = ask(&s.gw, "talker/mock-echo", "other").await;
+    let run = run_of(&s.gw, &headers).await;
+    assert_eq!(run["conversation_id"], run_id(&headers).as_str());
 
     // Feedback with the token of the answer, no API key needed.
+    let feedback = |body: Value| post(&s.gw, "/v1/feedback", body, None);
     let token = answer["choices"][0]["feedback_token"]
         .as_str()
         .unwrap()
         .to_string();
-    let (status, body) = post(
-        &s.gw,
-        "/v1/feedback",
-        json!({"feedback_token": token, "outcome": "positive", "comment": "great", "user_id": "u1"}),
-        None,
-    )
-    .await;
+    let positive = json!({"feedback_token": token, "outcome": "positive", "comment": "great", "user_id": "u1"});
+    let (status, body) = feedback(positive).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["run_id"], first_id.as_str());
-    let (status, _) = post(
-        &s.gw,
-        "/v1/feedback",
-        json!({"feedback_token": token, "outcome": "negative", "user_id": "u1"}),
-        None,
-    )
-    .await;
+    let (status, _) =
+        feedback(json!({"feedback_token": token, "outcome": "negative", "user_id": "u1"})).await;
     assert_eq!(status, 200);
     // A forged secret, a malformed token, a bad outcome.
     let forged = format!("{first_id}.0000000000000000ffffffffffffffff");
-    let (status, body) = post(
-        &s.gw,
-        "/v1/feedback",
-        json!({"feedback_token": forged, "outcome": "positive"}),
-        None,
-    )
-    .await;
+    let (status, body) = feedback(json!({"feedback_token": forged, "outcome": "positive"})).await;
     assert_eq!(status, 404, "{body}");
-    let (status, body) = post(
-        &s.gw,
-        "/v1/feedback",
-        json!({"feedback_token": "garbage", "outcome": "positive"}),
-        None,
-    )
-    .await;
+    let (status, body) =
+        feedback(json!({"feedback_token": "garbage", "outcome": "positive"})).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["param"], "feedback_token");
-    let (status, body) = post(
-        &s.gw,
-        "/v1/feedback",
-        json!({"feedback_token": token, "outcome": "meh"}),
-        None,
-    )
-    .await;
+    let (status, body) = feedback(json!({"feedback_token": token, "outcome": "meh"})).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["param"], "outcome");
 
@@ -592,134 +527,63 @@ async fn follow_up_runs_join_the_conversation_and_feedback_is_stored_on_the_run(
 
 #[tokio::test]
 async fn tenants_see_only_their_own_agents_and_admins_name_the_tenant() {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = MockUpstream::start();
-    let mut text = config(&dir.path().join("data"), &upstream);
-    text = text.replacen(
-        "[admin]",
-        "[auth]\napi_keys = [\"default-key\"]\n[auth.tenants.acme]\napi_keys = [\"acme-key\"]\n\n[admin]",
-        1,
-    );
-    let gw = Flowgate::start(dir.path(), &text);
-    let send = |method: reqwest::Method,
-                path: &str,
-                key: &str,
-                tenant: Option<&str>,
-                body: Option<Value>| {
-        let mut request = client()
+    let s = Setup::start(|data, upstream| {
+        config(data, upstream).replacen(
+            "[admin]",
+            "[auth]\napi_keys = [\"default-key\"]\n[auth.tenants.acme]\napi_keys = [\"acme-key\"]\n\n[admin]",
+            1,
+        )
+    });
+    let gw = &s.gw;
+    // A request with `key`, for `tenant` if one is named.
+    let request = |method: reqwest::Method, path: &str, key: &str, tenant: Option<&str>| {
+        let request = client()
             .request(method, format!("{}{path}", gw.url))
             .bearer_auth(key);
-        if let Some(tenant) = tenant {
-            request = request.header("x-flowgate-tenant", tenant);
+        match tenant {
+            Some(tenant) => request.header("x-flowgate-tenant", tenant),
+            None => request,
         }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        async move {
-            let response = request.send().await.expect("request");
-            let status = response.status().as_u16();
-            (
-                status,
-                response.json::<Value>().await.unwrap_or(Value::Null),
-            )
-        }
+    };
+    let get = |path: &str, key: &str, tenant: Option<&str>| {
+        send(request(reqwest::Method::GET, path, key, tenant))
     };
     let call = json!({"model": "shared/up-a", "messages": [{"role": "system", "content": "Acme {{ email }}"}],
                       "input": {"email": "a@acme"}});
-    let (status, body) = send(
-        reqwest::Method::POST,
-        "/v1/chat/completions",
-        "acme-key",
-        None,
-        Some(call),
-    )
-    .await;
+    let (status, _, body) = chat_as(gw, "acme-key", call).await;
     assert_eq!(status, 200, "{body}");
     let version = body["version_id"].as_str().unwrap().to_string();
     let deploy_path = format!("/api/agents/shared/versions/{version}/deploy");
-    let prod = json!({"environment": "production"});
+    let deploy_as = |key: &str, tenant: Option<&str>, environment: &str| {
+        let request = request(reqwest::Method::POST, &deploy_path, key, tenant);
+        send(request.json(&json!({ "environment": environment })))
+    };
 
     // The version is acme's: not found for the default tenant, deployed for acme when named.
-    let (status, _) = send(
-        reqwest::Method::POST,
-        &deploy_path,
-        ADMIN_KEY,
-        None,
-        Some(prod.clone()),
-    )
-    .await;
+    let (status, _) = deploy_as(ADMIN_KEY, None, "production").await;
     assert_eq!(status, 404);
-    let (status, record) = send(
-        reqwest::Method::POST,
-        &deploy_path,
-        ADMIN_KEY,
-        Some("acme"),
-        Some(prod),
-    )
-    .await;
+    let (status, record) = deploy_as(ADMIN_KEY, Some("acme"), "production").await;
     assert_eq!(status, 200, "{record}");
 
     let deployed =
         json!({"model": "shared/#1/production", "messages": [], "input": {"email": "b@acme"}});
-    let (status, body) = send(
-        reqwest::Method::POST,
-        "/v1/chat/completions",
-        "acme-key",
-        None,
-        Some(deployed.clone()),
-    )
-    .await;
+    let (status, _, body) = chat_as(gw, "acme-key", deployed.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        last_upstream_body(&upstream)["messages"][0]["content"],
+        last_upstream_body(&s.upstream)["messages"][0]["content"],
         "Acme b@acme"
     );
-    let (status, body) = send(
-        reqwest::Method::POST,
-        "/v1/chat/completions",
-        "default-key",
-        None,
-        Some(deployed),
-    )
-    .await;
+    let (status, _, body) = chat_as(gw, "default-key", deployed).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "deployment_not_found");
 
-    let (_, mine) = send(
-        reqwest::Method::GET,
-        "/api/agents/shared/deployments",
-        "acme-key",
-        None,
-        None,
-    )
-    .await;
+    let (_, mine) = get("/api/agents/shared/deployments", "acme-key", None).await;
     assert_eq!(mine["deployments"].as_array().unwrap().len(), 1);
-    let (_, theirs) = send(
-        reqwest::Method::GET,
-        "/api/agents/shared/deployments",
-        "default-key",
-        None,
-        None,
-    )
-    .await;
+    let (_, theirs) = get("/api/agents/shared/deployments", "default-key", None).await;
     assert!(theirs["deployments"].as_array().unwrap().is_empty());
-    let (_, admin) = send(
-        reqwest::Method::GET,
-        "/api/agents/shared/versions",
-        ADMIN_KEY,
-        Some("acme"),
-        None,
-    )
-    .await;
+    let (_, admin) = get("/api/agents/shared/versions", ADMIN_KEY, Some("acme")).await;
     assert_eq!(admin["items"].as_array().unwrap().len(), 1);
     // A client key is not an admin key.
-    let (status, _) = send(
-        reqwest::Method::POST,
-        &deploy_path,
-        "acme-key",
-        Some("acme"),
-        Some(json!({"environment": "dev"})),
-    )
-    .await;
+    let (status, _) = deploy_as("acme-key", Some("acme"), "dev").await;
     assert_eq!(status, 401);
 }

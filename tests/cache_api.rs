@@ -12,44 +12,27 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn models() -> &'static str {
-    r#"
-[models."up-model"]
-providers = [{ provider = "upstream", model = "gpt-4o-mini", input_per_mtok = 0.15, output_per_mtok = 0.60 }]
-supports = { structured_output = true, json_mode = true, tools = true }
-
-[models."up-slow"]
-providers = [{ provider = "upstream", model = "gpt-4o-mini;delay_ms=300", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
-
-[models."up-slow-bad"]
-providers = [{ provider = "upstream", model = "gpt-4o-mini;delay_ms=300;status=400", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
-
-[models."up-trickle"]
-providers = [{ provider = "upstream", model = "gpt-4o-mini;chunk_delay_ms=25;chunk_chars=4", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
-
-[models."up-invalid-once"]
-providers = [{ provider = "upstream", model = "gpt-4o-mini;invalid_first=1", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
-supports = { structured_output = true, json_mode = true, tools = true }
-
-[models."up-invalid-twice"]
-providers = [{ provider = "upstream", model = "gpt-4o-mini;invalid_first=2", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
-supports = { structured_output = true, json_mode = true, tools = true }
-"#
-}
-
-struct Setup {
-    dir: tempfile::TempDir,
-    upstream: MockUpstream,
-    gw: Flowgate,
+fn models() -> String {
+    let mini = |directives: &str| offer("upstream", &format!("gpt-4o-mini;{directives}"), 1.0, 1.0);
+    let structured = "supports = { structured_output = true, json_mode = true, tools = true }";
+    [
+        model_table(
+            "up-model",
+            &[offer("upstream", "gpt-4o-mini", 0.15, 0.60)],
+            structured,
+        ),
+        model_table("up-slow", &[mini("delay_ms=300")], ""),
+        model_table("up-slow-bad", &[mini("delay_ms=300;status=400")], ""),
+        model_table("up-trickle", &[mini("chunk_delay_ms=25;chunk_chars=4")], ""),
+        model_table("up-invalid-once", &[mini("invalid_first=1")], structured),
+        model_table("up-invalid-twice", &[mini("invalid_first=2")], structured),
+    ]
+    .concat()
 }
 
 /// The gateway with `extra` appended to its config (a `[cache]` section, keys).
 fn setup_with(extra: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = MockUpstream::start();
-    let config = base_config(&dir.path().join("data"), Some(&upstream)) + models() + extra;
-    let gw = Flowgate::start(dir.path(), &config);
-    Setup { dir, upstream, gw }
+    Setup::with_models(|_| models() + extra)
 }
 
 fn setup() -> Setup {
@@ -58,30 +41,6 @@ fn setup() -> Setup {
 
 fn cache_header(headers: &reqwest::header::HeaderMap) -> &str {
     headers["x-flowgate-cache"].to_str().unwrap()
-}
-
-fn run_id(headers: &reqwest::header::HeaderMap) -> String {
-    headers["x-flowgate-run-id"].to_str().unwrap().to_string()
-}
-
-/// POSTs a chat request with the given API key.
-async fn chat_as(
-    gw: &Flowgate,
-    key: &str,
-    body: Value,
-) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Value) {
-    let response = client()
-        .post(gw.chat_url())
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap();
-    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    (status, headers, json)
 }
 
 /// A streamed answer: its content, the last chunk (usage and cost) and whether `[DONE]` came.
@@ -123,22 +82,11 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series `{series}` in:\n{text}"))
 }
 
-async fn metrics(gw: &Flowgate) -> String {
-    client()
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn identical_concurrent_requests_make_one_upstream_call() {
     let s = setup();
     let body = json!({"model": "up-slow", "temperature": 0, "messages": user("all at once")});
-    let results = futures::future::join_all((0..50).map(|_| chat(&s.gw, body.clone()))).await;
+    let results = chat_at_once(&s.gw, &body, 50).await;
     for (status, _, body) in &results {
         assert_eq!(*status, 200, "{body}");
         assert_eq!(body["choices"][0]["message"]["content"], "all at once");
@@ -163,7 +111,7 @@ async fn a_failure_is_shared_not_retried_by_each_request() {
     let s = setup();
     let body = json!({"model": "up-slow-bad", "temperature": 0, "use_fallback": "never",
         "messages": user("doomed")});
-    let results = futures::future::join_all((0..10).map(|_| chat(&s.gw, body.clone()))).await;
+    let results = chat_at_once(&s.gw, &body, 10).await;
     for (status, _, body) in &results {
         assert_eq!(*status, 400, "{body}");
         assert!(body["error"]["message"].is_string());
@@ -176,7 +124,7 @@ async fn use_cache_never_always_calls_the_provider() {
     let s = setup();
     let body = json!({"model": "up-model", "temperature": 0, "use_cache": "never",
         "messages": user("fresh every time")});
-    let results = futures::future::join_all((0..3).map(|_| chat(&s.gw, body.clone()))).await;
+    let results = chat_at_once(&s.gw, &body, 3).await;
     for (status, headers, body) in &results {
         assert_eq!(*status, 200, "{body}");
         assert_eq!(cache_header(headers), "miss");
@@ -244,16 +192,14 @@ async fn a_stored_answer_is_a_hit_recorded_as_its_own_free_run() {
     assert_eq!(headers["x-flowgate-model"], "up-model");
 
     // Its own run, free, linked to the run that paid.
-    let hit_run = run_id(&headers);
-    assert_ne!(hit_run, source);
-    let (status, run) = get_json(&s.gw, &format!("/api/runs/{hit_run}")).await;
-    assert_eq!(status, 200, "{run}");
+    assert_ne!(run_id(&headers), source);
+    let run = run_of(&s.gw, &headers).await;
     assert_eq!(run["cache"], "hit");
     assert_eq!(run["cost_usd"], 0.0);
     assert_eq!(run["source_run_id"], source);
     assert_eq!(run["status"], "success");
     assert_eq!(run["metadata"]["customer"], "acme");
-    let (_, source_run) = get_json(&s.gw, &format!("/api/runs/{source}")).await;
+    let source_run = get_run(&s.gw, &source).await;
     assert_eq!(source_run["cache"], "miss");
 
     // A different question is a miss.
@@ -314,7 +260,7 @@ async fn stored_answers_survive_a_restart() {
     assert_eq!(cache_header(&headers), "hit");
     assert_eq!(hit["choices"][0]["message"], first["choices"][0]["message"]);
     assert_eq!(s.upstream.count(), 1);
-    let (_, run) = get_json(&gw, &format!("/api/runs/{}", run_id(&headers))).await;
+    let run = run_of(&gw, &headers).await;
     assert_eq!(run["source_run_id"], source);
     let text = metrics(&gw).await;
     assert_eq!(metric(&text, "flowgate_cache_entries"), 1.0);
@@ -354,11 +300,6 @@ async fn the_byte_bound_evicts_the_least_recently_used_answers() {
     let text = metrics(&s.gw).await;
     assert!(metric(&text, "flowgate_cache_evictions_total{reason=\"size\"}") >= 1.0);
     assert!(metric(&text, "flowgate_cache_stored_bytes") <= 5000.0);
-}
-
-fn user_schema() -> Value {
-    json!({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-        "required": ["name", "age"], "additionalProperties": false})
 }
 
 fn assert_valid_user(body: &Value) {
@@ -462,7 +403,7 @@ async fn a_streaming_request_is_served_from_the_cache_as_a_replayed_stream() {
     assert!(events.len() > 3, "replayed as a stream: {events:?}");
     assert_eq!(streamed.last["usage"], first["usage"]);
     assert_eq!(streamed.last["cost_usd"], 0.0);
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{}", run_id(&headers))).await;
+    let run = run_of(&s.gw, &headers).await;
     assert_eq!(run["cache"], "hit");
     assert_eq!(run["stream"], true);
     assert_eq!(run["source_run_id"], source);
@@ -508,12 +449,7 @@ async fn streaming_followers_of_an_in_flight_stream_receive_the_full_answer() {
                 .unwrap()
                 .to_string();
             let text = response.text().await.unwrap();
-            let events: Vec<String> = text
-                .split("\n\n")
-                .filter_map(|e| e.strip_prefix("data: "))
-                .map(str::to_string)
-                .collect();
-            (cache, events)
+            (cache, sse_events(&text))
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;

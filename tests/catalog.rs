@@ -6,12 +6,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const SHIPPED_CONFIG: &str = include_str!("../config/flowgate.toml");
 const SHIPPED_CATALOG: &str = include_str!("../config/catalog.toml");
@@ -31,19 +30,7 @@ fn config_variables(text: &str) -> BTreeSet<String> {
 
 /// flowgate running the shipped config, with every variable it reads removed from its
 /// environment: no provider key, so only `mock` is enabled, whatever the test's environment.
-struct Shipped {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Shipped {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_shipped(dir: &Path) -> Shipped {
+fn start_shipped(dir: &Path) -> Flowgate {
     let listen = "listen = \"127.0.0.1:8080\"";
     let data_dir = "data_dir = \"data\"";
     assert!(
@@ -56,57 +43,12 @@ fn start_shipped(dir: &Path) -> Shipped {
             data_dir,
             &format!("data_dir = \"{}\"", dir.join("data").display()),
         );
-    let config_path = dir.join("flowgate.toml");
-    std::fs::write(&config_path, config).expect("write config");
-
-    let mut command = Command::new(env!("CARGO_BIN_EXE_flowgate"));
-    command
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .env("FLOWGATE_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut command = flowgate_command();
+    command.env("FLOWGATE_LOG", "error");
     for var in config_variables(SHIPPED_CONFIG) {
         command.env_remove(var);
     }
-    let mut child = command.spawn().expect("start flowgate");
-    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("read listening line");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("flowgate did not start: {line:?}"))
-        .to_string();
-    std::thread::spawn(move || for _ in reader.lines() {});
-    Shipped { child, url }
-}
-
-async fn get(gw: &Shipped, path: &str) -> (reqwest::StatusCode, Value) {
-    let response = client()
-        .get(format!("{}{path}", gw.url))
-        .bearer_auth("any")
-        .send()
-        .await
-        .expect("request");
-    let status = response.status();
-    let text = response.text().await.expect("body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, body)
-}
-
-async fn chat_with(gw: &Shipped, model: &str) -> (reqwest::StatusCode, Value) {
-    let response = client()
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .bearer_auth("any")
-        .json(&json!({ "model": model, "messages": user("hello") }))
-        .send()
-        .await
-        .expect("request");
-    let status = response.status();
-    let text = response.text().await.expect("body");
-    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    (status, body)
+    Flowgate::start_by(command, dir, &config)
 }
 
 fn is_date(value: &str) -> bool {
@@ -153,7 +95,7 @@ async fn the_shipped_catalog_is_complete_and_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let gw = start_shipped(dir.path());
 
-    let (status, ready) = get(&gw, "/readyz").await;
+    let (status, ready) = get_json(&gw, "/readyz").await;
     assert_eq!(status, 200, "{ready}");
     let providers = ready["providers"].as_object().expect("providers");
     for (name, provider) in providers {
@@ -193,7 +135,7 @@ async fn the_shipped_catalog_is_complete_and_consistent() {
         "ANTHROPIC_API_KEY is not set"
     );
 
-    let (status, list) = get(&gw, "/v1/models").await;
+    let (status, list) = get_json(&gw, "/v1/models").await;
     assert_eq!(status, 200, "{list}");
     let models = list["data"].as_array().expect("data");
     assert!(models.len() >= 100, "only {} models", models.len());
@@ -333,12 +275,7 @@ async fn the_shipped_catalog_is_complete_and_consistent() {
         claude["available"], false,
         "no Anthropic, AWS or GCP key here"
     );
-    let claude_providers: Vec<&str> = claude["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["provider"].as_str().unwrap())
-        .collect();
+    let claude_providers = strings_at(&claude["providers"], "provider");
     assert!(
         ["anthropic", "bedrock", "vertex"]
             .iter()
@@ -364,17 +301,17 @@ async fn aliases_and_reasoning_effort_suffixes_resolve() {
         ("grok-3-mini-fast", "grok-3-mini-fast-beta"),
         ("deepseek-chat", "deepseek-v3-latest"),
     ] {
-        let (status, model) = get(&gw, &format!("/v1/models/{name}")).await;
+        let (status, model) = get_json(&gw, &format!("/v1/models/{name}")).await;
         assert_eq!(status, 200, "{name}: {model}");
         assert_eq!(model["id"], id, "{name}");
     }
 
     // Every alias of the list resolves to its model.
-    let (_, list) = get(&gw, "/v1/models").await;
+    let (_, list) = get_json(&gw, "/v1/models").await;
     for model in list["data"].as_array().unwrap() {
         for alias in model["aliases"].as_array().unwrap() {
             let alias = alias.as_str().unwrap();
-            let (status, found) = get(&gw, &format!("/v1/models/{alias}")).await;
+            let (status, found) = get_json(&gw, &format!("/v1/models/{alias}")).await;
             assert_eq!(status, 200, "{alias}: {found}");
             assert_eq!(found["id"], model["id"], "{alias}");
         }
@@ -383,7 +320,7 @@ async fn aliases_and_reasoning_effort_suffixes_resolve() {
     // An effort suffix on a reasoning model resolves: the request reaches routing and finds
     // no enabled provider (503), rather than an unknown model (404).
     for name in ["o3-mini-latest-high", "o3-mini-low", "gpt-5-mini-minimal"] {
-        let (status, body) = chat_with(&gw, name).await;
+        let (status, _, body) = ask(&gw, name, "hello").await;
         assert_eq!(status, 503, "{name}: {body}");
         assert_eq!(body["error"]["code"], "no_provider_available", "{name}");
         assert!(
@@ -395,12 +332,12 @@ async fn aliases_and_reasoning_effort_suffixes_resolve() {
         );
     }
     // Not on a model without reasoning.
-    let (status, body) = chat_with(&gw, "gpt-4o-mini-latest-high").await;
+    let (status, _, body) = ask(&gw, "gpt-4o-mini-latest-high", "hello").await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "model_not_found");
 
     // The built-in mock still answers with the shipped config.
-    let (status, body) = chat_with(&gw, "mock-echo").await;
+    let (status, _, body) = ask(&gw, "mock-echo", "hello").await;
     assert_eq!(status, 200, "{body}");
 }
 

@@ -6,97 +6,79 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-fn upstream_models() -> &'static str {
-    r#"
-[models."up-model"]
-aliases = ["up-alias"]
-providers = [{ provider = "upstream", model = "gpt-4o-mini", input_per_mtok = 0.15, output_per_mtok = 0.60, cached_input_per_mtok = 0.075 }]
-supports = { structured_output = true, json_mode = true, tools = true }
+const STRUCTURED: &str = "supports = { structured_output = true, json_mode = true, tools = true }";
 
-[models."up-failover"]
-providers = [
-  { provider = "upstream", model = "gpt-4o-mini;status=500", input_per_mtok = 1.0, output_per_mtok = 1.0 },
-  { provider = "backup", model = "gpt-4o-mini", input_per_mtok = 2.0, output_per_mtok = 4.0 },
-]
-
-[models."up-ratelimited"]
-providers = [
-  { provider = "upstream", model = "gpt-4o-mini;status=429;retry_after=7", input_per_mtok = 1.0, output_per_mtok = 1.0 },
-]
-
-[models."up-badrequest"]
-providers = [
-  { provider = "upstream", model = "gpt-4o-mini;status=400", input_per_mtok = 1.0, output_per_mtok = 1.0 },
-  { provider = "backup", model = "gpt-4o-mini", input_per_mtok = 1.0, output_per_mtok = 1.0 },
-]
-
-[models."up-cut-early"]
-providers = [
-  { provider = "upstream", model = "gpt-4o-mini;cut_after=0", input_per_mtok = 1.0, output_per_mtok = 1.0 },
-  { provider = "backup", model = "gpt-4o-mini", input_per_mtok = 1.0, output_per_mtok = 1.0 },
-]
-
-[models."up-cut-late"]
-providers = [
-  { provider = "upstream", model = "gpt-4o-mini;cut_after=2;chunk_chars=3", input_per_mtok = 1.0, output_per_mtok = 1.0 },
-  { provider = "backup", model = "gpt-4o-mini", input_per_mtok = 1.0, output_per_mtok = 1.0 },
-]
-
-[models."up-malformed"]
-providers = [
-  { provider = "upstream", model = "gpt-4o-mini;malformed", input_per_mtok = 1.0, output_per_mtok = 1.0 },
-]
-
-[models."up-down"]
-providers = [{ provider = "upstream", model = "gpt-4o-mini;status=503", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
-fallback = { unavailable = ["up-model"], rate_limit = ["mock-echo"] }
-
-[models."up-text-only"]
-providers = [{ provider = "upstream", model = "gpt-4o-mini", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
-supports = { json_mode = true }
-
-[models."up-flaky"]
-providers = [{ provider = "upstream", model = "gpt-4o-mini;status=500;fail_first=2", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
-
-[models."up-flaky-stream"]
-providers = [{ provider = "upstream", model = "gpt-4o-mini;status=503;fail_first=1", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
-
-[models."up-retry-after"]
-providers = [{ provider = "upstream", model = "gpt-4o-mini;status=429;retry_after=1;fail_first=1", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
-
-[models."up-slow"]
-providers = [
-  { provider = "upstream", model = "gpt-4o-mini;delay_ms=300", input_per_mtok = 1.0, output_per_mtok = 1.0 },
-]
-"#
-}
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    upstream: MockUpstream,
-    gw: Flowgate,
+fn upstream_models(_: &MockUpstream) -> String {
+    let upstream =
+        |directives: &str| offer("upstream", &format!("gpt-4o-mini;{directives}"), 1.0, 1.0);
+    let mini = Prices::new(0.15, 0.60).cached(0.075);
+    let backup = backup_offer(1.0, 1.0);
+    [
+        model_table(
+            "up-model",
+            &[priced_offer("upstream", "gpt-4o-mini", mini)],
+            &format!("aliases = [\"up-alias\"]\n{STRUCTURED}"),
+        ),
+        model_table(
+            "up-failover",
+            &[upstream("status=500"), backup_offer(2.0, 4.0)],
+            "",
+        ),
+        model_table(
+            "up-ratelimited",
+            &[upstream("status=429;retry_after=7")],
+            "",
+        ),
+        model_table(
+            "up-badrequest",
+            &[upstream("status=400"), backup.clone()],
+            "",
+        ),
+        model_table(
+            "up-cut-early",
+            &[upstream("cut_after=0"), backup.clone()],
+            "",
+        ),
+        model_table(
+            "up-cut-late",
+            &[upstream("cut_after=2;chunk_chars=3"), backup],
+            "",
+        ),
+        model_table("up-malformed", &[upstream("malformed")], ""),
+        model_table(
+            "up-down",
+            &[upstream("status=503")],
+            "fallback = { unavailable = [\"up-model\"], rate_limit = [\"mock-echo\"] }",
+        ),
+        model_table(
+            "up-text-only",
+            &[offer("upstream", "gpt-4o-mini", 1.0, 1.0)],
+            "supports = { json_mode = true }",
+        ),
+        model_table("up-flaky", &[upstream("status=500;fail_first=2")], ""),
+        model_table(
+            "up-flaky-stream",
+            &[upstream("status=503;fail_first=1")],
+            "",
+        ),
+        model_table(
+            "up-retry-after",
+            &[upstream("status=429;retry_after=1;fail_first=1")],
+            "",
+        ),
+        model_table("up-slow", &[upstream("delay_ms=300")], ""),
+    ]
+    .concat()
 }
 
 fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = MockUpstream::start();
-    let config = base_config(&dir.path().join("data"), Some(&upstream)) + upstream_models();
-    let gw = Flowgate::start(dir.path(), &config);
-    Setup {
-        _dir: dir,
-        upstream,
-        gw,
-    }
+    Setup::with_models(upstream_models)
 }
 
 #[tokio::test]
 async fn mock_echo_answers_with_cost_latency_and_run_headers() {
     let s = setup();
-    let (status, headers, body) = chat(
-        &s.gw,
-        json!({"model": "my-agent/mock-echo", "messages": user("Hello, flowgate")}),
-    )
-    .await;
+    let (status, headers, body) = ask(&s.gw, "my-agent/mock-echo", "Hello, flowgate").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "mock-echo");
@@ -109,13 +91,10 @@ async fn mock_echo_answers_with_cost_latency_and_run_headers() {
     assert_eq!(headers["x-flowgate-model"], "mock-echo");
     assert_eq!(headers["x-flowgate-cache"], "miss");
     // mock-echo's catalog prices: 0.15 and 0.60 per 1M tokens.
-    let usage = &body["usage"];
-    let expected = (usage["prompt_tokens"].as_f64().unwrap() * 0.15
-        + usage["completion_tokens"].as_f64().unwrap() * 0.60)
-        / 1e6;
+    let expected = expected_cost(&body["usage"], 0.15, 0.60);
     assert!(expected > 0.0);
-    assert!((body["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-15);
-    assert!((body["choices"][0]["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-15);
+    assert_cost(&body, expected);
+    assert_cost(&body["choices"][0], expected);
     assert!(body["duration_seconds"].as_f64().unwrap() >= 0.0);
     assert!(body["choices"][0]["duration_seconds"].is_number());
     assert!(body["choices"][0]["feedback_token"]
@@ -153,13 +132,9 @@ async fn openai_adapter_translates_the_request_and_prices_the_answer() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["x-flowgate-provider"], "upstream");
     assert_eq!(headers["x-flowgate-model"], "up-model");
-    let call = &body["choices"][0]["message"]["tool_calls"][0];
-    assert_eq!(call["type"], "function");
+    let (call, args) = answered_tool_call(&body);
     assert_eq!(call["function"]["name"], "User");
-    let args: Value =
-        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert!(args["name"].is_string() && args["age"].is_i64(), "{args}");
-    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
     assert_eq!(body["metadata"]["customer"], "acme");
 
     // What reached the provider: its model id, its key, the OpenAI fields; no flowgate extras.
@@ -179,11 +154,7 @@ async fn openai_adapter_translates_the_request_and_prices_the_answer() {
         assert!(sent.body.get(extra).is_none(), "{extra} leaked upstream");
     }
 
-    let usage = &body["usage"];
-    let expected = (usage["prompt_tokens"].as_f64().unwrap() * 0.15
-        + usage["completion_tokens"].as_f64().unwrap() * 0.60)
-        / 1e6;
-    assert!((body["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-15);
+    assert_cost(&body, expected_cost(&body["usage"], 0.15, 0.60));
     assert!(!body.to_string().contains("upstream-secret"));
 }
 
@@ -191,39 +162,19 @@ async fn openai_adapter_translates_the_request_and_prices_the_answer() {
 async fn streaming_through_the_upstream_ends_with_usage_cost_and_done() {
     let s = setup();
     let text = "The quick brown fox jumps over the lazy dog";
-    let (status, headers, events) = chat_stream(
-        &s.gw,
-        json!({"model": "up-model", "stream": true, "messages": user(text)}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["content-type"], "text/event-stream");
-    assert_eq!(headers["x-flowgate-provider"], "upstream");
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    assert!(chunks.len() > 3, "content arrives in several chunks");
-    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
-    let mut content = String::new();
+    let (headers, chunks) =
+        stream_text(&s.gw, json!({"model": "up-model"}), text, "upstream").await;
+    let run_id = run_id(&headers);
     for chunk in &chunks {
         assert_eq!(chunk["object"], "chat.completion.chunk");
         assert_eq!(chunk["id"], format!("default/{run_id}"));
-        if let Some(c) = chunk["choices"][0]["delta"]["content"].as_str() {
-            content.push_str(c);
-        }
     }
-    assert_eq!(content, text);
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let last = chunks.last().unwrap();
     assert_eq!(last["choices"], json!([]));
     let usage = &last["usage"];
     assert!(usage["total_tokens"].as_u64().unwrap() > 0);
-    let expected = (usage["prompt_tokens"].as_f64().unwrap() * 0.15
-        + usage["completion_tokens"].as_f64().unwrap() * 0.60)
-        / 1e6;
-    assert!((last["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-15);
+    assert_cost(last, expected_cost(usage, 0.15, 0.60));
     assert!(last["duration_seconds"].is_number());
     // The upstream was asked for usage in its stream.
     assert_eq!(
@@ -232,8 +183,7 @@ async fn streaming_through_the_upstream_ends_with_usage_cost_and_done() {
     );
 
     // The run holds the whole streamed answer.
-    let (status, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
-    assert_eq!(status, 200);
+    let run = run_of(&s.gw, &headers).await;
     assert_eq!(run["status"], "success");
     assert_eq!(run["stream"], true);
     assert_eq!(run["output"]["choices"][0]["message"]["content"], text);
@@ -242,118 +192,60 @@ async fn streaming_through_the_upstream_ends_with_usage_cost_and_done() {
 #[tokio::test]
 async fn streamed_tool_calls_are_reassembled() {
     let s = setup();
-    let (status, _, events) = chat_stream(
+    let (_, chunks) = stream_ok(
         &s.gw,
-        json!({"model": "up-model", "stream": true, "messages": user("Jason is 25"),
-            "tools": [{"type": "function", "function": {"name": "User", "parameters": {"type": "object",
-                "properties": {"name": {"type": "string"}}, "required": ["name"]}}}],
-            "tool_choice": "required"}),
+        json!({"model": "up-model", "messages": user("Jason is 25"),
+            "tools": [user_name_tool()], "tool_choice": "required"}),
     )
     .await;
-    assert_eq!(status, 200);
-    let mut arguments = String::new();
-    let mut name = None;
-    for e in &events[..events.len() - 1] {
-        let chunk: Value = serde_json::from_str(e).unwrap();
-        if let Some(call) = chunk["choices"][0]["delta"]["tool_calls"].get(0) {
-            if let Some(n) = call["function"]["name"].as_str() {
-                name = Some(n.to_string());
-                assert!(call["id"].as_str().unwrap().starts_with("call_"));
-            }
-            arguments.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
-        }
-    }
-    assert_eq!(name.as_deref(), Some("User"));
-    let args: Value = serde_json::from_str(&arguments).unwrap();
+    let call = streamed_tool_call(&chunks);
+    assert!(call.id.starts_with("call_"), "{call:?}");
+    assert_eq!(call.name, "User");
+    let args: Value = serde_json::from_str(&call.arguments).unwrap();
     assert!(args["name"].is_string());
 }
 
 #[tokio::test]
 async fn failing_provider_falls_back_invisibly_and_attempts_are_recorded() {
     let s = setup();
-    let (status, headers, body) = chat(
+    let (body, run) = answered_by_backup(
         &s.gw,
-        json!({"model": "up-failover", "messages": user("hi")}),
+        "up-failover",
+        "upstream",
+        500,
+        "upstream_server_error",
     )
     .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(headers["x-flowgate-provider"], "backup");
-    assert_eq!(body["choices"][0]["message"]["content"], "hi");
     // Priced at the provider that answered.
-    let usage = &body["usage"];
-    let expected = (usage["prompt_tokens"].as_f64().unwrap() * 2.0
-        + usage["completion_tokens"].as_f64().unwrap() * 4.0)
-        / 1e6;
-    assert!((body["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-15);
+    assert_cost(&body, expected_cost(&body["usage"], 2.0, 4.0));
 
-    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
     let attempts = run["attempts"].as_array().unwrap();
-    assert_eq!(attempts.len(), 2, "{run}");
-    assert_eq!(attempts[0]["provider"], "upstream");
-    assert_eq!(attempts[0]["status"], 500);
-    assert_eq!(attempts[0]["error"], "upstream_server_error");
-    assert_eq!(attempts[1]["provider"], "backup");
     assert_eq!(attempts[1]["status"], 200);
     assert_eq!(
         attempts[1]["reason"],
         "other_provider after upstream_server_error"
     );
-    let (_, metrics) = get_json(&s.gw, "/metrics").await;
-    assert!(
-        metrics.as_str().unwrap().contains(
-            "flowgate_fallbacks_total{error=\"upstream_server_error\",reason=\"other_provider\"} 1"
-        ),
-        "{metrics}"
+    assert_sample(
+        &metrics(&s.gw).await,
+        "flowgate_fallbacks_total{error=\"upstream_server_error\",reason=\"other_provider\"} 1",
     );
 
     // Streaming too: the failure happens before any content, so the client never sees it.
-    let (status, headers, events) = chat_stream(
-        &s.gw,
-        json!({"model": "up-failover", "stream": true, "messages": user("hello there")}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["x-flowgate-provider"], "backup");
-    assert_eq!(events.last().unwrap(), "[DONE]");
+    stream_from(&s.gw, "up-failover", "hello there", "backup").await;
 }
 
 #[tokio::test]
 async fn stream_cut_before_content_falls_back_and_after_content_ends_with_an_error_event() {
     let s = setup();
-    let (status, headers, events) = chat_stream(
-        &s.gw,
-        json!({"model": "up-cut-early", "stream": true, "messages": user("abcdefghijkl")}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["x-flowgate-provider"], "backup");
-    assert_eq!(events.last().unwrap(), "[DONE]");
+    stream_from(&s.gw, "up-cut-early", "abcdefghijkl", "backup").await;
 
-    let (status, headers, events) = chat_stream(
-        &s.gw,
-        json!({"model": "up-cut-late", "stream": true, "messages": user("abcdefghijkl")}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["x-flowgate-provider"], "upstream");
-    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    let (headers, chunks, last) =
+        stream_cut(&s.gw, "up-cut-late", "abcdefghijkl", "upstream").await;
     assert_eq!(last["error"]["code"], "upstream_connection", "{last}");
-    assert!(!events.contains(&"[DONE]".to_string()));
-    let content: String = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str::<Value>(e).unwrap())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
-    assert_eq!(content, "abcdef");
+    assert_eq!(streamed_content(&chunks), "abcdef");
 
     // The partial run is recorded as an error with what had been streamed.
-    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
+    let run = run_of(&s.gw, &headers).await;
     assert_eq!(run["status"], "error");
     assert_eq!(run["output"]["choices"][0]["message"]["content"], "abcdef");
 }
@@ -361,36 +253,12 @@ async fn stream_cut_before_content_falls_back_and_after_content_ends_with_an_err
 #[tokio::test]
 async fn upstream_errors_map_to_openai_statuses() {
     let s = setup();
-    let (status, headers, body) = chat(
-        &s.gw,
-        json!({"model": "up-ratelimited", "messages": user("hi")}),
-    )
-    .await;
-    assert_eq!(status, 429, "{body}");
-    assert_eq!(headers["retry-after"], "7");
-    assert_eq!(body["error"]["type"], "rate_limit_error");
-    assert_eq!(body["error"]["details"]["attempts"][0]["status"], 429);
+    assert_rate_limited(&s.gw, "up-ratelimited", "7").await;
 
     // A 400 is the client's fault: no fallback, the provider's message passed on.
-    let (status, _, body) = chat(
-        &s.gw,
-        json!({"model": "up-badrequest", "messages": user("hi")}),
-    )
-    .await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(
-        body["error"]["details"]["attempts"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_bad_request(&s.gw, "up-badrequest").await;
 
-    let (status, _, body) = chat(
-        &s.gw,
-        json!({"model": "up-malformed", "messages": user("hi")}),
-    )
-    .await;
+    let (status, _, body) = ask(&s.gw, "up-malformed", "hi").await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "upstream_malformed");
     assert!(!body.to_string().contains("upstream-secret"));
@@ -446,8 +314,7 @@ async fn bad_requests_get_clear_openai_errors() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["param"], "temperature");
 
-    let (status, _, body) =
-        chat(&s.gw, json!({"model": "gpt-4o-mni", "messages": user("x")})).await;
+    let (status, _, body) = ask(&s.gw, "gpt-4o-mni", "x").await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "model_not_found");
     assert_eq!(
@@ -455,11 +322,7 @@ async fn bad_requests_get_clear_openai_errors() {
         "gpt-4o-mini-latest"
     );
 
-    let (status, _, body) = chat(
-        &s.gw,
-        json!({"model": "Bad Agent/mock-echo", "messages": user("x")}),
-    )
-    .await;
+    let (status, _, body) = ask(&s.gw, "Bad Agent/mock-echo", "x").await;
     assert_eq!(status, 400, "{body}");
 
     let r = client
@@ -472,11 +335,7 @@ async fn bad_requests_get_clear_openai_errors() {
     assert_eq!(body["error"]["code"], "not_found");
 
     // A catalog model whose only provider is disabled (no OPENAI_API_KEY in this config).
-    let (status, _, body) = chat(
-        &s.gw,
-        json!({"model": "gpt-4o-mini", "messages": user("x")}),
-    )
-    .await;
+    let (status, _, body) = ask(&s.gw, "gpt-4o-mini", "x").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "no_provider_available");
 }
@@ -488,53 +347,31 @@ async fn body_over_the_limit_is_413_and_keys_are_enforced() {
         .replace("[server]\n", "[server]\nmax_body_bytes = 2048\n")
         + "\n[auth]\napi_keys = [\"secret-key\"]\n";
     let gw = Flowgate::start(dir.path(), &config);
-    let client = client();
     let big = json!({"model": "mock-echo", "messages": user(&"x".repeat(4096))});
-    let r = client
-        .post(gw.chat_url())
-        .bearer_auth("secret-key")
-        .json(&big)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
-    let body: Value = r.json().await.unwrap();
+    let (status, _, body) = chat_as(&gw, "secret-key", big).await;
+    assert_eq!(status, 413);
     assert_eq!(body["error"]["code"], "payload_too_large");
 
     let small = json!({"model": "mock-echo", "messages": user("hi")});
-    let r = client
+    let r = client()
         .post(gw.chat_url())
         .json(&small)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let r = client
-        .post(gw.chat_url())
-        .bearer_auth("wrong")
-        .json(&small)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let body: Value = r.json().await.unwrap();
+    let (status, _, body) = chat_as(&gw, "wrong", small.clone()).await;
+    assert_eq!(status, 401);
     assert_eq!(body["error"]["type"], "authentication_error");
-    let r = client
-        .post(gw.chat_url())
-        .bearer_auth("secret-key")
-        .json(&small)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (status, _, _) = chat_as(&gw, "secret-key", small).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]
 async fn identical_concurrent_requests_reach_the_provider_once() {
     let s = setup();
     let body = json!({"model": "up-slow", "temperature": 0, "messages": user("same question")});
-    let requests = (0..50).map(|_| chat(&s.gw, body.clone()));
-    let results = futures::future::join_all(requests).await;
+    let results = chat_at_once(&s.gw, &body, 50).await;
     for (status, _, body) in &results {
         assert_eq!(*status, 200, "{body}");
         assert_eq!(body["choices"][0]["message"]["content"], "same question");
@@ -564,7 +401,7 @@ async fn identical_concurrent_requests_reach_the_provider_once() {
     let never =
         json!({"model": "up-model", "temperature": 0, "use_cache": "never", "messages": user("q")});
     s.upstream.clear();
-    let results = futures::future::join_all((0..3).map(|_| chat(&s.gw, never.clone()))).await;
+    let results = chat_at_once(&s.gw, &never, 3).await;
     assert!(results.iter().all(|(status, _, _)| *status == 200));
     assert_eq!(s.upstream.requests().len(), 3);
 }
@@ -572,16 +409,11 @@ async fn identical_concurrent_requests_reach_the_provider_once() {
 #[tokio::test]
 async fn auto_fallback_uses_the_catalog_fallback_for_the_error_class() {
     let s = setup();
-    let (status, headers, body) = chat(
-        &s.gw,
-        json!({"model": "up-down", "messages": user("still here")}),
-    )
-    .await;
+    let (status, headers, body) = ask(&s.gw, "up-down", "still here").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["x-flowgate-model"], "up-model");
     assert_eq!(body["model"], "up-model");
-    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
+    let run = run_of(&s.gw, &headers).await;
     let attempts = run["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{run}");
     assert_eq!(attempts[0]["status"], 503);
@@ -653,12 +485,9 @@ async fn a_forced_tool_on_a_json_mode_model_is_answered_in_json_mode_and_validat
     .await;
     assert_eq!(status, 200, "{body}");
     // The client gets the tool call it asked for…
-    let call = &body["choices"][0]["message"]["tool_calls"][0];
+    let (call, args) = answered_tool_call(&body);
     assert_eq!(call["function"]["name"], "User");
-    let args: Value =
-        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert!(args["age"].is_i64() && args["tags"].is_array(), "{args}");
-    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
     // …while the provider, which has no tools, got JSON mode and the schema in the system
     // message.
     let sent = &s.upstream.requests()[0].body;
@@ -669,8 +498,7 @@ async fn a_forced_tool_on_a_json_mode_model_is_answered_in_json_mode_and_validat
         .as_str()
         .unwrap()
         .contains("\"tags\""));
-    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
+    let run = run_of(&s.gw, &headers).await;
     assert_eq!(run["structured"]["layer"], "json_mode", "{run}");
     assert_eq!(run["structured"]["repairs"], 0);
 }
@@ -678,38 +506,24 @@ async fn a_forced_tool_on_a_json_mode_model_is_answered_in_json_mode_and_validat
 #[tokio::test]
 async fn structured_streams_arrive_as_tool_deltas_and_as_whole_valid_json_chunks() {
     let s = setup();
-    let (status, headers, events) = chat_stream(
+    let (headers, chunks) = stream_ok(
         &s.gw,
-        json!({"model": "up-text-only", "stream": true, "messages": user("Jason is 25"),
+        json!({"model": "up-text-only", "messages": user("Jason is 25"),
             "tools": user_tool(), "tool_choice": {"type": "function", "function": {"name": "User"}}}),
     )
     .await;
-    assert_eq!(status, 200);
-    let mut arguments = String::new();
-    let mut names = 0;
-    let mut finish = String::new();
-    for e in &events[..events.len() - 1] {
-        let c: Value = serde_json::from_str(e).unwrap();
-        if let Some(call) = c["choices"][0]["delta"]["tool_calls"].get(0) {
-            if call["function"]["name"] == "User" {
-                names += 1;
-            }
-            arguments.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
-        }
+    for c in &chunks {
         assert!(
             c["choices"][0]["delta"]["content"].is_null(),
             "no content deltas: {c}"
         );
-        if let Some(f) = c["choices"][0]["finish_reason"].as_str() {
-            finish = f.to_string();
-        }
     }
-    assert_eq!(names, 1);
-    assert_eq!(finish, "tool_calls");
-    let args: Value = serde_json::from_str(&arguments).unwrap();
+    let call = streamed_tool_call(&chunks);
+    assert_eq!(call.name, "User");
+    assert_eq!(finish_reasons(&chunks).last().unwrap(), "tool_calls");
+    let args: Value = serde_json::from_str(&call.arguments).unwrap();
     assert!(args["age"].is_i64(), "{args}");
-    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
+    let run = run_of(&s.gw, &headers).await;
     assert_eq!(run["structured"]["layer"], "json_mode", "{run}");
     assert_eq!(run["structured"]["validation_errors"], json!([]));
 
@@ -717,23 +531,16 @@ async fn structured_streams_arrive_as_tool_deltas_and_as_whole_valid_json_chunks
     let schema = json!({"type": "object", "properties": {
         "title": {"type": "string", "examples": ["A fairly long title that spans several chunks"]},
         "count": {"type": "integer"}}, "required": ["title", "count"]});
-    let (status, _, events) = chat_stream(
+    let (_, chunks) = stream_ok(
         &s.gw,
-        json!({"model": "up-model", "stream": true, "messages": user("go"),
+        json!({"model": "up-model", "messages": user("go"),
             "stream_options": {"valid_json_chunks": true},
             "response_format": {"type": "json_schema", "json_schema": {"name": "T", "schema": schema}}}),
     )
     .await;
-    assert_eq!(status, 200);
-    let contents: Vec<Value> = events[..events.len() - 1]
+    let contents: Vec<Value> = content_deltas(&chunks)
         .iter()
-        .map(|e| serde_json::from_str::<Value>(e).unwrap())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .map(|text| serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+        .map(|text| serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}")))
         .collect();
     assert!(contents.len() > 2, "several growing chunks: {contents:?}");
     let last = contents.last().unwrap();
@@ -747,48 +554,29 @@ async fn structured_streams_arrive_as_tool_deltas_and_as_whole_valid_json_chunks
 #[tokio::test]
 async fn the_last_provider_is_retried_with_backoff_and_retry_after_is_honoured() {
     let s = setup();
-    let (status, headers, body) = chat(
-        &s.gw,
-        json!({"model": "up-flaky", "messages": user("again")}),
-    )
-    .await;
+    let (status, headers, body) = ask(&s.gw, "up-flaky", "again").await;
     assert_eq!(status, 200, "{body}");
-    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
+    let run = run_of(&s.gw, &headers).await;
     let attempts = run["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 3, "{run}");
     assert_eq!(attempts[0]["status"], 500);
     assert_eq!(attempts[1]["reason"], "retry after upstream_server_error");
     assert_eq!(attempts[2]["status"], 200);
     assert_eq!(s.upstream.count(), 3);
-    let (_, metrics) = get_json(&s.gw, "/metrics").await;
-    assert!(
-        metrics.as_str().unwrap().contains(
-            "flowgate_retries_total{error=\"upstream_server_error\",provider=\"upstream\"} 2"
-        ),
-        "{metrics}"
+    assert_sample(
+        &metrics(&s.gw).await,
+        "flowgate_retries_total{error=\"upstream_server_error\",provider=\"upstream\"} 2",
     );
 
     // Streams are retried before their first byte too.
-    let (status, _, events) = chat_stream(
-        &s.gw,
-        json!({"model": "up-flaky-stream", "stream": true, "messages": user("again")}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(events.last().unwrap(), "[DONE]");
+    stream_from(&s.gw, "up-flaky-stream", "again", "upstream").await;
 
     // A 429 asking to wait one second is waited for, then retried.
     let started = std::time::Instant::now();
-    let (status, headers, _) = chat(
-        &s.gw,
-        json!({"model": "up-retry-after", "messages": user("x")}),
-    )
-    .await;
+    let (status, headers, _) = ask(&s.gw, "up-retry-after", "x").await;
     assert_eq!(status, 200);
     assert!(started.elapsed() >= std::time::Duration::from_secs(1));
-    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
+    let run = run_of(&s.gw, &headers).await;
     assert_eq!(
         run["attempts"][1]["reason"], "retry after rate_limited",
         "{run}"

@@ -24,7 +24,8 @@ struct Kind {
     has_inline_image: fn(&Value) -> bool,
 }
 
-fn openai_like(body: &Value) -> Option<String> {
+/// The text of the last message (a string, or its first text part or block).
+fn last_message_text(body: &Value) -> Option<String> {
     let last = body["messages"].as_array()?.last()?;
     match &last["content"] {
         Value::String(s) => Some(s.clone()),
@@ -35,51 +36,43 @@ fn openai_like(body: &Value) -> Option<String> {
     }
 }
 
-fn openai_tools(body: &Value) -> Vec<String> {
-    body["tools"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .filter_map(|t| t["function"]["name"].as_str().map(String::from))
+/// The strings at `pointer` in each item of `list` (an array, or nothing).
+fn names_at(list: &Value, pointer: &str) -> Vec<String> {
+    list.as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| item.pointer(pointer)?.as_str().map(String::from))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether any content block of any message is `block`.
+fn any_block(body: &Value, block: impl Fn(&Value) -> bool) -> bool {
+    body["messages"].as_array().is_some_and(|m| {
+        m.iter().any(|m| {
+            m["content"]
+                .as_array()
+                .is_some_and(|b| b.iter().any(&block))
+        })
+    })
+}
+
+fn openai_tools(body: &Value) -> Vec<String> {
+    names_at(&body["tools"], "/function/name")
 }
 
 fn openai_image(body: &Value) -> bool {
     body.to_string().contains("\"image_url\"")
 }
 
-fn anthropic_text(body: &Value) -> Option<String> {
-    let last = body["messages"].as_array()?.last()?;
-    match &last["content"] {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(blocks) => blocks
-            .iter()
-            .find_map(|b| b["text"].as_str().map(String::from)),
-        _ => None,
-    }
-}
-
 fn anthropic_tools(body: &Value) -> Vec<String> {
-    body["tools"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .filter_map(|t| t["name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+    names_at(&body["tools"], "/name")
 }
 
 fn anthropic_image(body: &Value) -> bool {
-    body["messages"].as_array().is_some_and(|m| {
-        m.iter().any(|m| {
-            m["content"]
-                .as_array()
-                .is_some_and(|b| b.iter().any(|b| b["type"] == "image"))
-        })
-    })
+    any_block(body, |b| b["type"] == "image")
 }
 
 fn gemini_text(body: &Value) -> Option<String> {
@@ -93,19 +86,10 @@ fn gemini_text(body: &Value) -> Option<String> {
 fn gemini_tools(body: &Value) -> Vec<String> {
     body["tools"]
         .as_array()
-        .map(|tools| {
-            tools
-                .iter()
-                .flat_map(|t| {
-                    t["functionDeclarations"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                })
-                .filter_map(|f| f["name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| names_at(&t["functionDeclarations"], "/name"))
+        .collect()
 }
 
 fn gemini_image(body: &Value) -> bool {
@@ -122,24 +106,11 @@ fn bedrock_text(body: &Value) -> Option<String> {
 }
 
 fn bedrock_tools(body: &Value) -> Vec<String> {
-    body["toolConfig"]["tools"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .filter_map(|t| t["toolSpec"]["name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+    names_at(&body["toolConfig"]["tools"], "/toolSpec/name")
 }
 
 fn bedrock_image(body: &Value) -> bool {
-    body["messages"].as_array().is_some_and(|m| {
-        m.iter().any(|m| {
-            m["content"]
-                .as_array()
-                .is_some_and(|b| b.iter().any(|b| b.get("image").is_some()))
-        })
-    })
+    any_block(body, |b| b.get("image").is_some())
 }
 
 fn kinds() -> Vec<Kind> {
@@ -153,7 +124,7 @@ fn kinds() -> Vec<Kind> {
                 )
             },
             model: "gpt-4o-mini",
-            last_user_text: openai_like,
+            last_user_text: last_message_text,
             tool_names: openai_tools,
             has_inline_image: openai_image,
         },
@@ -166,7 +137,7 @@ fn kinds() -> Vec<Kind> {
                 )
             },
             model: "my-deployment",
-            last_user_text: openai_like,
+            last_user_text: last_message_text,
             tool_names: openai_tools,
             has_inline_image: openai_image,
         },
@@ -179,7 +150,7 @@ fn kinds() -> Vec<Kind> {
                 )
             },
             model: "claude-3-5-haiku-20241022",
-            last_user_text: anthropic_text,
+            last_user_text: last_message_text,
             tool_names: anthropic_tools,
             has_inline_image: anthropic_image,
         },
@@ -234,45 +205,28 @@ const SECRETS: [&str; 6] = [
     "k-bedrock",
 ];
 
-struct Suite {
-    _dir: tempfile::TempDir,
-    upstream: MockUpstream,
-    gw: Flowgate,
-}
-
-fn start() -> Suite {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = MockUpstream::start();
-    let mut config = base_config(&dir.path().join("data"), Some(&upstream));
-    for kind in kinds() {
-        config.push_str(&format!(
-            "\n[providers.{}]\n{}",
-            kind.name,
-            (kind.config)(&upstream)
-        ));
+fn start() -> Setup {
+    Setup::with_models(|upstream| {
         let supports = "supports = { structured_output = true, json_mode = true, tools = true, parallel_tools = true, images = true, pdf = true }";
-        let offer = |model: &str| {
-            format!(
-                "[{{ provider = \"{}\", model = \"{model}\", input_per_mtok = 1.0, output_per_mtok = 2.0 }}]",
-                kind.name
-            )
-        };
-        config.push_str(&format!(
-            "\n[models.\"conf-{name}\"]\nproviders = {}\n{supports}\n\
-             \n[models.\"conf-{name}-429\"]\nproviders = {}\n{supports}\n\
-             \n[models.\"conf-{name}-500\"]\nproviders = {}\n{supports}\nfallback = {{ unavailable = [\"mock-echo\"] }}\n",
-            offer(kind.model),
-            offer(&format!("{};status=429;retry_after=3", kind.model)),
-            offer(&format!("{};status=500", kind.model)),
-            name = kind.name,
-        ));
-    }
-    let gw = Flowgate::start(dir.path(), &config);
-    Suite {
-        _dir: dir,
-        upstream,
-        gw,
-    }
+        let mut config = String::new();
+        for kind in kinds() {
+            let name = kind.name;
+            let offer = |model: &str| offer(name, model, 1.0, 2.0);
+            config += &format!("\n[providers.{name}]\n{}", (kind.config)(upstream));
+            config += &model_table(&format!("conf-{name}"), &[offer(kind.model)], supports);
+            config += &model_table(
+                &format!("conf-{name}-429"),
+                &[offer(&format!("{};status=429;retry_after=3", kind.model))],
+                supports,
+            );
+            config += &model_table(
+                &format!("conf-{name}-500"),
+                &[offer(&format!("{};status=500", kind.model))],
+                &format!("{supports}\nfallback = {{ unavailable = [\"mock-echo\"] }}"),
+            );
+        }
+        config
+    })
 }
 
 fn assert_no_secret(kind: &Kind, text: &str) {
@@ -283,12 +237,6 @@ fn assert_no_secret(kind: &Kind, text: &str) {
             kind.name
         );
     }
-}
-
-fn cost_of(usage: &Value) -> f64 {
-    (usage["prompt_tokens"].as_f64().unwrap() * 1.0
-        + usage["completion_tokens"].as_f64().unwrap() * 2.0)
-        / 1e6
 }
 
 #[tokio::test]
@@ -321,7 +269,7 @@ async fn every_adapter_answers_text_the_same_way() {
             "{}",
             kind.name
         );
-        assert!((body["cost_usd"].as_f64().unwrap() - cost_of(usage)).abs() < 1e-15);
+        assert_cost(&body, expected_cost(usage, 1.0, 2.0));
         assert_no_secret(&kind, &body.to_string());
 
         let requests = s.upstream.requests();
@@ -360,30 +308,22 @@ async fn every_adapter_streams_text_with_usage_last() {
             "{}: {events:?}",
             kind.name
         );
-        let chunks: Vec<Value> = events[..events.len() - 1]
-            .iter()
-            .map(|e| serde_json::from_str(e).unwrap())
-            .collect();
-        let content: String = chunks
-            .iter()
-            .filter_map(|c| {
-                c["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(String::from)
-            })
-            .collect();
-        assert_eq!(content, text, "{}", kind.name);
-        let finish = chunks
-            .iter()
-            .find_map(|c| c["choices"][0]["finish_reason"].as_str().map(String::from));
-        assert_eq!(finish.as_deref(), Some("stop"), "{}", kind.name);
+        let chunks = stream_chunks(&events);
+        assert_eq!(streamed_content(&chunks), text, "{}", kind.name);
+        let finish = finish_reasons(&chunks);
+        assert_eq!(
+            finish.first().map(String::as_str),
+            Some("stop"),
+            "{}",
+            kind.name
+        );
         let last = chunks.last().unwrap();
         assert!(
             last["usage"]["completion_tokens"].as_u64().unwrap() > 0,
             "{}: {last}",
             kind.name
         );
-        assert!((last["cost_usd"].as_f64().unwrap() - cost_of(&last["usage"])).abs() < 1e-15);
+        assert_cost(last, expected_cost(&last["usage"], 1.0, 2.0));
     }
 }
 
@@ -404,22 +344,10 @@ async fn every_adapter_makes_forced_tool_calls_in_openai_shape() {
             let (name, arguments, finish) = if stream {
                 let (status, _, events) = chat_stream(&s.gw, request).await;
                 assert_eq!(status, 200, "{}: {events:?}", kind.name);
-                let mut name = String::new();
-                let mut arguments = String::new();
-                let mut finish = String::new();
-                for e in &events[..events.len() - 1] {
-                    let c: Value = serde_json::from_str(e).unwrap();
-                    if let Some(call) = c["choices"][0]["delta"]["tool_calls"].get(0) {
-                        if let Some(n) = call["function"]["name"].as_str() {
-                            name = n.to_string();
-                        }
-                        arguments.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
-                    }
-                    if let Some(f) = c["choices"][0]["finish_reason"].as_str() {
-                        finish = f.to_string();
-                    }
-                }
-                (name, arguments, finish)
+                let chunks = stream_chunks(&events);
+                let call = streamed_tool_call(&chunks);
+                let finish = finish_reasons(&chunks).pop().unwrap_or_default();
+                (call.name, call.arguments, finish)
             } else {
                 let (status, _, body) = chat(&s.gw, request).await;
                 assert_eq!(status, 200, "{}: {body}", kind.name);
@@ -524,11 +452,7 @@ async fn every_adapter_passes_inline_images() {
 async fn every_adapter_maps_rate_limits_and_falls_back_on_server_errors() {
     let s = start();
     for kind in kinds() {
-        let (status, headers, body) = chat(
-            &s.gw,
-            json!({"model": format!("conf-{}-429", kind.name), "messages": user("hi")}),
-        )
-        .await;
+        let (status, headers, body) = ask(&s.gw, &format!("conf-{}-429", kind.name), "hi").await;
         assert_eq!(status, 429, "{}: {body}", kind.name);
         assert_eq!(body["error"]["type"], "rate_limit_error", "{}", kind.name);
         assert_eq!(
@@ -544,15 +468,11 @@ async fn every_adapter_maps_rate_limits_and_falls_back_on_server_errors() {
         );
         assert_no_secret(&kind, &body.to_string());
 
-        let (status, headers, body) = chat(
-            &s.gw,
-            json!({"model": format!("conf-{}-500", kind.name), "messages": user("fallback please")}),
-        )
-        .await;
+        let (status, headers, body) =
+            ask(&s.gw, &format!("conf-{}-500", kind.name), "fallback please").await;
         assert_eq!(status, 200, "{}: {body}", kind.name);
         assert_eq!(headers["x-flowgate-provider"], "mock", "{}", kind.name);
-        let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
-        let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
+        let run = run_of(&s.gw, &headers).await;
         assert_eq!(run["attempts"][0]["provider"], kind.name);
         assert_eq!(run["attempts"][0]["status"], 500, "{}: {run}", kind.name);
         assert_no_secret(&kind, &run.to_string());

@@ -7,19 +7,10 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-const PRICES: &str = "input_per_mtok = 3.0, output_per_mtok = 15.0, cached_input_per_mtok = 0.30, cache_write_per_mtok = 3.75";
 const SUPPORTS: &str = "supports = { structured_output = true, json_mode = true, tools = true, parallel_tools = true, images = true, pdf = true, audio = true, reasoning = true }";
 
 fn claude_config(upstream: &MockUpstream) -> String {
-    let offer = |model: &str| format!(r#"{{ provider = "claude", model = "{model}", {PRICES} }}"#);
-    let backup = r#"{ provider = "backup", model = "gpt-4o-mini", input_per_mtok = 0.15, output_per_mtok = 0.60 }"#;
-    let model = |id: &str, providers: Vec<String>| {
-        format!(
-            "\n[models.\"{id}\"]\nproviders = [{}]\n{SUPPORTS}\n",
-            providers.join(", ")
-        )
-    };
-    let mut config = format!(
+    let provider = format!(
         r#"
 [providers.claude]
 type = "anthropic"
@@ -31,81 +22,31 @@ failure_threshold = 100
 "#,
         upstream.url()
     );
-    for (id, providers) in [
-        ("claude-test", vec![offer("claude-sonnet-4-5")]),
-        (
-            "claude-cached",
-            vec![offer("claude-sonnet-4-5;cache_read=100;cache_write=40")],
-        ),
-        (
-            "claude-overloaded",
-            vec![offer("claude-sonnet-4-5;status=529"), backup.to_string()],
-        ),
+    let cases = [
+        ("claude-test", "", false),
+        ("claude-cached", ";cache_read=100;cache_write=40", false),
+        ("claude-overloaded", ";status=529", true),
         (
             "claude-overloaded-alone",
-            vec![offer("claude-sonnet-4-5;status=529;retry_after=3")],
+            ";status=529;retry_after=3",
+            false,
         ),
-        (
-            "claude-ratelimited",
-            vec![offer("claude-sonnet-4-5;status=429;retry_after=7")],
-        ),
-        (
-            "claude-badrequest",
-            vec![offer("claude-sonnet-4-5;status=400"), backup.to_string()],
-        ),
-        (
-            "claude-too-long",
-            vec![
-                offer("claude-sonnet-4-5;prompt_too_long"),
-                backup.to_string(),
-            ],
-        ),
-        ("claude-badkey", vec![offer("claude-sonnet-4-5;status=401")]),
-        (
-            "claude-cut-early",
-            vec![offer("claude-sonnet-4-5;cut_after=0"), backup.to_string()],
-        ),
+        ("claude-ratelimited", ";status=429;retry_after=7", false),
+        ("claude-badrequest", ";status=400", true),
+        ("claude-too-long", ";prompt_too_long", true),
+        ("claude-badkey", ";status=401", false),
+        ("claude-cut-early", ";cut_after=0", true),
         (
             "claude-stream-error",
-            vec![offer("claude-sonnet-4-5;stream_error=2;chunk_chars=4")],
+            ";stream_error=2;chunk_chars=4",
+            false,
         ),
-    ] {
-        config.push_str(&model(id, providers));
-    }
-    config
-}
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    upstream: MockUpstream,
-    gw: Flowgate,
+    ];
+    provider + &claude_models("claude", "claude-sonnet-4-5", &cases, SUPPORTS)
 }
 
 fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = MockUpstream::start();
-    let config = base_config(&dir.path().join("data"), Some(&upstream)) + &claude_config(&upstream);
-    let gw = Flowgate::start(dir.path(), &config);
-    Setup {
-        _dir: dir,
-        upstream,
-        gw,
-    }
-}
-
-/// The cost at the claude prices, from the usage the client saw.
-fn claude_cost(usage: &Value) -> f64 {
-    let prompt = usage["prompt_tokens"].as_f64().unwrap();
-    let cached = usage["prompt_tokens_details"]["cached_tokens"]
-        .as_f64()
-        .unwrap();
-    let completion = usage["completion_tokens"].as_f64().unwrap();
-    ((prompt - cached) * 3.0 + cached * 0.30 + completion * 15.0) / 1e6
-}
-
-fn weather_tool() -> Value {
-    json!({"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}})
+    Setup::with_models(claude_config)
 }
 
 #[tokio::test]
@@ -157,7 +98,11 @@ async fn conversation_with_media_and_tool_results_is_translated() {
         usage["total_tokens"].as_u64().unwrap(),
         usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
     );
-    assert!((body["cost_usd"].as_f64().unwrap() - claude_cost(usage)).abs() < 1e-15);
+    assert!(
+        usage["prompt_tokens_details"]["cached_tokens"].is_number(),
+        "{usage}"
+    );
+    assert_cost(&body, CLAUDE_PRICES.cost(usage, 0.0));
     assert!(!body.to_string().contains("anthropic-secret"));
 
     let requests = s.upstream.requests();
@@ -204,28 +149,7 @@ async fn conversation_with_media_and_tool_results_is_translated() {
 #[tokio::test]
 async fn tool_calls_come_back_and_cache_tokens_are_priced() {
     let s = setup();
-    let (status, _, body) = chat(
-        &s.gw,
-        json!({
-            "model": "claude-cached",
-            "messages": [{"role": "user", "content": "Weather in Paris?"}],
-            "tools": [weather_tool()],
-            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
-            "max_completion_tokens": 200
-        }),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let choice = &body["choices"][0];
-    assert_eq!(choice["finish_reason"], "tool_calls");
-    assert_eq!(choice["message"]["content"], Value::Null);
-    let call = &choice["message"]["tool_calls"][0];
-    assert!(call["id"].as_str().unwrap().starts_with("toolu_"), "{call}");
-    assert_eq!(call["type"], "function");
-    assert_eq!(call["function"]["name"], "get_weather");
-    let args: Value =
-        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
-    assert!(args["city"].is_string());
+    let body = assert_claude_forced_tool_call(&s.gw, "claude-cached").await;
 
     let sent = &s.upstream.requests()[0].body;
     assert_eq!(
@@ -240,24 +164,15 @@ async fn tool_calls_come_back_and_cache_tokens_are_priced() {
 
     // input_tokens + 100 read + 40 written; the reads are the cached tokens.
     let usage = &body["usage"];
-    let prompt = usage["prompt_tokens"].as_u64().unwrap();
-    let input = prompt - 140;
-    assert!(input >= 1);
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 140, "{usage}");
     assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 100);
-    let completion = usage["completion_tokens"].as_f64().unwrap();
-    let expected = (input as f64 * 3.0 + 100.0 * 0.30 + 40.0 * 3.75 + completion * 15.0) / 1e6;
-    assert!(
-        (body["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-15,
-        "{} != {expected}",
-        body["cost_usd"]
-    );
+    assert_cost(&body, CLAUDE_PRICES.cost(usage, 40.0));
 }
 
 #[tokio::test]
 async fn structured_outputs_and_json_mode() {
     let s = setup();
-    let schema = json!({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-        "required": ["name", "age"], "additionalProperties": false});
+    let schema = user_schema();
     let (status, _, body) = chat(
         &s.gw,
         json!({
@@ -286,33 +201,21 @@ async fn structured_outputs_and_json_mode() {
     );
 
     // Streamed, the answer tool's input arrives as content.
-    let (status, _, events) = chat_stream(
+    let (_, chunks) = stream_ok(
         &s.gw,
         json!({
             "model": "claude-test",
-            "stream": true,
             "messages": [{"role": "user", "content": "Jason is 25"}],
             "response_format": {"type": "json_schema", "json_schema": {"name": "UserDetail", "schema": schema}}
         }),
     )
     .await;
-    assert_eq!(status, 200);
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let streamed: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
-    let content: Value = serde_json::from_str(&streamed).unwrap();
+    let content: Value = serde_json::from_str(&streamed_content(&chunks)).unwrap();
     assert!(content["age"].is_i64(), "{content}");
     assert!(chunks
         .iter()
         .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
-    assert!(chunks
-        .iter()
-        .any(|c| c["choices"][0]["finish_reason"] == "stop"));
+    assert!(finish_reasons(&chunks).iter().any(|f| f == "stop"));
 
     let (status, _, _) = chat(
         &s.gw,
@@ -364,23 +267,13 @@ async fn reasoning_effort_turns_on_thinking_without_showing_it() {
     assert!(sent.get("temperature").is_none());
 
     // The request field works too, and streaming hides the thinking as well.
-    let (status, _, events) = chat_stream(
+    let (_, chunks) = stream_ok(
         &s.gw,
-        json!({"model": "claude-test", "stream": true, "reasoning_effort": "low", "max_tokens": 500,
+        json!({"model": "claude-test", "reasoning_effort": "low", "max_tokens": 500,
             "messages": [{"role": "user", "content": "Hello"}]}),
     )
     .await;
-    assert_eq!(status, 200);
-    let content: String = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str::<Value>(e).unwrap())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
-    assert_eq!(content, "Hello");
+    assert_eq!(streamed_content(&chunks), "Hello");
     let sent = &s.upstream.requests()[1].body;
     assert_eq!(sent["thinking"]["budget_tokens"], 1024);
     assert_eq!(sent["max_tokens"], 1524);
@@ -390,125 +283,35 @@ async fn reasoning_effort_turns_on_thinking_without_showing_it() {
 async fn streaming_text_and_tool_calls() {
     let s = setup();
     let text = "The quick brown fox jumps over the lazy dog";
-    let (status, headers, events) = chat_stream(
-        &s.gw,
-        json!({"model": "claude-cached", "stream": true, "messages": user(text)}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["content-type"], "text/event-stream");
-    assert_eq!(headers["x-flowgate-provider"], "claude");
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    assert!(chunks.len() > 3, "content arrives in several chunks");
-    let content: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
-    assert_eq!(content, text);
+    let (headers, chunks) =
+        stream_text(&s.gw, json!({"model": "claude-cached"}), text, "claude").await;
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    assert!(chunks
-        .iter()
-        .any(|c| c["choices"][0]["finish_reason"] == "stop"));
+    assert!(finish_reasons(&chunks).iter().any(|f| f == "stop"));
     let last = chunks.last().unwrap();
     assert_eq!(last["choices"], json!([]));
     let usage = &last["usage"];
     assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 100);
     assert_eq!(usage["completion_tokens"], 11);
-    let input = usage["prompt_tokens"].as_f64().unwrap() - 140.0;
-    let expected = (input * 3.0 + 100.0 * 0.30 + 40.0 * 3.75 + 11.0 * 15.0) / 1e6;
-    assert!((last["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-15);
+    assert_cost(last, CLAUDE_PRICES.cost(usage, 40.0));
     assert_eq!(s.upstream.requests()[0].body["stream"], true);
 
     // The run holds the whole streamed answer.
-    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
-    let (status, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
-    assert_eq!(status, 200);
+    let run = run_of(&s.gw, &headers).await;
     assert_eq!(run["output"]["choices"][0]["message"]["content"], text);
 
     // Tool calls: id and name first, then argument fragments.
-    let (status, _, events) = chat_stream(
-        &s.gw,
-        json!({"model": "claude-test", "stream": true, "messages": user("Weather in Paris and Rome?"),
-            "tools": [weather_tool(), {"type": "function", "function": {"name": "now"}}],
-            "tool_choice": "required"}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let mut calls: Vec<(String, String, String)> = Vec::new();
-    let mut finish = None;
-    for e in &events[..events.len() - 1] {
-        let chunk: Value = serde_json::from_str(e).unwrap();
-        if let Some(reason) = chunk["choices"][0]["finish_reason"].as_str() {
-            finish = Some(reason.to_string());
-        }
-        for call in chunk["choices"][0]["delta"]["tool_calls"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            let index = call["index"].as_u64().unwrap() as usize;
-            if let Some(name) = call["function"]["name"].as_str() {
-                assert_eq!(index, calls.len());
-                calls.push((
-                    call["id"].as_str().unwrap().to_string(),
-                    name.to_string(),
-                    String::new(),
-                ));
-            }
-            calls[index]
-                .2
-                .push_str(call["function"]["arguments"].as_str().unwrap_or(""));
-        }
-    }
-    assert_eq!(finish.as_deref(), Some("tool_calls"));
-    assert_eq!(calls.len(), 2);
-    assert!(calls[0].0.starts_with("toolu_"));
-    assert_eq!(calls[0].1, "get_weather");
-    assert!(serde_json::from_str::<Value>(&calls[0].2).unwrap()["city"].is_string());
-    assert_eq!(calls[1].1, "now");
-    assert_eq!(calls[1].2, "{}");
+    assert_claude_streams_two_tool_calls(&s.gw, "claude-test").await;
 }
 
 #[tokio::test]
 async fn overload_falls_back_or_is_a_503() {
     let s = setup();
-    let (status, headers, body) = chat(
-        &s.gw,
-        json!({"model": "claude-overloaded", "messages": user("hi")}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(headers["x-flowgate-provider"], "backup");
-    assert_eq!(body["choices"][0]["message"]["content"], "hi");
-    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
-    let attempts = run["attempts"].as_array().unwrap();
-    assert_eq!(attempts.len(), 2, "{run}");
-    assert_eq!(attempts[0]["provider"], "claude");
-    assert_eq!(attempts[0]["status"], 529);
-    assert_eq!(attempts[0]["error"], "overloaded");
-    assert_eq!(attempts[1]["provider"], "backup");
+    answered_by_backup(&s.gw, "claude-overloaded", "claude", 529, "overloaded").await;
 
     // Streaming: the failure happens before any content, so the client never sees it.
-    let (status, headers, events) = chat_stream(
-        &s.gw,
-        json!({"model": "claude-overloaded", "stream": true, "messages": user("hello there")}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["x-flowgate-provider"], "backup");
-    assert_eq!(events.last().unwrap(), "[DONE]");
+    stream_from(&s.gw, "claude-overloaded", "hello there", "backup").await;
 
-    let (status, headers, body) = chat(
-        &s.gw,
-        json!({"model": "claude-overloaded-alone", "messages": user("hi")}),
-    )
-    .await;
+    let (status, headers, body) = ask(&s.gw, "claude-overloaded-alone", "hi").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "overloaded");
     assert_eq!(headers["retry-after"], "3");
@@ -521,54 +324,24 @@ async fn overload_falls_back_or_is_a_503() {
 #[tokio::test]
 async fn rate_limits_bad_requests_and_bad_keys() {
     let s = setup();
-    let (status, headers, body) = chat(
-        &s.gw,
-        json!({"model": "claude-ratelimited", "messages": user("hi")}),
-    )
-    .await;
-    assert_eq!(status, 429, "{body}");
-    assert_eq!(headers["retry-after"], "7");
-    assert_eq!(body["error"]["type"], "rate_limit_error");
-    assert_eq!(body["error"]["details"]["attempts"][0]["status"], 429);
+    assert_rate_limited(&s.gw, "claude-ratelimited", "7").await;
 
     // A 400 is the client's fault: no fallback, Anthropic's message passed on.
-    let (status, _, body) = chat(
-        &s.gw,
-        json!({"model": "claude-badrequest", "messages": user("hi")}),
-    )
-    .await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["code"], "upstream_bad_request");
+    let body = assert_bad_request(&s.gw, "claude-badrequest").await;
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
         .contains("Scripted error 400"));
-    assert_eq!(
-        body["error"]["details"]["attempts"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
 
     // A prompt too long for the window tries the next provider.
-    let (status, headers, body) = chat(
-        &s.gw,
-        json!({"model": "claude-too-long", "messages": user("hi")}),
-    )
-    .await;
+    let (status, headers, body) = ask(&s.gw, "claude-too-long", "hi").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["x-flowgate-provider"], "backup");
-    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
+    let run = run_of(&s.gw, &headers).await;
     assert_eq!(run["attempts"][0]["error"], "context_length_exceeded");
 
     // A rejected key: a gateway error that never shows the key.
-    let (status, _, body) = chat(
-        &s.gw,
-        json!({"model": "claude-badkey", "messages": user("hi")}),
-    )
-    .await;
+    let (status, _, body) = ask(&s.gw, "claude-badkey", "hi").await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "upstream_auth");
     assert!(!body.to_string().contains("anthropic-secret"));
@@ -577,35 +350,12 @@ async fn rate_limits_bad_requests_and_bad_keys() {
 #[tokio::test]
 async fn stream_faults_fall_back_early_and_end_with_an_error_late() {
     let s = setup();
-    let (status, headers, events) = chat_stream(
-        &s.gw,
-        json!({"model": "claude-cut-early", "stream": true, "messages": user("abcdefghijkl")}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["x-flowgate-provider"], "backup");
-    assert_eq!(events.last().unwrap(), "[DONE]");
+    stream_from(&s.gw, "claude-cut-early", "abcdefghijkl", "backup").await;
 
-    let (status, headers, events) = chat_stream(
-        &s.gw,
-        json!({"model": "claude-stream-error", "stream": true, "messages": user("abcdefghijkl")}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["x-flowgate-provider"], "claude");
-    assert!(!events.contains(&"[DONE]".to_string()));
-    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    let (_, chunks, last) =
+        stream_cut(&s.gw, "claude-stream-error", "abcdefghijkl", "claude").await;
     assert_eq!(last["error"]["code"], "overloaded", "{last}");
-    let content: String = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str::<Value>(e).unwrap())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
-    assert_eq!(content, "abcdefgh");
+    assert_eq!(streamed_content(&chunks), "abcdefgh");
 }
 
 #[tokio::test]

@@ -15,7 +15,14 @@ const PNG: &str = "data:image/png;base64,iVBORw0KGgo=";
 const PDF: &str = "data:application/pdf;base64,JVBERi0xLjQK";
 
 fn models(upstream: &MockUpstream) -> String {
-    format!(
+    let claude = |directives: &str| offer("aws", &format!("{CLAUDE};{directives}"), 1.0, 1.0);
+    let haiku = Prices::new(0.80, 4.00).cached(0.08).cache_write(1.00);
+    let sonnet = "us.anthropic.claude-sonnet-4-20250514-v1:0";
+    let backup = backup_offer(1.0, 1.0);
+    let structured = |more: &str| {
+        format!("supports = {{ structured_output = true, json_mode = true, tools = true{more} }}")
+    };
+    let provider = format!(
         r#"
 [providers.aws]
 type = "bedrock"
@@ -23,67 +30,60 @@ region = "us-east-1"
 access_key_id = "AKIDEXAMPLE"
 secret_access_key = "bedrock-secret"
 base_url = "{url}"
-
-[models."br-claude"]
-providers = [{{ provider = "aws", model = "{CLAUDE}", input_per_mtok = 0.80, output_per_mtok = 4.00, cached_input_per_mtok = 0.08, cache_write_per_mtok = 1.00 }}]
-supports = {{ structured_output = true, json_mode = true, tools = true, parallel_tools = true, images = true, pdf = true }}
-
-[models."br-sonnet"]
-providers = [{{ provider = "aws", model = "us.anthropic.claude-sonnet-4-20250514-v1:0", input_per_mtok = 3.00, output_per_mtok = 15.00 }}]
-supports = {{ tools = true, reasoning = true }}
-
-[models."br-nova"]
-providers = [{{ provider = "aws", model = "amazon.nova-lite-v1:0", input_per_mtok = 0.06, output_per_mtok = 0.24 }}]
-supports = {{ structured_output = true, json_mode = true, tools = true, images = true }}
-
-[models."br-llama"]
-providers = [{{ provider = "aws", model = "meta.llama3-1-8b-instruct-v1:0", input_per_mtok = 0.22, output_per_mtok = 0.22 }}]
-supports = {{ structured_output = true, json_mode = true, tools = true }}
-
-[models."br-throttled"]
-providers = [{{ provider = "aws", model = "{CLAUDE};status=429;retry_after=5", input_per_mtok = 1.0, output_per_mtok = 1.0 }}]
-
-[models."br-unavailable"]
-providers = [
-  {{ provider = "aws", model = "{CLAUDE};status=503", input_per_mtok = 1.0, output_per_mtok = 1.0 }},
-  {{ provider = "backup", model = "gpt-4o-mini", input_per_mtok = 2.0, output_per_mtok = 4.0 }},
-]
-
-[models."br-too-long"]
-providers = [{{ provider = "aws", model = "{CLAUDE};status=413", input_per_mtok = 1.0, output_per_mtok = 1.0 }}]
-
-[models."br-stream-throttled"]
-providers = [
-  {{ provider = "aws", model = "{CLAUDE};cut_after=0;exception=throttlingException", input_per_mtok = 1.0, output_per_mtok = 1.0 }},
-  {{ provider = "backup", model = "gpt-4o-mini", input_per_mtok = 1.0, output_per_mtok = 1.0 }},
-]
-
-[models."br-stream-broken"]
-providers = [
-  {{ provider = "aws", model = "{CLAUDE};chunk_chars=3;cut_after=2;exception=modelStreamErrorException", input_per_mtok = 1.0, output_per_mtok = 1.0 }},
-  {{ provider = "backup", model = "gpt-4o-mini", input_per_mtok = 1.0, output_per_mtok = 1.0 }},
-]
 "#,
         url = upstream.url()
-    )
-}
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    upstream: MockUpstream,
-    gw: Flowgate,
+    );
+    provider
+        + &[
+            model_table(
+                "br-claude",
+                &[priced_offer("aws", CLAUDE, haiku)],
+                &structured(", parallel_tools = true, images = true, pdf = true"),
+            ),
+            model_table(
+                "br-sonnet",
+                &[offer("aws", sonnet, 3.00, 15.00)],
+                "supports = { tools = true, reasoning = true }",
+            ),
+            model_table(
+                "br-nova",
+                &[offer("aws", "amazon.nova-lite-v1:0", 0.06, 0.24)],
+                &structured(", images = true"),
+            ),
+            model_table(
+                "br-llama",
+                &[offer("aws", "meta.llama3-1-8b-instruct-v1:0", 0.22, 0.22)],
+                &structured(""),
+            ),
+            model_table("br-throttled", &[claude("status=429;retry_after=5")], ""),
+            model_table(
+                "br-unavailable",
+                &[claude("status=503"), backup_offer(2.0, 4.0)],
+                "",
+            ),
+            model_table("br-too-long", &[claude("status=413")], ""),
+            model_table(
+                "br-stream-throttled",
+                &[
+                    claude("cut_after=0;exception=throttlingException"),
+                    backup.clone(),
+                ],
+                "",
+            ),
+            model_table(
+                "br-stream-broken",
+                &[
+                    claude("chunk_chars=3;cut_after=2;exception=modelStreamErrorException"),
+                    backup,
+                ],
+                "",
+            ),
+        ]
+        .concat()
 }
 
 fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = MockUpstream::start();
-    let config = base_config(&dir.path().join("data"), Some(&upstream)) + &models(&upstream);
-    let gw = Flowgate::start(dir.path(), &config);
-    Setup {
-        _dir: dir,
-        upstream,
-        gw,
-    }
+    Setup::with_models(models)
 }
 
 /// The requests that reached the Bedrock routes.
@@ -100,13 +100,6 @@ fn assert_no_secret(what: &str) {
         !what.contains("bedrock-secret"),
         "the secret leaked: {what}"
     );
-}
-
-/// `(prompt * input + completion * output) / 1e6` from a usage object.
-fn cost(usage: &Value, input: f64, output: f64) -> f64 {
-    (usage["prompt_tokens"].as_f64().unwrap() * input
-        + usage["completion_tokens"].as_f64().unwrap() * output)
-        / 1e6
 }
 
 #[tokio::test]
@@ -144,11 +137,7 @@ async fn converse_request_is_signed_translated_and_priced() {
     assert_eq!(body["usage"]["prompt_tokens"], 7);
     assert_eq!(body["usage"]["completion_tokens"], 5);
     assert_eq!(body["usage"]["total_tokens"], 12);
-    let expected = (7.0 * 0.80 + 5.0 * 4.00) / 1e6;
-    assert!(
-        (body["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-15,
-        "{body}"
-    );
+    assert_cost(&body, (7.0 * 0.80 + 5.0 * 4.00) / 1e6);
     assert_no_secret(&body.to_string());
 
     let requests = bedrock_requests(&s.upstream);
@@ -184,8 +173,7 @@ async fn converse_request_is_signed_translated_and_priced() {
 #[tokio::test]
 async fn tool_calls_round_trip_through_tool_use_blocks() {
     let s = setup();
-    let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let tools = json!([weather_tool()]);
     let (status, _, body) = chat(
         &s.gw,
         json!({"model": "br-nova", "messages": user("Weather in Paris?"), "tools": tools,
@@ -193,19 +181,13 @@ async fn tool_calls_round_trip_through_tool_use_blocks() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let choice = &body["choices"][0];
-    assert_eq!(choice["finish_reason"], "tool_calls");
-    assert_eq!(choice["message"]["content"], Value::Null);
-    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(body["choices"][0]["message"]["content"], Value::Null);
+    let (call, args) = answered_tool_call(&body);
     let id = call["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("tooluse_"), "{id}");
-    assert_eq!(call["type"], "function");
     assert_eq!(call["function"]["name"], "get_weather");
-    let args: Value =
-        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert_eq!(args, json!({"city": "string"}));
-    let expected = cost(&body["usage"], 0.06, 0.24);
-    assert!((body["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-15);
+    assert_cost(&body, expected_cost(&body["usage"], 0.06, 0.24));
     let sent = &bedrock_requests(&s.upstream)[0];
     assert_eq!(sent.path, "/model/amazon.nova-lite-v1%3A0/converse");
     assert_eq!(
@@ -247,8 +229,7 @@ async fn tool_calls_round_trip_through_tool_use_blocks() {
 #[tokio::test]
 async fn structured_output_uses_a_forced_tool_or_the_system_prompt() {
     let s = setup();
-    let schema = json!({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-        "required": ["name", "age"], "additionalProperties": false});
+    let schema = user_schema();
     let request = |model: &str| {
         json!({"model": model, "messages": user("Jason is 25"),
             "response_format": {"type": "json_schema", "json_schema": {"name": "UserDetail", "schema": schema}}})
@@ -313,74 +294,32 @@ async fn reasoning_effort_becomes_a_thinking_budget() {
 async fn streaming_text_and_tool_calls() {
     let s = setup();
     let text = "The quick brown fox jumps over the lazy dog";
-    let (status, headers, events) = chat_stream(
-        &s.gw,
-        json!({"model": "br-claude", "stream": true, "messages": user(text),
-            "stream_options": {"include_usage": true}}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["x-flowgate-provider"], "aws");
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    assert!(chunks.len() > 3, "content arrives in several chunks");
-    let content: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
-    assert_eq!(content, text);
-    let finish: Vec<&str> = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
-        .collect();
-    assert_eq!(finish, ["stop"]);
+    let request = json!({"model": "br-claude", "stream_options": {"include_usage": true}});
+    let (_, chunks) = stream_text(&s.gw, request, text, "aws").await;
+    assert_eq!(finish_reasons(&chunks), ["stop"]);
     let last = chunks.last().unwrap();
     // 43 chars → 11 tokens each way.
     assert_eq!(last["usage"]["prompt_tokens"], 11);
     assert_eq!(last["usage"]["completion_tokens"], 11);
-    let expected = (11.0 * 0.80 + 11.0 * 4.00) / 1e6;
-    assert!(
-        (last["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-15,
-        "{last}"
-    );
+    assert_cost(last, (11.0 * 0.80 + 11.0 * 4.00) / 1e6);
     let sent = &bedrock_requests(&s.upstream)[0];
     assert_eq!(sent.path, format!("{CLAUDE_PATH}/converse-stream"));
     assert_eq!(sent.headers["accept"], "application/vnd.amazon.eventstream");
 
-    let (status, _, events) = chat_stream(
+    let (_, chunks) = stream_ok(
         &s.gw,
-        json!({"model": "br-claude", "stream": true, "messages": user("Jason is 25"),
-            "tools": [{"type": "function", "function": {"name": "User", "parameters": {"type": "object",
-                "properties": {"name": {"type": "string"}}, "required": ["name"]}}}],
-            "tool_choice": "required"}),
+        json!({"model": "br-claude", "messages": user("Jason is 25"),
+            "tools": [user_name_tool()], "tool_choice": "required"}),
     )
     .await;
-    assert_eq!(status, 200);
-    let mut name = None;
-    let mut arguments = String::new();
-    let mut finish = None;
-    for e in &events[..events.len() - 1] {
-        let chunk: Value = serde_json::from_str(e).unwrap();
-        if let Some(call) = chunk["choices"][0]["delta"]["tool_calls"].get(0) {
-            if let Some(n) = call["function"]["name"].as_str() {
-                name = Some(n.to_string());
-                assert!(call["id"].as_str().unwrap().starts_with("tooluse_"));
-            }
-            arguments.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
-        }
-        if let Some(f) = chunk["choices"][0]["finish_reason"].as_str() {
-            finish = Some(f.to_string());
-        }
-    }
-    assert_eq!(name.as_deref(), Some("User"));
+    let call = streamed_tool_call(&chunks);
+    assert!(call.id.starts_with("tooluse_"), "{call:?}");
+    assert_eq!(call.name, "User");
     assert_eq!(
-        serde_json::from_str::<Value>(&arguments).unwrap(),
+        serde_json::from_str::<Value>(&call.arguments).unwrap(),
         json!({"name": "string"})
     );
-    assert_eq!(finish.as_deref(), Some("tool_calls"));
+    assert_eq!(finish_reasons(&chunks).last().unwrap(), "tool_calls");
     assert_eq!(
         bedrock_requests(&s.upstream)[1].body["toolConfig"]["toolChoice"],
         json!({"any": {}})
@@ -391,85 +330,35 @@ async fn streaming_text_and_tool_calls() {
 async fn errors_map_to_openai_statuses_and_fall_back() {
     let s = setup();
     let mut seen = Vec::new();
-    let (status, headers, body) = chat(
-        &s.gw,
-        json!({"model": "br-throttled", "messages": user("hi")}),
-    )
-    .await;
-    assert_eq!(status, 429, "{body}");
-    assert_eq!(headers["retry-after"], "5");
-    assert_eq!(body["error"]["type"], "rate_limit_error");
-    assert_eq!(body["error"]["details"]["attempts"][0]["status"], 429);
+    let body = assert_rate_limited(&s.gw, "br-throttled", "5").await;
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
         .contains("ThrottlingException"));
     seen.push(body.to_string());
 
-    let (status, _, body) = chat(
-        &s.gw,
-        json!({"model": "br-too-long", "messages": user("hi")}),
-    )
-    .await;
+    let (status, _, body) = ask(&s.gw, "br-too-long", "hi").await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "context_length_exceeded");
     seen.push(body.to_string());
 
     // 503: the next provider answers, invisibly.
-    let (status, headers, body) = chat(
-        &s.gw,
-        json!({"model": "br-unavailable", "messages": user("hi")}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(headers["x-flowgate-provider"], "backup");
-    assert_eq!(body["choices"][0]["message"]["content"], "hi");
-    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
-    let attempts = run["attempts"].as_array().unwrap();
-    assert_eq!(attempts[0]["provider"], "aws");
-    assert_eq!(attempts[0]["status"], 503);
-    assert_eq!(attempts[0]["error"], "overloaded");
+    let (body, run) = answered_by_backup(&s.gw, "br-unavailable", "aws", 503, "overloaded").await;
     seen.push(body.to_string());
     seen.push(run.to_string());
 
     // A stream exception before any content falls back too.
-    let (status, headers, events) = chat_stream(
-        &s.gw,
-        json!({"model": "br-stream-throttled", "stream": true, "messages": user("hello")}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["x-flowgate-provider"], "backup");
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    seen.extend(events);
+    seen.extend(stream_from(&s.gw, "br-stream-throttled", "hello", "backup").await);
 
     // After content, the exception ends the stream with an error event.
-    let (status, headers, events) = chat_stream(
-        &s.gw,
-        json!({"model": "br-stream-broken", "stream": true, "messages": user("abcdefghijkl")}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["x-flowgate-provider"], "aws");
-    assert!(!events.contains(&"[DONE]".to_string()));
-    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    let (_, chunks, last) = stream_cut(&s.gw, "br-stream-broken", "abcdefghijkl", "aws").await;
     assert_eq!(last["error"]["code"], "upstream_server_error", "{last}");
     assert!(last["error"]["message"]
         .as_str()
         .unwrap()
         .contains("modelStreamErrorException"));
-    let content: String = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str::<Value>(e).unwrap())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
-    assert_eq!(content, "abcdef");
-    seen.extend(events);
+    assert_eq!(streamed_content(&chunks), "abcdef");
+    seen.extend(chunks.iter().chain([&last]).map(Value::to_string));
 
     for text in &seen {
         assert_no_secret(text);

@@ -12,28 +12,18 @@ use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The throwaway RSA key of the test service account.
-const TEST_KEY: &str = include_str!("fixtures/gcp-test-key.pem");
 const GEMINI_MODELS: &str = "/v1beta/models";
 const VERTEX_MODELS: &str =
     "/v1/projects/flowgate-test/locations/us-central1/publishers/google/models";
-
-fn service_account(upstream: &MockUpstream) -> String {
-    serde_json::to_string_pretty(&json!({
-        "type": "service_account",
-        "project_id": "flowgate-test",
-        "private_key_id": "0123456789abcdef",
-        "private_key": TEST_KEY,
-        "client_email": "flowgate@flowgate-test.iam.gserviceaccount.com",
-        "client_id": "1",
-        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
-        "token_uri": format!("{}/token", upstream.url()),
-    }))
-    .unwrap()
-}
+const FLASH_SUPPORTS: &str = "supports = { structured_output = true, json_mode = true, tools = true, images = true, pdf = true, audio = true }";
 
 fn gemini_config(upstream: &MockUpstream, allow_private_networks: bool) -> String {
-    format!(
+    let google =
+        |directives: &str| offer("google", &format!("gemini-2.0-flash{directives}"), 1.0, 1.0);
+    let flash = Prices::new(0.10, 0.40).cached(0.025);
+    let thinking = Prices::new(0.30, 2.50).cached(0.03);
+    let thinking = priced_offer("google", "gemini-2.5-flash;thoughts=40;cached=8", thinking);
+    let providers = format!(
         r#"
 [media]
 allow_private_networks = {allow_private_networks}
@@ -51,67 +41,52 @@ base_url = "{url}"
 credentials_json = '''
 {key}
 '''
-
-[models."gem-flash"]
-providers = [{{ provider = "google", model = "gemini-2.0-flash", input_per_mtok = 0.10, output_per_mtok = 0.40, cached_input_per_mtok = 0.025 }}]
-supports = {{ structured_output = true, json_mode = true, tools = true, images = true, pdf = true, audio = true }}
-
-[models."gem-thinking"]
-providers = [{{ provider = "google", model = "gemini-2.5-flash;thoughts=40;cached=8", input_per_mtok = 0.30, output_per_mtok = 2.50, cached_input_per_mtok = 0.03 }}]
-supports = {{ reasoning = true }}
-
-[models."gem-ratelimited"]
-providers = [{{ provider = "google", model = "gemini-2.0-flash;status=429;retry_after=7", input_per_mtok = 1.0, output_per_mtok = 1.0 }}]
-
-[models."gem-overloaded"]
-providers = [
-  {{ provider = "google", model = "gemini-2.0-flash;status=503", input_per_mtok = 1.0, output_per_mtok = 1.0 }},
-  {{ provider = "backup", model = "gpt-4o-mini", input_per_mtok = 2.0, output_per_mtok = 4.0 }},
-]
-
-[models."gem-badrequest"]
-providers = [
-  {{ provider = "google", model = "gemini-2.0-flash;status=400", input_per_mtok = 1.0, output_per_mtok = 1.0 }},
-  {{ provider = "backup", model = "gpt-4o-mini", input_per_mtok = 1.0, output_per_mtok = 1.0 }},
-]
-
-[models."gem-too-long"]
-providers = [{{ provider = "google", model = "gemini-2.0-flash;too_long", input_per_mtok = 1.0, output_per_mtok = 1.0 }}]
-
-[models."gem-blocked"]
-providers = [{{ provider = "google", model = "gemini-2.0-flash;block=SAFETY", input_per_mtok = 1.0, output_per_mtok = 1.0 }}]
-
-[models."gem-cut-early"]
-providers = [
-  {{ provider = "google", model = "gemini-2.0-flash;cut_after=0", input_per_mtok = 1.0, output_per_mtok = 1.0 }},
-  {{ provider = "backup", model = "gpt-4o-mini", input_per_mtok = 1.0, output_per_mtok = 1.0 }},
-]
-
-[models."vertex-pro"]
-providers = [{{ provider = "vertexai", model = "gemini-2.5-pro", input_per_mtok = 1.25, output_per_mtok = 10.0 }}]
 "#,
         url = upstream.url(),
         key = service_account(upstream),
-    )
-}
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    upstream: MockUpstream,
-    gw: Flowgate,
+    );
+    let backup = backup_offer(1.0, 1.0);
+    providers
+        + &[
+            model_table(
+                "gem-flash",
+                &[priced_offer("google", "gemini-2.0-flash", flash)],
+                FLASH_SUPPORTS,
+            ),
+            model_table(
+                "gem-thinking",
+                &[thinking],
+                "supports = { reasoning = true }",
+            ),
+            model_table(
+                "gem-ratelimited",
+                &[google(";status=429;retry_after=7")],
+                "",
+            ),
+            model_table(
+                "gem-overloaded",
+                &[google(";status=503"), backup_offer(2.0, 4.0)],
+                "",
+            ),
+            model_table(
+                "gem-badrequest",
+                &[google(";status=400"), backup.clone()],
+                "",
+            ),
+            model_table("gem-too-long", &[google(";too_long")], ""),
+            model_table("gem-blocked", &[google(";block=SAFETY")], ""),
+            model_table("gem-cut-early", &[google(";cut_after=0"), backup], ""),
+            model_table(
+                "vertex-pro",
+                &[offer("vertexai", "gemini-2.5-pro", 1.25, 10.0)],
+                "",
+            ),
+        ]
+        .concat()
 }
 
 fn setup_with(allow_private_networks: bool) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = MockUpstream::start();
-    let config = base_config(&dir.path().join("data"), Some(&upstream))
-        + &gemini_config(&upstream, allow_private_networks);
-    let gw = Flowgate::start(dir.path(), &config);
-    Setup {
-        _dir: dir,
-        upstream,
-        gw,
-    }
+    Setup::with_models(|upstream| gemini_config(upstream, allow_private_networks))
 }
 
 fn setup() -> Setup {
@@ -127,14 +102,6 @@ fn generate_requests(upstream: &MockUpstream) -> Vec<flowgate_mock_upstream::Rec
             r.path.contains(":generateContent") || r.path.contains(":streamGenerateContent")
         })
         .collect()
-}
-
-fn assert_cost(body: &Value, expected: f64) {
-    let cost = body["cost_usd"].as_f64().unwrap();
-    assert!(
-        (cost - expected).abs() < 1e-15,
-        "cost {cost} != expected {expected}"
-    );
 }
 
 /// A one-image HTTP server on loopback; counts the downloads.
@@ -196,15 +163,10 @@ async fn gemini_adapter_translates_the_request_and_prices_the_answer() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["x-flowgate-provider"], "google");
     assert_eq!(headers["x-flowgate-model"], "gem-flash");
-    let message = &body["choices"][0]["message"];
-    let call = &message["tool_calls"][0];
-    assert_eq!(call["type"], "function");
+    let (call, args) = answered_tool_call(&body);
     assert_eq!(call["function"]["name"], "User");
     assert!(call["id"].as_str().unwrap().starts_with("call_"));
-    let args: Value =
-        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert_eq!(args, json!({"name": "string", "age": 0}));
-    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
 
     // What reached Gemini: the model in the path, the key in its header, the translated body.
     let requests = s.upstream.requests();
@@ -380,30 +342,8 @@ async fn conversations_with_tools_images_and_schemas_are_translated() {
 async fn streams_carry_text_tool_calls_usage_and_cost() {
     let s = setup();
     let text = "The quick brown fox jumps over the lazy dog";
-    let (status, headers, events) = chat_stream(
-        &s.gw,
-        json!({"model": "gem-flash", "stream": true, "messages": user(text)}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["x-flowgate-provider"], "google");
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    assert!(chunks.len() > 3, "content arrives in several chunks");
-    let content: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
-    assert_eq!(content, text);
-    let finish: Vec<&Value> = chunks
-        .iter()
-        .map(|c| &c["choices"][0]["finish_reason"])
-        .filter(|f| !f.is_null())
-        .collect();
-    assert_eq!(finish, [&json!("stop")]);
+    let (_, chunks) = stream_text(&s.gw, json!({"model": "gem-flash"}), text, "google").await;
+    assert_eq!(finish_reasons(&chunks), ["stop"]);
     let last = chunks.last().unwrap();
     // 43 chars → 11 tokens each way.
     assert_eq!(last["usage"]["prompt_tokens"], 11);
@@ -417,130 +357,56 @@ async fn streams_carry_text_tool_calls_usage_and_cost() {
     assert_eq!(sent.headers["x-goog-api-key"], "gemini-secret");
 
     // Tool calls: each arrives whole, with its id and name.
-    let (status, _, events) = chat_stream(
+    let (_, chunks) = stream_ok(
         &s.gw,
-        json!({"model": "gem-flash", "stream": true, "messages": user("Jason is 25"),
-            "tools": [
-                {"type": "function", "function": {"name": "User", "parameters": {"type": "object",
-                    "properties": {"name": {"type": "string"}}, "required": ["name"]}}},
-                {"type": "function", "function": {"name": "Noop"}}],
+        json!({"model": "gem-flash", "messages": user("Jason is 25"),
+            "tools": [user_name_tool(), {"type": "function", "function": {"name": "Noop"}}],
             "tool_choice": "required"}),
     )
     .await;
-    assert_eq!(status, 200);
-    let mut calls = Vec::new();
-    let mut finish = None;
-    for e in &events[..events.len() - 1] {
-        let chunk: Value = serde_json::from_str(e).unwrap();
-        for call in chunk["choices"][0]["delta"]["tool_calls"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            assert!(call["id"].as_str().unwrap().starts_with("call_"));
-            calls.push((
-                call["index"].as_u64().unwrap(),
-                call["function"]["name"].as_str().unwrap().to_string(),
-                call["function"]["arguments"].as_str().unwrap().to_string(),
-            ));
-        }
-        if let Some(f) = chunk["choices"][0]["finish_reason"].as_str() {
-            finish = Some(f.to_string());
-        }
-    }
+    let calls: Vec<_> = streamed_tool_calls(&chunks)
+        .into_iter()
+        .map(|call| {
+            assert!(call.id.starts_with("call_"), "{call:?}");
+            assert_eq!(call.deltas, 1, "each arrives whole: {call:?}");
+            (call.name, call.arguments)
+        })
+        .collect();
     assert_eq!(
         calls,
         [
-            (0, "User".to_string(), "{\"name\":\"string\"}".to_string()),
-            (1, "Noop".to_string(), "{}".to_string())
+            ("User".to_string(), "{\"name\":\"string\"}".to_string()),
+            ("Noop".to_string(), "{}".to_string())
         ]
     );
-    assert_eq!(finish.as_deref(), Some("tool_calls"));
+    assert_eq!(finish_reasons(&chunks).last().unwrap(), "tool_calls");
 }
 
 #[tokio::test]
 async fn google_errors_map_to_openai_errors_and_fall_back() {
     let s = setup();
-    let (status, headers, body) = chat(
-        &s.gw,
-        json!({"model": "gem-ratelimited", "messages": user("hi")}),
-    )
-    .await;
-    assert_eq!(status, 429, "{body}");
-    // From Google's RetryInfo detail.
-    assert_eq!(headers["retry-after"], "7");
-    assert_eq!(body["error"]["type"], "rate_limit_error");
-    assert_eq!(body["error"]["details"]["attempts"][0]["status"], 429);
+    // The retry-after is from Google's RetryInfo detail.
+    assert_rate_limited(&s.gw, "gem-ratelimited", "7").await;
 
     // 503 UNAVAILABLE: overloaded, the next provider answers.
-    let (status, headers, body) = chat(
-        &s.gw,
-        json!({"model": "gem-overloaded", "messages": user("hi")}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(headers["x-flowgate-provider"], "backup");
-    assert_eq!(body["choices"][0]["message"]["content"], "hi");
-    let run_id = headers["x-flowgate-run-id"].to_str().unwrap();
-    let (_, run) = get_json(&s.gw, &format!("/api/runs/{run_id}")).await;
-    let attempts = run["attempts"].as_array().unwrap();
-    assert_eq!(attempts.len(), 2, "{run}");
-    assert_eq!(attempts[0]["provider"], "google");
-    assert_eq!(attempts[0]["status"], 503);
-    assert_eq!(attempts[0]["error"], "overloaded");
-    assert_eq!(attempts[1]["provider"], "backup");
+    answered_by_backup(&s.gw, "gem-overloaded", "google", 503, "overloaded").await;
     // Streaming too, invisibly.
-    let (status, headers, events) = chat_stream(
-        &s.gw,
-        json!({"model": "gem-overloaded", "stream": true, "messages": user("hello there")}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["x-flowgate-provider"], "backup");
-    assert_eq!(events.last().unwrap(), "[DONE]");
+    stream_from(&s.gw, "gem-overloaded", "hello there", "backup").await;
     // A stream cut before its first chunk falls back as well.
-    let (status, headers, events) = chat_stream(
-        &s.gw,
-        json!({"model": "gem-cut-early", "stream": true, "messages": user("abcdefghijkl")}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["x-flowgate-provider"], "backup");
-    assert_eq!(events.last().unwrap(), "[DONE]");
+    stream_from(&s.gw, "gem-cut-early", "abcdefghijkl", "backup").await;
 
     // INVALID_ARGUMENT is the client's fault: no fallback.
-    let (status, _, body) = chat(
-        &s.gw,
-        json!({"model": "gem-badrequest", "messages": user("hi")}),
-    )
-    .await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["code"], "upstream_bad_request");
-    assert_eq!(
-        body["error"]["details"]["attempts"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    let body = assert_bad_request(&s.gw, "gem-badrequest").await;
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
         .contains("400 INVALID_ARGUMENT"));
 
-    let (status, _, body) = chat(
-        &s.gw,
-        json!({"model": "gem-too-long", "messages": user("hi")}),
-    )
-    .await;
+    let (status, _, body) = ask(&s.gw, "gem-too-long", "hi").await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "context_length_exceeded");
 
-    let (status, _, body) = chat(
-        &s.gw,
-        json!({"model": "gem-blocked", "messages": user("hi")}),
-    )
-    .await;
+    let (status, _, body) = ask(&s.gw, "gem-blocked", "hi").await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "content_filter");
     assert!(body["error"]["message"]
@@ -565,18 +431,8 @@ async fn vertex_gets_one_token_and_reuses_it() {
         assert_eq!(headers["x-flowgate-provider"], "vertexai");
         assert!(!body.to_string().contains("mock-token"));
     }
-    let (status, _, events) = chat_stream(
-        &s.gw,
-        json!({"model": "vertex-pro", "stream": true, "messages": user("streamed question")}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let (status, _, body) = chat(
-        &s.gw,
-        json!({"model": "vertex-pro", "messages": user("Vertex, one more")}),
-    )
-    .await;
+    stream_from(&s.gw, "vertex-pro", "streamed question", "vertexai").await;
+    let (status, _, body) = ask(&s.gw, "vertex-pro", "Vertex, one more").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["message"]["content"], "Vertex, one more");
     // "Vertex, one more": 16 chars → 4 tokens each way.

@@ -24,67 +24,75 @@ fn flavors_config(upstream: &MockUpstream) -> String {
         ("openrouter", "openrouter"),
         ("oai", "openai"),
     ] {
-        config.push_str(&format!(
-            "\n[providers.{name}]\ntype = \"openai\"\nflavor = \"{flavor}\"\nbase_url = \"{}\"\n\
-             api_key = \"{name}-secret\"\n",
-            upstream.base_url()
-        ));
+        config += &openai_provider(
+            name,
+            flavor,
+            &upstream.base_url(),
+            Some(&format!("{name}-secret")),
+        );
     }
-    config.push_str(&format!(
-        r#"
-[providers.azure]
-type = "azure"
-endpoint = "{}"
-api_key = "azure-secret"
-api_version = "2024-10-21"
-
-[models."c-mistral"]
-providers = [{{ provider = "mistral", model = "mistral-small-latest", input_per_mtok = 1.0, output_per_mtok = 1.0 }}]
-supports = {{ tools = true, structured_output = true, json_mode = true }}
-
-[models."c-deepseek"]
-providers = [{{ provider = "deepseek", model = "deepseek-chat", input_per_mtok = 1.0, output_per_mtok = 1.0 }}]
-supports = {{ tools = true, structured_output = true, json_mode = true, images = true }}
-
-[models."c-groq"]
-providers = [{{ provider = "groq", model = "llama-3.3-70b-versatile", input_per_mtok = 1.0, output_per_mtok = 1.0 }}]
-supports = {{ tools = true, pdf = true, images = true }}
-
-[models."c-openrouter"]
-providers = [{{ provider = "openrouter", model = "openai/o3", input_per_mtok = 1.0, output_per_mtok = 1.0 }}]
-supports = {{ reasoning = true, pdf = true }}
-
-[models."c-o3"]
-providers = [{{ provider = "oai", model = "o3-mini", input_per_mtok = 1.0, output_per_mtok = 1.0 }}]
-supports = {{ reasoning = true }}
-
-[models."c-gpt"]
-providers = [{{ provider = "oai", model = "gpt-4o-mini", input_per_mtok = 1.0, output_per_mtok = 1.0 }}]
-
-[models."c-azure"]
-providers = [{{ provider = "azure", model = "my-gpt4o-deployment", input_per_mtok = 1.0, output_per_mtok = 1.0 }}]
-"#,
-        upstream.url()
-    ));
+    config += &azure_provider("azure", &upstream.url());
+    for (id, provider, model, supports) in [
+        (
+            "c-mistral",
+            "mistral",
+            "mistral-small-latest",
+            "supports = { tools = true, structured_output = true, json_mode = true }",
+        ),
+        (
+            "c-deepseek",
+            "deepseek",
+            "deepseek-chat",
+            "supports = { tools = true, structured_output = true, json_mode = true, images = true }",
+        ),
+        (
+            "c-groq",
+            "groq",
+            "llama-3.3-70b-versatile",
+            "supports = { tools = true, pdf = true, images = true }",
+        ),
+        (
+            "c-openrouter",
+            "openrouter",
+            "openai/o3",
+            "supports = { reasoning = true, pdf = true }",
+        ),
+        ("c-o3", "oai", "o3-mini", "supports = { reasoning = true }"),
+        ("c-gpt", "oai", "gpt-4o-mini", ""),
+        ("c-azure", "azure", "my-gpt4o-deployment", ""),
+    ] {
+        config += &model_table(id, &[offer(provider, model, 1.0, 1.0)], supports);
+    }
     config
 }
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    upstream: MockUpstream,
-    gw: Flowgate,
+/// A `[providers.<name>]` table of the `openai` type and `flavor`, at `base_url`, with `api_key`
+/// if any.
+fn openai_provider(name: &str, flavor: &str, base_url: &str, api_key: Option<&str>) -> String {
+    let mut table = format!(
+        "\n[providers.{name}]\ntype = \"openai\"\nflavor = \"{flavor}\"\nbase_url = \"{base_url}\"\n"
+    );
+    if let Some(key) = api_key {
+        table += &format!("api_key = \"{key}\"\n");
+    }
+    table
+}
+
+/// A `[providers.<name>]` table of the `azure` type at `endpoint`.
+fn azure_provider(name: &str, endpoint: &str) -> String {
+    format!(
+        r#"
+[providers.{name}]
+type = "azure"
+endpoint = "{endpoint}"
+api_key = "azure-secret"
+api_version = "2024-10-21"
+"#
+    )
 }
 
 fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = MockUpstream::start();
-    let config = base_config(&dir.path().join("data"), None) + &flavors_config(&upstream);
-    let gw = Flowgate::start(dir.path(), &config);
-    Setup {
-        _dir: dir,
-        upstream,
-        gw,
-    }
+    Setup::start(|data, upstream| base_config(data, None) + &flavors_config(upstream))
 }
 
 impl Setup {
@@ -186,8 +194,7 @@ async fn openai_reasoning_models_get_max_completion_tokens_and_default_sampling(
 #[tokio::test]
 async fn deepseek_gets_json_object_with_the_schema_in_the_system_prompt() {
     let s = setup();
-    let schema = json!({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-        "required": ["name", "age"], "additionalProperties": false});
+    let schema = user_schema();
     let (status, _, body) = chat(
         &s.gw,
         json!({
@@ -305,11 +312,7 @@ async fn openrouter_gets_the_reasoning_object_and_pdfs() {
 #[tokio::test]
 async fn azure_puts_the_deployment_in_the_path_and_the_key_in_api_key() {
     let s = setup();
-    let _ = chat(
-        &s.gw,
-        json!({"model": "c-azure", "messages": user("hi azure")}),
-    )
-    .await;
+    let _ = ask(&s.gw, "c-azure", "hi azure").await;
     let requests = s.upstream.requests();
     assert_eq!(requests.len(), 1, "{requests:#?}");
     let sent = &requests[0];
@@ -432,32 +435,22 @@ async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<Received> {
 /// A gateway whose providers `scripted` (openai type, given flavor) and `scripted-azure`
 /// (azure type) both point at `server`, with models `s-openai` and `s-azure`.
 fn scripted_gateway(dir: &std::path::Path, server: &Scripted, flavor: &str) -> Flowgate {
+    let url = &server.url;
     let config = base_config(&dir.join("data"), None)
-        + &format!(
-            r#"
-# One call per request, so each scripted answer maps to one client answer.
-[retries]
-max_retries = 0
-
-[providers.scripted]
-type = "openai"
-flavor = "{flavor}"
-base_url = "{url}/v1"
-api_key = "scripted-secret"
-
-[providers.scripted-azure]
-type = "azure"
-endpoint = "{url}"
-api_key = "azure-secret"
-api_version = "2024-10-21"
-
-[models."s-openai"]
-providers = [{{ provider = "scripted", model = "gpt-4o", input_per_mtok = 1.0, output_per_mtok = 1.0 }}]
-
-[models."s-azure"]
-providers = [{{ provider = "scripted-azure", model = "prod-gpt4o", input_per_mtok = 1.0, output_per_mtok = 1.0 }}]
-"#,
-            url = server.url
+        + "\n# One call per request, so each scripted answer maps to one client answer.\n"
+        + "[retries]\nmax_retries = 0\n"
+        + &openai_provider(
+            "scripted",
+            flavor,
+            &format!("{url}/v1"),
+            Some("scripted-secret"),
+        )
+        + &azure_provider("scripted-azure", url)
+        + &model_table("s-openai", &[offer("scripted", "gpt-4o", 1.0, 1.0)], "")
+        + &model_table(
+            "s-azure",
+            &[offer("scripted-azure", "prod-gpt4o", 1.0, 1.0)],
+            "",
         );
     Flowgate::start(dir, &config)
 }
@@ -477,8 +470,7 @@ async fn azure_sends_api_version_and_answers_through_the_deployment() {
     let dir = tempfile::tempdir().unwrap();
     let server = Scripted::start(200, completion("from azure")).await;
     let gw = scripted_gateway(dir.path(), &server, "openai");
-    let (status, headers, body) =
-        chat(&gw, json!({"model": "s-azure", "messages": user("hi")})).await;
+    let (status, headers, body) = ask(&gw, "s-azure", "hi").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["x-flowgate-provider"], "scripted-azure");
     assert_eq!(body["choices"][0]["message"]["content"], "from azure");
@@ -501,7 +493,7 @@ async fn upstream_error(status: u16, error: Value) -> (reqwest::StatusCode, Valu
     let dir = tempfile::tempdir().unwrap();
     let server = Scripted::start(status, error).await;
     let gw = scripted_gateway(dir.path(), &server, "openai");
-    let (status, _, body) = chat(&gw, json!({"model": "s-openai", "messages": user("hi")})).await;
+    let (status, _, body) = ask(&gw, "s-openai", "hi").await;
     assert_eq!(server.received().len(), 1, "one upstream call");
     (status, body)
 }
@@ -568,7 +560,7 @@ async fn mistral_error_shape_is_understood() {
     )
     .await;
     let gw = scripted_gateway(dir.path(), &server, "mistral");
-    let (status, _, body) = chat(&gw, json!({"model": "s-openai", "messages": user("hi")})).await;
+    let (status, _, body) = ask(&gw, "s-openai", "hi").await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "context_length_exceeded");
     assert!(!body.to_string().contains("scripted-secret"));
@@ -577,27 +569,16 @@ async fn mistral_error_shape_is_understood() {
 #[tokio::test]
 async fn the_mock_upstreams_scripted_400_is_a_plain_bad_request() {
     // The mock's `status=400` body carries no OpenAI error code, so it maps by status alone.
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = MockUpstream::start();
-    let config = base_config(&dir.path().join("data"), None)
-        + &format!(
-            r#"
-[providers.mistral]
-type = "openai"
-flavor = "mistral"
-base_url = "{}"
-api_key = "k"
-
-[models."m-400"]
-providers = [{{ provider = "mistral", model = "mistral-small-latest;status=400", input_per_mtok = 1.0, output_per_mtok = 1.0 }}]
-"#,
-            upstream.base_url()
-        );
-    let gw = Flowgate::start(dir.path(), &config);
-    let (status, _, body) = chat(&gw, json!({"model": "m-400", "messages": user("hi")})).await;
+    let s = Setup::start(|data, upstream| {
+        let model = offer("mistral", "mistral-small-latest;status=400", 1.0, 1.0);
+        base_config(data, None)
+            + &openai_provider("mistral", "mistral", &upstream.base_url(), Some("k"))
+            + &model_table("m-400", &[model], "")
+    });
+    let (status, _, body) = ask(&s.gw, "m-400", "hi").await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "upstream_bad_request");
-    assert_eq!(upstream.count(), 1);
+    assert_eq!(s.upstream.count(), 1);
 }
 
 #[tokio::test]
@@ -605,18 +586,8 @@ async fn ollama_needs_no_key_and_gets_max_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let server = Scripted::start(200, completion("from ollama")).await;
     let config = base_config(&dir.path().join("data"), None)
-        + &format!(
-            r#"
-[providers.local]
-type = "openai"
-flavor = "ollama"
-base_url = "{}/v1"
-
-[models."local-llama"]
-providers = [{{ provider = "local", model = "llama3.2", input_per_mtok = 0.0, output_per_mtok = 0.0 }}]
-"#,
-            server.url
-        );
+        + &openai_provider("local", "ollama", &format!("{}/v1", server.url), None)
+        + &model_table("local-llama", &[offer("local", "llama3.2", 0.0, 0.0)], "");
     let gw = Flowgate::start(dir.path(), &config);
     let (status, _, body) = chat(
         &gw,

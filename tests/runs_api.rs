@@ -36,23 +36,15 @@ async fn every_request_is_one_run_listed_newest_first_and_kept_across_restarts()
     let gw = Flowgate::start(dir.path(), &config);
     let mut ids = Vec::new();
     for i in 0..5 {
-        let (status, headers, _) = chat(
-            &gw,
-            json!({"model": "ledger/mock-echo", "messages": user(&format!("message {i}"))}),
-        )
-        .await;
+        let (status, headers, _) = ask(&gw, "ledger/mock-echo", &format!("message {i}")).await;
         assert_eq!(status, 200);
-        ids.push(headers["x-flowgate-run-id"].to_str().unwrap().to_string());
+        ids.push(run_id(&headers));
     }
     // Failed requests are runs too, under the agent they named.
-    let (status, headers, _) = chat(
-        &gw,
-        json!({"model": "ledger/no-such-model", "messages": user("x")}),
-    )
-    .await;
+    let (status, headers, _) = ask(&gw, "ledger/no-such-model", "x").await;
     assert_eq!(status, 404);
     // The error names its run, so a client can look it up.
-    let error_run_id = headers["x-flowgate-run-id"].to_str().unwrap().to_string();
+    let error_run_id = run_id(&headers);
     let (status, _, _) = chat(
         &gw,
         json!({"model": "ledger/mock-echo", "messages": "not a list"}),
@@ -79,22 +71,17 @@ async fn every_request_is_one_run_listed_newest_first_and_kept_across_restarts()
     expected.reverse();
     assert_eq!(tail, expected);
 
-    let (_, error_run) = get_json(
-        &gw,
-        &format!("/api/runs/{}", runs[1]["id"].as_str().unwrap()),
-    )
-    .await;
+    let error_run = get_run(&gw, runs[1]["id"].as_str().unwrap()).await;
     assert_eq!(error_run["status"], "error");
     assert_eq!(error_run["error"]["error"]["param"], "messages");
-    let (_, not_found_run) = get_json(&gw, &format!("/api/runs/{error_run_id}")).await;
+    let not_found_run = get_run(&gw, &error_run_id).await;
     assert_eq!(not_found_run["error"]["error"]["code"], "model_not_found");
 
     // Graceful restart keeps everything.
     gw.stop();
     let gw = Flowgate::start_with(&dir.path().join("flowgate.toml"));
     assert_eq!(list_all(&gw, "ledger", 50).await.len(), 8);
-    let (status, run) = get_json(&gw, &format!("/api/runs/{}", ids[0])).await;
-    assert_eq!(status, 200);
+    let run = get_run(&gw, &ids[0]).await;
     assert_eq!(
         run["output"]["choices"][0]["message"]["content"],
         "message 0"
@@ -103,18 +90,13 @@ async fn every_request_is_one_run_listed_newest_first_and_kept_across_restarts()
     assert!(run.get("feedback_token").is_none());
 
     // kill -9 after the flush interval (50 ms here) loses nothing.
-    let (status, headers, _) = chat(
-        &gw,
-        json!({"model": "ledger/mock-echo", "messages": user("last")}),
-    )
-    .await;
+    let (status, headers, _) = ask(&gw, "ledger/mock-echo", "last").await;
     assert_eq!(status, 200);
-    let last_id = headers["x-flowgate-run-id"].to_str().unwrap().to_string();
+    let last_id = run_id(&headers);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     gw.kill9();
     let gw = Flowgate::start_with(&dir.path().join("flowgate.toml"));
-    let (status, run) = get_json(&gw, &format!("/api/runs/{last_id}")).await;
-    assert_eq!(status, 200, "{run}");
+    let run = get_run(&gw, &last_id).await;
     assert_eq!(run["output"]["choices"][0]["message"]["content"], "last");
     assert_eq!(list_all(&gw, "ledger", 50).await.len(), 9);
 
@@ -164,41 +146,34 @@ async fn models_health_readiness_and_metrics() {
     );
     assert_eq!(ready["providers"]["mock"]["health"]["state"], "closed");
 
-    let (status, _, _) = chat(
-        &gw,
-        json!({"model": "mock-echo", "messages": user("count me")}),
-    )
-    .await;
+    let (status, _, _) = ask(&gw, "mock-echo", "count me").await;
     assert_eq!(status, 200);
     // The recorder has written the run once the runs API answers for it.
     let _ = get_json(&gw, "/api/agents/default/runs").await;
-    let (status, metrics) = get_json(&gw, "/metrics").await;
-    assert_eq!(status, 200);
-    let text = metrics.as_str().unwrap();
-    assert!(
-        text.contains("flowgate_requests_total{code=\"ok\",stream=\"false\"} 1"),
-        "{text}"
-    );
-    assert!(text.contains("flowgate_runs_recorded_total 1"), "{text}");
-    assert!(
-        text.contains("flowgate_upstream_attempts_total{outcome=\"ok\",provider=\"mock\"} 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("flowgate_circuit_state{provider=\"mock\"} 0"),
-        "{text}"
-    );
+    let text = metrics(&gw).await;
+    for sample in [
+        "flowgate_requests_total{code=\"ok\",stream=\"false\"} 1",
+        "flowgate_runs_recorded_total 1",
+        "flowgate_upstream_attempts_total{outcome=\"ok\",provider=\"mock\"} 1",
+        "flowgate_circuit_state{provider=\"mock\"} 0",
+    ] {
+        assert_sample(&text, sample);
+    }
+}
+
+/// Runs `flowgate <command> --config <config>` to its end.
+fn run_flowgate(command: &str, config: impl AsRef<std::ffi::OsStr>) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args([command, "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
 }
 
 #[test]
 fn check_config_accepts_the_shipped_config_and_rejects_bad_ones() {
-    let bin = env!("CARGO_BIN_EXE_flowgate");
     let root = env!("CARGO_MANIFEST_DIR");
-    let out = std::process::Command::new(bin)
-        .args(["check-config", "--config"])
-        .arg(format!("{root}/config/flowgate.toml"))
-        .output()
-        .unwrap();
+    let out = run_flowgate("check-config", format!("{root}/config/flowgate.toml"));
     assert!(
         out.status.success(),
         "{}",
@@ -212,11 +187,7 @@ fn check_config_accepts_the_shipped_config_and_rejects_bad_ones() {
         "[providers.openai]\ntype = \"openai\"\nbase_ur = \"x\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(bin)
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = run_flowgate("check-config", &bad);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -226,11 +197,7 @@ fn check_config_accepts_the_shipped_config_and_rejects_bad_ones() {
 
     // No API key and a public address: refuse to start.
     std::fs::write(&bad, "[server]\nlisten = \"0.0.0.0:0\"\n").unwrap();
-    let out = std::process::Command::new(bin)
-        .args(["serve", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = run_flowgate("serve", &bad);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing"));
 }

@@ -14,6 +14,8 @@ pub fn client(name: &str, timeouts: &Timeouts) -> Result<reqwest::Client, String
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
+        // Provider APIs do not redirect; following one would send the key elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| format!("provider `{name}`: cannot build its HTTP client: {e}"))
 }

@@ -49,7 +49,8 @@ pub struct OpenAiClient {
 #[derive(Debug)]
 enum Endpoint {
     /// `<base_url>/chat/completions`, `Authorization: Bearer`.
-    OpenAi { url: String },
+    /// Parsed once: reqwest would parse a string on every request.
+    OpenAi { url: reqwest::Url },
     /// `<endpoint>/openai/deployments/<model>/chat/completions?api-version=…`, `api-key`.
     Azure {
         endpoint: String,
@@ -1018,6 +1019,8 @@ impl OpenAiClient {
             "{}/chat/completions",
             settings.base_url.trim_end_matches('/')
         );
+        let url = reqwest::Url::parse(&url)
+            .map_err(|e| format!("provider `{name}`: `{url}` is not a URL: {e}"))?;
         Ok(OpenAiClient {
             name: name.to_string(),
             http: http::client(name, &timeouts)?,
@@ -1100,7 +1103,7 @@ impl OpenAiClient {
         })?;
         let mut request = match &self.endpoint {
             Endpoint::OpenAi { url } => {
-                let request = self.http.post(url);
+                let request = self.http.post(url.clone());
                 match &self.settings.api_key {
                     Some(key) => request.bearer_auth(key),
                     None => request,
