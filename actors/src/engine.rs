@@ -512,6 +512,16 @@ impl AttemptCursor {
     }
 }
 
+/// What follows a failed upstream call.
+enum AfterFailure {
+    /// The same provider again (the wait is over).
+    Retry,
+    /// The next attempt of the plan.
+    NextAttempt,
+    /// The error goes back to the client (it is not one another provider would fix).
+    Stop,
+}
+
 /// A stream whose first event has arrived: the provider is committed.
 pub struct LiveStream {
     pub first: StreamEvent,
@@ -698,21 +708,24 @@ impl Gateway {
                                 }
                             }
                         }
-                        // Retry this provider when nothing else is left to try.
-                        if let Some(delay) =
-                            self.retry_delay(&error, retries, deadline, &mut cursor, plan)
-                        {
-                            retries += 1;
-                            reason = Some(format!("retry after {}", error.kind.metric_label()));
-                            tokio::time::sleep(delay).await;
-                            continue;
-                        }
-                        let fallback = error.should_fallback();
+                        let next = self
+                            .after_failure(
+                                &error,
+                                &mut retries,
+                                &mut reason,
+                                deadline,
+                                &mut cursor,
+                                plan,
+                            )
+                            .await;
                         last = Some(error);
-                        if !fallback {
-                            return Err(exhausted(last, &guard.attempts, &skipped));
+                        match next {
+                            AfterFailure::Retry => continue,
+                            AfterFailure::NextAttempt => break,
+                            AfterFailure::Stop => {
+                                return Err(exhausted(last, &guard.attempts, &skipped))
+                            }
                         }
-                        break;
                     }
                 };
                 attempt.status = Some(200);
@@ -895,6 +908,30 @@ impl Gateway {
                 record(guard, first, &result, after + elapsed, None);
                 (result.map(|c| (c, first)), 2)
             }
+        }
+    }
+
+    /// After a failed call: waits and says `Retry` when this provider is to be tried again,
+    /// else whether the next attempt of the plan may follow.
+    async fn after_failure(
+        &self,
+        error: &GatewayError,
+        retries: &mut u32,
+        reason: &mut Option<String>,
+        deadline: Instant,
+        cursor: &mut AttemptCursor,
+        plan: &FallbackPlan,
+    ) -> AfterFailure {
+        if let Some(delay) = self.retry_delay(error, *retries, deadline, cursor, plan) {
+            *retries += 1;
+            *reason = Some(format!("retry after {}", error.kind.metric_label()));
+            tokio::time::sleep(delay).await;
+            return AfterFailure::Retry;
+        }
+        if error.should_fallback() {
+            AfterFailure::NextAttempt
+        } else {
+            AfterFailure::Stop
         }
     }
 
@@ -1110,20 +1147,24 @@ impl Gateway {
                             error = %error,
                             "stream attempt failed before its first event"
                         );
-                        if let Some(delay) =
-                            self.retry_delay(&error, retries, deadline, &mut cursor, plan)
-                        {
-                            retries += 1;
-                            reason = Some(format!("retry after {}", error.kind.metric_label()));
-                            tokio::time::sleep(delay).await;
-                            continue;
-                        }
-                        let fallback = error.should_fallback();
+                        let next = self
+                            .after_failure(
+                                &error,
+                                &mut retries,
+                                &mut reason,
+                                deadline,
+                                &mut cursor,
+                                plan,
+                            )
+                            .await;
                         last = Some(error);
-                        if !fallback {
-                            return Err(exhausted(last, &guard.attempts, &skipped));
+                        match next {
+                            AfterFailure::Retry => continue,
+                            AfterFailure::NextAttempt => break,
+                            AfterFailure::Stop => {
+                                return Err(exhausted(last, &guard.attempts, &skipped))
+                            }
                         }
-                        break;
                     }
                 }
             }
