@@ -31,9 +31,14 @@ pub fn on_connect(connection: &dyn Any, data: &mut Extensions) {
     }
 }
 
+/// How long a request runs before its connection is watched: most answers come sooner, and
+/// watching costs a few system calls.
+const WATCH_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Resolves when the client of `req` has closed its connection; never, if that cannot be
-/// known.
+/// known. Starts watching only after [`WATCH_AFTER`].
 pub async fn client_gone(req: &HttpRequest) {
+    tokio::time::sleep(WATCH_AFTER).await;
     let Some(socket) = req.conn_data::<ClientSocket>().cloned() else {
         return std::future::pending().await;
     };
