@@ -31,6 +31,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::time::{timeout, Instant};
 
+use crate::provider::http::BodyRead;
+
 use super::anthropic::AnthropicClient;
 use super::google_auth::TokenSource;
 use super::http::{self, kind_for_status};
@@ -1614,24 +1616,16 @@ async fn next_event(
         if s.finished {
             return None;
         }
-        let wait = s
-            .idle
-            .min(s.deadline.saturating_duration_since(Instant::now()));
         let fail = |s: &mut StreamState, kind: ErrorKind, message: String| {
             s.finished = true;
             Err(GatewayError::new(kind, message))
         };
-        match timeout(wait, s.body.next()).await {
-            Err(_) => {
-                let message = format!(
-                    "provider `{}` stream stalled for {:.1}s",
-                    s.name,
-                    wait.as_secs_f64()
-                );
-                let err = fail(&mut s, ErrorKind::Timeout, message);
-                return Some((err, s));
+        match http::read_body(&s.name, &mut s.body, s.idle, s.deadline).await {
+            BodyRead::Failed(error) => {
+                s.finished = true;
+                return Some((Err(error), s));
             }
-            Ok(None) => {
+            BodyRead::End => {
                 s.finished = true;
                 if !s.finish_seen {
                     let message = format!(
@@ -1645,12 +1639,7 @@ async fn next_event(
                     s.pending.push_back(StreamEvent::Usage(usage));
                 }
             }
-            Ok(Some(Err(e))) => {
-                let message = format!("provider `{}` stream broke: {}", s.name, e.without_url());
-                let err = fail(&mut s, ErrorKind::UpstreamConnection, message);
-                return Some((err, s));
-            }
-            Ok(Some(Ok(bytes))) => {
+            BodyRead::Bytes(bytes) => {
                 for event in s.decoder.push(&bytes) {
                     let parsed = serde_json::from_str::<GenerateResponse>(&event.data);
                     let result = match parsed {

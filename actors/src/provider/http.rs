@@ -85,6 +85,45 @@ pub fn timeout_error(name: &str, what: &str, limit: Duration) -> GatewayError {
     )
 }
 
+/// A streamed response body, as every adapter reads it.
+pub type Body = futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>;
+
+/// One read of a streamed body.
+pub enum BodyRead {
+    Bytes(bytes::Bytes),
+    /// The body ended; whether that is clean is the adapter's to say.
+    End,
+    /// Stalled past the idle gap or the deadline, or the connection broke.
+    Failed(GatewayError),
+}
+
+/// The next chunk of a streamed body, within the idle gap and the call's deadline.
+pub async fn read_body(
+    name: &str,
+    body: &mut Body,
+    idle: Duration,
+    deadline: tokio::time::Instant,
+) -> BodyRead {
+    use futures::StreamExt;
+
+    let wait = idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+    match tokio::time::timeout(wait, body.next()).await {
+        Err(_) => BodyRead::Failed(GatewayError::new(
+            ErrorKind::Timeout,
+            format!(
+                "provider `{name}` stream stalled for {:.1}s",
+                wait.as_secs_f64()
+            ),
+        )),
+        Ok(None) => BodyRead::End,
+        Ok(Some(Err(e))) => BodyRead::Failed(GatewayError::new(
+            ErrorKind::UpstreamConnection,
+            format!("provider `{name}` stream broke: {}", e.without_url()),
+        )),
+        Ok(Some(Ok(bytes))) => BodyRead::Bytes(bytes),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::{timeout, Instant};
 
+use crate::provider::http::BodyRead;
+
 use super::http::{self, kind_for_status};
 use super::sse::SseDecoder;
 use super::{
@@ -1276,30 +1278,19 @@ async fn next_event(
         if s.finished {
             return None;
         }
-        let wait = s
-            .idle
-            .min(s.deadline.saturating_duration_since(Instant::now()));
-        match timeout(wait, s.body.next()).await {
-            Err(_) => {
-                let message = format!(
-                    "provider `{}` stream stalled for {:.1}s",
-                    s.name,
-                    wait.as_secs_f64()
-                );
-                s.fail(ErrorKind::Timeout, message);
+        match http::read_body(&s.name, &mut s.body, s.idle, s.deadline).await {
+            BodyRead::Failed(error) => {
+                s.finished = true;
+                s.failure = Some(error);
             }
-            Ok(None) => {
+            BodyRead::End => {
                 s.finished = true;
                 if !s.clean_end {
                     let message = format!("provider `{}` stream ended before [DONE]", s.name);
                     s.fail(ErrorKind::UpstreamConnection, message);
                 }
             }
-            Ok(Some(Err(e))) => {
-                let message = format!("provider `{}` stream broke: {}", s.name, e.without_url());
-                s.fail(ErrorKind::UpstreamConnection, message);
-            }
-            Ok(Some(Ok(bytes))) => {
+            BodyRead::Bytes(bytes) => {
                 for event in s.decoder.push(&bytes) {
                     if event.data == "[DONE]" {
                         s.clean_end = true;

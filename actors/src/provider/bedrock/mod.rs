@@ -22,6 +22,8 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::time::{timeout, Instant};
 
+use crate::provider::http::BodyRead;
+
 use super::http;
 use super::media::{MediaData, MediaFetcher};
 use super::{AdapterContext, BedrockSettings, EventStream, Timeouts, UpstreamRequest};
@@ -359,23 +361,12 @@ async fn next_event(
         if s.finished {
             return None;
         }
-        let wait = s
-            .idle
-            .min(s.deadline.saturating_duration_since(Instant::now()));
-        match timeout(wait, s.body.next()).await {
-            Err(_) => {
-                let error = GatewayError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "provider `{}` stream stalled for {:.1}s",
-                        s.name,
-                        wait.as_secs_f64()
-                    ),
-                );
+        match http::read_body(&s.name, &mut s.body, s.idle, s.deadline).await {
+            BodyRead::Failed(error) => {
                 let err = s.fail(error);
                 return Some((err, s));
             }
-            Ok(None) => {
+            BodyRead::End => {
                 s.finished = true;
                 if !s.mapper.stopped || !s.buffer.is_empty() {
                     let error = GatewayError::new(
@@ -386,15 +377,7 @@ async fn next_event(
                     return Some((err, s));
                 }
             }
-            Ok(Some(Err(e))) => {
-                let error = GatewayError::new(
-                    ErrorKind::UpstreamConnection,
-                    format!("provider `{}` stream broke: {}", s.name, e.without_url()),
-                );
-                let err = s.fail(error);
-                return Some((err, s));
-            }
-            Ok(Some(Ok(bytes))) => {
+            BodyRead::Bytes(bytes) => {
                 s.buffer.extend_from_slice(&bytes);
                 if let Err(error) = s.decode() {
                     // Events decoded before the failure still go out first.
