@@ -124,12 +124,8 @@ impl From<&RunRecord> for RunSummary {
     }
 }
 
-/// A fresh feedback token for a run: the run id and a random secret.
+/// A fresh feedback token for a run: the run id and a random secret (122 bits from a
+/// cryptographically secure generator, seeded once per thread).
 pub fn feedback_token(run_id: Uuid) -> String {
-    format!(
-        "{}.{:016x}{:016x}",
-        run_id,
-        fastrand::u64(..),
-        fastrand::u64(..)
-    )
+    format!("{}.{}", run_id, Uuid::new_v4().simple())
 }
