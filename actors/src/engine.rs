@@ -9,7 +9,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use actix::Addr;
 use arc_swap::ArcSwap;
 use serde_json::Value;
 use uuid::Uuid;
@@ -25,7 +24,7 @@ use crate::provider::{EventStream, UpstreamRequest};
 use crate::recorder::metrics::Metrics;
 use crate::recorder::run::{feedback_token, CacheStatus, RunRecord, RunStatus, StructuredRecord};
 use crate::recorder::store::RunStore;
-use crate::recorder::{Record, Recorder};
+use crate::recorder::RecorderHandle;
 use crate::retry::RetryPolicy;
 use crate::router::{auto_fallback_attempts, FallbackPlan, PlannedAttempt, ProviderRegistry};
 use crate::structured::{
@@ -39,7 +38,7 @@ pub struct Gateway {
     pub providers: Arc<ProviderRegistry>,
     pub catalog: Arc<ArcSwap<Catalog>>,
     pub cache: Cache,
-    pub recorder: Addr<Recorder>,
+    pub recorder: RecorderHandle,
     pub store: RunStore,
     /// Agents' schemas, versions, deployments, conversations and feedback.
     pub agents: AgentStore,
@@ -244,7 +243,7 @@ impl RunGuard {
             rendered_messages: self.ctx.rendered_messages.take(),
         };
         self.gateway.metrics.count_attempt_reasons(&run.attempts);
-        self.gateway.recorder.do_send(Record(Box::new(run)));
+        self.gateway.recorder.record(Box::new(run));
     }
 
     /// Records a failed run; returns the error with the attempts as its details.
@@ -361,7 +360,7 @@ impl Drop for RunGuard {
     }
 }
 
-/// Tells a provider actor how a call went, without waiting; a full mailbox only loses a sample.
+/// Tells a provider actor how a call went, without waiting.
 fn report(planned: &PlannedAttempt, admission: Admission, error: Option<ErrorKind>, d: Duration) {
     let outcome = AttemptOutcome {
         model: planned.offer.model.clone(),
@@ -369,9 +368,7 @@ fn report(planned: &PlannedAttempt, admission: Admission, error: Option<ErrorKin
         latency: d,
         probe: admission == Admission::Probe,
     };
-    if planned.provider.actor.try_send(outcome).is_err() {
-        tracing::debug!(provider = planned.provider.name(), "provider mailbox full");
-    }
+    planned.provider.report(outcome);
 }
 
 fn summary(planned: &PlannedAttempt, previous: Option<&GatewayError>) -> AttemptSummary {

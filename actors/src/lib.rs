@@ -13,6 +13,7 @@ pub mod completion;
 pub mod engine;
 pub mod error;
 pub mod model_ref;
+pub mod outbox;
 pub mod provider;
 pub mod recorder;
 pub mod retry;

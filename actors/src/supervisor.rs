@@ -18,7 +18,7 @@ use crate::provider::media::{MediaFetcher, MediaSettings};
 use crate::provider::{ProviderActor, ProviderClient, ProviderHandle, ProviderSettings};
 use crate::recorder::metrics::Metrics;
 use crate::recorder::store::RunStore;
-use crate::recorder::{Barrier, Flush, Recorder};
+use crate::recorder::{Barrier, Flush, Recorder, RecorderHandle};
 use crate::retry::RetryPolicy;
 use crate::router::ProviderRegistry;
 
@@ -69,7 +69,7 @@ impl Handler<Drain> for Supervisor {
     type Result = ResponseFuture<Result<(), String>>;
 
     fn handle(&mut self, _: Drain, _: &mut Self::Context) -> Self::Result {
-        let recorder = self.gateway.recorder.clone();
+        let recorder = self.gateway.recorder.addr.clone();
         let cache = self.gateway.cache.clone();
         Box::pin(async move {
             // Answers queued for the cache are written before the store is flushed.
@@ -124,12 +124,12 @@ impl Supervisor {
 
         // The recorder gets its own thread: store writes never run on a request arbiter.
         let recorder = {
-            let store = store.clone();
-            let metrics = metrics.clone();
-            let agents = agents.clone();
-            actix::Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                Recorder::new(store, metrics).with_agents(agents)
-            })
+            let recorder =
+                Recorder::new(store.clone(), metrics.clone()).with_agents(agents.clone());
+            let outbox = recorder.outbox();
+            let addr =
+                actix::Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| recorder);
+            RecorderHandle::new(addr, outbox)
         };
 
         let media = MediaFetcher::new(config.media);
@@ -142,6 +142,7 @@ impl Supervisor {
                 clock.clone(),
                 metrics.clone(),
             );
+            let outcomes = actor.outcomes();
             let actor = actix::Supervisor::start(move |_| actor);
             if !settings.enabled {
                 tracing::warn!(
@@ -157,6 +158,7 @@ impl Supervisor {
                     client: Arc::new(client),
                     health,
                     actor,
+                    outcomes,
                 },
             );
         }

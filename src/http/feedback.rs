@@ -51,6 +51,7 @@ async fn find_run(
     let _ = state
         .gateway
         .recorder
+        .addr
         .send(Barrier)
         .timeout(Duration::from_secs(5))
         .await;

@@ -60,6 +60,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let recorder_ok = state
         .gateway
         .recorder
+        .addr
         .send(Barrier)
         .timeout(Duration::from_secs(2))
         .await

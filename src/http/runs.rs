@@ -20,6 +20,7 @@ async fn settle(state: &AppState) {
     let _ = state
         .gateway
         .recorder
+        .addr
         .send(Barrier)
         .timeout(Duration::from_secs(5))
         .await;

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::breaker::{BreakerSettings, CircuitBreaker, CircuitState};
 use crate::error::ErrorKind;
+use crate::outbox::{Outbox, Pending, BATCH_WINDOW};
 use crate::recorder::metrics::Metrics;
 
 /// Time source, injectable so breaker transitions can be tested without sleeping.
@@ -182,7 +183,13 @@ pub struct AttemptOutcome {
 #[rtype(result = "()")]
 pub struct Tick;
 
+/// Outcomes queued for the actor at most; beyond it samples are dropped (the actor is stuck).
+const MAX_QUEUED_OUTCOMES: usize = 16_384;
+
 pub struct ProviderActor {
+    /// Outcomes reported by the request path ([`crate::provider::ProviderHandle::report`]).
+    outcomes: Arc<Outbox<AttemptOutcome>>,
+    drain_scheduled: bool,
     name: String,
     breaker: CircuitBreaker,
     settings: BreakerSettings,
@@ -212,6 +219,8 @@ impl ProviderActor {
         let board = Arc::new(HealthBoard::new());
         metrics.circuit_state.with_label_values(&[&name]).set(0);
         let actor = ProviderActor {
+            outcomes: Arc::new(Outbox::bounded(MAX_QUEUED_OUTCOMES)),
+            drain_scheduled: false,
             name,
             breaker: CircuitBreaker::new(settings),
             settings,
@@ -225,6 +234,23 @@ impl ProviderActor {
             model_breakers: HashMap::new(),
         };
         (actor, board)
+    }
+
+    /// Where the request path queues this actor's outcomes.
+    pub fn outcomes(&self) -> Arc<Outbox<AttemptOutcome>> {
+        self.outcomes.clone()
+    }
+
+    /// Applies every queued outcome, oldest first, then publishes the health once.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        let outcomes = self.outcomes.take();
+        if outcomes.is_empty() {
+            return;
+        }
+        for outcome in &outcomes {
+            self.apply(outcome, ctx);
+        }
+        self.publish();
     }
 
     fn transitioned(&mut self, to: Option<CircuitState>, ctx: &mut Context<Self>) {
@@ -333,6 +359,27 @@ impl Actor for ProviderActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(4096);
+        // Also after a restart, which drops the timers of the previous run of the actor.
+        self.drain_scheduled = false;
+        if !self.outcomes.is_empty() {
+            ctx.notify(Pending { now: true });
+        }
+    }
+}
+
+impl Handler<Pending> for ProviderActor {
+    type Result = ();
+
+    fn handle(&mut self, pending: Pending, ctx: &mut Self::Context) {
+        if pending.now {
+            self.drain(ctx);
+        } else if !self.drain_scheduled {
+            self.drain_scheduled = true;
+            ctx.run_later(BATCH_WINDOW, |actor, ctx| {
+                actor.drain_scheduled = false;
+                actor.drain(ctx);
+            });
+        }
     }
 }
 
@@ -340,11 +387,21 @@ impl Handler<AttemptOutcome> for ProviderActor {
     type Result = ();
 
     fn handle(&mut self, outcome: AttemptOutcome, ctx: &mut Self::Context) {
+        // After the outcomes queued before it.
+        self.drain(ctx);
+        self.apply(&outcome, ctx);
+        self.publish();
+    }
+}
+
+impl ProviderActor {
+    /// One outcome: the breakers (provider and model), the window, the latency average.
+    fn apply(&mut self, outcome: &AttemptOutcome, ctx: &mut Context<Self>) {
         let now = self.clock.now();
         let tick = self.breaker.tick(now);
         self.transitioned(tick, ctx);
         self.requests_total += 1;
-        self.model_outcome(&outcome, now, ctx);
+        self.model_outcome(outcome, now, ctx);
         // Rate limits and overload of one model do not count against the whole provider.
         let failed = outcome
             .error
@@ -376,7 +433,6 @@ impl Handler<AttemptOutcome> for ProviderActor {
         }
         self.window.push_back(!failed);
         self.transitioned(transition, ctx);
-        self.publish();
     }
 }
 

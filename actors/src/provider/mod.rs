@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::breaker::BreakerSettings;
 use crate::completion::{Completion, StreamEvent};
 use crate::error::GatewayError;
+use crate::outbox::{Outbox, Pending, Pushed};
 use crate::wire::ChatRequest;
+use actor::AttemptOutcome;
 
 pub use actor::{HealthBoard, ProviderActor};
 
@@ -356,11 +358,26 @@ pub struct ProviderHandle {
     pub client: Arc<ProviderClient>,
     pub health: Arc<HealthBoard>,
     pub actor: Addr<ProviderActor>,
+    /// The actor's queue of outcomes.
+    pub outcomes: Arc<Outbox<AttemptOutcome>>,
 }
 
 impl ProviderHandle {
     pub fn name(&self) -> &str {
         &self.settings.name
+    }
+
+    /// Tells the provider actor how a call went, without waiting. Outcomes reach it in batches
+    /// (see [`crate::outbox`]); a failure is taken at once, so a breaker opens without delay.
+    /// A stuck actor loses samples, never blocks a request.
+    pub fn report(&self, outcome: AttemptOutcome) {
+        let failure = outcome.error.is_some();
+        match self.outcomes.push(outcome) {
+            Pushed::First => self.actor.do_send(Pending { now: failure }),
+            Pushed::Queued if failure => self.actor.do_send(Pending { now: true }),
+            Pushed::Queued => {}
+            Pushed::Full => tracing::debug!(provider = self.name(), "provider outbox full"),
+        }
     }
 }
 

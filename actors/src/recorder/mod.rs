@@ -1,28 +1,52 @@
 //! The recorder actor: persists every run to sled and turns it into metrics. It runs on its own
-//! arbiter, so store writes never delay a request; the request path hands it a finished run and
-//! moves on.
+//! arbiter, so store writes never delay a request; the request path hands it a finished run
+//! through its [`Outbox`] ([`RecorderHandle::record`]) and moves on.
 
 pub mod metrics;
 pub mod run;
 pub mod store;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
 use prometheus::{Counter, Histogram, IntCounter};
 
 use crate::agents::AgentStore;
+use crate::outbox::{Outbox, Pending, Pushed, BATCH_WINDOW};
 use metrics::Metrics;
 use run::{RunRecord, RunStatus};
 use store::RunStore;
 
-/// Persist this run. Sent with `do_send`: a run is data, not telemetry, and is never dropped.
+/// Persist this run at once (the request path uses [`RecorderHandle::record`] instead).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Record(pub Box<RunRecord>);
 
-/// Answers once every run sent before it is written.
+/// How the request path hands runs to the recorder: queued in its outbox, written in batches
+/// (see [`crate::outbox`]). A run is data, not telemetry: the outbox has no bound and nothing
+/// in it is dropped. Cheap to clone.
+#[derive(Clone)]
+pub struct RecorderHandle {
+    pub addr: Addr<Recorder>,
+    outbox: Arc<Outbox<Box<RunRecord>>>,
+}
+
+impl RecorderHandle {
+    pub fn new(addr: Addr<Recorder>, outbox: Arc<Outbox<Box<RunRecord>>>) -> Self {
+        RecorderHandle { addr, outbox }
+    }
+
+    /// Queues a finished run; the recorder writes it within [`BATCH_WINDOW`].
+    pub fn record(&self, run: Box<RunRecord>) {
+        if self.outbox.push(run) == Pushed::First {
+            self.addr.do_send(Pending { now: false });
+        }
+    }
+}
+
+/// Answers once every run recorded before it is written.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Barrier;
@@ -33,6 +57,9 @@ pub struct Barrier;
 pub struct Flush;
 
 pub struct Recorder {
+    outbox: Arc<Outbox<Box<RunRecord>>>,
+    /// A drain of the outbox is scheduled.
+    drain_scheduled: bool,
     store: RunStore,
     metrics: Metrics,
     agents: Option<AgentStore>,
@@ -49,6 +76,8 @@ const MAX_KEPT_BUFFER: usize = 1 << 20;
 impl Recorder {
     pub fn new(store: RunStore, metrics: Metrics) -> Self {
         Recorder {
+            outbox: Arc::new(Outbox::new()),
+            drain_scheduled: false,
             store,
             metrics,
             agents: None,
@@ -56,6 +85,49 @@ impl Recorder {
             stats_write_scheduled: false,
             handles: Handles::default(),
         }
+    }
+
+    /// Where [`RecorderHandle`]s queue runs for this recorder.
+    pub fn outbox(&self) -> Arc<Outbox<Box<RunRecord>>> {
+        self.outbox.clone()
+    }
+
+    /// Writes every queued run, oldest first.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        for run in self.outbox.take() {
+            self.write(run, ctx);
+        }
+    }
+
+    /// Persists one run, updates its agent and the metrics.
+    fn write(&mut self, run: Box<RunRecord>, ctx: &mut Context<Self>) {
+        let started = Instant::now();
+        let inserted = self.store.insert_with(&run, &mut self.buf);
+        if self.buf.capacity() > MAX_KEPT_BUFFER {
+            self.buf = Vec::with_capacity(4096);
+        }
+        match inserted {
+            Ok(()) => {
+                self.metrics.runs_recorded.inc();
+                if let Some(agents) = &self.agents {
+                    if let Err(e) = agents.observe(&run) {
+                        self.metrics.recorder_errors.inc();
+                        tracing::warn!(run_id = %run.id, error = %e, "recorder: cannot update the agent");
+                    }
+                    if run.version_id.is_some() {
+                        self.schedule_stats_write(ctx);
+                    }
+                }
+            }
+            Err(e) => {
+                self.metrics.recorder_errors.inc();
+                tracing::error!(run_id = %run.id, error = %e, "recorder: cannot write run");
+            }
+        }
+        self.metrics
+            .recorder_write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.observe(&run);
     }
 
     /// Also keeps the agents' version statistics and conversation links, from each stored run.
@@ -217,12 +289,17 @@ impl Actor for Recorder {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Also after a restart, which drops the timers of the previous run of the actor.
         self.stats_write_scheduled = false;
+        self.drain_scheduled = false;
+        if !self.outbox.is_empty() {
+            ctx.notify(Pending { now: true });
+        }
         if self.agents.as_ref().is_some_and(|a| a.has_pending_stats()) {
             self.schedule_stats_write(ctx);
         }
     }
 
-    fn stopped(&mut self, _: &mut Self::Context) {
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        self.drain(ctx);
         self.write_stats();
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "recorder: final flush failed");
@@ -234,46 +311,42 @@ impl Handler<Record> for Recorder {
     type Result = ();
 
     fn handle(&mut self, Record(run): Record, ctx: &mut Self::Context) {
-        let started = Instant::now();
-        let inserted = self.store.insert_with(&run, &mut self.buf);
-        if self.buf.capacity() > MAX_KEPT_BUFFER {
-            self.buf = Vec::with_capacity(4096);
+        // After what was queued before it.
+        self.drain(ctx);
+        self.write(run, ctx);
+    }
+}
+
+impl Handler<Pending> for Recorder {
+    type Result = ();
+
+    fn handle(&mut self, pending: Pending, ctx: &mut Self::Context) {
+        if pending.now {
+            self.drain(ctx);
+        } else if !self.drain_scheduled {
+            // Let the batch gather: one wake-up for every run that arrives meanwhile.
+            self.drain_scheduled = true;
+            ctx.run_later(BATCH_WINDOW, |recorder, ctx| {
+                recorder.drain_scheduled = false;
+                recorder.drain(ctx);
+            });
         }
-        match inserted {
-            Ok(()) => {
-                self.metrics.runs_recorded.inc();
-                if let Some(agents) = &self.agents {
-                    if let Err(e) = agents.observe(&run) {
-                        self.metrics.recorder_errors.inc();
-                        tracing::warn!(run_id = %run.id, error = %e, "recorder: cannot update the agent");
-                    }
-                    if run.version_id.is_some() {
-                        self.schedule_stats_write(ctx);
-                    }
-                }
-            }
-            Err(e) => {
-                self.metrics.recorder_errors.inc();
-                tracing::error!(run_id = %run.id, error = %e, "recorder: cannot write run");
-            }
-        }
-        self.metrics
-            .recorder_write_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.observe(&run);
     }
 }
 
 impl Handler<Barrier> for Recorder {
     type Result = ();
 
-    fn handle(&mut self, _: Barrier, _: &mut Self::Context) {}
+    fn handle(&mut self, _: Barrier, ctx: &mut Self::Context) {
+        self.drain(ctx);
+    }
 }
 
 impl Handler<Flush> for Recorder {
     type Result = Result<(), String>;
 
-    fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) -> Self::Result {
+        self.drain(ctx);
         let stats = match &self.agents {
             Some(agents) => agents.write_stats(),
             None => Ok(()),
@@ -304,6 +377,31 @@ mod tests {
             "metadata": null, "feedback_token": "x", "source_run_id": null
         }))
         .unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn queued_runs_are_written_in_a_batch_and_a_barrier_writes_them_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(dir.path(), Duration::from_millis(40)).unwrap();
+        let runs = store.db().open_tree("runs").unwrap();
+        let recorder = Recorder::new(store.clone(), Metrics::new().unwrap());
+        let outbox = recorder.outbox();
+        let handle = RecorderHandle::new(recorder.start(), outbox.clone());
+        for _ in 0..5 {
+            handle.record(Box::new(run("v1")));
+        }
+        // Queued: the recorder has not run yet (same thread, no await so far).
+        assert_eq!(outbox.len(), 5);
+        handle.addr.send(Barrier).await.unwrap();
+        assert_eq!(runs.len(), 5);
+        assert!(outbox.is_empty());
+
+        // Without a barrier, a batch is written within the window.
+        handle.record(Box::new(run("v1")));
+        handle.record(Box::new(run("v1")));
+        tokio::time::sleep(BATCH_WINDOW * 20).await;
+        assert_eq!(runs.len(), 7);
+        assert!(outbox.is_empty());
     }
 
     #[actix_rt::test]
