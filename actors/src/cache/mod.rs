@@ -30,7 +30,7 @@ use crate::error::GatewayError;
 use crate::recorder::metrics::Metrics;
 use crate::wire::{ChatRequest, UseCache};
 use flight::CacheShard;
-use store::{CacheWriter, Expire, Put, Settle, Touch, TOUCH_EVERY_MS};
+use store::{CacheWriter, Expire, Put, Settle, Touch, Unwritten, TOUCH_EVERY_MS};
 
 /// A digest of everything that shapes the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -209,6 +209,7 @@ pub struct Cache {
 
 struct Stored {
     store: CacheStore,
+    unwritten: Unwritten,
     writer: Addr<CacheWriter>,
     ttl_ms: u64,
     clock: Arc<dyn WallClock>,
@@ -266,11 +267,13 @@ impl Cache {
             metrics.clone(),
         )
         .map_err(|e| format!("cannot read the answer cache: {e}"))?;
+        let unwritten = writer.unwritten();
         let writer = CacheWriter::start_in_arbiter(&Arbiter::new().handle(), move |_| writer);
         Ok(Cache {
             shards: start_shards(settings.shards),
             stored: Some(Arc::new(Stored {
                 store,
+                unwritten,
                 writer,
                 ttl_ms: settings.ttl.as_millis().try_into().unwrap_or(u64::MAX),
                 clock,
@@ -285,6 +288,10 @@ impl Cache {
         let stored = self.stored.as_ref()?;
         let now = stored.clock.now_ms();
         let found = match stored.store.get(key) {
+            Ok(None) => stored
+                .unwritten
+                .get(key)
+                .and_then(|entry| StoredAnswer::decode(&entry).ok()),
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(error = %e, "cache: unreadable entry");
@@ -350,7 +357,10 @@ impl Cache {
                 return;
             }
         };
+        let entry = Arc::new(entry);
+        stored.unwritten.insert(key, entry.clone());
         if stored.writer.try_send(Put { key, entry }).is_err() {
+            stored.unwritten.remove(&key);
             stored.metrics.cache_writes_dropped.inc();
         }
     }
@@ -549,6 +559,26 @@ mod tests {
         );
         assert_eq!(s.metrics.cache_hits.get(), 2);
         assert_eq!(s.metrics.cache_misses.get(), 2);
+    }
+
+    #[actix_rt::test]
+    async fn a_stored_answer_is_served_before_the_writer_has_run() {
+        let s = setup();
+        let cache = open(&s, 60, 1 << 20);
+        let k = key("default", "again");
+        cache.store(k, &answer("at once"));
+        // No await since the store: the writer (another arbiter) may not have written it.
+        let hit = cache
+            .lookup(&k)
+            .expect("served from the answers on their way");
+        assert_eq!(
+            hit.completion.choices[0].message.content.as_deref(),
+            Some("at once")
+        );
+        cache.settle().await.unwrap();
+        let stored = cache.stored.as_ref().unwrap();
+        assert!(stored.unwritten.is_empty(), "written, then forgotten");
+        assert!(cache.lookup(&k).is_some());
     }
 
     #[actix_rt::test]

@@ -84,7 +84,7 @@ impl StoredAnswer {
         Ok(bytes)
     }
 
-    fn decode(bytes: &[u8]) -> Result<StoredAnswer, String> {
+    pub(super) fn decode(bytes: &[u8]) -> Result<StoredAnswer, String> {
         let stored_at_ms = stored_at(bytes).ok_or("unknown cache entry format")?;
         let mut answer: StoredAnswer =
             serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(|e| e.to_string())?;
@@ -263,8 +263,12 @@ impl CacheStore {
 #[rtype(result = "()")]
 pub(super) struct Put {
     pub key: CacheKey,
-    pub entry: Vec<u8>,
+    pub entry: Arc<Vec<u8>>,
 }
+
+/// Answers handed to the writer and not yet in the store, so that a lookup finds an answer
+/// as soon as it is stored, not once the writer has run.
+pub(super) type Unwritten = Arc<dashmap::DashMap<CacheKey, Arc<Vec<u8>>>>;
 
 /// The entry was hit: it is young again.
 #[derive(Message)]
@@ -285,6 +289,7 @@ pub(super) struct Settle;
 /// store within its TTL and byte budget. Runs on its own thread.
 pub(super) struct CacheWriter {
     store: CacheStore,
+    unwritten: Unwritten,
     ttl: Duration,
     max_bytes: u64,
     clock: Arc<dyn WallClock>,
@@ -306,6 +311,7 @@ impl CacheWriter {
         let (bytes, entries) = store.totals()?;
         let mut writer = CacheWriter {
             store,
+            unwritten: Unwritten::default(),
             ttl,
             max_bytes,
             clock,
@@ -317,6 +323,11 @@ impl CacheWriter {
         writer.evict_to_budget();
         writer.publish();
         Ok(writer)
+    }
+
+    /// Where the answers on their way to this writer wait.
+    pub(super) fn unwritten(&self) -> Unwritten {
+        self.unwritten.clone()
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -461,6 +472,9 @@ impl Handler<Put> for CacheWriter {
 
     fn handle(&mut self, Put { key, entry }: Put, _: &mut Self::Context) {
         self.put(&key, &entry);
+        // Unless a newer answer for the key is on its way.
+        self.unwritten
+            .remove_if(&key, |_, queued| Arc::ptr_eq(queued, &entry));
     }
 }
 

@@ -85,7 +85,7 @@ pub const VERTEX_ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
 pub struct AnthropicClient {
     ctx: AdapterContext,
     endpoint: Endpoint,
-    http: reqwest::Client,
+    http: http::Client,
 }
 
 /// Where requests go and how they authenticate.
@@ -1333,7 +1333,7 @@ impl AnthropicClient {
         }
     }
 
-    fn transport_error(&self, error: reqwest::Error, token: Option<&str>) -> GatewayError {
+    fn transport_error(&self, error: http::Error, token: Option<&str>) -> GatewayError {
         http::transport_error(&self.ctx.name, error, &[self.secret(token)])
     }
 
@@ -1390,7 +1390,7 @@ impl AnthropicClient {
         &self,
         model: &str,
         body: &MessagesBody,
-    ) -> Result<(reqwest::Response, Option<Arc<str>>), GatewayError> {
+    ) -> Result<(http::Response, Option<Arc<str>>), GatewayError> {
         let mut request = self.http.post(self.url(model, body.stream)).json(body);
         let token = match &self.endpoint {
             Endpoint::Anthropic { settings, .. } => {
@@ -1421,7 +1421,7 @@ impl AnthropicClient {
         Err(self.status_error(response, token.as_deref()).await)
     }
 
-    async fn status_error(&self, response: reqwest::Response, token: Option<&str>) -> GatewayError {
+    async fn status_error(&self, response: http::Response, token: Option<&str>) -> GatewayError {
         let status = response.status().as_u16();
         let retry_after = http::retry_after(response.headers());
         let (error_type, text) = match timeout(Duration::from_secs(5), response.bytes()).await {
@@ -1499,7 +1499,7 @@ impl AnthropicClient {
         let (response, token) = self.send(call.model, &prepared.body).await?;
         let is_json = response
             .headers()
-            .get(reqwest::header::CONTENT_TYPE)
+            .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
         if is_json {
@@ -1541,7 +1541,7 @@ struct StreamState {
     name: String,
     /// The API key or OAuth token, scrubbed from error messages.
     secret: String,
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    body: http::Body,
     decoder: SseDecoder,
     translator: StreamTranslator,
     pending: VecDeque<StreamEvent>,

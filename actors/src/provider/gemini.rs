@@ -66,7 +66,7 @@ pub struct GeminiClient {
     name: String,
     timeouts: Timeouts,
     media: MediaFetcher,
-    http: reqwest::Client,
+    http: http::Client,
     endpoint: Endpoint,
 }
 
@@ -1369,7 +1369,7 @@ impl GeminiClient {
         &self,
         call: &UpstreamRequest<'_>,
         stream: bool,
-    ) -> Result<reqwest::Response, GatewayError> {
+    ) -> Result<http::Response, GatewayError> {
         let media = self.fetch_media(call.request).await?;
         let body = request_body(call, &media)?;
         drop(media);
@@ -1399,7 +1399,7 @@ impl GeminiClient {
         Err(self.status_error(response, token.as_deref()).await)
     }
 
-    async fn status_error(&self, response: reqwest::Response, token: Option<&str>) -> GatewayError {
+    async fn status_error(&self, response: http::Response, token: Option<&str>) -> GatewayError {
         let status = response.status().as_u16();
         let header_retry = http::retry_after(response.headers());
         let (body, raw) = match timeout(Duration::from_secs(5), response.bytes()).await {
@@ -1532,7 +1532,7 @@ impl VertexClient {
 
 struct StreamState {
     name: String,
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    body: http::Body,
     decoder: SseDecoder,
     pending: VecDeque<StreamEvent>,
     /// Tool calls seen so far, per candidate.

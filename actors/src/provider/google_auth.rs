@@ -231,7 +231,7 @@ struct TokenError {
 pub struct TokenSource {
     name: String,
     source: Source,
-    http: reqwest::Client,
+    http: http::Client,
     /// Longest wait for one token request.
     timeout: Duration,
     cached: Mutex<Option<Cached>>,
@@ -265,7 +265,7 @@ impl TokenSource {
     pub fn new(
         name: &str,
         credentials: &VertexCredentials,
-        http: reqwest::Client,
+        http: http::Client,
         timeout: Duration,
     ) -> Result<TokenSource, String> {
         let source = match credentials {
@@ -445,6 +445,10 @@ impl TokenSource {
 mod tests {
     use super::*;
 
+    fn test_client() -> http::Client {
+        http::Client::new(Default::default()).unwrap()
+    }
+
     const TEST_KEY: &str = include_str!("../../../tests/fixtures/gcp-test-key.pem");
 
     fn key_json(token_uri: &str) -> String {
@@ -543,7 +547,7 @@ mod tests {
         let source = TokenSource::new(
             "vertex",
             &VertexCredentials::AccessToken("ya29.fixed-token".into()),
-            reqwest::Client::new(),
+            test_client(),
             Duration::from_secs(1),
         )
         .unwrap();
@@ -552,7 +556,7 @@ mod tests {
         let err = TokenSource::new(
             "vertex",
             &VertexCredentials::ServiceAccount("not json".into()),
-            reqwest::Client::new(),
+            test_client(),
             Duration::from_secs(1),
         )
         .unwrap_err();
@@ -565,7 +569,7 @@ mod tests {
         let source = TokenSource::new(
             "vertex",
             &VertexCredentials::ServiceAccount(key_json(&format!("{}/token", mock.url()))),
-            reqwest::Client::new(),
+            test_client(),
             Duration::from_secs(10),
         )
         .unwrap();
@@ -594,7 +598,7 @@ mod tests {
         let metadata = TokenSource::new(
             "vertex",
             &VertexCredentials::MetadataServer(format!("{}/", mock.url())),
-            reqwest::Client::new(),
+            test_client(),
             Duration::from_secs(10),
         )
         .unwrap();
@@ -620,7 +624,7 @@ mod tests {
         let source = TokenSource::new(
             "vertex",
             &VertexCredentials::ServiceAccount(key),
-            reqwest::Client::new(),
+            test_client(),
             Duration::from_secs(10),
         )
         .unwrap();
@@ -636,7 +640,7 @@ mod tests {
         let source = TokenSource::new(
             "vertex",
             &VertexCredentials::ServiceAccount(key_json("http://127.0.0.1:9/token")),
-            reqwest::Client::new(),
+            test_client(),
             Duration::from_secs(5),
         )
         .unwrap();

@@ -5,19 +5,22 @@ use std::time::Duration;
 
 use crate::error::{ErrorKind, GatewayError};
 
+use super::transport::ClientSettings;
 use super::Timeouts;
 
-/// An HTTP client for one provider: its connect timeout, pooled keep-alive connections.
-pub fn client(name: &str, timeouts: &Timeouts) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .connect_timeout(timeouts.connect())
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        // Provider APIs do not redirect; following one would send the key elsewhere.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| format!("provider `{name}`: cannot build its HTTP client: {e}"))
+pub use super::transport::{parse_uri, Client, Error, RequestBuilder, Response};
+pub use hyper::header::{self, HeaderMap};
+pub use hyper::Uri;
+
+/// An HTTP client for one provider: its connect timeout, pooled keep-alive connections, no
+/// redirects (a provider API does not redirect; following one would send the key elsewhere).
+pub fn client(name: &str, timeouts: &Timeouts) -> Result<Client, String> {
+    Client::new(ClientSettings {
+        connect_timeout: timeouts.connect(),
+        pool_idle_timeout: Duration::from_secs(90),
+        pool_max_idle_per_host: 1024,
+    })
+    .map_err(|e| format!("provider `{name}`: cannot build its HTTP client: {e}"))
 }
 
 /// Maps an upstream HTTP status to the gateway's error kind.
@@ -34,7 +37,7 @@ pub fn kind_for_status(status: u16) -> ErrorKind {
 }
 
 /// `retry-after-ms` or `retry-after` (seconds).
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     if let Some(ms) = headers
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
@@ -43,7 +46,7 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         return Duration::try_from_secs_f64(ms / 1000.0).ok();
     }
     headers
-        .get(reqwest::header::RETRY_AFTER)
+        .get(header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
         .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
@@ -58,9 +61,8 @@ pub fn scrub(text: &str, secrets: &[&str]) -> String {
     out
 }
 
-/// A connection-level failure (no HTTP status), without the URL (it may carry a key).
-pub fn transport_error(name: &str, error: reqwest::Error, secrets: &[&str]) -> GatewayError {
-    let error = error.without_url();
+/// A connection-level failure (no HTTP status), with secrets scrubbed.
+pub fn transport_error(name: &str, error: Error, secrets: &[&str]) -> GatewayError {
     let kind = if error.is_timeout() {
         ErrorKind::Timeout
     } else {
@@ -86,7 +88,7 @@ pub fn timeout_error(name: &str, what: &str, limit: Duration) -> GatewayError {
 }
 
 /// A streamed response body, as every adapter reads it.
-pub type Body = futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>;
+pub type Body = futures::stream::BoxStream<'static, Result<bytes::Bytes, Error>>;
 
 /// One read of a streamed body.
 pub enum BodyRead {
@@ -118,7 +120,7 @@ pub async fn read_body(
         Ok(None) => BodyRead::End,
         Ok(Some(Err(e))) => BodyRead::Failed(GatewayError::new(
             ErrorKind::UpstreamConnection,
-            format!("provider `{name}` stream broke: {}", e.without_url()),
+            format!("provider `{name}` stream broke: {e}"),
         )),
         Ok(Some(Ok(bytes))) => BodyRead::Bytes(bytes),
     }

@@ -12,6 +12,7 @@ pub mod media;
 pub mod mock;
 pub mod openai;
 pub mod sse;
+pub mod transport;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

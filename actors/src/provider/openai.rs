@@ -44,15 +44,15 @@ pub struct OpenAiClient {
     settings: OpenAiSettings,
     timeouts: Timeouts,
     endpoint: Endpoint,
-    http: reqwest::Client,
+    http: http::Client,
 }
 
 /// Where requests go and how they authenticate.
 #[derive(Debug)]
 enum Endpoint {
     /// `<base_url>/chat/completions`, `Authorization: Bearer`.
-    /// Parsed once: reqwest would parse a string on every request.
-    OpenAi { url: reqwest::Url },
+    /// Parsed once, not on every request.
+    OpenAi { url: http::Uri },
     /// `<endpoint>/openai/deployments/<model>/chat/completions?api-version=…`, `api-key`.
     Azure {
         endpoint: String,
@@ -1021,7 +1021,7 @@ impl OpenAiClient {
             "{}/chat/completions",
             settings.base_url.trim_end_matches('/')
         );
-        let url = reqwest::Url::parse(&url)
+        let url = http::parse_uri(&url)
             .map_err(|e| format!("provider `{name}`: `{url}` is not a URL: {e}"))?;
         Ok(OpenAiClient {
             name: name.to_string(),
@@ -1073,7 +1073,7 @@ impl OpenAiClient {
         http::scrub(text, &[self.settings.api_key.as_deref().unwrap_or("")])
     }
 
-    fn transport_error(&self, error: reqwest::Error) -> GatewayError {
+    fn transport_error(&self, error: http::Error) -> GatewayError {
         http::transport_error(
             &self.name,
             error,
@@ -1089,7 +1089,7 @@ impl OpenAiClient {
         &self,
         call: &UpstreamRequest<'_>,
         stream: bool,
-    ) -> Result<reqwest::Response, GatewayError> {
+    ) -> Result<http::Response, GatewayError> {
         let body = body(call, stream, self.settings.flavor).map_err(|refused| {
             GatewayError::new(
                 ErrorKind::UnsupportedByModel,
@@ -1105,7 +1105,7 @@ impl OpenAiClient {
         })?;
         let mut request = match &self.endpoint {
             Endpoint::OpenAi { url } => {
-                let request = self.http.post(url.clone());
+                let request = self.http.post(url);
                 match &self.settings.api_key {
                     Some(key) => request.bearer_auth(key),
                     None => request,
@@ -1116,10 +1116,13 @@ impl OpenAiClient {
                 api_version,
             } => {
                 let url = format!(
-                    "{endpoint}/openai/deployments/{}/chat/completions",
-                    call.model
+                    "{endpoint}/openai/deployments/{}/chat/completions?{}",
+                    call.model,
+                    form_urlencoded::Serializer::new(String::new())
+                        .append_pair("api-version", api_version)
+                        .finish()
                 );
-                let request = self.http.post(url).query(&[("api-version", api_version)]);
+                let request = self.http.post(url);
                 match &self.settings.api_key {
                     Some(key) => request.header("api-key", key),
                     None => request,
@@ -1141,7 +1144,7 @@ impl OpenAiClient {
         Err(self.status_error(response).await)
     }
 
-    async fn status_error(&self, response: reqwest::Response) -> GatewayError {
+    async fn status_error(&self, response: http::Response) -> GatewayError {
         let status = response.status().as_u16();
         let retry_after = http::retry_after(response.headers());
         let (error, text) = match timeout(Duration::from_secs(5), response.bytes()).await {
@@ -1242,7 +1245,7 @@ impl OpenAiClient {
 
 struct StreamState {
     name: String,
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    body: http::Body,
     decoder: SseDecoder,
     pending: VecDeque<StreamEvent>,
     /// Ends the stream once `pending` is delivered.
@@ -1973,7 +1976,7 @@ mod tests {
 
     /// Runs the stream state machine over SSE `events` (one body chunk each).
     async fn events_of(events: &[&str]) -> Vec<Result<StreamEvent, GatewayError>> {
-        let chunks: Vec<reqwest::Result<bytes::Bytes>> = events
+        let chunks: Vec<Result<bytes::Bytes, http::Error>> = events
             .iter()
             .map(|e| Ok(bytes::Bytes::from(format!("data: {e}\n\n"))))
             .collect();

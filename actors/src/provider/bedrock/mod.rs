@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::time::{timeout, Instant};
@@ -48,7 +48,7 @@ pub struct BedrockClient {
     base_url: String,
     timeouts: Timeouts,
     media: MediaFetcher,
-    http: reqwest::Client,
+    http: http::Client,
 }
 
 impl std::fmt::Debug for BedrockClient {
@@ -73,7 +73,7 @@ struct ErrorBody {
 
 /// The error type of `x-amzn-ErrorType: ThrottlingException:http://…` or of a body's
 /// `__type` (`…#ThrottlingException`).
-fn error_type(headers: &reqwest::header::HeaderMap, body: Option<&ErrorBody>) -> String {
+fn error_type(headers: &http::header::HeaderMap, body: Option<&ErrorBody>) -> String {
     headers
         .get("x-amzn-errortype")
         .and_then(|v| v.to_str().ok())
@@ -146,7 +146,7 @@ impl BedrockClient {
         body: Vec<u8>,
         stream: bool,
         time: SystemTime,
-    ) -> Result<reqwest::RequestBuilder, GatewayError> {
+    ) -> Result<http::RequestBuilder<'_>, GatewayError> {
         let url = format!("{}{}", self.base_url, sign::model_path(model, stream));
         let headers = sign::sigv4_headers(
             "POST",
@@ -168,8 +168,8 @@ impl BedrockClient {
         let mut request = self
             .http
             .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::ACCEPT, accept);
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, accept);
         for (name, value) in headers {
             request = request.header(name, value);
         }
@@ -180,7 +180,7 @@ impl BedrockClient {
         &self,
         call: &UpstreamRequest<'_>,
         stream: bool,
-    ) -> Result<(reqwest::Response, Option<String>), GatewayError> {
+    ) -> Result<(http::Response, Option<String>), GatewayError> {
         let translated = self.translate(call).await?;
         let body = serde_json::to_vec(&translated.body)
             .map_err(|e| GatewayError::internal(format!("cannot encode the request: {e}")))?;
@@ -196,7 +196,7 @@ impl BedrockClient {
         Err(self.status_error(response).await)
     }
 
-    async fn status_error(&self, response: reqwest::Response) -> GatewayError {
+    async fn status_error(&self, response: http::Response) -> GatewayError {
         let status = response.status().as_u16();
         let retry_after = http::retry_after(response.headers());
         let headers = response.headers().clone();
@@ -279,7 +279,7 @@ impl BedrockClient {
 
 struct StreamState {
     name: String,
-    body: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    body: http::Body,
     decoder: MessageFrameDecoder,
     buffer: BytesMut,
     mapper: EventMapper,
@@ -397,6 +397,7 @@ mod tests {
     use crate::provider::media::{decode_data_uri, MediaSettings};
     use crate::wire::ChatRequest;
     use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    use bytes::Bytes;
     use serde_json::{json, Value};
 
     const PNG: &str = "data:image/png;base64,iVBORw0KGgo=";
@@ -980,7 +981,7 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(
-            request.url().as_str(),
+            request.uri().to_string(),
             "http://127.0.0.1:9/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"
         );
         let headers = request.headers();
@@ -1026,7 +1027,7 @@ mod tests {
         let auth = request.headers()["authorization"].to_str().unwrap();
         assert!(auth.contains("SignedHeaders=content-type;host;x-amz-date;x-amz-security-token"));
         assert!(request
-            .url()
+            .uri()
             .path()
             .ends_with("/amazon.nova-lite-v1%3A0/converse-stream"));
         assert!(!format!("{client:?}").contains("bedrock-secret"));
@@ -1064,7 +1065,7 @@ mod tests {
         piece: usize,
         output_tool: Option<&str>,
     ) -> Vec<Result<StreamEvent, GatewayError>> {
-        let chunks: Vec<reqwest::Result<Bytes>> = bytes
+        let chunks: Vec<Result<Bytes, http::Error>> = bytes
             .chunks(piece)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
