@@ -95,7 +95,7 @@ pub struct RunContext {
     pub stream: bool,
     pub started: Instant,
     pub created_at: SystemTime,
-    pub request: Option<serde_json::Value>,
+    pub request: Option<Box<serde_json::value::RawValue>>,
     pub input: Option<serde_json::Value>,
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     pub feedback_token: String,

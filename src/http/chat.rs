@@ -18,6 +18,7 @@ use flowgate_actors::templates::Limits;
 use flowgate_actors::version::version_id;
 use flowgate_actors::wire::ChatRequest;
 use futures::StreamExt;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{connection, sse, AppState};
@@ -152,7 +153,9 @@ async fn prepare(
     guard: &mut RunGuard,
 ) -> Result<Prepared, GatewayError> {
     let body = read_body(req, payload, state.max_body_bytes).await?;
-    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+    // Checked whole first (syntax errors name their position), then kept as received: the
+    // run records this text, and no tree of the body is built.
+    let raw: Box<RawValue> = serde_json::from_slice(&body).map_err(|e| {
         GatewayError::invalid(format!(
             "the body is not valid JSON (line {}, column {}): {e}",
             e.line(),
@@ -160,22 +163,26 @@ async fn prepare(
         ))
         .with_code("invalid_json")
     })?;
-    if !value.is_object() {
+    if !raw.get().starts_with('{') {
         return Err(GatewayError::invalid("the body must be a JSON object"));
     }
-    // Known early so that even a request rejected below is filed under its agent.
-    if let Some(model) = value.get("model").and_then(Value::as_str) {
-        guard.ctx.requested_model = model.to_string();
-        if let Ok(parsed) = ModelRef::parse(model, None) {
-            guard.ctx.agent = parsed.agent;
+    let parsed: Result<ChatRequest, _> =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(raw.get()));
+    let chat = match parsed {
+        Ok(chat) => chat,
+        Err(e) => {
+            // Filed under its agent all the same, when the model can be read.
+            note_model(guard, raw.get());
+            guard.ctx.request = Some(raw);
+            return Err(field_error(e));
         }
+    };
+    guard.ctx.requested_model.clone_from(&chat.model);
+    if let Ok(parsed) = ModelRef::parse(&chat.model, None) {
+        guard.ctx.agent = parsed.agent;
     }
-    guard.ctx.stream = value
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let chat: ChatRequest = serde_path_to_error::deserialize(&value).map_err(field_error)?;
-    guard.ctx.request = Some(value);
+    guard.ctx.stream = chat.is_stream();
+    guard.ctx.request = Some(raw);
     guard.ctx.input = chat.input.clone().map(Value::Object);
     guard.ctx.metadata = chat.metadata.clone();
 
@@ -270,9 +277,37 @@ async fn read_body(
 }
 
 /// A serde error as a 400 that names the field.
+/// The requested model and `stream` of a body that is not a valid request, for its run.
+fn note_model(guard: &mut RunGuard, body: &str) {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        model: Value,
+        #[serde(default)]
+        stream: Value,
+    }
+    let Ok(head) = serde_json::from_str::<Head>(body) else {
+        return;
+    };
+    if let Some(model) = head.model.as_str() {
+        guard.ctx.requested_model = model.to_string();
+        if let Ok(parsed) = ModelRef::parse(model, None) {
+            guard.ctx.agent = parsed.agent;
+        }
+    }
+    guard.ctx.stream = head.stream.as_bool().unwrap_or(false);
+}
+
 fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> GatewayError {
     let path = e.path().to_string();
-    let inner = e.inner().to_string();
+    // The position in the body is not news to the client: the path names the field.
+    let inner = match e.inner().to_string() {
+        text if e.inner().line() > 0 => match text.rsplit_once(" at line ") {
+            Some((message, _)) => message.to_string(),
+            None => text,
+        },
+        text => text,
+    };
     // "missing field `messages`" has the parent as its path: name the field itself.
     let param = match inner
         .strip_prefix("missing field `")

@@ -169,16 +169,23 @@ impl AgentStore {
         let parsed: Vec<Message>;
         let messages: &[Message] = match &run.rendered_messages {
             Some(messages) => messages,
-            None => match run.request.as_ref().and_then(|r| r.get("messages")) {
-                Some(messages) => match Vec::<Message>::deserialize(messages) {
-                    Ok(messages) => {
-                        parsed = messages;
+            None => {
+                #[derive(Deserialize)]
+                struct Messages {
+                    messages: Vec<Message>,
+                }
+                match run
+                    .request
+                    .as_ref()
+                    .map(|r| serde_json::from_str::<Messages>(r.get()))
+                {
+                    Some(Ok(request)) => {
+                        parsed = request.messages;
                         &parsed
                     }
-                    Err(_) => return Ok(()),
-                },
-                None => return Ok(()),
-            },
+                    _ => return Ok(()),
+                }
+            }
         };
         let conversation = run.conversation_id.unwrap_or(run.id);
         let key = conversation_key(

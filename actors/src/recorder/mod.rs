@@ -363,7 +363,8 @@ mod tests {
     use super::*;
 
     fn run(version_id: &str) -> RunRecord {
-        serde_json::from_value(serde_json::json!({
+        // From text: the request is kept as raw JSON, which a `Value` cannot give.
+        serde_json::from_str(&serde_json::json!({
             "id": uuid::Uuid::now_v7(), "tenant": "t", "agent": "a",
             "created_at": "2026-01-01T00:00:00.000Z", "status": "success",
             "requested_model": "m", "model": "m", "provider": "p", "provider_model": "pm",
@@ -375,7 +376,8 @@ mod tests {
             "attempts": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1},
             "cost_usd": 0.5, "duration_seconds": 1.0, "cache": "bypass", "error": null,
             "metadata": null, "feedback_token": "x", "source_run_id": null
-        }))
+        })
+        .to_string())
         .unwrap()
     }
 

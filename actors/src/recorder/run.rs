@@ -54,8 +54,9 @@ pub struct RunRecord {
     pub provider_model: Option<String>,
     pub version_id: Option<String>,
     pub stream: bool,
-    /// The request body (messages and parameters), as received.
-    pub request: Option<serde_json::Value>,
+    /// The request body (messages and parameters), as received: kept as text, neither
+    /// parsed into a tree nor re-encoded on the way to the store.
+    pub request: Option<Box<serde_json::value::RawValue>>,
     pub input: Option<serde_json::Value>,
     pub output: Option<Completion>,
     pub attempts: Vec<AttemptSummary>,
