@@ -14,6 +14,8 @@
 #   BENCH_KEEP_TMP=0         1: keep the temp dir (configs, flowgate's sled data) after the run
 #   BENCH_IDLE_WAIT=120      seconds to wait for other programs to leave the CPU before the load
 #   BENCH_SCENARIOS="throughput rate stream"   which scenarios to run
+#   BENCH_ROUNDS=3           throughput rounds (direct, nginx, flowgate in turn); the verdict
+#                            uses the median over rounds of flowgate/nginx in the same round
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,6 +29,7 @@ SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
 KEEP_TMP=${BENCH_KEEP_TMP:-0}
 IDLE_WAIT=${BENCH_IDLE_WAIT:-120}
 SCENARIOS=${BENCH_SCENARIOS:-throughput rate stream}
+ROUNDS=${BENCH_ROUNDS:-3}
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=$ROOT/bench/results/$STAMP
@@ -507,10 +510,14 @@ fi
 echo
 
 if [[ " $SCENARIOS " == *" throughput "* ]]; then
-    echo "scenario: max throughput" >&2
-    for t in direct nginx flowgate; do
-        load "warmup-$t" "$t" throughput "$WARMUP" 0
-        load "throughput-$t" "$t" throughput "$DURATION"
+    # Rounds, each target in turn: the machine's speed drifts (other tenants of the host), and
+    # a ratio taken within one round and then the median over rounds is robust to that drift.
+    for ((round = 1; round <= ROUNDS; round++)); do
+        echo "scenario: max throughput, round $round of $ROUNDS" >&2
+        for t in direct nginx flowgate; do
+            load "warmup-$t-r$round" "$t" throughput "$WARMUP" 0
+            load "throughput-$t-r$round" "$t" throughput "$DURATION"
+        done
     done
 fi
 if [[ " $SCENARIOS " == *" rate "* ]]; then
@@ -535,8 +542,19 @@ RECORDED_LOAD=$((RECORDED - RECORDED_BASE))
 curl -sS --max-time 5 "$FG_URL/metrics" >"$OUT/flowgate-metrics.txt" || true
 RECORDER_ERRORS=$(awk '$1 == "flowgate_recorder_errors_total" { print $2 }' "$OUT/flowgate-metrics.txt")
 
-field() { # target scenario column-number
+values() { # target scenario column-number -> one value per run (round), in order
     awk -F'\t' -v t="$1" -v s="$2" -v c="$3" '$1 == t && $2 == s { print $c }' "$SUMMARY"
+}
+median() { # numbers on stdin -> their median (n/a if none or not numbers)
+    sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0 || v[1] == "n/a") print "n/a"
+        else if (NR % 2) print v[(NR + 1) / 2]
+        else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+field() { values "$@" | median; } # target scenario column-number -> median over rounds
+round_ratios() { # column-number -> flowgate/nginx throughput of each round
+    paste <(values flowgate throughput "$1") <(values nginx throughput "$1") |
+        awk '{ if ($2 + 0 == 0 || $1 == "n/a") print "n/a"; else printf "%.2f\n", $1 / $2 }'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0 || a == "n/a") print "n/a"; else printf "%.2f", a / b }'; }
 verdict() { # value op target
@@ -567,7 +585,8 @@ verdict() { # value op target
     echo "test and the load tool; other: share of the busy CPU used by none of them (kernel loopback"
     echo "work, other programs); busy: machine CPU utilisation during the run."
     echo
-    TP_RATIO=$(ratio "$(field flowgate throughput 3)" "$(field nginx throughput 3)")
+    TP_RATIO=$(round_ratios 3 | median)
+    TP_ROUNDS=$(round_ratios 3 | paste -sd' ')
     TP_DIRECT=$(ratio "$(field flowgate throughput 3)" "$(field direct throughput 3)")
     NGX_DIRECT=$(ratio "$(field nginx throughput 3)" "$(field direct throughput 3)")
     ST_RATIO=$(ratio "$(field flowgate stream 3)" "$(field direct stream 3)")
@@ -578,12 +597,13 @@ verdict() { # value op target
     ADDED_P50=$(awk -v f="$(field flowgate rate 4)" -v d="$(field direct rate 4)" \
         'BEGIN { if (f == "n/a" || f == "") print "n/a"; else printf "%.3f", f - d }')
     echo "flowgate rps / nginx rps (throughput):       $TP_RATIO   target >= 0.45: $(verdict "$TP_RATIO" '>=' 0.45)"
+    echo "  median over $ROUNDS rounds (each round's ratio: $TP_ROUNDS); figures below are medians too"
     echo "flowgate added p99 over direct @ $RATE rps:  $ADDED_P99 ms   target < 1 ms: $(verdict "$ADDED_P99" '<' 1)"
     echo "  for reference: flowgate added p50 @ $RATE rps $ADDED_P50 ms; nginx added p99 $ADDED_P99_NGX ms"
     echo "  for reference: flowgate/direct rps $TP_DIRECT, nginx/direct rps $NGX_DIRECT (throughput)"
     echo "flowgate stream rps / direct stream rps:     $ST_RATIO"
     echo "proxy CPU per request (throughput): flowgate $(field flowgate throughput 11) us, nginx $(field nginx throughput 11) us" \
-        "(ratio $(ratio "$(field flowgate throughput 11)" "$(field nginx throughput 11)"))"
+        "(ratio $(round_ratios 11 | median))"
     FG_BG=$(awk -F'\t' 'NR > 1 && $1 != "flowgate" { s += $15 } END { printf "%.2f", s }' "$SUMMARY")
     echo "flowgate CPU during the other targets' runs (background work): ${FG_BG}s"
     echo
