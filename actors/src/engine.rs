@@ -273,17 +273,14 @@ impl RunGuard {
         self.paid_usd += usage.cost_usd(prices);
     }
 
-    /// Records a successful non-streamed run.
-    pub fn succeed(mut self, answer: &Answer, cost_usd: f64) {
-        self.model = Some(answer.model.clone());
-        self.provider = Some(answer.provider.clone());
-        self.provider_model = Some(answer.provider_model.clone());
-        self.record(
-            RunStatus::Success,
-            Some(answer.completion.clone()),
-            cost_usd,
-            None,
-        );
+    /// Records a successful non-streamed run. The completion is moved into the run when the
+    /// answer is not shared (no coalesced follower holds it), copied otherwise.
+    pub fn succeed(mut self, answer: Arc<Answer>, cost_usd: f64) {
+        let answer = Arc::try_unwrap(answer).unwrap_or_else(|shared| (*shared).clone());
+        self.model = Some(answer.model);
+        self.provider = Some(answer.provider);
+        self.provider_model = Some(answer.provider_model);
+        self.record(RunStatus::Success, Some(answer.completion), cost_usd, None);
     }
 
     // ---- streaming ----

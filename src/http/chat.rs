@@ -1,7 +1,4 @@
 //! `POST /v1/chat/completions`: the OpenAI Chat Completions endpoint, streaming and not.
-
-use std::time::Duration;
-
 use actix::Addr;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
@@ -22,8 +19,6 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{connection, sse, AppState};
-
-const ROUTER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn chat_completions(
     req: HttpRequest,
@@ -69,7 +64,6 @@ async fn run(
             provider: request.chat.provider.clone(),
             needs: Needs::of(&request.chat),
         })
-        .timeout(ROUTER_TIMEOUT)
         .await
     {
         Ok(Ok(plan)) => plan,
@@ -126,11 +120,25 @@ async fn run(
             };
             guard.model = Some(answer.model.clone());
             guard.provider = Some(answer.provider.clone());
-            let body = render_completion(&guard, &answer, cost_usd, &state.gateway.public_url);
+            // Written out before the run takes the answer (without a copy when it can).
+            let body = match serde_json::to_vec(&render_completion(
+                &guard,
+                &answer,
+                cost_usd,
+                &state.gateway.public_url,
+            )) {
+                Ok(body) => body,
+                Err(e) => {
+                    return failed(
+                        guard,
+                        GatewayError::internal(format!("cannot write the answer: {e}")),
+                    )
+                }
+            };
             let mut response = HttpResponse::Ok();
             run_headers(&mut response, &guard);
-            guard.succeed(&answer, cost_usd);
-            response.json(body)
+            guard.succeed(answer, cost_usd);
+            response.content_type("application/json").body(body)
         }
         Err(e) => failed(guard, e),
     }
