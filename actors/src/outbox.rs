@@ -12,7 +12,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use actix::Message;
+use actix::{Actor, AsyncContext, Context, Message};
 
 /// How long an actor told of a new batch waits before taking it, to let more gather.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
@@ -24,6 +24,28 @@ pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
 #[rtype(result = "()")]
 pub struct Pending {
     pub now: bool,
+}
+
+/// An actor that takes its outbox in batches.
+pub trait Drains: Actor<Context = Context<Self>> {
+    /// Takes and applies everything queued, oldest first.
+    fn drain(&mut self, ctx: &mut Context<Self>);
+    /// The actor's flag: a drain is scheduled.
+    fn drain_scheduled(&mut self) -> &mut bool;
+}
+
+/// What an actor does when told of [`Pending`] messages: drains at once when asked to, else
+/// once, [`BATCH_WINDOW`] later, for everything that arrives meanwhile.
+pub fn on_pending<A: Drains>(actor: &mut A, pending: Pending, ctx: &mut Context<A>) {
+    if pending.now {
+        actor.drain(ctx);
+    } else if !*actor.drain_scheduled() {
+        *actor.drain_scheduled() = true;
+        ctx.run_later(BATCH_WINDOW, |actor, ctx| {
+            *actor.drain_scheduled() = false;
+            actor.drain(ctx);
+        });
+    }
 }
 
 /// A queue of messages for one actor.

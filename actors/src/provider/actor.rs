@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::breaker::{BreakerSettings, CircuitBreaker, CircuitState};
 use crate::error::ErrorKind;
-use crate::outbox::{Outbox, Pending, BATCH_WINDOW};
+use crate::outbox::{self, Drains, Outbox, Pending};
 use crate::recorder::metrics::Metrics;
 
 /// Time source, injectable so breaker transitions can be tested without sleeping.
@@ -241,18 +241,6 @@ impl ProviderActor {
         self.outcomes.clone()
     }
 
-    /// Applies every queued outcome, oldest first, then publishes the health once.
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        let outcomes = self.outcomes.take();
-        if outcomes.is_empty() {
-            return;
-        }
-        for outcome in &outcomes {
-            self.apply(outcome, ctx);
-        }
-        self.publish();
-    }
-
     fn transitioned(&mut self, to: Option<CircuitState>, ctx: &mut Context<Self>) {
         let Some(to) = to else { return };
         tracing::info!(provider = %self.name, to = to.as_str(), "circuit transition");
@@ -371,15 +359,25 @@ impl Handler<Pending> for ProviderActor {
     type Result = ();
 
     fn handle(&mut self, pending: Pending, ctx: &mut Self::Context) {
-        if pending.now {
-            self.drain(ctx);
-        } else if !self.drain_scheduled {
-            self.drain_scheduled = true;
-            ctx.run_later(BATCH_WINDOW, |actor, ctx| {
-                actor.drain_scheduled = false;
-                actor.drain(ctx);
-            });
+        outbox::on_pending(self, pending, ctx);
+    }
+}
+
+impl Drains for ProviderActor {
+    /// Applies every queued outcome, oldest first, then publishes the health once.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        let outcomes = self.outcomes.take();
+        if outcomes.is_empty() {
+            return;
         }
+        for outcome in &outcomes {
+            self.apply(outcome, ctx);
+        }
+        self.publish();
+    }
+
+    fn drain_scheduled(&mut self) -> &mut bool {
+        &mut self.drain_scheduled
     }
 }
 

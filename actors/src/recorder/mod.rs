@@ -14,7 +14,7 @@ use actix::prelude::*;
 use prometheus::{Counter, Histogram, IntCounter};
 
 use crate::agents::AgentStore;
-use crate::outbox::{Outbox, Pending, Pushed, BATCH_WINDOW};
+use crate::outbox::{self, Drains, Outbox, Pending, Pushed};
 use metrics::Metrics;
 use run::{RunRecord, RunStatus};
 use store::RunStore;
@@ -38,7 +38,7 @@ impl RecorderHandle {
         RecorderHandle { addr, outbox }
     }
 
-    /// Queues a finished run; the recorder writes it within [`BATCH_WINDOW`].
+    /// Queues a finished run; the recorder writes it within [`BATCH_WINDOW`](outbox::BATCH_WINDOW).
     pub fn record(&self, run: Box<RunRecord>) {
         if self.outbox.push(run) == Pushed::First {
             self.addr.do_send(Pending { now: false });
@@ -90,13 +90,6 @@ impl Recorder {
     /// Where [`RecorderHandle`]s queue runs for this recorder.
     pub fn outbox(&self) -> Arc<Outbox<Box<RunRecord>>> {
         self.outbox.clone()
-    }
-
-    /// Writes every queued run, oldest first.
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        for run in self.outbox.take() {
-            self.write(run, ctx);
-        }
     }
 
     /// Persists one run, updates its agent and the metrics.
@@ -321,16 +314,20 @@ impl Handler<Pending> for Recorder {
     type Result = ();
 
     fn handle(&mut self, pending: Pending, ctx: &mut Self::Context) {
-        if pending.now {
-            self.drain(ctx);
-        } else if !self.drain_scheduled {
-            // Let the batch gather: one wake-up for every run that arrives meanwhile.
-            self.drain_scheduled = true;
-            ctx.run_later(BATCH_WINDOW, |recorder, ctx| {
-                recorder.drain_scheduled = false;
-                recorder.drain(ctx);
-            });
+        outbox::on_pending(self, pending, ctx);
+    }
+}
+
+impl Drains for Recorder {
+    /// Writes every queued run, oldest first.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        for run in self.outbox.take() {
+            self.write(run, ctx);
         }
+    }
+
+    fn drain_scheduled(&mut self) -> &mut bool {
+        &mut self.drain_scheduled
     }
 }
 
@@ -401,7 +398,7 @@ mod tests {
         // Without a barrier, a batch is written within the window.
         handle.record(Box::new(run("v1")));
         handle.record(Box::new(run("v1")));
-        tokio::time::sleep(BATCH_WINDOW * 20).await;
+        tokio::time::sleep(outbox::BATCH_WINDOW * 20).await;
         assert_eq!(runs.len(), 7);
         assert!(outbox.is_empty());
     }
