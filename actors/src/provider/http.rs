@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::error::{ErrorKind, GatewayError};
 
-use super::transport::ClientSettings;
+use super::transport::{ClientSettings, Proxy};
 use super::Timeouts;
 
 pub use super::transport::{parse_uri, Client, Error, RequestBuilder, Response};
@@ -19,6 +19,7 @@ pub fn client(name: &str, timeouts: &Timeouts) -> Result<Client, String> {
         connect_timeout: timeouts.connect(),
         pool_idle_timeout: Duration::from_secs(90),
         pool_max_idle_per_host: 1024,
+        proxy: Proxy::FromEnv,
     })
     .map_err(|e| format!("provider `{name}`: cannot build its HTTP client: {e}"))
 }

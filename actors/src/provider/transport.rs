@@ -6,10 +6,14 @@
 //! request path's CPU. The adapters need none of that: no redirects (a provider API does not
 //! redirect, and following one would send the key elsewhere), no cookies, timeouts of their
 //! own. What they need is here: a builder (`header`, `bearer_auth`, `json`, `form`, `body`),
-//! `send`, and a response read whole or as a stream.
+//! `send`, and a response read whole or as a stream. Outbound proxies are honoured as curl
+//! does (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`), through a CONNECT tunnel.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,10 +24,12 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-type Inner = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Inner = hyper_util::client::legacy::Client<HttpsConnector<ProxyConnector>, Full<Bytes>>;
 
 /// A pooled client. Cheap to clone: clones share the pool.
 #[derive(Clone)]
@@ -38,11 +44,12 @@ impl fmt::Debug for Client {
 }
 
 /// How a [`Client`] connects.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientSettings {
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    pub proxy: Proxy,
 }
 
 impl Default for ClientSettings {
@@ -51,6 +58,65 @@ impl Default for ClientSettings {
             connect_timeout: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 1024,
+            proxy: Proxy::FromEnv,
+        }
+    }
+}
+
+/// Which outbound proxy a client goes through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proxy {
+    /// As curl reads the environment: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`.
+    FromEnv,
+    /// This proxy for every destination (`http://[user:password@]host:port`).
+    All(String),
+    /// Always direct.
+    None,
+}
+
+impl Proxy {
+    fn matcher(&self) -> Matcher {
+        match self {
+            Proxy::FromEnv => Matcher::from_env(),
+            Proxy::All(url) => Matcher::builder().all(url.clone()).build(),
+            Proxy::None => Matcher::builder().build(),
+        }
+    }
+}
+
+/// Connects directly, or through a CONNECT tunnel when the proxy settings name a proxy for
+/// the destination (TLS then runs inside the tunnel).
+#[derive(Clone)]
+pub struct ProxyConnector {
+    direct: HttpConnector,
+    matcher: Arc<Matcher>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for ProxyConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let direct = self.direct.clone();
+        match self.matcher.intercept(&dst) {
+            Some(proxy) => {
+                let mut tunnel = Tunnel::new(proxy.uri().clone(), direct);
+                if let Some(auth) = proxy.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                Box::pin(async move { tunnel.call(dst).await.map_err(Into::into) })
+            }
+            None => {
+                let mut direct = direct;
+                Box::pin(async move { direct.call(dst).await.map_err(Into::into) })
+            }
         }
     }
 }
@@ -71,12 +137,16 @@ impl Client {
         .map_err(|e| Error::new(Kind::Builder, e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
+        let connector = ProxyConnector {
+            direct: http,
+            matcher: Arc::new(settings.proxy.matcher()),
+        };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(http);
+            .wrap_connector(connector);
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.pool_idle_timeout)
@@ -413,6 +483,101 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.to_string().starts_with("invalid request"), "{error}");
+    }
+
+    /// A CONNECT proxy on loopback that counts its tunnels.
+    async fn connect_proxy() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let tunnels = Arc::new(AtomicUsize::new(0));
+        let counted = tunnels.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        client.read_exact(&mut byte).await.unwrap();
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8(head).unwrap();
+                    let target = head
+                        .strip_prefix("CONNECT ")
+                        .and_then(|rest| rest.split(' ').next())
+                        .unwrap()
+                        .to_string();
+                    let mut upstream = tokio::net::TcpStream::connect(target).await.unwrap();
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+            }
+        });
+        (url, tunnels)
+    }
+
+    /// An HTTP server on loopback that answers every request with `ok`.
+    async fn ok_server() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/ping", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let n = socket.read(&mut buf).await.unwrap();
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                    }
+                    socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await
+                        .unwrap();
+                });
+            }
+        });
+        url
+    }
+
+    #[actix_rt::test]
+    async fn calls_go_through_the_configured_proxy() {
+        let (proxy, tunnels) = connect_proxy().await;
+        let target = ok_server().await;
+        let client = Client::new(ClientSettings {
+            proxy: Proxy::All(proxy),
+            ..ClientSettings::default()
+        })
+        .unwrap();
+        let response = client.get(&target).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(&response.bytes().await.unwrap()[..], b"ok");
+        assert_eq!(tunnels.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // Without a proxy, the same call goes straight to the server.
+        let direct = Client::new(ClientSettings {
+            proxy: Proxy::None,
+            ..ClientSettings::default()
+        })
+        .unwrap();
+        let response = direct.get(&target).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(tunnels.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[actix_rt::test]
