@@ -32,6 +32,17 @@ pub trait Drains: Actor<Context = Context<Self>> {
     fn drain(&mut self, ctx: &mut Context<Self>);
     /// The actor's flag: a drain is scheduled.
     fn drain_scheduled(&mut self) -> &mut bool;
+    /// Whether its outbox holds messages.
+    fn has_queued(&self) -> bool;
+}
+
+/// For the actor's `started`: after a restart, which drops the timers of the previous run of
+/// the actor, nothing is scheduled; what was queued meanwhile is taken at once.
+pub fn on_started<A: Drains>(actor: &mut A, ctx: &mut Context<A>) {
+    *actor.drain_scheduled() = false;
+    if actor.has_queued() {
+        actor.drain(ctx);
+    }
 }
 
 /// What an actor does when told of [`Pending`] messages: drains at once when asked to, else

@@ -165,9 +165,8 @@ impl HealthBoard {
     }
 }
 
-/// The result of one upstream call, reported by the request path.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
+/// The result of one upstream call, reported by the request path through the actor's outbox.
+#[derive(Debug, Clone)]
 pub struct AttemptOutcome {
     /// The provider's model id the call was for.
     pub model: String,
@@ -347,11 +346,7 @@ impl Actor for ProviderActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(4096);
-        // Also after a restart, which drops the timers of the previous run of the actor.
-        self.drain_scheduled = false;
-        if !self.outcomes.is_empty() {
-            ctx.notify(Pending { now: true });
-        }
+        outbox::on_started(self, ctx);
     }
 }
 
@@ -379,16 +374,9 @@ impl Drains for ProviderActor {
     fn drain_scheduled(&mut self) -> &mut bool {
         &mut self.drain_scheduled
     }
-}
 
-impl Handler<AttemptOutcome> for ProviderActor {
-    type Result = ();
-
-    fn handle(&mut self, outcome: AttemptOutcome, ctx: &mut Self::Context) {
-        // After the outcomes queued before it.
-        self.drain(ctx);
-        self.apply(&outcome, ctx);
-        self.publish();
+    fn has_queued(&self) -> bool {
+        !self.outcomes.is_empty()
     }
 }
 
@@ -460,6 +448,17 @@ mod tests {
 
     struct ManualClock(Mutex<Instant>);
 
+    /// Reports an outcome as the request path does (queued, then handed over) and waits until
+    /// the actor has applied it.
+    async fn report(
+        addr: &Addr<ProviderActor>,
+        outcomes: &Outbox<AttemptOutcome>,
+        outcome: AttemptOutcome,
+    ) {
+        outcomes.push(outcome);
+        addr.send(Pending { now: true }).await.unwrap();
+    }
+
     impl Clock for ManualClock {
         fn now(&self) -> Instant {
             *self.0.lock().unwrap()
@@ -478,6 +477,7 @@ mod tests {
         };
         let (actor, board) =
             ProviderActor::new("p".into(), settings, clock.clone(), Metrics::new().unwrap());
+        let outcomes = actor.outcomes();
         let addr = actor.start();
         let failure = AttemptOutcome {
             model: "m".into(),
@@ -485,9 +485,9 @@ mod tests {
             latency: Duration::from_millis(5),
             probe: false,
         };
-        addr.send(failure.clone()).await.unwrap();
+        report(&addr, &outcomes, failure.clone()).await;
         assert_eq!(board.admit(), Admission::Admitted);
-        addr.send(failure).await.unwrap();
+        report(&addr, &outcomes, failure).await;
         assert_eq!(board.state(), CircuitState::Open);
         assert_eq!(board.admit(), Admission::Refused);
 
@@ -498,14 +498,17 @@ mod tests {
         assert_eq!(board.admit(), Admission::Probe);
         assert_eq!(board.admit(), Admission::Refused, "one probe at a time");
 
-        addr.send(AttemptOutcome {
-            model: "m".into(),
-            error: None,
-            latency: Duration::from_millis(5),
-            probe: true,
-        })
-        .await
-        .unwrap();
+        report(
+            &addr,
+            &outcomes,
+            AttemptOutcome {
+                model: "m".into(),
+                error: None,
+                latency: Duration::from_millis(5),
+                probe: true,
+            },
+        )
+        .await;
         assert_eq!(board.state(), CircuitState::Closed);
         assert_eq!(board.admit(), Admission::Admitted);
         let snapshot = board.snapshot();
@@ -524,6 +527,7 @@ mod tests {
         };
         let (actor, board) =
             ProviderActor::new("p".into(), settings, clock.clone(), Metrics::new().unwrap());
+        let outcomes = actor.outcomes();
         let addr = actor.start();
         let limited = AttemptOutcome {
             model: "busy-model".into(),
@@ -531,8 +535,8 @@ mod tests {
             latency: Duration::from_millis(1),
             probe: false,
         };
-        addr.send(limited.clone()).await.unwrap();
-        addr.send(limited).await.unwrap();
+        report(&addr, &outcomes, limited.clone()).await;
+        report(&addr, &outcomes, limited).await;
         assert_eq!(board.admit_model("busy-model"), Admission::Refused);
         assert_eq!(board.admit_model("other-model"), Admission::Admitted);
         assert_eq!(
@@ -545,14 +549,17 @@ mod tests {
         *clock.0.lock().unwrap() += Duration::from_secs(3601);
         addr.send(Tick).await.unwrap();
         assert_eq!(board.admit_model("busy-model"), Admission::Probe);
-        addr.send(AttemptOutcome {
-            model: "busy-model".into(),
-            error: None,
-            latency: Duration::from_millis(1),
-            probe: true,
-        })
-        .await
-        .unwrap();
+        report(
+            &addr,
+            &outcomes,
+            AttemptOutcome {
+                model: "busy-model".into(),
+                error: None,
+                latency: Duration::from_millis(1),
+                probe: true,
+            },
+        )
+        .await;
         assert_eq!(board.admit_model("busy-model"), Admission::Admitted);
         assert!(board.open_models().is_empty());
     }
@@ -569,15 +576,19 @@ mod tests {
             Arc::new(SystemClock),
             Metrics::new().unwrap(),
         );
+        let outcomes = actor.outcomes();
         let addr = actor.start();
-        addr.send(AttemptOutcome {
-            model: "m".into(),
-            error: Some(ErrorKind::UpstreamBadRequest),
-            latency: Duration::from_millis(1),
-            probe: false,
-        })
-        .await
-        .unwrap();
+        report(
+            &addr,
+            &outcomes,
+            AttemptOutcome {
+                model: "m".into(),
+                error: Some(ErrorKind::UpstreamBadRequest),
+                latency: Duration::from_millis(1),
+                probe: false,
+            },
+        )
+        .await;
         assert_eq!(board.state(), CircuitState::Closed);
     }
 }

@@ -165,7 +165,7 @@ impl Client {
         self.request(Method::GET, uri)
     }
 
-    pub fn request(&self, method: Method, uri: impl IntoUri) -> RequestBuilder<'_> {
+    fn request(&self, method: Method, uri: impl IntoUri) -> RequestBuilder<'_> {
         RequestBuilder {
             client: &self.inner,
             method,
@@ -406,11 +406,6 @@ impl Error {
             kind,
             source: source.into(),
         }
-    }
-
-    /// For tests and adapters that build a body stream of their own.
-    pub fn body(message: impl Into<String>) -> Error {
-        Error::new(Kind::Body, message.into())
     }
 
     pub fn is_connect(&self) -> bool {

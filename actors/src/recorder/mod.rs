@@ -19,11 +19,6 @@ use metrics::Metrics;
 use run::{RunRecord, RunStatus};
 use store::RunStore;
 
-/// Persist this run at once (the request path uses [`RecorderHandle::record`] instead).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Record(pub Box<RunRecord>);
-
 /// How the request path hands runs to the recorder: queued in its outbox, written in batches
 /// (see [`crate::outbox`]). A run is data, not telemetry: the outbox has no bound and nothing
 /// in it is dropped. Cheap to clone.
@@ -282,10 +277,7 @@ impl Actor for Recorder {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Also after a restart, which drops the timers of the previous run of the actor.
         self.stats_write_scheduled = false;
-        self.drain_scheduled = false;
-        if !self.outbox.is_empty() {
-            ctx.notify(Pending { now: true });
-        }
+        outbox::on_started(self, ctx);
         if self.agents.as_ref().is_some_and(|a| a.has_pending_stats()) {
             self.schedule_stats_write(ctx);
         }
@@ -297,16 +289,6 @@ impl Actor for Recorder {
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "recorder: final flush failed");
         }
-    }
-}
-
-impl Handler<Record> for Recorder {
-    type Result = ();
-
-    fn handle(&mut self, Record(run): Record, ctx: &mut Self::Context) {
-        // After what was queued before it.
-        self.drain(ctx);
-        self.write(run, ctx);
     }
 }
 
@@ -328,6 +310,10 @@ impl Drains for Recorder {
 
     fn drain_scheduled(&mut self) -> &mut bool {
         &mut self.drain_scheduled
+    }
+
+    fn has_queued(&self) -> bool {
+        !self.outbox.is_empty()
     }
 }
 
@@ -409,11 +395,13 @@ mod tests {
         let store = RunStore::open(dir.path(), Duration::from_millis(40)).unwrap();
         let agents = AgentStore::open(store.db()).unwrap();
         let stats = store.db().open_tree("agent_version_stats").unwrap();
-        let recorder = Recorder::new(store.clone(), Metrics::new().unwrap())
-            .with_agents(agents.clone())
-            .start();
+        let recorder =
+            Recorder::new(store.clone(), Metrics::new().unwrap()).with_agents(agents.clone());
+        let outbox = recorder.outbox();
+        let handle = RecorderHandle::new(recorder.start(), outbox);
+        let recorder = handle.addr.clone();
         for _ in 0..3 {
-            recorder.do_send(Record(Box::new(run("v1"))));
+            handle.record(Box::new(run("v1")));
         }
         recorder.send(Barrier).await.unwrap();
         // Counted at once, written shortly after.
@@ -424,7 +412,7 @@ mod tests {
         assert!(!agents.has_pending_stats());
 
         // `Flush` writes them at once.
-        recorder.do_send(Record(Box::new(run("v1"))));
+        handle.record(Box::new(run("v1")));
         recorder.send(Flush).await.unwrap().unwrap();
         assert!(!agents.has_pending_stats());
         let stored: crate::agents::VersionStats =
