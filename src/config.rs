@@ -21,6 +21,7 @@ use flowgate_actors::provider::{
 };
 use flowgate_actors::retry::RetryPolicy;
 use flowgate_actors::supervisor::GatewayConfig;
+use flowgate_actors::templates::Limits;
 use serde::Deserialize;
 
 /// The shipped model catalog, compiled into the binary so it is always there.
@@ -39,6 +40,10 @@ struct RawConfig {
     recorder: RawRecorder,
     #[serde(default)]
     media: RawMedia,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    ops: RawOps,
     /// Retries of transient upstream failures (when no other provider or model is left).
     #[serde(default)]
     retries: RetryPolicy,
@@ -154,6 +159,72 @@ impl Default for RawCache {
             shards: None,
         }
     }
+}
+
+/// Bounds on what one request may ask for: past each, a clear 4xx.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    /// Largest `n` (choices per request).
+    max_n: u32,
+    /// Longest `model` string, in bytes.
+    max_model_bytes: usize,
+    /// Time a client has to send its whole request body.
+    body_timeout_seconds: f64,
+    /// Open client connections at most (all workers together); more wait in the backlog.
+    max_connections: usize,
+    templates: RawTemplateLimits,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_n: 8,
+            max_model_bytes: 256,
+            body_timeout_seconds: 30.0,
+            max_connections: 10_000,
+            templates: RawTemplateLimits::default(),
+        }
+    }
+}
+
+/// What rendering a request's templates may cost.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTemplateLimits {
+    /// Memory of a render worker process.
+    memory_mb: u64,
+    /// Wall-clock time of one request's rendering.
+    timeout_seconds: f64,
+    /// Instructions executed by every template of a request together.
+    fuel: u64,
+    max_template_bytes: usize,
+    max_output_bytes: usize,
+    /// Render worker processes at most.
+    workers: usize,
+}
+
+impl Default for RawTemplateLimits {
+    fn default() -> Self {
+        let d = Limits::default();
+        RawTemplateLimits {
+            memory_mb: d.max_memory_bytes / (1024 * 1024),
+            timeout_seconds: d.timeout.as_secs_f64(),
+            fuel: d.fuel,
+            max_template_bytes: d.max_template_bytes,
+            max_output_bytes: d.max_output_bytes,
+            workers: 2,
+        }
+    }
+}
+
+/// Who may read the operations endpoints (`/metrics`, `/readyz`, `/api/providers`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawOps {
+    /// Empty: anyone who reaches the port (the scraper's network). Else a bearer token from
+    /// this list or an admin key. `/healthz` stays open for liveness probes.
+    api_keys: Vec<String>,
 }
 
 /// How provider adapters download media (for providers that cannot fetch URLs).
@@ -429,10 +500,24 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
 }
 
+/// Bounds on one request (see `[limits]`).
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    pub max_n: u32,
+    pub max_model_bytes: usize,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub templates: Limits,
+    pub template_workers: usize,
+}
+
 /// The validated, compiled configuration.
 #[derive(Debug)]
 pub struct Config {
     pub server: ServerConfig,
+    pub limits: RequestLimits,
+    /// Tokens that may read `/metrics`, `/readyz` and `/api/providers`; empty: anyone.
+    pub ops_keys: Vec<String>,
     pub auth: AuthConfig,
     pub admin: AdminConfig,
     pub gateway: GatewayConfig,
@@ -580,6 +665,55 @@ fn compile_admin(
         keys.push(AdminKey { key, label });
     }
     Ok(AdminConfig { api_keys: keys })
+}
+
+fn compile_limits(raw: &RawLimits, source: &str) -> Result<RequestLimits, String> {
+    let positive = |key: &str, ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{source}: invalid config at `limits.{key}`: must be positive"
+            ))
+        }
+    };
+    let seconds = |key: &str, value: f64| {
+        Duration::try_from_secs_f64(value)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                format!("{source}: invalid config at `limits.{key}`: must be a positive number of seconds")
+            })
+    };
+    let t = &raw.templates;
+    positive("max_n", raw.max_n > 0)?;
+    positive("max_model_bytes", raw.max_model_bytes > 0)?;
+    positive("max_connections", raw.max_connections > 0)?;
+    positive("templates.fuel", t.fuel > 0)?;
+    positive("templates.max_template_bytes", t.max_template_bytes > 0)?;
+    positive("templates.max_output_bytes", t.max_output_bytes > 0)?;
+    positive("templates.workers", t.workers > 0)?;
+    if t.memory_mb < 64 {
+        return Err(format!(
+            "{source}: invalid config at `limits.templates.memory_mb`: at least 64 (a worker \
+             process needs some to start)"
+        ));
+    }
+    Ok(RequestLimits {
+        max_n: raw.max_n,
+        max_model_bytes: raw.max_model_bytes,
+        body_timeout: seconds("body_timeout_seconds", raw.body_timeout_seconds)?,
+        max_connections: raw.max_connections,
+        templates: Limits {
+            max_template_bytes: t.max_template_bytes,
+            max_output_bytes: t.max_output_bytes,
+            fuel: t.fuel,
+            max_memory_bytes: t.memory_mb * 1024 * 1024,
+            timeout: seconds("templates.timeout_seconds", t.timeout_seconds)?,
+            ..Limits::default()
+        },
+        template_workers: t.workers,
+    })
 }
 
 fn is_loopback(addr: &SocketAddr) -> bool {
@@ -878,8 +1012,17 @@ impl Config {
         )
         .map_err(|e| format!("{source}: invalid catalog: {e}"))?;
 
+        let limits = compile_limits(&raw.limits, source)?;
+        let ops_keys: Vec<String> = raw
+            .ops
+            .api_keys
+            .into_iter()
+            .filter(|k| !k.is_empty())
+            .collect();
         let data_dir = raw.server.data_dir;
         Ok(Config {
+            limits,
+            ops_keys,
             server: ServerConfig {
                 listen,
                 max_body_bytes: raw.server.max_body_bytes,
@@ -970,6 +1113,39 @@ mod tests {
         assert!(
             matches!(&b.kind, ProviderKind::OpenAi(o) if o.api_key.as_deref() == Some("sk-test"))
         );
+    }
+
+    #[test]
+    fn limits_default_small_and_bad_ones_name_their_key() {
+        let config = load("").unwrap();
+        assert_eq!(config.limits.max_n, 8);
+        assert_eq!(config.limits.max_model_bytes, 256);
+        assert_eq!(config.limits.templates.max_memory_bytes, 256 * 1024 * 1024);
+        let config = load(
+            "[limits]\nmax_n = 2\n[limits.templates]\ntimeout_seconds = 0.25\nmemory_mb = 128\n",
+        )
+        .unwrap();
+        assert_eq!(config.limits.max_n, 2);
+        assert_eq!(config.limits.templates.timeout, Duration::from_millis(250));
+        for (text, key) in [
+            ("[limits]\nmax_n = 0\n", "limits.max_n"),
+            (
+                "[limits]\nbody_timeout_seconds = -1\n",
+                "limits.body_timeout_seconds",
+            ),
+            (
+                "[limits.templates]\nmemory_mb = 1\n",
+                "limits.templates.memory_mb",
+            ),
+            (
+                "[limits.templates]\nworkers = 0\n",
+                "limits.templates.workers",
+            ),
+            ("[limits]\nmax_nn = 3\n", "max_nn"),
+        ] {
+            let err = load(text).unwrap_err();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

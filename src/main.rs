@@ -42,6 +42,13 @@ enum Command {
         #[arg(long, default_value = "config/flowgate.toml")]
         config: PathBuf,
     },
+    /// Internal: a template render worker, started by `serve` (jobs on stdin, answers on
+    /// stdout, within an address-space limit).
+    #[command(hide = true)]
+    RenderWorker {
+        #[arg(long)]
+        memory_bytes: u64,
+    },
 }
 
 fn init_tracing() {
@@ -55,6 +62,12 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::RenderWorker { memory_bytes }) = cli.command {
+        return match flowgate_actors::templates::sandbox::serve_worker(memory_bytes) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
     init_tracing();
     let command = cli.command.unwrap_or(Command::Serve {
         config: PathBuf::from("config/flowgate.toml"),
@@ -76,6 +89,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::RenderWorker { .. } => ExitCode::SUCCESS,
         Command::Serve { config, listen } => {
             let mut loaded = match Config::load(&config) {
                 Ok(c) => c,

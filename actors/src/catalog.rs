@@ -116,6 +116,9 @@ pub struct Catalog {
     by_name: HashMap<String, usize>,
 }
 
+/// Longest name [`Catalog::suggest`] compares with the catalog.
+const MAX_SUGGESTED_NAME_BYTES: usize = 128;
+
 impl Catalog {
     /// Builds the catalog; an alias that collides with another model's id or alias is an error.
     pub fn new(models: Vec<ModelEntry>) -> Result<Catalog, String> {
@@ -172,14 +175,21 @@ impl Catalog {
         };
         Err(GatewayError::new(
             ErrorKind::ModelNotFound,
-            format!("The model `{name}` does not exist in the catalog.{hint} GET /v1/models lists every model."),
+            format!(
+                "The model `{}` does not exist in the catalog.{hint} GET /v1/models lists every model.",
+                crate::error::excerpt(name, 64)
+            ),
         )
         .with_param("model")
         .with_extra(serde_json::json!({ "suggestions": suggestions })))
     }
 
-    /// The closest known names, best first.
+    /// The closest known names, best first. Names longer than any model id could be get none:
+    /// comparing costs time in proportion to the name's length, for every id of the catalog.
     pub fn suggest(&self, name: &str, limit: usize) -> Vec<String> {
+        if name.len() > MAX_SUGGESTED_NAME_BYTES {
+            return Vec::new();
+        }
         let lowered = name.to_ascii_lowercase();
         let mut scored: Vec<(f64, &str)> = self
             .by_name
@@ -264,6 +274,18 @@ mod tests {
             err.extra.as_ref().unwrap()["suggestions"][0],
             "gpt-4o-mini-latest"
         );
+    }
+
+    #[test]
+    fn a_huge_unknown_name_is_neither_compared_nor_echoed() {
+        let name = "gpt-4o-mini".repeat(100_000);
+        let err = catalog().resolve(&name).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::ModelNotFound);
+        assert_eq!(
+            err.extra.as_ref().unwrap()["suggestions"],
+            serde_json::json!([])
+        );
+        assert!(err.message.len() < 400, "{}", err.message.len());
     }
 
     #[test]

@@ -15,6 +15,12 @@ pub enum ErrorKind {
     InvalidRequest,
     /// Missing or wrong flowgate API key.
     Unauthorized,
+    /// The caller may not do this (a foreign `Origin` or `Host` in the no-key mode).
+    Forbidden,
+    /// The request body is not sent as `application/json`.
+    UnsupportedMediaType,
+    /// The client did not send its request body in time.
+    RequestTimeout,
     /// The `model` string names no model of the catalog.
     ModelNotFound,
     /// An object (run, agent, route) does not exist.
@@ -63,6 +69,9 @@ impl ErrorKind {
             | ErrorKind::ContentFiltered
             | ErrorKind::UnsupportedByModel => StatusCode::BAD_REQUEST,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::ModelNotFound | ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -100,6 +109,9 @@ impl ErrorKind {
             | ErrorKind::InvalidStructuredOutput => true,
             ErrorKind::InvalidRequest
             | ErrorKind::Unauthorized
+            | ErrorKind::Forbidden
+            | ErrorKind::UnsupportedMediaType
+            | ErrorKind::RequestTimeout
             | ErrorKind::ModelNotFound
             | ErrorKind::NotFound
             | ErrorKind::PayloadTooLarge
@@ -128,6 +140,9 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::Unauthorized => "invalid_api_key",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::UnsupportedMediaType => "unsupported_media_type",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::NotFound => "not_found",
             ErrorKind::PayloadTooLarge => "payload_too_large",
@@ -156,11 +171,14 @@ impl ErrorKind {
             | ErrorKind::ModelNotFound
             | ErrorKind::NotFound
             | ErrorKind::PayloadTooLarge
+            | ErrorKind::UnsupportedMediaType
             | ErrorKind::UpstreamBadRequest
             | ErrorKind::ContextTooLong
             | ErrorKind::ContentFiltered
             | ErrorKind::UnsupportedByModel => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
+            ErrorKind::Forbidden => "permission_error",
+            ErrorKind::RequestTimeout => "timeout_error",
             ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::Timeout => "timeout_error",
             ErrorKind::UpstreamServer
@@ -172,6 +190,17 @@ impl ErrorKind {
             | ErrorKind::NoProviderAvailable => "upstream_error",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "server_error",
+        }
+    }
+}
+
+/// At most `max` characters of client input, for an error message: an error never echoes
+/// unbounded input back (a 1 MB model name makes a 1 MB error).
+pub fn excerpt(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((cut, _)) => {
+            std::borrow::Cow::Owned(format!("{}… ({} bytes)", &text[..cut], text.len()))
         }
     }
 }

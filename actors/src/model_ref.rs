@@ -162,4 +162,36 @@ mod tests {
         assert!(ModelRef::parse("a/#1/qa", None).is_err());
         assert!(ModelRef::parse("a/", None).is_err());
     }
+
+    mod properties {
+        use super::*;
+        use crate::error::ErrorKind;
+        use proptest::prelude::*;
+
+        proptest! {
+            // Any string: parsed into a slug agent and a target, or a 400 naming `model`.
+            #[test]
+            fn any_model_string_parses_or_is_a_400(
+                model in prop_oneof![
+                    ".{0,300}",
+                    "[a-z0-9#/_ -]{0,40}",
+                    "([a-z]{1,6}/){0,3}#?[0-9]{0,3}/?[a-z]{0,12}",
+                ],
+                agent in proptest::option::of("[a-zA-Z_-]{0,10}"),
+            ) {
+                match ModelRef::parse(&model, agent.as_deref()) {
+                    Ok(r) => {
+                        prop_assert!(is_slug(&r.agent), "{r:?}");
+                        if let Target::Model(id) = &r.target {
+                            prop_assert!(!id.is_empty() && !id.contains('/'));
+                        }
+                    }
+                    Err(e) => {
+                        prop_assert_eq!(e.kind, ErrorKind::InvalidRequest);
+                        prop_assert_eq!(e.param.as_deref(), Some("model"));
+                    }
+                }
+            }
+        }
+    }
 }

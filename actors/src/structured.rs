@@ -1314,4 +1314,89 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("kind"), "{err}");
     }
+
+    mod extraction_properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// JSON values a model could answer with (floats left out: their text round trip is
+        /// not exact).
+        fn arb_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                "[^\\u{0}]{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn arb_object() -> impl Strategy<Value = Value> {
+            proptest::collection::btree_map("[a-z_]{1,8}", arb_json(), 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect()))
+        }
+
+        proptest! {
+            #[test]
+            fn any_text_is_handled_without_panicking(text in ".{0,400}") {
+                let _ = extract_json(&text);
+                let _ = find_embedded_schema(&text);
+            }
+
+            #[test]
+            fn json_like_text_is_handled_without_panicking(
+                text in proptest::collection::vec(
+                    prop_oneof![
+                        Just("{"), Just("}"), Just("["), Just("]"), Just("\""), Just("'"),
+                        Just(","), Just(":"), Just("\\"), Just("```"), Just("```json\n"),
+                        Just("a"), Just("1"), Just(" "), Just("\n"), Just("null"),
+                    ],
+                    0..200,
+                ).prop_map(|parts| parts.concat()),
+            ) {
+                if let Some(value) = extract_json(&text) {
+                    prop_assert!(value.is_object() || value.is_array());
+                }
+            }
+
+            // An object in prose, in a fence, or alone comes back exactly.
+            #[test]
+            fn an_object_in_prose_or_fences_is_found(
+                value in arb_object(),
+                before in "[^{}\\[\\]`]{0,40}",
+                after in "[^{}\\[\\]`]{0,40}",
+                fenced in any::<bool>(),
+            ) {
+                let json = serde_json::to_string(&value).unwrap();
+                let text = if fenced {
+                    format!("{before}\n```json\n{json}\n```\n{after}")
+                } else {
+                    format!("{before} {json} {after}")
+                };
+                prop_assert_eq!(extract_json(&text), Some(value));
+            }
+
+            // A truncated answer is closed and parsed, or refused: never a panic.
+            #[test]
+            fn truncated_objects_are_repaired_or_refused(
+                value in arb_object(),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let json = serde_json::to_string(&value).unwrap();
+                let mut end = cut.index(json.len() + 1);
+                while !json.is_char_boundary(end) {
+                    end -= 1;
+                }
+                if let Some(found) = extract_json(&json[..end]) {
+                    prop_assert!(found.is_object() || found.is_array());
+                }
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use flowgate_actors::error::{ErrorKind, GatewayError};
+use flowgate_actors::error::{excerpt, ErrorKind, GatewayError};
 use flowgate_actors::model_ref::{is_slug, Environment};
 use flowgate_actors::recorder::Barrier;
 use serde::de::DeserializeOwned;
@@ -70,6 +70,11 @@ impl AdminAuth {
         }
     }
 
+    /// Whether the caller holds an admin key.
+    pub fn is_admin(&self, req: &HttpRequest) -> bool {
+        self.identify(req).is_some()
+    }
+
     /// Who the caller is, if it holds an admin key.
     fn identify(&self, req: &HttpRequest) -> Option<String> {
         bearer(req).and_then(|token| self.keys.get(&digest(token)).cloned())
@@ -115,7 +120,7 @@ fn admin_tenant(req: &HttpRequest) -> Result<String, GatewayError> {
 
 /// The tenant a read is for: an admin key reads the tenant it names (the default one without
 /// `x-flowgate-tenant`), any other caller its own.
-fn reader_tenant(req: &HttpRequest, state: &AppState) -> Result<String, GatewayError> {
+pub(super) fn reader_tenant(req: &HttpRequest, state: &AppState) -> Result<String, GatewayError> {
     if state.admin.identify(req).is_some() {
         return admin_tenant(req);
     }
@@ -158,10 +163,13 @@ pub(super) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, GatewayE
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
+        // serde quotes the offending value: never echo all of it.
+        let inner = e.inner().to_string();
+        let inner = excerpt(&inner, 300);
         let message = if path == "." {
-            format!("invalid body: {}", e.inner())
+            format!("invalid body: {inner}")
         } else {
-            format!("invalid body at `{path}`: {}", e.inner())
+            format!("invalid body at `{}`: {inner}", excerpt(&path, 200))
         };
         let error = GatewayError::invalid(message);
         if path == "." {

@@ -32,6 +32,11 @@ impl Auth {
         }
     }
 
+    /// No key is configured: any caller is the default tenant.
+    pub fn is_open(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// The caller's tenant, or 401.
     pub fn tenant(&self, req: &HttpRequest) -> Result<String, GatewayError> {
         if self.keys.is_empty() {

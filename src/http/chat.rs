@@ -7,18 +7,18 @@ use flowgate_actors::agents::resolve::target_of;
 use flowgate_actors::capabilities::Needs;
 use flowgate_actors::completion::{Choice, ToolCallOut};
 use flowgate_actors::engine::{Answer, RunContext, RunGuard};
-use flowgate_actors::error::{ErrorKind, GatewayError};
+use flowgate_actors::error::{excerpt, ErrorKind, GatewayError};
 use flowgate_actors::model_ref::{ModelRef, Target};
 use flowgate_actors::recorder::run::CacheStatus;
 use flowgate_actors::router::{PlanRoute, Router};
-use flowgate_actors::templates::Limits;
 use flowgate_actors::version::version_id;
-use flowgate_actors::wire::ChatRequest;
+use flowgate_actors::wire::{ChatRequest, UseFallback};
 use futures::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{connection, sse, AppState};
+use crate::config::RequestLimits;
 
 pub async fn chat_completions(
     req: HttpRequest,
@@ -160,7 +160,13 @@ async fn prepare(
     state: &AppState,
     guard: &mut RunGuard,
 ) -> Result<Prepared, GatewayError> {
-    let body = read_body(req, payload, state.max_body_bytes).await?;
+    let body = read_body(
+        req,
+        payload,
+        state.max_body_bytes,
+        state.limits.body_timeout,
+    )
+    .await?;
     // Checked whole first (syntax errors name their position), then kept as received: the
     // run records this text, and no tree of the body is built.
     let raw: Box<RawValue> = serde_json::from_slice(&body).map_err(|e| {
@@ -180,11 +186,18 @@ async fn prepare(
         Ok(chat) => chat,
         Err(e) => {
             // Filed under its agent all the same, when the model can be read.
-            note_model(guard, raw.get());
+            note_model(guard, raw.get(), state.limits.max_model_bytes);
             guard.ctx.request = Some(raw);
             return Err(field_error(e));
         }
     };
+    // Before anything looks at the name (parsing, catalog suggestions): bounded, and never
+    // echoed whole.
+    if chat.model.len() > state.limits.max_model_bytes {
+        guard.ctx.requested_model = excerpt(&chat.model, 64).into_owned();
+        guard.ctx.request = Some(raw);
+        return Err(model_too_long(&chat.model, state.limits.max_model_bytes));
+    }
     guard.ctx.requested_model.clone_from(&chat.model);
     if let Ok(parsed) = ModelRef::parse(&chat.model, None) {
         guard.ctx.agent = parsed.agent;
@@ -207,7 +220,7 @@ async fn prepare(
         || chat.schema_id.is_some()
         || matches!(&model_ref, Ok(r) if matches!(r.target, Target::Deployment { .. }));
     if !deployment {
-        validate(&chat)?;
+        validate(&chat, &state.limits)?;
     }
     let model_ref = model_ref?;
     guard.ctx.agent = model_ref.agent.clone();
@@ -221,18 +234,11 @@ async fn prepare(
     let catalog = state.gateway.catalog.load_full();
     let (tenant, agent, run_id) = (guard.ctx.tenant.clone(), model_ref.agent, guard.ctx.run_id);
     let templated = deployment || chat.input.is_some();
-    let resolve = move || {
-        agents.resolve(
-            &catalog,
-            &tenant,
-            &agent,
-            run_id,
-            target,
-            chat,
-            &Limits::default(),
-        )
-    };
-    // Rendering is CPU work (bounded by the template limits): off the worker thread.
+    let renderer = state.renderer.clone();
+    let resolve =
+        move || agents.resolve(&catalog, &tenant, &agent, run_id, target, chat, &renderer);
+    // Rendering waits for a render worker (bounded by the template limits): off the worker
+    // thread.
     let resolution = if templated {
         web::block(resolve)
             .await
@@ -241,7 +247,7 @@ async fn prepare(
         resolve()?
     };
     if deployment {
-        validate(&resolution.request)?;
+        validate(&resolution.request, &state.limits)?;
     }
     guard.ctx.version_id = resolution.version_id;
     guard.ctx.schema_id = Some(resolution.schema_id);
@@ -253,7 +259,39 @@ async fn prepare(
     })
 }
 
+/// The `model` string is longer than allowed.
+fn model_too_long(model: &str, max: usize) -> GatewayError {
+    GatewayError::invalid(format!(
+        "`model` is {} bytes long, more than the limit of {max}: `{}`",
+        model.len(),
+        excerpt(model, 64)
+    ))
+    .with_param("model")
+    .with_code("model_too_long")
+}
+
+/// The request body, within `limit` bytes and `timeout` (a client that trickles its body
+/// holds a connection and a buffer: 408 once the time is up).
 async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, GatewayError> {
+    match tokio::time::timeout(timeout, read_body_within(req, payload, limit)).await {
+        Ok(body) => body,
+        Err(_) => Err(GatewayError::new(
+            ErrorKind::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs_f64()
+            ),
+        )
+        .with_code("body_timeout")),
+    }
+}
+
+async fn read_body_within(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
@@ -286,7 +324,7 @@ async fn read_body(
 
 /// A serde error as a 400 that names the field.
 /// The requested model and `stream` of a body that is not a valid request, for its run.
-fn note_model(guard: &mut RunGuard, body: &str) {
+fn note_model(guard: &mut RunGuard, body: &str, max_model_bytes: usize) {
     #[derive(serde::Deserialize)]
     struct Head {
         #[serde(default)]
@@ -298,6 +336,10 @@ fn note_model(guard: &mut RunGuard, body: &str) {
         return;
     };
     if let Some(model) = head.model.as_str() {
+        if model.len() > max_model_bytes {
+            guard.ctx.requested_model = excerpt(model, 64).into_owned();
+            return;
+        }
         guard.ctx.requested_model = model.to_string();
         if let Ok(parsed) = ModelRef::parse(model, None) {
             guard.ctx.agent = parsed.agent;
@@ -307,7 +349,7 @@ fn note_model(guard: &mut RunGuard, body: &str) {
 }
 
 fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> GatewayError {
-    let path = e.path().to_string();
+    let path = excerpt(&e.path().to_string(), 200).into_owned();
     // The position in the body is not news to the client: the path names the field.
     let inner = match e.inner().to_string() {
         text if e.inner().line() > 0 => match text.rsplit_once(" at line ") {
@@ -316,6 +358,8 @@ fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> GatewayError
         },
         text => text,
     };
+    // serde quotes the offending value ("unknown variant `…`"): never echo all of it.
+    let inner = excerpt(&inner, 300).into_owned();
     // "missing field `messages`" has the parent as its path: name the field itself.
     let param = match inner
         .strip_prefix("missing field `")
@@ -340,7 +384,12 @@ fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> GatewayError
         .with_code(code)
 }
 
-fn validate(chat: &ChatRequest) -> Result<(), GatewayError> {
+/// Longest `provider` name.
+const MAX_NAME_BYTES: usize = 128;
+/// Most models in a `use_fallback` list: each one is planned and may be called.
+const MAX_FALLBACK_MODELS: usize = 16;
+
+fn validate(chat: &ChatRequest, limits: &RequestLimits) -> Result<(), GatewayError> {
     if chat.messages.is_empty() {
         return Err(
             GatewayError::invalid("`messages` must contain at least one message")
@@ -363,8 +412,38 @@ fn validate(chat: &ChatRequest) -> Result<(), GatewayError> {
             );
         }
     }
-    if chat.n == Some(0) {
-        return Err(GatewayError::invalid("`n` must be at least 1").with_param("n"));
+    if let Some(provider) = &chat.provider {
+        if provider.len() > MAX_NAME_BYTES {
+            return Err(GatewayError::invalid(format!(
+                "`provider` is longer than {MAX_NAME_BYTES} bytes: `{}`",
+                excerpt(provider, 64)
+            ))
+            .with_param("provider"));
+        }
+    }
+    if let Some(UseFallback::Models(models)) = &chat.use_fallback {
+        if models.len() > MAX_FALLBACK_MODELS {
+            return Err(GatewayError::invalid(format!(
+                "`use_fallback` lists {} models, more than the limit of {MAX_FALLBACK_MODELS}",
+                models.len()
+            ))
+            .with_param("use_fallback"));
+        }
+        if let Some(long) = models.iter().find(|m| m.len() > limits.max_model_bytes) {
+            return Err(model_too_long(long, limits.max_model_bytes).with_param("use_fallback"));
+        }
+    }
+    match chat.n {
+        Some(0) => return Err(GatewayError::invalid("`n` must be at least 1").with_param("n")),
+        Some(n) if n > limits.max_n => {
+            return Err(GatewayError::invalid(format!(
+                "`n` is {n}, more than the limit of {} choices per request",
+                limits.max_n
+            ))
+            .with_param("n")
+            .with_code("n_too_large"))
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -570,5 +649,83 @@ mod tests {
         let e = error_for(json!({"model": "m", "messages": [], "temperature": "hot"}));
         assert_eq!(e.param.as_deref(), Some("temperature"));
         assert_eq!(e.code.as_deref(), Some("invalid_type"));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(
+                    |f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                ),
+                prop_oneof![
+                    Just("user".to_string()),
+                    Just("system".to_string()),
+                    Just("text".to_string()),
+                    Just("image_url".to_string()),
+                    ".{0,12}"
+                ]
+                .prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 64, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+                    proptest::collection::btree_map(
+                        prop_oneof![
+                            Just("role".to_string()),
+                            Just("content".to_string()),
+                            Just("type".to_string()),
+                            Just("text".to_string()),
+                            Just("tools".to_string()),
+                            Just("function".to_string()),
+                            Just("response_format".to_string()),
+                            Just("n".to_string()),
+                            "[a-z_]{1,8}",
+                        ],
+                        inner,
+                        0..5,
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            // Any body shaped like a request: it parses, or the error names a field, and the
+            // message stays short whatever the body holds.
+            #[test]
+            fn any_body_parses_or_names_the_field(
+                messages in arb_json(),
+                extra in proptest::collection::btree_map("[a-z_]{1,12}", arb_json(), 0..4),
+                model in prop_oneof![Just(Value::from("mock-echo")), arb_json()],
+            ) {
+                let mut body = serde_json::Map::new();
+                body.insert("model".into(), model);
+                body.insert("messages".into(), messages);
+                body.extend(extra);
+                let text = Value::Object(body).to_string();
+                let parsed: Result<ChatRequest, _> = serde_path_to_error::deserialize(
+                    &mut serde_json::Deserializer::from_str(&text),
+                );
+                if let Err(e) = parsed {
+                    let error = field_error(e);
+                    prop_assert_eq!(error.kind, ErrorKind::InvalidRequest);
+                    prop_assert!(error.message.len() < 1_000, "{}", error.message);
+                }
+            }
+
+            // Any bytes at all: the JSON syntax check answers, without panicking.
+            #[test]
+            fn any_bytes_are_refused_or_parsed(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let _ = serde_json::from_slice::<Box<RawValue>>(&bytes);
+            }
+        }
     }
 }

@@ -100,7 +100,7 @@ pub async fn list_run_feedback(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
-    let tenant = state.auth.tenant(&req)?;
+    let tenant = super::agents::reader_tenant(&req, &state)?;
     let raw = path.into_inner();
     let raw = raw.rsplit('/').next().unwrap_or(&raw).to_string();
     let run_id: Uuid = raw.parse().map_err(|_| {

@@ -2,6 +2,7 @@
 
 mod agents;
 mod auth;
+mod browser_guard;
 mod chat;
 mod connection;
 mod feedback;
@@ -20,8 +21,10 @@ use flowgate_actors::engine::Gateway;
 use flowgate_actors::error::GatewayError;
 use flowgate_actors::router::Router;
 use flowgate_actors::supervisor::{Drain, Supervisor};
+use flowgate_actors::templates::sandbox::{Sandbox, SandboxSettings};
+use flowgate_actors::templates::Renderer;
 
-use crate::config::Config;
+use crate::config::{Config, RequestLimits};
 
 pub use auth::Auth;
 
@@ -33,6 +36,11 @@ pub struct AppState {
     /// Who may deploy.
     pub admin: Arc<agents::AdminAuth>,
     pub max_body_bytes: usize,
+    pub limits: RequestLimits,
+    /// Renders message templates in worker processes.
+    pub renderer: Renderer,
+    /// Who may read the operations endpoints (empty: anyone).
+    pub ops: Arc<ops::OpsAuth>,
 }
 
 /// Serves until SIGINT/SIGTERM, then drains the recorder.
@@ -46,13 +54,32 @@ pub async fn serve(config: Config) -> Result<(), String> {
     if config.server.public_url.is_none() {
         gateway_config.public_url = format!("http://{bound}");
     }
+    raise_open_files_limit();
     let (gateway, supervisor) = Supervisor::start(gateway_config)?;
+    let program = std::env::current_exe()
+        .map_err(|e| format!("cannot find the flowgate binary to start render workers: {e}"))?;
+    let sandbox = Sandbox::new(SandboxSettings {
+        program,
+        args: vec!["render-worker".into()],
+        workers: config.limits.template_workers,
+        memory_bytes: config.limits.templates.max_memory_bytes,
+    });
+    let auth = Auth::new(&config.auth.api_keys, &config.auth.tenants);
+    // With no key, anything that reaches the port is trusted: only what a local program
+    // sends, not what a web page makes a browser send.
+    let browser_guard = auth.is_open();
     let state = AppState {
         gateway,
-        auth: Arc::new(Auth::new(&config.auth.api_keys, &config.auth.tenants)),
+        auth: Arc::new(auth),
         admin: Arc::new(agents::AdminAuth::new(&config.admin.api_keys)),
         max_body_bytes: config.server.max_body_bytes,
+        renderer: Renderer::sandboxed(config.limits.templates, Arc::new(sandbox)),
+        ops: Arc::new(ops::OpsAuth::new(&config.ops_keys)),
+        limits: config.limits.clone(),
     };
+    let workers = config.server.workers;
+    // Per worker, rounded up.
+    let max_connections = config.limits.max_connections.div_ceil(workers.max(1));
     let server = HttpServer::new(move || {
         // One router per worker, on the worker's own arbiter.
         let router = Router::new(
@@ -61,12 +88,17 @@ pub async fn serve(config: Config) -> Result<(), String> {
         )
         .start();
         App::new()
+            .wrap(actix_web::middleware::Condition::new(
+                browser_guard,
+                actix_web::middleware::from_fn(browser_guard::refuse_browsers),
+            ))
             .app_data(web::Data::new(state.clone()))
             .app_data(web::Data::new(router))
             .configure(routes)
     })
     .on_connect(connection::on_connect)
-    .workers(config.server.workers)
+    .workers(workers)
+    .max_connections(max_connections)
     .backlog(4096)
     .max_connection_rate(4096)
     .keep_alive(Duration::from_secs(75))
@@ -92,6 +124,33 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("supervisor did not drain: {e}"))??;
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard limit, as nginx does: each client
+/// connection holds a descriptor, and the common soft limit of 1,024 would turn away clients
+/// long before `limits.max_connections`.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit for the duration of each call.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let before = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!(
+                    from = before,
+                    to = limit.rlim_max,
+                    "raised the open files limit"
+                );
+            }
+        }
+    }
 }
 
 /// SIGTERM or SIGINT.

@@ -1,15 +1,62 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (it can serve: the
 //! recorder answers and a provider is usable), `/metrics` (Prometheus).
+//!
+//! `/metrics` and `/readyz` tell how the gateway is used and which providers it has; with
+//! `[ops] api_keys` set they need one of those keys (or an admin key) as a bearer token.
+//! `/healthz` says nothing and stays open for liveness probes.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use flowgate_actors::breaker::CircuitState;
 use flowgate_actors::recorder::Barrier;
 use serde_json::json;
 
+use super::agents::bearer;
 use super::AppState;
+use flowgate_actors::error::{ErrorKind, GatewayError};
+use sha2::{Digest, Sha256};
+
+/// Keys that may read the operations endpoints, as digests.
+pub struct OpsAuth {
+    keys: Vec<[u8; 32]>,
+}
+
+impl OpsAuth {
+    pub fn new(keys: &[String]) -> OpsAuth {
+        OpsAuth {
+            keys: keys
+                .iter()
+                .map(|k| Sha256::digest(k.as_bytes()).into())
+                .collect(),
+        }
+    }
+
+    /// Ok when no ops key is configured, or the caller sends one (or an admin key).
+    pub fn check(&self, req: &HttpRequest, state: &AppState) -> Result<(), GatewayError> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let Some(token) = bearer(req) else {
+            return Err(GatewayError::new(
+                ErrorKind::Unauthorized,
+                "this endpoint needs an ops key: send `Authorization: Bearer <key of [ops] \
+                 api_keys>`",
+            )
+            .with_code("ops_key_required"));
+        };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if self.keys.contains(&digest) || state.admin.is_admin(req) {
+            Ok(())
+        } else {
+            Err(
+                GatewayError::new(ErrorKind::Unauthorized, "this is not an ops key")
+                    .with_code("ops_key_required"),
+            )
+        }
+    }
+}
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
@@ -41,10 +88,13 @@ fn providers_json(state: &AppState) -> (BTreeMap<String, serde_json::Value>, usi
 
 /// `GET /api/providers`: state, error rate and latency of every provider.
 pub async fn providers(
-    req: actix_web::HttpRequest,
+    req: HttpRequest,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, flowgate_actors::error::GatewayError> {
-    state.auth.tenant(&req)?;
+) -> Result<HttpResponse, GatewayError> {
+    // A tenant, an admin or an ops key.
+    if state.auth.tenant(&req).is_err() && state.ops.check(&req, &state).is_err() {
+        state.auth.tenant(&req)?;
+    }
     let (providers, _) = providers_json(&state);
     let data: Vec<serde_json::Value> = providers
         .into_iter()
@@ -56,7 +106,11 @@ pub async fn providers(
     Ok(HttpResponse::Ok().json(json!({ "object": "list", "data": data })))
 }
 
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+pub async fn readyz(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    state.ops.check(&req, &state)?;
     let recorder_ok = state
         .gateway
         .recorder
@@ -72,15 +126,19 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "recorder": if recorder_ok { "ok" } else { "not_responding" },
         "providers": providers,
     });
-    if ready {
+    Ok(if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
-    }
+    })
 }
 
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
+pub async fn metrics(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    state.ops.check(&req, &state)?;
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.gateway.metrics.render())
+        .body(state.gateway.metrics.render()))
 }

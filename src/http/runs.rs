@@ -1,5 +1,8 @@
 //! The runs admin API: `GET /api/runs/{run_id}` and `GET /api/agents/{agent}/runs` (newest
 //! first, cursor-paged). Reads go to the store off the worker thread.
+//!
+//! A tenant key reads its own tenant's runs; an admin key reads the runs of the tenant named by
+//! `x-flowgate-tenant` (the default tenant without it), as it does versions and deployments.
 
 use std::time::Duration;
 
@@ -42,7 +45,7 @@ pub async fn get_run(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
-    let tenant = state.auth.tenant(&req)?;
+    let tenant = super::agents::reader_tenant(&req, &state)?;
     let id = parse_run_id(&path.into_inner())?;
     let read = |tenant: String| {
         let store = state.gateway.store.clone();
@@ -87,7 +90,7 @@ pub async fn list_agent_runs(
     query: web::Query<PageQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
-    let tenant = state.auth.tenant(&req)?;
+    let tenant = super::agents::reader_tenant(&req, &state)?;
     let agent = path.into_inner();
     if !is_slug(&agent) {
         return Err(

@@ -1,7 +1,8 @@
 //! End-user feedback on runs. The feedback token handed out with each answer is
 //! `<run_id>.<secret>`: it names the run and proves the caller received its answer, so it can
-//! be sent from an end user's device without a flowgate API key. A user's new feedback on a
-//! run replaces their earlier one; anonymous feedback accumulates.
+//! be sent from an end user's device without a flowgate API key. A token is one vote: the run
+//! keeps one feedback, and a later post with the same token replaces the earlier one (a token
+//! posted in a loop does not grow the store).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -30,6 +31,8 @@ pub struct FeedbackRecord {
 
 /// Longest comment kept.
 pub const MAX_COMMENT_CHARS: usize = 10_000;
+/// Longest `user_id`.
+pub const MAX_USER_ID_CHARS: usize = 256;
 
 /// The run a feedback token names, if it is well formed.
 pub fn token_run_id(token: &str) -> Option<Uuid> {
@@ -65,6 +68,15 @@ impl FeedbackRecord {
             ))
             .with_param("comment"));
         }
+        if user_id
+            .as_ref()
+            .is_some_and(|u| u.chars().count() > MAX_USER_ID_CHARS)
+        {
+            return Err(GatewayError::invalid(format!(
+                "`user_id` is longer than {MAX_USER_ID_CHARS} characters"
+            ))
+            .with_param("user_id"));
+        }
         Ok(FeedbackRecord {
             run_id,
             outcome,
@@ -76,21 +88,18 @@ impl FeedbackRecord {
 }
 
 impl AgentStore {
-    /// Stores feedback on its run; a user's earlier feedback on the run is replaced.
+    /// Stores feedback on its run, replacing any earlier feedback on it (one token, one vote).
     pub fn put_feedback(&self, record: &FeedbackRecord) -> Result<(), GatewayError> {
-        let mut key = record.run_id.as_bytes().to_vec();
-        match &record.user_id {
-            Some(user) => {
-                key.push(0);
-                key.extend_from_slice(user.as_bytes());
-            }
-            None => {
-                key.push(1);
-                let id = self.inner.db.generate_id().map_err(store_error)?;
-                key.extend_from_slice(&id.to_be_bytes());
+        let key = record.run_id.as_bytes();
+        let bytes = serde_json::to_vec(record).map_err(store_error)?;
+        // Earlier releases kept one entry per user (and per anonymous post) under the run's
+        // prefix: they go too.
+        for old in self.inner.feedback.scan_prefix(key).keys() {
+            let old = old.map_err(store_error)?;
+            if old.as_ref() != key {
+                self.inner.feedback.remove(old).map_err(store_error)?;
             }
         }
-        let bytes = serde_json::to_vec(record).map_err(store_error)?;
         self.inner
             .feedback
             .insert(key, bytes)
@@ -129,11 +138,23 @@ mod tests {
     }
 
     #[test]
-    fn a_user_replaces_their_feedback_anonymous_ones_accumulate() {
+    fn a_token_is_one_vote_later_posts_replace_it() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let store = AgentStore::open(&db).unwrap();
         let run = Uuid::now_v7();
+        // An entry as an earlier release kept it: one per user under the run's prefix.
+        let mut old_key = run.as_bytes().to_vec();
+        old_key.push(0);
+        old_key.extend_from_slice(b"u0");
+        let old = FeedbackRecord::new(run, Outcome::Positive, None, Some("u0".into())).unwrap();
+        store
+            .inner
+            .feedback
+            .insert(old_key, serde_json::to_vec(&old).unwrap())
+            .unwrap();
+        assert_eq!(store.feedback_for(run).unwrap().len(), 1);
+
         let put = |outcome, user: Option<&str>| {
             let record =
                 FeedbackRecord::new(run, outcome, Some("c".into()), user.map(str::to_string))
@@ -141,19 +162,20 @@ mod tests {
             store.put_feedback(&record).unwrap();
         };
         put(Outcome::Positive, Some("u1"));
-        put(Outcome::Negative, Some("u1"));
-        put(Outcome::Positive, None);
-        put(Outcome::Positive, None);
+        for i in 0..100 {
+            put(Outcome::Positive, Some(&format!("user-{i}")));
+            put(Outcome::Positive, None);
+        }
+        put(Outcome::Negative, Some("u2"));
         let all = store.feedback_for(run).unwrap();
-        assert_eq!(all.len(), 3);
-        let u1 = all
-            .iter()
-            .find(|f| f.user_id.as_deref() == Some("u1"))
-            .unwrap();
-        assert_eq!(u1.outcome, Outcome::Negative);
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0].outcome, Outcome::Negative);
+        assert_eq!(all[0].user_id.as_deref(), Some("u2"));
+        assert_eq!(store.inner.feedback.len(), 1);
         assert!(store.feedback_for(Uuid::now_v7()).unwrap().is_empty());
         assert!(
             FeedbackRecord::new(run, Outcome::Positive, Some("x".repeat(10_001)), None).is_err()
         );
+        assert!(FeedbackRecord::new(run, Outcome::Positive, None, Some("u".repeat(257))).is_err());
     }
 }

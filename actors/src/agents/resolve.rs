@@ -17,7 +17,7 @@ use super::AgentStore;
 use crate::catalog::Catalog;
 use crate::error::GatewayError;
 use crate::model_ref::{Environment, Target};
-use crate::templates::{self, Limits};
+use crate::templates::Renderer;
 use crate::wire::{ChatRequest, Message};
 
 /// A request resolved against its agent.
@@ -95,16 +95,18 @@ impl AgentStore {
         run_id: Uuid,
         target: Target,
         request: ChatRequest,
-        limits: &Limits,
+        renderer: &Renderer,
     ) -> Result<Resolution, GatewayError> {
         let mut resolution = match target {
             Target::Model(model) => {
-                self.resolve_model(catalog, tenant, agent, model, request, limits)?
+                self.resolve_model(catalog, tenant, agent, model, request, renderer)?
             }
             Target::Deployment {
                 schema_id,
                 environment,
-            } => self.resolve_deployment(tenant, agent, schema_id, environment, request, limits)?,
+            } => {
+                self.resolve_deployment(tenant, agent, schema_id, environment, request, renderer)?
+            }
         };
         resolution.conversation_id = self
             .conversation_of(tenant, agent, &resolution.request.messages)?
@@ -119,12 +121,12 @@ impl AgentStore {
         agent: &str,
         model: String,
         mut request: ChatRequest,
-        limits: &Limits,
+        renderer: &Renderer,
     ) -> Result<Resolution, GatewayError> {
         let rendered = match &request.input {
-            Some(input) => Some(templates::render(&request.messages, input, limits, true)?),
+            Some(input) => Some(renderer.render(&request.messages, input, true)?),
             None => {
-                templates::check_without_input(&request.messages, limits)?;
+                renderer.check_without_input(&request.messages)?;
                 None
             }
         };
@@ -157,7 +159,7 @@ impl AgentStore {
         schema_id: u32,
         environment: Environment,
         mut request: ChatRequest,
-        limits: &Limits,
+        renderer: &Renderer,
     ) -> Result<Resolution, GatewayError> {
         let deployment = self
             .deployment(tenant, agent, schema_id, environment)?
@@ -183,7 +185,7 @@ impl AgentStore {
             properties.messages.clone()
         } else {
             let input = request.input.as_ref().unwrap_or_else(|| empty_input());
-            templates::render(&properties.messages, input, limits, false)?
+            renderer.render(&properties.messages, input, false)?
         };
         check_duplicates(
             agent,
@@ -324,7 +326,7 @@ mod tests {
             Uuid::now_v7(),
             target,
             request(body),
-            &Limits::default(),
+            &Renderer::default(),
         )
     }
 

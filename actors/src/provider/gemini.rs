@@ -1640,7 +1640,19 @@ async fn next_event(
                 }
             }
             BodyRead::Bytes(bytes) => {
-                for event in s.decoder.push(&bytes) {
+                let events = match s.decoder.push(&bytes) {
+                    Ok(events) => events,
+                    Err(e) => {
+                        s.finished = true;
+                        s.pending.clear();
+                        let message = format!("provider `{}` {e}", s.name);
+                        return Some((
+                            Err(GatewayError::new(ErrorKind::UpstreamMalformed, message)),
+                            s,
+                        ));
+                    }
+                };
+                for event in events {
                     let parsed = serde_json::from_str::<GenerateResponse>(&event.data);
                     let result = match parsed {
                         Ok(chunk) => s.absorb(chunk),

@@ -92,18 +92,52 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || o[0] == 0
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_ipv4(v6) {
                 return is_private(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let s = v6.segments();
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                // fc00::/7 unique local, fe80::/10 link-local
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
+                // fc00::/7 unique local, fe80::/10 link-local, fec0::/10 site-local
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                // 64:ff9b:1::/48, NAT64 for local use: translates to anything behind it
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+                // 100::/64 discard, 2001:db8::/32 documentation
+                || (s[0] == 0x100 && s[1] == 0 && s[2] == 0 && s[3] == 0)
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
         }
     }
+}
+
+/// The IPv4 address an IPv6 address stands for, in the forms that reach an IPv4 host:
+/// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated but still routed
+/// by some stacks), NAT64 (`64:ff9b::/96`), 6to4 (`2002:AABB:CCDD::/48`) and Teredo
+/// (`2001:0::/32`, the client address inverted in the last 32 bits).
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    use std::net::Ipv4Addr;
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let s = v6.segments();
+    let o = v6.octets();
+    let last = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    // `::` and `::1` are themselves (unspecified, loopback).
+    if s[..6].iter().all(|&x| x == 0) && !(s[6] == 0 && s[7] <= 1) {
+        return Some(last);
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6].iter().all(|&x| x == 0) {
+        return Some(last);
+    }
+    if s[0] == 0x2002 {
+        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        return Some(Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]));
+    }
+    None
 }
 
 /// Downloads media for adapters.
@@ -284,10 +318,32 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:127.0.0.1",
+            // IPv4-compatible, NAT64, 6to4 and Teredo forms of private IPv4 addresses.
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::a9fe:a9fe",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::8.8.8.8",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
+            "2002:c0a8:0101:1::5",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            "fec0::1",
+            "2001:db8::1",
+            "100::1",
         ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "2002:0808:0808::1",
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
+        ] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -1294,7 +1294,15 @@ async fn next_event(
                 }
             }
             BodyRead::Bytes(bytes) => {
-                for event in s.decoder.push(&bytes) {
+                let events = match s.decoder.push(&bytes) {
+                    Ok(events) => events,
+                    Err(e) => {
+                        let message = format!("provider `{}` {e}", s.name);
+                        s.fail(ErrorKind::UpstreamMalformed, message);
+                        continue;
+                    }
+                };
+                for event in events {
                     if event.data == "[DONE]" {
                         s.clean_end = true;
                         s.finished = true;

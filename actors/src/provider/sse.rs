@@ -9,12 +9,28 @@ pub struct SseEvent {
     pub data: String,
 }
 
+/// Longest line (and event) accepted: a provider that sends more without a line break is
+/// broken, and would otherwise grow the buffer without bound.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// The stream sent a line or an event longer than [`MAX_EVENT_BYTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTooLarge;
+
+impl std::fmt::Display for EventTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sent an event larger than {MAX_EVENT_BYTES} bytes")
+    }
+}
+
 /// Incremental SSE decoder: feed it bytes as they arrive, take whole events out.
 #[derive(Debug, Default)]
 pub struct SseDecoder {
     buffer: Vec<u8>,
     event: Option<String>,
     data: Vec<String>,
+    /// Bytes of `data` so far.
+    data_bytes: usize,
 }
 
 impl SseDecoder {
@@ -22,19 +38,23 @@ impl SseDecoder {
         Self::default()
     }
 
-    /// Adds bytes and returns the events they complete.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+    /// Adds bytes and returns the events they complete. Linear in the bytes given: each line
+    /// is looked at once, and what is left of the chunk moves once.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, EventTooLarge> {
         self.buffer.extend_from_slice(bytes);
         let mut events = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
-            let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
-            line.pop();
+        let mut start = 0;
+        while let Some(offset) = self.buffer[start..].iter().position(|&b| b == b'\n') {
+            let end = start + offset;
+            let mut line = &self.buffer[start..end];
+            start = end + 1;
             if line.last() == Some(&b'\r') {
-                line.pop();
+                line = &line[..line.len() - 1];
             }
-            let line = String::from_utf8_lossy(&line);
+            let line = String::from_utf8_lossy(line);
             if line.is_empty() {
                 if !self.data.is_empty() || self.event.is_some() {
+                    self.data_bytes = 0;
                     events.push(SseEvent {
                         event: self.event.take(),
                         data: std::mem::take(&mut self.data).join("\n"),
@@ -50,27 +70,120 @@ impl SseDecoder {
                 None => (line.as_ref(), ""),
             };
             match field {
-                "data" => self.data.push(value.to_string()),
+                "data" => {
+                    self.data_bytes += value.len() + 1;
+                    if self.data_bytes > MAX_EVENT_BYTES {
+                        return Err(EventTooLarge);
+                    }
+                    self.data.push(value.to_string());
+                }
                 "event" => self.event = Some(value.to_string()),
                 _ => {}
             }
         }
-        events
+        self.buffer.drain(..start);
+        if self.buffer.len() > MAX_EVENT_BYTES {
+            return Err(EventTooLarge);
+        }
+        Ok(events)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn decodes_split_events_and_crlf() {
         let mut d = SseDecoder::new();
-        assert!(d.push(b"data: {\"a\"").is_empty());
-        let events = d.push(b":1}\r\n\r\nevent: ping\ndata: x\ndata: y\n\n: comment\n\n");
+        assert!(d.push(b"data: {\"a\"").unwrap().is_empty());
+        let events = d
+            .push(b":1}\r\n\r\nevent: ping\ndata: x\ndata: y\n\n: comment\n\n")
+            .unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].data, "{\"a\":1}");
         assert_eq!(events[1].event.as_deref(), Some("ping"));
         assert_eq!(events[1].data, "x\ny");
+    }
+
+    #[test]
+    fn a_line_or_an_event_past_the_bound_is_an_error_not_a_bigger_buffer() {
+        let mut d = SseDecoder::new();
+        let chunk = vec![b'x'; 1024 * 1024];
+        let mut failed = false;
+        for _ in 0..(MAX_EVENT_BYTES / chunk.len() + 2) {
+            if d.push(&chunk).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "an endless line was buffered");
+        let mut d = SseDecoder::new();
+        let line = format!("data: {}\n", "y".repeat(1024 * 1024));
+        let mut failed = false;
+        for _ in 0..(MAX_EVENT_BYTES / line.len() + 2) {
+            if d.push(line.as_bytes()).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "an endless event was buffered");
+    }
+
+    fn decode_in(chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut d = SseDecoder::new();
+        chunks
+            .iter()
+            .flat_map(|c| d.push(c).unwrap())
+            .collect::<Vec<_>>()
+    }
+
+    proptest! {
+        // Any bytes, cut anywhere: no panic, and the same events as in one piece.
+        #[test]
+        fn any_bytes_split_anywhere_decode_the_same(
+            bytes in proptest::collection::vec(
+                prop_oneof![
+                    Just(b'\n'), Just(b'\r'), Just(b':'), Just(b' '),
+                    Just(b'd'), Just(b'a'), Just(b't'), Just(b'e'), Just(b'v'), Just(b'n'),
+                    any::<u8>()
+                ],
+                0..512,
+            ),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let whole = decode_in(&[&bytes]);
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+            points.sort_unstable();
+            let mut pieces: Vec<&[u8]> = Vec::new();
+            let mut last = 0;
+            for p in points {
+                pieces.push(&bytes[last..p]);
+                last = p;
+            }
+            pieces.push(&bytes[last..]);
+            prop_assert_eq!(decode_in(&pieces), whole);
+        }
+
+        // Well-formed events come back as sent.
+        #[test]
+        fn events_round_trip(
+            events in proptest::collection::vec(("[a-z]{0,8}", "[^\r\n]{0,64}"), 0..16),
+        ) {
+            let mut text = String::new();
+            for (name, data) in &events {
+                if !name.is_empty() {
+                    text.push_str(&format!("event: {name}\n"));
+                }
+                text.push_str(&format!("data: {data}\n\n"));
+            }
+            let decoded = decode_in(&[text.as_bytes()]);
+            prop_assert_eq!(decoded.len(), events.len());
+            for (got, (name, data)) in decoded.iter().zip(&events) {
+                prop_assert_eq!(&got.data, data);
+                prop_assert_eq!(got.event.as_deref(), (!name.is_empty()).then_some(name.as_str()));
+            }
+        }
     }
 }

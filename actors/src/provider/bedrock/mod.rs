@@ -1341,4 +1341,58 @@ mod tests {
         assert_eq!(sent.headers["x-amz-security-token"], "session-token-xyz");
         assert_eq!(sent.body["messages"][0]["content"][0]["text"], "hi");
     }
+
+    mod decoding_properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn decode(bytes: Vec<u8>, piece: usize) -> Vec<Result<StreamEvent, GatewayError>> {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+                .block_on(run_stream(bytes, piece, None))
+        }
+
+        proptest! {
+            // Arbitrary bytes: no panic, and the stream ends (an error, never a hang).
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+                piece in 1usize..64,
+            ) {
+                let out = decode(bytes, piece);
+                prop_assert!(out.len() <= 2048);
+            }
+
+            // A valid stream with bytes flipped, cut or with a forged length: the events
+            // before the damage, then at most one error.
+            #[test]
+            fn damaged_streams_end_with_one_error(
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+                cut in any::<prop::sample::Index>(),
+                piece in 1usize..97,
+            ) {
+                let mut bytes = full_stream();
+                for (at, value) in flips {
+                    let i = at.index(bytes.len());
+                    bytes[i] ^= value;
+                }
+                bytes.truncate(cut.index(bytes.len() + 1));
+                let out = decode(bytes, piece);
+                let errors = out.iter().filter(|r| r.is_err()).count();
+                prop_assert!(errors <= 1, "{out:?}");
+                if errors == 1 {
+                    prop_assert!(out.last().unwrap().is_err(), "{out:?}");
+                }
+            }
+
+            // The same stream in any piece size decodes the same.
+            #[test]
+            fn piece_size_does_not_matter(piece in 1usize..300) {
+                let whole = format!("{:?}", decode(full_stream(), usize::MAX));
+                prop_assert_eq!(format!("{:?}", decode(full_stream(), piece)), whole);
+            }
+        }
+    }
 }

@@ -5,20 +5,28 @@
 //! Rendering is bounded so that a hostile template costs little: the template source, the
 //! rendered output, the instructions executed (fuel, shared by every message of a request) and
 //! the recursion depth all have limits, and the builtins that grow a string by a factor the
-//! template chooses (`indent`, `replace`) are capped. Every failure is a 400 that says where
-//! (message, line, column) and what (syntax, the missing variable, a limit).
+//! template chooses (`indent`, `replace`) are capped. Intermediate values (`"x" * 10**8 ~ …`)
+//! cannot be bounded from outside minijinja, so the gateway renders in [`sandbox`] worker
+//! processes with a memory and a time limit: a template that blows either kills its worker,
+//! never the gateway. Every failure is a 400 that says where (message, line, column) and what
+//! (syntax, the missing variable, a limit).
+
+pub mod sandbox;
 
 use std::collections::BTreeSet;
 use std::io;
+use std::sync::Arc;
+use std::time::Duration;
 
 use minijinja::{AutoEscape, Environment, ErrorKind as JinjaErrorKind, UndefinedBehavior, Value};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map};
 
-use crate::error::GatewayError;
+use crate::error::{ErrorKind, GatewayError};
 use crate::wire::{ContentPart, Message, MessageContent, Role};
 
 /// How much rendering one request may cost.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Limits {
     /// Source of one template.
     pub max_template_bytes: usize,
@@ -30,6 +38,10 @@ pub struct Limits {
     pub recursion: usize,
     /// Width of `indent`.
     pub max_indent: usize,
+    /// Memory of the worker process that renders (sandboxed rendering only).
+    pub max_memory_bytes: u64,
+    /// Wall-clock time one request's rendering may take (sandboxed rendering only).
+    pub timeout: Duration,
 }
 
 impl Default for Limits {
@@ -40,12 +52,72 @@ impl Default for Limits {
             fuel: 200_000,
             recursion: 64,
             max_indent: 256,
+            max_memory_bytes: 256 * 1024 * 1024,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Renders templates within [`Limits`]: in worker processes when a [`sandbox::Sandbox`] is
+/// given (the gateway), else in this thread (tests, tools).
+#[derive(Clone, Default)]
+pub struct Renderer {
+    pub limits: Limits,
+    sandbox: Option<Arc<sandbox::Sandbox>>,
+}
+
+impl Renderer {
+    /// Renders in the calling thread: fuel, recursion and output are bounded, memory is not.
+    pub fn in_process(limits: Limits) -> Renderer {
+        Renderer {
+            limits,
+            sandbox: None,
+        }
+    }
+
+    /// Renders in `sandbox`'s worker processes, which bound memory and time too.
+    pub fn sandboxed(limits: Limits, sandbox: Arc<sandbox::Sandbox>) -> Renderer {
+        Renderer {
+            limits,
+            sandbox: Some(sandbox),
+        }
+    }
+
+    /// [`render`], where this renderer runs template code. Compiling a template runs code
+    /// too (minijinja folds constant expressions such as `"x" * 100000000`), so a sandboxed
+    /// renderer hands over any message with template syntax, even just to check it.
+    pub fn render(
+        &self,
+        messages: &[Message],
+        input: &Map<String, serde_json::Value>,
+        require_variables: bool,
+    ) -> Result<Vec<Message>, TemplateError> {
+        match &self.sandbox {
+            Some(sandbox) if !template_slots(messages).is_empty() => sandbox.run(
+                sandbox::Job::Render {
+                    messages,
+                    input,
+                    require_variables,
+                },
+                &self.limits,
+            ),
+            _ => render(messages, input, &self.limits, require_variables),
+        }
+    }
+
+    /// [`check_without_input`], where this renderer runs template code.
+    pub fn check_without_input(&self, messages: &[Message]) -> Result<(), TemplateError> {
+        match &self.sandbox {
+            Some(sandbox) if !template_slots(prompt(messages)).is_empty() => sandbox
+                .run(sandbox::Job::Check { messages }, &self.limits)
+                .map(drop),
+            _ => check_without_input(messages, &self.limits),
         }
     }
 }
 
 /// What went wrong with a template; the HTTP error code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TemplateErrorKind {
     /// The template does not parse.
     Syntax,
@@ -59,6 +131,12 @@ pub enum TemplateErrorKind {
     TooLarge,
     /// Rendering needs more steps or recursion than allowed.
     TooComplex,
+    /// Rendering needs more memory than its worker may use.
+    MemoryLimit,
+    /// Rendering takes longer than allowed.
+    TimeLimit,
+    /// Every render worker is busy for longer than the time limit (503, not the client's fault).
+    Busy,
     /// Another rendering failure (a filter given the wrong type, …).
     Render,
 }
@@ -73,13 +151,16 @@ impl TemplateErrorKind {
             TemplateErrorKind::TemplateWithoutInput => "template_without_input",
             TemplateErrorKind::TooLarge => "template_too_large",
             TemplateErrorKind::TooComplex => "template_too_complex",
+            TemplateErrorKind::MemoryLimit => "template_memory_limit",
+            TemplateErrorKind::TimeLimit => "template_time_limit",
+            TemplateErrorKind::Busy => "template_workers_busy",
             TemplateErrorKind::Render => "template_render_error",
         }
     }
 }
 
 /// A template failure, located in the request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TemplateError {
     pub kind: TemplateErrorKind,
     pub message: String,
@@ -96,7 +177,7 @@ pub struct TemplateError {
 }
 
 impl TemplateError {
-    fn new(kind: TemplateErrorKind, message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: TemplateErrorKind, message: impl Into<String>) -> Self {
         TemplateError {
             kind,
             message: message.into(),
@@ -145,7 +226,13 @@ impl From<TemplateError> for GatewayError {
         } else {
             format!("template error in {where_}: {}", e.message)
         };
-        GatewayError::invalid(message)
+        let kind = match e.kind {
+            TemplateErrorKind::Busy => ErrorKind::Overloaded,
+            _ => ErrorKind::InvalidRequest,
+        };
+        let retry_after = (e.kind == TemplateErrorKind::Busy).then(|| Duration::from_secs(1));
+        GatewayError::new(kind, message)
+            .with_retry_after(retry_after)
             .with_param(param)
             .with_code(e.kind.code())
             .with_extra(json!({
@@ -509,11 +596,7 @@ fn check_size(source: &str, limits: &Limits) -> Result<(), TemplateError> {
 /// like Jinja but does not parse is left alone, and so is the conversation after the first
 /// assistant turn (answers may well contain template code).
 pub fn check_without_input(messages: &[Message], limits: &Limits) -> Result<(), TemplateError> {
-    let prompt_len = messages
-        .iter()
-        .position(|m| m.role == Role::Assistant)
-        .unwrap_or(messages.len());
-    let slots = template_slots(&messages[..prompt_len]);
+    let slots = template_slots(prompt(messages));
     if slots.is_empty() {
         return Ok(());
     }
@@ -551,8 +634,17 @@ pub fn check_without_input(messages: &[Message], limits: &Limits) -> Result<(), 
     Ok(())
 }
 
+/// The messages before the first assistant turn.
+fn prompt(messages: &[Message]) -> &[Message] {
+    let prompt_len = messages
+        .iter()
+        .position(|m| m.role == Role::Assistant)
+        .unwrap_or(messages.len());
+    &messages[..prompt_len]
+}
+
 /// Renders the templated messages with `input`. Messages without Jinja syntax, and assistant
-/// and tool messages, are returned unchanged.
+/// and tool messages, are returned unchanged. The template code runs in this thread.
 ///
 /// `require_variables`: `input` that no template uses is an error (the client meant to send a
 /// template and did not).
@@ -622,30 +714,13 @@ pub fn render(
         return Err(error);
     }
 
-    let mut env = environment(limits);
-    let context = Value::from_serialize(input);
-    let mut fuel = limits.fuel;
-    let mut remaining = limits.max_output_bytes;
+    let slots = template_slots(messages);
+    if slots.is_empty() {
+        return Ok(messages.to_vec());
+    }
+    let texts = render_slots(&slots, input, limits)?;
     let mut out = messages.to_vec();
-    for (slot, source) in template_slots(messages) {
-        env.set_fuel(Some(fuel));
-        let template = env
-            .template_from_str(source)
-            .map_err(|e| jinja_error(&e, source, limits).at(&slot))?;
-        let mut writer = Bounded {
-            out: Vec::with_capacity(source.len()),
-            remaining: &mut remaining,
-        };
-        let captured = template
-            .render_captured_to(&context, &mut writer)
-            .map_err(|e| jinja_error(&e, source, limits).at(&slot))?;
-        if let Some((consumed, _)) = captured.state().fuel_levels() {
-            fuel = fuel.saturating_sub(consumed);
-        }
-        drop(captured);
-        let text = String::from_utf8(writer.out).map_err(|_| {
-            TemplateError::new(TemplateErrorKind::Render, "the output is not UTF-8").at(&slot)
-        })?;
+    for ((slot, _), text) in slots.iter().zip(texts) {
         let message = &mut out[slot.message];
         match (&mut message.content, slot.part) {
             (Some(MessageContent::Text(t)), None) => *t = text,
@@ -658,6 +733,43 @@ pub fn render(
         }
     }
     Ok(out)
+}
+
+/// Renders each templated slot with `input`, sharing the fuel and the output budget of
+/// `limits` between them.
+fn render_slots(
+    slots: &[(Slot, &str)],
+    input: &Map<String, serde_json::Value>,
+    limits: &Limits,
+) -> Result<Vec<String>, TemplateError> {
+    let mut env = environment(limits);
+    let context = Value::from_serialize(input);
+    let mut fuel = limits.fuel;
+    let mut remaining = limits.max_output_bytes;
+    let mut texts = Vec::with_capacity(slots.len());
+    for (slot, source) in slots {
+        check_size(source, limits).map_err(|e| e.at(slot))?;
+        env.set_fuel(Some(fuel));
+        let template = env
+            .template_from_str(source)
+            .map_err(|e| jinja_error(&e, source, limits).at(slot))?;
+        let mut writer = Bounded {
+            out: Vec::with_capacity(source.len()),
+            remaining: &mut remaining,
+        };
+        let captured = template
+            .render_captured_to(&context, &mut writer)
+            .map_err(|e| jinja_error(&e, source, limits).at(slot))?;
+        if let Some((consumed, _)) = captured.state().fuel_levels() {
+            fuel = fuel.saturating_sub(consumed);
+        }
+        drop(captured);
+        let text = String::from_utf8(writer.out).map_err(|_| {
+            TemplateError::new(TemplateErrorKind::Render, "the output is not UTF-8").at(slot)
+        })?;
+        texts.push(text);
+    }
+    Ok(texts)
 }
 
 #[cfg(test)]
@@ -875,5 +987,92 @@ mod tests {
             vars.into_iter().collect::<Vec<_>>(),
             vec!["item".to_string()]
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Template text made of Jinja's pieces, small numbers only (memory is the sandbox's
+        /// business; this checks that nothing panics).
+        fn arb_template() -> impl Strategy<Value = String> {
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("{{"),
+                    Just("}}"),
+                    Just("{%"),
+                    Just("%}"),
+                    Just("{#"),
+                    Just("#}"),
+                    Just(" x "),
+                    Just(" y "),
+                    Just(" for "),
+                    Just(" in "),
+                    Just(" if "),
+                    Just(" else "),
+                    Just(" endif "),
+                    Just(" endfor "),
+                    Just(" set "),
+                    Just(" = "),
+                    Just("|"),
+                    Just("length"),
+                    Just("upper"),
+                    Just("join"),
+                    Just("indent(3)"),
+                    Just("replace('a', 'bb')"),
+                    Just("range(7)"),
+                    Just("("),
+                    Just(")"),
+                    Just("["),
+                    Just("]"),
+                    Just(","),
+                    Just("."),
+                    Just("*"),
+                    Just("~"),
+                    Just("+"),
+                    Just("-"),
+                    Just("'a'"),
+                    Just("3"),
+                    Just("macro"),
+                    Just("endmacro"),
+                    Just("f"),
+                    Just("raw"),
+                    Just("endraw"),
+                    Just("items()"),
+                    Just("\n"),
+                    Just("é"),
+                    Just("}"),
+                    Just("{"),
+                ],
+                0..40,
+            )
+            .prop_map(|parts| parts.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_template_renders_or_is_a_located_error(
+                template in arb_template(),
+                text in ".{0,40}",
+            ) {
+                let limits = Limits { fuel: 20_000, max_output_bytes: 64 * 1024, ..Limits::default() };
+                let msgs = messages(json!([
+                    {"role": "user", "content": template},
+                    {"role": "user", "content": text}
+                ]));
+                let input = input(json!({"x": "ab", "y": [1, 2]}));
+                match render(&msgs, &input, &limits, false) {
+                    Ok(out) => prop_assert_eq!(out.len(), 2),
+                    Err(e) => {
+                        let g = GatewayError::from(e);
+                        prop_assert!(g.status_code().is_client_error(), "{g:?}");
+                    }
+                }
+                let _ = check_without_input(&msgs, &limits);
+                let _ = variables(&msgs, &limits);
+            }
+        }
     }
 }
