@@ -69,6 +69,9 @@ struct RawServer {
     max_body_bytes: usize,
     /// HTTP worker threads; defaults to the number of cores.
     workers: Option<usize>,
+    /// Log filter (`info`, `warn`, `flowgate_actors=debug`, …); `FLOWGATE_LOG` or `RUST_LOG`
+    /// win over it.
+    log: Option<String>,
 }
 
 impl Default for RawServer {
@@ -79,6 +82,7 @@ impl Default for RawServer {
             public_url: None,
             max_body_bytes: 32 * 1024 * 1024,
             workers: None,
+            log: None,
         }
     }
 }
@@ -173,6 +177,8 @@ struct RawLimits {
     body_timeout_seconds: f64,
     /// Open client connections at most (all workers together); more wait in the backlog.
     max_connections: usize,
+    /// Request body bytes held by all requests in flight together (MiB).
+    max_inflight_body_mb: usize,
     templates: RawTemplateLimits,
 }
 
@@ -183,6 +189,7 @@ impl Default for RawLimits {
             max_model_bytes: 256,
             body_timeout_seconds: 30.0,
             max_connections: 10_000,
+            max_inflight_body_mb: 1024,
             templates: RawTemplateLimits::default(),
         }
     }
@@ -498,6 +505,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Base URL of the web UI in run links; `None`: `http://<bound address>`.
     pub public_url: Option<String>,
+    /// Log filter from the config.
+    pub log: Option<String>,
 }
 
 /// Bounds on one request (see `[limits]`).
@@ -507,6 +516,7 @@ pub struct RequestLimits {
     pub max_model_bytes: usize,
     pub body_timeout: Duration,
     pub max_connections: usize,
+    pub max_inflight_body_bytes: usize,
     pub templates: Limits,
     pub template_workers: usize,
 }
@@ -689,6 +699,7 @@ fn compile_limits(raw: &RawLimits, source: &str) -> Result<RequestLimits, String
     positive("max_n", raw.max_n > 0)?;
     positive("max_model_bytes", raw.max_model_bytes > 0)?;
     positive("max_connections", raw.max_connections > 0)?;
+    positive("max_inflight_body_mb", raw.max_inflight_body_mb > 0)?;
     positive("templates.fuel", t.fuel > 0)?;
     positive("templates.max_template_bytes", t.max_template_bytes > 0)?;
     positive("templates.max_output_bytes", t.max_output_bytes > 0)?;
@@ -704,6 +715,7 @@ fn compile_limits(raw: &RawLimits, source: &str) -> Result<RequestLimits, String
         max_model_bytes: raw.max_model_bytes,
         body_timeout: seconds("body_timeout_seconds", raw.body_timeout_seconds)?,
         max_connections: raw.max_connections,
+        max_inflight_body_bytes: raw.max_inflight_body_mb.saturating_mul(1024 * 1024),
         templates: Limits {
             max_template_bytes: t.max_template_bytes,
             max_output_bytes: t.max_output_bytes,
@@ -1028,6 +1040,7 @@ impl Config {
                 max_body_bytes: raw.server.max_body_bytes,
                 workers,
                 public_url: raw.server.public_url.clone(),
+                log: raw.server.log.clone(),
             },
             auth: AuthConfig { api_keys, tenants },
             admin,

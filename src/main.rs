@@ -51,13 +51,33 @@ enum Command {
     },
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+/// Changes the log filter once the config is read.
+type LogFilter =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Logs to stderr, filtered by `FLOWGATE_LOG` or `RUST_LOG` (e.g. `info`,
+/// `flowgate_actors=debug` for the request and attempt spans); without either, `info` until
+/// the config's `server.log` says otherwise. Returns whether an environment variable decided.
+fn init_tracing() -> (LogFilter, bool) {
+    use tracing_subscriber::prelude::*;
+    let from_env = ["FLOWGATE_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|var| tracing_subscriber::EnvFilter::try_from_env(var).ok());
+    let decided = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colours for a terminal only: not in files and journals.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                // A line per closed span: each request and attempt with its fields and time.
+                .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE),
+        )
         .init();
+    (handle, decided)
 }
 
 fn main() -> ExitCode {
@@ -68,7 +88,7 @@ fn main() -> ExitCode {
             Err(_) => ExitCode::FAILURE,
         };
     }
-    init_tracing();
+    let (log_filter, log_from_env) = init_tracing();
     let command = cli.command.unwrap_or(Command::Serve {
         config: PathBuf::from("config/flowgate.toml"),
         listen: None,
@@ -98,6 +118,19 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if !log_from_env {
+                if let Some(level) = &loaded.server.log {
+                    match tracing_subscriber::EnvFilter::try_new(level) {
+                        Ok(filter) => {
+                            let _ = log_filter.reload(filter);
+                        }
+                        Err(e) => {
+                            eprintln!("invalid config at `server.log`: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+            }
             if let Some(listen) = listen {
                 match listen.parse() {
                     Ok(addr)

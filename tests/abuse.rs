@@ -276,6 +276,49 @@ async fn a_body_that_trickles_in_gets_a_408() {
     still_serving(&mut gw).await;
 }
 
+#[tokio::test]
+async fn many_large_bodies_at_once_are_refused_past_the_in_flight_budget() {
+    let (_dir, mut gw) = start("\n[limits]\nmax_inflight_body_mb = 1\nbody_timeout_seconds = 20\n");
+    let addr = gw.addr();
+    // One client sends 800 KB of a 900 KB body and holds it.
+    let mut holder = TcpStream::connect(&addr).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 900000\r\n\r\n"
+    );
+    holder.write_all(head.as_bytes()).unwrap();
+    holder.write_all(&vec![b' '; 800_000]).unwrap();
+    // Another 300 KB body does not fit beside it.
+    let big = json!({"model": "mock-echo", "messages": user(&"x".repeat(300_000))});
+    let mut refused = None;
+    for _ in 0..40 {
+        let (status, headers, body) = chat(&gw, big.clone()).await;
+        if status == 503 {
+            refused = Some((headers, body));
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (headers, body) = refused.expect("a body past the in-flight budget was accepted");
+    assert_error(
+        reqwest::StatusCode::SERVICE_UNAVAILABLE,
+        &body,
+        503,
+        "too_many_bodies_in_flight",
+    );
+    assert!(headers.contains_key("retry-after"));
+    // Small requests still pass, and once the holder goes, large ones do too.
+    still_serving(&mut gw).await;
+    drop(holder);
+    let (status, _, body) = poll_until(
+        100,
+        || chat(&gw, big.clone()),
+        |(status, _, _)| *status == 200,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 fn open_files(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()

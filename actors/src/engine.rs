@@ -383,8 +383,48 @@ fn summary(planned: &PlannedAttempt, previous: Option<&GatewayError>) -> Attempt
     }
 }
 
-/// One upstream call under the provider's total timeout, reported to its actor.
+/// The tracing span of one upstream call: `provider`, `model`, `attempt` (1-based within the
+/// run) and, once known, `outcome` (`ok` or the error's metric label). Debug level: free
+/// unless asked for (`FLOWGATE_LOG=flowgate_actors=debug`).
+fn attempt_span(planned: &PlannedAttempt, attempt: usize) -> tracing::Span {
+    tracing::debug_span!(
+        "attempt",
+        provider = planned.provider.name(),
+        model = %planned.offer.model,
+        attempt,
+        outcome = tracing::field::Empty,
+    )
+}
+
+/// Records an attempt's outcome on its span.
+fn record_outcome<T>(span: &tracing::Span, result: &Result<T, GatewayError>) {
+    if !span.is_disabled() {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) => e.kind.metric_label(),
+        };
+        span.record("outcome", outcome);
+    }
+}
+
+/// One upstream call under the provider's total timeout, reported to its actor, in its own
+/// `attempt` span.
 async fn call_provider(
+    planned: &PlannedAttempt,
+    admission: Admission,
+    request: &ChatRequest,
+    attempt: usize,
+) -> (Result<Completion, GatewayError>, Duration) {
+    use tracing::Instrument;
+    let span = attempt_span(planned, attempt);
+    let (result, elapsed) = call_provider_in_span(planned, admission, request)
+        .instrument(span.clone())
+        .await;
+    record_outcome(&span, &result);
+    (result, elapsed)
+}
+
+async fn call_provider_in_span(
     planned: &PlannedAttempt,
     admission: Admission,
     request: &ChatRequest,
@@ -674,7 +714,8 @@ impl Gateway {
                 if reason.is_some() {
                     attempt.reason = reason.take();
                 }
-                let (result, elapsed) = call_provider(planned, admission, &sent).await;
+                let (result, elapsed) =
+                    call_provider(planned, admission, &sent, guard.attempts.len() + 1).await;
                 attempt.duration_seconds = elapsed.as_secs_f64();
                 let completion = match result {
                     Ok(completion) => completion,
@@ -860,7 +901,8 @@ impl Gateway {
             }
             guard.attempts.push(attempt);
         };
-        let mut a = Box::pin(call_provider(first, Admission::Admitted, request));
+        let n = guard.attempts.len();
+        let mut a = Box::pin(call_provider(first, Admission::Admitted, request, n + 1));
         let timer = Box::pin(tokio::time::sleep(after));
         if let Either::Left(((result, elapsed), _)) = select(a.as_mut(), timer).await {
             // Answered (or failed) before the hedge was needed.
@@ -868,7 +910,7 @@ impl Gateway {
             return (result.map(|c| (c, first)), 1);
         }
         let hedge_started = Instant::now();
-        let b = Box::pin(call_provider(second, Admission::Admitted, request));
+        let b = Box::pin(call_provider(second, Admission::Admitted, request, n + 2));
         let hedge = || Some("hedge".to_string());
         match select(a, b).await {
             Either::Left(((result, elapsed), b)) => {
@@ -1033,6 +1075,7 @@ impl Gateway {
         request: &ChatRequest,
     ) -> Result<LiveStream, GatewayError> {
         use futures::StreamExt;
+        use tracing::Instrument;
 
         let spec = StructuredSpec::of(request);
         let mut last: Option<GatewayError> = None;
@@ -1067,6 +1110,7 @@ impl Gateway {
                 };
                 let started = Instant::now();
                 let first_byte = planned.provider.settings.timeouts.first_byte();
+                let span = attempt_span(planned, guard.attempts.len() + 1);
                 let opened = tokio::time::timeout(first_byte, async {
                     let mut stream = planned.provider.client.stream(call).await?;
                     match stream.next().await {
@@ -1081,6 +1125,7 @@ impl Gateway {
                         )),
                     }
                 })
+                .instrument(span.clone())
                 .await
                 .unwrap_or_else(|_| {
                     Err(GatewayError::new(
@@ -1092,6 +1137,7 @@ impl Gateway {
                         ),
                     ))
                 });
+                record_outcome(&span, &opened);
                 match opened {
                     Ok((first, rest)) => {
                         attempt.status = Some(200);

@@ -5,10 +5,9 @@
 //! format the official SDKs send and accept. The pieces are layered so that more provider
 //! formats can be added as more routes:
 //!
-//! * [`answer`](mod@answer) — what to answer (echo, forced tool calls, structured outputs), independent
-//!   of any transport; reused in-process by flowgate's built-in `mock` provider;
-//! * [`schema_instance`] — building a value that validates against a JSON Schema;
-//! * [`directives`] — scripting through the `model` string (`gpt-4o;status=429;retry_after=2`);
+//! * [`answer`](mod@answer), [`schema_instance`], [`directives`] — what to answer, from the
+//!   crate `flowgate-mock-answer`, which the gateway's built-in `mock` provider uses too (the
+//!   shipped binary links that small crate, not this server);
 //! * [`MockUpstream`] — the actix-web server on its own thread, recording requests.
 //!
 //! ```no_run
@@ -24,17 +23,14 @@
 //! and the control endpoints `GET /_mock/requests` (recorded requests as JSON) and
 //! `DELETE /_mock/requests` (clear), which are not recorded themselves.
 
-pub mod answer;
 mod anthropic;
 mod bedrock;
-pub mod directives;
 mod gemini;
-mod ids;
 pub mod openai;
-pub mod schema_instance;
 mod script;
 mod server;
 
-pub use answer::{answer, MockAnswer, MockToolCall};
-pub use directives::Directives;
+pub use flowgate_mock_answer::{
+    answer, directives, ids, schema_instance, Directives, MockAnswer, MockToolCall,
+};
 pub use server::{MockUpstream, Options, RecordedRequest, CONTROL_REQUESTS_PATH};

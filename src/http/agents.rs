@@ -101,6 +101,9 @@ impl AdminAuth {
     }
 }
 
+/// Largest body of the small JSON endpoints (deploy, feedback).
+pub(super) const SMALL_BODY_BYTES: usize = 64 * 1024;
+
 /// Header with which an admin names the tenant it acts for (the default tenant without it).
 const TENANT_HEADER: &str = "x-flowgate-tenant";
 
@@ -250,18 +253,26 @@ struct DeployBody {
 pub async fn deploy(
     req: HttpRequest,
     path: web::Path<(String, String)>,
-    body: web::Bytes,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let who = state.admin.require(&req)?;
     let tenant = admin_tenant(&req)?;
     let (agent, version_id) = path.into_inner();
     let agent = agent_name(agent)?;
+    let (body, _reservation) = super::body::read_body(
+        &req,
+        payload,
+        SMALL_BODY_BYTES,
+        state.limits.body_timeout,
+        &state.body_budget,
+    )
+    .await?;
     let body: DeployBody = parse_body(&body)?;
     let environment = Environment::parse(&body.environment).ok_or_else(|| {
         GatewayError::invalid(format!(
             "`{}` is not an environment: use dev, staging or production",
-            body.environment
+            excerpt(&body.environment, 64)
         ))
         .with_param("environment")
     })?;

@@ -2,7 +2,6 @@
 use actix::Addr;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
-use bytes::{Bytes, BytesMut};
 use flowgate_actors::agents::resolve::target_of;
 use flowgate_actors::capabilities::Needs;
 use flowgate_actors::completion::{Choice, ToolCallOut};
@@ -13,10 +12,10 @@ use flowgate_actors::recorder::run::CacheStatus;
 use flowgate_actors::router::{PlanRoute, Router};
 use flowgate_actors::version::version_id;
 use flowgate_actors::wire::{ChatRequest, UseFallback};
-use futures::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use super::body::{read_body, Reservation};
 use super::{connection, sse, AppState};
 use crate::config::RequestLimits;
 
@@ -26,11 +25,23 @@ pub async fn chat_completions(
     state: web::Data<AppState>,
     router: web::Data<Addr<Router>>,
 ) -> Result<HttpResponse, GatewayError> {
+    use tracing::Instrument;
     let tenant = state.auth.tenant(&req)?;
     // From here on, every outcome is recorded as exactly one run.
     let ctx = RunContext::new(&tenant, "default", "", false);
+    // Debug level: free unless asked for (`FLOWGATE_LOG=debug`); `agent` and `model` are
+    // recorded once the body is read.
+    let span = tracing::debug_span!(
+        "request",
+        tenant = %tenant,
+        run_id = %ctx.run_id,
+        agent = tracing::field::Empty,
+        model = tracing::field::Empty,
+    );
     let guard = RunGuard::new(state.gateway.clone(), ctx);
-    Ok(run(req, payload, state, router, guard).await)
+    Ok(run(req, payload, state, router, guard)
+        .instrument(span)
+        .await)
 }
 
 /// Records a failed run and answers with its error, naming the run in a header.
@@ -57,6 +68,11 @@ async fn run(
         Ok(request) => request,
         Err(e) => return failed(guard, e),
     };
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("agent", guard.ctx.agent.as_str());
+        span.record("model", request.target_model.as_str());
+    }
     let plan = match router
         .send(PlanRoute {
             model: request.target_model.clone(),
@@ -149,6 +165,8 @@ struct Prepared {
     chat: ChatRequest,
     /// The catalog name to resolve.
     target_model: String,
+    /// The body's bytes, held against the in-flight budget while the request runs.
+    _body: Reservation,
 }
 
 /// Reads, parses and validates the body, then resolves it against its agent (the deployment it
@@ -160,11 +178,12 @@ async fn prepare(
     state: &AppState,
     guard: &mut RunGuard,
 ) -> Result<Prepared, GatewayError> {
-    let body = read_body(
+    let (body, reservation) = read_body(
         req,
         payload,
         state.max_body_bytes,
         state.limits.body_timeout,
+        &state.body_budget,
     )
     .await?;
     // Checked whole first (syntax errors name their position), then kept as received: the
@@ -256,6 +275,7 @@ async fn prepare(
     Ok(Prepared {
         chat: resolution.request,
         target_model: resolution.target_model,
+        _body: reservation,
     })
 }
 
@@ -268,58 +288,6 @@ fn model_too_long(model: &str, max: usize) -> GatewayError {
     ))
     .with_param("model")
     .with_code("model_too_long")
-}
-
-/// The request body, within `limit` bytes and `timeout` (a client that trickles its body
-/// holds a connection and a buffer: 408 once the time is up).
-async fn read_body(
-    req: &HttpRequest,
-    payload: web::Payload,
-    limit: usize,
-    timeout: std::time::Duration,
-) -> Result<Bytes, GatewayError> {
-    match tokio::time::timeout(timeout, read_body_within(req, payload, limit)).await {
-        Ok(body) => body,
-        Err(_) => Err(GatewayError::new(
-            ErrorKind::RequestTimeout,
-            format!(
-                "the request body did not arrive within {} s",
-                timeout.as_secs_f64()
-            ),
-        )
-        .with_code("body_timeout")),
-    }
-}
-
-async fn read_body_within(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<Bytes, GatewayError> {
-    let too_large = || {
-        GatewayError::new(
-            ErrorKind::PayloadTooLarge,
-            format!("the body is larger than the limit of {limit} bytes"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(too_large());
-    }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| GatewayError::invalid(format!("cannot read the request body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 /// A serde error as a 400 that names the field.

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::agents::{bearer, parse_body};
+use super::agents::{bearer, parse_body, SMALL_BODY_BYTES};
 use super::auth::DEFAULT_TENANT;
 use super::AppState;
 
@@ -60,7 +60,7 @@ async fn find_run(
 
 pub async fn post_feedback(
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     // The token is the credential; a caller that also sends an API key must send a valid one.
@@ -68,6 +68,14 @@ pub async fn post_feedback(
         Some(_) => state.auth.tenant(&req)?,
         None => DEFAULT_TENANT.to_string(),
     };
+    let (body, _reservation) = super::body::read_body(
+        &req,
+        payload,
+        SMALL_BODY_BYTES,
+        state.limits.body_timeout,
+        &state.body_budget,
+    )
+    .await?;
     let body: FeedbackBody = parse_body(&body)?;
     let invalid_token = || {
         GatewayError::invalid(

@@ -2,6 +2,7 @@
 
 mod agents;
 mod auth;
+mod body;
 mod browser_guard;
 mod chat;
 mod connection;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub renderer: Renderer,
     /// Who may read the operations endpoints (empty: anyone).
     pub ops: Arc<ops::OpsAuth>,
+    /// Request body bytes held by all requests in flight.
+    pub body_budget: body::BodyBudget,
 }
 
 /// Serves until SIGINT/SIGTERM, then drains the recorder.
@@ -75,6 +78,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         max_body_bytes: config.server.max_body_bytes,
         renderer: Renderer::sandboxed(config.limits.templates, Arc::new(sandbox)),
         ops: Arc::new(ops::OpsAuth::new(&config.ops_keys)),
+        body_budget: body::BodyBudget::new(config.limits.max_inflight_body_bytes),
         limits: config.limits.clone(),
     };
     let workers = config.server.workers;

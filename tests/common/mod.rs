@@ -87,12 +87,17 @@ impl Flowgate {
     }
 
     /// Runs `command serve --config <config_path>` and waits for its `listening on` line.
-    pub fn spawn(mut command: Command, config_path: &Path) -> Flowgate {
+    pub fn spawn(command: Command, config_path: &Path) -> Flowgate {
+        Self::spawn_logging_to(command, config_path, Stdio::inherit())
+    }
+
+    /// [`Flowgate::spawn`], with the gateway's log going to `stderr`.
+    pub fn spawn_logging_to(mut command: Command, config_path: &Path, stderr: Stdio) -> Flowgate {
         let mut child = command
             .args(["serve", "--config"])
             .arg(config_path)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start flowgate");
         let stdout = child.stdout.take().expect("stdout");

@@ -1,11 +1,12 @@
 //! The built-in `mock` provider: answers at once with no key, so flowgate works out of the box.
 //! Text requests get an echo of the last user message; requests with a JSON schema (a
 //! `json_schema` response format, a forced tool, or a schema in the system message) get an
-//! instance of the schema. Its brain is the mock upstream's, called in-process.
+//! instance of the schema. Its brain is `flowgate-mock-answer`, which the mock upstream (tests only) wraps in each
+//! provider's wire format.
 
 use std::time::Duration;
 
-use flowgate_mock_upstream::answer::{answer, MockAnswer};
+use flowgate_mock_answer::answer::{answer, MockAnswer};
 use futures::StreamExt;
 
 use super::http::kind_for_status;
