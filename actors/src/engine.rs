@@ -23,10 +23,10 @@ use crate::provider::actor::{Admission, AttemptOutcome};
 use crate::provider::{EventStream, UpstreamRequest};
 use crate::recorder::metrics::Metrics;
 use crate::recorder::run::{feedback_token, CacheStatus, RunRecord, RunStatus, StructuredRecord};
-use crate::recorder::store::RunStore;
 use crate::recorder::RecorderHandle;
 use crate::retry::RetryPolicy;
 use crate::router::{auto_fallback_attempts, FallbackPlan, PlannedAttempt, ProviderRegistry};
+use crate::storage::{FeedbackStore, RunStore};
 use crate::structured::{
     answer_text, repair_request, validate_tool_calls, Layer, StructuredSpec, Target, Validators,
 };
@@ -39,7 +39,10 @@ pub struct Gateway {
     pub catalog: Arc<ArcSwap<Catalog>>,
     pub cache: Cache,
     pub recorder: RecorderHandle,
-    pub store: RunStore,
+    /// The recorded runs (read by the HTTP edge; written by the recorder).
+    pub runs: Arc<dyn RunStore>,
+    /// End users' feedback on runs.
+    pub feedback: Arc<dyn FeedbackStore>,
     /// Agents' schemas, versions, deployments, conversations and feedback.
     pub agents: AgentStore,
     pub metrics: Metrics,

@@ -18,6 +18,7 @@ pub mod provider;
 pub mod recorder;
 pub mod retry;
 pub mod router;
+pub mod storage;
 pub mod structured;
 pub mod supervisor;
 pub mod templates;

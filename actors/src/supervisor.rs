@@ -17,10 +17,11 @@ use crate::provider::actor::{Clock, SystemClock};
 use crate::provider::media::{MediaFetcher, MediaSettings};
 use crate::provider::{ProviderActor, ProviderClient, ProviderHandle, ProviderSettings};
 use crate::recorder::metrics::Metrics;
-use crate::recorder::store::RunStore;
 use crate::recorder::{Barrier, Flush, Recorder, RecorderHandle};
 use crate::retry::RetryPolicy;
 use crate::router::ProviderRegistry;
+use crate::storage::sled::SledStorage;
+use crate::storage::Storage;
 
 /// The runtime configuration the actors need, compiled from the TOML config.
 #[derive(Debug)]
@@ -108,14 +109,15 @@ impl Supervisor {
                 config.data_dir.display()
             )
         })?;
-        let store = RunStore::open(&config.data_dir, config.flush_interval).map_err(|e| {
+        let storage = SledStorage::open(&config.data_dir, config.flush_interval).map_err(|e| {
             format!(
-                "cannot open the run store in `{}`: {e}",
+                "cannot open the store in `{}`: {e}",
                 config.data_dir.display()
             )
         })?;
+        let Storage { runs, feedback } = storage.storage();
 
-        let agents = AgentStore::open(store.db()).map_err(|e| {
+        let agents = AgentStore::open(storage.db()).map_err(|e| {
             format!(
                 "cannot open the agents' store in `{}`: {e}",
                 config.data_dir.display()
@@ -124,8 +126,8 @@ impl Supervisor {
 
         // The recorder gets its own thread: store writes never run on a request arbiter.
         let recorder = {
-            let recorder =
-                Recorder::new(store.clone(), metrics.clone()).with_agents(agents.clone());
+            let recorder = Recorder::new(runs.clone(), config.flush_interval, metrics.clone())
+                .with_agents(agents.clone());
             let outbox = recorder.outbox();
             let addr =
                 actix::Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| recorder);
@@ -166,9 +168,10 @@ impl Supervisor {
         let gateway = Gateway {
             providers: Arc::new(providers),
             catalog: Arc::new(ArcSwap::from_pointee(config.catalog)),
-            cache: Cache::open(store.db(), config.cache, &metrics)?,
+            cache: Cache::open(storage.db(), config.cache, &metrics)?,
             recorder,
-            store,
+            runs,
+            feedback,
             agents,
             metrics,
             public_url: config.public_url.trim_end_matches('/').into(),

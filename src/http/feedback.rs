@@ -30,22 +30,14 @@ struct FeedbackBody {
     user_id: Option<String>,
 }
 
-fn store_error(e: impl std::fmt::Display) -> GatewayError {
-    GatewayError::internal(format!("store: {e}"))
-}
-
 /// The run, once the recorder has written it (feedback may follow its answer at once).
 async fn find_run(
     state: &AppState,
     tenant: &str,
     run_id: Uuid,
 ) -> Result<Option<RunRecord>, GatewayError> {
-    let read = || {
-        let store = state.gateway.store.clone();
-        let tenant = tenant.to_string();
-        web::block(move || store.get(&tenant, run_id))
-    };
-    if let Some(run) = read().await.map_err(store_error)?.map_err(store_error)? {
+    let runs = &state.gateway.runs;
+    if let Some(run) = runs.get(tenant, run_id).await? {
         return Ok(Some(run));
     }
     let _ = state
@@ -55,7 +47,7 @@ async fn find_run(
         .send(Barrier)
         .timeout(Duration::from_secs(5))
         .await;
-    read().await.map_err(store_error)?.map_err(store_error)
+    Ok(runs.get(tenant, run_id).await?)
 }
 
 pub async fn post_feedback(
@@ -95,11 +87,7 @@ pub async fn post_feedback(
                 .with_param("feedback_token")
         })?;
     let record = FeedbackRecord::new(run.id, body.outcome, body.comment, body.user_id)?;
-    let agents = state.gateway.agents.clone();
-    let stored = record.clone();
-    web::block(move || agents.put_feedback(&stored))
-        .await
-        .map_err(store_error)??;
+    state.gateway.feedback.put(&record).await?;
     Ok(HttpResponse::Ok().json(record))
 }
 
@@ -117,9 +105,6 @@ pub async fn list_run_feedback(
     if find_run(&state, &tenant, run_id).await?.is_none() {
         return Err(GatewayError::not_found(format!("no run `{run_id}`")));
     }
-    let agents = state.gateway.agents.clone();
-    let items = web::block(move || agents.feedback_for(run_id))
-        .await
-        .map_err(store_error)??;
+    let items = state.gateway.feedback.for_run(run_id).await?;
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }

@@ -59,8 +59,12 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     raise_open_files_limit();
     let (gateway, supervisor) = Supervisor::start(gateway_config)?;
-    let program = std::env::current_exe()
-        .map_err(|e| format!("cannot find the flowgate binary to start render workers: {e}"))?;
+    // `/proc/self/exe` still runs this binary after a package upgrade replaced the file.
+    let program = match std::path::Path::new("/proc/self/exe") {
+        proc_exe if proc_exe.exists() => proc_exe.to_path_buf(),
+        _ => std::env::current_exe()
+            .map_err(|e| format!("cannot find the flowgate binary to start render workers: {e}"))?,
+    };
     let sandbox = Sandbox::new(SandboxSettings {
         program,
         args: vec!["render-worker".into()],

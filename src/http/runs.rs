@@ -47,21 +47,12 @@ pub async fn get_run(
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = super::agents::reader_tenant(&req, &state)?;
     let id = parse_run_id(&path.into_inner())?;
-    let read = |tenant: String| {
-        let store = state.gateway.store.clone();
-        web::block(move || store.get(&tenant, id))
-    };
-    let mut run = read(tenant.clone())
-        .await
-        .map_err(store_error)?
-        .map_err(store_error)?;
+    let runs = &state.gateway.runs;
+    let mut run = runs.get(&tenant, id).await?;
     if run.is_none() {
         // It may still be on its way to the store.
         settle(&state).await;
-        run = read(tenant)
-            .await
-            .map_err(store_error)?
-            .map_err(store_error)?;
+        run = runs.get(&tenant, id).await?;
     }
     let run = run.ok_or_else(|| GatewayError::not_found(format!("no run `{id}`")))?;
     let mut body = serde_json::to_value(&run).map_err(store_error)?;
@@ -103,10 +94,10 @@ pub async fn list_agent_runs(
         None => None,
     };
     settle(&state).await;
-    let store = state.gateway.store.clone();
-    let page = web::block(move || store.list_agent(&tenant, &agent, cursor, limit))
-        .await
-        .map_err(store_error)?
-        .map_err(store_error)?;
+    let page = state
+        .gateway
+        .runs
+        .list_agent(&tenant, &agent, cursor, limit)
+        .await?;
     Ok(HttpResponse::Ok().json(page))
 }

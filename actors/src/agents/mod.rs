@@ -61,8 +61,6 @@ struct Trees {
     deployment_history: sled::Tree,
     /// Conversation id by the hash of a message list followed by its answer.
     conversations: sled::Tree,
-    /// Feedback by run.
-    feedback: sled::Tree,
     cache: Cache,
     /// Statistics updated since they were last written to `version_stats`: whole values (the
     /// stored statistics plus the runs observed since), by version key. Readers look here
@@ -182,7 +180,6 @@ impl AgentStore {
                 deployments: db.open_tree("agent_deployments")?,
                 deployment_history: db.open_tree("agent_deployment_history")?,
                 conversations: db.open_tree("agent_conversations")?,
-                feedback: db.open_tree("run_feedback")?,
                 cache: Cache::default(),
                 pending_stats: Mutex::default(),
             }),

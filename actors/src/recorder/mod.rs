@@ -1,23 +1,24 @@
-//! The recorder actor: persists every run to sled and turns it into metrics. It runs on its own
-//! arbiter, so store writes never delay a request; the request path hands it a finished run
-//! through its [`Outbox`] ([`RecorderHandle::record`]) and moves on.
+//! The recorder actor: persists every run to the run store and turns it into metrics. It runs
+//! on its own arbiter, so store writes never delay a request; the request path hands it a
+//! finished run through its [`Outbox`] ([`RecorderHandle::record`]) and moves on. Runs are
+//! written in batches: everything queued when the recorder wakes up.
 
 pub mod metrics;
 pub mod run;
-pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures::FutureExt;
 use prometheus::{Counter, Histogram, IntCounter};
 
 use crate::agents::AgentStore;
 use crate::outbox::{self, Drains, Outbox, Pending, Pushed};
+use crate::storage::{RunStore, StorageError};
 use metrics::Metrics;
 use run::{RunRecord, RunStatus};
-use store::RunStore;
 
 /// How the request path hands runs to the recorder: queued in its outbox, written in batches
 /// (see [`crate::outbox`]). A run is data, not telemetry: the outbox has no bound and nothing
@@ -55,28 +56,29 @@ pub struct Recorder {
     outbox: Arc<Outbox<Box<RunRecord>>>,
     /// A drain of the outbox is scheduled.
     drain_scheduled: bool,
-    store: RunStore,
+    store: Arc<dyn RunStore>,
+    /// How long a write may wait to be durable (the store's flush interval).
+    flush_every: Duration,
     metrics: Metrics,
     agents: Option<AgentStore>,
-    /// The text of the run being written, kept between runs.
-    buf: Vec<u8>,
     /// A write of the agents' statistics is scheduled.
     stats_write_scheduled: bool,
     handles: Handles,
 }
 
-/// A buffer grown larger than this by an exceptional run is not kept.
-const MAX_KEPT_BUFFER: usize = 1 << 20;
+/// A batch of runs being written, and what happens once it is.
+type BatchWrite = std::pin::Pin<Box<dyn ActorFuture<Recorder, Output = ()>>>;
 
 impl Recorder {
-    pub fn new(store: RunStore, metrics: Metrics) -> Self {
+    /// Writes to `store`, whose writes are durable within `flush_every`.
+    pub fn new(store: Arc<dyn RunStore>, flush_every: Duration, metrics: Metrics) -> Self {
         Recorder {
             outbox: Arc::new(Outbox::new()),
             drain_scheduled: false,
             store,
+            flush_every,
             metrics,
             agents: None,
-            buf: Vec::with_capacity(4096),
             stats_write_scheduled: false,
             handles: Handles::default(),
         }
@@ -87,35 +89,66 @@ impl Recorder {
         self.outbox.clone()
     }
 
-    /// Persists one run, updates its agent and the metrics.
-    fn write(&mut self, run: Box<RunRecord>, ctx: &mut Context<Self>) {
-        let started = Instant::now();
-        let inserted = self.store.insert_with(&run, &mut self.buf);
-        if self.buf.capacity() > MAX_KEPT_BUFFER {
-            self.buf = Vec::with_capacity(4096);
+    /// Writes the queued runs in one batch. An embedded store answers at once, and the
+    /// batch is done when this returns; a network store's write is returned, to run before the
+    /// recorder takes its next message (so runs stay in order and a [`Barrier`] waits for it).
+    fn write_queued(&mut self, ctx: &mut Context<Self>) -> Option<BatchWrite> {
+        let runs = self.outbox.take();
+        if runs.is_empty() {
+            return None;
         }
-        match inserted {
+        let started = Instant::now();
+        let store = self.store.clone();
+        let mut write = Box::pin(async move {
+            let result = store.insert_batch(&runs).await;
+            (runs, result)
+        });
+        if let Some((runs, result)) = (&mut write).now_or_never() {
+            self.written(runs, result, started, ctx);
+            return None;
+        }
+        Some(Box::pin(write.into_actor(self).map(
+            move |(runs, result), recorder, ctx| recorder.written(runs, result, started, ctx),
+        )))
+    }
+
+    /// After a batch: the agents and the metrics learn of each run.
+    // Runs travel boxed from the request path: the outbox moves pointers, not records.
+    #[allow(clippy::vec_box)]
+    fn written(
+        &mut self,
+        runs: Vec<Box<RunRecord>>,
+        result: Result<(), StorageError>,
+        started: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        let per_run = started.elapsed().as_secs_f64() / runs.len().max(1) as f64;
+        match result {
             Ok(()) => {
-                self.metrics.runs_recorded.inc();
+                self.metrics.runs_recorded.inc_by(runs.len() as u64);
                 if let Some(agents) = &self.agents {
-                    if let Err(e) = agents.observe(&run) {
-                        self.metrics.recorder_errors.inc();
-                        tracing::warn!(run_id = %run.id, error = %e, "recorder: cannot update the agent");
+                    let mut versioned = false;
+                    for run in &runs {
+                        if let Err(e) = agents.observe(run) {
+                            self.metrics.recorder_errors.inc();
+                            tracing::warn!(run_id = %run.id, error = %e, "recorder: cannot update the agent");
+                        }
+                        versioned |= run.version_id.is_some();
                     }
-                    if run.version_id.is_some() {
+                    if versioned {
                         self.schedule_stats_write(ctx);
                     }
                 }
             }
             Err(e) => {
-                self.metrics.recorder_errors.inc();
-                tracing::error!(run_id = %run.id, error = %e, "recorder: cannot write run");
+                self.metrics.recorder_errors.inc_by(runs.len() as u64);
+                tracing::error!(runs = runs.len(), error = %e, "recorder: cannot write runs");
             }
         }
-        self.metrics
-            .recorder_write_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.observe(&run);
+        for run in &runs {
+            self.metrics.recorder_write_seconds.observe(per_run);
+            self.observe(run);
+        }
     }
 
     /// Also keeps the agents' version statistics and conversation links, from each stored run.
@@ -131,14 +164,14 @@ impl Recorder {
             return;
         }
         self.stats_write_scheduled = true;
-        ctx.run_later(self.store.flush_every() / 2, |recorder, ctx| {
+        ctx.run_later(self.flush_every / 2, |recorder, ctx| {
             recorder.stats_write_scheduled = false;
             if recorder.write_stats() {
-                // sled flushes on its own thread pool; the recorder does not wait for it.
-                let db = recorder.store.db().clone();
+                // The store flushes on its own; the recorder does not wait for it.
+                let store = recorder.store.clone();
                 ctx.spawn(
                     async move {
-                        if let Err(e) = db.flush_async().await {
+                        if let Err(e) = store.flush().await {
                             tracing::warn!(error = %e, "recorder: flush after statistics failed");
                         }
                     }
@@ -284,9 +317,13 @@ impl Actor for Recorder {
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
-        self.drain(ctx);
+        // `Flush` (sent by the supervisor's drain) has written everything by now; this is the
+        // last resort of an actor stopped otherwise.
+        if self.write_queued(ctx).is_some() {
+            tracing::error!("recorder: stopped while runs were still being written");
+        }
         self.write_stats();
-        if let Err(e) = self.store.flush() {
+        if let Err(e) = futures::executor::block_on(self.store.flush()) {
             tracing::error!(error = %e, "recorder: final flush failed");
         }
     }
@@ -301,10 +338,10 @@ impl Handler<Pending> for Recorder {
 }
 
 impl Drains for Recorder {
-    /// Writes every queued run, oldest first.
+    /// Writes every queued run, oldest first; the next message waits for a write under way.
     fn drain(&mut self, ctx: &mut Context<Self>) {
-        for run in self.outbox.take() {
-            self.write(run, ctx);
+        if let Some(write) = self.write_queued(ctx) {
+            ctx.wait(write);
         }
     }
 
@@ -318,24 +355,37 @@ impl Drains for Recorder {
 }
 
 impl Handler<Barrier> for Recorder {
-    type Result = ();
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _: Barrier, ctx: &mut Self::Context) {
-        self.drain(ctx);
+    /// Answers once the runs queued before it are written.
+    fn handle(&mut self, _: Barrier, ctx: &mut Self::Context) -> Self::Result {
+        match self.write_queued(ctx) {
+            Some(write) => write,
+            None => Box::pin(actix::fut::ready(())),
+        }
     }
 }
 
 impl Handler<Flush> for Recorder {
-    type Result = Result<(), String>;
+    type Result = ResponseActFuture<Self, Result<(), String>>;
 
     fn handle(&mut self, _: Flush, ctx: &mut Self::Context) -> Self::Result {
-        self.drain(ctx);
-        let stats = match &self.agents {
-            Some(agents) => agents.write_stats(),
-            None => Ok(()),
+        let write: BatchWrite = match self.write_queued(ctx) {
+            Some(write) => write,
+            None => Box::pin(actix::fut::ready(())),
         };
-        let flushed = self.store.flush();
-        stats.and(flushed)
+        Box::pin(write.then(|(), recorder, _| {
+            let stats = match &recorder.agents {
+                Some(agents) => agents.write_stats().map_err(|e| e.to_string()),
+                None => Ok(()),
+            };
+            let store = recorder.store.clone();
+            async move {
+                let flushed = store.flush().await.map_err(|e| e.to_string());
+                stats.and(flushed)
+            }
+            .into_actor(recorder)
+        }))
     }
 }
 
@@ -344,6 +394,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::storage::sled::SledStorage;
 
     fn run(version_id: &str) -> RunRecord {
         // From text: the request is kept as raw JSON, which a `Value` cannot give.
@@ -367,9 +418,13 @@ mod tests {
     #[actix_rt::test]
     async fn queued_runs_are_written_in_a_batch_and_a_barrier_writes_them_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RunStore::open(dir.path(), Duration::from_millis(40)).unwrap();
-        let runs = store.db().open_tree("runs").unwrap();
-        let recorder = Recorder::new(store.clone(), Metrics::new().unwrap());
+        let storage = SledStorage::open(dir.path(), Duration::from_millis(40)).unwrap();
+        let runs = storage.db().open_tree("runs").unwrap();
+        let recorder = Recorder::new(
+            storage.storage().runs,
+            Duration::from_millis(40),
+            Metrics::new().unwrap(),
+        );
         let outbox = recorder.outbox();
         let handle = RecorderHandle::new(recorder.start(), outbox.clone());
         for _ in 0..5 {
@@ -392,11 +447,15 @@ mod tests {
     #[actix_rt::test]
     async fn version_statistics_reach_the_store_within_the_flush_interval() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RunStore::open(dir.path(), Duration::from_millis(40)).unwrap();
-        let agents = AgentStore::open(store.db()).unwrap();
-        let stats = store.db().open_tree("agent_version_stats").unwrap();
-        let recorder =
-            Recorder::new(store.clone(), Metrics::new().unwrap()).with_agents(agents.clone());
+        let storage = SledStorage::open(dir.path(), Duration::from_millis(40)).unwrap();
+        let agents = AgentStore::open(storage.db()).unwrap();
+        let stats = storage.db().open_tree("agent_version_stats").unwrap();
+        let recorder = Recorder::new(
+            storage.storage().runs,
+            Duration::from_millis(40),
+            Metrics::new().unwrap(),
+        )
+        .with_agents(agents.clone());
         let outbox = recorder.outbox();
         let handle = RecorderHandle::new(recorder.start(), outbox);
         let recorder = handle.addr.clone();
@@ -420,7 +479,7 @@ mod tests {
         assert_eq!(stored.run_count, 4);
         // The answered runs are linked for their next turn at once (identical runs: one link).
         assert_eq!(
-            store.db().open_tree("agent_conversations").unwrap().len(),
+            storage.db().open_tree("agent_conversations").unwrap().len(),
             1
         );
     }

@@ -1,0 +1,109 @@
+//! The storage layer: what the gateway keeps, behind one trait per concern, each implemented
+//! once per backend in a folder of its own (`sled/` today, the embedded default; PostgreSQL
+//! next). Callers hold an `Arc<dyn …Store>` and never see which backend is in use; every
+//! failure is a [`StorageError`], which becomes a [`GatewayError`] at the edge.
+//!
+//! The traits are async where a network backend would wait (a sled call is answered on a
+//! blocking thread instead), take and return domain types only, write in batches and page
+//! with cursors, so that a second backend implements them without changing a caller.
+//! `conformance.rs` holds the test bodies every backend must pass.
+//!
+//! Concerns behind traits so far: runs ([`RunStore`]) and feedback ([`FeedbackStore`]). The
+//! agents' store (schemas, versions, deployments, conversations) and the answer cache still
+//! open their sled trees
+//! from the same database ([`sled::SledStorage::db`]); they move behind traits of their own
+//! next.
+
+#[cfg(test)]
+pub mod conformance;
+pub mod sled;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use uuid::Uuid;
+
+use crate::agents::FeedbackRecord;
+use crate::error::{ErrorKind, GatewayError};
+use crate::recorder::run::{RunRecord, RunSummary};
+
+/// A storage failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    /// The backend failed (I/O, a lost connection, a full disk).
+    #[error("storage backend: {0}")]
+    Backend(String),
+    /// What was stored cannot be read back (it was written by a newer release, or damaged).
+    #[error("stored {what} cannot be read: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    /// The backend cannot be reached right now; a retry may succeed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StorageError> for GatewayError {
+    fn from(e: StorageError) -> GatewayError {
+        match e {
+            StorageError::Unavailable(_) => GatewayError::new(ErrorKind::Overloaded, e.to_string())
+                .with_code("storage_unavailable")
+                .with_retry_after(Some(std::time::Duration::from_secs(1))),
+            StorageError::Backend(_) | StorageError::Corrupt { .. } => {
+                GatewayError::internal(e.to_string()).with_code("storage_error")
+            }
+        }
+    }
+}
+
+/// One page of runs, newest first.
+#[derive(Debug, serde::Serialize)]
+pub struct RunPage {
+    pub items: Vec<RunSummary>,
+    /// Pass as `cursor` for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The recorded runs. Run ids are UUIDv7: their order is time order.
+pub trait RunStore: Send + Sync + 'static {
+    /// Writes `runs`, in order. Idempotent on run id: writing a run again replaces it, so a
+    /// batch retried after a failure does not duplicate anything.
+    fn insert_batch<'a>(
+        &'a self,
+        runs: &'a [Box<RunRecord>],
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
+
+    /// The run, if it exists and belongs to `tenant`.
+    fn get<'a>(
+        &'a self,
+        tenant: &'a str,
+        id: Uuid,
+    ) -> BoxFuture<'a, Result<Option<RunRecord>, StorageError>>;
+
+    /// A page of an agent's runs, newest first, strictly older than `cursor`.
+    fn list_agent<'a>(
+        &'a self,
+        tenant: &'a str,
+        agent: &'a str,
+        cursor: Option<Uuid>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<RunPage, StorageError>>;
+
+    /// Makes every write so far durable.
+    fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>>;
+}
+
+/// End users' feedback on runs.
+pub trait FeedbackStore: Send + Sync + 'static {
+    /// Stores feedback on its run, replacing any earlier feedback on it: a feedback token is
+    /// one vote, however often it is posted.
+    fn put<'a>(&'a self, record: &'a FeedbackRecord) -> BoxFuture<'a, Result<(), StorageError>>;
+
+    /// The feedback on the run.
+    fn for_run(&self, run_id: Uuid) -> BoxFuture<'_, Result<Vec<FeedbackRecord>, StorageError>>;
+}
+
+/// The stores of one backend.
+#[derive(Clone)]
+pub struct Storage {
+    pub runs: Arc<dyn RunStore>,
+    pub feedback: Arc<dyn FeedbackStore>,
+}

@@ -1,0 +1,158 @@
+//! Runs on sled: each run as JSON under its id in `runs`, and an index `runs_by_agent` keyed
+//! `tenant \0 agent \0 run id`. Run ids are UUIDv7, so byte order is time order and an agent's
+//! runs list newest first by a reverse range scan of the index. The layout is the one earlier
+//! releases wrote: their data directories read back as they are.
+
+use futures::future::{BoxFuture, FutureExt};
+use uuid::Uuid;
+
+use super::backend;
+use crate::recorder::run::{RunRecord, RunSummary};
+use crate::storage::{RunPage, RunStore, StorageError};
+
+/// Cheap to clone (the trees are handles).
+#[derive(Clone)]
+pub struct SledRunStore {
+    runs: ::sled::Tree,
+    by_agent: ::sled::Tree,
+}
+
+fn agent_prefix(tenant: &str, agent: &str) -> Vec<u8> {
+    // Room for the run id that usually follows.
+    let mut key = Vec::with_capacity(tenant.len() + agent.len() + 2 + 16);
+    key.extend_from_slice(tenant.as_bytes());
+    key.push(0);
+    key.extend_from_slice(agent.as_bytes());
+    key.push(0);
+    key
+}
+
+fn corrupt(e: serde_json::Error) -> StorageError {
+    StorageError::Corrupt {
+        what: "run",
+        detail: e.to_string(),
+    }
+}
+
+impl SledRunStore {
+    pub(super) fn open(db: &::sled::Db) -> Result<SledRunStore, StorageError> {
+        Ok(SledRunStore {
+            runs: db.open_tree("runs").map_err(backend)?,
+            by_agent: db.open_tree("runs_by_agent").map_err(backend)?,
+        })
+    }
+
+    /// Writes on the calling thread: the recorder's own, never a request's.
+    fn insert_now(&self, runs: &[Box<RunRecord>]) -> Result<(), StorageError> {
+        let mut records = ::sled::Batch::default();
+        let mut index = ::sled::Batch::default();
+        let mut buf = Vec::with_capacity(4096);
+        for run in runs {
+            buf.clear();
+            serde_json::to_writer(&mut buf, run.as_ref()).map_err(|e| {
+                StorageError::Backend(format!("cannot serialize run {}: {e}", run.id))
+            })?;
+            records.insert(run.id.as_bytes(), buf.as_slice());
+            let mut key = agent_prefix(&run.tenant, &run.agent);
+            key.extend_from_slice(run.id.as_bytes());
+            index.insert(key, &[] as &[u8]);
+        }
+        // The record first: an index entry never points at nothing.
+        self.runs.apply_batch(records).map_err(backend)?;
+        self.by_agent.apply_batch(index).map_err(backend)?;
+        Ok(())
+    }
+
+    fn get_now(&self, tenant: &str, id: Uuid) -> Result<Option<RunRecord>, StorageError> {
+        let Some(bytes) = self.runs.get(id.as_bytes()).map_err(backend)? else {
+            return Ok(None);
+        };
+        let run: RunRecord = serde_json::from_slice(&bytes).map_err(corrupt)?;
+        Ok((run.tenant == tenant).then_some(run))
+    }
+
+    fn list_agent_now(
+        &self,
+        tenant: &str,
+        agent: &str,
+        cursor: Option<Uuid>,
+        limit: usize,
+    ) -> Result<RunPage, StorageError> {
+        let prefix = agent_prefix(tenant, agent);
+        let mut end = prefix.clone();
+        match cursor {
+            Some(cursor) => end.extend_from_slice(cursor.as_bytes()),
+            None => end.extend_from_slice(&[0xff; 17]),
+        }
+        let mut items = Vec::with_capacity(limit);
+        let mut more = false;
+        for entry in self.by_agent.range(prefix.clone()..end).rev() {
+            let (key, _) = entry.map_err(backend)?;
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            let Ok(id) = Uuid::from_slice(&key[prefix.len()..]) else {
+                continue;
+            };
+            if let Some(run) = self.get_now(tenant, id)? {
+                items.push(RunSummary::from(&run));
+            }
+        }
+        let next_cursor = if more {
+            items.last().map(|r| r.id.to_string())
+        } else {
+            None
+        };
+        Ok(RunPage { items, next_cursor })
+    }
+}
+
+/// Runs `read` on a blocking thread: a sled read may wait for the disk.
+pub(super) fn off_thread<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> BoxFuture<'static, Result<T, StorageError>> {
+    async move {
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|e| StorageError::Backend(format!("a storage read failed: {e}")))?
+    }
+    .boxed()
+}
+
+impl RunStore for SledRunStore {
+    fn insert_batch<'a>(
+        &'a self,
+        runs: &'a [Box<RunRecord>],
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        // Answered at once: the recorder writes on its own thread.
+        futures::future::ready(self.insert_now(runs)).boxed()
+    }
+
+    fn get<'a>(
+        &'a self,
+        tenant: &'a str,
+        id: Uuid,
+    ) -> BoxFuture<'a, Result<Option<RunRecord>, StorageError>> {
+        let store = self.clone();
+        let tenant = tenant.to_string();
+        off_thread(move || store.get_now(&tenant, id))
+    }
+
+    fn list_agent<'a>(
+        &'a self,
+        tenant: &'a str,
+        agent: &'a str,
+        cursor: Option<Uuid>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<RunPage, StorageError>> {
+        let store = self.clone();
+        let (tenant, agent) = (tenant.to_string(), agent.to_string());
+        off_thread(move || store.list_agent_now(&tenant, &agent, cursor, limit))
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        let runs = self.runs.clone();
+        async move { runs.flush_async().await.map(drop).map_err(backend) }.boxed()
+    }
+}
