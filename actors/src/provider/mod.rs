@@ -11,6 +11,8 @@ pub mod http;
 pub mod media;
 pub mod mock;
 pub mod openai;
+#[cfg(test)]
+pub mod scripted;
 pub mod sse;
 pub mod transport;
 
@@ -229,6 +231,9 @@ pub enum ProviderKind {
     Vertex(VertexSettings),
     Bedrock(BedrockSettings),
     Mock(MockSettings),
+    /// Tests only: a provider that plays a script.
+    #[cfg(test)]
+    Scripted(scripted::ScriptedSettings),
 }
 
 impl ProviderKind {
@@ -241,6 +246,8 @@ impl ProviderKind {
             ProviderKind::Vertex(_) => "vertex",
             ProviderKind::Bedrock(_) => "bedrock",
             ProviderKind::Mock(_) => "mock",
+            #[cfg(test)]
+            ProviderKind::Scripted(_) => "scripted",
         }
     }
 }
@@ -279,6 +286,8 @@ pub enum ProviderClient {
     Vertex(gemini::VertexClient),
     Bedrock(bedrock::BedrockClient),
     Mock(mock::MockClient),
+    #[cfg(test)]
+    Scripted(scripted::ScriptedClient),
 }
 
 /// What every adapter is built from.
@@ -323,6 +332,10 @@ impl ProviderClient {
                 ProviderClient::Bedrock(bedrock::BedrockClient::new(ctx, bedrock.clone())?)
             }
             ProviderKind::Mock(mock) => ProviderClient::Mock(mock::MockClient::new(mock.clone())),
+            #[cfg(test)]
+            ProviderKind::Scripted(s) => {
+                ProviderClient::Scripted(scripted::ScriptedClient::new(&settings.name, s.clone()))
+            }
         })
     }
 
@@ -335,6 +348,8 @@ impl ProviderClient {
             ProviderClient::Vertex(client) => client.complete(call).await,
             ProviderClient::Bedrock(client) => client.complete(call).await,
             ProviderClient::Mock(client) => client.complete(call).await,
+            #[cfg(test)]
+            ProviderClient::Scripted(client) => client.complete(call).await,
         }
     }
 
@@ -347,6 +362,8 @@ impl ProviderClient {
             ProviderClient::Vertex(client) => client.stream(call).await,
             ProviderClient::Bedrock(client) => client.stream(call).await,
             ProviderClient::Mock(client) => client.stream(call).await,
+            #[cfg(test)]
+            ProviderClient::Scripted(client) => client.stream(call).await,
         }
     }
 }

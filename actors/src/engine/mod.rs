@@ -1215,3 +1215,6 @@ impl Gateway {
         Err(exhausted(last, &guard.attempts, &skipped))
     }
 }
+
+#[cfg(test)]
+mod tests;
