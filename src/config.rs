@@ -20,6 +20,7 @@ use flowgate_actors::provider::{
     VertexSettings,
 };
 use flowgate_actors::retry::RetryPolicy;
+use flowgate_actors::router::Strategy;
 use flowgate_actors::supervisor::GatewayConfig;
 use flowgate_actors::templates::Limits;
 use serde::Deserialize;
@@ -50,6 +51,8 @@ struct RawConfig {
     /// Hedged requests for the agents that opt in.
     #[serde(default)]
     hedging: HedgingPolicy,
+    #[serde(default)]
+    routing: RawRouting,
     #[serde(default)]
     cache: RawCache,
     #[serde(default)]
@@ -163,6 +166,14 @@ impl Default for RawCache {
             shards: None,
         }
     }
+}
+
+/// How plans order a model's providers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRouting {
+    /// `ordered` (the catalog's order) or `fastest` (what routing learned: latency, failures).
+    strategy: Strategy,
 }
 
 /// Bounds on what one request may ask for: past each, a clear 4xx.
@@ -1058,6 +1069,7 @@ impl Config {
                 public_url: raw.server.public_url.unwrap_or_default(),
                 retry: raw.retries,
                 hedging: raw.hedging,
+                routing: raw.routing.strategy,
                 media: MediaSettings {
                     max_bytes: raw.media.max_bytes,
                     allow_private_networks: raw.media.allow_private_networks,

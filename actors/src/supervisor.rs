@@ -20,6 +20,7 @@ use crate::recorder::metrics::Metrics;
 use crate::recorder::{Barrier, Flush, Recorder, RecorderHandle};
 use crate::retry::RetryPolicy;
 use crate::router::ProviderRegistry;
+use crate::router::{Router, Strategy};
 use crate::storage::sled::SledStorage;
 use crate::storage::Storage;
 
@@ -43,6 +44,8 @@ pub struct GatewayConfig {
     pub retry: RetryPolicy,
     /// Hedged requests for the agents that opted in.
     pub hedging: HedgingPolicy,
+    /// How plans order a model's providers.
+    pub routing: Strategy,
 }
 
 impl Supervised for Recorder {}
@@ -178,6 +181,7 @@ impl Supervisor {
             validators: Default::default(),
             retry: config.retry,
             hedging: Arc::new(config.hedging),
+            router: Router::start(config.routing),
         };
         let supervisor = Supervisor {
             gateway: gateway.clone(),

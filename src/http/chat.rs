@@ -1,5 +1,4 @@
 //! `POST /v1/chat/completions`: the OpenAI Chat Completions endpoint, streaming and not.
-use actix::Addr;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 use flowgate_actors::agents::resolve::target_of;
@@ -9,7 +8,7 @@ use flowgate_actors::engine::{Answer, RunContext, RunGuard};
 use flowgate_actors::error::{excerpt, ErrorKind, GatewayError};
 use flowgate_actors::model_ref::{ModelRef, Target};
 use flowgate_actors::recorder::run::CacheStatus;
-use flowgate_actors::router::{PlanRoute, Router};
+use flowgate_actors::router::PlanRoute;
 use flowgate_actors::version::version_id;
 use flowgate_actors::wire::{ChatRequest, UseFallback};
 use serde_json::value::RawValue;
@@ -23,7 +22,6 @@ pub async fn chat_completions(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    router: web::Data<Addr<Router>>,
 ) -> Result<HttpResponse, GatewayError> {
     use tracing::Instrument;
     let tenant = state.auth.tenant(&req)?;
@@ -39,9 +37,7 @@ pub async fn chat_completions(
         model = tracing::field::Empty,
     );
     let guard = RunGuard::new(state.gateway.clone(), ctx);
-    Ok(run(req, payload, state, router, guard)
-        .instrument(span)
-        .await)
+    Ok(run(req, payload, state, guard).instrument(span).await)
 }
 
 /// Records a failed run and answers with its error, naming the run in a header.
@@ -61,7 +57,6 @@ async fn run(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    router: web::Data<Addr<Router>>,
     mut guard: RunGuard,
 ) -> HttpResponse {
     let request = match prepare(&req, payload, &state, &mut guard).await {
@@ -73,23 +68,14 @@ async fn run(
         span.record("agent", guard.ctx.agent.as_str());
         span.record("model", request.target_model.as_str());
     }
-    let plan = match router
-        .send(PlanRoute {
-            model: request.target_model.clone(),
-            use_fallback: request.chat.use_fallback.clone(),
-            provider: request.chat.provider.clone(),
-            needs: Needs::of(&request.chat),
-        })
-        .await
-    {
-        Ok(Ok(plan)) => plan,
-        Ok(Err(e)) => return failed(guard, e),
-        Err(e) => {
-            return failed(
-                guard,
-                GatewayError::internal(format!("router did not answer: {e}")),
-            )
-        }
+    let plan = match state.gateway.plan(&PlanRoute {
+        model: request.target_model.clone(),
+        use_fallback: request.chat.use_fallback.clone(),
+        provider: request.chat.provider.clone(),
+        needs: Needs::of(&request.chat),
+    }) {
+        Ok(plan) => plan,
+        Err(e) => return failed(guard, e),
     };
     guard.model = Some(plan.model.id.clone());
     // `prepare` versioned the templates; this covers what it could not resolve.

@@ -16,11 +16,9 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use flowgate_actors::engine::Gateway;
 use flowgate_actors::error::GatewayError;
-use flowgate_actors::router::Router;
 use flowgate_actors::supervisor::{Drain, Supervisor};
 use flowgate_actors::templates::sandbox::{Sandbox, SandboxSettings};
 use flowgate_actors::templates::Renderer;
@@ -89,19 +87,12 @@ pub async fn serve(config: Config) -> Result<(), String> {
     // Per worker, rounded up.
     let max_connections = config.limits.max_connections.div_ceil(workers.max(1));
     let server = HttpServer::new(move || {
-        // One router per worker, on the worker's own arbiter.
-        let router = Router::new(
-            state.gateway.catalog.clone(),
-            state.gateway.providers.clone(),
-        )
-        .start();
         App::new()
             .wrap(actix_web::middleware::Condition::new(
                 browser_guard,
                 actix_web::middleware::from_fn(browser_guard::refuse_browsers),
             ))
             .app_data(web::Data::new(state.clone()))
-            .app_data(web::Data::new(router))
             .configure(routes)
     })
     .on_connect(connection::on_connect)

@@ -66,6 +66,7 @@ pub async fn healthz() -> HttpResponse {
 fn providers_json(state: &AppState) -> (BTreeMap<String, serde_json::Value>, usize) {
     let mut providers = BTreeMap::new();
     let mut usable = 0;
+    let scores = state.gateway.router.scores();
     for (name, provider) in state.gateway.providers.iter() {
         let health = provider.health.snapshot();
         if provider.settings.enabled && health.state != CircuitState::Open {
@@ -80,6 +81,8 @@ fn providers_json(state: &AppState) -> (BTreeMap<String, serde_json::Value>, usi
                 "health": *health,
                 // Models with their own open circuit (rate limited, overloaded).
                 "open_models": provider.health.open_models(),
+                // What routing learned of each model it served: peak-EWMA latency, failures.
+                "routing": scores.providers.get(name),
             }),
         );
     }

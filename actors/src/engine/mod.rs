@@ -25,7 +25,11 @@ use crate::recorder::metrics::Metrics;
 use crate::recorder::run::{feedback_token, CacheStatus, RunRecord, RunStatus, StructuredRecord};
 use crate::recorder::RecorderHandle;
 use crate::retry::RetryPolicy;
-use crate::router::{auto_fallback_attempts, FallbackPlan, PlannedAttempt, ProviderRegistry};
+use crate::router::learning::Sample;
+use crate::router::{
+    auto_fallback_attempts, plan, FallbackPlan, PlanRoute, PlannedAttempt, ProviderRegistry,
+    RouterHandle, Scores, Strategy,
+};
 use crate::storage::{FeedbackStore, RunStore};
 use crate::structured::{
     answer_text, repair_request, validate_tool_calls, Layer, StructuredSpec, Target, Validators,
@@ -54,6 +58,29 @@ pub struct Gateway {
     pub retry: RetryPolicy,
     /// Hedged requests for the agents that opted in.
     pub hedging: Arc<HedgingPolicy>,
+    /// What routing learns from every call, and how plans use it.
+    pub router: RouterHandle,
+}
+
+impl Gateway {
+    /// What routing has learned, when the strategy orders providers by it.
+    fn routing_scores(&self) -> Option<Arc<Scores>> {
+        match self.router.strategy {
+            Strategy::Ordered => None,
+            Strategy::Fastest => Some(self.router.scores()),
+        }
+    }
+
+    /// The attempt plan for `route`, on the published catalog and routing snapshots: a plain
+    /// function call, no actor in the way.
+    pub fn plan(&self, route: &PlanRoute) -> Result<FallbackPlan, GatewayError> {
+        plan(
+            &self.catalog.load(),
+            &self.providers,
+            self.routing_scores().as_deref(),
+            route,
+        )
+    }
 }
 
 /// Hedged requests, off by default: for the listed agents, a second provider is started when
@@ -314,7 +341,13 @@ impl RunGuard {
                     summary.error = Some(kind.metric_label().to_string());
                 }
             }
-            report(&open.planned, open.admission, error, elapsed);
+            report(
+                &self.gateway.router,
+                &open.planned,
+                open.admission,
+                error,
+                elapsed,
+            );
         }
     }
 
@@ -360,8 +393,22 @@ impl Drop for RunGuard {
     }
 }
 
-/// Tells a provider actor how a call went, without waiting.
-fn report(planned: &PlannedAttempt, admission: Admission, error: Option<ErrorKind>, d: Duration) {
+/// Tells the provider actor (its breaker) and the router (what routing learns) how a call
+/// went, without waiting.
+fn report(
+    router: &RouterHandle,
+    planned: &PlannedAttempt,
+    admission: Admission,
+    error: Option<ErrorKind>,
+    d: Duration,
+) {
+    router.observe(Sample {
+        provider: planned.provider.settings.name.as_str().into(),
+        model: planned.offer.model.clone(),
+        latency: d,
+        failed: error.is_some_and(ErrorKind::is_provider_failure),
+        at: Instant::now(),
+    });
     let outcome = AttemptOutcome {
         model: planned.offer.model.clone(),
         error,
@@ -413,6 +460,7 @@ fn record_outcome<T>(span: &tracing::Span, result: &Result<T, GatewayError>) {
 /// One upstream call under the provider's total timeout, reported to its actor, in its own
 /// `attempt` span.
 async fn call_provider(
+    router: &RouterHandle,
     planned: &PlannedAttempt,
     admission: Admission,
     request: &ChatRequest,
@@ -420,7 +468,7 @@ async fn call_provider(
 ) -> (Result<Completion, GatewayError>, Duration) {
     use tracing::Instrument;
     let span = attempt_span(planned, attempt);
-    let (result, elapsed) = call_provider_in_span(planned, admission, request)
+    let (result, elapsed) = call_provider_in_span(router, planned, admission, request)
         .instrument(span.clone())
         .await;
     record_outcome(&span, &result);
@@ -428,6 +476,7 @@ async fn call_provider(
 }
 
 async fn call_provider_in_span(
+    router: &RouterHandle,
     planned: &PlannedAttempt,
     admission: Admission,
     request: &ChatRequest,
@@ -452,6 +501,7 @@ async fn call_provider_in_span(
     };
     let elapsed = started.elapsed();
     report(
+        router,
         planned,
         admission,
         result.as_ref().err().map(|e| e.kind),
@@ -518,6 +568,7 @@ impl AttemptCursor {
                 self.extra = auto_fallback_attempts(
                     &gateway.catalog.load(),
                     &gateway.providers,
+                    gateway.routing_scores().as_deref(),
                     plan,
                     error.kind,
                 );
@@ -717,8 +768,14 @@ impl Gateway {
                 if reason.is_some() {
                     attempt.reason = reason.take();
                 }
-                let (result, elapsed) =
-                    call_provider(planned, admission, &sent, guard.attempts.len() + 1).await;
+                let (result, elapsed) = call_provider(
+                    &self.router,
+                    planned,
+                    admission,
+                    &sent,
+                    guard.attempts.len() + 1,
+                )
+                .await;
                 attempt.duration_seconds = elapsed.as_secs_f64();
                 let completion = match result {
                     Ok(completion) => completion,
@@ -905,7 +962,13 @@ impl Gateway {
             guard.attempts.push(attempt);
         };
         let n = guard.attempts.len();
-        let mut a = Box::pin(call_provider(first, Admission::Admitted, request, n + 1));
+        let mut a = Box::pin(call_provider(
+            &self.router,
+            first,
+            Admission::Admitted,
+            request,
+            n + 1,
+        ));
         let timer = Box::pin(tokio::time::sleep(after));
         if let Either::Left(((result, elapsed), _)) = select(a.as_mut(), timer).await {
             // Answered (or failed) before the hedge was needed.
@@ -913,7 +976,13 @@ impl Gateway {
             return (result.map(|c| (c, first)), 1);
         }
         let hedge_started = Instant::now();
-        let b = Box::pin(call_provider(second, Admission::Admitted, request, n + 2));
+        let b = Box::pin(call_provider(
+            &self.router,
+            second,
+            Admission::Admitted,
+            request,
+            n + 2,
+        ));
         let hedge = || Some("hedge".to_string());
         match select(a, b).await {
             Either::Left(((result, elapsed), b)) => {
@@ -1179,7 +1248,7 @@ impl Gateway {
                     }
                     Err(error) => {
                         let elapsed = started.elapsed();
-                        report(planned, admission, Some(error.kind), elapsed);
+                        report(&self.router, planned, admission, Some(error.kind), elapsed);
                         attempt.duration_seconds = elapsed.as_secs_f64();
                         attempt.status = error.upstream_status;
                         attempt.error = Some(error.kind.metric_label().to_string());

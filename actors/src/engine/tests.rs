@@ -18,7 +18,7 @@ use crate::provider::{ProviderKind, ProviderSettings, Timeouts};
 use crate::recorder::run::RunStatus;
 use crate::recorder::Barrier;
 use crate::retry::RetryPolicy;
-use crate::router::{plan, PlanRoute};
+use crate::router::{PlanRoute, Strategy};
 use crate::supervisor::{GatewayConfig, Supervisor};
 use crate::wire::ChatRequest;
 
@@ -76,6 +76,15 @@ fn provider(name: &str, script: &Arc<Script>) -> ProviderSettings {
 /// Providers `a` and `b` playing `script`; models `m` (a, then b), `solo` (a only) and `n`
 /// (b), with `solo` falling back to `n` on rate limits.
 fn harness(script: Arc<Script>, retry: RetryPolicy, hedging: HedgingPolicy) -> Harness {
+    routed_harness(script, retry, hedging, Strategy::Ordered)
+}
+
+fn routed_harness(
+    script: Arc<Script>,
+    retry: RetryPolicy,
+    hedging: HedgingPolicy,
+    routing: Strategy,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::new(vec![
         model("m", &[("a", "m-a"), ("b", "m-b")], Fallbacks::default()),
@@ -104,6 +113,7 @@ fn harness(script: Arc<Script>, retry: RetryPolicy, hedging: HedgingPolicy) -> H
         media: MediaSettings::default(),
         retry,
         hedging,
+        routing,
     };
     let (gateway, _supervisor) = Supervisor::start(config).unwrap();
     Harness {
@@ -137,17 +147,14 @@ impl Harness {
     }
 
     fn plan(&self, request: &ChatRequest) -> FallbackPlan {
-        plan(
-            &self.gateway.catalog.load(),
-            &self.gateway.providers,
-            &PlanRoute {
+        self.gateway
+            .plan(&PlanRoute {
                 model: request.model.clone(),
                 use_fallback: request.use_fallback.clone(),
                 provider: request.provider.clone(),
                 needs: Needs::of(request),
-            },
-        )
-        .unwrap()
+            })
+            .unwrap()
     }
 
     /// The stored run, once the recorder has written what it was given.
@@ -447,4 +454,88 @@ async fn a_stream_falls_back_before_its_first_byte() {
     assert!(rest.iter().all(Result::is_ok));
     assert_eq!(h.script.calls(), vec!["m-a", "m-b"]);
     assert_eq!(guard.attempts.len(), 2);
+}
+
+/// Sends `model` `n` times, one after the other, letting the router learn in between.
+async fn ask_in_turn(h: &Harness, model: &str, n: usize) {
+    for _ in 0..n {
+        let request = request(model, json!({}));
+        let mut guard = h.guard("agent", &request);
+        let answer = h
+            .gateway
+            .complete(&mut guard, &h.plan(&request), &request)
+            .await
+            .unwrap();
+        let cost = answer.cost_usd;
+        guard.succeed(answer, cost);
+        // The router learns in batches: wait until it has learned of this call.
+        let called = h.script.calls().len() as u64;
+        for _ in 0..200 {
+            let scores = h.gateway.router.scores();
+            let learned: u64 = scores
+                .providers
+                .values()
+                .flat_map(|models| models.values())
+                .map(|s| s.samples)
+                .sum();
+            if learned >= called {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn the_fastest_strategy_learns_which_provider_answers_sooner() {
+    let slow = || Step::After(Duration::from_millis(60), Box::new(Step::Text("slow")));
+    let script = Script::new()
+        .then("m-a", [slow(), slow(), slow(), slow()])
+        .then(
+            "m-b",
+            [Step::Text("fast"), Step::Text("fast"), Step::Text("fast")],
+        );
+    let h = routed_harness(
+        script,
+        quick_retries(0),
+        HedgingPolicy::default(),
+        Strategy::Fastest,
+    );
+    ask_in_turn(&h, "m", 4).await;
+    // Catalog order while nothing is known, then the one not measured yet, then the faster.
+    assert_eq!(h.script.calls(), vec!["m-a", "m-b", "m-b", "m-b"]);
+    let scores = h.gateway.router.scores();
+    assert!(scores.get("a", "m-a").unwrap().latency_ms >= 60.0);
+    assert_eq!(scores.get("b", "m-b").unwrap().samples, 3);
+
+    // The default keeps the catalog's order whatever is learned.
+    let script = Script::new().then("m-a", [slow(), slow(), slow()]);
+    let h = harness(script, quick_retries(0), HedgingPolicy::default());
+    ask_in_turn(&h, "m", 3).await;
+    assert_eq!(h.script.calls(), vec!["m-a", "m-a", "m-a"]);
+}
+
+#[actix_rt::test]
+async fn the_fastest_strategy_moves_a_failing_provider_back() {
+    let script = Script::new().then("m-a", [Step::Fail(503, None)]).then(
+        "m-b",
+        [Step::Text("ok"), Step::Text("ok"), Step::Text("ok")],
+    );
+    let h = routed_harness(
+        script,
+        quick_retries(0),
+        HedgingPolicy::default(),
+        Strategy::Fastest,
+    );
+    ask_in_turn(&h, "m", 3).await;
+    assert_eq!(h.script.calls(), vec!["m-a", "m-b", "m-b", "m-b"]);
+    assert!(
+        h.gateway
+            .router
+            .scores()
+            .get("a", "m-a")
+            .unwrap()
+            .error_rate
+            > 0.5
+    );
 }

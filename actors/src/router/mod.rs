@@ -1,12 +1,15 @@
 //! The router: turns a requested model into an ordered attempt plan across providers and
-//! fallback models. One router actor runs per HTTP worker, on that worker's arbiter, so planning
-//! never queues requests of other workers; it reads the catalog from a published snapshot.
+//! fallback models. Planning is a plain function the request path calls on published
+//! snapshots (the catalog, and what routing learned); the router actor ([`learning`]) owns the
+//! learning: per provider and model, latency and failures, which the `fastest` strategy orders
+//! a model's providers by. No request waits on an actor's mailbox to be planned.
+
+pub mod learning;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use actix::prelude::*;
-use arc_swap::ArcSwap;
+pub use learning::{Router, RouterHandle, Scores, Strategy};
 
 use crate::capabilities::Needs;
 use crate::catalog::{Catalog, ModelEntry, ProviderOffer, ResolvedModel};
@@ -46,9 +49,8 @@ pub struct FallbackPlan {
     pub needs: Needs,
 }
 
-/// Plan the attempts for a model.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<FallbackPlan, GatewayError>")]
+/// What to plan for.
+#[derive(Debug)]
 pub struct PlanRoute {
     pub model: String,
     pub use_fallback: Option<UseFallback>,
@@ -57,31 +59,36 @@ pub struct PlanRoute {
     pub needs: Needs,
 }
 
-pub struct Router {
-    catalog: Arc<ArcSwap<Catalog>>,
-    providers: Arc<ProviderRegistry>,
-}
-
-impl Router {
-    pub fn new(catalog: Arc<ArcSwap<Catalog>>, providers: Arc<ProviderRegistry>) -> Self {
-        Router { catalog, providers }
+/// The enabled offers of a model, in the order the strategy gives: the catalog's, or, with
+/// `scores` (the `fastest` strategy), offers not measured yet first (in catalog order), then
+/// the lowest learned cost first.
+fn ordered_offers<'a>(
+    resolved: &'a ResolvedModel,
+    providers: &'a ProviderRegistry,
+    pin: Option<&str>,
+    scores: Option<&Scores>,
+) -> Vec<(&'a ProviderOffer, &'a ProviderHandle)> {
+    let mut offers: Vec<(&ProviderOffer, &ProviderHandle)> = resolved
+        .entry
+        .providers
+        .iter()
+        .filter(|offer| pin.is_none_or(|p| p == offer.provider))
+        .filter_map(|offer| Some((offer, providers.get(&offer.provider)?)))
+        .filter(|(_, provider)| provider.settings.enabled)
+        .collect();
+    if let Some(scores) = scores {
+        // Stable: equal keys keep the catalog's order.
+        offers.sort_by(|(a, _), (b, _)| {
+            let cost = |o: &ProviderOffer| scores.get(&o.provider, &o.model).map(|s| s.cost());
+            match (cost(a), cost(b)) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => std::cmp::Ordering::Less,
+                (Some(_), None) => std::cmp::Ordering::Greater,
+                (Some(x), Some(y)) => x.total_cmp(&y),
+            }
+        });
     }
-}
-
-impl Actor for Router {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(16 * 1024);
-    }
-}
-
-impl Handler<PlanRoute> for Router {
-    type Result = Result<FallbackPlan, GatewayError>;
-
-    fn handle(&mut self, msg: PlanRoute, _: &mut Self::Context) -> Self::Result {
-        plan(&self.catalog.load(), &self.providers, &msg)
-    }
+    offers
 }
 
 fn offers(
@@ -90,21 +97,13 @@ fn offers(
     pin: Option<&str>,
     first_reason: Option<&'static str>,
     needs: &Needs,
+    scores: Option<&Scores>,
     out: &mut Vec<PlannedAttempt>,
 ) {
     if needs.missing(&resolved.entry.supports).is_some() {
         return;
     }
-    for offer in &resolved.entry.providers {
-        if pin.is_some_and(|p| p != offer.provider) {
-            continue;
-        }
-        let Some(provider) = providers.get(&offer.provider) else {
-            continue;
-        };
-        if !provider.settings.enabled {
-            continue;
-        }
+    for (offer, provider) in ordered_offers(resolved, providers, pin, scores) {
         let reason = if out.is_empty() {
             None
         } else if out.iter().any(|a| a.model.id == resolved.entry.id) {
@@ -123,9 +122,12 @@ fn offers(
 }
 
 /// The plan: the model's enabled providers in catalog order, then the fallback models'.
+///
+/// `scores`: what routing learned, for the `fastest` strategy (`None`: the catalog's order).
 pub fn plan(
     catalog: &Catalog,
     providers: &ProviderRegistry,
+    scores: Option<&Scores>,
     msg: &PlanRoute,
 ) -> Result<FallbackPlan, GatewayError> {
     let resolved = catalog.resolve(&msg.model)?;
@@ -147,7 +149,15 @@ pub fn plan(
         }
     }
     let mut attempts = Vec::new();
-    offers(&resolved, providers, pin, None, &msg.needs, &mut attempts);
+    offers(
+        &resolved,
+        providers,
+        pin,
+        None,
+        &msg.needs,
+        scores,
+        &mut attempts,
+    );
 
     if pin.is_none() {
         if let Some(UseFallback::Models(models)) = &msg.use_fallback {
@@ -162,6 +172,7 @@ pub fn plan(
                     None,
                     Some(REASON_FALLBACK_MODEL),
                     &msg.needs,
+                    scores,
                     &mut attempts,
                 );
             }
@@ -223,6 +234,7 @@ pub fn plan(
 pub fn auto_fallback_attempts(
     catalog: &Catalog,
     providers: &ProviderRegistry,
+    scores: Option<&Scores>,
     plan: &FallbackPlan,
     error: ErrorKind,
 ) -> Vec<PlannedAttempt> {
@@ -254,7 +266,15 @@ pub fn auto_fallback_attempts(
             continue;
         }
         let before = out.len();
-        offers(&resolved, providers, None, None, &plan.needs, &mut out);
+        offers(
+            &resolved,
+            providers,
+            None,
+            None,
+            &plan.needs,
+            scores,
+            &mut out,
+        );
         for attempt in &mut out[before..] {
             attempt.reason = Some(REASON_AUTO_FALLBACK);
         }
