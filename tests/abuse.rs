@@ -287,7 +287,24 @@ async fn many_large_bodies_at_once_are_refused_past_the_in_flight_budget() {
     );
     holder.write_all(head.as_bytes()).unwrap();
     holder.write_all(&vec![b' '; 800_000]).unwrap();
-    // Another 300 KB body does not fit beside it.
+    // Once the gateway holds them (its gauge says so), another 300 KB body does not fit.
+    let held = poll_until(
+        500,
+        || async {
+            metrics(&gw)
+                .await
+                .lines()
+                .find_map(|l| l.strip_prefix("flowgate_request_body_bytes_in_flight "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        },
+        |&held| held >= 800_000,
+    )
+    .await;
+    assert!(
+        held >= 800_000,
+        "the gateway holds {held} bytes of the body"
+    );
     let big = json!({"model": "mock-echo", "messages": user(&"x".repeat(300_000))});
     let mut refused = None;
     for _ in 0..40 {

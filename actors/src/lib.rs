@@ -5,6 +5,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod agents;
+pub mod answer;
 pub mod breaker;
 pub mod cache;
 pub mod capabilities;

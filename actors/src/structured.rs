@@ -27,9 +27,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::answer::LiveStream;
 use crate::catalog::Supports;
 use crate::completion::{Completion, FinishReason, StreamEvent, ToolCallOut};
-use crate::engine::LiveStream;
 use crate::provider::EventStream;
 use crate::wire::{
     ChatRequest, Message, MessageContent, ResponseFormat, Role, Tool, ToolChoice, ToolChoiceMode,

@@ -22,6 +22,8 @@ pub struct BodyBudget {
 struct BudgetInner {
     used: AtomicUsize,
     limit: usize,
+    /// `flowgate_request_body_bytes_in_flight`.
+    gauge: prometheus::IntGauge,
 }
 
 /// Bytes of the budget held by one request, given back when dropped.
@@ -32,11 +34,12 @@ pub struct Reservation {
 }
 
 impl BodyBudget {
-    pub fn new(limit: usize) -> BodyBudget {
+    pub fn new(limit: usize, gauge: prometheus::IntGauge) -> BodyBudget {
         BodyBudget {
             inner: Arc::new(BudgetInner {
                 used: AtomicUsize::new(0),
                 limit,
+                gauge,
             }),
         }
     }
@@ -68,16 +71,16 @@ impl Reservation {
             .with_retry_after(Some(Duration::from_secs(1))));
         }
         self.bytes += bytes;
+        inner.gauge.add(bytes as i64);
         Ok(())
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.budget
-            .inner
-            .used
-            .fetch_sub(self.bytes, Ordering::Relaxed);
+        let inner = &self.budget.inner;
+        inner.used.fetch_sub(self.bytes, Ordering::Relaxed);
+        inner.gauge.sub(self.bytes as i64);
     }
 }
 
@@ -145,9 +148,11 @@ mod tests {
 
     #[test]
     fn the_budget_refuses_past_its_limit_and_is_given_back() {
-        let budget = BodyBudget::new(100);
+        let gauge = prometheus::IntGauge::new("g", "g").unwrap();
+        let budget = BodyBudget::new(100, gauge.clone());
         let mut a = budget.reserve();
         a.grow(60).unwrap();
+        assert_eq!(gauge.get(), 60);
         let mut b = budget.reserve();
         let e = b.grow(50).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Overloaded);
@@ -158,5 +163,6 @@ mod tests {
         c.grow(60).unwrap();
         drop((b, c));
         assert_eq!(budget.inner.used.load(Ordering::Relaxed), 0);
+        assert_eq!(gauge.get(), 0);
     }
 }

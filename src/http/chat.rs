@@ -2,9 +2,10 @@
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 use flowgate_actors::agents::resolve::target_of;
+use flowgate_actors::answer::Answer;
 use flowgate_actors::capabilities::Needs;
 use flowgate_actors::completion::{Choice, ToolCallOut};
-use flowgate_actors::engine::{Answer, RunContext, RunGuard};
+use flowgate_actors::engine::{RunContext, RunGuard};
 use flowgate_actors::error::{excerpt, ErrorKind, GatewayError};
 use flowgate_actors::model_ref::{ModelRef, Target};
 use flowgate_actors::recorder::run::CacheStatus;
@@ -650,7 +651,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+            #![proptest_config(ProptestConfig { cases: ProptestConfig::default().cases.max(512), ..ProptestConfig::default() })]
 
             // Any body shaped like a request: it parses, or the error names a field, and the
             // message stays short whatever the body holds.

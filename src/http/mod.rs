@@ -73,6 +73,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
     // With no key, anything that reaches the port is trusted: only what a local program
     // sends, not what a web page makes a browser send.
     let browser_guard = auth.is_open();
+    let body_budget = body::BodyBudget::new(
+        config.limits.max_inflight_body_bytes,
+        gateway.metrics.body_bytes_in_flight.clone(),
+    );
     let state = AppState {
         gateway,
         auth: Arc::new(auth),
@@ -80,7 +84,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         max_body_bytes: config.server.max_body_bytes,
         renderer: Renderer::sandboxed(config.limits.templates, Arc::new(sandbox)),
         ops: Arc::new(ops::OpsAuth::new(&config.ops_keys)),
-        body_budget: body::BodyBudget::new(config.limits.max_inflight_body_bytes),
+        body_budget,
         limits: config.limits.clone(),
     };
     let workers = config.server.workers;

@@ -5,8 +5,9 @@
 
 use actix_web::Error;
 use bytes::Bytes;
+use flowgate_actors::answer::LiveStream;
 use flowgate_actors::completion::StreamEvent;
-use flowgate_actors::engine::{LiveStream, RunGuard};
+use flowgate_actors::engine::RunGuard;
 use flowgate_actors::provider::EventStream;
 use flowgate_actors::structured::extract_json;
 use futures::{Stream, StreamExt};

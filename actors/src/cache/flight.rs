@@ -19,8 +19,8 @@ use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use super::{Cache, CacheKey};
+use crate::answer::{Answer, LiveStream};
 use crate::completion::{CompletionAccumulator, StreamEvent};
-use crate::engine::{Answer, LiveStream};
 use crate::error::{ErrorKind, GatewayError};
 use crate::provider::EventStream;
 

@@ -24,8 +24,8 @@ pub use flight::{
 pub use replay::replay_stream;
 pub use store::{CacheStore, StoredAnswer};
 
+use crate::answer::Answer;
 use crate::completion::Completion;
-use crate::engine::Answer;
 use crate::error::GatewayError;
 use crate::recorder::metrics::Metrics;
 use crate::wire::{ChatRequest, UseCache};

@@ -3,8 +3,8 @@
 use futures::StreamExt;
 
 use super::StoredAnswer;
+use crate::answer::LiveStream;
 use crate::completion::{Completion, StreamEvent};
-use crate::engine::LiveStream;
 use crate::provider::EventStream;
 
 /// Characters per content (or tool-call arguments) chunk of a replayed answer.

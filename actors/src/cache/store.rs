@@ -20,8 +20,8 @@ use sled::Transactional;
 use uuid::Uuid;
 
 use super::{CacheKey, WallClock};
+use crate::answer::Answer;
 use crate::completion::Completion;
-use crate::engine::Answer;
 use crate::recorder::metrics::Metrics;
 
 /// Version of the entry layout; an entry of another version reads as absent.

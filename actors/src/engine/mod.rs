@@ -14,13 +14,14 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::agents::AgentStore;
+use crate::answer::{Answer, LiveStream};
 use crate::breaker::CircuitState;
 use crate::cache::{is_cacheable, Cache, CacheKey, Join, StreamJoin, StreamSource};
 use crate::catalog::{Catalog, Prices};
 use crate::completion::{Completion, CompletionAccumulator, FinishReason, StreamEvent, Usage};
 use crate::error::{AttemptSummary, ErrorKind, GatewayError};
 use crate::provider::actor::{Admission, AttemptOutcome};
-use crate::provider::{EventStream, UpstreamRequest};
+use crate::provider::UpstreamRequest;
 use crate::recorder::metrics::Metrics;
 use crate::recorder::run::{feedback_token, CacheStatus, RunRecord, RunStatus, StructuredRecord};
 use crate::recorder::RecorderHandle;
@@ -98,20 +99,6 @@ impl HedgingPolicy {
         (self.after_ms > 0 && self.agents.iter().any(|a| a == agent))
             .then(|| Duration::from_millis(self.after_ms))
     }
-}
-
-/// A successful answer, shared with coalesced followers.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub completion: Completion,
-    /// Catalog id of the model that answered.
-    pub model: String,
-    pub provider: String,
-    pub provider_model: String,
-    pub cost_usd: f64,
-    pub attempts: Vec<AttemptSummary>,
-    /// The run that called the provider.
-    pub run_id: Uuid,
 }
 
 /// What is known of a run before it is executed.
@@ -608,13 +595,6 @@ enum AfterFailure {
     NextAttempt,
     /// The error goes back to the client (it is not one another provider would fix).
     Stop,
-}
-
-/// A stream whose first event has arrived: the provider is committed.
-pub struct LiveStream {
-    pub first: StreamEvent,
-    pub rest: EventStream,
-    pub model: String,
 }
 
 impl LiveStream {

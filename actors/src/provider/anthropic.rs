@@ -44,9 +44,9 @@ use tokio::time::{timeout, Instant};
 
 use crate::provider::http::BodyRead;
 
-use super::gemini::{encode_segment, versioned_base};
 use super::google_auth::TokenSource;
 use super::http::{self, kind_for_status};
+use super::http::{encode_segment, versioned_base};
 use super::media;
 use super::sse::SseDecoder;
 use super::{AdapterContext, AnthropicSettings, EventStream, UpstreamRequest, VertexSettings};

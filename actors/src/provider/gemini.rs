@@ -35,7 +35,7 @@ use crate::provider::http::BodyRead;
 
 use super::anthropic::AnthropicClient;
 use super::google_auth::TokenSource;
-use super::http::{self, kind_for_status};
+use super::http::{self, encode_segment, kind_for_status, versioned_base};
 use super::media::{self, MediaData, MediaFetcher};
 use super::sse::SseDecoder;
 use super::{
@@ -1199,62 +1199,11 @@ fn retry_delay(details: &[Value]) -> Option<Duration> {
 
 // ---- the client ----
 
-/// Percent-encodes one path segment (keeps RFC 3986 `pchar`s such as `;`, `=` and `:`).
-pub(super) fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        match byte {
-            b'A'..=b'Z'
-            | b'a'..=b'z'
-            | b'0'..=b'9'
-            | b'-'
-            | b'.'
-            | b'_'
-            | b'~'
-            | b'!'
-            | b'$'
-            | b'&'
-            | b'\''
-            | b'('
-            | b')'
-            | b'*'
-            | b'+'
-            | b','
-            | b';'
-            | b'='
-            | b':'
-            | b'@' => out.push(char::from(byte)),
-            other => out.push_str(&format!("%{other:02X}")),
-        }
-    }
-    out
-}
-
 fn encode_path(path: &str) -> String {
     path.split('/')
         .map(encode_segment)
         .collect::<Vec<_>>()
         .join("/")
-}
-
-/// `base` with the API version appended unless it already ends with one.
-pub(super) fn versioned_base(base: &str, default_version: &str) -> String {
-    let base = base.trim_end_matches('/');
-    let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
-    // The last path segment (not the host) looks like `v1`, `v1beta`, `v1beta1`.
-    let has_version = after_scheme
-        .split_once('/')
-        .and_then(|(_, path)| path.rsplit('/').next())
-        .and_then(|last| last.strip_prefix('v'))
-        .is_some_and(|rest| {
-            rest.starts_with(|c: char| c.is_ascii_digit())
-                && rest.chars().all(|c| c.is_ascii_alphanumeric())
-        });
-    if has_version {
-        base.to_string()
-    } else {
-        format!("{base}/{default_version}")
-    }
 }
 
 impl GeminiClient {

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub cache_stored_bytes: IntGauge,
     /// Stored answers.
     pub cache_entries: IntGauge,
+    /// Request body bytes held by the requests in flight (bounded by
+    /// `limits.max_inflight_body_mb`).
+    pub body_bytes_in_flight: IntGauge,
     /// Answers not stored because the cache writer's mailbox was full.
     pub cache_writes_dropped: IntCounter,
     /// Structured outputs by layer and outcome (valid, repaired, invalid).
@@ -160,6 +163,10 @@ impl Metrics {
         let cache_stored_bytes =
             IntGauge::new("flowgate_cache_stored_bytes", "Bytes of stored answers")?;
         let cache_entries = IntGauge::new("flowgate_cache_entries", "Stored answers")?;
+        let body_bytes_in_flight = IntGauge::new(
+            "flowgate_request_body_bytes_in_flight",
+            "Request body bytes held by the requests in flight",
+        )?;
         let cache_writes_dropped = IntCounter::new(
             "flowgate_cache_writes_dropped_total",
             "Answers not stored because the cache writer was saturated",
@@ -169,6 +176,7 @@ impl Metrics {
         registry.register(Box::new(cache_evictions.clone()))?;
         registry.register(Box::new(cache_stored_bytes.clone()))?;
         registry.register(Box::new(cache_entries.clone()))?;
+        registry.register(Box::new(body_bytes_in_flight.clone()))?;
         registry.register(Box::new(cache_writes_dropped.clone()))?;
         let structured_outputs = IntCounterVec::new(
             Opts::new(
@@ -213,6 +221,7 @@ impl Metrics {
             cache_evictions,
             cache_stored_bytes,
             cache_entries,
+            body_bytes_in_flight,
             cache_writes_dropped,
             structured_outputs,
             retries,

@@ -31,6 +31,10 @@ const RETIRE_ABOVE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Largest job or answer frame a worker or the gateway reads.
 const MAX_FRAME_BYTES: usize = 1 << 30;
+/// What a worker writes once it is ready for jobs.
+const READY: u8 = b'R';
+/// How long a new worker may take to start (not counted in a render's time limit).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the gateway starts its render workers.
 #[derive(Debug, Clone)]
@@ -140,7 +144,8 @@ impl Sandbox {
     /// and time around it). Returns the rendered messages of a `Render` job. Blocks the
     /// calling thread: call it off the async workers.
     pub fn run(&self, job: Job<'_>, limits: &Limits) -> Result<Vec<Message>, TemplateError> {
-        let deadline = Instant::now() + limits.timeout;
+        // How long to wait for a free worker: as long as a render may take.
+        let wait_until = Instant::now() + limits.timeout;
         let job = serde_json::to_vec(&Envelope { job, limits }).map_err(|e| {
             whole(
                 TemplateErrorKind::Render,
@@ -149,8 +154,8 @@ impl Sandbox {
         })?;
         // A reused worker may have gone away while idle: one more try on a fresh one.
         for fresh_try in [false, true] {
-            let (mut worker, reused) = self.checkout(deadline)?;
-            match worker.call(&job, deadline) {
+            let (mut worker, reused) = self.checkout(wait_until)?;
+            match worker.call(&job, Instant::now() + limits.timeout) {
                 Ok(reply) => {
                     if reply.retiring {
                         self.discard(worker);
@@ -287,11 +292,21 @@ impl Sandbox {
             let _ = child.wait();
             return Err(io::Error::other("the worker has no pipes"));
         };
-        Ok(Worker {
+        let mut worker = Worker {
             child,
             stdin,
             stdout,
-        })
+        };
+        // Starting a process is not rendering: the time limit starts once the worker is up.
+        let mut ready = [0u8; 1];
+        match worker.read_exact_by(&mut ready, Instant::now() + STARTUP_TIMEOUT) {
+            Ok(()) if ready[0] == READY => Ok(worker),
+            _ => {
+                let _ = worker.child.kill();
+                worker.reap();
+                Err(io::Error::other("the render worker did not start"))
+            }
+        }
     }
 }
 
@@ -391,6 +406,8 @@ pub fn serve_worker(memory_bytes: u64) -> io::Result<()> {
     }
     let mut stdin = io::stdin().lock();
     let mut stdout = io::stdout().lock();
+    stdout.write_all(&[READY])?;
+    stdout.flush()?;
     loop {
         let mut head = [0u8; 4];
         match stdin.read_exact(&mut head) {
