@@ -36,7 +36,7 @@ use crate::answer::{self, tokens_for_chars};
 use crate::directives::Directives;
 use crate::ids;
 use crate::script::{self, Outcome, Piece};
-use crate::server::State;
+use crate::state::State;
 
 /// The body sent for the `malformed` directive: truncated JSON.
 pub const MALFORMED_BODY: &str = r#"{"id": "msg_x", "type": "message", "content": ["#;

@@ -28,7 +28,7 @@ use crate::answer::{self, MockAnswer};
 use crate::directives::Directives;
 use crate::ids;
 use crate::script::{self, Outcome, Piece};
-use crate::server::State;
+use crate::state::State;
 
 /// The body sent for the `malformed` directive on `/converse`: truncated JSON.
 pub const MALFORMED_BODY: &str = r#"{"output": {"message": {"role": "assistant", "content": ["#;

@@ -44,7 +44,7 @@ use crate::answer::{self, MockAnswer};
 use crate::directives::Directives;
 use crate::ids;
 use crate::script::{self, Outcome, Piece};
-use crate::server::State;
+use crate::state::State;
 
 /// The body sent for the `malformed` directive: truncated JSON.
 pub const MALFORMED_BODY: &str = r#"{"candidates": [{"content": {"parts": ["#;

@@ -29,8 +29,10 @@ mod gemini;
 pub mod openai;
 mod script;
 mod server;
+mod state;
 
 pub use flowgate_mock_answer::{
     answer, directives, ids, schema_instance, Directives, MockAnswer, MockToolCall,
 };
-pub use server::{MockUpstream, Options, RecordedRequest, CONTROL_REQUESTS_PATH};
+pub use server::{MockUpstream, Options, CONTROL_REQUESTS_PATH};
+pub use state::RecordedRequest;

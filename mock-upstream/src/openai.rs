@@ -15,7 +15,7 @@ use crate::answer::{self, MockAnswer};
 use crate::directives::Directives;
 use crate::ids;
 use crate::script::{self, Outcome, Piece};
-use crate::server::State;
+use crate::state::State;
 
 /// The `system_fingerprint` of every response.
 pub const SYSTEM_FINGERPRINT: &str = "fp_f3a1b2c4d5";

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 use crate::directives::Directives;
-use crate::server::State;
+use crate::state::State;
 
 /// How long `hang` sleeps.
 const HANG: Duration = Duration::from_secs(3600);

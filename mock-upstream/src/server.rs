@@ -1,20 +1,18 @@
 //! The HTTP server: lifecycle ([`MockUpstream`]), request recording and routing to the
 //! provider modules.
 
-use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use actix_web::dev::ServerHandle;
 use actix_web::http::Method;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::state::{RecordedRequest, State};
 use crate::{anthropic, bedrock, gemini, openai};
 
 /// Largest request body accepted (benchmarks send big prompts).
@@ -39,94 +37,6 @@ impl Default for Options {
             workers: 2,
             record: true,
         }
-    }
-}
-
-/// One request received by the mock (control endpoints under `/_mock/` excluded).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecordedRequest {
-    /// HTTP method, e.g. `"POST"`.
-    pub method: String,
-    /// Request path without the query string, e.g. `"/v1/chat/completions"`.
-    pub path: String,
-    /// Headers by lowercase name; repeated headers are joined with `", "`.
-    pub headers: BTreeMap<String, String>,
-    /// The body parsed as JSON, or `Null` when it is empty or not JSON.
-    pub body: Value,
-}
-
-/// Server state shared by all workers.
-#[derive(Debug)]
-pub(crate) struct State {
-    record: bool,
-    requests: Mutex<Vec<RecordedRequest>>,
-    received: AtomicUsize,
-    attempts: Mutex<HashMap<String, u64>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl State {
-    fn new(record: bool) -> Self {
-        State {
-            record,
-            requests: Mutex::new(Vec::new()),
-            received: AtomicUsize::new(0),
-            attempts: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Counts an attempt for `model` (a full model string) and returns how many attempts
-    /// came before it.
-    pub(crate) fn next_attempt(&self, model: &str) -> u64 {
-        let mut attempts = lock(&self.attempts);
-        match attempts.get_mut(model) {
-            Some(count) => {
-                let before = *count;
-                *count += 1;
-                before
-            }
-            None => {
-                attempts.insert(model.to_string(), 1);
-                0
-            }
-        }
-    }
-
-    fn record(&self, req: &HttpRequest, body: &Value) {
-        self.received.fetch_add(1, Ordering::Relaxed);
-        if !self.record {
-            return;
-        }
-        let mut headers: BTreeMap<String, String> = BTreeMap::new();
-        for (name, value) in req.headers() {
-            let value = String::from_utf8_lossy(value.as_bytes());
-            headers
-                .entry(name.as_str().to_ascii_lowercase())
-                .and_modify(|existing| {
-                    existing.push_str(", ");
-                    existing.push_str(&value);
-                })
-                .or_insert_with(|| value.into_owned());
-        }
-        let recorded = RecordedRequest {
-            method: req.method().as_str().to_string(),
-            path: req.path().to_string(),
-            headers,
-            body: body.clone(),
-        };
-        lock(&self.requests).push(recorded);
-    }
-
-    fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.requests).clone()
-    }
-
-    fn clear(&self) -> usize {
-        self.received.store(0, Ordering::Relaxed);
-        std::mem::take(&mut *lock(&self.requests)).len()
     }
 }
 
@@ -254,7 +164,7 @@ impl MockUpstream {
     /// Number of requests received since start or the last [`clear`](Self::clear)
     /// (counted even when recording is off).
     pub fn count(&self) -> usize {
-        self.state.received.load(Ordering::Relaxed)
+        self.state.received()
     }
 
     /// Blocks until the server stops (it only stops when dropped, so this serves forever;

@@ -3,7 +3,7 @@
 //! same `generateContent` wire format; only the URL and the credentials differ.
 //!
 //! A `vertex` provider also serves Anthropic's Claude models, in Anthropic's own format:
-//! [`VertexClient`] sends `claude-…` models to the [`AnthropicClient`] in its Vertex mode and
+//! [`VertexClient`](super::vertex::VertexClient) sends `claude-…` models to the Anthropic adapter in its Vertex mode and
 //! every other model to the [`GeminiClient`], both with the provider's one OAuth token cache.
 //!
 //! The OpenAI request is translated both ways:
@@ -33,7 +33,6 @@ use tokio::time::{timeout, Instant};
 
 use crate::provider::http::BodyRead;
 
-use super::anthropic::AnthropicClient;
 use super::google_auth::TokenSource;
 use super::http::{self, encode_segment, kind_for_status, versioned_base};
 use super::media::{self, MediaData, MediaFetcher};
@@ -1429,54 +1428,6 @@ impl GeminiClient {
     }
 }
 
-// ---- the `vertex` kind: Gemini and Claude behind one provider ----
-
-/// A `vertex` provider: Google's models through `generateContent`, Anthropic's Claude models
-/// through `rawPredict` in Anthropic's format. Both families use the provider's one OAuth
-/// token source, so one token serves them all.
-#[derive(Debug)]
-pub struct VertexClient {
-    gemini: GeminiClient,
-    claude: AnthropicClient,
-}
-
-/// The Claude model id `model` names, if it names one: `claude-…` as the Model Garden spells
-/// them (`claude-3-7-sonnet@20250219`), or the same under `publishers/anthropic/models/`.
-fn claude_model(model: &str) -> Option<&str> {
-    let id = model
-        .strip_prefix("publishers/anthropic/models/")
-        .unwrap_or(model);
-    id.starts_with("claude-").then_some(id)
-}
-
-impl VertexClient {
-    pub fn new(ctx: AdapterContext, settings: VertexSettings) -> Result<Self, String> {
-        let tokens = TokenSource::for_provider(&ctx, &settings.credentials)?;
-        Ok(VertexClient {
-            gemini: GeminiClient::vertex(ctx.clone(), settings.clone(), Arc::clone(&tokens))?,
-            claude: AnthropicClient::vertex(ctx, settings, tokens)?,
-        })
-    }
-
-    pub async fn complete(&self, call: UpstreamRequest<'_>) -> Result<Completion, GatewayError> {
-        match claude_model(call.model) {
-            Some(model) => {
-                self.claude
-                    .complete(UpstreamRequest { model, ..call })
-                    .await
-            }
-            None => self.gemini.complete(call).await,
-        }
-    }
-
-    pub async fn stream(&self, call: UpstreamRequest<'_>) -> Result<EventStream, GatewayError> {
-        match claude_model(call.model) {
-            Some(model) => self.claude.stream(UpstreamRequest { model, ..call }).await,
-            None => self.gemini.stream(call).await,
-        }
-    }
-}
-
 // ---- streaming ----
 
 struct StreamState {
@@ -1981,16 +1932,14 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::UpstreamAuth);
 
-        let vertex = VertexClient::new(
-            ctx(),
-            VertexSettings {
-                project: "p".into(),
-                region: "us-central1".into(),
-                base_url: mock.url(),
-                credentials: VertexCredentials::MetadataServer(mock.url()),
-            },
-        )
-        .unwrap();
+        let settings = VertexSettings {
+            project: "p".into(),
+            region: "us-central1".into(),
+            base_url: mock.url(),
+            credentials: VertexCredentials::MetadataServer(mock.url()),
+        };
+        let tokens = TokenSource::for_provider(&ctx(), &settings.credentials).unwrap();
+        let vertex = GeminiClient::vertex(ctx(), settings, tokens).unwrap();
         mock.clear();
         for _ in 0..3 {
             vertex.complete(call("gemini-2.5-pro")).await.unwrap();
@@ -2462,98 +2411,6 @@ mod tests {
     }
 
     #[test]
-    fn vertex_routes_claude_models_to_anthropic() {
-        for (model, claude) in [
-            (
-                "claude-3-7-sonnet@20250219",
-                Some("claude-3-7-sonnet@20250219"),
-            ),
-            (
-                "claude-sonnet-4@20250514;status=529",
-                Some("claude-sonnet-4@20250514;status=529"),
-            ),
-            (
-                "publishers/anthropic/models/claude-opus-4@20250514",
-                Some("claude-opus-4@20250514"),
-            ),
-            ("gemini-2.5-pro", None),
-            ("publishers/google/models/gemini-2.5-pro", None),
-            ("endpoints/123", None),
-            ("claudette", None),
-        ] {
-            assert_eq!(claude_model(model), claude, "{model}");
-        }
-    }
-
-    #[actix_rt::test]
-    async fn vertex_serves_both_families_with_one_token() {
-        let mock = flowgate_mock_upstream::MockUpstream::start();
-        let vertex = VertexClient::new(
-            ctx(),
-            VertexSettings {
-                project: "p".into(),
-                region: "us-east5".into(),
-                base_url: mock.url(),
-                credentials: VertexCredentials::MetadataServer(mock.url()),
-            },
-        )
-        .unwrap();
-        let r =
-            request(json!({"model": "m", "messages": [{"role": "user", "content": "Hello both"}]}));
-        let call = |model| UpstreamRequest {
-            request: &r,
-            model,
-            reasoning_effort: None,
-        };
-        // Concurrent first calls of both families: one token request between them.
-        let (gemini, claude) = futures::join!(
-            vertex.complete(call("gemini-2.5-pro")),
-            vertex.complete(call("claude-3-7-sonnet@20250219"))
-        );
-        for c in [gemini.unwrap(), claude.unwrap()] {
-            assert_eq!(c.choices[0].message.content.as_deref(), Some("Hello both"));
-        }
-        let requests = mock.requests();
-        let mut paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
-        paths.sort_unstable();
-        assert_eq!(
-            paths,
-            [
-                "/computeMetadata/v1/instance/service-accounts/default/token",
-                "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-3-7-sonnet@20250219:rawPredict",
-                "/v1/projects/p/locations/us-east5/publishers/google/models/gemini-2.5-pro:generateContent",
-            ]
-        );
-        let bearers: Vec<&str> = requests
-            .iter()
-            .filter(|r| r.path.starts_with("/v1/"))
-            .map(|r| r.headers["authorization"].as_str())
-            .collect();
-        assert_eq!(bearers.len(), 2);
-        assert!(bearers[0].starts_with("Bearer mock-token-"), "{bearers:?}");
-        assert_eq!(bearers[0], bearers[1]);
-
-        // A token Claude's endpoint rejects is dropped for Gemini too.
-        let err = vertex
-            .complete(call("claude-3-7-sonnet@20250219;status=401"))
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind, ErrorKind::UpstreamAuth);
-        assert!(!err.message.contains("mock-token"), "{}", err.message);
-        vertex.complete(call("gemini-2.5-pro")).await.unwrap();
-        let requests = mock.requests();
-        let tokens = requests
-            .iter()
-            .filter(|r| r.path.starts_with("/computeMetadata"))
-            .count();
-        assert_eq!(tokens, 2);
-        assert_ne!(
-            requests.last().unwrap().headers["authorization"],
-            bearers[0]
-        );
-    }
-
-    #[test]
     fn urls_carry_the_model_but_never_the_key() {
         let gemini = GeminiClient::gemini(
             ctx(),
@@ -2607,16 +2464,9 @@ mod tests {
             "https://europe-west4-aiplatform.googleapis.com/v1/projects/my-project/locations/europe-west4/endpoints/123:streamGenerateContent?alt=sse"
         );
         assert!(!format!("{vertex:?}").contains("ya29"));
-        let bad = VertexClient::new(
-            ctx(),
-            VertexSettings {
-                project: "p".into(),
-                region: "r".into(),
-                base_url: "https://x".into(),
-                credentials: VertexCredentials::ServiceAccount("{}".into()),
-            },
-        )
-        .unwrap_err();
+        let bad =
+            TokenSource::for_provider(&ctx(), &VertexCredentials::ServiceAccount("{}".into()))
+                .unwrap_err();
         assert!(bad.contains("provider `google`"), "{bad}");
     }
 }

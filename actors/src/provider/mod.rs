@@ -15,6 +15,7 @@ pub mod openai;
 pub mod scripted;
 pub mod sse;
 pub mod transport;
+pub mod vertex;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -283,7 +284,7 @@ pub enum ProviderClient {
     /// Gemini API and Vertex AI (same wire format).
     Gemini(gemini::GeminiClient),
     /// Vertex AI: Gemini models, and Claude models in Anthropic's format.
-    Vertex(gemini::VertexClient),
+    Vertex(vertex::VertexClient),
     Bedrock(bedrock::BedrockClient),
     Mock(mock::MockClient),
     #[cfg(test)]
@@ -326,7 +327,7 @@ impl ProviderClient {
                 ProviderClient::Gemini(gemini::GeminiClient::gemini(ctx, gemini.clone())?)
             }
             ProviderKind::Vertex(vertex) => {
-                ProviderClient::Vertex(gemini::VertexClient::new(ctx, vertex.clone())?)
+                ProviderClient::Vertex(vertex::VertexClient::new(ctx, vertex.clone())?)
             }
             ProviderKind::Bedrock(bedrock) => {
                 ProviderClient::Bedrock(bedrock::BedrockClient::new(ctx, bedrock.clone())?)
