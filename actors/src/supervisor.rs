@@ -137,6 +137,8 @@ impl Supervisor {
             RecorderHandle::new(addr, outbox)
         };
 
+        // Before the providers: their actors hand their outcomes on to it.
+        let router = Router::start(config.routing);
         let media = MediaFetcher::new(config.media);
         let mut providers: ProviderRegistry = HashMap::new();
         for settings in config.providers {
@@ -147,6 +149,7 @@ impl Supervisor {
                 clock.clone(),
                 metrics.clone(),
             );
+            let actor = actor.with_learner(router.learner());
             let outcomes = actor.outcomes();
             let actor = actix::Supervisor::start(move |_| actor);
             if !settings.enabled {
@@ -181,7 +184,7 @@ impl Supervisor {
             validators: Default::default(),
             retry: config.retry,
             hedging: Arc::new(config.hedging),
-            router: Router::start(config.routing),
+            router,
         };
         let supervisor = Supervisor {
             gateway: gateway.clone(),

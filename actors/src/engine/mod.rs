@@ -26,7 +26,6 @@ use crate::recorder::metrics::Metrics;
 use crate::recorder::run::{feedback_token, CacheStatus, RunRecord, RunStatus, StructuredRecord};
 use crate::recorder::RecorderHandle;
 use crate::retry::RetryPolicy;
-use crate::router::learning::Sample;
 use crate::router::{
     auto_fallback_attempts, plan, FallbackPlan, PlanRoute, PlannedAttempt, ProviderRegistry,
     RouterHandle, Scores, Strategy,
@@ -328,13 +327,7 @@ impl RunGuard {
                     summary.error = Some(kind.metric_label().to_string());
                 }
             }
-            report(
-                &self.gateway.router,
-                &open.planned,
-                open.admission,
-                error,
-                elapsed,
-            );
+            report(&open.planned, open.admission, error, elapsed);
         }
     }
 
@@ -380,22 +373,9 @@ impl Drop for RunGuard {
     }
 }
 
-/// Tells the provider actor (its breaker) and the router (what routing learns) how a call
-/// went, without waiting.
-fn report(
-    router: &RouterHandle,
-    planned: &PlannedAttempt,
-    admission: Admission,
-    error: Option<ErrorKind>,
-    d: Duration,
-) {
-    router.observe(Sample {
-        provider: planned.provider.settings.name.as_str().into(),
-        model: planned.offer.model.clone(),
-        latency: d,
-        failed: error.is_some_and(ErrorKind::is_provider_failure),
-        at: Instant::now(),
-    });
+/// Tells the provider actor how a call went, without waiting (it hands the outcome on to the
+/// router, which learns from it).
+fn report(planned: &PlannedAttempt, admission: Admission, error: Option<ErrorKind>, d: Duration) {
     let outcome = AttemptOutcome {
         model: planned.offer.model.clone(),
         error,
@@ -447,7 +427,6 @@ fn record_outcome<T>(span: &tracing::Span, result: &Result<T, GatewayError>) {
 /// One upstream call under the provider's total timeout, reported to its actor, in its own
 /// `attempt` span.
 async fn call_provider(
-    router: &RouterHandle,
     planned: &PlannedAttempt,
     admission: Admission,
     request: &ChatRequest,
@@ -455,7 +434,7 @@ async fn call_provider(
 ) -> (Result<Completion, GatewayError>, Duration) {
     use tracing::Instrument;
     let span = attempt_span(planned, attempt);
-    let (result, elapsed) = call_provider_in_span(router, planned, admission, request)
+    let (result, elapsed) = call_provider_in_span(planned, admission, request)
         .instrument(span.clone())
         .await;
     record_outcome(&span, &result);
@@ -463,7 +442,6 @@ async fn call_provider(
 }
 
 async fn call_provider_in_span(
-    router: &RouterHandle,
     planned: &PlannedAttempt,
     admission: Admission,
     request: &ChatRequest,
@@ -488,7 +466,6 @@ async fn call_provider_in_span(
     };
     let elapsed = started.elapsed();
     report(
-        router,
         planned,
         admission,
         result.as_ref().err().map(|e| e.kind),
@@ -748,14 +725,8 @@ impl Gateway {
                 if reason.is_some() {
                     attempt.reason = reason.take();
                 }
-                let (result, elapsed) = call_provider(
-                    &self.router,
-                    planned,
-                    admission,
-                    &sent,
-                    guard.attempts.len() + 1,
-                )
-                .await;
+                let (result, elapsed) =
+                    call_provider(planned, admission, &sent, guard.attempts.len() + 1).await;
                 attempt.duration_seconds = elapsed.as_secs_f64();
                 let completion = match result {
                     Ok(completion) => completion,
@@ -942,13 +913,7 @@ impl Gateway {
             guard.attempts.push(attempt);
         };
         let n = guard.attempts.len();
-        let mut a = Box::pin(call_provider(
-            &self.router,
-            first,
-            Admission::Admitted,
-            request,
-            n + 1,
-        ));
+        let mut a = Box::pin(call_provider(first, Admission::Admitted, request, n + 1));
         let timer = Box::pin(tokio::time::sleep(after));
         if let Either::Left(((result, elapsed), _)) = select(a.as_mut(), timer).await {
             // Answered (or failed) before the hedge was needed.
@@ -956,13 +921,7 @@ impl Gateway {
             return (result.map(|c| (c, first)), 1);
         }
         let hedge_started = Instant::now();
-        let b = Box::pin(call_provider(
-            &self.router,
-            second,
-            Admission::Admitted,
-            request,
-            n + 2,
-        ));
+        let b = Box::pin(call_provider(second, Admission::Admitted, request, n + 2));
         let hedge = || Some("hedge".to_string());
         match select(a, b).await {
             Either::Left(((result, elapsed), b)) => {
@@ -1228,7 +1187,7 @@ impl Gateway {
                     }
                     Err(error) => {
                         let elapsed = started.elapsed();
-                        report(&self.router, planned, admission, Some(error.kind), elapsed);
+                        report(planned, admission, Some(error.kind), elapsed);
                         attempt.duration_seconds = elapsed.as_secs_f64();
                         attempt.status = error.upstream_status;
                         attempt.error = Some(error.kind.metric_label().to_string());

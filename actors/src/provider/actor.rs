@@ -177,6 +177,18 @@ pub struct AttemptOutcome {
     pub probe: bool,
 }
 
+/// The outcomes a provider actor took in one drain, handed on to whoever learns from them
+/// (the router): one message per batch, between actors on the same arbiter, so learning costs
+/// the request path nothing more than the breaker already does.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Outcomes {
+    pub provider: Arc<str>,
+    pub outcomes: Vec<AttemptOutcome>,
+    /// When the batch was taken (the outcomes are at most a batch window older).
+    pub at: std::time::Instant,
+}
+
 /// Re-evaluates time-driven transitions (open → half-open). Sent by the actor's own timer.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
@@ -201,6 +213,8 @@ pub struct ProviderActor {
     failures_total: u64,
     /// Circuits of single models (see [`HealthBoard::admit_model`]).
     model_breakers: HashMap<String, CircuitBreaker>,
+    /// Learns from the outcomes too (the router), if any.
+    learner: Option<Recipient<Outcomes>>,
 }
 
 /// Errors that concern one model rather than the whole provider.
@@ -231,8 +245,15 @@ impl ProviderActor {
             requests_total: 0,
             failures_total: 0,
             model_breakers: HashMap::new(),
+            learner: None,
         };
         (actor, board)
+    }
+
+    /// Hands every batch of outcomes on to `learner` once applied.
+    pub fn with_learner(mut self, learner: Recipient<Outcomes>) -> Self {
+        self.learner = Some(learner);
+        self
     }
 
     /// Where the request path queues this actor's outcomes.
@@ -369,6 +390,13 @@ impl Drains for ProviderActor {
             self.apply(outcome, ctx);
         }
         self.publish();
+        if let Some(learner) = &self.learner {
+            learner.do_send(Outcomes {
+                provider: Arc::from(self.name.as_str()),
+                outcomes,
+                at: std::time::Instant::now(),
+            });
+        }
     }
 
     fn drain_scheduled(&mut self) -> &mut bool {

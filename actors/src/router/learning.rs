@@ -1,7 +1,8 @@
 //! What routing learns: per provider and model, a peak-EWMA of latency and an EWMA of the
 //! failure rate, learned by the router actor from every upstream call and published as a
-//! [`Scores`] snapshot that the planner reads lock-free. No request waits on the actor: calls
-//! are handed over through its [`Outbox`] and taken in batches.
+//! [`Scores`] snapshot that the planner reads lock-free. No request waits on the actor, and
+//! the request path does nothing for it: each provider actor hands on the batch of outcomes it
+//! took for its breaker ([`Outcomes`]), one message per batch.
 //!
 //! Peak-EWMA (Finagle's, as linkerd's and Helicone's balancers use it): a latency above the
 //! average replaces it at once, so a provider that slows down loses its place on the next
@@ -17,7 +18,8 @@ use actix::prelude::*;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::outbox::{self, Drains, Outbox, Pending, Pushed};
+use crate::error::ErrorKind;
+use crate::provider::actor::Outcomes;
 
 /// How fast what was learned fades: the weight of the past after `t` is `exp(-t / DECAY)`.
 pub const DECAY: Duration = Duration::from_secs(10);
@@ -27,8 +29,6 @@ const FAILURE_PENALTY_MS: f64 = 5_000.0;
 /// A sample moves the averages by this share at least, even when it comes at the same instant
 /// as the previous one (concurrent calls finish together).
 const MIN_WEIGHT: f64 = 0.1;
-/// Samples a batch may hold before new ones are dropped (they are telemetry).
-const OUTBOX_BOUND: usize = 65_536;
 
 /// How the planner orders the providers of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize)]
@@ -111,55 +111,43 @@ impl Scores {
     }
 }
 
-/// How the request path reaches the router: samples queued in its outbox, scores read from
-/// the published snapshot. Cheap to clone.
+/// How the rest of the gateway reaches the router: where provider actors send their
+/// outcomes, and the published scores. Cheap to clone.
 #[derive(Clone)]
 pub struct RouterHandle {
     addr: Addr<Router>,
-    outbox: Arc<Outbox<Sample>>,
     scores: Arc<ArcSwap<Scores>>,
     pub strategy: Strategy,
 }
 
 impl RouterHandle {
-    /// Hands over a call's outcome, without waiting; dropped (and logged at debug level) if
-    /// the router is that far behind.
-    pub fn observe(&self, sample: Sample) {
-        match self.outbox.push(sample) {
-            Pushed::First => self.addr.do_send(Pending { now: false }),
-            Pushed::Queued => {}
-            Pushed::Full => tracing::debug!("router outbox full: a routing sample was dropped"),
-        }
-    }
-
     /// What routing has learned so far.
     pub fn scores(&self) -> Arc<Scores> {
         self.scores.load_full()
+    }
+
+    /// Where a provider actor hands on its outcomes.
+    pub fn learner(&self) -> Recipient<Outcomes> {
+        self.addr.clone().recipient()
     }
 }
 
 /// The router actor: owns what routing learns.
 pub struct Router {
-    outbox: Arc<Outbox<Sample>>,
-    drain_scheduled: bool,
     learned: Scores,
     published: Arc<ArcSwap<Scores>>,
 }
 
 impl Router {
-    /// Starts the router on the current arbiter.
+    /// Starts the router on the current arbiter (the provider actors' own).
     pub fn start(strategy: Strategy) -> RouterHandle {
-        let outbox = Arc::new(Outbox::bounded(OUTBOX_BOUND));
         let scores = Arc::new(ArcSwap::from_pointee(Scores::default()));
         let router = Router {
-            outbox: outbox.clone(),
-            drain_scheduled: false,
             learned: Scores::default(),
             published: scores.clone(),
         };
         RouterHandle {
             addr: router.start(),
-            outbox,
             scores,
             strategy,
         }
@@ -185,39 +173,23 @@ impl Router {
 
 impl Actor for Router {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        outbox::on_started(self, ctx);
-    }
 }
 
-impl Handler<Pending> for Router {
+impl Handler<Outcomes> for Router {
     type Result = ();
 
-    fn handle(&mut self, pending: Pending, ctx: &mut Self::Context) {
-        outbox::on_pending(self, pending, ctx);
-    }
-}
-
-impl Drains for Router {
-    /// Learns from every queued sample, then publishes the new scores once.
-    fn drain(&mut self, _: &mut Context<Self>) {
-        let samples = self.outbox.take();
-        if samples.is_empty() {
-            return;
-        }
-        for sample in &samples {
-            self.learn(sample);
+    /// Learns from a provider's batch, then publishes the new scores once.
+    fn handle(&mut self, batch: Outcomes, _: &mut Self::Context) {
+        for outcome in batch.outcomes {
+            self.learn(&Sample {
+                provider: batch.provider.clone(),
+                model: outcome.model,
+                latency: outcome.latency,
+                failed: outcome.error.is_some_and(ErrorKind::is_provider_failure),
+                at: batch.at,
+            });
         }
         self.published.store(Arc::new(self.learned.clone()));
-    }
-
-    fn drain_scheduled(&mut self) -> &mut bool {
-        &mut self.drain_scheduled
-    }
-
-    fn has_queued(&self) -> bool {
-        !self.outbox.is_empty()
     }
 }
 
@@ -270,16 +242,39 @@ mod tests {
 
     #[actix_rt::test]
     async fn the_router_publishes_what_it_learned_from_a_batch() {
+        use crate::provider::actor::AttemptOutcome;
         let handle = Router::start(Strategy::Fastest);
         assert!(handle.scores().get("p", "m").is_none());
-        let now = Instant::now();
-        handle.observe(sample(now, 120, false));
-        handle.observe(sample(now, 80, true));
-        tokio::time::sleep(outbox::BATCH_WINDOW * 20).await;
+        let outcome = |ms, error| AttemptOutcome {
+            model: "m".into(),
+            error,
+            latency: Duration::from_millis(ms),
+            probe: false,
+        };
+        handle
+            .addr
+            .send(Outcomes {
+                provider: Arc::from("p"),
+                outcomes: vec![
+                    outcome(120, None),
+                    outcome(80, Some(ErrorKind::UpstreamServer)),
+                    // Not the provider's fault: not counted as a failure.
+                    outcome(5, Some(ErrorKind::UpstreamBadRequest)),
+                ],
+                at: Instant::now(),
+            })
+            .await
+            .unwrap();
         let scores = handle.scores();
         let score = scores.get("p", "m").unwrap();
-        assert_eq!(score.samples, 2);
-        assert_eq!(score.latency_ms, 120.0);
-        assert!(score.error_rate > 0.0);
+        assert_eq!(score.samples, 3);
+        // A failure's latency does not count; a client error's does.
+        assert_eq!(score.latency_ms, 120.0 * 0.9 + 5.0 * 0.1);
+        // One failure of three, each moving the rate by a tenth at least: 0.1 then 0.09.
+        assert!(
+            (score.error_rate - 0.09).abs() < 1e-9,
+            "{}",
+            score.error_rate
+        );
     }
 }
