@@ -43,9 +43,9 @@ impl SledRunStore {
     }
 
     /// Writes on the calling thread: the recorder's own, never a request's. One insert per
-    /// tree and run rather than a `sled::Batch`: a batch takes sled's global write lock, which
-    /// stalls every reader on the request path for its duration (measured: ~9 µs more CPU per
-    /// request under load).
+    /// tree and run rather than a `sled::Batch`: a batch would take sled's global
+    /// concurrency-control write lock, which readers on the request path (cache, agents) wait
+    /// for; the batch is atomic in nothing a caller relies on (writes are idempotent on id).
     fn insert_now(&self, runs: &[Box<RunRecord>]) -> Result<(), StorageError> {
         let mut buf = Vec::with_capacity(4096);
         for run in runs {
