@@ -95,8 +95,21 @@ pub async fn read_body(
     budget: &BodyBudget,
 ) -> Result<(Bytes, Reservation), GatewayError> {
     let mut reservation = budget.reserve();
-    let read = read_within(req, payload, limit, &mut reservation);
-    match tokio::time::timeout(timeout, read).await {
+    let body = {
+        let read = read_within(req, payload, limit, &mut reservation);
+        let mut read = std::pin::pin!(read);
+        // A body that came with its head is read at once: no timer for it.
+        let first = std::future::poll_fn(|cx| match std::future::Future::poll(read.as_mut(), cx) {
+            std::task::Poll::Ready(body) => std::task::Poll::Ready(Some(body)),
+            std::task::Poll::Pending => std::task::Poll::Ready(None),
+        })
+        .await;
+        match first {
+            Some(body) => Ok(body),
+            None => tokio::time::timeout(timeout, read).await,
+        }
+    };
+    match body {
         Ok(body) => body.map(|body| (body, reservation)),
         Err(_) => Err(GatewayError::new(
             ErrorKind::RequestTimeout,

@@ -60,7 +60,7 @@ fn check(req: &ServiceRequest) -> Result<(), GatewayError> {
         }
     }
     if headers
-        .get("sec-fetch-site")
+        .get(&SEC_FETCH_SITE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
     {
         return Err(forbidden(
@@ -79,6 +79,8 @@ fn check(req: &ServiceRequest) -> Result<(), GatewayError> {
     Ok(())
 }
 
+static SEC_FETCH_SITE: header::HeaderName = header::HeaderName::from_static("sec-fetch-site");
+
 fn forbidden(message: String) -> GatewayError {
     GatewayError::new(ErrorKind::Forbidden, message).with_code("foreign_origin")
 }
@@ -91,34 +93,38 @@ fn is_json(value: Option<&header::HeaderValue>) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// `localhost`, `*.localhost`, `127.x.y.z` or `[::1]`, with an optional port.
+/// `localhost`, `*.localhost`, `127.x.y.z` or `[::1]`, with an optional port. Checked on every
+/// request of the no-key mode: no allocation.
 fn is_loopback_authority(authority: &str) -> bool {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         match rest.split_once(']') {
-            Some((inside, after)) if after.is_empty() || valid_port(after) => inside,
+            Some((inside, "")) => inside,
+            Some((inside, after)) if after.strip_prefix(':').is_some_and(valid_port) => inside,
             _ => return false,
         }
     } else {
         match authority.rsplit_once(':') {
-            Some((host, port)) if valid_port(&format!(":{port}")) => host,
+            Some((host, port)) if valid_port(port) => host,
             Some(_) => return false,
             None => authority,
         }
     };
-    let lower = host.to_ascii_lowercase();
-    if lower == "localhost" || lower.ends_with(".localhost") {
+    let suffix = ".localhost";
+    if host.eq_ignore_ascii_case("localhost")
+        || (host.len() > suffix.len()
+            && host.is_char_boundary(host.len() - suffix.len())
+            && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
+    {
         return true;
     }
-    match lower.parse::<std::net::IpAddr>() {
+    match host.parse::<std::net::IpAddr>() {
         Ok(ip) => ip.is_loopback(),
         Err(_) => false,
     }
 }
 
-fn valid_port(with_colon: &str) -> bool {
-    with_colon
-        .strip_prefix(':')
-        .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+fn valid_port(port: &str) -> bool {
+    !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]
