@@ -12,25 +12,61 @@
 //!
 //! With keys configured none of this applies: a page cannot attach the user's bearer key.
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use std::future::{ready, Ready};
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::{header, Method};
-use actix_web::middleware::Next;
 use actix_web::ResponseError;
 use flowgate_actors::error::{excerpt, ErrorKind, GatewayError};
+use futures::future::{Either, MapOk, TryFutureExt};
 
-/// `from_fn` middleware: answers 403/415 instead of running the handler.
-pub async fn refuse_browsers(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
-    if let Err(e) = check(&req) {
-        let response = e.error_response();
-        return Ok(req.into_response(response));
+/// The middleware: answers 403/415 instead of running the handler. Hand-written rather than
+/// `from_fn`, which boxes two futures per request: in `bench/run.sh` the `from_fn` version
+/// cost about 3 µs of CPU per request over no middleware at all.
+pub struct BrowserGuard;
+
+impl<S, B> Transform<S, ServiceRequest> for BrowserGuard
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Transform = BrowserGuardService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, ()>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(BrowserGuardService { service }))
     }
-    next.call(req)
-        .await
-        .map(ServiceResponse::map_into_boxed_body)
+}
+
+pub struct BrowserGuardService<S> {
+    service: S,
+}
+
+type Passed<B> = fn(ServiceResponse<B>) -> ServiceResponse<EitherBody<B>>;
+
+impl<S, B> Service<ServiceRequest> for BrowserGuardService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Future = Either<Ready<Result<Self::Response, Self::Error>>, MapOk<S::Future, Passed<B>>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        if let Err(e) = check(&req) {
+            let response = req.into_response(e.error_response()).map_into_right_body();
+            return Either::Left(ready(Ok(response)));
+        }
+        let passed: Passed<B> = ServiceResponse::map_into_left_body;
+        Either::Right(self.service.call(req).map_ok(passed))
+    }
 }
 
 fn check(req: &ServiceRequest) -> Result<(), GatewayError> {

@@ -94,7 +94,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         App::new()
             .wrap(actix_web::middleware::Condition::new(
                 browser_guard,
-                actix_web::middleware::from_fn(browser_guard::refuse_browsers),
+                browser_guard::BrowserGuard,
             ))
             .app_data(web::Data::new(state.clone()))
             .configure(routes)
