@@ -583,6 +583,16 @@ async fn a_feedback_token_is_one_vote_however_often_it_is_posted() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    // The small JSON endpoints take 64 KiB at most, before any field is looked at.
+    let response = client()
+        .post(format!("{}/v1/feedback", gw.url))
+        .json(&json!({"feedback_token": token, "outcome": "positive", "comment": "c".repeat(100_000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
 }
 
 async fn get_with(gw: &Flowgate, path: &str, key: Option<&str>, tenant: Option<&str>) -> u16 {

@@ -102,7 +102,7 @@ impl AdminAuth {
 }
 
 /// Largest body of the small JSON endpoints (deploy, feedback).
-pub(super) const SMALL_BODY_BYTES: usize = 64 * 1024;
+const SMALL_BODY_BYTES: usize = 64 * 1024;
 
 /// Header with which an admin names the tenant it acts for (the default tenant without it).
 const TENANT_HEADER: &str = "x-flowgate-tenant";
@@ -162,6 +162,24 @@ async fn settle(state: &AppState) {
 }
 
 /// A JSON body as a 400 that names the field, in the OpenAI error shape.
+/// The JSON body of a small endpoint (deploy, feedback): read within [`SMALL_BODY_BYTES`], the
+/// body timeout and the in-flight budget, then parsed.
+pub(super) async fn read_small_json<T: DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<T, GatewayError> {
+    let (body, _reservation) = super::body::read_body(
+        req,
+        payload,
+        SMALL_BODY_BYTES,
+        state.limits.body_timeout,
+        &state.body_budget,
+    )
+    .await?;
+    parse_body(&body)
+}
+
 pub(super) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
@@ -260,15 +278,7 @@ pub async fn deploy(
     let tenant = admin_tenant(&req)?;
     let (agent, version_id) = path.into_inner();
     let agent = agent_name(agent)?;
-    let (body, _reservation) = super::body::read_body(
-        &req,
-        payload,
-        SMALL_BODY_BYTES,
-        state.limits.body_timeout,
-        &state.body_budget,
-    )
-    .await?;
-    let body: DeployBody = parse_body(&body)?;
+    let body: DeployBody = read_small_json(&req, payload, &state).await?;
     let environment = Environment::parse(&body.environment).ok_or_else(|| {
         GatewayError::invalid(format!(
             "`{}` is not an environment: use dev, staging or production",

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::agents::{bearer, parse_body, SMALL_BODY_BYTES};
+use super::agents::{bearer, read_small_json};
 use super::auth::DEFAULT_TENANT;
 use super::AppState;
 
@@ -60,15 +60,7 @@ pub async fn post_feedback(
         Some(_) => state.auth.tenant(&req)?,
         None => DEFAULT_TENANT.to_string(),
     };
-    let (body, _reservation) = super::body::read_body(
-        &req,
-        payload,
-        SMALL_BODY_BYTES,
-        state.limits.body_timeout,
-        &state.body_budget,
-    )
-    .await?;
-    let body: FeedbackBody = parse_body(&body)?;
+    let body: FeedbackBody = read_small_json(&req, payload, &state).await?;
     let invalid_token = || {
         GatewayError::invalid(
             "`feedback_token` is not a feedback token: use the `feedback_token` of a choice of \
