@@ -3,14 +3,10 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 use flowgate_actors::agents::resolve::target_of;
 use flowgate_actors::answer::Answer;
-use flowgate_actors::capabilities::Needs;
 use flowgate_actors::completion::{Choice, ToolCallOut};
-use flowgate_actors::engine::{RunContext, RunGuard};
+use flowgate_actors::engine::{Run, RunContext, RunOutput, RunRequest};
 use flowgate_actors::error::{excerpt, ErrorKind, GatewayError};
 use flowgate_actors::model_ref::{ModelRef, Target};
-use flowgate_actors::recorder::run::CacheStatus;
-use flowgate_actors::router::PlanRoute;
-use flowgate_actors::version::version_id;
 use flowgate_actors::wire::{ChatRequest, UseFallback};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -37,14 +33,14 @@ pub async fn chat_completions(
         agent = tracing::field::Empty,
         model = tracing::field::Empty,
     );
-    let guard = RunGuard::new(state.gateway.clone(), ctx);
-    Ok(run(req, payload, state, guard).instrument(span).await)
+    let run = state.gateway.start(ctx);
+    Ok(answer(req, payload, state, run).instrument(span).await)
 }
 
 /// Records a failed run and answers with its error, naming the run in a header.
-fn failed(guard: RunGuard, error: GatewayError) -> HttpResponse {
-    let run_id = guard.ctx.run_id;
-    let error = guard.fail(error);
+fn failed(run: Run, error: GatewayError) -> HttpResponse {
+    let run_id = run.id();
+    let error = run.fail(error);
     let mut response = error.error_response();
     if let Ok(value) = HeaderValue::from_str(&run_id.to_string()) {
         response
@@ -54,96 +50,73 @@ fn failed(guard: RunGuard, error: GatewayError) -> HttpResponse {
     response
 }
 
-async fn run(
+async fn answer(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    mut guard: RunGuard,
+    mut run: Run,
 ) -> HttpResponse {
-    let request = match prepare(&req, payload, &state, &mut guard).await {
+    let request = match prepare(&req, payload, &state, run.context_mut()).await {
         Ok(request) => request,
-        Err(e) => return failed(guard, e),
+        Err(e) => return failed(run, e),
     };
     let span = tracing::Span::current();
     if !span.is_disabled() {
-        span.record("agent", guard.ctx.agent.as_str());
+        span.record("agent", run.context().agent.as_str());
         span.record("model", request.target_model.as_str());
     }
-    let plan = match state.gateway.plan(&PlanRoute {
-        model: request.target_model.clone(),
-        use_fallback: request.chat.use_fallback.clone(),
-        provider: request.chat.provider.clone(),
-        needs: Needs::of(&request.chat),
-    }) {
-        Ok(plan) => plan,
-        Err(e) => return failed(guard, e),
-    };
-    guard.model = Some(plan.model.id.clone());
-    // `prepare` versioned the templates; this covers what it could not resolve.
-    if guard.ctx.version_id.is_none() {
-        guard.ctx.version_id = Some(version_id(&plan.model.id, &request.chat));
-    }
-
-    if request.chat.is_stream() {
-        return match state.gateway.stream(&mut guard, &plan, &request.chat).await {
-            Ok(live) => {
-                let mut response = HttpResponse::Ok();
-                run_headers(&mut response, &guard);
-                response
-                    .content_type("text/event-stream")
-                    .insert_header(("cache-control", "no-cache"))
-                    .insert_header(("x-accel-buffering", "no"));
-                let valid_json_chunks = request
-                    .chat
-                    .stream_options
-                    .as_ref()
-                    .and_then(|o| o.valid_json_chunks)
-                    .unwrap_or(false);
-                response.streaming(sse::body(guard, live, valid_json_chunks))
-            }
-            Err(e) => failed(guard, e),
-        };
-    }
-
-    // A client that goes away cancels the upstream call; the guard records the run as
-    // cancelled when it is dropped.
-    let completed = tokio::select! {
-        completed = state.gateway.complete(&mut guard, &plan, &request.chat) => completed,
+    let engine = state.gateway.run(
+        &mut run,
+        RunRequest {
+            chat: &request.chat,
+            model: &request.target_model,
+        },
+    );
+    // A client that goes away cancels the upstream call; the run is recorded as cancelled
+    // when it is dropped.
+    let output = tokio::select! {
+        output = engine => output,
         () = connection::client_gone(&req) => {
             return HttpResponse::build(ErrorKind::Cancelled.status_code()).finish();
         }
     };
-    match completed {
-        Ok(answer) => {
-            // Only the run that called the provider pays; a coalesced follower costs nothing.
-            let cost_usd = if matches!(guard.cache, CacheStatus::Coalesced | CacheStatus::Hit) {
-                0.0
-            } else {
-                answer.cost_usd
-            };
-            guard.model = Some(answer.model.clone());
-            guard.provider = Some(answer.provider.clone());
+    match output {
+        Ok(RunOutput::Stream(live)) => {
+            let mut response = HttpResponse::Ok();
+            run_headers(&mut response, &run);
+            response
+                .content_type("text/event-stream")
+                .insert_header(("cache-control", "no-cache"))
+                .insert_header(("x-accel-buffering", "no"));
+            let valid_json_chunks = request
+                .chat
+                .stream_options
+                .as_ref()
+                .and_then(|o| o.valid_json_chunks)
+                .unwrap_or(false);
+            response.streaming(sse::body(run, live, valid_json_chunks))
+        }
+        Ok(RunOutput::Answer(answer)) => {
             // Written out before the run takes the answer (without a copy when it can).
             let body = match serde_json::to_vec(&render_completion(
-                &guard,
+                &run,
                 &answer,
-                cost_usd,
                 &state.gateway.public_url,
             )) {
                 Ok(body) => body,
                 Err(e) => {
                     return failed(
-                        guard,
+                        run,
                         GatewayError::internal(format!("cannot write the answer: {e}")),
                     )
                 }
             };
             let mut response = HttpResponse::Ok();
-            run_headers(&mut response, &guard);
-            guard.succeed(answer, cost_usd);
+            run_headers(&mut response, &run);
+            run.succeed(answer);
             response.content_type("application/json").body(body)
         }
-        Err(e) => failed(guard, e),
+        Err(e) => failed(run, e),
     }
 }
 
@@ -163,7 +136,7 @@ async fn prepare(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-    guard: &mut RunGuard,
+    ctx: &mut RunContext,
 ) -> Result<Prepared, GatewayError> {
     let (body, reservation) = read_body(
         req,
@@ -192,26 +165,26 @@ async fn prepare(
         Ok(chat) => chat,
         Err(e) => {
             // Filed under its agent all the same, when the model can be read.
-            note_model(guard, raw.get(), state.limits.max_model_bytes);
-            guard.ctx.request = Some(raw);
+            note_model(ctx, raw.get(), state.limits.max_model_bytes);
+            ctx.request = Some(raw);
             return Err(field_error(e));
         }
     };
     // Before anything looks at the name (parsing, catalog suggestions): bounded, and never
     // echoed whole.
     if chat.model.len() > state.limits.max_model_bytes {
-        guard.ctx.requested_model = excerpt(&chat.model, 64).into_owned();
-        guard.ctx.request = Some(raw);
+        ctx.requested_model = excerpt(&chat.model, 64).into_owned();
+        ctx.request = Some(raw);
         return Err(model_too_long(&chat.model, state.limits.max_model_bytes));
     }
-    guard.ctx.requested_model.clone_from(&chat.model);
+    ctx.requested_model.clone_from(&chat.model);
     if let Ok(parsed) = ModelRef::parse(&chat.model, None) {
-        guard.ctx.agent = parsed.agent;
+        ctx.agent = parsed.agent;
     }
-    guard.ctx.stream = chat.is_stream();
-    guard.ctx.request = Some(raw);
-    guard.ctx.input = chat.input.clone().map(Value::Object);
-    guard.ctx.metadata = chat.metadata.clone();
+    ctx.stream = chat.is_stream();
+    ctx.request = Some(raw);
+    ctx.input = chat.input.clone().map(Value::Object);
+    ctx.metadata = chat.metadata.clone();
 
     let agent_override = chat.agent_id.clone().or_else(|| {
         chat.metadata
@@ -229,7 +202,7 @@ async fn prepare(
         validate(&chat, &state.limits)?;
     }
     let model_ref = model_ref?;
-    guard.ctx.agent = model_ref.agent.clone();
+    ctx.agent = model_ref.agent.clone();
     let target = target_of(
         model_ref.target,
         chat.environment.as_deref(),
@@ -238,7 +211,7 @@ async fn prepare(
 
     let agents = state.gateway.agents.clone();
     let catalog = state.gateway.catalog.load_full();
-    let (tenant, agent, run_id) = (guard.ctx.tenant.clone(), model_ref.agent, guard.ctx.run_id);
+    let (tenant, agent, run_id) = (ctx.tenant.clone(), model_ref.agent, ctx.run_id);
     let templated = deployment || chat.input.is_some();
     let renderer = state.renderer.clone();
     let resolve =
@@ -255,10 +228,10 @@ async fn prepare(
     if deployment {
         validate(&resolution.request, &state.limits)?;
     }
-    guard.ctx.version_id = resolution.version_id;
-    guard.ctx.schema_id = Some(resolution.schema_id);
-    guard.ctx.conversation_id = Some(resolution.conversation_id);
-    guard.ctx.rendered_messages = resolution.rendered_messages;
+    ctx.version_id = resolution.version_id;
+    ctx.schema_id = Some(resolution.schema_id);
+    ctx.conversation_id = Some(resolution.conversation_id);
+    ctx.rendered_messages = resolution.rendered_messages;
     Ok(Prepared {
         chat: resolution.request,
         target_model: resolution.target_model,
@@ -279,7 +252,7 @@ fn model_too_long(model: &str, max: usize) -> GatewayError {
 
 /// A serde error as a 400 that names the field.
 /// The requested model and `stream` of a body that is not a valid request, for its run.
-fn note_model(guard: &mut RunGuard, body: &str, max_model_bytes: usize) {
+fn note_model(ctx: &mut RunContext, body: &str, max_model_bytes: usize) {
     #[derive(serde::Deserialize)]
     struct Head {
         #[serde(default)]
@@ -292,15 +265,15 @@ fn note_model(guard: &mut RunGuard, body: &str, max_model_bytes: usize) {
     };
     if let Some(model) = head.model.as_str() {
         if model.len() > max_model_bytes {
-            guard.ctx.requested_model = excerpt(model, 64).into_owned();
+            ctx.requested_model = excerpt(model, 64).into_owned();
             return;
         }
-        guard.ctx.requested_model = model.to_string();
+        ctx.requested_model = model.to_string();
         if let Ok(parsed) = ModelRef::parse(model, None) {
-            guard.ctx.agent = parsed.agent;
+            ctx.agent = parsed.agent;
         }
     }
-    guard.ctx.stream = head.stream.as_bool().unwrap_or(false);
+    ctx.stream = head.stream.as_bool().unwrap_or(false);
 }
 
 fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> GatewayError {
@@ -403,15 +376,15 @@ fn validate(chat: &ChatRequest, limits: &RequestLimits) -> Result<(), GatewayErr
     Ok(())
 }
 
-fn run_headers(response: &mut HttpResponseBuilder, guard: &RunGuard) {
-    response.insert_header(("x-flowgate-run-id", guard.ctx.run_id.to_string()));
-    if let Some(provider) = &guard.provider {
-        response.insert_header(("x-flowgate-provider", provider.as_str()));
+fn run_headers(response: &mut HttpResponseBuilder, run: &Run) {
+    response.insert_header(("x-flowgate-run-id", run.id().to_string()));
+    if let Some(provider) = run.provider() {
+        response.insert_header(("x-flowgate-provider", provider));
     }
-    if let Some(model) = &guard.model {
-        response.insert_header(("x-flowgate-model", model.as_str()));
+    if let Some(model) = run.model() {
+        response.insert_header(("x-flowgate-model", model));
     }
-    response.insert_header(("x-flowgate-cache", guard.cache.header()));
+    response.insert_header(("x-flowgate-cache", run.cache().header()));
 }
 
 /// The link to a run in the web UI.
@@ -420,26 +393,23 @@ pub fn run_url(public_url: &str, run_id: &uuid::Uuid) -> String {
 }
 
 /// The OpenAI `chat.completion` object with flowgate's additions.
-fn render_completion<'a>(
-    guard: &RunGuard,
-    answer: &'a Answer,
-    cost_usd: f64,
-    public_url: &str,
-) -> CompletionBody<'a> {
-    let duration = guard.duration_seconds();
+fn render_completion<'a>(run: &Run, answer: &'a Answer, public_url: &str) -> CompletionBody<'a> {
+    let ctx = run.context();
+    let cost_usd = run.cost_of(answer);
+    let duration = run.duration_seconds();
     let n = answer.completion.choices.len().max(1) as f64;
     let usage = &answer.completion.usage;
     CompletionBody {
-        id: guard.ctx.response_id(),
+        id: ctx.response_id(),
         object: "chat.completion",
-        created: guard.ctx.created_unix(),
+        created: ctx.created_unix(),
         model: &answer.model,
         choices: ChoicesBody {
             choices: &answer.completion.choices,
             cost_usd: cost_usd / n,
             duration_seconds: duration,
-            feedback_token: guard.ctx.feedback_token.clone(),
-            url: run_url(public_url, &guard.ctx.run_id),
+            feedback_token: ctx.feedback_token.clone(),
+            url: run_url(public_url, &ctx.run_id),
         },
         usage: UsageBody {
             prompt_tokens: usage.prompt_tokens,
@@ -454,8 +424,8 @@ fn render_completion<'a>(
         },
         cost_usd,
         duration_seconds: duration,
-        version_id: guard.ctx.version_id.clone(),
-        metadata: guard.ctx.metadata.clone(),
+        version_id: ctx.version_id.clone(),
+        metadata: ctx.metadata.clone(),
     }
 }
 

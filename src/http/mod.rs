@@ -122,8 +122,11 @@ pub async fn serve(config: Config) -> Result<(), String> {
     tracing::info!(address = %bound, "flowgate listening");
     server.await.map_err(|e| format!("server error: {e}"))?;
     tracing::info!("draining the recorder");
+    // The drain waits for the recorder (30 s) and the flush (30 s) at most; past this the
+    // supervisor itself is stuck.
     supervisor
         .send(Drain)
+        .timeout(std::time::Duration::from_secs(90))
         .await
         .map_err(|e| format!("supervisor did not drain: {e}"))??;
     Ok(())

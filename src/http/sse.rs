@@ -1,20 +1,20 @@
 //! Rendering a live answer as OpenAI `chat.completion.chunk` server-sent events. The last chunk
 //! carries `usage`, `cost_usd` and `duration_seconds`, then `data: [DONE]`. An error after
 //! content was sent is a final `data: {"error": …}` event. If the client goes away, the body is
-//! dropped with its [`RunGuard`], which records the run as cancelled with what it cost.
+//! dropped with its [`Run`], which records the run as cancelled with what it cost.
 
 use actix_web::Error;
 use bytes::Bytes;
 use flowgate_actors::answer::LiveStream;
 use flowgate_actors::completion::StreamEvent;
-use flowgate_actors::engine::RunGuard;
+use flowgate_actors::engine::Run;
 use flowgate_actors::provider::EventStream;
 use flowgate_actors::structured::extract_json;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 
 struct State {
-    guard: Option<RunGuard>,
+    run: Option<Run>,
     first: Option<StreamEvent>,
     rest: EventStream,
     id: String,
@@ -111,11 +111,11 @@ impl State {
         }
     }
 
-    fn last_chunk(&self, guard: &RunGuard) -> Bytes {
+    fn last_chunk(&self, run: &Run) -> Bytes {
         let mut chunk = self.chunk(json!([]));
-        chunk["usage"] = guard.streamed_usage().to_openai();
-        chunk["cost_usd"] = json!(guard.streamed_cost());
-        chunk["duration_seconds"] = json!(guard.duration_seconds());
+        chunk["usage"] = run.streamed_usage().to_openai();
+        chunk["cost_usd"] = json!(run.streamed_cost());
+        chunk["duration_seconds"] = json!(run.duration_seconds());
         let mut bytes = event(&chunk).to_vec();
         bytes.extend_from_slice(b"data: [DONE]\n\n");
         Bytes::from(bytes)
@@ -133,8 +133,8 @@ async fn next(mut s: State) -> Option<(Result<Bytes, Error>, State)> {
         };
         match item {
             Some(Ok(ev)) => {
-                if let Some(guard) = s.guard.as_mut() {
-                    guard.push_event(&ev);
+                if let Some(run) = s.run.as_mut() {
+                    run.push_event(&ev);
                 }
                 if let Some(bytes) = s.render(&ev) {
                     return Some((Ok(bytes), s));
@@ -142,17 +142,17 @@ async fn next(mut s: State) -> Option<(Result<Bytes, Error>, State)> {
             }
             Some(Err(error)) => {
                 s.done = true;
-                let error = match s.guard.take() {
-                    Some(guard) => guard.fail(error),
+                let error = match s.run.take() {
+                    Some(run) => run.fail(error),
                     None => error,
                 };
                 return Some((Ok(event(&error.body())), s));
             }
             None => {
                 s.done = true;
-                let guard = s.guard.take()?;
-                let bytes = s.last_chunk(&guard);
-                guard.finish_stream();
+                let run = s.run.take()?;
+                let bytes = s.last_chunk(&run);
+                run.finish_stream();
                 return Some((Ok(bytes), s));
             }
         }
@@ -162,15 +162,15 @@ async fn next(mut s: State) -> Option<(Result<Bytes, Error>, State)> {
 /// The SSE body for a live stream. With `valid_json_chunks`, every content (or tool-call
 /// arguments) chunk is the whole valid partial JSON so far instead of a delta.
 pub fn body(
-    guard: RunGuard,
+    run: Run,
     live: LiveStream,
     valid_json_chunks: bool,
 ) -> impl Stream<Item = Result<Bytes, Error>> {
     let state = State {
-        id: guard.ctx.response_id(),
-        created: guard.ctx.created_unix(),
+        id: run.context().response_id(),
+        created: run.context().created_unix(),
         model: live.model,
-        guard: Some(guard),
+        run: Some(run),
         first: Some(live.first),
         rest: live.rest,
         started: Vec::new(),

@@ -6,19 +6,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use uuid::Uuid;
 
 use super::*;
 use crate::breaker::BreakerSettings;
 use crate::cache::CacheSettings;
-use crate::capabilities::Needs;
 use crate::catalog::{Catalog, Fallbacks, ModelEntry, Prices, ProviderOffer, Supports};
+use crate::completion::StreamEvent;
+use crate::error::AttemptSummary;
 use crate::provider::media::MediaSettings;
 use crate::provider::scripted::{Script, ScriptedSettings, Step};
 use crate::provider::{ProviderKind, ProviderSettings, Timeouts};
-use crate::recorder::run::RunStatus;
+use crate::recorder::run::{RunRecord, RunStatus};
 use crate::recorder::Barrier;
 use crate::retry::RetryPolicy;
-use crate::router::{PlanRoute, Strategy};
+use crate::router::Strategy;
+use crate::structured::Layer;
 use crate::supervisor::{GatewayConfig, Supervisor};
 use crate::wire::ChatRequest;
 
@@ -141,20 +144,41 @@ fn request(model: &str, extra: serde_json::Value) -> ChatRequest {
 }
 
 impl Harness {
-    fn guard(&self, agent: &str, request: &ChatRequest) -> RunGuard {
+    fn guard(&self, agent: &str, request: &ChatRequest) -> Run {
         let ctx = RunContext::new(TENANT, agent, &request.model, request.is_stream());
-        RunGuard::new(self.gateway.clone(), ctx)
+        self.gateway.start(ctx)
     }
 
-    fn plan(&self, request: &ChatRequest) -> FallbackPlan {
-        self.gateway
-            .plan(&PlanRoute {
-                model: request.model.clone(),
-                use_fallback: request.use_fallback.clone(),
-                provider: request.provider.clone(),
-                needs: Needs::of(request),
-            })
-            .unwrap()
+    /// A whole answer through the engine's entry.
+    async fn complete(
+        &self,
+        run: &mut Run,
+        request: &ChatRequest,
+    ) -> Result<Arc<Answer>, GatewayError> {
+        let request = RunRequest {
+            chat: request,
+            model: &request.model,
+        };
+        match self.gateway.run(run, request).await? {
+            RunOutput::Answer(answer) => Ok(answer),
+            RunOutput::Stream(_) => panic!("a whole answer was asked for"),
+        }
+    }
+
+    /// A stream through the engine's entry.
+    async fn stream(
+        &self,
+        run: &mut Run,
+        request: &ChatRequest,
+    ) -> Result<LiveStream, GatewayError> {
+        let request = RunRequest {
+            chat: request,
+            model: &request.model,
+        };
+        match self.gateway.run(run, request).await? {
+            RunOutput::Stream(live) => Ok(live),
+            RunOutput::Answer(_) => panic!("a stream was asked for"),
+        }
     }
 
     /// The stored run, once the recorder has written what it was given.
@@ -180,11 +204,7 @@ async fn falls_back_in_plan_order_and_the_run_keeps_every_attempt() {
     let request = request("m", json!({}));
     let mut guard = h.guard("agent", &request);
     let id = guard.ctx.run_id;
-    let answer = h
-        .gateway
-        .complete(&mut guard, &h.plan(&request), &request)
-        .await
-        .unwrap();
+    let answer = h.complete(&mut guard, &request).await.unwrap();
     assert_eq!(answer.provider, "b");
     assert_eq!(
         answer.completion.choices[0].message.content.as_deref(),
@@ -202,8 +222,7 @@ async fn falls_back_in_plan_order_and_the_run_keeps_every_attempt() {
             )
         ]
     );
-    let cost = answer.cost_usd;
-    guard.succeed(answer, cost);
+    guard.succeed(answer);
     let run = h.run(id).await;
     assert!(matches!(run.status, RunStatus::Success));
     assert_eq!(run.provider.as_deref(), Some("b"));
@@ -229,11 +248,7 @@ async fn the_last_provider_is_retried_on_transient_errors() {
     let h = harness(script, quick_retries(2), HedgingPolicy::default());
     let request = request("solo", json!({}));
     let mut guard = h.guard("agent", &request);
-    let answer = h
-        .gateway
-        .complete(&mut guard, &h.plan(&request), &request)
-        .await
-        .unwrap();
+    let answer = h.complete(&mut guard, &request).await.unwrap();
     assert_eq!(
         answer.completion.choices[0].message.content.as_deref(),
         Some("third time lucky")
@@ -253,11 +268,7 @@ async fn retries_stop_at_the_limit_and_the_failed_run_is_recorded() {
     let request = request("solo", json!({}));
     let mut guard = h.guard("agent", &request);
     let id = guard.ctx.run_id;
-    let error = h
-        .gateway
-        .complete(&mut guard, &h.plan(&request), &request)
-        .await
-        .unwrap_err();
+    let error = h.complete(&mut guard, &request).await.unwrap_err();
     assert_eq!(error.kind, ErrorKind::UpstreamServer);
     assert_eq!(h.script.calls().len(), 2);
     let error = guard.fail(error);
@@ -279,11 +290,7 @@ async fn a_client_error_upstream_does_not_fall_back() {
     let h = harness(script, quick_retries(2), HedgingPolicy::default());
     let request = request("m", json!({}));
     let mut guard = h.guard("agent", &request);
-    let error = h
-        .gateway
-        .complete(&mut guard, &h.plan(&request), &request)
-        .await
-        .unwrap_err();
+    let error = h.complete(&mut guard, &request).await.unwrap_err();
     assert_eq!(error.kind, ErrorKind::UpstreamBadRequest);
     assert_eq!(h.script.calls(), vec!["m-a"]);
 }
@@ -296,11 +303,7 @@ async fn a_rate_limited_model_falls_back_to_its_catalog_fallback() {
     let h = harness(script, quick_retries(0), HedgingPolicy::default());
     let request = request("solo", json!({}));
     let mut guard = h.guard("agent", &request);
-    let answer = h
-        .gateway
-        .complete(&mut guard, &h.plan(&request), &request)
-        .await
-        .unwrap();
+    let answer = h.complete(&mut guard, &request).await.unwrap();
     assert_eq!(answer.model, "n");
     assert_eq!(h.script.calls(), vec!["solo-a", "n-b"]);
     assert_eq!(
@@ -315,11 +318,7 @@ async fn a_rate_limited_model_falls_back_to_its_catalog_fallback() {
     let h = harness(script, quick_retries(0), HedgingPolicy::default());
     let request = self::request("solo", json!({"use_fallback": "never"}));
     let mut guard = h.guard("agent", &request);
-    let error = h
-        .gateway
-        .complete(&mut guard, &h.plan(&request), &request)
-        .await
-        .unwrap_err();
+    let error = h.complete(&mut guard, &request).await.unwrap_err();
     assert_eq!(error.kind, ErrorKind::RateLimited);
     assert_eq!(h.script.calls(), vec!["solo-a"]);
 }
@@ -343,11 +342,7 @@ async fn a_hedge_starts_the_second_provider_and_the_first_answer_wins() {
     let request = request("m", json!({}));
     let mut guard = h.guard("hedged-agent", &request);
     let started = std::time::Instant::now();
-    let answer = h
-        .gateway
-        .complete(&mut guard, &h.plan(&request), &request)
-        .await
-        .unwrap();
+    let answer = h.complete(&mut guard, &request).await.unwrap();
     assert_eq!(answer.provider, "b");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(h.script.calls(), vec!["m-a", "m-b"]);
@@ -377,11 +372,7 @@ async fn an_invalid_structured_answer_is_repaired_once_with_its_error_shown() {
             "json_schema": {"name": "City", "schema": schema, "strict": true}}}),
     );
     let mut guard = h.guard("agent", &request);
-    let answer = h
-        .gateway
-        .complete(&mut guard, &h.plan(&request), &request)
-        .await
-        .unwrap();
+    let answer = h.complete(&mut guard, &request).await.unwrap();
     let content = answer.completion.choices[0]
         .message
         .content
@@ -415,8 +406,7 @@ async fn a_request_dropped_mid_call_is_recorded_as_cancelled() {
     let request = request("m", json!({}));
     let mut guard = h.guard("agent", &request);
     let id = guard.ctx.run_id;
-    let plan = h.plan(&request);
-    let call = h.gateway.complete(&mut guard, &plan, &request);
+    let call = h.complete(&mut guard, &request);
     // The client goes away: the call's future is dropped, then the guard.
     assert!(tokio::time::timeout(Duration::from_millis(50), call)
         .await
@@ -440,11 +430,7 @@ async fn a_stream_falls_back_before_its_first_byte() {
     let h = harness(script, quick_retries(0), HedgingPolicy::default());
     let request = request("m", json!({"stream": true}));
     let mut guard = h.guard("agent", &request);
-    let live = h
-        .gateway
-        .stream(&mut guard, &h.plan(&request), &request)
-        .await
-        .unwrap();
+    let live = h.stream(&mut guard, &request).await.unwrap();
     assert!(
         matches!(&live.first, StreamEvent::Content { text, .. } if text == "streamed by b"),
         "{:?}",
@@ -456,18 +442,138 @@ async fn a_stream_falls_back_before_its_first_byte() {
     assert_eq!(guard.attempts.len(), 2);
 }
 
+/// A `City` structured-output request for `model`, streamed or not.
+fn city_request(model: &str, stream: bool) -> ChatRequest {
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}},
+        "required": ["city"], "additionalProperties": false});
+    request(
+        model,
+        json!({"stream": stream, "response_format": {"type": "json_schema",
+            "json_schema": {"name": "City", "schema": schema, "strict": true}}}),
+    )
+}
+
+#[actix_rt::test]
+async fn a_rejected_schema_is_sent_again_one_layer_down_streamed_or_not() {
+    for stream in [false, true] {
+        let script = Script::new().then(
+            "m-a",
+            [
+                Step::Reject("response_format json_schema is not supported for this model"),
+                Step::Text("{\"city\": \"Paris\"}"),
+            ],
+        );
+        let h = harness(script, quick_retries(0), HedgingPolicy::default());
+        let request = city_request("m", stream);
+        let mut run = h.guard("agent", &request);
+        let id = run.id();
+        let text = if stream {
+            use futures::StreamExt;
+            let live = h.stream(&mut run, &request).await.unwrap();
+            let mut text = String::new();
+            for event in std::iter::once(Ok(live.first)).chain(live.rest.collect::<Vec<_>>().await)
+            {
+                if let Ok(StreamEvent::Content { text: t, .. }) = event {
+                    text.push_str(&t);
+                }
+            }
+            run.finish_stream();
+            text
+        } else {
+            let answer = h.complete(&mut run, &request).await.unwrap();
+            let text = answer.completion.choices[0].message.content.clone();
+            run.succeed(answer);
+            text.unwrap()
+        };
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            json!({"city": "Paris"}),
+            "stream: {stream}"
+        );
+        // Same provider, asked again in JSON mode: no schema sent the second time.
+        assert_eq!(h.script.calls(), vec!["m-a", "m-a"], "stream: {stream}");
+        let second = &h.script.requests()[1];
+        assert!(
+            !serde_json::to_string(&second.response_format)
+                .unwrap()
+                .contains("json_schema"),
+            "stream: {stream}: {:?}",
+            second.response_format
+        );
+        let run = h.run(id).await;
+        assert!(matches!(run.status, RunStatus::Success), "stream: {stream}");
+        assert_eq!(
+            providers_of(&run.attempts),
+            vec![
+                ("a", Some(400), None),
+                ("a", Some(200), Some("schema_rejected, retry at json_mode"))
+            ],
+            "stream: {stream}"
+        );
+        assert_eq!(
+            run.structured.as_ref().and_then(|s| s.layer),
+            Some(Layer::JsonMode),
+            "stream: {stream}"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn a_stream_that_no_provider_opens_is_recorded_with_every_attempt() {
+    let script = Script::new()
+        .then("m-a", [Step::Fail(500, None)])
+        .then("m-b", [Step::Fail(502, None)]);
+    let h = harness(script, quick_retries(0), HedgingPolicy::default());
+    let request = request("m", json!({"stream": true}));
+    let mut run = h.guard("agent", &request);
+    let id = run.id();
+    let error = match h.stream(&mut run, &request).await {
+        Ok(_) => panic!("no provider should have opened the stream"),
+        Err(error) => run.fail(error),
+    };
+    assert_eq!(error.kind, ErrorKind::UpstreamServer);
+    assert_eq!(error.attempts.len(), 2);
+    let run = h.run(id).await;
+    assert!(matches!(run.status, RunStatus::Error));
+    // The last provider tried, and both attempts with their statuses.
+    assert_eq!(run.provider.as_deref(), Some("b"));
+    assert_eq!(run.model.as_deref(), Some("m"));
+    assert_eq!(
+        providers_of(&run.attempts),
+        vec![
+            ("a", Some(500), None),
+            (
+                "b",
+                Some(502),
+                Some("other_provider after upstream_server_error")
+            )
+        ]
+    );
+    assert!(run.stream);
+}
+
+#[actix_rt::test]
+async fn an_unknown_model_fails_at_planning_and_is_recorded() {
+    let h = harness(Script::new(), quick_retries(0), HedgingPolicy::default());
+    let request = request("no-such-model", json!({}));
+    let mut run = h.guard("agent", &request);
+    let id = run.id();
+    let error = h.complete(&mut run, &request).await.unwrap_err();
+    let error = run.fail(error);
+    assert_eq!(error.kind, ErrorKind::ModelNotFound);
+    assert!(h.script.calls().is_empty());
+    let run = h.run(id).await;
+    assert!(matches!(run.status, RunStatus::Error));
+    assert_eq!(run.requested_model, "no-such-model");
+}
+
 /// Sends `model` `n` times, one after the other, letting the router learn in between.
 async fn ask_in_turn(h: &Harness, model: &str, n: usize) {
     for _ in 0..n {
         let request = request(model, json!({}));
         let mut guard = h.guard("agent", &request);
-        let answer = h
-            .gateway
-            .complete(&mut guard, &h.plan(&request), &request)
-            .await
-            .unwrap();
-        let cost = answer.cost_usd;
-        guard.succeed(answer, cost);
+        let answer = h.complete(&mut guard, &request).await.unwrap();
+        guard.succeed(answer);
         // The router learns in batches: wait until it has learned of this call.
         let called = h.script.calls().len() as u64;
         for _ in 0..200 {

@@ -19,6 +19,9 @@ pub enum Step {
     Text(&'static str),
     /// Fails as the provider would with this HTTP status (and `Retry-After`, seconds).
     Fail(u16, Option<u64>),
+    /// Refuses the request as a bad one (400) with this message, as a provider that rejects a
+    /// JSON schema does.
+    Reject(&'static str),
     /// Waits, then does the step.
     After(Duration, Box<Step>),
 }
@@ -118,6 +121,13 @@ impl ScriptedClient {
                     )
                     .with_upstream_status(status)
                     .with_retry_after(retry_after.map(Duration::from_secs)))
+                }
+                Step::Reject(message) => {
+                    return Err(GatewayError::new(
+                        kind_for_status(400),
+                        format!("provider `{}` answered 400: {message}", self.name),
+                    )
+                    .with_upstream_status(400))
                 }
                 Step::After(delay, then) => {
                     tokio::time::sleep(delay).await;

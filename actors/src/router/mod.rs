@@ -8,12 +8,14 @@ pub mod learning;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use learning::{Router, RouterHandle, Scores, Strategy};
 
 use crate::capabilities::Needs;
 use crate::catalog::{Catalog, ModelEntry, ProviderOffer, ResolvedModel};
 use crate::error::{ErrorKind, GatewayError};
+use crate::provider::actor::{Admission, AttemptOutcome};
 use crate::provider::ProviderHandle;
 use crate::wire::{FallbackMode, UseFallback};
 
@@ -34,6 +36,19 @@ pub struct PlannedAttempt {
     pub reasoning_effort: Option<String>,
     /// `None` for the first attempt of the plan.
     pub reason: Option<&'static str>,
+}
+
+impl PlannedAttempt {
+    /// Tells the provider actor how a call went, without waiting (it hands the outcome on to
+    /// the router, which learns from it).
+    pub fn report(&self, admission: Admission, error: Option<ErrorKind>, latency: Duration) {
+        self.provider.report(AttemptOutcome {
+            model: self.offer.model.clone(),
+            error,
+            latency,
+            probe: admission == Admission::Probe,
+        });
+    }
 }
 
 /// The ordered attempts for one request.
