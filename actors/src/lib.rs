@@ -19,6 +19,7 @@ pub mod provider;
 pub mod recorder;
 pub mod retry;
 pub mod router;
+pub mod search;
 pub mod storage;
 pub mod structured;
 pub mod supervisor;

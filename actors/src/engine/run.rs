@@ -14,7 +14,9 @@ use crate::catalog::Prices;
 use crate::completion::{Completion, CompletionAccumulator, StreamEvent, Usage};
 use crate::error::{AttemptSummary, ErrorKind, GatewayError};
 use crate::provider::actor::Admission;
-use crate::recorder::run::{feedback_token, CacheStatus, RunRecord, RunStatus, StructuredRecord};
+use crate::recorder::run::{
+    feedback_token, CacheStatus, RunRecord, RunSource, RunStatus, StructuredRecord,
+};
 use crate::router::PlannedAttempt;
 use crate::structured::{Layer, StructuredSpec};
 
@@ -37,6 +39,10 @@ pub struct RunContext {
     pub conversation_id: Option<Uuid>,
     /// The messages sent upstream, when templates were rendered or a deployment supplied them.
     pub rendered_messages: Option<Vec<crate::wire::Message>>,
+    /// What started the run.
+    pub source: RunSource,
+    /// For a replay: the run it replays.
+    pub replay_of: Option<Uuid>,
 }
 
 impl RunContext {
@@ -58,6 +64,8 @@ impl RunContext {
             schema_id: None,
             conversation_id: None,
             rendered_messages: None,
+            source: RunSource::Api,
+            replay_of: None,
         }
     }
 
@@ -210,6 +218,8 @@ impl Run {
             schema_id: self.ctx.schema_id,
             conversation_id: self.ctx.conversation_id,
             rendered_messages: self.ctx.rendered_messages.take(),
+            source: self.ctx.source,
+            replay_of: self.ctx.replay_of,
         };
         self.gateway.metrics.count_attempt_reasons(&run.attempts);
         self.gateway.recorder.record(Box::new(run));

@@ -27,7 +27,49 @@ pub enum CacheStatus {
     Coalesced,
 }
 
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Success => "success",
+            RunStatus::Error => "error",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunSource {
+    /// The app's own traffic (`/v1/chat/completions`).
+    #[default]
+    Api,
+    /// The playground, comparing models.
+    Playground,
+    /// A replay of an earlier run.
+    Replay,
+}
+
+impl RunSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunSource::Api => "api",
+            RunSource::Playground => "playground",
+            RunSource::Replay => "replay",
+        }
+    }
+}
+
 impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Bypass => "bypass",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Hit => "hit",
+            CacheStatus::Coalesced => "coalesced",
+        }
+    }
+
     /// The `x-flowgate-cache` header value.
     pub fn header(self) -> &'static str {
         match self {
@@ -84,6 +126,12 @@ pub struct RunRecord {
     /// with `input`, or supplied by a deployment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rendered_messages: Option<Vec<crate::wire::Message>>,
+    /// What started the run (runs written before this field existed were the app's).
+    #[serde(default)]
+    pub source: RunSource,
+    /// For a replay: the run it replays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<Uuid>,
 }
 
 /// How a structured output was produced: its layer, repairs and validation errors.

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{FeedbackStore, RunStore};
 use crate::completion::Usage;
-use crate::recorder::run::{CacheStatus, RunRecord, RunStatus};
+use crate::recorder::run::{CacheStatus, RunRecord, RunSource, RunStatus};
 
 /// A minimal run of `tenant`'s `agent`, with a new id.
 pub fn run(tenant: &str, agent: &str) -> RunRecord {
@@ -39,6 +39,8 @@ pub fn run(tenant: &str, agent: &str) -> RunRecord {
         schema_id: None,
         conversation_id: None,
         rendered_messages: None,
+        source: RunSource::Api,
+        replay_of: None,
     }
 }
 
