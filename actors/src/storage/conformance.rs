@@ -128,3 +128,194 @@ pub async fn feedback_store(store: &dyn FeedbackStore) {
     assert_eq!(store.for_run(run).await.unwrap(), vec![last]);
     assert_eq!(store.for_run(other).await.unwrap(), vec![kept]);
 }
+
+/// Search: every page of every query holds exactly the runs the matcher accepts, newest first,
+/// across pages; indexed counts are exact; no other tenant's run ever shows.
+pub async fn run_search(store: &dyn RunStore, feedback: &dyn FeedbackStore) {
+    use crate::agents::{FeedbackRecord, Outcome};
+    use crate::recorder::run::RunSource;
+    use crate::search::{RunFacts, RunQuery, SearchBody};
+    use crate::storage::SearchScope;
+
+    let models = ["m1", "m2", "m3"];
+    let mut runs: Vec<Box<RunRecord>> = Vec::new();
+    for i in 0..90usize {
+        let tenant = if i % 9 == 8 { "t2" } else { "t1" };
+        let agent = if i % 3 == 0 { "b" } else { "a" };
+        let mut run = run(tenant, agent);
+        run.model = Some(models[i % 3].to_string());
+        run.provider = Some(if i % 4 == 0 { "p1" } else { "p2" }.to_string());
+        run.status = match i % 5 {
+            0 => RunStatus::Error,
+            1 => RunStatus::Cancelled,
+            _ => RunStatus::Success,
+        };
+        run.cache = if i % 7 == 0 {
+            CacheStatus::Hit
+        } else {
+            CacheStatus::Miss
+        };
+        run.source = if i % 11 == 0 {
+            RunSource::Playground
+        } else {
+            RunSource::Api
+        };
+        run.version_id = (i % 2 == 0).then(|| format!("v{}", i % 6));
+        run.cost_usd = i as f64 / 100.0;
+        run.metadata = Some(
+            serde_json::json!({"customer": format!("c{}", i % 4)})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let word = if i % 10 == 3 {
+            "Zebra crossing"
+        } else {
+            "plain words"
+        };
+        run.output = Some(
+            serde_json::from_value(serde_json::json!({
+                "choices": [{"index": 0, "message": {"content": format!("{word} {i}")},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1}
+            }))
+            .unwrap(),
+        );
+        runs.push(Box::new(run));
+    }
+    store.insert_batch(&runs).await.unwrap();
+    let mut feedback_of = std::collections::HashMap::new();
+    for run in runs.iter().filter(|r| r.cost_usd * 100.0 % 8.0 == 1.0) {
+        let record = FeedbackRecord::new(run.id, Outcome::Positive, None, None).unwrap();
+        feedback.put(&record).await.unwrap();
+        feedback_of.insert(run.id, "positive");
+    }
+    let middle_ms = crate::search::id_millis(&runs[45].id);
+
+    let queries = vec![
+        (Some("a"), serde_json::json!([])),
+        (
+            Some("a"),
+            serde_json::json!([{"field": "status", "operator": "is", "values": ["error"]}]),
+        ),
+        (
+            Some("a"),
+            serde_json::json!([
+            {"field": "model", "operator": "is", "values": ["m2", "m3"]},
+            {"field": "status", "operator": "is", "values": ["success"]}]),
+        ),
+        (
+            Some("b"),
+            serde_json::json!([
+            {"field": "provider", "operator": "is", "values": ["p1"]},
+            {"field": "cache", "operator": "is", "values": ["miss"]},
+            {"field": "source", "operator": "is", "values": ["api"]}]),
+        ),
+        (
+            Some("a"),
+            serde_json::json!([{"field": "version", "operator": "is", "values": ["v2", "v4"]}]),
+        ),
+        (
+            Some("a"),
+            serde_json::json!([{"field": "cost_usd", "operator": "between", "values": [0.1, 0.5]}]),
+        ),
+        (
+            Some("a"),
+            serde_json::json!([{"field": "text", "operator": "contains", "values": ["zebra"]}]),
+        ),
+        (
+            Some("a"),
+            serde_json::json!([{"field": "metadata.customer", "operator": "is", "values": ["c1"]},
+            {"field": "status", "operator": "is not", "values": ["cancelled"]}]),
+        ),
+        (
+            Some("a"),
+            serde_json::json!([{"field": "feedback", "operator": "is", "values": ["positive"]}]),
+        ),
+        (
+            Some("a"),
+            serde_json::json!([{"field": "created_at", "operator": "after", "values": [middle_ms as f64 / 1000.0]},
+            {"field": "model", "operator": "is", "values": ["m1"]}]),
+        ),
+        (None, serde_json::json!([])),
+        (
+            None,
+            serde_json::json!([{"field": "status", "operator": "is", "values": ["error"]}]),
+        ),
+        (
+            None,
+            serde_json::json!([{"field": "agent", "operator": "is", "values": ["b"]},
+            {"field": "text", "operator": "does not contain", "values": ["zebra"]}]),
+        ),
+        (
+            Some("a"),
+            serde_json::json!([{"field": "model", "operator": "is", "values": ["nobody"]}]),
+        ),
+    ];
+    for (agent, field_queries) in queries {
+        let scope = SearchScope {
+            tenant: "t1".into(),
+            agent: agent.map(str::to_string),
+        };
+        let expected: Vec<Uuid> = {
+            let body: SearchBody =
+                serde_json::from_value(serde_json::json!({ "field_queries": field_queries }))
+                    .unwrap();
+            let query = RunQuery::parse(body, agent.is_none()).unwrap();
+            let mut ids: Vec<Uuid> = runs
+                .iter()
+                .filter(|r| r.tenant == "t1" && agent.is_none_or(|a| r.agent == a))
+                .filter(|r| {
+                    let facts = RunFacts {
+                        run: r,
+                        feedback: feedback_of.get(&r.id).copied(),
+                    };
+                    query.filters.iter().all(|f| f.matches(&facts))
+                })
+                .map(|r| r.id)
+                .collect();
+            ids.reverse();
+            ids
+        };
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut first_count = None;
+        for _ in 0..100 {
+            let body: SearchBody = serde_json::from_value(serde_json::json!({
+                "field_queries": field_queries, "limit": 4, "cursor": cursor
+            }))
+            .unwrap();
+            let query = RunQuery::parse(body, agent.is_none()).unwrap();
+            let page = store.search(&scope, &query).await.unwrap();
+            assert!(page.items.len() <= 4);
+            first_count.get_or_insert((page.count, page.count_is_exact));
+            seen.extend(page.items.iter().map(|r| r.id));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, expected, "{agent:?} {field_queries}");
+        let (count, exact) = first_count.unwrap();
+        if exact {
+            assert_eq!(count, expected.len() as u64, "{agent:?} {field_queries}");
+        } else {
+            assert!(count <= expected.len() as u64, "{agent:?} {field_queries}");
+        }
+    }
+
+    // The values that exist, for a search UI.
+    let scope = SearchScope {
+        tenant: "t1".into(),
+        agent: Some("a".into()),
+    };
+    let values = store.field_values(&scope, 50).await.unwrap();
+    assert_eq!(
+        values[&crate::search::IndexedField::Model],
+        vec!["m2", "m3"]
+    );
+    assert_eq!(
+        values[&crate::search::IndexedField::Status],
+        vec!["cancelled", "error", "success"]
+    );
+}

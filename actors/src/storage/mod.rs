@@ -18,6 +18,7 @@
 pub mod conformance;
 pub mod sled;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -26,6 +27,7 @@ use uuid::Uuid;
 use crate::agents::FeedbackRecord;
 use crate::error::{ErrorKind, GatewayError};
 use crate::recorder::run::{RunRecord, RunSummary};
+use crate::search::{IndexedField, RunQuery};
 
 /// A storage failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -87,8 +89,46 @@ pub trait RunStore: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'a, Result<RunPage, StorageError>>;
 
+    /// One page of the runs of `scope` that match every filter of `query`, newest first.
+    fn search<'a>(
+        &'a self,
+        scope: &'a SearchScope,
+        query: &'a RunQuery,
+    ) -> BoxFuture<'a, Result<SearchPage, StorageError>>;
+
+    /// The values each categorical field has among the runs of `scope` (at most `max` each).
+    fn field_values<'a>(
+        &'a self,
+        scope: &'a SearchScope,
+        max: usize,
+    ) -> BoxFuture<'a, Result<HashMap<IndexedField, Vec<String>>, StorageError>>;
+
     /// Makes every write so far durable.
     fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>>;
+}
+
+/// Whose runs a search looks at.
+#[derive(Debug, Clone)]
+pub struct SearchScope {
+    pub tenant: String,
+    /// One agent's runs, or (`None`) all of the tenant's.
+    pub agent: Option<String>,
+}
+
+/// One page of a search.
+#[derive(Debug, serde::Serialize)]
+pub struct SearchPage {
+    pub items: Vec<RunSummary>,
+    /// Pass as `cursor` for the next page; `None` once nothing older matches.
+    pub next_cursor: Option<String>,
+    /// How many runs match: exact when `count_is_exact`, else a lower bound.
+    pub count: u64,
+    pub count_is_exact: bool,
+    /// Runs read for this page.
+    pub scanned: u64,
+    /// The page stopped at the most runs one page may read: fewer items than asked may
+    /// follow, and `next_cursor` resumes the scan.
+    pub scan_limit_reached: bool,
 }
 
 /// End users' feedback on runs.

@@ -3,6 +3,7 @@
 
 mod feedback;
 mod runs;
+mod search;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -72,6 +73,13 @@ mod tests {
     async fn sled_passes_the_run_store_conformance_suite() {
         let (_dir, storage) = open();
         conformance::run_store(storage.storage().runs.as_ref()).await;
+    }
+
+    #[actix_rt::test]
+    async fn sled_passes_the_run_search_conformance_suite() {
+        let (_dir, storage) = open();
+        let stores = storage.storage();
+        conformance::run_search(stores.runs.as_ref(), stores.feedback.as_ref()).await;
     }
 
     #[actix_rt::test]

@@ -6,25 +6,21 @@
 use futures::future::{BoxFuture, FutureExt};
 use uuid::Uuid;
 
+use std::collections::HashMap;
+
 use super::backend;
+use super::search::{agent_prefix, values_by_field, SearchIndex};
 use crate::recorder::run::{RunRecord, RunSummary};
-use crate::storage::{RunPage, RunStore, StorageError};
+use crate::search::{IndexedField, RunQuery};
+use crate::storage::{RunPage, RunStore, SearchPage, SearchScope, StorageError};
 
 /// Cheap to clone (the trees are handles).
 #[derive(Clone)]
 pub struct SledRunStore {
     runs: ::sled::Tree,
     by_agent: ::sled::Tree,
-}
-
-fn agent_prefix(tenant: &str, agent: &str) -> Vec<u8> {
-    // Room for the run id that usually follows.
-    let mut key = Vec::with_capacity(tenant.len() + agent.len() + 2 + 16);
-    key.extend_from_slice(tenant.as_bytes());
-    key.push(0);
-    key.extend_from_slice(agent.as_bytes());
-    key.push(0);
-    key
+    /// The search indexes (`search.rs`).
+    index: SearchIndex,
 }
 
 fn corrupt(e: serde_json::Error) -> StorageError {
@@ -36,10 +32,13 @@ fn corrupt(e: serde_json::Error) -> StorageError {
 
 impl SledRunStore {
     pub(super) fn open(db: &::sled::Db) -> Result<SledRunStore, StorageError> {
-        Ok(SledRunStore {
+        let store = SledRunStore {
             runs: db.open_tree("runs").map_err(backend)?,
             by_agent: db.open_tree("runs_by_agent").map_err(backend)?,
-        })
+            index: SearchIndex::open(db)?,
+        };
+        store.index.build_once(&store.runs)?;
+        Ok(store)
     }
 
     /// Writes on the calling thread: the recorder's own, never a request's. One insert per
@@ -60,6 +59,7 @@ impl SledRunStore {
             let mut key = agent_prefix(&run.tenant, &run.agent);
             key.extend_from_slice(run.id.as_bytes());
             self.by_agent.insert(key, &[] as &[u8]).map_err(backend)?;
+            self.index.add(run)?;
         }
         Ok(())
     }
@@ -150,6 +150,32 @@ impl RunStore for SledRunStore {
         let store = self.clone();
         let (tenant, agent) = (tenant.to_string(), agent.to_string());
         off_thread(move || store.list_agent_now(&tenant, &agent, cursor, limit))
+    }
+
+    fn search<'a>(
+        &'a self,
+        scope: &'a SearchScope,
+        query: &'a RunQuery,
+    ) -> BoxFuture<'a, Result<SearchPage, StorageError>> {
+        let store = self.clone();
+        let (scope, query) = (scope.clone(), query.clone());
+        off_thread(move || {
+            store
+                .index
+                .search(&store.runs, &store.by_agent, &scope, &query)
+        })
+    }
+
+    fn field_values<'a>(
+        &'a self,
+        scope: &'a SearchScope,
+        max: usize,
+    ) -> BoxFuture<'a, Result<HashMap<IndexedField, Vec<String>>, StorageError>> {
+        let store = self.clone();
+        let scope = scope.clone();
+        off_thread(move || {
+            values_by_field(&store.index, &scope.tenant, scope.agent.as_deref(), max)
+        })
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>> {

@@ -1,0 +1,508 @@
+//! Runs search on sled: indexes for the categorical fields, time from the ids, and the shared
+//! matcher for the rest.
+//!
+//! * `runs_index`: `tenant \0 agent \0 field-code value \0 run id` for status, model,
+//!   provider, version, cache and source — written with the run, so a page of
+//!   "agent + model + status" reads only runs that match.
+//! * `runs_agents`: `tenant \0 agent` → the agent's latest run id, so a search over all of a
+//!   tenant's agents knows which agents to merge.
+//! * Run ids are UUIDv7: a `created_at` range is an id range, and newest-first is reverse key
+//!   order in every index.
+//!
+//! A candidate stream per agent is the intersection of the index lists of the query's indexed
+//! `is` filters (each the union of its values' lists), or the agent's whole list; the agents'
+//! streams merge newest first. Each candidate is then read and checked with the shared matcher
+//! (free text first as a byte search over the stored record). A page stops after `limit`
+//! matches or after [`SCAN_BUDGET`] candidates — then the page says so and its cursor resumes
+//! where the scan stopped.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::backend;
+use crate::agents::FeedbackRecord;
+use crate::recorder::run::{RunRecord, RunSummary};
+use crate::search::{id_bounds, Field, IndexedField, Operator, RunFacts, RunQuery, TextNeedle};
+use crate::storage::{SearchPage, SearchScope, StorageError};
+
+/// Candidates read for one page at most.
+pub const SCAN_BUDGET: usize = 200_000;
+/// Index entries counted for `count` at most; past it the count is an estimate.
+pub const COUNT_BOUND: usize = 10_000;
+/// Agents merged in one all-agents search at most.
+pub const MAX_AGENTS: usize = 10_000;
+/// Marks an index built for every run stored before it existed.
+const BUILT_MARK: &[u8] = b"\xff\xffbuilt-v1";
+
+/// The prefix of an agent's keys: `tenant \0 agent \0`.
+pub(super) fn agent_prefix(tenant: &str, agent: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(tenant.len() + agent.len() + 2 + 48);
+    key.extend_from_slice(tenant.as_bytes());
+    key.push(0);
+    key.extend_from_slice(agent.as_bytes());
+    key.push(0);
+    key
+}
+
+/// `tenant \0 agent \0 code value \0`.
+fn posting_prefix(tenant: &str, agent: &str, field: IndexedField, value: &str) -> Vec<u8> {
+    let mut key = agent_prefix(tenant, agent);
+    key.push(field.code());
+    key.extend_from_slice(value.as_bytes());
+    key.push(0);
+    key
+}
+
+/// The indexed values of a run.
+fn indexed_values(run: &RunRecord) -> impl Iterator<Item = (IndexedField, &str)> {
+    let model = run.model.as_deref().unwrap_or(&run.requested_model);
+    [
+        (IndexedField::Status, Some(run.status.as_str())),
+        (IndexedField::Model, Some(model)),
+        (IndexedField::Provider, run.provider.as_deref()),
+        (IndexedField::Version, run.version_id.as_deref()),
+        (IndexedField::Cache, Some(run.cache.as_str())),
+        (IndexedField::Source, Some(run.source.as_str())),
+    ]
+    .into_iter()
+    .filter_map(|(field, value)| Some((field, value.filter(|v| !v.is_empty())?)))
+}
+
+/// The search indexes of the runs' database.
+#[derive(Clone)]
+pub struct SearchIndex {
+    index: ::sled::Tree,
+    agents: ::sled::Tree,
+    feedback: ::sled::Tree,
+}
+
+impl SearchIndex {
+    pub(super) fn open(db: &::sled::Db) -> Result<SearchIndex, StorageError> {
+        Ok(SearchIndex {
+            index: db.open_tree("runs_index").map_err(backend)?,
+            agents: db.open_tree("runs_agents").map_err(backend)?,
+            feedback: db.open_tree("run_feedback").map_err(backend)?,
+        })
+    }
+
+    /// Adds a run to the indexes.
+    pub(super) fn add(&self, run: &RunRecord) -> Result<(), StorageError> {
+        let mut key = Vec::with_capacity(96);
+        for (field, value) in indexed_values(run) {
+            key.clear();
+            key.extend_from_slice(&posting_prefix(&run.tenant, &run.agent, field, value));
+            key.extend_from_slice(run.id.as_bytes());
+            self.index.insert(&key, &[] as &[u8]).map_err(backend)?;
+        }
+        let mut agent = run.tenant.as_bytes().to_vec();
+        agent.push(0);
+        agent.extend_from_slice(run.agent.as_bytes());
+        self.agents
+            .insert(agent, run.id.as_bytes().as_slice())
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Indexes the runs stored before the index existed (once per data directory).
+    pub(super) fn build_once(&self, runs: &::sled::Tree) -> Result<(), StorageError> {
+        if self.index.contains_key(BUILT_MARK).map_err(backend)? {
+            return Ok(());
+        }
+        let mut n = 0u64;
+        for entry in runs.iter() {
+            let (_, bytes) = entry.map_err(backend)?;
+            match serde_json::from_slice::<RunRecord>(&bytes) {
+                Ok(run) => {
+                    self.add(&run)?;
+                    n += 1;
+                }
+                Err(e) => tracing::warn!(error = %e, "a stored run cannot be read: not indexed"),
+            }
+        }
+        if n > 0 {
+            tracing::info!(runs = n, "indexed the runs stored by an earlier release");
+        }
+        self.index
+            .insert(BUILT_MARK, &[] as &[u8])
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// The values a categorical field has among an agent's runs (for a search UI), at most
+    /// `max`.
+    pub(super) fn values(
+        &self,
+        tenant: &str,
+        agent: &str,
+        field: IndexedField,
+        max: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut prefix = agent_prefix(tenant, agent);
+        prefix.push(field.code());
+        let mut values = Vec::new();
+        let mut from = prefix.clone();
+        while values.len() < max {
+            let Some(entry) = self.index.range(from.clone()..).next() else {
+                break;
+            };
+            let (key, _) = entry.map_err(backend)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let rest = &key[prefix.len()..];
+            let Some(end) = rest.iter().position(|b| *b == 0) else {
+                break;
+            };
+            values.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+            // Past every key of this value.
+            from = prefix.clone();
+            from.extend_from_slice(&rest[..end]);
+            from.push(1);
+        }
+        Ok(values)
+    }
+
+    /// A tenant's agents.
+    fn agents_of(&self, tenant: &str) -> Result<Vec<String>, StorageError> {
+        let mut prefix = tenant.as_bytes().to_vec();
+        prefix.push(0);
+        let mut agents = Vec::new();
+        for entry in self.agents.scan_prefix(&prefix).keys().take(MAX_AGENTS) {
+            let key = entry.map_err(backend)?;
+            agents.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+        }
+        Ok(agents)
+    }
+
+    fn feedback_of(&self, id: &Uuid) -> Result<Option<&'static str>, StorageError> {
+        let mut outcome = None;
+        for entry in self.feedback.scan_prefix(id.as_bytes()).values() {
+            let bytes = entry.map_err(backend)?;
+            if let Ok(record) = serde_json::from_slice::<FeedbackRecord>(&bytes) {
+                outcome = Some(match record.outcome {
+                    crate::agents::Outcome::Positive => "positive",
+                    crate::agents::Outcome::Negative => "negative",
+                });
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The candidate runs of `agents`, newest first: the intersection of the index lists of
+    /// the indexed filters (each the union of its values' lists), or each agent's whole list.
+    fn candidates(
+        &self,
+        by_agent: &::sled::Tree,
+        tenant: &str,
+        agents: &[String],
+        indexed: &[(IndexedField, Vec<&str>)],
+    ) -> Source {
+        let per_agent = |agent: &String| {
+            if indexed.is_empty() {
+                return Source::list(by_agent, agent_prefix(tenant, agent));
+            }
+            Source::All(
+                indexed
+                    .iter()
+                    .map(|(field, values)| {
+                        let lists = values.iter().map(|value| {
+                            Source::list(&self.index, posting_prefix(tenant, agent, *field, value))
+                        });
+                        Source::Any(lists.collect())
+                    })
+                    .collect(),
+            )
+        };
+        Source::Any(agents.iter().map(per_agent).collect())
+    }
+
+    /// One page of a search.
+    pub(super) fn search(
+        &self,
+        runs: &::sled::Tree,
+        by_agent: &::sled::Tree,
+        scope: &SearchScope,
+        query: &RunQuery,
+    ) -> Result<SearchPage, StorageError> {
+        let agents = match &scope.agent {
+            Some(agent) => vec![agent.clone()],
+            None => self.agents_of(&scope.tenant)?,
+        };
+        // Below the cursor, within the time range.
+        let (from_ms, to_ms) = query.time_range();
+        let mut upper = *id_bounds(to_ms).1.as_bytes();
+        if let Some(cursor) = query.cursor {
+            upper = upper.min(*cursor.as_bytes());
+        } else {
+            // `upper` itself is a possible id: start just above it.
+            upper = increment(upper);
+        }
+        let lower = *id_bounds(from_ms).0.as_bytes();
+        let indexed: Vec<(IndexedField, Vec<&str>)> =
+            query.filters.iter().filter_map(|f| f.indexed()).collect();
+        let mut stream = self.candidates(by_agent, &scope.tenant, &agents, &indexed);
+        let texts: Vec<TextNeedle> = query
+            .filters
+            .iter()
+            .filter(|f| f.field == Field::Text && f.operator == Operator::Contains)
+            .filter_map(|f| {
+                // One needle a filter: a run must hold one of its values. Only a single-value
+                // filter can skip a record before it is parsed.
+                match f.operands.as_slice() {
+                    [crate::search::Operand::Text(t)]
+                        if !t.chars().any(|c| c == '"' || c == '\\' || c.is_control()) =>
+                    {
+                        Some(TextNeedle::new(t))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        let needs_feedback = query.needs_feedback();
+        let only_indexed = query.filters.iter().all(|f| {
+            f.indexed().is_some() || (f.time_range().is_some() && f.field == Field::CreatedAt)
+        });
+
+        let mut items = Vec::with_capacity(query.limit);
+        let mut scanned = 0usize;
+        let mut below = upper;
+        let mut more = false;
+        let mut budget_spent = false;
+        while let Some(id) = stream.next_below(&below)? {
+            if id < lower {
+                break;
+            }
+            if items.len() == query.limit {
+                more = true;
+                break;
+            }
+            if scanned == SCAN_BUDGET {
+                budget_spent = true;
+                more = true;
+                break;
+            }
+            // Every candidate at or above `below` has been looked at.
+            below = id;
+            scanned += 1;
+            let Some(bytes) = runs.get(id).map_err(backend)? else {
+                continue;
+            };
+            if !texts.iter().all(|needle| needle.is_in_bytes(&bytes)) {
+                continue;
+            }
+            let run: RunRecord = match serde_json::from_slice(&bytes) {
+                Ok(run) => run,
+                Err(_) => continue,
+            };
+            if run.tenant != scope.tenant {
+                continue;
+            }
+            let feedback = if needs_feedback {
+                self.feedback_of(&run.id)?
+            } else {
+                None
+            };
+            let facts = RunFacts {
+                run: &run,
+                feedback,
+            };
+            if query.filters.iter().all(|f| f.matches(&facts)) {
+                items.push(RunSummary::from(&run));
+            }
+        }
+        let next_cursor = more.then(|| Uuid::from_bytes(below).to_string());
+        // The count: exact when every filter is answered by the indexes and the candidates
+        // fit the bound; else what the scan saw, extrapolated.
+        let (count, count_is_exact) = if only_indexed {
+            let mut counter = self.candidates(by_agent, &scope.tenant, &agents, &indexed);
+            let mut n = 0usize;
+            let mut at = *id_bounds(to_ms).1.as_bytes();
+            at = increment(at);
+            while let Some(id) = counter.next_below(&at)? {
+                if id < lower || n == COUNT_BOUND {
+                    break;
+                }
+                n += 1;
+                at = id;
+            }
+            (n as u64, n < COUNT_BOUND)
+        } else if !more {
+            (items.len() as u64, query.cursor.is_none())
+        } else {
+            (items.len() as u64, false)
+        };
+        Ok(SearchPage {
+            items,
+            next_cursor,
+            count,
+            count_is_exact,
+            scanned: scanned as u64,
+            scan_limit_reached: budget_spent,
+        })
+    }
+}
+
+/// The next id above `id` (for an exclusive upper bound that includes `id`).
+fn increment(id: [u8; 16]) -> [u8; 16] {
+    let n = u128::from_be_bytes(id);
+    n.saturating_add(1).to_be_bytes()
+}
+
+/// A stream of run ids, newest first, that can jump below any id.
+enum Source {
+    /// One index list (keys `prefix ++ id`).
+    List(Box<List>),
+    /// The union of streams.
+    Any(Vec<Source>),
+    /// The intersection of streams.
+    All(Vec<Source>),
+}
+
+struct List {
+    tree: ::sled::Tree,
+    prefix: Vec<u8>,
+    /// A reverse iterator that stands just after `last`.
+    iter: Option<::sled::Iter>,
+    /// The newest id of the list strictly below `bound` (`None`: there is none).
+    last: Option<[u8; 16]>,
+    bound: [u8; 16],
+}
+
+/// How many entries a list walks to reach a bound before it opens a new range instead.
+const WALK: usize = 8;
+
+impl Source {
+    fn list(tree: &::sled::Tree, prefix: Vec<u8>) -> Source {
+        Source::List(Box::new(List {
+            tree: tree.clone(),
+            prefix,
+            iter: None,
+            last: None,
+            bound: [0; 16],
+        }))
+    }
+
+    /// The newest id strictly below `below`.
+    fn next_below(&mut self, below: &[u8; 16]) -> Result<Option<[u8; 16]>, StorageError> {
+        match self {
+            Source::List(list) => list.next_below(below),
+            Source::Any(sources) => {
+                let mut best: Option<[u8; 16]> = None;
+                for source in sources.iter_mut() {
+                    if let Some(id) = source.next_below(below)? {
+                        best = Some(best.map_or(id, |b| b.max(id)));
+                    }
+                }
+                Ok(best)
+            }
+            Source::All(sources) => {
+                let Some((first, rest)) = sources.split_first_mut() else {
+                    return Ok(None);
+                };
+                let Some(mut candidate) = first.next_below(below)? else {
+                    return Ok(None);
+                };
+                'search: loop {
+                    for source in rest.iter_mut() {
+                        let Some(id) = source.next_below(&increment(candidate))? else {
+                            return Ok(None);
+                        };
+                        if id != candidate {
+                            // `id` < candidate: nothing between them is in this list.
+                            let Some(next) = first.next_below(&increment(id))? else {
+                                return Ok(None);
+                            };
+                            candidate = next;
+                            continue 'search;
+                        }
+                    }
+                    return Ok(Some(candidate));
+                }
+            }
+        }
+    }
+}
+
+impl List {
+    fn next_below(&mut self, below: &[u8; 16]) -> Result<Option<[u8; 16]>, StorageError> {
+        if self.iter.is_some() && *below <= self.bound {
+            match self.last {
+                // Nothing below the bound, so nothing below `below`.
+                None => return Ok(None),
+                // The newest below the bound is below `below` too: the newest below it.
+                Some(last) if last < *below => return Ok(Some(last)),
+                // Older entries are wanted: walk on a few steps.
+                Some(_) => {
+                    if let Some(iter) = self.iter.as_mut() {
+                        for _ in 0..WALK {
+                            let next = match iter.next_back() {
+                                None => None,
+                                Some(entry) => {
+                                    let (key, _) = entry.map_err(backend)?;
+                                    Some(id_of(&key, self.prefix.len()))
+                                }
+                            };
+                            self.last = next;
+                            self.bound = *below;
+                            match next {
+                                None => return Ok(None),
+                                Some(id) if id < *below => return Ok(Some(id)),
+                                Some(_) => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Open a range that ends at `below`.
+        let mut end = self.prefix.clone();
+        end.extend_from_slice(below);
+        let mut iter = self.tree.range(self.prefix.clone()..end);
+        let next = match iter.next_back() {
+            None => None,
+            Some(entry) => {
+                let (key, _) = entry.map_err(backend)?;
+                Some(id_of(&key, self.prefix.len()))
+            }
+        };
+        self.iter = Some(iter);
+        self.bound = *below;
+        self.last = next;
+        Ok(next)
+    }
+}
+
+fn id_of(key: &[u8], prefix: usize) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    let tail = &key[prefix.min(key.len())..];
+    let n = tail.len().min(16);
+    id[..n].copy_from_slice(&tail[..n]);
+    id
+}
+
+/// Distinct categorical values, for `…/search/fields`.
+pub(super) fn values_by_field(
+    index: &SearchIndex,
+    tenant: &str,
+    agent: Option<&str>,
+    max: usize,
+) -> Result<HashMap<IndexedField, Vec<String>>, StorageError> {
+    let agents = match agent {
+        Some(agent) => vec![agent.to_string()],
+        None => index.agents_of(tenant)?,
+    };
+    let mut out: HashMap<IndexedField, Vec<String>> = HashMap::new();
+    for field in IndexedField::ALL {
+        let values = out.entry(field).or_default();
+        for agent in &agents {
+            for value in index.values(tenant, agent, field, max)? {
+                if !values.contains(&value) && values.len() < max {
+                    values.push(value);
+                }
+            }
+        }
+        values.sort();
+    }
+    Ok(out)
+}
