@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::response::{error_event, finish_reason, ErrorBody, ResponseBlock, UsageBody};
-use crate::completion::{FinishReason, StreamEvent, Usage};
+use crate::completion::{FinishReason, StreamEvent};
 use crate::error::{ErrorKind, GatewayError};
 use crate::provider::adapter::Flow;
 use crate::provider::sse::SseEvent;
@@ -305,6 +305,7 @@ impl AnthropicStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::completion::Usage;
     use serde_json::json;
 
     fn translate_stream(
