@@ -8,6 +8,7 @@
 //! stream loop is generic over the adapter, so nothing is boxed or looked up per event.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
@@ -17,6 +18,15 @@ use super::http::{self, HeaderMap};
 use super::UpstreamRequest;
 use crate::completion::{Completion, StreamEvent};
 use crate::error::{ErrorKind, GatewayError};
+
+/// An answer that is not what the provider should have sent (with the 200 it came with).
+pub fn malformed(name: &str, what: impl fmt::Display) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::UpstreamMalformed,
+        format!("provider `{name}` sent {what}"),
+    )
+    .with_upstream_status(200)
+}
 
 /// A request ready to send, and what the rest of the call needs of it.
 pub struct Prepared<'c, C> {
@@ -108,10 +118,8 @@ pub trait Adapter: Send + Sync + 'static {
     /// The secrets of a call, scrubbed from every message.
     fn secrets<'a>(&'a self, call: &'a Self::Call) -> Secrets<'a>;
 
-    /// Reads an error answer: `body` is at most its first [`MAX_ERROR_BODY`] bytes, `None`
+    /// Reads an error answer: `body` is at most its first 64 KiB (the driver's bound), `None`
     /// when it could not be read.
-    ///
-    /// [`MAX_ERROR_BODY`]: super::driver::MAX_ERROR_BODY
     fn error_reply(
         &self,
         call: &Self::Call,
@@ -136,7 +144,7 @@ pub trait Adapter: Send + Sync + 'static {
         _body: &[u8],
         error: serde_json::Error,
     ) -> GatewayError {
-        super::driver::malformed(name, format_args!("a malformed response: {error}"))
+        malformed(name, format_args!("a malformed response: {error}"))
     }
 
     /// The state of a stream that the provider accepted, or why its response is not one.

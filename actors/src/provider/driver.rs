@@ -39,15 +39,6 @@ impl<A: fmt::Debug> fmt::Debug for Driver<A> {
     }
 }
 
-/// An answer that is not what the provider should have sent (with the 200 it came with).
-pub fn malformed(name: &str, what: impl fmt::Display) -> GatewayError {
-    GatewayError::new(
-        ErrorKind::UpstreamMalformed,
-        format!("provider `{name}` sent {what}"),
-    )
-    .with_upstream_status(200)
-}
-
 impl<A: Adapter> Driver<A> {
     /// The client of provider `name`, with its own HTTP client.
     pub fn build(name: String, timeouts: Timeouts, adapter: A) -> Result<Driver<A>, String> {

@@ -42,8 +42,8 @@ mod stream;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::adapter::{Adapter, ErrorReply, Flow, Prepared, Secrets};
-use super::driver::{self, Driver};
+use super::adapter::{self, Adapter, ErrorReply, Flow, Prepared, Secrets};
+use super::driver::Driver;
 use super::google_auth::TokenSource;
 use super::http::{self, encode_segment, versioned_base, HeaderMap};
 use super::media;
@@ -344,7 +344,7 @@ impl Adapter for Anthropic {
                 "instead of a message",
             )
             .with_upstream_status(200),
-            Err(_) => driver::malformed(name, format_args!("a malformed response: {error}")),
+            Err(_) => adapter::malformed(name, format_args!("a malformed response: {error}")),
         }
     }
 
@@ -359,7 +359,7 @@ impl Adapter for Anthropic {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
         if is_json {
-            return Err(driver::malformed(name, "JSON instead of an event stream"));
+            return Err(adapter::malformed(name, "JSON instead of an event stream"));
         }
         Ok(AnthropicStream::new(
             self.secret(call.token.as_deref()).to_string(),

@@ -21,8 +21,8 @@ use std::time::SystemTime;
 use aws_smithy_types::event_stream::Message;
 use serde::Deserialize;
 
-use super::adapter::{Adapter, ErrorReply, Flow, Prepared, Secrets};
-use super::driver::{self, Driver};
+use super::adapter::{self, Adapter, ErrorReply, Flow, Prepared, Secrets};
+use super::driver::Driver;
 use super::http::{self, HeaderMap};
 use super::media::{MediaData, MediaFetcher};
 use super::{AdapterContext, BedrockSettings, UpstreamRequest};
@@ -244,7 +244,7 @@ impl Adapter for Bedrock {
         response: ConverseResponse,
     ) -> Result<Completion, GatewayError> {
         response::completion_from(response, call.output_tool.as_deref())
-            .map_err(|what| driver::malformed(name, what))
+            .map_err(|what| adapter::malformed(name, what))
     }
 
     fn open_stream(
@@ -959,7 +959,7 @@ mod tests {
             .chunks(piece)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
-        driver::events::<Bedrock>(
+        crate::provider::driver::events::<Bedrock>(
             "aws".into(),
             futures::stream::iter(chunks).boxed(),
             EventMapper::new(output_tool.map(str::to_string)),
