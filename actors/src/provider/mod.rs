@@ -3,8 +3,10 @@
 //! and circuit breaker.
 
 pub mod actor;
+pub mod adapter;
 pub mod anthropic;
 pub mod bedrock;
+pub mod driver;
 pub mod gemini;
 pub mod google_auth;
 pub mod http;

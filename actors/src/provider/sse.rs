@@ -89,6 +89,35 @@ impl SseDecoder {
     }
 }
 
+/// Server-sent events as the driver reads them: one [`SseEvent`] per frame. A body that ends
+/// inside an event is not a cut by itself: each adapter's end mark says whether it was.
+#[derive(Debug, Default)]
+pub struct SseFraming {
+    decoder: SseDecoder,
+    ready: std::vec::IntoIter<SseEvent>,
+}
+
+impl super::adapter::Framing for SseFraming {
+    type Frame = SseEvent;
+
+    fn push(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.ready = self
+            .decoder
+            .push(bytes)
+            .map_err(|e| e.to_string())?
+            .into_iter();
+        Ok(())
+    }
+
+    fn next_frame(&mut self) -> Option<Result<SseEvent, String>> {
+        self.ready.next().map(Ok)
+    }
+
+    fn at_boundary(&self) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,54 +7,58 @@
 //!   extended thinking);
 //! * [`response`] maps the answer back (text, tool calls, finish reason, usage with prompt
 //!   cache reads and writes) and turns ConverseStream's event-stream messages into events;
-//! * [`sign`] builds the request path and the SigV4 headers.
+//! * [`sign`] builds the request path and the SigV4 headers;
+//! * [`stream`] cuts ConverseStream bodies into event-stream messages for the driver.
 
 mod request;
 mod response;
 mod sign;
+mod stream;
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
-use bytes::BytesMut;
-use futures::StreamExt;
+use aws_smithy_types::event_stream::Message;
 use serde::Deserialize;
-use tokio::time::{timeout, Instant};
 
-use crate::provider::http::BodyRead;
-
-use super::http;
+use super::adapter::{self, Adapter, ErrorReply, Flow, Prepared, Secrets};
+use super::driver::Driver;
+use super::http::{self, HeaderMap};
 use super::media::{MediaData, MediaFetcher};
-use super::{AdapterContext, BedrockSettings, EventStream, Timeouts, UpstreamRequest};
+use super::{AdapterContext, BedrockSettings, UpstreamRequest};
 use crate::completion::{Completion, StreamEvent};
 use crate::error::{ErrorKind, GatewayError};
 
 use request::Translated;
 use response::{ConverseResponse, EventMapper};
 use sign::Credentials;
+use stream::EventStreamFraming;
 
-/// Upstream error bodies longer than this are cut before parsing.
-const MAX_ERROR_BODY: usize = 64 * 1024;
 /// The content type of ConverseStream responses.
 const EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
-/// Largest event-stream frame accepted (the format's own limit is 16 MiB).
-const MAX_FRAME: usize = 16 * 1024 * 1024 + 1024;
 
-pub struct BedrockClient {
+/// A Bedrock provider's client.
+pub type BedrockClient = Driver<Bedrock>;
+
+/// The Converse wire format, signed with SigV4.
+pub struct Bedrock {
+    /// The provider's name, for messages.
     name: String,
     settings: BedrockSettings,
     /// `base_url` without a trailing `/`.
     base_url: String,
-    timeouts: Timeouts,
     media: MediaFetcher,
-    http: http::Client,
 }
 
-impl std::fmt::Debug for BedrockClient {
+/// What a call keeps: the structured-output tool it added.
+pub struct BedrockCall {
+    output_tool: Option<String>,
+}
+
+impl std::fmt::Debug for Bedrock {
     /// Without the credentials.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BedrockClient")
+        f.debug_struct("Bedrock")
             .field("name", &self.name)
             .field("region", &self.settings.region)
             .field("base_url", &self.base_url)
@@ -86,21 +90,22 @@ fn error_type(headers: &http::header::HeaderMap, body: Option<&ErrorBody>) -> St
         .unwrap_or_default()
 }
 
-impl BedrockClient {
+impl Driver<Bedrock> {
     pub fn new(ctx: AdapterContext, settings: BedrockSettings) -> Result<Self, String> {
         if settings.region.trim().is_empty() {
             return Err(format!("provider `{}`: `region` is empty", ctx.name));
         }
-        Ok(BedrockClient {
-            http: http::client(&ctx.name, &ctx.timeouts)?,
+        let adapter = Bedrock {
             base_url: settings.base_url.trim_end_matches('/').to_string(),
-            name: ctx.name,
+            name: ctx.name.clone(),
             settings,
-            timeouts: ctx.timeouts,
             media: ctx.media,
-        })
+        };
+        Driver::build(ctx.name, ctx.timeouts, adapter)
     }
+}
 
+impl Bedrock {
     fn secrets(&self) -> [&str; 3] {
         [
             self.settings.secret_access_key.as_deref().unwrap_or(""),
@@ -140,13 +145,14 @@ impl BedrockClient {
     }
 
     /// The signed request, ready to send.
-    fn signed_request(
+    fn signed_request<'c>(
         &self,
+        http: &'c http::Client,
         model: &str,
         body: Vec<u8>,
         stream: bool,
         time: SystemTime,
-    ) -> Result<http::RequestBuilder<'_>, GatewayError> {
+    ) -> Result<http::RequestBuilder<'c>, GatewayError> {
         let url = format!("{}{}", self.base_url, sign::model_path(model, stream));
         let headers = sign::sigv4_headers(
             "POST",
@@ -165,8 +171,7 @@ impl BedrockClient {
         } else {
             "application/json"
         };
-        let mut request = self
-            .http
+        let mut request = http
             .post(url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::ACCEPT, accept);
@@ -175,34 +180,48 @@ impl BedrockClient {
         }
         Ok(request.body(body))
     }
+}
 
-    async fn send(
-        &self,
-        call: &UpstreamRequest<'_>,
+impl Adapter for Bedrock {
+    type Call = BedrockCall;
+    type Response = ConverseResponse;
+    type Framing = EventStreamFraming;
+    type Stream = EventMapper;
+
+    const END_MARK: &'static str = "messageStop";
+
+    async fn prepare<'c>(
+        &'c self,
+        http: &'c http::Client,
+        _name: &'c str,
+        call: UpstreamRequest<'c>,
         stream: bool,
-    ) -> Result<(http::Response, Option<String>), GatewayError> {
-        let translated = self.translate(call).await?;
+    ) -> Result<Prepared<'c, BedrockCall>, GatewayError> {
+        let translated = self.translate(&call).await?;
         let body = serde_json::to_vec(&translated.body)
             .map_err(|e| GatewayError::internal(format!("cannot encode the request: {e}")))?;
-        let request = self.signed_request(call.model, body, stream, SystemTime::now())?;
-        let limit = self.timeouts.first_byte().min(self.timeouts.total());
-        let response = timeout(limit, request.send())
-            .await
-            .map_err(|_| http::timeout_error(&self.name, "with headers", limit))?
-            .map_err(|e| http::transport_error(&self.name, e, &self.secrets()))?;
-        if response.status().is_success() {
-            return Ok((response, translated.output_tool));
-        }
-        Err(self.status_error(response).await)
+        let request = self.signed_request(http, call.model, body, stream, SystemTime::now())?;
+        Ok(Prepared {
+            request,
+            call: BedrockCall {
+                output_tool: translated.output_tool,
+            },
+        })
     }
 
-    async fn status_error(&self, response: http::Response) -> GatewayError {
-        let status = response.status().as_u16();
-        let retry_after = http::retry_after(response.headers());
-        let headers = response.headers().clone();
-        let (body, text) = match timeout(Duration::from_secs(5), response.bytes()).await {
-            Ok(Ok(bytes)) => {
-                let cut = &bytes[..bytes.len().min(MAX_ERROR_BODY)];
+    fn secrets<'a>(&'a self, _call: &'a BedrockCall) -> Secrets<'a> {
+        self.secrets()
+    }
+
+    fn error_reply(
+        &self,
+        _call: &BedrockCall,
+        status: u16,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+    ) -> ErrorReply {
+        let (body, text) = match body {
+            Some(cut) => {
                 let body = serde_json::from_slice::<ErrorBody>(cut).ok();
                 let text = body
                     .as_ref()
@@ -210,181 +229,44 @@ impl BedrockClient {
                     .unwrap_or_else(|| String::from_utf8_lossy(cut).chars().take(500).collect());
                 (body, text)
             }
-            _ => (None, String::new()),
+            None => (None, String::new()),
         };
-        let error_type = error_type(&headers, body.as_ref());
+        let error_type = error_type(headers, body.as_ref());
         let kind = response::error_kind(&error_type, status, &text);
-        let label = if error_type.is_empty() {
-            status.to_string()
-        } else {
-            format!("{status} {error_type}")
-        };
-        let message = if kind == ErrorKind::UpstreamAuth {
-            // Auth messages may quote the key or the account: never pass them on.
-            format!(
-                "provider `{}` rejected its credentials ({label})",
-                self.name
-            )
-        } else {
-            format!(
-                "provider `{}` answered {label}: {}",
-                self.name,
-                self.scrub(&text)
-            )
-        };
-        GatewayError::new(kind, message)
-            .with_retry_after(retry_after)
-            .with_upstream_status(status)
+        // Auth messages may quote the key or the account: the driver never passes them on.
+        ErrorReply::new(kind, Some(error_type).filter(|t| !t.is_empty()), text)
     }
 
-    pub async fn complete(&self, call: UpstreamRequest<'_>) -> Result<Completion, GatewayError> {
-        let started = Instant::now();
-        let (response, output_tool) = self.send(&call, false).await?;
-        let remaining = self.timeouts.total().saturating_sub(started.elapsed());
-        let bytes = timeout(remaining, response.bytes())
-            .await
-            .map_err(|_| http::timeout_error(&self.name, "its whole body", self.timeouts.total()))?
-            .map_err(|e| http::transport_error(&self.name, e, &self.secrets()))?;
-        let malformed = |what: String| {
-            GatewayError::new(
-                ErrorKind::UpstreamMalformed,
-                format!("provider `{}` sent {what}", self.name),
-            )
-            .with_upstream_status(200)
-        };
-        let parsed: ConverseResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| malformed(format!("a malformed response: {e}")))?;
-        response::completion_from(parsed, output_tool.as_deref())
-            .map_err(|what| malformed(what.to_string()))
+    fn completion(
+        &self,
+        name: &str,
+        call: &BedrockCall,
+        response: ConverseResponse,
+    ) -> Result<Completion, GatewayError> {
+        response::completion_from(response, call.output_tool.as_deref())
+            .map_err(|what| adapter::malformed(name, what))
     }
 
-    pub async fn stream(&self, call: UpstreamRequest<'_>) -> Result<EventStream, GatewayError> {
-        let started = Instant::now();
-        let (response, output_tool) = self.send(&call, true).await?;
-        let state = StreamState {
-            name: self.name.clone(),
-            body: response.bytes_stream().boxed(),
-            decoder: MessageFrameDecoder::new(),
-            buffer: BytesMut::new(),
-            mapper: EventMapper::new(output_tool),
-            pending: VecDeque::new(),
-            pending_error: None,
-            finished: false,
-            idle: self.timeouts.idle(),
-            deadline: started + self.timeouts.total(),
-        };
-        Ok(futures::stream::unfold(state, next_event).boxed())
-    }
-}
-
-struct StreamState {
-    name: String,
-    body: http::Body,
-    decoder: MessageFrameDecoder,
-    buffer: BytesMut,
-    mapper: EventMapper,
-    pending: VecDeque<StreamEvent>,
-    /// Ends the stream once the pending events are out.
-    pending_error: Option<GatewayError>,
-    finished: bool,
-    idle: Duration,
-    deadline: Instant,
-}
-
-impl StreamState {
-    fn fail(&mut self, error: GatewayError) -> Result<StreamEvent, GatewayError> {
-        self.finished = true;
-        Err(error)
+    fn open_stream(
+        &self,
+        _name: &str,
+        call: BedrockCall,
+        _headers: &HeaderMap,
+    ) -> Result<EventMapper, GatewayError> {
+        Ok(EventMapper::new(call.output_tool))
     }
 
-    /// Decodes the complete frames in the buffer (CRCs checked) into pending events.
-    fn decode(&mut self) -> Result<(), GatewayError> {
-        let malformed = |name: &str, detail: String| {
-            GatewayError::new(
-                ErrorKind::UpstreamMalformed,
-                format!("provider `{name}` sent a malformed event-stream frame: {detail}"),
-            )
-        };
-        loop {
-            // Only whole frames go to the decoder, so the buffer is empty exactly when no
-            // frame is half received.
-            let Some(prelude) = self.buffer.get(..4) else {
-                return Ok(());
-            };
-            let total = u32::from_be_bytes([prelude[0], prelude[1], prelude[2], prelude[3]]);
-            let total = usize::try_from(total).unwrap_or(usize::MAX);
-            if total > MAX_FRAME {
-                return Err(malformed(
-                    &self.name,
-                    format!("a frame of {total} bytes is over the limit"),
-                ));
-            }
-            if self.buffer.len() < total {
-                return Ok(());
-            }
-            match self.decoder.decode_frame(&mut self.buffer) {
-                Ok(DecodedFrame::Incomplete) => return Ok(()),
-                Ok(DecodedFrame::Complete(message)) => {
-                    if let Err(failure) = self.mapper.on_message(&message, &mut self.pending) {
-                        let verb = if failure.status.is_some() {
-                            "sent an error mid-stream"
-                        } else {
-                            "sent"
-                        };
-                        let mut error = GatewayError::new(
-                            failure.kind,
-                            format!("provider `{}` {verb}: {}", self.name, failure.message),
-                        );
-                        if let Some(status) = failure.status {
-                            error = error.with_upstream_status(status);
-                        }
-                        return Err(error);
-                    }
-                }
-                Err(e) => return Err(malformed(&self.name, e.to_string())),
-            }
-        }
+    fn on_frame(
+        name: &str,
+        mapper: &mut EventMapper,
+        message: Message,
+        out: &mut VecDeque<StreamEvent>,
+    ) -> Result<Flow, GatewayError> {
+        stream::on_message(name, mapper, message, out)
     }
-}
 
-async fn next_event(
-    mut s: StreamState,
-) -> Option<(Result<StreamEvent, GatewayError>, StreamState)> {
-    loop {
-        if let Some(event) = s.pending.pop_front() {
-            return Some((Ok(event), s));
-        }
-        if let Some(error) = s.pending_error.take() {
-            let err = s.fail(error);
-            return Some((err, s));
-        }
-        if s.finished {
-            return None;
-        }
-        match http::read_body(&s.name, &mut s.body, s.idle, s.deadline).await {
-            BodyRead::Failed(error) => {
-                let err = s.fail(error);
-                return Some((err, s));
-            }
-            BodyRead::End => {
-                s.finished = true;
-                if !s.mapper.stopped || !s.buffer.is_empty() {
-                    let error = GatewayError::new(
-                        ErrorKind::UpstreamConnection,
-                        format!("provider `{}` stream ended before messageStop", s.name),
-                    );
-                    let err = s.fail(error);
-                    return Some((err, s));
-                }
-            }
-            BodyRead::Bytes(bytes) => {
-                s.buffer.extend_from_slice(&bytes);
-                if let Err(error) = s.decode() {
-                    // Events decoded before the failure still go out first.
-                    s.pending_error = Some(error);
-                }
-            }
-        }
+    fn ended_cleanly(mapper: &EventMapper) -> bool {
+        mapper.stopped
     }
 }
 
@@ -395,10 +277,14 @@ mod tests {
     use super::*;
     use crate::completion::{FinishReason, Usage};
     use crate::provider::media::{decode_data_uri, MediaSettings};
+    use crate::provider::Timeouts;
     use crate::wire::ChatRequest;
     use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
     use bytes::Bytes;
+    use futures::StreamExt;
     use serde_json::{json, Value};
+    use std::time::Duration;
+    use tokio::time::Instant;
 
     const PNG: &str = "data:image/png;base64,iVBORw0KGgo=";
     const PDF: &str = "data:application/pdf;base64,JVBERi0xLjQK";
@@ -970,8 +856,11 @@ mod tests {
         let client = client("http://127.0.0.1:9/", None);
         let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_067_200); // 2024-01-01
         let body = br#"{"messages":[]}"#.to_vec();
+        let http = http::client("aws", &Timeouts::default()).unwrap();
         let request = client
+            .adapter()
             .signed_request(
+                &http,
                 "anthropic.claude-3-5-sonnet-20240620-v1:0",
                 body.clone(),
                 false,
@@ -1015,7 +904,8 @@ mod tests {
         // With a session token, it is sent and signed.
         let client = super::tests::client("http://127.0.0.1:9", Some("session-token-xyz"));
         let request = client
-            .signed_request(NOVA, body, true, time)
+            .adapter()
+            .signed_request(&http, NOVA, body, true, time)
             .unwrap()
             .build()
             .unwrap();
@@ -1069,19 +959,15 @@ mod tests {
             .chunks(piece)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
-        let state = StreamState {
-            name: "aws".into(),
-            body: futures::stream::iter(chunks).boxed(),
-            decoder: MessageFrameDecoder::new(),
-            buffer: BytesMut::new(),
-            mapper: EventMapper::new(output_tool.map(str::to_string)),
-            pending: VecDeque::new(),
-            pending_error: None,
-            finished: false,
-            idle: Duration::from_secs(5),
-            deadline: Instant::now() + Duration::from_secs(5),
-        };
-        futures::stream::unfold(state, next_event).collect().await
+        crate::provider::driver::events::<Bedrock>(
+            "aws".into(),
+            futures::stream::iter(chunks).boxed(),
+            EventMapper::new(output_tool.map(str::to_string)),
+            Duration::from_secs(5),
+            Instant::now() + Duration::from_secs(5),
+        )
+        .collect()
+        .await
     }
 
     fn full_stream() -> Vec<u8> {

@@ -17,7 +17,7 @@ use crate::error::ErrorKind;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct ConverseResponse {
+pub struct ConverseResponse {
     #[serde(default)]
     output: Option<Output>,
     #[serde(default)]
@@ -318,7 +318,7 @@ enum BlockKind {
 
 /// Turns ConverseStream messages into stream events.
 #[derive(Debug, Default)]
-pub(super) struct EventMapper {
+pub struct EventMapper {
     output_tool: Option<String>,
     blocks: HashMap<u64, BlockKind>,
     next_call: u32,
@@ -327,7 +327,7 @@ pub(super) struct EventMapper {
 }
 
 impl EventMapper {
-    pub fn new(output_tool: Option<String>) -> EventMapper {
+    pub(super) fn new(output_tool: Option<String>) -> EventMapper {
         EventMapper {
             output_tool,
             ..EventMapper::default()
@@ -353,7 +353,7 @@ impl EventMapper {
     }
 
     /// Maps one event-stream message, pushing the events it makes.
-    pub fn on_message(
+    pub(super) fn on_message(
         &mut self,
         message: &Message,
         out: &mut VecDeque<StreamEvent>,
