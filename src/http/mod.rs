@@ -10,6 +10,7 @@ mod feedback;
 mod models;
 mod ops;
 mod runs;
+mod search;
 mod sse;
 
 use std::net::TcpListener;
@@ -188,6 +189,17 @@ fn routes(cfg: &mut web::ServiceConfig) {
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))
     .route("/api/providers", web::get().to(ops::providers))
+    // Before `/api/runs/{run_id}`: a path that names a resource answers 405 to other methods.
+    .route("/api/runs/search", web::post().to(search::search_all_runs))
+    .route("/api/runs/search/fields", web::get().to(search::all_fields))
+    .route(
+        "/api/agents/{agent}/runs/search",
+        web::post().to(search::search_agent_runs),
+    )
+    .route(
+        "/api/agents/{agent}/runs/search/fields",
+        web::get().to(search::agent_fields),
+    )
     .route("/api/runs/{run_id}", web::get().to(runs::get_run))
     .route(
         "/api/agents/{agent}/runs",

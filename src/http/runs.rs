@@ -19,7 +19,7 @@ const MAX_PAGE: usize = 200;
 
 /// Waits until the recorder has written every run sent before now, so a client reads its own
 /// writes.
-async fn settle(state: &AppState) {
+pub(super) async fn settle(state: &AppState) {
     let _ = state
         .gateway
         .recorder

@@ -155,6 +155,77 @@ pub struct RunSummary {
     pub cost_usd: f64,
     pub duration_seconds: f64,
     pub cache: CacheStatus,
+    pub version_id: Option<String>,
+    pub source: RunSource,
+    /// The start of the input: its variables, else the last user message.
+    pub input_preview: String,
+    /// The start of the output: the first choice's text or tool call.
+    pub output_preview: String,
+}
+
+/// How long a preview is, in characters.
+pub const PREVIEW_CHARS: usize = 160;
+
+fn preview(text: &str) -> String {
+    let mut out: String = text.chars().take(PREVIEW_CHARS).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+impl RunRecord {
+    /// The input variables, else the last user message of what was sent.
+    pub fn input_preview(&self) -> String {
+        if let Some(input) = &self.input {
+            return preview(&input.to_string());
+        }
+        if let Some(messages) = &self.rendered_messages {
+            if let Some(last) = messages
+                .iter()
+                .rev()
+                .find(|m| m.role == crate::wire::Role::User)
+            {
+                return preview(&last.text());
+            }
+        }
+        let request = self
+            .request
+            .as_ref()
+            .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok());
+        let last_user = request
+            .as_ref()
+            .and_then(|r| {
+                r.get("messages")?
+                    .as_array()?
+                    .iter()
+                    .rev()
+                    .find(|m| m.get("role").and_then(serde_json::Value::as_str) == Some("user"))
+            })
+            .and_then(|m| m.get("content"));
+        match last_user {
+            Some(serde_json::Value::String(text)) => preview(text),
+            Some(parts @ serde_json::Value::Array(_)) => preview(&parts.to_string()),
+            _ => String::new(),
+        }
+    }
+
+    /// The first choice's text, else its first tool call.
+    pub fn output_preview(&self) -> String {
+        let Some(message) = self
+            .output
+            .as_ref()
+            .and_then(|o| o.choices.first())
+            .map(|c| &c.message)
+        else {
+            return String::new();
+        };
+        match (&message.content, message.tool_calls.first()) {
+            (Some(text), _) if !text.is_empty() => preview(text),
+            (_, Some(call)) => preview(&format!("{}({})", call.name, call.arguments)),
+            _ => String::new(),
+        }
+    }
 }
 
 impl From<&RunRecord> for RunSummary {
@@ -169,6 +240,10 @@ impl From<&RunRecord> for RunSummary {
             cost_usd: r.cost_usd,
             duration_seconds: r.duration_seconds,
             cache: r.cache,
+            version_id: r.version_id.clone(),
+            source: r.source,
+            input_preview: r.input_preview(),
+            output_preview: r.output_preview(),
         }
     }
 }

@@ -1,0 +1,129 @@
+//! Runs search: `POST /api/agents/{agent}/runs/search`, `POST /api/runs/search` (every agent
+//! of the tenant) and `GET /api/agents/{agent}/runs/search/fields` (`GET
+//! /api/runs/search/fields`): which fields, operators and values a search UI can offer.
+//!
+//! The body is read within the small-body bound (64 KiB); the query is checked by
+//! [`RunQuery::parse`] (each bound and each refusal is a 400 that says what is allowed) before
+//! the store sees it. Tenants see only their own runs; an admin key reads the tenant it names.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use flowgate_actors::error::GatewayError;
+use flowgate_actors::model_ref::is_slug;
+use flowgate_actors::search::{field_catalog, IndexedField, RunQuery, SearchBody};
+use flowgate_actors::storage::SearchScope;
+use serde_json::json;
+
+use super::agents::{read_small_json, reader_tenant};
+use super::AppState;
+
+/// At most this many values of a categorical field are listed.
+const MAX_FIELD_VALUES: usize = 100;
+
+fn agent_of(raw: String) -> Result<String, GatewayError> {
+    if is_slug(&raw) {
+        Ok(raw)
+    } else {
+        Err(GatewayError::invalid(format!(
+            "`{}` is not an agent name",
+            flowgate_actors::error::excerpt(&raw, 64)
+        ))
+        .with_param("agent"))
+    }
+}
+
+pub async fn search_agent_runs(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let tenant = reader_tenant(&req, &state)?;
+    let agent = agent_of(path.into_inner())?;
+    let body: SearchBody = read_small_json(&req, payload, &state).await?;
+    search(&state, tenant, Some(agent), body).await
+}
+
+pub async fn search_all_runs(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let tenant = reader_tenant(&req, &state)?;
+    let body: SearchBody = read_small_json(&req, payload, &state).await?;
+    search(&state, tenant, None, body).await
+}
+
+async fn search(
+    state: &AppState,
+    tenant: String,
+    agent: Option<String>,
+    body: SearchBody,
+) -> Result<HttpResponse, GatewayError> {
+    let query = RunQuery::parse(body, agent.is_none())?;
+    // A client reads its own writes.
+    super::runs::settle(state).await;
+    let scope = SearchScope { tenant, agent };
+    let page = state.gateway.runs.search(&scope, &query).await?;
+    let mut body = serde_json::to_value(&page)
+        .map_err(|e| GatewayError::internal(format!("cannot write the page: {e}")))?;
+    if let Some(items) = body.get_mut("items").and_then(|i| i.as_array_mut()) {
+        for item in items {
+            if let Some(id) = item
+                .get("id")
+                .and_then(|id| id.as_str())
+                .map(str::to_string)
+            {
+                item["url"] = json!(format!("{}/runs/{id}", state.gateway.public_url));
+            }
+        }
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+pub async fn agent_fields(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let tenant = reader_tenant(&req, &state)?;
+    let agent = agent_of(path.into_inner())?;
+    fields(&state, tenant, Some(agent)).await
+}
+
+pub async fn all_fields(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let tenant = reader_tenant(&req, &state)?;
+    fields(&state, tenant, None).await
+}
+
+async fn fields(
+    state: &AppState,
+    tenant: String,
+    agent: Option<String>,
+) -> Result<HttpResponse, GatewayError> {
+    let all_agents = agent.is_none();
+    let scope = SearchScope { tenant, agent };
+    let values = state
+        .gateway
+        .runs
+        .field_values(&scope, MAX_FIELD_VALUES)
+        .await?;
+    let mut catalog = field_catalog(all_agents);
+    for info in &mut catalog {
+        let field = match info.field.as_str() {
+            "model" => IndexedField::Model,
+            "provider" => IndexedField::Provider,
+            "version" => IndexedField::Version,
+            _ => continue,
+        };
+        let mut listed = values.get(&field).cloned().unwrap_or_default();
+        if field == IndexedField::Version {
+            // Environment names stand for the version deployed there when a run ran.
+            listed.extend(["dev", "staging", "production"].map(String::from));
+        }
+        info.values = Some(listed);
+    }
+    Ok(HttpResponse::Ok().json(json!({ "fields": catalog })))
+}
