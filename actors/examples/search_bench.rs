@@ -1,0 +1,250 @@
+//! Runs search at scale, on the embedded store: loads N synthetic runs (default 1,000,000) the
+//! way the recorder writes them, then times the searches a UI makes. Prints figures, passes or
+//! fails nothing. Run through `bash bench/search.sh` (release build).
+//!
+//! Usage: `search_bench [runs] [data dir]` (a fresh temporary directory by default; a directory
+//! that already holds the runs is reused, so repeated runs skip the load).
+
+use std::time::{Duration, Instant};
+
+use flowgate_actors::recorder::run::{CacheStatus, RunRecord, RunSource, RunStatus};
+use flowgate_actors::search::{RunQuery, SearchBody};
+use flowgate_actors::storage::sled::SledStorage;
+use flowgate_actors::storage::SearchScope;
+use serde_json::json;
+
+const MODELS: [&str; 8] = [
+    "gpt-4o-mini",
+    "gpt-4o",
+    "claude-sonnet-4-5",
+    "claude-haiku-4-5",
+    "gemini-2.5-flash",
+    "gemini-2.5-pro",
+    "llama-3.3-70b",
+    "mistral-large",
+];
+const WORDS: [&str; 16] = [
+    "invoice", "order", "refund", "shipping", "address", "delay", "package", "customer", "product",
+    "warranty", "return", "payment", "card", "account", "support", "question",
+];
+
+/// A run like the recorder writes: ~1 KB of JSON with messages, output and metadata.
+fn synthetic(i: u64, rng: &mut fastrand::Rng) -> RunRecord {
+    // Most traffic on one agent, the rest spread over nine.
+    let agent = if rng.u8(..10) < 7 {
+        "support-bot".to_string()
+    } else {
+        format!("agent-{}", rng.u8(..9))
+    };
+    let model = MODELS[rng.usize(..MODELS.len())];
+    let status = match rng.u8(..100) {
+        0..=93 => RunStatus::Success,
+        94..=98 => RunStatus::Error,
+        _ => RunStatus::Cancelled,
+    };
+    let mut words: Vec<&str> = (0..24).map(|_| WORDS[rng.usize(..WORDS.len())]).collect();
+    // A rare word: one run in 100,000.
+    if i % 100_000 == 7 {
+        words.push("xylophone");
+    }
+    let prompt = words.join(" ");
+    let answer = format!("Thanks for your {} about the {}.", words[0], words[1]);
+    serde_json::from_value(json!({
+        "id": uuid::Uuid::now_v7(), "tenant": "default", "agent": agent,
+        "created_at": "2026-12-01T00:00:00.000Z", "status": status.as_str(),
+        "requested_model": model, "model": model, "provider": "p", "provider_model": model,
+        "version_id": format!("v{}", rng.u8(..5)), "stream": false,
+        "request": {"model": model, "messages": [
+            {"role": "system", "content": "You are a helpful support agent for an online shop."},
+            {"role": "user", "content": prompt}]},
+        "input": null,
+        "output": {"choices": [{"index": 0, "message": {"content": answer}, "finish_reason": "stop"}],
+                   "usage": {"prompt_tokens": 120, "completion_tokens": 30}},
+        "attempts": [{"provider": "p", "model": model, "status": 200, "error": null,
+                      "duration_seconds": 0.4, "reason": null}],
+        "usage": {"prompt_tokens": 120, "completion_tokens": 30},
+        "cost_usd": 0.0001 * f64::from(rng.u8(..50)), "duration_seconds": 0.1 + f64::from(rng.u8(..40)) / 10.0,
+        "cache": if rng.u8(..10) == 0 { CacheStatus::Hit.as_str() } else { CacheStatus::Miss.as_str() },
+        "error": null, "metadata": {"customer": format!("c{}", rng.u16(..1000))},
+        "feedback_token": "x", "source_run_id": null, "source": RunSource::Api.as_str()
+    }))
+    .expect("a synthetic run")
+}
+
+fn query(field_queries: serde_json::Value, all_agents: bool) -> RunQuery {
+    let body: SearchBody =
+        serde_json::from_value(json!({ "field_queries": field_queries, "limit": 20 }))
+            .expect("a search body");
+    RunQuery::parse(body, all_agents).expect("a valid query")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[actix_rt::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: u64 = args
+        .next()
+        .map(|a| a.parse().expect("runs: a number"))
+        .unwrap_or(1_000_000);
+    let tmp;
+    let dir = match args.next() {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => {
+            tmp = tempfile::tempdir().expect("a temp dir");
+            tmp.path().to_path_buf()
+        }
+    };
+    let storage = SledStorage::open(&dir, Duration::from_millis(500)).expect("the store");
+    let runs = storage.storage().runs;
+    let scope = SearchScope {
+        tenant: "default".into(),
+        agent: Some("support-bot".into()),
+    };
+    let have = runs
+        .search(&scope, &query(json!([]), false))
+        .await
+        .expect("a search")
+        .count;
+    if have < COUNT_HINT.min(n) {
+        println!("loading {n} runs into {}", dir.display());
+        let mut rng = fastrand::Rng::with_seed(7);
+        // Only the store's work is timed, not making up the runs.
+        let mut took = Duration::ZERO;
+        let mut batch = Vec::with_capacity(1000);
+        for i in 0..n {
+            batch.push(Box::new(synthetic(i, &mut rng)));
+            if batch.len() == 1000 || i + 1 == n {
+                let started = Instant::now();
+                runs.insert_batch(&batch).await.expect("a batch");
+                took += started.elapsed();
+                batch.clear();
+            }
+            if (i + 1) % 200_000 == 0 {
+                println!(
+                    "  {} runs, {:.0} runs/s of store work",
+                    i + 1,
+                    (i + 1) as f64 / took.as_secs_f64()
+                );
+            }
+        }
+        let started = Instant::now();
+        runs.flush().await.expect("a flush");
+        took += started.elapsed();
+        println!(
+            "loaded {n} runs in {:.1} s: {:.1} µs of store work per run (the recorder's cost, indexes included)",
+            took.as_secs_f64(),
+            took.as_secs_f64() * 1e6 / n as f64
+        );
+    } else {
+        println!("reusing the runs in {}", dir.display());
+    }
+
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut filtered = Vec::new();
+    for _ in 0..200 {
+        let model = MODELS[rng.usize(..MODELS.len())];
+        let status = ["success", "error", "cancelled"][rng.usize(..3)];
+        let q = query(
+            json!([{"field": "model", "operator": "is", "values": [model]},
+                   {"field": "status", "operator": "is", "values": [status]}]),
+            false,
+        );
+        let started = Instant::now();
+        let page = runs.search(&scope, &q).await.expect("a search");
+        filtered.push(started.elapsed());
+        assert!(page.items.len() <= 20);
+    }
+    filtered.sort();
+    println!(
+        "filtered page (agent + model + status, newest 20), 200 queries: p50 {}  p99 {}  max {}   target p99 < 50 ms",
+        ms(percentile(&filtered, 0.5)),
+        ms(percentile(&filtered, 0.99)),
+        ms(*filtered.last().expect("timings"))
+    );
+
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..50 {
+        let body: SearchBody = serde_json::from_value(json!({
+            "field_queries": [{"field": "model", "operator": "is", "values": ["gpt-4o"]},
+                              {"field": "cost_usd", "operator": "greater than", "values": [0.002]}],
+            "limit": 20, "cursor": cursor
+        }))
+        .expect("a body");
+        let q = RunQuery::parse(body, false).expect("a query");
+        let started = Instant::now();
+        let page = runs.search(&scope, &q).await.expect("a search");
+        paged.push(started.elapsed());
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    paged.sort();
+    println!(
+        "model + cost range (an index and a check), 50 pages in turn: p50 {}  p99 {}",
+        ms(percentile(&paged, 0.5)),
+        ms(percentile(&paged, 0.99))
+    );
+
+    for (what, word, all) in [
+        ("free text, rare word, one agent", "xylophone", false),
+        ("free text, common word, one agent", "refund", false),
+        ("free text, rare word, all agents", "xylophone", true),
+    ] {
+        let scope = SearchScope {
+            tenant: "default".into(),
+            agent: (!all).then(|| "support-bot".to_string()),
+        };
+        let q = query(
+            json!([{"field": "text", "operator": "contains", "values": [word]}]),
+            all,
+        );
+        let started = Instant::now();
+        let page = runs.search(&scope, &q).await.expect("a search");
+        println!(
+            "{what}: {} ({} found, {} runs read{})   target < 1 s",
+            ms(started.elapsed()),
+            page.items.len(),
+            page.scanned,
+            if page.scan_limit_reached {
+                ", stopped at the scan limit: the cursor resumes"
+            } else {
+                ""
+            }
+        );
+    }
+
+    let all = SearchScope {
+        tenant: "default".into(),
+        agent: None,
+    };
+    let started = Instant::now();
+    let page = runs
+        .search(
+            &all,
+            &query(
+                json!([{"field": "status", "operator": "is", "values": ["error"]}]),
+                true,
+            ),
+        )
+        .await
+        .expect("a search");
+    println!(
+        "all agents, status is error: {} (count {}{})",
+        ms(started.elapsed()),
+        page.count,
+        if page.count_is_exact { "" } else { "+" }
+    );
+}
+
+/// Fewer stored runs than this (or than asked) means the directory is loaded again.
+const COUNT_HINT: u64 = 10_000;
