@@ -630,7 +630,7 @@ impl Gateway {
             guard.ctx.version_id.as_deref(),
             request,
         );
-        if let Some(stored) = self.cache.lookup(&key) {
+        if let Some(stored) = self.cache.lookup(&key).await {
             guard.cache = CacheStatus::Hit;
             guard.source_run_id = Some(stored.source_run_id);
             return Ok(Arc::new(stored.into_answer()));
@@ -1027,7 +1027,7 @@ impl Gateway {
             guard.ctx.version_id.as_deref(),
             request,
         );
-        if let Some(stored) = self.cache.lookup(&key) {
+        if let Some(stored) = self.cache.lookup(&key).await {
             guard.cache = CacheStatus::Hit;
             guard.source_run_id = Some(stored.source_run_id);
             guard.model = Some(stored.model.clone());

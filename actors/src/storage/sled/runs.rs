@@ -6,7 +6,7 @@
 use futures::future::{BoxFuture, FutureExt};
 use uuid::Uuid;
 
-use super::backend;
+use super::{agent_prefix, backend, off_thread};
 use crate::recorder::run::{RunRecord, RunSummary};
 use crate::storage::{RunPage, RunStore, StorageError};
 
@@ -15,16 +15,6 @@ use crate::storage::{RunPage, RunStore, StorageError};
 pub struct SledRunStore {
     runs: ::sled::Tree,
     by_agent: ::sled::Tree,
-}
-
-fn agent_prefix(tenant: &str, agent: &str) -> Vec<u8> {
-    // Room for the run id that usually follows.
-    let mut key = Vec::with_capacity(tenant.len() + agent.len() + 2 + 16);
-    key.extend_from_slice(tenant.as_bytes());
-    key.push(0);
-    key.extend_from_slice(agent.as_bytes());
-    key.push(0);
-    key
 }
 
 fn corrupt(e: serde_json::Error) -> StorageError {
@@ -107,18 +97,6 @@ impl SledRunStore {
         };
         Ok(RunPage { items, next_cursor })
     }
-}
-
-/// Runs `read` on a blocking thread: a sled read may wait for the disk.
-pub(super) fn off_thread<T: Send + 'static>(
-    read: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> BoxFuture<'static, Result<T, StorageError>> {
-    async move {
-        tokio::task::spawn_blocking(read)
-            .await
-            .map_err(|e| StorageError::Backend(format!("a storage read failed: {e}")))?
-    }
-    .boxed()
 }
 
 impl RunStore for SledRunStore {
