@@ -267,7 +267,7 @@ pub(super) struct CacheWriter {
 }
 
 impl CacheWriter {
-    /// A writer over the keeper `opening` makes. When the store answers at once (sled), the
+    /// A writer over the keeper `opening` makes. When the store answers at once (an embedded one), the
     /// keeper is opened here and a store that cannot be read is an error now; otherwise the
     /// writer finishes opening it before it takes its first message.
     pub(super) fn new(

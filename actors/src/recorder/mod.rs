@@ -428,7 +428,17 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::storage::sled::SledStorage;
+    use crate::storage::VersionKey;
+
+    /// How many runs of agent `a` the store has.
+    async fn stored_runs(store: &dyn RunStore) -> usize {
+        store
+            .list_agent("t", "a", None, 1000)
+            .await
+            .unwrap()
+            .items
+            .len()
+    }
 
     fn run(version_id: &str) -> RunRecord {
         // From text: the request is kept as raw JSON, which a `Value` cannot give.
@@ -451,11 +461,10 @@ mod tests {
 
     #[actix_rt::test]
     async fn queued_runs_are_written_in_a_batch_and_a_barrier_writes_them_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = SledStorage::open(dir.path(), Duration::from_millis(40)).unwrap();
-        let runs = storage.db().open_tree("runs").unwrap();
+        let (_dir, storage) = crate::storage::temporary();
+        let runs = storage.runs.clone();
         let recorder = Recorder::new(
-            storage.storage().runs,
+            storage.runs,
             Duration::from_millis(40),
             Metrics::new().unwrap(),
         );
@@ -467,25 +476,29 @@ mod tests {
         // Queued: the recorder has not run yet (same thread, no await so far).
         assert_eq!(outbox.len(), 5);
         handle.addr.send(Barrier).await.unwrap();
-        assert_eq!(runs.len(), 5);
+        assert_eq!(stored_runs(runs.as_ref()).await, 5);
         assert!(outbox.is_empty());
 
         // Without a barrier, a batch is written within the window.
         handle.record(Box::new(run("v1")));
         handle.record(Box::new(run("v1")));
         tokio::time::sleep(outbox::BATCH_WINDOW * 20).await;
-        assert_eq!(runs.len(), 7);
+        assert_eq!(stored_runs(runs.as_ref()).await, 7);
         assert!(outbox.is_empty());
     }
 
     #[actix_rt::test]
     async fn version_statistics_reach_the_store_within_the_flush_interval() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = SledStorage::open(dir.path(), Duration::from_millis(40)).unwrap();
-        let agents = AgentStore::open(&storage.storage());
-        let stats = storage.db().open_tree("agent_version_stats").unwrap();
+        let (_dir, storage) = crate::storage::temporary();
+        let agents = AgentStore::open(&storage);
+        let key = VersionKey {
+            tenant: "t".into(),
+            agent: "a".into(),
+            version_id: "v1".into(),
+        };
+        let stored = || async { storage.versions.stats(&key).await.unwrap() };
         let recorder = Recorder::new(
-            storage.storage().runs,
+            storage.runs.clone(),
             Duration::from_millis(40),
             Metrics::new().unwrap(),
         )
@@ -506,22 +519,29 @@ mod tests {
                 .run_count,
             3
         );
-        assert!(stats.is_empty());
+        assert_eq!(stored().await, None);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(stats.len(), 1);
+        assert_eq!(stored().await.map(|s| s.run_count), Some(3));
         assert!(!agents.has_pending_stats());
 
         // `Flush` writes them at once.
-        handle.record(Box::new(run("v1")));
+        let last = run("v1");
+        let last_id = last.id;
+        handle.record(Box::new(last));
         recorder.send(Flush).await.unwrap().unwrap();
         assert!(!agents.has_pending_stats());
-        let stored: crate::agents::VersionStats =
-            serde_json::from_slice(&stats.iter().next().unwrap().unwrap().1).unwrap();
-        assert_eq!(stored.run_count, 4);
-        // The answered runs are linked for their next turn at once (identical runs: one link).
+        assert_eq!(stored().await.map(|s| s.run_count), Some(4));
+        // The answered runs are linked for their next turn at once (identical runs: one link,
+        // to the latest).
+        let follow_up: Vec<crate::wire::Message> = serde_json::from_value(serde_json::json!([
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "and?"}
+        ]))
+        .unwrap();
         assert_eq!(
-            storage.db().open_tree("agent_conversations").unwrap().len(),
-            1
+            agents.conversation_of("t", "a", &follow_up).await.unwrap(),
+            Some(last_id)
         );
     }
 }

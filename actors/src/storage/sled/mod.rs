@@ -21,8 +21,6 @@ use super::{Storage, StorageError};
 
 /// The sled database of a data directory and the stores on it, each on its own trees.
 pub struct SledStorage {
-    #[cfg(test)]
-    db: ::sled::Db,
     runs: Arc<SledRunStore>,
     feedback: Arc<SledFeedbackStore>,
     schemas: Arc<SledSchemaStore>,
@@ -53,8 +51,6 @@ impl SledStorage {
             deployments: Arc::new(SledDeploymentStore::open(&db)?),
             conversations: Arc::new(SledConversationStore::open(&db)?),
             answers: Arc::new(SledAnswerStore::open(&db)?),
-            #[cfg(test)]
-            db,
         })
     }
 
@@ -69,12 +65,6 @@ impl SledStorage {
             conversations: self.conversations.clone(),
             answers: self.answers.clone(),
         }
-    }
-
-    /// The database, for tests that look at the trees themselves.
-    #[cfg(test)]
-    pub(crate) fn db(&self) -> &::sled::Db {
-        &self.db
     }
 }
 
@@ -127,6 +117,36 @@ mod tests {
         let (_dir, storage) = open();
         conformance::feedback_store(storage.storage().feedback.as_ref()).await;
     }
+
+    /// One test per conformance body, each on a fresh store.
+    macro_rules! conformance {
+        ($($body:ident),* $(,)?) => {
+            $(
+                #[actix_rt::test]
+                async fn $body() {
+                    let (_dir, storage) = open();
+                    conformance::$body(&storage.storage()).await;
+                }
+            )*
+        };
+    }
+
+    conformance!(
+        schemas_are_numbered_per_agent,
+        a_digest_keeps_its_first_schema_id,
+        concurrent_schema_assignments_agree_without_gaps,
+        versions_keep_their_first_record,
+        versions_list_per_agent,
+        version_statistics_are_written_in_batches,
+        deployments_replace_and_chain,
+        deployments_are_scoped_to_their_agent,
+        deployment_history_pages_with_cursors,
+        concurrent_deploys_leave_one_winner,
+        conversation_links_are_found_and_replaced,
+        answers_read_back_with_their_times,
+        answers_larger_than_allowed_are_not_stored,
+        answers_evict_least_recently_used_first,
+    );
 
     #[actix_rt::test]
     async fn runs_survive_a_reopen() {
