@@ -246,6 +246,64 @@ impl AnswerStore for SledAnswerStore {
 mod tests {
     use super::*;
 
+    /// An entry as earlier releases wrote it, byte for byte, reads back.
+    #[test]
+    fn entries_of_earlier_releases_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let store = SledAnswerStore::open(&db).unwrap();
+        let key = CacheKey::from_bytes([3; 32]);
+        let json = br#"{"completion":{"choices":[{"index":0,"message":{"content":"stored"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2}},"model":"m","provider":"p","provider_model":"pm","source_run_id":"01a2426c-5679-70fb-8842-ed1d4eda392f"}"#;
+        let mut entry = vec![1];
+        entry.extend_from_slice(&1_700_000_000_000u64.to_be_bytes());
+        entry.extend_from_slice(json);
+        let size = entry.len() as u64 + 32;
+        store.entries.insert(key.as_bytes(), entry).unwrap();
+        let last_use = 1_700_000_001_000u64.to_be_bytes();
+        let mut by_use = last_use.to_vec();
+        by_use.extend_from_slice(key.as_bytes());
+        store.by_use.insert(by_use, &size.to_be_bytes()).unwrap();
+        store.last_use.insert(key.as_bytes(), &last_use).unwrap();
+
+        let read = store.get_now(&key).unwrap().unwrap();
+        assert_eq!(read.answer.stored_at_ms, 1_700_000_000_000);
+        assert_eq!(read.last_use_ms, 1_700_000_001_000);
+        assert_eq!(
+            read.answer.completion.choices[0].message.content.as_deref(),
+            Some("stored")
+        );
+        assert_eq!(
+            read.answer.source_run_id.to_string(),
+            "01a2426c-5679-70fb-8842-ed1d4eda392f"
+        );
+        assert_eq!(
+            store.totals_now().unwrap(),
+            AnswerTotals {
+                bytes: size,
+                entries: 1
+            }
+        );
+        assert_eq!(store.oldest_now().unwrap(), Some((1_700_000_001_000, key)));
+        // Written again, it keeps the layout: format, store time, JSON; its key counted.
+        let outcome = store
+            .put_now(&key, &read.answer, 1_700_000_002_000, u64::MAX)
+            .unwrap();
+        let bytes = store.entries.get(key.as_bytes()).unwrap().unwrap();
+        assert_eq!(bytes[0], 1);
+        assert_eq!(bytes[1..9], 1_700_000_000_000u64.to_be_bytes());
+        let again: StoredAnswer = serde_json::from_slice(&bytes[9..]).unwrap();
+        assert_eq!(again.completion, read.answer.completion);
+        let size_again = bytes.len() as u64 + 32;
+        assert_eq!(
+            outcome,
+            PutOutcome::Stored {
+                size: size_again,
+                replaced: Some(size)
+            }
+        );
+        assert_eq!(store.remove_now(&key).unwrap(), Some(size_again));
+    }
+
     #[test]
     fn an_entry_of_another_format_is_corrupt_not_absent() {
         let dir = tempfile::tempdir().unwrap();
