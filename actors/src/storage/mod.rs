@@ -3,9 +3,10 @@
 //! next). Callers hold an `Arc<dyn …Store>` and never see which backend is in use; every
 //! failure is a [`StorageError`], which becomes a [`GatewayError`] at the edge.
 //!
-//! The traits are async where a network backend would wait (a sled call is answered on a
-//! blocking thread instead), take and return domain types only, write in batches and page
-//! with cursors, so that a second backend implements them without changing a caller.
+//! The traits are async where a network backend would wait, take and return domain types
+//! only, write in batches and page with cursors, so that a second backend implements them
+//! without changing a caller. sled answers point reads and the writes of the actors' own
+//! threads in place (a ready future) and scans and flushes on a blocking thread.
 //! `conformance.rs` holds the test bodies every backend must pass.
 //!
 //! The concerns: runs ([`RunStore`]), feedback ([`FeedbackStore`]), the agents' schemas,
