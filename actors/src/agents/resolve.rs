@@ -84,9 +84,9 @@ fn empty_input() -> &'static Map<String, Value> {
     EMPTY.get_or_init(Map::new)
 }
 
-/// Runs rendering on a blocking thread: it waits for a render worker (bounded by the template
-/// limits), which must not hold up the caller's thread. What it renders moves in and back out,
-/// uncopied.
+/// Runs the input's validation and rendering on a blocking thread: rendering waits for a
+/// render worker (bounded by the template limits), which must not hold up the caller's
+/// thread. What they work on moves in and back out, uncopied.
 async fn off_thread<T: Send + 'static>(
     render: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, GatewayError> {
@@ -213,18 +213,25 @@ impl AgentStore {
                     "schema #{schema_id} of agent `{agent}` is missing from the store"
                 ))
             })?;
-        self.check_input(agent, &schema, request.input.as_ref())?;
-        check_output(agent, &schema, &request)?;
-
         let properties = version.properties.overridden_by(&request);
         let (properties, mut request, deployed) = if schema.input_schema.is_null() {
+            // Nothing to validate against or render with: at once.
+            self.check_input(agent, &schema, request.input.as_ref())?;
+            check_output(agent, &schema, &request)?;
             let deployed = properties.messages.clone();
             (properties, request, deployed)
         } else {
-            let renderer = renderer.clone();
+            // Validating the input and rendering with it is the CPU-heavy part (and rendering
+            // waits for a render worker): both off the caller's thread.
+            let (store, renderer, agent) = (self.clone(), renderer.clone(), agent.to_string());
             let (properties, request, deployed) = off_thread(move || {
-                let input = request.input.as_ref().unwrap_or_else(|| empty_input());
-                let deployed = renderer.render(&properties.messages, input, false);
+                let deployed = store
+                    .check_input(&agent, &schema, request.input.as_ref())
+                    .and_then(|()| check_output(&agent, &schema, &request))
+                    .and_then(|()| {
+                        let input = request.input.as_ref().unwrap_or_else(|| empty_input());
+                        Ok(renderer.render(&properties.messages, input, false)?)
+                    });
                 (properties, request, deployed)
             })
             .await?;
