@@ -6,6 +6,9 @@
 //!   ("kept");
 //! * `legacy/mock-echo` "Hello {{ name }}" with `input: {"name": "Ada"}`;
 //! * `other/mock-echo` "third".
+//!
+//! Besides the runs, the agents' records of those requests read back: two schemas and two
+//! versions of `legacy` with their statistics, and the conversation link of the first answer.
 
 mod common;
 
@@ -17,6 +20,10 @@ use serde_json::Value;
 const FIRST: &str = "01a2426c-5679-70fb-8842-ed1d4eda392f";
 const SECOND: &str = "01a2426c-5683-7522-8a2f-e934be4d2193";
 const THIRD: &str = "01a2426c-568d-707e-b7ff-27c0915fcf7f";
+const ADMIN_KEY: &str = "admin-key-of-the-test";
+/// The versions of `legacy`: the first request's, and the templated one's.
+const FIRST_VERSION: &str = "b21aaf592e259ae68df606a3877e5cda";
+const TEMPLATED_VERSION: &str = "e76d682b16e00ceef005a5822856120f";
 
 #[tokio::test]
 async fn a_data_dir_of_the_previous_release_reads_back() {
@@ -31,7 +38,8 @@ async fn a_data_dir_of_the_previous_release_reads_back() {
         .status()
         .unwrap();
     assert!(status.success());
-    let config = base_config(&dir.path().join("data"), None);
+    let config = base_config(&dir.path().join("data"), None)
+        + &format!("\n[admin]\napi_keys = [{{ key = \"{ADMIN_KEY}\", label = \"ops\" }}]\n");
     let gw = Flowgate::start(dir.path(), &config);
 
     let run = get_run(&gw, FIRST).await;
@@ -70,4 +78,71 @@ async fn a_data_dir_of_the_previous_release_reads_back() {
     let items: &Vec<Value> = page["items"].as_array().unwrap();
     assert_eq!(items.len(), 3);
     assert_eq!(items[2]["id"], FIRST);
+
+    // The agents' records: versions with their statistics, schemas.
+    let (status, versions) = get_json(&gw, "/api/agents/legacy/versions").await;
+    assert_eq!(status, 200, "{versions}");
+    let versions = versions["items"].as_array().unwrap();
+    // The previous release's two, and the new run's.
+    assert_eq!(versions.len(), 3, "{versions:?}");
+    let version = |id: &str| versions.iter().find(|v| v["id"] == id).unwrap();
+    let first = version(FIRST_VERSION);
+    assert_eq!(first["schema_id"], 1);
+    assert_eq!(first["properties"]["model"], "mock-echo");
+    assert_eq!(
+        first["properties"]["messages"][0]["content"],
+        "first answer"
+    );
+    assert_eq!(first["stats"]["run_count"], 1);
+    assert_eq!(first["stats"]["error_count"], 0);
+    let templated = version(TEMPLATED_VERSION);
+    assert_eq!(templated["schema_id"], 2);
+    assert_eq!(
+        templated["properties"]["messages"][0]["content"],
+        "Hello {{ name }}"
+    );
+    assert_eq!(templated["stats"]["run_count"], 1);
+    let (status, schemas) = get_json(&gw, "/api/agents/legacy/schemas").await;
+    assert_eq!(status, 200, "{schemas}");
+    let schemas = schemas["items"].as_array().unwrap();
+    assert_eq!(schemas.len(), 2);
+    assert_eq!(schemas[0]["id"], 1);
+    assert_eq!(schemas[0]["input_schema"], Value::Null);
+    assert_eq!(
+        schemas[1]["input_schema"]["properties"]["name"]["type"],
+        "string"
+    );
+
+    // The first answer's conversation continues.
+    let (status, headers, _) = chat(
+        &gw,
+        serde_json::json!({"model": "legacy/mock-echo", "messages": [
+            {"role": "user", "content": "first answer"},
+            {"role": "assistant", "content": "first answer"},
+            {"role": "user", "content": "and then?"}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(run_of(&gw, &headers).await["conversation_id"], FIRST);
+
+    // A version of the previous release deploys, and its deployment serves.
+    let response = client()
+        .post(format!(
+            "{}/api/agents/legacy/versions/{FIRST_VERSION}/deploy",
+            gw.url
+        ))
+        .bearer_auth(ADMIN_KEY)
+        .json(&serde_json::json!({"environment": "production"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, _, answer) = chat(
+        &gw,
+        serde_json::json!({"model": "legacy/#1/production", "messages": []}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["message"]["content"], "first answer");
 }

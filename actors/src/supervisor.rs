@@ -29,7 +29,7 @@ use crate::storage::Storage;
 pub struct GatewayConfig {
     pub providers: Vec<ProviderSettings>,
     pub catalog: Catalog,
-    /// Where sled keeps the runs.
+    /// Where the embedded store keeps what the gateway stores.
     pub data_dir: PathBuf,
     /// How often the store is flushed to disk (the `kill -9` loss window).
     pub flush_interval: Duration,
@@ -118,14 +118,14 @@ impl Supervisor {
                 config.data_dir.display()
             )
         })?;
-        let Storage { runs, feedback } = storage.storage();
-
-        let agents = AgentStore::open(storage.db()).map_err(|e| {
-            format!(
-                "cannot open the agents' store in `{}`: {e}",
-                config.data_dir.display()
-            )
-        })?;
+        let storage = storage.storage();
+        let agents = AgentStore::open(&storage);
+        let Storage {
+            runs,
+            feedback,
+            answers,
+            ..
+        } = storage;
 
         // The recorder gets its own thread: store writes never run on a request arbiter.
         let recorder = {
@@ -174,7 +174,7 @@ impl Supervisor {
         let gateway = Gateway {
             providers: Arc::new(providers),
             catalog: Arc::new(ArcSwap::from_pointee(config.catalog)),
-            cache: Cache::open(storage.db(), config.cache, &metrics)?,
+            cache: Cache::open(answers, config.cache, &metrics)?,
             recorder,
             runs,
             feedback,

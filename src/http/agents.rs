@@ -138,17 +138,6 @@ fn agent_name(raw: String) -> Result<String, GatewayError> {
     }
 }
 
-fn blocking_error(e: impl std::fmt::Display) -> GatewayError {
-    GatewayError::internal(format!("agent store: {e}"))
-}
-
-/// Runs store work on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, GatewayError> + Send + 'static,
-) -> Result<T, GatewayError> {
-    web::block(work).await.map_err(blocking_error)?
-}
-
 /// Waits until the recorder has written every run sent before now, so statistics include the
 /// caller's own runs.
 async fn settle(state: &AppState) {
@@ -209,8 +198,7 @@ pub async fn list_versions(
     let tenant = reader_tenant(&req, &state)?;
     let agent = agent_name(path.into_inner())?;
     settle(&state).await;
-    let agents = state.gateway.agents.clone();
-    let items = blocking(move || agents.versions(&tenant, &agent)).await?;
+    let items = state.gateway.agents.versions(&tenant, &agent).await?;
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 
@@ -223,12 +211,11 @@ pub async fn get_version(
     let (agent, version_id) = path.into_inner();
     let agent = agent_name(agent)?;
     settle(&state).await;
-    let agents = state.gateway.agents.clone();
-    let found = {
-        let agent = agent.clone();
-        let version_id = version_id.clone();
-        blocking(move || agents.version_summary(&tenant, &agent, &version_id)).await?
-    };
+    let found = state
+        .gateway
+        .agents
+        .version_summary(&tenant, &agent, &version_id)
+        .await?;
     let summary = found.ok_or_else(|| {
         GatewayError::not_found(format!("agent `{agent}` has no version `{version_id}`"))
     })?;
@@ -242,8 +229,7 @@ pub async fn list_schemas(
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
     let agent = agent_name(path.into_inner())?;
-    let agents = state.gateway.agents.clone();
-    let items = blocking(move || agents.schemas(&tenant, &agent)).await?;
+    let items = state.gateway.agents.schemas(&tenant, &agent).await?;
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 
@@ -254,8 +240,7 @@ pub async fn list_deployments(
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
     let agent = agent_name(path.into_inner())?;
-    let agents = state.gateway.agents.clone();
-    let deployments = blocking(move || agents.deployments(&tenant, &agent)).await?;
+    let deployments = state.gateway.agents.deployments(&tenant, &agent).await?;
     Ok(HttpResponse::Ok().json(deployments))
 }
 
@@ -286,9 +271,10 @@ pub async fn deploy(
         ))
         .with_param("environment")
     })?;
-    let agents = state.gateway.agents.clone();
-    let record = blocking(move || {
-        agents.deploy(
+    let record = state
+        .gateway
+        .agents
+        .deploy(
             &tenant,
             &agent,
             &version_id,
@@ -296,8 +282,7 @@ pub async fn deploy(
             environment,
             &who,
         )
-    })
-    .await?;
+        .await?;
     tracing::info!(
         agent = %record.agent,
         schema_id = record.schema_id,

@@ -209,22 +209,22 @@ async fn prepare(
         chat.schema_id,
     )?;
 
-    let agents = state.gateway.agents.clone();
     let catalog = state.gateway.catalog.load_full();
-    let (tenant, agent, run_id) = (ctx.tenant.clone(), model_ref.agent, ctx.run_id);
-    let templated = deployment || chat.input.is_some();
-    let renderer = state.renderer.clone();
-    let resolve =
-        move || agents.resolve(&catalog, &tenant, &agent, run_id, target, chat, &renderer);
-    // Rendering waits for a render worker (bounded by the template limits): off the worker
-    // thread.
-    let resolution = if templated {
-        web::block(resolve)
-            .await
-            .map_err(|e| GatewayError::internal(format!("template rendering failed: {e}")))??
-    } else {
-        resolve()?
-    };
+    let (tenant, run_id) = (&ctx.tenant, ctx.run_id);
+    // Templates are rendered off the worker thread (rendering waits for a render worker).
+    let resolution = state
+        .gateway
+        .agents
+        .resolve(
+            &catalog,
+            tenant,
+            &model_ref.agent,
+            run_id,
+            target,
+            chat,
+            &state.renderer,
+        )
+        .await?;
     if deployment {
         validate(&resolution.request, &state.limits)?;
     }

@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{agent_prefix, hash_json, store_error, AgentStore};
+use super::{hash_json, AgentStore};
 use crate::completion::AssistantMessage;
 use crate::error::GatewayError;
 use crate::recorder::run::{RunRecord, RunStatus};
+use crate::storage::ConversationLink;
 use crate::wire::{ContentPart, Message, MessageContent, Role};
 
 /// What of a message counts for the conversation, borrowed from it.
@@ -123,16 +124,10 @@ pub fn lookup_hash(messages: &[Message]) -> Option<[u8; 32]> {
     Some(hash_messages(&messages[..=last]))
 }
 
-fn conversation_key(tenant: &str, agent: &str, hash: &[u8; 32]) -> Vec<u8> {
-    let mut key = agent_prefix(tenant, agent);
-    key.extend_from_slice(hash);
-    key
-}
-
 impl AgentStore {
     /// The conversation the messages continue, if an earlier run of the agent answered their
     /// beginning.
-    pub fn conversation_of(
+    pub async fn conversation_of(
         &self,
         tenant: &str,
         agent: &str,
@@ -141,64 +136,49 @@ impl AgentStore {
         let Some(hash) = lookup_hash(messages) else {
             return Ok(None);
         };
-        match self
-            .inner
-            .conversations
-            .get(conversation_key(tenant, agent, &hash))
-            .map_err(store_error)?
-        {
-            Some(bytes) => Ok(Uuid::from_slice(&bytes).ok()),
-            None => Ok(None),
-        }
+        Ok(self.inner.conversations.find(tenant, agent, &hash).await?)
     }
+}
 
-    /// Files an answered run so that its next turn finds its conversation.
-    pub(super) fn link_answer(&self, run: &RunRecord) -> Result<(), String> {
-        if run.status != RunStatus::Success {
-            return Ok(());
-        }
-        let Some(answer) = run
-            .output
-            .as_ref()
-            .and_then(|o| o.choices.first())
-            .map(|c| &c.message)
-        else {
-            return Ok(());
-        };
-        // The messages as sent: rendered ones when templates were, else the request's.
-        let parsed: Vec<Message>;
-        let messages: &[Message] = match &run.rendered_messages {
-            Some(messages) => messages,
-            None => {
-                #[derive(Deserialize)]
-                struct Messages {
-                    messages: Vec<Message>,
-                }
-                match run
-                    .request
-                    .as_ref()
-                    .map(|r| serde_json::from_str::<Messages>(r.get()))
-                {
-                    Some(Ok(request)) => {
-                        parsed = request.messages;
-                        &parsed
-                    }
-                    _ => return Ok(()),
-                }
-            }
-        };
-        let conversation = run.conversation_id.unwrap_or(run.id);
-        let key = conversation_key(
-            &run.tenant,
-            &run.agent,
-            &continuation_hash(messages, answer),
-        );
-        self.inner
-            .conversations
-            .insert(key, conversation.as_bytes())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+/// The link that lets an answered run's next turn find its conversation; `None` for a run
+/// without an answer (or whose messages cannot be read).
+pub(super) fn link_of(run: &RunRecord) -> Option<ConversationLink> {
+    if run.status != RunStatus::Success {
+        return None;
     }
+    let answer = run
+        .output
+        .as_ref()
+        .and_then(|o| o.choices.first())
+        .map(|c| &c.message)?;
+    // The messages as sent: rendered ones when templates were, else the request's.
+    let parsed: Vec<Message>;
+    let messages: &[Message] = match &run.rendered_messages {
+        Some(messages) => messages,
+        None => {
+            #[derive(Deserialize)]
+            struct Messages {
+                messages: Vec<Message>,
+            }
+            match run
+                .request
+                .as_ref()
+                .map(|r| serde_json::from_str::<Messages>(r.get()))
+            {
+                Some(Ok(request)) => {
+                    parsed = request.messages;
+                    &parsed
+                }
+                _ => return None,
+            }
+        }
+    };
+    Some(ConversationLink {
+        tenant: run.tenant.clone(),
+        agent: run.agent.clone(),
+        hash: continuation_hash(messages, answer),
+        conversation_id: run.conversation_id.unwrap_or(run.id),
+    })
 }
 
 #[cfg(test)]

@@ -1,15 +1,15 @@
 //! Deployments: the version an agent's `#<schema_id>/<environment>` callers get. Deploying
-//! records who and when in a history; rolling back is deploying an older version. The pointer
-//! and its history entry are written in one transaction, so concurrent deploys leave one winner
+//! records who and when in a history; rolling back is deploying an older version. The store
+//! writes the pointer and its history entry atomically, so concurrent deploys leave one winner
 //! and a history whose last entry is that winner.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sled::Transactional;
 
-use super::{agent_prefix, now_rfc3339, store_error, AgentStore};
+use super::{now_rfc3339, AgentStore};
 use crate::error::GatewayError;
 use crate::model_ref::Environment;
+use crate::storage::NewDeployment;
 
 /// One deployment, current or past.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -34,31 +34,13 @@ pub struct Deployments {
     pub history: Vec<DeploymentRecord>,
 }
 
-fn env_byte(environment: Environment) -> u8 {
-    match environment {
-        Environment::Dev => b'd',
-        Environment::Staging => b's',
-        Environment::Production => b'p',
-    }
-}
-
-fn pointer_key(tenant: &str, agent: &str, schema_id: u32, environment: Environment) -> Vec<u8> {
-    let mut key = agent_prefix(tenant, agent);
-    key.extend_from_slice(&schema_id.to_be_bytes());
-    key.push(env_byte(environment));
-    key
-}
-
-type TxError = sled::transaction::ConflictableTransactionError<String>;
-
-fn abort(e: impl std::fmt::Display) -> TxError {
-    TxError::Abort(e.to_string())
-}
+/// History entries read per page when the whole history is listed.
+const HISTORY_PAGE: usize = 500;
 
 impl AgentStore {
     /// Deploys a stored version of the agent to `environment` for `schema_id` (the version's
-    /// own schema when `None`).
-    pub fn deploy(
+    /// own schema when `None`). Durable once answered.
+    pub async fn deploy(
         &self,
         tenant: &str,
         agent: &str,
@@ -67,98 +49,71 @@ impl AgentStore {
         environment: Environment,
         deployed_by: &str,
     ) -> Result<DeploymentRecord, GatewayError> {
-        let version = self.version(tenant, agent, version_id)?.ok_or_else(|| {
-            GatewayError::not_found(format!(
-                "agent `{agent}` has no version `{version_id}`: GET /api/agents/{agent}/versions \
-                 lists its versions"
-            ))
-            .with_param("version_id")
-        })?;
+        let version = self
+            .version(tenant, agent, version_id)
+            .await?
+            .ok_or_else(|| {
+                GatewayError::not_found(format!(
+                    "agent `{agent}` has no version `{version_id}`: GET \
+                     /api/agents/{agent}/versions lists its versions"
+                ))
+                .with_param("version_id")
+            })?;
         let schema_id = schema_id.unwrap_or(version.schema_id);
-        if self.schema(tenant, agent, schema_id)?.is_none() {
+        if self.schema(tenant, agent, schema_id).await?.is_none() {
             return Err(GatewayError::not_found(format!(
                 "agent `{agent}` has no schema #{schema_id}: GET /api/agents/{agent}/schemas lists \
                  its schemas"
             ))
             .with_param("schema_id"));
         }
-        let key = pointer_key(tenant, agent, schema_id, environment);
-        let history_prefix = agent_prefix(tenant, agent);
         let deployed_at = now_rfc3339();
-        let result = (&self.inner.deployments, &self.inner.deployment_history).transaction(
-            |(pointers, history)| -> sled::transaction::ConflictableTransactionResult<DeploymentRecord, String> {
-                let previous: Option<DeploymentRecord> = match pointers.get(&key)? {
-                    Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(abort)?),
-                    None => None,
-                };
-                let sequence = pointers.generate_id()?;
-                let record = DeploymentRecord {
-                    agent: agent.to_string(),
-                    schema_id,
-                    environment,
-                    version_id: version_id.to_string(),
-                    previous_version_id: previous.map(|p| p.version_id),
-                    deployed_at: deployed_at.clone(),
-                    deployed_by: deployed_by.to_string(),
-                    sequence,
-                };
-                let bytes = serde_json::to_vec(&record).map_err(abort)?;
-                let mut history_key = history_prefix.clone();
-                history_key.extend_from_slice(&sequence.to_be_bytes());
-                pointers.insert(key.as_slice(), bytes.as_slice())?;
-                history.insert(history_key, bytes)?;
-                Ok(record)
-            },
-        );
-        let record = result.map_err(|e| match e {
-            sled::transaction::TransactionError::Abort(message) => store_error(message),
-            sled::transaction::TransactionError::Storage(e) => store_error(e),
-        })?;
-        // A deployment is rare and must survive a crash right after it is acknowledged.
-        self.flush()?;
-        Ok(record)
+        let new = NewDeployment {
+            agent,
+            schema_id,
+            environment,
+            version_id,
+            deployed_at: &deployed_at,
+            deployed_by,
+        };
+        Ok(self.inner.deployments.deploy(tenant, new).await?)
     }
 
     /// The deployment `agent/#<schema_id>/<environment>` callers get: read from the store on
     /// every call, so a deploy by any handle on the store applies at once.
-    pub fn deployment(
+    pub async fn deployment(
         &self,
         tenant: &str,
         agent: &str,
         schema_id: u32,
         environment: Environment,
     ) -> Result<Option<DeploymentRecord>, GatewayError> {
-        match self
+        Ok(self
             .inner
             .deployments
-            .get(pointer_key(tenant, agent, schema_id, environment))
-            .map_err(store_error)?
-        {
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(store_error)?)),
-            None => Ok(None),
-        }
+            .get(tenant, agent, schema_id, environment)
+            .await?)
     }
 
-    /// The agent's current deployments (by schema, then environment) and their history.
-    pub fn deployments(&self, tenant: &str, agent: &str) -> Result<Deployments, GatewayError> {
-        let prefix = agent_prefix(tenant, agent);
-        let decode = |entry: sled::Result<(sled::IVec, sled::IVec)>| {
-            let (_, bytes) = entry.map_err(store_error)?;
-            serde_json::from_slice::<DeploymentRecord>(&bytes).map_err(store_error)
-        };
-        let deployments = self
-            .inner
-            .deployments
-            .scan_prefix(&prefix)
-            .map(decode)
-            .collect::<Result<Vec<_>, _>>()?;
-        let history = self
-            .inner
-            .deployment_history
-            .scan_prefix(&prefix)
-            .rev()
-            .map(decode)
-            .collect::<Result<Vec<_>, _>>()?;
+    /// The agent's current deployments (by schema, then environment) and their whole history,
+    /// newest first.
+    pub async fn deployments(
+        &self,
+        tenant: &str,
+        agent: &str,
+    ) -> Result<Deployments, GatewayError> {
+        let store = &self.inner.deployments;
+        let deployments = store.current(tenant, agent).await?;
+        let mut history = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store.history(tenant, agent, before, HISTORY_PAGE).await?;
+            history.extend(page.items);
+            match page.next_cursor {
+                Some(next) => before = Some(next),
+                None => break,
+            }
+        }
         Ok(Deployments {
             deployments,
             history,
@@ -166,7 +121,7 @@ impl AgentStore {
     }
 
     /// The 400 for a call to a deployment that does not exist, saying what does.
-    pub fn no_deployment_error(
+    pub async fn no_deployment_error(
         &self,
         tenant: &str,
         agent: &str,
@@ -174,9 +129,12 @@ impl AgentStore {
         environment: Environment,
     ) -> GatewayError {
         let existing: Vec<String> = self
-            .deployments(tenant, agent)
-            .map(|d| {
-                d.deployments
+            .inner
+            .deployments
+            .current(tenant, agent)
+            .await
+            .map(|current| {
+                current
                     .iter()
                     .map(|d| format!("{agent}/#{}/{}", d.schema_id, d.environment.as_str()))
                     .collect()
@@ -207,98 +165,108 @@ mod tests {
     use crate::wire::ChatRequest;
     use serde_json::Value;
 
-    fn setup() -> (tempfile::TempDir, AgentStore, Vec<String>) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let store = AgentStore::open(&db).unwrap();
-        let schema = store.schema_id("t", "a", None, &Value::Null).unwrap();
-        let ids = (0..3)
-            .map(|i| {
-                let request: ChatRequest = serde_json::from_value(json!({
-                    "model": "m", "messages": [{"role": "system", "content": format!("v{i}")}]
-                }))
-                .unwrap();
+    async fn setup() -> (tempfile::TempDir, AgentStore, Vec<String>) {
+        let (dir, storage) = crate::storage::temporary();
+        let store = AgentStore::open(&storage);
+        let schema = store.schema_id("t", "a", None, &Value::Null).await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let request: ChatRequest = serde_json::from_value(json!({
+                "model": "m", "messages": [{"role": "system", "content": format!("v{i}")}]
+            }))
+            .unwrap();
+            let properties = VersionProperties::of("m", &request);
+            ids.push(
                 store
-                    .ensure_version("t", "a", &VersionProperties::of("m", &request), schema)
-                    .unwrap()
-            })
-            .collect();
+                    .ensure_version("t", "a", &properties, schema)
+                    .await
+                    .unwrap(),
+            );
+        }
         (dir, store, ids)
     }
 
-    #[test]
-    fn deploy_rollback_history_and_reopen() {
-        let (dir, store, ids) = setup();
+    #[actix_rt::test]
+    async fn deploy_rollback_history_and_reopen() {
+        let (dir, store, ids) = setup().await;
         let prod = Environment::Production;
-        assert!(store.deployment("t", "a", 1, prod).unwrap().is_none());
+        assert!(store.deployment("t", "a", 1, prod).await.unwrap().is_none());
         let first = store
             .deploy("t", "a", &ids[0], None, prod, "alice")
+            .await
             .unwrap();
         assert_eq!(first.previous_version_id, None);
-        let second = store.deploy("t", "a", &ids[1], None, prod, "bob").unwrap();
+        let second = store
+            .deploy("t", "a", &ids[1], None, prod, "bob")
+            .await
+            .unwrap();
         assert_eq!(second.previous_version_id.as_deref(), Some(ids[0].as_str()));
         store
             .deploy("t", "a", &ids[2], Some(1), Environment::Staging, "bob")
+            .await
             .unwrap();
         // Rollback: deploy the older version again.
         store
             .deploy("t", "a", &ids[0], None, prod, "alice")
+            .await
             .unwrap();
-        let current = store.deployment("t", "a", 1, prod).unwrap().unwrap();
+        let current = store.deployment("t", "a", 1, prod).await.unwrap().unwrap();
         assert_eq!(current.version_id, ids[0]);
         assert_eq!(current.deployed_by, "alice");
-        let all = store.deployments("t", "a").unwrap();
+        let all = store.deployments("t", "a").await.unwrap();
         assert_eq!(all.deployments.len(), 2);
         let versions: Vec<&str> = all.history.iter().map(|d| d.version_id.as_str()).collect();
         assert_eq!(versions, vec![&ids[0], &ids[2], &ids[1], &ids[0]]);
         drop(store);
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let store = AgentStore::open(&db).unwrap();
+        let store = AgentStore::open(&crate::storage::in_dir(dir.path()));
         assert_eq!(
             store
                 .deployment("t", "a", 1, prod)
+                .await
                 .unwrap()
                 .unwrap()
                 .version_id,
             ids[0]
         );
-        assert_eq!(store.deployments("t", "a").unwrap().history.len(), 4);
+        assert_eq!(store.deployments("t", "a").await.unwrap().history.len(), 4);
     }
 
-    #[test]
-    fn unknown_versions_and_schemas_are_404() {
-        let (_dir, store, ids) = setup();
+    #[actix_rt::test]
+    async fn unknown_versions_and_schemas_are_404() {
+        let (_dir, store, ids) = setup().await;
         let e = store
             .deploy("t", "a", "nope", None, Environment::Dev, "x")
+            .await
             .unwrap_err();
         assert_eq!(e.status_code().as_u16(), 404);
         let e = store
             .deploy("t", "a", &ids[0], Some(9), Environment::Dev, "x")
+            .await
             .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("schema_id"));
         // Another tenant sees nothing.
         assert!(store
             .deploy("u", "a", &ids[0], None, Environment::Dev, "x")
+            .await
             .is_err());
     }
 
-    #[test]
-    fn concurrent_deploys_leave_one_consistent_winner() {
-        let (_dir, store, ids) = setup();
+    #[actix_rt::test]
+    async fn concurrent_deploys_leave_one_consistent_winner() {
+        let (_dir, store, ids) = setup().await;
         let handles: Vec<_> = (0..12)
             .map(|i| {
                 let store = store.clone();
                 let id = ids[i % 3].clone();
+                // Threads of their own, each with its runtime: deploys in parallel.
                 std::thread::spawn(move || {
-                    store
-                        .deploy(
-                            "t",
-                            "a",
-                            &id,
-                            None,
-                            Environment::Production,
-                            &format!("k{i}"),
-                        )
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    let who = format!("k{i}");
+                    runtime
+                        .block_on(store.deploy("t", "a", &id, None, Environment::Production, &who))
                         .unwrap()
                 })
             })
@@ -306,10 +274,11 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
-        let all = store.deployments("t", "a").unwrap();
+        let all = store.deployments("t", "a").await.unwrap();
         assert_eq!(all.history.len(), 12);
         let current = store
             .deployment("t", "a", 1, Environment::Production)
+            .await
             .unwrap()
             .unwrap();
         // The pointer is the newest history entry, and each entry names its predecessor.

@@ -3,17 +3,18 @@
 //! usage statistics), its deployments (a version per schema and environment, with history),
 //! conversations (runs that continue an earlier run) and end-user feedback on runs.
 //!
-//! Everything lives in sled trees of the same database as the runs, keyed by tenant and agent,
-//! so a restart or another handle on the same store sees the same state. Immutable records
-//! (schemas, versions) are cached in memory once read; the deployment pointer is read from sled
-//! on every lookup, so a deploy takes effect at once for every reader of the store.
+//! Everything is kept by the storage layer's traits ([`crate::storage::SchemaStore`] and its
+//! siblings), keyed by tenant and agent, so a restart or another handle on the same store sees
+//! the same state. Immutable records (schemas, versions) are kept in memory once read; the
+//! deployment pointer is read from the store on every lookup, so a deploy takes effect at
+//! once for every reader of the store.
 //!
 //! Writes on the request path are rare (a new schema pair, a new version); statistics and
 //! conversation links are written by the recorder, off the request path, through
-//! [`AgentStore::observe`]. Conversation links are stored at once; version statistics are
-//! summed in memory (readers see them at once) and stored in one batch by
-//! [`AgentStore::write_stats`], which the recorder calls within the flush interval, on `Flush`
-//! and when it stops.
+//! [`AgentStore::observe`]. Conversation links are stored at once, in one batch per batch of
+//! runs; version statistics are summed in memory (readers see them at once) and stored in
+//! one batch by [`AgentStore::write_stats`], which the recorder calls within the flush
+//! interval, on `Flush` and when it stops.
 
 pub mod conversation;
 pub mod deployment;
@@ -27,11 +28,15 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
-use crate::error::GatewayError;
 use crate::recorder::run::RunRecord;
+use crate::storage::{
+    ConversationStore, DeploymentStore, SchemaStore, Storage, StorageError, VersionKey,
+    VersionStore,
+};
 use crate::structured::Validators;
 
-pub use deployment::DeploymentRecord;
+use conversation::link_of;
+pub use deployment::{DeploymentRecord, Deployments};
 pub use feedback::{FeedbackRecord, Outcome};
 pub use resolve::Resolution;
 pub use schema::SchemaRecord;
@@ -43,32 +48,32 @@ const MAX_CACHED: usize = 4096;
 /// Handle to the agents' store. Cheap to clone (one reference count).
 #[derive(Clone)]
 pub struct AgentStore {
-    inner: Arc<Trees>,
+    inner: Arc<Inner>,
 }
 
-/// The trees and in-memory state behind an [`AgentStore`].
-struct Trees {
-    db: sled::Db,
-    /// Schema ids by pair digest, schema records by id, and each agent's id counter.
-    schemas: sled::Tree,
-    /// Version records by id.
-    versions: sled::Tree,
-    /// Usage statistics by version id, written by the recorder.
-    version_stats: sled::Tree,
-    /// The current deployment of each (schema, environment).
-    deployments: sled::Tree,
-    /// Every deployment ever made, in order.
-    deployment_history: sled::Tree,
-    /// Conversation id by the hash of a message list followed by its answer.
-    conversations: sled::Tree,
+/// The stores and in-memory state behind an [`AgentStore`].
+struct Inner {
+    schemas: Arc<dyn SchemaStore>,
+    versions: Arc<dyn VersionStore>,
+    deployments: Arc<dyn DeploymentStore>,
+    conversations: Arc<dyn ConversationStore>,
     cache: Cache,
-    /// Statistics updated since they were last written to `version_stats`: whole values (the
-    /// stored statistics plus the runs observed since), by version key. Readers look here
-    /// first, so a run counts as soon as the recorder observed it.
-    pending_stats: Mutex<HashMap<Vec<u8>, VersionStats>>,
+    /// Statistics updated since they were last written to the store: whole values (the
+    /// stored statistics plus the runs observed since). Readers look here first, so a run
+    /// counts as soon as the recorder observed it.
+    pending_stats: Mutex<HashMap<VersionKey, PendingStats>>,
 }
 
-/// Records that never change once written, so they can be kept without invalidation.
+/// A version's statistics waiting to be written.
+struct PendingStats {
+    stats: VersionStats,
+    /// Runs added since the entry was made: a write removes the entry only if no run was
+    /// added while it was under way.
+    changes: u64,
+}
+
+/// Records that never change once written, so they can be kept without invalidation. Keyed
+/// by [`agent_prefix`] and what names the record within the agent.
 #[derive(Default)]
 struct Cache {
     schema_ids: DashMap<Vec<u8>, u32>,
@@ -84,7 +89,7 @@ fn bounded_insert<V>(map: &DashMap<Vec<u8>, V>, key: Vec<u8>, value: V) {
     map.insert(key, value);
 }
 
-/// `tenant \0 agent \0`: the prefix of every key of an agent.
+/// `tenant \0 agent \0`: the prefix of the in-memory keys of an agent's records.
 fn agent_prefix(tenant: &str, agent: &str) -> Vec<u8> {
     // Room for what keys add to the prefix: a version id, a hash, a schema key.
     let mut key = Vec::with_capacity(tenant.len() + agent.len() + 2 + 40);
@@ -159,47 +164,51 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-fn store_error(e: impl std::fmt::Display) -> GatewayError {
-    GatewayError::internal(format!("agent store: {e}"))
-}
-
 /// Now, as the RFC 3339 UTC text runs use.
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 impl AgentStore {
-    /// Opens (or creates) the agents' trees in the runs' database.
-    pub fn open(db: &sled::Db) -> sled::Result<AgentStore> {
-        Ok(AgentStore {
-            inner: Arc::new(Trees {
-                db: db.clone(),
-                schemas: db.open_tree("agent_schemas")?,
-                versions: db.open_tree("agent_versions")?,
-                version_stats: db.open_tree("agent_version_stats")?,
-                deployments: db.open_tree("agent_deployments")?,
-                deployment_history: db.open_tree("agent_deployment_history")?,
-                conversations: db.open_tree("agent_conversations")?,
+    /// The agents' store over `storage`'s stores.
+    pub fn open(storage: &Storage) -> AgentStore {
+        AgentStore {
+            inner: Arc::new(Inner {
+                schemas: storage.schemas.clone(),
+                versions: storage.versions.clone(),
+                deployments: storage.deployments.clone(),
+                conversations: storage.conversations.clone(),
                 cache: Cache::default(),
                 pending_stats: Mutex::default(),
             }),
-        })
+        }
     }
 
-    /// Takes a recorded run into account: its version's statistics and, for an answered run,
-    /// the link that lets the next turn of its conversation find it. Called by the recorder
-    /// after it stored the run, on the recorder's thread.
+    /// Takes recorded runs into account: their versions' statistics and, for answered runs,
+    /// the links that let the next turn of their conversations find them. Called by the
+    /// recorder after it stored the runs; what failed, one message per failure.
     ///
     /// The statistics are kept in memory (readers see them at once) until
     /// [`AgentStore::write_stats`] stores them; the recorder calls it periodically, on `Flush`
-    /// and when it stops. The conversation link is stored at once.
-    pub fn observe(&self, run: &RunRecord) -> Result<(), String> {
-        let stats = match &run.version_id {
-            Some(version_id) => self.add_run_to_stats(&run.tenant, &run.agent, version_id, run),
-            None => Ok(()),
-        };
-        let link = self.link_answer(run);
-        stats.and(link)
+    /// and when it stops. The conversation links are stored at once.
+    // Runs travel boxed from the request path: the recorder hands over its batch as it is.
+    #[allow(clippy::vec_box)]
+    pub async fn observe(&self, runs: &[Box<RunRecord>]) -> Vec<String> {
+        let mut failures = Vec::new();
+        for run in runs {
+            if let Some(version_id) = &run.version_id {
+                if let Err(e) = self.add_run_to_stats(version_id, run).await {
+                    failures.push(format!("run {}: {e}", run.id));
+                }
+            }
+        }
+        let links: Vec<_> = runs.iter().filter_map(|run| link_of(run)).collect();
+        if !links.is_empty() {
+            if let Err(e) = self.inner.conversations.link_batch(&links).await {
+                failures.push(format!("cannot store conversation links: {e}"));
+            }
+        }
+        failures
     }
 
     /// Whether statistics wait in memory for [`AgentStore::write_stats`].
@@ -207,14 +216,9 @@ impl AgentStore {
         !self.pending_stats_lock().is_empty()
     }
 
-    /// Writes the statistics observed since the last call to the store (in one batch). They
-    /// are on disk once the database is next flushed.
-    pub fn write_stats(&self) -> Result<(), String> {
-        self.write_pending_stats()
-    }
-
-    /// Writes everything to disk now (after an admin write that must survive a crash).
-    pub fn flush(&self) -> Result<(), GatewayError> {
-        self.inner.db.flush().map(|_| ()).map_err(store_error)
+    /// Writes the statistics observed since the last call to the store, in one batch. They
+    /// are on disk once the store is next flushed.
+    pub async fn write_stats(&self) -> Result<(), StorageError> {
+        self.write_pending_stats().await
     }
 }

@@ -84,10 +84,22 @@ fn empty_input() -> &'static Map<String, Value> {
     EMPTY.get_or_init(Map::new)
 }
 
+/// Runs the input's validation and rendering on a blocking thread: rendering waits for a
+/// render worker (bounded by the template limits), which must not hold up the caller's
+/// thread. What they work on moves in and back out, uncopied.
+async fn off_thread<T: Send + 'static>(
+    render: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, GatewayError> {
+    tokio::task::spawn_blocking(render)
+        .await
+        .map_err(|e| GatewayError::internal(format!("template rendering failed: {e}")))
+}
+
 impl AgentStore {
-    /// Resolves `request` for `agent`. `run_id` names a new conversation.
+    /// Resolves `request` for `agent`. `run_id` names a new conversation. Templates are
+    /// rendered on a blocking thread.
     #[allow(clippy::too_many_arguments)]
-    pub fn resolve(
+    pub async fn resolve(
         &self,
         catalog: &Catalog,
         tenant: &str,
@@ -99,44 +111,59 @@ impl AgentStore {
     ) -> Result<Resolution, GatewayError> {
         let mut resolution = match target {
             Target::Model(model) => {
-                self.resolve_model(catalog, tenant, agent, model, request, renderer)?
+                self.resolve_model(catalog, tenant, agent, model, request, renderer)
+                    .await?
             }
             Target::Deployment {
                 schema_id,
                 environment,
             } => {
-                self.resolve_deployment(tenant, agent, schema_id, environment, request, renderer)?
+                self.resolve_deployment(tenant, agent, schema_id, environment, request, renderer)
+                    .await?
             }
         };
         resolution.conversation_id = self
-            .conversation_of(tenant, agent, &resolution.request.messages)?
+            .conversation_of(tenant, agent, &resolution.request.messages)
+            .await?
             .unwrap_or(run_id);
         Ok(resolution)
     }
 
-    fn resolve_model(
+    async fn resolve_model(
         &self,
         catalog: &Catalog,
         tenant: &str,
         agent: &str,
         model: String,
-        mut request: ChatRequest,
+        request: ChatRequest,
         renderer: &Renderer,
     ) -> Result<Resolution, GatewayError> {
-        let rendered = match &request.input {
-            Some(input) => Some(renderer.render(&request.messages, input, true)?),
-            None => {
-                renderer.check_without_input(&request.messages)?;
-                None
-            }
+        let (mut request, rendered) = if request.input.is_some() {
+            let renderer = renderer.clone();
+            let (request, rendered) = off_thread(move || {
+                let rendered = request
+                    .input
+                    .as_ref()
+                    .map(|input| renderer.render(&request.messages, input, true))
+                    .transpose();
+                (request, rendered)
+            })
+            .await?;
+            (request, rendered?)
+        } else {
+            renderer.check_without_input(&request.messages)?;
+            (request, None)
         };
         let output_schema = schema::output_schema(&request);
-        let schema_id = self.schema_id(tenant, agent, request.input.as_ref(), &output_schema)?;
+        let schema_id = self
+            .schema_id(tenant, agent, request.input.as_ref(), &output_schema)
+            .await?;
         // The version hashes the templates: taken before the messages are replaced.
         let version_id = match version_model(catalog, &model) {
-            Some(versioned) => {
-                Some(self.version_of_request(tenant, agent, &versioned, &request, schema_id)?)
-            }
+            Some(versioned) => Some(
+                self.version_of_request(tenant, agent, &versioned, &request, schema_id)
+                    .await?,
+            ),
             None => None,
         };
         if let Some(messages) = &rendered {
@@ -152,40 +179,63 @@ impl AgentStore {
         })
     }
 
-    fn resolve_deployment(
+    async fn resolve_deployment(
         &self,
         tenant: &str,
         agent: &str,
         schema_id: u32,
         environment: Environment,
-        mut request: ChatRequest,
+        request: ChatRequest,
         renderer: &Renderer,
     ) -> Result<Resolution, GatewayError> {
-        let deployment = self
-            .deployment(tenant, agent, schema_id, environment)?
-            .ok_or_else(|| self.no_deployment_error(tenant, agent, schema_id, environment))?;
+        let Some(deployment) = self
+            .deployment(tenant, agent, schema_id, environment)
+            .await?
+        else {
+            return Err(self
+                .no_deployment_error(tenant, agent, schema_id, environment)
+                .await);
+        };
         let version = self
-            .version(tenant, agent, &deployment.version_id)?
+            .version(tenant, agent, &deployment.version_id)
+            .await?
             .ok_or_else(|| {
                 GatewayError::internal(format!(
                     "the deployed version `{}` of agent `{agent}` is missing from the store",
                     deployment.version_id
                 ))
             })?;
-        let schema = self.schema(tenant, agent, schema_id)?.ok_or_else(|| {
-            GatewayError::internal(format!(
-                "schema #{schema_id} of agent `{agent}` is missing from the store"
-            ))
-        })?;
-        self.check_input(agent, &schema, request.input.as_ref())?;
-        check_output(agent, &schema, &request)?;
-
+        let schema = self
+            .schema(tenant, agent, schema_id)
+            .await?
+            .ok_or_else(|| {
+                GatewayError::internal(format!(
+                    "schema #{schema_id} of agent `{agent}` is missing from the store"
+                ))
+            })?;
         let properties = version.properties.overridden_by(&request);
-        let deployed = if schema.input_schema.is_null() {
-            properties.messages.clone()
+        let (properties, mut request, deployed) = if schema.input_schema.is_null() {
+            // Nothing to validate against or render with: at once.
+            self.check_input(agent, &schema, request.input.as_ref())?;
+            check_output(agent, &schema, &request)?;
+            let deployed = properties.messages.clone();
+            (properties, request, deployed)
         } else {
-            let input = request.input.as_ref().unwrap_or_else(|| empty_input());
-            renderer.render(&properties.messages, input, false)?
+            // Validating the input and rendering with it is the CPU-heavy part (and rendering
+            // waits for a render worker): both off the caller's thread.
+            let (store, renderer, agent) = (self.clone(), renderer.clone(), agent.to_string());
+            let (properties, request, deployed) = off_thread(move || {
+                let deployed = store
+                    .check_input(&agent, &schema, request.input.as_ref())
+                    .and_then(|()| check_output(&agent, &schema, &request))
+                    .and_then(|()| {
+                        let input = request.input.as_ref().unwrap_or_else(|| empty_input());
+                        Ok(renderer.render(&properties.messages, input, false)?)
+                    });
+                (properties, request, deployed)
+            })
+            .await?;
+            (properties, request, deployed?)
         };
         check_duplicates(
             agent,
@@ -198,7 +248,8 @@ impl AgentStore {
         let version_id = if properties == version.properties {
             version.id.clone()
         } else {
-            self.ensure_version(tenant, agent, &properties, schema_id)?
+            self.ensure_version(tenant, agent, &properties, schema_id)
+                .await?
         };
         properties.apply_to(&mut request);
         let trailing = std::mem::take(&mut request.messages);
@@ -309,25 +360,26 @@ mod tests {
     }
 
     fn setup() -> (tempfile::TempDir, AgentStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        (dir, AgentStore::open(&db).unwrap())
+        let (dir, storage) = crate::storage::temporary();
+        (dir, AgentStore::open(&storage))
     }
 
-    fn resolve(
+    async fn resolve(
         store: &AgentStore,
         target: Target,
         body: Value,
     ) -> Result<Resolution, GatewayError> {
-        store.resolve(
-            &catalog(),
-            "t",
-            "a",
-            Uuid::now_v7(),
-            target,
-            request(body),
-            &Renderer::default(),
-        )
+        store
+            .resolve(
+                &catalog(),
+                "t",
+                "a",
+                Uuid::now_v7(),
+                target,
+                request(body),
+                &Renderer::default(),
+            )
+            .await
     }
 
     fn prod(schema_id: u32) -> Target {
@@ -337,21 +389,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn templated_runs_share_a_version_whatever_the_input() {
+    #[actix_rt::test]
+    async fn templated_runs_share_a_version_whatever_the_input() {
         let (_dir, store) = setup();
         let body = |name: &str| {
             json!({"model": "a/m1-alias", "messages": [{"role": "system", "content": "Greet {{ name }}"}],
                    "input": {"name": name}})
         };
-        let a = resolve(&store, Target::Model("m1-alias".into()), body("Ann")).unwrap();
-        let b = resolve(&store, Target::Model("m1-alias".into()), body("Bob")).unwrap();
+        let a = resolve(&store, Target::Model("m1-alias".into()), body("Ann"))
+            .await
+            .unwrap();
+        let b = resolve(&store, Target::Model("m1-alias".into()), body("Bob"))
+            .await
+            .unwrap();
         assert_eq!(a.request.messages[0].text(), "Greet Ann");
         assert_eq!(b.request.messages[0].text(), "Greet Bob");
         assert_eq!(a.version_id, b.version_id);
         assert_eq!((a.schema_id, b.schema_id), (1, 1));
         let version = store
             .version("t", "a", a.version_id.as_ref().unwrap())
+            .await
             .unwrap()
             .unwrap();
         // The version keeps the template and the canonical model id.
@@ -360,6 +417,7 @@ mod tests {
         // Another input type: another schema.
         let c = resolve(&store, Target::Model("m1".into()),
             json!({"model": "m1", "messages": [{"role": "system", "content": "Greet {{ name }}"}], "input": {"name": 3}}))
+            .await
             .unwrap();
         assert_eq!(c.schema_id, 2);
         // Unknown model: no version, routing will say why.
@@ -368,12 +426,13 @@ mod tests {
             Target::Model("nope".into()),
             json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
         )
+        .await
         .unwrap();
         assert_eq!(d.version_id, None);
     }
 
-    #[test]
-    fn a_deployment_brings_model_templates_and_parameters_and_requests_override() {
+    #[actix_rt::test]
+    async fn a_deployment_brings_model_templates_and_parameters_and_requests_override() {
         let (_dir, store) = setup();
         let created = resolve(
             &store,
@@ -384,6 +443,7 @@ mod tests {
                 "input": {"email": "a@b.c"}
             }),
         )
+        .await
         .unwrap();
         let version_id = created.version_id.unwrap();
         let e = resolve(
@@ -391,16 +451,19 @@ mod tests {
             prod(1),
             json!({"model": "a/#1/production", "messages": [], "input": {"email": "x@y.z"}}),
         )
+        .await
         .unwrap_err();
         assert_eq!(e.code.as_deref(), Some("deployment_not_found"));
         store
             .deploy("t", "a", &version_id, None, Environment::Production, "me")
+            .await
             .unwrap();
 
         let r = resolve(&store, prod(1), json!({
             "model": "a/#1/production", "messages": [{"role": "user", "content": "{{ not rendered }}"}],
             "input": {"email": "x@y.z"}
         }))
+        .await
         .unwrap();
         assert_eq!(r.target_model, "m1");
         assert_eq!(r.request.model, "m1");
@@ -415,17 +478,19 @@ mod tests {
         let o = resolve(&store, prod(1), json!({
             "model": "a/#1/production", "messages": [], "input": {"email": "x@y.z"}, "temperature": 0.9
         }))
+        .await
         .unwrap();
         assert_eq!(o.request.temperature, Some(0.9));
         assert_ne!(o.version_id.as_deref(), Some(version_id.as_str()));
         assert!(store
             .version("t", "a", o.version_id.as_ref().unwrap())
+            .await
             .unwrap()
             .is_some());
     }
 
-    #[test]
-    fn deployment_callers_get_400s_that_explain() {
+    #[actix_rt::test]
+    async fn deployment_callers_get_400s_that_explain() {
         let (_dir, store) = setup();
         let created = resolve(
             &store,
@@ -435,6 +500,7 @@ mod tests {
                 "input": {"email": "a@b.c"}
             }),
         )
+        .await
         .unwrap();
         store
             .deploy(
@@ -445,6 +511,7 @@ mod tests {
                 Environment::Production,
                 "me",
             )
+            .await
             .unwrap();
         // Wrong input.
         let e = resolve(
@@ -452,6 +519,7 @@ mod tests {
             prod(1),
             json!({"model": "a/#1/prod", "messages": [], "input": {"email": 5}}),
         )
+        .await
         .unwrap_err();
         assert_eq!(e.code.as_deref(), Some("schema_mismatch"));
         let e = resolve(
@@ -459,6 +527,7 @@ mod tests {
             prod(1),
             json!({"model": "a/#1/prod", "messages": []}),
         )
+        .await
         .unwrap_err();
         assert_eq!(e.code.as_deref(), Some("schema_mismatch"));
         // Another output schema.
@@ -468,6 +537,7 @@ mod tests {
             json!({"model": "a/#1/prod", "messages": [], "input": {"email": "x"},
             "response_format": {"type": "json_object"}}),
         )
+        .await
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("response_format"));
         // The deployed messages sent again, as templates or rendered.
@@ -478,6 +548,7 @@ mod tests {
                 json!({"model": "a/#1/prod",
                 "messages": [{"role": "system", "content": content}], "input": {"email": "x"}}),
             )
+            .await
             .unwrap_err();
             assert_eq!(e.code.as_deref(), Some("duplicate_messages"), "{content}");
             assert_eq!(e.param.as_deref(), Some("messages[0]"));
@@ -488,6 +559,7 @@ mod tests {
             prod(2),
             json!({"model": "a/#2/prod", "messages": [], "input": {"email": "x"}}),
         )
+        .await
         .unwrap_err();
         assert!(e.message.contains("a/#1/production"), "{}", e.message);
     }

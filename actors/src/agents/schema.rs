@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::{agent_prefix, bounded_insert, now_rfc3339, store_error, AgentStore};
+use super::{agent_prefix, bounded_insert, now_rfc3339, AgentStore};
 use crate::error::GatewayError;
+use crate::storage::SchemaAssignment;
 use crate::wire::{ChatRequest, ResponseFormat};
 
 /// One schema of an agent.
@@ -172,30 +173,23 @@ fn pair_digest(input: &Value, output: &Value) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-// Keys in the `agent_schemas` tree, after the agent prefix.
-const COUNTER: u8 = b'c';
-const BY_DIGEST: u8 = b'd';
-const BY_ID: u8 = b's';
-
-fn key(tenant: &str, agent: &str, kind: u8, rest: &[u8]) -> Vec<u8> {
+/// The in-memory key of a pair digest's schema id, or of a schema record.
+fn memo_key(tenant: &str, agent: &str, kind: u8, rest: &[u8]) -> Vec<u8> {
     let mut key = agent_prefix(tenant, agent);
     key.push(kind);
     key.extend_from_slice(rest);
     key
 }
 
-type TxError = sled::transaction::ConflictableTransactionError<String>;
-
-fn abort(e: impl std::fmt::Display) -> TxError {
-    TxError::Abort(e.to_string())
-}
+const BY_DIGEST: u8 = b'd';
+const BY_ID: u8 = b's';
 
 impl AgentStore {
     /// The agent's schema id for a request's input and output schema, assigned (the next
     /// integer) on first use. An input that an existing schema with the same output already
     /// admits (an empty list where items were strings, an extra variable) keeps that schema's
     /// id; concurrent first uses of one pair agree on one id, with no gap.
-    pub fn schema_id(
+    pub async fn schema_id(
         &self,
         tenant: &str,
         agent: &str,
@@ -210,15 +204,24 @@ impl AgentStore {
         } else {
             pair_digest(&inferred, output)
         };
-        let digest_key = key(tenant, agent, BY_DIGEST, &digest);
+        let digest_key = memo_key(tenant, agent, BY_DIGEST, &digest);
         if let Some(id) = self.inner.cache.schema_ids.get(&digest_key) {
             return Ok(*id);
         }
-        let id = match self.inner.schemas.get(&digest_key).map_err(store_error)? {
-            Some(bytes) => decode_id(&bytes)?,
+        let schemas = &self.inner.schemas;
+        let id = match schemas.id_of(tenant, agent, &digest).await? {
+            Some(id) => id,
             None => {
-                let admitting = self.admitting_schema(tenant, agent, input, output)?;
-                self.assign_schema_id(tenant, agent, &digest_key, admitting, &inferred, output)?
+                let created_at = now_rfc3339();
+                let assignment = match self.admitting_schema(tenant, agent, input, output).await? {
+                    Some(id) => SchemaAssignment::Existing(id),
+                    None => SchemaAssignment::New {
+                        input_schema: &inferred,
+                        output_schema: output,
+                        created_at: &created_at,
+                    },
+                };
+                schemas.assign(tenant, agent, &digest, assignment).await?
             }
         };
         bounded_insert(&self.inner.cache.schema_ids, digest_key, id);
@@ -226,14 +229,14 @@ impl AgentStore {
     }
 
     /// The first schema of the agent with this output whose input schema admits `input`.
-    fn admitting_schema(
+    async fn admitting_schema(
         &self,
         tenant: &str,
         agent: &str,
         input: Option<&Map<String, Value>>,
         output: &Value,
     ) -> Result<Option<u32>, GatewayError> {
-        for schema in self.schemas(tenant, agent)? {
+        for schema in self.schemas(tenant, agent).await? {
             if !same(&schema.output_schema, output) {
                 continue;
             }
@@ -254,81 +257,32 @@ impl AgentStore {
         Ok(None)
     }
 
-    fn assign_schema_id(
-        &self,
-        tenant: &str,
-        agent: &str,
-        digest_key: &[u8],
-        admitting: Option<u32>,
-        input: &Value,
-        output: &Value,
-    ) -> Result<u32, GatewayError> {
-        let counter_key = key(tenant, agent, COUNTER, &[]);
-        let created_at = now_rfc3339();
-        let result = self.inner.schemas.transaction(
-            |tx| -> sled::transaction::ConflictableTransactionResult<u32, String> {
-                if let Some(bytes) = tx.get(digest_key)? {
-                    return decode_id(&bytes).map_err(|e| abort(&e.message));
-                }
-                if let Some(id) = admitting {
-                    tx.insert(digest_key, &id.to_be_bytes())?;
-                    return Ok(id);
-                }
-                let last = match tx.get(&counter_key)? {
-                    Some(bytes) => decode_id(&bytes).map_err(|e| abort(&e.message))?,
-                    None => 0,
-                };
-                let id = last + 1;
-                let record = SchemaRecord {
-                    id,
-                    input_schema: input.clone(),
-                    output_schema: output.clone(),
-                    created_at: created_at.clone(),
-                };
-                let bytes = serde_json::to_vec(&record).map_err(abort)?;
-                tx.insert(counter_key.as_slice(), &id.to_be_bytes())?;
-                tx.insert(digest_key, &id.to_be_bytes())?;
-                tx.insert(key(tenant, agent, BY_ID, &id.to_be_bytes()), bytes)?;
-                Ok(id)
-            },
-        );
-        result.map_err(|e| match e {
-            sled::transaction::TransactionError::Abort(message) => store_error(message),
-            sled::transaction::TransactionError::Storage(e) => store_error(e),
-        })
-    }
-
     /// Schema `id` of the agent.
-    pub fn schema(
+    pub async fn schema(
         &self,
         tenant: &str,
         agent: &str,
         id: u32,
     ) -> Result<Option<Arc<SchemaRecord>>, GatewayError> {
-        let record_key = key(tenant, agent, BY_ID, &id.to_be_bytes());
+        let record_key = memo_key(tenant, agent, BY_ID, &id.to_be_bytes());
         if let Some(record) = self.inner.cache.schemas.get(&record_key) {
             return Ok(Some(record.clone()));
         }
-        let Some(bytes) = self.inner.schemas.get(&record_key).map_err(store_error)? else {
+        let Some(record) = self.inner.schemas.get(tenant, agent, id).await? else {
             return Ok(None);
         };
-        let record: Arc<SchemaRecord> =
-            Arc::new(serde_json::from_slice(&bytes).map_err(store_error)?);
+        let record = Arc::new(record);
         bounded_insert(&self.inner.cache.schemas, record_key, record.clone());
         Ok(Some(record))
     }
 
     /// Every schema of the agent, by id.
-    pub fn schemas(&self, tenant: &str, agent: &str) -> Result<Vec<SchemaRecord>, GatewayError> {
-        let prefix = key(tenant, agent, BY_ID, &[]);
-        self.inner
-            .schemas
-            .scan_prefix(&prefix)
-            .map(|entry| {
-                let (_, bytes) = entry.map_err(store_error)?;
-                serde_json::from_slice(&bytes).map_err(store_error)
-            })
-            .collect()
+    pub async fn schemas(
+        &self,
+        tenant: &str,
+        agent: &str,
+    ) -> Result<Vec<SchemaRecord>, GatewayError> {
+        Ok(self.inner.schemas.list(tenant, agent).await?)
     }
 
     /// Checks `input` against the schema's input schema: the 400 a deployment caller gets when
@@ -372,21 +326,22 @@ impl AgentStore {
     }
 }
 
-fn decode_id(bytes: &[u8]) -> Result<u32, GatewayError> {
-    let array: [u8; 4] = bytes
-        .try_into()
-        .map_err(|_| store_error("a schema id is not 4 bytes"))?;
-    Ok(u32::from_be_bytes(array))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn store() -> (tempfile::TempDir, AgentStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        (dir, AgentStore::open(&db).unwrap())
+        let (dir, storage) = crate::storage::temporary();
+        (dir, AgentStore::open(&storage))
+    }
+
+    /// Runs `work` on a runtime of this thread's own.
+    fn block_on<F: std::future::Future>(work: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work)
     }
 
     #[test]
@@ -454,49 +409,119 @@ mod tests {
         value.as_object().unwrap().clone()
     }
 
-    #[test]
-    fn ids_are_per_agent_sequential_and_stable_across_reopen() {
+    #[actix_rt::test]
+    async fn ids_are_per_agent_sequential_and_stable_across_reopen() {
         let (dir, store) = store();
         let a = obj(json!({"x": 1}));
         let b = obj(json!({"x": "s"}));
         let null = Value::Null;
-        assert_eq!(store.schema_id("t", "agent", Some(&a), &null).unwrap(), 1);
-        assert_eq!(store.schema_id("t", "agent", Some(&b), &null).unwrap(), 2);
-        assert_eq!(store.schema_id("t", "agent", Some(&a), &null).unwrap(), 1);
+        assert_eq!(
+            store
+                .schema_id("t", "agent", Some(&a), &null)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .schema_id("t", "agent", Some(&b), &null)
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            store
+                .schema_id("t", "agent", Some(&a), &null)
+                .await
+                .unwrap(),
+            1
+        );
         // No input, another output: other schemas.
-        assert_eq!(store.schema_id("t", "agent", None, &null).unwrap(), 3);
+        assert_eq!(store.schema_id("t", "agent", None, &null).await.unwrap(), 3);
         let object = json!({"type": "object"});
-        assert_eq!(store.schema_id("t", "agent", Some(&a), &object).unwrap(), 4);
+        assert_eq!(
+            store
+                .schema_id("t", "agent", Some(&a), &object)
+                .await
+                .unwrap(),
+            4
+        );
         // Another agent, another tenant: their own numbering.
-        assert_eq!(store.schema_id("t", "other", Some(&b), &null).unwrap(), 1);
-        assert_eq!(store.schema_id("u", "agent", Some(&b), &null).unwrap(), 1);
-        let record = store.schema("t", "agent", 2).unwrap().unwrap();
+        assert_eq!(
+            store
+                .schema_id("t", "other", Some(&b), &null)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .schema_id("u", "agent", Some(&b), &null)
+                .await
+                .unwrap(),
+            1
+        );
+        let record = store.schema("t", "agent", 2).await.unwrap().unwrap();
         assert_eq!(record.input_schema, input_schema(Some(&b)));
-        store.flush().unwrap();
         drop(store);
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let store = AgentStore::open(&db).unwrap();
-        assert_eq!(store.schema_id("t", "agent", Some(&b), &null).unwrap(), 2);
-        assert_eq!(store.schemas("t", "agent").unwrap().len(), 4);
+        let store = AgentStore::open(&crate::storage::in_dir(dir.path()));
+        assert_eq!(
+            store
+                .schema_id("t", "agent", Some(&b), &null)
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(store.schemas("t", "agent").await.unwrap().len(), 4);
     }
 
-    #[test]
-    fn an_input_an_existing_schema_admits_keeps_its_id() {
+    #[actix_rt::test]
+    async fn an_input_an_existing_schema_admits_keeps_its_id() {
         let (_dir, store) = store();
         let null = Value::Null;
         let first = obj(json!({"name": "a", "tags": ["x"]}));
-        assert_eq!(store.schema_id("t", "a", Some(&first), &null).unwrap(), 1);
+        assert_eq!(
+            store
+                .schema_id("t", "a", Some(&first), &null)
+                .await
+                .unwrap(),
+            1
+        );
         // An empty list, an extra variable: still schema 1.
         let empty = obj(json!({"name": "b", "tags": []}));
-        assert_eq!(store.schema_id("t", "a", Some(&empty), &null).unwrap(), 1);
+        assert_eq!(
+            store
+                .schema_id("t", "a", Some(&empty), &null)
+                .await
+                .unwrap(),
+            1
+        );
         let extra = obj(json!({"name": "b", "tags": [], "more": 1}));
-        assert_eq!(store.schema_id("t", "a", Some(&extra), &null).unwrap(), 1);
+        assert_eq!(
+            store
+                .schema_id("t", "a", Some(&extra), &null)
+                .await
+                .unwrap(),
+            1
+        );
         // A variable of another type, or one missing: a new schema.
         let other = obj(json!({"name": 3, "tags": []}));
-        assert_eq!(store.schema_id("t", "a", Some(&other), &null).unwrap(), 2);
+        assert_eq!(
+            store
+                .schema_id("t", "a", Some(&other), &null)
+                .await
+                .unwrap(),
+            2
+        );
         let missing = obj(json!({"tags": []}));
-        assert_eq!(store.schema_id("t", "a", Some(&missing), &null).unwrap(), 3);
-        assert_eq!(store.schemas("t", "a").unwrap().len(), 3);
+        assert_eq!(
+            store
+                .schema_id("t", "a", Some(&missing), &null)
+                .await
+                .unwrap(),
+            3
+        );
+        assert_eq!(store.schemas("t", "a").await.unwrap().len(), 3);
     }
 
     #[test]
@@ -507,7 +532,7 @@ mod tests {
                 let store = store.clone();
                 std::thread::spawn(move || {
                     let output = json!({"n": i % 4});
-                    store.schema_id("t", "a", None, &output).unwrap()
+                    block_on(store.schema_id("t", "a", None, &output)).unwrap()
                 })
             })
             .collect();
@@ -517,8 +542,8 @@ mod tests {
         assert_eq!(ids, vec![1, 2, 3, 4]);
     }
 
-    #[test]
-    fn input_is_checked_against_the_schema() {
+    #[actix_rt::test]
+    async fn input_is_checked_against_the_schema() {
         let (_dir, store) = store();
         let schema = SchemaRecord {
             id: 1,

@@ -3,7 +3,6 @@
 //! Two runs with the same templates and parameters share a version whatever their `input`; a
 //! version is what gets deployed. The recorder keeps each version's usage statistics.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 
@@ -11,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{agent_prefix, bounded_insert, hash_json, hex, now_rfc3339, store_error, AgentStore};
+use super::{agent_prefix, bounded_insert, hash_json, hex, now_rfc3339, AgentStore, PendingStats};
 use crate::error::GatewayError;
 use crate::recorder::run::{RunRecord, RunStatus};
+use crate::storage::{StorageError, VersionKey};
 use crate::wire::{ChatRequest, Message, ResponseFormat, Tool, ToolChoice};
 
 /// What shapes the answer. Metadata, streaming, caching and fallback options do not.
@@ -223,16 +223,25 @@ impl VersionSummary {
     }
 }
 
-fn version_key(tenant: &str, agent: &str, id: &str) -> Vec<u8> {
+/// The in-memory key of a version record.
+fn memo_key(tenant: &str, agent: &str, id: &str) -> Vec<u8> {
     let mut key = agent_prefix(tenant, agent);
     key.extend_from_slice(id.as_bytes());
     key
 }
 
+fn stats_key(tenant: &str, agent: &str, id: &str) -> VersionKey {
+    VersionKey {
+        tenant: tenant.to_string(),
+        agent: agent.to_string(),
+        version_id: id.to_string(),
+    }
+}
+
 impl AgentStore {
     /// The version of a request whose messages are still templates, stored if it is new.
     /// Known versions cost one hash of the request, no copy and no store access.
-    pub fn version_of_request(
+    pub async fn version_of_request(
         &self,
         tenant: &str,
         agent: &str,
@@ -241,15 +250,17 @@ impl AgentStore {
         schema_id: u32,
     ) -> Result<String, GatewayError> {
         let id = Shape::of_request(model, request).id();
-        let key = version_key(tenant, agent, &id);
+        let key = memo_key(tenant, agent, &id);
         if self.inner.cache.versions.contains_key(&key) {
             return Ok(id);
         }
-        self.store_version(key, id, &VersionProperties::of(model, request), schema_id)
+        let properties = VersionProperties::of(model, request);
+        self.store_version(tenant, agent, key, id, &properties, schema_id)
+            .await
     }
 
     /// Stores the version if it is new; returns its id.
-    pub fn ensure_version(
+    pub async fn ensure_version(
         &self,
         tenant: &str,
         agent: &str,
@@ -257,98 +268,82 @@ impl AgentStore {
         schema_id: u32,
     ) -> Result<String, GatewayError> {
         let id = properties.id();
-        let key = version_key(tenant, agent, &id);
+        let key = memo_key(tenant, agent, &id);
         if self.inner.cache.versions.contains_key(&key) {
             return Ok(id);
         }
-        self.store_version(key, id, properties, schema_id)
+        self.store_version(tenant, agent, key, id, properties, schema_id)
+            .await
     }
 
-    /// Stores version `id` (of `properties`, under `key`) unless the store has it; caches the
-    /// stored record.
-    fn store_version(
+    /// Stores version `id` (of `properties`) unless the store has it; keeps the stored record
+    /// in memory under `key`.
+    async fn store_version(
         &self,
+        tenant: &str,
+        agent: &str,
         key: Vec<u8>,
         id: String,
         properties: &VersionProperties,
         schema_id: u32,
     ) -> Result<String, GatewayError> {
-        if let Some(existing) = self.inner.versions.get(&key).map_err(store_error)? {
-            let record: VersionRecord = serde_json::from_slice(&existing).map_err(store_error)?;
-            bounded_insert(&self.inner.cache.versions, key, Arc::new(record));
-            return Ok(id);
-        }
         let record = VersionRecord {
-            id: id.clone(),
+            id,
             schema_id,
             created_at: now_rfc3339(),
             properties: properties.clone(),
         };
-        let bytes = serde_json::to_vec(&record).map_err(store_error)?;
-        // The first writer wins; a concurrent one finds it there and keeps that record.
-        let stored = match self
-            .inner
-            .versions
-            .compare_and_swap(&key, None as Option<&[u8]>, Some(bytes))
-            .map_err(store_error)?
-        {
-            Ok(()) => record,
-            Err(current) => match current.current {
-                Some(bytes) => serde_json::from_slice(&bytes).map_err(store_error)?,
-                None => record,
-            },
-        };
+        // The first writer wins; a concurrent one gets that record.
+        let stored = self.inner.versions.insert(tenant, agent, &record).await?;
+        let id = stored.id.clone();
         bounded_insert(&self.inner.cache.versions, key, Arc::new(stored));
         Ok(id)
     }
 
-    pub fn version(
+    pub async fn version(
         &self,
         tenant: &str,
         agent: &str,
         id: &str,
     ) -> Result<Option<Arc<VersionRecord>>, GatewayError> {
-        let key = version_key(tenant, agent, id);
+        let key = memo_key(tenant, agent, id);
         if let Some(record) = self.inner.cache.versions.get(&key) {
             return Ok(Some(record.clone()));
         }
-        let Some(bytes) = self.inner.versions.get(&key).map_err(store_error)? else {
+        let Some(record) = self.inner.versions.get(tenant, agent, id).await? else {
             return Ok(None);
         };
-        let record: Arc<VersionRecord> =
-            Arc::new(serde_json::from_slice(&bytes).map_err(store_error)?);
+        let record = Arc::new(record);
         bounded_insert(&self.inner.cache.versions, key, record.clone());
         Ok(Some(record))
     }
 
     /// The version's statistics: the recorder's latest, whether or not they are written yet.
-    pub fn version_stats(
+    pub async fn version_stats(
         &self,
         tenant: &str,
         agent: &str,
         id: &str,
     ) -> Result<VersionStats, GatewayError> {
-        let key = version_key(tenant, agent, id);
-        // Held while reading the store too: a concurrent write moves the statistics from memory
-        // to the store under this lock, so they are found in one place or the other.
-        let pending = self.pending_stats_lock();
-        if let Some(stats) = pending.get(&key) {
-            return Ok(stats.clone());
+        let key = stats_key(tenant, agent, id);
+        // A write stores the statistics before it drops them from memory: missing here, they
+        // are in the store.
+        if let Some(pending) = self.pending_stats_lock().get(&key) {
+            return Ok(pending.stats.clone());
         }
-        match self.inner.version_stats.get(&key).map_err(store_error)? {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(store_error),
-            None => Ok(VersionStats::default()),
-        }
+        Ok(self.inner.versions.stats(&key).await?.unwrap_or_default())
     }
 
     /// The agent's versions with their statistics, most recently used first.
-    pub fn versions(&self, tenant: &str, agent: &str) -> Result<Vec<VersionSummary>, GatewayError> {
-        let prefix = agent_prefix(tenant, agent);
-        let mut out = Vec::new();
-        for entry in self.inner.versions.scan_prefix(&prefix) {
-            let (_, bytes) = entry.map_err(store_error)?;
-            let record: VersionRecord = serde_json::from_slice(&bytes).map_err(store_error)?;
-            let stats = self.version_stats(tenant, agent, &record.id)?;
+    pub async fn versions(
+        &self,
+        tenant: &str,
+        agent: &str,
+    ) -> Result<Vec<VersionSummary>, GatewayError> {
+        let records = self.inner.versions.list(tenant, agent).await?;
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            let stats = self.version_stats(tenant, agent, &record.id).await?;
             out.push(VersionSummary::new(record, stats));
         }
         out.sort_by(|a, b| {
@@ -361,20 +356,20 @@ impl AgentStore {
     }
 
     /// One version with its statistics.
-    pub fn version_summary(
+    pub async fn version_summary(
         &self,
         tenant: &str,
         agent: &str,
         id: &str,
     ) -> Result<Option<VersionSummary>, GatewayError> {
-        let Some(record) = self.version(tenant, agent, id)? else {
+        let Some(record) = self.version(tenant, agent, id).await? else {
             return Ok(None);
         };
-        let stats = self.version_stats(tenant, agent, id)?;
+        let stats = self.version_stats(tenant, agent, id).await?;
         Ok(Some(VersionSummary::new((*record).clone(), stats)))
     }
 
-    pub(super) fn pending_stats_lock(&self) -> MutexGuard<'_, HashMap<Vec<u8>, VersionStats>> {
+    pub(super) fn pending_stats_lock(&self) -> MutexGuard<'_, HashMap<VersionKey, PendingStats>> {
         // The map is consistent after any panic (every update is a whole value): keep going.
         self.inner
             .pending_stats
@@ -384,33 +379,35 @@ impl AgentStore {
 
     /// Adds a recorded run to its version's statistics, in memory: the first run of a version
     /// since the last write starts from the stored statistics.
-    pub(super) fn add_run_to_stats(
+    pub(super) async fn add_run_to_stats(
         &self,
-        tenant: &str,
-        agent: &str,
         version_id: &str,
         run: &RunRecord,
     ) -> Result<(), String> {
-        let key = version_key(tenant, agent, version_id);
-        let mut pending = self.pending_stats_lock();
+        let key = stats_key(&run.tenant, &run.agent, version_id);
         let mut failed = None;
-        let stats = match pending.entry(key) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => {
-                let stored = match self.inner.version_stats.get(entry.key()) {
-                    Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
-                        Ok(stats) => stats,
-                        Err(e) => {
-                            failed = Some(e.to_string());
-                            VersionStats::default()
-                        }
-                    },
-                    Ok(None) => VersionStats::default(),
-                    Err(e) => return Err(e.to_string()),
-                };
-                entry.insert(stored)
+        let pending = self.pending_stats_lock().contains_key(&key);
+        // Read without the lock held: the recorder, the only caller, observes one run at a
+        // time, so nothing adds the entry meanwhile.
+        let stored = if pending {
+            None
+        } else {
+            match self.inner.versions.stats(&key).await {
+                Ok(stats) => Some(stats.unwrap_or_default()),
+                Err(StorageError::Corrupt { detail, .. }) => {
+                    failed = Some(detail);
+                    Some(VersionStats::default())
+                }
+                Err(e) => return Err(e.to_string()),
             }
         };
+        let mut pending = self.pending_stats_lock();
+        let entry = pending.entry(key).or_insert_with(|| PendingStats {
+            stats: stored.unwrap_or_default(),
+            changes: 0,
+        });
+        entry.changes += 1;
+        let stats = &mut entry.stats;
         stats.run_count += 1;
         if run.status != RunStatus::Success {
             stats.error_count += 1;
@@ -428,22 +425,24 @@ impl AgentStore {
         }
     }
 
-    /// Writes the statistics kept in memory to the store, in one batch.
-    pub(super) fn write_pending_stats(&self) -> Result<(), String> {
-        let mut pending = self.pending_stats_lock();
-        if pending.is_empty() {
+    /// Writes the statistics kept in memory to the store, in one batch, then forgets those
+    /// that no run changed meanwhile.
+    pub(super) async fn write_pending_stats(&self) -> Result<(), StorageError> {
+        let (batch, changes): (Vec<_>, Vec<u64>) = self
+            .pending_stats_lock()
+            .iter()
+            .map(|(key, pending)| ((key.clone(), pending.stats.clone()), pending.changes))
+            .unzip();
+        if batch.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
-        for (key, stats) in pending.iter() {
-            let bytes = serde_json::to_vec(stats).map_err(|e| e.to_string())?;
-            batch.insert(key.as_slice(), bytes);
+        self.inner.versions.write_stats(&batch).await?;
+        let mut pending = self.pending_stats_lock();
+        for ((key, _), written) in batch.iter().zip(changes) {
+            if pending.get(key).is_some_and(|p| p.changes == written) {
+                pending.remove(key);
+            }
         }
-        self.inner
-            .version_stats
-            .apply_batch(batch)
-            .map_err(|e| e.to_string())?;
-        pending.clear();
         Ok(())
     }
 }
@@ -534,19 +533,37 @@ mod tests {
         );
     }
 
-    #[test]
-    fn versions_are_stored_once_and_listed_with_stats() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let store = AgentStore::open(&db).unwrap();
+    #[actix_rt::test]
+    async fn versions_are_stored_once_and_listed_with_stats() {
+        let (_dir, storage) = crate::storage::temporary();
+        let store = AgentStore::open(&storage);
         let props = VersionProperties::of(
             "m",
             &request(json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]})),
         );
-        let id = store.ensure_version("t", "a", &props, 1).unwrap();
-        assert_eq!(store.ensure_version("t", "a", &props, 2).unwrap(), id);
-        // The first record stays.
-        assert_eq!(store.version("t", "a", &id).unwrap().unwrap().schema_id, 1);
+        let id = store.ensure_version("t", "a", &props, 1).await.unwrap();
+        assert_eq!(store.ensure_version("t", "a", &props, 2).await.unwrap(), id);
+        // The first record stays, in memory and in the store.
+        assert_eq!(
+            store
+                .version("t", "a", &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .schema_id,
+            1
+        );
+        let fresh = AgentStore::open(&storage);
+        assert_eq!(fresh.ensure_version("t", "a", &props, 3).await.unwrap(), id);
+        assert_eq!(
+            fresh
+                .version("t", "a", &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .schema_id,
+            1
+        );
         let mut run: RunRecord = serde_json::from_value(json!({
             "id": uuid::Uuid::now_v7(), "tenant": "t", "agent": "a",
             "created_at": "2026-01-01T00:00:01.000Z", "status": "success",
@@ -557,12 +574,12 @@ mod tests {
             "metadata": null, "feedback_token": "x", "source_run_id": null
         }))
         .unwrap();
-        store.observe(&run).unwrap();
+        assert!(store.observe(&[Box::new(run.clone())]).await.is_empty());
         run.created_at = "2026-01-01T00:00:00.000Z".into();
         run.status = RunStatus::Error;
         run.duration_seconds = 3.0;
-        store.observe(&run).unwrap();
-        let listed = store.versions("t", "a").unwrap();
+        assert!(store.observe(&[Box::new(run)]).await.is_empty());
+        let listed = store.versions("t", "a").await.unwrap();
         assert_eq!(listed.len(), 1);
         let s = &listed[0].stats;
         assert_eq!((s.run_count, s.error_count), (2, 1));
@@ -570,21 +587,20 @@ mod tests {
         assert_eq!(listed[0].average_duration_seconds, Some(2.0));
         assert_eq!(s.first_used_at.as_deref(), Some("2026-01-01T00:00:00.000Z"));
         assert_eq!(s.last_used_at.as_deref(), Some("2026-01-01T00:00:01.000Z"));
-        assert!(store.versions("t", "other").unwrap().is_empty());
+        assert!(store.versions("t", "other").await.unwrap().is_empty());
     }
 
-    #[test]
-    fn statistics_count_at_once_and_are_stored_when_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let stats_tree = |db: &sled::Db| db.open_tree("agent_version_stats").unwrap();
+    #[actix_rt::test]
+    async fn statistics_count_at_once_and_are_stored_when_written() {
+        let (dir, storage) = crate::storage::temporary();
         let id = {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
-            let store = AgentStore::open(&db).unwrap();
+            let store = AgentStore::open(&storage);
             let props = VersionProperties::of(
                 "m",
                 &request(json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]})),
             );
-            let id = store.ensure_version("t", "a", &props, 1).unwrap();
+            let id = store.ensure_version("t", "a", &props, 1).await.unwrap();
+            let key = stats_key("t", "a", &id);
             let run = |at: &str, cost: f64| -> RunRecord {
                 serde_json::from_value(json!({
                     "id": uuid::Uuid::now_v7(), "tenant": "t", "agent": "a", "created_at": at,
@@ -597,34 +613,45 @@ mod tests {
                 }))
                 .unwrap()
             };
-            store
-                .observe(&run("2026-01-01T00:00:02.000Z", 0.5))
-                .unwrap();
+            assert!(store
+                .observe(&[Box::new(run("2026-01-01T00:00:02.000Z", 0.5))])
+                .await
+                .is_empty());
             // Counted before it is written.
             assert!(store.has_pending_stats());
-            assert!(stats_tree(&db).is_empty());
-            assert_eq!(store.version_stats("t", "a", &id).unwrap().run_count, 1);
-            store.write_stats().unwrap();
+            assert!(storage.versions.stats(&key).await.unwrap().is_none());
+            assert_eq!(
+                store.version_stats("t", "a", &id).await.unwrap().run_count,
+                1
+            );
+            store.write_stats().await.unwrap();
             assert!(!store.has_pending_stats());
-            assert_eq!(stats_tree(&db).len(), 1);
+            assert_eq!(
+                storage
+                    .versions
+                    .stats(&key)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .run_count,
+                1
+            );
             // The next runs start from the stored statistics.
-            store
-                .observe(&run("2026-01-01T00:00:01.000Z", 0.25))
-                .unwrap();
-            store
-                .observe(&run("2026-01-01T00:00:03.000Z", 0.25))
-                .unwrap();
-            let s = store.version_stats("t", "a", &id).unwrap();
+            let later = [
+                Box::new(run("2026-01-01T00:00:01.000Z", 0.25)),
+                Box::new(run("2026-01-01T00:00:03.000Z", 0.25)),
+            ];
+            assert!(store.observe(&later).await.is_empty());
+            let s = store.version_stats("t", "a", &id).await.unwrap();
             assert_eq!(s.run_count, 3);
             assert_eq!(s.first_used_at.as_deref(), Some("2026-01-01T00:00:01.000Z"));
             assert_eq!(s.last_used_at.as_deref(), Some("2026-01-01T00:00:03.000Z"));
-            store.write_stats().unwrap();
-            store.flush().unwrap();
+            store.write_stats().await.unwrap();
             id
         };
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let store = AgentStore::open(&db).unwrap();
-        let listed = store.versions("t", "a").unwrap();
+        drop(storage);
+        let store = AgentStore::open(&crate::storage::in_dir(dir.path()));
+        let listed = store.versions("t", "a").await.unwrap();
         let s = &listed[0].stats;
         assert_eq!((s.run_count, s.error_count), (3, 0));
         assert!((s.cost_usd - 1.0).abs() < 1e-9);

@@ -4,8 +4,8 @@
 //! Whether a request takes part is `use_cache` ([`is_cacheable`]); what makes two requests
 //! identical is [`CacheKey`]. The in-flight table is split over shard actors, so no single
 //! mailbox sees every cacheable request; a request that is not cacheable never touches them.
-//! Stored answers live in sled: lookups read it straight from the request's task (sled is
-//! concurrent), and one writer actor on its own thread applies stores, hits and evictions.
+//! Stored answers live in an [`AnswerStore`]: lookups read it straight from the request's
+//! task, and one writer actor on its own thread applies stores, hits and evictions.
 
 mod flight;
 pub mod replay;
@@ -22,15 +22,17 @@ pub use flight::{
     StreamSource,
 };
 pub use replay::replay_stream;
-pub use store::{CacheStore, StoredAnswer};
+pub use store::StoredAnswer;
 
 use crate::answer::Answer;
 use crate::completion::Completion;
 use crate::error::GatewayError;
 use crate::recorder::metrics::Metrics;
+use crate::storage::AnswerStore;
 use crate::wire::{ChatRequest, UseCache};
 use flight::CacheShard;
-use store::{CacheWriter, Expire, Put, Settle, Touch, Unwritten, TOUCH_EVERY_MS};
+use futures::FutureExt;
+use store::{CacheWriter, Expire, Keeper, Put, Settle, Touch, Unwritten, TOUCH_EVERY_MS};
 
 /// A digest of everything that shapes the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,6 +132,11 @@ impl CacheKey {
         &self.0
     }
 
+    /// The key of this digest, as a store reads it back.
+    pub fn from_bytes(digest: [u8; 32]) -> CacheKey {
+        CacheKey(digest)
+    }
+
     fn shard(&self, shards: usize) -> usize {
         usize::from(self.0[0]) % shards.max(1)
     }
@@ -208,7 +215,7 @@ pub struct Cache {
 }
 
 struct Stored {
-    store: CacheStore,
+    store: Arc<dyn AnswerStore>,
     unwritten: Unwritten,
     writer: Addr<CacheWriter>,
     ttl_ms: u64,
@@ -236,20 +243,19 @@ impl Cache {
         }
     }
 
-    /// Starts the shards and the writer of the stored answers, kept in `db` (the run store's
-    /// database: [`RunStore::db`](crate::recorder::store::RunStore::db)). Expired entries and
-    /// entries over the budget are removed first. Must run inside an actix system.
+    /// Starts the shards and the writer of the stored answers, kept in `answers`. Expired
+    /// entries and entries over the budget are removed first. Must run inside an actix system.
     pub fn open(
-        db: &sled::Db,
+        answers: Arc<dyn AnswerStore>,
         settings: CacheSettings,
         metrics: &Metrics,
     ) -> Result<Cache, String> {
-        Self::open_with_clock(db, settings, metrics, Arc::new(SystemWallClock))
+        Self::open_with_clock(answers, settings, metrics, Arc::new(SystemWallClock))
     }
 
     /// [`Cache::open`] with the clock that ages entries (tests move it by hand).
     pub fn open_with_clock(
-        db: &sled::Db,
+        answers: Arc<dyn AnswerStore>,
         settings: CacheSettings,
         metrics: &Metrics,
         clock: Arc<dyn WallClock>,
@@ -257,22 +263,22 @@ impl Cache {
         if !settings.stores() {
             return Ok(Cache::start(settings.shards));
         }
-        let store =
-            CacheStore::open(db).map_err(|e| format!("cannot open the answer cache: {e}"))?;
-        let writer = CacheWriter::new(
-            store.clone(),
+        let opening = Keeper::open(
+            answers.clone(),
             settings.ttl,
             settings.max_bytes,
             clock.clone(),
             metrics.clone(),
         )
-        .map_err(|e| format!("cannot read the answer cache: {e}"))?;
+        .boxed();
+        let writer = CacheWriter::new(opening, settings.ttl)
+            .map_err(|e| format!("cannot read the answer cache: {e}"))?;
         let unwritten = writer.unwritten();
         let writer = CacheWriter::start_in_arbiter(&Arbiter::new().handle(), move |_| writer);
         Ok(Cache {
             shards: start_shards(settings.shards),
             stored: Some(Arc::new(Stored {
-                store,
+                store: answers,
                 unwritten,
                 writer,
                 ttl_ms: settings.ttl.as_millis().try_into().unwrap_or(u64::MAX),
@@ -283,16 +289,17 @@ impl Cache {
     }
 
     /// The stored answer for `key`, if there is one younger than the TTL. Counts a hit or a
-    /// miss. Reads sled from the caller's thread; never waits on an actor.
-    pub fn lookup(&self, key: &CacheKey) -> Option<StoredAnswer> {
+    /// miss. Reads the store from the caller's task; never waits on an actor.
+    pub async fn lookup(&self, key: &CacheKey) -> Option<StoredAnswer> {
         let stored = self.stored.as_ref()?;
         let now = stored.clock.now_ms();
-        let found = match stored.store.get(key) {
+        let found = match stored.store.get(key).await {
+            Ok(Some(entry)) => Some((entry.answer, entry.last_use_ms)),
+            // Not written yet: as if never used, so that a hit marks it used.
             Ok(None) => stored
                 .unwritten
                 .get(key)
-                .and_then(|entry| StoredAnswer::decode(&entry).ok()),
-            Ok(found) => found,
+                .map(|answer| (StoredAnswer::clone(&answer), 0)),
             Err(e) => {
                 tracing::warn!(error = %e, "cache: unreadable entry");
                 let _ = stored.writer.try_send(Expire(*key));
@@ -300,9 +307,8 @@ impl Cache {
             }
         };
         match found {
-            Some(answer) if now.saturating_sub(answer.stored_at_ms) < stored.ttl_ms => {
+            Some((answer, last_use)) if now.saturating_sub(answer.stored_at_ms) < stored.ttl_ms => {
                 stored.metrics.cache_hits.inc();
-                let last_use = stored.store.last_use_ms(key).ok().flatten().unwrap_or(0);
                 if now.saturating_sub(last_use) >= TOUCH_EVERY_MS {
                     // A lost touch only makes the entry look older than it is.
                     let _ = stored.writer.try_send(Touch(*key));
@@ -322,9 +328,9 @@ impl Cache {
     }
 
     /// Stores a successful, validated answer under `key`, without waiting: the entry is
-    /// encoded here and written by the cache's writer. A no-op when answers are not stored.
+    /// handed to the cache's writer, which stores it. A no-op when answers are not stored.
     pub fn store(&self, key: CacheKey, answer: &Answer) {
-        self.store_answer(key, &StoredAnswer::from_answer(answer));
+        self.store_answer(key, StoredAnswer::from_answer(answer));
     }
 
     /// Stores a streamed answer that ended well (and, with a schema, validated): the
@@ -332,7 +338,7 @@ impl Cache {
     pub fn store_streamed(&self, key: CacheKey, source: &StreamSource, completion: Completion) {
         self.store_answer(
             key,
-            &StoredAnswer {
+            StoredAnswer {
                 completion,
                 model: source.model.clone(),
                 provider: source.provider.clone(),
@@ -343,23 +349,17 @@ impl Cache {
         );
     }
 
-    fn store_answer(&self, key: CacheKey, answer: &StoredAnswer) {
+    fn store_answer(&self, key: CacheKey, mut answer: StoredAnswer) {
         let Some(stored) = &self.stored else {
             return;
         };
         if answer.completion.choices.is_empty() {
             return;
         }
-        let entry = match answer.encode(stored.clock.now_ms()) {
-            Ok(entry) => entry,
-            Err(e) => {
-                tracing::warn!(error = %e, "cache: cannot encode an answer");
-                return;
-            }
-        };
-        let entry = Arc::new(entry);
-        stored.unwritten.insert(key, entry.clone());
-        if stored.writer.try_send(Put { key, entry }).is_err() {
+        answer.stored_at_ms = stored.clock.now_ms();
+        let answer = Arc::new(answer);
+        stored.unwritten.insert(key, answer.clone());
+        if stored.writer.try_send(Put { key, answer }).is_err() {
             stored.unwritten.remove(&key);
             stored.metrics.cache_writes_dropped.inc();
         }
@@ -494,18 +494,17 @@ mod tests {
 
     struct Setup {
         _dir: tempfile::TempDir,
-        db: sled::Db,
+        answers: Arc<dyn AnswerStore>,
         clock: Arc<ManualClock>,
         metrics: Metrics,
     }
 
     fn setup() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let (dir, storage) = crate::storage::temporary();
         let clock = Arc::new(ManualClock(AtomicU64::new(1_700_000_000_000)));
         Setup {
             _dir: dir,
-            db,
+            answers: storage.answers,
             clock,
             metrics: Metrics::new().unwrap(),
         }
@@ -517,7 +516,7 @@ mod tests {
             ttl: Duration::from_secs(ttl_secs),
             max_bytes,
         };
-        Cache::open_with_clock(&s.db, settings, &s.metrics, s.clock.clone()).unwrap()
+        Cache::open_with_clock(s.answers.clone(), settings, &s.metrics, s.clock.clone()).unwrap()
     }
 
     #[actix_rt::test]
@@ -525,12 +524,12 @@ mod tests {
         let s = setup();
         let cache = open(&s, 60, 1 << 20);
         let k = key("default", "hello");
-        assert!(cache.lookup(&k).is_none());
+        assert!(cache.lookup(&k).await.is_none());
         let original = answer("hello back");
         cache.store(k, &original);
         cache.settle().await.unwrap();
 
-        let hit = cache.lookup(&k).unwrap();
+        let hit = cache.lookup(&k).await.unwrap();
         assert_eq!(hit.completion, original.completion);
         assert_eq!(hit.source_run_id, original.run_id);
         assert_eq!(hit.stored_at_ms, s.clock.now_ms());
@@ -543,9 +542,9 @@ mod tests {
         assert_eq!(s.metrics.cache_entries.get(), 1);
 
         s.clock.advance(59_999);
-        assert!(cache.lookup(&k).is_some());
+        assert!(cache.lookup(&k).await.is_some());
         s.clock.advance(1);
-        assert!(cache.lookup(&k).is_none(), "served past its TTL");
+        assert!(cache.lookup(&k).await.is_none(), "served past its TTL");
         cache.settle().await.unwrap();
         // The expired entry is gone, and counted.
         assert_eq!(s.metrics.cache_stored_bytes.get(), 0);
@@ -567,9 +566,10 @@ mod tests {
         let cache = open(&s, 60, 1 << 20);
         let k = key("default", "again");
         cache.store(k, &answer("at once"));
-        // No await since the store: the writer (another arbiter) may not have written it.
+        // The writer (another arbiter) may not have written it yet.
         let hit = cache
             .lookup(&k)
+            .await
             .expect("served from the answers on their way");
         assert_eq!(
             hit.completion.choices[0].message.content.as_deref(),
@@ -578,7 +578,7 @@ mod tests {
         cache.settle().await.unwrap();
         let stored = cache.stored.as_ref().unwrap();
         assert!(stored.unwritten.is_empty(), "written, then forgotten");
-        assert!(cache.lookup(&k).is_some());
+        assert!(cache.lookup(&k).await.is_some());
     }
 
     #[actix_rt::test]
@@ -587,16 +587,22 @@ mod tests {
         let cache = open(&s, 60, 1 << 20);
         cache.store(key("acme", "q"), &answer("acme's answer"));
         cache.settle().await.unwrap();
-        assert!(cache.lookup(&key("acme", "q")).is_some());
-        assert!(cache.lookup(&key("globex", "q")).is_none());
+        assert!(cache.lookup(&key("acme", "q")).await.is_some());
+        assert!(cache.lookup(&key("globex", "q")).await.is_none());
     }
 
     #[actix_rt::test]
     async fn the_size_bound_evicts_the_least_recently_used() {
         let s = setup();
-        // Room for two entries of this size, not three.
-        let entry = StoredAnswer::from_answer(&answer("0")).encode(0).unwrap();
-        let one = entry.len() as u64 + 32;
+        // Room for two entries of this size (as the store counts it), not three.
+        let one = {
+            let probe = setup();
+            let entry = StoredAnswer::from_answer(&answer("0"));
+            match probe.answers.put(&key("t", "0"), &entry, 0, u64::MAX).await {
+                Ok(crate::storage::PutOutcome::Stored { size, .. }) => size,
+                other => panic!("{other:?}"),
+            }
+        };
         let cache = open(&s, 3600, 2 * one + one / 2);
         let (a, b, c) = (key("t", "a"), key("t", "b"), key("t", "c"));
         cache.store(a, &answer("1"));
@@ -607,14 +613,17 @@ mod tests {
         assert_eq!(s.metrics.cache_entries.get(), 2);
         // `a` is hit, so `b` is now the least recently used.
         s.clock.advance(TOUCH_EVERY_MS);
-        assert!(cache.lookup(&a).is_some());
+        assert!(cache.lookup(&a).await.is_some());
         cache.settle().await.unwrap();
         s.clock.advance(10);
         cache.store(c, &answer("3"));
         cache.settle().await.unwrap();
-        assert!(cache.lookup(&a).is_some());
-        assert!(cache.lookup(&b).is_none(), "the least recently used stays");
-        assert!(cache.lookup(&c).is_some());
+        assert!(cache.lookup(&a).await.is_some());
+        assert!(
+            cache.lookup(&b).await.is_none(),
+            "the least recently used stays"
+        );
+        assert!(cache.lookup(&c).await.is_some());
         assert_eq!(s.metrics.cache_entries.get(), 2);
         assert_eq!(
             s.metrics.cache_stored_bytes.get(),
@@ -628,83 +637,77 @@ mod tests {
         let huge = answer(&"z".repeat(4 * one as usize));
         cache.store(key("t", "huge"), &huge);
         cache.settle().await.unwrap();
-        assert!(cache.lookup(&key("t", "huge")).is_none());
+        assert!(cache.lookup(&key("t", "huge")).await.is_none());
         assert_eq!(s.metrics.cache_entries.get(), 2);
     }
 
-    /// The writer and a reader on `dir`, without actors, so that dropping them closes sled.
-    fn reopen(
+    /// The writer's keeper and the store in `dir`, without actors, so that dropping them
+    /// closes the store.
+    async fn reopen(
         dir: &std::path::Path,
         clock: &Arc<ManualClock>,
-    ) -> (sled::Db, CacheWriter, CacheStore, Metrics) {
-        // No flusher thread, and a short wait for the previous handle's lock to go.
-        let mut tries = 0;
-        let db = loop {
-            match sled::Config::new().path(dir).flush_every_ms(None).open() {
-                Ok(db) => break db,
-                Err(_) if tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("cannot reopen the store: {e}"),
-            }
-        };
-        let store = CacheStore::open(&db).unwrap();
+    ) -> (crate::storage::Storage, Keeper, Metrics) {
+        let storage = crate::storage::in_dir(dir);
         let metrics = Metrics::new().unwrap();
-        let writer = CacheWriter::new(
-            store.clone(),
+        let keeper = Keeper::open(
+            storage.answers.clone(),
             Duration::from_secs(60),
             1 << 20,
             clock.clone(),
             metrics.clone(),
         )
+        .await
         .unwrap();
-        (db, writer, store, metrics)
+        (storage, keeper, metrics)
     }
 
-    #[test]
-    fn entries_survive_a_restart_and_keep_their_age() {
+    #[actix_rt::test]
+    async fn entries_survive_a_restart_and_keep_their_age() {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock(AtomicU64::new(1_700_000_000_000)));
         let k = key("default", "persist me");
-        let original = StoredAnswer::from_answer(&answer("persisted"));
+        let original = StoredAnswer {
+            stored_at_ms: clock.now_ms(),
+            ..StoredAnswer::from_answer(&answer("persisted"))
+        };
         {
-            let (db, mut writer, store, _) = reopen(dir.path(), &clock);
-            writer.put(&k, &original.encode(clock.now_ms()).unwrap());
-            let other = StoredAnswer::from_answer(&answer("other"));
-            writer.put(
-                &key("default", "other"),
-                &other.encode(clock.now_ms()).unwrap(),
-            );
-            assert!(store.get(&k).unwrap().is_some());
-            db.flush().unwrap();
+            let (storage, mut keeper, _) = reopen(dir.path(), &clock).await;
+            keeper.put(&k, &original).await;
+            let other = StoredAnswer {
+                stored_at_ms: clock.now_ms(),
+                ..StoredAnswer::from_answer(&answer("other"))
+            };
+            keeper.put(&key("default", "other"), &other).await;
+            assert!(storage.answers.get(&k).await.unwrap().is_some());
+            storage.runs.flush().await.unwrap();
         }
         clock.advance(30_000);
-        let (db, writer, store, metrics) = reopen(dir.path(), &clock);
-        let hit = store.get(&k).unwrap().unwrap();
+        let (storage, keeper, metrics) = reopen(dir.path(), &clock).await;
+        let hit = storage.answers.get(&k).await.unwrap().unwrap();
         assert_eq!(
-            hit,
+            hit.answer,
             StoredAnswer {
                 stored_at_ms: clock.now_ms() - 30_000,
                 ..original
             }
         );
+        assert_eq!(hit.last_use_ms, clock.now_ms() - 30_000);
         // Counted again at start.
         assert_eq!(metrics.cache_entries.get(), 2);
         assert_eq!(
             metrics.cache_stored_bytes.get(),
-            i64::try_from(writer.bytes()).unwrap()
+            i64::try_from(keeper.bytes()).unwrap()
         );
-        assert!(writer.bytes() > 0);
-        db.flush().unwrap();
-        drop((db, writer, store));
+        assert!(keeper.bytes() > 0);
+        storage.runs.flush().await.unwrap();
+        drop((storage, keeper));
 
         // Entries that expired while the gateway was down are removed at start.
         clock.advance(30_000);
-        let (_db, writer, store, metrics) = reopen(dir.path(), &clock);
-        assert!(store.get(&k).unwrap().is_none());
+        let (storage, keeper, metrics) = reopen(dir.path(), &clock).await;
+        assert!(storage.answers.get(&k).await.unwrap().is_none());
         assert_eq!(metrics.cache_entries.get(), 0);
-        assert_eq!(writer.bytes(), 0);
+        assert_eq!(keeper.bytes(), 0);
         assert_eq!(
             metrics
                 .cache_evictions
@@ -735,7 +738,7 @@ mod tests {
         let rest: Vec<_> = live.rest.collect().await;
         assert!(rest.iter().all(Result::is_ok));
         cache.settle().await.unwrap();
-        let hit = cache.lookup(&k).unwrap();
+        let hit = cache.lookup(&k).await.unwrap();
         assert_eq!(
             hit,
             StoredAnswer {
@@ -752,7 +755,7 @@ mod tests {
         let k = key("default", "q");
         cache.store(k, &answer("a"));
         cache.settle().await.unwrap();
-        assert!(cache.lookup(&k).is_none());
+        assert!(cache.lookup(&k).await.is_none());
         assert!(matches!(cache.join(k).await.unwrap(), Join::Lead));
     }
 }

@@ -1,35 +1,25 @@
-//! Stored answers on sled, bounded by a TTL and a byte budget.
+//! Stored answers, bounded by a TTL and a byte budget: what an entry is, and the writer that
+//! keeps the store within its bounds.
 //!
-//! Three trees in the run store's database (so they share its file and its periodic flush):
-//! `cache_entries` (key → entry), `cache_by_use` (last use ‖ key → entry size, the eviction
-//! order, oldest first) and `cache_last_use` (key → last use, to find an entry's place in that
-//! order). The three change together in one transaction, so a crash never leaves an entry the
-//! eviction order does not know.
-//!
-//! Reads come from any thread, straight from sled. Writes are made by one [`CacheWriter`] actor
-//! on its own thread, which also keeps the byte count: request tasks only encode the entry and
-//! hand it over.
+//! The entries live behind the [`AnswerStore`] trait, with their last use (the eviction order)
+//! and size. Reads come from any request's task, straight from the store. Writes are made by
+//! one [`CacheWriter`] actor on its own thread, which also keeps the byte count and decides
+//! what to evict: request tasks only hand the answer over.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures::future::{BoxFuture, FutureExt, LocalBoxFuture};
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionResult, TransactionError};
-use sled::Transactional;
 use uuid::Uuid;
 
 use super::{CacheKey, WallClock};
 use crate::answer::Answer;
 use crate::completion::Completion;
 use crate::recorder::metrics::Metrics;
+use crate::storage::{AnswerStore, PutOutcome, StorageError};
 
-/// Version of the entry layout; an entry of another version reads as absent.
-const FORMAT: u8 = 1;
-/// The format byte, then the store time (unix milliseconds, big endian), then the JSON answer.
-const HEADER_LEN: usize = 9;
-/// Bytes of a key, counted in an entry's size.
-const KEY_LEN: u64 = 32;
 /// A hit moves its entry to the young end of the eviction order at most this often, so a hot
 /// key does not turn every hit into a write.
 pub(super) const TOUCH_EVERY_MS: u64 = 1_000;
@@ -45,7 +35,7 @@ pub struct StoredAnswer {
     pub provider_model: String,
     /// The run that called the provider; a hit's run links to it.
     pub source_run_id: Uuid,
-    /// When it was stored (unix milliseconds); kept in the entry header.
+    /// When it was stored (unix milliseconds); the store keeps it beside the answer.
     #[serde(skip)]
     pub stored_at_ms: u64,
 }
@@ -75,200 +65,19 @@ impl StoredAnswer {
             run_id: self.source_run_id,
         }
     }
-
-    pub(super) fn encode(&self, stored_at_ms: u64) -> Result<Vec<u8>, String> {
-        let mut bytes = Vec::with_capacity(HEADER_LEN + 512);
-        bytes.push(FORMAT);
-        bytes.extend_from_slice(&stored_at_ms.to_be_bytes());
-        serde_json::to_writer(&mut bytes, self).map_err(|e| e.to_string())?;
-        Ok(bytes)
-    }
-
-    pub(super) fn decode(bytes: &[u8]) -> Result<StoredAnswer, String> {
-        let stored_at_ms = stored_at(bytes).ok_or("unknown cache entry format")?;
-        let mut answer: StoredAnswer =
-            serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(|e| e.to_string())?;
-        answer.stored_at_ms = stored_at_ms;
-        Ok(answer)
-    }
 }
 
-/// The store time of an encoded entry, if it has the current format.
-fn stored_at(entry: &[u8]) -> Option<u64> {
-    match entry {
-        [FORMAT, rest @ ..] => read_u64(rest.get(..8)?),
-        _ => None,
-    }
-}
-
-fn read_u64(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
-}
-
-/// `last use ‖ key`: sorts the eviction order by time, ties by key.
-fn use_key(last_use_ms: u64, key: &CacheKey) -> [u8; 40] {
-    let mut out = [0; 40];
-    out[..8].copy_from_slice(&last_use_ms.to_be_bytes());
-    out[8..].copy_from_slice(key.as_bytes());
-    out
-}
-
-fn tx_error(e: TransactionError<()>) -> String {
-    match e {
-        TransactionError::Storage(e) => e.to_string(),
-        TransactionError::Abort(()) => "transaction aborted".to_string(),
-    }
-}
-
-/// Handle to the stored answers. Cheap to clone; reads from any thread.
-#[derive(Clone)]
-pub struct CacheStore {
-    entries: sled::Tree,
-    by_use: sled::Tree,
-    last_use: sled::Tree,
-}
-
-impl CacheStore {
-    /// Opens (or creates) the cache trees in `db`.
-    pub fn open(db: &sled::Db) -> sled::Result<CacheStore> {
-        Ok(CacheStore {
-            entries: db.open_tree("cache_entries")?,
-            by_use: db.open_tree("cache_by_use")?,
-            last_use: db.open_tree("cache_last_use")?,
-        })
-    }
-
-    /// The stored answer under `key`, whatever its age.
-    pub fn get(&self, key: &CacheKey) -> Result<Option<StoredAnswer>, String> {
-        match self
-            .entries
-            .get(key.as_bytes())
-            .map_err(|e| e.to_string())?
-        {
-            Some(bytes) => StoredAnswer::decode(&bytes).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// When the entry under `key` was last stored or hit.
-    pub fn last_use_ms(&self, key: &CacheKey) -> Result<Option<u64>, String> {
-        let value = self
-            .last_use
-            .get(key.as_bytes())
-            .map_err(|e| e.to_string())?;
-        Ok(value.and_then(|v| read_u64(&v)))
-    }
-
-    /// Bytes and number of the stored entries, from the eviction order (small values only).
-    fn totals(&self) -> Result<(u64, u64), String> {
-        let (mut bytes, mut entries) = (0, 0);
-        for item in self.by_use.iter() {
-            let (_, size) = item.map_err(|e| e.to_string())?;
-            bytes += read_u64(&size).unwrap_or(0);
-            entries += 1;
-        }
-        Ok((bytes, entries))
-    }
-
-    /// Stores `entry` under `key` as used at `now_ms`; returns the size of the entry it
-    /// replaced.
-    fn insert(&self, key: &CacheKey, entry: &[u8], now_ms: u64) -> Result<Option<u64>, String> {
-        let size = entry.len() as u64 + KEY_LEN;
-        (&self.entries, &self.by_use, &self.last_use)
-            .transaction(
-                |(entries, by_use, last_use)| -> ConflictableTransactionResult<_> {
-                    let mut replaced = None;
-                    if let Some(old) = last_use.get(key.as_bytes())?.and_then(|v| read_u64(&v)) {
-                        replaced = by_use
-                            .remove(&use_key(old, key)[..])?
-                            .and_then(|v| read_u64(&v));
-                    }
-                    entries.insert(key.as_bytes(), entry)?;
-                    by_use.insert(&use_key(now_ms, key)[..], &size.to_be_bytes())?;
-                    last_use.insert(key.as_bytes(), &now_ms.to_be_bytes())?;
-                    Ok(replaced)
-                },
-            )
-            .map_err(tx_error)
-    }
-
-    /// Removes the entry under `key`; returns its size if it was there.
-    fn remove(&self, key: &CacheKey) -> Result<Option<u64>, String> {
-        (&self.entries, &self.by_use, &self.last_use)
-            .transaction(
-                |(entries, by_use, last_use)| -> ConflictableTransactionResult<_> {
-                    let mut size = None;
-                    if let Some(old) = last_use.remove(key.as_bytes())?.and_then(|v| read_u64(&v)) {
-                        size = by_use
-                            .remove(&use_key(old, key)[..])?
-                            .and_then(|v| read_u64(&v));
-                    }
-                    entries.remove(key.as_bytes())?;
-                    Ok(size)
-                },
-            )
-            .map_err(tx_error)
-    }
-
-    /// Moves the entry under `key` to the young end of the eviction order.
-    fn touch(&self, key: &CacheKey, now_ms: u64) -> Result<(), String> {
-        (&self.by_use, &self.last_use)
-            .transaction(|(by_use, last_use)| -> ConflictableTransactionResult<_> {
-                let Some(old) = last_use.get(key.as_bytes())?.and_then(|v| read_u64(&v)) else {
-                    return Ok(());
-                };
-                if old >= now_ms {
-                    return Ok(());
-                }
-                if let Some(size) = by_use.remove(&use_key(old, key)[..])? {
-                    by_use.insert(&use_key(now_ms, key)[..], size)?;
-                    last_use.insert(key.as_bytes(), &now_ms.to_be_bytes())?;
-                }
-                Ok(())
-            })
-            .map_err(tx_error)
-    }
-
-    /// The least recently used entry: its last use and key.
-    fn oldest(&self) -> Result<Option<(u64, CacheKey)>, String> {
-        loop {
-            let Some((k, _)) = self.by_use.first().map_err(|e| e.to_string())? else {
-                return Ok(None);
-            };
-            let last_use = k.get(..8).and_then(read_u64);
-            let key = k
-                .get(8..)
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .map(CacheKey);
-            if let (Some(last_use), Some(key)) = (last_use, key) {
-                return Ok(Some((last_use, key)));
-            }
-            // Not ours to read: drop it rather than stall eviction on it forever.
-            self.by_use.remove(k).map_err(|e| e.to_string())?;
-        }
-    }
-
-    /// The store time of the entry under `key`; `Some(None)` when it cannot be read.
-    fn stored_at_ms(&self, key: &CacheKey) -> Result<Option<Option<u64>>, String> {
-        let entry = self
-            .entries
-            .get(key.as_bytes())
-            .map_err(|e| e.to_string())?;
-        Ok(entry.map(|bytes| stored_at(&bytes)))
-    }
-}
-
-/// Store this encoded entry (see [`StoredAnswer::encode`]).
+/// Store this answer (its `stored_at_ms` set).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(super) struct Put {
     pub key: CacheKey,
-    pub entry: Arc<Vec<u8>>,
+    pub answer: Arc<StoredAnswer>,
 }
 
 /// Answers handed to the writer and not yet in the store, so that a lookup finds an answer
 /// as soon as it is stored, not once the writer has run.
-pub(super) type Unwritten = Arc<dashmap::DashMap<CacheKey, Arc<Vec<u8>>>>;
+pub(super) type Unwritten = Arc<dashmap::DashMap<CacheKey, Arc<StoredAnswer>>>;
 
 /// The entry was hit: it is young again.
 #[derive(Message)]
@@ -285,12 +94,11 @@ pub(super) struct Expire(pub CacheKey);
 #[rtype(result = "()")]
 pub(super) struct Settle;
 
-/// The one writer of the stored answers: applies stores, hits and removals, and keeps the
-/// store within its TTL and byte budget. Runs on its own thread.
-pub(super) struct CacheWriter {
-    store: CacheStore,
-    unwritten: Unwritten,
-    ttl: Duration,
+/// What the writer knows of the store: the store itself, its bounds and what it holds. Its
+/// operations are async (the store may be across a network); the writer runs one at a time.
+pub(super) struct Keeper {
+    store: Arc<dyn AnswerStore>,
+    ttl_ms: u64,
     max_bytes: u64,
     clock: Arc<dyn WallClock>,
     metrics: Metrics,
@@ -298,40 +106,30 @@ pub(super) struct CacheWriter {
     entries: u64,
 }
 
-impl CacheWriter {
+impl Keeper {
     /// Counts what the store holds, then removes what is expired or over the budget (a
     /// restart with a smaller budget shrinks the store).
-    pub(super) fn new(
-        store: CacheStore,
+    pub(super) async fn open(
+        store: Arc<dyn AnswerStore>,
         ttl: Duration,
         max_bytes: u64,
         clock: Arc<dyn WallClock>,
         metrics: Metrics,
-    ) -> Result<CacheWriter, String> {
-        let (bytes, entries) = store.totals()?;
-        let mut writer = CacheWriter {
+    ) -> Result<Keeper, StorageError> {
+        let totals = store.totals().await?;
+        let mut keeper = Keeper {
             store,
-            unwritten: Unwritten::default(),
-            ttl,
+            ttl_ms: ttl.as_millis().try_into().unwrap_or(u64::MAX),
             max_bytes,
             clock,
             metrics,
-            bytes,
-            entries,
+            bytes: totals.bytes,
+            entries: totals.entries,
         };
-        writer.sweep();
-        writer.evict_to_budget();
-        writer.publish();
-        Ok(writer)
-    }
-
-    /// Where the answers on their way to this writer wait.
-    pub(super) fn unwritten(&self) -> Unwritten {
-        self.unwritten.clone()
-    }
-
-    fn ttl_ms(&self) -> u64 {
-        self.ttl.as_millis().try_into().unwrap_or(u64::MAX)
+        keeper.sweep().await;
+        keeper.evict_to_budget().await;
+        keeper.publish();
+        Ok(keeper)
     }
 
     fn publish(&self) {
@@ -354,45 +152,46 @@ impl CacheWriter {
         }
     }
 
-    pub(super) fn put(&mut self, key: &CacheKey, entry: &[u8]) {
-        let size = entry.len() as u64 + KEY_LEN;
-        if size > self.max_bytes {
-            tracing::debug!(size, max = self.max_bytes, "answer larger than the cache");
-            return;
-        }
-        match self.store.insert(key, entry, self.clock.now_ms()) {
-            Ok(replaced) => {
+    /// Stores `answer` unless it is larger than the whole budget, then evicts to the budget.
+    pub(super) async fn put(&mut self, key: &CacheKey, answer: &StoredAnswer) {
+        let now = self.clock.now_ms();
+        match self.store.put(key, answer, now, self.max_bytes).await {
+            Ok(PutOutcome::Stored { size, replaced }) => {
                 match replaced {
                     Some(old) => self.bytes = self.bytes.saturating_sub(old),
                     None => self.entries += 1,
                 }
                 self.bytes += size;
-                self.evict_to_budget();
+                self.evict_to_budget().await;
+            }
+            Ok(PutOutcome::TooLarge { size }) => {
+                tracing::debug!(size, max = self.max_bytes, "answer larger than the cache");
             }
             Err(e) => tracing::warn!(error = %e, "cache: cannot store an answer"),
         }
         self.publish();
     }
 
-    pub(super) fn touch(&mut self, key: &CacheKey) {
-        if let Err(e) = self.store.touch(key, self.clock.now_ms()) {
+    pub(super) async fn touch(&mut self, key: &CacheKey) {
+        if let Err(e) = self.store.touch(key, self.clock.now_ms()).await {
             tracing::warn!(error = %e, "cache: cannot record a hit");
         }
     }
 
-    pub(super) fn expire(&mut self, key: &CacheKey) {
+    /// Removes the entry under `key` if it is expired or unreadable.
+    pub(super) async fn expire(&mut self, key: &CacheKey) {
         let now = self.clock.now_ms();
-        let stale = match self.store.stored_at_ms(key) {
-            Ok(Some(Some(at))) => now.saturating_sub(at) >= self.ttl_ms(),
-            Ok(Some(None)) => true,
+        let stale = match self.store.get(key).await {
+            Ok(Some(entry)) => now.saturating_sub(entry.answer.stored_at_ms) >= self.ttl_ms,
             Ok(None) => false,
+            Err(StorageError::Corrupt { .. }) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "cache: cannot read an entry");
                 false
             }
         };
         if stale {
-            match self.store.remove(key) {
+            match self.store.remove(key).await {
                 Ok(size) => self.removed(size, "expired"),
                 Err(e) => tracing::warn!(error = %e, "cache: cannot remove an entry"),
             }
@@ -403,13 +202,12 @@ impl CacheWriter {
     /// Removes the entries unused for longer than the TTL: they are surely expired, since an
     /// entry's last use is never before its store time. Expired entries hit more recently go
     /// when a lookup finds them, or by size.
-    pub(super) fn sweep(&mut self) {
+    pub(super) async fn sweep(&mut self) {
         let now = self.clock.now_ms();
-        let ttl = self.ttl_ms();
         loop {
-            match self.store.oldest() {
-                Ok(Some((last_use, key))) if now.saturating_sub(last_use) >= ttl => {
-                    match self.store.remove(&key) {
+            match self.store.oldest().await {
+                Ok(Some((last_use, key))) if now.saturating_sub(last_use) >= self.ttl_ms => {
+                    match self.store.remove(&key).await {
                         Ok(size) => self.removed(size, "expired"),
                         Err(e) => {
                             tracing::warn!(error = %e, "cache: cannot remove an entry");
@@ -428,17 +226,19 @@ impl CacheWriter {
     }
 
     /// Removes the least recently used entries until the store fits its budget.
-    fn evict_to_budget(&mut self) {
+    async fn evict_to_budget(&mut self) {
         while self.bytes > self.max_bytes {
-            let removed = self.store.oldest().and_then(|oldest| match oldest {
-                Some((_, key)) => self.store.remove(&key),
-                None => Ok(None),
-            });
+            let removed = match self.store.oldest().await {
+                Ok(Some((_, key))) => self.store.remove(&key).await,
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
             match removed {
                 Ok(Some(size)) => self.removed(Some(size), "size"),
                 Ok(None) => {
                     // Nothing left, yet over budget: the count drifted (a bug); recount.
-                    (self.bytes, self.entries) = self.store.totals().unwrap_or((0, 0));
+                    let totals = self.store.totals().await.unwrap_or_default();
+                    (self.bytes, self.entries) = (totals.bytes, totals.entries);
                     break;
                 }
                 Err(e) => {
@@ -455,42 +255,138 @@ impl CacheWriter {
     }
 }
 
+/// The one writer of the stored answers: applies stores, hits and removals, one at a time and
+/// in order, through its [`Keeper`]. Runs on its own thread.
+pub(super) struct CacheWriter {
+    /// `None` while an operation has it; the mailbox waits for the operation meanwhile.
+    keeper: Option<Keeper>,
+    /// The keeper still being opened (a store that did not answer at once).
+    opening: Option<BoxFuture<'static, Result<Keeper, StorageError>>>,
+    unwritten: Unwritten,
+    ttl: Duration,
+}
+
+impl CacheWriter {
+    /// A writer over the keeper `opening` makes. When the store answers at once (an embedded one), the
+    /// keeper is opened here and a store that cannot be read is an error now; otherwise the
+    /// writer finishes opening it before it takes its first message.
+    pub(super) fn new(
+        mut opening: BoxFuture<'static, Result<Keeper, StorageError>>,
+        ttl: Duration,
+    ) -> Result<CacheWriter, StorageError> {
+        let (keeper, opening) = match (&mut opening).now_or_never() {
+            Some(keeper) => (Some(keeper?), None),
+            None => (None, Some(opening)),
+        };
+        Ok(CacheWriter {
+            keeper,
+            opening,
+            unwritten: Unwritten::default(),
+            ttl,
+        })
+    }
+
+    /// Where the answers on their way to this writer wait.
+    pub(super) fn unwritten(&self) -> Unwritten {
+        self.unwritten.clone()
+    }
+
+    /// Runs `operation` on the keeper: at once when the store answers at once, else with
+    /// the mailbox waiting until it is done, so operations apply in order.
+    fn run(
+        &mut self,
+        ctx: &mut Context<Self>,
+        operation: impl FnOnce(Keeper) -> LocalBoxFuture<'static, Keeper>,
+    ) {
+        let Some(keeper) = self.keeper.take() else {
+            tracing::warn!("cache: the answer store could not be opened; nothing is stored");
+            return;
+        };
+        let mut work = operation(keeper);
+        match (&mut work).now_or_never() {
+            Some(keeper) => self.keeper = Some(keeper),
+            None => ctx.wait(
+                work.into_actor(self)
+                    .map(|keeper, writer, _| writer.keeper = Some(keeper)),
+            ),
+        }
+    }
+}
+
 impl Actor for CacheWriter {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(WRITER_MAILBOX);
+        if let Some(opening) = self.opening.take() {
+            ctx.wait(
+                opening
+                    .into_actor(self)
+                    .map(|opened, writer, _| match opened {
+                        Ok(keeper) => writer.keeper = Some(keeper),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cache: cannot read the answer store")
+                        }
+                    }),
+            );
+        }
         let every = self
             .ttl
             .clamp(Duration::from_secs(1), Duration::from_secs(60));
-        ctx.run_interval(every, |writer, _| writer.sweep());
+        ctx.run_interval(every, |writer, ctx| {
+            writer.run(ctx, |mut keeper| {
+                async move {
+                    keeper.sweep().await;
+                    keeper
+                }
+                .boxed_local()
+            })
+        });
     }
 }
 
 impl Handler<Put> for CacheWriter {
     type Result = ();
 
-    fn handle(&mut self, Put { key, entry }: Put, _: &mut Self::Context) {
-        self.put(&key, &entry);
-        // Unless a newer answer for the key is on its way.
-        self.unwritten
-            .remove_if(&key, |_, queued| Arc::ptr_eq(queued, &entry));
+    fn handle(&mut self, Put { key, answer }: Put, ctx: &mut Self::Context) {
+        let unwritten = self.unwritten.clone();
+        self.run(ctx, move |mut keeper| {
+            async move {
+                keeper.put(&key, &answer).await;
+                // Unless a newer answer for the key is on its way.
+                unwritten.remove_if(&key, |_, queued| Arc::ptr_eq(queued, &answer));
+                keeper
+            }
+            .boxed_local()
+        });
     }
 }
 
 impl Handler<Touch> for CacheWriter {
     type Result = ();
 
-    fn handle(&mut self, Touch(key): Touch, _: &mut Self::Context) {
-        self.touch(&key);
+    fn handle(&mut self, Touch(key): Touch, ctx: &mut Self::Context) {
+        self.run(ctx, move |mut keeper| {
+            async move {
+                keeper.touch(&key).await;
+                keeper
+            }
+            .boxed_local()
+        });
     }
 }
 
 impl Handler<Expire> for CacheWriter {
     type Result = ();
 
-    fn handle(&mut self, Expire(key): Expire, _: &mut Self::Context) {
-        self.expire(&key);
+    fn handle(&mut self, Expire(key): Expire, ctx: &mut Self::Context) {
+        self.run(ctx, move |mut keeper| {
+            async move {
+                keeper.expire(&key).await;
+                keeper
+            }
+            .boxed_local()
+        });
     }
 }
 

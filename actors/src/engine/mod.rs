@@ -168,7 +168,7 @@ impl Gateway {
             run.ctx.version_id.as_deref(),
             request,
         );
-        if let Some(stored) = self.cache.lookup(&key) {
+        if let Some(stored) = self.cache.lookup(&key).await {
             run.cache = CacheStatus::Hit;
             run.source_run_id = Some(stored.source_run_id);
             return Ok(Arc::new(stored.into_answer()));
@@ -221,7 +221,7 @@ impl Gateway {
             run.ctx.version_id.as_deref(),
             request,
         );
-        if let Some(stored) = self.cache.lookup(&key) {
+        if let Some(stored) = self.cache.lookup(&key).await {
             run.cache = CacheStatus::Hit;
             run.source_run_id = Some(stored.source_run_id);
             run.model = Some(stored.model.clone());

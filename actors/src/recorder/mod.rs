@@ -112,7 +112,7 @@ impl Recorder {
         )))
     }
 
-    /// After a batch: the agents and the metrics learn of each run.
+    /// After a batch: the metrics and the agents learn of each run.
     // Runs travel boxed from the request path: the outbox moves pointers, not records.
     #[allow(clippy::vec_box)]
     fn written(
@@ -123,31 +123,56 @@ impl Recorder {
         ctx: &mut Context<Self>,
     ) {
         let per_run = started.elapsed().as_secs_f64() / runs.len().max(1) as f64;
+        for run in &runs {
+            self.metrics.recorder_write_seconds.observe(per_run);
+            self.observe(run);
+        }
         match result {
             Ok(()) => {
                 self.metrics.runs_recorded.inc_by(runs.len() as u64);
-                if let Some(agents) = &self.agents {
-                    let mut versioned = false;
-                    for run in &runs {
-                        if let Err(e) = agents.observe(run) {
-                            self.metrics.recorder_errors.inc();
-                            tracing::warn!(run_id = %run.id, error = %e, "recorder: cannot update the agent");
-                        }
-                        versioned |= run.version_id.is_some();
-                    }
-                    if versioned {
-                        self.schedule_stats_write(ctx);
-                    }
-                }
+                self.observe_agents(runs, ctx);
             }
             Err(e) => {
                 self.metrics.recorder_errors.inc_by(runs.len() as u64);
                 tracing::error!(runs = runs.len(), error = %e, "recorder: cannot write runs");
             }
         }
-        for run in &runs {
-            self.metrics.recorder_write_seconds.observe(per_run);
-            self.observe(run);
+    }
+
+    /// The agents learn of the stored runs (version statistics, conversation links) before
+    /// the recorder takes its next message.
+    #[allow(clippy::vec_box)]
+    fn observe_agents(&mut self, runs: Vec<Box<RunRecord>>, ctx: &mut Context<Self>) {
+        let Some(agents) = self.agents.clone() else {
+            return;
+        };
+        let versioned = runs.iter().any(|run| run.version_id.is_some());
+        let observing = async move { agents.observe(&runs).await }.boxed();
+        self.now_or_in_turn(ctx, observing, move |recorder, failures, ctx| {
+            for e in failures {
+                recorder.metrics.recorder_errors.inc();
+                tracing::warn!(error = %e, "recorder: cannot update the agent");
+            }
+            if versioned {
+                recorder.schedule_stats_write(ctx);
+            }
+        });
+    }
+
+    /// Runs `work`, then `done`: at once when `work` is ready at once (an embedded store),
+    /// else before the recorder takes its next message.
+    fn now_or_in_turn<T: 'static>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        mut work: futures::future::BoxFuture<'static, T>,
+        done: impl FnOnce(&mut Self, T, &mut Context<Self>) + 'static,
+    ) {
+        match (&mut work).now_or_never() {
+            Some(output) => done(self, output, ctx),
+            None => ctx.wait(
+                work.into_actor(self)
+                    .map(move |output, recorder, ctx| done(recorder, output, ctx)),
+            ),
         }
     }
 
@@ -166,34 +191,40 @@ impl Recorder {
         self.stats_write_scheduled = true;
         ctx.run_later(self.flush_every / 2, |recorder, ctx| {
             recorder.stats_write_scheduled = false;
-            if recorder.write_stats() {
-                // The store flushes on its own; the recorder does not wait for it.
-                let store = recorder.store.clone();
-                ctx.spawn(
-                    async move {
-                        if let Err(e) = store.flush().await {
-                            tracing::warn!(error = %e, "recorder: flush after statistics failed");
+            if let Some(write) = recorder.stats_write() {
+                recorder.now_or_in_turn(ctx, write, |recorder, (), ctx| {
+                    // The store flushes on its own; the recorder does not wait for it.
+                    let store = recorder.store.clone();
+                    ctx.spawn(
+                        async move {
+                            if let Err(e) = store.flush().await {
+                                tracing::warn!(error = %e, "recorder: flush after statistics failed");
+                            }
                         }
-                    }
-                    .into_actor(recorder),
-                );
+                        .into_actor(recorder),
+                    );
+                });
             }
         });
     }
 
-    /// Writes the agents' statistics kept in memory; whether there were any.
-    fn write_stats(&mut self) -> bool {
-        let Some(agents) = &self.agents else {
-            return false;
-        };
+    /// The write of the agents' statistics kept in memory, if there are any; it counts and
+    /// logs its failure.
+    fn stats_write(&self) -> Option<futures::future::BoxFuture<'static, ()>> {
+        let agents = self.agents.clone()?;
         if !agents.has_pending_stats() {
-            return false;
+            return None;
         }
-        if let Err(e) = agents.write_stats() {
-            self.metrics.recorder_errors.inc();
-            tracing::error!(error = %e, "recorder: cannot write version statistics");
-        }
-        true
+        let metrics = self.metrics.clone();
+        Some(
+            async move {
+                if let Err(e) = agents.write_stats().await {
+                    metrics.recorder_errors.inc();
+                    tracing::error!(error = %e, "recorder: cannot write version statistics");
+                }
+            }
+            .boxed(),
+        )
     }
 
     fn observe(&mut self, run: &RunRecord) {
@@ -322,7 +353,9 @@ impl Actor for Recorder {
         if self.write_queued(ctx).is_some() {
             tracing::error!("recorder: stopped while runs were still being written");
         }
-        self.write_stats();
+        if let Some(write) = self.stats_write() {
+            futures::executor::block_on(write);
+        }
         if let Err(e) = futures::executor::block_on(self.store.flush()) {
             tracing::error!(error = %e, "recorder: final flush failed");
         }
@@ -375,12 +408,13 @@ impl Handler<Flush> for Recorder {
             None => Box::pin(actix::fut::ready(())),
         };
         Box::pin(write.then(|(), recorder, _| {
-            let stats = match &recorder.agents {
-                Some(agents) => agents.write_stats().map_err(|e| e.to_string()),
-                None => Ok(()),
-            };
+            let agents = recorder.agents.clone();
             let store = recorder.store.clone();
             async move {
+                let stats = match &agents {
+                    Some(agents) => agents.write_stats().await.map_err(|e| e.to_string()),
+                    None => Ok(()),
+                };
                 let flushed = store.flush().await.map_err(|e| e.to_string());
                 stats.and(flushed)
             }
@@ -394,7 +428,17 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::storage::sled::SledStorage;
+    use crate::storage::VersionKey;
+
+    /// How many runs of agent `a` the store has.
+    async fn stored_runs(store: &dyn RunStore) -> usize {
+        store
+            .list_agent("t", "a", None, 1000)
+            .await
+            .unwrap()
+            .items
+            .len()
+    }
 
     fn run(version_id: &str) -> RunRecord {
         // From text: the request is kept as raw JSON, which a `Value` cannot give.
@@ -417,11 +461,10 @@ mod tests {
 
     #[actix_rt::test]
     async fn queued_runs_are_written_in_a_batch_and_a_barrier_writes_them_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = SledStorage::open(dir.path(), Duration::from_millis(40)).unwrap();
-        let runs = storage.db().open_tree("runs").unwrap();
+        let (_dir, storage) = crate::storage::temporary();
+        let runs = storage.runs.clone();
         let recorder = Recorder::new(
-            storage.storage().runs,
+            storage.runs,
             Duration::from_millis(40),
             Metrics::new().unwrap(),
         );
@@ -433,25 +476,29 @@ mod tests {
         // Queued: the recorder has not run yet (same thread, no await so far).
         assert_eq!(outbox.len(), 5);
         handle.addr.send(Barrier).await.unwrap();
-        assert_eq!(runs.len(), 5);
+        assert_eq!(stored_runs(runs.as_ref()).await, 5);
         assert!(outbox.is_empty());
 
         // Without a barrier, a batch is written within the window.
         handle.record(Box::new(run("v1")));
         handle.record(Box::new(run("v1")));
         tokio::time::sleep(outbox::BATCH_WINDOW * 20).await;
-        assert_eq!(runs.len(), 7);
+        assert_eq!(stored_runs(runs.as_ref()).await, 7);
         assert!(outbox.is_empty());
     }
 
     #[actix_rt::test]
     async fn version_statistics_reach_the_store_within_the_flush_interval() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = SledStorage::open(dir.path(), Duration::from_millis(40)).unwrap();
-        let agents = AgentStore::open(storage.db()).unwrap();
-        let stats = storage.db().open_tree("agent_version_stats").unwrap();
+        let (_dir, storage) = crate::storage::temporary();
+        let agents = AgentStore::open(&storage);
+        let key = VersionKey {
+            tenant: "t".into(),
+            agent: "a".into(),
+            version_id: "v1".into(),
+        };
+        let stored = || async { storage.versions.stats(&key).await.unwrap() };
         let recorder = Recorder::new(
-            storage.storage().runs,
+            storage.runs.clone(),
             Duration::from_millis(40),
             Metrics::new().unwrap(),
         )
@@ -464,23 +511,37 @@ mod tests {
         }
         recorder.send(Barrier).await.unwrap();
         // Counted at once, written shortly after.
-        assert_eq!(agents.version_stats("t", "a", "v1").unwrap().run_count, 3);
-        assert!(stats.is_empty());
+        assert_eq!(
+            agents
+                .version_stats("t", "a", "v1")
+                .await
+                .unwrap()
+                .run_count,
+            3
+        );
+        assert_eq!(stored().await, None);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(stats.len(), 1);
+        assert_eq!(stored().await.map(|s| s.run_count), Some(3));
         assert!(!agents.has_pending_stats());
 
         // `Flush` writes them at once.
-        handle.record(Box::new(run("v1")));
+        let last = run("v1");
+        let last_id = last.id;
+        handle.record(Box::new(last));
         recorder.send(Flush).await.unwrap().unwrap();
         assert!(!agents.has_pending_stats());
-        let stored: crate::agents::VersionStats =
-            serde_json::from_slice(&stats.iter().next().unwrap().unwrap().1).unwrap();
-        assert_eq!(stored.run_count, 4);
-        // The answered runs are linked for their next turn at once (identical runs: one link).
+        assert_eq!(stored().await.map(|s| s.run_count), Some(4));
+        // The answered runs are linked for their next turn at once (identical runs: one link,
+        // to the latest).
+        let follow_up: Vec<crate::wire::Message> = serde_json::from_value(serde_json::json!([
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "and?"}
+        ]))
+        .unwrap();
         assert_eq!(
-            storage.db().open_tree("agent_conversations").unwrap().len(),
-            1
+            agents.conversation_of("t", "a", &follow_up).await.unwrap(),
+            Some(last_id)
         );
     }
 }

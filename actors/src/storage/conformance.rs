@@ -2,11 +2,19 @@
 //! tests call them with a fresh store of their own.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
+use serde_json::json;
 use uuid::Uuid;
 
-use super::{FeedbackStore, RunStore};
+use super::{
+    AnswerTotals, ConversationLink, FeedbackStore, NewDeployment, PutOutcome, RunStore,
+    SchemaAssignment, Storage, VersionKey,
+};
+use crate::agents::{VersionProperties, VersionRecord, VersionStats};
+use crate::cache::{CacheKey, StoredAnswer};
 use crate::completion::Usage;
+use crate::model_ref::Environment;
 use crate::recorder::run::{CacheStatus, RunRecord, RunSource, RunStatus};
 
 /// A minimal run of `tenant`'s `agent`, with a new id.
@@ -318,4 +326,596 @@ pub async fn run_search(store: &dyn RunStore, feedback: &dyn FeedbackStore) {
         values[&crate::search::IndexedField::Status],
         vec!["cancelled", "error", "success"]
     );
+}
+
+// The agents' records and the answer cache: one body per check, each given fresh stores.
+
+/// Runs `work` on `threads` threads at once, each with a runtime of its own; their outputs.
+fn in_parallel<T: Send + 'static>(
+    threads: usize,
+    work: impl Fn(usize) -> futures::future::BoxFuture<'static, T> + Send + Sync + 'static,
+) -> Vec<T> {
+    let work = Arc::new(work);
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let work = work.clone();
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(work(i))
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn new_schema(input: &serde_json::Value) -> SchemaAssignment<'_> {
+    SchemaAssignment::New {
+        input_schema: input,
+        output_schema: &serde_json::Value::Null,
+        created_at: "2026-01-01T00:00:00.000Z",
+    }
+}
+
+/// Each agent numbers its schemas 1, 2, 3…; the records read back, by id.
+pub async fn schemas_are_numbered_per_agent(storage: &Storage) {
+    let store = storage.schemas.as_ref();
+    let (x, y) = (json!({"type": "object"}), json!({"type": "string"}));
+    assert_eq!(store.id_of("t", "a", &[1; 32]).await.unwrap(), None);
+    assert_eq!(
+        store
+            .assign("t", "a", &[1; 32], new_schema(&x))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .assign("t", "a", &[2; 32], new_schema(&y))
+            .await
+            .unwrap(),
+        2
+    );
+    // Another agent (one whose name extends the first's), another tenant: their own numbers.
+    assert_eq!(
+        store
+            .assign("t", "ab", &[2; 32], new_schema(&y))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .assign("u", "a", &[2; 32], new_schema(&y))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.id_of("t", "a", &[2; 32]).await.unwrap(), Some(2));
+    assert_eq!(store.id_of("t", "b", &[2; 32]).await.unwrap(), None);
+    let record = store.get("t", "a", 2).await.unwrap().unwrap();
+    assert_eq!((record.id, &record.input_schema), (2, &y));
+    assert_eq!(record.output_schema, serde_json::Value::Null);
+    assert_eq!(record.created_at, "2026-01-01T00:00:00.000Z");
+    assert!(store.get("t", "a", 3).await.unwrap().is_none());
+    assert!(store.get("v", "a", 1).await.unwrap().is_none());
+    let ids: Vec<u32> = store
+        .list("t", "a")
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, vec![1, 2]);
+    assert_eq!(store.list("t", "ab").await.unwrap().len(), 1);
+}
+
+/// A digest keeps the id it got first; a digest assigned an existing schema adds none.
+pub async fn a_digest_keeps_its_first_schema_id(storage: &Storage) {
+    let store = storage.schemas.as_ref();
+    let x = json!({"type": "object"});
+    assert_eq!(
+        store
+            .assign("t", "a", &[1; 32], new_schema(&x))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .assign("t", "a", &[1; 32], new_schema(&x))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .assign("t", "a", &[1; 32], SchemaAssignment::Existing(7))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .assign("t", "a", &[2; 32], SchemaAssignment::Existing(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.id_of("t", "a", &[2; 32]).await.unwrap(), Some(1));
+    assert_eq!(store.list("t", "a").await.unwrap().len(), 1);
+    // The next new schema follows the last one.
+    assert_eq!(
+        store
+            .assign("t", "a", &[3; 32], new_schema(&x))
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+/// Concurrent first uses of digests agree on one id each, with no gap.
+pub async fn concurrent_schema_assignments_agree_without_gaps(storage: &Storage) {
+    let store = storage.schemas.clone();
+    let ids = in_parallel(12, move |i| {
+        let store = store.clone();
+        Box::pin(async move {
+            let digest = [(i % 4) as u8; 32];
+            let input = json!({"n": i % 4});
+            let id = store
+                .assign("t", "a", &digest, new_schema(&input))
+                .await
+                .unwrap();
+            (digest, id)
+        })
+    });
+    let mut distinct: Vec<u32> = ids.iter().map(|(_, id)| *id).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct, vec![1, 2, 3, 4]);
+    for (digest, id) in ids {
+        assert_eq!(
+            storage.schemas.id_of("t", "a", &digest).await.unwrap(),
+            Some(id)
+        );
+    }
+    assert_eq!(storage.schemas.list("t", "a").await.unwrap().len(), 4);
+}
+
+fn version(id: &str, schema_id: u32) -> VersionRecord {
+    let request = serde_json::from_value(json!({
+        "model": "m", "messages": [{"role": "system", "content": format!("say {id}")}],
+        "temperature": 0.5
+    }))
+    .unwrap();
+    VersionRecord {
+        id: id.to_string(),
+        schema_id,
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        properties: VersionProperties::of("m", &request),
+    }
+}
+
+/// A version is stored once: the first record stays, and every caller gets it.
+pub async fn versions_keep_their_first_record(storage: &Storage) {
+    let store = storage.versions.as_ref();
+    let first = version("v1", 1);
+    assert!(store.get("t", "a", "v1").await.unwrap().is_none());
+    assert_eq!(store.insert("t", "a", &first).await.unwrap(), first);
+    let second = VersionRecord {
+        schema_id: 2,
+        ..first.clone()
+    };
+    assert_eq!(store.insert("t", "a", &second).await.unwrap(), first);
+    assert_eq!(store.get("t", "a", "v1").await.unwrap(), Some(first));
+    assert!(store.get("u", "a", "v1").await.unwrap().is_none());
+    assert!(store.get("t", "ab", "v1").await.unwrap().is_none());
+}
+
+/// An agent's versions list without any other agent's or tenant's.
+pub async fn versions_list_per_agent(storage: &Storage) {
+    let store = storage.versions.as_ref();
+    for id in ["v1", "v2", "v3"] {
+        store.insert("t", "a", &version(id, 1)).await.unwrap();
+    }
+    store.insert("t", "ab", &version("v4", 1)).await.unwrap();
+    store.insert("u", "a", &version("v5", 1)).await.unwrap();
+    let mut ids: Vec<String> = store
+        .list("t", "a")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["v1", "v2", "v3"]);
+    assert!(store.list("t", "b").await.unwrap().is_empty());
+}
+
+fn stats(runs: u64) -> VersionStats {
+    VersionStats {
+        run_count: runs,
+        error_count: 1,
+        cost_usd: 0.5,
+        total_duration_seconds: 2.5,
+        first_used_at: Some("2026-01-01T00:00:00.000Z".into()),
+        last_used_at: Some("2026-01-02T00:00:00.000Z".into()),
+    }
+}
+
+fn version_key(tenant: &str, agent: &str, id: &str) -> VersionKey {
+    VersionKey {
+        tenant: tenant.into(),
+        agent: agent.into(),
+        version_id: id.into(),
+    }
+}
+
+/// Statistics are written in batches, each replacing what the versions had.
+pub async fn version_statistics_are_written_in_batches(storage: &Storage) {
+    let store = storage.versions.as_ref();
+    let (a, b) = (version_key("t", "a", "v1"), version_key("t", "a", "v2"));
+    assert_eq!(store.stats(&a).await.unwrap(), None);
+    store
+        .write_stats(&[(a.clone(), stats(3)), (b.clone(), stats(4))])
+        .await
+        .unwrap();
+    assert_eq!(store.stats(&a).await.unwrap(), Some(stats(3)));
+    assert_eq!(store.stats(&b).await.unwrap(), Some(stats(4)));
+    store.write_stats(&[(a.clone(), stats(9))]).await.unwrap();
+    assert_eq!(store.stats(&a).await.unwrap(), Some(stats(9)));
+    assert_eq!(store.stats(&b).await.unwrap(), Some(stats(4)));
+    assert_eq!(
+        store.stats(&version_key("u", "a", "v1")).await.unwrap(),
+        None
+    );
+    store.write_stats(&[]).await.unwrap();
+}
+
+fn deployment<'a>(
+    agent: &'a str,
+    schema_id: u32,
+    environment: Environment,
+    version_id: &'a str,
+) -> NewDeployment<'a> {
+    NewDeployment {
+        agent,
+        schema_id,
+        environment,
+        version_id,
+        deployed_at: "2026-01-01T00:00:00.000Z",
+        deployed_by: "alice",
+    }
+}
+
+/// A deploy makes the current deployment, names the version it replaced and joins the
+/// history, newest first; current deployments list by schema, then environment.
+pub async fn deployments_replace_and_chain(storage: &Storage) {
+    let store = storage.deployments.as_ref();
+    let prod = Environment::Production;
+    assert!(store.get("t", "a", 1, prod).await.unwrap().is_none());
+    let first = store
+        .deploy("t", deployment("a", 1, prod, "v1"))
+        .await
+        .unwrap();
+    assert_eq!(first.previous_version_id, None);
+    assert_eq!(
+        (first.agent.as_str(), first.schema_id, first.environment),
+        ("a", 1, prod)
+    );
+    assert_eq!(first.deployed_by, "alice");
+    let second = store
+        .deploy("t", deployment("a", 1, prod, "v2"))
+        .await
+        .unwrap();
+    assert_eq!(second.previous_version_id.as_deref(), Some("v1"));
+    assert!(second.sequence > first.sequence);
+    store
+        .deploy("t", deployment("a", 2, Environment::Dev, "v3"))
+        .await
+        .unwrap();
+    store
+        .deploy("t", deployment("a", 1, Environment::Staging, "v1"))
+        .await
+        .unwrap();
+    store
+        .deploy("t", deployment("a", 1, Environment::Dev, "v2"))
+        .await
+        .unwrap();
+    assert_eq!(store.get("t", "a", 1, prod).await.unwrap(), Some(second));
+    let current: Vec<(u32, &str, String)> = store
+        .current("t", "a")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.schema_id, d.environment.as_str(), d.version_id))
+        .collect();
+    assert_eq!(
+        current,
+        vec![
+            (1, "dev", "v2".to_string()),
+            (1, "production", "v2".to_string()),
+            (1, "staging", "v1".to_string()),
+            (2, "dev", "v3".to_string()),
+        ]
+    );
+    let history = store.history("t", "a", None, 100).await.unwrap();
+    let versions: Vec<&str> = history
+        .items
+        .iter()
+        .map(|d| d.version_id.as_str())
+        .collect();
+    assert_eq!(versions, vec!["v2", "v1", "v3", "v2", "v1"]);
+    assert_eq!(history.next_cursor, None);
+}
+
+/// Deployments of other tenants and agents are invisible.
+pub async fn deployments_are_scoped_to_their_agent(storage: &Storage) {
+    let store = storage.deployments.as_ref();
+    let prod = Environment::Production;
+    store
+        .deploy("t", deployment("a", 1, prod, "v1"))
+        .await
+        .unwrap();
+    store
+        .deploy("t", deployment("ab", 1, prod, "v2"))
+        .await
+        .unwrap();
+    assert!(store.get("u", "a", 1, prod).await.unwrap().is_none());
+    assert!(store
+        .get("t", "a", 1, Environment::Staging)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.current("u", "a").await.unwrap().is_empty());
+    assert_eq!(store.current("t", "a").await.unwrap().len(), 1);
+    let history = store.history("t", "a", None, 100).await.unwrap();
+    assert_eq!(history.items.len(), 1);
+    assert_eq!(history.items[0].version_id, "v1");
+    assert!(store
+        .history("u", "a", None, 100)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+}
+
+/// The history pages newest first, each page strictly older than its cursor.
+pub async fn deployment_history_pages_with_cursors(storage: &Storage) {
+    let store = storage.deployments.as_ref();
+    let mut sequences = Vec::new();
+    for i in 0..7 {
+        let version_id = format!("v{i}");
+        let record = store
+            .deploy("t", deployment("a", 1, Environment::Dev, &version_id))
+            .await
+            .unwrap();
+        sequences.push(record.sequence);
+    }
+    store
+        .deploy("t", deployment("b", 1, Environment::Dev, "other"))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut before = None;
+    let mut pages = 0;
+    loop {
+        let page = store.history("t", "a", before, 3).await.unwrap();
+        assert!(page.items.len() <= 3);
+        pages += 1;
+        seen.extend(page.items.iter().map(|d| d.sequence));
+        match page.next_cursor {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    sequences.reverse();
+    assert_eq!(seen, sequences);
+    assert_eq!(pages, 3);
+}
+
+/// Concurrent deploys leave one winner: the history's newest entry, each entry naming the
+/// one before it.
+pub async fn concurrent_deploys_leave_one_winner(storage: &Storage) {
+    let store = storage.deployments.clone();
+    in_parallel(8, move |i| {
+        let store = store.clone();
+        Box::pin(async move {
+            let version_id = format!("v{}", i % 3);
+            store
+                .deploy(
+                    "t",
+                    deployment("a", 1, Environment::Production, &version_id),
+                )
+                .await
+                .unwrap();
+        })
+    });
+    let store = storage.deployments.as_ref();
+    let history = store.history("t", "a", None, 100).await.unwrap().items;
+    assert_eq!(history.len(), 8);
+    let current = store
+        .get("t", "a", 1, Environment::Production)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(history[0], current);
+    for pair in history.windows(2) {
+        assert_eq!(
+            pair[0].previous_version_id.as_deref(),
+            Some(pair[1].version_id.as_str())
+        );
+        assert!(pair[0].sequence > pair[1].sequence);
+    }
+    assert_eq!(history[7].previous_version_id, None);
+}
+
+fn link(tenant: &str, agent: &str, hash: u8, conversation_id: Uuid) -> ConversationLink {
+    ConversationLink {
+        tenant: tenant.into(),
+        agent: agent.into(),
+        hash: [hash; 32],
+        conversation_id,
+    }
+}
+
+/// Links are found by tenant, agent and hash; a later link under a hash replaces it.
+pub async fn conversation_links_are_found_and_replaced(storage: &Storage) {
+    let store = storage.conversations.as_ref();
+    let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    assert_eq!(store.find("t", "a", &[1; 32]).await.unwrap(), None);
+    store
+        .link_batch(&[
+            link("t", "a", 1, ids[0]),
+            link("t", "a", 2, ids[1]),
+            link("t", "ab", 1, ids[2]),
+            link("u", "a", 1, ids[3]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.find("t", "a", &[1; 32]).await.unwrap(), Some(ids[0]));
+    assert_eq!(store.find("t", "a", &[2; 32]).await.unwrap(), Some(ids[1]));
+    assert_eq!(store.find("t", "ab", &[1; 32]).await.unwrap(), Some(ids[2]));
+    assert_eq!(store.find("u", "a", &[1; 32]).await.unwrap(), Some(ids[3]));
+    assert_eq!(store.find("t", "a", &[3; 32]).await.unwrap(), None);
+    store
+        .link_batch(&[link("t", "a", 1, ids[4])])
+        .await
+        .unwrap();
+    assert_eq!(store.find("t", "a", &[1; 32]).await.unwrap(), Some(ids[4]));
+    store.link_batch(&[]).await.unwrap();
+}
+
+fn answer(text: &str, stored_at_ms: u64) -> StoredAnswer {
+    use crate::completion::{AssistantMessage, Choice, Completion, FinishReason};
+    StoredAnswer {
+        completion: Completion {
+            choices: vec![Choice {
+                index: 0,
+                message: AssistantMessage {
+                    content: Some(text.into()),
+                    ..AssistantMessage::default()
+                },
+                finish_reason: FinishReason::Stop,
+            }],
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+                ..Usage::default()
+            },
+        },
+        model: "m".into(),
+        provider: "p".into(),
+        provider_model: "pm".into(),
+        source_run_id: Uuid::now_v7(),
+        stored_at_ms,
+    }
+}
+
+fn cache_key(n: u8) -> CacheKey {
+    CacheKey::from_bytes([n; 32])
+}
+
+fn stored_size(outcome: PutOutcome) -> u64 {
+    match outcome {
+        PutOutcome::Stored { size, .. } => size,
+        PutOutcome::TooLarge { .. } => panic!("not stored: {outcome:?}"),
+    }
+}
+
+/// An answer reads back whole, with its store time and last use; storing again replaces it.
+pub async fn answers_read_back_with_their_times(storage: &Storage) {
+    let store = storage.answers.as_ref();
+    let key = cache_key(1);
+    assert!(store.get(&key).await.unwrap().is_none());
+    let first = answer("first", 1_000);
+    let outcome = store.put(&key, &first, 1_500, u64::MAX).await.unwrap();
+    let PutOutcome::Stored { size, replaced } = outcome else {
+        panic!("not stored: {outcome:?}")
+    };
+    assert_eq!(replaced, None);
+    assert!(size > 0);
+    let entry = store.get(&key).await.unwrap().unwrap();
+    assert_eq!(entry.answer, first);
+    assert_eq!(entry.last_use_ms, 1_500);
+    assert_eq!(
+        store.totals().await.unwrap(),
+        AnswerTotals {
+            bytes: size,
+            entries: 1
+        }
+    );
+    let second = answer("the second, longer answer", 2_000);
+    let outcome = store.put(&key, &second, 2_000, u64::MAX).await.unwrap();
+    let PutOutcome::Stored {
+        size: second_size,
+        replaced,
+    } = outcome
+    else {
+        panic!("not stored: {outcome:?}")
+    };
+    assert_eq!(replaced, Some(size));
+    assert!(second_size > size);
+    assert_eq!(store.get(&key).await.unwrap().unwrap().answer, second);
+    assert_eq!(
+        store.totals().await.unwrap(),
+        AnswerTotals {
+            bytes: second_size,
+            entries: 1
+        }
+    );
+    assert!(store.get(&cache_key(2)).await.unwrap().is_none());
+}
+
+/// An answer larger than allowed is not stored, and replaces nothing.
+pub async fn answers_larger_than_allowed_are_not_stored(storage: &Storage) {
+    let store = storage.answers.as_ref();
+    let key = cache_key(1);
+    let kept = answer("a", 0);
+    let small = stored_size(store.put(&key, &kept, 0, u64::MAX).await.unwrap());
+    let big = answer(&"z".repeat(4096), 0);
+    match store.put(&key, &big, 0, small + 100).await.unwrap() {
+        PutOutcome::TooLarge { size } => assert!(size > small + 100),
+        other => panic!("stored: {other:?}"),
+    }
+    assert_eq!(store.get(&key).await.unwrap().unwrap().answer, kept);
+    assert_eq!(store.totals().await.unwrap().entries, 1);
+}
+
+/// The eviction order is least recently used first; a touch moves an entry to the young end,
+/// never back; a removal takes the entry out of it.
+pub async fn answers_evict_least_recently_used_first(storage: &Storage) {
+    let store = storage.answers.as_ref();
+    let (a, b, c) = (cache_key(1), cache_key(2), cache_key(3));
+    assert_eq!(store.oldest().await.unwrap(), None);
+    let size_a = stored_size(store.put(&a, &answer("a", 10), 10, u64::MAX).await.unwrap());
+    let size_b = stored_size(store.put(&b, &answer("b", 20), 20, u64::MAX).await.unwrap());
+    let size_c = stored_size(store.put(&c, &answer("c", 30), 30, u64::MAX).await.unwrap());
+    assert_eq!(store.oldest().await.unwrap(), Some((10, a)));
+    store.touch(&a, 40).await.unwrap();
+    assert_eq!(store.oldest().await.unwrap(), Some((20, b)));
+    assert_eq!(store.get(&a).await.unwrap().unwrap().last_use_ms, 40);
+    // Never back in time.
+    store.touch(&b, 5).await.unwrap();
+    assert_eq!(store.oldest().await.unwrap(), Some((20, b)));
+    // A touch of nothing stores nothing.
+    store.touch(&cache_key(9), 50).await.unwrap();
+    assert!(store.get(&cache_key(9)).await.unwrap().is_none());
+    assert_eq!(store.remove(&b).await.unwrap(), Some(size_b));
+    assert_eq!(store.remove(&b).await.unwrap(), None);
+    assert!(store.get(&b).await.unwrap().is_none());
+    assert_eq!(store.oldest().await.unwrap(), Some((30, c)));
+    assert_eq!(
+        store.totals().await.unwrap(),
+        AnswerTotals {
+            bytes: size_a + size_c,
+            entries: 2
+        }
+    );
+    store.remove(&c).await.unwrap();
+    store.remove(&a).await.unwrap();
+    assert_eq!(store.oldest().await.unwrap(), None);
+    assert_eq!(store.totals().await.unwrap(), AnswerTotals::default());
 }

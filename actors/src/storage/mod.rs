@@ -3,22 +3,30 @@
 //! next). Callers hold an `Arc<dyn …Store>` and never see which backend is in use; every
 //! failure is a [`StorageError`], which becomes a [`GatewayError`] at the edge.
 //!
-//! The traits are async where a network backend would wait (a sled call is answered on a
-//! blocking thread instead), take and return domain types only, write in batches and page
-//! with cursors, so that a second backend implements them without changing a caller.
+//! The traits are async where a network backend would wait, take and return domain types
+//! only, write in batches and page with cursors, so that a second backend implements them
+//! without changing a caller. sled answers point reads and the writes of the actors' own
+//! threads in place (a ready future) and scans and flushes on a blocking thread.
 //! `conformance.rs` holds the test bodies every backend must pass.
 //!
-//! Concerns behind traits so far: runs ([`RunStore`]) and feedback ([`FeedbackStore`]). The
-//! agents' store (schemas, versions, deployments, conversations) and the answer cache still
-//! open their sled trees
-//! from the same database ([`sled::SledStorage::db`]); they move behind traits of their own
-//! next.
+//! The concerns: runs ([`RunStore`]), feedback ([`FeedbackStore`]), the agents' schemas,
+//! versions, deployments and conversations ([`SchemaStore`], [`VersionStore`],
+//! [`DeploymentStore`], [`ConversationStore`]) and the answer cache's stored answers
+//! ([`AnswerStore`]).
 
+mod agents;
+mod answers;
 #[cfg(test)]
 pub mod conformance;
 pub mod sled;
 
+pub use agents::{
+    ConversationHash, ConversationLink, ConversationStore, DeploymentPage, DeploymentStore,
+    NewDeployment, PairDigest, SchemaAssignment, SchemaStore, VersionKey, VersionStore,
+};
+pub use answers::{AnswerEntry, AnswerStore, AnswerTotals, PutOutcome};
 use std::collections::HashMap;
+
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -146,4 +154,36 @@ pub trait FeedbackStore: Send + Sync + 'static {
 pub struct Storage {
     pub runs: Arc<dyn RunStore>,
     pub feedback: Arc<dyn FeedbackStore>,
+    pub schemas: Arc<dyn SchemaStore>,
+    pub versions: Arc<dyn VersionStore>,
+    pub deployments: Arc<dyn DeploymentStore>,
+    pub conversations: Arc<dyn ConversationStore>,
+    pub answers: Arc<dyn AnswerStore>,
+}
+
+/// Fresh stores of the default backend in a temporary directory, for tests of the code above
+/// the storage layer (they do not depend on the backend).
+#[cfg(test)]
+pub fn temporary() -> (tempfile::TempDir, Storage) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let storage = in_dir(dir.path());
+    (dir, storage)
+}
+
+/// The stores of the default backend in `dir`, opened again once the previous handles on it
+/// are dropped (tests of what survives a restart).
+#[cfg(test)]
+pub fn in_dir(dir: &std::path::Path) -> Storage {
+    // The previous handle's file lock may take a moment to go.
+    let mut tries = 0;
+    loop {
+        match self::sled::SledStorage::open(dir, std::time::Duration::from_millis(50)) {
+            Ok(storage) => return storage.storage(),
+            Err(_) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot open the test store: {e}"),
+        }
+    }
 }

@@ -5,7 +5,7 @@
 use futures::future::BoxFuture;
 use uuid::Uuid;
 
-use super::backend;
+use super::{backend, off_thread};
 use crate::agents::FeedbackRecord;
 use crate::storage::{FeedbackStore, StorageError};
 
@@ -54,12 +54,12 @@ impl FeedbackStore for SledFeedbackStore {
     fn put<'a>(&'a self, record: &'a FeedbackRecord) -> BoxFuture<'a, Result<(), StorageError>> {
         let store = self.clone();
         let record = record.clone();
-        super::runs::off_thread(move || store.put_now(&record))
+        off_thread(move || store.put_now(&record))
     }
 
     fn for_run(&self, run_id: Uuid) -> BoxFuture<'_, Result<Vec<FeedbackRecord>, StorageError>> {
         let store = self.clone();
-        super::runs::off_thread(move || store.for_run_now(run_id))
+        off_thread(move || store.for_run_now(run_id))
     }
 }
 

@@ -1,6 +1,8 @@
 //! The sled backend: everything in one embedded database in the data directory, nothing to
 //! install. The default, for one process.
 
+mod agents;
+mod cache;
 mod feedback;
 mod runs;
 mod search;
@@ -9,16 +11,24 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::{BoxFuture, FutureExt};
+
+pub use agents::{SledConversationStore, SledDeploymentStore, SledSchemaStore, SledVersionStore};
+pub use cache::SledAnswerStore;
 pub use feedback::SledFeedbackStore;
 pub use runs::SledRunStore;
 
 use super::{Storage, StorageError};
 
-/// The sled database of a data directory and the stores on it.
+/// The sled database of a data directory and the stores on it, each on its own trees.
 pub struct SledStorage {
-    db: ::sled::Db,
     runs: Arc<SledRunStore>,
     feedback: Arc<SledFeedbackStore>,
+    schemas: Arc<SledSchemaStore>,
+    versions: Arc<SledVersionStore>,
+    deployments: Arc<SledDeploymentStore>,
+    conversations: Arc<SledConversationStore>,
+    answers: Arc<SledAnswerStore>,
 }
 
 impl SledStorage {
@@ -34,9 +44,15 @@ impl SledStorage {
             .flush_every_ms(Some(flush_every.as_millis().max(1) as u64))
             .open()
             .map_err(backend)?;
-        let runs = Arc::new(SledRunStore::open(&db)?);
-        let feedback = Arc::new(SledFeedbackStore::open(&db)?);
-        Ok(SledStorage { db, runs, feedback })
+        Ok(SledStorage {
+            runs: Arc::new(SledRunStore::open(&db)?),
+            feedback: Arc::new(SledFeedbackStore::open(&db)?),
+            schemas: Arc::new(SledSchemaStore::open(&db)?),
+            versions: Arc::new(SledVersionStore::open(&db)?),
+            deployments: Arc::new(SledDeploymentStore::open(&db)?),
+            conversations: Arc::new(SledConversationStore::open(&db)?),
+            answers: Arc::new(SledAnswerStore::open(&db)?),
+        })
     }
 
     /// The stores, for callers that do not care about the backend.
@@ -44,14 +60,36 @@ impl SledStorage {
         Storage {
             runs: self.runs.clone(),
             feedback: self.feedback.clone(),
+            schemas: self.schemas.clone(),
+            versions: self.versions.clone(),
+            deployments: self.deployments.clone(),
+            conversations: self.conversations.clone(),
+            answers: self.answers.clone(),
         }
     }
+}
 
-    /// The database, for the stores that are not behind a trait yet (the agents' store and
-    /// the answer cache keep their trees in it).
-    pub fn db(&self) -> &::sled::Db {
-        &self.db
+/// `tenant \0 agent \0`: the prefix of every key of an agent, in every tree keyed by agent.
+fn agent_prefix(tenant: &str, agent: &str) -> Vec<u8> {
+    // Room for what usually follows: a run or version id, a hash.
+    let mut key = Vec::with_capacity(tenant.len() + agent.len() + 2 + 32);
+    key.extend_from_slice(tenant.as_bytes());
+    key.push(0);
+    key.extend_from_slice(agent.as_bytes());
+    key.push(0);
+    key
+}
+
+/// Runs `work` on a blocking thread: a scan or a flush may wait for the disk.
+fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> BoxFuture<'static, Result<T, StorageError>> {
+    async move {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| StorageError::Backend(format!("a storage task failed: {e}")))?
     }
+    .boxed()
 }
 
 pub(crate) fn backend(e: ::sled::Error) -> StorageError {
@@ -87,6 +125,36 @@ mod tests {
         let (_dir, storage) = open();
         conformance::feedback_store(storage.storage().feedback.as_ref()).await;
     }
+
+    /// One test per conformance body, each on a fresh store.
+    macro_rules! conformance {
+        ($($body:ident),* $(,)?) => {
+            $(
+                #[actix_rt::test]
+                async fn $body() {
+                    let (_dir, storage) = open();
+                    conformance::$body(&storage.storage()).await;
+                }
+            )*
+        };
+    }
+
+    conformance!(
+        schemas_are_numbered_per_agent,
+        a_digest_keeps_its_first_schema_id,
+        concurrent_schema_assignments_agree_without_gaps,
+        versions_keep_their_first_record,
+        versions_list_per_agent,
+        version_statistics_are_written_in_batches,
+        deployments_replace_and_chain,
+        deployments_are_scoped_to_their_agent,
+        deployment_history_pages_with_cursors,
+        concurrent_deploys_leave_one_winner,
+        conversation_links_are_found_and_replaced,
+        answers_read_back_with_their_times,
+        answers_larger_than_allowed_are_not_stored,
+        answers_evict_least_recently_used_first,
+    );
 
     #[actix_rt::test]
     async fn runs_survive_a_reopen() {

@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use std::collections::HashMap;
 
-use super::backend;
-use super::search::{agent_prefix, values_by_field, SearchIndex};
+use super::search::{values_by_field, SearchIndex};
+use super::{agent_prefix, backend, off_thread};
 use crate::recorder::run::{RunRecord, RunSummary};
 use crate::search::{IndexedField, RunQuery};
 use crate::storage::{RunPage, RunStore, SearchPage, SearchScope, StorageError};
@@ -107,18 +107,6 @@ impl SledRunStore {
         };
         Ok(RunPage { items, next_cursor })
     }
-}
-
-/// Runs `read` on a blocking thread: a sled read may wait for the disk.
-pub(super) fn off_thread<T: Send + 'static>(
-    read: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> BoxFuture<'static, Result<T, StorageError>> {
-    async move {
-        tokio::task::spawn_blocking(read)
-            .await
-            .map_err(|e| StorageError::Backend(format!("a storage read failed: {e}")))?
-    }
-    .boxed()
 }
 
 impl RunStore for SledRunStore {

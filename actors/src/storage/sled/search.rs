@@ -4,8 +4,8 @@
 //! * `runs_index`: `tenant \0 agent \0 field-code value \0 run id` for status, model,
 //!   provider, version, cache and source — written with the run, so a page of
 //!   "agent + model + status" reads only runs that match.
-//! * `runs_agents`: `tenant \0 agent` → the agent's latest run id, so a search over all of a
-//!   tenant's agents knows which agents to merge.
+//! * `runs_agents`: `tenant \0 agent`, so a search over all of a tenant's agents knows which
+//!   agents to merge (written once per agent).
 //! * Run ids are UUIDv7: a `created_at` range is an id range, and newest-first is reverse key
 //!   order in every index.
 //!
@@ -16,11 +16,12 @@
 //! matches or after [`SCAN_BUDGET`] candidates — then the page says so and its cursor resumes
 //! where the scan stopped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
-use super::backend;
+use super::{agent_prefix, backend};
 use crate::agents::FeedbackRecord;
 use crate::recorder::run::{RunRecord, RunSummary};
 use crate::search::{id_bounds, Field, IndexedField, Operator, RunFacts, RunQuery, TextNeedle};
@@ -34,16 +35,6 @@ pub const COUNT_BOUND: usize = 10_000;
 pub const MAX_AGENTS: usize = 10_000;
 /// Marks an index built for every run stored before it existed.
 const BUILT_MARK: &[u8] = b"\xff\xffbuilt-v1";
-
-/// The prefix of an agent's keys: `tenant \0 agent \0`.
-pub(super) fn agent_prefix(tenant: &str, agent: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(tenant.len() + agent.len() + 2 + 48);
-    key.extend_from_slice(tenant.as_bytes());
-    key.push(0);
-    key.extend_from_slice(agent.as_bytes());
-    key.push(0);
-    key
-}
 
 /// `tenant \0 agent \0 code value \0`.
 fn posting_prefix(tenant: &str, agent: &str, field: IndexedField, value: &str) -> Vec<u8> {
@@ -75,6 +66,8 @@ pub struct SearchIndex {
     index: ::sled::Tree,
     agents: ::sled::Tree,
     feedback: ::sled::Tree,
+    /// The agents already in `agents` (bounded: cleared past [`MAX_AGENTS`]).
+    known_agents: Arc<Mutex<HashSet<Vec<u8>>>>,
 }
 
 impl SearchIndex {
@@ -83,6 +76,7 @@ impl SearchIndex {
             index: db.open_tree("runs_index").map_err(backend)?,
             agents: db.open_tree("runs_agents").map_err(backend)?,
             feedback: db.open_tree("run_feedback").map_err(backend)?,
+            known_agents: Arc::default(),
         })
     }
 
@@ -98,9 +92,20 @@ impl SearchIndex {
         let mut agent = run.tenant.as_bytes().to_vec();
         agent.push(0);
         agent.extend_from_slice(run.agent.as_bytes());
-        self.agents
-            .insert(agent, run.id.as_bytes().as_slice())
-            .map_err(backend)?;
+        // Once per agent: the list of agents is all a search needs of this tree.
+        let mut known = self
+            .known_agents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !known.contains(&agent) {
+            self.agents
+                .insert(&agent, &[] as &[u8])
+                .map_err(backend)?;
+            if known.len() >= MAX_AGENTS {
+                known.clear();
+            }
+            known.insert(agent);
+        }
         Ok(())
     }
 
