@@ -264,6 +264,19 @@ async fn a_bad_query_is_a_400_that_says_what_is_allowed() {
         .0,
         400
     );
+    // Environments are an agent's: across agents they cannot be resolved.
+    let (status, error) = post(
+        &gw,
+        "default-key",
+        "/api/runs/search",
+        json!({"field_queries": [{"field": "version", "operator": "is", "values": ["production"]}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("environment"));
     // Without a key: refused.
     assert_eq!(post(&gw, "", search, json!({})).await.0, 401);
 }

@@ -59,7 +59,19 @@ async fn search(
     agent: Option<String>,
     body: SearchBody,
 ) -> Result<HttpResponse, GatewayError> {
-    let query = RunQuery::parse(body, agent.is_none())?;
+    let mut query = RunQuery::parse(body, agent.is_none())?;
+    if query.names_environments() {
+        let Some(agent) = &agent else {
+            return Err(GatewayError::invalid(
+                "`version` names an environment: environments are an agent's, so search one \
+                 agent's runs (`/api/agents/{agent}/runs/search`) or name version ids",
+            )
+            .with_param("values")
+            .with_code("invalid_search"));
+        };
+        let deployments = state.gateway.agents.deployments(&tenant, agent).await?;
+        query.resolve_environments(&deployments.history);
+    }
     // A client reads its own writes.
     super::runs::settle(state).await;
     let scope = SearchScope { tenant, agent };

@@ -26,7 +26,7 @@ impl Filter {
             Field::Agent => self.keyword(Some(&run.agent)),
             Field::Model => self.keyword(run.model.as_deref().or(Some(&run.requested_model))),
             Field::Provider => self.keyword(run.provider.as_deref()),
-            Field::Version => self.keyword(run.version_id.as_deref()),
+            Field::Version => self.version(run.version_id.as_deref(), id_millis(&run.id)),
             Field::Schema => self.keyword(run.schema_id.map(|id| id.to_string()).as_deref()),
             Field::Conversation => {
                 self.keyword(run.conversation_id.map(|id| id.to_string()).as_deref())
@@ -88,6 +88,24 @@ impl Filter {
             Operator::IsEmpty => value.is_none(),
             Operator::IsNotEmpty => value.is_some(),
             _ => false,
+        }
+    }
+
+    /// A version id, or the version deployed to an environment when the run ran.
+    fn version(&self, value: Option<&str>, ms: u64) -> bool {
+        let named = |v: &str| {
+            self.operands.iter().any(|o| match o {
+                Operand::Text(t) => t == v,
+                Operand::Deployed(spans) => spans
+                    .iter()
+                    .any(|s| s.version_id == v && ms >= s.from_ms && ms < s.to_ms),
+                _ => false,
+            })
+        };
+        match self.operator {
+            Operator::Is => value.is_some_and(named),
+            Operator::IsNot => !value.is_some_and(named),
+            _ => self.keyword(value),
         }
     }
 

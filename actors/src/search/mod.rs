@@ -166,7 +166,21 @@ pub enum Operand {
     Time(u64),
     /// A JSON value, compared with a run's JSON (`metadata.`, `input.`, `output.`).
     Json(Value),
+    /// An environment name (`version is production`), resolved: the versions deployed there
+    /// and when.
+    Deployed(Vec<DeployedSpan>),
 }
+
+/// A version deployed to an environment from `from_ms` until `to_ms` (exclusive).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeployedSpan {
+    pub version_id: String,
+    pub from_ms: u64,
+    pub to_ms: u64,
+}
+
+/// The environment names `version` accepts besides version ids.
+pub const ENVIRONMENTS: [&str; 3] = ["dev", "staging", "production"];
 
 /// One checked field query.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,14 +206,19 @@ impl Filter {
             Field::Source => IndexedField::Source,
             _ => return None,
         };
-        let values = self
-            .operands
-            .iter()
-            .map(|o| match o {
-                Operand::Text(text) => Some(text.as_str()),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()?;
+        let mut values = Vec::new();
+        for operand in &self.operands {
+            match operand {
+                Operand::Text(text) => values.push(text.as_str()),
+                // A superset: the versions ever deployed there (the matcher checks when).
+                Operand::Deployed(spans) => {
+                    values.extend(spans.iter().map(|s| s.version_id.as_str()))
+                }
+                _ => return None,
+            }
+        }
+        values.sort_unstable();
+        values.dedup();
         Some((field, values))
     }
 
@@ -316,10 +335,67 @@ impl RunQuery {
             .fold((0, u64::MAX), |(lo, hi), (a, b)| (lo.max(a), hi.min(b)))
     }
 
+    /// Whether a `version` filter names an environment.
+    pub fn names_environments(&self) -> bool {
+        self.filters.iter().any(|f| {
+            f.field == Field::Version
+                && f.operands
+                    .iter()
+                    .any(|o| matches!(o, Operand::Text(t) if ENVIRONMENTS.contains(&t.as_str())))
+        })
+    }
+
+    /// Turns the environment names of `version` filters into the versions deployed there and
+    /// when, from the agent's deployment history (any order): a run matches `version is
+    /// production` when its version was the one deployed to production when it ran (for any
+    /// of the agent's schemas).
+    pub fn resolve_environments(&mut self, history: &[crate::agents::DeploymentRecord]) {
+        let mut history: Vec<&crate::agents::DeploymentRecord> = history.iter().collect();
+        history.sort_by_key(|d| d.sequence);
+        let spans_of = |env: &str| -> Vec<DeployedSpan> {
+            let mut spans = Vec::new();
+            for (i, d) in history.iter().enumerate() {
+                if d.environment.as_str() != env {
+                    continue;
+                }
+                let from_ms = millis_of(&d.deployed_at);
+                let to_ms = history[i + 1..]
+                    .iter()
+                    .find(|n| n.environment == d.environment && n.schema_id == d.schema_id)
+                    .map_or(u64::MAX, |n| millis_of(&n.deployed_at));
+                spans.push(DeployedSpan {
+                    version_id: d.version_id.clone(),
+                    from_ms,
+                    to_ms,
+                });
+            }
+            spans
+        };
+        for filter in &mut self.filters {
+            if filter.field != Field::Version {
+                continue;
+            }
+            for operand in &mut filter.operands {
+                if let Operand::Text(t) = operand {
+                    if ENVIRONMENTS.contains(&t.as_str()) {
+                        *operand = Operand::Deployed(spans_of(t));
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether the query asks about feedback (which lives beside the runs).
     pub fn needs_feedback(&self) -> bool {
         self.filters.iter().any(|f| f.field == Field::Feedback)
     }
+}
+
+fn millis_of(rfc3339: &str) -> u64 {
+    humantime::parse_rfc3339_weak(rfc3339)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A cursor is the id of the last run of the previous page.

@@ -228,3 +228,58 @@ fn text_search_ignores_ascii_case() {
     assert!(!needle.is_in("hell o"));
     assert!(!needle.is_in("hell"));
 }
+
+#[test]
+fn an_environment_stands_for_the_version_deployed_there_when_the_run_ran() {
+    use crate::agents::DeploymentRecord;
+    use crate::model_ref::Environment;
+    let deployed = |version: &str, env: Environment, at: &str, sequence: u64| DeploymentRecord {
+        agent: "a".into(),
+        schema_id: 1,
+        environment: env,
+        version_id: version.into(),
+        previous_version_id: None,
+        deployed_at: at.into(),
+        deployed_by: "ops".into(),
+        sequence,
+    };
+    let history = vec![
+        deployed("v2", Environment::Production, "2026-01-02T00:00:00Z", 2),
+        deployed("v1", Environment::Production, "2026-01-01T00:00:00Z", 1),
+        deployed("v3", Environment::Staging, "2026-01-01T12:00:00Z", 3),
+    ];
+    let mut q =
+        query(json!([{"field": "version", "operator": "is", "values": ["production"]}])).unwrap();
+    assert!(q.names_environments());
+    q.resolve_environments(&history);
+    assert!(!q.names_environments());
+    let filter = &q.filters[0];
+    let (_, values) = filter.indexed().unwrap();
+    assert_eq!(values, vec!["v1", "v2"]);
+    let at = |version: &str, when: &str| {
+        let ms = humantime::parse_rfc3339(when)
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let mut run = conformance::run("t", "a");
+        run.id = id_bounds(ms).0;
+        run.version_id = Some(version.into());
+        matches(filter, &run)
+    };
+    // v1 while it was in production, not before nor after v2 replaced it.
+    assert!(!at("v1", "2025-12-31T23:00:00Z"));
+    assert!(at("v1", "2026-01-01T06:00:00Z"));
+    assert!(!at("v1", "2026-01-03T00:00:00Z"));
+    assert!(at("v2", "2026-01-03T00:00:00Z"));
+    // Staging's version was never in production.
+    assert!(!at("v3", "2026-01-01T13:00:00Z"));
+    // `is not`: the complement.
+    let mut not =
+        query(json!([{"field": "version", "operator": "is not", "values": ["production"]}]))
+            .unwrap();
+    not.resolve_environments(&history);
+    let mut run = conformance::run("t", "a");
+    run.version_id = Some("v3".into());
+    assert!(matches(&not.filters[0], &run));
+}

@@ -98,9 +98,7 @@ impl SearchIndex {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !known.contains(&agent) {
-            self.agents
-                .insert(&agent, &[] as &[u8])
-                .map_err(backend)?;
+            self.agents.insert(&agent, &[] as &[u8]).map_err(backend)?;
             if known.len() >= MAX_AGENTS {
                 known.clear();
             }
