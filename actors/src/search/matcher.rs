@@ -358,20 +358,13 @@ impl TextNeedle {
             return false;
         }
         let (first_lo, first_up) = (n[0], n[0].to_ascii_uppercase());
-        let last = haystack.len() - n.len();
-        let mut i = 0;
-        while i <= last {
-            let b = haystack[i];
-            if (b == first_lo || b == first_up)
-                && haystack[i + 1..i + n.len()]
-                    .iter()
-                    .zip(&n[1..])
-                    .all(|(h, c)| h.to_ascii_lowercase() == *c)
-            {
-                return true;
-            }
-            i += 1;
-        }
-        false
+        // Only the room where the whole needle fits; candidates found a word at a time.
+        let room = &haystack[..=haystack.len() - n.len()];
+        memchr::memchr2_iter(first_lo, first_up, room).any(|i| {
+            haystack[i + 1..i + n.len()]
+                .iter()
+                .zip(&n[1..])
+                .all(|(h, c)| h.to_ascii_lowercase() == *c)
+        })
     }
 }

@@ -19,6 +19,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use std::time::Instant;
+
 use uuid::Uuid;
 
 use super::{agent_prefix, backend};
@@ -27,10 +29,11 @@ use crate::recorder::run::{RunRecord, RunSummary};
 use crate::search::{id_bounds, Field, IndexedField, Operator, RunFacts, RunQuery, TextNeedle};
 use crate::storage::{SearchPage, SearchScope, StorageError};
 
-/// Candidates read for one page at most.
-pub const SCAN_BUDGET: usize = 200_000;
+/// Candidates read for one page at most, and for how long.
+pub const SCAN_BUDGET: usize = 2_000_000;
+pub const TIME_BUDGET: std::time::Duration = std::time::Duration::from_millis(900);
 /// Index entries counted for `count` at most; past it the count is an estimate.
-pub const COUNT_BOUND: usize = 10_000;
+pub const COUNT_BOUND: usize = 1_000;
 /// Agents merged in one all-agents search at most.
 pub const MAX_AGENTS: usize = 10_000;
 /// Marks an index built for every run stored before it existed.
@@ -272,46 +275,68 @@ impl SearchIndex {
         let mut below = upper;
         let mut more = false;
         let mut budget_spent = false;
-        while let Some(id) = stream.next_below(&below)? {
-            if id < lower {
-                break;
-            }
+        let started = Instant::now();
+        // Stops the page: full (one more candidate shows there is more), or out of budget.
+        let mut stop = |items: &Vec<RunSummary>, scanned: usize| {
             if items.len() == query.limit {
-                more = true;
-                break;
+                return true;
             }
-            if scanned == SCAN_BUDGET {
+            if scanned >= SCAN_BUDGET
+                || (scanned % 1024 == 1023 && started.elapsed() >= TIME_BUDGET)
+            {
                 budget_spent = true;
-                more = true;
-                break;
+                return true;
             }
-            // Every candidate at or above `below` has been looked at.
-            below = id;
-            scanned += 1;
-            let Some(bytes) = runs.get(id).map_err(backend)? else {
-                continue;
-            };
-            if !texts.iter().all(|needle| needle.is_in_bytes(&bytes)) {
-                continue;
+            false
+        };
+        let check = Check {
+            scope,
+            query,
+            texts: &texts,
+            needs_feedback,
+        };
+        if indexed.is_empty() && scope.agent.is_none() {
+            // Nothing to intersect across all agents: one pass over the runs themselves,
+            // newest first, is cheaper than merging every agent's list and looking each run
+            // up; other tenants' runs are passed over before they are parsed.
+            let owner = owner_needle(&scope.tenant);
+            let mut end = upper.to_vec();
+            end.truncate(16);
+            for entry in runs.range(lower.to_vec()..end).rev() {
+                let (key, bytes) = entry.map_err(backend)?;
+                let id = id_of(&key, 0);
+                if stop(&items, scanned) {
+                    more = true;
+                    break;
+                }
+                below = id;
+                scanned += 1;
+                let head = &bytes[..bytes.len().min(OWNER_WINDOW)];
+                if memchr::memmem::find(head, &owner).is_none() {
+                    continue;
+                }
+                if let Some(item) = self.examine(&bytes, &check)? {
+                    items.push(item);
+                }
             }
-            let run: RunRecord = match serde_json::from_slice(&bytes) {
-                Ok(run) => run,
-                Err(_) => continue,
-            };
-            if run.tenant != scope.tenant {
-                continue;
-            }
-            let feedback = if needs_feedback {
-                self.feedback_of(&run.id)?
-            } else {
-                None
-            };
-            let facts = RunFacts {
-                run: &run,
-                feedback,
-            };
-            if query.filters.iter().all(|f| f.matches(&facts)) {
-                items.push(RunSummary::from(&run));
+        } else {
+            while let Some(id) = stream.next_below(&below)? {
+                if id < lower {
+                    break;
+                }
+                if stop(&items, scanned) {
+                    more = true;
+                    break;
+                }
+                // Every candidate at or above `below` has been looked at.
+                below = id;
+                scanned += 1;
+                let Some(bytes) = runs.get(id).map_err(backend)? else {
+                    continue;
+                };
+                if let Some(item) = self.examine(&bytes, &check)? {
+                    items.push(item);
+                }
             }
         }
         let next_cursor = more.then(|| Uuid::from_bytes(below).to_string());
@@ -344,6 +369,60 @@ impl SearchIndex {
             scan_limit_reached: budget_spent,
         })
     }
+}
+
+/// What a candidate is checked against.
+struct Check<'a> {
+    scope: &'a SearchScope,
+    query: &'a RunQuery,
+    /// Words every matching record holds (a byte search before it is parsed).
+    texts: &'a [TextNeedle],
+    needs_feedback: bool,
+}
+
+impl SearchIndex {
+    /// A stored run, if it matches: its summary.
+    fn examine(&self, bytes: &[u8], check: &Check<'_>) -> Result<Option<RunSummary>, StorageError> {
+        if !check.texts.iter().all(|needle| needle.is_in_bytes(bytes)) {
+            return Ok(None);
+        }
+        let Ok(run) = serde_json::from_slice::<RunRecord>(bytes) else {
+            return Ok(None);
+        };
+        if run.tenant != check.scope.tenant {
+            return Ok(None);
+        }
+        let feedback = if check.needs_feedback {
+            self.feedback_of(&run.id)?
+        } else {
+            None
+        };
+        let facts = RunFacts {
+            run: &run,
+            feedback,
+        };
+        Ok(check
+            .query
+            .filters
+            .iter()
+            .all(|f| f.matches(&facts))
+            .then(|| RunSummary::from(&run)))
+    }
+}
+
+/// How far into a stored run its tenant is looked for (it follows the id).
+const OWNER_WINDOW: usize = 256;
+
+/// `"tenant":"<tenant>",` as a stored run spells it.
+fn owner_needle(tenant: &str) -> Vec<u8> {
+    let mut needle = b"\"tenant\":".to_vec();
+    needle.extend_from_slice(
+        serde_json::to_string(tenant)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    needle.push(b',');
+    needle
 }
 
 /// The next id above `id` (for an exclusive upper bound that includes `id`).
