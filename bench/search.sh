@@ -15,9 +15,11 @@ OUT=$ROOT/bench/results/search-$STAMP.txt
 mkdir -p "$ROOT/bench/results"
 cargo build --release -p flowgate-actors --example search_bench
 BIN=$ROOT/target/release/examples/search_bench
+# What the indexes add to the recorder's writes, on fresh stores.
+"$BIN" --write-cost | tee "$OUT"
 if [ -n "${SEARCH_DIR:-}" ]; then
-  "$BIN" "$RUNS" "$SEARCH_DIR" | tee "$OUT"
+  "$BIN" "$RUNS" "$SEARCH_DIR" | tee -a "$OUT"
 else
-  "$BIN" "$RUNS" | tee "$OUT"
+  "$BIN" "$RUNS" | tee -a "$OUT"
 fi
 echo "figures kept in $OUT"

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use std::collections::HashMap;
 
-use super::search::{values_by_field, SearchIndex};
+use super::search::{facets, values_by_field, SearchIndex};
 use super::{agent_prefix, backend, off_thread};
 use crate::recorder::run::{RunRecord, RunSummary};
 use crate::search::{IndexedField, RunQuery};
@@ -37,7 +37,7 @@ impl SledRunStore {
             by_agent: db.open_tree("runs_by_agent").map_err(backend)?,
             index: SearchIndex::open(db)?,
         };
-        store.index.build_once(&store.runs)?;
+        store.index.build_once(&store.runs, &store.by_agent)?;
         Ok(store)
     }
 
@@ -56,10 +56,14 @@ impl SledRunStore {
             self.runs
                 .insert(run.id.as_bytes(), buf.as_slice())
                 .map_err(backend)?;
+            // The agent list's entry carries the run's facets, for searches.
+            let facets = facets(run);
             let mut key = agent_prefix(&run.tenant, &run.agent);
             key.extend_from_slice(run.id.as_bytes());
-            self.by_agent.insert(key, &[] as &[u8]).map_err(backend)?;
-            self.index.add(run)?;
+            self.by_agent
+                .insert(key, facets.as_slice())
+                .map_err(backend)?;
+            self.index.add(run, &facets)?;
         }
         Ok(())
     }

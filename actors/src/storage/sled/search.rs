@@ -1,20 +1,24 @@
-//! Runs search on sled: indexes for the categorical fields, time from the ids, and the shared
-//! matcher for the rest.
+//! Runs search on sled: facets and index lists for the categorical fields, time from the ids,
+//! and the shared matcher for the rest.
 //!
-//! * `runs_index`: `tenant \0 agent \0 field-code value \0 run id` for status, model,
-//!   provider, version, cache and source — written with the run, so a page of
-//!   "agent + model + status" reads only runs that match.
-//! * `runs_agents`: `tenant \0 agent`, so a search over all of a tenant's agents knows which
-//!   agents to merge (written once per agent).
+//! * Facets: status, cache, source and provider of a run, packed in a few bytes ([`facets`]),
+//!   are the value of the run's entry in `runs_by_agent` and in each index list, so a filter
+//!   on them is checked without reading the run.
+//! * `runs_index`: `tenant \0 agent \0 field-code value \0 run id` → facets, for `model` and
+//!   `version` (the fields with many values, where reading the whole agent list would be slow).
+//!   Two entries a run, besides the run and its agent list entry.
+//! * `runs_values` (`tenant \0 agent \0 field-code value`) and `runs_agents` (`tenant \0
+//!   agent`): which values and agents exist, written once each (for a search UI, and so that
+//!   a search over all of a tenant's agents knows which to merge).
 //! * Run ids are UUIDv7: a `created_at` range is an id range, and newest-first is reverse key
-//!   order in every index.
+//!   order in every list.
 //!
-//! A candidate stream per agent is the intersection of the index lists of the query's indexed
-//! `is` filters (each the union of its values' lists), or the agent's whole list; the agents'
-//! streams merge newest first. Each candidate is then read and checked with the shared matcher
-//! (free text first as a byte search over the stored record). A page stops after `limit`
-//! matches or after [`SCAN_BUDGET`] candidates — then the page says so and its cursor resumes
-//! where the scan stopped.
+//! A candidate stream per agent is the intersection of the index lists of the query's `model`
+//! and `version` filters (each the union of its values' lists), or the agent's whole list; the
+//! agents' streams merge newest first. A candidate whose facets fail a filter is passed over;
+//! the others are read and checked with the shared matcher (free text first as a byte search
+//! over the stored record). A page stops after `limit` matches, or after [`SCAN_BUDGET`]
+//! candidates or [`TIME_BUDGET`] — then the page says so and its cursor resumes the scan.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -26,7 +30,9 @@ use uuid::Uuid;
 use super::{agent_prefix, backend};
 use crate::agents::FeedbackRecord;
 use crate::recorder::run::{RunRecord, RunSummary};
-use crate::search::{id_bounds, Field, IndexedField, Operator, RunFacts, RunQuery, TextNeedle};
+use crate::search::{
+    id_bounds, Field, Filter, IndexedField, Operand, Operator, RunFacts, RunQuery, TextNeedle,
+};
 use crate::storage::{SearchPage, SearchScope, StorageError};
 
 /// Candidates read for one page at most, and for how long.
@@ -37,7 +43,7 @@ pub const COUNT_BOUND: usize = 1_000;
 /// Agents merged in one all-agents search at most.
 pub const MAX_AGENTS: usize = 10_000;
 /// Marks an index built for every run stored before it existed.
-const BUILT_MARK: &[u8] = b"\xff\xffbuilt-v1";
+const BUILT_MARK: &[u8] = b"\xff\xffbuilt-v2";
 
 /// `tenant \0 agent \0 code value \0`.
 fn posting_prefix(tenant: &str, agent: &str, field: IndexedField, value: &str) -> Vec<u8> {
@@ -48,7 +54,7 @@ fn posting_prefix(tenant: &str, agent: &str, field: IndexedField, value: &str) -
     key
 }
 
-/// The indexed values of a run.
+/// The values of a run by categorical field.
 fn indexed_values(run: &RunRecord) -> impl Iterator<Item = (IndexedField, &str)> {
     let model = run.model.as_deref().unwrap_or(&run.requested_model);
     [
@@ -63,55 +69,135 @@ fn indexed_values(run: &RunRecord) -> impl Iterator<Item = (IndexedField, &str)>
     .filter_map(|(field, value)| Some((field, value.filter(|v| !v.is_empty())?)))
 }
 
+/// Whether a field has index lists (the others are facets).
+fn has_lists(field: IndexedField) -> bool {
+    matches!(field, IndexedField::Model | IndexedField::Version)
+}
+
+const FACETS_V1: u8 = 1;
+const STATUSES: [&str; 3] = ["success", "error", "cancelled"];
+const CACHES: [&str; 4] = ["bypass", "miss", "hit", "coalesced"];
+const SOURCES: [&str; 3] = ["api", "playground", "replay"];
+
+fn code_of(list: &[&str], value: &str) -> u8 {
+    list.iter()
+        .position(|v| *v == value)
+        .unwrap_or(u8::MAX as usize) as u8
+}
+
+/// A run's facets: `[1, status, cache, source, provider length, provider…]`.
+pub(super) fn facets(run: &RunRecord) -> Vec<u8> {
+    let provider = run.provider.as_deref().unwrap_or("");
+    let provider = &provider.as_bytes()[..provider.len().min(255)];
+    let mut out = Vec::with_capacity(5 + provider.len());
+    out.extend_from_slice(&[
+        FACETS_V1,
+        code_of(&STATUSES, run.status.as_str()),
+        code_of(&CACHES, run.cache.as_str()),
+        code_of(&SOURCES, run.source.as_str()),
+        provider.len() as u8,
+    ]);
+    out.extend_from_slice(provider);
+    out
+}
+
+/// What a filter says of facets: `None` when the facets cannot tell (another field, another
+/// operator, or an entry written without facets).
+fn facet_answer(filter: &Filter, facets: &[u8]) -> Option<bool> {
+    if facets.len() < 5 || facets[0] != FACETS_V1 {
+        return None;
+    }
+    let value: &str = match filter.field {
+        Field::Status => STATUSES.get(facets[1] as usize)?,
+        Field::Cache => CACHES.get(facets[2] as usize)?,
+        Field::Source => SOURCES.get(facets[3] as usize)?,
+        Field::Provider => {
+            let len = facets[4] as usize;
+            std::str::from_utf8(facets.get(5..5 + len)?).ok()?
+        }
+        _ => return None,
+    };
+    let listed = || {
+        filter
+            .operands
+            .iter()
+            .any(|o| matches!(o, Operand::Text(t) if t == value))
+    };
+    match filter.operator {
+        Operator::Is => Some(!value.is_empty() && listed()),
+        Operator::IsNot => Some(value.is_empty() || !listed()),
+        _ => None,
+    }
+}
+
 /// The search indexes of the runs' database.
 #[derive(Clone)]
 pub struct SearchIndex {
     index: ::sled::Tree,
     agents: ::sled::Tree,
+    values: ::sled::Tree,
     feedback: ::sled::Tree,
-    /// The agents already in `agents` (bounded: cleared past [`MAX_AGENTS`]).
-    known_agents: Arc<Mutex<HashSet<Vec<u8>>>>,
+    /// The keys already in `agents` and `values` (bounded: cleared past [`MAX_KNOWN`]).
+    known: Arc<Mutex<HashSet<Vec<u8>>>>,
 }
+
+/// Keys of `agents` and `values` remembered as written, at most.
+const MAX_KNOWN: usize = 100_000;
 
 impl SearchIndex {
     pub(super) fn open(db: &::sled::Db) -> Result<SearchIndex, StorageError> {
         Ok(SearchIndex {
             index: db.open_tree("runs_index").map_err(backend)?,
             agents: db.open_tree("runs_agents").map_err(backend)?,
+            values: db.open_tree("runs_values").map_err(backend)?,
             feedback: db.open_tree("run_feedback").map_err(backend)?,
-            known_agents: Arc::default(),
+            known: Arc::default(),
         })
     }
 
-    /// Adds a run to the indexes.
-    pub(super) fn add(&self, run: &RunRecord) -> Result<(), StorageError> {
+    /// Adds a run to the indexes; `facets` are its [`facets`].
+    pub(super) fn add(&self, run: &RunRecord, facets: &[u8]) -> Result<(), StorageError> {
         let mut key = Vec::with_capacity(96);
         for (field, value) in indexed_values(run) {
             key.clear();
             key.extend_from_slice(&posting_prefix(&run.tenant, &run.agent, field, value));
-            key.extend_from_slice(run.id.as_bytes());
-            self.index.insert(&key, &[] as &[u8]).map_err(backend)?;
+            // `… value \0`: without the separator it is the key of the value's existence.
+            key.pop();
+            self.once(&self.values, &key)?;
+            if has_lists(field) {
+                key.push(0);
+                key.extend_from_slice(run.id.as_bytes());
+                self.index.insert(&key, facets).map_err(backend)?;
+            }
         }
         let mut agent = run.tenant.as_bytes().to_vec();
         agent.push(0);
         agent.extend_from_slice(run.agent.as_bytes());
-        // Once per agent: the list of agents is all a search needs of this tree.
+        self.once(&self.agents, &agent)
+    }
+
+    /// Writes `key` to `tree` unless this process already did.
+    fn once(&self, tree: &::sled::Tree, key: &[u8]) -> Result<(), StorageError> {
         let mut known = self
-            .known_agents
+            .known
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !known.contains(&agent) {
-            self.agents.insert(&agent, &[] as &[u8]).map_err(backend)?;
-            if known.len() >= MAX_AGENTS {
+        if !known.contains(key) {
+            tree.insert(key, &[] as &[u8]).map_err(backend)?;
+            if known.len() >= MAX_KNOWN {
                 known.clear();
             }
-            known.insert(agent);
+            known.insert(key.to_vec());
         }
         Ok(())
     }
 
     /// Indexes the runs stored before the index existed (once per data directory).
-    pub(super) fn build_once(&self, runs: &::sled::Tree) -> Result<(), StorageError> {
+    pub(super) fn build_once(
+        &self,
+        runs: &::sled::Tree,
+        by_agent: &::sled::Tree,
+    ) -> Result<(), StorageError> {
         if self.index.contains_key(BUILT_MARK).map_err(backend)? {
             return Ok(());
         }
@@ -120,7 +206,11 @@ impl SearchIndex {
             let (_, bytes) = entry.map_err(backend)?;
             match serde_json::from_slice::<RunRecord>(&bytes) {
                 Ok(run) => {
-                    self.add(&run)?;
+                    let facets = facets(&run);
+                    let mut key = agent_prefix(&run.tenant, &run.agent);
+                    key.extend_from_slice(run.id.as_bytes());
+                    by_agent.insert(key, facets.as_slice()).map_err(backend)?;
+                    self.add(&run, &facets)?;
                     n += 1;
                 }
                 Err(e) => tracing::warn!(error = %e, "a stored run cannot be read: not indexed"),
@@ -147,24 +237,9 @@ impl SearchIndex {
         let mut prefix = agent_prefix(tenant, agent);
         prefix.push(field.code());
         let mut values = Vec::new();
-        let mut from = prefix.clone();
-        while values.len() < max {
-            let Some(entry) = self.index.range(from.clone()..).next() else {
-                break;
-            };
-            let (key, _) = entry.map_err(backend)?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let rest = &key[prefix.len()..];
-            let Some(end) = rest.iter().position(|b| *b == 0) else {
-                break;
-            };
-            values.push(String::from_utf8_lossy(&rest[..end]).into_owned());
-            // Past every key of this value.
-            from = prefix.clone();
-            from.extend_from_slice(&rest[..end]);
-            from.push(1);
+        for key in self.values.scan_prefix(&prefix).keys().take(max) {
+            let key = key.map_err(backend)?;
+            values.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
         }
         Ok(values)
     }
@@ -195,8 +270,9 @@ impl SearchIndex {
         Ok(outcome)
     }
 
-    /// The candidate runs of `agents`, newest first: the intersection of the index lists of
-    /// the indexed filters (each the union of its values' lists), or each agent's whole list.
+    /// The candidate runs of `agents`, newest first, with their facets: the intersection of
+    /// the index lists of the `model` and `version` filters (each the union of its values'
+    /// lists), or each agent's whole list.
     fn candidates(
         &self,
         by_agent: &::sled::Tree,
@@ -245,8 +321,22 @@ impl SearchIndex {
             upper = increment(upper);
         }
         let lower = *id_bounds(from_ms).0.as_bytes();
-        let indexed: Vec<(IndexedField, Vec<&str>)> =
-            query.filters.iter().filter_map(|f| f.indexed()).collect();
+        let indexed: Vec<(IndexedField, Vec<&str>)> = query
+            .filters
+            .iter()
+            .filter_map(|f| f.indexed())
+            .filter(|(field, _)| has_lists(*field))
+            .collect();
+        let by_facets: Vec<&Filter> = query
+            .filters
+            .iter()
+            .filter(|f| facet_answer(f, &[FACETS_V1, 0, 0, 0, 0]).is_some())
+            .collect();
+        let facets_fail = |facets: &[u8]| {
+            by_facets
+                .iter()
+                .any(|f| facet_answer(f, facets) == Some(false))
+        };
         let mut stream = self.candidates(by_agent, &scope.tenant, &agents, &indexed);
         let texts: Vec<TextNeedle> = query
             .filters
@@ -266,8 +356,14 @@ impl SearchIndex {
             })
             .collect();
         let needs_feedback = query.needs_feedback();
+        // Every filter answered by the lists, the facets and the id range: counting needs no
+        // run read.
         let only_indexed = query.filters.iter().all(|f| {
-            f.indexed().is_some() || (f.time_range().is_some() && f.field == Field::CreatedAt)
+            let exact_list = f.indexed().is_some_and(|(field, _)| has_lists(field))
+                && !f.operands.iter().any(|o| matches!(o, Operand::Deployed(_)));
+            exact_list
+                || by_facets.contains(&f)
+                || (f.time_range().is_some() && f.field == Field::CreatedAt)
         });
 
         let mut items = Vec::with_capacity(query.limit);
@@ -320,7 +416,7 @@ impl SearchIndex {
                 }
             }
         } else {
-            while let Some(id) = stream.next_below(&below)? {
+            while let Some((id, facets)) = stream.next_below(&below)? {
                 if id < lower {
                     break;
                 }
@@ -331,6 +427,9 @@ impl SearchIndex {
                 // Every candidate at or above `below` has been looked at.
                 below = id;
                 scanned += 1;
+                if facets_fail(&facets) {
+                    continue;
+                }
                 let Some(bytes) = runs.get(id).map_err(backend)? else {
                     continue;
                 };
@@ -347,11 +446,13 @@ impl SearchIndex {
             let mut n = 0usize;
             let mut at = *id_bounds(to_ms).1.as_bytes();
             at = increment(at);
-            while let Some(id) = counter.next_below(&at)? {
+            while let Some((id, facets)) = counter.next_below(&at)? {
                 if id < lower || n == COUNT_BOUND {
                     break;
                 }
-                n += 1;
+                if !facets_fail(&facets) {
+                    n += 1;
+                }
                 at = id;
             }
             (n as u64, n < COUNT_BOUND)
@@ -416,11 +517,7 @@ const OWNER_WINDOW: usize = 256;
 /// `"tenant":"<tenant>",` as a stored run spells it.
 fn owner_needle(tenant: &str) -> Vec<u8> {
     let mut needle = b"\"tenant\":".to_vec();
-    needle.extend_from_slice(
-        serde_json::to_string(tenant)
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    needle.extend_from_slice(serde_json::to_string(tenant).unwrap_or_default().as_bytes());
     needle.push(b',');
     needle
 }
@@ -431,9 +528,12 @@ fn increment(id: [u8; 16]) -> [u8; 16] {
     n.saturating_add(1).to_be_bytes()
 }
 
-/// A stream of run ids, newest first, that can jump below any id.
+/// A candidate: a run id and its facets.
+type Candidate = ([u8; 16], ::sled::IVec);
+
+/// A stream of run ids (with their facets), newest first, that can jump below any id.
 enum Source {
-    /// One index list (keys `prefix ++ id`).
+    /// One list (keys `prefix ++ id`, facets as values).
     List(Box<List>),
     /// The union of streams.
     Any(Vec<Source>),
@@ -446,8 +546,8 @@ struct List {
     prefix: Vec<u8>,
     /// A reverse iterator that stands just after `last`.
     iter: Option<::sled::Iter>,
-    /// The newest id of the list strictly below `bound` (`None`: there is none).
-    last: Option<[u8; 16]>,
+    /// The newest entry of the list strictly below `bound` (`None`: there is none).
+    last: Option<Candidate>,
     bound: [u8; 16],
 }
 
@@ -465,15 +565,17 @@ impl Source {
         }))
     }
 
-    /// The newest id strictly below `below`.
-    fn next_below(&mut self, below: &[u8; 16]) -> Result<Option<[u8; 16]>, StorageError> {
+    /// The newest entry strictly below `below`.
+    fn next_below(&mut self, below: &[u8; 16]) -> Result<Option<Candidate>, StorageError> {
         match self {
             Source::List(list) => list.next_below(below),
             Source::Any(sources) => {
-                let mut best: Option<[u8; 16]> = None;
+                let mut best: Option<Candidate> = None;
                 for source in sources.iter_mut() {
-                    if let Some(id) = source.next_below(below)? {
-                        best = Some(best.map_or(id, |b| b.max(id)));
+                    if let Some(found) = source.next_below(below)? {
+                        if best.as_ref().is_none_or(|b| found.0 > b.0) {
+                            best = Some(found);
+                        }
                     }
                 }
                 Ok(best)
@@ -487,10 +589,10 @@ impl Source {
                 };
                 'search: loop {
                     for source in rest.iter_mut() {
-                        let Some(id) = source.next_below(&increment(candidate))? else {
+                        let Some((id, _)) = source.next_below(&increment(candidate.0))? else {
                             return Ok(None);
                         };
-                        if id != candidate {
+                        if id != candidate.0 {
                             // `id` < candidate: nothing between them is in this list.
                             let Some(next) = first.next_below(&increment(id))? else {
                                 return Ok(None);
@@ -507,31 +609,34 @@ impl Source {
 }
 
 impl List {
-    fn next_below(&mut self, below: &[u8; 16]) -> Result<Option<[u8; 16]>, StorageError> {
+    fn entry(
+        &self,
+        entry: ::sled::Result<(::sled::IVec, ::sled::IVec)>,
+    ) -> Result<Candidate, StorageError> {
+        let (key, value) = entry.map_err(backend)?;
+        Ok((id_of(&key, self.prefix.len()), value))
+    }
+
+    fn next_below(&mut self, below: &[u8; 16]) -> Result<Option<Candidate>, StorageError> {
         if self.iter.is_some() && *below <= self.bound {
-            match self.last {
+            match &self.last {
                 // Nothing below the bound, so nothing below `below`.
                 None => return Ok(None),
                 // The newest below the bound is below `below` too: the newest below it.
-                Some(last) if last < *below => return Ok(Some(last)),
+                Some(last) if last.0 < *below => return Ok(Some(last.clone())),
                 // Older entries are wanted: walk on a few steps.
                 Some(_) => {
-                    if let Some(iter) = self.iter.as_mut() {
-                        for _ in 0..WALK {
-                            let next = match iter.next_back() {
-                                None => None,
-                                Some(entry) => {
-                                    let (key, _) = entry.map_err(backend)?;
-                                    Some(id_of(&key, self.prefix.len()))
-                                }
-                            };
-                            self.last = next;
-                            self.bound = *below;
-                            match next {
-                                None => return Ok(None),
-                                Some(id) if id < *below => return Ok(Some(id)),
-                                Some(_) => {}
-                            }
+                    for _ in 0..WALK {
+                        let next = match self.iter.as_mut().and_then(|i| i.next_back()) {
+                            None => None,
+                            Some(entry) => Some(self.entry(entry)?),
+                        };
+                        self.last = next.clone();
+                        self.bound = *below;
+                        match next {
+                            None => return Ok(None),
+                            Some(found) if found.0 < *below => return Ok(Some(found)),
+                            Some(_) => {}
                         }
                     }
                 }
@@ -543,14 +648,11 @@ impl List {
         let mut iter = self.tree.range(self.prefix.clone()..end);
         let next = match iter.next_back() {
             None => None,
-            Some(entry) => {
-                let (key, _) = entry.map_err(backend)?;
-                Some(id_of(&key, self.prefix.len()))
-            }
+            Some(entry) => Some(self.entry(entry)?),
         };
         self.iter = Some(iter);
         self.bound = *below;
-        self.last = next;
+        self.last = next.clone();
         Ok(next)
     }
 }
