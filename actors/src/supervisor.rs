@@ -118,7 +118,11 @@ impl Supervisor {
                 config.data_dir.display()
             )
         })?;
-        let Storage { runs, feedback } = storage.storage();
+        let Storage {
+            runs,
+            feedback,
+            shares,
+        } = storage.storage();
 
         let agents = AgentStore::open(storage.db()).map_err(|e| {
             format!(
@@ -178,6 +182,7 @@ impl Supervisor {
             recorder,
             runs,
             feedback,
+            shares,
             agents,
             metrics,
             public_url: config.public_url.trim_end_matches('/').into(),

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 
-use super::{FeedbackStore, RunStore};
+use super::{FeedbackStore, RunStore, ShareStore};
 use crate::completion::Usage;
 use crate::recorder::run::{CacheStatus, RunRecord, RunSource, RunStatus};
 
@@ -318,4 +318,41 @@ pub async fn run_search(store: &dyn RunStore, feedback: &dyn FeedbackStore) {
         values[&crate::search::IndexedField::Status],
         vec!["cancelled", "error", "success"]
     );
+}
+
+/// Share links: one token per run, the same one when shared again; a token opens its own
+/// tenant's run only; revoking closes it, and sharing again makes a new token.
+pub async fn share_store(store: &dyn ShareStore) {
+    let (run, other_run) = (Uuid::now_v7(), Uuid::now_v7());
+    let first = store.share("t1", run, "token-1").await.unwrap();
+    assert_eq!(
+        (first.token.as_str(), first.tenant.as_str(), first.run_id),
+        ("token-1", "t1", run)
+    );
+    // Shared again: the same token, whatever new one is offered.
+    let again = store.share("t1", run, "token-2").await.unwrap();
+    assert_eq!(again, first);
+    assert!(store.get("token-2").await.unwrap().is_none());
+    assert_eq!(store.get("token-1").await.unwrap(), Some(first.clone()));
+
+    // The same run id under another tenant is another share.
+    let theirs = store.share("t2", run, "token-3").await.unwrap();
+    assert_eq!(theirs.tenant, "t2");
+    assert_eq!(theirs.token, "token-3");
+    store.share("t1", other_run, "token-4").await.unwrap();
+
+    // Another tenant cannot revoke it; its owner can, once.
+    assert!(!store.revoke("t3", run).await.unwrap());
+    assert!(store.get("token-1").await.unwrap().is_some());
+    assert!(store.revoke("t1", run).await.unwrap());
+    assert!(!store.revoke("t1", run).await.unwrap());
+    assert!(store.get("token-1").await.unwrap().is_none());
+    assert!(store.get("token-3").await.unwrap().is_some());
+    assert!(store.get("token-4").await.unwrap().is_some());
+    assert!(store.get("never-issued").await.unwrap().is_none());
+
+    // Shared after a revoke: a new token; the old one stays closed.
+    let renewed = store.share("t1", run, "token-5").await.unwrap();
+    assert_eq!(renewed.token, "token-5");
+    assert!(store.get("token-1").await.unwrap().is_none());
 }

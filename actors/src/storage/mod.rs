@@ -8,7 +8,8 @@
 //! with cursors, so that a second backend implements them without changing a caller.
 //! `conformance.rs` holds the test bodies every backend must pass.
 //!
-//! Concerns behind traits so far: runs ([`RunStore`]) and feedback ([`FeedbackStore`]). The
+//! Concerns behind traits so far: runs ([`RunStore`]), feedback ([`FeedbackStore`]) and share
+//! links ([`ShareStore`]). The
 //! agents' store (schemas, versions, deployments, conversations) and the answer cache still
 //! open their sled trees
 //! from the same database ([`sled::SledStorage::db`]); they move behind traits of their own
@@ -28,6 +29,7 @@ use crate::agents::FeedbackRecord;
 use crate::error::{ErrorKind, GatewayError};
 use crate::recorder::run::{RunRecord, RunSummary};
 use crate::search::{IndexedField, RunQuery};
+use crate::share::Share;
 
 /// A storage failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -141,9 +143,34 @@ pub trait FeedbackStore: Send + Sync + 'static {
     fn for_run(&self, run_id: Uuid) -> BoxFuture<'_, Result<Vec<FeedbackRecord>, StorageError>>;
 }
 
+// ---- shared runs ----
+
+/// Share links: a token that opens one run of one tenant to anyone who holds it.
+pub trait ShareStore: Send + Sync + 'static {
+    /// The share of the tenant's run: the existing one, or a new one with `new_token` when the
+    /// run has none. Atomic: two calls at once get the same token.
+    fn share<'a>(
+        &'a self,
+        tenant: &'a str,
+        run_id: Uuid,
+        new_token: &'a str,
+    ) -> BoxFuture<'a, Result<Share, StorageError>>;
+
+    /// The share a token opens, if it exists and was not revoked.
+    fn get<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Share>, StorageError>>;
+
+    /// Revokes the tenant's share of the run; whether there was one.
+    fn revoke<'a>(
+        &'a self,
+        tenant: &'a str,
+        run_id: Uuid,
+    ) -> BoxFuture<'a, Result<bool, StorageError>>;
+}
+
 /// The stores of one backend.
 #[derive(Clone)]
 pub struct Storage {
     pub runs: Arc<dyn RunStore>,
     pub feedback: Arc<dyn FeedbackStore>,
+    pub shares: Arc<dyn ShareStore>,
 }

@@ -4,6 +4,7 @@
 mod feedback;
 mod runs;
 mod search;
+mod shares;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 pub use feedback::SledFeedbackStore;
 pub use runs::SledRunStore;
+pub use shares::SledShareStore;
 
 use super::{Storage, StorageError};
 
@@ -19,6 +21,7 @@ pub struct SledStorage {
     db: ::sled::Db,
     runs: Arc<SledRunStore>,
     feedback: Arc<SledFeedbackStore>,
+    shares: Arc<SledShareStore>,
 }
 
 impl SledStorage {
@@ -36,7 +39,13 @@ impl SledStorage {
             .map_err(backend)?;
         let runs = Arc::new(SledRunStore::open(&db)?);
         let feedback = Arc::new(SledFeedbackStore::open(&db)?);
-        Ok(SledStorage { db, runs, feedback })
+        let shares = Arc::new(SledShareStore::open(&db)?);
+        Ok(SledStorage {
+            db,
+            runs,
+            feedback,
+            shares,
+        })
     }
 
     /// The stores, for callers that do not care about the backend.
@@ -44,6 +53,7 @@ impl SledStorage {
         Storage {
             runs: self.runs.clone(),
             feedback: self.feedback.clone(),
+            shares: self.shares.clone(),
         }
     }
 
@@ -86,6 +96,12 @@ mod tests {
     async fn sled_passes_the_feedback_store_conformance_suite() {
         let (_dir, storage) = open();
         conformance::feedback_store(storage.storage().feedback.as_ref()).await;
+    }
+
+    #[actix_rt::test]
+    async fn sled_passes_the_share_store_conformance_suite() {
+        let (_dir, storage) = open();
+        conformance::share_store(storage.storage().shares.as_ref()).await;
     }
 
     #[actix_rt::test]
