@@ -131,7 +131,13 @@ mod tests {
             .unwrap(),
         );
         let view = serde_json::to_string(&SharedRunView::of(run)).unwrap();
-        for hidden in ["acme-internal", "c-42", "secret", "feedback_token", "tenant"] {
+        for hidden in [
+            "acme-internal",
+            "c-42",
+            "secret",
+            "feedback_token",
+            "tenant",
+        ] {
             assert!(!view.contains(hidden), "{hidden} in {view}");
         }
         let view: Value = serde_json::from_str(&view).unwrap();

@@ -11,6 +11,7 @@ mod models;
 mod ops;
 mod runs;
 mod search;
+mod share;
 mod sse;
 
 use std::net::TcpListener;
@@ -201,6 +202,12 @@ fn routes(cfg: &mut web::ServiceConfig) {
         web::get().to(search::agent_fields),
     )
     .route("/api/runs/{run_id}", web::get().to(runs::get_run))
+    .route("/api/runs/{run_id}/share", web::post().to(share::share_run))
+    .route(
+        "/api/runs/{run_id}/share",
+        web::delete().to(share::revoke_share),
+    )
+    .route("/share/{token}", web::get().to(share::shared_run))
     .route(
         "/api/agents/{agent}/runs",
         web::get().to(runs::list_agent_runs),

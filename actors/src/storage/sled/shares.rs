@@ -58,8 +58,7 @@ impl SledShareStore {
             token: new_token.to_string(),
             tenant: tenant.to_string(),
             run_id,
-            created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now())
-                .to_string(),
+            created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         };
         let bytes = serde_json::to_vec(&fresh).map_err(corrupt)?;
         (&self.shares, &self.by_run)
