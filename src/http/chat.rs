@@ -134,9 +134,9 @@ pub(super) async fn respond(
 
 /// A validated request.
 pub(super) struct Prepared {
-    chat: ChatRequest,
+    pub(super) chat: ChatRequest,
     /// The catalog name to resolve.
-    target_model: String,
+    pub(super) target_model: String,
     /// The body's bytes, held against the in-flight budget while the request runs (`None` for
     /// a request the gateway wrote itself: a replay, a playground model).
     _body: Option<Reservation>,

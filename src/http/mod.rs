@@ -9,6 +9,8 @@ mod connection;
 mod feedback;
 mod models;
 mod ops;
+mod playground;
+mod replay;
 mod runs;
 mod search;
 mod share;
@@ -208,6 +210,11 @@ fn routes(cfg: &mut web::ServiceConfig) {
         web::delete().to(share::revoke_share),
     )
     .route("/share/{token}", web::get().to(share::shared_run))
+    .route(
+        "/api/runs/{run_id}/replay",
+        web::post().to(replay::replay_run),
+    )
+    .route("/api/playground", web::post().to(playground::playground))
     .route(
         "/api/agents/{agent}/runs",
         web::get().to(runs::list_agent_runs),
