@@ -69,6 +69,11 @@ async fn get_as(gw: &Flowgate, key: &str, path: &str) -> (u16, Value) {
     (status, json_of(&text))
 }
 
+/// `DELETE` on a share path: status and body.
+async fn revoke(gw: &Flowgate, key: &str, path: &str) -> (u16, String, String) {
+    send(gw, reqwest::Method::DELETE, Some(key), path, None, None).await
+}
+
 /// The shared page, without a key: status, content type, body.
 async fn shared(gw: &Flowgate, token: &str, accept: &str) -> (u16, String, String) {
     let path = format!("/share/{token}");
@@ -199,40 +204,16 @@ async fn a_shared_run_is_read_without_a_key_until_revoked() {
     }
 
     // Another tenant's revoke changes nothing; the owner's closes the link.
-    let (status, _, body) = send(
-        &gw,
-        reqwest::Method::DELETE,
-        Some("acme-key"),
-        &share_path,
-        None,
-        None,
-    )
-    .await;
+    let (status, _, body) = revoke(&gw, "acme-key", &share_path).await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(shared(&gw, &token, "application/json").await.0, 200);
-    let (status, _, body) = send(
-        &gw,
-        reqwest::Method::DELETE,
-        Some("default-key"),
-        &share_path,
-        None,
-        None,
-    )
-    .await;
+    let (status, _, body) = revoke(&gw, "default-key", &share_path).await;
     assert_eq!(status, 204, "{body}");
     for accept in ["application/json", "text/html"] {
         let (status, _, body) = shared(&gw, &token, accept).await;
         assert_not_found(status, &body);
     }
-    let (status, _, body) = send(
-        &gw,
-        reqwest::Method::DELETE,
-        Some("default-key"),
-        &share_path,
-        None,
-        None,
-    )
-    .await;
+    let (status, _, body) = revoke(&gw, "default-key", &share_path).await;
     assert_eq!(status, 404, "{body}");
 
     // Shared again after a revoke: a new link; the old one stays closed.
