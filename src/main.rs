@@ -4,6 +4,7 @@
 
 mod config;
 mod http;
+mod ui;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -124,6 +124,7 @@ impl Supervisor {
             runs,
             feedback,
             answers,
+            shares,
             ..
         } = storage;
 
@@ -178,6 +179,7 @@ impl Supervisor {
             recorder,
             runs,
             feedback,
+            shares,
             agents,
             metrics,
             public_url: config.public_url.trim_end_matches('/').into(),

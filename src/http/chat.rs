@@ -7,6 +7,7 @@ use flowgate_actors::completion::{Choice, ToolCallOut};
 use flowgate_actors::engine::{Run, RunContext, RunOutput, RunRequest};
 use flowgate_actors::error::{excerpt, ErrorKind, GatewayError};
 use flowgate_actors::model_ref::{ModelRef, Target};
+use flowgate_actors::recorder::run::RunSource;
 use flowgate_actors::wire::{ChatRequest, UseFallback};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -38,7 +39,7 @@ pub async fn chat_completions(
 }
 
 /// Records a failed run and answers with its error, naming the run in a header.
-fn failed(run: Run, error: GatewayError) -> HttpResponse {
+pub(super) fn failed(run: Run, error: GatewayError) -> HttpResponse {
     let run_id = run.id();
     let error = run.fail(error);
     let mut response = error.error_response();
@@ -60,6 +61,17 @@ async fn answer(
         Ok(request) => request,
         Err(e) => return failed(run, e),
     };
+    respond(&req, &state, run, request).await
+}
+
+/// Runs a prepared request through the engine and answers with what it produced: a
+/// `chat.completion`, an SSE stream, or the error (the run is recorded either way).
+pub(super) async fn respond(
+    req: &HttpRequest,
+    state: &AppState,
+    mut run: Run,
+    request: Prepared,
+) -> HttpResponse {
     let span = tracing::Span::current();
     if !span.is_disabled() {
         span.record("agent", run.context().agent.as_str());
@@ -76,7 +88,7 @@ async fn answer(
     // when it is dropped.
     let output = tokio::select! {
         output = engine => output,
-        () = connection::client_gone(&req) => {
+        () = connection::client_gone(req) => {
             return HttpResponse::build(ErrorKind::Cancelled.status_code()).finish();
         }
     };
@@ -121,12 +133,13 @@ async fn answer(
 }
 
 /// A validated request.
-struct Prepared {
-    chat: ChatRequest,
+pub(super) struct Prepared {
+    pub(super) chat: ChatRequest,
     /// The catalog name to resolve.
-    target_model: String,
-    /// The body's bytes, held against the in-flight budget while the request runs.
-    _body: Reservation,
+    pub(super) target_model: String,
+    /// The body's bytes, held against the in-flight budget while the request runs (`None` for
+    /// a request the gateway wrote itself: a replay, a playground model).
+    _body: Option<Reservation>,
 }
 
 /// Reads, parses and validates the body, then resolves it against its agent (the deployment it
@@ -159,6 +172,17 @@ async fn prepare(
     if !raw.get().starts_with('{') {
         return Err(GatewayError::invalid("the body must be a JSON object"));
     }
+    prepare_raw(raw, Some(reservation), state, ctx).await
+}
+
+/// [`prepare`] from a body already read and checked to be a JSON object: parses and validates
+/// it, then resolves it against its agent.
+pub(super) async fn prepare_raw(
+    raw: Box<RawValue>,
+    reservation: Option<Reservation>,
+    state: &AppState,
+    ctx: &mut RunContext,
+) -> Result<Prepared, GatewayError> {
     let parsed: Result<ChatRequest, _> =
         serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(raw.get()));
     let chat = match parsed {
@@ -186,14 +210,7 @@ async fn prepare(
     ctx.input = chat.input.clone().map(Value::Object);
     ctx.metadata = chat.metadata.clone();
 
-    let agent_override = chat.agent_id.clone().or_else(|| {
-        chat.metadata
-            .as_ref()
-            .and_then(|m| m.get("agent_id"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    });
-    let model_ref = ModelRef::parse(&chat.model, agent_override.as_deref());
+    let model_ref = ModelRef::parse(&chat.model, agent_override(&chat).as_deref());
     // A deployment supplies the messages: its request is validated once resolved.
     let deployment = chat.environment.is_some()
         || chat.schema_id.is_some()
@@ -239,8 +256,19 @@ async fn prepare(
     })
 }
 
+/// The agent a request names besides its `model` string: `agent_id`, else `metadata.agent_id`.
+pub(super) fn agent_override(chat: &ChatRequest) -> Option<String> {
+    chat.agent_id.clone().or_else(|| {
+        chat.metadata
+            .as_ref()
+            .and_then(|m| m.get("agent_id"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    })
+}
+
 /// The `model` string is longer than allowed.
-fn model_too_long(model: &str, max: usize) -> GatewayError {
+pub(super) fn model_too_long(model: &str, max: usize) -> GatewayError {
     GatewayError::invalid(format!(
         "`model` is {} bytes long, more than the limit of {max}: `{}`",
         model.len(),
@@ -276,7 +304,7 @@ fn note_model(ctx: &mut RunContext, body: &str, max_model_bytes: usize) {
     ctx.stream = head.stream.as_bool().unwrap_or(false);
 }
 
-fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> GatewayError {
+pub(super) fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> GatewayError {
     let path = excerpt(&e.path().to_string(), 200).into_owned();
     // The position in the body is not news to the client: the path names the field.
     let inner = match e.inner().to_string() {
@@ -317,7 +345,7 @@ const MAX_NAME_BYTES: usize = 128;
 /// Most models in a `use_fallback` list: each one is planned and may be called.
 const MAX_FALLBACK_MODELS: usize = 16;
 
-fn validate(chat: &ChatRequest, limits: &RequestLimits) -> Result<(), GatewayError> {
+pub(super) fn validate(chat: &ChatRequest, limits: &RequestLimits) -> Result<(), GatewayError> {
     if chat.messages.is_empty() {
         return Err(
             GatewayError::invalid("`messages` must contain at least one message")
@@ -393,7 +421,11 @@ pub fn run_url(public_url: &str, run_id: &uuid::Uuid) -> String {
 }
 
 /// The OpenAI `chat.completion` object with flowgate's additions.
-fn render_completion<'a>(run: &Run, answer: &'a Answer, public_url: &str) -> CompletionBody<'a> {
+pub(super) fn render_completion<'a>(
+    run: &Run,
+    answer: &'a Answer,
+    public_url: &str,
+) -> CompletionBody<'a> {
     let ctx = run.context();
     let cost_usd = run.cost_of(answer);
     let duration = run.duration_seconds();
@@ -426,13 +458,17 @@ fn render_completion<'a>(run: &Run, answer: &'a Answer, public_url: &str) -> Com
         duration_seconds: duration,
         version_id: ctx.version_id.clone(),
         metadata: ctx.metadata.clone(),
+        // The app's own answers keep the OpenAI shape; the gateway's own runs name themselves.
+        run_id: (ctx.source != RunSource::Api).then_some(ctx.run_id),
+        source: (ctx.source != RunSource::Api).then_some(ctx.source),
+        replay_of: ctx.replay_of,
     }
 }
 
 /// The body [`render_completion`] answers with, serialized as it is: the answer is borrowed, the
 /// few values of the run are copied (the run is recorded before the body is written).
 #[derive(serde::Serialize)]
-struct CompletionBody<'a> {
+pub(super) struct CompletionBody<'a> {
     id: String,
     object: &'static str,
     created: u64,
@@ -443,6 +479,12 @@ struct CompletionBody<'a> {
     duration_seconds: f64,
     version_id: Option<String>,
     metadata: Option<serde_json::Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_id: Option<uuid::Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<RunSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replay_of: Option<uuid::Uuid>,
 }
 
 /// The choices, with what each repeats of the run.

@@ -9,8 +9,11 @@ mod connection;
 mod feedback;
 mod models;
 mod ops;
+mod playground;
+mod replay;
 mod runs;
 mod search;
+mod share;
 mod sse;
 
 use std::net::TcpListener;
@@ -201,6 +204,17 @@ fn routes(cfg: &mut web::ServiceConfig) {
         web::get().to(search::agent_fields),
     )
     .route("/api/runs/{run_id}", web::get().to(runs::get_run))
+    .route("/api/runs/{run_id}/share", web::post().to(share::share_run))
+    .route(
+        "/api/runs/{run_id}/share",
+        web::delete().to(share::revoke_share),
+    )
+    .route("/share/{token}", web::get().to(share::shared_run))
+    .route(
+        "/api/runs/{run_id}/replay",
+        web::post().to(replay::replay_run),
+    )
+    .route("/api/playground", web::post().to(playground::playground))
     .route(
         "/api/agents/{agent}/runs",
         web::get().to(runs::list_agent_runs),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use flowgate_actors::error::GatewayError;
 use flowgate_actors::model_ref::is_slug;
+use flowgate_actors::recorder::run::RunRecord;
 use flowgate_actors::recorder::Barrier;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -29,7 +30,24 @@ pub(super) async fn settle(state: &AppState) {
         .await;
 }
 
-fn parse_run_id(raw: &str) -> Result<Uuid, GatewayError> {
+/// The tenant's run, waiting for the recorder once if it is not stored yet; 404 when the
+/// tenant has no such run (another tenant's included).
+pub(super) async fn find_run(
+    state: &AppState,
+    tenant: &str,
+    id: Uuid,
+) -> Result<RunRecord, GatewayError> {
+    let runs = &state.gateway.runs;
+    let mut run = runs.get(tenant, id).await?;
+    if run.is_none() {
+        // It may still be on its way to the store.
+        settle(state).await;
+        run = runs.get(tenant, id).await?;
+    }
+    run.ok_or_else(|| GatewayError::not_found(format!("no run `{id}`")))
+}
+
+pub(super) fn parse_run_id(raw: &str) -> Result<Uuid, GatewayError> {
     // Accept the response `id` form `<agent>/<run_id>` too (URL-encoded slash).
     let raw = raw.rsplit('/').next().unwrap_or(raw);
     raw.parse()
@@ -47,14 +65,7 @@ pub async fn get_run(
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = super::agents::reader_tenant(&req, &state)?;
     let id = parse_run_id(&path.into_inner())?;
-    let runs = &state.gateway.runs;
-    let mut run = runs.get(&tenant, id).await?;
-    if run.is_none() {
-        // It may still be on its way to the store.
-        settle(&state).await;
-        run = runs.get(&tenant, id).await?;
-    }
-    let run = run.ok_or_else(|| GatewayError::not_found(format!("no run `{id}`")))?;
+    let run = find_run(&state, &tenant, id).await?;
     let mut body = serde_json::to_value(&run).map_err(store_error)?;
     if let Some(object) = body.as_object_mut() {
         // The feedback token belongs to the end user who received the answer.

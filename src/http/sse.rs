@@ -28,8 +28,23 @@ struct State {
     valid_json: Option<Vec<((u32, u32), String)>>,
 }
 
-fn event(data: &Value) -> Bytes {
+/// One `data:` event.
+pub(super) fn event(data: &Value) -> Bytes {
     Bytes::from(format!("data: {data}\n\n"))
+}
+
+/// The end of an SSE stream.
+pub(super) const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// One step of a live stream, before it is written for the wire (the chat endpoint writes
+/// each as an event; the playground labels each with its model first).
+pub(super) enum Frame {
+    /// A `chat.completion.chunk`.
+    Chunk(Value),
+    /// The stream failed after it started: the OpenAI error body. The run is recorded.
+    Failed(Value),
+    /// The last chunk, with `usage`, `cost_usd` and `duration_seconds`. The run is recorded.
+    Last(Value),
 }
 
 impl State {
@@ -43,17 +58,17 @@ impl State {
         })
     }
 
-    fn delta(&mut self, index: u32, mut delta: Value) -> Bytes {
+    fn delta(&mut self, index: u32, mut delta: Value) -> Value {
         if !self.started.contains(&index) {
             self.started.push(index);
             delta["role"] = json!("assistant");
         }
-        event(&self.chunk(json!([{
+        self.chunk(json!([{
             "index": index,
             "delta": delta,
             "logprobs": null,
             "finish_reason": null,
-        }])))
+        }]))
     }
 
     /// With `valid_json_chunks`, the whole JSON so far of one content or tool-call slot, closed
@@ -72,8 +87,8 @@ impl State {
         Some(extract_json(buffer).map(|v| v.to_string()))
     }
 
-    /// The bytes for one event; `None` for events that only feed the run (usage).
-    fn render(&mut self, ev: &StreamEvent) -> Option<Bytes> {
+    /// The chunk for one event; `None` for events that only feed the run (usage).
+    fn render(&mut self, ev: &StreamEvent) -> Option<Value> {
         match ev {
             StreamEvent::Content { index, text } => {
                 let text = match self.whole_json((*index, u32::MAX), text) {
@@ -101,28 +116,26 @@ impl State {
                 }
                 Some(self.delta(*index, json!({ "tool_calls": [tool_call] })))
             }
-            StreamEvent::Finish { index, reason } => Some(event(&self.chunk(json!([{
+            StreamEvent::Finish { index, reason } => Some(self.chunk(json!([{
                 "index": index,
                 "delta": {},
                 "logprobs": null,
                 "finish_reason": reason.as_str(),
-            }])))),
+            }]))),
             StreamEvent::Usage(_) => None,
         }
     }
 
-    fn last_chunk(&self, run: &Run) -> Bytes {
+    fn last_chunk(&self, run: &Run) -> Value {
         let mut chunk = self.chunk(json!([]));
         chunk["usage"] = run.streamed_usage().to_openai();
         chunk["cost_usd"] = json!(run.streamed_cost());
         chunk["duration_seconds"] = json!(run.duration_seconds());
-        let mut bytes = event(&chunk).to_vec();
-        bytes.extend_from_slice(b"data: [DONE]\n\n");
-        Bytes::from(bytes)
+        chunk
     }
 }
 
-async fn next(mut s: State) -> Option<(Result<Bytes, Error>, State)> {
+async fn next(mut s: State) -> Option<(Frame, State)> {
     loop {
         if s.done {
             return None;
@@ -136,8 +149,8 @@ async fn next(mut s: State) -> Option<(Result<Bytes, Error>, State)> {
                 if let Some(run) = s.run.as_mut() {
                     run.push_event(&ev);
                 }
-                if let Some(bytes) = s.render(&ev) {
-                    return Some((Ok(bytes), s));
+                if let Some(chunk) = s.render(&ev) {
+                    return Some((Frame::Chunk(chunk), s));
                 }
             }
             Some(Err(error)) => {
@@ -146,14 +159,14 @@ async fn next(mut s: State) -> Option<(Result<Bytes, Error>, State)> {
                     Some(run) => run.fail(error),
                     None => error,
                 };
-                return Some((Ok(event(&error.body())), s));
+                return Some((Frame::Failed(error.body()), s));
             }
             None => {
                 s.done = true;
                 let run = s.run.take()?;
-                let bytes = s.last_chunk(&run);
+                let last = s.last_chunk(&run);
                 run.finish_stream();
-                return Some((Ok(bytes), s));
+                return Some((Frame::Last(last), s));
             }
         }
     }
@@ -166,6 +179,26 @@ pub fn body(
     live: LiveStream,
     valid_json_chunks: bool,
 ) -> impl Stream<Item = Result<Bytes, Error>> {
+    frames(run, live, valid_json_chunks).map(|frame| {
+        Ok(match frame {
+            Frame::Chunk(chunk) => event(&chunk),
+            Frame::Failed(error) => event(&error),
+            Frame::Last(chunk) => {
+                let mut bytes = event(&chunk).to_vec();
+                bytes.extend_from_slice(DONE);
+                Bytes::from(bytes)
+            }
+        })
+    })
+}
+
+/// The steps of a live stream; the run is recorded when the last one is taken (or when the
+/// stream is dropped, as cancelled).
+pub(super) fn frames(
+    run: Run,
+    live: LiveStream,
+    valid_json_chunks: bool,
+) -> impl Stream<Item = Frame> {
     let state = State {
         id: run.context().response_id(),
         created: run.context().created_unix(),

@@ -161,6 +161,15 @@ impl VersionProperties {
         }
     }
 
+    /// Makes `request` one of this version: its model and shaping parameters, and its message
+    /// templates ahead of the request's own messages (a continuation of the conversation).
+    pub fn template_onto(&self, request: &mut ChatRequest) {
+        self.apply_to(request);
+        let trailing = std::mem::take(&mut request.messages);
+        request.messages = self.messages.clone();
+        request.messages.extend(trailing);
+    }
+
     /// Sets the request's model and shaping parameters to these (not its messages).
     pub fn apply_to(&self, request: &mut ChatRequest) {
         request.model = self.model.clone();

@@ -31,7 +31,7 @@ use crate::retry::RetryPolicy;
 use crate::router::{
     plan, FallbackPlan, PlanRoute, ProviderRegistry, RouterHandle, Scores, Strategy,
 };
-use crate::storage::{FeedbackStore, RunStore};
+use crate::storage::{FeedbackStore, RunStore, ShareStore};
 use crate::structured::{StructuredSpec, Validators};
 use crate::version::version_id;
 use crate::wire::ChatRequest;
@@ -48,6 +48,8 @@ pub struct Gateway {
     pub runs: Arc<dyn RunStore>,
     /// End users' feedback on runs.
     pub feedback: Arc<dyn FeedbackStore>,
+    /// Share links to runs.
+    pub shares: Arc<dyn ShareStore>,
     /// Agents' schemas, versions, deployments, conversations and feedback.
     pub agents: AgentStore,
     pub metrics: Metrics,

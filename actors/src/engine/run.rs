@@ -172,6 +172,11 @@ impl Run {
         self.cache
     }
 
+    /// What the run's finished upstream calls cost so far (a failed run pays them too).
+    pub fn paid_usd(&self) -> f64 {
+        self.paid_usd
+    }
+
     /// The upstream calls so far, in order.
     pub fn attempts(&self) -> &[AttemptSummary] {
         &self.attempts

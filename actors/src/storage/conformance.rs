@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{
     AnswerTotals, ConversationLink, FeedbackStore, NewDeployment, PutOutcome, RunStore,
-    SchemaAssignment, Storage, VersionKey,
+    SchemaAssignment, ShareStore, Storage, VersionKey,
 };
 use crate::agents::{VersionProperties, VersionRecord, VersionStats};
 use crate::cache::{CacheKey, StoredAnswer};
@@ -918,4 +918,41 @@ pub async fn answers_evict_least_recently_used_first(storage: &Storage) {
     store.remove(&a).await.unwrap();
     assert_eq!(store.oldest().await.unwrap(), None);
     assert_eq!(store.totals().await.unwrap(), AnswerTotals::default());
+}
+
+/// Share links: one token per run, the same one when shared again; a token opens its own
+/// tenant's run only; revoking closes it, and sharing again makes a new token.
+pub async fn share_store(store: &dyn ShareStore) {
+    let (run, other_run) = (Uuid::now_v7(), Uuid::now_v7());
+    let first = store.share("t1", run, "token-1").await.unwrap();
+    assert_eq!(
+        (first.token.as_str(), first.tenant.as_str(), first.run_id),
+        ("token-1", "t1", run)
+    );
+    // Shared again: the same token, whatever new one is offered.
+    let again = store.share("t1", run, "token-2").await.unwrap();
+    assert_eq!(again, first);
+    assert!(store.get("token-2").await.unwrap().is_none());
+    assert_eq!(store.get("token-1").await.unwrap(), Some(first.clone()));
+
+    // The same run id under another tenant is another share.
+    let theirs = store.share("t2", run, "token-3").await.unwrap();
+    assert_eq!(theirs.tenant, "t2");
+    assert_eq!(theirs.token, "token-3");
+    store.share("t1", other_run, "token-4").await.unwrap();
+
+    // Another tenant cannot revoke it; its owner can, once.
+    assert!(!store.revoke("t3", run).await.unwrap());
+    assert!(store.get("token-1").await.unwrap().is_some());
+    assert!(store.revoke("t1", run).await.unwrap());
+    assert!(!store.revoke("t1", run).await.unwrap());
+    assert!(store.get("token-1").await.unwrap().is_none());
+    assert!(store.get("token-3").await.unwrap().is_some());
+    assert!(store.get("token-4").await.unwrap().is_some());
+    assert!(store.get("never-issued").await.unwrap().is_none());
+
+    // Shared after a revoke: a new token; the old one stays closed.
+    let renewed = store.share("t1", run, "token-5").await.unwrap();
+    assert_eq!(renewed.token, "token-5");
+    assert!(store.get("token-1").await.unwrap().is_none());
 }

@@ -11,8 +11,8 @@
 //!
 //! The concerns: runs ([`RunStore`]), feedback ([`FeedbackStore`]), the agents' schemas,
 //! versions, deployments and conversations ([`SchemaStore`], [`VersionStore`],
-//! [`DeploymentStore`], [`ConversationStore`]) and the answer cache's stored answers
-//! ([`AnswerStore`]).
+//! [`DeploymentStore`], [`ConversationStore`]), the answer cache's stored answers
+//! ([`AnswerStore`]) and share links ([`ShareStore`]).
 
 mod agents;
 mod answers;
@@ -36,6 +36,7 @@ use crate::agents::FeedbackRecord;
 use crate::error::{ErrorKind, GatewayError};
 use crate::recorder::run::{RunRecord, RunSummary};
 use crate::search::{IndexedField, RunQuery};
+use crate::share::Share;
 
 /// A storage failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -149,6 +150,30 @@ pub trait FeedbackStore: Send + Sync + 'static {
     fn for_run(&self, run_id: Uuid) -> BoxFuture<'_, Result<Vec<FeedbackRecord>, StorageError>>;
 }
 
+// ---- shared runs ----
+
+/// Share links: a token that opens one run of one tenant to anyone who holds it.
+pub trait ShareStore: Send + Sync + 'static {
+    /// The share of the tenant's run: the existing one, or a new one with `new_token` when the
+    /// run has none. Atomic: two calls at once get the same token.
+    fn share<'a>(
+        &'a self,
+        tenant: &'a str,
+        run_id: Uuid,
+        new_token: &'a str,
+    ) -> BoxFuture<'a, Result<Share, StorageError>>;
+
+    /// The share a token opens, if it exists and was not revoked.
+    fn get<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Share>, StorageError>>;
+
+    /// Revokes the tenant's share of the run; whether there was one.
+    fn revoke<'a>(
+        &'a self,
+        tenant: &'a str,
+        run_id: Uuid,
+    ) -> BoxFuture<'a, Result<bool, StorageError>>;
+}
+
 /// The stores of one backend.
 #[derive(Clone)]
 pub struct Storage {
@@ -159,6 +184,7 @@ pub struct Storage {
     pub deployments: Arc<dyn DeploymentStore>,
     pub conversations: Arc<dyn ConversationStore>,
     pub answers: Arc<dyn AnswerStore>,
+    pub shares: Arc<dyn ShareStore>,
 }
 
 /// Fresh stores of the default backend in a temporary directory, for tests of the code above

@@ -6,6 +6,7 @@ mod cache;
 mod feedback;
 mod runs;
 mod search;
+mod shares;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ pub use agents::{SledConversationStore, SledDeploymentStore, SledSchemaStore, Sl
 pub use cache::SledAnswerStore;
 pub use feedback::SledFeedbackStore;
 pub use runs::SledRunStore;
+pub use shares::SledShareStore;
 
 use super::{Storage, StorageError};
 
@@ -29,6 +31,7 @@ pub struct SledStorage {
     deployments: Arc<SledDeploymentStore>,
     conversations: Arc<SledConversationStore>,
     answers: Arc<SledAnswerStore>,
+    shares: Arc<SledShareStore>,
 }
 
 impl SledStorage {
@@ -52,6 +55,7 @@ impl SledStorage {
             deployments: Arc::new(SledDeploymentStore::open(&db)?),
             conversations: Arc::new(SledConversationStore::open(&db)?),
             answers: Arc::new(SledAnswerStore::open(&db)?),
+            shares: Arc::new(SledShareStore::open(&db)?),
         })
     }
 
@@ -65,6 +69,7 @@ impl SledStorage {
             deployments: self.deployments.clone(),
             conversations: self.conversations.clone(),
             answers: self.answers.clone(),
+            shares: self.shares.clone(),
         }
     }
 }
@@ -155,6 +160,12 @@ mod tests {
         answers_larger_than_allowed_are_not_stored,
         answers_evict_least_recently_used_first,
     );
+
+    #[actix_rt::test]
+    async fn sled_passes_the_share_store_conformance_suite() {
+        let (_dir, storage) = open();
+        conformance::share_store(storage.storage().shares.as_ref()).await;
+    }
 
     #[actix_rt::test]
     async fn runs_survive_a_reopen() {
