@@ -20,6 +20,7 @@ pub mod recorder;
 pub mod retry;
 pub mod router;
 pub mod search;
+pub mod stats;
 pub mod storage;
 pub mod structured;
 pub mod supervisor;

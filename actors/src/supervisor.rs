@@ -21,6 +21,7 @@ use crate::recorder::{Barrier, Flush, Recorder, RecorderHandle};
 use crate::retry::RetryPolicy;
 use crate::router::ProviderRegistry;
 use crate::router::{Router, Strategy};
+use crate::stats::RunStats;
 use crate::storage::sled::SledStorage;
 use crate::storage::Storage;
 
@@ -118,7 +119,12 @@ impl Supervisor {
                 config.data_dir.display()
             )
         })?;
-        let Storage { runs, feedback } = storage.storage();
+        let Storage {
+            runs,
+            feedback,
+            stats,
+        } = storage.storage();
+        let run_stats = RunStats::new(stats);
 
         let agents = AgentStore::open(storage.db()).map_err(|e| {
             format!(
@@ -130,7 +136,8 @@ impl Supervisor {
         // The recorder gets its own thread: store writes never run on a request arbiter.
         let recorder = {
             let recorder = Recorder::new(runs.clone(), config.flush_interval, metrics.clone())
-                .with_agents(agents.clone());
+                .with_agents(agents.clone())
+                .with_run_stats(run_stats.clone());
             let outbox = recorder.outbox();
             let addr =
                 actix::Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| recorder);
@@ -179,6 +186,7 @@ impl Supervisor {
             runs,
             feedback,
             agents,
+            stats: run_stats,
             metrics,
             public_url: config.public_url.trim_end_matches('/').into(),
             validators: Default::default(),

@@ -4,6 +4,7 @@
 mod feedback;
 mod runs;
 mod search;
+mod stats;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 pub use feedback::SledFeedbackStore;
 pub use runs::SledRunStore;
+pub use stats::SledStatsStore;
 
 use super::{Storage, StorageError};
 
@@ -19,6 +21,7 @@ pub struct SledStorage {
     db: ::sled::Db,
     runs: Arc<SledRunStore>,
     feedback: Arc<SledFeedbackStore>,
+    stats: Arc<SledStatsStore>,
 }
 
 impl SledStorage {
@@ -36,7 +39,13 @@ impl SledStorage {
             .map_err(backend)?;
         let runs = Arc::new(SledRunStore::open(&db)?);
         let feedback = Arc::new(SledFeedbackStore::open(&db)?);
-        Ok(SledStorage { db, runs, feedback })
+        let stats = Arc::new(SledStatsStore::open(&db)?);
+        Ok(SledStorage {
+            db,
+            runs,
+            feedback,
+            stats,
+        })
     }
 
     /// The stores, for callers that do not care about the backend.
@@ -44,6 +53,7 @@ impl SledStorage {
         Storage {
             runs: self.runs.clone(),
             feedback: self.feedback.clone(),
+            stats: self.stats.clone(),
         }
     }
 
@@ -86,6 +96,59 @@ mod tests {
     async fn sled_passes_the_feedback_store_conformance_suite() {
         let (_dir, storage) = open();
         conformance::feedback_store(storage.storage().feedback.as_ref()).await;
+    }
+
+    #[actix_rt::test]
+    async fn sled_passes_the_stats_store_conformance_suite() {
+        let (_dir, storage) = open();
+        conformance::stats_store(storage.storage().stats.as_ref()).await;
+    }
+
+    #[actix_rt::test]
+    async fn stats_are_built_once_for_the_runs_of_an_earlier_release() {
+        use crate::stats::HOUR_MS;
+        let dir = tempfile::tempdir().unwrap();
+        let mut runs = Vec::new();
+        for i in 0..6 {
+            let mut run = conformance::run("t", if i < 4 { "a" } else { "b" });
+            run.duration_seconds = 0.1 * f64::from(i + 1);
+            runs.push(Box::new(run));
+        }
+        {
+            // An earlier release's data directory: runs, no stats trees.
+            let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+            let tree = db.open_tree("runs").unwrap();
+            for run in &runs {
+                tree.insert(run.id.as_bytes(), serde_json::to_vec(run.as_ref()).unwrap())
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let hour = (crate::search::id_millis(&runs[0].id) / HOUR_MS) as u32;
+        let query = crate::storage::StatsQuery {
+            tenant: "t".into(),
+            agents: vec!["a".into(), "b".into()],
+            sources: vec![crate::recorder::run::RunSource::Api],
+            hours: hour - 1..hour + 2,
+        };
+        let counted = |storage: &SledStorage| {
+            let stats = storage.storage().stats;
+            let query = query.clone();
+            async move {
+                let found = stats.read(&query).await.unwrap();
+                found.iter().map(|(_, sums)| sums.runs).sum::<u64>()
+            }
+        };
+        {
+            let storage = SledStorage::open(dir.path(), Duration::from_millis(50)).unwrap();
+            assert_eq!(counted(&storage).await, 6);
+            let agents = storage.storage().stats.agents("t", 10).await.unwrap();
+            assert_eq!(agents.len(), 2);
+            storage.storage().runs.flush().await.unwrap();
+        }
+        // Once: opening again counts nothing twice.
+        let storage = SledStorage::open(dir.path(), Duration::from_millis(50)).unwrap();
+        assert_eq!(counted(&storage).await, 6);
     }
 
     #[actix_rt::test]
