@@ -12,6 +12,7 @@ mod ops;
 mod runs;
 mod search;
 mod sse;
+mod stats;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -201,6 +202,11 @@ fn routes(cfg: &mut web::ServiceConfig) {
         web::get().to(search::agent_fields),
     )
     .route("/api/runs/{run_id}", web::get().to(runs::get_run))
+    .route("/api/agents", web::get().to(stats::list_agents))
+    .route(
+        "/api/agents/{agent}/stats",
+        web::get().to(stats::agent_stats),
+    )
     .route(
         "/api/agents/{agent}/runs",
         web::get().to(runs::list_agent_runs),
