@@ -5,13 +5,13 @@
 //! * `stats_agents`: `tenant \0 agent \0 source` → the latest run's time (8 bytes big endian,
 //!   milliseconds), so the tenant's agents are one prefix scan.
 //!
-//! A batch of increments is one transaction over both trees. A data directory of an earlier
+//! A batch of increments is computed, then written as one `sled::Batch` per tree (see
+//! `add_now` for why not a transaction). A data directory of an earlier
 //! release gets its aggregates built once from its stored runs when it is first opened.
 
 use std::collections::HashMap;
 
 use futures::future::{BoxFuture, FutureExt};
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::backend;
 use super::runs::off_thread;
@@ -79,7 +79,7 @@ impl SledStatsStore {
     /// Counts the runs stored before the stats existed (once per data directory): their
     /// aggregates are summed in memory and written as one batch, with the mark.
     fn build_once(&self, runs: &::sled::Tree) -> Result<(), StorageError> {
-        if self.agents.contains_key(BUILT_MARK).map_err(backend)? {
+        if self.hours.contains_key(BUILT_MARK).map_err(backend)? {
             return Ok(());
         }
         let mut sums: HashMap<StatsKey, Aggregate> = HashMap::new();
@@ -106,36 +106,40 @@ impl SledStatsStore {
         Ok(())
     }
 
+    /// Adds a batch. The new values are computed first, then written as two `sled::Batch`es:
+    /// a batch holds sled's global write lock, which every reader and writer of the database
+    /// waits for (the request path's among them), so nothing else is done under it. The
+    /// recorder is the only writer (one write at a time), so nothing changes in between.
+    /// The latest runs go first: writing them again is harmless, so if the hours' batch then
+    /// fails, the whole may be retried without counting anything twice.
     fn add_now(&self, batch: &[(StatsKey, Aggregate)], mark: bool) -> Result<(), StorageError> {
-        let result = (&self.hours, &self.agents).transaction(|(hours, agents)| {
-            for (key, increment) in batch {
-                let at = hour_key(&key.tenant, &key.agent, key.source, key.hour);
-                let mut sums = match hours.get(&at)? {
-                    Some(bytes) => serde_json::from_slice::<Aggregate>(&bytes)
-                        .map_err(|e| ConflictableTransactionError::Abort(corrupt(e)))?,
-                    None => Aggregate::default(),
-                };
-                sums.merge(increment);
-                let bytes = serde_json::to_vec(&sums)
-                    .map_err(|e| ConflictableTransactionError::Abort(corrupt(e)))?;
-                hours.insert(at, bytes)?;
-
-                let agent = agent_source_key(&key.tenant, &key.agent, key.source);
-                let last = agents.get(&agent)?.map(|bytes| last_ms(&bytes));
-                if last.is_none_or(|last| increment.last_run_ms > last) {
-                    agents.insert(agent, &increment.last_run_ms.to_be_bytes())?;
-                }
-            }
-            if mark {
-                agents.insert(BUILT_MARK, &[] as &[u8])?;
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(backend(e)),
+        let mut hours = ::sled::Batch::default();
+        let mut agents = ::sled::Batch::default();
+        let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
+        for (key, increment) in batch {
+            let at = hour_key(&key.tenant, &key.agent, key.source, key.hour);
+            let mut sums = match self.hours.get(&at).map_err(backend)? {
+                Some(bytes) => serde_json::from_slice::<Aggregate>(&bytes).map_err(corrupt)?,
+                None => Aggregate::default(),
+            };
+            sums.merge(increment);
+            hours.insert(at, serde_json::to_vec(&sums).map_err(corrupt)?);
+            let last = latest
+                .entry(agent_source_key(&key.tenant, &key.agent, key.source))
+                .or_default();
+            *last = (*last).max(increment.last_run_ms);
         }
+        for (agent, last_run_ms) in latest {
+            let stored = self.agents.get(&agent).map_err(backend)?;
+            if stored.is_none_or(|bytes| last_run_ms > last_ms(&bytes)) {
+                agents.insert(agent, &last_run_ms.to_be_bytes());
+            }
+        }
+        if mark {
+            hours.insert(BUILT_MARK, &[] as &[u8]);
+        }
+        self.agents.apply_batch(agents).map_err(backend)?;
+        self.hours.apply_batch(hours).map_err(backend)
     }
 
     fn read_now(&self, query: &StatsQuery) -> Result<Vec<(StatsKey, Aggregate)>, StorageError> {
