@@ -21,6 +21,7 @@ pub mod retry;
 pub mod router;
 pub mod search;
 pub mod share;
+pub mod stats;
 pub mod storage;
 pub mod structured;
 pub mod supervisor;

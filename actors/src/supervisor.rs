@@ -21,6 +21,7 @@ use crate::recorder::{Barrier, Flush, Recorder, RecorderHandle};
 use crate::retry::RetryPolicy;
 use crate::router::ProviderRegistry;
 use crate::router::{Router, Strategy};
+use crate::stats::RunStats;
 use crate::storage::sled::SledStorage;
 use crate::storage::Storage;
 
@@ -125,13 +126,16 @@ impl Supervisor {
             feedback,
             answers,
             shares,
+            stats,
             ..
         } = storage;
+        let run_stats = RunStats::new(stats);
 
         // The recorder gets its own thread: store writes never run on a request arbiter.
         let recorder = {
             let recorder = Recorder::new(runs.clone(), config.flush_interval, metrics.clone())
-                .with_agents(agents.clone());
+                .with_agents(agents.clone())
+                .with_run_stats(run_stats.clone());
             let outbox = recorder.outbox();
             let addr =
                 actix::Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| recorder);
@@ -181,6 +185,7 @@ impl Supervisor {
             feedback,
             shares,
             agents,
+            stats: run_stats,
             metrics,
             public_url: config.public_url.trim_end_matches('/').into(),
             validators: Default::default(),

@@ -15,6 +15,7 @@ mod runs;
 mod search;
 mod share;
 mod sse;
+mod stats;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -215,6 +216,11 @@ fn routes(cfg: &mut web::ServiceConfig) {
         web::post().to(replay::replay_run),
     )
     .route("/api/playground", web::post().to(playground::playground))
+    .route("/api/agents", web::get().to(stats::list_agents))
+    .route(
+        "/api/agents/{agent}/stats",
+        web::get().to(stats::agent_stats),
+    )
     .route(
         "/api/agents/{agent}/runs",
         web::get().to(runs::list_agent_runs),

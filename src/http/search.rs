@@ -19,7 +19,7 @@ use super::AppState;
 /// At most this many values of a categorical field are listed.
 const MAX_FIELD_VALUES: usize = 100;
 
-fn agent_of(raw: String) -> Result<String, GatewayError> {
+pub(super) fn agent_of(raw: String) -> Result<String, GatewayError> {
     if is_slug(&raw) {
         Ok(raw)
     } else {

@@ -31,6 +31,7 @@ use crate::retry::RetryPolicy;
 use crate::router::{
     plan, FallbackPlan, PlanRoute, ProviderRegistry, RouterHandle, Scores, Strategy,
 };
+use crate::stats::RunStats;
 use crate::storage::{FeedbackStore, RunStore, ShareStore};
 use crate::structured::{StructuredSpec, Validators};
 use crate::version::version_id;
@@ -52,6 +53,8 @@ pub struct Gateway {
     pub shares: Arc<dyn ShareStore>,
     /// Agents' schemas, versions, deployments, conversations and feedback.
     pub agents: AgentStore,
+    /// The runs' stats per agent and hour, summed by the recorder.
+    pub stats: RunStats,
     pub metrics: Metrics,
     /// Base of the web UI links put on each choice.
     pub public_url: Arc<str>,

@@ -16,6 +16,7 @@ use prometheus::{Counter, Histogram, IntCounter};
 
 use crate::agents::AgentStore;
 use crate::outbox::{self, Drains, Outbox, Pending, Pushed};
+use crate::stats::RunStats;
 use crate::storage::{RunStore, StorageError};
 use metrics::Metrics;
 use run::{RunRecord, RunStatus};
@@ -63,6 +64,10 @@ pub struct Recorder {
     agents: Option<AgentStore>,
     /// A write of the agents' statistics is scheduled.
     stats_write_scheduled: bool,
+    /// The runs' stats per agent and hour ([`crate::stats`]).
+    run_stats: Option<RunStats>,
+    /// A write of the runs' stats is scheduled.
+    run_stats_write_scheduled: bool,
     handles: Handles,
 }
 
@@ -80,6 +85,8 @@ impl Recorder {
             metrics,
             agents: None,
             stats_write_scheduled: false,
+            run_stats: None,
+            run_stats_write_scheduled: false,
             handles: Handles::default(),
         }
     }
@@ -130,6 +137,10 @@ impl Recorder {
         match result {
             Ok(()) => {
                 self.metrics.runs_recorded.inc_by(runs.len() as u64);
+                if let Some(stats) = &self.run_stats {
+                    stats.observe(runs.iter().map(|run| run.as_ref()));
+                    self.schedule_run_stats_write(ctx);
+                }
                 self.observe_agents(runs, ctx);
             }
             Err(e) => {
@@ -180,6 +191,52 @@ impl Recorder {
     pub fn with_agents(mut self, agents: AgentStore) -> Self {
         self.agents = Some(agents);
         self
+    }
+
+    /// Also sums the runs' stats per agent and hour, and writes them like the version
+    /// statistics.
+    pub fn with_run_stats(mut self, stats: RunStats) -> Self {
+        self.run_stats = Some(stats);
+        self
+    }
+
+    /// The runs' stats are summed in memory and written as one batch half a flush interval
+    /// after the first run that changed them: on disk within the flush interval, like the
+    /// runs. The write runs beside the recorder's work, not in its way.
+    fn schedule_run_stats_write(&mut self, ctx: &mut Context<Self>) {
+        if self.run_stats_write_scheduled {
+            return;
+        }
+        self.run_stats_write_scheduled = true;
+        ctx.run_later(self.flush_every / 2, |recorder, ctx| {
+            recorder.run_stats_write_scheduled = false;
+            let Some(stats) = recorder.run_stats.clone() else {
+                return;
+            };
+            let (store, metrics) = (recorder.store.clone(), recorder.metrics.clone());
+            ctx.spawn(
+                async move {
+                    match stats.write_pending().await {
+                        Ok(()) => {
+                            if let Err(e) = store.flush().await {
+                                tracing::warn!(error = %e, "recorder: flush after run stats failed");
+                            }
+                        }
+                        Err(e) => {
+                            metrics.recorder_errors.inc();
+                            tracing::error!(error = %e, "recorder: cannot write the run stats");
+                        }
+                    }
+                }
+                .into_actor(recorder)
+                .map(|(), recorder, ctx| {
+                    // Sums that could not be written, or arrived meanwhile, go with the next.
+                    if recorder.run_stats.as_ref().is_some_and(RunStats::has_pending) {
+                        recorder.schedule_run_stats_write(ctx);
+                    }
+                }),
+            );
+        });
     }
 
     /// Statistics are batched in memory and written half a flush interval after the first run
@@ -345,6 +402,10 @@ impl Actor for Recorder {
         if self.agents.as_ref().is_some_and(|a| a.has_pending_stats()) {
             self.schedule_stats_write(ctx);
         }
+        self.run_stats_write_scheduled = false;
+        if self.run_stats.as_ref().is_some_and(RunStats::has_pending) {
+            self.schedule_run_stats_write(ctx);
+        }
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
@@ -355,6 +416,11 @@ impl Actor for Recorder {
         }
         if let Some(write) = self.stats_write() {
             futures::executor::block_on(write);
+        }
+        if let Some(stats) = &self.run_stats {
+            if let Err(e) = futures::executor::block_on(stats.write_pending()) {
+                tracing::error!(error = %e, "recorder: cannot write the run stats");
+            }
         }
         if let Err(e) = futures::executor::block_on(self.store.flush()) {
             tracing::error!(error = %e, "recorder: final flush failed");
@@ -409,14 +475,19 @@ impl Handler<Flush> for Recorder {
         };
         Box::pin(write.then(|(), recorder, _| {
             let agents = recorder.agents.clone();
+            let run_stats = recorder.run_stats.clone();
             let store = recorder.store.clone();
             async move {
+                let run_stats = match run_stats {
+                    Some(run_stats) => run_stats.write_pending().await.map_err(|e| e.to_string()),
+                    None => Ok(()),
+                };
                 let stats = match &agents {
                     Some(agents) => agents.write_stats().await.map_err(|e| e.to_string()),
                     None => Ok(()),
                 };
                 let flushed = store.flush().await.map_err(|e| e.to_string());
-                stats.and(flushed)
+                stats.and(run_stats).and(flushed)
             }
             .into_actor(recorder)
         }))
@@ -543,5 +614,50 @@ mod tests {
             agents.conversation_of("t", "a", &follow_up).await.unwrap(),
             Some(last_id)
         );
+    }
+
+    #[actix_rt::test]
+    async fn run_stats_count_at_once_and_reach_the_store_within_the_flush_interval() {
+        use crate::recorder::run::RunSource;
+        use crate::stats::{hour_of, RunStats};
+        use crate::storage::StatsQuery;
+
+        let (_dir, storage) = crate::storage::temporary();
+        let store = storage.stats.clone();
+        let run_stats = RunStats::new(store.clone());
+        let recorder = Recorder::new(
+            storage.runs.clone(),
+            Duration::from_millis(40),
+            Metrics::new().unwrap(),
+        )
+        .with_run_stats(run_stats.clone());
+        let outbox = recorder.outbox();
+        let handle = RecorderHandle::new(recorder.start(), outbox);
+        let first = run("v1");
+        let hour = hour_of(crate::search::id_millis(&first.id));
+        let query = StatsQuery {
+            tenant: "t".into(),
+            agents: vec!["a".into()],
+            sources: vec![RunSource::Api],
+            hours: hour - 1..hour + 2,
+        };
+        let stored = || async {
+            let found = store.read(&query).await.unwrap();
+            found.iter().map(|(_, sums)| sums.runs).sum::<u64>()
+        };
+        handle.record(Box::new(first));
+        handle.record(Box::new(run("v1")));
+        handle.addr.send(Barrier).await.unwrap();
+        // Summed at once, written shortly after.
+        assert!(run_stats.has_pending());
+        assert_eq!(stored().await, 0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(stored().await, 2);
+        assert!(!run_stats.has_pending());
+
+        // `Flush` writes them at once.
+        handle.record(Box::new(run("v1")));
+        handle.addr.send(Flush).await.unwrap().unwrap();
+        assert_eq!(stored().await, 3);
     }
 }

@@ -956,3 +956,163 @@ pub async fn share_store(store: &dyn ShareStore) {
     assert_eq!(renewed.token, "token-5");
     assert!(store.get("token-1").await.unwrap().is_none());
 }
+
+/// Stats: increments add up per key across batches, reads return exactly the asked agents,
+/// sources and hours (end excluded) of one tenant, and each agent's latest run only moves
+/// forward.
+pub async fn stats_store(store: &dyn super::StatsStore) {
+    use super::{AgentLastRun, StatsQuery};
+    use crate::stats::{Aggregate, RunView, StatsKey};
+
+    let sums = |runs: u64, cost: f64, seconds: &[f64], last_run_ms: u64| {
+        let mut sums = Aggregate {
+            runs,
+            errors: runs / 2,
+            cancelled: 1,
+            cost_usd: cost,
+            prompt_tokens: 10 * runs,
+            completion_tokens: 3 * runs,
+            cache_hits: 1,
+            last_run_ms,
+            ..Aggregate::default()
+        };
+        for &s in seconds {
+            sums.latency.record(s);
+        }
+        sums
+    };
+    let key = |tenant: &str, agent: &str, source: RunSource, hour: u32| StatsKey {
+        tenant: tenant.into(),
+        agent: agent.into(),
+        source,
+        hour,
+    };
+    let query = |tenant: &str, agents: &[&str], sources: &[RunSource], hours| StatsQuery {
+        tenant: tenant.into(),
+        agents: agents.iter().map(|a| a.to_string()).collect(),
+        sources: sources.to_vec(),
+        hours,
+    };
+    let sorted = |mut found: Vec<(StatsKey, Aggregate)>| {
+        found.sort_by_key(|(k, _)| (k.agent.clone(), k.source.as_str(), k.hour));
+        found
+    };
+    let api = RunSource::Api;
+    let play = RunSource::Playground;
+
+    // Nothing stored: nothing found.
+    assert!(store
+        .read(&query("t1", &["a"], &[api], 0..u32::MAX))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.agents("t1", 10).await.unwrap().is_empty());
+
+    let first = vec![
+        (key("t1", "a", api, 100), sums(2, 0.5, &[0.2, 0.4], 100_000)),
+        (key("t1", "a", api, 101), sums(1, 0.25, &[1.0], 101_000)),
+        (key("t1", "a", play, 100), sums(4, 1.0, &[], 100_500)),
+        (key("t1", "b", api, 102), sums(1, 0.1, &[3.0], 102_000)),
+        (key("t2", "a", api, 100), sums(9, 9.0, &[9.0], 100_900)),
+    ];
+    store.add_batch(&first).await.unwrap();
+    // The same key again adds up; an older latest run does not move the agent's back.
+    let second = vec![
+        (
+            key("t1", "a", api, 100),
+            sums(3, 0.75, &[0.3, 0.3, 5.0], 90_000),
+        ),
+        (key("t1", "a", api, 103), sums(1, 0.0, &[0.1], 103_000)),
+    ];
+    store.add_batch(&second).await.unwrap();
+    store.add_batch(&[]).await.unwrap();
+
+    let mut expected_100 = first[0].1.clone();
+    expected_100.merge(&second[0].1);
+    let found = sorted(
+        store
+            .read(&query("t1", &["a"], &[api], 100..103))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        found,
+        vec![
+            (key("t1", "a", api, 100), expected_100.clone()),
+            first[1].clone(),
+        ]
+    );
+    assert_eq!(found[0].1.runs, 5);
+    assert_eq!(found[0].1.latency.count(), 5);
+    assert_eq!(found[0].1.last_run_ms, 100_000);
+
+    // Sources and agents as asked; another tenant's never.
+    let found = sorted(
+        store
+            .read(&query("t1", &["a", "b", "nobody"], &[api, play], 0..1000))
+            .await
+            .unwrap(),
+    );
+    let keys: Vec<(String, RunSource, u32)> = found
+        .iter()
+        .map(|(k, _)| (k.agent.clone(), k.source, k.hour))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("a".into(), api, 100),
+            ("a".into(), api, 101),
+            ("a".into(), api, 103),
+            ("a".into(), play, 100),
+            ("b".into(), api, 102),
+        ]
+    );
+    assert!(found.iter().all(|(k, _)| k.tenant == "t1"));
+    let theirs = store
+        .read(&query("t2", &["a"], &[api], 0..1000))
+        .await
+        .unwrap();
+    assert_eq!(theirs, vec![first[4].clone()]);
+    assert!(store
+        .read(&query("t1", &["a"], &[RunSource::Replay], 0..1000))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .read(&query("t1", &["a"], &[api], 100..100))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The tenant's agents, by name, with the latest run per source; bounded.
+    let last = |agent: &str, source, last_run_ms| AgentLastRun {
+        agent: agent.into(),
+        source,
+        last_run_ms,
+    };
+    assert_eq!(
+        store.agents("t1", 10).await.unwrap(),
+        vec![
+            last("a", api, 103_000),
+            last("a", play, 100_500),
+            last("b", api, 102_000),
+        ]
+    );
+    assert_eq!(
+        store.agents("t1", 1).await.unwrap(),
+        vec![last("a", api, 103_000), last("a", play, 100_500)]
+    );
+    assert_eq!(
+        store.agents("t2", 10).await.unwrap(),
+        vec![last("a", api, 100_900)]
+    );
+    assert!(store.agents("t", 10).await.unwrap().is_empty());
+
+    // A run's view keys it by its id's hour.
+    let run = run("t1", "a");
+    let view = RunView::from(&run);
+    assert_eq!(
+        u64::from(view.key().hour),
+        crate::search::id_millis(&run.id) / 3_600_000
+    );
+}

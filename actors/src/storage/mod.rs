@@ -12,7 +12,7 @@
 //! The concerns: runs ([`RunStore`]), feedback ([`FeedbackStore`]), the agents' schemas,
 //! versions, deployments and conversations ([`SchemaStore`], [`VersionStore`],
 //! [`DeploymentStore`], [`ConversationStore`]), the answer cache's stored answers
-//! ([`AnswerStore`]) and share links ([`ShareStore`]).
+//! ([`AnswerStore`]), share links ([`ShareStore`]) and the runs' stats ([`StatsStore`]).
 
 mod agents;
 mod answers;
@@ -34,9 +34,10 @@ use uuid::Uuid;
 
 use crate::agents::FeedbackRecord;
 use crate::error::{ErrorKind, GatewayError};
-use crate::recorder::run::{RunRecord, RunSummary};
+use crate::recorder::run::{RunRecord, RunSource, RunSummary};
 use crate::search::{IndexedField, RunQuery};
 use crate::share::Share;
+use crate::stats::{Aggregate, Hour, StatsKey};
 
 /// A storage failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -174,6 +175,54 @@ pub trait ShareStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool, StorageError>>;
 }
 
+// ---- Stats ----
+
+/// The runs' aggregates per tenant, agent, source and hour ([`crate::stats`]), kept as they
+/// are recorded so that stats never read the runs. Only the recorder writes them.
+pub trait StatsStore: Send + Sync + 'static {
+    /// Adds each increment to the stored aggregate of its key (a key not stored yet starts
+    /// from zero) and remembers each (tenant, agent, source)'s latest run: all of the batch,
+    /// or on an error none of it, so that the caller may retry it whole.
+    fn add_batch<'a>(
+        &'a self,
+        increments: &'a [(StatsKey, Aggregate)],
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
+
+    /// The stored aggregates of the query's agents and sources in its hours, in no particular
+    /// order.
+    fn read<'a>(
+        &'a self,
+        query: &'a StatsQuery,
+    ) -> BoxFuture<'a, Result<Vec<(StatsKey, Aggregate)>, StorageError>>;
+
+    /// The agents of `tenant` with stored runs, each with its latest run per source; at most
+    /// `max` agents, by name.
+    fn agents<'a>(
+        &'a self,
+        tenant: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<AgentLastRun>, StorageError>>;
+}
+
+/// Which aggregates a stats read wants.
+#[derive(Debug, Clone)]
+pub struct StatsQuery {
+    pub tenant: String,
+    pub agents: Vec<String>,
+    pub sources: Vec<RunSource>,
+    /// The hours, end excluded.
+    pub hours: std::ops::Range<Hour>,
+}
+
+/// When an agent last ran, for one source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentLastRun {
+    pub agent: String,
+    pub source: RunSource,
+    /// Milliseconds since the epoch.
+    pub last_run_ms: u64,
+}
+
 /// The stores of one backend.
 #[derive(Clone)]
 pub struct Storage {
@@ -185,6 +234,7 @@ pub struct Storage {
     pub conversations: Arc<dyn ConversationStore>,
     pub answers: Arc<dyn AnswerStore>,
     pub shares: Arc<dyn ShareStore>,
+    pub stats: Arc<dyn StatsStore>,
 }
 
 /// Fresh stores of the default backend in a temporary directory, for tests of the code above

@@ -7,6 +7,7 @@ mod feedback;
 mod runs;
 mod search;
 mod shares;
+mod stats;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ pub use cache::SledAnswerStore;
 pub use feedback::SledFeedbackStore;
 pub use runs::SledRunStore;
 pub use shares::SledShareStore;
+pub use stats::SledStatsStore;
 
 use super::{Storage, StorageError};
 
@@ -32,6 +34,7 @@ pub struct SledStorage {
     conversations: Arc<SledConversationStore>,
     answers: Arc<SledAnswerStore>,
     shares: Arc<SledShareStore>,
+    stats: Arc<SledStatsStore>,
 }
 
 impl SledStorage {
@@ -56,6 +59,7 @@ impl SledStorage {
             conversations: Arc::new(SledConversationStore::open(&db)?),
             answers: Arc::new(SledAnswerStore::open(&db)?),
             shares: Arc::new(SledShareStore::open(&db)?),
+            stats: Arc::new(SledStatsStore::open(&db)?),
         })
     }
 
@@ -70,6 +74,7 @@ impl SledStorage {
             conversations: self.conversations.clone(),
             answers: self.answers.clone(),
             shares: self.shares.clone(),
+            stats: self.stats.clone(),
         }
     }
 }
@@ -165,6 +170,59 @@ mod tests {
     async fn sled_passes_the_share_store_conformance_suite() {
         let (_dir, storage) = open();
         conformance::share_store(storage.storage().shares.as_ref()).await;
+    }
+
+    #[actix_rt::test]
+    async fn sled_passes_the_stats_store_conformance_suite() {
+        let (_dir, storage) = open();
+        conformance::stats_store(storage.storage().stats.as_ref()).await;
+    }
+
+    #[actix_rt::test]
+    async fn stats_are_built_once_for_the_runs_of_an_earlier_release() {
+        use crate::stats::HOUR_MS;
+        let dir = tempfile::tempdir().unwrap();
+        let mut runs = Vec::new();
+        for i in 0..6 {
+            let mut run = conformance::run("t", if i < 4 { "a" } else { "b" });
+            run.duration_seconds = 0.1 * f64::from(i + 1);
+            runs.push(Box::new(run));
+        }
+        {
+            // An earlier release's data directory: runs, no stats trees.
+            let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+            let tree = db.open_tree("runs").unwrap();
+            for run in &runs {
+                tree.insert(run.id.as_bytes(), serde_json::to_vec(run.as_ref()).unwrap())
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let hour = (crate::search::id_millis(&runs[0].id) / HOUR_MS) as u32;
+        let query = crate::storage::StatsQuery {
+            tenant: "t".into(),
+            agents: vec!["a".into(), "b".into()],
+            sources: vec![crate::recorder::run::RunSource::Api],
+            hours: hour - 1..hour + 2,
+        };
+        let counted = |storage: &SledStorage| {
+            let stats = storage.storage().stats;
+            let query = query.clone();
+            async move {
+                let found = stats.read(&query).await.unwrap();
+                found.iter().map(|(_, sums)| sums.runs).sum::<u64>()
+            }
+        };
+        {
+            let storage = SledStorage::open(dir.path(), Duration::from_millis(50)).unwrap();
+            assert_eq!(counted(&storage).await, 6);
+            let agents = storage.storage().stats.agents("t", 10).await.unwrap();
+            assert_eq!(agents.len(), 2);
+            storage.storage().runs.flush().await.unwrap();
+        }
+        // Once: opening again counts nothing twice.
+        let storage = SledStorage::open(dir.path(), Duration::from_millis(50)).unwrap();
+        assert_eq!(counted(&storage).await, 6);
     }
 
     #[actix_rt::test]

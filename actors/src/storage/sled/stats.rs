@@ -1,0 +1,239 @@
+//! The runs' stats on sled:
+//!
+//! * `stats_hours`: `tenant \0 agent \0 source hour` (the source a byte, the hour 4 bytes big
+//!   endian) → the [`Aggregate`] as JSON, so an agent's hours of a source are one range scan.
+//! * `stats_agents`: `tenant \0 agent \0 source` → the latest run's time (8 bytes big endian,
+//!   milliseconds), so the tenant's agents are one prefix scan.
+//!
+//! A batch of increments is computed, then written as one `sled::Batch` per tree (see
+//! `add_now` for why not a transaction). A data directory of an earlier
+//! release gets its aggregates built once from its stored runs when it is first opened.
+
+use std::collections::HashMap;
+
+use futures::future::{BoxFuture, FutureExt};
+
+use super::backend;
+use super::off_thread;
+use crate::recorder::run::RunSource;
+use crate::stats::{Aggregate, Hour, RunFigures, RunView, StatsKey};
+use crate::storage::{AgentLastRun, StatsQuery, StatsStore, StorageError};
+
+/// Marks aggregates built for every run stored before they existed.
+const BUILT_MARK: &[u8] = b"\xff\xffbuilt-v1";
+
+/// Cheap to clone (the trees are handles).
+#[derive(Clone)]
+pub struct SledStatsStore {
+    hours: ::sled::Tree,
+    agents: ::sled::Tree,
+}
+
+fn source_code(source: RunSource) -> u8 {
+    match source {
+        RunSource::Api => 0,
+        RunSource::Playground => 1,
+        RunSource::Replay => 2,
+    }
+}
+
+fn source_of(code: u8) -> Option<RunSource> {
+    match code {
+        0 => Some(RunSource::Api),
+        1 => Some(RunSource::Playground),
+        2 => Some(RunSource::Replay),
+        _ => None,
+    }
+}
+
+/// `tenant \0 agent \0 source`.
+fn agent_source_key(tenant: &str, agent: &str, source: RunSource) -> Vec<u8> {
+    let mut key = super::agent_prefix(tenant, agent);
+    key.push(source_code(source));
+    key
+}
+
+fn hour_key(tenant: &str, agent: &str, source: RunSource, hour: Hour) -> Vec<u8> {
+    let mut key = agent_source_key(tenant, agent, source);
+    key.extend_from_slice(&hour.to_be_bytes());
+    key
+}
+
+fn corrupt(detail: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt {
+        what: "run stats",
+        detail: detail.to_string(),
+    }
+}
+
+impl SledStatsStore {
+    pub(super) fn open(db: &::sled::Db) -> Result<SledStatsStore, StorageError> {
+        let store = SledStatsStore {
+            hours: db.open_tree("stats_hours").map_err(backend)?,
+            agents: db.open_tree("stats_agents").map_err(backend)?,
+        };
+        store.build_once(&db.open_tree("runs").map_err(backend)?)?;
+        Ok(store)
+    }
+
+    /// Counts the runs stored before the stats existed (once per data directory): their
+    /// aggregates are summed in memory and written as one batch, with the mark.
+    fn build_once(&self, runs: &::sled::Tree) -> Result<(), StorageError> {
+        if self.hours.contains_key(BUILT_MARK).map_err(backend)? {
+            return Ok(());
+        }
+        let mut sums: HashMap<StatsKey, Aggregate> = HashMap::new();
+        let mut n = 0u64;
+        for entry in runs.iter() {
+            let (_, bytes) = entry.map_err(backend)?;
+            match serde_json::from_slice::<RunFigures>(&bytes) {
+                Ok(run) => {
+                    let view = RunView::from(&run);
+                    sums.entry(view.key()).or_default().add(&view);
+                    n += 1;
+                }
+                Err(e) => tracing::warn!(error = %e, "a stored run cannot be read: not counted"),
+            }
+        }
+        let batch: Vec<(StatsKey, Aggregate)> = sums.into_iter().collect();
+        self.add_now(&batch, true)?;
+        if n > 0 {
+            tracing::info!(
+                runs = n,
+                "counted the runs stored by an earlier release in the stats"
+            );
+        }
+        Ok(())
+    }
+
+    /// Adds a batch. The new values are computed first, then written as two `sled::Batch`es:
+    /// a batch holds sled's global write lock, which every reader and writer of the database
+    /// waits for (the request path's among them), so nothing else is done under it. The
+    /// recorder is the only writer (one write at a time), so nothing changes in between.
+    /// The latest runs go first: writing them again is harmless, so if the hours' batch then
+    /// fails, the whole may be retried without counting anything twice.
+    fn add_now(&self, batch: &[(StatsKey, Aggregate)], mark: bool) -> Result<(), StorageError> {
+        let mut hours = ::sled::Batch::default();
+        let mut agents = ::sled::Batch::default();
+        let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
+        for (key, increment) in batch {
+            let at = hour_key(&key.tenant, &key.agent, key.source, key.hour);
+            let mut sums = match self.hours.get(&at).map_err(backend)? {
+                Some(bytes) => serde_json::from_slice::<Aggregate>(&bytes).map_err(corrupt)?,
+                None => Aggregate::default(),
+            };
+            sums.merge(increment);
+            hours.insert(at, serde_json::to_vec(&sums).map_err(corrupt)?);
+            let last = latest
+                .entry(agent_source_key(&key.tenant, &key.agent, key.source))
+                .or_default();
+            *last = (*last).max(increment.last_run_ms);
+        }
+        for (agent, last_run_ms) in latest {
+            let stored = self.agents.get(&agent).map_err(backend)?;
+            if stored.is_none_or(|bytes| last_run_ms > last_ms(&bytes)) {
+                agents.insert(agent, &last_run_ms.to_be_bytes());
+            }
+        }
+        if mark {
+            hours.insert(BUILT_MARK, &[] as &[u8]);
+        }
+        self.agents.apply_batch(agents).map_err(backend)?;
+        self.hours.apply_batch(hours).map_err(backend)
+    }
+
+    fn read_now(&self, query: &StatsQuery) -> Result<Vec<(StatsKey, Aggregate)>, StorageError> {
+        let mut found = Vec::new();
+        if query.hours.is_empty() {
+            return Ok(found);
+        }
+        for agent in &query.agents {
+            for &source in &query.sources {
+                let from = hour_key(&query.tenant, agent, source, query.hours.start);
+                let to = hour_key(&query.tenant, agent, source, query.hours.end);
+                for entry in self.hours.range(from..to) {
+                    let (key, bytes) = entry.map_err(backend)?;
+                    let hour = key
+                        .len()
+                        .checked_sub(4)
+                        .and_then(|at| key[at..].try_into().ok())
+                        .map(Hour::from_be_bytes)
+                        .ok_or_else(|| corrupt("a key without its hour"))?;
+                    let sums = serde_json::from_slice(&bytes).map_err(corrupt)?;
+                    let key = StatsKey {
+                        tenant: query.tenant.clone(),
+                        agent: agent.clone(),
+                        source,
+                        hour,
+                    };
+                    found.push((key, sums));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn agents_now(&self, tenant: &str, max: usize) -> Result<Vec<AgentLastRun>, StorageError> {
+        let mut prefix = tenant.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out: Vec<AgentLastRun> = Vec::new();
+        let mut agents = 0;
+        for entry in self.agents.scan_prefix(&prefix) {
+            let (key, value) = entry.map_err(backend)?;
+            // `agent \0 source`
+            let rest = &key[prefix.len()..];
+            let Some((&code, name)) = rest.split_last() else {
+                continue;
+            };
+            let (Some(name), Some(source)) = (name.strip_suffix(&[0]), source_of(code)) else {
+                continue;
+            };
+            let agent = String::from_utf8_lossy(name).into_owned();
+            if out.last().is_none_or(|last| last.agent != agent) {
+                agents += 1;
+                if agents > max {
+                    break;
+                }
+            }
+            out.push(AgentLastRun {
+                agent,
+                source,
+                last_run_ms: last_ms(&value),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn last_ms(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+impl StatsStore for SledStatsStore {
+    fn add_batch<'a>(
+        &'a self,
+        increments: &'a [(StatsKey, Aggregate)],
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        // Answered at once: the recorder writes on its own thread.
+        futures::future::ready(self.add_now(increments, false)).boxed()
+    }
+
+    fn read<'a>(
+        &'a self,
+        query: &'a StatsQuery,
+    ) -> BoxFuture<'a, Result<Vec<(StatsKey, Aggregate)>, StorageError>> {
+        let store = self.clone();
+        let query = query.clone();
+        off_thread(move || store.read_now(&query))
+    }
+
+    fn agents<'a>(
+        &'a self,
+        tenant: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<AgentLastRun>, StorageError>> {
+        let store = self.clone();
+        let tenant = tenant.to_string();
+        off_thread(move || store.agents_now(&tenant, max))
+    }
+}
