@@ -63,7 +63,7 @@ impl SledRunStore {
             self.by_agent
                 .insert(key, facets.as_slice())
                 .map_err(backend)?;
-            self.index.add(run, &facets)?;
+            self.index.add(run)?;
         }
         Ok(())
     }

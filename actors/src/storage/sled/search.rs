@@ -1,24 +1,23 @@
-//! Runs search on sled: facets and index lists for the categorical fields, time from the ids,
-//! and the shared matcher for the rest.
+//! Runs search on sled: facets for the categorical fields, time from the ids, and the shared
+//! matcher for the rest — with nothing written for it but a few bytes on each run's entry in its
+//! agent's list, because every run is written on the recorder's thread and index entries there
+//! cost more CPU than the request itself (measured with `perf` under `bench/run.sh` load: six
+//! index lists, then two, took 15% of flowgate's CPU).
 //!
-//! * Facets: status, cache, source and provider of a run, packed in a few bytes ([`facets`]),
-//!   are the value of the run's entry in `runs_by_agent` and in each index list, so a filter
-//!   on them is checked without reading the run.
-//! * `runs_index`: `tenant \0 agent \0 field-code value \0 run id` → facets, for `model` and
-//!   `version` (the fields with many values, where reading the whole agent list would be slow).
-//!   Two entries a run, besides the run and its agent list entry.
+//! * Facets: status, cache, source, a hash of the model and of the version, and the provider,
+//!   packed in ~30 bytes ([`facets`]), are the value of the run's entry in `runs_by_agent`
+//!   (`tenant \0 agent \0 run id`), so a filter on them is checked without reading the run.
 //! * `runs_values` (`tenant \0 agent \0 field-code value`) and `runs_agents` (`tenant \0
 //!   agent`): which values and agents exist, written once each (for a search UI, and so that
-//!   a search over all of a tenant's agents knows which to merge).
+//!   a search over all of a tenant's agents knows which lists to merge).
 //! * Run ids are UUIDv7: a `created_at` range is an id range, and newest-first is reverse key
-//!   order in every list.
+//!   order.
 //!
-//! A candidate stream per agent is the intersection of the index lists of the query's `model`
-//! and `version` filters (each the union of its values' lists), or the agent's whole list; the
-//! agents' streams merge newest first. A candidate whose facets fail a filter is passed over;
-//! the others are read and checked with the shared matcher (free text first as a byte search
-//! over the stored record). A page stops after `limit` matches, or after [`SCAN_BUDGET`]
-//! candidates or [`TIME_BUDGET`] — then the page says so and its cursor resumes the scan.
+//! A search walks its agents' lists newest first (merged), passes over the entries whose facets
+//! fail a filter, and reads and checks the others with the shared matcher (free text first as a
+//! byte search over the stored record). A search across all agents with no facet filter reads
+//! the runs themselves in key order instead. A page stops after `limit` matches, or after
+//! [`SCAN_BUDGET`] entries or [`TIME_BUDGET`] — then it says so and its cursor resumes the scan.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -38,21 +37,14 @@ use crate::storage::{SearchPage, SearchScope, StorageError};
 /// Candidates read for one page at most, and for how long.
 pub const SCAN_BUDGET: usize = 2_000_000;
 pub const TIME_BUDGET: std::time::Duration = std::time::Duration::from_millis(900);
-/// Index entries counted for `count` at most; past it the count is an estimate.
+/// Matches counted for `count` at most, and entries read to count them; past either the
+/// count is a lower bound.
 pub const COUNT_BOUND: usize = 1_000;
+pub const COUNT_SCAN: usize = 100_000;
 /// Agents merged in one all-agents search at most.
 pub const MAX_AGENTS: usize = 10_000;
 /// Marks an index built for every run stored before it existed.
-const BUILT_MARK: &[u8] = b"\xff\xffbuilt-v2";
-
-/// `tenant \0 agent \0 code value \0`.
-fn posting_prefix(tenant: &str, agent: &str, field: IndexedField, value: &str) -> Vec<u8> {
-    let mut key = agent_prefix(tenant, agent);
-    key.push(field.code());
-    key.extend_from_slice(value.as_bytes());
-    key.push(0);
-    key
-}
+const BUILT_MARK: &[u8] = b"\xff\xffbuilt-v3";
 
 /// The values of a run by categorical field.
 fn indexed_values(run: &RunRecord) -> impl Iterator<Item = (IndexedField, &str)> {
@@ -69,15 +61,12 @@ fn indexed_values(run: &RunRecord) -> impl Iterator<Item = (IndexedField, &str)>
     .filter_map(|(field, value)| Some((field, value.filter(|v| !v.is_empty())?)))
 }
 
-/// Whether a field has index lists (the others are facets).
-fn has_lists(field: IndexedField) -> bool {
-    matches!(field, IndexedField::Model | IndexedField::Version)
-}
-
-const FACETS_V1: u8 = 1;
+const FACETS_V2: u8 = 2;
 const STATUSES: [&str; 3] = ["success", "error", "cancelled"];
 const CACHES: [&str; 4] = ["bypass", "miss", "hit", "coalesced"];
 const SOURCES: [&str; 3] = ["api", "playground", "replay"];
+/// Where the provider's length is; its bytes follow.
+const PROVIDER_AT: usize = 20;
 
 fn code_of(list: &[&str], value: &str) -> u8 {
     list.iter()
@@ -85,55 +74,90 @@ fn code_of(list: &[&str], value: &str) -> u8 {
         .unwrap_or(u8::MAX as usize) as u8
 }
 
-/// A run's facets: `[1, status, cache, source, provider length, provider…]`.
+/// A 64-bit hash of a model or version name (0: none). Only ever compared with hashes this
+/// binary makes, and a match is confirmed on the run itself.
+fn name_hash(name: Option<&str>) -> u64 {
+    match name {
+        None | Some("") => 0,
+        Some(name) => {
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(name.as_bytes());
+            u64::from_le_bytes(digest[..8].try_into().unwrap_or_default()).max(1)
+        }
+    }
+}
+
+/// A run's facets: `[2, status, cache, source, model hash (8), version hash (8), provider
+/// length, provider…]`.
 pub(super) fn facets(run: &RunRecord) -> Vec<u8> {
     let provider = run.provider.as_deref().unwrap_or("");
     let provider = &provider.as_bytes()[..provider.len().min(255)];
-    let mut out = Vec::with_capacity(5 + provider.len());
+    let model = run.model.as_deref().unwrap_or(&run.requested_model);
+    let mut out = Vec::with_capacity(PROVIDER_AT + 1 + provider.len());
     out.extend_from_slice(&[
-        FACETS_V1,
+        FACETS_V2,
         code_of(&STATUSES, run.status.as_str()),
         code_of(&CACHES, run.cache.as_str()),
         code_of(&SOURCES, run.source.as_str()),
-        provider.len() as u8,
     ]);
+    out.extend_from_slice(&name_hash(Some(model)).to_le_bytes());
+    out.extend_from_slice(&name_hash(run.version_id.as_deref()).to_le_bytes());
+    out.push(provider.len() as u8);
     out.extend_from_slice(provider);
     out
 }
 
-/// What a filter says of facets: `None` when the facets cannot tell (another field, another
-/// operator, or an entry written without facets).
+/// What a filter says of facets: `None` when the facets cannot tell (another field or
+/// operator, a version named by environment, or an entry written without facets).
 fn facet_answer(filter: &Filter, facets: &[u8]) -> Option<bool> {
-    if facets.len() < 5 || facets[0] != FACETS_V1 {
+    if facets.len() <= PROVIDER_AT || facets[0] != FACETS_V2 {
         return None;
     }
-    let value: &str = match filter.field {
-        Field::Status => STATUSES.get(facets[1] as usize)?,
-        Field::Cache => CACHES.get(facets[2] as usize)?,
-        Field::Source => SOURCES.get(facets[3] as usize)?,
-        Field::Provider => {
-            let len = facets[4] as usize;
-            std::str::from_utf8(facets.get(5..5 + len)?).ok()?
+    if !matches!(filter.operator, Operator::Is | Operator::IsNot) {
+        return None;
+    }
+    let texts = || {
+        filter.operands.iter().filter_map(|o| match o {
+            Operand::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+    };
+    let hashed = |at: usize| -> Option<bool> {
+        if filter
+            .operands
+            .iter()
+            .any(|o| !matches!(o, Operand::Text(_)))
+        {
+            return None;
+        }
+        let stored = u64::from_le_bytes(facets[at..at + 8].try_into().ok()?);
+        Some(stored != 0 && texts().any(|t| name_hash(Some(t)) == stored))
+    };
+    let listed = match filter.field {
+        Field::Model => hashed(4)?,
+        Field::Version => hashed(12)?,
+        Field::Status | Field::Cache | Field::Source | Field::Provider => {
+            let value: &str = match filter.field {
+                Field::Status => STATUSES.get(facets[1] as usize)?,
+                Field::Cache => CACHES.get(facets[2] as usize)?,
+                Field::Source => SOURCES.get(facets[3] as usize)?,
+                _ => {
+                    let len = facets[PROVIDER_AT] as usize;
+                    std::str::from_utf8(facets.get(PROVIDER_AT + 1..PROVIDER_AT + 1 + len)?).ok()?
+                }
+            };
+            !value.is_empty() && texts().any(|t| t == value)
         }
         _ => return None,
     };
-    let listed = || {
-        filter
-            .operands
-            .iter()
-            .any(|o| matches!(o, Operand::Text(t) if t == value))
-    };
-    match filter.operator {
-        Operator::Is => Some(!value.is_empty() && listed()),
-        Operator::IsNot => Some(value.is_empty() || !listed()),
-        _ => None,
-    }
+    Some(match filter.operator {
+        Operator::Is => listed,
+        _ => !listed,
+    })
 }
 
 /// The search indexes of the runs' database.
 #[derive(Clone)]
 pub struct SearchIndex {
-    index: ::sled::Tree,
     agents: ::sled::Tree,
     values: ::sled::Tree,
     feedback: ::sled::Tree,
@@ -147,7 +171,6 @@ const MAX_KNOWN: usize = 100_000;
 impl SearchIndex {
     pub(super) fn open(db: &::sled::Db) -> Result<SearchIndex, StorageError> {
         Ok(SearchIndex {
-            index: db.open_tree("runs_index").map_err(backend)?,
             agents: db.open_tree("runs_agents").map_err(backend)?,
             values: db.open_tree("runs_values").map_err(backend)?,
             feedback: db.open_tree("run_feedback").map_err(backend)?,
@@ -155,20 +178,13 @@ impl SearchIndex {
         })
     }
 
-    /// Adds a run to the indexes; `facets` are its [`facets`].
-    pub(super) fn add(&self, run: &RunRecord, facets: &[u8]) -> Result<(), StorageError> {
-        let mut key = Vec::with_capacity(96);
+    /// Notes the values and the agent of a stored run (written once each).
+    pub(super) fn add(&self, run: &RunRecord) -> Result<(), StorageError> {
         for (field, value) in indexed_values(run) {
-            key.clear();
-            key.extend_from_slice(&posting_prefix(&run.tenant, &run.agent, field, value));
-            // `… value \0`: without the separator it is the key of the value's existence.
-            key.pop();
+            let mut key = agent_prefix(&run.tenant, &run.agent);
+            key.push(field.code());
+            key.extend_from_slice(value.as_bytes());
             self.once(&self.values, &key)?;
-            if has_lists(field) {
-                key.push(0);
-                key.extend_from_slice(run.id.as_bytes());
-                self.index.insert(&key, facets).map_err(backend)?;
-            }
         }
         let mut agent = run.tenant.as_bytes().to_vec();
         agent.push(0);
@@ -198,7 +214,7 @@ impl SearchIndex {
         runs: &::sled::Tree,
         by_agent: &::sled::Tree,
     ) -> Result<(), StorageError> {
-        if self.index.contains_key(BUILT_MARK).map_err(backend)? {
+        if self.values.contains_key(BUILT_MARK).map_err(backend)? {
             return Ok(());
         }
         let mut n = 0u64;
@@ -210,7 +226,7 @@ impl SearchIndex {
                     let mut key = agent_prefix(&run.tenant, &run.agent);
                     key.extend_from_slice(run.id.as_bytes());
                     by_agent.insert(key, facets.as_slice()).map_err(backend)?;
-                    self.add(&run, &facets)?;
+                    self.add(&run)?;
                     n += 1;
                 }
                 Err(e) => tracing::warn!(error = %e, "a stored run cannot be read: not indexed"),
@@ -219,7 +235,7 @@ impl SearchIndex {
         if n > 0 {
             tracing::info!(runs = n, "indexed the runs stored by an earlier release");
         }
-        self.index
+        self.values
             .insert(BUILT_MARK, &[] as &[u8])
             .map_err(backend)?;
         Ok(())
@@ -270,33 +286,14 @@ impl SearchIndex {
         Ok(outcome)
     }
 
-    /// The candidate runs of `agents`, newest first, with their facets: the intersection of
-    /// the index lists of the `model` and `version` filters (each the union of its values'
-    /// lists), or each agent's whole list.
-    fn candidates(
-        &self,
-        by_agent: &::sled::Tree,
-        tenant: &str,
-        agents: &[String],
-        indexed: &[(IndexedField, Vec<&str>)],
-    ) -> Source {
-        let per_agent = |agent: &String| {
-            if indexed.is_empty() {
-                return Source::list(by_agent, agent_prefix(tenant, agent));
-            }
-            Source::All(
-                indexed
-                    .iter()
-                    .map(|(field, values)| {
-                        let lists = values.iter().map(|value| {
-                            Source::list(&self.index, posting_prefix(tenant, agent, *field, value))
-                        });
-                        Source::Any(lists.collect())
-                    })
-                    .collect(),
-            )
-        };
-        Source::Any(agents.iter().map(per_agent).collect())
+    /// The runs of `agents`, newest first, with their facets: their lists merged.
+    fn candidates(&self, by_agent: &::sled::Tree, tenant: &str, agents: &[String]) -> Source {
+        Source::Any(
+            agents
+                .iter()
+                .map(|agent| Source::list(by_agent, agent_prefix(tenant, agent)))
+                .collect(),
+        )
     }
 
     /// One page of a search.
@@ -321,23 +318,19 @@ impl SearchIndex {
             upper = increment(upper);
         }
         let lower = *id_bounds(from_ms).0.as_bytes();
-        let indexed: Vec<(IndexedField, Vec<&str>)> = query
-            .filters
-            .iter()
-            .filter_map(|f| f.indexed())
-            .filter(|(field, _)| has_lists(*field))
-            .collect();
+        // The filters the facets answer (probed on facets of the right shape).
+        let probe = [FACETS_V2; PROVIDER_AT + 1];
         let by_facets: Vec<&Filter> = query
             .filters
             .iter()
-            .filter(|f| facet_answer(f, &[FACETS_V1, 0, 0, 0, 0]).is_some())
+            .filter(|f| facet_answer(f, &probe).is_some())
             .collect();
         let facets_fail = |facets: &[u8]| {
             by_facets
                 .iter()
                 .any(|f| facet_answer(f, facets) == Some(false))
         };
-        let mut stream = self.candidates(by_agent, &scope.tenant, &agents, &indexed);
+        let mut stream = self.candidates(by_agent, &scope.tenant, &agents);
         let texts: Vec<TextNeedle> = query
             .filters
             .iter()
@@ -356,14 +349,9 @@ impl SearchIndex {
             })
             .collect();
         let needs_feedback = query.needs_feedback();
-        // Every filter answered by the lists, the facets and the id range: counting needs no
-        // run read.
-        let only_indexed = query.filters.iter().all(|f| {
-            let exact_list = f.indexed().is_some_and(|(field, _)| has_lists(field))
-                && !f.operands.iter().any(|o| matches!(o, Operand::Deployed(_)));
-            exact_list
-                || by_facets.contains(&f)
-                || (f.time_range().is_some() && f.field == Field::CreatedAt)
+        // Every filter answered by the facets and the id range: counting reads no run.
+        let only_facets = query.filters.iter().all(|f| {
+            by_facets.contains(&f) || (f.time_range().is_some() && f.field == Field::CreatedAt)
         });
 
         let mut items = Vec::with_capacity(query.limit);
@@ -391,7 +379,7 @@ impl SearchIndex {
             texts: &texts,
             needs_feedback,
         };
-        if indexed.is_empty() && scope.agent.is_none() {
+        if by_facets.is_empty() && scope.agent.is_none() {
             // Nothing to intersect across all agents: one pass over the runs themselves,
             // newest first, is cheaper than merging every agent's list and looking each run
             // up; other tenants' runs are passed over before they are parsed.
@@ -441,21 +429,26 @@ impl SearchIndex {
         let next_cursor = more.then(|| Uuid::from_bytes(below).to_string());
         // The count: exact when every filter is answered by the indexes and the candidates
         // fit the bound; else what the scan saw, extrapolated.
-        let (count, count_is_exact) = if only_indexed {
-            let mut counter = self.candidates(by_agent, &scope.tenant, &agents, &indexed);
-            let mut n = 0usize;
-            let mut at = *id_bounds(to_ms).1.as_bytes();
-            at = increment(at);
+        let (count, count_is_exact) = if only_facets {
+            let mut counter = self.candidates(by_agent, &scope.tenant, &agents);
+            let (mut n, mut read) = (0usize, 0usize);
+            let mut at = increment(*id_bounds(to_ms).1.as_bytes());
+            let mut whole = true;
             while let Some((id, facets)) = counter.next_below(&at)? {
-                if id < lower || n == COUNT_BOUND {
+                if id < lower {
                     break;
                 }
+                if n == COUNT_BOUND || read == COUNT_SCAN {
+                    whole = false;
+                    break;
+                }
+                read += 1;
                 if !facets_fail(&facets) {
                     n += 1;
                 }
                 at = id;
             }
-            (n as u64, n < COUNT_BOUND)
+            (n as u64, whole)
         } else if !more {
             (items.len() as u64, query.cursor.is_none())
         } else {
@@ -531,14 +524,12 @@ fn increment(id: [u8; 16]) -> [u8; 16] {
 /// A candidate: a run id and its facets.
 type Candidate = ([u8; 16], ::sled::IVec);
 
-/// A stream of run ids (with their facets), newest first, that can jump below any id.
+/// A stream of run ids (with their facets), newest first, that can start below any id.
 enum Source {
     /// One list (keys `prefix ++ id`, facets as values).
     List(Box<List>),
     /// The union of streams.
     Any(Vec<Source>),
-    /// The intersection of streams.
-    All(Vec<Source>),
 }
 
 struct List {
@@ -579,30 +570,6 @@ impl Source {
                     }
                 }
                 Ok(best)
-            }
-            Source::All(sources) => {
-                let Some((first, rest)) = sources.split_first_mut() else {
-                    return Ok(None);
-                };
-                let Some(mut candidate) = first.next_below(below)? else {
-                    return Ok(None);
-                };
-                'search: loop {
-                    for source in rest.iter_mut() {
-                        let Some((id, _)) = source.next_below(&increment(candidate.0))? else {
-                            return Ok(None);
-                        };
-                        if id != candidate.0 {
-                            // `id` < candidate: nothing between them is in this list.
-                            let Some(next) = first.next_below(&increment(id))? else {
-                                return Ok(None);
-                            };
-                            candidate = next;
-                            continue 'search;
-                        }
-                    }
-                    return Ok(Some(candidate));
-                }
             }
         }
     }
