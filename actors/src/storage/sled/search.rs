@@ -40,7 +40,7 @@ pub const TIME_BUDGET: std::time::Duration = std::time::Duration::from_millis(90
 /// Matches counted for `count` at most, and entries read to count them; past either the
 /// count is a lower bound.
 pub const COUNT_BOUND: usize = 1_000;
-pub const COUNT_SCAN: usize = 100_000;
+pub const COUNT_SCAN: usize = 20_000;
 /// Agents merged in one all-agents search at most.
 pub const MAX_AGENTS: usize = 10_000;
 /// Marks an index built for every run stored before it existed.
@@ -379,11 +379,12 @@ impl SearchIndex {
             texts: &texts,
             needs_feedback,
         };
-        if by_facets.is_empty() && scope.agent.is_none() {
-            // Nothing to intersect across all agents: one pass over the runs themselves,
-            // newest first, is cheaper than merging every agent's list and looking each run
-            // up; other tenants' runs are passed over before they are parsed.
-            let owner = owner_needle(&scope.tenant);
+        // With no facet to narrow the lists, every candidate is read anyway: across all agents,
+        // or for a word in one agent's runs, one pass over the runs themselves, newest first,
+        // is cheaper than walking the lists and looking each run up; other tenants' (and
+        // agents') runs are passed over before they are parsed.
+        if by_facets.is_empty() && (scope.agent.is_none() || !texts.is_empty()) {
+            let owner = owner_needle(&scope.tenant, scope.agent.as_deref());
             let mut end = upper.to_vec();
             end.truncate(16);
             for entry in runs.range(lower.to_vec()..end).rev() {
@@ -507,12 +508,15 @@ impl SearchIndex {
 /// How far into a stored run its tenant is looked for (it follows the id).
 const OWNER_WINDOW: usize = 256;
 
-/// `"tenant":"<tenant>",` as a stored run spells it.
-fn owner_needle(tenant: &str) -> Vec<u8> {
-    let mut needle = b"\"tenant\":".to_vec();
-    needle.extend_from_slice(serde_json::to_string(tenant).unwrap_or_default().as_bytes());
-    needle.push(b',');
-    needle
+/// `"tenant":"<tenant>",` (then `"agent":"<agent>",`) as a stored run spells it: the fields
+/// follow the id in this order.
+fn owner_needle(tenant: &str, agent: Option<&str>) -> Vec<u8> {
+    let json = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut needle = format!("\"tenant\":{},", json(tenant));
+    if let Some(agent) = agent {
+        needle.push_str(&format!("\"agent\":{},", json(agent)));
+    }
+    needle.into_bytes()
 }
 
 /// The next id above `id` (for an exclusive upper bound that includes `id`).
