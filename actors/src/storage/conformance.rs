@@ -312,6 +312,57 @@ pub async fn run_search(store: &dyn RunStore, feedback: &dyn FeedbackStore) {
         }
     }
 
+    // Runs spread over time (a store may read a wide range in parts at once): pages still
+    // hold exactly the matches, newest first.
+    let base = crate::search::id_millis(&Uuid::now_v7()) - 100_000;
+    let mut spread: Vec<Box<RunRecord>> = Vec::new();
+    for i in 0..40u64 {
+        let mut r = run("t3", if i % 2 == 0 { "w" } else { "x" });
+        let mut bytes = *crate::search::id_bounds(base + i * 2_500).0.as_bytes();
+        bytes[15] = i as u8;
+        r.id = Uuid::from_bytes(bytes);
+        let word = if i % 3 == 0 { "needle here" } else { "hay" };
+        r.output = Some(
+            serde_json::from_value(serde_json::json!({
+                "choices": [{"index": 0, "message": {"content": word}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1}
+            }))
+            .unwrap(),
+        );
+        spread.push(Box::new(r));
+    }
+    store.insert_batch(&spread).await.unwrap();
+    for agent in [None, Some("w")] {
+        let scope = SearchScope {
+            tenant: "t3".into(),
+            agent: agent.map(str::to_string),
+        };
+        let mut expected: Vec<Uuid> = spread
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| i % 3 == 0 && agent.is_none_or(|a| r.agent == a))
+            .map(|(_, r)| r.id)
+            .collect();
+        expected.reverse();
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        for limit in [1, 3, 2, 5, 4, 4, 4, 4, 4] {
+            let body: SearchBody = serde_json::from_value(serde_json::json!({
+                "field_queries": [{"field": "text", "operator": "contains", "values": ["needle"]}],
+                "limit": limit, "cursor": cursor
+            }))
+            .unwrap();
+            let query = RunQuery::parse(body, agent.is_none()).unwrap();
+            let page = store.search(&scope, &query).await.unwrap();
+            seen.extend(page.items.iter().map(|r| r.id));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, expected, "{agent:?}");
+    }
+
     // The values that exist, for a search UI.
     let scope = SearchScope {
         tenant: "t1".into(),

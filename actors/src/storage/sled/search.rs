@@ -385,25 +385,20 @@ impl SearchIndex {
         // agents') runs are passed over before they are parsed.
         if by_facets.is_empty() && (scope.agent.is_none() || !texts.is_empty()) {
             let owner = owner_needle(&scope.tenant, scope.agent.as_deref());
-            let mut end = upper.to_vec();
-            end.truncate(16);
-            for entry in runs.range(lower.to_vec()..end).rev() {
-                let (key, bytes) = entry.map_err(backend)?;
-                let id = id_of(&key, 0);
-                if stop(&items, scanned) {
-                    more = true;
-                    break;
-                }
-                below = id;
-                scanned += 1;
-                let head = &bytes[..bytes.len().min(OWNER_WINDOW)];
-                if memchr::memmem::find(head, &owner).is_none() {
-                    continue;
-                }
-                if let Some(item) = self.examine(&bytes, &check)? {
-                    items.push(item);
-                }
-            }
+            let page = self.pass(
+                runs,
+                lower,
+                upper,
+                &owner,
+                &check,
+                started + TIME_BUDGET,
+                SCAN_BUDGET,
+            )?;
+            items = page.items;
+            scanned = page.scanned;
+            below = page.below;
+            more = page.more;
+            budget_spent = page.budget_spent;
         } else {
             while let Some((id, facets)) = stream.next_below(&below)? {
                 if id < lower {
@@ -463,6 +458,64 @@ impl SearchIndex {
             scanned: scanned as u64,
             scan_limit_reached: budget_spent,
         })
+    }
+}
+
+/// What one pass over the runs found.
+struct Pass {
+    items: Vec<RunSummary>,
+    scanned: usize,
+    /// The last run looked at (every run from here up was).
+    below: [u8; 16],
+    /// The pass stopped before the end of its range.
+    more: bool,
+    budget_spent: bool,
+}
+
+impl SearchIndex {
+    /// One pass over the runs in `[lower, upper)`, newest first, until `limit` matches (and
+    /// one candidate more), `budget` runs read or the deadline.
+    #[allow(clippy::too_many_arguments)]
+    fn pass(
+        &self,
+        runs: &::sled::Tree,
+        lower: [u8; 16],
+        upper: [u8; 16],
+        owner: &[u8],
+        check: &Check<'_>,
+        deadline: Instant,
+        budget: usize,
+    ) -> Result<Pass, StorageError> {
+        let mut pass = Pass {
+            items: Vec::new(),
+            scanned: 0,
+            below: upper,
+            more: false,
+            budget_spent: false,
+        };
+        for entry in runs.range(lower.to_vec()..upper.to_vec()).rev() {
+            let (key, bytes) = entry.map_err(backend)?;
+            if pass.items.len() == check.query.limit {
+                pass.more = true;
+                break;
+            }
+            if pass.scanned >= budget || (pass.scanned % 1024 == 1023 && Instant::now() >= deadline)
+            {
+                pass.more = true;
+                pass.budget_spent = true;
+                break;
+            }
+            pass.below = id_of(&key, 0);
+            pass.scanned += 1;
+            let head = &bytes[..bytes.len().min(OWNER_WINDOW)];
+            if memchr::memmem::find(head, owner).is_none() {
+                continue;
+            }
+            if let Some(item) = self.examine(&bytes, check)? {
+                pass.items.push(item);
+            }
+        }
+        Ok(pass)
     }
 }
 
