@@ -441,6 +441,47 @@ impl TokenSource {
     }
 }
 
+/// Where a Vertex AI provider's models answer — `{base}/projects/{project}/locations/{region}`
+/// (base ends in `/v1`) — and its OAuth tokens, shared by its Gemini and Claude clients.
+pub struct VertexEndpoint {
+    pub base: String,
+    project: String,
+    region: String,
+    pub tokens: Arc<TokenSource>,
+}
+
+impl VertexEndpoint {
+    pub fn new(settings: &super::VertexSettings, tokens: Arc<TokenSource>) -> VertexEndpoint {
+        VertexEndpoint {
+            base: http::versioned_base(&settings.base_url, "v1"),
+            project: settings.project.clone(),
+            region: settings.region.clone(),
+            tokens,
+        }
+    }
+
+    /// `{base}/projects/{project}/locations/{region}`, each segment encoded.
+    pub fn location(&self) -> String {
+        format!(
+            "{}/projects/{}/locations/{}",
+            self.base,
+            http::encode_segment(&self.project),
+            http::encode_segment(&self.region)
+        )
+    }
+}
+
+impl std::fmt::Debug for VertexEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vertex")
+            .field("base", &self.base)
+            .field("project", &self.project)
+            .field("region", &self.region)
+            .field("tokens", &self.tokens)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

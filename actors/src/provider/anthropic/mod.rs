@@ -44,8 +44,8 @@ use std::sync::Arc;
 
 use super::adapter::{self, Adapter, ErrorReply, Flow, Prepared, Secrets};
 use super::driver::Driver;
-use super::google_auth::TokenSource;
-use super::http::{self, encode_segment, versioned_base, HeaderMap};
+use super::google_auth::{TokenSource, VertexEndpoint};
+use super::http::{self, encode_segment, HeaderMap};
 use super::media;
 use super::sse::{SseEvent, SseFraming};
 use super::{AdapterContext, AnthropicSettings, UpstreamRequest, VertexSettings};
@@ -83,13 +83,7 @@ enum Endpoint {
     },
     /// Claude on Vertex AI: `{base}/projects/{project}/locations/{region}/publishers/anthropic/
     /// models/{model}:rawPredict` (base ends in `/v1`), `Authorization: Bearer <oauth token>`.
-    Vertex {
-        base: String,
-        project: String,
-        region: String,
-        /// Shared with the provider's Gemini client.
-        tokens: Arc<TokenSource>,
-    },
+    Vertex(VertexEndpoint),
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -101,18 +95,7 @@ impl std::fmt::Debug for Endpoint {
                 .field("api_key", &settings.api_key.as_ref().map(|_| "***"))
                 .field("version", &settings.version)
                 .finish_non_exhaustive(),
-            Endpoint::Vertex {
-                base,
-                project,
-                region,
-                tokens,
-            } => f
-                .debug_struct("Vertex")
-                .field("base", base)
-                .field("project", project)
-                .field("region", region)
-                .field("tokens", tokens)
-                .finish(),
+            Endpoint::Vertex(vertex) => vertex.fmt(f),
         }
     }
 }
@@ -142,12 +125,7 @@ impl Driver<Anthropic> {
     ) -> Result<Self, String> {
         let adapter = Anthropic {
             media: ctx.media,
-            endpoint: Endpoint::Vertex {
-                base: versioned_base(&settings.base_url, "v1"),
-                project: settings.project,
-                region: settings.region,
-                tokens,
-            },
+            endpoint: Endpoint::Vertex(VertexEndpoint::new(&settings, tokens)),
         };
         Driver::build(ctx.name, ctx.timeouts, adapter)
     }
@@ -158,15 +136,9 @@ impl Anthropic {
     fn url(&self, model: &str, stream: bool) -> String {
         match &self.endpoint {
             Endpoint::Anthropic { url, .. } => url.clone(),
-            Endpoint::Vertex {
-                base,
-                project,
-                region,
-                ..
-            } => format!(
-                "{base}/projects/{}/locations/{}/publishers/anthropic/models/{}:{}",
-                encode_segment(project),
-                encode_segment(region),
+            Endpoint::Vertex(vertex) => format!(
+                "{}/publishers/anthropic/models/{}:{}",
+                vertex.location(),
                 encode_segment(model),
                 if stream {
                     "streamRawPredict"
@@ -180,7 +152,7 @@ impl Anthropic {
     /// The body as this endpoint wants it: on Vertex AI the URL names the model and the API
     /// version goes in the body.
     fn adapt_body(&self, body: &mut MessagesBody) {
-        if let Endpoint::Vertex { .. } = self.endpoint {
+        if let Endpoint::Vertex(_) = self.endpoint {
             body.model = None;
             body.anthropic_version = Some(VERTEX_ANTHROPIC_VERSION);
         }
@@ -190,7 +162,7 @@ impl Anthropic {
     fn secret<'a>(&'a self, token: Option<&'a str>) -> &'a str {
         match &self.endpoint {
             Endpoint::Anthropic { settings, .. } => settings.api_key.as_deref().unwrap_or(""),
-            Endpoint::Vertex { .. } => token.unwrap_or(""),
+            Endpoint::Vertex(_) => token.unwrap_or(""),
         }
     }
 
@@ -265,8 +237,8 @@ impl Adapter for Anthropic {
                 }
                 None
             }
-            Endpoint::Vertex { tokens, .. } => {
-                let token = tokens.token().await?;
+            Endpoint::Vertex(vertex) => {
+                let token = vertex.tokens.token().await?;
                 request = request.bearer_auth(&*token);
                 Some(token)
             }
@@ -310,8 +282,8 @@ impl Adapter for Anthropic {
         let mut reply = ErrorReply::new(kind, error_type, text);
         if reply.credentials_rejected {
             // A rejected token is dropped: the next call fetches another.
-            if let (Endpoint::Vertex { tokens, .. }, Some(token)) = (&self.endpoint, &call.token) {
-                tokens.invalidate(token);
+            if let (Endpoint::Vertex(vertex), Some(token)) = (&self.endpoint, &call.token) {
+                vertex.tokens.invalidate(token);
             }
             // The message names the status only.
             reply.label = None;

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use super::adapter::{Adapter, ErrorReply, Flow, Prepared, Secrets};
 use super::driver::Driver;
-use super::google_auth::TokenSource;
+use super::google_auth::{TokenSource, VertexEndpoint};
 use super::http::{self, encode_segment, versioned_base, HeaderMap};
 use super::media::{MediaData, MediaFetcher};
 use super::sse::{SseEvent, SseFraming};
@@ -72,13 +72,8 @@ enum Endpoint {
     },
     /// `{base}/projects/{project}/locations/{region}/publishers/google/models/{model}:…`
     /// (base ends in `/v1`), `Authorization: Bearer <oauth token>`.
-    Vertex {
-        base: String,
-        project: String,
-        region: String,
-        /// Shared with the provider's Claude client (see [`VertexClient`]).
-        tokens: Arc<TokenSource>,
-    },
+    /// Shared tokens with the provider's Claude client (see [`VertexClient`]).
+    Vertex(VertexEndpoint),
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -89,18 +84,7 @@ impl std::fmt::Debug for Endpoint {
                 .field("base", base)
                 .field("api_key", &api_key.as_ref().map(|_| "***"))
                 .finish(),
-            Endpoint::Vertex {
-                base,
-                project,
-                region,
-                tokens,
-            } => f
-                .debug_struct("Vertex")
-                .field("base", base)
-                .field("project", project)
-                .field("region", region)
-                .field("tokens", tokens)
-                .finish(),
+            Endpoint::Vertex(vertex) => vertex.fmt(f),
         }
     }
 }
@@ -133,12 +117,7 @@ impl Driver<Gemini> {
     ) -> Result<Self, String> {
         let adapter = Gemini {
             media: ctx.media,
-            endpoint: Endpoint::Vertex {
-                base: versioned_base(&settings.base_url, "v1"),
-                project: settings.project,
-                region: settings.region,
-                tokens,
-            },
+            endpoint: Endpoint::Vertex(VertexEndpoint::new(&settings, tokens)),
         };
         Driver::build(ctx.name, ctx.timeouts, adapter)
     }
@@ -161,19 +140,10 @@ impl Gemini {
                     format!("{base}/models/{}:{method}", encode_segment(model))
                 }
             }
-            Endpoint::Vertex {
-                base,
-                project,
-                region,
-                ..
-            } => {
-                let location = format!(
-                    "{base}/projects/{}/locations/{}",
-                    encode_segment(project),
-                    encode_segment(region)
-                );
+            Endpoint::Vertex(vertex) => {
+                let location = vertex.location();
                 if model.starts_with("projects/") {
-                    format!("{base}/{}:{method}", encode_path(model))
+                    format!("{}/{}:{method}", vertex.base, encode_path(model))
                 } else if model.contains('/') {
                     // `publishers/{p}/models/{m}` or `endpoints/{id}`.
                     format!("{location}/{}:{method}", encode_path(model))
@@ -234,8 +204,8 @@ impl Adapter for Gemini {
                 },
                 None,
             ),
-            Endpoint::Vertex { tokens, .. } => {
-                let token = tokens.token().await?;
+            Endpoint::Vertex(vertex) => {
+                let token = vertex.tokens.token().await?;
                 (request.bearer_auth(&*token), Some(token))
             }
         };
@@ -277,8 +247,8 @@ impl Adapter for Gemini {
         let precondition = body.status.as_deref() == Some("FAILED_PRECONDITION");
         let credentials_rejected = kind == ErrorKind::UpstreamAuth && !precondition;
         if credentials_rejected {
-            if let (Endpoint::Vertex { tokens, .. }, Some(token)) = (&self.endpoint, &call.token) {
-                tokens.invalidate(token);
+            if let (Endpoint::Vertex(vertex), Some(token)) = (&self.endpoint, &call.token) {
+                vertex.tokens.invalidate(token);
             }
         }
         ErrorReply {
