@@ -282,7 +282,9 @@ fn output_json(run: &RunRecord) -> Option<Value> {
 
 /// The text of the run's messages (as sent upstream, else as received), its input variables
 /// and its output.
-fn run_texts(run: &RunRecord) -> Vec<String> {
+/// The texts `text` searches: the messages (rendered, else as sent), the input variables and
+/// the output's text and tool arguments.
+pub fn run_texts(run: &RunRecord) -> Vec<String> {
     let mut texts = Vec::new();
     match &run.rendered_messages {
         Some(messages) => texts.extend(messages.iter().map(|m| m.text())),

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::error::GatewayError;
 
 pub use fields::{field_catalog, FieldInfo};
-pub use matcher::{RunFacts, TextNeedle};
+pub use matcher::{run_texts, RunFacts, TextNeedle};
 
 /// At most this many field queries in one search.
 pub const MAX_FIELD_QUERIES: usize = 20;
@@ -383,6 +383,24 @@ impl RunQuery {
                 }
             }
         }
+    }
+
+    /// For each `text contains` filter, its words (ASCII-lowercased): a matching run holds
+    /// one of each filter's.
+    pub fn text_words(&self) -> Vec<Vec<Vec<u8>>> {
+        self.filters
+            .iter()
+            .filter(|f| f.field == Field::Text && f.operator == Operator::Contains)
+            .map(|f| {
+                f.operands
+                    .iter()
+                    .filter_map(|o| match o {
+                        Operand::Text(t) => Some(t.as_bytes().to_ascii_lowercase()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// Whether the query asks about feedback (which lives beside the runs).

@@ -8,6 +8,7 @@ mod runs;
 mod search;
 mod shares;
 mod stats;
+mod text_blocks;
 
 use std::path::Path;
 use std::sync::Arc;

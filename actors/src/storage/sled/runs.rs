@@ -32,10 +32,11 @@ fn corrupt(e: serde_json::Error) -> StorageError {
 
 impl SledRunStore {
     pub(super) fn open(db: &::sled::Db) -> Result<SledRunStore, StorageError> {
+        let runs = db.open_tree("runs").map_err(backend)?;
         let store = SledRunStore {
-            runs: db.open_tree("runs").map_err(backend)?,
+            index: SearchIndex::open(db, &runs)?,
+            runs,
             by_agent: db.open_tree("runs_by_agent").map_err(backend)?,
-            index: SearchIndex::open(db)?,
         };
         store.index.build_once(&store.runs, &store.by_agent)?;
         Ok(store)
@@ -46,6 +47,8 @@ impl SledRunStore {
     /// concurrency-control write lock, which readers on the request path (cache, agents) wait
     /// for; the batch is atomic in nothing a caller relies on (writes are idempotent on id).
     fn insert_now(&self, runs: &[Box<RunRecord>]) -> Result<(), StorageError> {
+        // The free-text filters first: one that holds a run not yet written is harmless.
+        self.index.text.add(runs)?;
         let mut buf = Vec::with_capacity(4096);
         for run in runs {
             buf.clear();
@@ -172,6 +175,11 @@ impl RunStore for SledRunStore {
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>> {
         let runs = self.runs.clone();
-        async move { runs.flush_async().await.map(drop).map_err(backend) }.boxed()
+        let text = self.index.text.clone();
+        async move {
+            text.flush()?;
+            runs.flush_async().await.map(drop).map_err(backend)
+        }
+        .boxed()
     }
 }

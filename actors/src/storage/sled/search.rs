@@ -13,10 +13,14 @@
 //! * Run ids are UUIDv7: a `created_at` range is an id range, and newest-first is reverse key
 //!   order.
 //!
+//! * Free text: a trigram filter per block of runs (`text_blocks.rs`) tells which id ranges
+//!   may hold a word; the others are never read.
+//!
 //! A search walks its agents' lists newest first (merged), passes over the entries whose facets
-//! fail a filter, and reads and checks the others with the shared matcher (free text first as a
-//! byte search over the stored record). A search across all agents with no facet filter reads
-//! the runs themselves in key order instead. A page stops after `limit` matches, or after
+//! fail a filter (or outside the ranges that may hold its words), and reads and checks the
+//! others with the shared matcher (free text first as a byte search over the stored record). A
+//! search across all agents with no facet filter, or for a word with none, reads the runs
+//! themselves in key order instead (within those ranges). A page stops after `limit` matches, or after
 //! [`SCAN_BUDGET`] entries or [`TIME_BUDGET`] — then it says so and its cursor resumes the scan.
 
 use std::collections::{HashMap, HashSet};
@@ -26,6 +30,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
+use super::text_blocks::{IdRange, TextBlocks};
 use super::{agent_prefix, backend};
 use crate::agents::FeedbackRecord;
 use crate::recorder::run::{RunRecord, RunSummary};
@@ -161,6 +166,8 @@ pub struct SearchIndex {
     agents: ::sled::Tree,
     values: ::sled::Tree,
     feedback: ::sled::Tree,
+    /// Which blocks of runs may hold a word (`text_blocks.rs`).
+    pub(super) text: TextBlocks,
     /// The keys already in `agents` and `values` (bounded: cleared past [`MAX_KNOWN`]).
     known: Arc<Mutex<HashSet<Vec<u8>>>>,
 }
@@ -169,11 +176,12 @@ pub struct SearchIndex {
 const MAX_KNOWN: usize = 100_000;
 
 impl SearchIndex {
-    pub(super) fn open(db: &::sled::Db) -> Result<SearchIndex, StorageError> {
+    pub(super) fn open(db: &::sled::Db, runs: &::sled::Tree) -> Result<SearchIndex, StorageError> {
         Ok(SearchIndex {
             agents: db.open_tree("runs_agents").map_err(backend)?,
             values: db.open_tree("runs_values").map_err(backend)?,
             feedback: db.open_tree("run_feedback").map_err(backend)?,
+            text: TextBlocks::open(db, runs)?,
             known: Arc::default(),
         })
     }
@@ -331,6 +339,12 @@ impl SearchIndex {
                 .any(|f| facet_answer(f, facets) == Some(false))
         };
         let mut stream = self.candidates(by_agent, &scope.tenant, &agents);
+        // Where a run holding the query's words may be, newest first (`None`: anywhere).
+        let word_ranges = if query.text_words().is_empty() {
+            None
+        } else {
+            self.text.ranges(&query.text_words(), lower, upper)?
+        };
         let texts: Vec<TextNeedle> = query
             .filters
             .iter()
@@ -385,21 +399,37 @@ impl SearchIndex {
         // agents') runs are passed over before they are parsed.
         if by_facets.is_empty() && (scope.agent.is_none() || !texts.is_empty()) {
             let owner = owner_needle(&scope.tenant, scope.agent.as_deref());
-            let page = self.pass(
-                runs,
-                lower,
-                upper,
-                &owner,
-                &check,
-                started + TIME_BUDGET,
-                SCAN_BUDGET,
-            )?;
+            // A word: only the blocks of runs whose filters may hold it.
+            let ranges = word_ranges
+                .clone()
+                .unwrap_or_else(|| vec![(lower, increment_back(upper))]);
+            let mut page = Pass {
+                items: Vec::new(),
+                scanned: 0,
+                below: upper,
+                more: false,
+                budget_spent: false,
+            };
+            for (low, high) in ranges {
+                let range = low.to_vec()..increment(high).to_vec();
+                if self.pass(
+                    runs,
+                    range,
+                    &owner,
+                    &check,
+                    started + TIME_BUDGET,
+                    &mut page,
+                )? {
+                    break;
+                }
+            }
             items = page.items;
             scanned = page.scanned;
             below = page.below;
             more = page.more;
             budget_spent = page.budget_spent;
         } else {
+            let mut word_ranges_left = word_ranges.as_deref();
             while let Some((id, facets)) = stream.next_below(&below)? {
                 if id < lower {
                     break;
@@ -411,7 +441,7 @@ impl SearchIndex {
                 // Every candidate at or above `below` has been looked at.
                 below = id;
                 scanned += 1;
-                if facets_fail(&facets) {
+                if facets_fail(&facets) || !may_hold(&mut word_ranges_left, &id) {
                     continue;
                 }
                 let Some(bytes) = runs.get(id).map_err(backend)? else {
@@ -476,37 +506,30 @@ struct Pass {
 }
 
 impl SearchIndex {
-    /// One pass over the runs in `[lower, upper)`, newest first, until `limit` matches (and
-    /// one candidate more), `budget` runs read or the deadline.
-    #[allow(clippy::too_many_arguments)]
+    /// One pass over the runs in `range`, newest first, adding to `pass` until `limit` matches
+    /// (and one candidate more), [`SCAN_BUDGET`] runs read in all or the deadline. True when
+    /// the page is done.
     fn pass(
         &self,
         runs: &::sled::Tree,
-        lower: [u8; 16],
-        upper: [u8; 16],
+        range: std::ops::Range<Vec<u8>>,
         owner: &[u8],
         check: &Check<'_>,
         deadline: Instant,
-        budget: usize,
-    ) -> Result<Pass, StorageError> {
-        let mut pass = Pass {
-            items: Vec::new(),
-            scanned: 0,
-            below: upper,
-            more: false,
-            budget_spent: false,
-        };
-        for entry in runs.range(lower.to_vec()..upper.to_vec()).rev() {
+        pass: &mut Pass,
+    ) -> Result<bool, StorageError> {
+        for entry in runs.range(range).rev() {
             let (key, bytes) = entry.map_err(backend)?;
             if pass.items.len() == check.query.limit {
                 pass.more = true;
-                break;
+                return Ok(true);
             }
-            if pass.scanned >= budget || (pass.scanned % 1024 == 1023 && Instant::now() >= deadline)
+            if pass.scanned >= SCAN_BUDGET
+                || (pass.scanned % 1024 == 1023 && Instant::now() >= deadline)
             {
                 pass.more = true;
                 pass.budget_spent = true;
-                break;
+                return Ok(true);
             }
             pass.below = id_of(&key, 0);
             pass.scanned += 1;
@@ -518,7 +541,7 @@ impl SearchIndex {
                 pass.items.push(item);
             }
         }
-        Ok(pass)
+        Ok(false)
     }
 }
 
@@ -579,6 +602,27 @@ fn owner_needle(tenant: &str, agent: Option<&str>) -> Vec<u8> {
 fn increment(id: [u8; 16]) -> [u8; 16] {
     let n = u128::from_be_bytes(id);
     n.saturating_add(1).to_be_bytes()
+}
+
+/// Whether `id` is in one of `ranges` (newest first), for ids asked newest first: the ranges
+/// above it are dropped. `None`: any id may be.
+fn may_hold(ranges: &mut Option<&[IdRange]>, id: &[u8; 16]) -> bool {
+    let Some(left) = ranges else {
+        return true;
+    };
+    while let Some(((low, _), rest)) = left.split_first() {
+        if low <= id {
+            break;
+        }
+        *left = rest;
+    }
+    left.first()
+        .is_some_and(|(low, high)| low <= id && id <= high)
+}
+
+/// The id below `id` (the inclusive end of a range that ends before `id`).
+fn increment_back(id: [u8; 16]) -> [u8; 16] {
+    u128::from_be_bytes(id).saturating_sub(1).to_be_bytes()
 }
 
 /// A candidate: a run id and its facets.
