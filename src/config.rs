@@ -13,6 +13,7 @@ use flowgate_actors::catalog::{
     Catalog, Fallbacks, LongContextPrices, ModelEntry, Prices, ProviderOffer, Supports,
 };
 use flowgate_actors::engine::HedgingPolicy;
+use flowgate_actors::keys::Limits as KeyLimits;
 use flowgate_actors::provider::media::MediaSettings;
 use flowgate_actors::provider::{
     AnthropicSettings, AzureSettings, BedrockSettings, GeminiSettings, MockBehaviour, MockSettings,
@@ -98,12 +99,17 @@ struct RawAuth {
     /// Other tenants: `[auth.tenants.<name>] api_keys = [...]`. Tenants never see each
     /// other's runs, versions, deployments or cache entries.
     tenants: BTreeMap<String, RawTenant>,
+    /// The `default` tenant's limits and budgets (`rpm`, `tpm`, `max_parallel`, `budgets`).
+    limits: Option<KeyLimits>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawTenant {
     api_keys: Vec<String>,
+    /// The tenant's limits and budgets: every request of the tenant passes them, whichever
+    /// key it uses.
+    limits: Option<KeyLimits>,
 }
 
 /// Keys that may change deployments: `api_keys = ["${FLOWGATE_ADMIN_KEY}", { key = "…", label =
@@ -491,6 +497,8 @@ pub struct AuthConfig {
     pub api_keys: Vec<String>,
     /// Other tenants and their keys.
     pub tenants: Vec<(String, Vec<String>)>,
+    /// Tenants' limits and budgets (only the tenants that have some).
+    pub tenant_limits: Vec<(String, KeyLimits)>,
 }
 
 /// One admin key.
@@ -780,12 +788,35 @@ impl Config {
             .filter(|k| !k.is_empty())
             .collect();
         let mut tenants = Vec::new();
+        let mut tenant_limits = Vec::new();
+        let mut check_limits = |at: String, name: &str, limits: Option<KeyLimits>| {
+            let Some(limits) = limits else {
+                return Ok(());
+            };
+            flowgate_actors::keys::check_budgets(&limits.budgets)
+                .map_err(|e| format!("{source}: invalid config at `{at}`: {}", e.message))?;
+            if [
+                limits.rpm.map(u64::from),
+                limits.tpm,
+                limits.max_parallel.map(u64::from),
+            ]
+            .contains(&Some(0))
+            {
+                return Err(format!(
+                    "{source}: invalid config at `{at}`: a limit of 0 refuses everything; leave it out for none"
+                ));
+            }
+            tenant_limits.push((name.to_string(), limits));
+            Ok::<(), String>(())
+        };
+        check_limits("auth.limits".into(), "default", raw.auth.limits)?;
         for (name, tenant) in raw.auth.tenants {
             if !flowgate_actors::model_ref::is_slug(&name) || name == "default" {
                 return Err(format!(
                     "{source}: invalid config at `auth.tenants.{name}`: tenant names are slugs other than `default`"
                 ));
             }
+            check_limits(format!("auth.tenants.{name}.limits"), &name, tenant.limits)?;
             let keys: Vec<String> = tenant
                 .api_keys
                 .into_iter()
@@ -1053,7 +1084,11 @@ impl Config {
                 public_url: raw.server.public_url.clone(),
                 log: raw.server.log.clone(),
             },
-            auth: AuthConfig { api_keys, tenants },
+            auth: AuthConfig {
+                api_keys,
+                tenants,
+                tenant_limits,
+            },
             admin,
             gateway: GatewayConfig {
                 providers,

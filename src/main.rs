@@ -4,6 +4,7 @@
 
 mod config;
 mod http;
+mod keys_cli;
 mod ui;
 
 use std::io::Write;
@@ -45,6 +46,8 @@ enum Command {
     },
     /// Internal: a template render worker, started by `serve` (jobs on stdin, answers on
     /// stdout, within an address-space limit).
+    /// Manages virtual API keys through a running flowgate's admin API.
+    Keys(keys_cli::KeysCommand),
     #[command(hide = true)]
     RenderWorker {
         #[arg(long)]
@@ -111,6 +114,13 @@ fn main() -> ExitCode {
             }
         },
         Command::RenderWorker { .. } => ExitCode::SUCCESS,
+        Command::Keys(keys) => match keys_cli::run(keys) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve { config, listen } => {
             let mut loaded = match Config::load(&config) {
                 Ok(c) => c,

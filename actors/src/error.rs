@@ -29,6 +29,10 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// An upstream provider rate-limited us.
     RateLimited,
+    /// The caller's key or tenant is past its request or token rate, or its requests at once.
+    LimitExceeded,
+    /// The caller's key or tenant has spent its budget for the period.
+    QuotaExceeded,
     /// An upstream provider answered with a server error or is overloaded.
     UpstreamServer,
     /// An upstream provider rejected the request as invalid (the client's fault).
@@ -74,7 +78,9 @@ impl ErrorKind {
             ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::ModelNotFound | ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::RateLimited | ErrorKind::LimitExceeded | ErrorKind::QuotaExceeded => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ErrorKind::UpstreamServer
             | ErrorKind::UpstreamAuth
             | ErrorKind::UpstreamConnection
@@ -116,6 +122,8 @@ impl ErrorKind {
             | ErrorKind::NotFound
             | ErrorKind::PayloadTooLarge
             | ErrorKind::UpstreamBadRequest
+            | ErrorKind::LimitExceeded
+            | ErrorKind::QuotaExceeded
             | ErrorKind::Cancelled
             | ErrorKind::Internal => false,
         }
@@ -147,6 +155,8 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::LimitExceeded => "rate_limit_exceeded",
+            ErrorKind::QuotaExceeded => "insufficient_quota",
             ErrorKind::UpstreamServer => "upstream_server_error",
             ErrorKind::UpstreamBadRequest => "upstream_bad_request",
             ErrorKind::UpstreamAuth => "upstream_auth",
@@ -180,6 +190,9 @@ impl ErrorKind {
             ErrorKind::Forbidden => "permission_error",
             ErrorKind::RequestTimeout => "timeout_error",
             ErrorKind::RateLimited => "rate_limit_error",
+            // As OpenAI spells them.
+            ErrorKind::LimitExceeded => "requests",
+            ErrorKind::QuotaExceeded => "insufficient_quota",
             ErrorKind::Timeout => "timeout_error",
             ErrorKind::UpstreamServer
             | ErrorKind::UpstreamAuth
@@ -244,6 +257,8 @@ pub struct ErrorDetail {
     pub retry_after: Option<Duration>,
     /// Status the upstream answered with, when the error came from one.
     pub upstream_status: Option<u16>,
+    /// Headers the answer carries besides `retry-after` (e.g. `x-ratelimit-*`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl std::ops::Deref for GatewayError {
@@ -271,6 +286,7 @@ impl GatewayError {
             extra: None,
             retry_after: None,
             upstream_status: None,
+            headers: Vec::new(),
         }))
     }
 
@@ -303,6 +319,11 @@ impl GatewayError {
 
     pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
         self.retry_after = retry_after;
+        self
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.headers.push((name, value));
         self
     }
 
@@ -352,6 +373,9 @@ impl ResponseError for GatewayError {
         let mut response = HttpResponse::build(self.kind.status_code());
         if let Some(retry_after) = self.retry_after {
             response.insert_header(("retry-after", retry_after.as_secs().max(1).to_string()));
+        }
+        for (name, value) in &self.headers {
+            response.insert_header((*name, value.as_str()));
         }
         response.json(self.body())
     }

@@ -127,6 +127,7 @@ impl Supervisor {
             answers,
             shares,
             stats,
+            keys,
             ..
         } = storage;
         let run_stats = RunStats::new(stats);
@@ -184,6 +185,7 @@ impl Supervisor {
             runs,
             feedback,
             shares,
+            key_store: keys,
             agents,
             stats: run_stats,
             metrics,

@@ -108,7 +108,7 @@ const SMALL_BODY_BYTES: usize = 64 * 1024;
 const TENANT_HEADER: &str = "x-flowgate-tenant";
 
 /// The tenant an admin request acts for.
-fn admin_tenant(req: &HttpRequest) -> Result<String, GatewayError> {
+pub(super) fn admin_tenant(req: &HttpRequest) -> Result<String, GatewayError> {
     match req.headers().get(TENANT_HEADER) {
         None => Ok(DEFAULT_TENANT.to_string()),
         Some(value) => match value.to_str().map(str::trim) {

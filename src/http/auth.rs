@@ -6,13 +6,16 @@ use std::collections::HashMap;
 
 use actix_web::HttpRequest;
 use flowgate_actors::error::{ErrorKind, GatewayError};
+use flowgate_actors::keys::{Caller, KeyRegistry};
 use sha2::{Digest, Sha256};
 
-pub const DEFAULT_TENANT: &str = "default";
+pub const DEFAULT_TENANT: &str = flowgate_actors::keys::DEFAULT_TENANT;
 
 /// Keys are kept as digests, so a key never sits in memory dumps in clear beyond the config.
+/// Virtual keys (made through the admin API) are looked up in the registry after the config's.
 pub struct Auth {
     keys: HashMap<[u8; 32], String>,
+    registry: KeyRegistry,
 }
 
 fn digest(key: &str) -> [u8; 32] {
@@ -20,7 +23,11 @@ fn digest(key: &str) -> [u8; 32] {
 }
 
 impl Auth {
-    pub fn new(api_keys: &[String], tenants: &[(String, Vec<String>)]) -> Auth {
+    pub fn new(
+        api_keys: &[String],
+        tenants: &[(String, Vec<String>)],
+        registry: KeyRegistry,
+    ) -> Auth {
         let default = api_keys
             .iter()
             .map(|k| (digest(k), DEFAULT_TENANT.to_string()));
@@ -29,7 +36,12 @@ impl Auth {
             .flat_map(|(name, keys)| keys.iter().map(move |k| (digest(k), name.clone())));
         Auth {
             keys: default.chain(others).collect(),
+            registry,
         }
+    }
+
+    pub fn registry(&self) -> &KeyRegistry {
+        &self.registry
     }
 
     /// No key is configured: any caller is the default tenant.
@@ -39,9 +51,11 @@ impl Auth {
 
     /// The caller's tenant, or 401.
     pub fn tenant(&self, req: &HttpRequest) -> Result<String, GatewayError> {
-        if self.keys.is_empty() {
-            return Ok(DEFAULT_TENANT.to_string());
-        }
+        self.caller(req).map(|c| c.tenant)
+    }
+
+    /// The caller: its tenant and, with a virtual key, that key; or 401.
+    pub fn caller(&self, req: &HttpRequest) -> Result<Caller, GatewayError> {
         let token = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
@@ -50,16 +64,38 @@ impl Auth {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
             })
-            .map(str::trim)
-            .ok_or_else(|| {
-                GatewayError::new(
-                    ErrorKind::Unauthorized,
-                    "missing API key: send `Authorization: Bearer <flowgate API key>`",
-                )
-            })?;
-        self.keys
-            .get(&digest(token))
-            .cloned()
-            .ok_or_else(|| GatewayError::new(ErrorKind::Unauthorized, "invalid API key"))
+            .map(str::trim);
+        let config_key = |token: Option<&str>| {
+            token
+                .and_then(|t| self.keys.get(&digest(t)))
+                .map(|tenant| Caller {
+                    tenant: tenant.clone(),
+                    key: None,
+                })
+        };
+        if let Some(caller) = config_key(token) {
+            return Ok(caller);
+        }
+        if let Some(token) = token {
+            if let Some(caller) = self.registry.authenticate(token)? {
+                return Ok(caller);
+            }
+        }
+        if self.keys.is_empty() {
+            return Ok(Caller {
+                tenant: DEFAULT_TENANT.to_string(),
+                key: None,
+            });
+        }
+        match token {
+            None => Err(GatewayError::new(
+                ErrorKind::Unauthorized,
+                "missing API key: send `Authorization: Bearer <flowgate API key>`",
+            )),
+            Some(_) => Err(GatewayError::new(
+                ErrorKind::Unauthorized,
+                "invalid API key",
+            )),
+        }
     }
 }

@@ -22,9 +22,12 @@ pub async fn chat_completions(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     use tracing::Instrument;
-    let tenant = state.auth.tenant(&req)?;
+    let caller = state.auth.caller(&req)?;
+    // Past the key's and tenant's limits: refused before anything is read or recorded.
+    let admission = state.auth.registry().admit(&caller)?;
+    let tenant = caller.tenant.as_str();
     // From here on, every outcome is recorded as exactly one run.
-    let ctx = RunContext::new(&tenant, "default", "", false);
+    let ctx = RunContext::new(tenant, "default", "", false);
     // Debug level: free unless asked for (`FLOWGATE_LOG=debug`); `agent` and `model` are
     // recorded once the body is read.
     let span = tracing::debug_span!(
@@ -34,8 +37,13 @@ pub async fn chat_completions(
         agent = tracing::field::Empty,
         model = tracing::field::Empty,
     );
-    let run = state.gateway.start(ctx);
-    Ok(answer(req, payload, state, run).instrument(span).await)
+    let mut run = state.gateway.start(ctx);
+    if let Some(admission) = admission {
+        run.hold(admission);
+    }
+    Ok(answer(req, payload, state, run, caller)
+        .instrument(span)
+        .await)
 }
 
 /// Records a failed run and answers with its error, naming the run in a header.
@@ -56,11 +64,22 @@ async fn answer(
     payload: web::Payload,
     state: web::Data<AppState>,
     mut run: Run,
+    caller: flowgate_actors::keys::Caller,
 ) -> HttpResponse {
     let request = match prepare(&req, payload, &state, run.context_mut()).await {
         Ok(request) => request,
         Err(e) => return failed(run, e),
     };
+    if caller.key.is_some() {
+        // The model as the catalog names it (an alias or a suffix allows nothing more).
+        let model = match state.gateway.catalog.load().resolve(&request.target_model) {
+            Ok(resolved) => resolved.entry.id.clone(),
+            Err(_) => request.target_model.clone(),
+        };
+        if let Err(e) = caller.check_allowed(&model, &run.context().agent) {
+            return failed(run, e);
+        }
+    }
     respond(&req, &state, run, request).await
 }
 

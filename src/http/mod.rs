@@ -7,6 +7,7 @@ mod browser_guard;
 mod chat;
 mod connection;
 mod feedback;
+mod keys;
 mod models;
 mod ops;
 mod playground;
@@ -74,7 +75,30 @@ pub async fn serve(config: Config) -> Result<(), String> {
         workers: config.limits.template_workers,
         memory_bytes: config.limits.templates.max_memory_bytes,
     });
-    let auth = Auth::new(&config.auth.api_keys, &config.auth.tenants);
+    let registry = flowgate_actors::keys::KeyRegistry::load(
+        gateway.key_store.clone(),
+        Arc::new(flowgate_actors::keys::SystemWallClock),
+        config.auth.tenant_limits.clone(),
+    )
+    .await
+    .map_err(|e| format!("cannot read the API keys from the store: {e}"))?;
+    // Spend and last use reach the store about once a second (and once more at shutdown).
+    {
+        let registry = registry.clone();
+        actix_rt::spawn(async move {
+            loop {
+                actix_rt::time::sleep(Duration::from_secs(1)).await;
+                if let Err(e) = registry.persist_usage().await {
+                    tracing::warn!(error = %e, "cannot write the keys' spend; trying again");
+                }
+            }
+        });
+    }
+    let auth = Auth::new(
+        &config.auth.api_keys,
+        &config.auth.tenants,
+        registry.clone(),
+    );
     // With no key, anything that reaches the port is trusted: only what a local program
     // sends, not what a web page makes a browser send.
     let browser_guard = auth.is_open();
@@ -126,6 +150,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     println!("listening on http://{bound}");
     tracing::info!(address = %bound, "flowgate listening");
     server.await.map_err(|e| format!("server error: {e}"))?;
+    if let Err(e) = registry.persist_usage().await {
+        tracing::error!(error = %e, "cannot write the keys' spend at shutdown");
+    }
     tracing::info!("draining the recorder");
     // The drain waits for the recorder (30 s) and the flush (30 s) at most; past this the
     // supervisor itself is stuck.
@@ -216,6 +243,12 @@ fn routes(cfg: &mut web::ServiceConfig) {
         web::post().to(replay::replay_run),
     )
     .route("/api/playground", web::post().to(playground::playground))
+    .route("/api/keys/self", web::get().to(keys::own_key))
+    .route("/api/admin/keys", web::post().to(keys::create_key))
+    .route("/api/admin/keys", web::get().to(keys::list_keys))
+    .route("/api/admin/keys/{id}", web::get().to(keys::get_key))
+    .route("/api/admin/keys/{id}", web::patch().to(keys::update_key))
+    .route("/api/admin/keys/{id}", web::delete().to(keys::revoke_key))
     .route("/api/agents", web::get().to(stats::list_agents))
     .route(
         "/api/agents/{agent}/stats",

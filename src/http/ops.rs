@@ -143,5 +143,8 @@ pub async fn metrics(
     state.ops.check(&req, &state)?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.gateway.metrics.render()))
+        .body(
+            state.gateway.metrics.render()
+                + &flowgate_actors::keys::metrics::render(state.auth.registry()),
+        ))
 }

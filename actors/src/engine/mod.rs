@@ -51,6 +51,8 @@ pub struct Gateway {
     pub feedback: Arc<dyn FeedbackStore>,
     /// Share links to runs.
     pub shares: Arc<dyn ShareStore>,
+    /// Virtual API keys and their usage (read by the edge's key registry).
+    pub key_store: Arc<dyn crate::storage::KeyStore>,
     /// Agents' schemas, versions, deployments, conversations and feedback.
     pub agents: AgentStore,
     /// The runs' stats per agent and hour, summed by the recorder.

@@ -107,6 +107,8 @@ pub struct Run {
     /// A streaming attempt still open, to report to its provider when the stream ends.
     pub(super) open_attempt: Option<OpenAttempt>,
     recorded: bool,
+    /// The run's place in its key's and tenant's limits, charged when it is recorded.
+    admission: Option<crate::keys::Admission>,
 }
 
 pub(super) struct OpenAttempt {
@@ -135,6 +137,7 @@ impl Run {
             accumulator: CompletionAccumulator::default(),
             open_attempt: None,
             recorded: false,
+            admission: None,
         }
     }
 
@@ -155,6 +158,12 @@ impl Run {
 
     pub fn id(&self) -> Uuid {
         self.ctx.run_id
+    }
+
+    /// Holds the run's place in its key's and tenant's limits until it is recorded, then
+    /// charges them with what it cost and the tokens it used.
+    pub fn hold(&mut self, admission: crate::keys::Admission) {
+        self.admission = Some(admission);
     }
 
     /// The catalog model that answers (or was planned, until one answers).
@@ -226,6 +235,9 @@ impl Run {
             source: self.ctx.source,
             replay_of: self.ctx.replay_of,
         };
+        if let Some(admission) = self.admission.take() {
+            admission.charge(cost_usd, usage.total_tokens());
+        }
         self.gateway.metrics.count_attempt_reasons(&run.attempts);
         self.gateway.recorder.record(Box::new(run));
     }

@@ -1167,3 +1167,71 @@ pub async fn stats_store(store: &dyn super::StatsStore) {
         crate::search::id_millis(&run.id) / 3_600_000
     );
 }
+
+/// Keys: a put replaces, every key comes back (revoked ones too), usage replaces per subject.
+pub async fn key_store(storage: &Storage) {
+    use crate::keys::{Budget, KeyRecord, Limits, Period, Spend};
+    use crate::storage::SubjectUsage;
+    let store = storage.keys.as_ref();
+    let key = |id: &str, rpm: Option<u32>| KeyRecord {
+        id: id.into(),
+        name: format!("name of {id}"),
+        tenant: "t1".into(),
+        digest: format!("digest-{id}"),
+        prefix: "fg-abcde".into(),
+        created_ms: 1,
+        expires_ms: None,
+        revoked_ms: None,
+        models: vec!["gpt-*".into()],
+        agents: vec![],
+        limits: Limits {
+            rpm,
+            tpm: None,
+            max_parallel: Some(2),
+            budgets: vec![Budget {
+                period: Period::Day,
+                usd: 1.5,
+                soft_usd: None,
+            }],
+        },
+    };
+    assert!(store.all().await.unwrap().is_empty());
+    store.put(&key("k1", Some(5))).await.unwrap();
+    store.put(&key("k2", None)).await.unwrap();
+    let mut revoked = key("k1", Some(7));
+    revoked.revoked_ms = Some(9);
+    store.put(&revoked).await.unwrap();
+    let mut all = store.all().await.unwrap();
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(all, vec![revoked, key("k2", None)]);
+
+    let usage = |usd: f64| SubjectUsage {
+        spends: vec![Spend {
+            period: Period::Day,
+            start_ms: 86_400_000,
+            usd,
+            warned: false,
+        }],
+        last_used_ms: Some(42),
+    };
+    store
+        .put_usage(&[
+            ("key:k1".into(), usage(0.5)),
+            ("tenant:t1".into(), usage(1.0)),
+        ])
+        .await
+        .unwrap();
+    store
+        .put_usage(&[("key:k1".into(), usage(0.75))])
+        .await
+        .unwrap();
+    let mut back = store.usage().await.unwrap();
+    back.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        back,
+        vec![
+            ("key:k1".into(), usage(0.75)),
+            ("tenant:t1".into(), usage(1.0))
+        ]
+    );
+}

@@ -12,12 +12,14 @@
 //! The concerns: runs ([`RunStore`]), feedback ([`FeedbackStore`]), the agents' schemas,
 //! versions, deployments and conversations ([`SchemaStore`], [`VersionStore`],
 //! [`DeploymentStore`], [`ConversationStore`]), the answer cache's stored answers
-//! ([`AnswerStore`]), share links ([`ShareStore`]) and the runs' stats ([`StatsStore`]).
+//! ([`AnswerStore`]), share links ([`ShareStore`]), the runs' stats ([`StatsStore`]) and
+//! virtual API keys with their spend ([`KeyStore`]).
 
 mod agents;
 mod answers;
 #[cfg(test)]
 pub mod conformance;
+mod keys;
 pub mod sled;
 
 pub use agents::{
@@ -25,6 +27,7 @@ pub use agents::{
     NewDeployment, PairDigest, SchemaAssignment, SchemaStore, VersionKey, VersionStore,
 };
 pub use answers::{AnswerEntry, AnswerStore, AnswerTotals, PutOutcome};
+pub use keys::{KeyStore, SubjectUsage};
 use std::collections::HashMap;
 
 use std::sync::Arc;
@@ -235,6 +238,7 @@ pub struct Storage {
     pub answers: Arc<dyn AnswerStore>,
     pub shares: Arc<dyn ShareStore>,
     pub stats: Arc<dyn StatsStore>,
+    pub keys: Arc<dyn KeyStore>,
 }
 
 /// Fresh stores of the default backend in a temporary directory, for tests of the code above

@@ -4,6 +4,7 @@
 mod agents;
 mod cache;
 mod feedback;
+mod keys;
 mod runs;
 mod search;
 mod shares;
@@ -36,6 +37,7 @@ pub struct SledStorage {
     answers: Arc<SledAnswerStore>,
     shares: Arc<SledShareStore>,
     stats: Arc<SledStatsStore>,
+    keys: Arc<keys::SledKeyStore>,
 }
 
 impl SledStorage {
@@ -61,6 +63,7 @@ impl SledStorage {
             answers: Arc::new(SledAnswerStore::open(&db)?),
             shares: Arc::new(SledShareStore::open(&db)?),
             stats: Arc::new(SledStatsStore::open(&db)?),
+            keys: Arc::new(keys::SledKeyStore::open(&db)?),
         })
     }
 
@@ -76,6 +79,7 @@ impl SledStorage {
             answers: self.answers.clone(),
             shares: self.shares.clone(),
             stats: self.stats.clone(),
+            keys: self.keys.clone(),
         }
     }
 }
@@ -165,6 +169,7 @@ mod tests {
         answers_read_back_with_their_times,
         answers_larger_than_allowed_are_not_stored,
         answers_evict_least_recently_used_first,
+        key_store,
     );
 
     #[actix_rt::test]
