@@ -18,7 +18,7 @@ use crate::agents::AgentStore;
 use crate::outbox::{self, Drains, Outbox, Pending, Pushed};
 use crate::stats::RunStats;
 use crate::storage::{RunStore, StorageError};
-use metrics::Metrics;
+use metrics::{LabelBound, Metrics};
 use run::{RunRecord, RunStatus};
 
 /// How the request path hands runs to the recorder: queued in its outbox, written in batches
@@ -33,6 +33,11 @@ pub struct RecorderHandle {
 impl RecorderHandle {
     pub fn new(addr: Addr<Recorder>, outbox: Arc<Outbox<Box<RunRecord>>>) -> Self {
         RecorderHandle { addr, outbox }
+    }
+
+    /// Runs queued and not yet taken for writing.
+    pub fn queued(&self) -> usize {
+        self.outbox.len()
     }
 
     /// Queues a finished run; the recorder writes it within [`BATCH_WINDOW`](outbox::BATCH_WINDOW).
@@ -286,8 +291,9 @@ impl Recorder {
 
     fn observe(&mut self, run: &RunRecord) {
         let metrics = &self.metrics;
+        let handles = &mut self.handles;
         let stream = if run.stream { "true" } else { "false" };
-        let per_stream = &mut self.handles.streams[usize::from(run.stream)];
+        let per_stream = &mut handles.streams[usize::from(run.stream)];
         let code = match (&run.status, &run.error) {
             (RunStatus::Success, _) => None,
             (RunStatus::Cancelled, _) => Some("cancelled"),
@@ -298,93 +304,206 @@ impl Recorder {
         };
         match code {
             None => cached(&mut per_stream.requests_ok, || {
-                metrics.requests.with_label_values(&["ok", stream])
+                metrics.requests.with_label_values(&["200", "ok", stream])
             })
             .inc(),
-            Some(code) => metrics.requests.with_label_values(&[code, stream]).inc(),
+            Some(code) => metrics
+                .requests
+                .with_label_values(&[status_label(run.telemetry.http_status), code, stream])
+                .inc(),
         }
         cached(&mut per_stream.request_duration, || {
             metrics.request_duration.with_label_values(&[stream])
         })
         .observe(run.duration_seconds);
+        cached(&mut per_stream.gateway_overhead, || {
+            metrics.gateway_overhead.with_label_values(&[stream])
+        })
+        .observe(run.telemetry.overhead_seconds);
         for attempt in &run.attempts {
-            let provider = self.handles.provider(&attempt.provider);
             match attempt.error.as_deref() {
-                None => cached(&mut provider.attempts_ok, || {
-                    metrics
-                        .upstream_attempts
-                        .with_label_values(&[&attempt.provider, "ok"])
-                })
-                .inc(),
+                None => handles
+                    .attempts_ok
+                    .get(&attempt.provider, |_| {
+                        metrics
+                            .upstream_attempts
+                            .with_label_values(&[&attempt.provider, "ok"])
+                    })
+                    .inc(),
                 Some(outcome) => metrics
                     .upstream_attempts
                     .with_label_values(&[&attempt.provider, outcome])
                     .inc(),
             }
-            cached(&mut provider.upstream_duration, || {
-                metrics
-                    .upstream_duration
-                    .with_label_values(&[&attempt.provider])
-            })
-            .observe(attempt.duration_seconds);
-        }
-        if let Some(name) = &run.provider {
-            let provider = self.handles.provider(name);
-            if run.cost_usd > 0.0 {
-                cached(&mut provider.cost_usd, || {
-                    metrics.cost_usd.with_label_values(&[name])
+            handles
+                .upstream_duration
+                .get2(&attempt.provider, &attempt.model, |_| {
+                    metrics
+                        .upstream_duration
+                        .with_label_values(&[&attempt.provider, &attempt.model])
                 })
-                .inc_by(run.cost_usd);
-            }
-            cached(&mut provider.prompt_tokens, || {
-                metrics.tokens.with_label_values(&[name, "prompt"])
-            })
-            .inc_by(run.usage.prompt_tokens);
-            cached(&mut provider.completion_tokens, || {
-                metrics.tokens.with_label_values(&[name, "completion"])
-            })
-            .inc_by(run.usage.completion_tokens);
+                .observe(attempt.duration_seconds);
         }
+        let Some(provider) = &run.provider else {
+            return;
+        };
+        // A run that failed before a model was planned has no provider either.
+        let model = run.model.as_deref().unwrap_or("");
+        if let Some(seconds) = run.telemetry.first_token_seconds {
+            handles
+                .first_token
+                .get2(provider, model, |_| {
+                    metrics
+                        .time_to_first_token
+                        .with_label_values(&[provider, model])
+                })
+                .observe(seconds);
+        }
+        let agent = handles.agents.label(&run.agent);
+        let usage = handles
+            .usage
+            .get4(provider, model, &run.tenant, agent, |_| {
+                let labels = [provider.as_str(), model, run.tenant.as_str(), agent];
+                UsageHandles {
+                    cost_usd: metrics.cost_usd.with_label_values(&labels),
+                    prompt_tokens: metrics
+                        .tokens
+                        .with_label_values(&[labels[0], labels[1], labels[2], labels[3], "prompt"]),
+                    completion_tokens: metrics.tokens.with_label_values(&[
+                        labels[0],
+                        labels[1],
+                        labels[2],
+                        labels[3],
+                        "completion",
+                    ]),
+                }
+            });
+        if run.cost_usd > 0.0 {
+            usage.cost_usd.inc_by(run.cost_usd);
+        }
+        usage.prompt_tokens.inc_by(run.usage.prompt_tokens);
+        usage.completion_tokens.inc_by(run.usage.completion_tokens);
+    }
+}
+
+/// The `status` label of an HTTP status: the statuses the gateway answers with, by name, any
+/// other by its class (so the label stays bounded whatever an error carries).
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        408 => "408",
+        413 => "413",
+        415 => "415",
+        429 => "429",
+        499 => "499",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
     }
 }
 
 /// The labelled metrics the recorder updates for every run, looked up once (a lookup hashes
 /// the label values). Each is taken on its first use, so `/metrics` shows the same series.
-#[derive(Default)]
 struct Handles {
     /// By `stream` (false, true).
     streams: [StreamHandles; 2],
-    providers: HashMap<String, ProviderHandles>,
+    /// By provider.
+    attempts_ok: HandleMap<IntCounter>,
+    /// By provider and the provider's model id.
+    upstream_duration: HandleMap<Histogram>,
+    /// By provider and catalog model.
+    first_token: HandleMap<Histogram>,
+    /// By provider, catalog model, tenant and (bounded) agent.
+    usage: HandleMap<UsageHandles>,
+    /// Agent names are the clients' to choose: past this many, the metrics say `_other`.
+    agents: LabelBound,
 }
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles {
+            streams: Default::default(),
+            attempts_ok: HandleMap::default(),
+            upstream_duration: HandleMap::default(),
+            first_token: HandleMap::default(),
+            usage: HandleMap::default(),
+            agents: LabelBound::new(MAX_AGENT_LABELS),
+        }
+    }
+}
+
+/// Distinct agent names the cost and token metrics name; later ones are `_other`.
+const MAX_AGENT_LABELS: usize = 200;
 
 #[derive(Default)]
 struct StreamHandles {
     requests_ok: Option<IntCounter>,
     request_duration: Option<Histogram>,
+    gateway_overhead: Option<Histogram>,
 }
 
-#[derive(Default)]
-struct ProviderHandles {
-    attempts_ok: Option<IntCounter>,
-    upstream_duration: Option<Histogram>,
-    cost_usd: Option<Counter>,
-    prompt_tokens: Option<IntCounter>,
-    completion_tokens: Option<IntCounter>,
+struct UsageHandles {
+    cost_usd: Counter,
+    prompt_tokens: IntCounter,
+    completion_tokens: IntCounter,
 }
 
-/// Providers kept at most (they come from the config, so this is only a bound).
-const MAX_PROVIDER_HANDLES: usize = 1024;
+/// Handles kept at most per map (their labels come from the config and the bounded agent
+/// label, so this is only a bound on memory).
+const MAX_HANDLES: usize = 4096;
 
-impl Handles {
-    fn provider(&mut self, name: &str) -> &mut ProviderHandles {
-        if !self.providers.contains_key(name) {
-            if self.providers.len() >= MAX_PROVIDER_HANDLES {
-                self.providers.clear();
-            }
-            self.providers
-                .insert(name.to_string(), ProviderHandles::default());
+/// Handles by their label values, joined with NUL into a key built in a reused buffer.
+struct HandleMap<T> {
+    handles: HashMap<String, T>,
+    key: String,
+}
+
+impl<T> Default for HandleMap<T> {
+    fn default() -> Self {
+        HandleMap {
+            handles: HashMap::new(),
+            key: String::new(),
         }
-        self.providers.get_mut(name).expect("inserted above")
+    }
+}
+
+impl<T> HandleMap<T> {
+    fn get(&mut self, a: &str, make: impl FnOnce(&str) -> T) -> &T {
+        self.get_parts(&[a], make)
+    }
+
+    fn get2(&mut self, a: &str, b: &str, make: impl FnOnce(&str) -> T) -> &T {
+        self.get_parts(&[a, b], make)
+    }
+
+    fn get4(&mut self, a: &str, b: &str, c: &str, d: &str, make: impl FnOnce(&str) -> T) -> &T {
+        self.get_parts(&[a, b, c, d], make)
+    }
+
+    fn get_parts(&mut self, parts: &[&str], make: impl FnOnce(&str) -> T) -> &T {
+        self.key.clear();
+        for part in parts {
+            self.key.push_str(part);
+            self.key.push('\0');
+        }
+        if !self.handles.contains_key(self.key.as_str()) {
+            if self.handles.len() >= MAX_HANDLES {
+                self.handles.clear();
+            }
+            let handle = make(&self.key);
+            self.handles.insert(self.key.clone(), handle);
+        }
+        &self.handles[self.key.as_str()]
     }
 }
 

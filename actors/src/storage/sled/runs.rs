@@ -17,6 +17,8 @@ use crate::storage::{RunPage, RunStore, SearchPage, SearchScope, StorageError};
 /// Cheap to clone (the trees are handles).
 #[derive(Clone)]
 pub struct SledRunStore {
+    /// The whole database, for its size on disk.
+    db: ::sled::Db,
     runs: ::sled::Tree,
     by_agent: ::sled::Tree,
     /// The search indexes (`search.rs`).
@@ -33,6 +35,7 @@ fn corrupt(e: serde_json::Error) -> StorageError {
 impl SledRunStore {
     pub(super) fn open(db: &::sled::Db) -> Result<SledRunStore, StorageError> {
         let store = SledRunStore {
+            db: db.clone(),
             runs: db.open_tree("runs").map_err(backend)?,
             by_agent: db.open_tree("runs_by_agent").map_err(backend)?,
             index: SearchIndex::open(db)?,
@@ -173,5 +176,11 @@ impl RunStore for SledRunStore {
     fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>> {
         let runs = self.runs.clone();
         async move { runs.flush_async().await.map(drop).map_err(backend) }.boxed()
+    }
+
+    fn size_on_disk(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
+        // sled reads the metadata of its files: a little I/O, off the caller's thread.
+        let db = self.db.clone();
+        off_thread(move || db.size_on_disk().map_err(backend))
     }
 }
