@@ -410,13 +410,33 @@ mod tests {
     #[test]
     fn every_family_is_named_flowgate_with_its_unit() {
         let metrics = Metrics::new().unwrap();
-        let _in_flight = metrics.in_flight();
+        // A labelled family shows once it has a series.
+        metrics.requests.with_label_values(&["200", "ok", "false"]);
+        metrics.upstream_attempts.with_label_values(&["p", "ok"]);
+        metrics.upstream_duration.with_label_values(&["p", "m"]);
+        metrics.time_to_first_token.with_label_values(&["p", "m"]);
+        metrics.request_duration.with_label_values(&["false"]);
+        metrics.cost_usd.with_label_values(&["p", "m", "t", "a"]);
+        metrics
+            .tokens
+            .with_label_values(&["p", "m", "t", "a", "prompt"]);
+        metrics.circuit_state.with_label_values(&["p"]);
+        metrics
+            .circuit_transitions
+            .with_label_values(&["p", "open"]);
+        metrics
+            .structured_outputs
+            .with_label_values(&["native", "valid"]);
+        metrics.retries.with_label_values(&["p", "timeout"]);
+        metrics
+            .fallbacks
+            .with_label_values(&["other_provider", "timeout"]);
         let text = metrics.render();
         let families: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .collect();
-        assert!(families.len() >= 25, "{text}");
+        assert_eq!(families.len(), 27, "{text}");
         for family in families {
             let (name, kind) = family.split_once(' ').unwrap();
             assert!(name.starts_with("flowgate_"), "{name}");

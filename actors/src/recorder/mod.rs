@@ -324,7 +324,7 @@ impl Recorder {
             match attempt.error.as_deref() {
                 None => handles
                     .attempts_ok
-                    .get(&attempt.provider, |_| {
+                    .get(&attempt.provider, || {
                         metrics
                             .upstream_attempts
                             .with_label_values(&[&attempt.provider, "ok"])
@@ -337,7 +337,7 @@ impl Recorder {
             }
             handles
                 .upstream_duration
-                .get2(&attempt.provider, &attempt.model, |_| {
+                .get2(&attempt.provider, &attempt.model, || {
                     metrics
                         .upstream_duration
                         .with_label_values(&[&attempt.provider, &attempt.model])
@@ -352,7 +352,7 @@ impl Recorder {
         if let Some(seconds) = run.telemetry.first_token_seconds {
             handles
                 .first_token
-                .get2(provider, model, |_| {
+                .get2(provider, model, || {
                     metrics
                         .time_to_first_token
                         .with_label_values(&[provider, model])
@@ -360,24 +360,22 @@ impl Recorder {
                 .observe(seconds);
         }
         let agent = handles.agents.label(&run.agent);
-        let usage = handles
-            .usage
-            .get4(provider, model, &run.tenant, agent, |_| {
-                let labels = [provider.as_str(), model, run.tenant.as_str(), agent];
-                UsageHandles {
-                    cost_usd: metrics.cost_usd.with_label_values(&labels),
-                    prompt_tokens: metrics
-                        .tokens
-                        .with_label_values(&[labels[0], labels[1], labels[2], labels[3], "prompt"]),
-                    completion_tokens: metrics.tokens.with_label_values(&[
-                        labels[0],
-                        labels[1],
-                        labels[2],
-                        labels[3],
-                        "completion",
-                    ]),
-                }
-            });
+        let usage = handles.usage.get4(provider, model, &run.tenant, agent, || {
+            let labels = [provider.as_str(), model, run.tenant.as_str(), agent];
+            UsageHandles {
+                cost_usd: metrics.cost_usd.with_label_values(&labels),
+                prompt_tokens: metrics
+                    .tokens
+                    .with_label_values(&[labels[0], labels[1], labels[2], labels[3], "prompt"]),
+                completion_tokens: metrics.tokens.with_label_values(&[
+                    labels[0],
+                    labels[1],
+                    labels[2],
+                    labels[3],
+                    "completion",
+                ]),
+            }
+        });
         if run.cost_usd > 0.0 {
             usage.cost_usd.inc_by(run.cost_usd);
         }
@@ -389,25 +387,30 @@ impl Recorder {
 /// The `status` label of an HTTP status: the statuses the gateway answers with, by name, any
 /// other by its class (so the label stays bounded whatever an error carries).
 fn status_label(status: u16) -> &'static str {
-    match status {
-        200 => "200",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        408 => "408",
-        413 => "413",
-        415 => "415",
-        429 => "429",
-        499 => "499",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
+    const NAMED: &[(u16, &str)] = &[
+        (200, "200"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (408, "408"),
+        (413, "413"),
+        (415, "415"),
+        (429, "429"),
+        (499, "499"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    if let Some((_, name)) = NAMED.iter().find(|(named, _)| *named == status) {
+        return name;
+    }
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
         _ => "5xx",
     }
 }
@@ -478,19 +481,19 @@ impl<T> Default for HandleMap<T> {
 }
 
 impl<T> HandleMap<T> {
-    fn get(&mut self, a: &str, make: impl FnOnce(&str) -> T) -> &T {
+    fn get(&mut self, a: &str, make: impl FnOnce() -> T) -> &T {
         self.get_parts(&[a], make)
     }
 
-    fn get2(&mut self, a: &str, b: &str, make: impl FnOnce(&str) -> T) -> &T {
+    fn get2(&mut self, a: &str, b: &str, make: impl FnOnce() -> T) -> &T {
         self.get_parts(&[a, b], make)
     }
 
-    fn get4(&mut self, a: &str, b: &str, c: &str, d: &str, make: impl FnOnce(&str) -> T) -> &T {
+    fn get4(&mut self, a: &str, b: &str, c: &str, d: &str, make: impl FnOnce() -> T) -> &T {
         self.get_parts(&[a, b, c, d], make)
     }
 
-    fn get_parts(&mut self, parts: &[&str], make: impl FnOnce(&str) -> T) -> &T {
+    fn get_parts(&mut self, parts: &[&str], make: impl FnOnce() -> T) -> &T {
         self.key.clear();
         for part in parts {
             self.key.push_str(part);
@@ -500,7 +503,7 @@ impl<T> HandleMap<T> {
             if self.handles.len() >= MAX_HANDLES {
                 self.handles.clear();
             }
-            let handle = make(&self.key);
+            let handle = make();
             self.handles.insert(self.key.clone(), handle);
         }
         &self.handles[self.key.as_str()]
@@ -618,6 +621,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::recorder::run::RunTelemetry;
     use crate::storage::VersionKey;
 
     /// How many runs of agent `a` the store has.
@@ -649,6 +653,21 @@ mod tests {
         .unwrap()
     }
 
+    #[test]
+    fn every_status_the_gateway_sends_is_a_label_of_its_own_and_others_their_class() {
+        use crate::error::ErrorKind;
+        for status in [200, 400, 401, 404, 413, 429, 499, 502, 503, 504] {
+            assert_eq!(status_label(status), status.to_string());
+        }
+        assert_eq!(
+            status_label(ErrorKind::Cancelled.status_code().as_u16()),
+            "499"
+        );
+        assert_eq!(status_label(418), "4xx");
+        assert_eq!(status_label(507), "5xx");
+        assert_eq!(status_label(204), "2xx");
+    }
+
     #[actix_rt::test]
     async fn queued_runs_are_written_in_a_batch_and_a_barrier_writes_them_at_once() {
         let (_dir, storage) = crate::storage::temporary();
@@ -675,6 +694,59 @@ mod tests {
         tokio::time::sleep(outbox::BATCH_WINDOW * 20).await;
         assert_eq!(stored_runs(runs.as_ref()).await, 7);
         assert!(outbox.is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn runs_become_metrics_by_tenant_agent_and_model_with_agents_bounded() {
+        let (_dir, storage) = crate::storage::temporary();
+        let metrics = Metrics::new().unwrap();
+        let recorder = Recorder::new(storage.runs, Duration::from_millis(40), metrics.clone());
+        let outbox = recorder.outbox();
+        let handle = RecorderHandle::new(recorder.start(), outbox);
+        let agents = MAX_AGENT_LABELS + 5;
+        for i in 0..agents {
+            let mut run = run("v1");
+            run.agent = format!("agent-{i}");
+            run.stream = i == 0;
+            run.telemetry = RunTelemetry {
+                http_status: 200,
+                overhead_seconds: 0.002,
+                first_token_seconds: (i == 0).then_some(0.75),
+            };
+            handle.record(Box::new(run));
+        }
+        handle.addr.send(Barrier).await.unwrap();
+        let text = metrics.render();
+        let cost_lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("flowgate_cost_usd_total{"))
+            .collect();
+        // One series per agent up to the bound, then one for all the others.
+        assert_eq!(cost_lines.len(), MAX_AGENT_LABELS + 1, "{text}");
+        assert!(
+            text.contains(
+                "flowgate_cost_usd_total{agent=\"agent-0\",model=\"m\",provider=\"p\",tenant=\"t\"} 0.5"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "flowgate_cost_usd_total{agent=\"_other\",model=\"m\",provider=\"p\",tenant=\"t\"} 2.5"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "flowgate_tokens_total{agent=\"_other\",kind=\"prompt\",model=\"m\",provider=\"p\",tenant=\"t\"} 5"
+        ));
+        let overhead = metrics.gateway_overhead.with_label_values(&["false"]);
+        assert_eq!(overhead.get_sample_count(), agents as u64 - 1);
+        assert!((overhead.get_sample_sum() - 0.002 * (agents - 1) as f64).abs() < 1e-9);
+        let first_token = metrics.time_to_first_token.with_label_values(&["p", "m"]);
+        assert_eq!(first_token.get_sample_count(), 1);
+        assert_eq!(first_token.get_sample_sum(), 0.75);
+        assert!(
+            text.contains("flowgate_requests_total{code=\"ok\",status=\"200\",stream=\"true\"} 1")
+        );
     }
 
     #[actix_rt::test]
