@@ -149,11 +149,9 @@ impl Gateway {
         }
         if chat.is_stream() {
             let live = self.stream(run, &plan, chat).await?;
-            // A replay from the cache is the gateway's own work; any other stream goes at
-            // its provider's pace.
-            if run.cache != CacheStatus::Hit {
-                run.relaying_since = Some(Instant::now());
-            }
+            // From its first event a stream goes at the pace of its provider and of the
+            // client that reads it (a replay from the cache too): not the gateway's overhead.
+            run.relaying_since = Some(Instant::now());
             return Ok(RunOutput::Stream(live));
         }
         let answer = self.complete(run, &plan, chat).await?;

@@ -112,8 +112,8 @@ pub struct Run {
     accumulator: CompletionAccumulator,
     /// A streaming attempt still open, to report to its provider when the stream ends.
     pub(super) open_attempt: Option<OpenAttempt>,
-    /// When a stream whose pace the provider (or an identical request's provider) sets began
-    /// to be relayed: from then on the run waits on it.
+    /// When the stream began to be relayed: from then on it goes at the pace of its provider
+    /// and its client, and the run waits on them.
     pub(super) relaying_since: Option<Instant>,
     /// When the first event of a streamed answer went to the client.
     first_event_at: Option<Instant>,

@@ -27,7 +27,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
     /// The time a request spent in flowgate itself, without what it waited for (the client's
-    /// body, upstream calls, retry backoff, an identical request in flight), by stream.
+    /// body, upstream calls, a stream's relay once its first event is out, retry backoff, an
+    /// identical request in flight), by stream.
     pub gateway_overhead: HistogramVec,
     /// From the request to the first event of a streamed answer, by provider and model.
     pub time_to_first_token: HistogramVec,
@@ -126,7 +127,8 @@ impl Metrics {
             HistogramOpts::new(
                 "flowgate_gateway_overhead_seconds",
                 "Time a request spent in flowgate itself, without the client's body, upstream \
-                 calls, retry backoff or an identical request in flight",
+                 calls, a stream's relay after its first event, retry backoff or an identical \
+                 request in flight",
             )
             .buckets(OVERHEAD_BUCKETS.to_vec()),
             &["stream"],
