@@ -7,8 +7,17 @@ cd "$(dirname "$0")/.."
 cargo build --workspace --bins
 cargo test --workspace
 
+# Prometheus and promtool (Debian's `prometheus` package: only its binaries are used) for the
+# dashboard and alert-rule tests, which fail without them.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  as_root=""
+  if [ "$(id -u)" -ne 0 ]; then as_root=sudo; fi
+  $as_root apt-get update
+  $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
+fi
+
 # Python end-to-end suite, in a venv of its own.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import openai, instructor, pytest' 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import openai, instructor, pytest, yaml' 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -r tests/e2e/requirements.txt

@@ -152,7 +152,7 @@ async fn models_health_readiness_and_metrics() {
     let _ = get_json(&gw, "/api/agents/default/runs").await;
     let text = metrics(&gw).await;
     for sample in [
-        "flowgate_requests_total{code=\"ok\",stream=\"false\"} 1",
+        "flowgate_requests_total{code=\"ok\",status=\"200\",stream=\"false\"} 1",
         "flowgate_runs_recorded_total 1",
         "flowgate_upstream_attempts_total{outcome=\"ok\",provider=\"mock\"} 1",
         "flowgate_circuit_state{provider=\"mock\"} 0",

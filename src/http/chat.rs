@@ -170,14 +170,18 @@ async fn prepare(
     state: &AppState,
     ctx: &mut RunContext,
 ) -> Result<Prepared, GatewayError> {
-    let (body, reservation) = read_body(
+    // The client's upload pace is not the gateway's overhead.
+    let reading = std::time::Instant::now();
+    let read = read_body(
         req,
         payload,
         state.max_body_bytes,
         state.limits.body_timeout,
         &state.body_budget,
     )
-    .await?;
+    .await;
+    ctx.waited += reading.elapsed();
+    let (body, reservation) = read?;
     // Checked whole first (syntax errors name their position), then kept as received: the
     // run records this text, and no tree of the body is built.
     let raw: Box<RawValue> = serde_json::from_slice(&body).map_err(|e| {

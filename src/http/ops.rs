@@ -141,10 +141,22 @@ pub async fn metrics(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     state.ops.check(&req, &state)?;
+    let gateway = &state.gateway;
+    // Gauges of state other actors own, read when scraped rather than kept up to date on
+    // every request.
+    let queued = i64::try_from(gateway.recorder.queued()).unwrap_or(i64::MAX);
+    gateway.metrics.recorder_queue_depth.set(queued);
+    match gateway.runs.size_on_disk().await {
+        Ok(bytes) => gateway
+            .metrics
+            .storage_size_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX)),
+        Err(e) => tracing::warn!(error = %e, "cannot read the store's size on disk"),
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(
-            state.gateway.metrics.render()
+            gateway.metrics.render()
                 + &flowgate_actors::keys::metrics::render(state.auth.registry()),
         ))
 }

@@ -289,7 +289,10 @@ impl Gateway {
         let mut cursor = AttemptCursor::new();
         if call == Call::Complete && spec.is_none() {
             if let Some(after) = self.hedge_after(&run.ctx.agent, plan) {
-                match self.hedged(run, plan, request, after).await {
+                let waiting = Instant::now();
+                let hedged = self.hedged(run, plan, request, after).await;
+                run.ctx.waited += waiting.elapsed();
+                match hedged {
                     (Ok((completion, planned)), _) => {
                         run.pay(&completion.usage, &planned.offer.prices);
                         return Ok(Produced::Answer(self.answer(run, planned, completion)));
@@ -339,6 +342,7 @@ impl Gateway {
                     Call::Complete => {
                         let (result, elapsed) =
                             call_provider(planned, admission, &sent, number).await;
+                        run.ctx.waited += elapsed;
                         attempt.duration_seconds = elapsed.as_secs_f64();
                         match result {
                             Err(error) => error,
@@ -375,7 +379,9 @@ impl Gateway {
                     }
                     Call::Stream => {
                         let started = Instant::now();
-                        match first_event(planned, &sent, number).await {
+                        let first = first_event(planned, &sent, number).await;
+                        run.ctx.waited += started.elapsed();
+                        match first {
                             Ok((first, rest)) => {
                                 attempt.status = Some(200);
                                 run.attempts.push(attempt);
@@ -428,6 +434,7 @@ impl Gateway {
                         }
                     }
                 }
+                let waiting = Instant::now();
                 let next = self
                     .after_failure(
                         &error,
@@ -440,7 +447,11 @@ impl Gateway {
                     .await;
                 last = Some(error);
                 match next {
-                    AfterFailure::Retry => continue,
+                    AfterFailure::Retry => {
+                        // The backoff is the retry policy's, not the gateway's own time.
+                        run.ctx.waited += waiting.elapsed();
+                        continue;
+                    }
                     AfterFailure::NextAttempt => break,
                     AfterFailure::Stop => return Err(exhausted(last, &run.attempts, &skipped)),
                 }

@@ -12,7 +12,7 @@ mod attempts;
 mod run;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -150,7 +150,11 @@ impl Gateway {
             run.ctx.version_id = Some(version_id(&plan.model.id, chat));
         }
         if chat.is_stream() {
-            return self.stream(run, &plan, chat).await.map(RunOutput::Stream);
+            let live = self.stream(run, &plan, chat).await?;
+            // From its first event a stream goes at the pace of its provider and of the
+            // client that reads it (a replay from the cache too): not the gateway's overhead.
+            run.relaying_since = Some(Instant::now());
+            return Ok(RunOutput::Stream(live));
         }
         let answer = self.complete(run, &plan, chat).await?;
         run.model = Some(answer.model.clone());
@@ -191,23 +195,29 @@ impl Gateway {
                 leadership.complete(result.clone());
                 result
             }
-            Join::Follow(rx) => match rx.await {
-                Ok(Ok(answer)) => {
-                    self.metrics.coalesced.inc();
-                    run.cache = CacheStatus::Coalesced;
-                    run.source_run_id = Some(answer.run_id);
-                    Ok(answer)
+            Join::Follow(rx) => {
+                // The leader's upstream call is what this request waits for.
+                let waiting = Instant::now();
+                let shared = rx.await;
+                run.ctx.waited += waiting.elapsed();
+                match shared {
+                    Ok(Ok(answer)) => {
+                        self.metrics.coalesced.inc();
+                        run.cache = CacheStatus::Coalesced;
+                        run.source_run_id = Some(answer.run_id);
+                        Ok(answer)
+                    }
+                    // The leader went away: do the work ourselves.
+                    Ok(Err(e)) if e.kind == ErrorKind::Cancelled => {
+                        self.execute(run, plan, request).await.map(Arc::new)
+                    }
+                    Ok(Err(e)) => {
+                        run.cache = CacheStatus::Coalesced;
+                        Err(e)
+                    }
+                    Err(_) => self.execute(run, plan, request).await.map(Arc::new),
                 }
-                // The leader went away: do the work ourselves.
-                Ok(Err(e)) if e.kind == ErrorKind::Cancelled => {
-                    self.execute(run, plan, request).await.map(Arc::new)
-                }
-                Ok(Err(e)) => {
-                    run.cache = CacheStatus::Coalesced;
-                    Err(e)
-                }
-                Err(_) => self.execute(run, plan, request).await.map(Arc::new),
-            },
+            }
         }
     }
 
@@ -257,24 +267,29 @@ impl Gateway {
                     }
                 }
             }
-            StreamJoin::Follow(follower) => match follower.open().await {
-                Ok(followed) => {
-                    self.metrics.coalesced.inc();
-                    run.cache = CacheStatus::Coalesced;
-                    run.source_run_id = Some(followed.source.run_id);
-                    run.model = Some(followed.source.model.clone());
-                    run.provider = Some(followed.source.provider.clone());
-                    run.provider_model = Some(followed.source.provider_model.clone());
-                    Ok(followed.live)
+            StreamJoin::Follow(follower) => {
+                let waiting = Instant::now();
+                let opened = follower.open().await;
+                run.ctx.waited += waiting.elapsed();
+                match opened {
+                    Ok(followed) => {
+                        self.metrics.coalesced.inc();
+                        run.cache = CacheStatus::Coalesced;
+                        run.source_run_id = Some(followed.source.run_id);
+                        run.model = Some(followed.source.model.clone());
+                        run.provider = Some(followed.source.provider.clone());
+                        run.provider_model = Some(followed.source.provider_model.clone());
+                        Ok(followed.live)
+                    }
+                    Err(e) if e.kind == ErrorKind::Cancelled => {
+                        self.open_stream(run, plan, request).await
+                    }
+                    Err(e) => {
+                        run.cache = CacheStatus::Coalesced;
+                        Err(e)
+                    }
                 }
-                Err(e) if e.kind == ErrorKind::Cancelled => {
-                    self.open_stream(run, plan, request).await
-                }
-                Err(e) => {
-                    run.cache = CacheStatus::Coalesced;
-                    Err(e)
-                }
-            },
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 //! went away), as a cancelled run with whatever was produced and what it cost.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use uuid::Uuid;
 
@@ -14,8 +14,9 @@ use crate::catalog::Prices;
 use crate::completion::{Completion, CompletionAccumulator, StreamEvent, Usage};
 use crate::error::{AttemptSummary, ErrorKind, GatewayError};
 use crate::provider::actor::Admission;
+use crate::recorder::metrics::InFlight;
 use crate::recorder::run::{
-    feedback_token, CacheStatus, RunRecord, RunSource, RunStatus, StructuredRecord,
+    feedback_token, CacheStatus, RunRecord, RunSource, RunStatus, RunTelemetry, StructuredRecord,
 };
 use crate::router::PlannedAttempt;
 use crate::structured::{Layer, StructuredSpec};
@@ -30,6 +31,10 @@ pub struct RunContext {
     pub version_id: Option<String>,
     pub stream: bool,
     pub started: Instant,
+    /// The part of the run's time spent waiting for others: the client's body, upstream calls
+    /// and streams, retry backoff, an identical request in flight. The rest is the gateway's
+    /// overhead (`flowgate_gateway_overhead_seconds`).
+    pub waited: Duration,
     pub created_at: SystemTime,
     pub request: Option<Box<serde_json::value::RawValue>>,
     pub input: Option<serde_json::Value>,
@@ -56,6 +61,7 @@ impl RunContext {
             version_id: None,
             stream,
             started: Instant::now(),
+            waited: Duration::ZERO,
             created_at: SystemTime::now(),
             request: None,
             input: None,
@@ -106,9 +112,16 @@ pub struct Run {
     accumulator: CompletionAccumulator,
     /// A streaming attempt still open, to report to its provider when the stream ends.
     pub(super) open_attempt: Option<OpenAttempt>,
+    /// When the stream began to be relayed: from then on it goes at the pace of its provider
+    /// and its client, and the run waits on them.
+    pub(super) relaying_since: Option<Instant>,
+    /// When the first event of a streamed answer went to the client.
+    first_event_at: Option<Instant>,
     recorded: bool,
     /// The run's place in its key's and tenant's limits, charged when it is recorded.
     admission: Option<crate::keys::Admission>,
+    /// Counts the run in `flowgate_requests_in_flight` while it lives.
+    _in_flight: InFlight,
 }
 
 pub(super) struct OpenAttempt {
@@ -120,6 +133,7 @@ pub(super) struct OpenAttempt {
 
 impl Run {
     pub(super) fn new(gateway: Gateway, ctx: RunContext) -> Run {
+        let in_flight = gateway.metrics.in_flight();
         Run {
             gateway,
             ctx,
@@ -136,8 +150,11 @@ impl Run {
             paid_usd: 0.0,
             accumulator: CompletionAccumulator::default(),
             open_attempt: None,
+            relaying_since: None,
+            first_event_at: None,
             recorded: false,
             admission: None,
+            _in_flight: in_flight,
         }
     }
 
@@ -202,6 +219,15 @@ impl Run {
             return;
         }
         self.recorded = true;
+        let duration = self.ctx.started.elapsed();
+        let waited = self.ctx.waited + self.relaying_since.map_or(Duration::ZERO, |t| t.elapsed());
+        let telemetry = RunTelemetry {
+            http_status: error.map_or(200, |e| e.status_code().as_u16()),
+            overhead_seconds: duration.saturating_sub(waited).as_secs_f64(),
+            first_token_seconds: self
+                .first_event_at
+                .map(|t| t.saturating_duration_since(self.ctx.started).as_secs_f64()),
+        };
         let usage = output.as_ref().map(|c| c.usage).unwrap_or(self.paid_usage);
         let run = RunRecord {
             id: self.ctx.run_id,
@@ -221,7 +247,7 @@ impl Run {
             attempts: std::mem::take(&mut self.attempts),
             usage,
             cost_usd,
-            duration_seconds: self.duration_seconds(),
+            duration_seconds: duration.as_secs_f64(),
             cache: self.cache,
             error: error.map(|e| e.body()),
             metadata: self.ctx.metadata.take(),
@@ -234,6 +260,7 @@ impl Run {
             rendered_messages: self.ctx.rendered_messages.take(),
             source: self.ctx.source,
             replay_of: self.ctx.replay_of,
+            telemetry,
         };
         if let Some(admission) = self.admission.take() {
             admission.charge(cost_usd, usage.total_tokens());
@@ -293,6 +320,9 @@ impl Run {
 
     /// Adds a streamed event to the run's output.
     pub fn push_event(&mut self, event: &StreamEvent) {
+        if self.first_event_at.is_none() {
+            self.first_event_at = Some(Instant::now());
+        }
         self.accumulator.push(event);
     }
 

@@ -10,21 +10,46 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
+/// The gateway's own time is meant to be a few milliseconds: finer buckets at the low end,
+/// so that a p99 alert at tens of milliseconds has buckets to tell it.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// The value a bounded label takes once its bound is reached ([`LabelBound`]).
+pub const OTHER_LABEL: &str = "_other";
+
 /// Handles to every metric. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Requests answered, by outcome code (`ok` or the error's metric label) and cache status.
+    /// Requests answered, by HTTP status, outcome code (`ok` or the error's code) and stream.
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
+    /// The time a request spent in flowgate itself, without what it waited for (the client's
+    /// body, upstream calls, a stream's relay once its first event is out, retry backoff, an
+    /// identical request in flight), by stream.
+    pub gateway_overhead: HistogramVec,
+    /// From the request to the first event of a streamed answer, by provider and model.
+    pub time_to_first_token: HistogramVec,
+    /// Runs under way (requests, replays and playground models): a gauge moved by the
+    /// run's own guard, so a client that goes away takes its run off too.
+    pub requests_in_flight: IntGauge,
     /// Upstream calls, by provider and outcome.
     pub upstream_attempts: IntCounterVec,
+    /// Upstream calls' duration, by provider and the provider's model id.
     pub upstream_duration: HistogramVec,
+    /// Cost, by provider, catalog model, tenant and agent (agents bounded, see [`LabelBound`]).
     pub cost_usd: prometheus::CounterVec,
+    /// Tokens, by provider, catalog model, tenant, agent and kind (prompt, completion).
     pub tokens: IntCounterVec,
     pub runs_recorded: IntCounter,
     pub recorder_errors: IntCounter,
     pub recorder_write_seconds: Histogram,
+    /// Runs handed to the recorder and not taken for writing yet (set when scraped).
+    pub recorder_queue_depth: IntGauge,
+    /// Bytes the store uses on disk (set when scraped).
+    pub storage_size_bytes: IntGauge,
     pub circuit_state: IntGaugeVec,
     pub circuit_transitions: IntCounterVec,
     pub coalesced: IntCounter,
@@ -65,7 +90,7 @@ impl Metrics {
                 "flowgate_requests_total",
                 "Chat completion requests answered",
             ),
-            &["code", "stream"],
+            &["status", "code", "stream"],
         )?;
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -85,19 +110,53 @@ impl Metrics {
                 "Duration of upstream calls",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["provider"],
+            &["provider", "model"],
         )?;
         let cost_usd = prometheus::CounterVec::new(
             Opts::new(
                 "flowgate_cost_usd_total",
                 "Cost of upstream calls in US dollars",
             ),
-            &["provider"],
+            &["provider", "model", "tenant", "agent"],
         )?;
         let tokens = IntCounterVec::new(
             Opts::new("flowgate_tokens_total", "Tokens used"),
-            &["provider", "kind"],
+            &["provider", "model", "tenant", "agent", "kind"],
         )?;
+        let gateway_overhead = HistogramVec::new(
+            HistogramOpts::new(
+                "flowgate_gateway_overhead_seconds",
+                "Time a request spent in flowgate itself, without the client's body, upstream \
+                 calls, a stream's relay after its first event, retry backoff or an identical \
+                 request in flight",
+            )
+            .buckets(OVERHEAD_BUCKETS.to_vec()),
+            &["stream"],
+        )?;
+        let time_to_first_token = HistogramVec::new(
+            HistogramOpts::new(
+                "flowgate_time_to_first_token_seconds",
+                "Time from the request to the first event of a streamed answer",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider", "model"],
+        )?;
+        let requests_in_flight = IntGauge::new(
+            "flowgate_requests_in_flight",
+            "Requests (and replays, playground models) under way",
+        )?;
+        let recorder_queue_depth = IntGauge::new(
+            "flowgate_recorder_queue_depth",
+            "Runs waiting for the recorder to write them",
+        )?;
+        let storage_size_bytes = IntGauge::new(
+            "flowgate_storage_size_bytes",
+            "Bytes the store uses on disk",
+        )?;
+        // Both exist from the start, so dashboards see a line at zero rather than nothing.
+        for stream in ["false", "true"] {
+            gateway_overhead.with_label_values(&[stream]);
+        }
         let runs_recorded =
             IntCounter::new("flowgate_runs_recorded_total", "Runs written to the store")?;
         let recorder_errors = IntCounter::new(
@@ -141,6 +200,11 @@ impl Metrics {
         registry.register(Box::new(circuit_state.clone()))?;
         registry.register(Box::new(circuit_transitions.clone()))?;
         registry.register(Box::new(coalesced.clone()))?;
+        registry.register(Box::new(gateway_overhead.clone()))?;
+        registry.register(Box::new(time_to_first_token.clone()))?;
+        registry.register(Box::new(requests_in_flight.clone()))?;
+        registry.register(Box::new(recorder_queue_depth.clone()))?;
+        registry.register(Box::new(storage_size_bytes.clone()))?;
         let cache_hits = IntCounter::new(
             "flowgate_cache_hits_total",
             "Requests answered from a stored answer",
@@ -206,6 +270,9 @@ impl Metrics {
             registry,
             requests,
             request_duration,
+            gateway_overhead,
+            time_to_first_token,
+            requests_in_flight,
             upstream_attempts,
             upstream_duration,
             cost_usd,
@@ -213,6 +280,8 @@ impl Metrics {
             runs_recorded,
             recorder_errors,
             recorder_write_seconds,
+            recorder_queue_depth,
+            storage_size_bytes,
             circuit_state,
             circuit_transitions,
             coalesced,
@@ -254,6 +323,12 @@ impl Metrics {
         }
     }
 
+    /// Counts a run in flight until the guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.requests_in_flight.inc();
+        InFlight(self.requests_in_flight.clone())
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
@@ -262,5 +337,116 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// A run in flight: counted in `flowgate_requests_in_flight` until dropped, however the run
+/// ends (answered, failed, or dropped with a client that went away).
+#[must_use = "the run is counted only while the guard lives"]
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Keeps a label's values bounded: the first `max` distinct values pass as they are, later
+/// new ones become [`OTHER_LABEL`]. For labels clients choose (agent names), so that a client
+/// cannot grow `/metrics` without bound.
+#[derive(Debug)]
+pub struct LabelBound {
+    seen: std::collections::HashSet<String>,
+    max: usize,
+}
+
+impl LabelBound {
+    pub fn new(max: usize) -> LabelBound {
+        LabelBound {
+            seen: std::collections::HashSet::new(),
+            max,
+        }
+    }
+
+    /// `value`, or [`OTHER_LABEL`] when `max` other values came first.
+    pub fn label<'a>(&mut self, value: &'a str) -> &'a str {
+        if self.seen.contains(value) {
+            return value;
+        }
+        if self.seen.len() < self.max {
+            self.seen.insert(value.to_string());
+            return value;
+        }
+        OTHER_LABEL
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bounded_label_lets_the_first_values_through_then_says_other() {
+        let mut bound = LabelBound::new(2);
+        assert_eq!(bound.label("a"), "a");
+        assert_eq!(bound.label("b"), "b");
+        assert_eq!(bound.label("c"), OTHER_LABEL);
+        // Values seen before keep their name.
+        assert_eq!(bound.label("a"), "a");
+        assert_eq!(bound.label("b"), "b");
+        assert_eq!(bound.label("d"), OTHER_LABEL);
+    }
+
+    #[test]
+    fn the_in_flight_guard_counts_until_dropped() {
+        let metrics = Metrics::new().unwrap();
+        let first = metrics.in_flight();
+        let second = metrics.in_flight();
+        assert_eq!(metrics.requests_in_flight.get(), 2);
+        drop(first);
+        assert_eq!(metrics.requests_in_flight.get(), 1);
+        drop(second);
+        assert_eq!(metrics.requests_in_flight.get(), 0);
+    }
+
+    #[test]
+    fn every_family_is_named_flowgate_with_its_unit() {
+        let metrics = Metrics::new().unwrap();
+        // A labelled family shows once it has a series.
+        metrics.requests.with_label_values(&["200", "ok", "false"]);
+        metrics.upstream_attempts.with_label_values(&["p", "ok"]);
+        metrics.upstream_duration.with_label_values(&["p", "m"]);
+        metrics.time_to_first_token.with_label_values(&["p", "m"]);
+        metrics.request_duration.with_label_values(&["false"]);
+        metrics.cost_usd.with_label_values(&["p", "m", "t", "a"]);
+        metrics
+            .tokens
+            .with_label_values(&["p", "m", "t", "a", "prompt"]);
+        metrics.circuit_state.with_label_values(&["p"]);
+        metrics
+            .circuit_transitions
+            .with_label_values(&["p", "open"]);
+        metrics
+            .structured_outputs
+            .with_label_values(&["native", "valid"]);
+        metrics.retries.with_label_values(&["p", "timeout"]);
+        metrics
+            .fallbacks
+            .with_label_values(&["other_provider", "timeout"]);
+        let text = metrics.render();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        assert_eq!(families.len(), 27, "{text}");
+        for family in families {
+            let (name, kind) = family.split_once(' ').unwrap();
+            assert!(name.starts_with("flowgate_"), "{name}");
+            match kind {
+                "counter" => assert!(name.ends_with("_total"), "{name}"),
+                "histogram" => assert!(name.ends_with("_seconds"), "{name}"),
+                _ => {}
+            }
+        }
     }
 }

@@ -18,7 +18,7 @@ use crate::agents::AgentStore;
 use crate::outbox::{self, Drains, Outbox, Pending, Pushed};
 use crate::stats::RunStats;
 use crate::storage::{RunStore, StorageError};
-use metrics::Metrics;
+use metrics::{LabelBound, Metrics};
 use run::{RunRecord, RunStatus};
 
 /// How the request path hands runs to the recorder: queued in its outbox, written in batches
@@ -33,6 +33,11 @@ pub struct RecorderHandle {
 impl RecorderHandle {
     pub fn new(addr: Addr<Recorder>, outbox: Arc<Outbox<Box<RunRecord>>>) -> Self {
         RecorderHandle { addr, outbox }
+    }
+
+    /// Runs queued and not yet taken for writing.
+    pub fn queued(&self) -> usize {
+        self.outbox.len()
     }
 
     /// Queues a finished run; the recorder writes it within [`BATCH_WINDOW`](outbox::BATCH_WINDOW).
@@ -286,8 +291,9 @@ impl Recorder {
 
     fn observe(&mut self, run: &RunRecord) {
         let metrics = &self.metrics;
+        let handles = &mut self.handles;
         let stream = if run.stream { "true" } else { "false" };
-        let per_stream = &mut self.handles.streams[usize::from(run.stream)];
+        let per_stream = &mut handles.streams[usize::from(run.stream)];
         let code = match (&run.status, &run.error) {
             (RunStatus::Success, _) => None,
             (RunStatus::Cancelled, _) => Some("cancelled"),
@@ -298,93 +304,209 @@ impl Recorder {
         };
         match code {
             None => cached(&mut per_stream.requests_ok, || {
-                metrics.requests.with_label_values(&["ok", stream])
+                metrics.requests.with_label_values(&["200", "ok", stream])
             })
             .inc(),
-            Some(code) => metrics.requests.with_label_values(&[code, stream]).inc(),
+            Some(code) => metrics
+                .requests
+                .with_label_values(&[status_label(run.telemetry.http_status), code, stream])
+                .inc(),
         }
         cached(&mut per_stream.request_duration, || {
             metrics.request_duration.with_label_values(&[stream])
         })
         .observe(run.duration_seconds);
+        cached(&mut per_stream.gateway_overhead, || {
+            metrics.gateway_overhead.with_label_values(&[stream])
+        })
+        .observe(run.telemetry.overhead_seconds);
         for attempt in &run.attempts {
-            let provider = self.handles.provider(&attempt.provider);
             match attempt.error.as_deref() {
-                None => cached(&mut provider.attempts_ok, || {
-                    metrics
-                        .upstream_attempts
-                        .with_label_values(&[&attempt.provider, "ok"])
-                })
-                .inc(),
+                None => handles
+                    .attempts_ok
+                    .get(&attempt.provider, || {
+                        metrics
+                            .upstream_attempts
+                            .with_label_values(&[&attempt.provider, "ok"])
+                    })
+                    .inc(),
                 Some(outcome) => metrics
                     .upstream_attempts
                     .with_label_values(&[&attempt.provider, outcome])
                     .inc(),
             }
-            cached(&mut provider.upstream_duration, || {
-                metrics
-                    .upstream_duration
-                    .with_label_values(&[&attempt.provider])
-            })
-            .observe(attempt.duration_seconds);
-        }
-        if let Some(name) = &run.provider {
-            let provider = self.handles.provider(name);
-            if run.cost_usd > 0.0 {
-                cached(&mut provider.cost_usd, || {
-                    metrics.cost_usd.with_label_values(&[name])
+            handles
+                .upstream_duration
+                .get2(&attempt.provider, &attempt.model, || {
+                    metrics
+                        .upstream_duration
+                        .with_label_values(&[&attempt.provider, &attempt.model])
                 })
-                .inc_by(run.cost_usd);
-            }
-            cached(&mut provider.prompt_tokens, || {
-                metrics.tokens.with_label_values(&[name, "prompt"])
-            })
-            .inc_by(run.usage.prompt_tokens);
-            cached(&mut provider.completion_tokens, || {
-                metrics.tokens.with_label_values(&[name, "completion"])
-            })
-            .inc_by(run.usage.completion_tokens);
+                .observe(attempt.duration_seconds);
         }
+        let Some(provider) = &run.provider else {
+            return;
+        };
+        // A run that failed before a model was planned has no provider either.
+        let model = run.model.as_deref().unwrap_or("");
+        if let Some(seconds) = run.telemetry.first_token_seconds {
+            handles
+                .first_token
+                .get2(provider, model, || {
+                    metrics
+                        .time_to_first_token
+                        .with_label_values(&[provider, model])
+                })
+                .observe(seconds);
+        }
+        let agent = handles.agents.label(&run.agent);
+        let usage = handles.usage.get4(provider, model, &run.tenant, agent, || {
+            let labels = [provider.as_str(), model, run.tenant.as_str(), agent];
+            UsageHandles {
+                cost_usd: metrics.cost_usd.with_label_values(&labels),
+                prompt_tokens: metrics
+                    .tokens
+                    .with_label_values(&[labels[0], labels[1], labels[2], labels[3], "prompt"]),
+                completion_tokens: metrics.tokens.with_label_values(&[
+                    labels[0],
+                    labels[1],
+                    labels[2],
+                    labels[3],
+                    "completion",
+                ]),
+            }
+        });
+        if run.cost_usd > 0.0 {
+            usage.cost_usd.inc_by(run.cost_usd);
+        }
+        usage.prompt_tokens.inc_by(run.usage.prompt_tokens);
+        usage.completion_tokens.inc_by(run.usage.completion_tokens);
+    }
+}
+
+/// The `status` label of an HTTP status: the statuses the gateway answers with, by name, any
+/// other by its class (so the label stays bounded whatever an error carries).
+fn status_label(status: u16) -> &'static str {
+    const NAMED: &[(u16, &str)] = &[
+        (200, "200"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (408, "408"),
+        (413, "413"),
+        (415, "415"),
+        (429, "429"),
+        (499, "499"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    if let Some((_, name)) = NAMED.iter().find(|(named, _)| *named == status) {
+        return name;
+    }
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
     }
 }
 
 /// The labelled metrics the recorder updates for every run, looked up once (a lookup hashes
 /// the label values). Each is taken on its first use, so `/metrics` shows the same series.
-#[derive(Default)]
 struct Handles {
     /// By `stream` (false, true).
     streams: [StreamHandles; 2],
-    providers: HashMap<String, ProviderHandles>,
+    /// By provider.
+    attempts_ok: HandleMap<IntCounter>,
+    /// By provider and the provider's model id.
+    upstream_duration: HandleMap<Histogram>,
+    /// By provider and catalog model.
+    first_token: HandleMap<Histogram>,
+    /// By provider, catalog model, tenant and (bounded) agent.
+    usage: HandleMap<UsageHandles>,
+    /// Agent names are the clients' to choose: past this many, the metrics say `_other`.
+    agents: LabelBound,
 }
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles {
+            streams: Default::default(),
+            attempts_ok: HandleMap::default(),
+            upstream_duration: HandleMap::default(),
+            first_token: HandleMap::default(),
+            usage: HandleMap::default(),
+            agents: LabelBound::new(MAX_AGENT_LABELS),
+        }
+    }
+}
+
+/// Distinct agent names the cost and token metrics name; later ones are `_other`.
+const MAX_AGENT_LABELS: usize = 200;
 
 #[derive(Default)]
 struct StreamHandles {
     requests_ok: Option<IntCounter>,
     request_duration: Option<Histogram>,
+    gateway_overhead: Option<Histogram>,
 }
 
-#[derive(Default)]
-struct ProviderHandles {
-    attempts_ok: Option<IntCounter>,
-    upstream_duration: Option<Histogram>,
-    cost_usd: Option<Counter>,
-    prompt_tokens: Option<IntCounter>,
-    completion_tokens: Option<IntCounter>,
+struct UsageHandles {
+    cost_usd: Counter,
+    prompt_tokens: IntCounter,
+    completion_tokens: IntCounter,
 }
 
-/// Providers kept at most (they come from the config, so this is only a bound).
-const MAX_PROVIDER_HANDLES: usize = 1024;
+/// Handles kept at most per map (their labels come from the config and the bounded agent
+/// label, so this is only a bound on memory).
+const MAX_HANDLES: usize = 4096;
 
-impl Handles {
-    fn provider(&mut self, name: &str) -> &mut ProviderHandles {
-        if !self.providers.contains_key(name) {
-            if self.providers.len() >= MAX_PROVIDER_HANDLES {
-                self.providers.clear();
-            }
-            self.providers
-                .insert(name.to_string(), ProviderHandles::default());
+/// Handles by their label values, joined with NUL into a key built in a reused buffer.
+struct HandleMap<T> {
+    handles: HashMap<String, T>,
+    key: String,
+}
+
+impl<T> Default for HandleMap<T> {
+    fn default() -> Self {
+        HandleMap {
+            handles: HashMap::new(),
+            key: String::new(),
         }
-        self.providers.get_mut(name).expect("inserted above")
+    }
+}
+
+impl<T> HandleMap<T> {
+    fn get(&mut self, a: &str, make: impl FnOnce() -> T) -> &T {
+        self.get_parts(&[a], make)
+    }
+
+    fn get2(&mut self, a: &str, b: &str, make: impl FnOnce() -> T) -> &T {
+        self.get_parts(&[a, b], make)
+    }
+
+    fn get4(&mut self, a: &str, b: &str, c: &str, d: &str, make: impl FnOnce() -> T) -> &T {
+        self.get_parts(&[a, b, c, d], make)
+    }
+
+    fn get_parts(&mut self, parts: &[&str], make: impl FnOnce() -> T) -> &T {
+        self.key.clear();
+        for part in parts {
+            self.key.push_str(part);
+            self.key.push('\0');
+        }
+        if !self.handles.contains_key(self.key.as_str()) {
+            if self.handles.len() >= MAX_HANDLES {
+                self.handles.clear();
+            }
+            let handle = make();
+            self.handles.insert(self.key.clone(), handle);
+        }
+        &self.handles[self.key.as_str()]
     }
 }
 
@@ -499,6 +621,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::recorder::run::RunTelemetry;
     use crate::storage::VersionKey;
 
     /// How many runs of agent `a` the store has.
@@ -530,6 +653,21 @@ mod tests {
         .unwrap()
     }
 
+    #[test]
+    fn every_status_the_gateway_sends_is_a_label_of_its_own_and_others_their_class() {
+        use crate::error::ErrorKind;
+        for status in [200, 400, 401, 404, 413, 429, 499, 502, 503, 504] {
+            assert_eq!(status_label(status), status.to_string());
+        }
+        assert_eq!(
+            status_label(ErrorKind::Cancelled.status_code().as_u16()),
+            "499"
+        );
+        assert_eq!(status_label(418), "4xx");
+        assert_eq!(status_label(507), "5xx");
+        assert_eq!(status_label(204), "2xx");
+    }
+
     #[actix_rt::test]
     async fn queued_runs_are_written_in_a_batch_and_a_barrier_writes_them_at_once() {
         let (_dir, storage) = crate::storage::temporary();
@@ -556,6 +694,59 @@ mod tests {
         tokio::time::sleep(outbox::BATCH_WINDOW * 20).await;
         assert_eq!(stored_runs(runs.as_ref()).await, 7);
         assert!(outbox.is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn runs_become_metrics_by_tenant_agent_and_model_with_agents_bounded() {
+        let (_dir, storage) = crate::storage::temporary();
+        let metrics = Metrics::new().unwrap();
+        let recorder = Recorder::new(storage.runs, Duration::from_millis(40), metrics.clone());
+        let outbox = recorder.outbox();
+        let handle = RecorderHandle::new(recorder.start(), outbox);
+        let agents = MAX_AGENT_LABELS + 5;
+        for i in 0..agents {
+            let mut run = run("v1");
+            run.agent = format!("agent-{i}");
+            run.stream = i == 0;
+            run.telemetry = RunTelemetry {
+                http_status: 200,
+                overhead_seconds: 0.002,
+                first_token_seconds: (i == 0).then_some(0.75),
+            };
+            handle.record(Box::new(run));
+        }
+        handle.addr.send(Barrier).await.unwrap();
+        let text = metrics.render();
+        let cost_lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("flowgate_cost_usd_total{"))
+            .collect();
+        // One series per agent up to the bound, then one for all the others.
+        assert_eq!(cost_lines.len(), MAX_AGENT_LABELS + 1, "{text}");
+        assert!(
+            text.contains(
+                "flowgate_cost_usd_total{agent=\"agent-0\",model=\"m\",provider=\"p\",tenant=\"t\"} 0.5"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "flowgate_cost_usd_total{agent=\"_other\",model=\"m\",provider=\"p\",tenant=\"t\"} 2.5"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "flowgate_tokens_total{agent=\"_other\",kind=\"prompt\",model=\"m\",provider=\"p\",tenant=\"t\"} 5"
+        ));
+        let overhead = metrics.gateway_overhead.with_label_values(&["false"]);
+        assert_eq!(overhead.get_sample_count(), agents as u64 - 1);
+        assert!((overhead.get_sample_sum() - 0.002 * (agents - 1) as f64).abs() < 1e-9);
+        let first_token = metrics.time_to_first_token.with_label_values(&["p", "m"]);
+        assert_eq!(first_token.get_sample_count(), 1);
+        assert_eq!(first_token.get_sample_sum(), 0.75);
+        assert!(
+            text.contains("flowgate_requests_total{code=\"ok\",status=\"200\",stream=\"true\"} 1")
+        );
     }
 
     #[actix_rt::test]

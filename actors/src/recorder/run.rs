@@ -132,6 +132,21 @@ pub struct RunRecord {
     /// For a replay: the run it replays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<Uuid>,
+    /// What the metrics learn of the run; not stored.
+    #[serde(skip)]
+    pub telemetry: RunTelemetry,
+}
+
+/// What the recorder's metrics take from a run besides its record: measured on the request
+/// path (two clock reads), observed on the recorder's thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RunTelemetry {
+    /// The HTTP status the client got (200, or the error's; 499 for a client that went away).
+    pub http_status: u16,
+    /// The time spent in flowgate itself: the run's duration without what it waited for.
+    pub overhead_seconds: f64,
+    /// For a stream: from the request to its first event.
+    pub first_token_seconds: Option<f64>,
 }
 
 /// How a structured output was produced: its layer, repairs and validation errors.

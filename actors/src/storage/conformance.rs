@@ -49,6 +49,7 @@ pub fn run(tenant: &str, agent: &str) -> RunRecord {
         rendered_messages: None,
         source: RunSource::Api,
         replay_of: None,
+        telemetry: Default::default(),
     }
 }
 
@@ -61,6 +62,9 @@ pub async fn run_store(store: &dyn RunStore) {
     batch.push(Box::new(run("t2", "a")));
     store.insert_batch(&batch).await.unwrap();
     let ids: Vec<Uuid> = batch[..7].iter().map(|r| r.id).collect();
+    // What is written takes room on disk, and the store says how much.
+    store.flush().await.unwrap();
+    assert!(store.size_on_disk().await.unwrap() > 0);
 
     // Read back whole, by its tenant only.
     let back = store.get("t1", ids[3]).await.unwrap().unwrap();

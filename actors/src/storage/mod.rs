@@ -118,6 +118,10 @@ pub trait RunStore: Send + Sync + 'static {
 
     /// Makes every write so far durable.
     fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>>;
+
+    /// Bytes the backend holds on disk for this store (for a backend that keeps every
+    /// concern in one database, the whole database), for `flowgate_storage_size_bytes`.
+    fn size_on_disk(&self) -> BoxFuture<'_, Result<u64, StorageError>>;
 }
 
 /// Whose runs a search looks at.

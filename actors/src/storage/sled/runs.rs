@@ -17,6 +17,8 @@ use crate::storage::{RunPage, RunStore, SearchPage, SearchScope, StorageError};
 /// Cheap to clone (the trees are handles).
 #[derive(Clone)]
 pub struct SledRunStore {
+    /// The whole database, for its size on disk.
+    db: ::sled::Db,
     runs: ::sled::Tree,
     by_agent: ::sled::Tree,
     /// The search indexes (`search.rs`).
@@ -35,6 +37,7 @@ impl SledRunStore {
         let runs = db.open_tree("runs").map_err(backend)?;
         let store = SledRunStore {
             index: SearchIndex::open(db, &runs)?,
+            db: db.clone(),
             runs,
             by_agent: db.open_tree("runs_by_agent").map_err(backend)?,
         };
@@ -181,5 +184,11 @@ impl RunStore for SledRunStore {
             runs.flush_async().await.map(drop).map_err(backend)
         }
         .boxed()
+    }
+
+    fn size_on_disk(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
+        // sled reads the metadata of its files: a little I/O, off the caller's thread.
+        let db = self.db.clone();
+        off_thread(move || db.size_on_disk().map_err(backend))
     }
 }
