@@ -111,6 +111,23 @@ pub(crate) fn backend(e: ::sled::Error) -> StorageError {
     StorageError::Backend(e.to_string())
 }
 
+/// Opens the store in `dir`, waiting for a store dropped just before to let go of its lock
+/// (sled's flusher thread holds it a moment after the last handle goes).
+#[cfg(test)]
+pub(crate) fn open_waiting(dir: &Path) -> SledStorage {
+    let mut tries = 0;
+    loop {
+        match SledStorage::open(dir, Duration::from_millis(50)) {
+            Ok(storage) => return storage,
+            Err(e) if tries < 100 && e.to_string().contains("lock") => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,7 +135,7 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, SledStorage) {
         let dir = tempfile::tempdir().unwrap();
-        let storage = SledStorage::open(dir.path(), Duration::from_millis(50)).unwrap();
+        let storage = open_waiting(dir.path());
         (dir, storage)
     }
 
@@ -220,14 +237,14 @@ mod tests {
             }
         };
         {
-            let storage = SledStorage::open(dir.path(), Duration::from_millis(50)).unwrap();
+            let storage = open_waiting(dir.path());
             assert_eq!(counted(&storage).await, 6);
             let agents = storage.storage().stats.agents("t", 10).await.unwrap();
             assert_eq!(agents.len(), 2);
             storage.storage().runs.flush().await.unwrap();
         }
         // Once: opening again counts nothing twice.
-        let storage = SledStorage::open(dir.path(), Duration::from_millis(50)).unwrap();
+        let storage = open_waiting(dir.path());
         assert_eq!(counted(&storage).await, 6);
     }
 
@@ -236,12 +253,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = conformance::run("default", "a");
         {
-            let storage = SledStorage::open(dir.path(), Duration::from_millis(50)).unwrap();
+            let storage = open_waiting(dir.path());
             let runs = storage.storage().runs;
             runs.insert_batch(&[Box::new(run.clone())]).await.unwrap();
             runs.flush().await.unwrap();
         }
-        let storage = SledStorage::open(dir.path(), Duration::from_millis(50)).unwrap();
+        let storage = open_waiting(dir.path());
         let back = storage.storage().runs.get("default", run.id).await.unwrap();
         assert_eq!(back.map(|r| r.id), Some(run.id));
     }

@@ -434,7 +434,7 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path) -> super::super::SledStorage {
-        super::super::SledStorage::open(dir, Duration::from_millis(50)).unwrap()
+        super::super::open_waiting(dir)
     }
 
     #[actix_rt::test]
