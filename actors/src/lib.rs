@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod completion;
 pub mod engine;
 pub mod error;
+pub mod evals;
 pub mod keys;
 pub mod model_ref;
 pub mod outbox;

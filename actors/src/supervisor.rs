@@ -128,6 +128,7 @@ impl Supervisor {
             shares,
             stats,
             keys,
+            evals,
             ..
         } = storage;
         let run_stats = RunStats::new(stats);
@@ -186,6 +187,7 @@ impl Supervisor {
             feedback,
             shares,
             key_store: keys,
+            eval_store: evals,
             agents,
             stats: run_stats,
             metrics,

@@ -53,6 +53,8 @@ pub struct Gateway {
     pub shares: Arc<dyn ShareStore>,
     /// Virtual API keys and their usage (read by the edge's key registry).
     pub key_store: Arc<dyn crate::storage::KeyStore>,
+    /// Datasets, reviews and benchmarks (driven by the edge's benchmark runner).
+    pub eval_store: Arc<dyn crate::storage::EvalStore>,
     /// Agents' schemas, versions, deployments, conversations and feedback.
     pub agents: AgentStore,
     /// The runs' stats per agent and hour, summed by the recorder.

@@ -1239,3 +1239,152 @@ pub async fn key_store(storage: &Storage) {
         ]
     );
 }
+
+/// Evaluations: items stay distinct and in order within the bound, a person's review is never
+/// replaced by the AI's, benchmarks and their results read back, all scoped to the tenant.
+pub async fn eval_store(storage: &Storage) {
+    use crate::evals::{
+        BenchResult, BenchStatus, Benchmark, Candidate, Dataset, DatasetItem, Review, Reviewer,
+        ReviewerConfig, Verdict,
+    };
+    let store = storage.evals.as_ref();
+    let dataset = |tenant: &str, name: &str| Dataset {
+        tenant: tenant.into(),
+        agent: "a".into(),
+        name: name.into(),
+        description: None,
+        created_ms: 1,
+    };
+    let item = |n: u32| {
+        DatasetItem {
+            input_hash: String::new(),
+            input: Some(json!({ "n": n })),
+            messages: None,
+            expected: Some(n.to_string()),
+            note: None,
+            source_run: None,
+        }
+        .hashed()
+    };
+    let d1 = dataset("t1", "golden");
+    store.put_dataset(&d1).await.unwrap();
+    store.put_dataset(&dataset("t2", "golden")).await.unwrap();
+    assert_eq!(store.datasets("t1", "a").await.unwrap(), vec![d1.clone()]);
+    assert!(store.dataset("t1", "a", "other").await.unwrap().is_none());
+    let items: Vec<DatasetItem> = [3, 1, 3, 2].into_iter().map(item).collect();
+    assert_eq!(store.add_items(&d1, &items, 10).await.unwrap(), 3);
+    // Again: nothing new; past the bound: nothing more.
+    assert_eq!(store.add_items(&d1, &items, 10).await.unwrap(), 0);
+    assert_eq!(
+        store.add_items(&d1, &[item(7), item(8)], 4).await.unwrap(),
+        1
+    );
+    let back: Vec<String> = store
+        .items(&d1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.expected.unwrap())
+        .collect();
+    assert_eq!(back, ["3", "1", "2", "7"]);
+    assert!(store
+        .items(&dataset("t2", "golden"))
+        .await
+        .unwrap()
+        .is_empty());
+
+    let review = |verdict: Verdict, reviewer: Reviewer| Review {
+        tenant: "t1".into(),
+        agent: "a".into(),
+        input_hash: "in".into(),
+        output_hash: "out".into(),
+        verdict,
+        comment: None,
+        reviewer,
+        input: None,
+        output: Some("42".into()),
+        created_ms: 5,
+    };
+    let ai = Reviewer::Ai {
+        model: "judge".into(),
+        run_id: Uuid::now_v7(),
+    };
+    let user = Reviewer::User { who: "ann".into() };
+    store
+        .put_review(&review(Verdict::Positive, ai.clone()))
+        .await
+        .unwrap();
+    let kept = store
+        .put_review(&review(Verdict::Negative, user.clone()))
+        .await
+        .unwrap();
+    assert_eq!(kept.verdict, Verdict::Negative);
+    let kept = store
+        .put_review(&review(Verdict::Positive, ai))
+        .await
+        .unwrap();
+    assert_eq!(kept.reviewer, user);
+    let read = store.review("t1", "a", "in", "out").await.unwrap().unwrap();
+    assert_eq!(read.verdict, Verdict::Negative);
+    assert!(store
+        .review("t2", "a", "in", "out")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.reviews("t1", "a", 10).await.unwrap().len(), 1);
+
+    let config = ReviewerConfig {
+        instructions: "be strict".into(),
+        model: "judge".into(),
+    };
+    store.put_reviewer("t1", "a", &config).await.unwrap();
+    assert_eq!(store.reviewer("t1", "a").await.unwrap(), Some(config));
+    assert!(store.reviewer("t2", "a").await.unwrap().is_none());
+
+    let mut bench = Benchmark {
+        id: Uuid::now_v7(),
+        tenant: "t1".into(),
+        agent: "a".into(),
+        dataset: "golden".into(),
+        candidates: vec![Candidate {
+            version_id: None,
+            model: Some("m".into()),
+        }],
+        total: 4,
+        concurrency: 2,
+        use_cache: false,
+        status: BenchStatus::Running,
+        created_ms: 1,
+        finished_ms: None,
+        error: None,
+    };
+    store.put_benchmark(&bench).await.unwrap();
+    assert_eq!(store.running().await.unwrap(), vec![bench.clone()]);
+    for item in [1u32, 0] {
+        let result = BenchResult {
+            candidate: 0,
+            item,
+            input_hash: "h".into(),
+            run_id: None,
+            output: Some("o".into()),
+            cost_usd: 0.5,
+            duration_seconds: 1.0,
+            error: None,
+            verdict: Some(Verdict::Positive),
+            reason: None,
+        };
+        store.put_result(bench.id, &result).await.unwrap();
+        // Idempotent on the pair.
+        store.put_result(bench.id, &result).await.unwrap();
+    }
+    let results = store.results(bench.id).await.unwrap();
+    assert_eq!(results.iter().map(|r| r.item).collect::<Vec<_>>(), [0, 1]);
+    bench.status = BenchStatus::Done;
+    store.put_benchmark(&bench).await.unwrap();
+    assert!(store.running().await.unwrap().is_empty());
+    assert_eq!(
+        store.benchmarks("t1", "a").await.unwrap(),
+        vec![bench.clone()]
+    );
+    assert!(store.benchmark("t2", bench.id).await.unwrap().is_none());
+}

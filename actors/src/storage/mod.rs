@@ -13,12 +13,13 @@
 //! versions, deployments and conversations ([`SchemaStore`], [`VersionStore`],
 //! [`DeploymentStore`], [`ConversationStore`]), the answer cache's stored answers
 //! ([`AnswerStore`]), share links ([`ShareStore`]), the runs' stats ([`StatsStore`]) and
-//! virtual API keys with their spend ([`KeyStore`]).
+//! virtual API keys with their spend ([`KeyStore`]), evaluations ([`EvalStore`]).
 
 mod agents;
 mod answers;
 #[cfg(test)]
 pub mod conformance;
+mod evals;
 mod keys;
 pub mod sled;
 
@@ -27,6 +28,7 @@ pub use agents::{
     NewDeployment, PairDigest, SchemaAssignment, SchemaStore, VersionKey, VersionStore,
 };
 pub use answers::{AnswerEntry, AnswerStore, AnswerTotals, PutOutcome};
+pub use evals::EvalStore;
 pub use keys::{KeyStore, SubjectUsage};
 use std::collections::HashMap;
 
@@ -243,6 +245,7 @@ pub struct Storage {
     pub shares: Arc<dyn ShareStore>,
     pub stats: Arc<dyn StatsStore>,
     pub keys: Arc<dyn KeyStore>,
+    pub evals: Arc<dyn EvalStore>,
 }
 
 /// Fresh stores of the default backend in a temporary directory, for tests of the code above

@@ -3,6 +3,7 @@
 
 mod agents;
 mod cache;
+mod evals;
 mod feedback;
 mod keys;
 mod runs;
@@ -38,6 +39,7 @@ pub struct SledStorage {
     shares: Arc<SledShareStore>,
     stats: Arc<SledStatsStore>,
     keys: Arc<keys::SledKeyStore>,
+    evals: Arc<evals::SledEvalStore>,
 }
 
 impl SledStorage {
@@ -64,6 +66,7 @@ impl SledStorage {
             shares: Arc::new(SledShareStore::open(&db)?),
             stats: Arc::new(SledStatsStore::open(&db)?),
             keys: Arc::new(keys::SledKeyStore::open(&db)?),
+            evals: Arc::new(evals::SledEvalStore::open(&db)?),
         })
     }
 
@@ -80,6 +83,7 @@ impl SledStorage {
             shares: self.shares.clone(),
             stats: self.stats.clone(),
             keys: self.keys.clone(),
+            evals: self.evals.clone(),
         }
     }
 }
@@ -187,6 +191,7 @@ mod tests {
         answers_larger_than_allowed_are_not_stored,
         answers_evict_least_recently_used_first,
         key_store,
+        eval_store,
     );
 
     #[actix_rt::test]
