@@ -677,7 +677,7 @@ fn compile_storage(raw: RawStorage, source: &str) -> Result<Backend, String> {
                     .map_err(|e| invalid("schema", e))?;
             }
             PostgresSettings::new(&url, raw.pool_size, raw.schema)
-                .map(Backend::Postgres)
+                .map(|settings| Backend::Postgres(Box::new(settings)))
                 .map_err(|e| invalid("url", e))
         }
     }

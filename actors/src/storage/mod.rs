@@ -231,7 +231,7 @@ pub enum Backend {
     #[default]
     Sled,
     /// A PostgreSQL database that several instances share.
-    Postgres(postgres::PostgresSettings),
+    Postgres(Box<postgres::PostgresSettings>),
 }
 
 /// The stores of one backend.
