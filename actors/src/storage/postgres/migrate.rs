@@ -27,6 +27,11 @@ pub async fn migrate(settings: &PostgresSettings) -> Result<Vec<i32>, StorageErr
         }
     });
     let applied = async {
+        // `IF NOT EXISTS` notices are expected on every start: not worth a log line each.
+        client
+            .batch_execute("SET client_min_messages = warning")
+            .await
+            .map_err(pg_error)?;
         if let Some(schema) = &settings.schema {
             // Checked to be a plain identifier (`PostgresSettings::new`).
             client

@@ -9,6 +9,7 @@
 
 mod agents;
 mod cache;
+mod deployments;
 mod feedback;
 mod migrate;
 mod runs;
@@ -223,7 +224,7 @@ impl PostgresStorage {
             feedback: Arc::new(feedback::PgFeedbackStore::new(db.clone())),
             schemas: Arc::new(agents::PgSchemaStore::new(db.clone())),
             versions: Arc::new(agents::PgVersionStore::new(db.clone())),
-            deployments: Arc::new(agents::PgDeploymentStore::new(db.clone())),
+            deployments: Arc::new(deployments::PgDeploymentStore::new(db.clone())),
             conversations: Arc::new(agents::PgConversationStore::new(db.clone())),
             answers: Arc::new(cache::PgAnswerStore::new(db.clone())),
             shares: Arc::new(shares::PgShareStore::new(db.clone())),

@@ -140,6 +140,34 @@ conformance!(
     answers_evict_least_recently_used_first,
 );
 
+/// A batch that holds a run twice keeps the last (as two writes would), and a run reads
+/// back with its raw request byte for byte (stored as `json`, not re-encoded).
+#[actix_rt::test]
+async fn a_batch_keeps_the_last_of_a_run_and_its_raw_request_as_written() {
+    let db = TestSchema::new();
+    let runs = db.stores().runs;
+    let mut first = conformance::run("t", "a");
+    let raw = r#"{ "model":"m",  "messages": [ {"role":"user","content":"hi"} ], "a": 1.50 }"#;
+    first.request = Some(serde_json::value::RawValue::from_string(raw.into()).unwrap());
+    let mut second = first.clone();
+    second.cost_usd = 9.0;
+    let other = conformance::run("t", "a");
+    runs.insert_batch(&[Box::new(first.clone()), Box::new(other), Box::new(second)])
+        .await
+        .unwrap();
+    let back = runs.get("t", first.id).await.unwrap().unwrap();
+    assert_eq!(back.cost_usd, 9.0);
+    assert_eq!(back.request.as_ref().map(|r| r.get()), Some(raw));
+    assert_eq!(
+        runs.list_agent("t", "a", None, 10)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+}
+
 /// Instances that start at once on one database apply each migration once, and a second
 /// start finds nothing to do.
 #[actix_rt::test]
