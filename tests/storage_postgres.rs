@@ -11,6 +11,23 @@ mod common;
 use std::process::Command;
 
 use common::*;
+use serde_json::{json, Value};
+
+async fn post_json(gw: &Flowgate, path: &str, body: Value) -> (u16, Value) {
+    let response = client()
+        .post(format!("{}{path}", gw.url))
+        .bearer_auth("any")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
 
 fn database_url() -> String {
     std::env::var("FLOWGATE_TEST_DATABASE_URL")
@@ -118,6 +135,36 @@ async fn a_run_recorded_by_one_instance_is_read_through_another() {
         .filter_map(|r| r["id"].as_str())
         .collect();
     assert_eq!(ids, vec![id.as_str()]);
+
+    // Searched (free text, in SQL) and shared through one instance, opened through the other.
+    let (status, found) = post_json(
+        &other,
+        "/api/runs/search",
+        json!({"field_queries": [{"field": "text", "operator": "contains", "values": ["POSTGRES"]}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["items"][0]["id"], id.as_str(), "{found}");
+    assert_eq!(found["count"], 1, "{found}");
+    let (status, share) = post_json(&setup.gw, &format!("/api/runs/{id}/share"), json!({})).await;
+    assert_eq!(status, 201, "{share}");
+    let token = share["token"].as_str().unwrap();
+    let (status, shared) = get_json(&other, &format!("/share/{token}")).await;
+    assert_eq!(status, 200, "{shared}");
+
+    // The stats the first instance's recorder wrote, read through the second.
+    let (status, agents) = poll_until(
+        250,
+        || get_json(&other, "/api/agents"),
+        |(_, list)| !strings_at(&list["agents"], "agent").is_empty(),
+    )
+    .await;
+    assert_eq!(status, 200, "{agents}");
+    assert_eq!(
+        strings_at(&agents["agents"], "agent"),
+        ["pg-agent"],
+        "{agents}"
+    );
     other.stop();
     setup.gw.stop();
 }
