@@ -129,7 +129,9 @@ pub(super) async fn search(
                 more = true;
                 break 'pages;
             }
-            if scanned >= SCAN_BUDGET || started.elapsed() >= TIME_BUDGET {
+            // At least one candidate first: the cursor must move past something, or a page
+            // slower than the budget would end the search with no cursor.
+            if scanned > 0 && (scanned >= SCAN_BUDGET || started.elapsed() >= TIME_BUDGET) {
                 more = true;
                 budget_spent = true;
                 break 'pages;
