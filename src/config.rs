@@ -22,6 +22,8 @@ use flowgate_actors::provider::{
 };
 use flowgate_actors::retry::RetryPolicy;
 use flowgate_actors::router::Strategy;
+use flowgate_actors::storage::postgres::PostgresSettings;
+use flowgate_actors::storage::Backend;
 use flowgate_actors::supervisor::GatewayConfig;
 use flowgate_actors::templates::Limits;
 use serde::Deserialize;
@@ -40,6 +42,8 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     recorder: RawRecorder,
+    #[serde(default)]
+    storage: RawStorage,
     #[serde(default)]
     media: RawMedia,
     #[serde(default)]
@@ -149,6 +153,38 @@ impl Default for RawRecorder {
             flush_interval_ms: 200,
         }
     }
+}
+
+/// Where the gateway keeps runs, agents, feedback, shares and cached answers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStorage {
+    backend: RawBackend,
+    /// `postgres://user:password@host:port/database` (usually `${DATABASE_URL}`).
+    url: Option<String>,
+    /// Connections each instance keeps open at most.
+    pool_size: usize,
+    /// The schema of flowgate's tables (created if missing); default: the server's
+    /// `search_path` (usually `public`).
+    schema: Option<String>,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            backend: RawBackend::Sled,
+            url: None,
+            pool_size: 16,
+            schema: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawBackend {
+    Sled,
+    Postgres,
 }
 
 /// Stored answers: how long they are served and how many bytes they may take.
@@ -623,6 +659,38 @@ fn parse<T: serde::de::DeserializeOwned>(value: toml::Value, source: &str) -> Re
     })
 }
 
+/// `[storage]`: sled needs nothing; PostgreSQL needs a URL that parses, a pool size and, if
+/// given, a plain schema name. Errors name the key, never the URL's text (it may hold a
+/// password).
+fn compile_storage(raw: RawStorage, source: &str) -> Result<Backend, String> {
+    let invalid =
+        |key: &str, why: String| format!("{source}: invalid config at `storage.{key}`: {why}");
+    match raw.backend {
+        RawBackend::Sled => Ok(Backend::Sled),
+        RawBackend::Postgres => {
+            let url = raw.url.filter(|u| !u.is_empty()).ok_or_else(|| {
+                invalid(
+                    "url",
+                    "required with backend = \"postgres\" (is DATABASE_URL set?)".into(),
+                )
+            })?;
+            if raw.pool_size == 0 || raw.pool_size > 1000 {
+                return Err(invalid(
+                    "pool_size",
+                    format!("{} is not between 1 and 1000", raw.pool_size),
+                ));
+            }
+            if let Some(schema) = &raw.schema {
+                PostgresSettings::new("postgres://localhost", 1, Some(schema.clone()))
+                    .map_err(|e| invalid("schema", e))?;
+            }
+            PostgresSettings::new(&url, raw.pool_size, raw.schema)
+                .map(|settings| Backend::Postgres(Box::new(settings)))
+                .map_err(|e| invalid("url", e))
+        }
+    }
+}
+
 fn compile_model(id: &str, raw: RawModel) -> ModelEntry {
     ModelEntry {
         id: id.to_string(),
@@ -1074,6 +1142,7 @@ impl Config {
             .filter(|k| !k.is_empty())
             .collect();
         let data_dir = raw.server.data_dir;
+        let storage = compile_storage(raw.storage, source)?;
         Ok(Config {
             limits,
             ops_keys,
@@ -1093,6 +1162,7 @@ impl Config {
             gateway: GatewayConfig {
                 providers,
                 catalog,
+                storage,
                 data_dir,
                 flush_interval: Duration::from_millis(raw.recorder.flush_interval_ms.max(1)),
                 cache: CacheSettings {
@@ -1131,6 +1201,46 @@ mod tests {
         let mock = config.gateway.catalog.get("mock-echo").unwrap();
         assert_eq!(mock.providers[0].provider, "mock");
         assert!(config.gateway.catalog.models().len() >= 5);
+    }
+
+    #[test]
+    fn storage_is_sled_unless_postgres_is_asked_for() {
+        let text = include_str!("../config/flowgate.toml");
+        assert!(matches!(load(text).unwrap().gateway.storage, Backend::Sled));
+        let config = load(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:pw@db.internal:5433/fg\"\npool_size = 4\nschema = \"flowgate\"\n",
+        )
+        .unwrap();
+        let Backend::Postgres(settings) = config.gateway.storage else {
+            panic!("not postgres");
+        };
+        assert_eq!(settings.pool_size, 4);
+        assert_eq!(settings.schema.as_deref(), Some("flowgate"));
+    }
+
+    #[test]
+    fn bad_storage_values_fail_at_start_with_their_path() {
+        for (text, path) in [
+            ("[storage]\nbackend = \"mysql\"\n", "storage.backend"),
+            ("[storage]\nbackend = \"postgres\"\n", "storage.url"),
+            (
+                "[storage]\nbackend = \"postgres\"\nurl = \"mysql://u:secret@h/db\"\n",
+                "storage.url",
+            ),
+            (
+                "[storage]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\npool_size = 0\n",
+                "storage.pool_size",
+            ),
+            (
+                "[storage]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\nschema = \"a-b\"\n",
+                "storage.schema",
+            ),
+            ("[storage]\nbackend = \"sled\"\nurll = \"x\"\n", "storage"),
+        ] {
+            let err = load(text).unwrap_err();
+            assert!(err.contains(&format!("`{path}")), "{text}: {err}");
+            assert!(!err.contains("secret"), "{err}");
+        }
     }
 
     #[test]

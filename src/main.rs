@@ -44,6 +44,12 @@ enum Command {
         #[arg(long, default_value = "config/flowgate.toml")]
         config: PathBuf,
     },
+    /// Apply the storage schema migrations (PostgreSQL) and exit. `serve` applies them too;
+    /// this is for deploys that migrate before they start instances.
+    Migrate {
+        #[arg(long, default_value = "config/flowgate.toml")]
+        config: PathBuf,
+    },
     /// Internal: a template render worker, started by `serve` (jobs on stdin, answers on
     /// stdout, within an address-space limit).
     /// Manages virtual API keys through a running flowgate's admin API.
@@ -84,6 +90,38 @@ fn init_tracing() -> (LogFilter, bool) {
     (handle, decided)
 }
 
+/// `flowgate migrate`: the config's PostgreSQL database gets the migrations it lacks.
+fn migrate(path: &std::path::Path) -> ExitCode {
+    use flowgate_actors::storage::{postgres, Backend};
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match &config.gateway.storage {
+        Backend::Sled => {
+            println!("storage.backend is sled: nothing to migrate (sled needs no migrations)");
+            ExitCode::SUCCESS
+        }
+        Backend::Postgres(settings) => match postgres::migrate_blocking(settings) {
+            Ok(applied) if applied.is_empty() => {
+                println!("PostgreSQL schema up to date: nothing to apply");
+                ExitCode::SUCCESS
+            }
+            Ok(applied) => {
+                println!("applied migrations {applied:?}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("migration failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::RenderWorker { memory_bytes }) = cli.command {
@@ -113,6 +151,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Migrate { config } => migrate(&config),
         Command::RenderWorker { .. } => ExitCode::SUCCESS,
         Command::Keys(keys) => match keys_cli::run(keys) {
             Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A PostgreSQL server for the PostgreSQL backend's tests (started here if none answers).
+source tests/postgres.sh
+echo "PostgreSQL tests on ${FLOWGATE_TEST_DATABASE_URL}"
+
 cargo build --workspace --bins
 cargo test --workspace
 

@@ -22,15 +22,18 @@ use crate::retry::RetryPolicy;
 use crate::router::ProviderRegistry;
 use crate::router::{Router, Strategy};
 use crate::stats::RunStats;
+use crate::storage::postgres::PostgresStorage;
 use crate::storage::sled::SledStorage;
-use crate::storage::Storage;
+use crate::storage::{Backend, Storage};
 
 /// The runtime configuration the actors need, compiled from the TOML config.
 #[derive(Debug)]
 pub struct GatewayConfig {
     pub providers: Vec<ProviderSettings>,
     pub catalog: Catalog,
-    /// Where the embedded store keeps what the gateway stores.
+    /// Which backend keeps what the gateway stores.
+    pub storage: Backend,
+    /// Where the embedded store (sled) keeps what the gateway stores.
     pub data_dir: PathBuf,
     /// How often the store is flushed to disk (the `kill -9` loss window).
     pub flush_interval: Duration,
@@ -113,13 +116,22 @@ impl Supervisor {
                 config.data_dir.display()
             )
         })?;
-        let storage = SledStorage::open(&config.data_dir, config.flush_interval).map_err(|e| {
-            format!(
-                "cannot open the store in `{}`: {e}",
-                config.data_dir.display()
-            )
-        })?;
-        let storage = storage.storage();
+        let storage = match &config.storage {
+            Backend::Sled => SledStorage::open(&config.data_dir, config.flush_interval)
+                .map_err(|e| {
+                    format!(
+                        "cannot open the store in `{}`: {e}",
+                        config.data_dir.display()
+                    )
+                })?
+                .storage(),
+            Backend::Postgres(settings) => {
+                let storage = PostgresStorage::open(settings)
+                    .map_err(|e| format!("cannot open the PostgreSQL store: {e}"))?;
+                tracing::info!(?settings, "storage: PostgreSQL");
+                storage.storage()
+            }
+        };
         let agents = AgentStore::open(&storage);
         let Storage {
             runs,

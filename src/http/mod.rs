@@ -82,14 +82,21 @@ pub async fn serve(config: Config) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("cannot read the API keys from the store: {e}"))?;
-    // Spend and last use reach the store about once a second (and once more at shutdown).
+    // Spend and last use reach the store about once a second (and once more at shutdown); the
+    // keys are read again twice a second (a revocation through another instance holds here).
     {
         let registry = registry.clone();
         actix_rt::spawn(async move {
-            loop {
-                actix_rt::time::sleep(Duration::from_secs(1)).await;
-                if let Err(e) = registry.persist_usage().await {
-                    tracing::warn!(error = %e, "cannot write the keys' spend; trying again");
+            for tick in 0u64.. {
+                actix_rt::time::sleep(Duration::from_millis(500)).await;
+                if tick % 2 == 1 {
+                    if let Err(e) = registry.persist_usage().await {
+                        tracing::warn!(error = %e, "cannot write the keys' spend; trying again");
+                    }
+                }
+                // Keys made or revoked through another instance on the same database.
+                if let Err(e) = registry.refresh().await {
+                    tracing::warn!(error = %e, "cannot read the keys again; trying again");
                 }
             }
         });

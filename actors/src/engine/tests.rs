@@ -105,6 +105,7 @@ fn routed_harness(
     let config = GatewayConfig {
         providers: vec![provider("a", &script), provider("b", &script)],
         catalog,
+        storage: Default::default(),
         data_dir: dir.path().to_path_buf(),
         flush_interval: Duration::from_millis(20),
         cache: CacheSettings {

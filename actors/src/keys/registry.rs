@@ -332,6 +332,42 @@ impl KeyRegistry {
         Ok(entry)
     }
 
+    /// Reads the keys again: a key made, changed or revoked through another instance on the
+    /// same database takes effect here (called every second).
+    pub async fn refresh(&self) -> Result<(), StorageError> {
+        let records = self.store.all().await?;
+        let _writing = self.writing.lock().await;
+        let current = self.by_digest.load();
+        let mut changed = records.len() != current.len();
+        let mut map = HashMap::with_capacity(records.len());
+        for record in records {
+            let entry = match current.get(&record.digest) {
+                Some(entry) if entry.record == record => entry.clone(),
+                Some(entry) => {
+                    changed = true;
+                    entry.subject.set_limits(record.limits.clone());
+                    Arc::new(KeyEntry {
+                        record,
+                        subject: entry.subject.clone(),
+                        last_used_ms: AtomicU64::new(entry.last_used_ms.load(Ordering::Relaxed)),
+                        persisted_last_used: AtomicU64::new(
+                            entry.persisted_last_used.load(Ordering::Relaxed),
+                        ),
+                    })
+                }
+                None => {
+                    changed = true;
+                    Arc::new(new_entry(record))
+                }
+            };
+            map.insert(entry.record.digest.clone(), entry);
+        }
+        if changed {
+            self.by_digest.store(Arc::new(map));
+        }
+        Ok(())
+    }
+
     fn publish(&self, change: impl FnOnce(&mut HashMap<String, Arc<KeyEntry>>)) {
         let mut map = HashMap::clone(&self.by_digest.load());
         change(&mut map);

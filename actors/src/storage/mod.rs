@@ -21,6 +21,7 @@ mod answers;
 pub mod conformance;
 mod evals;
 mod keys;
+pub mod postgres;
 pub mod sled;
 
 pub use agents::{
@@ -230,6 +231,16 @@ pub struct AgentLastRun {
     pub source: RunSource,
     /// Milliseconds since the epoch.
     pub last_run_ms: u64,
+}
+
+/// Which backend keeps what the gateway stores (`[storage]` in the config).
+#[derive(Debug, Clone, Default)]
+pub enum Backend {
+    /// sled in the data directory: one process, nothing to install.
+    #[default]
+    Sled,
+    /// A PostgreSQL database that several instances share.
+    Postgres(Box<postgres::PostgresSettings>),
 }
 
 /// The stores of one backend.

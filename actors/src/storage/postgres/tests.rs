@@ -1,0 +1,240 @@
+//! The conformance suite on PostgreSQL, the same bodies as sled's, each test on a schema of
+//! its own (created by the migrations, dropped afterwards) so that tests run in parallel.
+//!
+//! The server is `FLOWGATE_TEST_DATABASE_URL`, by default the one `tests/run.sh` makes sure
+//! of (`postgres://postgres@127.0.0.1:5432/test`). An unreachable server fails the tests: a
+//! backend that was never tested must not pass for one that was.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+use crate::storage::conformance;
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+pub(crate) fn database_url() -> String {
+    std::env::var("FLOWGATE_TEST_DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| DEFAULT_URL.to_string())
+}
+
+/// A schema of the test's own on the test server, dropped with it.
+pub(crate) struct TestSchema {
+    pub name: String,
+    pub storage: PostgresStorage,
+}
+
+impl TestSchema {
+    pub(crate) fn new() -> TestSchema {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "flowgate_test_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            fastrand::u32(..)
+        );
+        let storage = PostgresStorage::open(&settings(&name)).unwrap_or_else(|e| {
+            panic!(
+                "cannot open the PostgreSQL test database ({e}); set FLOWGATE_TEST_DATABASE_URL \
+                 or run tests/run.sh, which starts a server"
+            )
+        });
+        TestSchema { name, storage }
+    }
+
+    pub(crate) fn stores(&self) -> Storage {
+        self.storage.storage()
+    }
+}
+
+fn settings(schema: &str) -> PostgresSettings {
+    PostgresSettings::new(&database_url(), 4, Some(schema.to_string())).unwrap()
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        let (url, name) = (database_url(), self.name.clone());
+        // On a thread of its own: the test's runtime may be the caller.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("cannot drop the test schema: {e}");
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn postgres_passes_the_run_store_conformance_suite() {
+    let db = TestSchema::new();
+    conformance::run_store(db.stores().runs.as_ref()).await;
+}
+
+#[actix_rt::test]
+async fn postgres_passes_the_run_search_conformance_suite() {
+    let db = TestSchema::new();
+    let stores = db.stores();
+    conformance::run_search(stores.runs.as_ref(), stores.feedback.as_ref()).await;
+}
+
+#[actix_rt::test]
+async fn postgres_passes_the_feedback_store_conformance_suite() {
+    let db = TestSchema::new();
+    conformance::feedback_store(db.stores().feedback.as_ref()).await;
+}
+
+#[actix_rt::test]
+async fn postgres_passes_the_share_store_conformance_suite() {
+    let db = TestSchema::new();
+    conformance::share_store(db.stores().shares.as_ref()).await;
+}
+
+#[actix_rt::test]
+async fn postgres_passes_the_stats_store_conformance_suite() {
+    let db = TestSchema::new();
+    conformance::stats_store(db.stores().stats.as_ref()).await;
+}
+
+/// One test per conformance body, each on a fresh schema.
+macro_rules! conformance {
+    ($($body:ident),* $(,)?) => {
+        $(
+            #[actix_rt::test]
+            async fn $body() {
+                let db = TestSchema::new();
+                conformance::$body(&db.stores()).await;
+            }
+        )*
+    };
+}
+
+conformance!(
+    schemas_are_numbered_per_agent,
+    a_digest_keeps_its_first_schema_id,
+    concurrent_schema_assignments_agree_without_gaps,
+    versions_keep_their_first_record,
+    versions_list_per_agent,
+    version_statistics_are_written_in_batches,
+    deployments_replace_and_chain,
+    deployments_are_scoped_to_their_agent,
+    deployment_history_pages_with_cursors,
+    concurrent_deploys_leave_one_winner,
+    conversation_links_are_found_and_replaced,
+    answers_read_back_with_their_times,
+    answers_larger_than_allowed_are_not_stored,
+    answers_evict_least_recently_used_first,
+    key_store,
+    eval_store,
+);
+
+/// A batch that holds a run twice keeps the last (as two writes would), and a run reads
+/// back with its raw request byte for byte (stored as `json`, not re-encoded).
+#[actix_rt::test]
+async fn a_batch_keeps_the_last_of_a_run_and_its_raw_request_as_written() {
+    let db = TestSchema::new();
+    let runs = db.stores().runs;
+    let mut first = conformance::run("t", "a");
+    let raw = r#"{ "model":"m",  "messages": [ {"role":"user","content":"hi"} ], "a": 1.50 }"#;
+    first.request = Some(serde_json::value::RawValue::from_string(raw.into()).unwrap());
+    let mut second = first.clone();
+    second.cost_usd = 9.0;
+    let other = conformance::run("t", "a");
+    runs.insert_batch(&[Box::new(first.clone()), Box::new(other), Box::new(second)])
+        .await
+        .unwrap();
+    let back = runs.get("t", first.id).await.unwrap().unwrap();
+    assert_eq!(back.cost_usd, 9.0);
+    assert_eq!(back.request.as_ref().map(|r| r.get()), Some(raw));
+    assert_eq!(
+        runs.list_agent("t", "a", None, 10)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+}
+
+/// Instances that start at once on one database apply each migration once, and a second
+/// start finds nothing to do.
+#[actix_rt::test]
+async fn concurrent_starts_apply_each_migration_once() {
+    let db = TestSchema::new();
+    let name = db.name.clone();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let name = name.clone();
+            std::thread::spawn(move || PostgresStorage::open(&settings(&name)).map(drop))
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap().unwrap();
+    }
+    let applied = {
+        let settings = settings(&name);
+        std::thread::spawn(move || migrate_blocking(&settings))
+            .join()
+            .unwrap()
+            .unwrap()
+    };
+    assert!(applied.is_empty(), "applied again: {applied:?}");
+    let versions: Vec<i32> = db
+        .storage
+        .db()
+        .run(|client| async move {
+            let rows = client
+                .query(
+                    "SELECT version FROM flowgate_migrations ORDER BY version",
+                    &[],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+        .await
+        .unwrap();
+    let known: Vec<i32> = MIGRATIONS.iter().map(|m| m.0).collect();
+    assert_eq!(versions, known);
+}
+
+/// A server that does not answer is `Unavailable` (a 503 the client may retry), never a
+/// hang.
+#[actix_rt::test]
+async fn an_unreachable_server_is_unavailable() {
+    // Port 9 (discard) on loopback: nothing listens there in the test environment.
+    let settings = PostgresSettings::new("postgres://postgres@127.0.0.1:9/test", 1, None).unwrap();
+    match PostgresStorage::open(&settings) {
+        Err(StorageError::Unavailable(_)) => {}
+        Err(other) => panic!("not unavailable: {other}"),
+        Ok(_) => panic!("opened a store on a closed port"),
+    }
+}
+
+#[test]
+fn settings_refuse_bad_urls_pool_sizes_and_schemas_without_echoing_the_url() {
+    let bad = PostgresSettings::new("mysql://u:hunter2@h/db", 4, None).unwrap_err();
+    assert!(!bad.contains("hunter2"), "{bad}");
+    assert!(PostgresSettings::new("postgres://h/db", 0, None).is_err());
+    assert!(PostgresSettings::new("postgres://h/db", 4, Some("Bad-Name".into())).is_err());
+    assert!(PostgresSettings::new("postgres://h/db", 4, Some("flowgate".into())).is_ok());
+    let debug = format!(
+        "{:?}",
+        PostgresSettings::new("postgres://u:hunter2@h/db", 4, None).unwrap()
+    );
+    assert!(!debug.contains("hunter2"), "{debug}");
+}
