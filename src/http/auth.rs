@@ -37,6 +37,11 @@ impl Auth {
         self.keys.is_empty()
     }
 
+    /// The tenant of a configured key (the web UI's sign-in).
+    pub fn tenant_of_key(&self, key: &str) -> Option<String> {
+        self.keys.get(&digest(key)).cloned()
+    }
+
     /// The caller's tenant, or 401.
     pub fn tenant(&self, req: &HttpRequest) -> Result<String, GatewayError> {
         if self.keys.is_empty() {

@@ -1,6 +1,6 @@
 //! The HTTP edge: actix-web handlers parse and validate, then hand the work to the actors.
 
-mod agents;
+pub(crate) mod agents;
 mod auth;
 mod body;
 mod browser_guard;
@@ -8,14 +8,14 @@ mod chat;
 mod connection;
 mod feedback;
 mod models;
-mod ops;
+pub(crate) mod ops;
 mod playground;
 mod replay;
-mod runs;
-mod search;
+pub(crate) mod runs;
+pub(crate) mod search;
 mod share;
 mod sse;
-mod stats;
+pub(crate) mod stats;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use flowgate_actors::templates::Renderer;
 
 use crate::config::{Config, RequestLimits};
 
-pub use auth::Auth;
+pub use auth::{Auth, DEFAULT_TENANT};
 
 /// Shared by every worker.
 #[derive(Clone)]
@@ -47,6 +47,8 @@ pub struct AppState {
     pub ops: Arc<ops::OpsAuth>,
     /// Request body bytes held by all requests in flight.
     pub body_budget: body::BodyBudget,
+    /// The web UI's sign-in sessions.
+    pub sessions: Arc<crate::ui::session::Sessions>,
 }
 
 /// Serves until SIGINT/SIGTERM, then drains the recorder.
@@ -91,7 +93,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
         ops: Arc::new(ops::OpsAuth::new(&config.ops_keys)),
         body_budget,
         limits: config.limits.clone(),
+        sessions: Arc::default(),
     };
+    let sessions = state.sessions.clone();
     let workers = config.server.workers;
     // Per worker, rounded up.
     let max_connections = config.limits.max_connections.div_ceil(workers.max(1));
@@ -101,6 +105,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
                 browser_guard,
                 browser_guard::BrowserGuard,
             ))
+            .wrap(crate::ui::session::SessionBridge {
+                sessions: sessions.clone(),
+            })
             .app_data(web::Data::new(state.clone()))
             .configure(routes)
     })
@@ -250,6 +257,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
         "/api/agents/{agent}/schemas",
         web::get().to(agents::list_schemas),
     )
+    .configure(crate::ui::routes)
     .default_service(web::to(not_found));
 }
 
