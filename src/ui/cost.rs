@@ -210,7 +210,7 @@ pub async fn page(
             class: format!("c{i}"),
             total: format!(
                 "{} runs · {}",
-                runs.iter().sum::<f64>(),
+                runs.iter().sum::<f64>() as u64,
                 format::cost(cost.iter().sum())
             ),
         })
@@ -249,7 +249,7 @@ pub async fn page(
             legend => legend,
             models => model_rows,
             total_cost => format::cost(total_cost),
-            total_runs => total_runs,
+            total_runs => total_runs as u64,
         },
     )
 }
