@@ -24,7 +24,7 @@ struct AgentRow {
 pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let viewer = match page::viewer(&req, &state) {
         Ok(v) => v,
-        Err(redirect) => return redirect,
+        Err(redirect) => return *redirect,
     };
     let sources = match sources_of(None) {
         Ok(s) => s,

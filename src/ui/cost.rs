@@ -114,7 +114,7 @@ pub async fn page(
 ) -> HttpResponse {
     let viewer = match page::viewer(&req, &state) {
         Ok(v) => v,
-        Err(redirect) => return redirect,
+        Err(redirect) => return *redirect,
     };
     let days = query.days.unwrap_or(7).clamp(1, 40);
     let now = crate::http::stats::now_ms();

@@ -64,7 +64,7 @@ impl Viewer {
 }
 
 /// The viewer, or the redirect to the sign-in page.
-pub fn viewer(req: &HttpRequest, state: &AppState) -> Result<Viewer, HttpResponse> {
+pub fn viewer(req: &HttpRequest, state: &AppState) -> Result<Viewer, Box<HttpResponse>> {
     if let Some((_, s)) = session::of_request(req, &state.sessions) {
         return Ok(Viewer {
             tenant: s.tenant.clone(),
@@ -86,9 +86,11 @@ pub fn viewer(req: &HttpRequest, state: &AppState) -> Result<Viewer, HttpRespons
         q => format!("{}?{q}", req.path()),
     };
     let target = format!("/signin?next={}", encode(&next));
-    Err(HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, target))
-        .finish())
+    Err(Box::new(
+        HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, target))
+            .finish(),
+    ))
 }
 
 /// Percent-encodes a query value.

@@ -48,7 +48,7 @@ pub async fn page(
 ) -> HttpResponse {
     let viewer = match page::viewer(&req, &state) {
         Ok(v) => v,
-        Err(redirect) => return redirect,
+        Err(redirect) => return *redirect,
     };
     let mut form: State = query
         .s

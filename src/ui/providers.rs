@@ -28,7 +28,7 @@ struct ProviderRow {
 pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let viewer = match page::viewer(&req, &state) {
         Ok(v) => v,
-        Err(redirect) => return redirect,
+        Err(redirect) => return *redirect,
     };
     let (providers, usable) = crate::http::ops::providers_json(&state);
     let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or("").to_string();

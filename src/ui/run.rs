@@ -218,7 +218,7 @@ pub async fn page(
 ) -> HttpResponse {
     let viewer = match page::viewer(&req, &state) {
         Ok(v) => v,
-        Err(redirect) => return redirect,
+        Err(redirect) => return *redirect,
     };
     let run = match crate::http::runs::parse_run_id(&path.into_inner()) {
         Ok(id) => crate::http::runs::find_run(&state, &viewer.tenant, id).await,

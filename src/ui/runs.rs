@@ -200,7 +200,7 @@ async fn runs_page(
 ) -> HttpResponse {
     let viewer = match page::viewer(&req, &state) {
         Ok(v) => v,
-        Err(redirect) => return redirect,
+        Err(redirect) => return *redirect,
     };
     if let Some(a) = &agent {
         if let Err(e) = crate::http::search::agent_of(a.clone()) {

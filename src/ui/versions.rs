@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::format;
-use super::page;
+use super::page::{self, encode};
 use super::runs::label;
 use crate::http::AppState;
 
@@ -39,6 +39,9 @@ struct VersionView {
     average_cost: String,
     average_latency: String,
     environments: Vec<String>,
+    /// The playground set up with the version's messages, model and parameters: where a new
+    /// version is made from this one.
+    playground_url: String,
 }
 
 #[derive(Serialize)]
@@ -99,7 +102,7 @@ pub async fn page(
 ) -> HttpResponse {
     let viewer = match page::viewer(&req, &state) {
         Ok(v) => v,
-        Err(redirect) => return redirect,
+        Err(redirect) => return *redirect,
     };
     let agent = match crate::http::search::agent_of(path.into_inner()) {
         Ok(a) => a,
@@ -126,7 +129,7 @@ pub async fn page(
                 o.remove("model");
                 o.remove("messages");
             }
-            let messages = v
+            let messages: Vec<(String, String)> = v
                 .record
                 .properties
                 .messages
@@ -142,6 +145,15 @@ pub async fn page(
                     )
                 })
                 .collect();
+            let playground = serde_json::json!({
+                "models": [v.record.properties.model],
+                "messages": messages.iter().map(|(role, content): &(String, String)| {
+                    serde_json::json!({"role": role, "content": content})
+                }).collect::<Vec<_>>(),
+                "temperature": v.record.properties.temperature,
+                "max_tokens": v.record.properties.max_tokens,
+                "agent": agent,
+            });
             properties.push((v.record.id.clone(), props));
             VersionView {
                 id: v.record.id.clone(),
@@ -168,11 +180,16 @@ pub async fn page(
                     .filter(|d| d.version_id == v.record.id)
                     .map(|d| format!("{} (#{})", label(&d.environment), d.schema_id))
                     .collect(),
+                playground_url: format!("/playground?s={}", encode(&playground.to_string())),
             }
         })
         .collect();
     // Newest first.
-    views.reverse();
+    let created: std::collections::HashMap<&str, &str> = versions
+        .iter()
+        .map(|v| (v.record.id.as_str(), v.record.created_at.as_str()))
+        .collect();
+    views.sort_by(|a, b| created.get(b.id.as_str()).cmp(&created.get(a.id.as_str())));
     let find = |id: &Option<String>| {
         id.as_ref()
             .and_then(|id| properties.iter().find(|(v, _)| v == id))
