@@ -314,3 +314,54 @@ async fn api_calls_with_the_session_need_its_csrf_token_and_sign_out_ends_it() {
     let response = get(&gw, Some(&cookie), &format!("/api/runs/{run_id}")).await;
     assert_eq!(response.status(), 401);
 }
+
+#[tokio::test]
+async fn a_run_page_links_the_turns_of_its_conversation_and_the_agents_other_runs() {
+    let (_dir, gw) = start();
+    let first = json!([{"role": "user", "content": "first turn"}]);
+    let (_, headers, answer) = chat_as(
+        &gw,
+        "default-key",
+        json!({"model": "talk/mock-echo", "messages": first}),
+    )
+    .await;
+    let first_id = headers["x-flowgate-run-id"].to_str().unwrap().to_string();
+    let reply = answer["choices"][0]["message"]["content"].clone();
+    // The next turn finds the conversation once the recorder stored the first (flushes every
+    // 50 ms here).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (_, headers, _) = chat_as(
+        &gw,
+        "default-key",
+        json!({"model": "talk/mock-echo", "messages": [
+            {"role": "user", "content": "first turn"},
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": "second turn"},
+        ]}),
+    )
+    .await;
+    let second_id = headers["x-flowgate-run-id"].to_str().unwrap().to_string();
+    let cookie = sign_in(&gw, "default-key").await;
+    let html = get(&gw, Some(&cookie), &format!("/runs/{second_id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("<h2>Conversation</h2>"), "{html}");
+    assert!(html.contains("<strong>this run</strong>"), "{html}");
+    assert!(
+        html.contains(&format!(r#"href="/runs/{first_id}""#)),
+        "{html}"
+    );
+    assert!(html.contains(&format!(
+        r#"href="/runs/{first_id}" rel="next" id="older-run""#
+    )));
+    let html = get(&gw, Some(&cookie), &format!("/runs/{first_id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(&format!(
+        r#"href="/runs/{second_id}" rel="prev" id="newer-run""#
+    )));
+}

@@ -25,6 +25,8 @@ struct State {
     agent: Option<String>,
     /// Template variables (JSON text), rendered into the messages.
     input: Option<String>,
+    /// A version of the agent whose templates and parameters the run takes.
+    version_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,6 +133,7 @@ pub async fn page(
             max_tokens => form.max_tokens,
             agent => form.agent.unwrap_or_default(),
             input => form.input.unwrap_or_default(),
+            version_id => form.version_id.unwrap_or_default(),
             catalog => catalog,
             from_run => from_run,
         },

@@ -20,6 +20,8 @@ use crate::http::AppState;
 
 /// Most turns of a conversation listed.
 const MAX_TURNS: usize = 50;
+/// How long after its first turn a conversation's turns are looked for.
+const CONVERSATION_SPAN: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 #[derive(Serialize)]
 struct MessageView {
@@ -149,19 +151,39 @@ async fn turns_of(state: &AppState, tenant: &str, run: &RunRecord) -> Vec<TurnVi
     let Some(conversation) = run.conversation_id else {
         return vec![];
     };
+    // The conversation's id is its first run's (UUIDv7: a time): its turns are looked for in
+    // the day that follows, an id range, not among all of the agent's runs.
+    let Some(start) = conversation.get_timestamp().map(|t| {
+        let (secs, nanos) = t.to_unix();
+        std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos)
+    }) else {
+        return vec![];
+    };
+    let at = |t: std::time::SystemTime| humantime::format_rfc3339_millis(t).to_string();
     let body = SearchBody {
-        field_queries: vec![FieldQueryBody {
-            field: "conversation".into(),
-            operator: "is".into(),
-            values: vec![json!(conversation.to_string())],
-        }],
+        field_queries: vec![
+            FieldQueryBody {
+                field: "conversation".into(),
+                operator: "is".into(),
+                values: vec![json!(conversation.to_string())],
+            },
+            FieldQueryBody {
+                field: "created_at".into(),
+                operator: "between".into(),
+                values: vec![
+                    json!(at(start - std::time::Duration::from_secs(1))),
+                    json!(at(start + CONVERSATION_SPAN)),
+                ],
+            },
+        ],
         limit: Some(MAX_TURNS),
         cursor: None,
     };
     match crate::http::search::search_page(state, tenant.to_string(), Some(run.agent.clone()), body)
         .await
     {
-        Ok(page) => page
+        // A conversation of one turn is no conversation to show.
+        Ok(page) if page.items.len() > 1 => page
             .items
             .iter()
             .map(|item| TurnView {
@@ -170,7 +192,11 @@ async fn turns_of(state: &AppState, tenant: &str, run: &RunRecord) -> Vec<TurnVi
                 current: item.id == run.id,
             })
             .collect(),
-        Err(_) => vec![],
+        Ok(_) => vec![],
+        Err(e) => {
+            tracing::debug!(error = %e.message, "the run page could not list the conversation");
+            vec![]
+        }
     }
 }
 

@@ -24,6 +24,7 @@ function state() {
     max_tokens: number("max_tokens"),
     agent: document.getElementById("agent").value.trim() || null,
     input: document.getElementById("input").value.trim() || null,
+    version_id: document.getElementById("version_id").value.trim() || null,
   };
 }
 
@@ -114,8 +115,10 @@ form.addEventListener("submit", async (event) => {
   const s = state();
   history.replaceState(null, "", `/playground?s=${encodeURIComponent(JSON.stringify(s))}`);
   if (s.models.length === 0) { errorBox.textContent = "Choose at least one model."; return; }
-  if (s.messages.length === 0) { errorBox.textContent = "Write a message."; return; }
-  const body = { models: s.models, messages: s.messages, stream: true };
+  if (s.messages.length === 0 && !s.version_id) { errorBox.textContent = "Write a message, or name a version."; return; }
+  const body = { models: s.models, stream: true };
+  if (s.messages.length) body.messages = s.messages;
+  if (s.version_id) body.version_id = s.version_id;
   if (s.temperature !== null) body.temperature = s.temperature;
   if (s.max_tokens !== null) body.max_tokens = s.max_tokens;
   if (s.agent) body.metadata = { agent_id: s.agent };
