@@ -80,12 +80,23 @@ fn same_origin(req: &HttpRequest) -> bool {
         .is_some_and(|authority| authority.eq_ignore_ascii_case(&host))
 }
 
+/// A form, or the same fields as JSON (what `static/app.js` sends: the no-key mode's browser
+/// guard lets only JSON posts through).
+type FormOrJson<T> = web::Either<web::Form<T>, web::Json<T>>;
+
+fn fields<T>(body: FormOrJson<T>) -> T {
+    match body {
+        web::Either::Left(form) => form.into_inner(),
+        web::Either::Right(json) => json.into_inner(),
+    }
+}
+
 pub async fn sign_in(
     req: HttpRequest,
-    form: web::Form<SignInForm>,
+    form: FormOrJson<SignInForm>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let form = form.into_inner();
+    let form = fields(form);
     let next = safe_next(form.next.as_deref());
     if !same_origin(&req) {
         return form_page(
@@ -139,9 +150,10 @@ pub struct SignOutForm {
 
 pub async fn sign_out(
     req: HttpRequest,
-    form: web::Form<SignOutForm>,
+    form: FormOrJson<SignOutForm>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    let form = fields(form);
     if let Some((id, s)) = session::of_request(&req, &state.sessions) {
         if !csrf::same(&form.csrf, &s.csrf) {
             let viewer = Viewer {

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 from openai import OpenAI
+from playwright.sync_api import expect, sync_playwright
 
 from conftest import API_KEY, _binary, _start, _stop, flowgate_config
 
@@ -64,7 +65,6 @@ api_keys = [{{ key = "{ADMIN_KEY}", label = "{ADMIN_LABEL}" }}]
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
@@ -237,7 +237,9 @@ def test_share_a_run_open_the_link_without_a_session_then_revoke_it(browser, con
     page = sign_in(context, ui, API_KEY)
     page.goto(f"{ui.url}/runs/{runs.echo_ids[0]}")
     page.click("#share")
-    page.wait_for_function("document.getElementById('share-url').value.includes('/share/')")
+    # (Waits are selectors and `expect`: the pages' CSP forbids the eval that
+    # `wait_for_function` strings need.)
+    expect(page.locator("#share-url")).to_have_value(re.compile(r"/share/"))
     link = page.input_value("#share-url")
     shot(page, "shared")
 
@@ -272,9 +274,7 @@ def test_try_a_run_in_the_playground_on_two_models(context, ui, runs, shot):
     assert models.nth(0).input_value() == "mock-echo"
     models.nth(1).fill("up-model")
     page.click("#run")
-    page.wait_for_function(
-        "document.getElementById('columns').dataset.done === '1'"
-    )
+    page.wait_for_selector('#columns[data-done="1"]', state="attached")
     columns = page.locator("#columns .column")
     assert columns.count() == 2
     for i, model in enumerate(["mock-echo", "up-model"]):
@@ -406,3 +406,55 @@ def test_agents_and_cost_pages_count_the_runs(context, ui, runs, shot):
     assert page.locator("svg.chart rect").count() >= 2
     assert "mock-echo" in page.inner_text("#models")
     shot(page, "cost")
+
+
+def test_without_keys_the_pages_need_no_sign_in_and_their_actions_pass_the_browser_guard(
+    browser, tmp_path, mock_upstream, shot
+):
+    """The laptop default: no API key configured, so no sign-in on loopback; the browser guard
+    (JSON posts from this origin only) still lets the pages' own actions through, and an admin
+    key signs in through the JSON form post."""
+    binary = _binary("FLOWGATE_BIN")
+    keys = f'[auth]\napi_keys = ["{API_KEY}"]\n'
+    config = flowgate_config(tmp_path / "data", mock_upstream.base_url)
+    assert keys in config
+    config = config.replace(keys, "") + f"""
+[admin]
+api_keys = [{{ key = "{ADMIN_KEY}", label = "{ADMIN_LABEL}" }}]
+"""
+    path = tmp_path / "flowgate.toml"
+    path.write_text(config)
+    proc = _start([binary, "serve", "--config", str(path)], tmp_path / "stderr.log", "flowgate (open)")
+    ctx = browser.new_context()
+    ctx.set_default_timeout(TIMEOUT_MS)
+    try:
+        answer = httpx.post(
+            f"{proc.url}/v1/chat/completions",
+            json={"model": "laptop/mock-echo", "messages": [{"role": "user", "content": "no keys here"}]},
+            timeout=30,
+        ).json()
+        run_url = answer["choices"][0]["url"]
+        page = ctx.new_page()
+        response = page.goto(run_url)
+        assert response.status == 200 and page.url == run_url
+        assert "no keys here" in page.inner_text(".output-text")
+        page.click("#share")
+        expect(page.locator("#share-url")).to_have_value(re.compile(r"/share/"))
+        shot(page)
+        # A cross-site page cannot make the browser act: the guard refuses its origin.
+        status = httpx.post(
+            f"{proc.url}/api/runs/{answer['id'].split('/')[-1]}/share",
+            headers={"origin": "http://evil.example", "content-type": "application/json"},
+            content="{}",
+        ).status_code
+        assert status == 403
+
+        page.goto(f"{proc.url}/signin")
+        page.fill('input[name="key"]', ADMIN_KEY)
+        page.click('form button[type="submit"]')
+        page.wait_for_url(f"{proc.url}/agents")
+        assert ADMIN_LABEL in page.inner_text("header")
+        shot(page, "admin")
+    finally:
+        ctx.close()
+        _stop(proc)

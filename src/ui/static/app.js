@@ -82,3 +82,33 @@ document.addEventListener("click", (event) => {
   if (!row || event.target.closest("a, button, input, select")) return;
   window.location.href = row.dataset.href;
 });
+
+// Forms marked `data-json` (sign-in, sign-out) are posted as JSON: without a key configured,
+// flowgate takes only JSON posts from browsers. Without script they post as plain forms.
+document.addEventListener("submit", async (event) => {
+  const form = event.target.closest("form[data-json]");
+  if (!form) return;
+  event.preventDefault();
+  const body = Object.fromEntries(new FormData(form).entries());
+  const response = await fetch(form.action, {
+    method: "POST",
+    headers: { "content-type": "application/json", "accept": "text/html" },
+    credentials: "same-origin",
+    body: JSON.stringify(body),
+  });
+  if (response.redirected) {
+    window.location.href = response.url;
+    return;
+  }
+  // The page answered with itself and a message: show the message here.
+  const page = new DOMParser().parseFromString(await response.text(), "text/html");
+  const message = page.querySelector(".error-text")?.textContent || `HTTP ${response.status}`;
+  let box = form.parentElement.querySelector(".error-text");
+  if (!box) {
+    box = document.createElement("p");
+    box.className = "error-text";
+    box.setAttribute("role", "alert");
+    form.before(box);
+  }
+  box.textContent = message;
+});
