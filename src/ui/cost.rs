@@ -23,6 +23,9 @@ const CHART_HEIGHT: f64 = 180.0;
 pub struct CostQuery {
     #[serde(default)]
     days: Option<u64>,
+    /// Also the cost per model (reads every version of every agent: on demand).
+    #[serde(default)]
+    models: Option<u8>,
 }
 
 #[derive(Serialize)]
@@ -161,6 +164,9 @@ pub async fn page(
         let runs = series.buckets.iter().map(|b| b.runs as f64).collect();
         let cost = series.buckets.iter().map(|b| b.cost_usd).collect();
         per_agent.push((agent.agent.clone(), runs, cost));
+        if query.models != Some(1) {
+            continue;
+        }
         if let Ok(versions) = state
             .gateway
             .agents
@@ -250,6 +256,7 @@ pub async fn page(
             models => model_rows,
             total_cost => format::cost(total_cost),
             total_runs => total_runs as u64,
+            with_models => query.models == Some(1),
         },
     )
 }

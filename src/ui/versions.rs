@@ -16,6 +16,9 @@ use super::page::{self, encode};
 use super::runs::label;
 use crate::http::AppState;
 
+/// Versions listed on the page (past it: the newest, and the deployed ones).
+const MAX_SHOWN: usize = 50;
+
 #[derive(Deserialize)]
 pub struct DiffQuery {
     #[serde(default)]
@@ -119,8 +122,25 @@ pub async fn page(
         Ok(found) => found,
         Err(e) => return page::error(Some(&viewer), &e),
     };
-    let mut properties = Vec::with_capacity(versions.len());
-    let mut views: Vec<VersionView> = versions
+    // Every distinct prompt is a version: an agent with templated prompts has a few, one with
+    // prompts written per request has one per run. The newest are shown, and always the
+    // deployed ones and those being compared.
+    let mut versions = versions;
+    versions.sort_by(|a, b| b.record.created_at.cmp(&a.record.created_at));
+    let total = versions.len();
+    let named = |id: &str| {
+        query.a.as_deref() == Some(id)
+            || query.b.as_deref() == Some(id)
+            || deployments.deployments.iter().any(|d| d.version_id == id)
+    };
+    let shown: Vec<_> = versions
+        .iter()
+        .enumerate()
+        .filter(|(i, v)| *i < MAX_SHOWN || named(&v.record.id))
+        .map(|(_, v)| v)
+        .collect();
+    let mut properties = Vec::with_capacity(shown.len());
+    let views: Vec<VersionView> = shown
         .iter()
         .map(|v| {
             let props = serde_json::to_value(&v.record.properties).unwrap_or_default();
@@ -184,12 +204,7 @@ pub async fn page(
             }
         })
         .collect();
-    // Newest first.
-    let created: std::collections::HashMap<&str, &str> = versions
-        .iter()
-        .map(|v| (v.record.id.as_str(), v.record.created_at.as_str()))
-        .collect();
-    views.sort_by(|a, b| created.get(b.id.as_str()).cmp(&created.get(a.id.as_str())));
+
     let find = |id: &Option<String>| {
         id.as_ref()
             .and_then(|id| properties.iter().find(|(v, _)| v == id))
@@ -227,6 +242,7 @@ pub async fn page(
             slots => slots,
             history => history,
             is_admin => viewer.is_admin(),
+            total => total,
         },
     )
 }

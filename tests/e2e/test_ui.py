@@ -404,6 +404,8 @@ def test_agents_and_cost_pages_count_the_runs(context, ui, runs, shot):
     page.click("text=Cost")
     assert page.inner_text("#total-runs") == "4"
     assert page.locator("svg.chart rect").count() >= 2
+    assert page.locator("#models").count() == 0
+    page.click("#show-models")
     assert "mock-echo" in page.inner_text("#models")
     shot(page, "cost")
 
