@@ -318,6 +318,29 @@ def test_an_admin_deploys_a_version_and_sees_it_listed(context, ui, runs, shot):
     assert version[:12] in page.inner_text('.slot[data-environment="production"]')
     shot(page)
 
+    # Another version to production, then roll back to the first.
+    options = page.locator("#deploy-version option")
+    other = next(v for v in (options.nth(i).get_attribute("value") for i in range(options.count())) if v != version)
+    page.select_option("#deploy-version", other)
+    page.select_option("#deploy-environment", "production")
+    with page.expect_navigation():
+        page.click('#deploy button[type="submit"]')
+    slot = page.locator('.slot[data-environment="production"]')
+    assert other[:12] in slot.inner_text()
+    with page.expect_navigation():
+        slot.locator("button.rollback").click()
+    assert version[:12] in page.locator('.slot[data-environment="production"]').inner_text()
+    assert page.locator("#history tbody tr").count() == 3
+    shot(page, "rolled-back")
+
+    # The diff of the two versions marks what differs: their messages.
+    page.select_option('#diff-form select[name="a"]', version)
+    page.select_option('#diff-form select[name="b"]', other)
+    page.click('#diff-form button[type="submit"]')
+    changed = page.locator("#diff tr.diff-changed th")
+    assert "messages" in [changed.nth(i).inner_text().split()[0] for i in range(changed.count())]
+    shot(page, "diff")
+
 
 def test_a_tenant_cannot_deploy_nor_reach_another_tenants_run(browser, ui, runs, shot):
     # The default tenant's session: no deploy form, and the deploy API refuses it.
