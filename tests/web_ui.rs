@@ -91,6 +91,15 @@ async fn a_session_sees_its_tenants_pages_escaped_under_a_strict_csp() {
     );
 
     let cookie = sign_in(&gw, "default-key").await;
+    // The session opens the pages and `/api/`, never the models.
+    let response = browser()
+        .post(gw.chat_url())
+        .header("cookie", &cookie)
+        .json(&json!({"model": "web/mock-echo", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
     let response = get(&gw, Some(&cookie), &path).await;
     assert_eq!(response.status(), 200);
     let csp = response.headers()["content-security-policy"]
