@@ -77,7 +77,12 @@ impl AdminAuth {
 
     /// Who the caller is, if it holds an admin key.
     fn identify(&self, req: &HttpRequest) -> Option<String> {
-        bearer(req).and_then(|token| self.keys.get(&digest(token)).cloned())
+        bearer(req).and_then(|token| self.who(token))
+    }
+
+    /// Who holds `key`, if it is an admin key (the web UI's sign-in).
+    pub fn who(&self, key: &str) -> Option<String> {
+        self.keys.get(&digest(key)).cloned()
     }
 
     /// Who the caller is, or 401 when it holds no admin key.

@@ -49,6 +49,17 @@ impl Auth {
         self.keys.is_empty()
     }
 
+    /// The tenant of a configured or virtual key that may be used now (the web UI's sign-in).
+    pub fn tenant_of_key(&self, key: &str) -> Option<String> {
+        if let Some(tenant) = self.keys.get(&digest(key)) {
+            return Some(tenant.clone());
+        }
+        match self.registry.authenticate(key) {
+            Ok(Some(caller)) => Some(caller.tenant),
+            _ => None,
+        }
+    }
+
     /// The caller's tenant, or 401.
     pub fn tenant(&self, req: &HttpRequest) -> Result<String, GatewayError> {
         self.caller(req).map(|c| c.tenant)

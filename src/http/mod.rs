@@ -1,6 +1,6 @@
 //! The HTTP edge: actix-web handlers parse and validate, then hand the work to the actors.
 
-mod agents;
+pub(crate) mod agents;
 mod auth;
 mod body;
 mod browser_guard;
@@ -9,14 +9,14 @@ mod connection;
 mod feedback;
 mod keys;
 mod models;
-mod ops;
+pub(crate) mod ops;
 mod playground;
 mod replay;
-mod runs;
-mod search;
+pub(crate) mod runs;
+pub(crate) mod search;
 mod share;
 mod sse;
-mod stats;
+pub(crate) mod stats;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ use flowgate_actors::templates::Renderer;
 
 use crate::config::{Config, RequestLimits};
 
-pub use auth::Auth;
+pub use auth::{Auth, DEFAULT_TENANT};
 
 /// Shared by every worker.
 #[derive(Clone)]
@@ -48,6 +48,8 @@ pub struct AppState {
     pub ops: Arc<ops::OpsAuth>,
     /// Request body bytes held by all requests in flight.
     pub body_budget: body::BodyBudget,
+    /// The web UI's sign-in sessions.
+    pub sessions: Arc<crate::ui::session::Sessions>,
 }
 
 /// Serves until SIGINT/SIGTERM, then drains the recorder.
@@ -122,7 +124,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
         ops: Arc::new(ops::OpsAuth::new(&config.ops_keys)),
         body_budget,
         limits: config.limits.clone(),
+        sessions: Arc::default(),
     };
+    let sessions = state.sessions.clone();
     let workers = config.server.workers;
     // Per worker, rounded up.
     let max_connections = config.limits.max_connections.div_ceil(workers.max(1));
@@ -132,6 +136,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
                 browser_guard,
                 browser_guard::BrowserGuard,
             ))
+            .wrap(crate::ui::session::SessionBridge {
+                sessions: sessions.clone(),
+            })
             .app_data(web::Data::new(state.clone()))
             .configure(routes)
     })
@@ -290,6 +297,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
         "/api/agents/{agent}/schemas",
         web::get().to(agents::list_schemas),
     )
+    .configure(crate::ui::routes)
     .default_service(web::to(not_found));
 }
 

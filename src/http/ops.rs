@@ -63,7 +63,7 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// Each provider's configuration summary and published health.
-fn providers_json(state: &AppState) -> (BTreeMap<String, serde_json::Value>, usize) {
+pub(crate) fn providers_json(state: &AppState) -> (BTreeMap<String, serde_json::Value>, usize) {
     let mut providers = BTreeMap::new();
     let mut usable = 0;
     let scores = state.gateway.router.scores();

@@ -20,7 +20,7 @@ const MAX_PAGE: usize = 200;
 
 /// Waits until the recorder has written every run sent before now, so a client reads its own
 /// writes.
-pub(super) async fn settle(state: &AppState) {
+pub(crate) async fn settle(state: &AppState) {
     let _ = state
         .gateway
         .recorder
@@ -32,7 +32,7 @@ pub(super) async fn settle(state: &AppState) {
 
 /// The tenant's run, waiting for the recorder once if it is not stored yet; 404 when the
 /// tenant has no such run (another tenant's included).
-pub(super) async fn find_run(
+pub(crate) async fn find_run(
     state: &AppState,
     tenant: &str,
     id: Uuid,
@@ -47,7 +47,7 @@ pub(super) async fn find_run(
     run.ok_or_else(|| GatewayError::not_found(format!("no run `{id}`")))
 }
 
-pub(super) fn parse_run_id(raw: &str) -> Result<Uuid, GatewayError> {
+pub(crate) fn parse_run_id(raw: &str) -> Result<Uuid, GatewayError> {
     // Accept the response `id` form `<agent>/<run_id>` too (URL-encoded slash).
     let raw = raw.rsplit('/').next().unwrap_or(raw);
     raw.parse()

@@ -9,8 +9,8 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use flowgate_actors::error::GatewayError;
 use flowgate_actors::model_ref::is_slug;
-use flowgate_actors::search::{field_catalog, IndexedField, RunQuery, SearchBody};
-use flowgate_actors::storage::SearchScope;
+use flowgate_actors::search::{field_catalog, FieldInfo, IndexedField, RunQuery, SearchBody};
+use flowgate_actors::storage::{SearchPage, SearchScope};
 use serde_json::json;
 
 use super::agents::{read_small_json, reader_tenant};
@@ -19,7 +19,7 @@ use super::AppState;
 /// At most this many values of a categorical field are listed.
 const MAX_FIELD_VALUES: usize = 100;
 
-pub(super) fn agent_of(raw: String) -> Result<String, GatewayError> {
+pub(crate) fn agent_of(raw: String) -> Result<String, GatewayError> {
     if is_slug(&raw) {
         Ok(raw)
     } else {
@@ -59,6 +59,31 @@ async fn search(
     agent: Option<String>,
     body: SearchBody,
 ) -> Result<HttpResponse, GatewayError> {
+    let page = search_page(state, tenant, agent, body).await?;
+    let mut body = serde_json::to_value(&page)
+        .map_err(|e| GatewayError::internal(format!("cannot write the page: {e}")))?;
+    if let Some(items) = body.get_mut("items").and_then(|i| i.as_array_mut()) {
+        for item in items {
+            if let Some(id) = item
+                .get("id")
+                .and_then(|id| id.as_str())
+                .map(str::to_string)
+            {
+                item["url"] = json!(format!("{}/runs/{id}", state.gateway.public_url));
+            }
+        }
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// One page of a search of the tenant's runs (one agent's, or all of them): what both the
+/// JSON endpoints and the runs page show.
+pub(crate) async fn search_page(
+    state: &AppState,
+    tenant: String,
+    agent: Option<String>,
+    body: SearchBody,
+) -> Result<SearchPage, GatewayError> {
     let mut query = RunQuery::parse(body, agent.is_none())?;
     if query.names_environments() {
         let Some(agent) = &agent else {
@@ -75,21 +100,7 @@ async fn search(
     // A client reads its own writes.
     super::runs::settle(state).await;
     let scope = SearchScope { tenant, agent };
-    let page = state.gateway.runs.search(&scope, &query).await?;
-    let mut body = serde_json::to_value(&page)
-        .map_err(|e| GatewayError::internal(format!("cannot write the page: {e}")))?;
-    if let Some(items) = body.get_mut("items").and_then(|i| i.as_array_mut()) {
-        for item in items {
-            if let Some(id) = item
-                .get("id")
-                .and_then(|id| id.as_str())
-                .map(str::to_string)
-            {
-                item["url"] = json!(format!("{}/runs/{id}", state.gateway.public_url));
-            }
-        }
-    }
-    Ok(HttpResponse::Ok().json(body))
+    Ok(state.gateway.runs.search(&scope, &query).await?)
 }
 
 pub async fn agent_fields(
@@ -115,6 +126,16 @@ async fn fields(
     tenant: String,
     agent: Option<String>,
 ) -> Result<HttpResponse, GatewayError> {
+    let catalog = search_fields(state, tenant, agent).await?;
+    Ok(HttpResponse::Ok().json(json!({ "fields": catalog })))
+}
+
+/// The fields a search of the tenant's runs offers, with the values of the categorical ones.
+pub(crate) async fn search_fields(
+    state: &AppState,
+    tenant: String,
+    agent: Option<String>,
+) -> Result<Vec<FieldInfo>, GatewayError> {
     let all_agents = agent.is_none();
     let scope = SearchScope { tenant, agent };
     let values = state
@@ -137,5 +158,5 @@ async fn fields(
         }
         info.values = Some(listed);
     }
-    Ok(HttpResponse::Ok().json(json!({ "fields": catalog })))
+    Ok(catalog)
 }

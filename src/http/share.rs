@@ -89,7 +89,7 @@ pub async fn shared_run(
     Ok(response
         .insert_header((
             header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'unsafe-inline'",
+            crate::ui::page::CONTENT_SECURITY_POLICY,
         ))
         .content_type("text/html; charset=utf-8")
         .body(page))

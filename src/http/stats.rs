@@ -63,7 +63,7 @@ fn time_param(name: &str, text: &str) -> Result<u64, GatewayError> {
     })
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

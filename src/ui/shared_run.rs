@@ -1,6 +1,6 @@
 //! The read-only page of a shared run (`GET /share/{token}` from a browser): what
-//! [`SharedRunView`] holds, formatted for reading. Self-contained (no script, no outside
-//! resource); the template escapes everything it shows.
+//! [`SharedRunView`] holds, formatted for reading, in the web UI's stylesheet and without
+//! script; the template escapes everything it shows.
 
 use std::sync::OnceLock;
 
@@ -76,7 +76,12 @@ pub fn page(view: &SharedRunView) -> Result<String, GatewayError> {
         .iter()
         .flat_map(|o| o.choices.iter())
         .map(|choice| {
-            let mut text = choice.message.content.clone().unwrap_or_default();
+            let content = choice.message.content.clone().unwrap_or_default();
+            // A structured output reads best pretty-printed.
+            let mut text = serde_json::from_str::<Value>(content.trim())
+                .ok()
+                .filter(|v| v.is_object() || v.is_array())
+                .map_or(content, |v| pretty(&v));
             for call in &choice.message.tool_calls {
                 if !text.is_empty() {
                     text.push('\n');

@@ -1,0 +1,376 @@
+//! The web UI over HTTP on the real binary: sign-in sessions (cookie flags, wrong keys, foreign
+//! origins), the Content-Security-Policy and escaping of every page, the CSRF token on the API
+//! calls pages make with the session, tenants kept apart, sign-out. The browser tests
+//! (`tests/e2e/test_ui.py`) drive the same pages in Chromium.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+const CONFIG_KEYS: &str = r#"
+[auth]
+api_keys = ["default-key"]
+[auth.tenants.acme]
+api_keys = ["acme-key"]
+[admin]
+api_keys = [{ key = "admin-key", label = "ops" }]
+"#;
+
+fn start() -> (tempfile::TempDir, Flowgate) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(&dir.path().join("data"), None) + CONFIG_KEYS;
+    let gw = Flowgate::start(dir.path(), &config);
+    (dir, gw)
+}
+
+/// A client that shows redirects instead of following them.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Signs in with `key`; the session cookie (`name=value`).
+async fn sign_in(gw: &Flowgate, key: &str) -> String {
+    let response = browser()
+        .post(format!("{}/signin", gw.url))
+        .form(&[("key", key), ("next", "/runs")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303, "{key}");
+    assert_eq!(response.headers()["location"], "/runs");
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    cookie.split(';').next().unwrap().to_string()
+}
+
+async fn get(gw: &Flowgate, cookie: Option<&str>, path: &str) -> reqwest::Response {
+    let mut request = browser().get(format!("{}{path}", gw.url));
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    request.send().await.unwrap()
+}
+
+/// The CSRF token a page carries for its scripts.
+fn csrf_of(html: &str) -> String {
+    let start = html
+        .find(r#"name="csrf-token" content=""#)
+        .expect("a CSRF token")
+        + 27;
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_session_sees_its_tenants_pages_escaped_under_a_strict_csp() {
+    let (_dir, gw) = start();
+    let (status, _, answer) = chat_as(
+        &gw,
+        "default-key",
+        json!({"model": "web/mock-echo", "messages": [{"role": "user", "content": "<script>alert(1)</script>"}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let url = answer["choices"][0]["url"].as_str().unwrap().to_string();
+    let path = url.strip_prefix(&gw.url).unwrap().to_string();
+    assert!(path.starts_with("/runs/"), "{path}");
+
+    // Without a session: to the sign-in page, which brings the reader back.
+    let response = get(&gw, None, &path).await;
+    assert_eq!(response.status(), 303);
+    let location = response.headers()["location"].to_str().unwrap();
+    assert!(
+        location.starts_with("/signin?next=%2Fruns%2F"),
+        "{location}"
+    );
+
+    let cookie = sign_in(&gw, "default-key").await;
+    // The session opens the pages and `/api/`, never the models.
+    let response = browser()
+        .post(gw.chat_url())
+        .header("cookie", &cookie)
+        .json(&json!({"model": "web/mock-echo", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = get(&gw, Some(&cookie), &path).await;
+    assert_eq!(response.status(), 200);
+    let csp = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(response.headers()["x-frame-options"], "DENY");
+    let html = response.text().await.unwrap();
+    assert!(!html.contains("<script>alert"), "{html}");
+    assert!(html.contains("&lt;script&gt;alert(1)"), "{html}");
+    // No inline script at all: every script is a file of /static.
+    for (i, _) in html.match_indices("<script") {
+        assert!(
+            html[i..].starts_with(r#"<script type="module" src="/static/"#),
+            "{}",
+            &html[i..i + 80]
+        );
+    }
+
+    // Every page answers the session; the runs list shows the output as text.
+    for page in [
+        "/agents",
+        "/runs",
+        "/agents/web/runs?f=text%7Ccontains%7Calert",
+        "/agents/web/versions",
+        "/playground",
+        &format!("/playground?run={}", &path[6..]),
+        "/cost?days=30",
+        "/providers",
+    ] {
+        let response = get(&gw, Some(&cookie), page).await;
+        assert_eq!(response.status(), 200, "{page}");
+        let html = response.text().await.unwrap();
+        assert!(!html.contains("<script>alert"), "{page}: {html}");
+    }
+    let runs = get(
+        &gw,
+        Some(&cookie),
+        "/agents/web/runs?f=text%7Ccontains%7Calert",
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(runs.contains("1 run<"), "{runs}");
+
+    // Another tenant's session: the same URL is a 404 that shows nothing of the run.
+    let acme = sign_in(&gw, "acme-key").await;
+    let response = get(&gw, Some(&acme), &path).await;
+    assert_eq!(response.status(), 404);
+    assert!(!response.text().await.unwrap().contains("alert"));
+    let runs = get(&gw, Some(&acme), "/runs").await.text().await.unwrap();
+    assert!(!runs.contains("alert"), "{runs}");
+}
+
+#[tokio::test]
+async fn sign_in_refuses_wrong_keys_and_foreign_pages_and_sets_a_strict_cookie() {
+    let (_dir, gw) = start();
+    let response = browser()
+        .post(format!("{}/signin", gw.url))
+        .form(&[("key", "nope")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().get("set-cookie").is_none());
+
+    let response = browser()
+        .post(format!("{}/signin", gw.url))
+        .header("origin", "http://evil.example")
+        .form(&[("key", "default-key")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert!(response.headers().get("set-cookie").is_none());
+
+    let response = browser()
+        .post(format!("{}/signin", gw.url))
+        .form(&[("key", "default-key"), ("next", "//evil.example/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    // Only a path of this site is a place to go after signing in.
+    assert_eq!(response.headers()["location"], "/agents");
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(!cookie.contains("Secure"), "{cookie}");
+
+    // Behind a TLS proxy the cookie is Secure.
+    let response = browser()
+        .post(format!("{}/signin", gw.url))
+        .header("x-forwarded-proto", "https")
+        .form(&[("key", "default-key")])
+        .send()
+        .await
+        .unwrap();
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+
+    // The scripts and stylesheet are served from the binary.
+    let response = get(&gw, None, "/static/app.js").await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert_eq!(get(&gw, None, "/static/nope.js").await.status(), 404);
+}
+
+#[tokio::test]
+async fn api_calls_with_the_session_need_its_csrf_token_and_sign_out_ends_it() {
+    let (_dir, gw) = start();
+    let (status, headers, _) = chat_as(
+        &gw,
+        "default-key",
+        json!({"model": "web/mock-echo", "messages": [{"role": "user", "content": "share me"}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let run_id = headers["x-flowgate-run-id"].to_str().unwrap().to_string();
+    let cookie = sign_in(&gw, "default-key").await;
+    let html = get(&gw, Some(&cookie), "/agents")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&html);
+    let share = |token: Option<String>| {
+        let mut request = browser()
+            .post(format!("{}/api/runs/{run_id}/share", gw.url))
+            .header("cookie", &cookie)
+            .json(&json!({}));
+        if let Some(token) = token {
+            request = request.header("x-flowgate-csrf", token);
+        }
+        request.send()
+    };
+    // The cookie alone does not change anything.
+    let response = share(None).await.unwrap();
+    assert_eq!(response.status(), 403);
+    let response = share(Some("wrong".into())).await.unwrap();
+    assert_eq!(response.status(), 403);
+    let response = share(Some(csrf.clone())).await.unwrap();
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["url"].as_str().unwrap().contains("/share/"));
+    // Reads need no token; the session reads its own tenant's run.
+    let response = get(&gw, Some(&cookie), &format!("/api/runs/{run_id}")).await;
+    assert_eq!(response.status(), 200);
+
+    // A tenant session is not an admin: deploying is refused.
+    let version: Value = client()
+        .get(format!("{}/api/agents/web/versions", gw.url))
+        .bearer_auth("default-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let version = version["items"][0]["id"].as_str().unwrap().to_string();
+    let deploy = |cookie: String, csrf: String| {
+        browser()
+            .post(format!(
+                "{}/api/agents/web/versions/{version}/deploy",
+                gw.url
+            ))
+            .header("cookie", cookie)
+            .header("x-flowgate-csrf", csrf)
+            .json(&json!({"environment": "production"}))
+            .send()
+    };
+    assert_eq!(
+        deploy(cookie.clone(), csrf.clone()).await.unwrap().status(),
+        401
+    );
+    // An admin session deploys, recorded under the key's label.
+    let admin = sign_in(&gw, "admin-key").await;
+    let admin_html = get(&gw, Some(&admin), "/agents/web/versions")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(admin_html.contains(r#"id="deploy""#));
+    let response = deploy(admin.clone(), csrf_of(&admin_html)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let html = get(&gw, Some(&admin), "/agents/web/versions")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("by ops"), "{html}");
+
+    // Sign-out needs the token too, then the cookie opens nothing.
+    let response = browser()
+        .post(format!("{}/signout", gw.url))
+        .header("cookie", &cookie)
+        .form(&[("csrf", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let response = browser()
+        .post(format!("{}/signout", gw.url))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    assert!(response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    assert_eq!(get(&gw, Some(&cookie), "/agents").await.status(), 303);
+    let response = get(&gw, Some(&cookie), &format!("/api/runs/{run_id}")).await;
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test]
+async fn a_run_page_links_the_turns_of_its_conversation_and_the_agents_other_runs() {
+    let (_dir, gw) = start();
+    let first = json!([{"role": "user", "content": "first turn"}]);
+    let (_, headers, answer) = chat_as(
+        &gw,
+        "default-key",
+        json!({"model": "talk/mock-echo", "messages": first}),
+    )
+    .await;
+    let first_id = headers["x-flowgate-run-id"].to_str().unwrap().to_string();
+    let reply = answer["choices"][0]["message"]["content"].clone();
+    // The next turn finds the conversation once the recorder stored the first (flushes every
+    // 50 ms here).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (_, headers, _) = chat_as(
+        &gw,
+        "default-key",
+        json!({"model": "talk/mock-echo", "messages": [
+            {"role": "user", "content": "first turn"},
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": "second turn"},
+        ]}),
+    )
+    .await;
+    let second_id = headers["x-flowgate-run-id"].to_str().unwrap().to_string();
+    let cookie = sign_in(&gw, "default-key").await;
+    let html = get(&gw, Some(&cookie), &format!("/runs/{second_id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("<h2>Conversation</h2>"), "{html}");
+    assert!(html.contains("<strong>this run</strong>"), "{html}");
+    assert!(
+        html.contains(&format!(r#"href="/runs/{first_id}""#)),
+        "{html}"
+    );
+    assert!(html.contains(&format!(
+        r#"href="/runs/{first_id}" rel="next" id="older-run""#
+    )));
+    let html = get(&gw, Some(&cookie), &format!("/runs/{first_id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(&format!(
+        r#"href="/runs/{second_id}" rel="prev" id="newer-run""#
+    )));
+}
