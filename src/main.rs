@@ -3,6 +3,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod config;
+mod evals;
 mod http;
 mod keys_cli;
 mod ui;

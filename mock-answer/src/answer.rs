@@ -107,7 +107,9 @@ pub fn answer(request: &Value) -> MockAnswer {
         .and_then(|f| f.get("type"))
         .and_then(Value::as_str);
     // The content, and the schema it is an instance of when it is a structured answer.
-    let (content, schema) = if response_format == Some("json_schema") {
+    let (content, schema) = if directives.judge {
+        (judgement(messages), None)
+    } else if response_format == Some("json_schema") {
         let schema = request
             .pointer("/response_format/json_schema/schema")
             .unwrap_or(&Value::Null);
@@ -127,6 +129,10 @@ pub fn answer(request: &Value) -> MockAnswer {
             .find(|m| role(m) == Some("user"))
             .map(message_text)
             .unwrap_or_default();
+        let echo = match &directives.forget {
+            Some(word) => echo.replace(word.as_str(), ""),
+            None => echo,
+        };
         (echo, None)
     };
     // Only structured answers are counted (and spoiled).
@@ -147,6 +153,28 @@ pub fn answer(request: &Value) -> MockAnswer {
         finish_reason: "stop",
         prompt_tokens,
     }
+}
+
+/// A reviewer's verdict on the last user message: positive when the text after `OUTPUT:`
+/// holds the (trimmed) line after `EXPECTED:`, negative when it does not, unsure without one.
+fn judgement(messages: &[Value]) -> String {
+    let text = messages
+        .iter()
+        .rev()
+        .find(|m| role(m) == Some("user"))
+        .map(message_text)
+        .unwrap_or_default();
+    let after = |label: &str| text.split_once(label).map(|(_, rest)| rest.trim_start());
+    let expected = after("EXPECTED:")
+        .and_then(|rest| rest.lines().next())
+        .map(str::trim);
+    let output = after("OUTPUT:").unwrap_or_default();
+    let (verdict, reason) = match expected.filter(|e| !e.is_empty()) {
+        None => ("unsure", "no expected answer to compare with".to_string()),
+        Some(e) if output.contains(e) => ("positive", format!("the output says `{e}`")),
+        Some(e) => ("negative", format!("the output never says `{e}`")),
+    };
+    json!({"verdict": verdict, "reason": reason}).to_string()
 }
 
 /// How a scripted structured answer goes wrong.

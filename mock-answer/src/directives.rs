@@ -73,6 +73,11 @@ pub struct Directives {
     pub call_tools: bool,
     /// `prose_json`: structured content answers come in prose and a code fence.
     pub prose_json: bool,
+    /// `forget=WORD`: the echoed answer leaves WORD out (a model that gets some items wrong).
+    pub forget: Option<String>,
+    /// `judge`: answers as a reviewer: `{"verdict", "reason"}`, positive when the text after
+    /// `OUTPUT:` holds the text after `EXPECTED:` in the last user message.
+    pub judge: bool,
 }
 
 /// Parses a model string into its [`Directives`]; never fails.
@@ -129,6 +134,8 @@ impl Directives {
                 "invalid_first" => d.invalid_first = num().or(d.invalid_first),
                 "call_tools" => d.call_tools = value.is_none_or(truthy),
                 "prose_json" => d.prose_json = value.is_none_or(truthy),
+                "forget" => d.forget = value.filter(|v| !v.is_empty()).map(str::to_string),
+                "judge" => d.judge = value.is_none_or(truthy),
                 _ => {}
             }
         }

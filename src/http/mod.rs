@@ -6,11 +6,12 @@ mod body;
 mod browser_guard;
 mod chat;
 mod connection;
+mod evals;
 mod feedback;
 mod keys;
 mod models;
 pub(crate) mod ops;
-mod playground;
+pub(crate) mod playground;
 mod replay;
 pub(crate) mod runs;
 pub(crate) mod search;
@@ -127,6 +128,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
         sessions: Arc::default(),
     };
     let sessions = state.sessions.clone();
+    // Benchmarks a previous process left running go on.
+    crate::evals::resume(&state).await;
     let workers = config.server.workers;
     // Per worker, rounded up.
     let max_connections = config.limits.max_connections.div_ceil(workers.max(1));
@@ -164,6 +167,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
     println!("listening on http://{bound}");
     tracing::info!(address = %bound, "flowgate listening");
     server.await.map_err(|e| format!("server error: {e}"))?;
+    // Benchmark items in flight are finished and written; the rest resumes at the next start.
+    crate::evals::drain(Duration::from_secs(30)).await;
     if let Err(e) = registry.persist_usage().await {
         tracing::error!(error = %e, "cannot write the keys' spend at shutdown");
     }
@@ -258,6 +263,58 @@ fn routes(cfg: &mut web::ServiceConfig) {
     )
     .route("/api/playground", web::post().to(playground::playground))
     .route("/api/keys/self", web::get().to(keys::own_key))
+    .route(
+        "/api/agents/{agent}/datasets",
+        web::post().to(evals::create_dataset),
+    )
+    .route(
+        "/api/agents/{agent}/datasets",
+        web::get().to(evals::list_datasets),
+    )
+    .route(
+        "/api/agents/{agent}/datasets/{name}",
+        web::get().to(evals::get_dataset),
+    )
+    .route(
+        "/api/agents/{agent}/datasets/{name}/items",
+        web::post().to(evals::add_items),
+    )
+    .route(
+        "/api/agents/{agent}/datasets/{name}/export",
+        web::get().to(evals::export_dataset),
+    )
+    .route(
+        "/api/agents/{agent}/reviews",
+        web::post().to(evals::review_run),
+    )
+    .route(
+        "/api/agents/{agent}/reviews",
+        web::get().to(evals::list_reviews),
+    )
+    .route(
+        "/api/agents/{agent}/reviewer",
+        web::put().to(evals::put_reviewer),
+    )
+    .route(
+        "/api/agents/{agent}/benchmarks",
+        web::post().to(evals::create_benchmark),
+    )
+    .route(
+        "/api/agents/{agent}/benchmarks",
+        web::get().to(evals::list_benchmarks),
+    )
+    .route(
+        "/api/agents/{agent}/benchmarks/{id}",
+        web::get().to(evals::get_benchmark),
+    )
+    .route(
+        "/api/agents/{agent}/benchmarks/{id}/compare",
+        web::get().to(evals::compare),
+    )
+    .route(
+        "/api/agents/{agent}/benchmarks/{id}/cancel",
+        web::post().to(evals::cancel_benchmark),
+    )
     .route("/api/admin/keys", web::post().to(keys::create_key))
     .route("/api/admin/keys", web::get().to(keys::list_keys))
     .route("/api/admin/keys/{id}", web::get().to(keys::get_key))

@@ -179,6 +179,8 @@ struct Plan {
     agent: String,
     models: Vec<String>,
     chat: ChatRequest,
+    /// What the runs are recorded as started by.
+    source: RunSource,
 }
 
 impl Plan {
@@ -267,6 +269,7 @@ async fn plan(
             agent,
             models: body.models,
             chat,
+            source: RunSource::Playground,
         },
         stream,
     ))
@@ -316,7 +319,7 @@ pub async fn playground(
 /// engine.
 async fn start(state: &AppState, plan: &Plan, model: &str) -> Result<(Run, RunOutput), Failure> {
     let mut ctx = RunContext::new(&plan.tenant, &plan.agent, "", plan.chat.is_stream());
-    ctx.source = RunSource::Playground;
+    ctx.source = plan.source;
     let mut run = state.gateway.start(ctx);
     let prepared = match plan.request_for(model) {
         Ok(raw) => prepare_raw(raw, None, state, run.context_mut()).await,
@@ -368,6 +371,46 @@ async fn answer_of(state: &AppState, plan: &Plan, model: &str) -> ModelResult {
     };
     run.succeed(answer);
     result
+}
+
+/// What one run gave, for the callers that run the playground's way (benchmarks, the AI
+/// reviewer).
+pub(crate) struct Outcome {
+    pub run_id: Uuid,
+    pub output: Option<String>,
+    pub cost_usd: f64,
+    pub duration_seconds: f64,
+    /// The OpenAI error object, when the run failed.
+    pub error: Option<Value>,
+}
+
+/// Runs `request` (a chat request without `model`; with `version_id`, that version's
+/// templates and parameters first) once on `model`, recorded with `source`. A 400 when the
+/// request cannot run at all; a failed run is an [`Outcome`] with its error.
+pub(crate) async fn run_once(
+    state: &AppState,
+    tenant: &str,
+    request: Map<String, Value>,
+    version_id: Option<String>,
+    model: &str,
+    source: RunSource,
+) -> Result<Outcome, GatewayError> {
+    let body = PlaygroundBody {
+        models: vec![model.to_string()],
+        version_id,
+        stream: Some(false),
+        request,
+    };
+    let (mut plan, _) = plan(state, tenant.to_string(), body).await?;
+    plan.source = source;
+    let result = answer_of(state, &plan, model).await;
+    Ok(Outcome {
+        run_id: result.run_id,
+        output: result.output,
+        cost_usd: result.cost_usd,
+        duration_seconds: result.duration_seconds,
+        error: result.error,
+    })
 }
 
 /// The results so far, by model index.

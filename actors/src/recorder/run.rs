@@ -48,6 +48,8 @@ pub enum RunSource {
     Playground,
     /// A replay of an earlier run.
     Replay,
+    /// A benchmark, or its AI reviewer (evaluations).
+    Benchmark,
 }
 
 impl RunSource {
@@ -56,6 +58,7 @@ impl RunSource {
             RunSource::Api => "api",
             RunSource::Playground => "playground",
             RunSource::Replay => "replay",
+            RunSource::Benchmark => "benchmark",
         }
     }
 }

@@ -72,7 +72,7 @@ impl Kind {
 pub const STATUSES: &[&str] = &["success", "error", "cancelled"];
 pub const CACHE: &[&str] = &["hit", "miss", "coalesced", "bypass"];
 pub const FEEDBACK: &[&str] = &["positive", "negative", "none"];
-pub const SOURCES: &[&str] = &["api", "playground", "replay"];
+pub const SOURCES: &[&str] = &["api", "playground", "replay", "benchmark"];
 
 /// The fields with a fixed name, in the order a UI lists them.
 const NAMED: &[(&str, Kind)] = &[

@@ -56,19 +56,21 @@ impl BucketWidth {
 }
 
 /// The sources a `source` parameter names: `api` (the default: the app's own traffic),
-/// `playground`, `replay` or `all`.
+/// `playground`, `replay`, `benchmark` or `all`.
 pub fn sources_of(param: Option<&str>) -> Result<Vec<RunSource>, GatewayError> {
     match param.unwrap_or("api") {
         "api" => Ok(vec![RunSource::Api]),
         "playground" => Ok(vec![RunSource::Playground]),
         "replay" => Ok(vec![RunSource::Replay]),
+        "benchmark" => Ok(vec![RunSource::Benchmark]),
         "all" => Ok(vec![
             RunSource::Api,
             RunSource::Playground,
             RunSource::Replay,
+            RunSource::Benchmark,
         ]),
         other => Err(GatewayError::invalid(format!(
-            "`source` is one of `api`, `playground`, `replay`, `all`, not `{}`",
+            "`source` is one of `api`, `playground`, `replay`, `benchmark`, `all`, not `{}`",
             crate::error::excerpt(other, 32)
         ))
         .with_param("source")),

@@ -26,9 +26,14 @@ impl PgStatsStore {
 }
 
 fn source_of(name: &str) -> Option<RunSource> {
-    [RunSource::Api, RunSource::Playground, RunSource::Replay]
-        .into_iter()
-        .find(|s| s.as_str() == name)
+    [
+        RunSource::Api,
+        RunSource::Playground,
+        RunSource::Replay,
+        RunSource::Benchmark,
+    ]
+    .into_iter()
+    .find(|s| s.as_str() == name)
 }
 
 /// A key as its columns: tenant, agent, source, hour.

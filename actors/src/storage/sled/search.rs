@@ -69,7 +69,8 @@ fn indexed_values(run: &RunRecord) -> impl Iterator<Item = (IndexedField, &str)>
 const FACETS_V2: u8 = 2;
 const STATUSES: [&str; 3] = ["success", "error", "cancelled"];
 const CACHES: [&str; 4] = ["bypass", "miss", "hit", "coalesced"];
-const SOURCES: [&str; 3] = ["api", "playground", "replay"];
+// Append only: stored facets hold the index.
+const SOURCES: [&str; 4] = ["api", "playground", "replay", "benchmark"];
 /// Where the provider's length is; its bytes follow.
 const PROVIDER_AT: usize = 20;
 

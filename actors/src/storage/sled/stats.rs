@@ -34,6 +34,7 @@ fn source_code(source: RunSource) -> u8 {
         RunSource::Api => 0,
         RunSource::Playground => 1,
         RunSource::Replay => 2,
+        RunSource::Benchmark => 3,
     }
 }
 
@@ -42,6 +43,7 @@ fn source_of(code: u8) -> Option<RunSource> {
         0 => Some(RunSource::Api),
         1 => Some(RunSource::Playground),
         2 => Some(RunSource::Replay),
+        3 => Some(RunSource::Benchmark),
         _ => None,
     }
 }
