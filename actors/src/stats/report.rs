@@ -390,7 +390,11 @@ mod tests {
     #[test]
     fn sources_and_widths_are_named_or_refused() {
         assert_eq!(sources_of(None).unwrap(), vec![RunSource::Api]);
-        assert_eq!(sources_of(Some("all")).unwrap().len(), 3);
+        assert_eq!(sources_of(Some("all")).unwrap().len(), 4);
+        assert_eq!(
+            sources_of(Some("benchmark")).unwrap(),
+            vec![RunSource::Benchmark]
+        );
         let error = sources_of(Some("app")).unwrap_err();
         assert_eq!(error.param.as_deref(), Some("source"));
         assert_eq!(BucketWidth::parse("day").unwrap(), BucketWidth::Day);
