@@ -7,7 +7,7 @@
 //! Another tenant's benchmark is a 404, as in the JSON API.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use flowgate_actors::evals::{table, BenchResult, BenchStatus, Row};
+use flowgate_actors::evals::{table, BenchResult, BenchStatus, Candidate, Row};
 use minijinja::context;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -39,6 +39,7 @@ struct Cell {
 struct RowView {
     index: usize,
     label: String,
+    full_label: String,
     items: u32,
     accuracy: Cell,
     verdicts: String,
@@ -56,16 +57,27 @@ fn cell(row: &Row, column: &str, text: Option<String>) -> Cell {
     }
 }
 
+/// A candidate's label with its version id shortened (as the versions page shows them).
+pub(crate) fn short_label(candidate: &Candidate) -> String {
+    let version = candidate
+        .version_id
+        .as_ref()
+        .map(|v| v.chars().take(12).collect::<String>());
+    Candidate {
+        version_id: version,
+        model: candidate.model.clone(),
+    }
+    .label()
+}
+
 fn row_view(index: usize, row: &Row) -> RowView {
     RowView {
         index,
-        label: row.label.clone(),
+        label: short_label(&row.candidate),
+        full_label: row.label.clone(),
         items: row.items,
         accuracy: cell(row, "accuracy", row.accuracy.map(format::percent)),
-        verdicts: format!(
-            "{} positive · {} negative · {} unsure",
-            row.positive, row.negative, row.unsure
-        ),
+        verdicts: format!("{} / {} / {}", row.positive, row.negative, row.unsure),
         avg_latency: cell(
             row,
             "avg_latency_seconds",
@@ -227,7 +239,7 @@ pub async fn page(
         Some((a, b, items)) => (Some(a), Some(b), Some(items)),
         None => (None, None, None),
     };
-    let labels: Vec<String> = benchmark.candidates.iter().map(|c| c.label()).collect();
+    let labels: Vec<String> = benchmark.candidates.iter().map(short_label).collect();
     page::ok(
         &viewer,
         "agents",

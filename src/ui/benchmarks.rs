@@ -80,7 +80,11 @@ pub async fn page(
             benchmarks.push(BenchmarkView {
                 id: b.id.to_string(),
                 dataset: b.dataset.clone(),
-                candidates: b.candidates.iter().map(|c| c.label()).collect(),
+                candidates: b
+                    .candidates
+                    .iter()
+                    .map(super::benchmark::short_label)
+                    .collect(),
                 status: label(&b.status),
                 done,
                 total: b.total,

@@ -102,6 +102,11 @@ def test_start_a_benchmark_watch_it_finish_and_compare_two_candidates(context, u
         rows.nth(i).locator('input[name="model"]').fill(model)
     shot(page, "form")
     page.click('#start button[type="submit"]')
+    try:
+        page.wait_for_url(re.compile(r".*/benchmarks/.+"), timeout=5_000)
+    except Exception:
+        shot(page, "start-failed")
+        raise AssertionError(page.inner_text("#start-error"))
     page.wait_for_url(re.compile(rf".*/agents/{AGENT}/benchmarks/[0-9a-f-]{{36}}$"))
     bench_url = page.url
 
@@ -135,8 +140,8 @@ def test_start_a_benchmark_watch_it_finish_and_compare_two_candidates(context, u
     assert "Paris" in first.locator(".pair").first.inner_text()
     assert "Paris" in first.locator(".side-0 .output-text").inner_text()
     assert "Paris" not in first.locator(".side-1 .output-text").inner_text()
-    assert first.locator(".side-0 .verdict").inner_text() == "positive"
-    assert first.locator(".side-1 .verdict").inner_text() == "negative"
+    assert first.locator(".side-0 .verdict").text_content() == "positive"
+    assert first.locator(".side-1 .verdict").text_content() == "negative"
     assert "never says" in first.locator(".side-1 .reason").inner_text()
     shot(page, "side-by-side")
 

@@ -49,7 +49,7 @@ form?.addEventListener("submit", async (event) => {
   const button = form.querySelector('button[type="submit"]');
   button.disabled = true;
   try {
-    const agent = form.dataset.agent;
+    const agent = form.getAttribute("data-agent"); // (`form.dataset` is its "dataset" select)
     const answer = await api("POST", `/api/agents/${encodeURIComponent(agent)}/benchmarks`, body);
     window.location.href = `/agents/${encodeURIComponent(agent)}/benchmarks/${encodeURIComponent(answer.benchmark.id)}`;
   } catch (e) {
