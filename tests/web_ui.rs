@@ -127,6 +127,8 @@ async fn a_session_sees_its_tenants_pages_escaped_under_a_strict_csp() {
         "/runs",
         "/agents/web/runs?f=text%7Ccontains%7Calert",
         "/agents/web/versions",
+        "/agents/web/benchmarks",
+        "/agents/web/reviews",
         "/playground",
         &format!("/playground?run={}", &path[6..]),
         "/cost?days=30",

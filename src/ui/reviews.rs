@@ -69,7 +69,7 @@ pub async fn page(
         Ok(found) => found,
         Err(e) => return page::error(Some(&viewer), &e.into()),
     };
-    reviews.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+    reviews.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
     let views: Vec<ReviewView> = reviews
         .iter()
         .map(|r| {
