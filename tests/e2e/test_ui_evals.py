@@ -100,6 +100,14 @@ def test_start_a_benchmark_watch_it_finish_and_compare_two_candidates(context, u
     for i, model in enumerate(["", "sloppy", "dear"]):
         rows.nth(i).locator('select[name="version"]').select_option(evals["version"])
         rows.nth(i).locator('input[name="model"]').fill(model)
+    # A candidate with neither version nor model is refused on the page.
+    rows.nth(2).locator('select[name="version"]').select_option("")
+    rows.nth(2).locator('input[name="model"]').fill("")
+    page.click('#start button[type="submit"]')
+    expect(page.locator("#start-error")).to_have_text("A candidate without a version needs a model.")
+    assert page.url.endswith("/benchmarks")
+    rows.nth(2).locator('select[name="version"]').select_option(evals["version"])
+    rows.nth(2).locator('input[name="model"]').fill("dear")
     shot(page, "form")
     page.click('#start button[type="submit"]')
     try:

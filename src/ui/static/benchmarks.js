@@ -36,11 +36,17 @@ form?.addEventListener("submit", async (event) => {
   event.preventDefault();
   errorBox.textContent = "";
   const candidates = rows().map((row) => {
-    const candidate = { version_id: row.querySelector('select[name="version"]').value };
+    const candidate = {};
+    const version = row.querySelector('select[name="version"]').value;
     const model = row.querySelector('input[name="model"]').value.trim();
+    if (version) candidate.version_id = version;
     if (model) candidate.model = model;
     return candidate;
   });
+  if (candidates.some((c) => !c.version_id && !c.model)) {
+    errorBox.textContent = "A candidate without a version needs a model.";
+    return;
+  }
   const body = {
     dataset: document.getElementById("bench-dataset").value,
     concurrency: Number(document.getElementById("bench-concurrency").value),
