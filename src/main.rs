@@ -2,6 +2,7 @@
 #![deny(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod bench_cli;
 mod config;
 mod evals;
 mod http;
@@ -55,6 +56,8 @@ enum Command {
     /// stdout, within an address-space limit).
     /// Manages virtual API keys through a running flowgate's admin API.
     Keys(keys_cli::KeysCommand),
+    /// Runs a benchmark on a running flowgate: its progress, then its table.
+    Bench(bench_cli::BenchCommand),
     #[command(hide = true)]
     RenderWorker {
         #[arg(long)]
@@ -154,6 +157,13 @@ fn main() -> ExitCode {
         },
         Command::Migrate { config } => migrate(&config),
         Command::RenderWorker { .. } => ExitCode::SUCCESS,
+        Command::Bench(bench) => match bench_cli::run(bench) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Keys(keys) => match keys_cli::run(keys) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -127,6 +127,8 @@ async fn a_session_sees_its_tenants_pages_escaped_under_a_strict_csp() {
         "/runs",
         "/agents/web/runs?f=text%7Ccontains%7Calert",
         "/agents/web/versions",
+        "/agents/web/benchmarks",
+        "/agents/web/reviews",
         "/playground",
         &format!("/playground?run={}", &path[6..]),
         "/cost?days=30",
@@ -373,4 +375,103 @@ async fn a_run_page_links_the_turns_of_its_conversation_and_the_agents_other_run
     assert!(html.contains(&format!(
         r#"href="/runs/{second_id}" rel="prev" id="newer-run""#
     )));
+}
+
+#[tokio::test]
+async fn evaluation_pages_escape_outputs_and_keep_tenants_apart() {
+    let (_dir, gw) = start();
+    let script = "<script>alert(2)</script>";
+    let (status, _, answer) = chat_as(
+        &gw,
+        "default-key",
+        json!({"model": "evals/mock-echo",
+               "messages": [{"role": "user", "content": "Say {{ word }}"}],
+               "input": {"word": "hi"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let version = answer["version_id"].as_str().unwrap().to_string();
+    let api = |method: reqwest::Method, path: &str, body: Value| {
+        client()
+            .request(method, format!("{}{path}", gw.url))
+            .bearer_auth("default-key")
+            .json(&body)
+            .send()
+    };
+    let response = api(
+        reqwest::Method::POST,
+        "/api/agents/evals/datasets",
+        json!({"name": "xss", "items": [{"input": {"word": script}, "expected": script}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 201);
+    let created: Value = api(
+        reqwest::Method::POST,
+        "/api/agents/evals/benchmarks",
+        json!({"dataset": "xss", "candidates": [{"version_id": version}]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let id = created["benchmark"]["id"].as_str().unwrap().to_string();
+    let page = format!("/agents/evals/benchmarks/{id}?a=0&b=0");
+    let cookie = sign_in(&gw, "default-key").await;
+    let html = poll_until(
+        500,
+        || async { get(&gw, Some(&cookie), &page).await.text().await.unwrap() },
+        |html| html.contains(r#"data-status="done""#),
+    )
+    .await;
+    // The echoed output, the input and the expected answer are text, never markup.
+    assert!(!html.contains("<script>alert"), "{html}");
+    assert!(
+        html.contains("Say &lt;script&gt;alert(2)&lt;&#x2f;script&gt;"),
+        "{html}"
+    );
+    assert!(html.contains("1 / 1"), "{html}");
+    // A person's review of the run shows escaped on the Reviews page.
+    let (status, headers, _) = chat_as(
+        &gw,
+        "default-key",
+        json!({"model": "evals/mock-echo", "messages": [{"role": "user", "content": script}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Runs are written within the recorder's flush interval.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let response = api(
+        reqwest::Method::POST,
+        "/api/agents/evals/reviews",
+        json!({"run_id": run_id(&headers), "verdict": "negative", "comment": script}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    for path in ["/agents/evals/reviews", "/agents/evals/benchmarks"] {
+        let response = get(&gw, Some(&cookie), path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let html = response.text().await.unwrap();
+        assert!(!html.contains("<script>alert"), "{path}: {html}");
+    }
+
+    // Another tenant: the benchmark's page is a 404; its own pages list nothing of it.
+    let acme = sign_in(&gw, "acme-key").await;
+    let response = get(&gw, Some(&acme), &page).await;
+    assert_eq!(response.status(), 404);
+    assert!(!response.text().await.unwrap().contains("xss"));
+    let html = get(&gw, Some(&acme), "/agents/evals/benchmarks")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!html.contains(&id) && !html.contains("xss"), "{html}");
+    let html = get(&gw, Some(&acme), "/agents/evals/reviews")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("No reviews yet"), "{html}");
 }

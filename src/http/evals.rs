@@ -47,7 +47,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn checked_agent(agent: String) -> Result<String, GatewayError> {
+pub(crate) fn checked_agent(agent: String) -> Result<String, GatewayError> {
     if is_slug(&agent) {
         Ok(agent)
     } else {
@@ -71,7 +71,7 @@ fn checked_name(name: &str) -> Result<(), GatewayError> {
 }
 
 /// The item a run makes: its input variables, or the messages it sent when it had none.
-fn item_of_run(run: &RunRecord) -> DatasetItem {
+pub(crate) fn item_of_run(run: &RunRecord) -> DatasetItem {
     let messages = if run.input.is_some() {
         None
     } else {
@@ -92,7 +92,7 @@ fn item_of_run(run: &RunRecord) -> DatasetItem {
 }
 
 /// The first choice's text of a run.
-fn output_of_run(run: &RunRecord) -> Option<String> {
+pub(crate) fn output_of_run(run: &RunRecord) -> Option<String> {
     run.output
         .as_ref()?
         .choices
@@ -260,7 +260,7 @@ pub async fn create_dataset(
     ))
 }
 
-async fn dataset_of(
+pub(crate) async fn dataset_of(
     state: &AppState,
     tenant: &str,
     agent: &str,
@@ -531,7 +531,7 @@ pub async fn create_benchmark(
     Ok(HttpResponse::Accepted().json(json!({"benchmark": benchmark, "done": 0})))
 }
 
-async fn benchmark_of(
+pub(crate) async fn benchmark_of(
     state: &AppState,
     tenant: &str,
     agent: &str,

@@ -6,7 +6,7 @@ mod body;
 mod browser_guard;
 mod chat;
 mod connection;
-mod evals;
+pub(crate) mod evals;
 mod feedback;
 mod keys;
 mod models;

@@ -31,6 +31,17 @@ pub fn time(rfc3339: &str) -> String {
     format!("{t} UTC")
 }
 
+/// Milliseconds since the epoch as `2026-12-05 00:20:01 UTC`.
+pub fn time_ms(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    time(&humantime::format_rfc3339_seconds(at).to_string())
+}
+
+/// A share as `80.0%`.
+pub fn percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
 /// JSON, indented.
 pub fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_default()
@@ -85,6 +96,8 @@ mod tests {
         assert_eq!(seconds(0.1204), "120 ms");
         assert_eq!(seconds(1.519), "1.52 s");
         assert_eq!(time("2026-12-05T00:20:01.123Z"), "2026-12-05 00:20:01 UTC");
+        assert_eq!(time_ms(1_764_894_001_123), "2025-12-05 00:20:01 UTC");
+        assert_eq!(percent(0.8), "80.0%");
         assert_eq!(sparkline(&[0.0, 2.0], 10.0, 10.0), "0.0,9.0 10.0,1.0");
     }
 }

@@ -3,12 +3,15 @@
 //! (`static/`) call those JSON endpoints with the session ([`session::SessionBridge`]).
 
 pub mod agents;
+pub mod benchmark;
+pub mod benchmarks;
 pub mod cost;
 pub mod csrf;
 pub mod format;
 pub mod page;
 pub mod playground;
 pub mod providers;
+pub mod reviews;
 pub mod run;
 pub mod runs;
 pub mod session;
@@ -32,6 +35,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/runs/{run_id}", web::get().to(run::page))
         .route("/agents/{agent}/runs", web::get().to(runs::agent_runs))
         .route("/agents/{agent}/versions", web::get().to(versions::page))
+        .route(
+            "/agents/{agent}/benchmarks",
+            web::get().to(benchmarks::page),
+        )
+        .route(
+            "/agents/{agent}/benchmarks/{id}",
+            web::get().to(benchmark::page),
+        )
+        .route("/agents/{agent}/reviews", web::get().to(reviews::page))
         .route("/playground", web::get().to(playground::page))
         .route("/cost", web::get().to(cost::page))
         .route("/providers", web::get().to(providers::page));

@@ -25,6 +25,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("run.html", include_str!("run.html")),
     ("playground.html", include_str!("playground.html")),
     ("versions.html", include_str!("versions.html")),
+    ("agent_tabs.html", include_str!("agent_tabs.html")),
+    ("benchmarks.html", include_str!("benchmarks.html")),
+    ("benchmark.html", include_str!("benchmark.html")),
+    ("reviews.html", include_str!("reviews.html")),
     ("cost.html", include_str!("cost.html")),
     ("providers.html", include_str!("providers.html")),
 ];

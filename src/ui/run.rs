@@ -7,6 +7,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use flowgate_actors::evals::{output_hash, Reviewer};
 use flowgate_actors::recorder::run::RunRecord;
 use flowgate_actors::search::{FieldQueryBody, SearchBody};
 use minijinja::context;
@@ -62,6 +63,42 @@ struct TurnView {
     id: String,
     time: String,
     current: bool,
+}
+
+/// The review of the run's output (a person's or the AI reviewer's).
+#[derive(Serialize)]
+struct ReviewView {
+    verdict: String,
+    by: String,
+    comment: String,
+    time: String,
+}
+
+/// Whether the run can be reviewed (it has a text output), and its current review.
+async fn review_of(state: &AppState, tenant: &str, run: &RunRecord) -> (bool, Option<ReviewView>) {
+    let Some(output) = crate::http::evals::output_of_run(run) else {
+        return (false, None);
+    };
+    let item = crate::http::evals::item_of_run(run);
+    let review = state
+        .gateway
+        .eval_store
+        .review(tenant, &run.agent, &item.input_hash, &output_hash(&output))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "the run page could not read the run's review");
+            None
+        });
+    let view = review.map(|r| ReviewView {
+        verdict: label(&r.verdict),
+        by: match r.reviewer {
+            Reviewer::User { who } => who,
+            Reviewer::Ai { model, .. } => format!("the AI reviewer on {model}"),
+        },
+        comment: r.comment.unwrap_or_default(),
+        time: format::time_ms(r.created_ms),
+    });
+    (true, view)
 }
 
 #[derive(Serialize)]
@@ -273,6 +310,7 @@ async fn render(state: &AppState, viewer: &Viewer, run: RunRecord) -> HttpRespon
         })
         .collect();
     let turns = turns_of(state, &viewer.tenant, &run).await;
+    let (reviewable, review) = review_of(state, &viewer.tenant, &run).await;
     let (older, newer) = neighbours(state, &viewer.tenant, &run).await;
     let attempts: Vec<AttemptView> = run
         .attempts
@@ -338,6 +376,8 @@ async fn render(state: &AppState, viewer: &Viewer, run: RunRecord) -> HttpRespon
         older => older,
         newer => newer,
         feedback => feedback,
+        reviewable => reviewable,
+        review => review,
         models => models,
         can_act => !viewer.is_admin(),
     };

@@ -18,6 +18,21 @@ const FILES: &[(&str, &str, &str)] = &[
         "text/javascript",
         include_str!("static/versions.js"),
     ),
+    (
+        "benchmarks.js",
+        "text/javascript",
+        include_str!("static/benchmarks.js"),
+    ),
+    (
+        "benchmark.js",
+        "text/javascript",
+        include_str!("static/benchmark.js"),
+    ),
+    (
+        "reviews.js",
+        "text/javascript",
+        include_str!("static/reviews.js"),
+    ),
 ];
 
 pub async fn serve(name: web::Path<String>) -> HttpResponse {

@@ -235,6 +235,7 @@ pub async fn page(
         "versions.html",
         context! {
             agent => agent,
+            tab => "versions",
             versions => views,
             diff => diff_rows,
             diff_a => query.a.as_deref(),

@@ -53,3 +53,26 @@ document.getElementById("replay")?.addEventListener("submit", async (event) => {
     button.textContent = "Replay";
   }
 });
+
+// Reviewing the run's output, over `POST /api/agents/{agent}/reviews`: a person's review
+// replaces the AI reviewer's, and the page shows the one kept.
+document.getElementById("review-form")?.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const box = document.getElementById("review-error");
+  box.textContent = "";
+  const verdict = event.submitter?.value;
+  if (!verdict) return;
+  const agent = document.getElementById("review").dataset.agent;
+  const comment = document.getElementById("review-comment").value.trim();
+  const body = { run_id: runId, verdict };
+  if (comment) body.comment = comment;
+  for (const b of event.target.querySelectorAll("button")) b.disabled = true;
+  try {
+    await api("POST", `/api/agents/${encodeURIComponent(agent)}/reviews`, body);
+    toast(`Reviewed ${verdict}`);
+    window.location.reload();
+  } catch (e) {
+    box.textContent = e.message;
+    for (const b of event.target.querySelectorAll("button")) b.disabled = false;
+  }
+});
