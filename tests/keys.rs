@@ -14,6 +14,12 @@ const ACME_KEY: &str = "acme-tenant-key";
 fn config(data_dir: &std::path::Path, upstream: &MockUpstream) -> String {
     // Priced high enough that a few requests spend a cent.
     let model = |id: &str| model_table(id, &[offer("upstream", "gpt-4o-mini", 100.0, 200.0)], "");
+    // Always down, with the catalog's fallback to `up-b`.
+    let down = model_table(
+        "down",
+        &[offer("upstream", "gpt-4o-mini;status=503", 1.0, 1.0)],
+        "fallback = { unavailable = [\"up-b\"] }",
+    );
     base_config(data_dir, Some(upstream))
         + &format!(
             "\n[auth]\napi_keys = [\"{TENANT_KEY}\"]\n[auth.tenants.acme]\napi_keys = [\"{ACME_KEY}\"]\n\
@@ -22,6 +28,7 @@ fn config(data_dir: &std::path::Path, upstream: &MockUpstream) -> String {
         )
         + &model("up-a")
         + &model("up-b")
+        + &down
 }
 
 async fn send(request: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
@@ -470,4 +477,37 @@ async fn the_cli_creates_lists_and_revokes_keys_through_the_admin_api() {
     let (ok, _, err) = cli(&["list"], "not-an-admin-key");
     assert!(!ok);
     assert!(err.contains("401"), "{err}");
+}
+
+#[actix_rt::test]
+async fn fallbacks_stay_within_a_keys_allowlist() {
+    let setup = Setup::start(config);
+    let gw = &setup.gw;
+    let ask =
+        |key: String, body: Value| send(client().post(gw.chat_url()).bearer_auth(key).json(&body));
+    // Without an allowlist the catalog falls back from `down` to `up-b`.
+    let (status, headers, body) = ask(TENANT_KEY.into(), ask_body("down")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-flowgate-model"], "up-b");
+    // A key limited to `down` and `up-a` never gets an answer from `up-b`.
+    let key = create(gw, json!({"name": "narrow", "models": ["down", "up-a"]})).await;
+    let secret = key["secret"].as_str().unwrap().to_string();
+    let (status, headers, body) = ask(secret.clone(), ask_body("down")).await;
+    assert_ne!(status, 200, "{body}");
+    assert!(headers.get("x-flowgate-model").is_none_or(|m| m != "up-b"));
+    // A fallback it names must be allowed too.
+    let (status, _, body) = ask(
+        secret.clone(),
+        json!({"model": "down", "messages": user("hi"), "use_fallback": ["up-b"]}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["param"], "use_fallback");
+    let (status, headers, body) = ask(
+        secret,
+        json!({"model": "down", "messages": user("hi"), "use_fallback": ["up-a"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-flowgate-model"], "up-a");
 }

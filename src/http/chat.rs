@@ -66,21 +66,53 @@ async fn answer(
     mut run: Run,
     caller: flowgate_actors::keys::Caller,
 ) -> HttpResponse {
-    let request = match prepare(&req, payload, &state, run.context_mut()).await {
+    let mut request = match prepare(&req, payload, &state, run.context_mut()).await {
         Ok(request) => request,
         Err(e) => return failed(run, e),
     };
-    if caller.key.is_some() {
-        // The model as the catalog names it (an alias or a suffix allows nothing more).
-        let model = match state.gateway.catalog.load().resolve(&request.target_model) {
-            Ok(resolved) => resolved.entry.id.clone(),
-            Err(_) => request.target_model.clone(),
-        };
-        if let Err(e) = caller.check_allowed(&model, &run.context().agent) {
-            return failed(run, e);
-        }
+    if let Err(e) = keep_to_allowlist(&state, &caller, run.context().agent.as_str(), &mut request) {
+        return failed(run, e);
     }
     respond(&req, &state, run, request).await
+}
+
+/// A virtual key's allowlists: the model (as the catalog names it: an alias or a suffix allows
+/// nothing more) and the agent, and the fallbacks too — models the request names in
+/// `use_fallback` must each be allowed, and the catalog's automatic fallbacks, which could be
+/// any model, are off for a key limited to some models.
+fn keep_to_allowlist(
+    state: &AppState,
+    caller: &flowgate_actors::keys::Caller,
+    agent: &str,
+    request: &mut Prepared,
+) -> Result<(), GatewayError> {
+    use flowgate_actors::wire::{FallbackMode, UseFallback};
+    let Some(key) = &caller.key else {
+        return Ok(());
+    };
+    let catalog = state.gateway.catalog.load();
+    let id_of = |name: &str| match catalog.resolve(name) {
+        Ok(resolved) => resolved.entry.id.clone(),
+        Err(_) => name.to_string(),
+    };
+    caller.check_allowed(&id_of(&request.target_model), agent)?;
+    if key.record.models.is_empty() {
+        return Ok(());
+    }
+    match &request.chat.use_fallback {
+        Some(UseFallback::Models(models)) => {
+            for model in models {
+                caller
+                    .check_allowed(&id_of(model), agent)
+                    .map_err(|e| e.with_param("use_fallback"))?;
+            }
+        }
+        Some(UseFallback::Mode(FallbackMode::Never)) => {}
+        None | Some(UseFallback::Mode(FallbackMode::Auto)) => {
+            request.chat.use_fallback = Some(UseFallback::Mode(FallbackMode::Never));
+        }
+    }
+    Ok(())
 }
 
 /// Runs a prepared request through the engine and answers with what it produced: a
