@@ -408,6 +408,10 @@ async fn bad_benchmarks_are_refused_before_anything_runs() {
         (json!({"name": "Not A Slug"}), 400),
         (json!({"name": "x", "items": [{"expected": "y"}]}), 400),
         (json!({"name": "capitals"}), 400),
+        (
+            json!({"name": "long", "description": "x".repeat(5000)}),
+            400,
+        ),
     ] {
         let (got, answer) = post(gw, "/api/agents/geo/datasets", body.clone()).await;
         assert_eq!(got, status, "{body} → {answer}");

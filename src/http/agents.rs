@@ -135,11 +135,15 @@ pub(super) fn reader_tenant(req: &HttpRequest, state: &AppState) -> Result<Strin
     state.auth.tenant(req)
 }
 
-fn agent_name(raw: String) -> Result<String, GatewayError> {
+/// An agent name from a path, or a 400 that quotes (a bounded excerpt of) it.
+pub(crate) fn agent_name(raw: String) -> Result<String, GatewayError> {
     if is_slug(&raw) {
         Ok(raw)
     } else {
-        Err(GatewayError::invalid(format!("`{raw}` is not an agent name")).with_param("agent"))
+        Err(
+            GatewayError::invalid(format!("`{}` is not an agent name", excerpt(&raw, 64)))
+                .with_param("agent"),
+        )
     }
 }
 

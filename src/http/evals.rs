@@ -38,6 +38,8 @@ use super::AppState;
 const IMPORT_BYTES: usize = 16 * 1024 * 1024;
 /// Run ids in one request at most.
 const MAX_RUN_IDS: usize = 1000;
+/// Bytes of a dataset's description at most.
+const MAX_DESCRIPTION: usize = 4096;
 /// Items at once in a benchmark at most.
 const MAX_CONCURRENCY: u32 = 16;
 
@@ -47,16 +49,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-pub(crate) fn checked_agent(agent: String) -> Result<String, GatewayError> {
-    if is_slug(&agent) {
-        Ok(agent)
-    } else {
-        Err(
-            GatewayError::invalid(format!("`{}` is not an agent name", excerpt(&agent, 64)))
-                .with_param("agent"),
-        )
-    }
-}
+pub(crate) use super::agents::agent_name;
 
 fn checked_name(name: &str) -> Result<(), GatewayError> {
     if is_slug(name) && name.len() <= 64 {
@@ -230,7 +223,7 @@ pub async fn create_dataset(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
-    let agent = checked_agent(agent.into_inner())?;
+    let agent = agent_name(agent.into_inner())?;
     let bytes = read_body(&req, payload, &state).await?;
     let body: ItemsBody = parse_body(&bytes)?;
     let name = body
@@ -238,6 +231,16 @@ pub async fn create_dataset(
         .clone()
         .ok_or_else(|| GatewayError::invalid("a dataset needs a `name`").with_param("name"))?;
     checked_name(&name)?;
+    if body
+        .description
+        .as_ref()
+        .is_some_and(|d| d.len() > MAX_DESCRIPTION)
+    {
+        return Err(GatewayError::invalid(format!(
+            "`description` is longer than {MAX_DESCRIPTION} bytes"
+        ))
+        .with_param("description"));
+    }
     let store = &state.gateway.eval_store;
     if store.dataset(&tenant, &agent, &name).await?.is_some() {
         return Err(GatewayError::invalid(format!(
@@ -287,7 +290,7 @@ pub async fn add_items(
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
     let (agent, name) = path.into_inner();
-    let agent = checked_agent(agent)?;
+    let agent = agent_name(agent)?;
     let dataset = dataset_of(&state, &tenant, &agent, &name).await?;
     let bytes = read_body(&req, payload, &state).await?;
     let body = items_body(&req, &bytes)?;
@@ -305,7 +308,7 @@ pub async fn list_datasets(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
-    let agent = checked_agent(agent.into_inner())?;
+    let agent = agent_name(agent.into_inner())?;
     let datasets = state.gateway.eval_store.datasets(&tenant, &agent).await?;
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": datasets})))
 }
@@ -317,7 +320,7 @@ pub async fn get_dataset(
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
     let (agent, name) = path.into_inner();
-    let dataset = dataset_of(&state, &tenant, &checked_agent(agent)?, &name).await?;
+    let dataset = dataset_of(&state, &tenant, &agent_name(agent)?, &name).await?;
     let items = state.gateway.eval_store.items(&dataset).await?;
     Ok(HttpResponse::Ok().json(json!({"dataset": dataset, "items": items})))
 }
@@ -329,7 +332,7 @@ pub async fn export_dataset(
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
     let (agent, name) = path.into_inner();
-    let dataset = dataset_of(&state, &tenant, &checked_agent(agent)?, &name).await?;
+    let dataset = dataset_of(&state, &tenant, &agent_name(agent)?, &name).await?;
     let mut out = Vec::new();
     for item in state.gateway.eval_store.items(&dataset).await? {
         if let Ok(line) = serde_json::to_vec(&item) {
@@ -362,7 +365,7 @@ pub async fn review_run(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
-    let agent = checked_agent(agent.into_inner())?;
+    let agent = agent_name(agent.into_inner())?;
     let body: ReviewBody = super::agents::read_small_json(&req, payload, &state).await?;
     if body.comment.as_ref().is_some_and(|c| c.len() > 4096) {
         return Err(
@@ -405,7 +408,7 @@ pub async fn list_reviews(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
-    let agent = checked_agent(agent.into_inner())?;
+    let agent = agent_name(agent.into_inner())?;
     let reviews = state
         .gateway
         .eval_store
@@ -421,7 +424,7 @@ pub async fn put_reviewer(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
-    let agent = checked_agent(agent.into_inner())?;
+    let agent = agent_name(agent.into_inner())?;
     let body: ReviewerConfig = super::agents::read_small_json(&req, payload, &state).await?;
     if body.instructions.trim().is_empty() || body.instructions.len() > 16 * 1024 {
         return Err(
@@ -456,7 +459,7 @@ pub async fn create_benchmark(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
-    let agent = checked_agent(agent.into_inner())?;
+    let agent = agent_name(agent.into_inner())?;
     let body: BenchmarkBody = super::agents::read_small_json(&req, payload, &state).await?;
     // Every refusal before anything runs.
     let dataset = dataset_of(&state, &tenant, &agent, &body.dataset).await?;
@@ -559,7 +562,7 @@ pub async fn list_benchmarks(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
-    let agent = checked_agent(agent.into_inner())?;
+    let agent = agent_name(agent.into_inner())?;
     let benchmarks = state.gateway.eval_store.benchmarks(&tenant, &agent).await?;
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": benchmarks})))
 }
@@ -571,7 +574,7 @@ pub async fn get_benchmark(
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
     let (agent, id) = path.into_inner();
-    let benchmark = benchmark_of(&state, &tenant, &checked_agent(agent)?, &id).await?;
+    let benchmark = benchmark_of(&state, &tenant, &agent_name(agent)?, &id).await?;
     let results = state.gateway.eval_store.results(benchmark.id).await?;
     let rows = table(&benchmark.candidates, &results);
     Ok(HttpResponse::Ok().json(json!({
@@ -596,7 +599,7 @@ pub async fn compare(
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
     let (agent, id) = path.into_inner();
-    let benchmark = benchmark_of(&state, &tenant, &checked_agent(agent)?, &id).await?;
+    let benchmark = benchmark_of(&state, &tenant, &agent_name(agent)?, &id).await?;
     let n = benchmark.candidates.len() as u16;
     if query.a >= n || query.b >= n {
         return Err(GatewayError::invalid(format!(
@@ -629,7 +632,7 @@ pub async fn cancel_benchmark(
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
     let (agent, id) = path.into_inner();
-    let mut benchmark = benchmark_of(&state, &tenant, &checked_agent(agent)?, &id).await?;
+    let mut benchmark = benchmark_of(&state, &tenant, &agent_name(agent)?, &id).await?;
     if benchmark.status != BenchStatus::Running {
         return Ok(HttpResponse::Ok().json(json!({"benchmark": benchmark})));
     }

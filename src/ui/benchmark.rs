@@ -158,7 +158,7 @@ pub async fn page(
         Err(redirect) => return *redirect,
     };
     let (agent, id) = path.into_inner();
-    let benchmark = match crate::http::evals::checked_agent(agent) {
+    let benchmark = match crate::http::evals::agent_name(agent) {
         Ok(agent) => crate::http::evals::benchmark_of(&state, &viewer.tenant, &agent, &id).await,
         Err(e) => Err(e),
     };

@@ -55,7 +55,7 @@ pub async fn page(
         Ok(v) => v,
         Err(redirect) => return *redirect,
     };
-    let agent = match crate::http::evals::checked_agent(path.into_inner()) {
+    let agent = match crate::http::evals::agent_name(path.into_inner()) {
         Ok(a) => a,
         Err(e) => return page::error(Some(&viewer), &e),
     };

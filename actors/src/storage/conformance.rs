@@ -17,6 +17,42 @@ use crate::completion::Usage;
 use crate::model_ref::Environment;
 use crate::recorder::run::{CacheStatus, RunRecord, RunSource, RunStatus};
 
+/// One test per conformance body that takes the whole [`Storage`], each on a fresh store:
+/// `$fresh` makes one and gives `(guard, Storage)` (the guard removes it when dropped). Every
+/// backend calls it once, so a body added here runs on every backend.
+macro_rules! storage_tests {
+    ($fresh:expr) => {
+        $crate::storage::conformance::storage_tests!(@each $fresh;
+            schemas_are_numbered_per_agent,
+            a_digest_keeps_its_first_schema_id,
+            concurrent_schema_assignments_agree_without_gaps,
+            versions_keep_their_first_record,
+            versions_list_per_agent,
+            version_statistics_are_written_in_batches,
+            deployments_replace_and_chain,
+            deployments_are_scoped_to_their_agent,
+            deployment_history_pages_with_cursors,
+            concurrent_deploys_leave_one_winner,
+            conversation_links_are_found_and_replaced,
+            answers_read_back_with_their_times,
+            answers_larger_than_allowed_are_not_stored,
+            answers_evict_least_recently_used_first,
+            key_store,
+            eval_store
+        );
+    };
+    (@each $fresh:expr; $($body:ident),* $(,)?) => {
+        $(
+            #[actix_rt::test]
+            async fn $body() {
+                let (_guard, stores) = $fresh;
+                $crate::storage::conformance::$body(&stores).await;
+            }
+        )*
+    };
+}
+pub(crate) use storage_tests;
+
 /// A minimal run of `tenant`'s `agent`, with a new id.
 pub fn run(tenant: &str, agent: &str) -> RunRecord {
     RunRecord {

@@ -32,4 +32,10 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Every subject's usage.
     fn usage(&self) -> BoxFuture<'_, Result<Vec<(String, SubjectUsage)>, StorageError>>;
+
+    /// Whether other instances change the same keys (a shared database): then the registry
+    /// reads them again every half second; an embedded store is only changed through this one.
+    fn shared(&self) -> bool {
+        false
+    }
 }

@@ -76,6 +76,10 @@ impl KeyStore for PgKeyStore {
         })
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn usage(&self) -> BoxFuture<'_, Result<Vec<(String, SubjectUsage)>, StorageError>> {
         self.db.run(move |client| async move {
             let rows = client

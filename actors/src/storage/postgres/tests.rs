@@ -110,37 +110,11 @@ async fn postgres_passes_the_stats_store_conformance_suite() {
     conformance::stats_store(db.stores().stats.as_ref()).await;
 }
 
-/// One test per conformance body, each on a fresh schema.
-macro_rules! conformance {
-    ($($body:ident),* $(,)?) => {
-        $(
-            #[actix_rt::test]
-            async fn $body() {
-                let db = TestSchema::new();
-                conformance::$body(&db.stores()).await;
-            }
-        )*
-    };
-}
-
-conformance!(
-    schemas_are_numbered_per_agent,
-    a_digest_keeps_its_first_schema_id,
-    concurrent_schema_assignments_agree_without_gaps,
-    versions_keep_their_first_record,
-    versions_list_per_agent,
-    version_statistics_are_written_in_batches,
-    deployments_replace_and_chain,
-    deployments_are_scoped_to_their_agent,
-    deployment_history_pages_with_cursors,
-    concurrent_deploys_leave_one_winner,
-    conversation_links_are_found_and_replaced,
-    answers_read_back_with_their_times,
-    answers_larger_than_allowed_are_not_stored,
-    answers_evict_least_recently_used_first,
-    key_store,
-    eval_store,
-);
+conformance::storage_tests!({
+    let db = TestSchema::new();
+    let stores = db.stores();
+    (db, stores)
+});
 
 /// A batch that holds a run twice keeps the last (as two writes would), and a run reads
 /// back with its raw request byte for byte (stored as `json`, not re-encoded).
