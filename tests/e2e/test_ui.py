@@ -170,7 +170,9 @@ def test_pages_need_a_sign_in_and_a_wrong_key_is_refused(context, ui, shot):
 def test_keyboard_sign_in_sets_a_strict_http_only_cookie_and_sign_out_ends_it(context, ui, shot):
     page = context.new_page()
     page.goto(f"{ui.url}/signin?next=/providers")
-    # The key field has the focus: type and press Enter, no mouse.
+    # The key field takes the focus by itself (autofocus, applied once the page has rendered:
+    # waited for, not assumed, on a loaded machine): type and press Enter, no mouse.
+    page.wait_for_function("document.activeElement && document.activeElement.name === 'key'")
     page.keyboard.type(API_KEY)
     page.keyboard.press("Enter")
     page.wait_for_url(f"{ui.url}/providers")
