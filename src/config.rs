@@ -167,6 +167,9 @@ struct RawStorage {
     /// The schema of flowgate's tables (created if missing); default: the server's
     /// `search_path` (usually `public`).
     schema: Option<String>,
+    /// The most megabytes of runs kept in the local spool (in `server.data_dir`) while
+    /// PostgreSQL is unreachable; past it runs are refused loudly and `/readyz` answers 503.
+    spool_max_mb: u64,
 }
 
 impl Default for RawStorage {
@@ -176,6 +179,7 @@ impl Default for RawStorage {
             url: None,
             pool_size: 16,
             schema: None,
+            spool_max_mb: 1024,
         }
     }
 }
@@ -684,9 +688,16 @@ fn compile_storage(raw: RawStorage, source: &str) -> Result<Backend, String> {
                 PostgresSettings::new("postgres://localhost", 1, Some(schema.clone()))
                     .map_err(|e| invalid("schema", e))?;
             }
-            PostgresSettings::new(&url, raw.pool_size, raw.schema)
-                .map(|settings| Backend::Postgres(Box::new(settings)))
-                .map_err(|e| invalid("url", e))
+            if raw.spool_max_mb == 0 || raw.spool_max_mb > 1024 * 1024 {
+                return Err(invalid(
+                    "spool_max_mb",
+                    format!("{} is not between 1 and 1048576 (1 TiB)", raw.spool_max_mb),
+                ));
+            }
+            let mut settings = PostgresSettings::new(&url, raw.pool_size, raw.schema)
+                .map_err(|e| invalid("url", e))?;
+            settings.spool_max_bytes = raw.spool_max_mb * 1024 * 1024;
+            Ok(Backend::Postgres(Box::new(settings)))
         }
     }
 }
@@ -1208,13 +1219,14 @@ mod tests {
         let text = include_str!("../config/flowgate.toml");
         assert!(matches!(load(text).unwrap().gateway.storage, Backend::Sled));
         let config = load(
-            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:pw@db.internal:5433/fg\"\npool_size = 4\nschema = \"flowgate\"\n",
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:pw@db.internal:5433/fg\"\npool_size = 4\nschema = \"flowgate\"\nspool_max_mb = 64\n",
         )
         .unwrap();
         let Backend::Postgres(settings) = config.gateway.storage else {
             panic!("not postgres");
         };
         assert_eq!(settings.pool_size, 4);
+        assert_eq!(settings.spool_max_bytes, 64 * 1024 * 1024);
         assert_eq!(settings.schema.as_deref(), Some("flowgate"));
     }
 
@@ -1234,6 +1246,10 @@ mod tests {
             (
                 "[storage]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\nschema = \"a-b\"\n",
                 "storage.schema",
+            ),
+            (
+                "[storage]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\nspool_max_mb = 0\n",
+                "storage.spool_max_mb",
             ),
             ("[storage]\nbackend = \"sled\"\nurll = \"x\"\n", "storage"),
         ] {

@@ -24,6 +24,7 @@ use crate::router::{Router, Strategy};
 use crate::stats::RunStats;
 use crate::storage::postgres::PostgresStorage;
 use crate::storage::sled::SledStorage;
+use crate::storage::spool::{Spool, SpooledRunStore};
 use crate::storage::{Backend, Storage};
 
 /// The runtime configuration the actors need, compiled from the TOML config.
@@ -68,6 +69,9 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 }
 
+/// How long a shutdown waits for the spool to reach PostgreSQL.
+const SPOOL_DRAIN: Duration = Duration::from_secs(10);
+
 /// Waits until every run sent so far is written and flushed to disk.
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
@@ -79,6 +83,7 @@ impl Handler<Drain> for Supervisor {
     fn handle(&mut self, _: Drain, _: &mut Self::Context) -> Self::Result {
         let recorder = self.gateway.recorder.addr.clone();
         let cache = self.gateway.cache.clone();
+        let spool = self.gateway.spool.clone();
         Box::pin(async move {
             // Answers queued for the cache are written before the store is flushed.
             if let Err(e) = cache.settle().await {
@@ -93,7 +98,19 @@ impl Handler<Drain> for Supervisor {
                 .send(Flush)
                 .timeout(Duration::from_secs(30))
                 .await
-                .map_err(|e| format!("recorder did not flush: {e}"))?
+                .map_err(|e| format!("recorder did not flush: {e}"))??;
+            if let Some(spool) = spool {
+                // What the database can take now goes there; the rest waits on disk for the
+                // next start.
+                let left = spool.drained(SPOOL_DRAIN).await;
+                if left > 0 {
+                    tracing::warn!(
+                        runs = left,
+                        "spool: PostgreSQL did not take every spooled run before exit; they stay in the spool and are replayed at the next start"
+                    );
+                }
+            }
+            Ok(())
         })
     }
 }
@@ -116,6 +133,7 @@ impl Supervisor {
                 config.data_dir.display()
             )
         })?;
+        let mut spool = None;
         let storage = match &config.storage {
             Backend::Sled => SledStorage::open(&config.data_dir, config.flush_interval)
                 .map_err(|e| {
@@ -129,7 +147,23 @@ impl Supervisor {
                 let storage = PostgresStorage::open(settings)
                     .map_err(|e| format!("cannot open the PostgreSQL store: {e}"))?;
                 tracing::info!(?settings, "storage: PostgreSQL");
-                storage.storage()
+                let mut storage = storage.storage();
+                // Runs outlive an unreachable database in a local spool, replayed when it
+                // answers again.
+                let dir = config.data_dir.join("spool");
+                let opened = Spool::open(
+                    &dir,
+                    settings.spool_max_bytes,
+                    config.flush_interval,
+                    metrics.spool.clone(),
+                )
+                .map_err(|e| format!("cannot open the spool in `{}`: {e}", dir.display()))?;
+                storage.runs = Arc::new(
+                    SpooledRunStore::start(storage.runs, opened.clone())
+                        .map_err(|e| e.to_string())?,
+                );
+                spool = Some(opened);
+                storage
             }
         };
         let agents = AgentStore::open(&storage);
@@ -196,6 +230,7 @@ impl Supervisor {
             cache: Cache::open(answers, config.cache, &metrics)?,
             recorder,
             runs,
+            spool,
             feedback,
             shares,
             key_store: keys,

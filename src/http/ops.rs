@@ -109,6 +109,27 @@ pub async fn providers(
     Ok(HttpResponse::Ok().json(json!({ "object": "list", "data": data })))
 }
 
+/// The storage backend as `/readyz` tells it: which one, whether it answers now, and the local
+/// spool's depth when there is one.
+async fn storage_json(state: &AppState) -> serde_json::Value {
+    let gateway = &state.gateway;
+    let ping = tokio::time::timeout(Duration::from_secs(1), gateway.runs.ping()).await;
+    let (reachable, error) = match ping {
+        Ok(Ok(())) => (true, None),
+        Ok(Err(e)) => (false, Some(e.to_string())),
+        Err(_) => (false, Some("no answer within 1 s".to_string())),
+    };
+    match &gateway.spool {
+        None => json!({ "backend": "sled", "reachable": reachable, "error": error }),
+        Some(spool) => json!({
+            "backend": "postgres",
+            "reachable": reachable,
+            "error": error,
+            "spool": spool.status(),
+        }),
+    }
+}
+
 pub async fn readyz(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -123,10 +144,15 @@ pub async fn readyz(
         .await
         .is_ok();
     let (providers, usable) = providers_json(&state);
-    let ready = recorder_ok && usable > 0;
+    let storage = storage_json(&state).await;
+    // An unreachable PostgreSQL alone does not take the instance out: runs wait in the spool.
+    // A full spool does (runs could not be kept).
+    let storage_ok = storage["spool"]["full"] != json!(true);
+    let ready = recorder_ok && usable > 0 && storage_ok;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "recorder": if recorder_ok { "ok" } else { "not_responding" },
+        "storage": storage,
         "providers": providers,
     });
     Ok(if ready {

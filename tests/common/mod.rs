@@ -15,6 +15,8 @@ use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+pub mod postgres;
+
 // ---- the gateway ----
 
 /// A running flowgate process.

@@ -41,6 +41,8 @@ ALERTS = {
     "FlowgateHighErrorRate",
     "FlowgateGatewayOverheadHigh",
     "FlowgateRecorderErrors",
+    "FlowgateStorageUnreachable",
+    "FlowgateSpoolFull",
     "FlowgateCostPerHourHigh",
 }
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}

@@ -17,7 +17,7 @@ use super::{hash_json, AgentStore};
 use crate::completion::AssistantMessage;
 use crate::error::GatewayError;
 use crate::recorder::run::{RunRecord, RunStatus};
-use crate::storage::ConversationLink;
+use crate::storage::{ConversationLink, StorageError};
 use crate::wire::{ContentPart, Message, MessageContent, Role};
 
 /// What of a message counts for the conversation, borrowed from it.
@@ -136,7 +136,15 @@ impl AgentStore {
         let Some(hash) = lookup_hash(messages) else {
             return Ok(None);
         };
-        Ok(self.inner.conversations.find(tenant, agent, &hash).await?)
+        match self.inner.conversations.find(tenant, agent, &hash).await {
+            Ok(found) => Ok(found),
+            // The store is away: the turn starts a conversation of its own rather than fail.
+            Err(StorageError::Unavailable(e)) => {
+                tracing::warn!(agent, error = %e, "conversation lookup skipped: the store is away");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -62,6 +62,9 @@ struct Inner {
     /// stored statistics plus the runs observed since). Readers look here first, so a run
     /// counts as soon as the recorder observed it.
     pending_stats: Mutex<HashMap<VersionKey, PendingStats>>,
+    /// Versions answered while the store was unreachable (their id is their hash, so a
+    /// request needs no store to name one), written by [`AgentStore::observe`] once it answers.
+    unstored_versions: Mutex<HashMap<Vec<u8>, version::UnstoredVersion>>,
 }
 
 /// A version's statistics waiting to be written.
@@ -180,6 +183,7 @@ impl AgentStore {
                 conversations: storage.conversations.clone(),
                 cache: Cache::default(),
                 pending_stats: Mutex::default(),
+                unstored_versions: Mutex::default(),
             }),
         }
     }
@@ -195,6 +199,11 @@ impl AgentStore {
     #[allow(clippy::vec_box)]
     pub async fn observe(&self, runs: &[Box<RunRecord>]) -> Vec<String> {
         let mut failures = Vec::new();
+        if let Err(e) = self.store_unstored_versions().await {
+            failures.push(format!(
+                "cannot store the versions made while the store was away: {e}"
+            ));
+        }
         for run in runs {
             if let Some(version_id) = &run.version_id {
                 if let Err(e) = self.add_run_to_stats(version_id, run).await {

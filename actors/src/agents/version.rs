@@ -12,6 +12,17 @@ use sha2::{Digest, Sha256};
 
 use super::{agent_prefix, bounded_insert, hash_json, hex, now_rfc3339, AgentStore, PendingStats};
 use crate::error::GatewayError;
+
+/// Versions kept in memory at most while the store is away.
+const MAX_UNSTORED_VERSIONS: usize = 10_000;
+
+/// A version answered while the store was away, to write once it answers.
+#[derive(Clone)]
+pub(super) struct UnstoredVersion {
+    tenant: String,
+    agent: String,
+    record: VersionRecord,
+}
 use crate::recorder::run::{RunRecord, RunStatus};
 use crate::storage::{StorageError, VersionKey};
 use crate::wire::{ChatRequest, Message, ResponseFormat, Tool, ToolChoice};
@@ -303,10 +314,64 @@ impl AgentStore {
             properties: properties.clone(),
         };
         // The first writer wins; a concurrent one gets that record.
-        let stored = self.inner.versions.insert(tenant, agent, &record).await?;
+        let stored = match self.inner.versions.insert(tenant, agent, &record).await {
+            Ok(stored) => stored,
+            // The store is away: the id is the properties' hash, so the request goes on, and
+            // the record is written once the store answers (bounded: past it, the 503).
+            Err(StorageError::Unavailable(e)) => {
+                let mut unstored = self.unstored_versions_lock();
+                if unstored.len() >= MAX_UNSTORED_VERSIONS && !unstored.contains_key(&key) {
+                    return Err(StorageError::Unavailable(e).into());
+                }
+                tracing::warn!(agent, version = %record.id, error = %e, "version kept in memory until the store answers");
+                let id = record.id.clone();
+                unstored.insert(
+                    key,
+                    UnstoredVersion {
+                        tenant: tenant.to_string(),
+                        agent: agent.to_string(),
+                        record,
+                    },
+                );
+                return Ok(id);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let id = stored.id.clone();
         bounded_insert(&self.inner.cache.versions, key, Arc::new(stored));
         Ok(id)
+    }
+
+    fn unstored_versions_lock(&self) -> MutexGuard<'_, HashMap<Vec<u8>, UnstoredVersion>> {
+        self.inner
+            .unstored_versions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes the versions answered while the store was away; stops at the first that
+    /// cannot be written yet.
+    pub(super) async fn store_unstored_versions(&self) -> Result<(), StorageError> {
+        let waiting: Vec<(Vec<u8>, UnstoredVersion)> = {
+            let unstored = self.unstored_versions_lock();
+            if unstored.is_empty() {
+                return Ok(());
+            }
+            unstored
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        for (key, version) in waiting {
+            let stored = self
+                .inner
+                .versions
+                .insert(&version.tenant, &version.agent, &version.record)
+                .await?;
+            self.unstored_versions_lock().remove(&key);
+            bounded_insert(&self.inner.cache.versions, key, Arc::new(stored));
+        }
+        Ok(())
     }
 
     pub async fn version(

@@ -47,6 +47,8 @@ pub struct Gateway {
     pub recorder: RecorderHandle,
     /// The recorded runs (read by the HTTP edge; written by the recorder).
     pub runs: Arc<dyn RunStore>,
+    /// The local spool in front of a network run store (PostgreSQL); `None` with sled.
+    pub spool: Option<Arc<crate::storage::spool::Spool>>,
     /// End users' feedback on runs.
     pub feedback: Arc<dyn FeedbackStore>,
     /// Share links to runs.

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// Attempts on another provider or model, by reason and the error that caused them.
     pub fallbacks: IntCounterVec,
+    /// The local spool of runs in front of PostgreSQL (zero with the embedded store).
+    pub spool: crate::storage::spool::SpoolMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -266,6 +268,7 @@ impl Metrics {
             &["reason", "error"],
         )?;
         registry.register(Box::new(fallbacks.clone()))?;
+        let spool = spool_metrics(&registry)?;
         Ok(Metrics {
             registry,
             requests,
@@ -295,6 +298,7 @@ impl Metrics {
             structured_outputs,
             retries,
             fallbacks,
+            spool,
         })
     }
 
@@ -381,6 +385,51 @@ impl LabelBound {
     }
 }
 
+fn spool_metrics(registry: &Registry) -> prometheus::Result<crate::storage::spool::SpoolMetrics> {
+    let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+        let gauge = IntGauge::new(name, help)?;
+        registry.register(Box::new(gauge.clone()))?;
+        Ok(gauge)
+    };
+    let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+        let counter = IntCounter::new(name, help)?;
+        registry.register(Box::new(counter.clone()))?;
+        Ok(counter)
+    };
+    let metrics = crate::storage::spool::SpoolMetrics {
+        runs: gauge(
+            "flowgate_spool_runs",
+            "Runs kept in the local spool until PostgreSQL takes them",
+        )?,
+        bytes: gauge(
+            "flowgate_spool_bytes",
+            "Bytes of the runs in the local spool",
+        )?,
+        spooled: counter(
+            "flowgate_spool_spooled_runs_total",
+            "Runs written to the local spool because PostgreSQL was unreachable or slow",
+        )?,
+        replayed: counter(
+            "flowgate_spool_replayed_runs_total",
+            "Runs replayed from the local spool into PostgreSQL",
+        )?,
+        refused: counter(
+            "flowgate_spool_refused_runs_total",
+            "Runs not kept because the local spool was full",
+        )?,
+        rejected: counter(
+            "flowgate_spool_rejected_runs_total",
+            "Spooled runs PostgreSQL refused for what they hold, set aside in the spool",
+        )?,
+        reachable: gauge(
+            "flowgate_storage_reachable",
+            "1 while the last write reached the store, else 0",
+        )?,
+    };
+    metrics.reachable.set(1);
+    Ok(metrics)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,7 +487,7 @@ mod tests {
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .collect();
-        assert_eq!(families.len(), 27, "{text}");
+        assert_eq!(families.len(), 34, "{text}");
         for family in families {
             let (name, kind) = family.split_once(' ').unwrap();
             assert!(name.starts_with("flowgate_"), "{name}");

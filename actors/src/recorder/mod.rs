@@ -74,6 +74,42 @@ pub struct Recorder {
     /// A write of the runs' stats is scheduled.
     run_stats_write_scheduled: bool,
     handles: Handles,
+    /// Failures to write what the recorder derives from runs (stats, agents), logged once
+    /// per outage rather than once per try.
+    derived_failures: Arc<FailureLog>,
+}
+
+/// Logs the first failure of a kind of write and its recovery, and the tries in between only
+/// at debug level: while a database is away, the retries would otherwise flood the log.
+#[derive(Default)]
+pub struct FailureLog {
+    failing: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+}
+
+impl FailureLog {
+    pub fn failed(&self, what: &'static str, error: &dyn std::fmt::Display) {
+        let first = self
+            .failing
+            .lock()
+            .map(|mut failing| failing.insert(what))
+            .unwrap_or(true);
+        if first {
+            tracing::error!(%error, "recorder: cannot write {what}; retrying (further failures at debug level)");
+        } else {
+            tracing::debug!(%error, "recorder: cannot write {what}");
+        }
+    }
+
+    pub fn succeeded(&self, what: &'static str) {
+        let was = self
+            .failing
+            .lock()
+            .map(|mut failing| failing.remove(what))
+            .unwrap_or(false);
+        if was {
+            tracing::info!("recorder: {what} written again");
+        }
+    }
 }
 
 /// A batch of runs being written, and what happens once it is.
@@ -93,6 +129,7 @@ impl Recorder {
             run_stats: None,
             run_stats_write_scheduled: false,
             handles: Handles::default(),
+            derived_failures: Arc::default(),
         }
     }
 
@@ -165,9 +202,14 @@ impl Recorder {
         let versioned = runs.iter().any(|run| run.version_id.is_some());
         let observing = async move { agents.observe(&runs).await }.boxed();
         self.now_or_in_turn(ctx, observing, move |recorder, failures, ctx| {
-            for e in failures {
-                recorder.metrics.recorder_errors.inc();
-                tracing::warn!(error = %e, "recorder: cannot update the agent");
+            match failures.first() {
+                Some(first) => recorder.derived_failures.failed(
+                    "the agents' conversation links and version records",
+                    &format!("{first} ({} failures in this batch)", failures.len()),
+                ),
+                None => recorder
+                    .derived_failures
+                    .succeeded("the agents' conversation links and version records"),
             }
             if versioned {
                 recorder.schedule_stats_write(ctx);
@@ -218,19 +260,18 @@ impl Recorder {
             let Some(stats) = recorder.run_stats.clone() else {
                 return;
             };
-            let (store, metrics) = (recorder.store.clone(), recorder.metrics.clone());
+            let (store, failures) = (recorder.store.clone(), recorder.derived_failures.clone());
             ctx.spawn(
                 async move {
+                    // Sums that cannot be written stay in memory for the next try: none lost.
                     match stats.write_pending().await {
                         Ok(()) => {
+                            failures.succeeded("the run stats");
                             if let Err(e) = store.flush().await {
                                 tracing::warn!(error = %e, "recorder: flush after run stats failed");
                             }
                         }
-                        Err(e) => {
-                            metrics.recorder_errors.inc();
-                            tracing::error!(error = %e, "recorder: cannot write the run stats");
-                        }
+                        Err(e) => failures.failed("the run stats", &e),
                     }
                 }
                 .into_actor(recorder)
@@ -277,12 +318,13 @@ impl Recorder {
         if !agents.has_pending_stats() {
             return None;
         }
-        let metrics = self.metrics.clone();
+        let failures = self.derived_failures.clone();
         Some(
             async move {
-                if let Err(e) = agents.write_stats().await {
-                    metrics.recorder_errors.inc();
-                    tracing::error!(error = %e, "recorder: cannot write version statistics");
+                // Statistics that cannot be written stay in memory for the next try.
+                match agents.write_stats().await {
+                    Ok(()) => failures.succeeded("version statistics"),
+                    Err(e) => failures.failed("version statistics", &e),
                 }
             }
             .boxed(),

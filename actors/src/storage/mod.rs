@@ -23,6 +23,7 @@ mod evals;
 mod keys;
 pub mod postgres;
 pub mod sled;
+pub mod spool;
 
 pub use agents::{
     ConversationHash, ConversationLink, ConversationStore, DeploymentPage, DeploymentStore,
@@ -121,6 +122,10 @@ pub trait RunStore: Send + Sync + 'static {
 
     /// Makes every write so far durable.
     fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>>;
+
+    /// Whether the backend answers now (a network round trip; the embedded store always
+    /// does), for `/readyz`.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StorageError>>;
 
     /// Bytes the backend holds on disk for this store (for a backend that keeps every
     /// concern in one database, the whole database), for `flowgate_storage_size_bytes`.

@@ -40,6 +40,9 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new connection may take, and a caller may wait for a free one.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The local spool's default bound (`storage.spool_max_mb`).
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// Where the database is and how many connections to keep, checked once at start.
 #[derive(Clone)]
 pub struct PostgresSettings {
@@ -47,6 +50,8 @@ pub struct PostgresSettings {
     pub pool_size: usize,
     /// The schema the tables live in (created if missing); `None`: the server's `search_path`.
     pub schema: Option<String>,
+    /// The most bytes of runs the local spool keeps while the database is away.
+    pub spool_max_bytes: u64,
 }
 
 impl std::fmt::Debug for PostgresSettings {
@@ -57,6 +62,7 @@ impl std::fmt::Debug for PostgresSettings {
             .field("dbname", &self.config.get_dbname())
             .field("pool_size", &self.pool_size)
             .field("schema", &self.schema)
+            .field("spool_max_bytes", &self.spool_max_bytes)
             .finish()
     }
 }
@@ -98,6 +104,7 @@ impl PostgresSettings {
             config,
             pool_size,
             schema,
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
         })
     }
 }

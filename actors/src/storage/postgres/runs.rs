@@ -303,6 +303,13 @@ impl RunStore for PgRunStore {
         Box::pin(futures::future::ready(Ok(())))
     }
 
+    fn ping(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.db.run(move |client| async move {
+            client.simple_query("SELECT 1").await.map_err(pg_error)?;
+            Ok(())
+        })
+    }
+
     fn size_on_disk(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
         self.db.run(move |client| async move {
             // flowgate's tables (and their indexes and TOAST) in its schema.
