@@ -78,10 +78,22 @@ pub async fn serve(config: Config) -> Result<(), String> {
         workers: config.limits.template_workers,
         memory_bytes: config.limits.templates.max_memory_bytes,
     });
+    let clock: Arc<dyn flowgate_actors::keys::WallClock> =
+        Arc::new(flowgate_actors::keys::SystemWallClock);
+    // With `[redis]`, limits hold across instances; without, this process counts alone.
+    let limiter: Arc<dyn flowgate_actors::keys::Limiter> = match config.redis.clone() {
+        Some(settings) => Arc::new(
+            flowgate_actors::keys::redis::RedisLimiter::connect(settings, clock.clone())
+                .await
+                .map_err(|e| format!("cannot start the limits on Redis (`redis.url`): {e}"))?,
+        ),
+        None => Arc::new(flowgate_actors::keys::LocalLimiter::new(clock.clone())),
+    };
     let registry = flowgate_actors::keys::KeyRegistry::load(
         gateway.key_store.clone(),
-        Arc::new(flowgate_actors::keys::SystemWallClock),
+        clock,
         config.auth.tenant_limits.clone(),
+        limiter,
     )
     .await
     .map_err(|e| format!("cannot read the API keys from the store: {e}"))?;

@@ -3,12 +3,16 @@
 //! requests at once and budgets in USD per day, week or month. Only a key's SHA-256 digest is
 //! stored; its secret is shown once, when it is created.
 //!
-//! * `limiter.rs` — the counters a request must pass (key and tenant), in memory.
+//! * `limiter.rs` — the counters a request must pass (key and tenant) behind the [`Limiter`]
+//!   trait, and the embedded implementation, in this process's memory.
+//! * `redis/` — the implementation for several instances: every counter in Redis, checked
+//!   and counted by one Lua script per request.
 //! * `registry.rs` — the keys by digest for the request path, and what is persisted.
 //! * `metrics.rs` — refusals, alerts, spend and remaining budget, made at each scrape.
 
 mod limiter;
 pub mod metrics;
+pub mod redis;
 mod registry;
 
 use serde::{Deserialize, Serialize};
@@ -17,8 +21,8 @@ use sha2::{Digest, Sha256};
 use crate::error::GatewayError;
 
 pub use limiter::{
-    period_end, period_start, Admission, Limits, ManualClock, Spend, Subject, SystemWallClock,
-    WallClock,
+    period_end, period_start, Admission, Limiter, Limits, LocalLimiter, ManualClock, Refusal,
+    Release, Remaining, Spend, Subject, SystemWallClock, Usage, WallClock,
 };
 pub use registry::{Caller, KeyEntry, KeyRegistry};
 
