@@ -181,6 +181,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     server.await.map_err(|e| format!("server error: {e}"))?;
     // Benchmark items in flight are finished and written; the rest resumes at the next start.
     crate::evals::drain(Duration::from_secs(30)).await;
+    registry.drain(Duration::from_secs(5)).await;
     if let Err(e) = registry.persist_usage().await {
         tracing::error!(error = %e, "cannot write the keys' spend at shutdown");
     }

@@ -554,6 +554,11 @@ pub trait Limiter: Send + Sync + 'static {
         Box::pin(async {})
     }
 
+    /// Waits (at most `within`) for the charges of finished runs still on their way.
+    fn drain(&self, _within: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     /// Adds the limiter's own metric families (the Redis one's calls and errors).
     fn register_metrics(&self, _registry: &prometheus::Registry) -> prometheus::Result<()> {
         Ok(())

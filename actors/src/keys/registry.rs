@@ -201,6 +201,12 @@ impl KeyRegistry {
         subjects.into_iter().zip(usages).collect()
     }
 
+    /// Waits (at most `within`) for the charges of finished runs to reach the limiter's
+    /// counters (at shutdown).
+    pub async fn drain(&self, within: std::time::Duration) {
+        self.limiter.drain(within).await;
+    }
+
     pub(super) fn limiter(&self) -> &dyn Limiter {
         self.limiter.as_ref()
     }

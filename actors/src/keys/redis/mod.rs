@@ -22,7 +22,7 @@
 //! second, so an outage adds no latency to requests.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -180,6 +180,8 @@ struct Shared {
     /// Until when Redis is left alone after a failure.
     quiet_until: Mutex<Option<Instant>>,
     up: AtomicBool,
+    /// Releases sent and not yet answered (waited for at shutdown).
+    releasing: AtomicUsize,
 }
 
 /// Why a call to Redis gave nothing.
@@ -273,6 +275,7 @@ impl RedisLimiter {
                 pending: Mutex::default(),
                 quiet_until: Mutex::new(None),
                 up: AtomicBool::new(true),
+                releasing: AtomicUsize::new(0),
                 settings,
             }),
         };
@@ -762,7 +765,11 @@ impl Release for LateCharge {
 fn send_later(shared: Arc<Shared>, charge: Charge) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
-            runtime.spawn(async move { shared.release(charge).await });
+            shared.releasing.fetch_add(1, Ordering::Relaxed);
+            runtime.spawn(async move {
+                shared.release(charge).await;
+                shared.releasing.fetch_sub(1, Ordering::Relaxed);
+            });
         }
         Err(_) => shared.keep(charge),
     }
@@ -810,6 +817,27 @@ impl Limiter for RedisLimiter {
                     "budgets' spend restored into Redis from the store"
                 ),
                 Err(e) => shared.failed("restore", &e),
+            }
+        })
+    }
+
+    fn drain(&self, within: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let deadline = Instant::now() + within;
+            while self.shared.releasing.load(Ordering::Relaxed) > 0 && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if Instant::now() < deadline {
+                let left = deadline - Instant::now();
+                let _ = tokio::time::timeout(left, self.shared.send_pending()).await;
+            }
+            let lost = self.shared.releasing.load(Ordering::Relaxed) + self.pending_charges();
+            if lost > 0 {
+                tracing::warn!(
+                    charges = lost,
+                    "runs' charges not acknowledged by Redis at shutdown"
+                );
             }
         })
     }
