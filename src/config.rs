@@ -13,6 +13,7 @@ use flowgate_actors::catalog::{
     Catalog, Fallbacks, LongContextPrices, ModelEntry, Prices, ProviderOffer, Supports,
 };
 use flowgate_actors::engine::HedgingPolicy;
+use flowgate_actors::keys::redis::{OnUnavailable, RedisSettings};
 use flowgate_actors::keys::Limits as KeyLimits;
 use flowgate_actors::provider::media::MediaSettings;
 use flowgate_actors::provider::{
@@ -22,7 +23,6 @@ use flowgate_actors::provider::{
 };
 use flowgate_actors::retry::RetryPolicy;
 use flowgate_actors::router::Strategy;
-use flowgate_actors::keys::redis::{OnUnavailable, RedisSettings};
 use flowgate_actors::storage::postgres::PostgresSettings;
 use flowgate_actors::storage::Backend;
 use flowgate_actors::supervisor::GatewayConfig;
@@ -1354,10 +1354,22 @@ mod tests {
         for (text, path) in [
             ("[redis]\n", "redis.url"),
             ("[redis]\nurl = \"http://u:secret@h:6379\"\n", "redis.url"),
-            ("[redis]\nurl = \"redis://h\"\ntimeout_ms = 0\n", "redis.timeout_ms"),
-            ("[redis]\nurl = \"redis://h\"\nlease_seconds = 1\n", "redis.lease_seconds"),
-            ("[redis]\nurl = \"redis://h\"\nkey_prefix = \"a b\"\n", "redis.key_prefix"),
-            ("[redis]\nurl = \"redis://h\"\non_unavailable = \"ignore\"\n", "redis.on_unavailable"),
+            (
+                "[redis]\nurl = \"redis://h\"\ntimeout_ms = 0\n",
+                "redis.timeout_ms",
+            ),
+            (
+                "[redis]\nurl = \"redis://h\"\nlease_seconds = 1\n",
+                "redis.lease_seconds",
+            ),
+            (
+                "[redis]\nurl = \"redis://h\"\nkey_prefix = \"a b\"\n",
+                "redis.key_prefix",
+            ),
+            (
+                "[redis]\nurl = \"redis://h\"\non_unavailable = \"ignore\"\n",
+                "redis.on_unavailable",
+            ),
             ("[redis]\nurl = \"redis://h\"\nurll = \"x\"\n", "redis"),
         ] {
             let err = load(text).unwrap_err();

@@ -135,7 +135,13 @@ impl Cluster {
         for gw in &self.instances {
             let (status, _, own) = poll_until(
                 100,
-                || send(client().get(format!("{}/api/keys/self", gw.url)).bearer_auth(&secret)),
+                || {
+                    send(
+                        client()
+                            .get(format!("{}/api/keys/self", gw.url))
+                            .bearer_auth(&secret),
+                    )
+                },
                 |(status, _, _)| *status == 200,
             )
             .await;
@@ -187,11 +193,22 @@ async fn a_key_with_rpm_10_admits_exactly_10_of_30_spread_over_three_instances()
     )
     .await;
     let ok: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 200).collect();
-    assert_eq!(ok.len(), 10, "{:?}", answers.iter().map(|a| a.0).collect::<Vec<_>>());
+    assert_eq!(
+        ok.len(),
+        10,
+        "{:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
     // Each admitted answer says how many are left: 9 down to 0, once each.
     let mut left: Vec<u32> = ok
         .iter()
-        .map(|(_, h, _)| h["x-ratelimit-remaining-requests"].to_str().unwrap().parse().unwrap())
+        .map(|(_, h, _)| {
+            h["x-ratelimit-remaining-requests"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
         .collect();
     left.sort_unstable();
     assert_eq!(left, (0..10).collect::<Vec<u32>>());
@@ -204,7 +221,12 @@ async fn a_key_with_rpm_10_admits_exactly_10_of_30_spread_over_three_instances()
     }
     // Any instance reads the minute's use of all three.
     for gw in &cluster.instances {
-        let (status, _, own) = send(client().get(format!("{}/api/keys/self", gw.url)).bearer_auth(&secret)).await;
+        let (status, _, own) = send(
+            client()
+                .get(format!("{}/api/keys/self", gw.url))
+                .bearer_auth(&secret),
+        )
+        .await;
         assert_eq!(status, 200);
         assert_eq!(own["key"]["usage"]["requests_this_minute"], 10, "{own}");
     }
@@ -216,7 +238,12 @@ async fn a_key_with_rpm_10_admits_exactly_10_of_30_spread_over_three_instances()
     );
     // Every admission was Redis's: none fell back to an instance's own counters.
     assert_eq!(cluster.sum_of("flowgate_redis_fallbacks_total").await, 0.0);
-    assert!(cluster.sum_of("flowgate_redis_calls_total{op=\"admit\",outcome=\"ok\"}").await >= 30.0);
+    assert!(
+        cluster
+            .sum_of("flowgate_redis_calls_total{op=\"admit\",outcome=\"ok\"}")
+            .await
+            >= 30.0
+    );
 }
 
 #[tokio::test]
@@ -255,7 +282,10 @@ async fn a_budget_holds_across_instances_within_the_cost_of_the_requests_in_flig
     let most = paid.iter().cloned().fold(0.0, f64::max);
     // Each instance alone would have let up to the whole budget through (3x); shared, the
     // spend passes it by at most the requests that were in flight when it was reached.
-    assert!(most * AT_ONCE as f64 * 2.0 < BUDGET, "requests too dear for the test: {most}");
+    assert!(
+        most * AT_ONCE as f64 * 2.0 < BUDGET,
+        "requests too dear for the test: {most}"
+    );
     assert!(
         spent >= BUDGET && spent <= BUDGET + AT_ONCE as f64 * most + 1e-9,
         "spent {spent} of {BUDGET}, {} requests of at most {most}",
@@ -265,8 +295,21 @@ async fn a_budget_holds_across_instances_within_the_cost_of_the_requests_in_flig
     for gw in &cluster.instances {
         let (_, _, view) = poll_until(
             100,
-            || send(client().get(format!("{}/api/admin/keys/{id}", gw.url)).bearer_auth(ADMIN_KEY)),
-            |(_, _, v)| (v["usage"]["budgets"][0]["spent_usd"].as_f64().unwrap_or(0.0) - spent).abs() < 1e-9,
+            || {
+                send(
+                    client()
+                        .get(format!("{}/api/admin/keys/{id}", gw.url))
+                        .bearer_auth(ADMIN_KEY),
+                )
+            },
+            |(_, _, v)| {
+                (v["usage"]["budgets"][0]["spent_usd"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    - spent)
+                    .abs()
+                    < 1e-9
+            },
         )
         .await;
         let recorded = view["usage"]["budgets"][0]["spent_usd"].as_f64().unwrap();
@@ -309,7 +352,10 @@ async fn a_key_revoked_through_one_instance_is_refused_by_the_others_within_a_se
         loop {
             let (status, _, body) = send(ask(gw, &secret, "priced")).await;
             if status == 401 {
-                assert!(body["error"]["message"].as_str().unwrap().contains("revoked"));
+                assert!(body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("revoked"));
                 break;
             }
             assert_eq!(status, 200, "{body}");
@@ -322,7 +368,11 @@ async fn a_key_revoked_through_one_instance_is_refused_by_the_others_within_a_se
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
-    assert!(revoked.elapsed() < Duration::from_secs(1), "{:?}", revoked.elapsed());
+    assert!(
+        revoked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        revoked.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -338,18 +388,31 @@ async fn requests_at_once_are_capped_across_instances_and_a_dead_instance_frees_
     )
     .await;
     let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
     for (status, headers, body) in answers.iter().filter(|a| a.0 != 200) {
         assert_eq!(*status, 429, "{body}");
         assert_eq!(body["error"]["code"], "rate_limit_exceeded");
-        assert!(body["error"]["message"].as_str().unwrap().contains("2 requests at once"));
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 requests at once"));
         assert!(headers.contains_key("retry-after"));
     }
     assert!(started.elapsed() >= Duration::from_millis(1500));
     // Finished, they give their places back: two at once again, on any instance.
     let (_, _, own) = poll_until(
         100,
-        || send(client().get(format!("{}/api/keys/self", cluster.instances[2].url)).bearer_auth(&secret)),
+        || {
+            send(
+                client()
+                    .get(format!("{}/api/keys/self", cluster.instances[2].url))
+                    .bearer_auth(&secret),
+            )
+        },
         |(_, _, own)| own["key"]["usage"]["in_flight"] == 0,
     )
     .await;
@@ -358,7 +421,10 @@ async fn requests_at_once_are_capped_across_instances_and_a_dead_instance_frees_
         (0..2).map(|i| send(ask(&cluster.instances[i + 1], &secret, "priced"))),
     )
     .await;
-    assert_eq!(again.iter().map(|a| a.0).collect::<Vec<_>>(), vec![200, 200]);
+    assert_eq!(
+        again.iter().map(|a| a.0).collect::<Vec<_>>(),
+        vec![200, 200]
+    );
 
     // Instance 0 takes both places with long requests, then dies (SIGKILL: no goodbye).
     let first = cluster.instances.remove(0);
@@ -374,12 +440,21 @@ async fn requests_at_once_are_capped_across_instances_and_a_dead_instance_frees_
         .collect::<Vec<_>>();
     let (_, _, own) = poll_until(
         200,
-        || send(client().get(format!("{}/api/keys/self", cluster.instances[0].url)).bearer_auth(&secret)),
+        || {
+            send(
+                client()
+                    .get(format!("{}/api/keys/self", cluster.instances[0].url))
+                    .bearer_auth(&secret),
+            )
+        },
         |(_, _, own)| own["key"]["usage"]["in_flight"] == 2,
     )
     .await;
     assert_eq!(own["key"]["usage"]["in_flight"], 2, "{own}");
-    assert_eq!(send(ask(&cluster.instances[0], &secret, "priced")).await.0, 429);
+    assert_eq!(
+        send(ask(&cluster.instances[0], &secret, "priced")).await.0,
+        429
+    );
     first.kill9();
     let died = Instant::now();
     for task in long {
@@ -393,5 +468,9 @@ async fn requests_at_once_are_capped_across_instances_and_a_dead_instance_frees_
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert!(died.elapsed() < Duration::from_secs(8), "{:?}", died.elapsed());
+    assert!(
+        died.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        died.elapsed()
+    );
 }

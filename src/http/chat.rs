@@ -25,10 +25,7 @@ pub async fn chat_completions(
     let caller = state.auth.caller(&req)?;
     // Past the key's and tenant's limits: refused before anything is read or recorded.
     let admission = state.auth.registry().admit(&caller).await?;
-    let rate_headers = admission
-        .as_ref()
-        .map(|a| a.headers())
-        .unwrap_or_default();
+    let rate_headers = admission.as_ref().map(|a| a.headers()).unwrap_or_default();
     let tenant = caller.tenant.as_str();
     // From here on, every outcome is recorded as exactly one run.
     let ctx = RunContext::new(tenant, "default", "", false);

@@ -667,12 +667,7 @@ impl LocalLimiter {
                 let reset = (state.window_start_ms + MINUTE_MS).saturating_sub(now);
                 if let Some(limit) = state.limits.rpm {
                     let left = limit.saturating_sub(state.requests);
-                    Remaining::tighten(
-                        &mut remaining.requests,
-                        limit.into(),
-                        left.into(),
-                        reset,
-                    );
+                    Remaining::tighten(&mut remaining.requests, limit.into(), left.into(), reset);
                 }
                 if let Some(limit) = state.limits.tpm {
                     let left = limit.saturating_sub(state.tokens);
@@ -734,7 +729,10 @@ mod tests {
         Arc::new(Subject::new("key:test".into(), "key test".into(), limits))
     }
 
-    fn admit(subjects: Vec<Arc<Subject>>, clock: Arc<ManualClock>) -> Result<Admission, GatewayError> {
+    fn admit(
+        subjects: Vec<Arc<Subject>>,
+        clock: Arc<ManualClock>,
+    ) -> Result<Admission, GatewayError> {
         LocalLimiter::new(clock).admit_now(subjects)
     }
 
@@ -822,12 +820,8 @@ mod tests {
             tpm: Some(100),
             ..Limits::default()
         });
-        admit(vec![s.clone()], c.clone())
-            .unwrap()
-            .charge(0.0, 60);
-        admit(vec![s.clone()], c.clone())
-            .unwrap()
-            .charge(0.0, 60);
+        admit(vec![s.clone()], c.clone()).unwrap().charge(0.0, 60);
+        admit(vec![s.clone()], c.clone()).unwrap().charge(0.0, 60);
         let refused = admit(vec![s.clone()], c.clone()).unwrap_err();
         assert!(refused.message.contains("TPM"), "{}", refused.message);
         c.set(NOW + 61_000);
@@ -853,9 +847,7 @@ mod tests {
             ..Limits::default()
         });
         for _ in 0..3 {
-            admit(vec![s.clone()], c.clone())
-                .unwrap()
-                .charge(0.004, 0);
+            admit(vec![s.clone()], c.clone()).unwrap().charge(0.004, 0);
         }
         assert_eq!(s.soft_alerts.load(Ordering::Relaxed), 1);
         let refused = admit(vec![s.clone()], c.clone()).unwrap_err();

@@ -824,8 +824,7 @@ impl Limiter for RedisLimiter {
     fn drain(&self, within: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let deadline = Instant::now() + within;
-            while self.shared.releasing.load(Ordering::Relaxed) > 0 && Instant::now() < deadline
-            {
+            while self.shared.releasing.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             if Instant::now() < deadline {

@@ -121,7 +121,7 @@ async fn requests_per_minute_admit_exactly_the_limit_across_instances_then_reset
         .contains(&("x-ratelimit-reset-requests", "20s".into())));
     clock.set(NOW + 60_000);
     assert!(b.admit(vec![on_b.clone()]).await.is_ok());
-    let usage = a.usage_at(&[on_a.clone()], NOW + 60_001).await;
+    let usage = a.usage_at(std::slice::from_ref(&on_a), NOW + 60_001).await;
     assert_eq!(usage[0].requests, 1);
 }
 
@@ -238,7 +238,7 @@ async fn budgets_stop_spend_across_instances_and_renew_at_the_period_boundary() 
     clock.set(midnight);
     a.admit(vec![on_a.clone()]).await.unwrap().charge(0.001, 0);
     a.drain(Duration::from_secs(5)).await;
-    let usage = b.usage_at(&[on_b.clone()], midnight).await;
+    let usage = b.usage_at(std::slice::from_ref(&on_b), midnight).await;
     assert_eq!(usage[0].spends[0], (Period::Day, 0.001));
     assert_eq!(usage[0].spends[1].0, Period::Month);
     assert!((usage[0].spends[1].1 - 0.013).abs() < 1e-9, "{usage:?}");
@@ -292,7 +292,11 @@ async fn requests_at_once_hold_across_instances_and_a_dead_instances_places_expi
     let first = a.admit(vec![on_a.clone()]).await.unwrap();
     let second = b.admit(vec![on_b.clone()]).await.unwrap();
     let refused = a.admit(vec![on_a.clone()]).await.unwrap_err();
-    assert!(refused.message.contains("2 requests at once"), "{}", refused.message);
+    assert!(
+        refused.message.contains("2 requests at once"),
+        "{}",
+        refused.message
+    );
     // A place given back (charged or not) is free again on the other instance.
     drop(second);
     b.drain(Duration::from_secs(5)).await;
@@ -317,7 +321,10 @@ async fn requests_at_once_hold_across_instances_and_a_dead_instances_places_expi
     clock.set(NOW + 3_001 + 4_000);
     let _fifth = b.admit(vec![on_b.clone()]).await.unwrap();
     assert!(b.admit(vec![on_b.clone()]).await.is_err(), "renewed");
-    assert_eq!(b.usage_at(&[on_b.clone()], NOW + 7_001).await[0].in_flight, 2);
+    assert_eq!(
+        b.usage_at(std::slice::from_ref(&on_b), NOW + 7_001).await[0].in_flight,
+        2
+    );
     drop(fourth);
 }
 
@@ -359,12 +366,15 @@ async fn spend_the_store_kept_is_restored_when_redis_lost_it() {
         warned: false,
     }]);
     l.restore(std::slice::from_ref(&s)).await;
-    assert_eq!(l.usage_at(&[s.clone()], NOW).await[0].spends[0].1, 0.75);
+    assert_eq!(
+        l.usage_at(std::slice::from_ref(&s), NOW).await[0].spends[0].1,
+        0.75
+    );
     // Redis holding more keeps it (another instance charged since).
     l.admit(vec![s.clone()]).await.unwrap().charge(0.5, 0);
     l.drain(Duration::from_secs(5)).await;
     l.restore(std::slice::from_ref(&s)).await;
-    let spent = l.usage_at(&[s.clone()], NOW).await[0].spends[0].1;
+    let spent = l.usage_at(std::slice::from_ref(&s), NOW).await[0].spends[0].1;
     assert!((spent - 1.25).abs() < 1e-9, "{spent}");
     assert!(l.admit(vec![s.clone()]).await.is_err());
 }
@@ -410,7 +420,10 @@ impl Relay {
         // The same credentials and database, through the relay.
         let (scheme_auth, rest) = match url.rsplit_once('@') {
             Some((auth, rest)) => (format!("{auth}@"), rest.to_string()),
-            None => ("redis://".to_string(), url.trim_start_matches("redis://").into()),
+            None => (
+                "redis://".to_string(),
+                url.trim_start_matches("redis://").into(),
+            ),
         };
         let db = rest.split_once('/').map(|(_, db)| db).unwrap_or("");
         format!("{scheme_auth}{}/{db}", self.addr)
@@ -488,7 +501,7 @@ async fn without_redis_admissions_count_locally_and_their_charges_reach_redis_la
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(l.pending_charges(), 0);
-    let spent = direct.usage_at(&[s.clone()], NOW).await[0].spends[0].1;
+    let spent = direct.usage_at(std::slice::from_ref(&s), NOW).await[0].spends[0].1;
     assert!((spent - 3.5).abs() < 1e-9, "{spent}");
     assert!(l.admit(vec![s.clone()]).await.is_ok());
 }
