@@ -98,6 +98,10 @@ impl Cluster {
             &[offer("upstream", "gpt-4o-mini;delay_ms=1500", 1.0, 1.0)],
             "",
         ) + &model_table(
+            "trickle",
+            &[offer("upstream", "gpt-4o-mini;chunk_delay_ms=400;chunk_chars=4", 100.0, 200.0)],
+            "",
+        ) + &model_table(
             "very-slow",
             &[offer("upstream", "gpt-4o-mini;delay_ms=20000", 1.0, 1.0)],
             "",
@@ -472,5 +476,78 @@ async fn requests_at_once_are_capped_across_instances_and_a_dead_instance_frees_
         died.elapsed() < Duration::from_secs(8),
         "{:?}",
         died.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn streamed_and_cancelled_runs_are_charged_and_give_their_place_back_across_instances() {
+    let cluster = Cluster::start("stream");
+    let (id, secret) = cluster
+        .create_key(json!({"name": "streamer", "max_parallel": 1,
+                           "budgets": [{"period": "day", "usd": 10.0}]}))
+        .await;
+    let spent_seen_by = |gw: &Flowgate| {
+        send(
+            client()
+                .get(format!("{}/api/admin/keys/{id}", gw.url))
+                .bearer_auth(ADMIN_KEY),
+        )
+    };
+    // A stream through instance 0: its cost is in its last chunk, and in the shared budget.
+    let (status, _, body) = send(
+        client()
+            .post(cluster.instances[0].chat_url())
+            .bearer_auth(&secret)
+            .json(&json!({"model": "priced", "messages": user("hello stream"), "stream": true})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let events = sse_events(body.as_str().unwrap());
+    let cost = stream_chunks(&events)
+        .iter()
+        .find_map(|c| c["cost_usd"].as_f64())
+        .expect("the last chunk carries cost_usd");
+    assert!(cost > 0.0);
+    let (_, _, view) = poll_until(
+        100,
+        || spent_seen_by(&cluster.instances[2]),
+        |(_, _, v)| v["usage"]["budgets"][0]["spent_usd"].as_f64() == Some(cost),
+    )
+    .await;
+    assert_eq!(
+        view["usage"]["budgets"][0]["spent_usd"].as_f64(),
+        Some(cost),
+        "{view}"
+    );
+
+    // A slow stream through instance 1, left by its client after the first bytes: the run
+    // ends and its place comes back at once, not when its lease would lapse.
+    let long_text = "one two three four five six seven eight nine ten ".repeat(8);
+    let mut response = client()
+        .post(cluster.instances[1].chat_url())
+        .bearer_auth(&secret)
+        .json(&json!({"model": "trickle", "messages": user(&long_text), "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.chunk().await.unwrap().is_some());
+    // Its one place is taken on every instance.
+    let (status, _, body) = send(ask(&cluster.instances[2], &secret, "priced")).await;
+    assert_eq!(status, 429, "{body}");
+    drop(response);
+    let left = Instant::now();
+    let (status, _, body) = poll_until(
+        100,
+        || send(ask(&cluster.instances[2], &secret, "priced")),
+        |(status, _, _)| *status == 200,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The lease would have lasted 3 s from its last renewal.
+    assert!(
+        left.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        left.elapsed()
     );
 }

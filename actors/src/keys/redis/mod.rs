@@ -402,7 +402,7 @@ impl RedisLimiter {
         }
         lock(&shared.leases).remove(&lease);
         let refusal = (|| {
-            let subject = subjects.get(field(1)? as usize - 1)?;
+            let subject = subjects.get((field(1)? as usize).checked_sub(1)?)?;
             let reason = reply.get(2).and_then(text)?;
             let limit = field(3)?;
             let used = field(4)?;
@@ -421,7 +421,8 @@ impl RedisLimiter {
                     limit: limit as u32,
                 },
                 "budget" => {
-                    let budget = subject.limits().budgets.get(limit as usize - 1)?.clone();
+                    let index = (limit as usize).checked_sub(1)?;
+                    let budget = subject.limits().budgets.get(index)?.clone();
                     let start = period_start(budget.period, now);
                     // What every instance spent: the fallback starts from it too.
                     subject.observe_spend(budget.period, start, used);
