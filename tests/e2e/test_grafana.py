@@ -42,6 +42,7 @@ ALERTS = {
     "FlowgateGatewayOverheadHigh",
     "FlowgateRecorderErrors",
     "FlowgateCostPerHourHigh",
+    "FlowgateRedisUnreachable",
 }
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
 

@@ -283,6 +283,7 @@ impl RedisLimiter {
             .check()
             .await
             .map_err(|e| format!("Redis does not answer: {e}"))?;
+        limiter.shared.metrics.up.set(1);
         let weak = Arc::downgrade(&limiter.shared);
         let every = limiter.shared.settings.lease / 3;
         tokio::spawn(renew_leases(weak, every));
@@ -328,6 +329,7 @@ impl RedisLimiter {
     /// Sends the renewals and the pending charges now (the background task does it every
     /// third of the lease time).
     pub async fn tick(&self) {
+        self.shared.probe().await;
         self.shared.renew().await;
         self.shared.send_pending().await;
     }
@@ -672,6 +674,31 @@ impl Shared {
         self.metrics.pending.set(lock(&self.pending).len() as i64);
     }
 
+    /// Asks Redis whether it is back when the last call failed, so `flowgate_redis_up` (and
+    /// the log) say so without waiting for a request.
+    async fn probe(&self) {
+        if self.up.load(Ordering::Relaxed) || self.quiet() {
+            return;
+        }
+        let mut connection = self.connection.clone();
+        let command = ::redis::cmd("PING");
+        let ping = command.query_async::<String>(&mut connection);
+        let outcome = match tokio::time::timeout(self.settings.timeout, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(CallError::Redis(e)),
+            Err(_) => Err(CallError::Timeout),
+        };
+        match outcome {
+            Ok(()) => {
+                self.metrics.up.set(1);
+                if !self.up.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("Redis answers again: limits hold across instances again");
+                }
+            }
+            Err(e) => self.failed("ping", &e),
+        }
+    }
+
     /// Moves the deadlines of this instance's leases.
     async fn renew(&self) {
         let held: Vec<(String, Vec<String>)> = lock(&self.leases)
@@ -705,6 +732,7 @@ async fn renew_leases(shared: Weak<Shared>, every: Duration) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        shared.probe().await;
         shared.renew().await;
         shared.send_pending().await;
     }

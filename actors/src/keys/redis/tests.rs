@@ -455,6 +455,7 @@ async fn without_redis_admissions_count_locally_and_their_charges_reach_redis_la
         ..Limits::default()
     };
     let s = subject("key:k", limits);
+    assert_eq!(l.shared.metrics.up.get(), 1, "up from the start");
     l.admit(vec![s.clone()]).await.unwrap().charge(1.0, 0);
     l.drain(Duration::from_secs(5)).await;
 
@@ -501,6 +502,7 @@ async fn without_redis_admissions_count_locally_and_their_charges_reach_redis_la
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(l.pending_charges(), 0);
+    assert_eq!(l.shared.metrics.up.get(), 1);
     let spent = direct.usage_at(std::slice::from_ref(&s), NOW).await[0].spends[0].1;
     assert!((spent - 3.5).abs() < 1e-9, "{spent}");
     assert!(l.admit(vec![s.clone()]).await.is_ok());
