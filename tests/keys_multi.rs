@@ -555,3 +555,50 @@ async fn streamed_and_cancelled_runs_are_charged_and_give_their_place_back_acros
         left.elapsed()
     );
 }
+
+#[test]
+fn an_instance_whose_redis_does_not_answer_does_not_start_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = base_config(&dir.path().join("data"), None)
+        + &format!("\n[redis]\nurl = \"redis://:hunter2@127.0.0.1:{port}\"\ntimeout_ms = 300\n");
+    let path = dir.path().join("flowgate.toml");
+    std::fs::write(&path, &config).unwrap();
+    let started = Instant::now();
+    let out = flowgate_command()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("listening on"), "{stdout}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("redis.url") && err.contains("Redis does not answer"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+
+    // A bad value is found by `check-config`, with its path.
+    std::fs::write(
+        &path,
+        base_config(&dir.path().join("data"), None)
+            + "\n[redis]\nurl = \"redis://h\"\nlease_seconds = 0\n",
+    )
+    .unwrap();
+    let out = flowgate_command()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("redis.lease_seconds"), "{err}");
+}
