@@ -84,6 +84,8 @@ impl RedisSettings {
 
 /// How long Redis is left alone after it failed: requests meanwhile do not wait for it.
 const QUIET_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// Subjects read per call of `usage.lua`.
+const USAGE_BATCH: usize = 200;
 /// Charges kept while Redis is unreachable, at most (the oldest go first).
 const MAX_PENDING: usize = 10_000;
 
@@ -451,13 +453,28 @@ impl RedisLimiter {
         }
     }
 
-    /// [`Limiter::usage`] at `now` (tests pass their own clock).
+    /// [`Limiter::usage`] at `now` (tests pass their own clock). Read in batches, so a scrape
+    /// of many keys never holds Redis (and the admissions behind it) for long; a batch Redis
+    /// does not answer shows what this instance saw. Reads are not the request path: their
+    /// failures do not switch admissions to the fallback.
     async fn usage_at(&self, subjects: &[Arc<Subject>], now: u64) -> Vec<Usage> {
-        let shared = &self.shared;
-        let local = || subjects.iter().map(|s| s.local_usage(now)).collect();
-        if subjects.is_empty() || shared.quiet() {
-            return local();
+        let mut usages = Vec::with_capacity(subjects.len());
+        for batch in subjects.chunks(USAGE_BATCH) {
+            let read = if self.shared.quiet() {
+                None
+            } else {
+                self.usage_batch(batch, now).await
+            };
+            match read {
+                Some(read) => usages.extend(read),
+                None => usages.extend(batch.iter().map(|s| s.local_usage(now))),
+            }
         }
+        usages
+    }
+
+    async fn usage_batch(&self, subjects: &[Arc<Subject>], now: u64) -> Option<Vec<Usage>> {
+        let shared = &self.shared;
         let mut invocation = shared.scripts.usage.prepare_invoke();
         invocation.arg(now).arg(subjects.len());
         let mut periods_of = Vec::with_capacity(subjects.len());
@@ -472,8 +489,8 @@ impl RedisLimiter {
         let reply: Vec<Value> = match shared.call("usage", &invocation).await {
             Ok(reply) => reply,
             Err(e) => {
-                shared.failed("usage", &e);
-                return local();
+                tracing::debug!(error = %e, "cannot read the keys' use from Redis");
+                return None;
             }
         };
         let mut values = reply.iter().map(number);
@@ -488,7 +505,7 @@ impl RedisLimiter {
                 spends: periods.into_iter().map(|p| (p, next())).collect(),
             });
         }
-        usages
+        Some(usages)
     }
 }
 

@@ -544,3 +544,27 @@ async fn a_redis_that_does_not_answer_fails_at_start() {
     assert!(RedisSettings::check_url("rediss://h:1").is_err());
     assert!(RedisSettings::check_url("redis://:pw@h:1/2").is_ok());
 }
+
+#[tokio::test]
+async fn many_subjects_are_read_in_batches_in_their_order() {
+    let clock = Arc::new(ManualClock::at(NOW));
+    let l = limiter(settings(&redis_url(), &prefix("batches")), &clock).await;
+    let subjects: Vec<Arc<Subject>> = (0..(2 * USAGE_BATCH + 50))
+        .map(|i| subject(&format!("key:k{i}"), rpm(100)))
+        .collect();
+    let picked = [3, USAGE_BATCH, 2 * USAGE_BATCH + 49];
+    for (n, i) in picked.iter().enumerate() {
+        for _ in 0..=n {
+            l.admit(vec![subjects[*i].clone()]).await.unwrap();
+        }
+    }
+    let usage = l.usage_at(&subjects, NOW).await;
+    assert_eq!(usage.len(), subjects.len());
+    for (i, u) in usage.iter().enumerate() {
+        let expected = picked
+            .iter()
+            .position(|p| *p == i)
+            .map_or(0, |n| n as u64 + 1);
+        assert_eq!(u.requests, expected, "subject {i}");
+    }
+}
