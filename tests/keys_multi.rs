@@ -430,6 +430,23 @@ async fn requests_at_once_are_capped_across_instances_and_a_dead_instance_frees_
         vec![200, 200]
     );
 
+    // Their places come back from a task of their own, a moment after the answers.
+    let own_url = format!("{}/api/keys/self", cluster.instances[2].url);
+    let in_flight_is = |n: u64| {
+        let url = own_url.clone();
+        let secret = secret.clone();
+        async move {
+            let (_, _, own) = poll_until(
+                200,
+                || send(client().get(&url).bearer_auth(&secret)),
+                |(_, _, own)| own["key"]["usage"]["in_flight"] == n,
+            )
+            .await;
+            assert_eq!(own["key"]["usage"]["in_flight"], n, "{own}");
+        }
+    };
+    in_flight_is(0).await;
+
     // Instance 0 takes both places with long requests, then dies (SIGKILL: no goodbye).
     let first = cluster.instances.remove(0);
     let url = first.url.clone();
@@ -442,19 +459,11 @@ async fn requests_at_once_are_capped_across_instances_and_a_dead_instance_frees_
             tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
         })
         .collect::<Vec<_>>();
-    let (_, _, own) = poll_until(
-        200,
-        || {
-            send(
-                client()
-                    .get(format!("{}/api/keys/self", cluster.instances[0].url))
-                    .bearer_auth(&secret),
-            )
-        },
-        |(_, _, own)| own["key"]["usage"]["in_flight"] == 2,
-    )
-    .await;
-    assert_eq!(own["key"]["usage"]["in_flight"], 2, "{own}");
+    in_flight_is(2).await;
+    assert!(
+        long.iter().all(|task| !task.is_finished()),
+        "both long requests run"
+    );
     assert_eq!(
         send(ask(&cluster.instances[0], &secret, "priced")).await.0,
         429
