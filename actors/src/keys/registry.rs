@@ -9,7 +9,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use uuid::Uuid;
 
-use super::limiter::{Admission, Limiter, Limits, Subject, WallClock};
+use super::admission::{Admission, Limiter};
+use super::limiter::{Limits, Subject, WallClock};
 use super::{
     allowed, check_budgets, check_patterns, digest_hex, new_secret, KeyRecord, KeySpec, MAX_KEYS,
     MAX_NAME,
