@@ -82,11 +82,18 @@ pub async fn serve(config: Config) -> Result<(), String> {
         Arc::new(flowgate_actors::keys::SystemWallClock);
     // With `[redis]`, limits hold across instances; without, this process counts alone.
     let limiter: Arc<dyn flowgate_actors::keys::Limiter> = match config.redis.clone() {
-        Some(settings) => Arc::new(
-            flowgate_actors::keys::redis::RedisLimiter::connect(settings, clock.clone())
-                .await
-                .map_err(|e| format!("cannot start the limits on Redis (`redis.url`): {e}"))?,
-        ),
+        Some(settings) => {
+            let on_unavailable = settings.on_unavailable;
+            let limiter =
+                flowgate_actors::keys::redis::RedisLimiter::connect(settings, clock.clone())
+                    .await
+                    .map_err(|e| format!("cannot start the limits on Redis (`redis.url`): {e}"))?;
+            tracing::info!(
+                ?on_unavailable,
+                "keys' and tenants' limits are counted in Redis, across instances"
+            );
+            Arc::new(limiter)
+        }
         None => Arc::new(flowgate_actors::keys::LocalLimiter::new(clock.clone())),
     };
     let registry = flowgate_actors::keys::KeyRegistry::load(
