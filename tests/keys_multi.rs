@@ -611,3 +611,124 @@ fn an_instance_whose_redis_does_not_answer_does_not_start_and_says_why() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("redis.lease_seconds"), "{err}");
 }
+
+/// A TCP relay to the test Redis that can be cut and put back on the same port.
+struct Relay {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(addr: Option<std::net::SocketAddr>) -> Relay {
+        let listener =
+            tokio::net::TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
+                .await
+                .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = redis_url();
+        let target = url
+            .trim_start_matches("redis://")
+            .rsplit('@')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let task = tokio::spawn(async move {
+            let mut relays = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = target.clone();
+                relays.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Relay { addr, task }
+    }
+
+    /// The test Redis's URL (credentials and database kept), through the relay.
+    fn url(&self) -> String {
+        let url = redis_url();
+        let (auth, rest) = match url.rsplit_once('@') {
+            Some((auth, rest)) => (format!("{auth}@"), rest.to_string()),
+            None => ("redis://".into(), url.trim_start_matches("redis://").into()),
+        };
+        let db = rest.split_once('/').map(|(_, db)| db).unwrap_or("");
+        format!("{auth}{}/{db}", self.addr)
+    }
+
+    /// Cuts every connection and stops listening.
+    fn cut(self) -> std::net::SocketAddr {
+        self.task.abort();
+        self.addr
+    }
+}
+
+// The relay runs on the test's runtime while the instances start (a blocking wait): on threads
+// of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_an_instance_counts_alone_or_refuses_as_configured() {
+    const ACME_KEY: &str = "acme-multi-key";
+    let relay = Relay::start(None).await;
+    let name = unique("outage");
+    let instance = |on_unavailable: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = base_config(&dir.path().join("data"), None)
+            + &format!(
+                "\n[redis]\nurl = \"{}\"\nkey_prefix = \"flowgate-it:{name}:\"\ntimeout_ms = 500\n\
+                 on_unavailable = \"{on_unavailable}\"\n\
+                 [auth]\napi_keys = [\"{TENANT_KEY}\"]\n[auth.tenants.acme]\napi_keys = [\"{ACME_KEY}\"]\n\
+                 [auth.tenants.acme.limits]\nrpm = 100\n",
+                relay.url()
+            );
+        let gw = Flowgate::start(dir.path(), &config);
+        (gw, dir)
+    };
+    let (local, _local_dir) = instance("local");
+    let (refusing, _refusing_dir) = instance("refuse");
+    for gw in [&local, &refusing] {
+        assert_eq!(send(ask(gw, ACME_KEY, "mock-echo")).await.0, 200);
+    }
+
+    let addr = relay.cut();
+    // Counted by the instance alone: still served.
+    let (status, _, body) = send(ask(&local, ACME_KEY, "mock-echo")).await;
+    assert_eq!(status, 200, "{body}");
+    // Refused while Redis is away, with a retry hint; a caller no limit applies to is served.
+    let (status, headers, body) = send(ask(&refusing, ACME_KEY, "mock-echo")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "limiter_unavailable");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(send(ask(&refusing, TENANT_KEY, "mock-echo")).await.0, 200);
+    let text = metrics(&local).await;
+    assert_sample(
+        &text,
+        "flowgate_redis_fallbacks_total{decision=\"local\"} 1",
+    );
+    assert_sample(&text, "flowgate_redis_up 0");
+    let text = metrics(&refusing).await;
+    assert_sample(
+        &text,
+        "flowgate_redis_fallbacks_total{decision=\"refused\"} 1",
+    );
+
+    // Redis is back: both count in it again, and say so without a request.
+    let _relay = Relay::start(Some(addr)).await;
+    let (status, _, body) = poll_until(
+        250,
+        || send(ask(&refusing, ACME_KEY, "mock-echo")),
+        |(status, _, _)| *status == 200,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let text = poll_until(
+        250,
+        || metrics(&local),
+        |text| text.lines().any(|l| l == "flowgate_redis_up 1"),
+    )
+    .await;
+    assert_sample(&text, "flowgate_redis_up 1");
+}
