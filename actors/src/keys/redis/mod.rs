@@ -45,8 +45,7 @@ mod tests;
 pub use settings::{OnUnavailable, RedisSettings};
 
 use metrics::RedisMetrics;
-use release::Charge;
-use release::{renew_leases, LateCharge, RedisHold};
+use release::{renew_leases, Charge, LateCharge, RedisHold};
 
 /// How long Redis is left alone after it failed: requests meanwhile do not wait for it.
 const QUIET_AFTER_FAILURE: Duration = Duration::from_secs(1);
@@ -55,7 +54,8 @@ const USAGE_BATCH: usize = 200;
 /// Charges kept while Redis is unreachable, at most (the oldest go first).
 const MAX_PENDING: usize = 10_000;
 
-/// The Lua scripts, loaded once per server (EVALSHA; EVAL-and-load on NOSCRIPT).
+/// The Lua scripts, loaded at start and sent as EVALSHA (on NOSCRIPT — Redis restarted or
+/// flushed its scripts — the `redis` crate loads the script and sends it again).
 struct Scripts {
     admit: Script,
     release: Script,
