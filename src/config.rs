@@ -13,6 +13,7 @@ use flowgate_actors::catalog::{
     Catalog, Fallbacks, LongContextPrices, ModelEntry, Prices, ProviderOffer, Supports,
 };
 use flowgate_actors::engine::HedgingPolicy;
+use flowgate_actors::keys::redis::{OnUnavailable, RedisSettings};
 use flowgate_actors::keys::Limits as KeyLimits;
 use flowgate_actors::provider::media::MediaSettings;
 use flowgate_actors::provider::{
@@ -44,6 +45,9 @@ struct RawConfig {
     recorder: RawRecorder,
     #[serde(default)]
     storage: RawStorage,
+    /// Limits and budgets counted across instances (absent: each instance counts alone).
+    #[serde(default)]
+    redis: Option<RawRedis>,
     #[serde(default)]
     media: RawMedia,
     #[serde(default)]
@@ -182,6 +186,93 @@ impl Default for RawStorage {
             spool_max_mb: 1024,
         }
     }
+}
+
+/// `[redis]`: where keys' and tenants' limits are counted when several instances share them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    /// `redis://[user:password@]host:port[/db]` (usually `${REDIS_URL}`).
+    url: Option<String>,
+    #[serde(default = "default_redis_prefix")]
+    key_prefix: String,
+    /// A call to Redis that takes longer is a failure (see `on_unavailable`).
+    #[serde(default = "default_redis_timeout")]
+    timeout_ms: u64,
+    /// A request's place in `max_parallel` lapses this long after its instance stopped
+    /// renewing it (the instance died).
+    #[serde(default = "default_redis_lease")]
+    lease_seconds: u64,
+    #[serde(default)]
+    on_unavailable: RawOnUnavailable,
+}
+
+fn default_redis_prefix() -> String {
+    "flowgate:".into()
+}
+
+fn default_redis_timeout() -> u64 {
+    250
+}
+
+fn default_redis_lease() -> u64 {
+    30
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawOnUnavailable {
+    #[default]
+    Local,
+    Refuse,
+}
+
+/// `[redis]`: a URL that parses, bounded times, a prefix of plain characters. Errors name the
+/// key, never the URL's text (it may hold a password).
+fn compile_redis(raw: Option<RawRedis>, source: &str) -> Result<Option<RedisSettings>, String> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let invalid =
+        |key: &str, why: String| format!("{source}: invalid config at `redis.{key}`: {why}");
+    let url = raw
+        .url
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| invalid("url", "required in [redis] (is REDIS_URL set?)".into()))?;
+    RedisSettings::check_url(&url).map_err(|e| invalid("url", e))?;
+    if !(1..=60_000).contains(&raw.timeout_ms) {
+        return Err(invalid(
+            "timeout_ms",
+            format!("{} is not between 1 and 60000", raw.timeout_ms),
+        ));
+    }
+    if !(3..=86_400).contains(&raw.lease_seconds) {
+        return Err(invalid(
+            "lease_seconds",
+            format!("{} is not between 3 and 86400", raw.lease_seconds),
+        ));
+    }
+    let prefix_ok = raw.key_prefix.len() <= 64
+        && raw
+            .key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:{}".contains(&b));
+    if !prefix_ok {
+        return Err(invalid(
+            "key_prefix",
+            "at most 64 letters, digits and `-_.:{}`".into(),
+        ));
+    }
+    Ok(Some(RedisSettings {
+        url,
+        key_prefix: raw.key_prefix,
+        timeout: Duration::from_millis(raw.timeout_ms),
+        lease: Duration::from_secs(raw.lease_seconds),
+        on_unavailable: match raw.on_unavailable {
+            RawOnUnavailable::Local => OnUnavailable::Local,
+            RawOnUnavailable::Refuse => OnUnavailable::Refuse,
+        },
+    }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -590,6 +681,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub admin: AdminConfig,
     pub gateway: GatewayConfig,
+    /// `[redis]`: limits counted across instances; `None`: in this process.
+    pub redis: Option<RedisSettings>,
 }
 
 /// Replaces `${VAR}` in every string. A string naming an unset (or empty) variable is removed,
@@ -1154,7 +1247,9 @@ impl Config {
             .collect();
         let data_dir = raw.server.data_dir;
         let storage = compile_storage(raw.storage, source)?;
+        let redis = compile_redis(raw.redis, source)?;
         Ok(Config {
+            redis,
             limits,
             ops_keys,
             server: ServerConfig {
@@ -1252,6 +1347,46 @@ mod tests {
                 "storage.spool_max_mb",
             ),
             ("[storage]\nbackend = \"sled\"\nurll = \"x\"\n", "storage"),
+        ] {
+            let err = load(text).unwrap_err();
+            assert!(err.contains(&format!("`{path}")), "{text}: {err}");
+            assert!(!err.contains("secret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn redis_is_off_unless_configured_and_checked_with_its_path() {
+        let shipped = include_str!("../config/flowgate.toml");
+        assert!(load(shipped).unwrap().redis.is_none());
+        let config = load(
+            "[redis]\nurl = \"redis://:pw@cache.internal:6380/2\"\nkey_prefix = \"fg:prod:\"\non_unavailable = \"refuse\"\n",
+        )
+        .unwrap();
+        let redis = config.redis.unwrap();
+        assert_eq!(redis.key_prefix, "fg:prod:");
+        assert_eq!(redis.timeout, Duration::from_millis(250));
+        assert_eq!(redis.lease, Duration::from_secs(30));
+        assert_eq!(redis.on_unavailable, OnUnavailable::Refuse);
+        for (text, path) in [
+            ("[redis]\n", "redis.url"),
+            ("[redis]\nurl = \"http://u:secret@h:6379\"\n", "redis.url"),
+            (
+                "[redis]\nurl = \"redis://h\"\ntimeout_ms = 0\n",
+                "redis.timeout_ms",
+            ),
+            (
+                "[redis]\nurl = \"redis://h\"\nlease_seconds = 1\n",
+                "redis.lease_seconds",
+            ),
+            (
+                "[redis]\nurl = \"redis://h\"\nkey_prefix = \"a b\"\n",
+                "redis.key_prefix",
+            ),
+            (
+                "[redis]\nurl = \"redis://h\"\non_unavailable = \"ignore\"\n",
+                "redis.on_unavailable",
+            ),
+            ("[redis]\nurl = \"redis://h\"\nurll = \"x\"\n", "redis"),
         ] {
             let err = load(text).unwrap_err();
             assert!(err.contains(&format!("`{path}")), "{text}: {err}");

@@ -95,6 +95,21 @@ async fn a_key_with_rpm_10_admits_exactly_10_of_30_at_once() {
     .await;
     let ok = answers.iter().filter(|(s, _, _)| *s == 200).count();
     assert_eq!(ok, 10);
+    // Each admitted answer says how many are left this minute: 9 down to 0, once each.
+    let mut left: Vec<u32> = answers
+        .iter()
+        .filter(|(s, _, _)| *s == 200)
+        .map(|(_, h, _)| {
+            assert_eq!(h["x-ratelimit-limit-requests"], "10");
+            h["x-ratelimit-remaining-requests"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    left.sort_unstable();
+    assert_eq!(left, (0..10).collect::<Vec<u32>>());
     for (status, headers, body) in answers.iter().filter(|(s, _, _)| *s != 200) {
         assert_eq!(*status, 429, "{body}");
         assert_eq!(body["error"]["code"], "rate_limit_exceeded");

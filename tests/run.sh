@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 # A PostgreSQL server for the PostgreSQL backend's tests (started here if none answers).
 source tests/postgres.sh
 echo "PostgreSQL tests on ${FLOWGATE_TEST_DATABASE_URL}"
+# A Redis server for the limits shared across instances (started here if none answers).
+source tests/redis.sh
+echo "Redis tests on ${FLOWGATE_TEST_REDIS_URL}"
 
 cargo build --workspace --bins
 cargo test --workspace

@@ -24,7 +24,8 @@ pub async fn chat_completions(
     use tracing::Instrument;
     let caller = state.auth.caller(&req)?;
     // Past the key's and tenant's limits: refused before anything is read or recorded.
-    let admission = state.auth.registry().admit(&caller)?;
+    let admission = state.auth.registry().admit(&caller).await?;
+    let rate_headers = admission.as_ref().map(|a| a.headers()).unwrap_or_default();
     let tenant = caller.tenant.as_str();
     // From here on, every outcome is recorded as exactly one run.
     let ctx = RunContext::new(tenant, "default", "", false);
@@ -41,9 +42,18 @@ pub async fn chat_completions(
     if let Some(admission) = admission {
         run.hold(admission);
     }
-    Ok(answer(req, payload, state, run, caller)
+    let mut response = answer(req, payload, state, run, caller)
         .instrument(span)
-        .await)
+        .await;
+    // What is left of the key's and tenant's rates, as OpenAI tells it.
+    for (name, value) in rate_headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+    }
+    Ok(response)
 }
 
 /// Records a failed run and answers with its error, naming the run in a header.

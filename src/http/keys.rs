@@ -77,7 +77,7 @@ pub async fn create_key(
         .collect();
     let warnings = KeyRegistry::unmatched_patterns(&entry.record, &models);
     tracing::info!(key = %entry.record.id, name = %entry.record.name, tenant = %entry.record.tenant, by = %who, "key created");
-    let mut view = registry.view(&entry);
+    let mut view = registry.view(&entry).await;
     view["secret"] = secret.into();
     view["warnings"] = warnings.into();
     Ok(HttpResponse::Created().json(view))
@@ -90,11 +90,10 @@ pub async fn list_keys(
     require_admin(&req, &state)?;
     let tenant = admin_tenant(&req)?;
     let registry = state.auth.registry();
-    let data: Vec<serde_json::Value> = registry
-        .list(Some(&tenant))
-        .iter()
-        .map(|k| registry.view(k))
-        .collect();
+    let mut data = Vec::new();
+    for key in registry.list(Some(&tenant)) {
+        data.push(registry.view(&key).await);
+    }
     Ok(HttpResponse::Ok().json(serde_json::json!({"object": "list", "data": data})))
 }
 
@@ -107,7 +106,7 @@ pub async fn get_key(
     let tenant = admin_tenant(&req)?;
     let registry = state.auth.registry();
     let key = key_of_tenant(registry, &tenant, &id)?;
-    Ok(HttpResponse::Ok().json(registry.view(&key)))
+    Ok(HttpResponse::Ok().json(registry.view(&key).await))
 }
 
 pub async fn update_key(
@@ -123,7 +122,7 @@ pub async fn update_key(
     let spec: KeySpec = read_small_json(&req, payload, &state).await?;
     let key = registry.update(&id, spec).await?;
     tracing::info!(key = %key.record.id, by = %who, "key updated");
-    Ok(HttpResponse::Ok().json(registry.view(&key)))
+    Ok(HttpResponse::Ok().json(registry.view(&key).await))
 }
 
 pub async fn revoke_key(
@@ -137,7 +136,7 @@ pub async fn revoke_key(
     key_of_tenant(registry, &tenant, &id)?;
     let key = registry.revoke(&id).await?;
     tracing::info!(key = %key.record.id, by = %who, "key revoked");
-    Ok(HttpResponse::Ok().json(registry.view(&key)))
+    Ok(HttpResponse::Ok().json(registry.view(&key).await))
 }
 
 /// `GET /api/keys/self`: the calling key's limits, this minute's use and each budget's spend,
@@ -147,5 +146,5 @@ pub async fn own_key(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let caller = state.auth.caller(&req)?;
-    Ok(HttpResponse::Ok().json(state.auth.registry().own_view(&caller)))
+    Ok(HttpResponse::Ok().json(state.auth.registry().own_view(&caller).await))
 }

@@ -78,10 +78,29 @@ pub async fn serve(config: Config) -> Result<(), String> {
         workers: config.limits.template_workers,
         memory_bytes: config.limits.templates.max_memory_bytes,
     });
+    let clock: Arc<dyn flowgate_actors::keys::WallClock> =
+        Arc::new(flowgate_actors::keys::SystemWallClock);
+    // With `[redis]`, limits hold across instances; without, this process counts alone.
+    let limiter: Arc<dyn flowgate_actors::keys::Limiter> = match config.redis.clone() {
+        Some(settings) => {
+            let on_unavailable = settings.on_unavailable;
+            let limiter =
+                flowgate_actors::keys::redis::RedisLimiter::connect(settings, clock.clone())
+                    .await
+                    .map_err(|e| format!("cannot start the limits on Redis (`redis.url`): {e}"))?;
+            tracing::info!(
+                ?on_unavailable,
+                "keys' and tenants' limits are counted in Redis, across instances"
+            );
+            Arc::new(limiter)
+        }
+        None => Arc::new(flowgate_actors::keys::LocalLimiter::new(clock.clone())),
+    };
     let registry = flowgate_actors::keys::KeyRegistry::load(
         gateway.key_store.clone(),
-        Arc::new(flowgate_actors::keys::SystemWallClock),
+        clock,
         config.auth.tenant_limits.clone(),
+        limiter,
     )
     .await
     .map_err(|e| format!("cannot read the API keys from the store: {e}"))?;
@@ -169,6 +188,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     server.await.map_err(|e| format!("server error: {e}"))?;
     // Benchmark items in flight are finished and written; the rest resumes at the next start.
     crate::evals::drain(Duration::from_secs(30)).await;
+    registry.drain(Duration::from_secs(5)).await;
     if let Err(e) = registry.persist_usage().await {
         tracing::error!(error = %e, "cannot write the keys' spend at shutdown");
     }

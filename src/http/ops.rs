@@ -179,10 +179,8 @@ pub async fn metrics(
             .set(i64::try_from(bytes).unwrap_or(i64::MAX)),
         Err(e) => tracing::warn!(error = %e, "cannot read the store's size on disk"),
     }
+    let keys = flowgate_actors::keys::metrics::render(state.auth.registry()).await;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(
-            gateway.metrics.render()
-                + &flowgate_actors::keys::metrics::render(state.auth.registry()),
-        ))
+        .body(gateway.metrics.render() + &keys))
 }

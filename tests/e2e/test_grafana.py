@@ -44,6 +44,7 @@ ALERTS = {
     "FlowgateStorageUnreachable",
     "FlowgateSpoolFull",
     "FlowgateCostPerHourHigh",
+    "FlowgateRedisUnreachable",
 }
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
 

@@ -1,15 +1,21 @@
 //! The counters a request must pass, per key and per tenant: requests and tokens per minute,
-//! requests at once, and spend per day, week or month. A request is admitted only if every
-//! subject it belongs to has room, and then counted on all of them in the same step (each
-//! subject's lock held across the check and the count), so N requests at once against a limit
-//! of 10 admit exactly 10. Spend and tokens are charged when the run ends, with what it cost.
+//! requests at once, and spend per day, week or month, counted in this process
+//! ([`LocalLimiter`], the embedded mode). A request is admitted only if every subject it
+//! belongs to has room, and then counted on all of them in the same step (each subject's lock
+//! held across the check and the count), so N requests at once against a limit of 10 admit
+//! exactly 10. Spend and tokens are charged when the run ends, with what it cost.
+//!
+//! The request path sees only [`Limiter`] and [`Admission`]: `keys/redis/` is the other
+//! implementation, whose counters hold across instances.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use super::admission::{Admission, Limiter, Release, Remaining, Usage};
 use super::{Budget, Period};
 use crate::error::{ErrorKind, GatewayError};
 
@@ -72,8 +78,8 @@ impl Limits {
     }
 }
 
-const MINUTE_MS: u64 = 60_000;
-const DAY_MS: u64 = 86_400_000;
+pub(super) const MINUTE_MS: u64 = 60_000;
+pub(super) const DAY_MS: u64 = 86_400_000;
 
 /// The first millisecond of the period that holds `now_ms` (UTC).
 pub fn period_start(period: Period, now_ms: u64) -> u64 {
@@ -190,6 +196,8 @@ impl State {
 /// A key or a tenant, with its counters.
 #[derive(Debug)]
 pub struct Subject {
+    /// `key:<id>` or `tenant:<name>`: where its usage is stored (and its counters in Redis).
+    pub id: String,
     /// `key <name>` or `tenant <name>`: for messages and metrics (never a secret).
     pub label: String,
     state: Mutex<State>,
@@ -223,7 +231,7 @@ pub enum Refusal {
 }
 
 /// OpenAI's spelling of a reset time: `53s`, `1m3s`, `120ms`.
-fn reset_text(ms: u64) -> String {
+pub(super) fn reset_text(ms: u64) -> String {
     if ms < 1000 {
         return format!("{ms}ms");
     }
@@ -291,8 +299,9 @@ impl Refusal {
 }
 
 impl Subject {
-    pub fn new(label: String, limits: Limits) -> Subject {
+    pub fn new(id: String, label: String, limits: Limits) -> Subject {
         Subject {
+            id,
             label,
             state: Mutex::new(State {
                 limits,
@@ -314,6 +323,44 @@ impl Subject {
         self.lock().limits = limits;
     }
 
+    pub fn limits(&self) -> Limits {
+        self.lock().limits.clone()
+    }
+
+    /// Counts a refusal by its reason (rate or quota), for metrics.
+    pub fn count_refusal(&self, refusal: &Refusal) {
+        let counter = match refusal {
+            Refusal::Budget { .. } => &self.refused_quota,
+            _ => &self.refused_rate,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A budget's spend as the shared counters said it is (every instance's): kept here to be
+    /// persisted and to start from if the shared counters cannot be reached.
+    pub fn observe_spend(&self, period: Period, start_ms: u64, usd: f64) {
+        let mut state = self.lock();
+        match state.spends.iter_mut().find(|s| s.period == period) {
+            Some(spend) if spend.start_ms == start_ms && spend.usd >= usd => return,
+            Some(spend) if spend.start_ms == start_ms => spend.usd = usd,
+            Some(spend) => {
+                *spend = Spend {
+                    period,
+                    start_ms,
+                    usd,
+                    warned: false,
+                }
+            }
+            None => state.spends.push(Spend {
+                period,
+                start_ms,
+                usd,
+                warned: false,
+            }),
+        }
+        state.dirty = true;
+    }
+
     /// Spend read back from the store, for the periods still current.
     pub fn restore(&self, spends: Vec<Spend>) {
         let mut state = self.lock();
@@ -331,30 +378,28 @@ impl Subject {
         std::mem::take(&mut state.dirty).then(|| state.spends.clone())
     }
 
-    /// What `GET /api/keys/self` shows: the limits, the minute's use, each budget's spend.
-    pub fn usage(&self, now: u64) -> serde_json::Value {
+    /// What this process counted: this minute's requests and tokens, requests at once, and
+    /// the current periods' spend.
+    pub fn local_usage(&self, now: u64) -> Usage {
         let mut state = self.lock();
         state.roll(now);
-        let budgets: Vec<serde_json::Value> = state
-            .limits
-            .budgets
-            .iter()
-            .map(|b| {
-                let spent = state.spent(b.period);
-                let start = period_start(b.period, now);
-                serde_json::json!({
-                    "period": b.period, "usd": b.usd, "soft_usd": b.soft_usd,
-                    "spent_usd": spent, "remaining_usd": (b.usd - spent).max(0.0),
-                    "resets_in_seconds": (period_end(b.period, start) - now) / 1000,
-                })
-            })
-            .collect();
-        serde_json::json!({
-            "rpm": state.limits.rpm, "tpm": state.limits.tpm,
-            "max_parallel": state.limits.max_parallel,
-            "requests_this_minute": state.requests, "tokens_this_minute": state.tokens,
-            "in_flight": state.parallel, "budgets": budgets,
-        })
+        Usage {
+            requests: u64::from(state.requests),
+            tokens: state.tokens,
+            in_flight: u64::from(state.parallel),
+            spends: state
+                .limits
+                .budgets
+                .iter()
+                .map(|b| (b.period, state.spent(b.period)))
+                .collect(),
+        }
+    }
+
+    /// What `GET /api/keys/self` shows: the limits, the minute's use, each budget's spend.
+    pub fn usage(&self, now: u64) -> serde_json::Value {
+        let usage = self.local_usage(now);
+        usage.view(&self.limits(), now)
     }
 
     fn check(&self, state: &mut State, now: u64) -> Result<(), Refusal> {
@@ -423,65 +468,84 @@ impl Subject {
     }
 }
 
-/// A request's place in its subjects' counters: charged with what the run cost when it ends
-/// ([`Admission::charge`]); dropped uncharged, it only gives its place back.
-#[derive(Debug)]
-pub struct Admission {
-    subjects: Vec<Arc<Subject>>,
+/// The counters of this process alone: the embedded mode (one instance), and the Redis
+/// limiter's fallback when told to keep serving without Redis.
+#[derive(Debug, Clone)]
+pub struct LocalLimiter {
     clock: Arc<dyn WallClock>,
-    done: bool,
 }
 
-impl Admission {
-    /// Admits a request on every subject, or none: the first refusal says why.
-    pub fn admit(
-        subjects: Vec<Arc<Subject>>,
-        clock: Arc<dyn WallClock>,
-    ) -> Result<Admission, GatewayError> {
-        let now = clock.now_ms();
-        // Locked in the order given (key, then tenant): every request takes them alike.
-        let mut states: Vec<MutexGuard<'_, State>> = subjects.iter().map(|s| s.lock()).collect();
-        for (subject, state) in subjects.iter().zip(states.iter_mut()) {
-            if let Err(refusal) = subject.check(state, now) {
-                let counter = match refusal {
-                    Refusal::Budget { .. } => &subject.refused_quota,
-                    _ => &subject.refused_rate,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                return Err(refusal.into_error(&subject.label));
-            }
-        }
-        for state in states.iter_mut() {
-            state.requests += 1;
-            state.parallel += 1;
-        }
-        drop(states);
-        Ok(Admission {
-            subjects,
-            clock,
-            done: false,
-        })
+impl LocalLimiter {
+    pub fn new(clock: Arc<dyn WallClock>) -> LocalLimiter {
+        LocalLimiter { clock }
     }
 
-    /// Charges what the run cost and used, and gives its place back.
-    pub fn charge(mut self, usd: f64, tokens: u64) {
+    /// [`Limiter::admit`], at once (no I/O).
+    pub fn admit_now(&self, subjects: Vec<Arc<Subject>>) -> Result<Admission, GatewayError> {
+        let now = self.clock.now_ms();
+        let mut remaining = Remaining::default();
+        {
+            // Locked in the order given (key, then tenant): every request takes them alike.
+            let mut states: Vec<MutexGuard<'_, State>> =
+                subjects.iter().map(|s| s.lock()).collect();
+            for (subject, state) in subjects.iter().zip(states.iter_mut()) {
+                if let Err(refusal) = subject.check(state, now) {
+                    subject.count_refusal(&refusal);
+                    return Err(refusal.into_error(&subject.label));
+                }
+            }
+            for state in states.iter_mut() {
+                state.requests += 1;
+                state.parallel += 1;
+                let reset = (state.window_start_ms + MINUTE_MS).saturating_sub(now);
+                if let Some(limit) = state.limits.rpm {
+                    let left = limit.saturating_sub(state.requests);
+                    Remaining::tighten(&mut remaining.requests, limit.into(), left.into(), reset);
+                }
+                if let Some(limit) = state.limits.tpm {
+                    let left = limit.saturating_sub(state.tokens);
+                    Remaining::tighten(&mut remaining.tokens, limit, left, reset);
+                }
+            }
+        }
+        Ok(Admission::new(
+            Box::new(LocalHold {
+                subjects,
+                clock: self.clock.clone(),
+            }),
+            remaining,
+        ))
+    }
+}
+
+impl Limiter for LocalLimiter {
+    fn admit(&self, subjects: Vec<Arc<Subject>>) -> BoxFuture<'_, Result<Admission, GatewayError>> {
+        let admitted = self.admit_now(subjects);
+        Box::pin(async move { admitted })
+    }
+
+    fn usage<'a>(&'a self, subjects: &'a [Arc<Subject>]) -> BoxFuture<'a, Vec<Usage>> {
+        let now = self.clock.now_ms();
+        let usage = subjects.iter().map(|s| s.local_usage(now)).collect();
+        Box::pin(async move { usage })
+    }
+}
+
+/// A place in this process's counters.
+struct LocalHold {
+    subjects: Vec<Arc<Subject>>,
+    clock: Arc<dyn WallClock>,
+}
+
+impl Release for LocalHold {
+    fn release(self: Box<Self>, usd: f64, tokens: u64) {
         let now = self.clock.now_ms();
         for subject in &self.subjects {
             let mut state = subject.lock();
-            subject.charge(&mut state, now, usd, tokens);
-            state.parallel = state.parallel.saturating_sub(1);
-        }
-        self.done = true;
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        if !self.done {
-            for subject in &self.subjects {
-                let mut state = subject.lock();
-                state.parallel = state.parallel.saturating_sub(1);
+            if usd > 0.0 || tokens > 0 {
+                subject.charge(&mut state, now, usd, tokens);
             }
+            state.parallel = state.parallel.saturating_sub(1);
         }
     }
 }
@@ -495,7 +559,14 @@ mod tests {
     }
 
     fn subject(limits: Limits) -> Arc<Subject> {
-        Arc::new(Subject::new("key test".into(), limits))
+        Arc::new(Subject::new("key:test".into(), "key test".into(), limits))
+    }
+
+    fn admit(
+        subjects: Vec<Arc<Subject>>,
+        clock: Arc<ManualClock>,
+    ) -> Result<Admission, GatewayError> {
+        LocalLimiter::new(clock).admit_now(subjects)
     }
 
     /// 2026-12-05 10:00:00 UTC, a Saturday.
@@ -526,10 +597,10 @@ mod tests {
         });
         let mut held = Vec::new();
         for _ in 0..3 {
-            held.push(Admission::admit(vec![s.clone()], c.clone()).unwrap());
+            held.push(admit(vec![s.clone()], c.clone()).unwrap());
         }
         c.set(NOW + 20_000);
-        let refused = Admission::admit(vec![s.clone()], c.clone()).unwrap_err();
+        let refused = admit(vec![s.clone()], c.clone()).unwrap_err();
         assert_eq!(refused.kind, ErrorKind::LimitExceeded);
         assert_eq!(refused.retry_after, Some(Duration::from_secs(40)));
         assert!(refused
@@ -537,9 +608,9 @@ mod tests {
             .contains(&("x-ratelimit-reset-requests", "40s".into())));
         // Finishing does not give a minute's request back; the next minute does.
         held.clear();
-        assert!(Admission::admit(vec![s.clone()], c.clone()).is_err());
+        assert!(admit(vec![s.clone()], c.clone()).is_err());
         c.set(NOW + 60_000);
-        assert!(Admission::admit(vec![s.clone()], c.clone()).is_ok());
+        assert!(admit(vec![s.clone()], c.clone()).is_ok());
     }
 
     #[test]
@@ -549,14 +620,14 @@ mod tests {
             max_parallel: Some(2),
             ..Limits::default()
         });
-        let a = Admission::admit(vec![s.clone()], c.clone()).unwrap();
-        let b = Admission::admit(vec![s.clone()], c.clone()).unwrap();
-        assert!(Admission::admit(vec![s.clone()], c.clone()).is_err());
+        let a = admit(vec![s.clone()], c.clone()).unwrap();
+        let b = admit(vec![s.clone()], c.clone()).unwrap();
+        assert!(admit(vec![s.clone()], c.clone()).is_err());
         a.charge(0.0, 10);
-        let c2 = Admission::admit(vec![s.clone()], c.clone()).unwrap();
+        let c2 = admit(vec![s.clone()], c.clone()).unwrap();
         drop(b);
         drop(c2);
-        assert!(Admission::admit(vec![s.clone()], c.clone()).is_ok());
+        assert!(admit(vec![s.clone()], c.clone()).is_ok());
     }
 
     #[test]
@@ -570,8 +641,8 @@ mod tests {
             rpm: Some(1),
             ..Limits::default()
         });
-        let _first = Admission::admit(vec![key.clone(), tenant.clone()], c.clone()).unwrap();
-        assert!(Admission::admit(vec![key.clone(), tenant.clone()], c.clone()).is_err());
+        let _first = admit(vec![key.clone(), tenant.clone()], c.clone()).unwrap();
+        assert!(admit(vec![key.clone(), tenant.clone()], c.clone()).is_err());
         assert_eq!(key.usage(NOW)["requests_this_minute"], 1);
     }
 
@@ -582,16 +653,12 @@ mod tests {
             tpm: Some(100),
             ..Limits::default()
         });
-        Admission::admit(vec![s.clone()], c.clone())
-            .unwrap()
-            .charge(0.0, 60);
-        Admission::admit(vec![s.clone()], c.clone())
-            .unwrap()
-            .charge(0.0, 60);
-        let refused = Admission::admit(vec![s.clone()], c.clone()).unwrap_err();
+        admit(vec![s.clone()], c.clone()).unwrap().charge(0.0, 60);
+        admit(vec![s.clone()], c.clone()).unwrap().charge(0.0, 60);
+        let refused = admit(vec![s.clone()], c.clone()).unwrap_err();
         assert!(refused.message.contains("TPM"), "{}", refused.message);
         c.set(NOW + 61_000);
-        assert!(Admission::admit(vec![s.clone()], c.clone()).is_ok());
+        assert!(admit(vec![s.clone()], c.clone()).is_ok());
     }
 
     #[test]
@@ -613,12 +680,10 @@ mod tests {
             ..Limits::default()
         });
         for _ in 0..3 {
-            Admission::admit(vec![s.clone()], c.clone())
-                .unwrap()
-                .charge(0.004, 0);
+            admit(vec![s.clone()], c.clone()).unwrap().charge(0.004, 0);
         }
         assert_eq!(s.soft_alerts.load(Ordering::Relaxed), 1);
-        let refused = Admission::admit(vec![s.clone()], c.clone()).unwrap_err();
+        let refused = admit(vec![s.clone()], c.clone()).unwrap_err();
         assert_eq!(refused.kind, ErrorKind::QuotaExceeded);
         assert_eq!(refused.body()["error"]["code"], "insufficient_quota");
         // 14 hours to the next UTC day.
@@ -629,7 +694,7 @@ mod tests {
         assert!((month.usd - 0.012).abs() < 1e-9);
         // The next day: the daily budget renews, the month's spend stays.
         c.set(period_end(Period::Day, period_start(Period::Day, NOW)));
-        assert!(Admission::admit(vec![s.clone()], c.clone()).is_ok());
+        assert!(admit(vec![s.clone()], c.clone()).is_ok());
         let usage = s.usage(c.now_ms());
         assert_eq!(usage["budgets"][0]["spent_usd"], 0.0);
         assert!((usage["budgets"][1]["spent_usd"].as_f64().unwrap() - 0.012).abs() < 1e-9);

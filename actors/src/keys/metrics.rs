@@ -1,6 +1,8 @@
 //! The keys' and tenants' metrics, made at each scrape from their counters: requests refused
 //! by reason, budget alerts, spend and remaining budget per period. Labelled by key name or
-//! tenant (`subject`), never by secret.
+//! tenant (`subject`), never by secret. Refusals and alerts are this instance's (Prometheus
+//! sums them over instances); spend is read from where it is counted (with Redis: every
+//! instance's, the same on each). The Redis limiter adds its calls, errors and latency.
 
 use std::sync::atomic::Ordering;
 
@@ -8,12 +10,10 @@ use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 
 use super::KeyRegistry;
 
-/// The families in Prometheus's text format (empty when no key or tenant has limits).
-pub fn render(keys: &KeyRegistry) -> String {
-    let subjects = keys.subjects();
-    if subjects.is_empty() {
-        return String::new();
-    }
+/// The families in Prometheus's text format (empty when no key or tenant has limits and no
+/// shared limiter is configured).
+pub async fn render(keys: &KeyRegistry) -> String {
+    let usages = keys.usages().await;
     let build = || -> Result<String, prometheus::Error> {
         let registry = Registry::new();
         let refused = IntCounterVec::new(
@@ -48,8 +48,9 @@ pub fn render(keys: &KeyRegistry) -> String {
         registry.register(Box::new(alerts.clone()))?;
         registry.register(Box::new(spend.clone()))?;
         registry.register(Box::new(remaining.clone()))?;
+        keys.limiter().register_metrics(&registry)?;
         let now = keys.now_ms();
-        for subject in &subjects {
+        for (subject, usage) in &usages {
             let label = subject.label.replace('`', "");
             let label = label.as_str();
             refused
@@ -61,7 +62,7 @@ pub fn render(keys: &KeyRegistry) -> String {
             alerts
                 .with_label_values(&[label])
                 .inc_by(subject.soft_alerts.load(Ordering::Relaxed));
-            let usage = subject.usage(now);
+            let usage = usage.view(&subject.limits(), now);
             for budget in usage["budgets"].as_array().into_iter().flatten() {
                 let period = budget["period"].as_str().unwrap_or("");
                 spend

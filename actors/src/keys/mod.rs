@@ -3,12 +3,19 @@
 //! requests at once and budgets in USD per day, week or month. Only a key's SHA-256 digest is
 //! stored; its secret is shown once, when it is created.
 //!
-//! * `limiter.rs` — the counters a request must pass (key and tenant), in memory.
+//! * `admission.rs` — what the request path sees: the [`Limiter`] trait and the [`Admission`]
+//!   a run holds.
+//! * `limiter.rs` — the counters a request must pass (key and tenant), and the embedded
+//!   limiter, in this process's memory.
+//! * `redis/` — the implementation for several instances: every counter in Redis, checked
+//!   and counted by one Lua script per request.
 //! * `registry.rs` — the keys by digest for the request path, and what is persisted.
 //! * `metrics.rs` — refusals, alerts, spend and remaining budget, made at each scrape.
 
+mod admission;
 mod limiter;
 pub mod metrics;
+pub mod redis;
 mod registry;
 
 use serde::{Deserialize, Serialize};
@@ -16,9 +23,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::GatewayError;
 
+pub use admission::{Admission, Limiter, Release, Remaining, Usage};
 pub use limiter::{
-    period_end, period_start, Admission, Limits, ManualClock, Spend, Subject, SystemWallClock,
-    WallClock,
+    period_end, period_start, Limits, LocalLimiter, ManualClock, Refusal, Spend, Subject,
+    SystemWallClock, WallClock,
 };
 pub use registry::{Caller, KeyEntry, KeyRegistry};
 

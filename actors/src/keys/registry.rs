@@ -9,7 +9,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use uuid::Uuid;
 
-use super::limiter::{Admission, Limits, Subject, WallClock};
+use super::admission::{Admission, Limiter};
+use super::limiter::{Limits, Subject, WallClock};
 use super::{
     allowed, check_budgets, check_patterns, digest_hex, new_secret, KeyRecord, KeySpec, MAX_KEYS,
     MAX_NAME,
@@ -68,6 +69,8 @@ impl Caller {
 pub struct KeyRegistry {
     store: Arc<dyn KeyStore>,
     clock: Arc<dyn WallClock>,
+    /// Where requests are counted: this process, or Redis for every instance.
+    limiter: Arc<dyn Limiter>,
     by_digest: Arc<ArcSwap<HashMap<String, Arc<KeyEntry>>>>,
     tenants: Arc<HashMap<String, Arc<Subject>>>,
     /// One admin change at a time (each replaces the published map).
@@ -87,11 +90,12 @@ fn storage(e: StorageError) -> GatewayError {
 }
 
 impl KeyRegistry {
-    /// Reads the keys and their usage from the store.
+    /// Reads the keys and their usage from the store; requests are counted by `limiter`.
     pub async fn load(
         store: Arc<dyn KeyStore>,
         clock: Arc<dyn WallClock>,
         tenant_limits: Vec<(String, Limits)>,
+        limiter: Arc<dyn Limiter>,
     ) -> Result<KeyRegistry, StorageError> {
         let mut usage: HashMap<String, SubjectUsage> = store.usage().await?.into_iter().collect();
         let mut by_digest = HashMap::new();
@@ -110,20 +114,25 @@ impl KeyRegistry {
             .into_iter()
             .filter(|(_, limits)| !limits.is_unlimited())
             .map(|(name, limits)| {
-                let subject = Subject::new(format!("tenant `{name}`"), limits);
+                let subject =
+                    Subject::new(subject_of_tenant(&name), format!("tenant `{name}`"), limits);
                 if let Some(u) = usage.remove(&subject_of_tenant(&name)) {
                     subject.restore(u.spends);
                 }
                 (name, Arc::new(subject))
             })
             .collect();
-        Ok(KeyRegistry {
+        let registry = KeyRegistry {
             store,
             clock,
+            limiter,
             by_digest: Arc::new(ArcSwap::from_pointee(by_digest)),
             tenants: Arc::new(tenants),
             writing: Arc::default(),
-        })
+        };
+        // Shared counters that lost their data (a Redis restart) start again from the store.
+        registry.limiter.restore(&registry.subjects()).await;
+        Ok(registry)
     }
 
     /// The caller a virtual key names: `None` when the secret is not one; a 401 when the key
@@ -157,8 +166,8 @@ impl KeyRegistry {
     }
 
     /// Takes the request's place in its key's and tenant's counters (`None`: nothing limits
-    /// it), or refuses it.
-    pub fn admit(&self, caller: &Caller) -> Result<Option<Admission>, GatewayError> {
+    /// it), or refuses it. One call to the limiter, whichever it is.
+    pub async fn admit(&self, caller: &Caller) -> Result<Option<Admission>, GatewayError> {
         let mut subjects = Vec::new();
         if let Some(key) = &caller.key {
             if !key.record.limits.is_unlimited() {
@@ -171,11 +180,40 @@ impl KeyRegistry {
         if subjects.is_empty() {
             return Ok(None);
         }
-        Admission::admit(subjects, self.clock.clone()).map(Some)
+        self.limiter.admit(subjects).await.map(Some)
+    }
+
+    /// A subject's use, from wherever it is counted.
+    async fn usage_view(&self, subject: &Arc<Subject>) -> serde_json::Value {
+        let now = self.clock.now_ms();
+        let usage = self
+            .limiter
+            .usage(std::slice::from_ref(subject))
+            .await
+            .pop()
+            .unwrap_or_default();
+        usage.view(&subject.limits(), now)
+    }
+
+    /// Every subject's use, in one call to the limiter (for metrics).
+    pub async fn usages(&self) -> Vec<(Arc<Subject>, super::Usage)> {
+        let subjects = self.subjects();
+        let usages = self.limiter.usage(&subjects).await;
+        subjects.into_iter().zip(usages).collect()
+    }
+
+    /// Waits (at most `within`) for the charges of finished runs to reach the limiter's
+    /// counters (at shutdown).
+    pub async fn drain(&self, within: std::time::Duration) {
+        self.limiter.drain(within).await;
+    }
+
+    pub(super) fn limiter(&self) -> &dyn Limiter {
+        self.limiter.as_ref()
     }
 
     /// A key as the admin API shows it.
-    pub fn view(&self, entry: &KeyEntry) -> serde_json::Value {
+    pub async fn view(&self, entry: &KeyEntry) -> serde_json::Value {
         let r = &entry.record;
         let time = |ms: Option<u64>| {
             ms.map(|ms| {
@@ -194,7 +232,7 @@ impl KeyRegistry {
             "models": r.models, "agents": r.agents,
             "rpm": r.limits.rpm, "tpm": r.limits.tpm, "max_parallel": r.limits.max_parallel,
             "budgets": r.limits.budgets,
-            "usage": entry.subject.usage(self.clock.now_ms()),
+            "usage": self.usage_view(&entry.subject).await,
         })
     }
 
@@ -429,18 +467,25 @@ impl KeyRegistry {
     }
 
     /// What `GET /api/keys/self` shows to a caller.
-    pub fn own_view(&self, caller: &Caller) -> serde_json::Value {
-        let now = self.clock.now_ms();
-        serde_json::json!({
-            "tenant": caller.tenant,
-            "key": caller.key.as_ref().map(|k| self.view(k)),
-            "tenant_limits": self.tenants.get(&caller.tenant).map(|s| s.usage(now)),
-        })
+    pub async fn own_view(&self, caller: &Caller) -> serde_json::Value {
+        let key = match &caller.key {
+            Some(k) => Some(self.view(k).await),
+            None => None,
+        };
+        let tenant = match self.tenants.get(&caller.tenant) {
+            Some(s) => Some(self.usage_view(s).await),
+            None => None,
+        };
+        serde_json::json!({"tenant": caller.tenant, "key": key, "tenant_limits": tenant})
     }
 }
 
 fn new_entry(record: KeyRecord) -> KeyEntry {
-    let subject = Subject::new(format!("key `{}`", record.name), record.limits.clone());
+    let subject = Subject::new(
+        subject_of_key(&record.id),
+        format!("key `{}`", record.name),
+        record.limits.clone(),
+    );
     KeyEntry {
         record,
         subject: Arc::new(subject),
