@@ -191,7 +191,28 @@ providers = [{{ provider = "upstream", model = "gpt-4o-mini;status=500", {offer}
 # Streams one 4-character piece, then the upstream connection is cut.
 [models."up-cut"]
 providers = [{{ provider = "upstream", model = "gpt-4o-mini;cut_after=1;chunk_chars=4", {offer} }}]
-""" + structured_config(upstream_base_url.removesuffix("/v1"))
+""" + structured_config(upstream_base_url.removesuffix("/v1")) + doors_config()
+
+
+# ---------------------------------------------------------------------------------------------
+# The other doors (test_responses.py, test_messages.py, test_embeddings.py): one model per wire
+# format of the mock upstream, with no directive (a tool is called only when the request
+# forces it), so a tool round trip ends in a text answer.
+
+DOOR_MODELS = {
+    "door-gpt": ("upstream", "gpt-4o-mini"),
+    "door-claude": ("sx_anthropic", "claude-3-5-haiku-20241022"),
+    "door-gemini": ("sx_gemini", "gemini-2.0-flash"),
+}
+
+
+def doors_config() -> str:
+    offer = f"input_per_mtok = {INPUT_PER_MTOK}, output_per_mtok = {OUTPUT_PER_MTOK}"
+    return "".join(f"""
+[models.{_toml_str(name)}]
+providers = [{{ provider = {_toml_str(provider)}, model = {_toml_str(model)}, {offer} }}]
+supports = {NATIVE_SUPPORTS}
+""" for name, (provider, model) in DOOR_MODELS.items())
 
 
 # ---------------------------------------------------------------------------------------------
