@@ -7,6 +7,7 @@ mod browser_guard;
 mod chat;
 mod connection;
 mod doors;
+mod embeddings;
 pub(crate) mod evals;
 mod feedback;
 mod keys;
@@ -238,6 +239,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     .route("/chat/completions", web::post().to(chat::chat_completions))
     .route("/v1/responses", web::post().to(responses::responses))
     .route("/v1/messages", web::post().to(messages::messages))
+    .route("/v1/embeddings", web::post().to(embeddings::embeddings))
     .route("/v1/models", web::get().to(models::list_models))
     .route("/v1/models/{model:.*}", web::get().to(models::get_model))
     .route("/metrics", web::get().to(ops::metrics))

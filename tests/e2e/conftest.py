@@ -206,13 +206,32 @@ DOOR_MODELS = {
 }
 
 
+# Embedding models: catalog id → (provider, the provider's model id, dimensions).
+EMBEDDING_MODELS = {
+    "emb-openai": ("upstream", "text-embedding-3-small", 1536),
+    "emb-gemini": ("sx_gemini", "text-embedding-004", 768),
+}
+# Their price per million input tokens.
+EMBEDDING_PER_MTOK = 0.02
+
+
 def doors_config() -> str:
     offer = f"input_per_mtok = {INPUT_PER_MTOK}, output_per_mtok = {OUTPUT_PER_MTOK}"
-    return "".join(f"""
+    chat = "".join(f"""
 [models.{_toml_str(name)}]
 providers = [{{ provider = {_toml_str(provider)}, model = {_toml_str(model)}, {offer} }}]
 supports = {NATIVE_SUPPORTS}
 """ for name, (provider, model) in DOOR_MODELS.items())
+    embedding = "".join(f"""
+[models.{_toml_str(name)}]
+providers = [{{ provider = {_toml_str(provider)}, model = {_toml_str(model)}, input_per_mtok = {EMBEDDING_PER_MTOK}, output_per_mtok = 0.0 }}]
+embedding = {{ dimensions = {dimensions}, shortens = true }}
+""" for name, (provider, model, dimensions) in EMBEDDING_MODELS.items())
+    return chat + embedding + """
+[limits]
+max_embedding_inputs = 64
+max_embedding_input_bytes = 4096
+"""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -211,7 +211,7 @@ impl Run {
         &self.attempts
     }
 
-    fn record(
+    pub(super) fn record(
         &mut self,
         status: RunStatus,
         output: Option<Completion>,
