@@ -803,7 +803,10 @@ fn compile_limits(raw: &RawLimits, source: &str) -> Result<RequestLimits, String
     positive("max_connections", raw.max_connections > 0)?;
     positive("max_inflight_body_mb", raw.max_inflight_body_mb > 0)?;
     positive("max_embedding_inputs", raw.max_embedding_inputs > 0)?;
-    positive("max_embedding_input_bytes", raw.max_embedding_input_bytes > 0)?;
+    positive(
+        "max_embedding_input_bytes",
+        raw.max_embedding_input_bytes > 0,
+    )?;
     positive("templates.fuel", t.fuel > 0)?;
     positive("templates.max_template_bytes", t.max_template_bytes > 0)?;
     positive("templates.max_output_bytes", t.max_output_bytes > 0)?;

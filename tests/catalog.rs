@@ -173,7 +173,10 @@ async fn the_shipped_catalog_is_complete_and_consistent() {
             model["context_window"]
         );
         if embedding {
-            assert!(model["embedding"]["dimensions"].as_u64().unwrap() > 0, "{id}");
+            assert!(
+                model["embedding"]["dimensions"].as_u64().unwrap() > 0,
+                "{id}"
+            );
         }
         if let Some(out) = model["max_output_tokens"].as_u64() {
             assert!(out > 0 && out <= context, "{id}: max_output_tokens {out}");

@@ -51,7 +51,10 @@ async fn post(
     (status, headers, body)
 }
 
-const ANTHROPIC: &[(&str, &str)] = &[("x-api-key", TENANT_KEY), ("anthropic-version", "2023-06-01")];
+const ANTHROPIC: &[(&str, &str)] = &[
+    ("x-api-key", TENANT_KEY),
+    ("anthropic-version", "2023-06-01"),
+];
 const BEARER: &[(&str, &str)] = &[("authorization", "Bearer tenant-key")];
 
 /// The run named by a response's `x-flowgate-run-id`, read with the tenant's key.
@@ -106,7 +109,10 @@ async fn a_messages_request_reaches_an_openai_upstream_as_chat_completions() {
     assert_eq!(sent["model"], "gpt-4o-mini");
     assert_eq!(sent["stop"], json!(["STOP"]));
     assert_eq!(sent["tool_choice"], "required");
-    assert!(sent["max_tokens"] == 77 || sent["max_completion_tokens"] == 77, "{sent}");
+    assert!(
+        sent["max_tokens"] == 77 || sent["max_completion_tokens"] == 77,
+        "{sent}"
+    );
     let messages = &sent["messages"];
     let roles: Vec<&str> = messages
         .as_array()
@@ -157,7 +163,10 @@ async fn a_responses_request_reaches_an_anthropic_upstream_as_messages() {
     let sent = &sent["body"];
     assert_eq!(sent["model"], "claude-3-5-haiku-20241022");
     assert_eq!(sent["max_tokens"], 99);
-    assert!(sent["system"].to_string().contains("Be brief m-instr"), "{sent}");
+    assert!(
+        sent["system"].to_string().contains("Be brief m-instr"),
+        "{sent}"
+    );
     assert_eq!(sent["messages"][0]["role"], "user");
     assert!(sent["messages"][0].to_string().contains("Who is Jason?"));
 
@@ -171,7 +180,10 @@ async fn a_responses_request_reaches_an_anthropic_upstream_as_messages() {
     let cost = (usage["input_tokens"].as_f64().unwrap() * 1.0
         + usage["output_tokens"].as_f64().unwrap() * 2.0)
         / 1e6;
-    assert!((answer["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12, "{answer}");
+    assert!(
+        (answer["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12,
+        "{answer}"
+    );
 
     let run = run_for(&s.gw, &headers).await;
     assert_eq!(run["door"], "responses");
@@ -219,7 +231,13 @@ async fn keys_limits_and_bounds_hold_at_every_door_in_its_own_shape() {
     assert_eq!(status, 401);
     assert_eq!(body["type"], "error");
     assert_eq!(body["error"]["type"], "authentication_error");
-    let (status, _, body) = post(&s.gw, "/v1/responses", &[("authorization", "Bearer no")], &ask_responses).await;
+    let (status, _, body) = post(
+        &s.gw,
+        "/v1/responses",
+        &[("authorization", "Bearer no")],
+        &ask_responses,
+    )
+    .await;
     assert_eq!(status, 401);
     assert_eq!(body["error"]["type"], "authentication_error");
 
@@ -247,7 +265,11 @@ async fn keys_limits_and_bounds_hold_at_every_door_in_its_own_shape() {
     assert!(headers.contains_key("retry-after"));
 
     // Unknown paths: a 404 only after the key check.
-    let r = client().get(format!("{}/v1/nope", s.gw.url)).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/v1/nope", s.gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let r = client()
         .get(format!("{}/v1/nope", s.gw.url))
@@ -272,7 +294,10 @@ async fn streams_end_with_usage_and_cost_and_are_recorded_with_their_door() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let text = response.text().await.unwrap();
     let names: Vec<&str> = text
         .split("\n\n")
@@ -292,5 +317,7 @@ async fn streams_end_with_usage_and_cost_and_are_recorded_with_their_door() {
     let run = run_for(&s.gw, &headers).await;
     assert_eq!(run["door"], "messages");
     assert_eq!(run["status"], "success");
-    assert!((run["cost_usd"].as_f64().unwrap() - delta["cost_usd"].as_f64().unwrap()).abs() < 1e-12);
+    assert!(
+        (run["cost_usd"].as_f64().unwrap() - delta["cost_usd"].as_f64().unwrap()).abs() < 1e-12
+    );
 }

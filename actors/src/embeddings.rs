@@ -49,12 +49,9 @@ pub fn estimated_tokens(text: &str) -> u64 {
 /// lets the laptop default answer without a key.
 pub fn mock_vector(text: &str, dimensions: u32) -> Vec<f32> {
     // FNV-1a of the text seeds a xorshift generator.
-    let mut state = text
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
-        | 1;
+    let mut state = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) | 1;
     let mut vector: Vec<f32> = (0..dimensions)
         .map(|_| {
             state ^= state << 13;

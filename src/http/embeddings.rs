@@ -160,13 +160,18 @@ fn render(run: &Run, embedded: &Embedded, format: EncodingFormat) -> String {
 }
 
 /// The inputs, within the configured bounds.
-fn check(request: &EmbeddingsRequest, limits: &RequestLimits) -> Result<EmbeddingInput, GatewayError> {
+fn check(
+    request: &EmbeddingsRequest,
+    limits: &RequestLimits,
+) -> Result<EmbeddingInput, GatewayError> {
     if request.model.len() > limits.max_model_bytes {
         return Err(model_too_long(&request.model, limits.max_model_bytes));
     }
     let input = input_of(&request.input)?;
     if input.is_empty() {
-        return Err(GatewayError::invalid("`input` must contain at least one input").with_param("input"));
+        return Err(
+            GatewayError::invalid("`input` must contain at least one input").with_param("input"),
+        );
     }
     if input.len() > limits.max_embedding_inputs {
         return Err(GatewayError::invalid(format!(
@@ -251,7 +256,10 @@ fn input_of(input: &Value) -> Result<EmbeddingInput, GatewayError> {
                 .map(EmbeddingInput::Tokens),
             Some(other) => Err(bad(
                 "input[0]".into(),
-                &format!("a string or a token id, not `{}`", excerpt(&other.to_string(), 40)),
+                &format!(
+                    "a string or a token id, not `{}`",
+                    excerpt(&other.to_string(), 40)
+                ),
             )),
         },
         _ => Err(bad("input".into(), "a string or an array")),
@@ -280,9 +288,21 @@ mod tests {
             input_of(&json!([[1], [2, 3]])).unwrap(),
             EmbeddingInput::Tokens(vec![vec![1], vec![2, 3]])
         );
-        assert_eq!(input_of(&json!(["a", 1])).unwrap_err().param.as_deref(), Some("input[1]"));
-        assert_eq!(input_of(&json!([[1, -1]])).unwrap_err().param.as_deref(), Some("input[0][1]"));
-        assert_eq!(input_of(&json!({"a": 1})).unwrap_err().param.as_deref(), Some("input"));
-        assert_eq!(input_of(&json!([null])).unwrap_err().param.as_deref(), Some("input[0]"));
+        assert_eq!(
+            input_of(&json!(["a", 1])).unwrap_err().param.as_deref(),
+            Some("input[1]")
+        );
+        assert_eq!(
+            input_of(&json!([[1, -1]])).unwrap_err().param.as_deref(),
+            Some("input[0][1]")
+        );
+        assert_eq!(
+            input_of(&json!({"a": 1})).unwrap_err().param.as_deref(),
+            Some("input")
+        );
+        assert_eq!(
+            input_of(&json!([null])).unwrap_err().param.as_deref(),
+            Some("input[0]")
+        );
     }
 }

@@ -80,10 +80,7 @@ async fn answer(
         Outcome::Stream(run, live) => {
             let mut response = HttpResponse::Ok();
             run_headers(&mut response, &run);
-            let relay = MessageStream::new(
-                doors::object_id("msg", &run.id()),
-                live.model.clone(),
-            );
+            let relay = MessageStream::new(doors::object_id("msg", &run.id()), live.model.clone());
             response
                 .content_type("text/event-stream")
                 .insert_header(("cache-control", "no-cache"))

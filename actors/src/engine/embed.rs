@@ -96,11 +96,7 @@ impl Gateway {
                 check_shape(planned.provider.name(), &embedded, request.input.len())
                     .map(|()| embedded)
             });
-            planned.report(
-                admission,
-                result.as_ref().err().map(|e| e.kind),
-                elapsed,
-            );
+            planned.report(admission, result.as_ref().err().map(|e| e.kind), elapsed);
             run.attempts.push(AttemptSummary {
                 provider: planned.provider.name().to_string(),
                 model: planned.offer.model.clone(),

@@ -16,7 +16,8 @@ use crate::error::{AttemptSummary, ErrorKind, GatewayError};
 use crate::provider::actor::Admission;
 use crate::recorder::metrics::InFlight;
 use crate::recorder::run::{
-    feedback_token, CacheStatus, Door, RunRecord, RunSource, RunStatus, RunTelemetry, StructuredRecord,
+    feedback_token, CacheStatus, Door, RunRecord, RunSource, RunStatus, RunTelemetry,
+    StructuredRecord,
 };
 use crate::router::PlannedAttempt;
 use crate::structured::{Layer, StructuredSpec};

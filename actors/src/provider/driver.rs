@@ -119,7 +119,10 @@ impl<A: Adapter> Driver<A> {
             .map_err(|_| http::timeout_error(&self.name, "its whole body", total))?
             .map_err(|e| http::transport_error(&self.name, e, &self.adapter.secrets(call)))?;
         serde_json::from_slice(&bytes).map_err(|e| {
-            super::adapter::malformed(&self.name, format_args!("an answer that does not parse: {e}"))
+            super::adapter::malformed(
+                &self.name,
+                format_args!("an answer that does not parse: {e}"),
+            )
         })
     }
 

@@ -212,6 +212,9 @@ pub struct RunSummary {
     pub cache: CacheStatus,
     pub version_id: Option<String>,
     pub source: RunSource,
+    /// The API the run came in through (left out for Chat Completions).
+    #[serde(skip_serializing_if = "Door::is_chat_completions")]
+    pub door: Door,
     /// The start of the input: its variables, else the last user message.
     pub input_preview: String,
     /// The start of the output: the first choice's text or tool call.
@@ -261,7 +264,16 @@ impl RunRecord {
         match last_user {
             Some(serde_json::Value::String(text)) => preview(text),
             Some(parts @ serde_json::Value::Array(_)) => preview(&parts.to_string()),
-            _ => String::new(),
+            // An embeddings run: its (first) input text.
+            _ => match request.as_ref().and_then(|r| r.get("input")) {
+                Some(serde_json::Value::String(text)) => preview(text),
+                Some(serde_json::Value::Array(items)) => items
+                    .first()
+                    .and_then(serde_json::Value::as_str)
+                    .map(preview)
+                    .unwrap_or_default(),
+                _ => String::new(),
+            },
         }
     }
 
@@ -297,6 +309,7 @@ impl From<&RunRecord> for RunSummary {
             cache: r.cache,
             version_id: r.version_id.clone(),
             source: r.source,
+            door: r.door,
             input_preview: r.input_preview(),
             output_preview: r.output_preview(),
         }

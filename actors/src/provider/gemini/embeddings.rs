@@ -98,7 +98,10 @@ impl GeminiClient {
         let url = if call.model.contains('/') {
             format!("{base}/{}:batchEmbedContents", encode_path(call.model))
         } else {
-            format!("{base}/models/{}:batchEmbedContents", encode_segment(call.model))
+            format!(
+                "{base}/models/{}:batchEmbedContents",
+                encode_segment(call.model)
+            )
         };
         let name = model_name(call.model);
         let mut request = self

@@ -99,7 +99,11 @@ impl OpenAiClient {
 }
 
 /// The vectors in input order (by `index` when the API gives it), one per input.
-fn vectors(name: &str, answer: EmbeddingsResponse, inputs: usize) -> Result<Embedded, GatewayError> {
+fn vectors(
+    name: &str,
+    answer: EmbeddingsResponse,
+    inputs: usize,
+) -> Result<Embedded, GatewayError> {
     if answer.data.len() != inputs {
         return Err(malformed(
             name,

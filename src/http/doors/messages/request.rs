@@ -177,10 +177,9 @@ impl MessagesRequest {
         }
         let mut messages = Vec::with_capacity(self.messages.len() + 1);
         match self.system {
-            Some(System::Text(text)) if !text.is_empty() => messages.push(text_message(
-                Role::System,
-                MessageContent::Text(text),
-            )),
+            Some(System::Text(text)) if !text.is_empty() => {
+                messages.push(text_message(Role::System, MessageContent::Text(text)))
+            }
             Some(System::Blocks(blocks)) => {
                 let mut texts = Vec::with_capacity(blocks.len());
                 for (i, block) in blocks.into_iter().enumerate() {
@@ -439,7 +438,12 @@ fn source_url(at: &str, source: Option<Source>) -> Result<String, GatewayError> 
     let Some(source) = source else {
         return Err(invalid(at, "the block needs its `source`"));
     };
-    match (source.kind.as_str(), source.media_type, source.data, source.url) {
+    match (
+        source.kind.as_str(),
+        source.media_type,
+        source.data,
+        source.url,
+    ) {
         ("base64", Some(media_type), Some(data), _) => {
             Ok(format!("data:{media_type};base64,{data}"))
         }
@@ -448,7 +452,10 @@ fn source_url(at: &str, source: Option<Source>) -> Result<String, GatewayError> 
             format!("{at}.source"),
             "a `base64` source needs `media_type` and `data`",
         )),
-        ("url", _, _, None) => Err(invalid(format!("{at}.source"), "a `url` source needs `url`")),
+        ("url", _, _, None) => Err(invalid(
+            format!("{at}.source"),
+            "a `url` source needs `url`",
+        )),
         (kind, _, _, _) => Err(invalid(
             format!("{at}.source.type"),
             format!("source type `{}` is not supported", excerpt(kind, 40)),
@@ -604,8 +611,10 @@ mod tests {
             "messages": [{"role": "user", "content": "x"}]}))
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("tools[0].type"));
-        let e = chat(json!({"model": "m", "max_tokens": 10, "tool_choice": {"type": "tool"},
-            "tools": [{"name": "f"}], "messages": [{"role": "user", "content": "x"}]}))
+        let e = chat(
+            json!({"model": "m", "max_tokens": 10, "tool_choice": {"type": "tool"},
+            "tools": [{"name": "f"}], "messages": [{"role": "user", "content": "x"}]}),
+        )
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("tool_choice.name"));
     }

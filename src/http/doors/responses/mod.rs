@@ -31,7 +31,8 @@ pub(in crate::http) fn render(
     let output = choice
         .map(|c| response::output_items(&c.message, &hex))
         .unwrap_or_default();
-    let (status, incomplete) = response::status(choice.map(|c| c.finish_reason).unwrap_or_default());
+    let (status, incomplete) =
+        response::status(choice.map(|c| c.finish_reason).unwrap_or_default());
     let mut body = response::response(
         echo,
         response::ResponseState {

@@ -172,7 +172,10 @@ fn invalid(param: impl Into<String>, message: impl Into<String>) -> GatewayError
 impl ResponsesRequest {
     /// The Chat Completions request this one asks for, after `earlier` (the conversation of
     /// the previous response, when it continues one).
-    pub(in crate::http) fn to_chat(&self, earlier: Vec<Message>) -> Result<ChatRequest, GatewayError> {
+    pub(in crate::http) fn to_chat(
+        &self,
+        earlier: Vec<Message>,
+    ) -> Result<ChatRequest, GatewayError> {
         let mut messages = Vec::new();
         if let Some(instructions) = self.instructions.as_deref().filter(|i| !i.is_empty()) {
             messages.push(message(Role::System, text(instructions)));
@@ -200,7 +203,11 @@ impl ResponsesRequest {
             ),
             _ => None,
         };
-        let tool_choice = self.tool_choice.as_ref().map(translate_tool_choice).transpose()?;
+        let tool_choice = self
+            .tool_choice
+            .as_ref()
+            .map(translate_tool_choice)
+            .transpose()?;
         let response_format = match self.text.as_ref().and_then(|t| t.format.as_ref()) {
             None | Some(TextFormat::Text) => None,
             Some(TextFormat::JsonObject) => Some(ResponseFormat::JsonObject),
@@ -274,7 +281,10 @@ fn translate_item(i: usize, item: &Item, out: &mut Vec<Message>) -> Result<(), G
     match item.kind.as_deref() {
         None | Some("message") => {
             let Some(role) = item.role else {
-                return Err(invalid(format!("{at}.role"), "a message item needs its `role`"));
+                return Err(invalid(
+                    format!("{at}.role"),
+                    "a message item needs its `role`",
+                ));
             };
             let Some(content) = &item.content else {
                 return Err(invalid(
@@ -358,7 +368,10 @@ fn translate_item(i: usize, item: &Item, out: &mut Vec<Message>) -> Result<(), G
         Some(kind) => {
             return Err(invalid(
                 format!("{at}.type"),
-                format!("input items of type `{}` are not supported", excerpt(kind, 40)),
+                format!(
+                    "input items of type `{}` are not supported",
+                    excerpt(kind, 40)
+                ),
             ))
         }
     }
@@ -378,9 +391,9 @@ fn translate_content(
     for (j, part) in parts.iter().enumerate() {
         let at = format!("{at}[{j}]");
         let translated = match (part.kind.as_str(), &part.text) {
-            ("input_text" | "output_text" | "text", Some(text)) => ContentPart::Text {
-                text: text.clone(),
-            },
+            ("input_text" | "output_text" | "text", Some(text)) => {
+                ContentPart::Text { text: text.clone() }
+            }
             ("refusal", _) => ContentPart::Text {
                 text: part.refusal.clone().unwrap_or_default(),
             },
@@ -401,7 +414,10 @@ fn translate_content(
             },
             ("input_file", _) if role != Role::Assistant => {
                 if part.file_data.is_none() && part.file_id.is_none() {
-                    return Err(invalid(at, "an `input_file` part needs `file_data` or `file_id`"));
+                    return Err(invalid(
+                        at,
+                        "an `input_file` part needs `file_data` or `file_id`",
+                    ));
                 }
                 ContentPart::File {
                     file: FilePart {
@@ -417,7 +433,10 @@ fn translate_content(
             (kind, _) => {
                 return Err(invalid(
                     format!("{at}.type"),
-                    format!("content parts of type `{}` are not supported here", excerpt(kind, 40)),
+                    format!(
+                        "content parts of type `{}` are not supported here",
+                        excerpt(kind, 40)
+                    ),
                 ))
             }
         };
@@ -449,7 +468,10 @@ fn translate_tool(i: usize, tool: &ToolDefinition) -> Result<Tool, GatewayError>
         ));
     }
     let Some(name) = &tool.name else {
-        return Err(invalid(format!("tools[{i}].name"), "a function tool needs its `name`"));
+        return Err(invalid(
+            format!("tools[{i}].name"),
+            "a function tool needs its `name`",
+        ));
     };
     Ok(Tool {
         kind: "function".into(),
@@ -527,19 +549,19 @@ mod tests {
     fn function_calls_and_outputs_become_tool_calls_and_tool_messages() {
         let out = chat(
             json!({"model": "m",
-                "tools": [{"type": "function", "name": "get_weather", "description": "W",
-                           "parameters": {"type": "object"}, "strict": true}],
-                "tool_choice": {"type": "function", "name": "get_weather"},
-                "input": [
-                    {"role": "user", "content": [{"type": "input_text", "text": "Paris?"}]},
-                    {"type": "function_call", "id": "fc_1", "call_id": "call_1",
-                     "name": "get_weather", "arguments": "{\"city\":\"Paris\"}", "status": "completed"},
-                    {"type": "function_call", "call_id": "call_2", "name": "get_weather",
-                     "arguments": "{\"city\":\"Lyon\"}"},
-                    {"type": "function_call_output", "call_id": "call_1", "output": "18C"},
-                    {"type": "function_call_output", "call_id": "call_2",
-                     "output": [{"type": "input_text", "text": "20C"}]}
-                ]}),
+            "tools": [{"type": "function", "name": "get_weather", "description": "W",
+                       "parameters": {"type": "object"}, "strict": true}],
+            "tool_choice": {"type": "function", "name": "get_weather"},
+            "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "Paris?"}]},
+                {"type": "function_call", "id": "fc_1", "call_id": "call_1",
+                 "name": "get_weather", "arguments": "{\"city\":\"Paris\"}", "status": "completed"},
+                {"type": "function_call", "call_id": "call_2", "name": "get_weather",
+                 "arguments": "{\"city\":\"Lyon\"}"},
+                {"type": "function_call_output", "call_id": "call_1", "output": "18C"},
+                {"type": "function_call_output", "call_id": "call_2",
+                 "output": [{"type": "input_text", "text": "20C"}]}
+            ]}),
             vec![],
         )
         .unwrap();
@@ -588,7 +610,10 @@ mod tests {
             json!({"type": "json_schema", "json_schema": {"name": "User", "strict": true,
                                                           "schema": {"type": "object"}}})
         );
-        assert_eq!(out["messages"][0], json!({"role": "system", "content": "I"}));
+        assert_eq!(
+            out["messages"][0],
+            json!({"role": "system", "content": "I"})
+        );
         assert_eq!(out["messages"][1]["content"], "first");
         assert_eq!(out["messages"][2]["content"], "answer");
         assert_eq!(
@@ -602,8 +627,11 @@ mod tests {
     fn bad_requests_name_what_is_wrong() {
         let e = chat(json!({"model": "m", "input": []}), vec![]).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("input"));
-        let e = chat(json!({"model": "m", "input": [{"type": "function_call", "name": "f"}]}), vec![])
-            .unwrap_err();
+        let e = chat(
+            json!({"model": "m", "input": [{"type": "function_call", "name": "f"}]}),
+            vec![],
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("input[0]"));
         let e = chat(
             json!({"model": "m", "input": "x", "tools": [{"type": "web_search_preview"}]}),
@@ -611,8 +639,11 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("tools[0].type"));
-        let e = chat(json!({"model": "m", "input": "x", "tool_choice": "sometimes"}), vec![])
-            .unwrap_err();
+        let e = chat(
+            json!({"model": "m", "input": "x", "tool_choice": "sometimes"}),
+            vec![],
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("tool_choice"));
         let e = chat(
             json!({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}),
@@ -620,7 +651,11 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("input[0].type"));
-        let e = chat(json!({"model": "m", "input": [{"content": "no role"}]}), vec![]).unwrap_err();
+        let e = chat(
+            json!({"model": "m", "input": [{"content": "no role"}]}),
+            vec![],
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("input[0].role"));
     }
 }

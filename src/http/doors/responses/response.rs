@@ -35,7 +35,10 @@ pub(in crate::http) fn echo(request: &ResponsesRequest) -> Map<String, Value> {
         json!({"effort": request.reasoning.as_ref().and_then(|r| r.effort.clone()), "summary": null}),
     );
     echo.insert("store".into(), json!(true));
-    echo.insert("temperature".into(), json!(request.temperature.unwrap_or(1.0)));
+    echo.insert(
+        "temperature".into(),
+        json!(request.temperature.unwrap_or(1.0)),
+    );
     echo.insert("text".into(), json!({ "format": format }));
     echo.insert(
         "tool_choice".into(),

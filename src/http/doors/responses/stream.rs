@@ -12,8 +12,7 @@ use flowgate_actors::error::GatewayError;
 use serde_json::{json, Map, Value};
 
 use super::response::{
-    call_item, call_item_id, message_item, message_item_id, response, status, usage,
-    ResponseState,
+    call_item, call_item_id, message_item, message_item_id, response, status, usage, ResponseState,
 };
 use crate::http::doors::stream::{Events, Relay};
 
@@ -111,9 +110,12 @@ impl ResponseStream {
 
     fn item_json(item: &StreamItem) -> Value {
         match item {
-            StreamItem::Text { id, text, done } => {
-                message_item(id, text, false, if *done { "completed" } else { "in_progress" })
-            }
+            StreamItem::Text { id, text, done } => message_item(
+                id,
+                text,
+                false,
+                if *done { "completed" } else { "in_progress" },
+            ),
             StreamItem::Call {
                 id,
                 call_id,
@@ -205,7 +207,11 @@ impl ResponseStream {
         let index = match self.open_text {
             Some(index) => index,
             None => {
-                let id = match self.items.iter().any(|i| matches!(i, StreamItem::Text { .. })) {
+                let id = match self
+                    .items
+                    .iter()
+                    .any(|i| matches!(i, StreamItem::Text { .. }))
+                {
                     false => message_item_id(&self.hex),
                     true => format!("{}_{}", message_item_id(&self.hex), self.items.len()),
                 };
@@ -240,7 +246,14 @@ impl ResponseStream {
         );
     }
 
-    fn call(&mut self, call: u32, id: &Option<String>, name: &Option<String>, args: &str, out: &mut Events) {
+    fn call(
+        &mut self,
+        call: u32,
+        id: &Option<String>,
+        name: &Option<String>,
+        args: &str,
+        out: &mut Events,
+    ) {
         let known = self
             .items
             .iter()
