@@ -11,6 +11,22 @@ fn config(data_dir: &std::path::Path, upstream: &MockUpstream) -> String {
     let embedding = "embedding = { dimensions = 1536, shortens = true }";
     base_config(data_dir, Some(upstream))
         + "\n[providers.mock.models.\"mock-embed-down\"]\nfailure_rate = 1.0\nfailure_status = 503\n"
+        + &format!(
+            "\n[providers.aws]\ntype = \"bedrock\"\nregion = \"us-east-1\"\n\
+             access_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = \"bedrock-secret\"\n\
+             base_url = \"{}\"\n",
+            upstream.url()
+        )
+        + &model_table(
+            "emb-titan",
+            &[offer("aws", "amazon.titan-embed-text-v2:0", 0.02, 0.0)],
+            "embedding = { dimensions = 1024, shortens = true }",
+        )
+        + &model_table(
+            "emb-cohere",
+            &[offer("aws", "cohere.embed-english-v3", 0.10, 0.0)],
+            "embedding = { dimensions = 1024 }",
+        )
         + &model_table(
             "emb-failover",
             &[
@@ -96,4 +112,61 @@ async fn a_failing_provider_is_replaced_and_every_attempt_is_recorded() {
     assert_eq!(run["status"], "error");
     assert_eq!(run["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(run["cost_usd"], 0.0);
+}
+
+#[tokio::test]
+async fn bedrock_titan_and_cohere_embed_through_invoke_model() {
+    let s = Setup::start(config);
+    let texts = ["alpha one", "beta two", "gamma three"];
+    let (status, headers, body) = embed(
+        &s.gw,
+        json!({"model": "emb-titan", "input": texts, "dimensions": 256}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3);
+    assert!(data
+        .iter()
+        .all(|d| d["embedding"].as_array().unwrap().len() == 256));
+    assert_eq!(data[2]["index"], 2);
+    // Titan counts each text's tokens: ceil(chars / 4) in the mock.
+    assert_eq!(body["usage"]["prompt_tokens"], 3 + 2 + 3);
+    let calls: Vec<_> = s
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/model/amazon.titan-embed-text-v2%3A0/invoke")
+        .collect();
+    assert_eq!(calls.len(), 3);
+    assert!(calls
+        .iter()
+        .all(|c| c.body["dimensions"] == 256 && c.body["normalize"] == true));
+    assert!(
+        calls[0].headers["authorization"].starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    );
+    assert!(!serde_json::to_string(&body)
+        .unwrap()
+        .contains("bedrock-secret"));
+    assert_eq!(run_of(&s.gw, &headers).await["provider"], "aws");
+
+    // Cohere takes 96 texts a call: 100 inputs are two calls, answered in order.
+    let many: Vec<String> = (0..100).map(|i| format!("text {i}")).collect();
+    let (status, _, body) = embed(&s.gw, json!({"model": "emb-cohere", "input": many})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 100);
+    let batches: Vec<usize> = s
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/model/cohere.embed-english-v3/invoke")
+        .map(|r| r.body["texts"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(batches, [96, 4]);
+    // The same text gets the same vector, wherever it sits in the batches.
+    let (_, _, single) = embed(&s.gw, json!({"model": "emb-cohere", "input": "text 97"})).await;
+    assert_eq!(
+        single["data"][0]["embedding"],
+        body["data"][97]["embedding"]
+    );
 }

@@ -132,3 +132,52 @@ pub(crate) fn gemini_batch(req: &HttpRequest, body: &Value) -> HttpResponse {
         .collect();
     HttpResponse::Ok().json(json!({ "embeddings": embeddings }))
 }
+
+/// Bedrock `POST /model/{id}/invoke` for its embedding models: Titan (`inputText`, one text;
+/// `dimensions` for V2) and Cohere Embed (`texts`), SigV4-signed.
+pub(crate) fn bedrock_invoke(req: &HttpRequest, body: &Value) -> HttpResponse {
+    if let Err(denied) = crate::bedrock::check_auth(req) {
+        return *denied;
+    }
+    let model = req
+        .path()
+        .strip_prefix("/model/")
+        .and_then(|p| p.strip_suffix("/invoke"))
+        .and_then(crate::bedrock::percent_decode)
+        .unwrap_or_default();
+    let invalid = |message: &str| {
+        HttpResponse::BadRequest()
+            .insert_header(("x-amzn-errortype", "ValidationException"))
+            .json(json!({ "message": message }))
+    };
+    if model.contains("titan-embed") {
+        let Some(text) = body["inputText"].as_str() else {
+            return invalid("Malformed input request: required key [inputText] not found");
+        };
+        let dimensions = body["dimensions"].as_u64().unwrap_or(1024) as usize;
+        if ![256, 512, 1024].contains(&dimensions) {
+            return invalid("Malformed input request: dimensions must be 256, 512 or 1024");
+        }
+        return HttpResponse::Ok().json(json!({
+            "embedding": vector(text, dimensions),
+            "inputTextTokenCount": tokens(text),
+        }));
+    }
+    if model.contains("cohere.embed") {
+        let Some(texts) = body["texts"]
+            .as_array()
+            .filter(|t| !t.is_empty() && t.len() <= 96)
+        else {
+            return invalid("Malformed input request: texts must hold 1 to 96 strings");
+        };
+        let embeddings: Vec<Vec<f32>> = texts
+            .iter()
+            .map(|t| vector(t.as_str().unwrap_or_default(), 1024))
+            .collect();
+        return HttpResponse::Ok().json(json!({
+            "id": "mock", "response_type": "embeddings_floats", "embeddings": embeddings,
+            "texts": texts,
+        }));
+    }
+    invalid("The provided model does not support InvokeModel in this mock")
+}

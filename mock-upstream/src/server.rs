@@ -226,6 +226,9 @@ async fn dispatch(req: HttpRequest, body: Bytes, state: web::Data<State>) -> Htt
             embeddings::openai(&req, &json)
         }
         "POST" if path.ends_with(":batchEmbedContents") => embeddings::gemini_batch(&req, &json),
+        "POST" if path.starts_with("/model/") && path.ends_with("/invoke") => {
+            embeddings::bedrock_invoke(&req, &json)
+        }
         // Anthropic Messages API.
         "POST" if path == "/v1/messages" => anthropic::messages(&req, json, &state).await,
         // Gemini API (/v1beta/models/{m}:generateContent) and Vertex AI

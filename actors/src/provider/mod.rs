@@ -364,7 +364,7 @@ impl ProviderClient {
         let unsupported = |api: &str| {
             Err(GatewayError::new(
                 crate::error::ErrorKind::UnsupportedByModel,
-                format!("the {api} API has no embeddings in flowgate: choose an embedding model served by an OpenAI-compatible, Gemini or mock provider"),
+                format!("the {api} API has no embeddings in flowgate: choose an embedding model served by an OpenAI-compatible, Gemini, Bedrock or mock provider"),
             ))
         };
         match self {
@@ -373,7 +373,7 @@ impl ProviderClient {
             ProviderClient::Mock(client) => client.embed(call).await,
             ProviderClient::Anthropic(_) => unsupported("Anthropic"),
             ProviderClient::Vertex(_) => unsupported("Vertex AI"),
-            ProviderClient::Bedrock(_) => unsupported("Bedrock"),
+            ProviderClient::Bedrock(client) => client.embed(call).await,
             #[cfg(test)]
             ProviderClient::Scripted(_) => unsupported("scripted"),
         }
