@@ -204,3 +204,18 @@ def test_bad_input_is_an_anthropic_error(claude, flowgate):
     # Unknown paths answer only a caller with a key.
     assert httpx.get(f"{flowgate.url}/v1/nothing").status_code == 401
     assert httpx.get(f"{flowgate.url}/v1/nothing", headers=headers).status_code == 404
+
+
+def test_a_stream_cut_after_content_is_an_error_event(claude, flowgate, marker):
+    # `up-cut` streams one 4-character piece, then the upstream connection is cut.
+    seen = []
+    with pytest.raises(anthropic.APIStatusError) as info:
+        for event in claude.messages.create(
+            model="up-cut", max_tokens=100, stream=True,
+            messages=[{"role": "user", "content": f"Cut me {marker}"}],
+        ):
+            seen.append(event.type)
+    assert seen[0] == "message_start" and "content_block_delta" in seen
+    assert "message_stop" not in seen
+    assert info.value.body["type"] == "error"
+    assert info.value.body["error"]["type"] == "api_error"

@@ -241,3 +241,21 @@ def test_bad_input_is_an_openai_error(client, flowgate):
     assert response.status_code == 401
     assert response.json()["error"]["type"] == "authentication_error"
     assert API_KEY not in response.text
+
+
+def test_a_stream_cut_after_content_ends_with_error_and_response_failed(client, flowgate, marker):
+    # `up-cut` streams one 4-character piece, then the upstream connection is cut.
+    events = list(client.responses.create(model="up-cut", input=f"Cut me {marker}", stream=True))
+    types = [e.type for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert "response.output_text.delta" in types
+    assert types[-2:] == ["error", "response.failed"]
+    assert events[-2].message
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error.message == events[-2].message
+    # What was streamed before the cut is kept in the failed response.
+    assert failed.output[0].content[0].text == "".join(
+        e.delta for e in events if e.type == "response.output_text.delta"
+    )
+    run = flowgate.get_run(run_id_of(failed.id))
+    assert run["status"] == "error" and run["door"] == "responses"
