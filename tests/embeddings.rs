@@ -170,3 +170,44 @@ async fn bedrock_titan_and_cohere_embed_through_invoke_model() {
         body["data"][97]["embedding"]
     );
 }
+
+#[tokio::test]
+async fn a_virtual_keys_model_allowlist_holds_for_embeddings_and_their_fallbacks() {
+    let s = Setup::start(|data, upstream| {
+        config(data, upstream)
+            + "\n[auth]\napi_keys = [\"tenant-key\"]\n[admin]\napi_keys = [\"admin-key\"]\n"
+    });
+    let created = client()
+        .post(format!("{}/api/admin/keys", s.gw.url))
+        .bearer_auth("admin-key")
+        .json(&json!({"name": "embed-only", "models": ["emb-titan"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let secret = created["secret"].as_str().unwrap().to_string();
+    let call = |body: Value| {
+        let request = client()
+            .post(format!("{}/v1/embeddings", s.gw.url))
+            .bearer_auth(&secret)
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = call(json!({"model": "emb-titan", "input": "x"})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(json!({"model": "emb-cohere", "input": "x"})).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) =
+        call(json!({"model": "emb-titan", "input": "x", "use_fallback": ["emb-cohere"]})).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["param"], "use_fallback");
+    let (status, body) = call(json!({"model": "emb-titan", "input": "x",
+                                     "use_fallback": vec!["m"; 17]}))
+    .await;
+    assert_eq!(status, 400, "{body}");
+}

@@ -407,9 +407,9 @@ pub(super) fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> G
 }
 
 /// Longest `provider` name.
-const MAX_NAME_BYTES: usize = 128;
+pub(super) const MAX_NAME_BYTES: usize = 128;
 /// Most models in a `use_fallback` list: each one is planned and may be called.
-const MAX_FALLBACK_MODELS: usize = 16;
+pub(super) const MAX_FALLBACK_MODELS: usize = 16;
 
 pub(super) fn validate(chat: &ChatRequest, limits: &RequestLimits) -> Result<(), GatewayError> {
     if chat.messages.is_empty() {

@@ -12,12 +12,12 @@ use flowgate_actors::error::{excerpt, ErrorKind, GatewayError};
 use flowgate_actors::keys::Caller;
 use flowgate_actors::model_ref::{ModelRef, Target};
 use flowgate_actors::recorder::run::Door;
-use flowgate_actors::wire::UseFallback;
+use flowgate_actors::wire::{FallbackMode, UseFallback};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
-use super::chat::{failed, model_too_long, run_headers};
+use super::chat::{failed, model_too_long, run_headers, MAX_FALLBACK_MODELS, MAX_NAME_BYTES};
 use super::doors;
 use super::{connection, AppState};
 use crate::config::RequestLimits;
@@ -101,9 +101,14 @@ async fn answer(
             .resolve(&model)
             .map_or_else(|_| model.clone(), |r| r.entry.id.clone());
         caller.check_allowed(&id, &model_ref.agent)?;
-        Ok((input, model))
+        let use_fallback = allowed_fallback(&caller, &model_ref.agent, &request, |name| {
+            catalog
+                .resolve(name)
+                .map_or_else(|_| name.to_string(), |r| r.entry.id.clone())
+        })?;
+        Ok((input, model, use_fallback))
     });
-    let (input, model) = match checked {
+    let (input, model, use_fallback) = match checked {
         Ok(checked) => checked,
         Err(e) => return failed(run, e),
     };
@@ -114,7 +119,7 @@ async fn answer(
             input: &input,
             dimensions: request.dimensions,
             provider: request.provider.as_deref(),
-            use_fallback: request.use_fallback.as_ref(),
+            use_fallback: use_fallback.as_ref(),
         },
     );
     let embedded = tokio::select! {
@@ -131,6 +136,35 @@ async fn answer(
             response.content_type("application/json").body(body)
         }
         Err(e) => failed(run, e),
+    }
+}
+
+/// A virtual key's model allowlist holds for fallbacks too, as on Chat Completions: models
+/// named in `use_fallback` must each be allowed, and the catalog's automatic fallbacks are off
+/// for a key limited to some models.
+fn allowed_fallback(
+    caller: &Caller,
+    agent: &str,
+    request: &EmbeddingsRequest,
+    id_of: impl Fn(&str) -> String,
+) -> Result<Option<UseFallback>, GatewayError> {
+    let limited = caller
+        .key
+        .as_ref()
+        .is_some_and(|key| !key.record.models.is_empty());
+    match &request.use_fallback {
+        Some(UseFallback::Models(models)) if limited => {
+            for model in models {
+                caller
+                    .check_allowed(&id_of(model), agent)
+                    .map_err(|e| e.with_param("use_fallback"))?;
+            }
+            Ok(request.use_fallback.clone())
+        }
+        None | Some(UseFallback::Mode(FallbackMode::Auto)) if limited => {
+            Ok(Some(UseFallback::Mode(FallbackMode::Never)))
+        }
+        _ => Ok(request.use_fallback.clone()),
     }
 }
 
@@ -166,6 +200,27 @@ fn check(
 ) -> Result<EmbeddingInput, GatewayError> {
     if request.model.len() > limits.max_model_bytes {
         return Err(model_too_long(&request.model, limits.max_model_bytes));
+    }
+    if let Some(provider) = &request.provider {
+        if provider.len() > MAX_NAME_BYTES {
+            return Err(GatewayError::invalid(format!(
+                "`provider` is longer than {MAX_NAME_BYTES} bytes: `{}`",
+                excerpt(provider, 64)
+            ))
+            .with_param("provider"));
+        }
+    }
+    if let Some(UseFallback::Models(models)) = &request.use_fallback {
+        if models.len() > MAX_FALLBACK_MODELS {
+            return Err(GatewayError::invalid(format!(
+                "`use_fallback` lists {} models, more than the limit of {MAX_FALLBACK_MODELS}",
+                models.len()
+            ))
+            .with_param("use_fallback"));
+        }
+        if let Some(long) = models.iter().find(|m| m.len() > limits.max_model_bytes) {
+            return Err(model_too_long(long, limits.max_model_bytes).with_param("use_fallback"));
+        }
     }
     let input = input_of(&request.input)?;
     if input.is_empty() {
