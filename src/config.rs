@@ -327,6 +327,10 @@ struct RawLimits {
     max_connections: usize,
     /// Request body bytes held by all requests in flight together (MiB).
     max_inflight_body_mb: usize,
+    /// Most inputs in one `/v1/embeddings` request.
+    max_embedding_inputs: usize,
+    /// Largest input of an embeddings request, in bytes (a token counts 4).
+    max_embedding_input_bytes: usize,
     templates: RawTemplateLimits,
 }
 
@@ -338,6 +342,9 @@ impl Default for RawLimits {
             body_timeout_seconds: 30.0,
             max_connections: 10_000,
             max_inflight_body_mb: 1024,
+            // OpenAI's own bounds: 2,048 inputs of at most 8,192 tokens.
+            max_embedding_inputs: 2048,
+            max_embedding_input_bytes: 32 * 1024,
             templates: RawTemplateLimits::default(),
         }
     }
@@ -603,6 +610,9 @@ struct RawModel {
     providers: Vec<RawOffer>,
     #[serde(default)]
     fallback: Fallbacks,
+    /// An embedding model: `{ dimensions = N, shortens = true|false }`.
+    #[serde(default)]
+    embedding: Option<flowgate_actors::catalog::EmbeddingSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -667,6 +677,10 @@ pub struct RequestLimits {
     pub body_timeout: Duration,
     pub max_connections: usize,
     pub max_inflight_body_bytes: usize,
+    /// Most inputs in one `/v1/embeddings` request.
+    pub max_embedding_inputs: usize,
+    /// Largest input of an embeddings request, in bytes (a token counts 4).
+    pub max_embedding_input_bytes: usize,
     pub templates: Limits,
     pub template_workers: usize,
 }
@@ -805,6 +819,7 @@ fn compile_model(id: &str, raw: RawModel) -> ModelEntry {
         release_date: raw.release_date,
         supports: raw.supports,
         fallbacks: raw.fallback,
+        embedding: raw.embedding,
         providers: raw
             .providers
             .into_iter()
@@ -891,6 +906,11 @@ fn compile_limits(raw: &RawLimits, source: &str) -> Result<RequestLimits, String
     positive("max_model_bytes", raw.max_model_bytes > 0)?;
     positive("max_connections", raw.max_connections > 0)?;
     positive("max_inflight_body_mb", raw.max_inflight_body_mb > 0)?;
+    positive("max_embedding_inputs", raw.max_embedding_inputs > 0)?;
+    positive(
+        "max_embedding_input_bytes",
+        raw.max_embedding_input_bytes > 0,
+    )?;
     positive("templates.fuel", t.fuel > 0)?;
     positive("templates.max_template_bytes", t.max_template_bytes > 0)?;
     positive("templates.max_output_bytes", t.max_output_bytes > 0)?;
@@ -907,6 +927,8 @@ fn compile_limits(raw: &RawLimits, source: &str) -> Result<RequestLimits, String
         body_timeout: seconds("body_timeout_seconds", raw.body_timeout_seconds)?,
         max_connections: raw.max_connections,
         max_inflight_body_bytes: raw.max_inflight_body_mb.saturating_mul(1024 * 1024),
+        max_embedding_inputs: raw.max_embedding_inputs,
+        max_embedding_input_bytes: raw.max_embedding_input_bytes,
         templates: Limits {
             max_template_bytes: t.max_template_bytes,
             max_output_bytes: t.max_output_bytes,

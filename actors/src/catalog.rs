@@ -97,6 +97,20 @@ pub struct ModelEntry {
     /// In order of preference.
     pub providers: Vec<ProviderOffer>,
     pub fallbacks: Fallbacks,
+    /// For an embedding model (answers `/v1/embeddings`, not chat): its vectors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<EmbeddingSpec>,
+}
+
+/// What an embedding model's vectors are.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingSpec {
+    /// The length of its vectors.
+    pub dimensions: u32,
+    /// Whether a request's `dimensions` may ask for shorter vectors.
+    #[serde(default)]
+    pub shortens: bool,
 }
 
 /// A `model` string resolved to a catalog entry.
@@ -240,6 +254,7 @@ mod tests {
             },
             providers: vec![],
             fallbacks: Fallbacks::default(),
+            embedding: None,
         }
     }
 

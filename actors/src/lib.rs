@@ -11,6 +11,7 @@ pub mod cache;
 pub mod capabilities;
 pub mod catalog;
 pub mod completion;
+pub mod embeddings;
 pub mod engine;
 pub mod error;
 pub mod evals;

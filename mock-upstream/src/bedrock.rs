@@ -145,7 +145,7 @@ pub fn percent_decode(text: &str) -> Option<String> {
 }
 
 /// Checks the shape of a SigV4 `authorization` header and its `x-amz-date`.
-fn check_auth(req: &HttpRequest) -> Result<(), Box<HttpResponse>> {
+pub(crate) fn check_auth(req: &HttpRequest) -> Result<(), Box<HttpResponse>> {
     let denied = |error_type: &str, message: &str| {
         Err(Box::new(error_response(
             403,

@@ -25,6 +25,7 @@
 
 mod anthropic;
 mod bedrock;
+mod embeddings;
 mod gemini;
 pub mod openai;
 mod script;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::state::{RecordedRequest, State};
-use crate::{anthropic, bedrock, gemini, openai};
+use crate::{anthropic, bedrock, embeddings, gemini, openai};
 
 /// Largest request body accepted (benchmarks send big prompts).
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
@@ -221,6 +221,14 @@ async fn dispatch(req: HttpRequest, body: Bytes, state: web::Data<State>) -> Htt
             openai::chat_completions(&req, json, &state).await
         }
         "GET" if path == "/v1/models" || path == "/models" => openai::models(),
+        // Embeddings: OpenAI's (and its copies'), and the Gemini API's batch.
+        "POST" if path == "/v1/embeddings" || path == "/embeddings" => {
+            embeddings::openai(&req, &json)
+        }
+        "POST" if path.ends_with(":batchEmbedContents") => embeddings::gemini_batch(&req, &json),
+        "POST" if path.starts_with("/model/") && path.ends_with("/invoke") => {
+            embeddings::bedrock_invoke(&req, &json)
+        }
         // Anthropic Messages API.
         "POST" if path == "/v1/messages" => anthropic::messages(&req, json, &state).await,
         // Gemini API (/v1beta/models/{m}:generateContent) and Vertex AI

@@ -67,15 +67,22 @@ impl Auth {
 
     /// The caller: its tenant and, with a virtual key, that key; or 401.
     pub fn caller(&self, req: &HttpRequest) -> Result<Caller, GatewayError> {
-        let token = req
+        self.caller_by(bearer_token(req))
+    }
+
+    /// The caller of the Anthropic door: its SDK sends the key in `x-api-key`; a bearer
+    /// token is taken as well.
+    pub fn anthropic_caller(&self, req: &HttpRequest) -> Result<Caller, GatewayError> {
+        let api_key = req
             .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
+            .get("x-api-key")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
+            .map(str::trim)
+            .filter(|k| !k.is_empty());
+        self.caller_by(api_key.or_else(|| bearer_token(req)))
+    }
+
+    fn caller_by(&self, token: Option<&str>) -> Result<Caller, GatewayError> {
         let config_key = |token: Option<&str>| {
             token
                 .and_then(|t| self.keys.get(&digest(t)))
@@ -109,4 +116,16 @@ impl Auth {
             )),
         }
     }
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
 }

@@ -90,7 +90,7 @@ async fn answer(
 /// nothing more) and the agent, and the fallbacks too — models the request names in
 /// `use_fallback` must each be allowed, and the catalog's automatic fallbacks, which could be
 /// any model, are off for a key limited to some models.
-fn keep_to_allowlist(
+pub(super) fn keep_to_allowlist(
     state: &AppState,
     caller: &flowgate_actors::keys::Caller,
     agent: &str,
@@ -212,6 +212,17 @@ async fn prepare(
     state: &AppState,
     ctx: &mut RunContext,
 ) -> Result<Prepared, GatewayError> {
+    let (raw, reservation) = read_object(req, payload, state, ctx).await?;
+    prepare_raw(raw, Some(reservation), state, ctx).await
+}
+
+/// Reads the body within its bounds and checks that it is a JSON object, kept as received.
+pub(super) async fn read_object(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    ctx: &mut RunContext,
+) -> Result<(Box<RawValue>, Reservation), GatewayError> {
     // The client's upload pace is not the gateway's overhead.
     let reading = std::time::Instant::now();
     let read = read_body(
@@ -237,7 +248,7 @@ async fn prepare(
     if !raw.get().starts_with('{') {
         return Err(GatewayError::invalid("the body must be a JSON object"));
     }
-    prepare_raw(raw, Some(reservation), state, ctx).await
+    Ok((raw, reservation))
 }
 
 /// [`prepare`] from a body already read and checked to be a JSON object: parses and validates
@@ -343,9 +354,8 @@ pub(super) fn model_too_long(model: &str, max: usize) -> GatewayError {
     .with_code("model_too_long")
 }
 
-/// A serde error as a 400 that names the field.
 /// The requested model and `stream` of a body that is not a valid request, for its run.
-fn note_model(ctx: &mut RunContext, body: &str, max_model_bytes: usize) {
+pub(super) fn note_model(ctx: &mut RunContext, body: &str, max_model_bytes: usize) {
     #[derive(serde::Deserialize)]
     struct Head {
         #[serde(default)]
@@ -369,6 +379,7 @@ fn note_model(ctx: &mut RunContext, body: &str, max_model_bytes: usize) {
     ctx.stream = head.stream.as_bool().unwrap_or(false);
 }
 
+/// A serde error as a 400 that names the field.
 pub(super) fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> GatewayError {
     let path = excerpt(&e.path().to_string(), 200).into_owned();
     // The position in the body is not news to the client: the path names the field.
@@ -406,9 +417,9 @@ pub(super) fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> G
 }
 
 /// Longest `provider` name.
-const MAX_NAME_BYTES: usize = 128;
+pub(super) const MAX_NAME_BYTES: usize = 128;
 /// Most models in a `use_fallback` list: each one is planned and may be called.
-const MAX_FALLBACK_MODELS: usize = 16;
+pub(super) const MAX_FALLBACK_MODELS: usize = 16;
 
 pub(super) fn validate(chat: &ChatRequest, limits: &RequestLimits) -> Result<(), GatewayError> {
     if chat.messages.is_empty() {
@@ -469,7 +480,7 @@ pub(super) fn validate(chat: &ChatRequest, limits: &RequestLimits) -> Result<(),
     Ok(())
 }
 
-fn run_headers(response: &mut HttpResponseBuilder, run: &Run) {
+pub(super) fn run_headers(response: &mut HttpResponseBuilder, run: &Run) {
     response.insert_header(("x-flowgate-run-id", run.id().to_string()));
     if let Some(provider) = run.provider() {
         response.insert_header(("x-flowgate-provider", provider));

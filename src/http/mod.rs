@@ -6,13 +6,17 @@ mod body;
 mod browser_guard;
 mod chat;
 mod connection;
+mod doors;
+mod embeddings;
 pub(crate) mod evals;
 mod feedback;
 mod keys;
+mod messages;
 mod models;
 pub(crate) mod ops;
 pub(crate) mod playground;
 mod replay;
+mod responses;
 pub(crate) mod runs;
 pub(crate) mod search;
 mod share;
@@ -253,6 +257,9 @@ fn routes(cfg: &mut web::ServiceConfig) {
         web::post().to(chat::chat_completions),
     )
     .route("/chat/completions", web::post().to(chat::chat_completions))
+    .route("/v1/responses", web::post().to(responses::responses))
+    .route("/v1/messages", web::post().to(messages::messages))
+    .route("/v1/embeddings", web::post().to(embeddings::embeddings))
     .route("/v1/models", web::get().to(models::list_models))
     .route("/v1/models/{model:.*}", web::get().to(models::get_model))
     .route("/metrics", web::get().to(ops::metrics))
@@ -378,8 +385,16 @@ fn routes(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(not_found));
 }
 
-async fn not_found(req: HttpRequest) -> HttpResponse {
+/// An unknown path answers 404 only to a caller with a valid key (a 401 otherwise), so the
+/// gateway's routes cannot be probed without one.
+async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     use actix_web::ResponseError;
+    if let Err(e) = state.auth.caller(&req) {
+        // The Anthropic SDKs send their key in `x-api-key`; admins have keys of their own.
+        if state.auth.anthropic_caller(&req).is_err() && !state.admin.is_admin(&req) {
+            return e.error_response();
+        }
+    }
     GatewayError::not_found(format!("no route for {} {}", req.method(), req.path()))
         .error_response()
 }

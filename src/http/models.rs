@@ -48,6 +48,9 @@ fn model_json(entry: &ModelEntry, providers: &ProviderRegistry) -> Value {
         "max_output_tokens": entry.max_output_tokens,
         "pricing": entry.providers.first().map(|o| o.prices),
         "supports": entry.supports,
+        // An embedding model answers `/v1/embeddings`: its vectors' length, and whether
+        // `dimensions` may shorten them.
+        "embedding": entry.embedding,
         "providers": offers,
         "available": available,
     })

@@ -191,7 +191,47 @@ providers = [{{ provider = "upstream", model = "gpt-4o-mini;status=500", {offer}
 # Streams one 4-character piece, then the upstream connection is cut.
 [models."up-cut"]
 providers = [{{ provider = "upstream", model = "gpt-4o-mini;cut_after=1;chunk_chars=4", {offer} }}]
-""" + structured_config(upstream_base_url.removesuffix("/v1"))
+""" + structured_config(upstream_base_url.removesuffix("/v1")) + doors_config()
+
+
+# ---------------------------------------------------------------------------------------------
+# The other doors (test_responses.py, test_messages.py, test_embeddings.py): one model per wire
+# format of the mock upstream, with no directive (a tool is called only when the request
+# forces it), so a tool round trip ends in a text answer.
+
+DOOR_MODELS = {
+    "door-gpt": ("upstream", "gpt-4o-mini"),
+    "door-claude": ("sx_anthropic", "claude-3-5-haiku-20241022"),
+    "door-gemini": ("sx_gemini", "gemini-2.0-flash"),
+}
+
+
+# Embedding models: catalog id → (provider, the provider's model id, dimensions).
+EMBEDDING_MODELS = {
+    "emb-openai": ("upstream", "text-embedding-3-small", 1536),
+    "emb-gemini": ("sx_gemini", "text-embedding-004", 768),
+}
+# Their price per million input tokens.
+EMBEDDING_PER_MTOK = 0.02
+
+
+def doors_config() -> str:
+    offer = f"input_per_mtok = {INPUT_PER_MTOK}, output_per_mtok = {OUTPUT_PER_MTOK}"
+    chat = "".join(f"""
+[models.{_toml_str(name)}]
+providers = [{{ provider = {_toml_str(provider)}, model = {_toml_str(model)}, {offer} }}]
+supports = {NATIVE_SUPPORTS}
+""" for name, (provider, model) in DOOR_MODELS.items())
+    embedding = "".join(f"""
+[models.{_toml_str(name)}]
+providers = [{{ provider = {_toml_str(provider)}, model = {_toml_str(model)}, input_per_mtok = {EMBEDDING_PER_MTOK}, output_per_mtok = 0.0 }}]
+embedding = {{ dimensions = {dimensions}, shortens = true }}
+""" for name, (provider, model, dimensions) in EMBEDDING_MODELS.items())
+    return chat + embedding + """
+[limits]
+max_embedding_inputs = 64
+max_embedding_input_bytes = 4096
+"""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -346,6 +346,7 @@ mod tests {
             release_date: None,
             supports: Default::default(),
             fallbacks: Default::default(),
+            embedding: None,
             providers: vec![ProviderOffer {
                 provider: "p".into(),
                 model: id.into(),

@@ -9,6 +9,7 @@
 //! non-blocking sends.
 
 mod attempts;
+mod embed;
 mod run;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+pub use embed::EmbedRequest;
 pub use run::{Run, RunContext};
 
 use crate::agents::AgentStore;
@@ -148,6 +150,14 @@ impl Gateway {
             provider: chat.provider.clone(),
             needs: Needs::of(chat),
         })?;
+        if plan.model.embedding.is_some() {
+            return Err(GatewayError::invalid(format!(
+                "`{}` is an embedding model: send it to `/v1/embeddings`",
+                plan.model.id
+            ))
+            .with_param("model")
+            .with_code("embedding_model"));
+        }
         run.model = Some(plan.model.id.clone());
         // The edge versioned the agent's templates; this covers a request it could not resolve.
         if run.ctx.version_id.is_none() {

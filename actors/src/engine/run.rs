@@ -16,7 +16,8 @@ use crate::error::{AttemptSummary, ErrorKind, GatewayError};
 use crate::provider::actor::Admission;
 use crate::recorder::metrics::InFlight;
 use crate::recorder::run::{
-    feedback_token, CacheStatus, RunRecord, RunSource, RunStatus, RunTelemetry, StructuredRecord,
+    feedback_token, CacheStatus, Door, RunRecord, RunSource, RunStatus, RunTelemetry,
+    StructuredRecord,
 };
 use crate::router::PlannedAttempt;
 use crate::structured::{Layer, StructuredSpec};
@@ -48,6 +49,8 @@ pub struct RunContext {
     pub source: RunSource,
     /// For a replay: the run it replays.
     pub replay_of: Option<Uuid>,
+    /// The API the request came in through.
+    pub door: Door,
 }
 
 impl RunContext {
@@ -72,6 +75,7 @@ impl RunContext {
             rendered_messages: None,
             source: RunSource::Api,
             replay_of: None,
+            door: Door::ChatCompletions,
         }
     }
 
@@ -208,7 +212,7 @@ impl Run {
         &self.attempts
     }
 
-    fn record(
+    pub(super) fn record(
         &mut self,
         status: RunStatus,
         output: Option<Completion>,
@@ -260,6 +264,7 @@ impl Run {
             rendered_messages: self.ctx.rendered_messages.take(),
             source: self.ctx.source,
             replay_of: self.ctx.replay_of,
+            door: self.ctx.door,
             telemetry,
         };
         if let Some(admission) = self.admission.take() {

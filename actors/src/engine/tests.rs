@@ -36,6 +36,7 @@ struct Harness {
 /// A model served by `offers` (provider, provider model), in that order, $1/$2 per million.
 fn model(id: &str, offers: &[(&str, &str)], fallbacks: Fallbacks) -> ModelEntry {
     ModelEntry {
+        embedding: None,
         id: id.to_string(),
         display_name: id.to_string(),
         aliases: Vec::new(),

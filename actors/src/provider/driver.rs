@@ -86,6 +86,46 @@ impl<A: Adapter> Driver<A> {
         ))
     }
 
+    /// The provider's name in config.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The provider's HTTP client, for calls outside the chat path (embeddings).
+    pub fn http(&self) -> &http::Client {
+        &self.http
+    }
+
+    /// One JSON call outside the chat path (embeddings): sent under the same timeouts, its
+    /// errors read by the adapter as a chat call's are, its answer parsed as `T`.
+    pub async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        request: http::RequestBuilder<'_>,
+        call: &A::Call,
+    ) -> Result<T, GatewayError> {
+        let started = Instant::now();
+        let limit = self.timeouts.first_byte().min(self.timeouts.total());
+        let response = timeout(limit, request.send())
+            .await
+            .map_err(|_| http::timeout_error(&self.name, "with headers", limit))?
+            .map_err(|e| http::transport_error(&self.name, e, &self.adapter.secrets(call)))?;
+        if !response.status().is_success() {
+            return Err(self.status_error(call, response).await);
+        }
+        let total = self.timeouts.total();
+        let remaining = total.saturating_sub(started.elapsed());
+        let bytes = timeout(remaining, response.bytes())
+            .await
+            .map_err(|_| http::timeout_error(&self.name, "its whole body", total))?
+            .map_err(|e| http::transport_error(&self.name, e, &self.adapter.secrets(call)))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            super::adapter::malformed(
+                &self.name,
+                format_args!("an answer that does not parse: {e}"),
+            )
+        })
+    }
+
     /// Prepares and sends a call; the response if its status is a success.
     async fn send(
         &self,

@@ -14,10 +14,14 @@ use super::{EventStream, MockBehaviour, MockSettings, UpstreamRequest};
 use crate::completion::{
     AssistantMessage, Choice, Completion, FinishReason, StreamEvent, ToolCallOut, Usage,
 };
+use crate::embeddings::{estimated_tokens, mock_vector, EmbedCall, Embedded, EmbeddingInput};
 use crate::error::GatewayError;
 
 /// Characters per streamed content chunk.
 const CHUNK_CHARS: usize = 16;
+
+/// The length of the mock's vectors when the request asks for none.
+pub const MOCK_EMBEDDING_DIMENSIONS: u32 = 256;
 
 #[derive(Debug)]
 pub struct MockClient {
@@ -58,6 +62,41 @@ impl MockClient {
         let request = serde_json::to_value(call.request)
             .map_err(|e| GatewayError::internal(format!("mock: {e}")))?;
         Ok(answer(&request))
+    }
+
+    /// Embeddings: deterministic unit vectors of the texts (see [`mock_vector`]), `dimensions`
+    /// long (256 unless asked), with the latency and failures configured for the model.
+    pub async fn embed(&self, call: EmbedCall<'_>) -> Result<Embedded, GatewayError> {
+        let behaviour = self.behaviour(call.model);
+        if behaviour.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+        }
+        if behaviour.failure_rate > 0.0 && fastrand::f64() < behaviour.failure_rate {
+            let status = behaviour.failure_status.unwrap_or(500);
+            return Err(GatewayError::new(
+                kind_for_status(status),
+                format!("mock model `{}` failed on purpose ({status})", call.model),
+            )
+            .with_upstream_status(status));
+        }
+        let dimensions = call.dimensions.unwrap_or(MOCK_EMBEDDING_DIMENSIONS);
+        let (vectors, prompt_tokens) = match call.input {
+            EmbeddingInput::Texts(texts) => (
+                texts.iter().map(|t| mock_vector(t, dimensions)).collect(),
+                texts.iter().map(|t| estimated_tokens(t)).sum(),
+            ),
+            EmbeddingInput::Tokens(tokens) => (
+                tokens
+                    .iter()
+                    .map(|t| mock_vector(&format!("{t:?}"), dimensions))
+                    .collect(),
+                tokens.iter().map(|t| t.len() as u64).sum(),
+            ),
+        };
+        Ok(Embedded {
+            vectors,
+            prompt_tokens,
+        })
     }
 
     pub async fn complete(&self, call: UpstreamRequest<'_>) -> Result<Completion, GatewayError> {

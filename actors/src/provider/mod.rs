@@ -356,6 +356,29 @@ impl ProviderClient {
         }
     }
 
+    /// One embeddings call, for the providers whose APIs have embeddings.
+    pub async fn embed(
+        &self,
+        call: crate::embeddings::EmbedCall<'_>,
+    ) -> Result<crate::embeddings::Embedded, GatewayError> {
+        let unsupported = |api: &str| {
+            Err(GatewayError::new(
+                crate::error::ErrorKind::UnsupportedByModel,
+                format!("the {api} API has no embeddings in flowgate: choose an embedding model served by an OpenAI-compatible, Gemini, Bedrock or mock provider"),
+            ))
+        };
+        match self {
+            ProviderClient::OpenAi(client) => client.embed(call).await,
+            ProviderClient::Gemini(client) => client.embed(call).await,
+            ProviderClient::Mock(client) => client.embed(call).await,
+            ProviderClient::Anthropic(_) => unsupported("Anthropic"),
+            ProviderClient::Vertex(_) => unsupported("Vertex AI"),
+            ProviderClient::Bedrock(client) => client.embed(call).await,
+            #[cfg(test)]
+            ProviderClient::Scripted(_) => unsupported("scripted"),
+        }
+    }
+
     /// Opens a stream. `Ok` means the provider accepted the request; events follow.
     pub async fn stream(&self, call: UpstreamRequest<'_>) -> Result<EventStream, GatewayError> {
         match self {

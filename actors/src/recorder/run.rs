@@ -63,6 +63,38 @@ impl RunSource {
     }
 }
 
+/// The API a run came in through: each door translates its own wire format into the same
+/// engine request, and the run keeps which one it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Door {
+    /// `POST /v1/chat/completions` (and every run written before doors were recorded).
+    #[default]
+    ChatCompletions,
+    /// `POST /v1/responses`, the OpenAI Responses API.
+    Responses,
+    /// `POST /v1/messages`, the Anthropic Messages API.
+    Messages,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+}
+
+impl Door {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Door::ChatCompletions => "chat_completions",
+            Door::Responses => "responses",
+            Door::Messages => "messages",
+            Door::Embeddings => "embeddings",
+        }
+    }
+
+    /// `false` for the default, so records of chat runs keep their old shape.
+    pub fn is_chat_completions(&self) -> bool {
+        *self == Door::ChatCompletions
+    }
+}
+
 impl CacheStatus {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -135,6 +167,11 @@ pub struct RunRecord {
     /// For a replay: the run it replays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<Uuid>,
+    /// The API the request came in through; `request` holds it as the engine ran it (the
+    /// Chat Completions shape). Runs written before this field existed came through
+    /// `/v1/chat/completions`.
+    #[serde(default, skip_serializing_if = "Door::is_chat_completions")]
+    pub door: Door,
     /// What the metrics learn of the run; not stored.
     #[serde(skip)]
     pub telemetry: RunTelemetry,
@@ -175,6 +212,9 @@ pub struct RunSummary {
     pub cache: CacheStatus,
     pub version_id: Option<String>,
     pub source: RunSource,
+    /// The API the run came in through (left out for Chat Completions).
+    #[serde(skip_serializing_if = "Door::is_chat_completions")]
+    pub door: Door,
     /// The start of the input: its variables, else the last user message.
     pub input_preview: String,
     /// The start of the output: the first choice's text or tool call.
@@ -224,7 +264,16 @@ impl RunRecord {
         match last_user {
             Some(serde_json::Value::String(text)) => preview(text),
             Some(parts @ serde_json::Value::Array(_)) => preview(&parts.to_string()),
-            _ => String::new(),
+            // An embeddings run: its (first) input text.
+            _ => match request.as_ref().and_then(|r| r.get("input")) {
+                Some(serde_json::Value::String(text)) => preview(text),
+                Some(serde_json::Value::Array(items)) => items
+                    .first()
+                    .and_then(serde_json::Value::as_str)
+                    .map(preview)
+                    .unwrap_or_default(),
+                _ => String::new(),
+            },
         }
     }
 
@@ -260,6 +309,7 @@ impl From<&RunRecord> for RunSummary {
             cache: r.cache,
             version_id: r.version_id.clone(),
             source: r.source,
+            door: r.door,
             input_preview: r.input_preview(),
             output_preview: r.output_preview(),
         }

@@ -15,7 +15,7 @@ use crate::agents::{VersionProperties, VersionRecord, VersionStats};
 use crate::cache::{CacheKey, StoredAnswer};
 use crate::completion::Usage;
 use crate::model_ref::Environment;
-use crate::recorder::run::{CacheStatus, RunRecord, RunSource, RunStatus};
+use crate::recorder::run::{CacheStatus, Door, RunRecord, RunSource, RunStatus};
 
 /// One test per conformance body that takes the whole [`Storage`], each on a fresh store:
 /// `$fresh` makes one and gives `(guard, Storage)` (the guard removes it when dropped). Every
@@ -85,6 +85,7 @@ pub fn run(tenant: &str, agent: &str) -> RunRecord {
         rendered_messages: None,
         source: RunSource::Api,
         replay_of: None,
+        door: Door::ChatCompletions,
         telemetry: Default::default(),
     }
 }
@@ -147,6 +148,22 @@ pub async fn run_store(store: &dyn RunStore) {
     let distinct: HashSet<Uuid> = all.items.iter().map(|r| r.id).collect();
     assert_eq!(all.items.len(), 7);
     assert_eq!(distinct.len(), 7);
+
+    // The door a run came through is kept; a run written before doors were recorded reads
+    // back as a Chat Completions run.
+    let mut through_messages = run("t1", "doors");
+    through_messages.door = Door::Messages;
+    let mut old: serde_json::Value = serde_json::to_value(run("t1", "doors")).unwrap();
+    old.as_object_mut().unwrap().remove("door");
+    let old: RunRecord = serde_json::from_value(old).unwrap();
+    store
+        .insert_batch(&[Box::new(through_messages.clone()), Box::new(old.clone())])
+        .await
+        .unwrap();
+    let back = store.get("t1", through_messages.id).await.unwrap().unwrap();
+    assert_eq!(back.door, Door::Messages);
+    let back = store.get("t1", old.id).await.unwrap().unwrap();
+    assert_eq!(back.door, Door::ChatCompletions);
 
     // An empty batch is nothing; a flush succeeds.
     store.insert_batch(&[]).await.unwrap();

@@ -10,6 +10,7 @@
 //! * [`sign`] builds the request path and the SigV4 headers;
 //! * [`stream`] cuts ConverseStream bodies into event-stream messages for the driver.
 
+mod embeddings;
 mod request;
 mod response;
 mod sign;
@@ -153,7 +154,24 @@ impl Bedrock {
         stream: bool,
         time: SystemTime,
     ) -> Result<http::RequestBuilder<'c>, GatewayError> {
-        let url = format!("{}{}", self.base_url, sign::model_path(model, stream));
+        let accept = if stream {
+            EVENT_STREAM
+        } else {
+            "application/json"
+        };
+        self.signed_post(http, &sign::model_path(model, stream), body, accept, time)
+    }
+
+    /// A signed `POST` of a JSON `body` to `path` (percent-encoded).
+    fn signed_post<'c>(
+        &self,
+        http: &'c http::Client,
+        path: &str,
+        body: Vec<u8>,
+        accept: &str,
+        time: SystemTime,
+    ) -> Result<http::RequestBuilder<'c>, GatewayError> {
+        let url = format!("{}{path}", self.base_url);
         let headers = sign::sigv4_headers(
             "POST",
             &url,
@@ -166,11 +184,6 @@ impl Bedrock {
         .map_err(|e| {
             GatewayError::internal(format!("provider `{}`: {}", self.name, self.scrub(&e)))
         })?;
-        let accept = if stream {
-            EVENT_STREAM
-        } else {
-            "application/json"
-        };
         let mut request = http
             .post(url)
             .header(http::header::CONTENT_TYPE, "application/json")

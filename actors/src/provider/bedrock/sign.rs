@@ -40,6 +40,11 @@ pub(super) fn model_path(model: &str, stream: bool) -> String {
     format!("/model/{}/{operation}", encode_segment(model))
 }
 
+/// `/model/{id}/invoke`: a model's own request format (the embedding models').
+pub(super) fn invoke_path(model: &str) -> String {
+    format!("/model/{}/invoke", encode_segment(model))
+}
+
 /// The SigV4 headers (`x-amz-date`, `authorization`, and `x-amz-security-token` with a
 /// session token) for a request with these `headers` (besides `host`, which is taken from the
 /// URL) and `body`. The URL must already be percent-encoded.

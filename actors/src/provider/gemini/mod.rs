@@ -24,6 +24,7 @@
 //!
 //! [`request`] builds the body, [`response`] maps answers and errors, [`stream`] the events.
 
+mod embeddings;
 mod request;
 mod response;
 mod stream;

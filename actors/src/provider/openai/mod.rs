@@ -8,6 +8,7 @@
 //! classified by `classify` ([`response`]); [`stream`] turns chunks into events and ends at
 //! `[DONE]`.
 
+mod embeddings;
 mod request;
 mod response;
 mod stream;
