@@ -55,7 +55,7 @@ pub async fn embeddings(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let caller = state.auth.caller(&req)?;
-    let run = doors::start(&state, &caller, Door::Embeddings)?;
+    let run = doors::start(&state, &caller, Door::Embeddings).await?;
     let span = tracing::debug_span!(
         "request",
         door = "embeddings",

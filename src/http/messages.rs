@@ -24,7 +24,7 @@ pub async fn messages(
         Ok(caller) => caller,
         Err(e) => return error_response(&e),
     };
-    let run = match doors::start(&state, &caller, Door::Messages) {
+    let run = match doors::start(&state, &caller, Door::Messages).await {
         Ok(run) => run,
         Err(e) => return error_response(&e),
     };

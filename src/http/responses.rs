@@ -21,7 +21,7 @@ pub async fn responses(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let caller = state.auth.caller(&req)?;
-    let run = doors::start(&state, &caller, Door::Responses)?;
+    let run = doors::start(&state, &caller, Door::Responses).await?;
     let span = tracing::debug_span!(
         "request",
         door = "responses",

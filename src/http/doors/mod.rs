@@ -43,8 +43,12 @@ pub(super) enum Outcome {
 
 /// Starts the run of a door's request: the caller is authenticated and admitted first, as on
 /// Chat Completions; from here on every outcome is recorded as exactly one run.
-pub(super) fn start(state: &AppState, caller: &Caller, door: Door) -> Result<Run, GatewayError> {
-    let admission = state.auth.registry().admit(caller)?;
+pub(super) async fn start(
+    state: &AppState,
+    caller: &Caller,
+    door: Door,
+) -> Result<Run, GatewayError> {
+    let admission = state.auth.registry().admit(caller).await?;
     let mut ctx = RunContext::new(caller.tenant.as_str(), "default", "", false);
     ctx.door = door;
     let mut run = state.gateway.start(ctx);
