@@ -132,6 +132,15 @@ impl Supervisor {
                 storage.storage()
             }
         };
+        let listener_metrics: [Box<dyn prometheus::core::Collector>; 2] = [
+            Box::new(storage.changes.listener_connected.clone()),
+            Box::new(storage.changes.listener_reconnects.clone()),
+        ];
+        for metric in listener_metrics {
+            metrics
+                .register(metric)
+                .map_err(|e| format!("metrics: {e}"))?;
+        }
         let agents = AgentStore::open(&storage);
         let Storage {
             runs,
@@ -141,6 +150,7 @@ impl Supervisor {
             stats,
             keys,
             evals,
+            changes,
             ..
         } = storage;
         let run_stats = RunStats::new(stats);
@@ -200,6 +210,7 @@ impl Supervisor {
             shares,
             key_store: keys,
             eval_store: evals,
+            changes,
             agents,
             stats: run_stats,
             metrics,

@@ -2,14 +2,41 @@
 //! records who and when in a history; rolling back is deploying an older version. The store
 //! writes the pointer and its history entry atomically, so concurrent deploys leave one winner
 //! and a history whose last entry is that winner.
+//!
+//! Every instance keeps a copy of the pointers its callers use, so a call to a deployment
+//! costs no store round trip; a deploy anywhere makes every copy stale (see the agents
+//! module and [`crate::storage::Changes`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{now_rfc3339, AgentStore};
+use super::{agent_prefix, bounded_insert, now_rfc3339, AgentStore};
 use crate::error::GatewayError;
 use crate::model_ref::Environment;
-use crate::storage::NewDeployment;
+use crate::storage::{Change, NewDeployment};
+
+/// A copy of a deployment pointer is read again after this long even when no change was
+/// heard: the safety net under the change notifications.
+pub const DEPLOYMENT_REFRESH: Duration = Duration::from_secs(5);
+
+/// A deployment pointer as read (`None`: nothing deployed there), with when and at which
+/// epoch of the store's changes.
+#[derive(Clone)]
+pub(super) struct DeploymentCopy {
+    record: Option<Arc<DeploymentRecord>>,
+    epoch: u64,
+    read_at: Instant,
+}
+
+fn copy_key(tenant: &str, agent: &str, schema_id: u32, environment: Environment) -> Vec<u8> {
+    let mut key = agent_prefix(tenant, agent);
+    key.extend_from_slice(&schema_id.to_be_bytes());
+    key.extend_from_slice(environment.as_str().as_bytes());
+    key
+}
 
 /// One deployment, current or past.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -76,23 +103,49 @@ impl AgentStore {
             deployed_at: &deployed_at,
             deployed_by,
         };
-        Ok(self.inner.deployments.deploy(tenant, new).await?)
+        let deployed = self.inner.deployments.deploy(tenant, new).await?;
+        // This instance's copies go at once, whether or not the store notifies.
+        self.inner.changes.changed(Change::Deployments);
+        Ok(deployed)
     }
 
-    /// The deployment `agent/#<schema_id>/<environment>` callers get: read from the store on
-    /// every call, so a deploy by any handle on the store applies at once.
+    /// The deployment `agent/#<schema_id>/<environment>` callers get: this instance's copy
+    /// while no deploy was made since it was read (here or on another instance) and it is
+    /// younger than [`DEPLOYMENT_REFRESH`]; else read from the store.
     pub async fn deployment(
         &self,
         tenant: &str,
         agent: &str,
         schema_id: u32,
         environment: Environment,
-    ) -> Result<Option<DeploymentRecord>, GatewayError> {
-        Ok(self
+    ) -> Result<Option<Arc<DeploymentRecord>>, GatewayError> {
+        let key = copy_key(tenant, agent, schema_id, environment);
+        // Taken before the read: a deploy that lands during the read moves it, and the copy
+        // made here is stale at once.
+        let epoch = self.inner.changes.deployments_epoch();
+        if let Some(epoch) = epoch {
+            if let Some(copy) = self.inner.cache.deployments.get(&key) {
+                if copy.epoch == epoch && copy.read_at.elapsed() < DEPLOYMENT_REFRESH {
+                    return Ok(copy.record.clone());
+                }
+            }
+        }
+        let read_at = Instant::now();
+        let record = self
             .inner
             .deployments
             .get(tenant, agent, schema_id, environment)
-            .await?)
+            .await?
+            .map(Arc::new);
+        if let Some(epoch) = epoch {
+            let copy = DeploymentCopy {
+                record: record.clone(),
+                epoch,
+                read_at,
+            };
+            bounded_insert(&self.inner.cache.deployments, key, copy);
+        }
+        Ok(record)
     }
 
     /// The agent's current deployments (by schema, then environment) and their whole history,
@@ -282,7 +335,7 @@ mod tests {
             .unwrap()
             .unwrap();
         // The pointer is the newest history entry, and each entry names its predecessor.
-        assert_eq!(all.history[0], current);
+        assert_eq!(all.history[0], *current);
         for pair in all.history.windows(2) {
             assert_eq!(
                 pair[0].previous_version_id.as_deref(),
