@@ -16,7 +16,7 @@ use serde_json::json;
 use super::{agent_prefix, bounded_insert, now_rfc3339, AgentStore};
 use crate::error::GatewayError;
 use crate::model_ref::Environment;
-use crate::storage::{Change, NewDeployment};
+use crate::storage::{Change, NewDeployment, StorageError};
 
 /// A copy of a deployment pointer is read again after this long even when no change was
 /// heard: the safety net under the change notifications.
@@ -111,7 +111,8 @@ impl AgentStore {
 
     /// The deployment `agent/#<schema_id>/<environment>` callers get: this instance's copy
     /// while no deploy was made since it was read (here or on another instance) and it is
-    /// younger than [`DEPLOYMENT_REFRESH`]; else read from the store.
+    /// younger than [`DEPLOYMENT_REFRESH`]; else read from the store, or, while the store
+    /// cannot be reached, the last copy read.
     pub async fn deployment(
         &self,
         tenant: &str,
@@ -131,12 +132,24 @@ impl AgentStore {
             }
         }
         let read_at = Instant::now();
-        let record = self
+        let record = match self
             .inner
             .deployments
             .get(tenant, agent, schema_id, environment)
-            .await?
-            .map(Arc::new);
+            .await
+        {
+            Ok(record) => record.map(Arc::new),
+            // The store cannot be reached (no deploy can be made meanwhile either): the last
+            // copy read keeps serving, however old, rather than a 503 per call.
+            Err(StorageError::Unavailable(e)) => match self.inner.cache.deployments.get(&key) {
+                Some(copy) => {
+                    tracing::debug!(error = %e, agent, "store unavailable: the last deployment read serves");
+                    return Ok(copy.record.clone());
+                }
+                None => return Err(StorageError::Unavailable(e).into()),
+            },
+            Err(e) => return Err(e.into()),
+        };
         if let Some(epoch) = epoch {
             let copy = DeploymentCopy {
                 record: record.clone(),
@@ -282,6 +295,111 @@ mod tests {
             ids[0]
         );
         assert_eq!(store.deployments("t", "a").await.unwrap().history.len(), 4);
+    }
+
+    /// A deployment store that can be made unreachable.
+    struct Flaky {
+        inner: Arc<dyn crate::storage::DeploymentStore>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl crate::storage::DeploymentStore for Flaky {
+        fn get<'a>(
+            &'a self,
+            tenant: &'a str,
+            agent: &'a str,
+            schema_id: u32,
+            environment: Environment,
+        ) -> futures::future::BoxFuture<'a, Result<Option<DeploymentRecord>, StorageError>>
+        {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Box::pin(async { Err(StorageError::Unavailable("down".into())) });
+            }
+            self.inner.get(tenant, agent, schema_id, environment)
+        }
+        fn deploy<'a>(
+            &'a self,
+            tenant: &'a str,
+            deployment: NewDeployment<'a>,
+        ) -> futures::future::BoxFuture<'a, Result<DeploymentRecord, StorageError>> {
+            self.inner.deploy(tenant, deployment)
+        }
+        fn current<'a>(
+            &'a self,
+            tenant: &'a str,
+            agent: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<Vec<DeploymentRecord>, StorageError>> {
+            self.inner.current(tenant, agent)
+        }
+        fn history<'a>(
+            &'a self,
+            tenant: &'a str,
+            agent: &'a str,
+            before: Option<u64>,
+            limit: usize,
+        ) -> futures::future::BoxFuture<'a, Result<crate::storage::DeploymentPage, StorageError>>
+        {
+            self.inner.history(tenant, agent, before, limit)
+        }
+    }
+
+    /// Copies are used until a deploy moves the epoch or they are older than the refresh;
+    /// with the store unreachable, the last copy serves (no copy: a 503).
+    #[actix_rt::test]
+    async fn copies_serve_until_a_deploy_and_while_the_store_is_unreachable() {
+        let (_dir, mut storage) = crate::storage::temporary();
+        let flaky = Arc::new(Flaky {
+            inner: storage.deployments.clone(),
+            down: Default::default(),
+        });
+        storage.deployments = flaky.clone() as Arc<dyn crate::storage::DeploymentStore>;
+        let store = AgentStore::open(&storage);
+        let schema = store.schema_id("t", "a", None, &Value::Null).await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..2 {
+            let request: ChatRequest = serde_json::from_value(json!({
+                "model": "m", "messages": [{"role": "system", "content": format!("v{i}")}]
+            }))
+            .unwrap();
+            let properties = VersionProperties::of("m", &request);
+            ids.push(
+                store
+                    .ensure_version("t", "a", &properties, schema)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let prod = Environment::Production;
+        store
+            .deploy("t", "a", &ids[0], None, prod, "x")
+            .await
+            .unwrap();
+        let served = |store: AgentStore| async move {
+            store
+                .deployment("t", "a", 1, prod)
+                .await
+                .map(|d| d.map(|d| d.version_id.clone()))
+        };
+        assert_eq!(served(store.clone()).await.unwrap().as_ref(), Some(&ids[0]));
+        let down = |on: bool| flaky.down.store(on, std::sync::atomic::Ordering::SeqCst);
+        down(true);
+        // Within the refresh the copy serves without asking the store; past it (the store
+        // asked, unreachable) the copy still serves.
+        assert_eq!(served(store.clone()).await.unwrap().as_ref(), Some(&ids[0]));
+        storage.changes.changed(Change::Deployments);
+        assert_eq!(served(store.clone()).await.unwrap().as_ref(), Some(&ids[0]));
+        let e = store
+            .deployment("t", "a", 1, Environment::Dev)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status_code().as_u16(), 503, "no copy of dev: unavailable");
+        down(false);
+        // A deploy moves the epoch: the next call reads the new pointer.
+        store
+            .deploy("t", "a", &ids[1], None, prod, "x")
+            .await
+            .unwrap();
+        assert_eq!(served(store.clone()).await.unwrap().as_ref(), Some(&ids[1]));
     }
 
     #[actix_rt::test]
