@@ -105,12 +105,12 @@ pub async fn serve(config: Config) -> Result<(), String> {
                 };
                 if !heard {
                     tick += 1;
-                    if tick % 2 == 0 {
+                    if tick.is_multiple_of(2) {
                         if let Err(e) = registry.persist_usage().await {
                             tracing::warn!(error = %e, "cannot write the keys' spend; trying again");
                         }
                     }
-                    if changes.is_live() && tick % 10 != 0 {
+                    if changes.is_live() && !tick.is_multiple_of(10) {
                         continue;
                     }
                 }

@@ -52,7 +52,7 @@ pub(super) fn spawn(
     // TCP keepalives find a dead peer even between heartbeats' queries.
     config.keepalives(true);
     // Found in `pg_stat_activity` as what it is (and which schema's channel it hears).
-    config.application_name(&format!("flowgate listener {channel}"));
+    config.application_name(format!("flowgate listener {channel}"));
     config.keepalives_idle(HEARTBEAT);
     handle.spawn(async move {
         let mut retry = FIRST_RETRY;
