@@ -241,3 +241,29 @@ def test_after_postgresql_restarts_every_instance_hears_deploys_again(
         for client in clients:
             client.close()
     assert "lost the PostgreSQL change listener" in c.log()
+
+
+def test_an_instance_killed_is_taken_out_by_haproxy_and_back_in_when_it_returns(
+        make_cluster, postgres_url):
+    """The harness the fault tests stand on, and deploy/haproxy.cfg's retry: kill -9 one
+    instance and every request through the load balancer still succeeds, before HAProxy's
+    check notices (a refused connection is tried on another instance) and after (the
+    instance is out); started again on its port, it is back in."""
+    cluster = make_cluster(postgres_url)
+    b = cluster.instances[1]
+    b.kill()
+    assert not b.alive()
+    served_by: set[str] = set()
+    with cluster.lb_client() as lb:
+        for i in range(30):
+            raw = lb.chat.completions.with_raw_response.create(
+                model="ha-kill/up-model", messages=user(f"while one is down {i}"))
+            served_by.add(raw.headers["x-flowgate-instance"])
+        assert served_by == {"flowgate1", "flowgate3"}, served_by
+        cluster.wait_lb(up={"flowgate1", "flowgate3"}, down={"flowgate2"}, timeout=10)
+        b.start()
+        cluster.wait_lb(up={"flowgate1", "flowgate2", "flowgate3"}, timeout=15)
+        # Back in: it answers through the load balancer again.
+        wait_until("flowgate2 answering through HAProxy", lambda: lb.chat.completions
+                   .with_raw_response.create(model="ha-kill/up-model", messages=user("back?"))
+                   .headers["x-flowgate-instance"] == "flowgate2", timeout=15)
