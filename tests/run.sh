@@ -24,6 +24,15 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
 fi
 
+# HAProxy (Debian's `haproxy` package) for the multi-instance tests (tests/e2e/test_ha.py,
+# which run deploy/haproxy.cfg in front of three instances); they fail without it.
+if ! command -v haproxy >/dev/null 2>&1; then
+  as_root=""
+  if [ "$(id -u)" -ne 0 ]; then as_root=sudo; fi
+  $as_root apt-get update
+  $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends haproxy
+fi
+
 # The web UI's browser tests drive Debian's Chromium (Playwright's own browser downloads are
 # not used). A missing browser fails those tests; it is installed here when it can be.
 if [ -z "${CHROMIUM_BIN:-}" ] && ! command -v chromium >/dev/null 2>&1; then

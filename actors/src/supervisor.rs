@@ -166,6 +166,15 @@ impl Supervisor {
                 storage
             }
         };
+        let listener_metrics: [Box<dyn prometheus::core::Collector>; 2] = [
+            Box::new(storage.changes.listener_connected.clone()),
+            Box::new(storage.changes.listener_reconnects.clone()),
+        ];
+        for metric in listener_metrics {
+            metrics
+                .register(metric)
+                .map_err(|e| format!("metrics: {e}"))?;
+        }
         let agents = AgentStore::open(&storage);
         let Storage {
             runs,
@@ -175,6 +184,7 @@ impl Supervisor {
             stats,
             keys,
             evals,
+            changes,
             ..
         } = storage;
         let run_stats = RunStats::new(stats);
@@ -235,6 +245,7 @@ impl Supervisor {
             shares,
             key_store: keys,
             eval_store: evals,
+            changes,
             agents,
             stats: run_stats,
             metrics,

@@ -108,16 +108,33 @@ pub async fn serve(config: Config) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("cannot read the API keys from the store: {e}"))?;
-    // Spend and last use reach the store about once a second (and once more at shutdown); the
-    // keys are read again twice a second (a revocation through another instance holds here).
+    // Spend and last use reach the store about once a second (and once more at shutdown).
+    // The keys are read again as soon as another instance on the same database changed one
+    // (a revocation holds everywhere at once), and as a safety net every 5 s, or every half
+    // second while the store's change listener is down.
     {
         let registry = registry.clone();
+        // Held by the task: the watch's sender lives as long as it does.
+        let changes = gateway.changes.clone();
+        let mut key_changes = changes.watch_keys();
         actix_rt::spawn(async move {
-            for tick in 0u64.. {
-                actix_rt::time::sleep(Duration::from_millis(500)).await;
-                if tick % 2 == 1 {
-                    if let Err(e) = registry.persist_usage().await {
-                        tracing::warn!(error = %e, "cannot write the keys' spend; trying again");
+            let mut ticks = actix_rt::time::interval(Duration::from_millis(500));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = 0u64;
+            loop {
+                let heard = tokio::select! {
+                    _ = ticks.tick() => false,
+                    changed = key_changes.changed() => changed.is_ok(),
+                };
+                if !heard {
+                    tick += 1;
+                    if tick.is_multiple_of(2) {
+                        if let Err(e) = registry.persist_usage().await {
+                            tracing::warn!(error = %e, "cannot write the keys' spend; trying again");
+                        }
+                    }
+                    if changes.is_live() && !tick.is_multiple_of(10) {
+                        continue;
                     }
                 }
                 // Keys made or revoked through another instance on the same database.

@@ -2,14 +2,41 @@
 //! records who and when in a history; rolling back is deploying an older version. The store
 //! writes the pointer and its history entry atomically, so concurrent deploys leave one winner
 //! and a history whose last entry is that winner.
+//!
+//! Every instance keeps a copy of the pointers its callers use, so a call to a deployment
+//! costs no store round trip; a deploy anywhere makes every copy stale (see the agents
+//! module and [`crate::storage::Changes`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{now_rfc3339, AgentStore};
+use super::{agent_prefix, bounded_insert, now_rfc3339, AgentStore};
 use crate::error::GatewayError;
 use crate::model_ref::Environment;
-use crate::storage::NewDeployment;
+use crate::storage::{Change, NewDeployment, StorageError};
+
+/// A copy of a deployment pointer is read again after this long even when no change was
+/// heard: the safety net under the change notifications.
+pub const DEPLOYMENT_REFRESH: Duration = Duration::from_secs(5);
+
+/// A deployment pointer as read (`None`: nothing deployed there), with when and at which
+/// epoch of the store's changes.
+#[derive(Clone)]
+pub(super) struct DeploymentCopy {
+    record: Option<Arc<DeploymentRecord>>,
+    epoch: u64,
+    read_at: Instant,
+}
+
+fn copy_key(tenant: &str, agent: &str, schema_id: u32, environment: Environment) -> Vec<u8> {
+    let mut key = agent_prefix(tenant, agent);
+    key.extend_from_slice(&schema_id.to_be_bytes());
+    key.extend_from_slice(environment.as_str().as_bytes());
+    key
+}
 
 /// One deployment, current or past.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -76,23 +103,62 @@ impl AgentStore {
             deployed_at: &deployed_at,
             deployed_by,
         };
-        Ok(self.inner.deployments.deploy(tenant, new).await?)
+        let deployed = self.inner.deployments.deploy(tenant, new).await?;
+        // This instance's copies go at once, whether or not the store notifies.
+        self.inner.changes.changed(Change::Deployments);
+        Ok(deployed)
     }
 
-    /// The deployment `agent/#<schema_id>/<environment>` callers get: read from the store on
-    /// every call, so a deploy by any handle on the store applies at once.
+    /// The deployment `agent/#<schema_id>/<environment>` callers get: this instance's copy
+    /// while no deploy was made since it was read (here or on another instance) and it is
+    /// younger than [`DEPLOYMENT_REFRESH`]; else read from the store, or, while the store
+    /// cannot be reached, the last copy read.
     pub async fn deployment(
         &self,
         tenant: &str,
         agent: &str,
         schema_id: u32,
         environment: Environment,
-    ) -> Result<Option<DeploymentRecord>, GatewayError> {
-        Ok(self
+    ) -> Result<Option<Arc<DeploymentRecord>>, GatewayError> {
+        let key = copy_key(tenant, agent, schema_id, environment);
+        // Taken before the read: a deploy that lands during the read moves it, and the copy
+        // made here is stale at once.
+        let epoch = self.inner.changes.deployments_epoch();
+        if let Some(epoch) = epoch {
+            if let Some(copy) = self.inner.cache.deployments.get(&key) {
+                if copy.epoch == epoch && copy.read_at.elapsed() < DEPLOYMENT_REFRESH {
+                    return Ok(copy.record.clone());
+                }
+            }
+        }
+        let read_at = Instant::now();
+        let record = match self
             .inner
             .deployments
             .get(tenant, agent, schema_id, environment)
-            .await?)
+            .await
+        {
+            Ok(record) => record.map(Arc::new),
+            // The store cannot be reached (no deploy can be made meanwhile either): the last
+            // copy read keeps serving, however old, rather than a 503 per call.
+            Err(StorageError::Unavailable(e)) => match self.inner.cache.deployments.get(&key) {
+                Some(copy) => {
+                    tracing::debug!(error = %e, agent, "store unavailable: the last deployment read serves");
+                    return Ok(copy.record.clone());
+                }
+                None => return Err(StorageError::Unavailable(e).into()),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(epoch) = epoch {
+            let copy = DeploymentCopy {
+                record: record.clone(),
+                epoch,
+                read_at,
+            };
+            bounded_insert(&self.inner.cache.deployments, key, copy);
+        }
+        Ok(record)
     }
 
     /// The agent's current deployments (by schema, then environment) and their whole history,
@@ -231,6 +297,111 @@ mod tests {
         assert_eq!(store.deployments("t", "a").await.unwrap().history.len(), 4);
     }
 
+    /// A deployment store that can be made unreachable.
+    struct Flaky {
+        inner: Arc<dyn crate::storage::DeploymentStore>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl crate::storage::DeploymentStore for Flaky {
+        fn get<'a>(
+            &'a self,
+            tenant: &'a str,
+            agent: &'a str,
+            schema_id: u32,
+            environment: Environment,
+        ) -> futures::future::BoxFuture<'a, Result<Option<DeploymentRecord>, StorageError>>
+        {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Box::pin(async { Err(StorageError::Unavailable("down".into())) });
+            }
+            self.inner.get(tenant, agent, schema_id, environment)
+        }
+        fn deploy<'a>(
+            &'a self,
+            tenant: &'a str,
+            deployment: NewDeployment<'a>,
+        ) -> futures::future::BoxFuture<'a, Result<DeploymentRecord, StorageError>> {
+            self.inner.deploy(tenant, deployment)
+        }
+        fn current<'a>(
+            &'a self,
+            tenant: &'a str,
+            agent: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<Vec<DeploymentRecord>, StorageError>> {
+            self.inner.current(tenant, agent)
+        }
+        fn history<'a>(
+            &'a self,
+            tenant: &'a str,
+            agent: &'a str,
+            before: Option<u64>,
+            limit: usize,
+        ) -> futures::future::BoxFuture<'a, Result<crate::storage::DeploymentPage, StorageError>>
+        {
+            self.inner.history(tenant, agent, before, limit)
+        }
+    }
+
+    /// Copies are used until a deploy moves the epoch or they are older than the refresh;
+    /// with the store unreachable, the last copy serves (no copy: a 503).
+    #[actix_rt::test]
+    async fn copies_serve_until_a_deploy_and_while_the_store_is_unreachable() {
+        let (_dir, mut storage) = crate::storage::temporary();
+        let flaky = Arc::new(Flaky {
+            inner: storage.deployments.clone(),
+            down: Default::default(),
+        });
+        storage.deployments = flaky.clone() as Arc<dyn crate::storage::DeploymentStore>;
+        let store = AgentStore::open(&storage);
+        let schema = store.schema_id("t", "a", None, &Value::Null).await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..2 {
+            let request: ChatRequest = serde_json::from_value(json!({
+                "model": "m", "messages": [{"role": "system", "content": format!("v{i}")}]
+            }))
+            .unwrap();
+            let properties = VersionProperties::of("m", &request);
+            ids.push(
+                store
+                    .ensure_version("t", "a", &properties, schema)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let prod = Environment::Production;
+        store
+            .deploy("t", "a", &ids[0], None, prod, "x")
+            .await
+            .unwrap();
+        let served = |store: AgentStore| async move {
+            store
+                .deployment("t", "a", 1, prod)
+                .await
+                .map(|d| d.map(|d| d.version_id.clone()))
+        };
+        assert_eq!(served(store.clone()).await.unwrap().as_ref(), Some(&ids[0]));
+        let down = |on: bool| flaky.down.store(on, std::sync::atomic::Ordering::SeqCst);
+        down(true);
+        // Within the refresh the copy serves without asking the store; past it (the store
+        // asked, unreachable) the copy still serves.
+        assert_eq!(served(store.clone()).await.unwrap().as_ref(), Some(&ids[0]));
+        storage.changes.changed(Change::Deployments);
+        assert_eq!(served(store.clone()).await.unwrap().as_ref(), Some(&ids[0]));
+        let e = store
+            .deployment("t", "a", 1, Environment::Dev)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status_code().as_u16(), 503, "no copy of dev: unavailable");
+        down(false);
+        // A deploy moves the epoch: the next call reads the new pointer.
+        store
+            .deploy("t", "a", &ids[1], None, prod, "x")
+            .await
+            .unwrap();
+        assert_eq!(served(store.clone()).await.unwrap().as_ref(), Some(&ids[1]));
+    }
+
     #[actix_rt::test]
     async fn unknown_versions_and_schemas_are_404() {
         let (_dir, store, ids) = setup().await;
@@ -282,7 +453,7 @@ mod tests {
             .unwrap()
             .unwrap();
         // The pointer is the newest history entry, and each entry names its predecessor.
-        assert_eq!(all.history[0], current);
+        assert_eq!(all.history[0], *current);
         for pair in all.history.windows(2) {
             assert_eq!(
                 pair[0].previous_version_id.as_deref(),

@@ -5,9 +5,12 @@
 //!
 //! Everything is kept by the storage layer's traits ([`crate::storage::SchemaStore`] and its
 //! siblings), keyed by tenant and agent, so a restart or another handle on the same store sees
-//! the same state. Immutable records (schemas, versions) are kept in memory once read; the
-//! deployment pointer is read from the store on every lookup, so a deploy takes effect at
-//! once for every reader of the store.
+//! the same state. Immutable records (schemas, versions) are kept in memory once read. The
+//! deployment pointers are kept too, each with the [`Changes`] epoch it was read at: a deploy
+//! through any instance moves the epoch (on PostgreSQL through a notification that arrives
+//! within milliseconds of its commit), and a copy older than [`DEPLOYMENT_REFRESH`] is read
+//! again whatever the epoch says (a safety net). While the feed cannot vouch for its epoch
+//! (its listener reconnecting) the pointer is read from the store on every lookup.
 //!
 //! Writes on the request path are rare (a new schema pair, a new version); statistics and
 //! conversation links are written by the recorder, off the request path, through
@@ -30,13 +33,13 @@ use dashmap::DashMap;
 
 use crate::recorder::run::RunRecord;
 use crate::storage::{
-    ConversationStore, DeploymentStore, SchemaStore, Storage, StorageError, VersionKey,
+    Changes, ConversationStore, DeploymentStore, SchemaStore, Storage, StorageError, VersionKey,
     VersionStore,
 };
 use crate::structured::Validators;
 
 use conversation::link_of;
-pub use deployment::{DeploymentRecord, Deployments};
+pub use deployment::{DeploymentRecord, Deployments, DEPLOYMENT_REFRESH};
 pub use feedback::{FeedbackRecord, Outcome};
 pub use resolve::Resolution;
 pub use schema::SchemaRecord;
@@ -57,6 +60,8 @@ struct Inner {
     versions: Arc<dyn VersionStore>,
     deployments: Arc<dyn DeploymentStore>,
     conversations: Arc<dyn ConversationStore>,
+    /// Moves when a deployment is made, here or on another instance.
+    changes: Arc<Changes>,
     cache: Cache,
     /// Statistics updated since they were last written to the store: whole values (the
     /// stored statistics plus the runs observed since). Readers look here first, so a run
@@ -75,14 +80,17 @@ struct PendingStats {
     changes: u64,
 }
 
-/// Records that never change once written, so they can be kept without invalidation. Keyed
-/// by [`agent_prefix`] and what names the record within the agent.
+/// Records kept in memory: those that never change once written, kept without invalidation,
+/// and the deployment pointers, kept while the store's [`Changes`] say they hold. Keyed by
+/// [`agent_prefix`] and what names the record within the agent.
 #[derive(Default)]
 struct Cache {
     schema_ids: DashMap<Vec<u8>, u32>,
     schemas: DashMap<Vec<u8>, Arc<SchemaRecord>>,
     versions: DashMap<Vec<u8>, Arc<VersionRecord>>,
     validators: Validators,
+    /// Deployment pointers (not immutable: see [`deployment`] for when a copy is used).
+    deployments: DashMap<Vec<u8>, deployment::DeploymentCopy>,
 }
 
 fn bounded_insert<V>(map: &DashMap<Vec<u8>, V>, key: Vec<u8>, value: V) {
@@ -181,6 +189,7 @@ impl AgentStore {
                 versions: storage.versions.clone(),
                 deployments: storage.deployments.clone(),
                 conversations: storage.conversations.clone(),
+                changes: storage.changes.clone(),
                 cache: Cache::default(),
                 pending_stats: Mutex::default(),
                 unstored_versions: Mutex::default(),

@@ -59,6 +59,9 @@ pub struct Gateway {
     pub key_store: Arc<dyn crate::storage::KeyStore>,
     /// Datasets, reviews and benchmarks (driven by the edge's benchmark runner).
     pub eval_store: Arc<dyn crate::storage::EvalStore>,
+    /// What changed in the store, here or on another instance (the key registry reads the
+    /// keys again when they did).
+    pub changes: Arc<crate::storage::Changes>,
     /// Agents' schemas, versions, deployments, conversations and feedback.
     pub agents: AgentStore,
     /// The runs' stats per agent and hour, summed by the recorder.

@@ -327,6 +327,11 @@ impl Metrics {
         }
     }
 
+    /// Adds a metric kept elsewhere (the storage's change listener) to those served.
+    pub fn register(&self, metric: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        self.registry.register(metric)
+    }
+
     /// Counts a run in flight until the guard is dropped.
     pub fn in_flight(&self) -> InFlight {
         self.requests_in_flight.inc();

@@ -17,6 +17,7 @@
 
 mod agents;
 mod answers;
+pub mod changes;
 #[cfg(test)]
 pub mod conformance;
 mod evals;
@@ -30,6 +31,7 @@ pub use agents::{
     NewDeployment, PairDigest, SchemaAssignment, SchemaStore, VersionKey, VersionStore,
 };
 pub use answers::{AnswerEntry, AnswerStore, AnswerTotals, PutOutcome};
+pub use changes::{Change, Changes};
 pub use evals::EvalStore;
 pub use keys::{KeyStore, SubjectUsage};
 use std::collections::HashMap;
@@ -262,6 +264,9 @@ pub struct Storage {
     pub stats: Arc<dyn StatsStore>,
     pub keys: Arc<dyn KeyStore>,
     pub evals: Arc<dyn EvalStore>,
+    /// What changed (here or, on a shared database, on another instance), for the copies
+    /// kept in memory.
+    pub changes: Arc<Changes>,
 }
 
 /// Fresh stores of the default backend in a temporary directory, for tests of the code above

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use super::agents::{decode, to_i32};
-use super::{pg_error, to_i64, to_json, to_u64, Db};
+use super::{listen, pg_error, to_i64, to_json, to_u64, Db};
 use crate::agents::DeploymentRecord;
 use crate::model_ref::Environment;
-use crate::storage::{DeploymentPage, DeploymentStore, NewDeployment, StorageError};
+use crate::storage::{Change, DeploymentPage, DeploymentStore, NewDeployment, StorageError};
 
 pub struct PgDeploymentStore {
     db: Arc<Db>,
@@ -65,6 +65,7 @@ impl DeploymentStore for PgDeploymentStore {
             deployment.deployed_at.to_string(),
             deployment.deployed_by.to_string(),
         );
+        let db = self.db.clone();
         self.db.run(move |mut client| async move {
             let env = environment.as_str();
             let tx = client.transaction().await.map_err(pg_error)?;
@@ -119,6 +120,13 @@ impl DeploymentStore for PgDeploymentStore {
                 "INSERT INTO deployment_history (tenant, agent, sequence, record)
                  VALUES ($1, $2, $3, $4::text::json)",
                 &[&tenant, &agent, &sequence, &json],
+            )
+            .await
+            .map_err(pg_error)?;
+            // Every instance drops its copy of the deployments once this commits.
+            tx.execute(
+                listen::NOTIFY,
+                &[&db.channel, &Change::Deployments.as_str()],
             )
             .await
             .map_err(pg_error)?;

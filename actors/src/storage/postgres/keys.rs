@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use super::{corrupt, pg_error, to_json, Db};
+use super::{corrupt, listen, pg_error, to_json, Db};
 use crate::keys::KeyRecord;
-use crate::storage::{KeyStore, StorageError, SubjectUsage};
+use crate::storage::{Change, KeyStore, StorageError, SubjectUsage};
 
 pub struct PgKeyStore {
     db: Arc<Db>,
@@ -22,16 +22,23 @@ impl PgKeyStore {
 impl KeyStore for PgKeyStore {
     fn put<'a>(&'a self, key: &'a KeyRecord) -> BoxFuture<'a, Result<(), StorageError>> {
         let (id, json) = (key.id.clone(), to_json("key", key));
-        self.db.run(move |client| async move {
+        let db = self.db.clone();
+        self.db.run(move |mut client| async move {
             let json = json?;
-            client
-                .execute(
-                    "INSERT INTO keys (id, record) VALUES ($1, $2::text::json)
-                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-                    &[&id, &json],
-                )
+            let tx = client.transaction().await.map_err(pg_error)?;
+            tx.execute(
+                "INSERT INTO keys (id, record) VALUES ($1, $2::text::json)
+                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+                &[&id, &json],
+            )
+            .await
+            .map_err(pg_error)?;
+            // The other instances read the keys again once this commits (a revocation holds
+            // everywhere at once).
+            tx.execute(listen::NOTIFY, &[&db.channel, &Change::Keys.as_str()])
                 .await
                 .map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)?;
             Ok(())
         })
     }

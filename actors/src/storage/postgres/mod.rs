@@ -13,6 +13,7 @@ mod deployments;
 mod evals;
 mod feedback;
 mod keys;
+mod listen;
 mod migrate;
 mod runs;
 mod search;
@@ -31,7 +32,7 @@ use futures::future::{BoxFuture, FutureExt};
 
 pub use migrate::{migrate, MIGRATIONS};
 
-use super::{Storage, StorageError};
+use super::{Changes, Storage, StorageError};
 
 /// How long an operation may take, pool wait included, before it is
 /// [`StorageError::Unavailable`]: a caller (a request) is told the store is unavailable
@@ -135,6 +136,8 @@ impl Drop for Engine {
 /// The pool and its runtime, shared by the stores.
 pub(crate) struct Db {
     pool: Pool,
+    /// Where writers notify the other instances of a change ([`listen::NOTIFY`]).
+    channel: String,
     handle: tokio::runtime::Handle,
     _engine: Engine,
 }
@@ -223,8 +226,17 @@ impl PostgresStorage {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StorageError::Backend(format!("cannot build the connection pool: {e}")))?;
+        let channel = listen::channel_of(settings.schema.as_deref());
+        let changes = Arc::new(Changes::shared());
+        listen::spawn(
+            &handle,
+            settings.config.clone(),
+            channel.clone(),
+            changes.clone(),
+        );
         let db = Arc::new(Db {
             pool,
+            channel,
             handle,
             _engine: engine,
         });
@@ -240,6 +252,7 @@ impl PostgresStorage {
             stats: Arc::new(stats::PgStatsStore::new(db.clone())),
             keys: Arc::new(keys::PgKeyStore::new(db.clone())),
             evals: Arc::new(evals::PgEvalStore::new(db.clone())),
+            changes,
         };
         #[cfg(not(test))]
         drop(db);

@@ -212,3 +212,142 @@ fn settings_refuse_bad_urls_pool_sizes_and_schemas_without_echoing_the_url() {
     );
     assert!(!debug.contains("hunter2"), "{debug}");
 }
+
+/// Waits up to `within` for `done`, checking every 10 ms; how long it took.
+async fn within(
+    within: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "not within {within:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+/// Two instances on one database: each keeps a copy of the deployment it serves, and a
+/// deploy (or a rollback) through one is what the other serves well before the copies'
+/// safety refresh, because the commit notifies it. A key written through one wakes the
+/// other's key registry.
+#[actix_rt::test]
+async fn a_deploy_through_one_instance_is_served_by_another_at_once() {
+    use crate::agents::{AgentStore, VersionProperties};
+    use crate::model_ref::Environment;
+    use std::time::Duration;
+
+    let db = TestSchema::new();
+    let other = PostgresStorage::open(&settings(&db.name)).unwrap();
+    let (here, there) = (db.stores(), other.storage());
+    let listening = |s: &Storage| s.changes.is_live();
+    within(Duration::from_secs(5), || {
+        listening(&here) && listening(&there)
+    })
+    .await;
+    let (a, b) = (AgentStore::open(&here), AgentStore::open(&there));
+    let schema = a
+        .schema_id("t", "agent", None, &serde_json::Value::Null)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for prompt in ["first", "second"] {
+        let request: crate::wire::ChatRequest = serde_json::from_value(serde_json::json!({
+            "model": "m", "messages": [{"role": "system", "content": prompt}]
+        }))
+        .unwrap();
+        let properties = VersionProperties::of("m", &request);
+        ids.push(
+            a.ensure_version("t", "agent", &properties, schema)
+                .await
+                .unwrap(),
+        );
+    }
+    let prod = Environment::Production;
+    let served = |store: &AgentStore| {
+        let store = store.clone();
+        async move {
+            store
+                .deployment("t", "agent", schema, prod)
+                .await
+                .unwrap()
+                .map(|d| d.version_id.clone())
+        }
+    };
+    // B keeps "nothing deployed" as its copy, then A deploys; B deploys another; A rolls
+    // back. Each instance holds a fresh copy when the other deploys.
+    assert_eq!(served(&b).await, None);
+    let mut keys = there.changes.watch_keys();
+    for (version, through) in [(&ids[0], &a), (&ids[1], &b), (&ids[0], &a)] {
+        through
+            .deploy("t", "agent", version, None, prod, "ops")
+            .await
+            .unwrap();
+        // Well within a second, and so not the copies' 5 s safety refresh.
+        let started = std::time::Instant::now();
+        loop {
+            let (on_a, on_b) = (served(&a).await, served(&b).await);
+            if on_a.as_ref() == Some(version) && on_b.as_ref() == Some(version) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "after 1 s: A serves {on_a:?}, B serves {on_b:?}, deployed {version}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // A key written through A wakes B's watchers.
+    let key: crate::keys::KeyRecord = serde_json::from_value(serde_json::json!({
+        "id": "k1", "name": "n", "tenant": "t", "digest": "d", "prefix": "p",
+        "created_ms": 1
+    }))
+    .unwrap();
+    here.keys.put(&key).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), keys.changed())
+        .await
+        .expect("B heard of the key within a second")
+        .unwrap();
+}
+
+/// The listening connection, lost (its backend terminated), is made again: the feed is not
+/// live meanwhile (no copies used), the reconnection is counted, and what changed while it
+/// was away is not served from a stale copy.
+#[actix_rt::test]
+async fn the_change_listener_reconnects_after_losing_its_connection() {
+    use std::time::Duration;
+
+    let db = TestSchema::new();
+    let stores = db.stores();
+    let changes = stores.changes.clone();
+    within(Duration::from_secs(5), || changes.is_live()).await;
+    let epoch = changes.deployments_epoch().unwrap();
+    assert_eq!(changes.listener_reconnects.get(), 0);
+    let name = format!("flowgate listener {}", listen::channel_of(Some(&db.name)));
+    let terminated: i64 = db
+        .storage
+        .db()
+        .run(move |client| async move {
+            let rows = client
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE application_name = $1",
+                    &[&name],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(rows.len() as i64)
+        })
+        .await
+        .unwrap();
+    assert_eq!(terminated, 1, "one listener per store");
+    within(Duration::from_secs(5), || {
+        changes.listener_reconnects.get() == 1
+    })
+    .await;
+    assert!(changes.is_live());
+    assert_eq!(changes.listener_connected.get(), 1);
+    assert!(
+        changes.deployments_epoch().unwrap() > epoch,
+        "copies taken before the loss are stale"
+    );
+}

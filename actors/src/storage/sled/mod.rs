@@ -25,7 +25,7 @@ pub use runs::SledRunStore;
 pub use shares::SledShareStore;
 pub use stats::SledStatsStore;
 
-use super::{Storage, StorageError};
+use super::{Changes, Storage, StorageError};
 
 /// The sled database of a data directory and the stores on it, each on its own trees.
 pub struct SledStorage {
@@ -40,6 +40,7 @@ pub struct SledStorage {
     stats: Arc<SledStatsStore>,
     keys: Arc<keys::SledKeyStore>,
     evals: Arc<evals::SledEvalStore>,
+    changes: Arc<Changes>,
 }
 
 impl SledStorage {
@@ -67,6 +68,7 @@ impl SledStorage {
             stats: Arc::new(SledStatsStore::open(&db)?),
             keys: Arc::new(keys::SledKeyStore::open(&db)?),
             evals: Arc::new(evals::SledEvalStore::open(&db)?),
+            changes: Arc::new(Changes::local()),
         })
     }
 
@@ -84,6 +86,7 @@ impl SledStorage {
             stats: self.stats.clone(),
             keys: self.keys.clone(),
             evals: self.evals.clone(),
+            changes: self.changes.clone(),
         }
     }
 }
