@@ -15,6 +15,8 @@ use crate::error::GatewayError;
 
 /// Versions kept in memory at most while the store is away.
 const MAX_UNSTORED_VERSIONS: usize = 10_000;
+/// Versions kept in memory that one recorder batch writes at most.
+const UNSTORED_VERSIONS_PER_BATCH: usize = 256;
 
 /// A version answered while the store was away, to write once it answers.
 #[derive(Clone)]
@@ -349,9 +351,10 @@ impl AgentStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Writes the versions answered while the store was away; stops at the first that
-    /// cannot be written yet.
+    /// Writes versions answered while the store was away: a few at a time (the recorder
+    /// waits for this between batches), several at once; the rest go with the next batch.
     pub(super) async fn store_unstored_versions(&self) -> Result<(), StorageError> {
+        use futures::stream::{self, StreamExt};
         let waiting: Vec<(Vec<u8>, UnstoredVersion)> = {
             let unstored = self.unstored_versions_lock();
             if unstored.is_empty() {
@@ -359,19 +362,25 @@ impl AgentStore {
             }
             unstored
                 .iter()
+                .take(UNSTORED_VERSIONS_PER_BATCH)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         };
-        for (key, version) in waiting {
-            let stored = self
-                .inner
-                .versions
-                .insert(&version.tenant, &version.agent, &version.record)
-                .await?;
-            self.unstored_versions_lock().remove(&key);
-            bounded_insert(&self.inner.cache.versions, key, Arc::new(stored));
-        }
-        Ok(())
+        let written: Vec<Result<(), StorageError>> = stream::iter(waiting)
+            .map(|(key, version)| async move {
+                let stored = self
+                    .inner
+                    .versions
+                    .insert(&version.tenant, &version.agent, &version.record)
+                    .await?;
+                self.unstored_versions_lock().remove(&key);
+                bounded_insert(&self.inner.cache.versions, key, Arc::new(stored));
+                Ok(())
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        written.into_iter().collect()
     }
 
     pub async fn version(
