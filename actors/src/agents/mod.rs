@@ -63,21 +63,23 @@ struct Inner {
     /// Moves when a deployment is made, here or on another instance.
     changes: Arc<Changes>,
     cache: Cache,
-    /// Statistics updated since they were last written to the store: whole values (the
-    /// stored statistics plus the runs observed since). Readers look here first, so a run
-    /// counts as soon as the recorder observed it.
+    /// The runs observed since statistics were last added to the store, per version: readers
+    /// add them to the stored statistics, so a run counts as soon as the recorder observed it.
     pending_stats: Mutex<HashMap<VersionKey, PendingStats>>,
+    /// Held by the write of `pending_stats`.
+    stats_writer: futures::lock::Mutex<()>,
     /// Versions answered while the store was unreachable (their id is their hash, so a
     /// request needs no store to name one), written by [`AgentStore::observe`] once it answers.
     unstored_versions: Mutex<HashMap<Vec<u8>, version::UnstoredVersion>>,
 }
 
 /// A version's statistics waiting to be written.
+#[derive(Default)]
 struct PendingStats {
+    /// Runs observed and not yet sent to the store.
     stats: VersionStats,
-    /// Runs added since the entry was made: a write removes the entry only if no run was
-    /// added while it was under way.
-    changes: u64,
+    /// Runs being added to the store by a write under way (put back if it fails).
+    writing: Option<VersionStats>,
 }
 
 /// Records kept in memory: those that never change once written, kept without invalidation,
@@ -192,6 +194,7 @@ impl AgentStore {
                 changes: storage.changes.clone(),
                 cache: Cache::default(),
                 pending_stats: Mutex::default(),
+                stats_writer: futures::lock::Mutex::new(()),
                 unstored_versions: Mutex::default(),
             }),
         }
@@ -215,9 +218,7 @@ impl AgentStore {
         }
         for run in runs {
             if let Some(version_id) = &run.version_id {
-                if let Err(e) = self.add_run_to_stats(version_id, run).await {
-                    failures.push(format!("run {}: {e}", run.id));
-                }
+                self.add_run_to_stats(version_id, run);
             }
         }
         let links: Vec<_> = runs.iter().filter_map(|run| link_of(run)).collect();

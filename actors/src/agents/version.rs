@@ -222,6 +222,22 @@ pub struct VersionStats {
     pub last_used_at: Option<String>,
 }
 
+impl VersionStats {
+    /// Adds `other`'s runs to these (the earliest first use, the latest last use).
+    pub fn add(&mut self, other: &VersionStats) {
+        self.run_count += other.run_count;
+        self.error_count += other.error_count;
+        self.cost_usd += other.cost_usd;
+        self.total_duration_seconds += other.total_duration_seconds;
+        if let Some(at) = &other.first_used_at {
+            set_if(&mut self.first_used_at, at, |first| at.as_str() < first);
+        }
+        if let Some(at) = &other.last_used_at {
+            set_if(&mut self.last_used_at, at, |last| at.as_str() > last);
+        }
+    }
+}
+
 /// What the versions listing shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct VersionSummary {
@@ -409,12 +425,15 @@ impl AgentStore {
         id: &str,
     ) -> Result<VersionStats, GatewayError> {
         let key = stats_key(tenant, agent, id);
-        // A write stores the statistics before it drops them from memory: missing here, they
-        // are in the store.
+        let mut stats = self.inner.versions.stats(&key).await?.unwrap_or_default();
+        // What this instance observed and has not added to the store yet.
         if let Some(pending) = self.pending_stats_lock().get(&key) {
-            return Ok(pending.stats.clone());
+            stats.add(&pending.stats);
+            if let Some(writing) = &pending.writing {
+                stats.add(writing);
+            }
         }
-        Ok(self.inner.versions.stats(&key).await?.unwrap_or_default())
+        Ok(stats)
     }
 
     /// The agent's versions with their statistics, most recently used first.
@@ -462,35 +481,11 @@ impl AgentStore {
 
     /// Adds a recorded run to its version's statistics, in memory: the first run of a version
     /// since the last write starts from the stored statistics.
-    pub(super) async fn add_run_to_stats(
-        &self,
-        version_id: &str,
-        run: &RunRecord,
-    ) -> Result<(), String> {
+    /// Counts a recorded run in its version's statistics, in memory until the next write.
+    pub(super) fn add_run_to_stats(&self, version_id: &str, run: &RunRecord) {
         let key = stats_key(&run.tenant, &run.agent, version_id);
-        let mut failed = None;
-        let pending = self.pending_stats_lock().contains_key(&key);
-        // Read without the lock held: the recorder, the only caller, observes one run at a
-        // time, so nothing adds the entry meanwhile.
-        let stored = if pending {
-            None
-        } else {
-            match self.inner.versions.stats(&key).await {
-                Ok(stats) => Some(stats.unwrap_or_default()),
-                Err(StorageError::Corrupt { detail, .. }) => {
-                    failed = Some(detail);
-                    Some(VersionStats::default())
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        };
         let mut pending = self.pending_stats_lock();
-        let entry = pending.entry(key).or_insert_with(|| PendingStats {
-            stats: stored.unwrap_or_default(),
-            changes: 0,
-        });
-        entry.changes += 1;
-        let stats = &mut entry.stats;
+        let stats = &mut pending.entry(key).or_default().stats;
         stats.run_count += 1;
         if run.status != RunStatus::Success {
             stats.error_count += 1;
@@ -500,33 +495,42 @@ impl AgentStore {
         let at = &run.created_at;
         set_if(&mut stats.first_used_at, at, |first| at.as_str() < first);
         set_if(&mut stats.last_used_at, at, |last| at.as_str() > last);
-        match failed {
-            Some(e) => Err(format!(
-                "version statistics were unreadable and restarted: {e}"
-            )),
-            None => Ok(()),
-        }
     }
 
-    /// Writes the statistics kept in memory to the store, in one batch, then forgets those
-    /// that no run changed meanwhile.
+    /// Adds the statistics observed since the last write to the stored ones, in one batch:
+    /// instances sharing a store each add their own runs, none overwrites another's. What
+    /// cannot be written stays in memory for the next write.
     pub(super) async fn write_pending_stats(&self) -> Result<(), StorageError> {
-        let (batch, changes): (Vec<_>, Vec<u64>) = self
-            .pending_stats_lock()
-            .iter()
-            .map(|(key, pending)| ((key.clone(), pending.stats.clone()), pending.changes))
-            .unzip();
+        // One write at a time: a scheduled write and a flush never send the same runs twice.
+        let _writer = self.inner.stats_writer.lock().await;
+        let batch: Vec<(VersionKey, VersionStats)> = {
+            let mut pending = self.pending_stats_lock();
+            pending
+                .iter_mut()
+                .filter(|(_, p)| p.stats.run_count > 0)
+                .map(|(key, p)| {
+                    let delta = std::mem::take(&mut p.stats);
+                    p.writing = Some(delta.clone());
+                    (key.clone(), delta)
+                })
+                .collect()
+        };
         if batch.is_empty() {
             return Ok(());
         }
-        self.inner.versions.write_stats(&batch).await?;
+        let written = self.inner.versions.add_stats(&batch).await;
         let mut pending = self.pending_stats_lock();
-        for ((key, _), written) in batch.iter().zip(changes) {
-            if pending.get(key).is_some_and(|p| p.changes == written) {
-                pending.remove(key);
+        for (key, _) in &batch {
+            if let Some(p) = pending.get_mut(key) {
+                if let Some(writing) = p.writing.take() {
+                    if written.is_err() {
+                        p.stats.add(&writing);
+                    }
+                }
             }
         }
-        Ok(())
+        pending.retain(|_, p| p.stats.run_count > 0 || p.writing.is_some());
+        written
     }
 }
 

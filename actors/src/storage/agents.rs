@@ -111,8 +111,10 @@ pub trait VersionStore: Send + Sync + 'static {
         key: &'a VersionKey,
     ) -> BoxFuture<'a, Result<Option<VersionStats>, StorageError>>;
 
-    /// Replaces the statistics of each version in the batch, all or none.
-    fn write_stats<'a>(
+    /// Adds each entry's runs to the stored statistics of its version (a version without
+    /// statistics starts from zero), all or none: instances that share the store each add
+    /// their own runs.
+    fn add_stats<'a>(
         &'a self,
         batch: &'a [(VersionKey, VersionStats)],
     ) -> BoxFuture<'a, Result<(), StorageError>>;

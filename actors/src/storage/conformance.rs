@@ -661,25 +661,46 @@ fn version_key(tenant: &str, agent: &str, id: &str) -> VersionKey {
     }
 }
 
-/// Statistics are written in batches, each replacing what the versions had.
+/// Statistics are added in batches to what the versions had (several instances each add
+/// their own runs); a key twice in a batch counts twice.
 pub async fn version_statistics_are_written_in_batches(storage: &Storage) {
     let store = storage.versions.as_ref();
     let (a, b) = (version_key("t", "a", "v1"), version_key("t", "a", "v2"));
     assert_eq!(store.stats(&a).await.unwrap(), None);
     store
-        .write_stats(&[(a.clone(), stats(3)), (b.clone(), stats(4))])
+        .add_stats(&[(a.clone(), stats(3)), (b.clone(), stats(4))])
         .await
         .unwrap();
     assert_eq!(store.stats(&a).await.unwrap(), Some(stats(3)));
     assert_eq!(store.stats(&b).await.unwrap(), Some(stats(4)));
-    store.write_stats(&[(a.clone(), stats(9))]).await.unwrap();
-    assert_eq!(store.stats(&a).await.unwrap(), Some(stats(9)));
+    let mut earlier = stats(9);
+    earlier.first_used_at = Some("2025-12-31T23:59:59.999Z".into());
+    earlier.last_used_at = Some("2026-01-01T12:00:00.000Z".into());
+    store
+        .add_stats(&[(a.clone(), earlier), (a.clone(), stats(1))])
+        .await
+        .unwrap();
+    let summed = store.stats(&a).await.unwrap().unwrap();
+    assert_eq!((summed.run_count, summed.error_count), (13, 3));
+    assert!((summed.cost_usd - 1.5).abs() < 1e-9, "{summed:?}");
+    assert!(
+        (summed.total_duration_seconds - 7.5).abs() < 1e-9,
+        "{summed:?}"
+    );
+    assert_eq!(
+        summed.first_used_at.as_deref(),
+        Some("2025-12-31T23:59:59.999Z")
+    );
+    assert_eq!(
+        summed.last_used_at.as_deref(),
+        Some("2026-01-02T00:00:00.000Z")
+    );
     assert_eq!(store.stats(&b).await.unwrap(), Some(stats(4)));
     assert_eq!(
         store.stats(&version_key("u", "a", "v1")).await.unwrap(),
         None
     );
-    store.write_stats(&[]).await.unwrap();
+    store.add_stats(&[]).await.unwrap();
 }
 
 fn deployment<'a>(

@@ -336,21 +336,22 @@ impl VersionStore for PgVersionStore {
         })
     }
 
-    fn write_stats<'a>(
+    fn add_stats<'a>(
         &'a self,
         batch: &'a [(VersionKey, VersionStats)],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
-        // The last of a key's entries wins; one statement for the batch (all or none).
-        let mut last: HashMap<&VersionKey, &VersionStats> = HashMap::new();
+        // A key's entries summed first (a statement may touch a row once); one statement for
+        // the batch (all or none), adding to what other instances stored.
+        let mut last: HashMap<&VersionKey, VersionStats> = HashMap::new();
         for (key, stats) in batch {
-            last.insert(key, stats);
+            last.entry(key).or_default().add(stats);
         }
         let (mut tenants, mut agents, mut ids, mut stats) = (vec![], vec![], vec![], vec![]);
         for (key, value) in last {
             tenants.push(key.tenant.clone());
             agents.push(key.agent.clone());
             ids.push(key.version_id.clone());
-            stats.push(to_json("version's statistics", value));
+            stats.push(to_json("version's statistics", &value));
         }
         self.db.run(move |client| async move {
             if tenants.is_empty() {
@@ -362,7 +363,21 @@ impl VersionStore for PgVersionStore {
                     "INSERT INTO version_stats (tenant, agent, version_id, stats)
                      SELECT t, a, v, s::json FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
                          AS b(t, a, v, s)
-                     ON CONFLICT (tenant, agent, version_id) DO UPDATE SET stats = EXCLUDED.stats",
+                     ON CONFLICT (tenant, agent, version_id) DO UPDATE SET stats = json_build_object(
+                         'run_count', (version_stats.stats->>'run_count')::bigint
+                             + (EXCLUDED.stats->>'run_count')::bigint,
+                         'error_count', (version_stats.stats->>'error_count')::bigint
+                             + (EXCLUDED.stats->>'error_count')::bigint,
+                         'cost_usd', (version_stats.stats->>'cost_usd')::float8
+                             + (EXCLUDED.stats->>'cost_usd')::float8,
+                         'total_duration_seconds',
+                             (version_stats.stats->>'total_duration_seconds')::float8
+                             + (EXCLUDED.stats->>'total_duration_seconds')::float8,
+                         -- RFC 3339 times of one format: their byte order is time order.
+                         'first_used_at', LEAST(version_stats.stats->>'first_used_at' COLLATE \"C\",
+                                                EXCLUDED.stats->>'first_used_at' COLLATE \"C\"),
+                         'last_used_at', GREATEST(version_stats.stats->>'last_used_at' COLLATE \"C\",
+                                                  EXCLUDED.stats->>'last_used_at' COLLATE \"C\"))",
                 )
                 .await
                 .map_err(pg_error)?;

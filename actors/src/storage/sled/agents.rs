@@ -251,13 +251,26 @@ impl SledVersionStore {
             .collect()
     }
 
-    fn write_stats_now(&self, batch: &[(VersionKey, VersionStats)]) -> Result<(), StorageError> {
-        let mut writes = ::sled::Batch::default();
+    fn add_stats_now(&self, batch: &[(VersionKey, VersionStats)]) -> Result<(), StorageError> {
+        // One process writes this store (the recorder's thread): read, add, write in a batch.
+        let mut sums: std::collections::HashMap<Vec<u8>, VersionStats> =
+            std::collections::HashMap::new();
         for (key, stats) in batch {
-            writes.insert(
-                version_key(&key.tenant, &key.agent, &key.version_id),
-                encode("version's statistics", stats)?,
-            );
+            let id = version_key(&key.tenant, &key.agent, &key.version_id);
+            if !sums.contains_key(&id) {
+                let stored = match self.stats.get(&id).map_err(backend)? {
+                    Some(bytes) => decode("version's statistics", &bytes)?,
+                    None => VersionStats::default(),
+                };
+                sums.insert(id.clone(), stored);
+            }
+            if let Some(sum) = sums.get_mut(&id) {
+                sum.add(stats);
+            }
+        }
+        let mut writes = ::sled::Batch::default();
+        for (id, stats) in sums {
+            writes.insert(id, encode("version's statistics", &stats)?);
         }
         self.stats.apply_batch(writes).map_err(backend)
     }
@@ -316,12 +329,12 @@ impl VersionStore for SledVersionStore {
         ready(read()).boxed()
     }
 
-    fn write_stats<'a>(
+    fn add_stats<'a>(
         &'a self,
         batch: &'a [(VersionKey, VersionStats)],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         // Answered at once: the recorder writes on its own thread.
-        ready(self.write_stats_now(batch)).boxed()
+        ready(self.add_stats_now(batch)).boxed()
     }
 }
 
