@@ -141,6 +141,7 @@ impl Supervisor {
             stats,
             keys,
             evals,
+            sessions,
             ..
         } = storage;
         let run_stats = RunStats::new(stats);
@@ -200,6 +201,7 @@ impl Supervisor {
             shares,
             key_store: keys,
             eval_store: evals,
+            sessions,
             agents,
             stats: run_stats,
             metrics,

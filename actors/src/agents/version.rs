@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::{agent_prefix, bounded_insert, hash_json, hex, now_rfc3339, AgentStore, PendingStats};
 use crate::error::GatewayError;
 use crate::recorder::run::{RunRecord, RunStatus};
-use crate::storage::{StorageError, VersionKey};
+use crate::storage::{StorageError, VersionCursor, VersionKey};
 use crate::wire::{ChatRequest, Message, ResponseFormat, Tool, ToolChoice};
 
 /// What shapes the answer. Metadata, streaming, caching and fallback options do not.
@@ -362,6 +362,36 @@ impl AgentStore {
                 .then_with(|| b.record.created_at.cmp(&a.record.created_at))
         });
         Ok(out)
+    }
+
+    /// A page of the agent's versions, newest first, with their statistics (the recorder's
+    /// latest, as [`Self::version_stats`]); the cursor of the next page.
+    pub async fn versions_page(
+        &self,
+        tenant: &str,
+        agent: &str,
+        after: Option<&VersionCursor>,
+        limit: usize,
+    ) -> Result<(Vec<VersionSummary>, Option<VersionCursor>), GatewayError> {
+        let page = self
+            .inner
+            .versions
+            .page(tenant, agent, after, limit)
+            .await?;
+        let pending = self.pending_stats_lock();
+        let items = page
+            .items
+            .into_iter()
+            .map(|(record, stored)| {
+                let key = stats_key(tenant, agent, &record.id);
+                let stats = match pending.get(&key) {
+                    Some(p) => p.stats.clone(),
+                    None => stored.unwrap_or_default(),
+                };
+                VersionSummary::new(record, stats)
+            })
+            .collect();
+        Ok((items, page.next_cursor))
     }
 
     /// One version with its statistics.

@@ -55,6 +55,8 @@ pub struct Gateway {
     pub key_store: Arc<dyn crate::storage::KeyStore>,
     /// Datasets, reviews and benchmarks (driven by the edge's benchmark runner).
     pub eval_store: Arc<dyn crate::storage::EvalStore>,
+    /// The web UI's sign-in sessions.
+    pub sessions: Arc<dyn crate::storage::SessionStore>,
     /// Agents' schemas, versions, deployments, conversations and feedback.
     pub agents: AgentStore,
     /// The runs' stats per agent and hour, summed by the recorder.

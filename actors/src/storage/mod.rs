@@ -13,7 +13,8 @@
 //! versions, deployments and conversations ([`SchemaStore`], [`VersionStore`],
 //! [`DeploymentStore`], [`ConversationStore`]), the answer cache's stored answers
 //! ([`AnswerStore`]), share links ([`ShareStore`]), the runs' stats ([`StatsStore`]) and
-//! virtual API keys with their spend ([`KeyStore`]), evaluations ([`EvalStore`]).
+//! virtual API keys with their spend ([`KeyStore`]), evaluations ([`EvalStore`]), the web UI's
+//! sign-in sessions ([`SessionStore`]).
 
 mod agents;
 mod answers;
@@ -22,15 +23,18 @@ pub mod conformance;
 mod evals;
 mod keys;
 pub mod postgres;
+mod sessions;
 pub mod sled;
 
 pub use agents::{
     ConversationHash, ConversationLink, ConversationStore, DeploymentPage, DeploymentStore,
-    NewDeployment, PairDigest, SchemaAssignment, SchemaStore, VersionKey, VersionStore,
+    NewDeployment, PairDigest, SchemaAssignment, SchemaStore, VersionCursor, VersionKey,
+    VersionPage, VersionStore,
 };
 pub use answers::{AnswerEntry, AnswerStore, AnswerTotals, PutOutcome};
 pub use evals::EvalStore;
 pub use keys::{KeyStore, SubjectUsage};
+pub use sessions::{SessionRecord, SessionStore};
 use std::collections::HashMap;
 
 use std::sync::Arc;
@@ -257,6 +261,7 @@ pub struct Storage {
     pub stats: Arc<dyn StatsStore>,
     pub keys: Arc<dyn KeyStore>,
     pub evals: Arc<dyn EvalStore>,
+    pub sessions: Arc<dyn SessionStore>,
 }
 
 /// Fresh stores of the default backend in a temporary directory, for tests of the code above

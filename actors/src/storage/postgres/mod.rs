@@ -16,6 +16,7 @@ mod keys;
 mod migrate;
 mod runs;
 mod search;
+mod sessions;
 mod shares;
 mod stats;
 #[cfg(test)]
@@ -233,6 +234,7 @@ impl PostgresStorage {
             stats: Arc::new(stats::PgStatsStore::new(db.clone())),
             keys: Arc::new(keys::PgKeyStore::new(db.clone())),
             evals: Arc::new(evals::PgEvalStore::new(db.clone())),
+            sessions: Arc::new(sessions::PgSessionStore::new(db.clone())),
         };
         #[cfg(not(test))]
         drop(db);

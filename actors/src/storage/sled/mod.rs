@@ -8,6 +8,7 @@ mod feedback;
 mod keys;
 mod runs;
 mod search;
+mod sessions;
 mod shares;
 mod stats;
 mod text_blocks;
@@ -40,6 +41,7 @@ pub struct SledStorage {
     stats: Arc<SledStatsStore>,
     keys: Arc<keys::SledKeyStore>,
     evals: Arc<evals::SledEvalStore>,
+    sessions: Arc<sessions::SledSessionStore>,
 }
 
 impl SledStorage {
@@ -67,6 +69,7 @@ impl SledStorage {
             stats: Arc::new(SledStatsStore::open(&db)?),
             keys: Arc::new(keys::SledKeyStore::open(&db)?),
             evals: Arc::new(evals::SledEvalStore::open(&db)?),
+            sessions: Arc::new(sessions::SledSessionStore::open(&db)?),
         })
     }
 
@@ -84,6 +87,7 @@ impl SledStorage {
             stats: self.stats.clone(),
             keys: self.keys.clone(),
             evals: self.evals.clone(),
+            sessions: self.sessions.clone(),
         }
     }
 }
