@@ -125,7 +125,7 @@ async fn main() {
                 took += started.elapsed();
                 batch.clear();
             }
-            if (i + 1) % 200_000 == 0 {
+            if (i + 1).is_multiple_of(200_000) {
                 println!(
                     "  {} runs, {:.0} runs/s of store work",
                     i + 1,

@@ -125,7 +125,7 @@ async fn load(
             .await
             .expect("a version");
         run.version_id = Some(version);
-        if i % (n / 200).max(1) == 0 && run.agent == "support-bot" {
+        if i.is_multiple_of((n / 200).max(1)) && run.agent == "support-bot" {
             sample_ids.push(run.id);
         }
         batch.push(Box::new(run));
@@ -136,7 +136,7 @@ async fn load(
             assert!(failures.is_empty(), "{failures:?}");
             batch.clear();
         }
-        if (i + 1) % 100_000 == 0 {
+        if (i + 1).is_multiple_of(100_000) {
             stats.write_pending().await.expect("the stats");
             agents.write_stats().await.expect("the versions' stats");
             println!(

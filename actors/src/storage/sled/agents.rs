@@ -271,7 +271,7 @@ impl SledVersionStore {
             );
             batch.insert(time_key(&tenant, &agent, &created.created_at, &id), &[]);
             n += 1;
-            if n % 10_000 == 0 {
+            if n.is_multiple_of(10_000) {
                 self.by_time
                     .apply_batch(std::mem::take(&mut batch))
                     .map_err(backend)?;
