@@ -602,7 +602,10 @@ async fn versions_list_newest_first_a_page_at_a_time() {
     }
     let (status, first) = get_json(&s.gw, "/api/agents/pager/versions?limit=2").await;
     assert_eq!(status, 200, "{first}");
-    assert_eq!(strings_at(&first["items"], "id"), [made[2].as_str(), made[1].as_str()]);
+    assert_eq!(
+        strings_at(&first["items"], "id"),
+        [made[2].as_str(), made[1].as_str()]
+    );
     assert_eq!(first["items"][0]["stats"]["run_count"], 1, "{first}");
     let cursor = first["next_cursor"].as_str().unwrap();
     let (status, second) = get_json(
