@@ -134,6 +134,7 @@ impl RunStats {
             agents: vec![agent.to_string()],
             sources: sources.to_vec(),
             hours: range.hours(),
+            latency: true,
         };
         let found = {
             let _reading = self.inner.gate.read().await;
@@ -194,6 +195,7 @@ impl RunStats {
             agents: last.keys().cloned().collect(),
             sources: sources.to_vec(),
             hours: days.hours(),
+            latency: false,
         };
         let found = self.gather(&query).await?;
         Ok(report::agent_list(&days, last, found, truncated))
@@ -214,6 +216,7 @@ impl RunStats {
             agents: last.keys().cloned().collect(),
             sources: sources.to_vec(),
             hours: range.hours(),
+            latency: false,
         };
         let found = self.gather(&query).await?;
         let mut totals = report::totals_by_agent(range, last.into_keys(), found);

@@ -1149,6 +1149,7 @@ pub async fn stats_store(store: &dyn super::StatsStore) {
         agents: agents.iter().map(|a| a.to_string()).collect(),
         sources: sources.to_vec(),
         hours,
+        latency: true,
     };
     let sorted = |mut found: Vec<(StatsKey, Aggregate)>| {
         found.sort_by_key(|(k, _)| (k.agent.clone(), k.source.as_str(), k.hour));

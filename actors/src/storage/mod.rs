@@ -226,6 +226,9 @@ pub struct StatsQuery {
     pub sources: Vec<RunSource>,
     /// The hours, end excluded.
     pub hours: std::ops::Range<Hour>,
+    /// Whether the latency histograms are wanted: without, a store may leave them empty
+    /// (they are most of what an aggregate holds, and the cost page shows none).
+    pub latency: bool,
 }
 
 /// When an agent last ran, for one source.

@@ -209,6 +209,7 @@ mod tests {
             agents: vec!["a".into(), "b".into()],
             sources: vec![crate::recorder::run::RunSource::Api],
             hours: hour - 1..hour + 2,
+            latency: true,
         };
         let counted = |storage: &SledStorage| {
             let stats = storage.storage().stats;
