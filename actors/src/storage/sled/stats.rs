@@ -22,9 +22,8 @@ use crate::storage::{AgentLastRun, StatsQuery, StatsStore, StorageError};
 /// An aggregate without its latency histogram, which is skipped over rather than built: for
 /// reads that show no latency (decoding the histograms was most of the cost page's time at
 /// 1M runs: `perf`, `bench/ui.sh`).
-#[derive(serde::Deserialize)]
+#[derive(Default, serde::Deserialize)]
 #[serde(default)]
-#[derive(Default)]
 struct Totals {
     runs: u64,
     errors: u64,
