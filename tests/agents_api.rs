@@ -587,3 +587,41 @@ async fn tenants_see_only_their_own_agents_and_admins_name_the_tenant() {
     let (status, _) = deploy_as("acme-key", Some("acme"), "dev").await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn versions_list_newest_first_a_page_at_a_time() {
+    let s = Setup::start(config);
+    let mut made = Vec::new();
+    for (i, template) in ["One {{ email }}", "Two {{ email }}", "Three {{ email }}"]
+        .iter()
+        .enumerate()
+    {
+        made.push(create_version(&s.gw, "pager", "up-a", template, 0.1 * i as f64).await);
+        // Versions are ordered by their creation time, in milliseconds.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let (status, first) = get_json(&s.gw, "/api/agents/pager/versions?limit=2").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        strings_at(&first["items"], "id"),
+        [made[2].as_str(), made[1].as_str()]
+    );
+    assert_eq!(first["items"][0]["stats"]["run_count"], 1, "{first}");
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (status, second) = get_json(
+        &s.gw,
+        &format!(
+            "/api/agents/pager/versions?limit=2&cursor={}",
+            cursor.replace('|', "%7C").replace(':', "%3A")
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(strings_at(&second["items"], "id"), [made[0].as_str()]);
+    assert!(second["next_cursor"].is_null(), "{second}");
+    let (_, all) = get_json(&s.gw, "/api/agents/pager/versions").await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 3);
+    let (status, bad) = get_json(&s.gw, "/api/agents/pager/versions?cursor=nonsense").await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["error"]["param"], "cursor");
+}

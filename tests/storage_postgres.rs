@@ -281,3 +281,194 @@ async fn a_key_made_or_revoked_through_one_instance_holds_on_another_within_a_se
     other.stop();
     setup.gw.stop();
 }
+
+/// A browser that shows redirects instead of following them.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Signs in to the web UI with `key` through `gw`; the session cookie (`name=value`).
+async fn ui_sign_in(gw: &Flowgate, key: &str) -> String {
+    let response = browser()
+        .post(format!("{}/signin", gw.url))
+        .form(&[("key", key), ("next", "/agents")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303, "sign-in with {key}");
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_string()
+}
+
+/// A page with the cookie: its status, where it redirects, its HTML.
+async fn ui_get(gw: &Flowgate, cookie: &str, path: &str) -> (u16, String, String) {
+    let response = browser()
+        .get(format!("{}{path}", gw.url))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, location, response.text().await.unwrap())
+}
+
+/// The CSRF token a page carries for its scripts and forms.
+fn csrf_of(html: &str) -> String {
+    let start = html
+        .find(r#"name="csrf-token" content=""#)
+        .expect("a CSRF token")
+        + 27;
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+/// Two instances on one database, with a tenant key, an admin key and `[storage]`.
+fn two_instances(schema: &str) -> (Vec<tempfile::TempDir>, Flowgate, Flowgate) {
+    let storage = storage_config(schema);
+    let config = |data: &std::path::Path| {
+        base_config(data, None)
+            + &storage
+            + "\n[auth]\napi_keys = [\"team-key\"]\n[admin]\napi_keys = [\"pg-admin\"]\n"
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Flowgate::start(dir_a.path(), &config(&dir_a.path().join("data")));
+    let b = Flowgate::start(dir_b.path(), &config(&dir_b.path().join("data")));
+    (vec![dir_a, dir_b], a, b)
+}
+
+#[tokio::test]
+async fn a_ui_session_made_on_one_instance_works_on_another_until_signed_out_there() {
+    let schema = schema_name("ui_sessions");
+    let _cleanup = DropSchema(schema.clone());
+    let (_dirs, a, b) = two_instances(&schema);
+
+    let cookie = ui_sign_in(&a, "team-key").await;
+    // The cookie holds a random id, never the key.
+    assert!(!cookie.contains("team-key"), "{cookie}");
+    // B knows the session A made: its pages, and the API calls its pages make.
+    let (status, location, html) = ui_get(&b, &cookie, "/agents").await;
+    assert_eq!(status, 200, "redirected to {location}");
+    let csrf = csrf_of(&html);
+    let (status, _, body) = ui_get(&b, &cookie, "/api/agents").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = ui_get(&a, &cookie, "/agents").await;
+    assert_eq!(status, 200);
+
+    // A sign-out on B without the session's CSRF token is refused and ends nothing.
+    let refused = browser()
+        .post(format!("{}/signout", b.url))
+        .header("cookie", &cookie)
+        .form(&[("csrf", "not-the-token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let (status, _, _) = ui_get(&a, &cookie, "/agents").await;
+    assert_eq!(status, 200);
+
+    // Signed out on B: refused on A, pages and API alike.
+    let out = browser()
+        .post(format!("{}/signout", b.url))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(out.headers()["location"], "/signin");
+    let (status, location, _) = ui_get(&a, &cookie, "/agents").await;
+    assert_eq!(status, 303);
+    assert!(location.starts_with("/signin?next="), "{location}");
+    let (status, _, body) = ui_get(&a, &cookie, "/api/agents").await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _, _) = ui_get(&b, &cookie, "/agents").await;
+    assert_eq!(status, 303);
+
+    // Another sign-in is a new session, unaffected.
+    let again = ui_sign_in(&b, "team-key").await;
+    assert_ne!(again, cookie);
+    let (status, _, _) = ui_get(&a, &again, "/agents").await;
+    assert_eq!(status, 200);
+
+    // The store keeps neither the cookie nor the key in clear.
+    let id = again.split_once('=').unwrap().1.to_string();
+    let (client, connection) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            &format!("SELECT id_digest, sealed_key, tenant FROM {schema}.ui_sessions"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let (digest, sealed, tenant): (String, Vec<u8>, String) =
+        (rows[0].get(0), rows[0].get(1), rows[0].get(2));
+    assert_ne!(digest, id);
+    assert_eq!(digest.len(), 64);
+    assert!(!sealed.windows(8).any(|w| w == b"team-key".as_slice()));
+    assert_eq!(tenant, "default");
+    a.stop();
+    b.stop();
+}
+
+#[tokio::test]
+async fn revoking_a_key_on_one_instance_ends_its_ui_sessions_on_the_other() {
+    let schema = schema_name("ui_revoke");
+    let _cleanup = DropSchema(schema.clone());
+    let (_dirs, a, b) = two_instances(&schema);
+    let created = client()
+        .post(format!("{}/api/admin/keys", a.url))
+        .bearer_auth("pg-admin")
+        .json(&json!({"name": "browser"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let key: Value = created.json().await.unwrap();
+    let secret = key["secret"].as_str().unwrap().to_string();
+
+    let cookie = ui_sign_in(&a, &secret).await;
+    let keep = ui_sign_in(&a, "team-key").await;
+    let (status, _, _) = ui_get(&a, &cookie, "/agents").await;
+    assert_eq!(status, 200);
+    // Revoked through B, once B has read the key A made (it reads the keys twice a second).
+    let revoke = || {
+        client()
+            .delete(format!(
+                "{}/api/admin/keys/{}",
+                b.url,
+                key["id"].as_str().unwrap()
+            ))
+            .bearer_auth("pg-admin")
+            .send()
+    };
+    let (status, _) = poll_until(
+        100,
+        || async { (revoke().await.unwrap().status().as_u16(), ()) },
+        |(status, _)| *status != 404,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Ended at the revocation, in the shared store: A refuses it at once, though its own copy
+    // of the keys is read again only twice a second.
+    let (status, location, _) = ui_get(&a, &cookie, "/agents").await;
+    assert_eq!(status, 303, "{location}");
+    let (status, _, _) = ui_get(&a, &cookie, "/api/agents").await;
+    assert_eq!(status, 401);
+    // Another key's session goes on.
+    let (status, _, _) = ui_get(&a, &keep, "/agents").await;
+    assert_eq!(status, 200);
+    a.stop();
+    b.stop();
+}

@@ -475,3 +475,52 @@ async fn evaluation_pages_escape_outputs_and_keep_tenants_apart() {
         .unwrap();
     assert!(html.contains("No reviews yet"), "{html}");
 }
+
+#[tokio::test]
+async fn a_session_outlives_a_restart_and_ends_with_its_revoked_key() {
+    let (dir, gw) = start();
+    let created = client()
+        .post(format!("{}/api/admin/keys", gw.url))
+        .bearer_auth("admin-key")
+        .json(&json!({"name": "browser"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let key: Value = created.json().await.unwrap();
+    let secret = key["secret"].as_str().unwrap().to_string();
+    let cookie = sign_in(&gw, &secret).await;
+    let other = sign_in(&gw, "default-key").await;
+    assert_eq!(get(&gw, Some(&cookie), "/agents").await.status(), 200);
+
+    // Sessions are kept by the store: a restart signs nobody out.
+    gw.stop();
+    let gw = Flowgate::start_with(&dir.path().join("flowgate.toml"));
+    assert_eq!(get(&gw, Some(&cookie), "/agents").await.status(), 200);
+    let api = get(&gw, Some(&cookie), "/api/agents").await;
+    assert_eq!(api.status(), 200);
+
+    // The key revoked: its session is over, pages and API alike; another key's goes on.
+    let revoked = client()
+        .delete(format!(
+            "{}/api/admin/keys/{}",
+            gw.url,
+            key["id"].as_str().unwrap()
+        ))
+        .bearer_auth("admin-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let response = get(&gw, Some(&cookie), "/agents").await;
+    assert_eq!(response.status(), 303);
+    assert!(response.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/signin"));
+    assert_eq!(get(&gw, Some(&cookie), "/api/agents").await.status(), 401);
+    assert_eq!(get(&gw, Some(&other), "/agents").await.status(), 200);
+    // A made-up cookie is no session.
+    let forged = format!("flowgate_session={}", "A".repeat(43));
+    assert_eq!(get(&gw, Some(&forged), "/agents").await.status(), 303);
+}

@@ -23,6 +23,7 @@ pub mod recorder;
 pub mod retry;
 pub mod router;
 pub mod search;
+pub mod sessions;
 pub mod share;
 pub mod stats;
 pub mod storage;

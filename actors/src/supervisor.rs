@@ -185,6 +185,7 @@ impl Supervisor {
             keys,
             evals,
             changes,
+            sessions,
             ..
         } = storage;
         let run_stats = RunStats::new(stats);
@@ -246,6 +247,7 @@ impl Supervisor {
             key_store: keys,
             eval_store: evals,
             changes,
+            sessions,
             agents,
             stats: run_stats,
             metrics,

@@ -17,6 +17,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use flowgate_actors::error::{excerpt, ErrorKind, GatewayError};
 use flowgate_actors::model_ref::{is_slug, Environment};
 use flowgate_actors::recorder::Barrier;
+use flowgate_actors::storage::VersionCursor;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
@@ -199,16 +200,49 @@ pub(super) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, GatewayE
     })
 }
 
+/// Versions on a page of `GET /api/agents/{agent}/versions` unless `limit` says otherwise.
+const VERSIONS_PAGE: usize = 100;
+/// Most versions on one page.
+const MAX_VERSIONS_PAGE: usize = 500;
+
+#[derive(Deserialize)]
+pub struct VersionsQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// `GET /api/agents/{agent}/versions?limit=&cursor=`: the agent's versions newest first, with
+/// their statistics, a page at a time (`next_cursor` while more follow).
 pub async fn list_versions(
     req: HttpRequest,
     path: web::Path<String>,
+    query: web::Query<VersionsQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let tenant = reader_tenant(&req, &state)?;
     let agent = agent_name(path.into_inner())?;
+    let limit = query
+        .limit
+        .unwrap_or(VERSIONS_PAGE)
+        .clamp(1, MAX_VERSIONS_PAGE);
+    let after = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(text) => Some(VersionCursor::decode(text).ok_or_else(|| {
+            GatewayError::invalid("`cursor` is not a versions cursor").with_param("cursor")
+        })?),
+    };
     settle(&state).await;
-    let items = state.gateway.agents.versions(&tenant, &agent).await?;
-    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+    let (items, next) = state
+        .gateway
+        .agents
+        .versions_page(&tenant, &agent, after.as_ref(), limit)
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "items": items,
+        "next_cursor": next.map(|c| c.encode()),
+    })))
 }
 
 pub async fn get_version(

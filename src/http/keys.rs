@@ -136,6 +136,10 @@ pub async fn revoke_key(
     key_of_tenant(registry, &tenant, &id)?;
     let key = registry.revoke(&id).await?;
     tracing::info!(key = %key.record.id, by = %who, "key revoked");
+    // Its web UI sessions end now, on every instance (each would also end at its next use).
+    if let Err(e) = state.sessions.end_for_key(&key.record.digest).await {
+        tracing::warn!(error = %e, "cannot end the revoked key's web UI sessions now");
+    }
     Ok(HttpResponse::Ok().json(registry.view(&key).await))
 }
 

@@ -156,6 +156,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         config.limits.max_inflight_body_bytes,
         gateway.metrics.body_bytes_in_flight.clone(),
     );
+    let gateway_sessions_store = gateway.sessions.clone();
     let state = AppState {
         gateway,
         auth: Arc::new(auth),
@@ -165,9 +166,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
         ops: Arc::new(ops::OpsAuth::new(&config.ops_keys)),
         body_budget,
         limits: config.limits.clone(),
-        sessions: Arc::default(),
+        sessions: Arc::new(crate::ui::session::Sessions::new(
+            gateway_sessions_store.clone(),
+        )),
     };
-    let sessions = state.sessions.clone();
     // Benchmarks a previous process left running go on.
     crate::evals::resume(&state).await;
     let workers = config.server.workers;
@@ -180,7 +182,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
                 browser_guard::BrowserGuard,
             ))
             .wrap(crate::ui::session::SessionBridge {
-                sessions: sessions.clone(),
+                state: state.clone(),
             })
             .app_data(web::Data::new(state.clone()))
             .configure(routes)

@@ -22,7 +22,7 @@ struct AgentRow {
 }
 
 pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let viewer = match page::viewer(&req, &state) {
+    let viewer = match page::viewer(&req, &state).await {
         Ok(v) => v,
         Err(redirect) => return *redirect,
     };

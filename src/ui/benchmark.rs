@@ -153,7 +153,7 @@ pub async fn page(
     query: web::Query<SideQuery>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let viewer = match page::viewer(&req, &state) {
+    let viewer = match page::viewer(&req, &state).await {
         Ok(v) => v,
         Err(redirect) => return *redirect,
     };

@@ -49,7 +49,7 @@ pub async fn page(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let viewer = match page::viewer(&req, &state) {
+    let viewer = match page::viewer(&req, &state).await {
         Ok(v) => v,
         Err(redirect) => return *redirect,
     };
@@ -97,14 +97,17 @@ pub async fn page(
         Ok(found) => found,
         Err(e) => return page::error(Some(&viewer), &e),
     };
-    let mut versions = match state.gateway.agents.versions(&viewer.tenant, &agent).await {
-        Ok(v) => v,
+    let versions = match state
+        .gateway
+        .agents
+        .versions_page(&viewer.tenant, &agent, None, MAX_VERSIONS)
+        .await
+    {
+        Ok((v, _)) => v,
         Err(e) => return page::error(Some(&viewer), &e),
     };
-    versions.sort_by(|a, b| b.record.created_at.cmp(&a.record.created_at));
     let versions: Vec<VersionOption> = versions
         .iter()
-        .take(MAX_VERSIONS)
         .map(|v| VersionOption {
             id: v.record.id.clone(),
             short: v.record.id.chars().take(12).collect(),

@@ -115,7 +115,7 @@ pub async fn page(
     query: web::Query<CostQuery>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let viewer = match page::viewer(&req, &state) {
+    let viewer = match page::viewer(&req, &state).await {
         Ok(v) => v,
         Err(redirect) => return *redirect,
     };
@@ -132,55 +132,34 @@ pub async fn page(
         Err(e) => return page::error(Some(&viewer), &e),
     };
     crate::http::runs::settle(&state).await;
-    let list = match state
+    // Runs and cost per day of every agent, in one read of the aggregates.
+    let totals = match state
         .gateway
         .stats
-        .agents(&viewer.tenant, &sources, now)
+        .totals_by_agent(&viewer.tenant, &sources, &range)
         .await
     {
-        Ok(list) => list,
+        Ok(totals) => totals,
         Err(e) => return page::error(Some(&viewer), &e.into()),
     };
+    let day_names = totals.starts;
     let mut per_agent: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
-    let mut day_names: Vec<String> = Vec::new();
     let mut by_model: BTreeMap<String, (u64, f64)> = BTreeMap::new();
-    for agent in &list.agents {
-        let series = match state
-            .gateway
-            .stats
-            .series(&viewer.tenant, &agent.agent, &sources, &range)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => return page::error(Some(&viewer), &e.into()),
-        };
-        if day_names.is_empty() {
-            day_names = series
-                .buckets
-                .iter()
-                .map(|b| b.start.clone().unwrap_or_default())
-                .collect();
-        }
-        let runs = series.buckets.iter().map(|b| b.runs as f64).collect();
-        let cost = series.buckets.iter().map(|b| b.cost_usd).collect();
-        per_agent.push((agent.agent.clone(), runs, cost));
-        if query.models != Some(1) {
-            continue;
-        }
-        if let Ok(versions) = state
-            .gateway
-            .agents
-            .versions(&viewer.tenant, &agent.agent)
-            .await
-        {
-            for v in versions {
-                let entry = by_model
-                    .entry(v.record.properties.model.clone())
-                    .or_default();
-                entry.0 += v.stats.run_count;
-                entry.1 += v.stats.cost_usd;
+    for (agent, days) in totals.agents {
+        let runs = days.iter().map(|d| d.0 as f64).collect();
+        let cost = days.iter().map(|d| d.1).collect();
+        if query.models == Some(1) {
+            if let Ok(versions) = state.gateway.agents.versions(&viewer.tenant, &agent).await {
+                for v in versions {
+                    let entry = by_model
+                        .entry(v.record.properties.model.clone())
+                        .or_default();
+                    entry.0 += v.stats.run_count;
+                    entry.1 += v.stats.cost_usd;
+                }
             }
         }
+        per_agent.push((agent, runs, cost));
     }
     // The costliest agents first; past MAX_SERIES, one "other" series.
     per_agent.sort_by(|a, b| {

@@ -1,13 +1,7 @@
 //! CSRF tokens: each session has one, sent by its pages in a form field (`csrf`) or, from a
 //! script, in the `x-flowgate-csrf` header; every state-changing request must carry it. The
-//! session cookie is also `SameSite=Strict`, so this is the second of two locks.
-
-use flowgate_actors::error::GatewayError;
-
-/// A new random token (256 bits, URL-safe text), for session ids and CSRF tokens.
-pub fn random_token() -> Result<String, GatewayError> {
-    flowgate_actors::share::new_token()
-}
+//! session cookie is also `SameSite=Strict`, so this is the second of two locks. Tokens (and
+//! session ids) are made by `flowgate_actors::sessions`: 256 random bits.
 
 /// Whether the sent token is the expected one, in time that does not depend on where they
 /// differ.
@@ -27,7 +21,7 @@ mod tests {
 
     #[test]
     fn only_the_same_token_passes() {
-        let token = random_token().unwrap();
+        let token = flowgate_actors::share::new_token().unwrap();
         assert!(same(&token, &token));
         assert!(!same("", &token));
         assert!(!same(&token[1..], &token));

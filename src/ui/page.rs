@@ -67,15 +67,20 @@ impl Viewer {
     }
 }
 
-/// The viewer, or the redirect to the sign-in page.
-pub fn viewer(req: &HttpRequest, state: &AppState) -> Result<Viewer, Box<HttpResponse>> {
-    if let Some((_, s)) = session::of_request(req, &state.sessions) {
-        return Ok(Viewer {
-            tenant: s.tenant.clone(),
-            admin: s.admin.clone(),
-            csrf: s.csrf.clone(),
-            signed_in: true,
-        });
+/// The viewer, or the redirect to the sign-in page (or, when the sessions cannot be read, an
+/// error page).
+pub async fn viewer(req: &HttpRequest, state: &AppState) -> Result<Viewer, Box<HttpResponse>> {
+    match session::of_request(req, state).await {
+        Ok(Some((_, s))) => {
+            return Ok(Viewer {
+                tenant: s.tenant,
+                admin: s.admin,
+                csrf: s.csrf,
+                signed_in: true,
+            })
+        }
+        Ok(None) => {}
+        Err(e) => return Err(Box::new(error(None, &e))),
     }
     if state.auth.is_open() {
         return Ok(Viewer {

@@ -48,7 +48,7 @@ pub async fn page(
     query: web::Query<PlaygroundQuery>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let viewer = match page::viewer(&req, &state) {
+    let viewer = match page::viewer(&req, &state).await {
         Ok(v) => v,
         Err(redirect) => return *redirect,
     };

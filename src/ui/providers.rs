@@ -26,7 +26,7 @@ struct ProviderRow {
 }
 
 pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let viewer = match page::viewer(&req, &state) {
+    let viewer = match page::viewer(&req, &state).await {
         Ok(v) => v,
         Err(redirect) => return *redirect,
     };

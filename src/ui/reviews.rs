@@ -51,7 +51,7 @@ pub async fn page(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let viewer = match page::viewer(&req, &state) {
+    let viewer = match page::viewer(&req, &state).await {
         Ok(v) => v,
         Err(redirect) => return *redirect,
     };

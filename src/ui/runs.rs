@@ -198,7 +198,7 @@ async fn runs_page(
     state: web::Data<AppState>,
     agent: Option<String>,
 ) -> HttpResponse {
-    let viewer = match page::viewer(&req, &state) {
+    let viewer = match page::viewer(&req, &state).await {
         Ok(v) => v,
         Err(redirect) => return *redirect,
     };

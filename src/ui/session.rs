@@ -2,27 +2,35 @@
 //!
 //! Signing in with a tenant API key or an admin key makes a session: a random id (256 bits) in
 //! a cookie that is `HttpOnly` (no script reads it), `SameSite=Strict` (no other site's page
-//! sends it) and `Secure` when the UI is reached over TLS. The session stays in this process's
-//! memory (a restart signs everyone out) and lasts [`SESSION_TTL`].
+//! sends it) and `Secure` when the UI is reached over TLS. The session is kept by the storage
+//! layer ([`SessionStore`]: sled, or PostgreSQL shared by every instance), under the digest of
+//! its id and with its key sealed ([`flowgate_actors::sessions`]), and lasts [`SESSION_TTL`].
+//! With several instances behind a load balancer, a session made on one is known to all and a
+//! sign-out on one ends it everywhere. A session whose key was revoked, has expired or is no
+//! longer configured ends at its next use.
 //!
 //! Pages read the session to know the viewer's tenant. The page scripts call the same JSON
 //! API under `/api/` as any client: [`SessionBridge`] lets such a call that carries the
 //! session cookie (and no `Authorization` header) act with the session's key, and refuses a
 //! state-changing one that lacks the session's CSRF token in [`CSRF_HEADER`].
 
-use std::collections::HashMap;
 use std::future::{ready, Ready};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::HttpRequest;
 use flowgate_actors::error::{ErrorKind, GatewayError};
-use futures::future::Either;
+use flowgate_actors::sessions::{self, OpenSession};
+use flowgate_actors::storage::SessionStore;
+use futures::future::{Either, LocalBoxFuture};
 
 use super::csrf;
+use crate::http::AppState;
 
 /// The session cookie.
 pub const COOKIE: &str = "flowgate_session";
@@ -30,71 +38,117 @@ pub const COOKIE: &str = "flowgate_session";
 pub const CSRF_HEADER: &str = "x-flowgate-csrf";
 /// How long a session lasts after sign-in.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Most sessions held at once: past it, the oldest are dropped.
-const MAX_SESSIONS: usize = 10_000;
+/// How often a sign-in also clears the expired sessions from the store.
+const PURGE_EVERY_MS: u64 = 10 * 60 * 1000;
 
 /// Who a session is.
-#[derive(Debug)]
-pub struct Session {
-    /// The key signed in with, attached to the API calls the session's pages make.
-    key: String,
-    /// The tenant whose data the session sees (for an admin, the one chosen at sign-in).
-    pub tenant: String,
-    /// The admin key's label, for an admin session.
-    pub admin: Option<String>,
-    /// The token every state-changing request of the session must carry.
-    pub csrf: String,
-    expires: Instant,
+pub type Session = OpenSession;
+
+/// The sessions, in the storage layer.
+pub struct Sessions {
+    store: Arc<dyn SessionStore>,
+    /// When this process last cleared the expired sessions (milliseconds since the epoch).
+    last_purge_ms: AtomicU64,
 }
 
-/// The sessions of this process.
-#[derive(Default)]
-pub struct Sessions {
-    by_id: RwLock<HashMap<String, Arc<Session>>>,
+fn now_ms() -> u64 {
+    crate::http::stats::now_ms()
 }
 
 impl Sessions {
+    pub fn new(store: Arc<dyn SessionStore>) -> Sessions {
+        Sessions {
+            store,
+            last_purge_ms: AtomicU64::new(0),
+        }
+    }
+
     /// A new session; its id for the cookie.
-    pub fn create(
+    pub async fn create(
         &self,
         key: &str,
         tenant: String,
         admin: Option<String>,
     ) -> Result<String, GatewayError> {
-        let id = csrf::random_token()?;
-        let session = Arc::new(Session {
-            key: key.to_string(),
-            tenant,
-            admin,
-            csrf: csrf::random_token()?,
-            expires: Instant::now() + SESSION_TTL,
-        });
-        let mut map = self.by_id.write().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        map.retain(|_, s| s.expires > now);
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
+        let now = now_ms();
+        let last = self.last_purge_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= PURGE_EVERY_MS
+            && self
+                .last_purge_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            match self.store.delete_expired(now).await {
+                Ok(n) if n > 0 => tracing::debug!(sessions = n, "cleared expired UI sessions"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot clear the expired UI sessions"),
             }
         }
-        map.insert(id.clone(), session);
-        Ok(id)
+        let made = sessions::new_session(key, tenant, admin, now, SESSION_TTL.as_millis() as u64)?;
+        self.store.put(&made.record).await?;
+        Ok(made.id)
     }
 
-    /// The live session of this id.
-    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
-        let map = self.by_id.read().unwrap_or_else(|p| p.into_inner());
-        map.get(id).filter(|s| s.expires > Instant::now()).cloned()
+    /// The live session of this id (not checked against the keys: see [`of_request`]).
+    pub async fn get(&self, id: &str) -> Result<Option<Session>, GatewayError> {
+        if !sessions::is_well_formed(id) {
+            return Ok(None);
+        }
+        let digest = sessions::id_digest(id);
+        let Some(record) = self.store.get(&digest, now_ms()).await? else {
+            return Ok(None);
+        };
+        Ok(sessions::open(id, &record))
     }
 
-    pub fn remove(&self, id: &str) {
-        let mut map = self.by_id.write().unwrap_or_else(|p| p.into_inner());
-        map.remove(id);
+    /// Ends the session of this id, on every instance.
+    pub async fn remove(&self, id: &str) -> Result<(), GatewayError> {
+        if sessions::is_well_formed(id) {
+            self.store.delete(&sessions::id_digest(id)).await?;
+        }
+        Ok(())
     }
+
+    /// Ends every session signed in with the key of this digest (a revoked key).
+    pub async fn end_for_key(&self, key_digest: &str) -> Result<u64, GatewayError> {
+        Ok(self.store.delete_for_key(key_digest).await?)
+    }
+}
+
+/// Whether the key a session signed in with still signs in as that session: an admin key
+/// still configured; a tenant key still of that tenant, not revoked, not expired.
+fn key_still_valid(state: &AppState, session: &Session) -> bool {
+    match &session.admin {
+        Some(_) => state.admin.who(&session.key).is_some(),
+        None => state.auth.tenant_of_key(&session.key).as_deref() == Some(session.tenant.as_str()),
+    }
+}
+
+/// The session of a request, with its id: `None` without a cookie, or when the session is
+/// unknown, expired, or its key no longer valid (then it is ended, everywhere).
+pub async fn of_request(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<Option<(String, Session)>, GatewayError> {
+    let Some(id) = cookie_of(req.headers()) else {
+        return Ok(None);
+    };
+    session_of_id(id, state).await
+}
+
+async fn session_of_id(
+    id: &str,
+    state: &AppState,
+) -> Result<Option<(String, Session)>, GatewayError> {
+    let Some(session) = state.sessions.get(id).await? else {
+        return Ok(None);
+    };
+    if !key_still_valid(state, &session) {
+        tracing::info!(tenant = %session.tenant, "a UI session ended: its key is no longer valid");
+        state.sessions.remove(id).await?;
+        return Ok(None);
+    }
+    Ok(Some((id.to_string(), session)))
 }
 
 /// The value of the session cookie among the request's cookies.
@@ -106,12 +160,6 @@ pub fn cookie_of(headers: &header::HeaderMap) -> Option<&str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == COOKIE)
         .map(|(_, value)| value.trim())
-}
-
-/// The session of a page request.
-pub fn of_request(req: &HttpRequest, sessions: &Sessions) -> Option<(String, Arc<Session>)> {
-    let id = cookie_of(req.headers())?;
-    sessions.get(id).map(|s| (id.to_string(), s))
 }
 
 /// Whether the browser reached us over TLS (directly or through a proxy that says so).
@@ -144,12 +192,13 @@ pub fn changes_state(method: &Method) -> bool {
 /// The middleware that lets the UI's scripts call `/api/` with the session. Hand-written, as
 /// `BrowserGuard`, so that other paths pay one prefix test and no allocation.
 pub struct SessionBridge {
-    pub sessions: Arc<Sessions>,
+    pub state: AppState,
 }
 
 impl<S, B> Transform<S, ServiceRequest> for SessionBridge
 where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: 'static,
 {
     type Response = ServiceResponse<B>;
     type Error = actix_web::Error;
@@ -159,42 +208,51 @@ where
 
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(SessionBridgeService {
-            service,
-            sessions: self.sessions.clone(),
+            service: Rc::new(service),
+            state: self.state.clone(),
         }))
     }
 }
 
 pub struct SessionBridgeService<S> {
-    service: S,
-    sessions: Arc<Sessions>,
+    service: Rc<S>,
+    state: AppState,
 }
 
 impl<S, B> Service<ServiceRequest> for SessionBridgeService<S>
 where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: 'static,
 {
     type Response = ServiceResponse<B>;
     type Error = actix_web::Error;
-    type Future = Either<S::Future, Ready<Result<Self::Response, Self::Error>>>;
+    type Future = Either<S::Future, LocalBoxFuture<'static, Result<Self::Response, Self::Error>>>;
 
     forward_ready!(service);
 
     fn call(&self, mut req: ServiceRequest) -> Self::Future {
-        if req.path().starts_with("/api/") && !req.headers().contains_key(header::AUTHORIZATION) {
-            if let Err(e) = bridge(&mut req, &self.sessions) {
-                return Either::Right(ready(Err(e.into())));
-            }
+        let bridged = req.path().starts_with("/api/")
+            && !req.headers().contains_key(header::AUTHORIZATION)
+            && cookie_of(req.headers()).is_some();
+        if !bridged {
+            return Either::Left(self.service.call(req));
         }
-        Either::Left(self.service.call(req))
+        let (service, state) = (self.service.clone(), self.state.clone());
+        Either::Right(Box::pin(async move {
+            bridge(&mut req, &state).await?;
+            service.call(req).await
+        }))
     }
 }
 
 /// Attaches the session's key to an API call that carries the session cookie; refuses a
 /// state-changing one without the session's CSRF token. A call without a (live) session is
 /// left as it is: the endpoint answers it as any call without a key.
-fn bridge(req: &mut ServiceRequest, sessions: &Sessions) -> Result<(), GatewayError> {
-    let Some(session) = cookie_of(req.headers()).and_then(|id| sessions.get(id)) else {
+async fn bridge(req: &mut ServiceRequest, state: &AppState) -> Result<(), GatewayError> {
+    let Some(id) = cookie_of(req.headers()).map(str::to_string) else {
+        return Ok(());
+    };
+    let Some((_, session)) = session_of_id(&id, state).await? else {
         return Ok(());
     };
     if changes_state(req.method()) {
@@ -228,18 +286,26 @@ mod tests {
     use super::*;
     use actix_web::test::TestRequest;
 
-    #[test]
-    fn a_session_is_found_by_its_cookie_and_gone_once_removed() {
-        let sessions = Sessions::default();
-        let id = sessions.create("k", "acme".into(), None).unwrap();
+    #[actix_rt::test]
+    async fn a_session_is_found_by_its_id_and_gone_once_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = flowgate_actors::storage::sled::SledStorage::open(
+            dir.path(),
+            std::time::Duration::from_millis(50),
+        )
+        .unwrap();
+        let sessions = Sessions::new(storage.storage().sessions);
+        let id = sessions.create("k", "acme".into(), None).await.unwrap();
         let req = TestRequest::default()
             .insert_header((header::COOKIE, format!("a=b; {COOKIE}={id}")))
             .to_http_request();
-        let (found, session) = of_request(&req, &sessions).unwrap();
-        assert_eq!(found, id);
+        assert_eq!(cookie_of(req.headers()), Some(id.as_str()));
+        let session = sessions.get(&id).await.unwrap().unwrap();
         assert_eq!(session.tenant, "acme");
-        sessions.remove(&id);
-        assert!(of_request(&req, &sessions).is_none());
+        assert_eq!(session.key, "k");
+        assert!(sessions.get("not-an-id").await.unwrap().is_none());
+        sessions.remove(&id).await.unwrap();
+        assert!(sessions.get(&id).await.unwrap().is_none());
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub async fn form(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let next = safe_next(query.next.as_deref());
-    if session::of_request(&req, &state.sessions).is_some() {
+    if let Ok(Some(_)) = session::of_request(&req, &state).await {
         return redirect(&next);
     }
     form_page(StatusCode::OK, &next, None)
@@ -132,7 +132,7 @@ pub async fn sign_in(
             Some("this key is not a flowgate API key or admin key"),
         );
     };
-    let id = match state.sessions.create(key, tenant, admin) {
+    let id = match state.sessions.create(key, tenant, admin).await {
         Ok(id) => id,
         Err(e) => return page::error(None, &e),
     };
@@ -154,7 +154,11 @@ pub async fn sign_out(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let form = fields(form);
-    if let Some((id, s)) = session::of_request(&req, &state.sessions) {
+    let session = match session::of_request(&req, &state).await {
+        Ok(session) => session,
+        Err(e) => return page::error(None, &e),
+    };
+    if let Some((id, s)) = session {
         if !csrf::same(&form.csrf, &s.csrf) {
             let viewer = Viewer {
                 tenant: s.tenant.clone(),
@@ -170,7 +174,9 @@ pub async fn sign_out(
                 ),
             );
         }
-        state.sessions.remove(&id);
+        if let Err(e) = state.sessions.remove(&id).await {
+            return page::error(None, &e);
+        }
     }
     page::secure(HttpResponse::SeeOther())
         .insert_header((header::LOCATION, "/signin"))

@@ -1,12 +1,17 @@
-//! `GET /agents/{agent}/versions`: an agent's versions (templates, parameters, run count, cost,
-//! latency), a diff of two (`?a=&b=`), the dev / staging / production slots with deploy and
-//! rollback for admins (`static/versions.js`, over `POST …/versions/{id}/deploy`) and the
-//! deployment history: what `GET /api/agents/{agent}/versions` and `…/deployments` answer.
+//! `GET /agents/{agent}/versions`: an agent's versions, newest first and a page at a time
+//! (`?cursor=`: an agent whose prompts are written per request has a version per run), with
+//! templates, parameters, run count, cost and latency from each version's statistics (summed
+//! as runs are recorded, never counted from the runs); a diff of two (`?a=&b=`), the dev /
+//! staging / production slots with deploy and rollback for admins (`static/versions.js`, over
+//! `POST …/versions/{id}/deploy`) and the deployment history: what `GET
+//! /api/agents/{agent}/versions` and `…/deployments` answer.
 
 use std::collections::BTreeSet;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use flowgate_actors::agents::deployment::DeploymentRecord;
+use flowgate_actors::error::GatewayError;
+use flowgate_actors::storage::VersionCursor;
 use minijinja::context;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -16,8 +21,8 @@ use super::page::{self, encode};
 use super::runs::label;
 use crate::http::AppState;
 
-/// Versions listed on the page (past it: the newest, and the deployed ones).
-const MAX_SHOWN: usize = 50;
+/// Versions on a page (the first page also shows the deployed ones and those compared).
+const PAGE_SIZE: usize = 50;
 
 #[derive(Deserialize)]
 pub struct DiffQuery {
@@ -25,6 +30,9 @@ pub struct DiffQuery {
     a: Option<String>,
     #[serde(default)]
     b: Option<String>,
+    /// Where the page starts (a version cursor); the newest without.
+    #[serde(default)]
+    cursor: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -103,7 +111,7 @@ pub async fn page(
     query: web::Query<DiffQuery>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let viewer = match page::viewer(&req, &state) {
+    let viewer = match page::viewer(&req, &state).await {
         Ok(v) => v,
         Err(redirect) => return *redirect,
     };
@@ -111,10 +119,23 @@ pub async fn page(
         Ok(a) => a,
         Err(e) => return page::error(Some(&viewer), &e),
     };
+    let after = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(text) => match VersionCursor::decode(text) {
+            Some(cursor) => Some(cursor),
+            None => {
+                return page::error(
+                    Some(&viewer),
+                    &GatewayError::invalid("`cursor` is not a versions cursor")
+                        .with_param("cursor"),
+                )
+            }
+        },
+    };
     crate::http::runs::settle(&state).await;
     let agents = &state.gateway.agents;
-    let (versions, deployments) = match futures::future::try_join(
-        agents.versions(&viewer.tenant, &agent),
+    let (page_of, deployments) = match futures::future::try_join(
+        agents.versions_page(&viewer.tenant, &agent, after.as_ref(), PAGE_SIZE),
         agents.deployments(&viewer.tenant, &agent),
     )
     .await
@@ -122,23 +143,41 @@ pub async fn page(
         Ok(found) => found,
         Err(e) => return page::error(Some(&viewer), &e),
     };
-    // Every distinct prompt is a version: an agent with templated prompts has a few, one with
-    // prompts written per request has one per run. The newest are shown, and always the
-    // deployed ones and those being compared.
-    let mut versions = versions;
-    versions.sort_by(|a, b| b.record.created_at.cmp(&a.record.created_at));
-    let total = versions.len();
-    let named = |id: &str| {
-        query.a.as_deref() == Some(id)
-            || query.b.as_deref() == Some(id)
-            || deployments.deployments.iter().any(|d| d.version_id == id)
-    };
-    let shown: Vec<_> = versions
-        .iter()
-        .enumerate()
-        .filter(|(i, v)| *i < MAX_SHOWN || named(&v.record.id))
-        .map(|(_, v)| v)
+    let (mut shown, next) = page_of;
+    // The versions compared, and on the first page the deployed ones, are shown wherever
+    // they are in the order: read one by one (a few).
+    let mut named: Vec<&str> = [query.a.as_deref(), query.b.as_deref()]
+        .into_iter()
+        .flatten()
         .collect();
+    if after.is_none() {
+        named.extend(
+            deployments
+                .deployments
+                .iter()
+                .map(|d| d.version_id.as_str()),
+        );
+    }
+    for id in named {
+        if shown.iter().any(|v| v.record.id == id) {
+            continue;
+        }
+        match agents.version_summary(&viewer.tenant, &agent, id).await {
+            Ok(Some(v)) => shown.push(v),
+            Ok(None) => {}
+            Err(e) => return page::error(Some(&viewer), &e),
+        }
+    }
+    let next_url = next.map(|c| {
+        format!(
+            "/agents/{}/versions?cursor={}",
+            encode(&agent),
+            encode(&c.encode())
+        )
+    });
+    let first_url = after
+        .is_some()
+        .then(|| format!("/agents/{}/versions", encode(&agent)));
     let mut properties = Vec::with_capacity(shown.len());
     let views: Vec<VersionView> = shown
         .iter()
@@ -243,7 +282,8 @@ pub async fn page(
             slots => slots,
             history => history,
             is_admin => viewer.is_admin(),
-            total => total,
+            next_url => next_url,
+            first_url => first_url,
         },
     )
 }

@@ -82,6 +82,16 @@ struct PendingStats {
     writing: Option<VersionStats>,
 }
 
+impl PendingStats {
+    /// Adds what this instance holds to `stored` statistics.
+    fn add_to(&self, stored: &mut VersionStats) {
+        stored.add(&self.stats);
+        if let Some(writing) = &self.writing {
+            stored.add(writing);
+        }
+    }
+}
+
 /// Records kept in memory: those that never change once written, kept without invalidation,
 /// and the deployment pointers, kept while the store's [`Changes`] say they hold. Keyed by
 /// [`agent_prefix`] and what names the record within the agent.

@@ -26,7 +26,7 @@ pub(super) struct UnstoredVersion {
     record: VersionRecord,
 }
 use crate::recorder::run::{RunRecord, RunStatus};
-use crate::storage::{StorageError, VersionKey};
+use crate::storage::{StorageError, VersionCursor, VersionKey};
 use crate::wire::{ChatRequest, Message, ResponseFormat, Tool, ToolChoice};
 
 /// What shapes the answer. Metadata, streaming, caching and fallback options do not.
@@ -428,10 +428,7 @@ impl AgentStore {
         let mut stats = self.inner.versions.stats(&key).await?.unwrap_or_default();
         // What this instance observed and has not added to the store yet.
         if let Some(pending) = self.pending_stats_lock().get(&key) {
-            stats.add(&pending.stats);
-            if let Some(writing) = &pending.writing {
-                stats.add(writing);
-            }
+            pending.add_to(&mut stats);
         }
         Ok(stats)
     }
@@ -455,6 +452,36 @@ impl AgentStore {
                 .then_with(|| b.record.created_at.cmp(&a.record.created_at))
         });
         Ok(out)
+    }
+
+    /// A page of the agent's versions, newest first, with their statistics (the recorder's
+    /// latest, as [`Self::version_stats`]); the cursor of the next page.
+    pub async fn versions_page(
+        &self,
+        tenant: &str,
+        agent: &str,
+        after: Option<&VersionCursor>,
+        limit: usize,
+    ) -> Result<(Vec<VersionSummary>, Option<VersionCursor>), GatewayError> {
+        let page = self
+            .inner
+            .versions
+            .page(tenant, agent, after, limit)
+            .await?;
+        let pending = self.pending_stats_lock();
+        let items = page
+            .items
+            .into_iter()
+            .map(|(record, stored)| {
+                let key = stats_key(tenant, agent, &record.id);
+                let mut stats = stored.unwrap_or_default();
+                if let Some(p) = pending.get(&key) {
+                    p.add_to(&mut stats);
+                }
+                VersionSummary::new(record, stats)
+            })
+            .collect();
+        Ok((items, page.next_cursor))
     }
 
     /// One version with its statistics.

@@ -62,6 +62,8 @@ pub struct Gateway {
     /// What changed in the store, here or on another instance (the key registry reads the
     /// keys again when they did).
     pub changes: Arc<crate::storage::Changes>,
+    /// The web UI's sign-in sessions.
+    pub sessions: Arc<dyn crate::storage::SessionStore>,
     /// Agents' schemas, versions, deployments, conversations and feedback.
     pub agents: AgentStore,
     /// The runs' stats per agent and hour, summed by the recorder.

@@ -873,6 +873,7 @@ mod tests {
             agents: vec!["a".into()],
             sources: vec![RunSource::Api],
             hours: hour - 1..hour + 2,
+            latency: true,
         };
         let stored = || async {
             let found = store.read(&query).await.unwrap();

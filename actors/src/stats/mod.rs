@@ -22,8 +22,8 @@ use futures::future::{BoxFuture, FutureExt};
 pub use aggregate::{hour_of, Aggregate, Hour, RunFigures, RunView, StatsKey, DAY_MS, HOUR_MS};
 pub use histogram::LatencyHistogram;
 pub use report::{
-    sources_of, AgentList, AgentSeries, AgentSummary, BucketStats, BucketWidth, DailyPoint,
-    StatsRange, AGENT_DAYS, MAX_AGENTS, MAX_BUCKETS,
+    sources_of, AgentList, AgentSeries, AgentSummary, AgentTotals, BucketStats, BucketWidth,
+    DailyPoint, StatsRange, AGENT_DAYS, MAX_AGENTS, MAX_BUCKETS,
 };
 
 use crate::recorder::run::{RunRecord, RunSource};
@@ -134,6 +134,7 @@ impl RunStats {
             agents: vec![agent.to_string()],
             sources: sources.to_vec(),
             hours: range.hours(),
+            latency: true,
         };
         let found = {
             let _reading = self.inner.gate.read().await;
@@ -142,16 +143,13 @@ impl RunStats {
         Ok(report::series(range, found))
     }
 
-    /// The tenant's agents that ran `sources`, each with its runs and cost over the last
-    /// [`AGENT_DAYS`] days (today so far and the days before, in UTC), day by day, and its
-    /// latest run; the most recently run first.
-    pub async fn agents(
+    /// The tenant's agents that ran `sources` (at most [`MAX_AGENTS`], by name; whether
+    /// more were left out), each with its latest run. The caller holds the gate.
+    async fn latest_runs(
         &self,
         tenant: &str,
         sources: &[RunSource],
-        now_ms: u64,
-    ) -> Result<AgentList, StorageError> {
-        let _reading = self.inner.gate.read().await;
+    ) -> Result<(HashMap<String, u64>, bool), StorageError> {
         let mut stored = self.inner.store.agents(tenant, MAX_AGENTS + 1).await?;
         // By name: past the bound, the last name read is the first one left out.
         let names: HashSet<&str> = stored.iter().map(|e| e.agent.as_str()).collect();
@@ -177,15 +175,53 @@ impl RunStats {
                 *at = (*at).max(sums.last_run_ms);
             }
         }
+        Ok((last, truncated))
+    }
+
+    /// The tenant's agents that ran `sources`, each with its runs and cost over the last
+    /// [`AGENT_DAYS`] days (today so far and the days before, in UTC), day by day, and its
+    /// latest run; the most recently run first.
+    pub async fn agents(
+        &self,
+        tenant: &str,
+        sources: &[RunSource],
+        now_ms: u64,
+    ) -> Result<AgentList, StorageError> {
+        let _reading = self.inner.gate.read().await;
+        let (last, truncated) = self.latest_runs(tenant, sources).await?;
         let days = report::agent_days(now_ms);
         let query = StatsQuery {
             tenant: tenant.to_string(),
             agents: last.keys().cloned().collect(),
             sources: sources.to_vec(),
             hours: days.hours(),
+            latency: false,
         };
         let found = self.gather(&query).await?;
         Ok(report::agent_list(&days, last, found, truncated))
+    }
+
+    /// Runs and cost per bucket of `range` of each of the tenant's agents that ran `sources`
+    /// (the cost page): one read of the aggregates for every agent, and no latency merged.
+    pub async fn totals_by_agent(
+        &self,
+        tenant: &str,
+        sources: &[RunSource],
+        range: &StatsRange,
+    ) -> Result<AgentTotals, StorageError> {
+        let _reading = self.inner.gate.read().await;
+        let (last, truncated) = self.latest_runs(tenant, sources).await?;
+        let query = StatsQuery {
+            tenant: tenant.to_string(),
+            agents: last.keys().cloned().collect(),
+            sources: sources.to_vec(),
+            hours: range.hours(),
+            latency: false,
+        };
+        let found = self.gather(&query).await?;
+        let mut totals = report::totals_by_agent(range, last.into_keys(), found);
+        totals.truncated = truncated;
+        Ok(totals)
     }
 }
 
@@ -208,6 +244,50 @@ mod tests {
         run.usage.prompt_tokens = 10;
         run.usage.completion_tokens = 4;
         run
+    }
+
+    #[actix_rt::test]
+    async fn totals_by_agent_sum_runs_and_cost_per_day_stored_and_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::storage::sled::SledStorage::open(
+            dir.path(),
+            std::time::Duration::from_millis(50),
+        )
+        .unwrap();
+        let stats = RunStats::new(storage.storage().stats);
+        stats.observe(&[
+            run_at("a", DAY0 + 5, 1.0),
+            run_at("a", DAY0 + HOUR_MS, 1.0),
+            run_at("b", DAY0 + DAY_MS + 7, 1.0),
+        ]);
+        stats.write_pending().await.unwrap();
+        let mut played = run_at("a", DAY0 + DAY_MS + 9, 1.0);
+        played.source = RunSource::Playground;
+        // In memory only: counted too.
+        stats.observe(&[run_at("a", DAY0 + DAY_MS + 8, 1.0), played]);
+        let range =
+            StatsRange::new(Some(DAY0), Some(DAY0 + 2 * DAY_MS), BucketWidth::Day, DAY0).unwrap();
+        let totals = stats
+            .totals_by_agent("t", &[RunSource::Api], &range)
+            .await
+            .unwrap();
+        assert_eq!(
+            totals.starts,
+            ["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"]
+        );
+        assert_eq!(
+            totals.agents,
+            vec![
+                ("a".to_string(), vec![(2, 1.0), (1, 0.5)]),
+                ("b".to_string(), vec![(0, 0.0), (1, 0.5)]),
+            ]
+        );
+        assert!(!totals.truncated);
+        let other = stats
+            .totals_by_agent("u", &[RunSource::Api], &range)
+            .await
+            .unwrap();
+        assert!(other.agents.is_empty());
     }
 
     #[actix_rt::test]

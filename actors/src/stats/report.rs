@@ -245,6 +245,46 @@ pub(super) fn series(range: &StatsRange, found: Vec<(StatsKey, Aggregate)>) -> A
     }
 }
 
+/// Runs and cost per bucket of `range` for each agent found (latency histograms are not
+/// merged: the cost page shows none). Every agent of `agents` has a row, by name.
+pub(super) fn totals_by_agent(
+    range: &StatsRange,
+    agents: impl IntoIterator<Item = String>,
+    found: Vec<(StatsKey, Aggregate)>,
+) -> AgentTotals {
+    let mut rows: std::collections::BTreeMap<String, Vec<(u64, f64)>> = agents
+        .into_iter()
+        .map(|a| (a, vec![(0, 0.0); range.buckets as usize]))
+        .collect();
+    for (key, sums) in found {
+        let (Some(bucket), Some(row)) = (range.bucket_of(key.hour), rows.get_mut(&key.agent))
+        else {
+            continue;
+        };
+        row[bucket].0 += sums.runs;
+        row[bucket].1 += sums.cost_usd;
+    }
+    let width = range.width.ms();
+    AgentTotals {
+        starts: (0..range.buckets)
+            .map(|i| rfc3339(range.start_ms + i * width))
+            .collect(),
+        agents: rows.into_iter().collect(),
+        truncated: false,
+    }
+}
+
+/// Runs and cost per bucket of each agent ([`super::RunStats::totals_by_agent`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentTotals {
+    /// Each bucket's start, RFC 3339.
+    pub starts: Vec<String>,
+    /// By agent name: `(runs, cost)` per bucket.
+    pub agents: Vec<(String, Vec<(u64, f64)>)>,
+    /// More agents than [`MAX_AGENTS`]: those past it by name are left out.
+    pub truncated: bool,
+}
+
 /// One day of an agent's runs.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DailyPoint {

@@ -79,6 +79,37 @@ pub struct VersionKey {
     pub version_id: String,
 }
 
+/// Where a page of versions starts: after the version of this creation time and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionCursor {
+    pub created_at: String,
+    pub id: String,
+}
+
+impl VersionCursor {
+    /// The cursor as clients pass it: `<created_at>|<id>` (neither holds a `|`).
+    pub fn encode(&self) -> String {
+        format!("{}|{}", self.created_at, self.id)
+    }
+
+    pub fn decode(text: &str) -> Option<VersionCursor> {
+        let (created_at, id) = text.split_once('|')?;
+        (!created_at.is_empty() && !id.is_empty() && !id.contains('|')).then(|| VersionCursor {
+            created_at: created_at.to_string(),
+            id: id.to_string(),
+        })
+    }
+}
+
+/// A page of an agent's versions, newest first, each with its stored statistics (`None`
+/// before their first write).
+#[derive(Debug, Clone)]
+pub struct VersionPage {
+    pub items: Vec<(VersionRecord, Option<VersionStats>)>,
+    /// Where the next page starts; `None` on the last page.
+    pub next_cursor: Option<VersionCursor>,
+}
+
 /// Each agent's versions (immutable once stored) and their usage statistics.
 pub trait VersionStore: Send + Sync + 'static {
     /// Stores `record` unless the agent has a version of its id; the stored version either
@@ -104,6 +135,17 @@ pub trait VersionStore: Send + Sync + 'static {
         tenant: &'a str,
         agent: &'a str,
     ) -> BoxFuture<'a, Result<Vec<VersionRecord>, StorageError>>;
+
+    /// A page of the agent's versions, newest first (by `created_at`, then id, both
+    /// descending), after `after`, with their stored statistics: read through an index, so a
+    /// page costs the same whatever the agent's number of versions.
+    fn page<'a>(
+        &'a self,
+        tenant: &'a str,
+        agent: &'a str,
+        after: Option<&'a VersionCursor>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<VersionPage, StorageError>>;
 
     /// The stored statistics of a version; `None` before its first write.
     fn stats<'a>(

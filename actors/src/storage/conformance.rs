@@ -38,7 +38,9 @@ macro_rules! storage_tests {
             answers_larger_than_allowed_are_not_stored,
             answers_evict_least_recently_used_first,
             key_store,
-            eval_store
+            eval_store,
+            session_store,
+            versions_page_newest_first_with_their_statistics
         );
     };
     (@each $fresh:expr; $($body:ident),* $(,)?) => {
@@ -642,6 +644,70 @@ pub async fn versions_list_per_agent(storage: &Storage) {
     assert!(store.list("t", "b").await.unwrap().is_empty());
 }
 
+/// Versions page newest first (ties by id, descending), with their statistics, without any
+/// other agent's or tenant's, and the pages together list each version once.
+pub async fn versions_page_newest_first_with_their_statistics(storage: &Storage) {
+    let store = storage.versions.as_ref();
+    let at = |i: u32| format!("2026-01-01T00:00:{:02}.000Z", i);
+    // Inserted out of order; v3 and v4 were made in the same millisecond.
+    for (id, second) in [
+        ("v2", 2),
+        ("v5", 5),
+        ("v1", 1),
+        ("v4", 3),
+        ("v3", 3),
+        ("v6", 6),
+    ] {
+        let record = VersionRecord {
+            created_at: at(second),
+            ..version(id, 1)
+        };
+        store.insert("t", "a", &record).await.unwrap();
+    }
+    store.insert("t", "ab", &version("v9", 1)).await.unwrap();
+    store.insert("u", "a", &version("v8", 1)).await.unwrap();
+    store
+        .add_stats(&[(version_key("t", "a", "v5"), stats(7))])
+        .await
+        .unwrap();
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = store.page("t", "a", after.as_ref(), 4).await.unwrap();
+        pages += 1;
+        for (record, stats) in &page.items {
+            let expected = (record.id == "v5").then(|| self::stats(7));
+            assert_eq!(stats, &expected, "{}", record.id);
+            seen.push(record.id.clone());
+        }
+        match page.next_cursor {
+            Some(cursor) => {
+                let text = cursor.encode();
+                assert_eq!(super::VersionCursor::decode(&text), Some(cursor.clone()));
+                after = Some(cursor);
+            }
+            None => break,
+        }
+        assert!(pages < 5, "the pages do not end: {seen:?}");
+    }
+    assert_eq!(seen, ["v6", "v5", "v4", "v3", "v2", "v1"]);
+    assert_eq!(pages, 2);
+    let one = store.page("t", "a", None, 6).await.unwrap();
+    assert_eq!(one.items.len(), 6);
+    assert!(one.next_cursor.is_none());
+    assert!(store
+        .page("t", "b", None, 6)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let other = store.page("u", "a", None, 6).await.unwrap();
+    assert_eq!(other.items.len(), 1);
+    assert_eq!(other.items[0].0.id, "v8");
+}
+
 fn stats(runs: u64) -> VersionStats {
     VersionStats {
         run_count: runs,
@@ -1121,6 +1187,7 @@ pub async fn stats_store(store: &dyn super::StatsStore) {
         agents: agents.iter().map(|a| a.to_string()).collect(),
         sources: sources.to_vec(),
         hours,
+        latency: true,
     };
     let sorted = |mut found: Vec<(StatsKey, Aggregate)>| {
         found.sort_by_key(|(k, _)| (k.agent.clone(), k.source.as_str(), k.hour));
@@ -1244,6 +1311,87 @@ pub async fn stats_store(store: &dyn super::StatsStore) {
         u64::from(view.key().hour),
         crate::search::id_millis(&run.id) / 3_600_000
     );
+}
+
+/// Sessions: found by their id digest until they expire (and not after), a sign-out deletes
+/// one, a key's revocation deletes all of its sessions and only those, expired ones are
+/// purged; what the store keeps opens only with the session's id.
+pub async fn session_store(storage: &Storage) {
+    let store = storage.sessions.as_ref();
+    let now = 1_000_000;
+    let made = |key: &str, tenant: &str, admin: Option<&str>, ttl: u64| {
+        crate::sessions::new_session(key, tenant.into(), admin.map(String::from), now, ttl).unwrap()
+    };
+    let alice = made("key-a", "acme", None, 1_000);
+    let alice_too = made("key-a", "acme", None, 1_000);
+    let admin = made("key-admin", "beta", Some("ops"), 1_000);
+    let short = made("key-b", "acme", None, 10);
+    for s in [&alice, &alice_too, &admin, &short] {
+        store.put(&s.record).await.unwrap();
+    }
+    assert!(store.get("no-such-digest", now).await.unwrap().is_none());
+    let back = store
+        .get(&alice.record.id_digest, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, alice.record);
+    let open = crate::sessions::open(&alice.id, &back).unwrap();
+    assert_eq!((open.key.as_str(), open.tenant.as_str()), ("key-a", "acme"));
+    assert!(crate::sessions::open(&admin.id, &back).is_none());
+    let back = store
+        .get(&admin.record.id_digest, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.admin.as_deref(), Some("ops"));
+
+    // Expiry: gone at its end, whether or not it was purged.
+    assert!(store
+        .get(&short.record.id_digest, now + 9)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .get(&short.record.id_digest, now + 10)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.delete_expired(now + 10).await.unwrap(), 1);
+    assert!(store
+        .get(&short.record.id_digest, now)
+        .await
+        .unwrap()
+        .is_none());
+
+    // Sign-out: that session only.
+    assert!(store.delete(&alice_too.record.id_digest).await.unwrap());
+    assert!(!store.delete(&alice_too.record.id_digest).await.unwrap());
+    assert!(store
+        .get(&alice_too.record.id_digest, now)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .get(&alice.record.id_digest, now)
+        .await
+        .unwrap()
+        .is_some());
+
+    // A revoked key: all of its sessions, no other.
+    let alice_again = made("key-a", "acme", None, 1_000);
+    store.put(&alice_again.record).await.unwrap();
+    let key_a = crate::keys::digest_hex("key-a");
+    assert_eq!(store.delete_for_key(&key_a).await.unwrap(), 2);
+    for s in [&alice, &alice_again] {
+        assert!(store.get(&s.record.id_digest, now).await.unwrap().is_none());
+    }
+    assert!(store
+        .get(&admin.record.id_digest, now)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(store.delete_for_key(&key_a).await.unwrap(), 0);
 }
 
 /// Keys: a put replaces, every key comes back (revoked ones too), usage replaces per subject.

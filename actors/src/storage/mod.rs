@@ -13,7 +13,8 @@
 //! versions, deployments and conversations ([`SchemaStore`], [`VersionStore`],
 //! [`DeploymentStore`], [`ConversationStore`]), the answer cache's stored answers
 //! ([`AnswerStore`]), share links ([`ShareStore`]), the runs' stats ([`StatsStore`]) and
-//! virtual API keys with their spend ([`KeyStore`]), evaluations ([`EvalStore`]).
+//! virtual API keys with their spend ([`KeyStore`]), evaluations ([`EvalStore`]), the web UI's
+//! sign-in sessions ([`SessionStore`]).
 
 mod agents;
 mod answers;
@@ -23,17 +24,20 @@ pub mod conformance;
 mod evals;
 mod keys;
 pub mod postgres;
+mod sessions;
 pub mod sled;
 pub mod spool;
 
 pub use agents::{
     ConversationHash, ConversationLink, ConversationStore, DeploymentPage, DeploymentStore,
-    NewDeployment, PairDigest, SchemaAssignment, SchemaStore, VersionKey, VersionStore,
+    NewDeployment, PairDigest, SchemaAssignment, SchemaStore, VersionCursor, VersionKey,
+    VersionPage, VersionStore,
 };
 pub use answers::{AnswerEntry, AnswerStore, AnswerTotals, PutOutcome};
 pub use changes::{Change, Changes};
 pub use evals::EvalStore;
 pub use keys::{KeyStore, SubjectUsage};
+pub use sessions::{SessionRecord, SessionStore};
 use std::collections::HashMap;
 
 use std::sync::Arc;
@@ -229,6 +233,9 @@ pub struct StatsQuery {
     pub sources: Vec<RunSource>,
     /// The hours, end excluded.
     pub hours: std::ops::Range<Hour>,
+    /// Whether the latency histograms are wanted: without, a store may leave them empty
+    /// (they are most of what an aggregate holds, and the cost page shows none).
+    pub latency: bool,
 }
 
 /// When an agent last ran, for one source.
@@ -267,6 +274,7 @@ pub struct Storage {
     /// What changed (here or, on a shared database, on another instance), for the copies
     /// kept in memory.
     pub changes: Arc<Changes>,
+    pub sessions: Arc<dyn SessionStore>,
 }
 
 /// Fresh stores of the default backend in a temporary directory, for tests of the code above

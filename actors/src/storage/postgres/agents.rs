@@ -13,7 +13,7 @@ use super::{corrupt, pg_error, to_json, Db};
 use crate::agents::{SchemaRecord, VersionRecord, VersionStats};
 use crate::storage::{
     ConversationHash, ConversationLink, ConversationStore, PairDigest, SchemaAssignment,
-    SchemaStore, StorageError, VersionKey, VersionStore,
+    SchemaStore, StorageError, VersionCursor, VersionKey, VersionPage, VersionStore,
 };
 
 /// A schema id as stored (`integer`): ids count an agent's schemas, far below 2^31.
@@ -311,6 +311,73 @@ impl VersionStore for PgVersionStore {
                 .await
                 .map_err(pg_error)?;
             rows.iter().map(|r| decode("version", r.get(0))).collect()
+        })
+    }
+
+    fn page<'a>(
+        &'a self,
+        tenant: &'a str,
+        agent: &'a str,
+        after: Option<&'a VersionCursor>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<VersionPage, StorageError>> {
+        let (tenant, agent) = (tenant.to_string(), agent.to_string());
+        let (after_at, after_id): (Option<String>, Option<String>) = match after {
+            Some(c) => (Some(c.created_at.clone()), Some(c.id.clone())),
+            None => (None, None),
+        };
+        // One more than asked: whether a next page exists.
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        self.db.run(move |client| async move {
+            // The order is `versions_by_time`'s (migration 3): the page is read off the index,
+            // from its start or from the cursor on (two statements: an `OR` would keep the
+            // cursor out of the index condition).
+            const COLUMNS: &str = "SELECT v.record::text, s.stats::text FROM versions v
+                 LEFT JOIN version_stats s ON s.tenant = v.tenant AND s.agent = v.agent
+                     AND s.version_id = v.id
+                 WHERE v.tenant = $1 AND v.agent = $2";
+            const ORDER: &str = "ORDER BY v.record->>'created_at' DESC, v.id DESC";
+            let rows = match (&after_at, &after_id) {
+                (Some(at), Some(id)) => {
+                    let statement = client
+                        .prepare_cached(&format!(
+                            "{COLUMNS} AND (v.record->>'created_at', v.id) < ($3::text, $4::text)
+                             {ORDER} LIMIT $5"
+                        ))
+                        .await
+                        .map_err(pg_error)?;
+                    client
+                        .query(&statement, &[&tenant, &agent, at, id, &fetch])
+                        .await
+                        .map_err(pg_error)?
+                }
+                _ => {
+                    let statement = client
+                        .prepare_cached(&format!("{COLUMNS} {ORDER} LIMIT $3"))
+                        .await
+                        .map_err(pg_error)?;
+                    client
+                        .query(&statement, &[&tenant, &agent, &fetch])
+                        .await
+                        .map_err(pg_error)?
+                }
+            };
+            let mut items = Vec::with_capacity(rows.len().min(limit));
+            for row in rows.iter().take(limit) {
+                let record: VersionRecord = decode("version", row.get(0))?;
+                let stats = row
+                    .get::<_, Option<&str>>(1)
+                    .map(|s| decode("version's statistics", s))
+                    .transpose()?;
+                items.push((record, stats));
+            }
+            let next_cursor = (rows.len() > limit).then(|| items.last()).flatten().map(
+                |(last, _): &(VersionRecord, _)| VersionCursor {
+                    created_at: last.created_at.clone(),
+                    id: last.id.clone(),
+                },
+            );
+            Ok(VersionPage { items, next_cursor })
         })
     }
 

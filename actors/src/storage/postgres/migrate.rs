@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "keys_evals",
         include_str!("migrations/0002_keys_evals.sql"),
     ),
+    (
+        3,
+        "ui_sessions_version_order",
+        include_str!("migrations/0003_ui_sessions_version_order.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations (any fixed number: "flowgate" in ASCII).

@@ -17,6 +17,7 @@ mod listen;
 mod migrate;
 mod runs;
 mod search;
+mod sessions;
 mod shares;
 mod stats;
 #[cfg(test)]
@@ -253,6 +254,7 @@ impl PostgresStorage {
             keys: Arc::new(keys::PgKeyStore::new(db.clone())),
             evals: Arc::new(evals::PgEvalStore::new(db.clone())),
             changes,
+            sessions: Arc::new(sessions::PgSessionStore::new(db.clone())),
         };
         #[cfg(not(test))]
         drop(db);

@@ -5,6 +5,8 @@
 //!   id, `s` id → the schema record (ids are 4 bytes, big endian, so records list by id);
 //! * `agent_versions`: version id → the version record;
 //! * `agent_version_stats`: version id → its statistics;
+//! * `agent_versions_by_time`: `created_at \0 version id` → nothing: the versions newest first
+//!   (built once for a data directory of an earlier release);
 //! * `agent_deployments`: schema id (4 bytes) and an environment byte → the current
 //!   deployment; `agent_deployment_history`: sequence (8 bytes, big endian) → a deployment;
 //! * `agent_conversations`: conversation hash → the conversation id (16 bytes).
@@ -25,8 +27,8 @@ use crate::agents::{DeploymentRecord, SchemaRecord, VersionRecord, VersionStats}
 use crate::model_ref::Environment;
 use crate::storage::{
     ConversationHash, ConversationLink, ConversationStore, DeploymentPage, DeploymentStore,
-    NewDeployment, PairDigest, SchemaAssignment, SchemaStore, StorageError, VersionKey,
-    VersionStore,
+    NewDeployment, PairDigest, SchemaAssignment, SchemaStore, StorageError, VersionCursor,
+    VersionKey, VersionPage, VersionStore,
 };
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -204,19 +206,86 @@ fn version_key(tenant: &str, agent: &str, id: &str) -> Vec<u8> {
     key
 }
 
-/// Versions in `agent_versions`, their statistics in `agent_version_stats`. Cheap to clone.
+/// `prefix created_at \0 id`: a version's entry in `agent_versions_by_time`.
+fn time_key(tenant: &str, agent: &str, created_at: &str, id: &str) -> Vec<u8> {
+    let mut key = agent_prefix(tenant, agent);
+    key.extend_from_slice(created_at.as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Marks `agent_versions_by_time` complete: built for the versions of an earlier release.
+const TIME_INDEX_BUILT: &[u8] = b"\xff\xffbuilt-v1";
+
+/// What the time index needs of a stored version.
+#[derive(serde::Deserialize)]
+struct Created {
+    created_at: String,
+}
+
+/// Versions in `agent_versions`, their statistics in `agent_version_stats`, their order in
+/// `agent_versions_by_time`. Cheap to clone.
 #[derive(Clone)]
 pub struct SledVersionStore {
     versions: ::sled::Tree,
     stats: ::sled::Tree,
+    by_time: ::sled::Tree,
 }
 
 impl SledVersionStore {
     pub(super) fn open(db: &::sled::Db) -> Result<SledVersionStore, StorageError> {
-        Ok(SledVersionStore {
+        let store = SledVersionStore {
             versions: db.open_tree("agent_versions").map_err(backend)?,
             stats: db.open_tree("agent_version_stats").map_err(backend)?,
-        })
+            by_time: db.open_tree("agent_versions_by_time").map_err(backend)?,
+        };
+        store.build_time_index_once()?;
+        Ok(store)
+    }
+
+    /// Files the versions stored before the time index existed (once per data directory).
+    fn build_time_index_once(&self) -> Result<(), StorageError> {
+        if self
+            .by_time
+            .contains_key(TIME_INDEX_BUILT)
+            .map_err(backend)?
+        {
+            return Ok(());
+        }
+        let mut batch = ::sled::Batch::default();
+        let mut n = 0u64;
+        for entry in self.versions.iter() {
+            let (key, bytes) = entry.map_err(backend)?;
+            // `tenant \0 agent \0 id`
+            let mut parts = key.splitn(3, |b| *b == 0);
+            let (Some(tenant), Some(agent), Some(id)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let created: Created = decode("version", &bytes)?;
+            let (tenant, agent, id) = (
+                String::from_utf8_lossy(tenant),
+                String::from_utf8_lossy(agent),
+                String::from_utf8_lossy(id),
+            );
+            batch.insert(time_key(&tenant, &agent, &created.created_at, &id), &[]);
+            n += 1;
+            if n.is_multiple_of(10_000) {
+                self.by_time
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(backend)?;
+            }
+        }
+        batch.insert(TIME_INDEX_BUILT, &[]);
+        self.by_time.apply_batch(batch).map_err(backend)?;
+        if n > 0 {
+            tracing::info!(
+                versions = n,
+                "indexed the versions of an earlier release by time"
+            );
+        }
+        Ok(())
     }
 
     fn insert_now(
@@ -231,17 +300,71 @@ impl SledVersionStore {
             return decode("version", &existing);
         }
         let bytes = encode("version", record)?;
-        match self
-            .versions
-            .compare_and_swap(&key, None as Option<&[u8]>, Some(bytes))
-            .map_err(backend)?
-        {
-            Ok(()) => Ok(record.clone()),
-            Err(current) => match current.current {
-                Some(bytes) => decode("version", &bytes),
-                None => Ok(record.clone()),
-            },
+        let entry = time_key(tenant, agent, &record.created_at, &record.id);
+        // The version and its index entry together, or neither; a concurrent first writer
+        // wins and its record is the answer.
+        let stored = (&self.versions, &self.by_time)
+            .transaction(|(versions, by_time)| {
+                if let Some(existing) = versions.get(&key)? {
+                    return Ok(Some(existing));
+                }
+                versions.insert(key.as_slice(), bytes.as_slice())?;
+                by_time.insert(entry.as_slice(), &[])?;
+                Ok(None)
+            })
+            .map_err(|e: TransactionError<StorageError>| tx_error(e))?;
+        match stored {
+            Some(existing) => decode("version", &existing),
+            None => Ok(record.clone()),
         }
+    }
+
+    fn page_now(
+        &self,
+        tenant: &str,
+        agent: &str,
+        after: Option<&VersionCursor>,
+        limit: usize,
+    ) -> Result<VersionPage, StorageError> {
+        let prefix = agent_prefix(tenant, agent);
+        let end = match after {
+            Some(c) => time_key(tenant, agent, &c.created_at, &c.id),
+            None => {
+                // Past every key of the prefix.
+                let mut end = prefix.clone();
+                end.push(0xff);
+                end
+            }
+        };
+        let mut items = Vec::with_capacity(limit.min(1000));
+        let mut next_cursor = None;
+        for entry in self.by_time.range(prefix.clone()..end).rev() {
+            let (key, _) = entry.map_err(backend)?;
+            let rest = &key[prefix.len()..];
+            let Some(split) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let id = String::from_utf8_lossy(&rest[split + 1..]);
+            if items.len() == limit {
+                let (last, _): &(VersionRecord, _) = &items[items.len() - 1];
+                next_cursor = Some(VersionCursor {
+                    created_at: last.created_at.clone(),
+                    id: last.id.clone(),
+                });
+                break;
+            }
+            let vkey = version_key(tenant, agent, &id);
+            let Some(bytes) = self.versions.get(&vkey).map_err(backend)? else {
+                continue;
+            };
+            let record: VersionRecord = decode("version", &bytes)?;
+            let stats = match self.stats.get(&vkey).map_err(backend)? {
+                Some(bytes) => Some(decode("version's statistics", &bytes)?),
+                None => None,
+            };
+            items.push((record, stats));
+        }
+        Ok(VersionPage { items, next_cursor })
     }
 
     fn list_now(&self, tenant: &str, agent: &str) -> Result<Vec<VersionRecord>, StorageError> {
@@ -312,6 +435,18 @@ impl VersionStore for SledVersionStore {
         let store = self.clone();
         let (tenant, agent) = (tenant.to_string(), agent.to_string());
         off_thread(move || store.list_now(&tenant, &agent))
+    }
+
+    fn page<'a>(
+        &'a self,
+        tenant: &'a str,
+        agent: &'a str,
+        after: Option<&'a VersionCursor>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<VersionPage, StorageError>> {
+        let store = self.clone();
+        let (tenant, agent, after) = (tenant.to_string(), agent.to_string(), after.cloned());
+        off_thread(move || store.page_now(&tenant, &agent, after.as_ref(), limit))
     }
 
     fn stats<'a>(

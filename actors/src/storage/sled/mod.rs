@@ -8,6 +8,7 @@ mod feedback;
 mod keys;
 mod runs;
 mod search;
+mod sessions;
 mod shares;
 mod stats;
 mod text_blocks;
@@ -41,6 +42,7 @@ pub struct SledStorage {
     keys: Arc<keys::SledKeyStore>,
     evals: Arc<evals::SledEvalStore>,
     changes: Arc<Changes>,
+    sessions: Arc<sessions::SledSessionStore>,
 }
 
 impl SledStorage {
@@ -69,6 +71,7 @@ impl SledStorage {
             keys: Arc::new(keys::SledKeyStore::open(&db)?),
             evals: Arc::new(evals::SledEvalStore::open(&db)?),
             changes: Arc::new(Changes::local()),
+            sessions: Arc::new(sessions::SledSessionStore::open(&db)?),
         })
     }
 
@@ -87,6 +90,7 @@ impl SledStorage {
             keys: self.keys.clone(),
             evals: self.evals.clone(),
             changes: self.changes.clone(),
+            sessions: self.sessions.clone(),
         }
     }
 }
@@ -208,6 +212,7 @@ mod tests {
             agents: vec!["a".into(), "b".into()],
             sources: vec![crate::recorder::run::RunSource::Api],
             hours: hour - 1..hour + 2,
+            latency: true,
         };
         let counted = |storage: &SledStorage| {
             let stats = storage.storage().stats;

@@ -112,9 +112,23 @@ pub(super) fn facets(run: &RunRecord) -> Vec<u8> {
     out
 }
 
+/// The name hashes of a filter's text operands, made once per search (hashing them for each
+/// entry read took a tenth of a filtered page: `perf`, `bench/ui.sh`).
+fn operand_hashes(filter: &Filter) -> Vec<u64> {
+    filter
+        .operands
+        .iter()
+        .filter_map(|o| match o {
+            Operand::Text(t) => Some(name_hash(Some(t))),
+            _ => None,
+        })
+        .collect()
+}
+
 /// What a filter says of facets: `None` when the facets cannot tell (another field or
-/// operator, a version named by environment, or an entry written without facets).
-fn facet_answer(filter: &Filter, facets: &[u8]) -> Option<bool> {
+/// operator, a version named by environment, or an entry written without facets). `hashes`:
+/// [`operand_hashes`] of the filter.
+fn facet_answer(filter: &Filter, hashes: &[u64], facets: &[u8]) -> Option<bool> {
     if facets.len() <= PROVIDER_AT || facets[0] != FACETS_V2 {
         return None;
     }
@@ -136,7 +150,7 @@ fn facet_answer(filter: &Filter, facets: &[u8]) -> Option<bool> {
             return None;
         }
         let stored = u64::from_le_bytes(facets[at..at + 8].try_into().ok()?);
-        Some(stored != 0 && texts().any(|t| name_hash(Some(t)) == stored))
+        Some(stored != 0 && hashes.contains(&stored))
     };
     let listed = match filter.field {
         Field::Model => hashed(4)?,
@@ -329,15 +343,16 @@ impl SearchIndex {
         let lower = *id_bounds(from_ms).0.as_bytes();
         // The filters the facets answer (probed on facets of the right shape).
         let probe = [FACETS_V2; PROVIDER_AT + 1];
-        let by_facets: Vec<&Filter> = query
+        let by_facets: Vec<(&Filter, Vec<u64>)> = query
             .filters
             .iter()
-            .filter(|f| facet_answer(f, &probe).is_some())
+            .map(|f| (f, operand_hashes(f)))
+            .filter(|(f, hashes)| facet_answer(f, hashes, &probe).is_some())
             .collect();
         let facets_fail = |facets: &[u8]| {
             by_facets
                 .iter()
-                .any(|f| facet_answer(f, facets) == Some(false))
+                .any(|(f, hashes)| facet_answer(f, hashes, facets) == Some(false))
         };
         let mut stream = self.candidates(by_agent, &scope.tenant, &agents);
         // Where a run holding the query's words may be, newest first (`None`: anywhere).
@@ -366,7 +381,8 @@ impl SearchIndex {
         let needs_feedback = query.needs_feedback();
         // Every filter answered by the facets and the id range: counting reads no run.
         let only_facets = query.filters.iter().all(|f| {
-            by_facets.contains(&f) || (f.time_range().is_some() && f.field == Field::CreatedAt)
+            by_facets.iter().any(|(g, _)| std::ptr::eq(*g, f))
+                || (f.time_range().is_some() && f.field == Field::CreatedAt)
         });
 
         let mut items = Vec::with_capacity(query.limit);

@@ -19,6 +19,38 @@ use crate::recorder::run::RunSource;
 use crate::stats::{Aggregate, Hour, RunFigures, RunView, StatsKey};
 use crate::storage::{AgentLastRun, StatsQuery, StatsStore, StorageError};
 
+/// An aggregate without its latency histogram, which is skipped over rather than built: for
+/// reads that show no latency (decoding the histograms was most of the cost page's time at
+/// 1M runs: `perf`, `bench/ui.sh`).
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct Totals {
+    runs: u64,
+    errors: u64,
+    cancelled: u64,
+    cost_usd: f64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cache_hits: u64,
+    last_run_ms: u64,
+}
+
+impl From<Totals> for Aggregate {
+    fn from(t: Totals) -> Aggregate {
+        Aggregate {
+            runs: t.runs,
+            errors: t.errors,
+            cancelled: t.cancelled,
+            cost_usd: t.cost_usd,
+            prompt_tokens: t.prompt_tokens,
+            completion_tokens: t.completion_tokens,
+            cache_hits: t.cache_hits,
+            latency: Default::default(),
+            last_run_ms: t.last_run_ms,
+        }
+    }
+}
+
 /// Marks aggregates built for every run stored before they existed.
 const BUILT_MARK: &[u8] = b"\xff\xffbuilt-v1";
 
@@ -161,7 +193,13 @@ impl SledStatsStore {
                         .and_then(|at| key[at..].try_into().ok())
                         .map(Hour::from_be_bytes)
                         .ok_or_else(|| corrupt("a key without its hour"))?;
-                    let sums = serde_json::from_slice(&bytes).map_err(corrupt)?;
+                    let sums = if query.latency {
+                        serde_json::from_slice(&bytes).map_err(corrupt)?
+                    } else {
+                        serde_json::from_slice::<Totals>(&bytes)
+                            .map_err(corrupt)?
+                            .into()
+                    };
                     let key = StatsKey {
                         tenant: query.tenant.clone(),
                         agent: agent.clone(),
