@@ -91,6 +91,8 @@ async fn runs_answered_while_postgres_is_away_reach_it_once_it_is_back() {
     let relay = Relay::start();
     let setup = Setup::start(|data, upstream| config(data, upstream, &relay.url, &schema));
     let mut answered_ids: BTreeSet<String> = answered(&setup.gw, 5).await.into_iter().collect();
+    // Written before the database goes (else the last of them would be spooled too).
+    database_holds(&schema, &answered_ids).await;
     let (status, ready) = readyz(&setup.gw).await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["storage"]["backend"], "postgres");
