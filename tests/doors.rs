@@ -255,10 +255,14 @@ async fn keys_limits_and_bounds_hold_at_every_door_in_its_own_shape() {
     // A tenant's rate limit counts every door: 2 per minute, the third is refused.
     let acme_anthropic = [("x-api-key", ACME_KEY)];
     let acme_bearer = [("authorization", "Bearer acme-key")];
-    let (status, _, body) = post(&s.gw, "/v1/messages", &acme_anthropic, &ask_messages).await;
+    let (status, headers, body) = post(&s.gw, "/v1/messages", &acme_anthropic, &ask_messages).await;
     assert_eq!(status, 200, "{body}");
-    let (status, _, body) = post(&s.gw, "/v1/responses", &acme_bearer, &ask_responses).await;
+    // What is left of the rate, as on Chat Completions.
+    assert_eq!(headers["x-ratelimit-limit-requests"], "2");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "1");
+    let (status, headers, body) = post(&s.gw, "/v1/responses", &acme_bearer, &ask_responses).await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
     let (status, headers, body) = post(&s.gw, "/v1/messages", &acme_anthropic, &ask_messages).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["type"], "rate_limit_error");

@@ -45,15 +45,19 @@ pub async fn chat_completions(
     let mut response = answer(req, payload, state, run, caller)
         .instrument(span)
         .await;
-    // What is left of the key's and tenant's rates, as OpenAI tells it.
-    for (name, value) in rate_headers {
+    add_rate_headers(&mut response, rate_headers);
+    Ok(response)
+}
+
+/// What is left of the key's and tenant's rates, as OpenAI tells it (`x-ratelimit-*`).
+pub(super) fn add_rate_headers(response: &mut HttpResponse, headers: Vec<(&'static str, String)>) {
+    for (name, value) in headers {
         if let Ok(value) = HeaderValue::from_str(&value) {
             response
                 .headers_mut()
                 .insert(HeaderName::from_static(name), value);
         }
     }
-    Ok(response)
 }
 
 /// Records a failed run and answers with its error, naming the run in a header.

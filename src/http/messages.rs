@@ -24,8 +24,8 @@ pub async fn messages(
         Ok(caller) => caller,
         Err(e) => return error_response(&e),
     };
-    let run = match doors::start(&state, &caller, Door::Messages).await {
-        Ok(run) => run,
+    let (run, rate_headers) = match doors::start(&state, &caller, Door::Messages).await {
+        Ok(started) => started,
         Err(e) => return error_response(&e),
     };
     let span = tracing::debug_span!(
@@ -34,9 +34,11 @@ pub async fn messages(
         tenant = %caller.tenant,
         run_id = %run.id(),
     );
-    answer(req, payload, state, run, caller)
+    let mut response = answer(req, payload, state, run, caller)
         .instrument(span)
-        .await
+        .await;
+    super::chat::add_rate_headers(&mut response, rate_headers);
+    response
 }
 
 async fn answer(

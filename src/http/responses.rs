@@ -21,16 +21,18 @@ pub async fn responses(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let caller = state.auth.caller(&req)?;
-    let run = doors::start(&state, &caller, Door::Responses).await?;
+    let (run, rate_headers) = doors::start(&state, &caller, Door::Responses).await?;
     let span = tracing::debug_span!(
         "request",
         door = "responses",
         tenant = %caller.tenant,
         run_id = %run.id(),
     );
-    Ok(answer(req, payload, state, run, caller)
+    let mut response = answer(req, payload, state, run, caller)
         .instrument(span)
-        .await)
+        .await;
+    super::chat::add_rate_headers(&mut response, rate_headers);
+    Ok(response)
 }
 
 async fn answer(

@@ -41,21 +41,26 @@ pub(super) enum Outcome {
     Gone,
 }
 
+/// The `x-ratelimit-*` headers of an admitted request's answer.
+pub(super) type RateHeaders = Vec<(&'static str, String)>;
+
 /// Starts the run of a door's request: the caller is authenticated and admitted first, as on
-/// Chat Completions; from here on every outcome is recorded as exactly one run.
+/// Chat Completions; from here on every outcome is recorded as exactly one run. With the run,
+/// what is left of the caller's rates, for its answer's headers.
 pub(super) async fn start(
     state: &AppState,
     caller: &Caller,
     door: Door,
-) -> Result<Run, GatewayError> {
+) -> Result<(Run, RateHeaders), GatewayError> {
     let admission = state.auth.registry().admit(caller).await?;
+    let rate_headers = admission.as_ref().map(|a| a.headers()).unwrap_or_default();
     let mut ctx = RunContext::new(caller.tenant.as_str(), "default", "", false);
     ctx.door = door;
     let mut run = state.gateway.start(ctx);
     if let Some(admission) = admission {
         run.hold(admission);
     }
-    Ok(run)
+    Ok((run, rate_headers))
 }
 
 /// Reads the door's body within its bounds: a JSON object, kept as received.
