@@ -52,12 +52,12 @@ enum Command {
         #[arg(long, default_value = "config/flowgate.toml")]
         config: PathBuf,
     },
-    /// Internal: a template render worker, started by `serve` (jobs on stdin, answers on
-    /// stdout, within an address-space limit).
     /// Manages virtual API keys through a running flowgate's admin API.
     Keys(keys_cli::KeysCommand),
     /// Runs a benchmark on a running flowgate: its progress, then its table.
     Bench(bench_cli::BenchCommand),
+    /// Internal: a template render worker, started by `serve` (jobs on stdin, answers on
+    /// stdout, within an address-space limit).
     #[command(hide = true)]
     RenderWorker {
         #[arg(long)]
