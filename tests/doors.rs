@@ -252,6 +252,17 @@ async fn keys_limits_and_bounds_hold_at_every_door_in_its_own_shape() {
     assert_eq!(status, 413);
     assert_eq!(body["error"]["code"], "payload_too_large");
 
+    // An overlong `previous_response_id` is a 400 that names it (the id is never looked up).
+    let long =
+        json!({"model": "door-gpt", "input": "hi", "previous_response_id": "r".repeat(4000)});
+    let (status, _, body) = post(&s.gw, "/v1/responses", BEARER, &long).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "previous_response_id");
+    assert!(
+        body["error"]["message"].as_str().unwrap().len() < 400,
+        "{body}"
+    );
+
     // A tenant's rate limit counts every door: 2 per minute, the third is refused.
     let acme_anthropic = [("x-api-key", ACME_KEY)];
     let acme_bearer = [("authorization", "Bearer acme-key")];

@@ -13,18 +13,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::postgres::{database_url, DropSchema};
 use common::*;
 use serde_json::{json, Value};
 
 const ADMIN_KEY: &str = "multi-admin-key";
 const TENANT_KEY: &str = "multi-tenant-key";
-
-fn database_url() -> String {
-    std::env::var("FLOWGATE_TEST_DATABASE_URL")
-        .ok()
-        .filter(|url| !url.is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into())
-}
 
 fn redis_url() -> String {
     std::env::var("FLOWGATE_TEST_REDIS_URL")
@@ -38,36 +32,6 @@ fn unique(test: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     format!("{test}_{}_{nanos}", std::process::id())
-}
-
-/// Drops the test's schema when the test ends, however it ends.
-struct DropSchema(String);
-
-impl Drop for DropSchema {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let (client, connection) =
-                    tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .join();
-        if let Ok(Err(e)) = dropped {
-            eprintln!("cannot drop test schema {}: {e}", self.0);
-        }
-    }
 }
 
 /// Three instances on one database and one Redis, next to one mock upstream.

@@ -10,6 +10,8 @@ mod common;
 
 use std::process::Command;
 
+use common::postgres::*;
+use common::ui::{browser, csrf_of, sign_in};
 use common::*;
 use serde_json::{json, Value};
 
@@ -27,67 +29,6 @@ async fn post_json(gw: &Flowgate, path: &str, body: Value) -> (u16, Value) {
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
-}
-
-fn database_url() -> String {
-    std::env::var("FLOWGATE_TEST_DATABASE_URL")
-        .ok()
-        .filter(|url| !url.is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A schema name of the test's own.
-fn schema_name(test: &str) -> String {
-    format!(
-        "flowgate_it_{test}_{}_{}",
-        std::process::id(),
-        unique_suffix()
-    )
-}
-
-fn unique_suffix() -> u32 {
-    // Time-based: tests of one process differ by name already.
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
-}
-
-/// `[storage]` on the test database, in `schema`.
-fn storage_config(schema: &str) -> String {
-    format!(
-        "\n[storage]\nbackend = \"postgres\"\nurl = \"{}\"\npool_size = 4\nschema = \"{schema}\"\n",
-        database_url()
-    )
-}
-
-/// Drops the schema when the test ends, however it ends.
-struct DropSchema(String);
-
-impl Drop for DropSchema {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let (client, connection) =
-                    tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .join();
-        if let Ok(Err(e)) = dropped {
-            eprintln!("cannot drop test schema {}: {e}", self.0);
-        }
-    }
 }
 
 #[tokio::test]
@@ -282,28 +223,6 @@ async fn a_key_made_or_revoked_through_one_instance_holds_on_another_within_a_se
     setup.gw.stop();
 }
 
-/// A browser that shows redirects instead of following them.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-/// Signs in to the web UI with `key` through `gw`; the session cookie (`name=value`).
-async fn ui_sign_in(gw: &Flowgate, key: &str) -> String {
-    let response = browser()
-        .post(format!("{}/signin", gw.url))
-        .form(&[("key", key), ("next", "/agents")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 303, "sign-in with {key}");
-    let cookie = response.headers()["set-cookie"].to_str().unwrap();
-    cookie.split(';').next().unwrap().to_string()
-}
-
 /// A page with the cookie: its status, where it redirects, its HTML.
 async fn ui_get(gw: &Flowgate, cookie: &str, path: &str) -> (u16, String, String) {
     let response = browser()
@@ -319,15 +238,6 @@ async fn ui_get(gw: &Flowgate, cookie: &str, path: &str) -> (u16, String, String
         .map(|l| l.to_str().unwrap().to_string())
         .unwrap_or_default();
     (status, location, response.text().await.unwrap())
-}
-
-/// The CSRF token a page carries for its scripts and forms.
-fn csrf_of(html: &str) -> String {
-    let start = html
-        .find(r#"name="csrf-token" content=""#)
-        .expect("a CSRF token")
-        + 27;
-    html[start..].split('"').next().unwrap().to_string()
 }
 
 /// Two instances on one database, with a tenant key, an admin key and `[storage]`.
@@ -350,7 +260,7 @@ async fn a_ui_session_made_on_one_instance_works_on_another_until_signed_out_the
     let _cleanup = DropSchema(schema.clone());
     let (_dirs, a, b) = two_instances(&schema);
 
-    let cookie = ui_sign_in(&a, "team-key").await;
+    let cookie = sign_in(&a, "team-key").await;
     // The cookie holds a random id, never the key.
     assert!(!cookie.contains("team-key"), "{cookie}");
     // B knows the session A made: its pages, and the API calls its pages make.
@@ -393,7 +303,7 @@ async fn a_ui_session_made_on_one_instance_works_on_another_until_signed_out_the
     assert_eq!(status, 303);
 
     // Another sign-in is a new session, unaffected.
-    let again = ui_sign_in(&b, "team-key").await;
+    let again = sign_in(&b, "team-key").await;
     assert_ne!(again, cookie);
     let (status, _, _) = ui_get(&a, &again, "/agents").await;
     assert_eq!(status, 200);
@@ -438,8 +348,8 @@ async fn revoking_a_key_on_one_instance_ends_its_ui_sessions_on_the_other() {
     let key: Value = created.json().await.unwrap();
     let secret = key["secret"].as_str().unwrap().to_string();
 
-    let cookie = ui_sign_in(&a, &secret).await;
-    let keep = ui_sign_in(&a, "team-key").await;
+    let cookie = sign_in(&a, &secret).await;
+    let keep = sign_in(&a, "team-key").await;
     let (status, _, _) = ui_get(&a, &cookie, "/agents").await;
     assert_eq!(status, 200);
     // Revoked through B, once B has read the key A made (it reads the keys twice a second).

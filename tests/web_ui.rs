@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::ui::{browser, csrf_of, sign_in};
 use common::*;
 use serde_json::{json, Value};
 
@@ -24,47 +25,12 @@ fn start() -> (tempfile::TempDir, Flowgate) {
     (dir, gw)
 }
 
-/// A client that shows redirects instead of following them.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-/// Signs in with `key`; the session cookie (`name=value`).
-async fn sign_in(gw: &Flowgate, key: &str) -> String {
-    let response = browser()
-        .post(format!("{}/signin", gw.url))
-        .form(&[("key", key), ("next", "/runs")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 303, "{key}");
-    assert_eq!(response.headers()["location"], "/runs");
-    let cookie = response.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    cookie.split(';').next().unwrap().to_string()
-}
-
 async fn get(gw: &Flowgate, cookie: Option<&str>, path: &str) -> reqwest::Response {
     let mut request = browser().get(format!("{}{path}", gw.url));
     if let Some(cookie) = cookie {
         request = request.header("cookie", cookie);
     }
     request.send().await.unwrap()
-}
-
-/// The CSRF token a page carries for its scripts.
-fn csrf_of(html: &str) -> String {
-    let start = html
-        .find(r#"name="csrf-token" content=""#)
-        .expect("a CSRF token")
-        + 27;
-    html[start..].split('"').next().unwrap().to_string()
 }
 
 #[tokio::test]

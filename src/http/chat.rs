@@ -268,9 +268,7 @@ pub(super) async fn prepare_raw(
     let chat = match parsed {
         Ok(chat) => chat,
         Err(e) => {
-            // Filed under its agent all the same, when the model can be read.
-            note_model(ctx, raw.get(), state.limits.max_model_bytes);
-            ctx.request = Some(raw);
+            file_unread(ctx, raw, state);
             return Err(field_error(e));
         }
     };
@@ -448,27 +446,7 @@ pub(super) fn validate(chat: &ChatRequest, limits: &RequestLimits) -> Result<(),
             );
         }
     }
-    if let Some(provider) = &chat.provider {
-        if provider.len() > MAX_NAME_BYTES {
-            return Err(GatewayError::invalid(format!(
-                "`provider` is longer than {MAX_NAME_BYTES} bytes: `{}`",
-                excerpt(provider, 64)
-            ))
-            .with_param("provider"));
-        }
-    }
-    if let Some(UseFallback::Models(models)) = &chat.use_fallback {
-        if models.len() > MAX_FALLBACK_MODELS {
-            return Err(GatewayError::invalid(format!(
-                "`use_fallback` lists {} models, more than the limit of {MAX_FALLBACK_MODELS}",
-                models.len()
-            ))
-            .with_param("use_fallback"));
-        }
-        if let Some(long) = models.iter().find(|m| m.len() > limits.max_model_bytes) {
-            return Err(model_too_long(long, limits.max_model_bytes).with_param("use_fallback"));
-        }
-    }
+    check_routing(chat.provider.as_deref(), chat.use_fallback.as_ref(), limits)?;
     match chat.n {
         Some(0) => return Err(GatewayError::invalid("`n` must be at least 1").with_param("n")),
         Some(n) if n > limits.max_n => {
@@ -480,6 +458,44 @@ pub(super) fn validate(chat: &ChatRequest, limits: &RequestLimits) -> Result<(),
             .with_code("n_too_large"))
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// The bounds of the routing fields every door shares: a pinned `provider`'s name and the
+/// `use_fallback` list (its length and each model's).
+/// A request that could not be read or translated is recorded all the same: filed under its
+/// agent when the model can be read, with the body as received.
+pub(super) fn file_unread(ctx: &mut RunContext, raw: Box<RawValue>, state: &AppState) {
+    note_model(ctx, raw.get(), state.limits.max_model_bytes);
+    ctx.request = Some(raw);
+}
+
+pub(super) fn check_routing(
+    provider: Option<&str>,
+    use_fallback: Option<&UseFallback>,
+    limits: &RequestLimits,
+) -> Result<(), GatewayError> {
+    if let Some(provider) = provider {
+        if provider.len() > MAX_NAME_BYTES {
+            return Err(GatewayError::invalid(format!(
+                "`provider` is longer than {MAX_NAME_BYTES} bytes: `{}`",
+                excerpt(provider, 64)
+            ))
+            .with_param("provider"));
+        }
+    }
+    if let Some(UseFallback::Models(models)) = use_fallback {
+        if models.len() > MAX_FALLBACK_MODELS {
+            return Err(GatewayError::invalid(format!(
+                "`use_fallback` lists {} models, more than the limit of {MAX_FALLBACK_MODELS}",
+                models.len()
+            ))
+            .with_param("use_fallback"));
+        }
+        if let Some(long) = models.iter().find(|m| m.len() > limits.max_model_bytes) {
+            return Err(model_too_long(long, limits.max_model_bytes).with_param("use_fallback"));
+        }
     }
     Ok(())
 }

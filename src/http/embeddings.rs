@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
-use super::chat::{failed, model_too_long, run_headers, MAX_FALLBACK_MODELS, MAX_NAME_BYTES};
+use super::chat::{failed, model_too_long, run_headers};
 use super::doors;
 use super::{connection, AppState};
 use crate::config::RequestLimits;
@@ -203,27 +203,11 @@ fn check(
     if request.model.len() > limits.max_model_bytes {
         return Err(model_too_long(&request.model, limits.max_model_bytes));
     }
-    if let Some(provider) = &request.provider {
-        if provider.len() > MAX_NAME_BYTES {
-            return Err(GatewayError::invalid(format!(
-                "`provider` is longer than {MAX_NAME_BYTES} bytes: `{}`",
-                excerpt(provider, 64)
-            ))
-            .with_param("provider"));
-        }
-    }
-    if let Some(UseFallback::Models(models)) = &request.use_fallback {
-        if models.len() > MAX_FALLBACK_MODELS {
-            return Err(GatewayError::invalid(format!(
-                "`use_fallback` lists {} models, more than the limit of {MAX_FALLBACK_MODELS}",
-                models.len()
-            ))
-            .with_param("use_fallback"));
-        }
-        if let Some(long) = models.iter().find(|m| m.len() > limits.max_model_bytes) {
-            return Err(model_too_long(long, limits.max_model_bytes).with_param("use_fallback"));
-        }
-    }
+    super::chat::check_routing(
+        request.provider.as_deref(),
+        request.use_fallback.as_ref(),
+        limits,
+    )?;
     let input = input_of(&request.input)?;
     if input.is_empty() {
         return Err(

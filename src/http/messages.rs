@@ -60,10 +60,8 @@ async fn answer(
     let chat = match request.into_chat() {
         Ok(chat) => chat,
         Err(e) => {
-            let ctx = run.context_mut();
-            ctx.stream = stream;
-            super::chat::note_model(ctx, raw.get(), state.limits.max_model_bytes);
-            ctx.request = Some(raw);
+            run.context_mut().stream = stream;
+            super::chat::file_unread(run.context_mut(), raw, &state);
             return failed(run, e);
         }
     };

@@ -53,9 +53,7 @@ async fn answer(
     let translated = match translate(&state, &caller, &request).await {
         Ok(chat) => chat,
         Err(e) => {
-            let ctx = run.context_mut();
-            super::chat::note_model(ctx, raw.get(), state.limits.max_model_bytes);
-            ctx.request = Some(raw);
+            super::chat::file_unread(run.context_mut(), raw, &state);
             return failed(run, e);
         }
     };

@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 pub mod postgres;
+pub mod ui;
 
 // ---- the gateway ----
 

@@ -28,6 +28,11 @@ pub fn storage_config_at(url: &str, schema: &str) -> String {
     format!("\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 4\nschema = \"{schema}\"\n")
 }
 
+/// `[storage]` on the test database, in `schema`.
+pub fn storage_config(schema: &str) -> String {
+    storage_config_at(&database_url(), schema)
+}
+
 /// A client of the test database, its connection driven on the caller's runtime.
 pub async fn connect() -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)

@@ -151,7 +151,6 @@ impl Spool {
     /// Waits up to `within` for the replay to empty the spool; the runs left.
     pub async fn drained(&self, within: Duration) -> u64 {
         let deadline = Instant::now() + within;
-        self.wake.1.notify_all();
         while !self.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -232,28 +231,31 @@ impl Spool {
 
     /// The oldest runs, up to `max`, with their keys. A run that cannot be read back is set
     /// aside (logged) rather than blocking the spool.
-    fn oldest(&self, max: usize) -> Result<Vec<(sled::IVec, usize, Box<RunRecord>)>, StorageError> {
-        let mut out = Vec::new();
+    fn oldest(&self, max: usize) -> Result<Spooled, StorageError> {
+        let mut out = Spooled::default();
         for entry in self.queue.iter().take(max) {
             let (key, value) = entry.map_err(|e| StorageError::Backend(format!("spool: {e}")))?;
             match serde_json::from_slice::<RunRecord>(&value) {
-                Ok(run) => out.push((key, value.len(), Box::new(run))),
+                Ok(run) => {
+                    out.entries.push((key, value));
+                    out.runs.push(Box::new(run));
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "spool: a spooled run cannot be read back; set aside");
-                    self.set_aside(&key, &value, value.len(), "unreadable")?;
+                    self.set_aside(&key, &value, "unreadable")?;
                 }
             }
         }
         Ok(out)
     }
 
-    /// Removes replayed runs from the queue.
-    fn remove(&self, written: &[(sled::IVec, usize, Box<RunRecord>)]) -> Result<(), StorageError> {
+    /// Removes replayed runs (their keys and stored bytes) from the queue.
+    fn remove(&self, written: &[(sled::IVec, sled::IVec)]) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
         let mut size = 0u64;
-        for (key, len, _) in written {
+        for (key, value) in written {
             batch.remove(key.clone());
-            size += *len as u64;
+            size += value.len() as u64;
         }
         self.queue
             .apply_batch(batch)
@@ -266,13 +268,7 @@ impl Spool {
     }
 
     /// Moves one run from the queue to the `rejected` tree.
-    fn set_aside(
-        &self,
-        key: &sled::IVec,
-        value: &[u8],
-        len: usize,
-        why: &str,
-    ) -> Result<(), StorageError> {
+    fn set_aside(&self, key: &sled::IVec, value: &[u8], why: &str) -> Result<(), StorageError> {
         let backend = |e: sled::Error| StorageError::Backend(format!("spool: {e}"));
         let mut kept = Vec::with_capacity(why.len() + 1 + value.len());
         kept.extend_from_slice(why.as_bytes());
@@ -280,7 +276,7 @@ impl Spool {
         kept.extend_from_slice(value);
         self.rejected.insert(key, kept).map_err(backend)?;
         self.queue.remove(key).map_err(backend)?;
-        self.bytes.fetch_sub(len as u64, Ordering::Relaxed);
+        self.bytes.fetch_sub(value.len() as u64, Ordering::Relaxed);
         self.runs.fetch_sub(1, Ordering::Release);
         self.metrics.rejected.inc();
         self.publish();
@@ -297,6 +293,16 @@ impl Spool {
             *guard = false;
         }
     }
+}
+
+/// Runs read from the spool: each one's key and stored bytes, and the runs themselves, in the
+/// same order (the runs apart, so that a batch is written without copying them).
+#[derive(Default)]
+// Boxed as the run store takes them.
+#[allow(clippy::vec_box)]
+struct Spooled {
+    entries: Vec<(sled::IVec, sled::IVec)>,
+    runs: Vec<Box<RunRecord>>,
 }
 
 /// A run store that keeps runs in a local [`Spool`] while the one behind it cannot take them.
@@ -398,20 +404,19 @@ impl Replay {
     /// Replays the oldest batch. `Err`: the database is away (try again later).
     async fn replay_once(&self) -> Result<(), StorageError> {
         let batch = self.spool.oldest(REPLAY_BATCH)?;
-        if batch.is_empty() {
+        if batch.runs.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
-        let runs: Vec<Box<RunRecord>> = batch.iter().map(|(_, _, run)| run.clone()).collect();
-        match self.write(&runs).await {
+        match self.write(&batch.runs).await {
             Ok(()) => {
-                self.spool.remove(&batch)?;
-                self.spool.metrics.replayed.inc_by(batch.len() as u64);
+                self.spool.remove(&batch.entries)?;
+                self.spool.metrics.replayed.inc_by(batch.runs.len() as u64);
                 self.spool.set_reachable(true);
                 if self.spool.is_empty() {
                     tracing::info!("spool: every spooled run is in PostgreSQL");
                 } else {
-                    tracing::debug!(runs = batch.len(), took = ?started.elapsed(), "spool: batch replayed");
+                    tracing::debug!(runs = batch.runs.len(), took = ?started.elapsed(), "spool: batch replayed");
                 }
                 Ok(())
             }
@@ -419,14 +424,10 @@ impl Replay {
             Err(_) => {
                 // One run (or more) is refused for what it holds: each alone, so that only the
                 // culprits are set aside.
-                for (key, len, run) in &batch {
+                for (entry, run) in batch.entries.iter().zip(&batch.runs) {
                     match self.write(std::slice::from_ref(run)).await {
                         Ok(()) => {
-                            self.spool.remove(std::slice::from_ref(&(
-                                key.clone(),
-                                *len,
-                                run.clone(),
-                            )))?;
+                            self.spool.remove(std::slice::from_ref(entry))?;
                             self.spool.metrics.replayed.inc();
                         }
                         Err(StorageError::Unavailable(e)) => {
@@ -434,8 +435,7 @@ impl Replay {
                         }
                         Err(e) => {
                             tracing::error!(run_id = %run.id, error = %e, "spool: PostgreSQL refuses this run; set aside in the spool's `rejected` tree");
-                            let value = serde_json::to_vec(run).unwrap_or_default();
-                            self.spool.set_aside(key, &value, *len, &e.to_string())?;
+                            self.spool.set_aside(&entry.0, &entry.1, &e.to_string())?;
                         }
                     }
                 }

@@ -82,8 +82,7 @@ pub(super) fn parse<T: serde::de::DeserializeOwned>(
 ) -> Result<T, GatewayError> {
     serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(raw.get())).map_err(
         |e| {
-            chat::note_model(ctx, raw.get(), state.limits.max_model_bytes);
-            ctx.request = Some(raw.to_owned());
+            chat::file_unread(ctx, raw.to_owned(), state);
             chat::field_error(e)
         },
     )

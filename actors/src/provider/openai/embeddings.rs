@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Endpoint, OpenAiClient};
+use super::OpenAiClient;
 use crate::embeddings::{EmbedCall, Embedded, EmbeddingInput};
 use crate::error::GatewayError;
 use crate::provider::adapter::malformed;
@@ -52,36 +52,7 @@ impl OpenAiClient {
     pub async fn embed(&self, call: EmbedCall<'_>) -> Result<Embedded, GatewayError> {
         let adapter = self.adapter();
         let http = self.http();
-        let request = match &adapter.endpoint {
-            Endpoint::OpenAi { .. } => {
-                let url = format!(
-                    "{}/embeddings",
-                    adapter.settings.base_url.trim_end_matches('/')
-                );
-                let request = http.post(url);
-                match &adapter.settings.api_key {
-                    Some(key) => request.bearer_auth(key),
-                    None => request,
-                }
-            }
-            Endpoint::Azure {
-                endpoint,
-                api_version,
-            } => {
-                let url = format!(
-                    "{endpoint}/openai/deployments/{}/embeddings?{}",
-                    call.model,
-                    form_urlencoded::Serializer::new(String::new())
-                        .append_pair("api-version", api_version)
-                        .finish()
-                );
-                let request = http.post(url);
-                match &adapter.settings.api_key {
-                    Some(key) => request.header("api-key", key),
-                    None => request,
-                }
-            }
-        };
+        let request = adapter.post(http, call.model, "embeddings");
         let mut request = request.json(&EmbeddingsRequest {
             model: call.model,
             input: match call.input {

@@ -48,6 +48,54 @@ enum Endpoint {
     },
 }
 
+/// The operation of a chat completion, in the endpoint's URL.
+const CHAT_COMPLETIONS: &str = "chat/completions";
+
+impl OpenAi {
+    /// A POST of `operation` (`chat/completions`, `embeddings`) for `model`, to the endpoint
+    /// and with the credential it wants: `<base_url>/<operation>` with a bearer token, or
+    /// Azure's deployment URL with an `api-key`.
+    fn post<'h>(
+        &self,
+        http: &'h http::Client,
+        model: &str,
+        operation: &str,
+    ) -> http::RequestBuilder<'h> {
+        match &self.endpoint {
+            Endpoint::OpenAi { url } => {
+                let request = if operation == CHAT_COMPLETIONS {
+                    http.post(url)
+                } else {
+                    http.post(format!(
+                        "{}/{operation}",
+                        self.settings.base_url.trim_end_matches('/')
+                    ))
+                };
+                match &self.settings.api_key {
+                    Some(key) => request.bearer_auth(key),
+                    None => request,
+                }
+            }
+            Endpoint::Azure {
+                endpoint,
+                api_version,
+            } => {
+                let url = format!(
+                    "{endpoint}/openai/deployments/{model}/{operation}?{}",
+                    form_urlencoded::Serializer::new(String::new())
+                        .append_pair("api-version", api_version)
+                        .finish()
+                );
+                let request = http.post(url);
+                match &self.settings.api_key {
+                    Some(key) => request.header("api-key", key),
+                    None => request,
+                }
+            }
+        }
+    }
+}
+
 impl Driver<OpenAi> {
     pub fn new(
         name: &str,
@@ -131,33 +179,7 @@ impl Adapter for OpenAi {
             )
             .with_param(refused.param)
         })?;
-        let mut request = match &self.endpoint {
-            Endpoint::OpenAi { url } => {
-                let request = http.post(url);
-                match &self.settings.api_key {
-                    Some(key) => request.bearer_auth(key),
-                    None => request,
-                }
-            }
-            Endpoint::Azure {
-                endpoint,
-                api_version,
-            } => {
-                let url = format!(
-                    "{endpoint}/openai/deployments/{}/chat/completions?{}",
-                    call.model,
-                    form_urlencoded::Serializer::new(String::new())
-                        .append_pair("api-version", api_version)
-                        .finish()
-                );
-                let request = http.post(url);
-                match &self.settings.api_key {
-                    Some(key) => request.header("api-key", key),
-                    None => request,
-                }
-            }
-        }
-        .json(&body);
+        let mut request = self.post(http, call.model, CHAT_COMPLETIONS).json(&body);
         for (name, value) in &self.settings.headers {
             request = request.header(name, value);
         }
