@@ -160,6 +160,9 @@ def test_pages_need_a_sign_in_and_a_wrong_key_is_refused(context, ui, shot):
     assert response.status == 200
     page.fill('input[name="key"]', "not-a-key")
     page.click('form button[type="submit"]')
+    # The refusal comes with the answer to the form: waited for (under load the page that was
+    # there still shows when `click` returns), then read.
+    page.locator("main").get_by_text("not a flowgate API key").wait_for(timeout=15000)
     assert "not a flowgate API key" in page.inner_text("main")
     shot(page)
     # The JSON API from a page without a session: no key, no data.
