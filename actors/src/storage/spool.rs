@@ -180,7 +180,8 @@ impl Spool {
             .set(i64::try_from(self.bytes.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     }
 
-    /// Appends the runs, all or none; refused when the spool is full.
+    /// Appends the runs; refused, all of them, when the spool is full. An I/O error part way
+    /// leaves the runs before it spooled: harmless, a run is written again under its own id.
     #[allow(clippy::vec_box)]
     fn append(&self, runs: &[Box<RunRecord>]) -> Result<(), StorageError> {
         let mut encoded = Vec::with_capacity(runs.len());
@@ -206,19 +207,20 @@ impl Spool {
                 self.max_bytes
             )));
         }
-        let mut batch = sled::Batch::default();
+        // Key by key, not as a `sled::Batch`: sled's first batch would put every sled read of
+        // the process behind a global lock (see `storage/sled/agents.rs`). Each run stands alone.
         for json in encoded {
             let seq = self
                 .db
                 .generate_id()
                 .map_err(|e| StorageError::Backend(format!("spool: {e}")))?;
-            batch.insert(&seq.to_be_bytes(), json);
+            let len = json.len() as u64;
+            self.queue
+                .insert(seq.to_be_bytes(), json)
+                .map_err(|e| StorageError::Backend(format!("spool: {e}")))?;
+            self.bytes.fetch_add(len, Ordering::Relaxed);
+            self.runs.fetch_add(1, Ordering::Release);
         }
-        self.queue
-            .apply_batch(batch)
-            .map_err(|e| StorageError::Backend(format!("spool: {e}")))?;
-        self.bytes.fetch_add(size, Ordering::Relaxed);
-        self.runs.fetch_add(runs.len() as u64, Ordering::Release);
         self.metrics.spooled.inc_by(runs.len() as u64);
         self.publish();
         let (woken, wake) = &self.wake;
@@ -251,17 +253,18 @@ impl Spool {
 
     /// Removes replayed runs (their keys and stored bytes) from the queue.
     fn remove(&self, written: &[(sled::IVec, sled::IVec)]) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        let mut size = 0u64;
         for (key, value) in written {
-            batch.remove(key.clone());
-            size += value.len() as u64;
+            // Key by key, not as a `sled::Batch` (see `append`).
+            if self
+                .queue
+                .remove(key)
+                .map_err(|e| StorageError::Backend(format!("spool: {e}")))?
+                .is_some()
+            {
+                self.bytes.fetch_sub(value.len() as u64, Ordering::Relaxed);
+                self.runs.fetch_sub(1, Ordering::Release);
+            }
         }
-        self.queue
-            .apply_batch(batch)
-            .map_err(|e| StorageError::Backend(format!("spool: {e}")))?;
-        self.bytes.fetch_sub(size, Ordering::Relaxed);
-        self.runs.fetch_sub(written.len() as u64, Ordering::Release);
         self.refusing.store(false, Ordering::Relaxed);
         self.publish();
         Ok(())

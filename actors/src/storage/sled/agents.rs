@@ -11,14 +11,17 @@
 //!   deployment; `agent_deployment_history`: sequence (8 bytes, big endian) → a deployment;
 //! * `agent_conversations`: conversation hash → the conversation id (16 bytes).
 //!
+//! No write uses a sled transaction or `Batch`: the first one would switch sled's reads, for
+//! the life of the process, from lock-free to a global reader-writer lock that every batch and
+//! transaction takes exclusively — request-path reads then wait for them, and with sled 0.34's
+//! flushes holding that lock while they wait for its I/O threads, the gateway deadlocked
+//! under load (`bench/memory.sh`). Records that change together are written in an order whose
+//! every prefix is harmless, and first writers win by compare-and-swap.
+//!
 //! Records are JSON. Reads on the request path are answered in place (a sled read of a hot
 //! key is a memory read); listings and deploys, which may wait for the disk, run on a blocking
 //! thread.
 
-use ::sled::transaction::{
-    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
-};
-use ::sled::Transactional;
 use futures::future::{ready, BoxFuture, FutureExt};
 use uuid::Uuid;
 
@@ -54,18 +57,6 @@ fn decode_u32(what: &'static str, bytes: &[u8]) -> Result<u32, StorageError> {
     Ok(u32::from_be_bytes(array))
 }
 
-/// Errors of a transaction whose closure aborts with a [`StorageError`].
-fn tx_error(e: TransactionError<StorageError>) -> StorageError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => backend(e),
-    }
-}
-
-fn abort(e: StorageError) -> ConflictableTransactionError<StorageError> {
-    ConflictableTransactionError::Abort(e)
-}
-
 // Keys in `agent_schemas`, after the agent prefix.
 const COUNTER: u8 = b'c';
 const BY_DIGEST: u8 = b'd';
@@ -99,41 +90,73 @@ impl SledSchemaStore {
         assignment: SchemaAssignment<'_>,
     ) -> Result<u32, StorageError> {
         let digest_key = schema_key(tenant, agent, BY_DIGEST, digest);
+        if let Some(bytes) = self.schemas.get(&digest_key).map_err(backend)? {
+            return decode_u32("schema id", &bytes);
+        }
+        // Without a sled transaction (see the module's doc): the digest is claimed by a
+        // compare-and-swap, and a writer that loses the race answers with the winner's id.
+        let claim = |id: u32| -> Result<u32, StorageError> {
+            match self
+                .schemas
+                .compare_and_swap(&digest_key, None::<&[u8]>, Some(&id.to_be_bytes()[..]))
+                .map_err(backend)?
+            {
+                Ok(()) => Ok(id),
+                Err(lost) => match lost.current {
+                    Some(bytes) => decode_u32("schema id", &bytes),
+                    None => Ok(id),
+                },
+            }
+        };
+        let (input_schema, output_schema, created_at) = match assignment {
+            SchemaAssignment::Existing(id) => return claim(id),
+            SchemaAssignment::New {
+                input_schema,
+                output_schema,
+                created_at,
+            } => (input_schema, output_schema, created_at),
+        };
+        // A new id from the counter (its own compare-and-swap loop), the record under it, then
+        // the digest: a crash between leaves at worst a record no digest names (never used).
         let counter_key = schema_key(tenant, agent, COUNTER, &[]);
-        self.schemas
-            .transaction(|tx| -> ConflictableTransactionResult<u32, StorageError> {
-                if let Some(bytes) = tx.get(&digest_key)? {
-                    return decode_u32("schema id", &bytes).map_err(abort);
-                }
-                let (input_schema, output_schema, created_at) = match assignment {
-                    SchemaAssignment::Existing(id) => {
-                        tx.insert(digest_key.as_slice(), &id.to_be_bytes())?;
-                        return Ok(id);
+        let mut corrupt = None;
+        let previous = self
+            .schemas
+            .fetch_and_update(&counter_key, |last| {
+                let last = match last.map(|bytes| decode_u32("schema counter", bytes)) {
+                    Some(Ok(last)) => last,
+                    Some(Err(e)) => {
+                        corrupt = Some(e);
+                        return last.map(|b| b.to_vec());
                     }
-                    SchemaAssignment::New {
-                        input_schema,
-                        output_schema,
-                        created_at,
-                    } => (input_schema, output_schema, created_at),
-                };
-                let last = match tx.get(&counter_key)? {
-                    Some(bytes) => decode_u32("schema counter", &bytes).map_err(abort)?,
                     None => 0,
                 };
-                let id = last + 1;
-                let record = SchemaRecord {
-                    id,
-                    input_schema: input_schema.clone(),
-                    output_schema: output_schema.clone(),
-                    created_at: created_at.to_string(),
-                };
-                let bytes = encode("schema", &record).map_err(abort)?;
-                tx.insert(counter_key.as_slice(), &id.to_be_bytes())?;
-                tx.insert(digest_key.as_slice(), &id.to_be_bytes())?;
-                tx.insert(schema_key(tenant, agent, BY_ID, &id.to_be_bytes()), bytes)?;
-                Ok(id)
+                Some((last + 1).to_be_bytes().to_vec())
             })
-            .map_err(tx_error)
+            .map_err(backend)?;
+        if let Some(e) = corrupt {
+            return Err(e);
+        }
+        let id = match previous {
+            Some(bytes) => decode_u32("schema counter", &bytes)? + 1,
+            None => 1,
+        };
+        let record = SchemaRecord {
+            id,
+            input_schema: input_schema.clone(),
+            output_schema: output_schema.clone(),
+            created_at: created_at.to_string(),
+        };
+        let record_key = schema_key(tenant, agent, BY_ID, &id.to_be_bytes());
+        self.schemas
+            .insert(record_key.as_slice(), encode("schema", &record)?)
+            .map_err(backend)?;
+        let won = claim(id)?;
+        if won != id {
+            // Another writer filed the same pair first: its id is the answer, ours goes.
+            self.schemas.remove(record_key).map_err(backend)?;
+        }
+        Ok(won)
     }
 
     fn list_now(&self, tenant: &str, agent: &str) -> Result<Vec<SchemaRecord>, StorageError> {
@@ -253,7 +276,6 @@ impl SledVersionStore {
         {
             return Ok(());
         }
-        let mut batch = ::sled::Batch::default();
         let mut n = 0u64;
         for entry in self.versions.iter() {
             let (key, bytes) = entry.map_err(backend)?;
@@ -269,16 +291,15 @@ impl SledVersionStore {
                 String::from_utf8_lossy(agent),
                 String::from_utf8_lossy(id),
             );
-            batch.insert(time_key(&tenant, &agent, &created.created_at, &id), &[]);
+            self.by_time
+                .insert(time_key(&tenant, &agent, &created.created_at, &id), &[])
+                .map_err(backend)?;
             n += 1;
-            if n.is_multiple_of(10_000) {
-                self.by_time
-                    .apply_batch(std::mem::take(&mut batch))
-                    .map_err(backend)?;
-            }
         }
-        batch.insert(TIME_INDEX_BUILT, &[]);
-        self.by_time.apply_batch(batch).map_err(backend)?;
+        // Last: a build cut short is done again in full (an entry written twice is one).
+        self.by_time
+            .insert(TIME_INDEX_BUILT, &[])
+            .map_err(backend)?;
         if n > 0 {
             tracing::info!(
                 versions = n,
@@ -301,21 +322,29 @@ impl SledVersionStore {
         }
         let bytes = encode("version", record)?;
         let entry = time_key(tenant, agent, &record.created_at, &record.id);
-        // The version and its index entry together, or neither; a concurrent first writer
-        // wins and its record is the answer.
-        let stored = (&self.versions, &self.by_time)
-            .transaction(|(versions, by_time)| {
-                if let Some(existing) = versions.get(&key)? {
-                    return Ok(Some(existing));
+        // The index entry first (a listing skips an entry whose version is missing), then the
+        // version by a compare-and-swap, without a sled transaction (see the module's doc): a
+        // concurrent first writer wins and its record is the answer.
+        self.by_time
+            .insert(entry.as_slice(), &[])
+            .map_err(backend)?;
+        match self
+            .versions
+            .compare_and_swap(&key, None::<&[u8]>, Some(bytes.as_slice()))
+            .map_err(backend)?
+        {
+            Ok(()) => Ok(record.clone()),
+            Err(lost) => {
+                let Some(existing) = lost.current else {
+                    return Ok(record.clone());
+                };
+                let existing: VersionRecord = decode("version", &existing)?;
+                if existing.created_at != record.created_at {
+                    // The winner filed its own entry; ours would list the version twice.
+                    self.by_time.remove(entry).map_err(backend)?;
                 }
-                versions.insert(key.as_slice(), bytes.as_slice())?;
-                by_time.insert(entry.as_slice(), &[])?;
-                Ok(None)
-            })
-            .map_err(|e: TransactionError<StorageError>| tx_error(e))?;
-        match stored {
-            Some(existing) => decode("version", &existing),
-            None => Ok(record.clone()),
+                Ok(existing)
+            }
         }
     }
 
@@ -391,11 +420,13 @@ impl SledVersionStore {
                 sum.add(stats);
             }
         }
-        let mut writes = ::sled::Batch::default();
+        // One insert per version, not a `sled::Batch` (see the module's doc).
         for (id, stats) in sums {
-            writes.insert(id, encode("version's statistics", &stats)?);
+            self.stats
+                .insert(id, encode("version's statistics", &stats)?)
+                .map_err(backend)?;
         }
-        self.stats.apply_batch(writes).map_err(backend)
+        Ok(())
     }
 }
 
@@ -513,34 +544,44 @@ impl SledDeploymentStore {
     ) -> Result<DeploymentRecord, StorageError> {
         let key = pointer_key(tenant, new.agent, new.schema_id, new.environment);
         let history_prefix = agent_prefix(tenant, new.agent);
-        let record = (&self.pointers, &self.history)
-            .transaction(
-                |(pointers, history)| -> ConflictableTransactionResult<_, StorageError> {
-                    let previous: Option<DeploymentRecord> = match pointers.get(&key)? {
-                        Some(bytes) => Some(decode("deployment", &bytes).map_err(abort)?),
-                        None => None,
-                    };
-                    // Unique and increasing across the database (and restarts).
-                    let sequence = pointers.generate_id()?;
-                    let record = DeploymentRecord {
-                        agent: new.agent.to_string(),
-                        schema_id: new.schema_id,
-                        environment: new.environment,
-                        version_id: new.version_id.to_string(),
-                        previous_version_id: previous.map(|p| p.version_id),
-                        deployed_at: new.deployed_at.to_string(),
-                        deployed_by: new.deployed_by.to_string(),
-                        sequence,
-                    };
-                    let bytes = encode("deployment", &record).map_err(abort)?;
-                    let mut history_key = history_prefix.clone();
-                    history_key.extend_from_slice(&sequence.to_be_bytes());
-                    pointers.insert(key.as_slice(), bytes.as_slice())?;
-                    history.insert(history_key, bytes)?;
-                    Ok(record)
-                },
-            )
-            .map_err(tx_error)?;
+        // Without a sled transaction (see the module's doc): the history entry first, then the
+        // pointer by a compare-and-swap from the deployment it replaces; a concurrent deploy
+        // that moved the pointer meanwhile makes this one take its entry back and try again.
+        let record = loop {
+            let current = self.pointers.get(&key).map_err(backend)?;
+            let previous: Option<DeploymentRecord> = match &current {
+                Some(bytes) => Some(decode("deployment", bytes)?),
+                None => None,
+            };
+            // Unique and increasing across the database (and restarts).
+            let sequence = self.db.generate_id().map_err(backend)?;
+            let record = DeploymentRecord {
+                agent: new.agent.to_string(),
+                schema_id: new.schema_id,
+                environment: new.environment,
+                version_id: new.version_id.to_string(),
+                previous_version_id: previous.map(|p| p.version_id),
+                deployed_at: new.deployed_at.to_string(),
+                deployed_by: new.deployed_by.to_string(),
+                sequence,
+            };
+            let bytes = encode("deployment", &record)?;
+            let mut history_key = history_prefix.clone();
+            history_key.extend_from_slice(&sequence.to_be_bytes());
+            self.history
+                .insert(history_key.as_slice(), bytes.as_slice())
+                .map_err(backend)?;
+            match self
+                .pointers
+                .compare_and_swap(&key, current, Some(bytes))
+                .map_err(backend)?
+            {
+                Ok(()) => break record,
+                Err(_) => {
+                    self.history.remove(history_key).map_err(backend)?;
+                }
+            }
+        };
         // A deployment is rare and must survive a crash right after it is acknowledged.
         self.db.flush().map_err(backend)?;
         Ok(record)

@@ -6,12 +6,14 @@
 //!   oldest first;
 //! * `cache_last_use`: key → last use, to find an entry's place in that order.
 //!
-//! The three change together in one transaction, so a crash never leaves an entry the
-//! eviction order does not know. Reads answer in place: a lookup is a memory read for a hot
-//! key, and the writes come from the cache's own writer thread.
+//! The writes come from the cache's own writer thread, one at a time, and change the three
+//! trees in an order whose every prefix is harmless — not in a sled transaction, whose first
+//! use would put every sled read of the process behind a global lock (see `agents.rs`): the
+//! eviction order learns of an entry before the entry is written and forgets it after it is
+//! removed, so a crash never leaves an entry the eviction order does not know; an order entry
+//! a crash left behind (its key's last use is another time) is dropped when it comes first.
+//! Reads answer in place: a lookup is a memory read for a hot key.
 
-use ::sled::transaction::{ConflictableTransactionResult, TransactionError};
-use ::sled::Transactional;
 use futures::future::{ready, BoxFuture, FutureExt};
 
 use super::backend;
@@ -64,13 +66,6 @@ fn use_key(last_use_ms: u64, key: &CacheKey) -> [u8; 40] {
     out
 }
 
-fn tx_error(e: TransactionError<()>) -> StorageError {
-    match e {
-        TransactionError::Storage(e) => backend(e),
-        TransactionError::Abort(()) => StorageError::Backend("transaction aborted".into()),
-    }
-}
-
 /// The cache's trees. Cheap to clone (the trees are handles).
 #[derive(Clone)]
 pub struct SledAnswerStore {
@@ -119,58 +114,70 @@ impl SledAnswerStore {
         if size > max_size {
             return Ok(PutOutcome::TooLarge { size });
         }
-        let replaced = (&self.entries, &self.by_use, &self.last_use)
-            .transaction(
-                |(entries, by_use, last_use)| -> ConflictableTransactionResult<_> {
-                    let mut replaced = None;
-                    if let Some(old) = last_use.get(key.as_bytes())?.and_then(|v| read_u64(&v)) {
-                        replaced = by_use
-                            .remove(&use_key(old, key)[..])?
-                            .and_then(|v| read_u64(&v));
-                    }
-                    entries.insert(key.as_bytes(), entry.as_slice())?;
-                    by_use.insert(&use_key(now_ms, key)[..], &size.to_be_bytes())?;
-                    last_use.insert(key.as_bytes(), &now_ms.to_be_bytes())?;
-                    Ok(replaced)
-                },
-            )
-            .map_err(tx_error)?;
+        self.by_use
+            .insert(&use_key(now_ms, key)[..], &size.to_be_bytes())
+            .map_err(backend)?;
+        let old = self
+            .last_use
+            .insert(key.as_bytes(), &now_ms.to_be_bytes())
+            .map_err(backend)?
+            .and_then(|v| read_u64(&v));
+        let mut replaced = None;
+        if let Some(old) = old.filter(|old| *old != now_ms) {
+            replaced = self
+                .by_use
+                .remove(&use_key(old, key)[..])
+                .map_err(backend)?
+                .and_then(|v| read_u64(&v));
+        }
+        self.entries
+            .insert(key.as_bytes(), entry.as_slice())
+            .map_err(backend)?;
         Ok(PutOutcome::Stored { size, replaced })
     }
 
     fn remove_now(&self, key: &CacheKey) -> Result<Option<u64>, StorageError> {
-        (&self.entries, &self.by_use, &self.last_use)
-            .transaction(
-                |(entries, by_use, last_use)| -> ConflictableTransactionResult<_> {
-                    let mut size = None;
-                    if let Some(old) = last_use.remove(key.as_bytes())?.and_then(|v| read_u64(&v)) {
-                        size = by_use
-                            .remove(&use_key(old, key)[..])?
-                            .and_then(|v| read_u64(&v));
-                    }
-                    entries.remove(key.as_bytes())?;
-                    Ok(size)
-                },
-            )
-            .map_err(tx_error)
+        self.entries.remove(key.as_bytes()).map_err(backend)?;
+        let Some(old) = self
+            .last_use
+            .remove(key.as_bytes())
+            .map_err(backend)?
+            .and_then(|v| read_u64(&v))
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .by_use
+            .remove(&use_key(old, key)[..])
+            .map_err(backend)?
+            .and_then(|v| read_u64(&v)))
     }
 
     fn touch_now(&self, key: &CacheKey, now_ms: u64) -> Result<(), StorageError> {
-        (&self.by_use, &self.last_use)
-            .transaction(|(by_use, last_use)| -> ConflictableTransactionResult<_> {
-                let Some(old) = last_use.get(key.as_bytes())?.and_then(|v| read_u64(&v)) else {
-                    return Ok(());
-                };
-                if old >= now_ms {
-                    return Ok(());
-                }
-                if let Some(size) = by_use.remove(&use_key(old, key)[..])? {
-                    by_use.insert(&use_key(now_ms, key)[..], size)?;
-                    last_use.insert(key.as_bytes(), &now_ms.to_be_bytes())?;
-                }
-                Ok(())
-            })
-            .map_err(tx_error)
+        let Some(old) = self
+            .last_use
+            .get(key.as_bytes())
+            .map_err(backend)?
+            .and_then(|v| read_u64(&v))
+        else {
+            return Ok(());
+        };
+        if old >= now_ms {
+            return Ok(());
+        }
+        let Some(size) = self.by_use.get(&use_key(old, key)[..]).map_err(backend)? else {
+            return Ok(());
+        };
+        self.by_use
+            .insert(&use_key(now_ms, key)[..], size)
+            .map_err(backend)?;
+        self.last_use
+            .insert(key.as_bytes(), &now_ms.to_be_bytes())
+            .map_err(backend)?;
+        self.by_use
+            .remove(&use_key(old, key)[..])
+            .map_err(backend)?;
+        Ok(())
     }
 
     fn oldest_now(&self) -> Result<Option<(u64, CacheKey)>, StorageError> {
@@ -184,9 +191,17 @@ impl SledAnswerStore {
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
                 .map(CacheKey::from_bytes);
             if let (Some(last_use), Some(key)) = (last_use, key) {
-                return Ok(Some((last_use, key)));
+                let current = self
+                    .last_use
+                    .get(key.as_bytes())
+                    .map_err(backend)?
+                    .and_then(|v| read_u64(&v));
+                if current == Some(last_use) {
+                    return Ok(Some((last_use, key)));
+                }
             }
-            // Not ours to read: drop it rather than stall eviction on it forever.
+            // Not ours to read, or left by a write a crash cut short: drop it rather than
+            // stall eviction on it forever.
             self.by_use.remove(k).map_err(backend)?;
         }
     }

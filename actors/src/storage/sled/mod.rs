@@ -186,6 +186,60 @@ mod tests {
         conformance::stats_store(storage.storage().stats.as_ref()).await;
     }
 
+    /// sled (0.34) reads without a lock until the process's first `Batch` or transaction, on
+    /// any of its databases; from then on every read takes a global reader-writer lock that
+    /// batches and transactions take exclusively, and flushes hold while they wait for sled's
+    /// I/O threads: under load the gateway deadlocked (a version stored on the request path
+    /// waiting for the lock, the flushes holding it waiting for I/O threads that waited for
+    /// it). No store may use either; this reads their sources for the calls.
+    #[test]
+    fn no_store_uses_a_sled_batch_or_transaction() {
+        let sources = [
+            ("agents.rs", include_str!("agents.rs")),
+            ("cache.rs", include_str!("cache.rs")),
+            ("evals.rs", include_str!("evals.rs")),
+            ("feedback.rs", include_str!("feedback.rs")),
+            ("keys.rs", include_str!("keys.rs")),
+            ("mod.rs", include_str!("mod.rs")),
+            ("runs.rs", include_str!("runs.rs")),
+            ("search.rs", include_str!("search.rs")),
+            ("sessions.rs", include_str!("sessions.rs")),
+            ("shares.rs", include_str!("shares.rs")),
+            ("stats.rs", include_str!("stats.rs")),
+            ("text_blocks.rs", include_str!("text_blocks.rs")),
+            ("../spool.rs", include_str!("../spool.rs")),
+        ];
+        let calls = [
+            ".apply_batch(",
+            ".transaction(",
+            "Transactional",
+            "Batch::default(",
+        ];
+        for (file, source) in sources {
+            for (n, line) in source.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                for call in calls {
+                    // This test's own list is the one place the names may appear.
+                    if code.contains(call) && !code.contains("let calls") {
+                        panic!(
+                            "storage/sled/{file}:{}: `{call}` (see this test's doc)",
+                            n + 1
+                        );
+                    }
+                }
+            }
+        }
+        // Every file of the backend is read above.
+        let listed = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/storage/sled"))
+            .unwrap()
+            .count();
+        assert_eq!(
+            listed,
+            sources.len() - 1,
+            "a file of storage/sled is not checked"
+        );
+    }
+
     #[actix_rt::test]
     async fn stats_are_built_once_for_the_runs_of_an_earlier_release() {
         use crate::stats::HOUR_MS;

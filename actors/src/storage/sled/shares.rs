@@ -1,9 +1,10 @@
 //! Share links on sled: `shares` maps a token to its [`Share`] (JSON), `shares_by_run` maps
-//! `tenant \0 run id` to the token. Both change in one transaction, so a token never outlives
-//! its run's entry, and two shares of one run at once agree on a token.
+//! `tenant \0 run id` to the token. Two shares of one run at once agree on a token (the run's
+//! entry is claimed by compare-and-swap), and a token never outlives its run's entry: the
+//! share is written after the entry and removed before it. No sled transaction (see
+//! `agents.rs`: the first would put every sled read of the process behind a global lock).
 
 use futures::future::BoxFuture;
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use uuid::Uuid;
 
 use super::backend;
@@ -32,13 +33,6 @@ fn corrupt(e: serde_json::Error) -> StorageError {
     }
 }
 
-fn transaction_error(e: TransactionError<StorageError>) -> StorageError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => backend(e),
-    }
-}
-
 impl SledShareStore {
     pub(super) fn open(db: &::sled::Db) -> Result<SledShareStore, StorageError> {
         Ok(SledShareStore {
@@ -61,19 +55,40 @@ impl SledShareStore {
             created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         };
         let bytes = serde_json::to_vec(&fresh).map_err(corrupt)?;
-        (&self.shares, &self.by_run)
-            .transaction(|(shares, by_run)| {
-                if let Some(token) = by_run.get(&key)? {
-                    if let Some(existing) = shares.get(&token)? {
-                        return serde_json::from_slice(&existing)
-                            .map_err(|e| ConflictableTransactionError::Abort(corrupt(e)));
+        loop {
+            let token = match self
+                .by_run
+                .compare_and_swap(&key, None::<&[u8]>, Some(new_token.as_bytes()))
+                .map_err(backend)?
+            {
+                Ok(()) => new_token.as_bytes().to_vec(),
+                Err(taken) => match taken.current {
+                    Some(token) => {
+                        if let Some(existing) = self.shares.get(&token).map_err(backend)? {
+                            return serde_json::from_slice(&existing).map_err(corrupt);
+                        }
+                        // An entry whose share a crash (or a revoke in between) did not write.
+                        token.to_vec()
                     }
-                }
-                shares.insert(new_token.as_bytes(), bytes.as_slice())?;
-                by_run.insert(key.as_slice(), new_token.as_bytes())?;
-                Ok(fresh.clone())
-            })
-            .map_err(transaction_error)
+                    None => continue,
+                },
+            };
+            let share = Share {
+                token: String::from_utf8_lossy(&token).into_owned(),
+                ..fresh.clone()
+            };
+            let bytes = if token == new_token.as_bytes() {
+                bytes.clone()
+            } else {
+                serde_json::to_vec(&share).map_err(corrupt)?
+            };
+            self.shares.insert(&token, bytes).map_err(backend)?;
+            // A revoke that ran meanwhile removed the entry: the share must not outlive it.
+            if self.by_run.get(&key).map_err(backend)?.as_deref() == Some(token.as_slice()) {
+                return Ok(share);
+            }
+            self.shares.remove(&token).map_err(backend)?;
+        }
     }
 
     fn get_now(&self, token: &str) -> Result<Option<Share>, StorageError> {
@@ -85,15 +100,16 @@ impl SledShareStore {
 
     fn revoke_now(&self, tenant: &str, run_id: Uuid) -> Result<bool, StorageError> {
         let key = run_key(tenant, run_id);
-        (&self.shares, &self.by_run)
-            .transaction(|(shares, by_run)| {
-                let Some(token) = by_run.remove(key.as_slice())? else {
-                    return Ok(false);
-                };
-                shares.remove(token)?;
-                Ok(true)
-            })
-            .map_err(transaction_error)
+        let Some(token) = self.by_run.get(&key).map_err(backend)? else {
+            return Ok(false);
+        };
+        // The share first: once it is gone the link fails, whatever happens next.
+        self.shares.remove(&token).map_err(backend)?;
+        Ok(self
+            .by_run
+            .compare_and_swap(&key, Some(token), None::<&[u8]>)
+            .map_err(backend)?
+            .is_ok())
     }
 }
 

@@ -5,8 +5,8 @@
 //! * `stats_agents`: `tenant \0 agent \0 source` → the latest run's time (8 bytes big endian,
 //!   milliseconds), so the tenant's agents are one prefix scan.
 //!
-//! A batch of increments is computed, then written as one `sled::Batch` per tree (see
-//! `add_now` for why not a transaction). A data directory of an earlier
+//! A batch of increments is computed, then written key by key (see `add_now` for why not
+//! as a `sled::Batch`). A data directory of an earlier
 //! release gets its aggregates built once from its stored runs when it is first opened.
 
 use std::collections::HashMap;
@@ -140,15 +140,16 @@ impl SledStatsStore {
         Ok(())
     }
 
-    /// Adds a batch. The new values are computed first, then written as two `sled::Batch`es:
-    /// a batch holds sled's global write lock, which every reader and writer of the database
-    /// waits for (the request path's among them), so nothing else is done under it. The
-    /// recorder is the only writer (one write at a time), so nothing changes in between.
-    /// The latest runs go first: writing them again is harmless, so if the hours' batch then
-    /// fails, the whole may be retried without counting anything twice.
+    /// Adds a batch. The new values are computed first, then written one key at a time —
+    /// not as a `sled::Batch`, whose first use would put every sled read of the process
+    /// (the request path's among them) behind a global lock (see `agents.rs`). The recorder is
+    /// the only writer (one write at a time), so nothing changes in between. The latest runs'
+    /// times go first: writing them again is harmless. An I/O error part way leaves the hours
+    /// written before it counted, and the retry of the whole counts them again: sled fails a
+    /// write only when its disk does, and a few runs counted twice then is the lesser harm
+    /// than sums lost.
     fn add_now(&self, batch: &[(StatsKey, Aggregate)], mark: bool) -> Result<(), StorageError> {
-        let mut hours = ::sled::Batch::default();
-        let mut agents = ::sled::Batch::default();
+        let mut hours = Vec::with_capacity(batch.len());
         let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
         for (key, increment) in batch {
             let at = hour_key(&key.tenant, &key.agent, key.source, key.hour);
@@ -157,7 +158,7 @@ impl SledStatsStore {
                 None => Aggregate::default(),
             };
             sums.merge(increment);
-            hours.insert(at, serde_json::to_vec(&sums).map_err(corrupt)?);
+            hours.push((at, serde_json::to_vec(&sums).map_err(corrupt)?));
             let last = latest
                 .entry(agent_source_key(&key.tenant, &key.agent, key.source))
                 .or_default();
@@ -166,14 +167,20 @@ impl SledStatsStore {
         for (agent, last_run_ms) in latest {
             let stored = self.agents.get(&agent).map_err(backend)?;
             if stored.is_none_or(|bytes| last_run_ms > last_ms(&bytes)) {
-                agents.insert(agent, &last_run_ms.to_be_bytes());
+                self.agents
+                    .insert(agent, &last_run_ms.to_be_bytes())
+                    .map_err(backend)?;
             }
         }
-        if mark {
-            hours.insert(BUILT_MARK, &[] as &[u8]);
+        for (at, sums) in hours {
+            self.hours.insert(at, sums).map_err(backend)?;
         }
-        self.agents.apply_batch(agents).map_err(backend)?;
-        self.hours.apply_batch(hours).map_err(backend)
+        if mark {
+            self.hours
+                .insert(BUILT_MARK, &[] as &[u8])
+                .map_err(backend)?;
+        }
+        Ok(())
     }
 
     fn read_now(&self, query: &StatsQuery) -> Result<Vec<(StatsKey, Aggregate)>, StorageError> {
