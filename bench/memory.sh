@@ -11,6 +11,7 @@
 #   BENCH_CONNECTIONS=32     connections of the load tool (wrk, one thread)
 #   BENCH_MAX_DISK_MB=       [recorder] max_disk_mb of flowgate (empty: keep every run)
 #   BENCH_SLED_CACHE_MB=     [storage] sled_cache_mb of flowgate (empty: its default)
+#   BENCH_MIX="55 15 15 5 10"  per 100 requests: plain, streamed, cached, errors, structured
 #   BENCH_SKIP_BUILD=0       1: use the existing target/release binaries
 #   BENCH_KEEP_TMP=0         1: keep the temp dir (flowgate's data) after the run
 set -euo pipefail
@@ -22,6 +23,9 @@ CONNS=${BENCH_CONNECTIONS:-32}
 MAX_DISK_MB=${BENCH_MAX_DISK_MB:-}
 SLED_CACHE_MB=${BENCH_SLED_CACHE_MB:-}
 SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
+read -r MIX_PLAIN MIX_STREAM MIX_CACHE MIX_ERROR MIX_STRUCT <<<"${BENCH_MIX:-55 15 15 5 10}"
+((MIX_PLAIN + MIX_STREAM + MIX_CACHE + MIX_ERROR + MIX_STRUCT == 100)) ||
+    { echo "BENCH_MIX must add up to 100: $BENCH_MIX" >&2; exit 2; }
 KEEP_TMP=${BENCH_KEEP_TMP:-0}
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -131,10 +135,14 @@ FG_PID=$!
 wait_listening "$FG_PID" "$OUT/flowgate.stdout"
 FG_URL=$LISTEN_URL
 
-# One wrk thread; per 100 requests: 55 plain, 15 streamed, 15 cacheable (50 prompts, so
-# nearly all hits), 5 upstream errors, 10 structured outputs (json_schema). Agents cycle
-# over 20 names; every other prompt carries the request's number, so no two are alike.
-cat >"$TMP/mixed.lua" <<'EOF'
+# One wrk thread; per 100 requests (by default): 55 plain, 15 streamed, 15 cacheable (50
+# prompts, so nearly all hits), 5 upstream errors, 10 structured outputs (json_schema).
+# Agents cycle over 20 names; every other prompt carries the request's number, so no two
+# are alike.
+B1=$MIX_PLAIN B2=$((MIX_PLAIN + MIX_STREAM)) B3=$((MIX_PLAIN + MIX_STREAM + MIX_CACHE))
+B4=$((B3 + MIX_ERROR))
+echo "local bounds = { $B1, $B2, $B3, $B4 }" >"$TMP/mixed.lua"
+cat >>"$TMP/mixed.lua" <<'EOF'
 local n = 0
 local headers = { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer bench" }
 local schema = '{"type":"json_schema","json_schema":{"name":"person","strict":true,"schema":'
@@ -146,13 +154,13 @@ request = function()
     local agent = "agent-" .. (n % 20)
     local prompt = "Hello, request number " .. n .. ", please answer briefly"
     local model, extra = agent .. "/bench-model", ""
-    if k < 55 then
-    elseif k < 70 then
+    if k < bounds[1] then
+    elseif k < bounds[2] then
         extra = ',"stream":true'
-    elseif k < 85 then
+    elseif k < bounds[3] then
         prompt = "A cached question, number " .. (n % 50)
         extra = ',"use_cache":"always"'
-    elseif k < 90 then
+    elseif k < bounds[4] then
         model = agent .. "/bench-error"
     else
         prompt = "Extract the person: Ada Lovelace, 36 (" .. n .. ")"
@@ -174,7 +182,7 @@ data_mb() { du -sm "$DATA" | cut -f1; }
 cpu_s() { awk '{ printf "%.1f", ($14 + $15) / 100 }' "/proc/$FG_PID/stat"; }
 
 log "flowgate memory soak, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(git -C "$ROOT" rev-parse --short HEAD)"
-log "mix per 100 requests: 55 plain, 15 streamed, 15 cache hits (50 prompts), 5 upstream errors, 10 structured; 20 agents"
+log "mix per 100 requests: $MIX_PLAIN plain, $MIX_STREAM streamed, $MIX_CACHE cache hits (50 prompts), $MIX_ERROR upstream errors, $MIX_STRUCT structured; 20 agents"
 log "config: max_disk_mb=${MAX_DISK_MB:-unbounded} sled_cache_mb=${SLED_CACHE_MB:-default} connections=$CONNS"
 log "$(printf '%10s %8s %8s %9s %9s %8s %8s' requests rss_MB hwm_MB data_MB queue cpu_s req/s)"
 log "$(printf '%10s %8s %8s %9s %9s %8s %8s' 0 "$(rss_mb)" "$(hwm_mb)" "$(data_mb)" 0 "$(cpu_s)" -)"

@@ -174,6 +174,8 @@ struct RawStorage {
     /// The most megabytes of runs kept in the local spool (in `server.data_dir`) while
     /// PostgreSQL is unreachable; past it runs are refused loudly and `/readyz` answers 503.
     spool_max_mb: u64,
+    /// The most megabytes of sled's pages kept in memory (sled backend).
+    sled_cache_mb: u64,
 }
 
 impl Default for RawStorage {
@@ -184,6 +186,7 @@ impl Default for RawStorage {
             pool_size: 16,
             schema: None,
             spool_max_mb: 1024,
+            sled_cache_mb: flowgate_actors::storage::sled::DEFAULT_CACHE_BYTES / (1024 * 1024),
         }
     }
 }
@@ -1268,6 +1271,13 @@ impl Config {
             .filter(|k| !k.is_empty())
             .collect();
         let data_dir = raw.server.data_dir;
+        if raw.storage.sled_cache_mb == 0 || raw.storage.sled_cache_mb > 1024 * 1024 {
+            return Err(format!(
+                "{source}: invalid config at `storage.sled_cache_mb`: {} is not between 1 and 1048576 (1 TiB)",
+                raw.storage.sled_cache_mb
+            ));
+        }
+        let sled_cache_bytes = raw.storage.sled_cache_mb * 1024 * 1024;
         let storage = compile_storage(raw.storage, source)?;
         let redis = compile_redis(raw.redis, source)?;
         Ok(Config {
@@ -1293,6 +1303,7 @@ impl Config {
                 storage,
                 data_dir,
                 flush_interval: Duration::from_millis(raw.recorder.flush_interval_ms.max(1)),
+                sled_cache_bytes,
                 cache: CacheSettings {
                     shards: raw.cache.shards.unwrap_or(workers).max(1),
                     ttl: Duration::from_secs(raw.cache.ttl_seconds),
@@ -1335,6 +1346,10 @@ mod tests {
     fn storage_is_sled_unless_postgres_is_asked_for() {
         let text = include_str!("../config/flowgate.toml");
         assert!(matches!(load(text).unwrap().gateway.storage, Backend::Sled));
+        // sled's page cache is bounded by default, and as configured.
+        assert_eq!(load(text).unwrap().gateway.sled_cache_bytes, 16 << 20);
+        let small = load("[storage]\nsled_cache_mb = 48\n").unwrap();
+        assert_eq!(small.gateway.sled_cache_bytes, 48 << 20);
         let config = load(
             "[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:pw@db.internal:5433/fg\"\npool_size = 4\nschema = \"flowgate\"\nspool_max_mb = 64\n",
         )
@@ -1369,6 +1384,12 @@ mod tests {
                 "storage.spool_max_mb",
             ),
             ("[storage]\nbackend = \"sled\"\nurll = \"x\"\n", "storage"),
+            ("[storage]\nsled_cache_mb = 0\n", "storage.sled_cache_mb"),
+            (
+                "[storage]\nsled_cache_mb = 2000000\n",
+                "storage.sled_cache_mb",
+            ),
+            ("[storage]\nsled_cache_mb = -1\n", "storage.sled_cache_mb"),
         ] {
             let err = load(text).unwrap_err();
             assert!(err.contains(&format!("`{path}")), "{text}: {err}");

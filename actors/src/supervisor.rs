@@ -38,6 +38,8 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     /// How often the store is flushed to disk (the `kill -9` loss window).
     pub flush_interval: Duration,
+    /// The most memory sled's page cache takes (`[storage] sled_cache_mb`).
+    pub sled_cache_bytes: u64,
     /// Shards of the in-flight coalescing table.
     /// Stored answers (TTL, size bound) and the shards of the in-flight table.
     pub cache: CacheSettings,
@@ -135,14 +137,18 @@ impl Supervisor {
         })?;
         let mut spool = None;
         let storage = match &config.storage {
-            Backend::Sled => SledStorage::open(&config.data_dir, config.flush_interval)
-                .map_err(|e| {
-                    format!(
-                        "cannot open the store in `{}`: {e}",
-                        config.data_dir.display()
-                    )
-                })?
-                .storage(),
+            Backend::Sled => SledStorage::open_with_cache(
+                &config.data_dir,
+                config.flush_interval,
+                config.sled_cache_bytes,
+            )
+            .map_err(|e| {
+                format!(
+                    "cannot open the store in `{}`: {e}",
+                    config.data_dir.display()
+                )
+            })?
+            .storage(),
             Backend::Postgres(settings) => {
                 let storage = PostgresStorage::open(settings)
                     .map_err(|e| format!("cannot open the PostgreSQL store: {e}"))?;

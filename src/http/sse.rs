@@ -2,6 +2,11 @@
 //! carries `usage`, `cost_usd` and `duration_seconds`, then `data: [DONE]`. An error after
 //! content was sent is a final `data: {"error": …}` event. If the client goes away, the body is
 //! dropped with its [`Run`], which records the run as cancelled with what it cost.
+//!
+//! The chat endpoint's chunks are written straight as bytes, and the events the upstream has
+//! already delivered go out in one write (never waiting for more): a streamed answer costs
+//! about what the upstream's own stream does (`bench/run.sh`, `stream`). The playground, and
+//! `valid_json_chunks`, build each chunk as a JSON value first.
 
 use actix_web::Error;
 use bytes::Bytes;
@@ -10,7 +15,7 @@ use flowgate_actors::completion::StreamEvent;
 use flowgate_actors::engine::Run;
 use flowgate_actors::provider::EventStream;
 use flowgate_actors::structured::extract_json;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use serde_json::{json, Value};
 
 struct State {
@@ -31,6 +36,12 @@ struct State {
 /// One `data:` event.
 pub(super) fn event(data: &Value) -> Bytes {
     Bytes::from(format!("data: {data}\n\n"))
+}
+
+/// `text` as a JSON string.
+fn json_str(out: &mut Vec<u8>, text: &str) {
+    // Writing to a Vec cannot fail, and a str is always valid JSON text.
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// The end of an SSE stream.
@@ -126,6 +137,81 @@ impl State {
         }
     }
 
+    /// The start of every chunk of this stream, up to its first choice:
+    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[`.
+    fn wire_prefix(&self) -> Vec<u8> {
+        let mut prefix = Vec::with_capacity(96 + self.id.len() + self.model.len());
+        prefix.extend_from_slice(b"data: {\"id\":");
+        json_str(&mut prefix, &self.id);
+        prefix.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        prefix.extend_from_slice(self.created.to_string().as_bytes());
+        prefix.extend_from_slice(b",\"model\":");
+        json_str(&mut prefix, &self.model);
+        prefix.extend_from_slice(b",\"choices\":[");
+        prefix
+    }
+
+    /// Appends the event for one stream event to `out`, as [`render`](Self::render) builds it
+    /// (`valid_json_chunks` aside); `false` for events that only feed the run (usage).
+    fn write_wire(&mut self, ev: &StreamEvent, prefix: &[u8], out: &mut Vec<u8>) -> bool {
+        let index = match ev {
+            StreamEvent::Content { index, .. }
+            | StreamEvent::ToolCall { index, .. }
+            | StreamEvent::Finish { index, .. } => *index,
+            StreamEvent::Usage(_) => return false,
+        };
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(b"{\"index\":");
+        out.extend_from_slice(index.to_string().as_bytes());
+        out.extend_from_slice(b",\"delta\":{");
+        match ev {
+            StreamEvent::Finish { reason, .. } => {
+                out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":");
+                json_str(out, reason.as_str());
+                out.extend_from_slice(b"}]}\n\n");
+                return true;
+            }
+            _ if !self.started.contains(&index) => {
+                self.started.push(index);
+                out.extend_from_slice(b"\"role\":\"assistant\",");
+            }
+            _ => {}
+        }
+        match ev {
+            StreamEvent::Content { text, .. } => {
+                out.extend_from_slice(b"\"content\":");
+                json_str(out, text);
+            }
+            StreamEvent::ToolCall {
+                call,
+                id,
+                name,
+                arguments,
+                ..
+            } => {
+                out.extend_from_slice(b"\"tool_calls\":[{\"index\":");
+                out.extend_from_slice(call.to_string().as_bytes());
+                if let Some(id) = id {
+                    out.extend_from_slice(b",\"id\":");
+                    json_str(out, id);
+                    out.extend_from_slice(b",\"type\":\"function\"");
+                }
+                out.extend_from_slice(b",\"function\":{");
+                if let Some(name) = name {
+                    out.extend_from_slice(b"\"name\":");
+                    json_str(out, name);
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"\"arguments\":");
+                json_str(out, arguments);
+                out.extend_from_slice(b"}}]");
+            }
+            StreamEvent::Finish { .. } | StreamEvent::Usage(_) => {}
+        }
+        out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+        true
+    }
+
     fn last_chunk(&self, run: &Run) -> Value {
         let mut chunk = self.chunk(json!([]));
         chunk["usage"] = run.streamed_usage().to_openai();
@@ -179,17 +265,89 @@ pub fn body(
     live: LiveStream,
     valid_json_chunks: bool,
 ) -> impl Stream<Item = Result<Bytes, Error>> {
-    frames(run, live, valid_json_chunks).map(|frame| {
-        Ok(match frame {
-            Frame::Chunk(chunk) => event(&chunk),
-            Frame::Failed(error) => event(&error),
-            Frame::Last(chunk) => {
-                let mut bytes = event(&chunk).to_vec();
-                bytes.extend_from_slice(DONE);
-                Bytes::from(bytes)
+    if valid_json_chunks {
+        return frames(run, live, true)
+            .map(|frame| Ok(frame_bytes(frame)))
+            .left_stream();
+    }
+    let state = State::new(run, live, false);
+    let prefix = state.wire_prefix();
+    futures::stream::unfold((state, prefix), wire_next)
+        .map(Ok)
+        .right_stream()
+}
+
+fn frame_bytes(frame: Frame) -> Bytes {
+    match frame {
+        Frame::Chunk(chunk) => event(&chunk),
+        Frame::Failed(error) => event(&error),
+        Frame::Last(chunk) => {
+            let mut bytes = event(&chunk).to_vec();
+            bytes.extend_from_slice(DONE);
+            Bytes::from(bytes)
+        }
+    }
+}
+
+/// Events written in one piece at most, and bytes past which a piece goes out.
+const MAX_EVENTS_PER_WRITE: usize = 64;
+const MAX_BYTES_PER_WRITE: usize = 16 * 1024;
+
+/// The next piece of the chat endpoint's body: the next event, and after it every event the
+/// upstream has already delivered (up to a bound), without waiting for one that has not come.
+async fn wire_next((mut s, prefix): (State, Vec<u8>)) -> Option<(Bytes, (State, Vec<u8>))> {
+    if s.done {
+        return None;
+    }
+    let mut out = Vec::with_capacity(512);
+    let mut events = 0;
+    loop {
+        let item = match s.first.take() {
+            Some(first) => Some(Ok(first)),
+            // The first event of a piece may be waited for; the others must be there already.
+            None if out.is_empty() => s.rest.next().await,
+            None => match s.rest.next().now_or_never() {
+                Some(item) => item,
+                None => break,
+            },
+        };
+        match item {
+            Some(Ok(ev)) => {
+                if let Some(run) = s.run.as_mut() {
+                    run.push_event(&ev);
+                }
+                if s.write_wire(&ev, &prefix, &mut out) {
+                    events += 1;
+                }
             }
-        })
-    })
+            Some(Err(error)) => {
+                s.done = true;
+                let error = match s.run.take() {
+                    Some(run) => run.fail(error),
+                    None => error,
+                };
+                out.extend_from_slice(&event(&error.body()));
+                break;
+            }
+            None => {
+                s.done = true;
+                if let Some(run) = s.run.take() {
+                    let last = s.last_chunk(&run);
+                    run.finish_stream();
+                    out.extend_from_slice(&event(&last));
+                    out.extend_from_slice(DONE);
+                }
+                break;
+            }
+        }
+        if events >= MAX_EVENTS_PER_WRITE || out.len() >= MAX_BYTES_PER_WRITE {
+            break;
+        }
+    }
+    if out.is_empty() {
+        return None;
+    }
+    Some((Bytes::from(out), (s, prefix)))
 }
 
 /// The steps of a live stream; the run is recorded when the last one is taken (or when the
@@ -199,16 +357,102 @@ pub(super) fn frames(
     live: LiveStream,
     valid_json_chunks: bool,
 ) -> impl Stream<Item = Frame> {
-    let state = State {
-        id: run.context().response_id(),
-        created: run.context().created_unix(),
-        model: live.model,
-        run: Some(run),
-        first: Some(live.first),
-        rest: live.rest,
-        started: Vec::new(),
-        done: false,
-        valid_json: valid_json_chunks.then(Vec::new),
-    };
-    futures::stream::unfold(state, next)
+    futures::stream::unfold(State::new(run, live, valid_json_chunks), next)
+}
+
+impl State {
+    fn new(run: Run, live: LiveStream, valid_json_chunks: bool) -> State {
+        State {
+            id: run.context().response_id(),
+            created: run.context().created_unix(),
+            model: live.model,
+            run: Some(run),
+            first: Some(live.first),
+            rest: live.rest,
+            started: Vec::new(),
+            done: false,
+            valid_json: valid_json_chunks.then(Vec::new),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowgate_actors::completion::FinishReason;
+
+    fn state() -> State {
+        State {
+            run: None,
+            first: None,
+            rest: futures::stream::empty().boxed(),
+            id: "agent/0193-\"quoted\"".into(),
+            created: 1_733_000_000,
+            model: "gpt-4o-mini".into(),
+            started: Vec::new(),
+            done: false,
+            valid_json: None,
+        }
+    }
+
+    /// The bytes written straight are, event for event, the chunks built as JSON values.
+    #[test]
+    fn wire_chunks_are_the_chunks_built_as_values() {
+        let events = [
+            StreamEvent::Content {
+                index: 0,
+                text: "Hel\"lo\n<script>\u{1F600}\u{7}".into(),
+            },
+            StreamEvent::Content {
+                index: 0,
+                text: String::new(),
+            },
+            StreamEvent::Content {
+                index: 1,
+                text: "other choice".into(),
+            },
+            StreamEvent::ToolCall {
+                index: 0,
+                call: 2,
+                id: Some("call_1".into()),
+                name: Some("get_weather".into()),
+                arguments: "{\"city\":".into(),
+            },
+            StreamEvent::ToolCall {
+                index: 0,
+                call: 2,
+                id: None,
+                name: None,
+                arguments: "\"Paris\"}".into(),
+            },
+            StreamEvent::Usage(Default::default()),
+            StreamEvent::Finish {
+                index: 0,
+                reason: FinishReason::ToolCalls,
+            },
+            StreamEvent::Finish {
+                index: 1,
+                reason: FinishReason::Stop,
+            },
+        ];
+        let (mut by_value, mut by_wire) = (state(), state());
+        let prefix = by_wire.wire_prefix();
+        for ev in &events {
+            let mut out = Vec::new();
+            let wrote = by_wire.write_wire(ev, &prefix, &mut out);
+            match by_value.render(ev) {
+                None => assert!(!wrote && out.is_empty(), "{ev:?}"),
+                Some(chunk) => {
+                    assert!(wrote, "{ev:?}");
+                    let text = std::str::from_utf8(&out).unwrap();
+                    let json = text
+                        .strip_prefix("data: ")
+                        .and_then(|t| t.strip_suffix("\n\n"))
+                        .unwrap_or_else(|| panic!("not one SSE event: {text:?}"));
+                    let parsed: Value = serde_json::from_str(json).unwrap();
+                    assert_eq!(parsed, chunk, "{ev:?}");
+                }
+            }
+        }
+    }
 }

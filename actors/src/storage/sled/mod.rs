@@ -28,6 +28,14 @@ pub use stats::SledStatsStore;
 
 use super::{Changes, Storage, StorageError};
 
+/// sled's page cache unless `[storage] sled_cache_mb` says otherwise. sled's own default
+/// (1 GiB) let a gateway that had recorded a few hundred thousand runs hold most of a GiB of
+/// them in memory, and sled's node copies and garbage collection take about as much again as
+/// the cache (heaptrack, `bench/memory.sh`); the pages a request reads (agents, versions,
+/// cached answers, the newest runs) are few and hot, and listings and searches read the rest
+/// from the OS's page cache.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// The sled database of a data directory and the stores on it, each on its own trees.
 pub struct SledStorage {
     runs: Arc<SledRunStore>,
@@ -46,12 +54,25 @@ pub struct SledStorage {
 }
 
 impl SledStorage {
+    /// Opens (or creates) the database in `dir` with the default page cache
+    /// ([`DEFAULT_CACHE_BYTES`]); see [`SledStorage::open_with_cache`].
+    pub fn open(dir: &Path, flush_every: Duration) -> Result<SledStorage, StorageError> {
+        Self::open_with_cache(dir, flush_every, DEFAULT_CACHE_BYTES)
+    }
+
     /// Opens (or creates) the database in `dir`. sled writes its log to disk every
     /// `flush_every`, so what is stored survives `kill -9` once that much time has passed.
-    /// Opens a data directory written by earlier releases as it is.
-    pub fn open(dir: &Path, flush_every: Duration) -> Result<SledStorage, StorageError> {
+    /// sled keeps up to about `cache_bytes` of its pages in memory (the rest is read from the
+    /// files, usually from the OS's page cache). Opens a data directory written by earlier
+    /// releases as it is.
+    pub fn open_with_cache(
+        dir: &Path,
+        flush_every: Duration,
+        cache_bytes: u64,
+    ) -> Result<SledStorage, StorageError> {
         let db = ::sled::Config::new()
             .path(dir)
+            .cache_capacity(cache_bytes)
             // Writes are the store's main work (a run per request); it trades disk space for
             // less compaction work on them.
             .mode(::sled::Mode::HighThroughput)

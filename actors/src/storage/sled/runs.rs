@@ -179,11 +179,12 @@ impl RunStore for SledRunStore {
     fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>> {
         let runs = self.runs.clone();
         let text = self.index.text.clone();
-        async move {
+        // On a blocking thread of ours, not with `flush_async`: that parks a job on sled's own
+        // I/O threads, which then cannot write the buffers the flush waits for.
+        off_thread(move || {
             text.flush()?;
-            runs.flush_async().await.map(drop).map_err(backend)
-        }
-        .boxed()
+            runs.flush().map(drop).map_err(backend)
+        })
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StorageError>> {
