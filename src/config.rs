@@ -21,6 +21,7 @@ use flowgate_actors::provider::{
     OpenAiFlavor, OpenAiSettings, ProviderKind, ProviderSettings, Timeouts, VertexCredentials,
     VertexSettings,
 };
+use flowgate_actors::recorder::retention::RetentionPolicy;
 use flowgate_actors::retry::RetryPolicy;
 use flowgate_actors::router::Strategy;
 use flowgate_actors::storage::postgres::PostgresSettings;
@@ -149,14 +150,52 @@ struct RawLabelledKey {
 struct RawRecorder {
     /// Runs are on disk at most this long after they finish.
     flush_interval_ms: u64,
+    /// Runs older than this many days are deleted; absent: kept forever.
+    max_age_days: Option<u64>,
+    /// The oldest runs are deleted while the stored runs take more than this many megabytes
+    /// on disk; absent: no bound.
+    max_disk_mb: Option<u64>,
 }
 
 impl Default for RawRecorder {
     fn default() -> Self {
         RawRecorder {
             flush_interval_ms: 200,
+            max_age_days: None,
+            max_disk_mb: None,
         }
     }
+}
+
+/// `[recorder]`'s retention, checked: a bound of zero would delete every run, one past the
+/// range is a typo (a century of days, a pebibyte).
+fn compile_retention(raw: &RawRecorder, source: &str) -> Result<RetentionPolicy, String> {
+    let invalid =
+        |key: &str, why: String| format!("{source}: invalid config at `recorder.{key}`: {why}");
+    if let Some(days) = raw.max_age_days {
+        if !(1..=36_500).contains(&days) {
+            return Err(invalid(
+                "max_age_days",
+                format!("{days} is not between 1 and 36500 (100 years)"),
+            ));
+        }
+    }
+    if let Some(mb) = raw.max_disk_mb {
+        if !(1..=1024 * 1024).contains(&mb) {
+            return Err(invalid(
+                "max_disk_mb",
+                format!("{mb} is not between 1 and 1048576 (1 TiB)"),
+            ));
+        }
+    }
+    let flush_interval = Duration::from_millis(raw.flush_interval_ms.max(1));
+    Ok(RetentionPolicy {
+        max_age: raw
+            .max_age_days
+            .map(|days| Duration::from_secs(days * 24 * 3600)),
+        max_bytes: raw.max_disk_mb.map(|mb| mb * 1024 * 1024),
+        protect: RetentionPolicy::protect_for(flush_interval),
+    })
 }
 
 /// Where the gateway keeps runs, agents, feedback, shares and cached answers.
@@ -1269,6 +1308,7 @@ impl Config {
             .collect();
         let data_dir = raw.server.data_dir;
         let storage = compile_storage(raw.storage, source)?;
+        let retention = compile_retention(&raw.recorder, source)?;
         let redis = compile_redis(raw.redis, source)?;
         Ok(Config {
             redis,
@@ -1293,6 +1333,7 @@ impl Config {
                 storage,
                 data_dir,
                 flush_interval: Duration::from_millis(raw.recorder.flush_interval_ms.max(1)),
+                retention,
                 cache: CacheSettings {
                     shards: raw.cache.shards.unwrap_or(workers).max(1),
                     ttl: Duration::from_secs(raw.cache.ttl_seconds),

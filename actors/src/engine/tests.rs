@@ -109,6 +109,7 @@ fn routed_harness(
         storage: Default::default(),
         data_dir: dir.path().to_path_buf(),
         flush_interval: Duration::from_millis(20),
+        retention: Default::default(),
         cache: CacheSettings {
             shards: 1,
             ttl: Duration::ZERO,

@@ -94,6 +94,23 @@ impl LatencyHistogram {
         self.sum += other.sum;
     }
 
+    /// Takes another histogram's counts (of durations this one counted) out of this one, for
+    /// runs deleted by retention. The smallest and largest stay as they were (the runs left
+    /// lie within them, and the exact ones are gone with the runs); they reset once nothing
+    /// is counted.
+    pub fn subtract(&mut self, other: &LatencyHistogram) {
+        for &(bucket, n) in &other.counts {
+            if let Ok(at) = self.counts.binary_search_by_key(&bucket, |(b, _)| *b) {
+                self.counts[at].1 = self.counts[at].1.saturating_sub(n);
+            }
+        }
+        self.counts.retain(|(_, n)| *n > 0);
+        self.sum = (self.sum - other.sum).max(0.0);
+        if self.counts.is_empty() {
+            *self = LatencyHistogram::default();
+        }
+    }
+
     /// The `q` quantile (0 < q ≤ 1) by nearest rank, in seconds; `None` when nothing was
     /// counted.
     pub fn quantile(&self, q: f64) -> Option<f64> {

@@ -6,6 +6,7 @@ mod cache;
 mod evals;
 mod feedback;
 mod keys;
+mod retention;
 mod runs;
 mod search;
 mod sessions;
@@ -58,8 +59,10 @@ impl SledStorage {
             .flush_every_ms(Some(flush_every.as_millis().max(1) as u64))
             .open()
             .map_err(backend)?;
+        // Before the runs: retention takes deleted runs out of the stats.
+        let stats = Arc::new(SledStatsStore::open(&db)?);
         Ok(SledStorage {
-            runs: Arc::new(SledRunStore::open(&db)?),
+            runs: Arc::new(SledRunStore::open(&db, stats.as_ref().clone())?),
             feedback: Arc::new(SledFeedbackStore::open(&db)?),
             schemas: Arc::new(SledSchemaStore::open(&db)?),
             versions: Arc::new(SledVersionStore::open(&db)?),
@@ -67,7 +70,7 @@ impl SledStorage {
             conversations: Arc::new(SledConversationStore::open(&db)?),
             answers: Arc::new(SledAnswerStore::open(&db)?),
             shares: Arc::new(SledShareStore::open(&db)?),
-            stats: Arc::new(SledStatsStore::open(&db)?),
+            stats,
             keys: Arc::new(keys::SledKeyStore::open(&db)?),
             evals: Arc::new(evals::SledEvalStore::open(&db)?),
             changes: Arc::new(Changes::local()),

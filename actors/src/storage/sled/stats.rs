@@ -9,7 +9,8 @@
 //! `add_now` for why not a transaction). A data directory of an earlier
 //! release gets its aggregates built once from its stored runs when it is first opened.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::future::{BoxFuture, FutureExt};
 
@@ -59,6 +60,9 @@ const BUILT_MARK: &[u8] = b"\xff\xffbuilt-v1";
 pub struct SledStatsStore {
     hours: ::sled::Tree,
     agents: ::sled::Tree,
+    /// Held by each read-modify-write of `hours`: the recorder adds, retention subtracts, each
+    /// on its own thread.
+    writer: Arc<Mutex<()>>,
 }
 
 fn source_code(source: RunSource) -> u8 {
@@ -105,6 +109,7 @@ impl SledStatsStore {
         let store = SledStatsStore {
             hours: db.open_tree("stats_hours").map_err(backend)?,
             agents: db.open_tree("stats_agents").map_err(backend)?,
+            writer: Arc::default(),
         };
         store.build_once(&db.open_tree("runs").map_err(backend)?)?;
         Ok(store)
@@ -143,10 +148,12 @@ impl SledStatsStore {
     /// Adds a batch. The new values are computed first, then written as two `sled::Batch`es:
     /// a batch holds sled's global write lock, which every reader and writer of the database
     /// waits for (the request path's among them), so nothing else is done under it. The
-    /// recorder is the only writer (one write at a time), so nothing changes in between.
+    /// recorder is the only one to add (one write at a time), and retention waits for the
+    /// writer lock, so nothing changes in between.
     /// The latest runs go first: writing them again is harmless, so if the hours' batch then
     /// fails, the whole may be retried without counting anything twice.
     fn add_now(&self, batch: &[(StatsKey, Aggregate)], mark: bool) -> Result<(), StorageError> {
+        let _writer = self.write_lock();
         let mut hours = ::sled::Batch::default();
         let mut agents = ::sled::Batch::default();
         let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
@@ -174,6 +181,46 @@ impl SledStatsStore {
         }
         self.agents.apply_batch(agents).map_err(backend)?;
         self.hours.apply_batch(hours).map_err(backend)
+    }
+
+    fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes the sums of deleted runs out of their hours (retention): an hour left with no
+    /// run is deleted, and so is an agent's latest run per source once none of its hours is
+    /// left, so that the stats count exactly the runs still stored. Hours first: an agent
+    /// whose hours are gone but whose latest run is still listed shows no runs.
+    pub(super) fn subtract_now(
+        &self,
+        batch: &HashMap<StatsKey, Aggregate>,
+    ) -> Result<(), StorageError> {
+        let _writer = self.write_lock();
+        let mut hours = ::sled::Batch::default();
+        let mut touched = HashSet::new();
+        for (key, deleted) in batch {
+            let at = hour_key(&key.tenant, &key.agent, key.source, key.hour);
+            touched.insert(agent_source_key(&key.tenant, &key.agent, key.source));
+            let Some(bytes) = self.hours.get(&at).map_err(backend)? else {
+                continue;
+            };
+            let mut sums = serde_json::from_slice::<Aggregate>(&bytes).map_err(corrupt)?;
+            sums.subtract(deleted);
+            if sums.runs == 0 {
+                hours.remove(at);
+            } else {
+                hours.insert(at, serde_json::to_vec(&sums).map_err(corrupt)?);
+            }
+        }
+        self.hours.apply_batch(hours).map_err(backend)?;
+        for agent in touched {
+            if self.hours.scan_prefix(&agent).next().is_none() {
+                self.agents.remove(&agent).map_err(backend)?;
+            }
+        }
+        Ok(())
     }
 
     fn read_now(&self, query: &StatsQuery) -> Result<Vec<(StatsKey, Aggregate)>, StorageError> {

@@ -289,6 +289,35 @@ impl TextBlocks {
         Ok(())
     }
 
+    /// Deletes the closed blocks whose runs are all gone (retention deletes the oldest runs
+    /// first: a block whose newest run is older than the oldest run left holds none), so that
+    /// blocks do not outlive their runs. `oldest`: the oldest run left (`None`: none is).
+    /// How many were deleted.
+    pub(super) fn drop_before(&self, oldest: Option<[u8; 16]>) -> Result<usize, StorageError> {
+        let open_seq = self.lock().block.seq;
+        let mut gone = Vec::new();
+        for entry in self.tree.iter() {
+            let (key, bytes) = entry.map_err(backend)?;
+            let Ok(seq) = key.as_ref().try_into().map(u64::from_be_bytes) else {
+                continue;
+            };
+            if seq == open_seq {
+                continue;
+            }
+            // The newest run id is in the header: the filter is not decoded.
+            let Some(max) = bytes.get(34..50) else {
+                continue;
+            };
+            if bytes.first() == Some(&FORMAT) && oldest.is_none_or(|oldest| max < &oldest[..]) {
+                gone.push(key);
+            }
+        }
+        for key in &gone {
+            self.tree.remove(key).map_err(backend)?;
+        }
+        Ok(gone.len())
+    }
+
     /// The id ranges within `[lower, upper)` of the blocks that may hold a run with, for each
     /// word set, one of its words; newest first, merged. `None` when the filters cannot tell
     /// (a word shorter than three bytes).
