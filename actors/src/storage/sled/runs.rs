@@ -26,7 +26,7 @@ pub struct SledRunStore {
     runs: ::sled::Tree,
     by_agent: ::sled::Tree,
     /// The search indexes (`search.rs`).
-    index: SearchIndex,
+    pub(super) index: SearchIndex,
     /// Retention and the ledger of what the runs weigh (`retention.rs`).
     pruner: Pruner,
 }

@@ -560,6 +560,51 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn blocks_whose_runs_are_all_pruned_are_deleted() {
+        use crate::storage::PruneBatch;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(dir.path());
+        let runs = storage.storage().runs;
+        let now = now_ms();
+        // Random printable texts (~300k possible trigrams) fill a block's filter in a few runs.
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut text = || {
+            (0..20_000)
+                .map(|_| char::from(rng.u8(0x21..0x7f)))
+                .collect::<String>()
+        };
+        let old: Vec<Box<RunRecord>> = (0..12u64)
+            .map(|i| {
+                let ms = now - 3_600_000 + i;
+                Box::new(crate::storage::conformance::run_at(
+                    "default",
+                    "a",
+                    ms,
+                    &text(),
+                ))
+            })
+            .collect();
+        runs.insert_batch(&old).await.unwrap();
+        let young = crate::storage::conformance::run_at("default", "a", now, "kept words");
+        runs.insert_batch(&[Box::new(young.clone())]).await.unwrap();
+        runs.flush().await.unwrap();
+        let blocks = || storage.runs.index.text.tree.len();
+        let before = blocks();
+        assert!(before >= 3, "{before} blocks");
+        let pruned = runs
+            .prune(PruneBatch {
+                before_ms: now - 60_000,
+                max_runs: 100,
+            })
+            .await
+            .unwrap();
+        assert_eq!(pruned.runs, 12);
+        // Only the block that holds the young run (and any open one after it) is left.
+        assert!(blocks() <= 2, "{} of {before} blocks left", blocks());
+        assert_eq!(search(&storage, "kept").await.0, 1);
+    }
+
+    #[actix_rt::test]
     async fn runs_stored_before_the_filters_existed_get_them_once() {
         let dir = tempfile::tempdir().unwrap();
         {
