@@ -1389,6 +1389,59 @@ mod tests {
     }
 
     #[test]
+    fn runs_are_kept_forever_unless_retention_is_asked_for() {
+        let text = include_str!("../config/flowgate.toml");
+        let retention = load(text).unwrap().gateway.retention;
+        assert!(retention.keeps_everything(), "{retention:?}");
+        let config = load("[recorder]\nmax_age_days = 30\nmax_disk_mb = 512\n").unwrap();
+        let retention = config.gateway.retention;
+        assert_eq!(retention.max_age, Some(Duration::from_secs(30 * 24 * 3600)));
+        assert_eq!(retention.max_bytes, Some(512 * 1024 * 1024));
+        // Runs the recorder may still be counting are never deleted.
+        assert!(retention.protect >= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn abusive_retention_values_fail_at_start_with_their_path() {
+        for (text, path, why) in [
+            (
+                "[recorder]\nmax_age_days = 0\n",
+                "recorder.max_age_days",
+                "between 1 and 36500",
+            ),
+            (
+                "[recorder]\nmax_age_days = 36501\n",
+                "recorder.max_age_days",
+                "between 1 and 36500",
+            ),
+            (
+                "[recorder]\nmax_disk_mb = 0\n",
+                "recorder.max_disk_mb",
+                "between 1 and 1048576",
+            ),
+            (
+                "[recorder]\nmax_disk_mb = 1048577\n",
+                "recorder.max_disk_mb",
+                "between 1 and 1048576",
+            ),
+            ("[recorder]\nmax_disk_mb = -1\n", "recorder.max_disk_mb", ""),
+            (
+                "[recorder]\nmax_age_days = \"30d\"\n",
+                "recorder.max_age_days",
+                "",
+            ),
+            ("[recorder]\nmax_age = 3\n", "recorder", ""),
+        ] {
+            let err = load(text).unwrap_err();
+            assert!(
+                err.contains(&format!("`{path}")) || err.contains(path),
+                "{text}: {err}"
+            );
+            assert!(err.contains(why), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn bad_storage_values_fail_at_start_with_their_path() {
         for (text, path) in [
             ("[storage]\nbackend = \"mysql\"\n", "storage.backend"),
