@@ -44,8 +44,14 @@ async fn a_size_bound_deletes_the_oldest_runs_and_what_the_api_shows_of_them() {
     let gw = Flowgate::start(dir.path(), &config);
     // ~8 KB of text a run (asked and echoed): 40 runs weigh well over the 1 MB bound.
     let filler = "lorem ipsum dolor sit amet ".repeat(300);
-    let mut old = Vec::new();
-    for i in 0..30 {
+    // The oldest run's answer is cached (temperature 0): it outlives its run.
+    let cached = json!({"model": "ret/mock-echo", "temperature": 0,
+                        "messages": user(&format!("cached question {filler}"))});
+    let (status, headers, first) = chat(&gw, cached.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(headers["x-flowgate-cache"], "miss");
+    let mut old = vec![run_id(&headers)];
+    for i in 1..30 {
         let (status, headers, _) =
             ask(&gw, "ret/mock-echo", &format!("oldword {i} {filler}")).await;
         assert_eq!(status, 200);
@@ -91,15 +97,31 @@ async fn a_size_bound_deletes_the_oldest_runs_and_what_the_api_shows_of_them() {
         assert_eq!(status_of_run(&gw, id).await, 200, "young run {id}");
     }
 
+    // A cached answer whose source run is gone is still served, as a run of its own that
+    // names the (deleted) source.
+    let (status, headers, hit) = chat(&gw, cached).await;
+    assert_eq!(status, 200, "{hit}");
+    assert_eq!(headers["x-flowgate-cache"], "hit");
+    assert_eq!(hit["choices"][0]["message"], first["choices"][0]["message"]);
+    let hit_run = get_run(&gw, &run_id(&headers)).await;
+    assert_eq!(hit_run["source_run_id"], old[0].as_str());
+    assert_eq!(status_of_run(&gw, &old[0]).await, 404);
+
     // Searches, lists and stats no longer show them.
     let found = search(&gw, "oldword").await;
     assert!(found.iter().all(|id| !gone.contains(id)), "{found:?}");
-    assert_eq!(found.len(), old.len() - gone.len());
+    let old_words_left = old[1..].iter().filter(|id| !gone.contains(id)).count();
+    assert_eq!(found.len(), old_words_left);
     assert_eq!(search(&gw, "youngword").await.len(), young.len());
     let (status, page) = get_json(&gw, "/api/agents/ret/runs?limit=100").await;
     assert_eq!(status, 200);
     let listed = page["items"].as_array().unwrap();
-    assert_eq!(listed.len(), old.len() + young.len() - gone.len(), "{page}");
+    // The cache hit is a run too.
+    assert_eq!(
+        listed.len(),
+        old.len() + young.len() - gone.len() + 1,
+        "{page}"
+    );
     let (status, stats) = get_json(&gw, "/api/agents/ret/stats").await;
     assert_eq!(status, 200, "{stats}");
     assert_eq!(

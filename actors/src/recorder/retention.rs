@@ -1,7 +1,7 @@
 //! Retention: runs older than `[recorder] max_age_days` are deleted, and the oldest runs go
 //! while the stored runs weigh more than `max_disk_mb` allows, by a small actor off the
 //! request path. It passes soon after start, then every [`PASS_EVERY`], and sooner when the
-//! store grew by a twentieth of its bound; a pass deletes in batches of [`BATCH`] runs with a
+//! store grew by a twentieth of its bound (checked every second); a pass deletes in batches of [`BATCH`] runs with a
 //! pause between them, each on the store's own threads, so that the recorder's writes and the
 //! requests never wait for it.
 //!
@@ -69,8 +69,10 @@ const PAUSE: Duration = Duration::from_millis(20);
 /// How often a pass runs, and the first one after start.
 pub const PASS_EVERY: Duration = Duration::from_secs(60);
 const FIRST_PASS: Duration = Duration::from_secs(5);
-/// How often the size on disk is checked for growth between passes.
-const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often the size on disk is checked for growth between passes: a store written at
+/// thousands of runs a second grows by megabytes a second, which a pass must catch up with
+/// before the bound is reached (a check reads file sizes, or one catalog row on PostgreSQL).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// A pass with a size bound starts deleting past this share of the bound, and deletes down to
 /// [`LOW_WATER`]: the room between is what the store grows by between passes.
 const HIGH_WATER: f64 = 0.9;
@@ -117,6 +119,42 @@ async fn delete_before(
     Ok(deleted)
 }
 
+/// Deletes the oldest runs (started before `before_ms`) while the runs' footprint is past
+/// [`HIGH_WATER`] of `max_bytes`, down to [`LOW_WATER`]: each batch as many runs as weigh the
+/// excess on average, weighed again after each batch, so that a pass keeps up with runs
+/// written while it deletes. The footprint falls with every run deleted, whatever the size on
+/// disk does: a pass never deletes more than the footprint asks.
+async fn delete_to_size(
+    runs: &dyn RunStore,
+    max_bytes: u64,
+    before_ms: u64,
+) -> Result<u64, StorageError> {
+    let target = (max_bytes as f64 * LOW_WATER) as u64;
+    let mut footprint = runs.footprint().await?;
+    if footprint.runs == 0 || (footprint.bytes as f64) <= max_bytes as f64 * HIGH_WATER {
+        return Ok(0);
+    }
+    let mut deleted = 0u64;
+    while footprint.runs > 0 && footprint.bytes > target {
+        let per_run = (footprint.bytes / footprint.runs).max(1);
+        let count = (footprint.bytes - target).div_ceil(per_run);
+        let max_runs = count.min(BATCH as u64) as usize;
+        let pruned = runs.prune(PruneBatch {
+            before_ms,
+            max_runs,
+        });
+        let pruned = pruned.await?.runs;
+        deleted += pruned;
+        if pruned == 0 {
+            // Every run left is too young to go.
+            break;
+        }
+        tokio::time::sleep(PAUSE).await;
+        footprint = runs.footprint().await?;
+    }
+    Ok(deleted)
+}
+
 /// One pass of `policy` over `runs` at `now_ms`.
 pub async fn prune_pass(
     runs: &dyn RunStore,
@@ -133,15 +171,7 @@ pub async fn prune_pass(
         report.by_age = delete_before(runs, cut, u64::MAX).await?;
     }
     if let Some(max_bytes) = policy.max_bytes {
-        let footprint = runs.footprint().await?;
-        if footprint.runs > 0 && footprint.bytes as f64 > max_bytes as f64 * HIGH_WATER {
-            // As many of the oldest runs as weigh the excess, on average: the footprint
-            // falls with each run deleted, whatever the size on disk does.
-            let per_run = (footprint.bytes / footprint.runs).max(1);
-            let excess = footprint.bytes - (max_bytes as f64 * LOW_WATER) as u64;
-            let count = excess.div_ceil(per_run).min(footprint.runs);
-            report.by_size = delete_before(runs, youngest, count).await?;
-        }
+        report.by_size = delete_to_size(runs, max_bytes, youngest).await?;
         report.footprint = Some(runs.footprint().await?);
     }
     report.size_after = runs.size_on_disk().await?;
