@@ -34,11 +34,14 @@ use crate::storage::{Footprint, PruneBatch, Pruned, StorageError};
 /// conversation link (~70) and its id key.
 pub const BESIDE_RUN: u64 = 170;
 
-/// What sled's files take on disk over the live bytes they hold, in steady state (runs
-/// written as old ones are deleted), as `examples/sled_space.rs` measured it in the mode the
-/// store opens sled in: 1.85 to 1.89 (see `recorder/retention.rs` for the figures), rounded
-/// up.
-pub const AMPLIFICATION: f64 = 2.0;
+/// What sled's files take on disk over the live bytes of the runs, in steady state (runs
+/// written as old ones are deleted). `examples/sled_space.rs` measured 1.85 to 1.89 for one
+/// tree of ~1 KB values in the mode the store opens sled in; the whole store under
+/// `bench/retention.sh` (1M runs, 200 MB bound) reached 2.4 with 2.0 assumed (the data
+/// directory rose to 218 MB, 9% over): its small trees (agent lists, stats, the free-text
+/// block saved every second, the ledger) are rewritten all the time, and sled's cleaning lags
+/// behind them. Hence 2.5: the runs kept weigh a fifth less, and the bound holds.
+pub const AMPLIFICATION: f64 = 2.5;
 
 /// The ledger's key: runs (8 bytes) then record bytes (8 bytes), big endian.
 const LEDGER: &[u8] = b"footprint-v1";
