@@ -139,6 +139,27 @@ impl LatencyHistogram {
 mod tests {
     use super::*;
 
+    #[test]
+    fn subtracting_what_was_merged_leaves_the_rest() {
+        let (mut kept, mut gone) = (LatencyHistogram::default(), LatencyHistogram::default());
+        for s in [0.05, 0.2, 0.2, 1.5] {
+            kept.record(s);
+        }
+        for s in [0.2, 3.0, 0.0001] {
+            gone.record(s);
+        }
+        let mut all = kept.clone();
+        all.merge(&gone);
+        all.subtract(&gone);
+        assert_eq!(all.counts, kept.counts);
+        assert_eq!(all.count(), 4);
+        assert!((all.sum() - kept.sum()).abs() < 1e-9);
+        assert_eq!(all.quantile(0.5), kept.quantile(0.5));
+        // Nothing left: as new.
+        all.subtract(&kept);
+        assert_eq!(all, LatencyHistogram::default());
+    }
+
     /// The exact `q` quantile by nearest rank.
     fn exact(sorted: &[f64], q: f64) -> f64 {
         let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
