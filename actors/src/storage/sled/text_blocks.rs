@@ -293,6 +293,11 @@ impl TextBlocks {
     /// first: a block whose newest run is older than the oldest run left holds none), so that
     /// blocks do not outlive their runs. `oldest`: the oldest run left (`None`: none is).
     /// How many were deleted.
+    ///
+    /// Blocks fill in the order runs are written, so their newest runs grow with their
+    /// sequence: the walk stops at the first block that still holds a run, and a batch reads
+    /// the blocks it deletes and one more, not every block (64 KiB each). A block out of that
+    /// order is left for a later batch, once the oldest run left is past it.
     pub(super) fn drop_before(&self, oldest: Option<[u8; 16]>) -> Result<usize, StorageError> {
         let open_seq = self.lock().block.seq;
         let mut gone = Vec::new();
@@ -308,9 +313,13 @@ impl TextBlocks {
             let Some(max) = bytes.get(34..50) else {
                 continue;
             };
-            if bytes.first() == Some(&FORMAT) && oldest.is_none_or(|oldest| max < &oldest[..]) {
-                gone.push(key);
+            if bytes.first() != Some(&FORMAT) {
+                continue;
             }
+            if oldest.is_some_and(|oldest| max >= &oldest[..]) {
+                break;
+            }
+            gone.push(key);
         }
         for key in &gone {
             self.tree.remove(key).map_err(backend)?;
