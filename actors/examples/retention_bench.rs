@@ -179,10 +179,10 @@ async fn bench(n: u64, max_mb: u64) {
         pruned.load(Ordering::Relaxed),
         mb(max_size),
         mb(max_du),
-        if mb(max_du) <= max_mb as f64 {
-            "within"
-        } else {
-            "OVER"
+        match max_mb {
+            0 => "none",
+            _ if mb(max_du) <= max_mb as f64 => "within",
+            _ => "OVER",
         }
     );
 }
