@@ -508,7 +508,7 @@ mod tests {
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .collect();
-        assert_eq!(families.len(), 34, "{text}");
+        assert_eq!(families.len(), 36, "{text}");
         for family in families {
             let (name, kind) = family.split_once(' ').unwrap();
             assert!(name.starts_with("flowgate_"), "{name}");
