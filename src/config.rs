@@ -21,6 +21,7 @@ use flowgate_actors::provider::{
     OpenAiFlavor, OpenAiSettings, ProviderKind, ProviderSettings, Timeouts, VertexCredentials,
     VertexSettings,
 };
+use flowgate_actors::recorder::retention::RetentionPolicy;
 use flowgate_actors::retry::RetryPolicy;
 use flowgate_actors::router::Strategy;
 use flowgate_actors::storage::postgres::PostgresSettings;
@@ -149,14 +150,52 @@ struct RawLabelledKey {
 struct RawRecorder {
     /// Runs are on disk at most this long after they finish.
     flush_interval_ms: u64,
+    /// Runs older than this many days are deleted; absent: kept forever.
+    max_age_days: Option<u64>,
+    /// The oldest runs are deleted while the stored runs take more than this many megabytes
+    /// on disk; absent: no bound.
+    max_disk_mb: Option<u64>,
 }
 
 impl Default for RawRecorder {
     fn default() -> Self {
         RawRecorder {
             flush_interval_ms: 200,
+            max_age_days: None,
+            max_disk_mb: None,
         }
     }
+}
+
+/// `[recorder]`'s retention, checked: a bound of zero would delete every run, one past the
+/// range is a typo (a century of days, a pebibyte).
+fn compile_retention(raw: &RawRecorder, source: &str) -> Result<RetentionPolicy, String> {
+    let invalid =
+        |key: &str, why: String| format!("{source}: invalid config at `recorder.{key}`: {why}");
+    if let Some(days) = raw.max_age_days {
+        if !(1..=36_500).contains(&days) {
+            return Err(invalid(
+                "max_age_days",
+                format!("{days} is not between 1 and 36500 (100 years)"),
+            ));
+        }
+    }
+    if let Some(mb) = raw.max_disk_mb {
+        if !(1..=1024 * 1024).contains(&mb) {
+            return Err(invalid(
+                "max_disk_mb",
+                format!("{mb} is not between 1 and 1048576 (1 TiB)"),
+            ));
+        }
+    }
+    let flush_interval = Duration::from_millis(raw.flush_interval_ms.max(1));
+    Ok(RetentionPolicy {
+        max_age: raw
+            .max_age_days
+            .map(|days| Duration::from_secs(days * 24 * 3600)),
+        max_bytes: raw.max_disk_mb.map(|mb| mb * 1024 * 1024),
+        protect: RetentionPolicy::protect_for(flush_interval),
+    })
 }
 
 /// Where the gateway keeps runs, agents, feedback, shares and cached answers.
@@ -1279,6 +1318,7 @@ impl Config {
         }
         let sled_cache_bytes = raw.storage.sled_cache_mb * 1024 * 1024;
         let storage = compile_storage(raw.storage, source)?;
+        let retention = compile_retention(&raw.recorder, source)?;
         let redis = compile_redis(raw.redis, source)?;
         Ok(Config {
             redis,
@@ -1304,6 +1344,7 @@ impl Config {
                 data_dir,
                 flush_interval: Duration::from_millis(raw.recorder.flush_interval_ms.max(1)),
                 sled_cache_bytes,
+                retention,
                 cache: CacheSettings {
                     shards: raw.cache.shards.unwrap_or(workers).max(1),
                     ttl: Duration::from_secs(raw.cache.ttl_seconds),
@@ -1360,6 +1401,59 @@ mod tests {
         assert_eq!(settings.pool_size, 4);
         assert_eq!(settings.spool_max_bytes, 64 * 1024 * 1024);
         assert_eq!(settings.schema.as_deref(), Some("flowgate"));
+    }
+
+    #[test]
+    fn runs_are_kept_forever_unless_retention_is_asked_for() {
+        let text = include_str!("../config/flowgate.toml");
+        let retention = load(text).unwrap().gateway.retention;
+        assert!(retention.keeps_everything(), "{retention:?}");
+        let config = load("[recorder]\nmax_age_days = 30\nmax_disk_mb = 512\n").unwrap();
+        let retention = config.gateway.retention;
+        assert_eq!(retention.max_age, Some(Duration::from_secs(30 * 24 * 3600)));
+        assert_eq!(retention.max_bytes, Some(512 * 1024 * 1024));
+        // Runs the recorder may still be counting are never deleted.
+        assert!(retention.protect >= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn abusive_retention_values_fail_at_start_with_their_path() {
+        for (text, path, why) in [
+            (
+                "[recorder]\nmax_age_days = 0\n",
+                "recorder.max_age_days",
+                "between 1 and 36500",
+            ),
+            (
+                "[recorder]\nmax_age_days = 36501\n",
+                "recorder.max_age_days",
+                "between 1 and 36500",
+            ),
+            (
+                "[recorder]\nmax_disk_mb = 0\n",
+                "recorder.max_disk_mb",
+                "between 1 and 1048576",
+            ),
+            (
+                "[recorder]\nmax_disk_mb = 1048577\n",
+                "recorder.max_disk_mb",
+                "between 1 and 1048576",
+            ),
+            ("[recorder]\nmax_disk_mb = -1\n", "recorder.max_disk_mb", ""),
+            (
+                "[recorder]\nmax_age_days = \"30d\"\n",
+                "recorder.max_age_days",
+                "",
+            ),
+            ("[recorder]\nmax_age = 3\n", "recorder", ""),
+        ] {
+            let err = load(text).unwrap_err();
+            assert!(
+                err.contains(&format!("`{path}")) || err.contains(path),
+                "{text}: {err}"
+            );
+            assert!(err.contains(why), "{text}: {err}");
+        }
     }
 
     #[test]

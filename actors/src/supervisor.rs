@@ -17,6 +17,7 @@ use crate::provider::actor::{Clock, SystemClock};
 use crate::provider::media::{MediaFetcher, MediaSettings};
 use crate::provider::{ProviderActor, ProviderClient, ProviderHandle, ProviderSettings};
 use crate::recorder::metrics::Metrics;
+use crate::recorder::retention::{Retention, RetentionPolicy};
 use crate::recorder::{Barrier, Flush, Recorder, RecorderHandle};
 use crate::retry::RetryPolicy;
 use crate::router::ProviderRegistry;
@@ -40,6 +41,8 @@ pub struct GatewayConfig {
     pub flush_interval: Duration,
     /// The most memory sled's page cache takes (`[storage] sled_cache_mb`).
     pub sled_cache_bytes: u64,
+    /// How long runs are kept and how much room they may take.
+    pub retention: RetentionPolicy,
     /// Shards of the in-flight coalescing table.
     /// Stored answers (TTL, size bound) and the shards of the in-flight table.
     pub cache: CacheSettings,
@@ -206,6 +209,12 @@ impl Supervisor {
                 actix::Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| recorder);
             RecorderHandle::new(addr, outbox)
         };
+
+        // Retention on a thread of its own too: its passes wait on the store.
+        if !config.retention.keeps_everything() {
+            let retention = Retention::new(runs.clone(), config.retention, metrics.clone());
+            Retention::start_in_arbiter(&Arbiter::new().handle(), move |_| retention);
+        }
 
         // Before the providers: their actors hand their outcomes on to it.
         let router = Router::start(config.routing);

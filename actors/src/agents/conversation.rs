@@ -150,7 +150,7 @@ impl AgentStore {
 
 /// The link that lets an answered run's next turn find its conversation; `None` for a run
 /// without an answer (or whose messages cannot be read).
-pub(super) fn link_of(run: &RunRecord) -> Option<ConversationLink> {
+pub(crate) fn link_of(run: &RunRecord) -> Option<ConversationLink> {
     if run.status != RunStatus::Success {
         return None;
     }

@@ -211,7 +211,10 @@ pub struct VersionRecord {
     pub properties: VersionProperties,
 }
 
-/// A version's usage, from its recorded runs.
+/// A version's usage, from its recorded runs: its lifetime figures. Retention leaves them as
+/// they are when it deletes runs: first and last use cannot be taken back without the runs,
+/// a version's page says how much it was used (not how many of its runs are still stored),
+/// and they are one entry per version, not per run, so they do not grow with the runs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct VersionStats {
     pub run_count: u64,

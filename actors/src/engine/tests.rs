@@ -110,6 +110,7 @@ fn routed_harness(
         data_dir: dir.path().to_path_buf(),
         flush_interval: Duration::from_millis(20),
         sled_cache_bytes: crate::storage::sled::DEFAULT_CACHE_BYTES,
+        retention: Default::default(),
         cache: CacheSettings {
             shards: 1,
             ttl: Duration::ZERO,

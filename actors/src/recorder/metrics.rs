@@ -50,6 +50,10 @@ pub struct Metrics {
     pub recorder_queue_depth: IntGauge,
     /// Bytes the store uses on disk (set when scraped).
     pub storage_size_bytes: IntGauge,
+    /// Runs deleted by retention (`[recorder] max_age_days`, `max_disk_mb`).
+    pub runs_pruned: IntCounter,
+    /// What retention estimates the stored runs take on disk (set by each pass).
+    pub runs_footprint_bytes: IntGauge,
     pub circuit_state: IntGaugeVec,
     pub circuit_transitions: IntCounterVec,
     pub coalesced: IntCounter,
@@ -155,6 +159,14 @@ impl Metrics {
             "flowgate_storage_size_bytes",
             "Bytes the store uses on disk",
         )?;
+        let runs_pruned = IntCounter::new(
+            "flowgate_runs_pruned_total",
+            "Runs deleted by retention (max age or max disk size)",
+        )?;
+        let runs_footprint_bytes = IntGauge::new(
+            "flowgate_runs_footprint_bytes",
+            "Estimated bytes the stored runs take on disk, as retention weighs them",
+        )?;
         // Both exist from the start, so dashboards see a line at zero rather than nothing.
         for stream in ["false", "true"] {
             gateway_overhead.with_label_values(&[stream]);
@@ -207,6 +219,8 @@ impl Metrics {
         registry.register(Box::new(requests_in_flight.clone()))?;
         registry.register(Box::new(recorder_queue_depth.clone()))?;
         registry.register(Box::new(storage_size_bytes.clone()))?;
+        registry.register(Box::new(runs_pruned.clone()))?;
+        registry.register(Box::new(runs_footprint_bytes.clone()))?;
         let cache_hits = IntCounter::new(
             "flowgate_cache_hits_total",
             "Requests answered from a stored answer",
@@ -285,6 +299,8 @@ impl Metrics {
             recorder_write_seconds,
             recorder_queue_depth,
             storage_size_bytes,
+            runs_pruned,
+            runs_footprint_bytes,
             circuit_state,
             circuit_transitions,
             coalesced,
@@ -492,7 +508,7 @@ mod tests {
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .collect();
-        assert_eq!(families.len(), 34, "{text}");
+        assert_eq!(families.len(), 36, "{text}");
         for family in families {
             let (name, kind) = family.split_once(' ').unwrap();
             assert!(name.starts_with("flowgate_"), "{name}");

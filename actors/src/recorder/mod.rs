@@ -4,6 +4,7 @@
 //! written in batches: everything queued when the recorder wakes up.
 
 pub mod metrics;
+pub mod retention;
 pub mod run;
 
 use std::collections::HashMap;

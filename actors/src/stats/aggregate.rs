@@ -100,6 +100,22 @@ impl Aggregate {
         self.last_run_ms = self.last_run_ms.max(other.last_run_ms);
     }
 
+    /// Takes the sums of some of the runs this aggregate counts out of it (runs deleted by
+    /// retention), so that it counts the runs left: counts, cost, tokens and the latency
+    /// buckets are exact; `last_run_ms` and the latency extremes stay as bounds.
+    pub fn subtract(&mut self, other: &Aggregate) {
+        self.runs = self.runs.saturating_sub(other.runs);
+        self.errors = self.errors.saturating_sub(other.errors);
+        self.cancelled = self.cancelled.saturating_sub(other.cancelled);
+        self.cost_usd = (self.cost_usd - other.cost_usd).max(0.0);
+        self.prompt_tokens = self.prompt_tokens.saturating_sub(other.prompt_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_sub(other.completion_tokens);
+        self.cache_hits = self.cache_hits.saturating_sub(other.cache_hits);
+        self.latency.subtract(&other.latency);
+    }
+
     /// Cache hits over runs; `None` without runs.
     pub fn cache_hit_rate(&self) -> Option<f64> {
         (self.runs > 0).then(|| self.cache_hits as f64 / self.runs as f64)

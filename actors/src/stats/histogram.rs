@@ -94,6 +94,23 @@ impl LatencyHistogram {
         self.sum += other.sum;
     }
 
+    /// Takes another histogram's counts (of durations this one counted) out of this one, for
+    /// runs deleted by retention. The smallest and largest stay as they were (the runs left
+    /// lie within them, and the exact ones are gone with the runs); they reset once nothing
+    /// is counted.
+    pub fn subtract(&mut self, other: &LatencyHistogram) {
+        for &(bucket, n) in &other.counts {
+            if let Ok(at) = self.counts.binary_search_by_key(&bucket, |(b, _)| *b) {
+                self.counts[at].1 = self.counts[at].1.saturating_sub(n);
+            }
+        }
+        self.counts.retain(|(_, n)| *n > 0);
+        self.sum = (self.sum - other.sum).max(0.0);
+        if self.counts.is_empty() {
+            *self = LatencyHistogram::default();
+        }
+    }
+
     /// The `q` quantile (0 < q ≤ 1) by nearest rank, in seconds; `None` when nothing was
     /// counted.
     pub fn quantile(&self, q: f64) -> Option<f64> {
@@ -121,6 +138,27 @@ impl LatencyHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subtracting_what_was_merged_leaves_the_rest() {
+        let (mut kept, mut gone) = (LatencyHistogram::default(), LatencyHistogram::default());
+        for s in [0.05, 0.2, 0.2, 1.5] {
+            kept.record(s);
+        }
+        for s in [0.2, 3.0, 0.0001] {
+            gone.record(s);
+        }
+        let mut all = kept.clone();
+        all.merge(&gone);
+        all.subtract(&gone);
+        assert_eq!(all.counts, kept.counts);
+        assert_eq!(all.count(), 4);
+        assert!((all.sum() - kept.sum()).abs() < 1e-9);
+        assert_eq!(all.quantile(0.5), kept.quantile(0.5));
+        // Nothing left: as new.
+        all.subtract(&kept);
+        assert_eq!(all, LatencyHistogram::default());
+    }
 
     /// The exact `q` quantile by nearest rank.
     fn exact(sorted: &[f64], q: f64) -> f64 {

@@ -40,7 +40,10 @@ macro_rules! storage_tests {
             key_store,
             eval_store,
             session_store,
-            versions_page_newest_first_with_their_statistics
+            versions_page_newest_first_with_their_statistics,
+            runs_are_pruned_oldest_first_with_what_points_at_them,
+            pruning_never_deletes_a_run_younger_than_its_cut,
+            a_size_bound_prunes_the_oldest_runs_down_to_it
         );
     };
     (@each $fresh:expr; $($body:ident),* $(,)?) => {
@@ -1609,4 +1612,287 @@ pub async fn eval_store(storage: &Storage) {
         vec![bench.clone()]
     );
     assert!(store.benchmark("t2", bench.id).await.unwrap().is_none());
+}
+
+// ---- retention ----
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A run of `tenant`'s `agent` that started at `ms`, asked and answered with `text`, with a
+/// conversation link.
+pub fn run_at(tenant: &str, agent: &str, ms: u64, text: &str) -> RunRecord {
+    let mut run = run(tenant, agent);
+    run.id = Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        ms / 1000,
+        (ms % 1000) as u32 * 1_000_000,
+    ));
+    let request = json!({"messages": [{"role": "user", "content": format!("ask {text}")}]});
+    run.request = Some(serde_json::value::RawValue::from_string(request.to_string()).unwrap());
+    run.output = Some(answer(text, 0).completion);
+    run.usage = Usage {
+        prompt_tokens: 3,
+        completion_tokens: 4,
+        ..Usage::default()
+    };
+    run
+}
+
+/// The stats increments the recorder writes for `runs`: one per key.
+fn increments(runs: &[Box<RunRecord>]) -> Vec<(crate::stats::StatsKey, crate::stats::Aggregate)> {
+    let mut sums: std::collections::HashMap<_, crate::stats::Aggregate> = Default::default();
+    for run in runs {
+        let view = crate::stats::RunView::from(run.as_ref());
+        sums.entry(view.key()).or_default().add(&view);
+    }
+    sums.into_iter().collect()
+}
+
+fn search_query(filters: serde_json::Value) -> crate::search::RunQuery {
+    let body: crate::search::SearchBody =
+        serde_json::from_value(json!({"field_queries": filters, "limit": 100})).unwrap();
+    crate::search::RunQuery::parse(body, true).unwrap()
+}
+
+async fn search_ids(
+    runs: &dyn RunStore,
+    agent: Option<&str>,
+    filters: serde_json::Value,
+) -> Vec<Uuid> {
+    let scope = super::SearchScope {
+        tenant: "t".into(),
+        agent: agent.map(str::to_string),
+    };
+    let page = runs.search(&scope, &search_query(filters)).await.unwrap();
+    page.items.iter().map(|r| r.id).collect()
+}
+
+/// Retention deletes the oldest runs, in bounded batches, with everything that points at them
+/// or counts them; the runs left, their stats and their links are untouched.
+pub async fn runs_are_pruned_oldest_first_with_what_points_at_them(storage: &Storage) {
+    use super::{PruneBatch, StatsQuery};
+    use crate::agents::{FeedbackRecord, Outcome};
+    use crate::stats::{hour_of, DAY_MS, HOUR_MS};
+
+    let now = now_ms();
+    // Three days old, over two hours: four runs of `a`, two of `b` (which has no other).
+    let old: Vec<Box<RunRecord>> = (0..6u64)
+        .map(|i| {
+            let agent = if i < 4 { "a" } else { "b" };
+            // Texts of their own: each run has a conversation link of its own.
+            let text = if i == 0 {
+                "zebra old".into()
+            } else {
+                format!("plain old {i}")
+            };
+            Box::new(run_at(
+                "t",
+                agent,
+                now - 3 * DAY_MS + i * 20 * 60_000,
+                &text,
+            ))
+        })
+        .collect();
+    let young: Vec<Box<RunRecord>> = (0..3u64)
+        .map(|i| {
+            let text = if i == 0 {
+                "zebra young".into()
+            } else {
+                format!("plain young {i}")
+            };
+            Box::new(run_at("t", "a", now - HOUR_MS + i * 1000, &text))
+        })
+        .collect();
+    let all: Vec<Box<RunRecord>> = old.iter().chain(&young).cloned().collect();
+    storage.runs.insert_batch(&all).await.unwrap();
+    storage.stats.add_batch(&increments(&all)).await.unwrap();
+    let links: Vec<ConversationLink> = all
+        .iter()
+        .filter_map(|r| crate::agents::conversation::link_of(r))
+        .collect();
+    assert_eq!(links.len(), all.len());
+    storage.conversations.link_batch(&links).await.unwrap();
+    let feedback = FeedbackRecord::new(old[0].id, Outcome::Positive, None, None).unwrap();
+    storage.feedback.put(&feedback).await.unwrap();
+    let young_feedback = FeedbackRecord::new(young[0].id, Outcome::Negative, None, None).unwrap();
+    storage.feedback.put(&young_feedback).await.unwrap();
+    storage
+        .shares
+        .share("t", old[0].id, "tok-old")
+        .await
+        .unwrap();
+    storage
+        .shares
+        .share("t", young[0].id, "tok-young")
+        .await
+        .unwrap();
+    assert_eq!(storage.runs.footprint().await.unwrap().runs, 9);
+
+    // Bounded batches, oldest first.
+    let cut = now - DAY_MS;
+    let batch = |max_runs| PruneBatch {
+        before_ms: cut,
+        max_runs,
+    };
+    assert_eq!(storage.runs.prune(batch(4)).await.unwrap().runs, 4);
+    assert!(storage.runs.get("t", old[3].id).await.unwrap().is_none());
+    assert!(storage.runs.get("t", old[4].id).await.unwrap().is_some());
+    assert_eq!(storage.runs.prune(batch(100)).await.unwrap().runs, 2);
+    assert_eq!(storage.runs.prune(batch(100)).await.unwrap().runs, 0);
+
+    // Gone from reads, lists and searches; the young runs are all there.
+    for run in &old {
+        assert!(storage.runs.get("t", run.id).await.unwrap().is_none());
+    }
+    for run in &young {
+        assert!(storage.runs.get("t", run.id).await.unwrap().is_some());
+    }
+    let newest_first: Vec<Uuid> = young.iter().rev().map(|r| r.id).collect();
+    let listed = storage.runs.list_agent("t", "a", None, 100).await.unwrap();
+    assert_eq!(
+        listed.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        newest_first
+    );
+    assert!(storage
+        .runs
+        .list_agent("t", "b", None, 100)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    assert_eq!(
+        search_ids(storage.runs.as_ref(), None, json!([])).await,
+        newest_first
+    );
+    let zebra = json!([{"field": "text", "operator": "contains", "values": ["zebra"]}]);
+    assert_eq!(
+        search_ids(storage.runs.as_ref(), None, zebra.clone()).await,
+        vec![young[0].id]
+    );
+    assert_eq!(
+        search_ids(storage.runs.as_ref(), Some("a"), zebra).await,
+        vec![young[0].id]
+    );
+
+    // The stats count exactly the runs left: the old hours are gone, and so is `b`.
+    let query = StatsQuery {
+        tenant: "t".into(),
+        agents: vec!["a".into(), "b".into()],
+        sources: vec![RunSource::Api],
+        hours: hour_of(now - 4 * DAY_MS)..hour_of(now) + 1,
+        latency: true,
+    };
+    let found = storage.stats.read(&query).await.unwrap();
+    assert!(found.iter().all(|(key, _)| key.hour >= hour_of(cut)));
+    let mut total = crate::stats::Aggregate::default();
+    for (_, sums) in &found {
+        total.merge(sums);
+    }
+    assert_eq!(total.runs, 3);
+    assert!((total.cost_usd - 0.75).abs() < 1e-9);
+    assert_eq!((total.prompt_tokens, total.completion_tokens), (9, 12));
+    assert_eq!(total.latency.count(), 3);
+    let agents = storage.stats.agents("t", 10).await.unwrap();
+    assert_eq!(
+        agents.iter().map(|a| a.agent.as_str()).collect::<Vec<_>>(),
+        vec!["a"]
+    );
+
+    // What pointed at the deleted runs is gone; what points at the others is not.
+    assert!(storage
+        .feedback
+        .for_run(old[0].id)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        storage.feedback.for_run(young[0].id).await.unwrap(),
+        vec![young_feedback]
+    );
+    assert!(storage.shares.get("tok-old").await.unwrap().is_none());
+    assert!(storage.shares.get("tok-young").await.unwrap().is_some());
+    for (link, run) in links.iter().zip(&all) {
+        let found = storage
+            .conversations
+            .find(&link.tenant, &link.agent, &link.hash)
+            .await
+            .unwrap();
+        let kept = young.iter().any(|y| y.id == run.id);
+        assert_eq!(found, kept.then_some(link.conversation_id), "{}", run.id);
+    }
+    assert_eq!(storage.runs.footprint().await.unwrap().runs, 3);
+}
+
+/// A run that started at or after the cut stays, however large the batch.
+pub async fn pruning_never_deletes_a_run_younger_than_its_cut(storage: &Storage) {
+    let base = now_ms() - 3_600_000;
+    let runs: Vec<Box<RunRecord>> = (0..10u64)
+        .map(|i| Box::new(run_at("t", "a", base + i * 1000, "text")))
+        .collect();
+    storage.runs.insert_batch(&runs).await.unwrap();
+    storage.stats.add_batch(&increments(&runs)).await.unwrap();
+    let pruned = storage
+        .runs
+        .prune(super::PruneBatch {
+            before_ms: base + 5000,
+            max_runs: usize::MAX,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned.runs, 5);
+    for (i, run) in runs.iter().enumerate() {
+        let kept = storage.runs.get("t", run.id).await.unwrap().is_some();
+        assert_eq!(kept, i >= 5, "run {i}");
+    }
+}
+
+/// A size bound deletes as many of the oldest runs as bring their footprint under it, and a
+/// second pass deletes nothing more, whatever the size on disk did.
+pub async fn a_size_bound_prunes_the_oldest_runs_down_to_it(storage: &Storage) {
+    use crate::recorder::retention::{prune_pass, RetentionPolicy};
+
+    let now = now_ms();
+    let filler = "lorem ipsum dolor sit amet ".repeat(80);
+    let runs: Vec<Box<RunRecord>> = (0..100u64)
+        .map(|i| {
+            Box::new(run_at(
+                "t",
+                "a",
+                now - 7_200_000 + i * 1000,
+                &format!("{filler}{i}"),
+            ))
+        })
+        .collect();
+    storage.runs.insert_batch(&runs).await.unwrap();
+    storage.stats.add_batch(&increments(&runs)).await.unwrap();
+    storage.runs.flush().await.unwrap();
+    let before = storage.runs.footprint().await.unwrap();
+    assert_eq!(before.runs, 100);
+    assert!(before.bytes > 100 * 2000, "{before:?}");
+    let max_bytes = before.bytes / 2;
+    let policy = RetentionPolicy {
+        max_age: None,
+        max_bytes: Some(max_bytes),
+        protect: std::time::Duration::from_secs(60),
+    };
+    let report = prune_pass(storage.runs.as_ref(), &policy, now)
+        .await
+        .unwrap();
+    let after = storage.runs.footprint().await.unwrap();
+    assert_eq!(report.by_size, before.runs - after.runs);
+    assert!(after.bytes <= max_bytes, "{after:?} over {max_bytes}");
+    // Down to the low-water mark, not to nothing: about 40 of 100 runs stay.
+    assert!((30..=50).contains(&after.runs), "{after:?}");
+    assert!(storage.runs.get("t", runs[0].id).await.unwrap().is_none());
+    assert!(storage.runs.get("t", runs[99].id).await.unwrap().is_some());
+    let again = prune_pass(storage.runs.as_ref(), &policy, now)
+        .await
+        .unwrap();
+    assert_eq!(again.by_size, 0);
+    assert_eq!(storage.runs.footprint().await.unwrap(), after);
 }

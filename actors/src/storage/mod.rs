@@ -136,6 +136,44 @@ pub trait RunStore: Send + Sync + 'static {
     /// Bytes the backend holds on disk for this store (for a backend that keeps every
     /// concern in one database, the whole database), for `flowgate_storage_size_bytes`.
     fn size_on_disk(&self) -> BoxFuture<'_, Result<u64, StorageError>>;
+
+    /// Deletes the oldest runs that started before `batch.before_ms`, at most
+    /// `batch.max_runs` of them, with everything that points at them or counts them: their
+    /// index entries, feedback, share links and conversation links, and their figures in the
+    /// stats (an hour whose runs are all gone is deleted). Bounded, so that the caller can
+    /// pause between batches; safe to run beside the recorder's writes.
+    fn prune(&self, batch: PruneBatch) -> BoxFuture<'_, Result<Pruned, StorageError>>;
+
+    /// How many runs are stored and an estimate of the bytes they take on disk in steady
+    /// state. Unlike [`size_on_disk`](RunStore::size_on_disk) it falls as soon as runs are
+    /// deleted: neither sled (a log that reuses freed space as it writes) nor PostgreSQL (freed
+    /// rows are reused after a vacuum) gives space back at once, and a bound enforced on the
+    /// size on disk alone would delete run after run waiting for it to fall.
+    fn footprint(&self) -> BoxFuture<'_, Result<Footprint, StorageError>>;
+}
+
+/// One bounded batch of retention ([`RunStore::prune`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneBatch {
+    /// Only runs that started before this time (milliseconds since the epoch) may go; their
+    /// UUIDv7 ids say when.
+    pub before_ms: u64,
+    /// At most this many runs, oldest first.
+    pub max_runs: usize,
+}
+
+/// What one batch deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub runs: u64,
+}
+
+/// The stored runs and the room they take ([`RunStore::footprint`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub runs: u64,
+    /// Estimated bytes on disk of the runs and what is kept per run beside them.
+    pub bytes: u64,
 }
 
 /// Whose runs a search looks at.

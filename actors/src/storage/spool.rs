@@ -524,6 +524,19 @@ impl RunStore for SpooledRunStore {
     fn size_on_disk(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
         self.inner.size_on_disk()
     }
+
+    /// The database's runs only: a spooled run is younger than any retention deletes, and
+    /// one replayed after its time is deleted by the next pass.
+    fn prune(
+        &self,
+        batch: super::PruneBatch,
+    ) -> BoxFuture<'_, Result<super::Pruned, StorageError>> {
+        self.inner.prune(batch)
+    }
+
+    fn footprint(&self) -> BoxFuture<'_, Result<super::Footprint, StorageError>> {
+        self.inner.footprint()
+    }
 }
 
 impl Drop for SpooledRunStore {
@@ -625,6 +638,15 @@ mod tests {
         }
         fn size_on_disk(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
             Box::pin(async { Ok(0) })
+        }
+        fn prune(
+            &self,
+            _: crate::storage::PruneBatch,
+        ) -> BoxFuture<'_, Result<crate::storage::Pruned, StorageError>> {
+            unimplemented!()
+        }
+        fn footprint(&self) -> BoxFuture<'_, Result<crate::storage::Footprint, StorageError>> {
+            unimplemented!()
         }
     }
 

@@ -15,6 +15,7 @@ mod feedback;
 mod keys;
 mod listen;
 mod migrate;
+mod retention;
 mod runs;
 mod search;
 mod sessions;

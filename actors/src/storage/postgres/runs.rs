@@ -15,7 +15,9 @@ use uuid::Uuid;
 use super::{corrupt, pg_error, to_json, Db};
 use crate::recorder::run::{RunRecord, RunSummary};
 use crate::search::{id_millis, run_texts, IndexedField, RunQuery};
-use crate::storage::{RunPage, RunStore, SearchPage, SearchScope, StorageError};
+use crate::storage::{
+    Footprint, PruneBatch, Pruned, RunPage, RunStore, SearchPage, SearchScope, StorageError,
+};
 
 /// Separates a run's texts in `search_text`: a control character no needle is expected to
 /// hold (a needle that does is checked on the record instead, see `search.rs`).
@@ -324,5 +326,14 @@ impl RunStore for PgRunStore {
                 .map_err(pg_error)?;
             Ok(super::to_u64(row.get(0)))
         })
+    }
+
+    fn prune(&self, batch: PruneBatch) -> BoxFuture<'_, Result<Pruned, StorageError>> {
+        self.db
+            .run(move |client| super::retention::prune(client, batch))
+    }
+
+    fn footprint(&self) -> BoxFuture<'_, Result<Footprint, StorageError>> {
+        self.db.run(super::retention::footprint)
     }
 }

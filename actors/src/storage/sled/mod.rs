@@ -6,6 +6,7 @@ mod cache;
 mod evals;
 mod feedback;
 mod keys;
+mod retention;
 mod runs;
 mod search;
 mod sessions;
@@ -79,8 +80,10 @@ impl SledStorage {
             .flush_every_ms(Some(flush_every.as_millis().max(1) as u64))
             .open()
             .map_err(backend)?;
+        // Before the runs: retention takes deleted runs out of the stats.
+        let stats = Arc::new(SledStatsStore::open(&db)?);
         Ok(SledStorage {
-            runs: Arc::new(SledRunStore::open(&db)?),
+            runs: Arc::new(SledRunStore::open(&db, stats.as_ref().clone())?),
             feedback: Arc::new(SledFeedbackStore::open(&db)?),
             schemas: Arc::new(SledSchemaStore::open(&db)?),
             versions: Arc::new(SledVersionStore::open(&db)?),
@@ -88,7 +91,7 @@ impl SledStorage {
             conversations: Arc::new(SledConversationStore::open(&db)?),
             answers: Arc::new(SledAnswerStore::open(&db)?),
             shares: Arc::new(SledShareStore::open(&db)?),
-            stats: Arc::new(SledStatsStore::open(&db)?),
+            stats,
             keys: Arc::new(keys::SledKeyStore::open(&db)?),
             evals: Arc::new(evals::SledEvalStore::open(&db)?),
             changes: Arc::new(Changes::local()),
@@ -228,6 +231,7 @@ mod tests {
             ("shares.rs", include_str!("shares.rs")),
             ("stats.rs", include_str!("stats.rs")),
             ("text_blocks.rs", include_str!("text_blocks.rs")),
+            ("retention.rs", include_str!("retention.rs")),
             ("../spool.rs", include_str!("../spool.rs")),
         ];
         let calls = [
@@ -239,9 +243,12 @@ mod tests {
         for (file, source) in sources {
             for (n, line) in source.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or_default();
+                // This test's own list (string literals) is the one place the names appear.
+                if code.trim_start().starts_with('"') {
+                    continue;
+                }
                 for call in calls {
-                    // This test's own list is the one place the names may appear.
-                    if code.contains(call) && !code.contains("let calls") {
+                    if code.contains(call) {
                         panic!(
                             "storage/sled/{file}:{}: `{call}` (see this test's doc)",
                             n + 1

@@ -8,11 +8,15 @@ use uuid::Uuid;
 
 use std::collections::HashMap;
 
+use super::retention::Pruner;
 use super::search::{facets, values_by_field, SearchIndex};
+use super::stats::SledStatsStore;
 use super::{agent_prefix, backend, off_thread};
 use crate::recorder::run::{RunRecord, RunSummary};
 use crate::search::{IndexedField, RunQuery};
-use crate::storage::{RunPage, RunStore, SearchPage, SearchScope, StorageError};
+use crate::storage::{
+    Footprint, PruneBatch, Pruned, RunPage, RunStore, SearchPage, SearchScope, StorageError,
+};
 
 /// Cheap to clone (the trees are handles).
 #[derive(Clone)]
@@ -22,7 +26,9 @@ pub struct SledRunStore {
     runs: ::sled::Tree,
     by_agent: ::sled::Tree,
     /// The search indexes (`search.rs`).
-    index: SearchIndex,
+    pub(super) index: SearchIndex,
+    /// Retention and the ledger of what the runs weigh (`retention.rs`).
+    pruner: Pruner,
 }
 
 fn corrupt(e: serde_json::Error) -> StorageError {
@@ -33,13 +39,19 @@ fn corrupt(e: serde_json::Error) -> StorageError {
 }
 
 impl SledRunStore {
-    pub(super) fn open(db: &::sled::Db) -> Result<SledRunStore, StorageError> {
+    pub(super) fn open(
+        db: &::sled::Db,
+        stats: SledStatsStore,
+    ) -> Result<SledRunStore, StorageError> {
         let runs = db.open_tree("runs").map_err(backend)?;
+        let by_agent = db.open_tree("runs_by_agent").map_err(backend)?;
+        let index = SearchIndex::open(db, &runs)?;
         let store = SledRunStore {
-            index: SearchIndex::open(db, &runs)?,
+            pruner: Pruner::open(db, &runs, &by_agent, stats, index.text.clone())?,
+            index,
             db: db.clone(),
             runs,
-            by_agent: db.open_tree("runs_by_agent").map_err(backend)?,
+            by_agent,
         };
         store.index.build_once(&store.runs, &store.by_agent)?;
         Ok(store)
@@ -53,15 +65,23 @@ impl SledRunStore {
         // The free-text filters first: one that holds a run not yet written is harmless.
         self.index.text.add(runs)?;
         let mut buf = Vec::with_capacity(4096);
+        // For the ledger: a run written again replaces its record.
+        let (mut added, mut bytes) = (0i64, 0i64);
         for run in runs {
             buf.clear();
             serde_json::to_writer(&mut buf, run.as_ref()).map_err(|e| {
                 StorageError::Backend(format!("cannot serialize run {}: {e}", run.id))
             })?;
             // The record first: an index entry never points at nothing.
-            self.runs
+            let old = self
+                .runs
                 .insert(run.id.as_bytes(), buf.as_slice())
                 .map_err(backend)?;
+            bytes += buf.len() as i64;
+            match old {
+                Some(old) => bytes -= old.len() as i64,
+                None => added += 1,
+            }
             // The agent list's entry carries the run's facets, for searches.
             let facets = facets(run);
             let mut key = agent_prefix(&run.tenant, &run.agent);
@@ -71,7 +91,7 @@ impl SledRunStore {
                 .map_err(backend)?;
             self.index.add(run)?;
         }
-        Ok(())
+        self.pruner.ledger.add(added, bytes)
     }
 
     fn get_now(&self, tenant: &str, id: Uuid) -> Result<Option<RunRecord>, StorageError> {
@@ -195,5 +215,14 @@ impl RunStore for SledRunStore {
         // sled reads the metadata of its files: a little I/O, off the caller's thread.
         let db = self.db.clone();
         off_thread(move || db.size_on_disk().map_err(backend))
+    }
+
+    fn prune(&self, batch: PruneBatch) -> BoxFuture<'_, Result<Pruned, StorageError>> {
+        let pruner = self.pruner.clone();
+        off_thread(move || pruner.prune_now(batch))
+    }
+
+    fn footprint(&self) -> BoxFuture<'_, Result<Footprint, StorageError>> {
+        futures::future::ready(self.pruner.ledger.footprint()).boxed()
     }
 }

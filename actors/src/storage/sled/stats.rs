@@ -9,7 +9,8 @@
 //! as a `sled::Batch`). A data directory of an earlier
 //! release gets its aggregates built once from its stored runs when it is first opened.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::future::{BoxFuture, FutureExt};
 
@@ -59,6 +60,9 @@ const BUILT_MARK: &[u8] = b"\xff\xffbuilt-v1";
 pub struct SledStatsStore {
     hours: ::sled::Tree,
     agents: ::sled::Tree,
+    /// Held by each read-modify-write of `hours`: the recorder adds, retention subtracts, each
+    /// on its own thread.
+    writer: Arc<Mutex<()>>,
 }
 
 fn source_code(source: RunSource) -> u8 {
@@ -105,6 +109,7 @@ impl SledStatsStore {
         let store = SledStatsStore {
             hours: db.open_tree("stats_hours").map_err(backend)?,
             agents: db.open_tree("stats_agents").map_err(backend)?,
+            writer: Arc::default(),
         };
         store.build_once(&db.open_tree("runs").map_err(backend)?)?;
         Ok(store)
@@ -143,12 +148,14 @@ impl SledStatsStore {
     /// Adds a batch. The new values are computed first, then written one key at a time —
     /// not as a `sled::Batch`, whose first use would put every sled read of the process
     /// (the request path's among them) behind a global lock (see `agents.rs`). The recorder is
-    /// the only writer (one write at a time), so nothing changes in between. The latest runs'
+    /// the only one to add (one write at a time), and retention waits for the writer lock, so
+    /// nothing changes in between. The latest runs'
     /// times go first: writing them again is harmless. An I/O error part way leaves the hours
     /// written before it counted, and the retry of the whole counts them again: sled fails a
     /// write only when its disk does, and a few runs counted twice then is the lesser harm
     /// than sums lost.
     fn add_now(&self, batch: &[(StatsKey, Aggregate)], mark: bool) -> Result<(), StorageError> {
+        let _writer = self.write_lock();
         let mut hours = Vec::with_capacity(batch.len());
         let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
         for (key, increment) in batch {
@@ -179,6 +186,47 @@ impl SledStatsStore {
             self.hours
                 .insert(BUILT_MARK, &[] as &[u8])
                 .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes the sums of deleted runs out of their hours (retention): an hour left with no
+    /// run is deleted, and so is an agent's latest run per source once none of its hours is
+    /// left, so that the stats count exactly the runs still stored. Hours first: an agent
+    /// whose hours are gone but whose latest run is still listed shows no runs.
+    pub(super) fn subtract_now(
+        &self,
+        batch: &HashMap<StatsKey, Aggregate>,
+    ) -> Result<(), StorageError> {
+        let _writer = self.write_lock();
+        // Key by key, not as a `sled::Batch` (see `add_now`).
+        let mut touched = HashSet::new();
+        for (key, deleted) in batch {
+            let at = hour_key(&key.tenant, &key.agent, key.source, key.hour);
+            touched.insert(agent_source_key(&key.tenant, &key.agent, key.source));
+            let Some(bytes) = self.hours.get(&at).map_err(backend)? else {
+                continue;
+            };
+            let mut sums = serde_json::from_slice::<Aggregate>(&bytes).map_err(corrupt)?;
+            sums.subtract(deleted);
+            if sums.runs == 0 {
+                self.hours.remove(at).map_err(backend)?;
+            } else {
+                self.hours
+                    .insert(at, serde_json::to_vec(&sums).map_err(corrupt)?)
+                    .map_err(backend)?;
+            }
+        }
+        for agent in touched {
+            if self.hours.scan_prefix(&agent).next().is_none() {
+                self.agents.remove(&agent).map_err(backend)?;
+            }
         }
         Ok(())
     }

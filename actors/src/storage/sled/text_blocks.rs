@@ -289,6 +289,44 @@ impl TextBlocks {
         Ok(())
     }
 
+    /// Deletes the closed blocks whose runs are all gone (retention deletes the oldest runs
+    /// first: a block whose newest run is older than the oldest run left holds none), so that
+    /// blocks do not outlive their runs. `oldest`: the oldest run left (`None`: none is).
+    /// How many were deleted.
+    ///
+    /// Blocks fill in the order runs are written, so their newest runs grow with their
+    /// sequence: the walk stops at the first block that still holds a run, and a batch reads
+    /// the blocks it deletes and one more, not every block (64 KiB each). A block out of that
+    /// order is left for a later batch, once the oldest run left is past it.
+    pub(super) fn drop_before(&self, oldest: Option<[u8; 16]>) -> Result<usize, StorageError> {
+        let open_seq = self.lock().block.seq;
+        let mut gone = Vec::new();
+        for entry in self.tree.iter() {
+            let (key, bytes) = entry.map_err(backend)?;
+            let Ok(seq) = key.as_ref().try_into().map(u64::from_be_bytes) else {
+                continue;
+            };
+            if seq == open_seq {
+                continue;
+            }
+            // The newest run id is in the header: the filter is not decoded.
+            let Some(max) = bytes.get(34..50) else {
+                continue;
+            };
+            if bytes.first() != Some(&FORMAT) {
+                continue;
+            }
+            if oldest.is_some_and(|oldest| max >= &oldest[..]) {
+                break;
+            }
+            gone.push(key);
+        }
+        for key in &gone {
+            self.tree.remove(key).map_err(backend)?;
+        }
+        Ok(gone.len())
+    }
+
     /// The id ranges within `[lower, upper)` of the blocks that may hold a run with, for each
     /// word set, one of its words; newest first, merged. `None` when the filters cannot tell
     /// (a word shorter than three bytes).
@@ -528,6 +566,51 @@ mod tests {
         for word in ["alpha", "bravo", "charlie", "delta"] {
             assert_eq!(search(&storage, word).await.0, 1, "{word}");
         }
+    }
+
+    #[actix_rt::test]
+    async fn blocks_whose_runs_are_all_pruned_are_deleted() {
+        use crate::storage::PruneBatch;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(dir.path());
+        let runs = storage.storage().runs;
+        let now = now_ms();
+        // Random printable texts (~300k possible trigrams) fill a block's filter in a few runs.
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut text = || {
+            (0..20_000)
+                .map(|_| char::from(rng.u8(0x21..0x7f)))
+                .collect::<String>()
+        };
+        let old: Vec<Box<RunRecord>> = (0..12u64)
+            .map(|i| {
+                let ms = now - 3_600_000 + i;
+                Box::new(crate::storage::conformance::run_at(
+                    "default",
+                    "a",
+                    ms,
+                    &text(),
+                ))
+            })
+            .collect();
+        runs.insert_batch(&old).await.unwrap();
+        let young = crate::storage::conformance::run_at("default", "a", now, "kept words");
+        runs.insert_batch(&[Box::new(young.clone())]).await.unwrap();
+        runs.flush().await.unwrap();
+        let blocks = || storage.runs.index.text.tree.len();
+        let before = blocks();
+        assert!(before >= 3, "{before} blocks");
+        let pruned = runs
+            .prune(PruneBatch {
+                before_ms: now - 60_000,
+                max_runs: 100,
+            })
+            .await
+            .unwrap();
+        assert_eq!(pruned.runs, 12);
+        // Only the block that holds the young run (and any open one after it) is left.
+        assert!(blocks() <= 2, "{} of {before} blocks left", blocks());
+        assert_eq!(search(&storage, "kept").await.0, 1);
     }
 
     #[actix_rt::test]

@@ -1,0 +1,226 @@
+//! Retention on PostgreSQL: deleting the oldest runs with everything that points at them or
+//! counts them, in one transaction per batch.
+//!
+//! A batch deletes the oldest runs below its time (`ORDER BY id`: UUIDv7 ids are time order),
+//! skipping rows another instance's batch holds (`SKIP LOCKED`: instances that share the
+//! database prune side by side without deleting a run twice), and gets their records back.
+//! In the same transaction it deletes their feedback, share links and conversation links
+//! (unless a newer run filed another conversation under the same hash), and takes their
+//! figures out of their hours in `stats_hours`, locking the rows in key order as
+//! `stats.rs` does, so that a batch of the recorder and one of retention never wait on each
+//! other in a cycle; an hour left with no run is deleted, and an agent's latest run per source
+//! once none of its hours is left. All of it or none of it.
+//!
+//! What stays, as on sled: `run_values` (one row per value, not per run), a version's
+//! lifetime usage statistics, and cached answers whose source run is gone.
+//!
+//! The footprint: the number of runs, times the average size of a recent row, times what the
+//! table's indexes add to it. PostgreSQL reuses the room of deleted rows only after a vacuum
+//! and rarely gives it back to the system, so the size of the table is no measure of what is
+//! kept.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use deadpool_postgres::Object;
+
+use super::{corrupt, pg_error, to_i64, to_json, to_u64};
+use crate::recorder::run::RunRecord;
+use crate::search::id_bounds;
+use crate::stats::{Aggregate, RunFigures, RunView};
+use crate::storage::{Footprint, PruneBatch, Pruned, StorageError};
+
+/// A stats key as its columns: tenant, agent, source, hour.
+type Row = (String, String, &'static str, i64);
+
+/// Rows sampled (the newest) for the average size of a run.
+const SAMPLE: i64 = 1000;
+
+/// One batch.
+pub(super) async fn prune(mut client: Object, batch: PruneBatch) -> Result<Pruned, StorageError> {
+    let before = id_bounds(batch.before_ms).0;
+    let limit = to_i64(batch.max_runs as u64);
+    let tx = client.transaction().await.map_err(pg_error)?;
+    let rows = tx
+        .query(
+            "DELETE FROM runs WHERE id IN (
+                 SELECT id FROM runs WHERE id < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
+             )
+             RETURNING id, record::text",
+            &[&before, &limit],
+        )
+        .await
+        .map_err(pg_error)?;
+    if rows.is_empty() {
+        return Ok(Pruned::default());
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut sums: BTreeMap<Row, Aggregate> = BTreeMap::new();
+    let (mut link_tenants, mut link_agents, mut link_hashes, mut link_ids) =
+        (vec![], vec![], vec![], vec![]);
+    for row in &rows {
+        let id: uuid::Uuid = row.get(0);
+        ids.push(id);
+        let text: &str = row.get(1);
+        // The whole record for the conversation link; a run of an earlier release that no
+        // longer reads whole still has its figures.
+        let run = serde_json::from_str::<RunRecord>(text).ok();
+        let figures = match &run {
+            Some(_) => None,
+            None => serde_json::from_str::<RunFigures>(text).ok(),
+        };
+        let view = match (&run, &figures) {
+            (Some(run), _) => RunView::from(run),
+            (None, Some(figures)) => RunView::from(figures),
+            (None, None) => {
+                tracing::warn!(run = %id, "a stored run cannot be read: deleted alone");
+                continue;
+            }
+        };
+        let key = view.key();
+        sums.entry((
+            key.tenant,
+            key.agent,
+            key.source.as_str(),
+            i64::from(key.hour),
+        ))
+        .or_default()
+        .add(&view);
+        if let Some(link) = run.as_ref().and_then(crate::agents::conversation::link_of) {
+            link_tenants.push(link.tenant);
+            link_agents.push(link.agent);
+            link_hashes.push(link.hash.to_vec());
+            link_ids.push(link.conversation_id);
+        }
+    }
+    tx.execute("DELETE FROM feedback WHERE run_id = ANY($1)", &[&ids])
+        .await
+        .map_err(pg_error)?;
+    tx.execute("DELETE FROM shares WHERE run_id = ANY($1)", &[&ids])
+        .await
+        .map_err(pg_error)?;
+    tx.execute(
+        "DELETE FROM conversations c
+         USING UNNEST($1::text[], $2::text[], $3::bytea[], $4::uuid[]) AS l(t, a, h, cid)
+         WHERE c.tenant = l.t AND c.agent = l.a AND c.hash = l.h AND c.conversation_id = l.cid",
+        &[&link_tenants, &link_agents, &link_hashes, &link_ids],
+    )
+    .await
+    .map_err(pg_error)?;
+    subtract_stats(&tx, &sums).await?;
+    tx.commit().await.map_err(pg_error)?;
+    Ok(Pruned {
+        runs: rows.len() as u64,
+    })
+}
+
+/// Takes the deleted runs' sums out of their hours, in the caller's transaction.
+async fn subtract_stats(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sums: &BTreeMap<Row, Aggregate>,
+) -> Result<(), StorageError> {
+    if sums.is_empty() {
+        return Ok(());
+    }
+    let (mut tenants, mut agents, mut sources, mut hours) = (vec![], vec![], vec![], vec![]);
+    for (tenant, agent, source, hour) in sums.keys() {
+        tenants.push(tenant.clone());
+        agents.push(agent.clone());
+        sources.push(source.to_string());
+        hours.push(*hour);
+    }
+    let rows = tx
+        .query(
+            "SELECT s.tenant, s.agent, s.source, s.hour, s.sums::text
+             FROM stats_hours s
+             JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(t, a, src, h)
+               ON s.tenant = k.t AND s.agent = k.a AND s.source = k.src AND s.hour = k.h
+             ORDER BY s.tenant, s.agent, s.source, s.hour
+             FOR UPDATE OF s",
+            &[&tenants, &agents, &sources, &hours],
+        )
+        .await
+        .map_err(pg_error)?;
+    // Rows kept (with their new sums) and rows emptied.
+    let (mut kept, mut emptied) = ((vec![], vec![], vec![], vec![], vec![]), BTreeSet::new());
+    for row in &rows {
+        let (tenant, agent, source, hour): (String, String, String, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let Some(deleted) = sums
+            .iter()
+            .find(|((t, a, s, h), _)| *t == tenant && *a == agent && *s == source && *h == hour)
+            .map(|(_, sums)| sums)
+        else {
+            continue;
+        };
+        let mut stored: Aggregate =
+            serde_json::from_str(row.get(4)).map_err(corrupt("run stats"))?;
+        stored.subtract(deleted);
+        if stored.runs == 0 {
+            emptied.insert((tenant, agent, source, hour));
+        } else {
+            kept.0.push(tenant);
+            kept.1.push(agent);
+            kept.2.push(source);
+            kept.3.push(hour);
+            kept.4.push(to_json("run stats", &stored)?);
+        }
+    }
+    tx.execute(
+        "UPDATE stats_hours s SET sums = k.sums::json
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
+             AS k(t, a, src, h, sums)
+         WHERE s.tenant = k.t AND s.agent = k.a AND s.source = k.src AND s.hour = k.h",
+        &[&kept.0, &kept.1, &kept.2, &kept.3, &kept.4],
+    )
+    .await
+    .map_err(pg_error)?;
+    let (mut t, mut a, mut s, mut h) = (vec![], vec![], vec![], vec![]);
+    for (tenant, agent, source, hour) in emptied {
+        t.push(tenant);
+        a.push(agent);
+        s.push(source);
+        h.push(hour);
+    }
+    tx.execute(
+        "DELETE FROM stats_hours s
+         USING UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(t, a, src, h)
+         WHERE s.tenant = k.t AND s.agent = k.a AND s.source = k.src AND s.hour = k.h",
+        &[&t, &a, &s, &h],
+    )
+    .await
+    .map_err(pg_error)?;
+    // An agent's latest run per source goes with its last hour.
+    tx.execute(
+        "DELETE FROM stats_agents sa
+         USING UNNEST($1::text[], $2::text[], $3::text[]) AS k(t, a, src)
+         WHERE sa.tenant = k.t AND sa.agent = k.a AND sa.source = k.src
+           AND NOT EXISTS (SELECT 1 FROM stats_hours h
+                           WHERE h.tenant = sa.tenant AND h.agent = sa.agent
+                             AND h.source = sa.source)",
+        &[&tenants, &agents, &sources],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
+}
+
+/// The runs and an estimate of what they take on disk.
+pub(super) async fn footprint(client: Object) -> Result<Footprint, StorageError> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM runs)::bigint,
+                    COALESCE((SELECT avg(pg_column_size(r.*))
+                              FROM (SELECT * FROM runs ORDER BY id DESC LIMIT $1) r), 0)::float8,
+                    pg_total_relation_size('runs')::float8
+                      / GREATEST(pg_table_size('runs'), 1)::float8",
+            &[&SAMPLE],
+        )
+        .await
+        .map_err(pg_error)?;
+    let runs = to_u64(row.get(0));
+    let (row_bytes, with_indexes): (f64, f64) = (row.get(1), row.get(2));
+    Ok(Footprint {
+        runs,
+        bytes: (runs as f64 * row_bytes * with_indexes.max(1.0)) as u64,
+    })
+}

@@ -1,0 +1,242 @@
+//! Retention on sled: deleting the oldest runs with everything that points at them or counts
+//! them, and the ledger of what the stored runs weigh.
+//!
+//! A batch reads the oldest runs (ids are UUIDv7: key order is time order), then for each
+//! removes its entry in its agent's list, its feedback, its share link, its conversation link
+//! (unless a newer run filed another conversation under the same hash) and the record, last,
+//! so that no index entry ever points at nothing. The stats of the batch's runs are summed per
+//! hour and taken out of their hours in one step (`stats.rs`: an hour left with no run goes).
+//! Free-text blocks whose runs are all gone are deleted after the batch (`text_blocks.rs`).
+//!
+//! What stays: the lists of an agent's categorical values and of a tenant's agents (one entry
+//! per value or agent, not per run), a version's usage statistics (its lifetime figures, one
+//! entry per version: `agents::version`), and cached answers whose source run is gone (a hit
+//! reads the stored answer, never the run; the cache's own bound evicts them).
+//!
+//! The ledger (`runs_meta`): the number of stored runs and the bytes of their records, kept as
+//! they are written and deleted, so that [`SledRunStore::footprint`] answers without a scan
+//! and falls as soon as runs are deleted, which sled's size on disk does not (see
+//! [`AMPLIFICATION`]).
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::stats::SledStatsStore;
+use super::{agent_prefix, backend};
+use crate::recorder::run::RunRecord;
+use crate::search::id_bounds;
+use crate::stats::{Aggregate, RunFigures, RunView, StatsKey};
+use crate::storage::{Footprint, PruneBatch, Pruned, StorageError};
+
+/// Bytes kept beside each run's record, counted with it: its entry in its agent's list (key
+/// and facets, ~70), its share of a free-text block (64 KiB per 4096 runs, 16), its
+/// conversation link (~70) and its id key.
+pub const BESIDE_RUN: u64 = 170;
+
+/// What sled's files take on disk over the live bytes of the runs, in steady state (runs
+/// written as old ones are deleted). `examples/sled_space.rs` measured 1.85 to 1.89 for one
+/// tree of ~1 KB values in the mode the store opens sled in; the whole store under
+/// `bench/retention.sh` (1M runs, 200 MB bound) reached 2.4 with 2.0 assumed (the data
+/// directory rose to 218 MB, 9% over): its small trees (agent lists, stats, the free-text
+/// block saved every second, the ledger) are rewritten all the time, and sled's cleaning lags
+/// behind them. Hence 2.5: the runs kept weigh a fifth less, and the bound holds.
+pub const AMPLIFICATION: f64 = 2.5;
+
+/// The ledger's key: runs (8 bytes) then record bytes (8 bytes), big endian.
+const LEDGER: &[u8] = b"footprint-v1";
+
+/// The count and weight of the stored runs, in the `runs_meta` tree. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct Ledger {
+    meta: ::sled::Tree,
+}
+
+fn decode(bytes: Option<&[u8]>) -> (u64, u64) {
+    let Some(bytes) = bytes.filter(|b| b.len() == 16) else {
+        return (0, 0);
+    };
+    let at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().unwrap_or([0; 8]));
+    (at(0), at(8))
+}
+
+fn encode(runs: u64, bytes: u64) -> Vec<u8> {
+    let mut out = runs.to_be_bytes().to_vec();
+    out.extend_from_slice(&bytes.to_be_bytes());
+    out
+}
+
+impl Ledger {
+    /// Opens the ledger; a data directory written before it existed gets it counted from its
+    /// runs, once.
+    pub(super) fn open(db: &::sled::Db, runs: &::sled::Tree) -> Result<Ledger, StorageError> {
+        let ledger = Ledger {
+            meta: db.open_tree("runs_meta").map_err(backend)?,
+        };
+        if ledger.meta.get(LEDGER).map_err(backend)?.is_none() {
+            let (mut n, mut bytes) = (0u64, 0u64);
+            for entry in runs.iter() {
+                let (_, value) = entry.map_err(backend)?;
+                n += 1;
+                bytes += value.len() as u64;
+            }
+            ledger
+                .meta
+                .insert(LEDGER, encode(n, bytes))
+                .map_err(backend)?;
+        }
+        Ok(ledger)
+    }
+
+    /// Adds to the counts, atomically (the recorder adds, retention takes away, each on its
+    /// own thread).
+    pub(super) fn add(&self, runs: i64, bytes: i64) -> Result<(), StorageError> {
+        if runs == 0 && bytes == 0 {
+            return Ok(());
+        }
+        self.meta
+            .fetch_and_update(LEDGER, |old| {
+                let (n, b) = decode(old);
+                Some(encode(
+                    n.saturating_add_signed(runs),
+                    b.saturating_add_signed(bytes),
+                ))
+            })
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    pub(super) fn footprint(&self) -> Result<Footprint, StorageError> {
+        let (runs, bytes) = decode(self.meta.get(LEDGER).map_err(backend)?.as_deref());
+        let live = bytes + runs * BESIDE_RUN;
+        Ok(Footprint {
+            runs,
+            bytes: (live as f64 * AMPLIFICATION) as u64,
+        })
+    }
+}
+
+/// The trees a deleted run is removed from. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct Pruner {
+    pub(super) runs: ::sled::Tree,
+    pub(super) by_agent: ::sled::Tree,
+    pub(super) feedback: ::sled::Tree,
+    pub(super) shares: ::sled::Tree,
+    pub(super) shares_by_run: ::sled::Tree,
+    pub(super) conversations: ::sled::Tree,
+    pub(super) stats: SledStatsStore,
+    pub(super) text: super::text_blocks::TextBlocks,
+    pub(super) ledger: Ledger,
+}
+
+impl Pruner {
+    pub(super) fn open(
+        db: &::sled::Db,
+        runs: &::sled::Tree,
+        by_agent: &::sled::Tree,
+        stats: SledStatsStore,
+        text: super::text_blocks::TextBlocks,
+    ) -> Result<Pruner, StorageError> {
+        let tree = |name: &str| db.open_tree(name).map_err(backend);
+        Ok(Pruner {
+            runs: runs.clone(),
+            by_agent: by_agent.clone(),
+            feedback: tree("run_feedback")?,
+            shares: tree("shares")?,
+            shares_by_run: tree("shares_by_run")?,
+            conversations: tree("agent_conversations")?,
+            stats,
+            text,
+            ledger: Ledger::open(db, runs)?,
+        })
+    }
+
+    /// One batch (on a blocking thread: it reads and writes the disk).
+    pub(super) fn prune_now(&self, batch: PruneBatch) -> Result<Pruned, StorageError> {
+        let before = *id_bounds(batch.before_ms).0.as_bytes();
+        let mut stats: HashMap<StatsKey, Aggregate> = HashMap::new();
+        let (mut runs, mut bytes) = (0u64, 0u64);
+        for entry in self.runs.range(..before.to_vec()).take(batch.max_runs) {
+            let (key, record) = entry.map_err(backend)?;
+            let Ok(id) = Uuid::from_slice(&key) else {
+                // Not a run's key: nothing points at it.
+                self.runs.remove(&key).map_err(backend)?;
+                continue;
+            };
+            self.unlink(id, &record, &mut stats)?;
+            if self.runs.remove(&key).map_err(backend)?.is_some() {
+                runs += 1;
+                bytes += record.len() as u64;
+            }
+        }
+        if runs == 0 {
+            return Ok(Pruned::default());
+        }
+        self.stats.subtract_now(&stats)?;
+        self.ledger.add(-(runs as i64), -(bytes as i64))?;
+        let oldest = self
+            .runs
+            .first()
+            .map_err(backend)?
+            .and_then(|(key, _)| key.as_ref().try_into().ok());
+        self.text.drop_before(oldest)?;
+        Ok(Pruned { runs })
+    }
+
+    /// Removes what points at a run about to be deleted, and adds its figures to the sums to
+    /// take out of the stats.
+    fn unlink(
+        &self,
+        id: Uuid,
+        record: &[u8],
+        stats: &mut HashMap<StatsKey, Aggregate>,
+    ) -> Result<(), StorageError> {
+        // Feedback and any share are keyed by the run id: they go even when the record
+        // cannot be read.
+        for key in self.feedback.scan_prefix(id.as_bytes()).keys() {
+            self.feedback
+                .remove(key.map_err(backend)?)
+                .map_err(backend)?;
+        }
+        // The whole record for the conversation link (it needs the messages and the answer);
+        // a run of an earlier release that no longer reads whole still has its figures.
+        let run = serde_json::from_slice::<RunRecord>(record).ok();
+        let figures = match &run {
+            Some(_) => None,
+            None => match serde_json::from_slice::<RunFigures>(record) {
+                Ok(figures) => Some(figures),
+                Err(_) => {
+                    tracing::warn!(run = %id, "a stored run cannot be read: deleted alone");
+                    return Ok(());
+                }
+            },
+        };
+        let view = match (&run, &figures) {
+            (Some(run), _) => RunView::from(run),
+            (None, Some(figures)) => RunView::from(figures),
+            (None, None) => return Ok(()),
+        };
+        let mut key = agent_prefix(view.tenant, view.agent);
+        key.extend_from_slice(id.as_bytes());
+        self.by_agent.remove(key).map_err(backend)?;
+        let mut share = view.tenant.as_bytes().to_vec();
+        share.push(0);
+        share.extend_from_slice(id.as_bytes());
+        if let Some(token) = self.shares_by_run.remove(share).map_err(backend)? {
+            self.shares.remove(token).map_err(backend)?;
+        }
+        stats.entry(view.key()).or_default().add(&view);
+        if let Some(link) = run.as_ref().and_then(crate::agents::conversation::link_of) {
+            let mut key = agent_prefix(&link.tenant, &link.agent);
+            key.extend_from_slice(&link.hash);
+            // Only if it still leads to this run's conversation: a newer run may have filed
+            // another under the same hash.
+            let _ = self
+                .conversations
+                .compare_and_swap(key, Some(link.conversation_id.as_bytes()), None::<&[u8]>)
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+}
