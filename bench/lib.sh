@@ -334,9 +334,11 @@ git_revision() { # -> short commit of the checkout, flagged if it has uncommitte
     echo "$rev"
 }
 
-median() { # numbers on stdin -> their median (n/a if none or not numbers)
-    sort -g | awk '{ v[NR] = $1 } END {
+median() { median_as %.2f; }     # numbers on stdin -> their median (n/a if none or not numbers)
+median_raw() { median_as %.6g; } # the same, a mean of two not rounded to 2 decimals
+median_as() { # printf format of a mean of two; numbers on stdin -> their median
+    sort -g | awk -v f="$1" '{ v[NR] = $1 } END {
         if (NR == 0 || v[1] == "n/a") print "n/a"
         else if (NR % 2) print v[(NR + 1) / 2]
-        else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+        else printf f, (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
