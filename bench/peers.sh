@@ -212,7 +212,10 @@ start_peer_flowgate() {
         return
     fi
     P_PID[flowgate]=$FG_PID P_URL[flowgate]=$FG_URL
-    P_VERSION[flowgate]="$("$FLOWGATE" --version) ($FLOWGATE, commit $(git_revision)): server.workers 1, every run recorded to sled"
+    local built
+    built="commit $(git_revision)"
+    [[ -n $BIN_DIR ]] && built="from BENCH_BIN_DIR, not built from this checkout"
+    P_VERSION[flowgate]="$("$FLOWGATE" --version) ($FLOWGATE, $built): server.workers 1, every run recorded to sled"
 }
 
 start_peer_litellm() {
