@@ -11,6 +11,8 @@
 #   BENCH_PROXY_WORKERS=1    nginx worker_processes and flowgate server.workers
 #   BENCH_TOOL=auto          auto | oha | wrk (wrk cannot pace requests: no fixed-rate scenario)
 #   BENCH_SKIP_BUILD=0       1: use the existing target/release binaries
+#   BENCH_BIN_DIR=           a folder with flowgate and flowgate-mock-upstream to use instead
+#                            of the checkout's target/release (nothing is built)
 #   BENCH_KEEP_TMP=0         1: keep the temp dir (configs, flowgate's sled data) after the run
 #   BENCH_IDLE_WAIT=120      seconds to wait for other programs to leave the CPU before the load
 #   BENCH_SCENARIOS="throughput rate stream"   which scenarios to run
@@ -30,6 +32,9 @@ KEEP_TMP=${BENCH_KEEP_TMP:-0}
 IDLE_WAIT=${BENCH_IDLE_WAIT:-120}
 SCENARIOS=${BENCH_SCENARIOS:-throughput rate stream}
 ROUNDS=${BENCH_ROUNDS:-3}
+BIN_DIR=${BENCH_BIN_DIR:-}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=$ROOT/bench/results/$STAMP
@@ -40,24 +45,6 @@ SUMMARY=$OUT/summary.tsv
 
 PIDS=()        # every long-running process this script started
 UP_PID="" NGX_PID="" FG_PID=""
-
-log() { printf '%s\n' "$*" | tee -a "$REPORT"; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
-
-stop_pid() { # pid name grace_seconds
-    local pid=$1 name=$2 grace=$3 i
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < grace * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    log "warning: $name (pid $pid) did not stop within ${grace}s of SIGTERM; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$?
@@ -84,200 +71,23 @@ trap 'exit 143' TERM
 # ---------------------------------------------------------------------------------------------
 # 1. Tools.
 # ---------------------------------------------------------------------------------------------
-SUDO=""
-if [[ $(id -u) != 0 ]]; then SUDO=sudo; fi
-apt_updated=0
-apt_install() {
-    if [[ $apt_updated == 0 ]]; then
-        $SUDO apt-get update -qq
-        apt_updated=1
-    fi
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@"
-}
-
-export PATH="$PATH:$HOME/.cargo/bin:/usr/sbin:/sbin"
-command -v jq >/dev/null || apt_install jq
-command -v curl >/dev/null || apt_install curl
-
-if [[ $TOOL == auto || $TOOL == oha ]] && ! command -v oha >/dev/null; then
-    echo "installing oha (cargo install oha --locked; a few minutes, once)..."
-    if ! cargo install oha --locked; then
-        [[ $TOOL == oha ]] && die "cargo install oha failed"
-        echo "cargo install oha failed; falling back to wrk"
-    fi
-fi
-if [[ $TOOL == auto ]]; then
-    if command -v oha >/dev/null; then TOOL=oha; else TOOL=wrk; fi
-fi
-if [[ $TOOL == wrk ]] && ! command -v wrk >/dev/null; then apt_install wrk; fi
-command -v "$TOOL" >/dev/null || die "load tool $TOOL is not available"
-
-if ! command -v nginx >/dev/null; then
-    apt_install nginx-light || apt_install nginx
-fi
-command -v nginx >/dev/null || die "nginx is not available"
-
-OHA_JSON_FLAG=()
-if [[ $TOOL == oha ]]; then
-    if oha --help | grep -q -- '--output-format'; then
-        OHA_JSON_FLAG=(--output-format json)
-    elif oha --help | grep -q -- '--json'; then
-        OHA_JSON_FLAG=(--json)
-    else
-        die "this oha has neither --output-format json nor --json; upgrade it (cargo install oha --locked --force)"
-    fi
-fi
+ensure_tools
 
 # ---------------------------------------------------------------------------------------------
 # 2. Build.
 # ---------------------------------------------------------------------------------------------
 cd "$ROOT"
-if [[ $SKIP_BUILD != 1 ]]; then
-    # The root package is the workspace's only default member: name both packages.
-    echo "building release binaries (cargo build --release --bins -p flowgate -p flowgate-mock-upstream)..."
-    cargo build --release --bins -p flowgate -p flowgate-mock-upstream 2>&1 | tee "$OUT/build.log"
-fi
-FLOWGATE=$ROOT/target/release/flowgate
-MOCK=$ROOT/target/release/flowgate-mock-upstream
-[[ -x $FLOWGATE && -x $MOCK ]] || die "missing $FLOWGATE or $MOCK (build failed?)"
+ensure_binaries
 
 # ---------------------------------------------------------------------------------------------
 # 3. Processes.
 # ---------------------------------------------------------------------------------------------
-# wait_listening NAME PID STDOUT_FILE STDERR_FILE -> sets LISTEN_URL from "listening on http://..."
-wait_listening() {
-    local name=$1 pid=$2 out=$3 err=$4 i line
-    for ((i = 0; i < 300; i++)); do
-        line=$(grep -m1 -o 'listening on http://[0-9.:]*' "$out" 2>/dev/null || true)
-        if [[ -n $line ]]; then
-            LISTEN_URL=${line#listening on }
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 20 "$err" >&2 || true
-            die "$name exited before listening (log: $err)"
-        fi
-        sleep 0.1
-    done
-    die "$name did not print 'listening on' within 30s (log: $err)"
-}
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# Mock upstream: zero delay, not recording, one worker thread.
-"$MOCK" --listen 127.0.0.1:0 --workers 1 --no-record \
-    >"$OUT/mock-upstream.stdout" 2>"$OUT/mock-upstream.stderr" &
-UP_PID=$!
-PIDS+=("$UP_PID")
-wait_listening mock-upstream "$UP_PID" "$OUT/mock-upstream.stdout" "$OUT/mock-upstream.stderr"
-UP_URL=$LISTEN_URL
-UP_PORT=${UP_URL##*:}
-
-# nginx: a plain reverse proxy with upstream keep-alive.
-chmod 0755 "$TMP" # nginx workers may run as `nobody` and use the temp paths below
-mkdir -p "$TMP/nginx"
-start_nginx() {
-    local port=$1
-    cat >"$TMP/nginx.conf" <<EOF
-# Generated by bench/run.sh.
-worker_processes $PROXY_WORKERS;
-daemon off;
-pid $TMP/nginx.pid;
-error_log $OUT/nginx-error.log warn;
-events {
-    worker_connections 8192;
-}
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/client_body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    keepalive_requests 10000000;
-    keepalive_timeout 75s;
-    upstream mock {
-        server 127.0.0.1:$UP_PORT;
-        keepalive 256;
-        keepalive_requests 10000000;
-    }
-    server {
-        listen 127.0.0.1:$port backlog=4096;
-        location / {
-            proxy_pass http://mock;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
-    cp "$TMP/nginx.conf" "$OUT/nginx.conf"
-    nginx -p "$TMP/nginx" -c "$TMP/nginx.conf" -e "$OUT/nginx-error.log" \
-        >"$OUT/nginx.stdout" 2>"$OUT/nginx.stderr" &
-    NGX_PID=$!
-    local i
-    for ((i = 0; i < 100; i++)); do
-        if ! kill -0 "$NGX_PID" 2>/dev/null; then
-            NGX_PID=""
-            return 1
-        fi
-        if port_in_use "$port"; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
-NGX_PORT=""
-for attempt in 1 2 3 4 5 6 7 8; do
-    port=$((20000 + RANDOM % 40000))
-    port_in_use "$port" && continue
-    if start_nginx "$port"; then
-        NGX_PORT=$port
-        PIDS+=("$NGX_PID")
-        break
-    fi
-    stop_pid "$NGX_PID" nginx 5
-    NGX_PID=""
-done
-[[ -n $NGX_PORT ]] || {
+start_mock
+start_nginx || {
     cat "$OUT/nginx.stderr" "$OUT/nginx-error.log" >&2 2>/dev/null || true
     die "nginx did not start (see $OUT/nginx-error.log)"
 }
-NGX_URL=http://127.0.0.1:$NGX_PORT
-NGX_PIDS=("$NGX_PID")
-for _ in 1 2 3 4 5 6 7 8 9 10; do # the workers appear right after the master
-    mapfile -t ngx_workers < <(pgrep -P "$NGX_PID" || true)
-    ((${#ngx_workers[@]} >= PROXY_WORKERS)) && break
-    sleep 0.1
-done
-NGX_PIDS+=("${ngx_workers[@]}")
-
-# flowgate: records every run into a sled store in the temp dir.
-cat >"$TMP/flowgate.toml" <<EOF
-# Generated by bench/run.sh.
-[server]
-listen = "127.0.0.1:0"
-data_dir = "$TMP/flowgate-data"
-workers = $PROXY_WORKERS
-
-[recorder]
-flush_interval_ms = 200
-
-[providers.upstream]
-type = "openai"
-base_url = "$UP_URL/v1"
-api_key = "bench"
-
-[models."bench-model"]
-providers = [{ provider = "upstream", model = "gpt-4o-mini", input_per_mtok = 0.15, output_per_mtok = 0.60 }]
-EOF
-cp "$TMP/flowgate.toml" "$OUT/flowgate.toml"
-"$FLOWGATE" check-config --config "$TMP/flowgate.toml" >"$OUT/flowgate-check-config.txt" 2>&1 ||
-    die "flowgate check-config failed: $(cat "$OUT/flowgate-check-config.txt")"
-"$FLOWGATE" serve --config "$TMP/flowgate.toml" >"$OUT/flowgate.stdout" 2>"$OUT/flowgate.stderr" &
-FG_PID=$!
-PIDS+=("$FG_PID")
-wait_listening flowgate "$FG_PID" "$OUT/flowgate.stdout" "$OUT/flowgate.stderr"
-FG_URL=$LISTEN_URL
+start_flowgate bench-model || die "$FG_ERROR"
 
 # ---------------------------------------------------------------------------------------------
 # 4. Requests.
@@ -292,32 +102,6 @@ body() { # model stream(true|false)
 }
 declare -A URL=([direct]=$UP_URL [nginx]=$NGX_URL [flowgate]=$FG_URL)
 declare -A MODEL=([direct]=gpt-4o-mini [nginx]=gpt-4o-mini [flowgate]=bench-model)
-
-metric() { # NAME -> value of an unlabelled flowgate metric (0 if absent)
-    { curl -sS --max-time 5 "$FG_URL/metrics" || true; } | awk -v n="$1" '$1 == n { v = $2 } END { print (v == "" ? 0 : v) }'
-}
-
-# wait_recorder EXPECTED: waits (max 30 s) until flowgate_runs_recorded_total >= EXPECTED or
-# stops moving for 3 s; sets RECORDED and RECORDER_WAIT (seconds waited).
-wait_recorder() {
-    local expected=$1 last=-1 still=0 i start now
-    start=$(date +%s.%N)
-    for ((i = 0; i < 300; i++)); do
-        RECORDED=$(metric flowgate_runs_recorded_total)
-        RECORDED=${RECORDED%.*}
-        if ((RECORDED >= expected)); then break; fi
-        if ((RECORDED == last)); then
-            still=$((still + 1))
-            ((still >= 30)) && break
-        else
-            still=0
-        fi
-        last=$RECORDED
-        sleep 0.1
-    done
-    now=$(date +%s.%N)
-    RECORDER_WAIT=$(awk -v a="$start" -v b="$now" 'BEGIN { printf "%.1f", b - a }')
-}
 
 check_flowgate_alive() {
     if ! kill -0 "$FG_PID" 2>/dev/null; then
@@ -381,27 +165,12 @@ EOF
 # CPU accounting: every run records the CPU time used by the upstream, nginx, flowgate and the
 # load tool, and by the whole machine, so that interference (from the other servers, flowgate's
 # recorder catching up, or anything else running on the machine) is visible.
-CLK_TCK=$(getconf CLK_TCK)
-proc_ticks() { # pid... -> utime + stime (all threads) in clock ticks
-    local total=0 p a
-    for p in "$@"; do
-        [[ -n $p && -r /proc/$p/stat ]] || continue
-        read -r -a a <<<"$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null)" || continue
-        ((${#a[@]} > 12)) && total=$((total + a[11] + a[12]))
-    done
-    echo "$total"
-}
 snapshot() { # prefix -> sets ${prefix}_{BUSY,TOTAL,UP,NGX,FG,KIDS}
-    local u n sy i w irq sirq st kids
-    read -r _ u n sy i w irq sirq st _ </proc/stat
-    printf -v "${1}_BUSY" '%s' $((u + n + sy + irq + sirq + st))
-    printf -v "${1}_TOTAL" '%s' $((u + n + sy + irq + sirq + st + i + w))
+    machine_ticks "$1"
     printf -v "${1}_UP" '%s' "$(proc_ticks "$UP_PID")"
     printf -v "${1}_NGX" '%s' "$(proc_ticks "${NGX_PIDS[@]}")"
     printf -v "${1}_FG" '%s' "$(proc_ticks "$FG_PID")"
-    times >"$TMP/times" # builtin, in this shell: CPU of the waited-for children (the load tool)
-    kids=$(awk 'NR == 2 { t = 0; for (f = 1; f <= 2; f++) { split($f, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }; printf "%d", t * 1000000 }' "$TMP/times")
-    printf -v "${1}_KIDS" '%s' "$kids" # microseconds
+    children_us "${1}_KIDS" # microseconds
 }
 
 FG_SENT=0 # requests the load tool sent to flowgate (warm-ups included)
@@ -478,22 +247,11 @@ load() {
 # ---------------------------------------------------------------------------------------------
 # Wait (up to BENCH_IDLE_WAIT seconds) for the machine to be quiet: with 2 cores, a compile
 # running beside the benchmark halves every figure.
-idle_deadline=$((SECONDS + IDLE_WAIT))
-while :; do
-    snapshot I0
-    sleep 2
-    snapshot I1
-    IDLE_BUSY=$(awk -v b=$((I1_BUSY - I0_BUSY)) -v t=$((I1_TOTAL - I0_TOTAL)) 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }')
-    ((IDLE_BUSY <= 15 || SECONDS >= idle_deadline)) && break
-    echo "machine CPU ${IDLE_BUSY}% busy before the load (other programs); waiting for it to quieten..." >&2
-done
-GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n $(git -C "$ROOT" --no-optional-locks status --porcelain --untracked-files=no 2>/dev/null) ]]; then
-    GIT_REV="$GIT_REV (+ uncommitted changes)"
-fi
+wait_idle "$IDLE_WAIT"
+GIT_REV=$(git_revision)
 {
     echo "flowgate benchmark $STAMP — commit $GIT_REV"
-    echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
+    echo "machine: $(machine_description)"
     echo "NOTE: the load tool, the mock upstream, nginx and flowgate all share these cores, so"
     echo "      every figure includes CPU contention; compare the targets with each other, not"
     echo "      with production numbers."
@@ -544,12 +302,6 @@ RECORDER_ERRORS=$(awk '$1 == "flowgate_recorder_errors_total" { print $2 }' "$OU
 
 values() { # target scenario column-number -> one value per run (round), in order
     awk -F'\t' -v t="$1" -v s="$2" -v c="$3" '$1 == t && $2 == s { print $c }' "$SUMMARY"
-}
-median() { # numbers on stdin -> their median (n/a if none or not numbers)
-    sort -g | awk '{ v[NR] = $1 } END {
-        if (NR == 0 || v[1] == "n/a") print "n/a"
-        else if (NR % 2) print v[(NR + 1) / 2]
-        else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 field() { values "$@" | median; } # target scenario column-number -> median over rounds
 round_ratios() { # column-number -> flowgate/nginx throughput of each round
