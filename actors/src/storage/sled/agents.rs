@@ -73,12 +73,16 @@ fn schema_key(tenant: &str, agent: &str, kind: u8, rest: &[u8]) -> Vec<u8> {
 #[derive(Clone)]
 pub struct SledSchemaStore {
     schemas: ::sled::Tree,
+    /// Held while a new schema id is given: ids follow each other without gaps, and two
+    /// first uses of one pair at once agree on one (a sled database has one process).
+    assigning: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl SledSchemaStore {
     pub(super) fn open(db: &::sled::Db) -> Result<SledSchemaStore, StorageError> {
         Ok(SledSchemaStore {
             schemas: db.open_tree("agent_schemas").map_err(backend)?,
+            assigning: Default::default(),
         })
     }
 
@@ -93,51 +97,32 @@ impl SledSchemaStore {
         if let Some(bytes) = self.schemas.get(&digest_key).map_err(backend)? {
             return decode_u32("schema id", &bytes);
         }
-        // Without a sled transaction (see the module's doc): the digest is claimed by a
-        // compare-and-swap, and a writer that loses the race answers with the winner's id.
-        let claim = |id: u32| -> Result<u32, StorageError> {
-            match self
-                .schemas
-                .compare_and_swap(&digest_key, None::<&[u8]>, Some(&id.to_be_bytes()[..]))
-                .map_err(backend)?
-            {
-                Ok(()) => Ok(id),
-                Err(lost) => match lost.current {
-                    Some(bytes) => decode_u32("schema id", &bytes),
-                    None => Ok(id),
-                },
-            }
-        };
+        // Without a sled transaction (see the module's doc): under the store's lock, the
+        // digest is looked at again, then the counter, the record and the digest written in
+        // that order — a crash between leaves at worst an id unused, or a record no digest
+        // names (never used).
+        let _assigning = self
+            .assigning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(bytes) = self.schemas.get(&digest_key).map_err(backend)? {
+            return decode_u32("schema id", &bytes);
+        }
         let (input_schema, output_schema, created_at) = match assignment {
-            SchemaAssignment::Existing(id) => return claim(id),
+            SchemaAssignment::Existing(id) => {
+                self.schemas
+                    .insert(digest_key.as_slice(), &id.to_be_bytes())
+                    .map_err(backend)?;
+                return Ok(id);
+            }
             SchemaAssignment::New {
                 input_schema,
                 output_schema,
                 created_at,
             } => (input_schema, output_schema, created_at),
         };
-        // A new id from the counter (its own compare-and-swap loop), the record under it, then
-        // the digest: a crash between leaves at worst a record no digest names (never used).
         let counter_key = schema_key(tenant, agent, COUNTER, &[]);
-        let mut corrupt = None;
-        let previous = self
-            .schemas
-            .fetch_and_update(&counter_key, |last| {
-                let last = match last.map(|bytes| decode_u32("schema counter", bytes)) {
-                    Some(Ok(last)) => last,
-                    Some(Err(e)) => {
-                        corrupt = Some(e);
-                        return last.map(|b| b.to_vec());
-                    }
-                    None => 0,
-                };
-                Some((last + 1).to_be_bytes().to_vec())
-            })
-            .map_err(backend)?;
-        if let Some(e) = corrupt {
-            return Err(e);
-        }
-        let id = match previous {
+        let id = match self.schemas.get(&counter_key).map_err(backend)? {
             Some(bytes) => decode_u32("schema counter", &bytes)? + 1,
             None => 1,
         };
@@ -147,16 +132,19 @@ impl SledSchemaStore {
             output_schema: output_schema.clone(),
             created_at: created_at.to_string(),
         };
-        let record_key = schema_key(tenant, agent, BY_ID, &id.to_be_bytes());
         self.schemas
-            .insert(record_key.as_slice(), encode("schema", &record)?)
+            .insert(counter_key.as_slice(), &id.to_be_bytes())
             .map_err(backend)?;
-        let won = claim(id)?;
-        if won != id {
-            // Another writer filed the same pair first: its id is the answer, ours goes.
-            self.schemas.remove(record_key).map_err(backend)?;
-        }
-        Ok(won)
+        self.schemas
+            .insert(
+                schema_key(tenant, agent, BY_ID, &id.to_be_bytes()),
+                encode("schema", &record)?,
+            )
+            .map_err(backend)?;
+        self.schemas
+            .insert(digest_key.as_slice(), &id.to_be_bytes())
+            .map_err(backend)?;
+        Ok(id)
     }
 
     fn list_now(&self, tenant: &str, agent: &str) -> Result<Vec<SchemaRecord>, StorageError> {
