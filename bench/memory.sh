@@ -13,6 +13,7 @@
 #   BENCH_SLED_CACHE_MB=     [storage] sled_cache_mb of flowgate (empty: its default)
 #   BENCH_MIX="55 15 15 5 10"  per 100 requests: plain, streamed, cached, errors, structured
 #   BENCH_SKIP_BUILD=0       1: use the existing target/release binaries
+#   BENCH_BIN_DIR=           prebuilt flowgate and flowgate-mock-upstream (default: target/release)
 #   BENCH_KEEP_TMP=0         1: keep the temp dir (flowgate's data) after the run
 set -euo pipefail
 
@@ -22,7 +23,9 @@ EVERY=${BENCH_EVERY:-100000}
 CONNS=${BENCH_CONNECTIONS:-32}
 MAX_DISK_MB=${BENCH_MAX_DISK_MB:-}
 SLED_CACHE_MB=${BENCH_SLED_CACHE_MB:-}
+# shellcheck disable=SC2034 # SKIP_BUILD, BIN_DIR and PIDS are read by bench/lib.sh
 SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
+BIN_DIR=${BENCH_BIN_DIR:-}
 read -r MIX_PLAIN MIX_STREAM MIX_CACHE MIX_ERROR MIX_STRUCT <<<"${BENCH_MIX:-55 15 15 5 10}"
 ((MIX_PLAIN + MIX_STREAM + MIX_CACHE + MIX_ERROR + MIX_STRUCT == 100)) ||
     { echo "BENCH_MIX must add up to 100: $BENCH_MIX" >&2; exit 2; }
@@ -34,31 +37,19 @@ mkdir -p "$OUT"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/flowgate-memory.XXXXXX")
 REPORT=$OUT/report.txt
 UP_PID="" FG_PID="" LOAD_PID=""
-
-log() { printf '%s\n' "$*" | tee -a "$REPORT"; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
-
-stop_pid() { # pid grace_seconds
-    local pid=$1 grace=$2 i
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < grace * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-}
+# shellcheck disable=SC2034 # read by bench/lib.sh
+PIDS=()
+# log, die, stop_pid, ensure_binaries, wait_listening, start_mock (bench/lib.sh).
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    stop_pid "$LOAD_PID" 5
-    stop_pid "$FG_PID" 40
-    stop_pid "$UP_PID" 10
+    stop_pid "$LOAD_PID" wrk 5
+    stop_pid "$FG_PID" flowgate 40
+    stop_pid "$UP_PID" mock-upstream 10
     if [[ $KEEP_TMP == 1 ]]; then echo "temp dir kept: $TMP"; else rm -rf "$TMP"; fi
     echo "raw output: $OUT"
     exit "$rc"
@@ -67,39 +58,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-SUDO=""
-[[ $(id -u) == 0 ]] || SUDO=sudo
-for tool in wrk curl; do
-    command -v $tool >/dev/null || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $tool
-done
-
-cd "$ROOT"
-if [[ $SKIP_BUILD != 1 ]]; then
-    cargo build --release --bins -p flowgate -p flowgate-mock-upstream 2>&1 | tail -n 3
-fi
-FLOWGATE=$ROOT/target/release/flowgate
-MOCK=$ROOT/target/release/flowgate-mock-upstream
-[[ -x $FLOWGATE && -x $MOCK ]] || die "missing $FLOWGATE or $MOCK (build failed?)"
-
-# wait_listening PID STDOUT_FILE -> LISTEN_URL
-wait_listening() {
-    local pid=$1 out=$2 i line
-    for ((i = 0; i < 300; i++)); do
-        line=$(grep -m1 -o 'listening on http://[0-9.:]*' "$out" 2>/dev/null || true)
-        if [[ -n $line ]]; then
-            LISTEN_URL=${line#listening on }
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || die "$out: exited before listening"
-        sleep 0.1
-    done
-    die "$out: not listening within 30s"
-}
-
-"$MOCK" --listen 127.0.0.1:0 --workers 1 --no-record >"$OUT/mock-upstream.stdout" 2>&1 &
-UP_PID=$!
-wait_listening "$UP_PID" "$OUT/mock-upstream.stdout"
-UP_URL=$LISTEN_URL
+for tool in wrk curl; do command -v $tool >/dev/null || apt_install $tool; done
+ensure_binaries
+start_mock
 
 DATA=$TMP/flowgate-data
 {
@@ -132,7 +93,7 @@ EOF
 cp "$TMP/flowgate.toml" "$OUT/"
 "$FLOWGATE" serve --config "$TMP/flowgate.toml" >"$OUT/flowgate.stdout" 2>"$OUT/flowgate.stderr" &
 FG_PID=$!
-wait_listening "$FG_PID" "$OUT/flowgate.stdout"
+wait_listening flowgate "$FG_PID" "$OUT/flowgate.stdout" "$OUT/flowgate.stderr" || die "$LISTEN_ERROR"
 FG_URL=$LISTEN_URL
 
 # One wrk thread; per 100 requests (by default): 55 plain, 15 streamed, 15 cacheable (50
@@ -209,7 +170,7 @@ while :; do
     fi
     ((n >= REQUESTS)) && break
 done
-stop_pid "$LOAD_PID" 5
+stop_pid "$LOAD_PID" wrk 5
 LOAD_PID=""
 sleep 2
 rss=$(rss_mb)
