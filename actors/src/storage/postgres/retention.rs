@@ -23,14 +23,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use deadpool_postgres::Object;
 
-use super::{corrupt, pg_error, to_i64, to_json, to_u64};
+use super::{pg_error, to_i64, to_u64};
 use crate::recorder::run::RunRecord;
 use crate::search::id_bounds;
 use crate::stats::{Aggregate, RunFigures, RunView};
 use crate::storage::{Footprint, PruneBatch, Pruned, StorageError};
 
-/// A stats key as its columns: tenant, agent, source, hour.
-type Row = (String, String, &'static str, i64);
+use super::stats::{key_columns, lock_hours, write_hours, Row};
 
 /// Rows sampled (the newest) for the average size of a run.
 const SAMPLE: i64 = 1000;
@@ -121,66 +120,21 @@ async fn subtract_stats(
     if sums.is_empty() {
         return Ok(());
     }
-    let (mut tenants, mut agents, mut sources, mut hours) = (vec![], vec![], vec![], vec![]);
-    for (tenant, agent, source, hour) in sums.keys() {
-        tenants.push(tenant.clone());
-        agents.push(agent.clone());
-        sources.push(source.to_string());
-        hours.push(*hour);
-    }
-    let rows = tx
-        .query(
-            "SELECT s.tenant, s.agent, s.source, s.hour, s.sums::text
-             FROM stats_hours s
-             JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(t, a, src, h)
-               ON s.tenant = k.t AND s.agent = k.a AND s.source = k.src AND s.hour = k.h
-             ORDER BY s.tenant, s.agent, s.source, s.hour
-             FOR UPDATE OF s",
-            &[&tenants, &agents, &sources, &hours],
-        )
-        .await
-        .map_err(pg_error)?;
-    // Rows kept (with their new sums) and rows emptied.
-    let (mut kept, mut emptied) = ((vec![], vec![], vec![], vec![], vec![]), BTreeSet::new());
-    for row in &rows {
-        let (tenant, agent, source, hour): (String, String, String, i64) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
-        let Some(deleted) = sums
-            .iter()
-            .find(|((t, a, s, h), _)| *t == tenant && *a == agent && *s == source && *h == hour)
-            .map(|(_, sums)| sums)
-        else {
+    // Hours kept (with their new sums) and hours emptied.
+    let (mut kept, mut emptied) = (Vec::new(), BTreeSet::new());
+    for (key, mut stored) in lock_hours(tx, sums.keys()).await? {
+        let Some(deleted) = sums.get(&key) else {
             continue;
         };
-        let mut stored: Aggregate =
-            serde_json::from_str(row.get(4)).map_err(corrupt("run stats"))?;
         stored.subtract(deleted);
         if stored.runs == 0 {
-            emptied.insert((tenant, agent, source, hour));
+            emptied.insert(key);
         } else {
-            kept.0.push(tenant);
-            kept.1.push(agent);
-            kept.2.push(source);
-            kept.3.push(hour);
-            kept.4.push(to_json("run stats", &stored)?);
+            kept.push((key, stored));
         }
     }
-    tx.execute(
-        "UPDATE stats_hours s SET sums = k.sums::json
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
-             AS k(t, a, src, h, sums)
-         WHERE s.tenant = k.t AND s.agent = k.a AND s.source = k.src AND s.hour = k.h",
-        &[&kept.0, &kept.1, &kept.2, &kept.3, &kept.4],
-    )
-    .await
-    .map_err(pg_error)?;
-    let (mut t, mut a, mut s, mut h) = (vec![], vec![], vec![], vec![]);
-    for (tenant, agent, source, hour) in emptied {
-        t.push(tenant);
-        a.push(agent);
-        s.push(source);
-        h.push(hour);
-    }
+    write_hours(tx, &kept).await?;
+    let (t, a, s, h) = key_columns(emptied.iter());
     tx.execute(
         "DELETE FROM stats_hours s
          USING UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(t, a, src, h)
@@ -190,6 +144,7 @@ async fn subtract_stats(
     .await
     .map_err(pg_error)?;
     // An agent's latest run per source goes with its last hour.
+    let (tenants, agents, sources, _) = key_columns(sums.keys());
     tx.execute(
         "DELETE FROM stats_agents sa
          USING UNNEST($1::text[], $2::text[], $3::text[]) AS k(t, a, src)

@@ -37,7 +37,74 @@ fn source_of(name: &str) -> Option<RunSource> {
 }
 
 /// A key as its columns: tenant, agent, source, hour.
-type Row = (String, String, &'static str, i64);
+pub(super) type Row = (String, String, &'static str, i64);
+
+/// The columns of `keys`, as arrays for `UNNEST`.
+pub(super) fn key_columns<'k>(
+    keys: impl Iterator<Item = &'k Row>,
+) -> (Vec<String>, Vec<String>, Vec<String>, Vec<i64>) {
+    let (mut tenants, mut agents, mut sources, mut hours) = (vec![], vec![], vec![], vec![]);
+    for (tenant, agent, source, hour) in keys {
+        tenants.push(tenant.clone());
+        agents.push(agent.clone());
+        sources.push(source.to_string());
+        hours.push(*hour);
+    }
+    (tenants, agents, sources, hours)
+}
+
+/// Locks the stored hours of `keys` (in key order, so two transactions never wait on each
+/// other in a cycle) and reads their sums, in the caller's transaction. Hours not stored are
+/// left out.
+pub(super) async fn lock_hours(
+    tx: &deadpool_postgres::Transaction<'_>,
+    keys: impl Iterator<Item = &Row>,
+) -> Result<Vec<(Row, Aggregate)>, StorageError> {
+    let (tenants, agents, sources, hours) = key_columns(keys);
+    let rows = tx
+        .query(
+            "SELECT s.tenant, s.agent, s.source, s.hour, s.sums::text
+             FROM stats_hours s
+             JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(t, a, src, h)
+               ON s.tenant = k.t AND s.agent = k.a AND s.source = k.src AND s.hour = k.h
+             ORDER BY s.tenant, s.agent, s.source, s.hour
+             FOR UPDATE OF s",
+            &[&tenants, &agents, &sources, &hours],
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut locked = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(source) = source_of(row.get(2)) else {
+            continue;
+        };
+        let sums: Aggregate = serde_json::from_str(row.get(4)).map_err(corrupt("run stats"))?;
+        locked.push(((row.get(0), row.get(1), source.as_str(), row.get(3)), sums));
+    }
+    Ok(locked)
+}
+
+/// Writes the new sums of hours locked by [`lock_hours`], in the caller's transaction.
+pub(super) async fn write_hours(
+    tx: &deadpool_postgres::Transaction<'_>,
+    hours: &[(Row, Aggregate)],
+) -> Result<(), StorageError> {
+    let (tenants, agents, sources, hour_numbers) = key_columns(hours.iter().map(|(key, _)| key));
+    let sums = hours
+        .iter()
+        .map(|(_, sums)| to_json("run stats", sums))
+        .collect::<Result<Vec<_>, _>>()?;
+    tx.execute(
+        "UPDATE stats_hours s SET sums = k.sums::json
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
+             AS k(t, a, src, h, sums)
+         WHERE s.tenant = k.t AND s.agent = k.a AND s.source = k.src AND s.hour = k.h",
+        &[&tenants, &agents, &sources, &hour_numbers, &sums],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
+}
 
 impl StatsStore for PgStatsStore {
     fn add_batch<'a>(
@@ -60,13 +127,7 @@ impl StatsStore for PgStatsStore {
                 return Ok(());
             }
             let zero = to_json("run stats", &Aggregate::default())?;
-            let (mut tenants, mut agents, mut sources, mut hours) = (vec![], vec![], vec![], vec![]);
-            for (tenant, agent, source, hour) in merged.keys() {
-                tenants.push(tenant.clone());
-                agents.push(agent.clone());
-                sources.push(source.to_string());
-                hours.push(*hour);
-            }
+            let (tenants, agents, sources, hours) = key_columns(merged.keys());
             let tx = client.transaction().await.map_err(pg_error)?;
             // Every row exists (a new one from zero), then all are locked and read.
             tx.execute(
@@ -78,54 +139,19 @@ impl StatsStore for PgStatsStore {
             )
             .await
             .map_err(pg_error)?;
-            let rows = tx
-                .query(
-                    "SELECT s.tenant, s.agent, s.source, s.hour, s.sums::text
-                     FROM stats_hours s
-                     JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(t, a, src, h)
-                       ON s.tenant = k.t AND s.agent = k.a AND s.source = k.src AND s.hour = k.h
-                     ORDER BY s.tenant, s.agent, s.source, s.hour
-                     FOR UPDATE OF s",
-                    &[&tenants, &agents, &sources, &hours],
-                )
-                .await
-                .map_err(pg_error)?;
-            let mut sums = Vec::with_capacity(rows.len());
-            let (mut row_tenants, mut row_agents, mut row_sources, mut row_hours) =
-                (vec![], vec![], vec![], vec![]);
+            let mut locked = lock_hours(&tx, merged.keys()).await?;
             let mut latest: BTreeMap<(String, String, String), i64> = BTreeMap::new();
-            for row in &rows {
-                let (tenant, agent, source, hour): (String, String, String, i64) =
-                    (row.get(0), row.get(1), row.get(2), row.get(3));
-                let Some(key_source) = source_of(&source) else {
+            for (key, stored) in &mut locked {
+                let Some(increment) = merged.get(key) else {
                     continue;
                 };
-                let key = (tenant.clone(), agent.clone(), key_source.as_str(), hour);
-                let Some(increment) = merged.get(&key) else {
-                    continue;
-                };
-                let mut stored: Aggregate =
-                    serde_json::from_str(row.get(4)).map_err(corrupt("run stats"))?;
                 stored.merge(increment);
-                sums.push(to_json("run stats", &stored)?);
                 let last = latest
-                    .entry((tenant.clone(), agent.clone(), source.clone()))
+                    .entry((key.0.clone(), key.1.clone(), key.2.to_string()))
                     .or_default();
                 *last = (*last).max(to_i64(increment.last_run_ms));
-                row_tenants.push(tenant);
-                row_agents.push(agent);
-                row_sources.push(source);
-                row_hours.push(hour);
             }
-            tx.execute(
-                "UPDATE stats_hours s SET sums = k.sums::json
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
-                     AS k(t, a, src, h, sums)
-                 WHERE s.tenant = k.t AND s.agent = k.a AND s.source = k.src AND s.hour = k.h",
-                &[&row_tenants, &row_agents, &row_sources, &row_hours, &sums],
-            )
-            .await
-            .map_err(pg_error)?;
+            write_hours(&tx, &locked).await?;
             let (mut t, mut a, mut s, mut ms) = (vec![], vec![], vec![], vec![]);
             for ((tenant, agent, source), last) in latest {
                 t.push(tenant);
