@@ -289,6 +289,21 @@ impl TextBlocks {
         Ok(())
     }
 
+    /// The stored blocks but the open one (`open_seq`), oldest first: key, sequence, bytes.
+    fn closed_blocks(
+        &self,
+        open_seq: u64,
+    ) -> impl Iterator<Item = Result<(::sled::IVec, u64, ::sled::IVec), StorageError>> + '_ {
+        self.tree.iter().filter_map(move |entry| {
+            let (key, bytes) = match entry {
+                Ok(entry) => entry,
+                Err(e) => return Some(Err(backend(e))),
+            };
+            let seq = u64::from_be_bytes(key.as_ref().try_into().ok()?);
+            (seq != open_seq).then_some(Ok((key, seq, bytes)))
+        })
+    }
+
     /// Deletes the closed blocks whose runs are all gone (retention deletes the oldest runs
     /// first: a block whose newest run is older than the oldest run left holds none), so that
     /// blocks do not outlive their runs. `oldest`: the oldest run left (`None`: none is).
@@ -301,14 +316,8 @@ impl TextBlocks {
     pub(super) fn drop_before(&self, oldest: Option<[u8; 16]>) -> Result<usize, StorageError> {
         let open_seq = self.lock().block.seq;
         let mut gone = Vec::new();
-        for entry in self.tree.iter() {
-            let (key, bytes) = entry.map_err(backend)?;
-            let Ok(seq) = key.as_ref().try_into().map(u64::from_be_bytes) else {
-                continue;
-            };
-            if seq == open_seq {
-                continue;
-            }
+        for entry in self.closed_blocks(open_seq) {
+            let (key, _, bytes) = entry?;
             // The newest run id is in the header: the filter is not decoded.
             let Some(max) = bytes.get(34..50) else {
                 continue;
@@ -350,14 +359,8 @@ impl TextBlocks {
             keep(&open.block);
             open.block.seq
         };
-        for entry in self.tree.iter() {
-            let (key, bytes) = entry.map_err(backend)?;
-            let Ok(seq) = key.as_ref().try_into().map(u64::from_be_bytes) else {
-                continue;
-            };
-            if seq == open_seq {
-                continue;
-            }
+        for entry in self.closed_blocks(open_seq) {
+            let (_, seq, bytes) = entry?;
             match Block::decode(seq, &bytes) {
                 Some((block, _, _)) => keep(&block),
                 // An unreadable block could hold anything: no shortcut.
