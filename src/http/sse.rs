@@ -8,6 +8,8 @@
 //! about what the upstream's own stream does (`bench/run.sh`, `stream`). The playground, and
 //! `valid_json_chunks`, build each chunk as a JSON value first.
 
+use std::io::Write as _;
+
 use actix_web::Error;
 use bytes::Bytes;
 use flowgate_actors::answer::LiveStream;
@@ -144,7 +146,7 @@ impl State {
         prefix.extend_from_slice(b"data: {\"id\":");
         json_str(&mut prefix, &self.id);
         prefix.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        prefix.extend_from_slice(self.created.to_string().as_bytes());
+        let _ = write!(prefix, "{}", self.created);
         prefix.extend_from_slice(b",\"model\":");
         json_str(&mut prefix, &self.model);
         prefix.extend_from_slice(b",\"choices\":[");
@@ -162,7 +164,8 @@ impl State {
         };
         out.extend_from_slice(prefix);
         out.extend_from_slice(b"{\"index\":");
-        out.extend_from_slice(index.to_string().as_bytes());
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{index}");
         out.extend_from_slice(b",\"delta\":{");
         match ev {
             StreamEvent::Finish { reason, .. } => {
@@ -190,7 +193,7 @@ impl State {
                 ..
             } => {
                 out.extend_from_slice(b"\"tool_calls\":[{\"index\":");
-                out.extend_from_slice(call.to_string().as_bytes());
+                let _ = write!(out, "{call}");
                 if let Some(id) = id {
                     out.extend_from_slice(b",\"id\":");
                     json_str(out, id);
