@@ -43,7 +43,7 @@ pub use deployment::{DeploymentRecord, Deployments, DEPLOYMENT_REFRESH};
 pub use feedback::{FeedbackRecord, Outcome};
 pub use resolve::Resolution;
 pub use schema::SchemaRecord;
-pub use version::{VersionProperties, VersionRecord, VersionStats, VersionSummary};
+pub use version::{LastRuns, VersionProperties, VersionRecord, VersionStats, VersionSummary};
 
 /// Immutable records kept in memory above this count are dropped wholesale (bounded memory).
 const MAX_CACHED: usize = 4096;

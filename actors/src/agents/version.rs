@@ -213,8 +213,9 @@ pub struct VersionRecord {
 
 /// A version's usage, from its recorded runs: its lifetime figures. Retention leaves them as
 /// they are when it deletes runs: first and last use cannot be taken back without the runs,
-/// a version's page says how much it was used (not how many of its runs are still stored),
-/// and they are one entry per version, not per run, so they do not grow with the runs.
+/// and a version's page says how much it was used (not how many of its runs are still
+/// stored). When retention deletes a version's last run it deletes the version with them,
+/// unless a deployment names it ([`LastRuns`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct VersionStats {
     pub run_count: u64,
@@ -226,6 +227,20 @@ pub struct VersionStats {
 }
 
 impl VersionStats {
+    /// Whether the version was used after `at` (an RFC 3339 time, a run's `created_at`), as
+    /// far as these statistics say; `true` when either time does not read as one, so that a
+    /// caller deleting unused versions keeps it.
+    pub fn used_after(&self, at: &str) -> bool {
+        let millis = |at: &str| -> Option<u128> {
+            let time = humantime::parse_rfc3339_weak(at).ok()?;
+            Some(time.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis())
+        };
+        match (self.last_used_at.as_deref().and_then(millis), millis(at)) {
+            (Some(last_use), Some(at)) => last_use > at,
+            _ => true,
+        }
+    }
+
     /// Adds `other`'s runs to these (the earliest first use, the latest last use).
     pub fn add(&mut self, other: &VersionStats) {
         self.run_count += other.run_count;
@@ -237,6 +252,30 @@ impl VersionStats {
         }
         if let Some(at) = &other.last_used_at {
             set_if(&mut self.last_used_at, at, |last| at.as_str() > last);
+        }
+    }
+}
+
+/// The versions of the runs a retention batch deletes, each with the start (`created_at`) of
+/// its newest run among them: a version whose recorded last use is no later has no run left
+/// ([`VersionStats::used_after`]), and retention deletes it unless a deployment names it.
+#[derive(Debug, Default)]
+pub struct LastRuns(pub HashMap<VersionKey, String>);
+
+impl LastRuns {
+    /// Notes a deleted run.
+    pub fn note(&mut self, run: &RunRecord) {
+        let Some(version_id) = run.version_id.as_deref().filter(|v| !v.is_empty()) else {
+            return;
+        };
+        let key = VersionKey {
+            tenant: run.tenant.clone(),
+            agent: run.agent.clone(),
+            version_id: version_id.to_string(),
+        };
+        let noted = self.0.entry(key).or_insert_with(|| run.created_at.clone());
+        if run.created_at > *noted {
+            noted.clone_from(&run.created_at);
         }
     }
 }

@@ -43,7 +43,8 @@ macro_rules! storage_tests {
             versions_page_newest_first_with_their_statistics,
             runs_are_pruned_oldest_first_with_what_points_at_them,
             pruning_never_deletes_a_run_younger_than_its_cut,
-            a_size_bound_prunes_the_oldest_runs_down_to_it
+            a_size_bound_prunes_the_oldest_runs_down_to_it,
+            versions_leave_with_their_last_run_unless_deployed
         );
     };
     (@each $fresh:expr; $($body:ident),* $(,)?) => {
@@ -1826,6 +1827,135 @@ pub async fn runs_are_pruned_oldest_first_with_what_points_at_them(storage: &Sto
         assert_eq!(found, kept.then_some(link.conversation_id), "{}", run.id);
     }
     assert_eq!(storage.runs.footprint().await.unwrap().runs, 3);
+}
+
+/// Retention deletes a version with its last run (its record, its statistics, its value in
+/// the search's list of versions), and keeps a version that still has a run, one that a
+/// deployment names (even a past one) and one that never ran.
+pub async fn versions_leave_with_their_last_run_unless_deployed(storage: &Storage) {
+    use crate::stats::{DAY_MS, HOUR_MS};
+
+    let now = now_ms();
+    let at = |ms: u64| {
+        humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string()
+    };
+    let versioned = |ms: u64, v: &str| {
+        let mut run = run_at("t", "a", ms, v);
+        run.version_id = Some(v.to_string());
+        run.created_at = at(ms);
+        Box::new(run)
+    };
+    let old = now - 3 * DAY_MS;
+    let runs = vec![
+        versioned(old, "v-gone"),
+        versioned(old + 1000, "v-gone"),
+        versioned(old + 2000, "v-kept"),
+        versioned(old + 3000, "v-deployed"),
+        versioned(old + 4000, "v-was-deployed"),
+        versioned(now - HOUR_MS, "v-kept"),
+    ];
+    for id in [
+        "v-gone",
+        "v-kept",
+        "v-deployed",
+        "v-was-deployed",
+        "v-never-ran",
+    ] {
+        storage
+            .versions
+            .insert("t", "a", &version(id, 1))
+            .await
+            .unwrap();
+    }
+    storage.runs.insert_batch(&runs).await.unwrap();
+    // Each run counted in its version's statistics, as the recorder does.
+    let counted: Vec<(VersionKey, VersionStats)> = runs
+        .iter()
+        .map(|run| {
+            let version = run.version_id.as_deref().unwrap();
+            let mut one = stats(1);
+            one.first_used_at = Some(run.created_at.clone());
+            one.last_used_at = Some(run.created_at.clone());
+            (version_key("t", "a", version), one)
+        })
+        .collect();
+    storage.versions.add_stats(&counted).await.unwrap();
+    let prod = Environment::Production;
+    storage
+        .deployments
+        .deploy("t", deployment("a", 1, prod, "v-was-deployed"))
+        .await
+        .unwrap();
+    storage
+        .deployments
+        .deploy("t", deployment("a", 1, prod, "v-deployed"))
+        .await
+        .unwrap();
+
+    let pruned = storage
+        .runs
+        .prune(super::PruneBatch {
+            before_ms: now - DAY_MS,
+            max_runs: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned.runs, 5);
+
+    let versions = storage.versions.as_ref();
+    assert!(versions.get("t", "a", "v-gone").await.unwrap().is_none());
+    assert_eq!(
+        versions
+            .stats(&version_key("t", "a", "v-gone"))
+            .await
+            .unwrap(),
+        None
+    );
+    let page = versions.page("t", "a", None, 100).await.unwrap();
+    let mut listed: Vec<&str> = page.items.iter().map(|(v, _)| v.id.as_str()).collect();
+    listed.sort_unstable();
+    assert_eq!(
+        listed,
+        ["v-deployed", "v-kept", "v-never-ran", "v-was-deployed"]
+    );
+    let kept = versions
+        .stats(&version_key("t", "a", "v-kept"))
+        .await
+        .unwrap();
+    assert_eq!(kept.map(|s| s.run_count), Some(2));
+    let deployed = versions
+        .stats(&version_key("t", "a", "v-deployed"))
+        .await
+        .unwrap();
+    assert_eq!(deployed.map(|s| s.run_count), Some(1));
+    let scope = super::SearchScope {
+        tenant: "t".into(),
+        agent: Some("a".into()),
+    };
+    let values = storage.runs.field_values(&scope, 100).await.unwrap();
+    let version_values = values
+        .get(&crate::search::IndexedField::Version)
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !version_values.iter().any(|v| v == "v-gone"),
+        "{version_values:?}"
+    );
+    assert!(
+        version_values.iter().any(|v| v == "v-kept"),
+        "{version_values:?}"
+    );
+
+    // Used again, the version comes back.
+    storage
+        .versions
+        .insert("t", "a", &version("v-gone", 1))
+        .await
+        .unwrap();
+    assert!(versions.get("t", "a", "v-gone").await.unwrap().is_some());
 }
 
 /// A run that started at or after the cut stays, however large the batch.

@@ -413,6 +413,12 @@ impl VersionStore for PgVersionStore {
         for (key, stats) in batch {
             last.entry(key).or_default().add(stats);
         }
+        // In key order, as retention locks them: two batches never wait on each other in a
+        // cycle.
+        let mut last: Vec<(&VersionKey, VersionStats)> = last.into_iter().collect();
+        last.sort_by(|(a, _), (b, _)| {
+            (&a.tenant, &a.agent, &a.version_id).cmp(&(&b.tenant, &b.agent, &b.version_id))
+        });
         let (mut tenants, mut agents, mut ids, mut stats) = (vec![], vec![], vec![], vec![]);
         for (key, value) in last {
             tenants.push(key.tenant.clone());

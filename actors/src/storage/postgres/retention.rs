@@ -11,8 +11,13 @@
 //! other in a cycle; an hour left with no run is deleted, and an agent's latest run per source
 //! once none of its hours is left. All of it or none of it.
 //!
-//! What stays, as on sled: `run_values` (one row per value, not per run), a version's
-//! lifetime usage statistics, and cached answers whose source run is gone.
+//! A version whose last run the batch deleted goes too, in the same transaction, with its
+//! statistics and its row in `run_values`, unless a deployment (current or past) names it
+//! ([`drop_unused_versions`]): as on sled, an agent whose prompts are written per request has
+//! a version per run.
+//!
+//! What stays, as on sled: `run_values`' other rows (one per value, not per run), the lifetime
+//! statistics of the versions still in use, and cached answers whose source run is gone.
 //!
 //! The footprint: the number of runs, times the average size of a recent row, times what the
 //! table's indexes add to it. PostgreSQL reuses the room of deleted rows only after a vacuum
@@ -24,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use deadpool_postgres::Object;
 
 use super::{pg_error, to_i64, to_u64};
+use crate::agents::{LastRuns, VersionStats};
 use crate::recorder::run::RunRecord;
 use crate::search::id_bounds;
 use crate::stats::{Aggregate, RunFigures, RunView};
@@ -54,6 +60,7 @@ pub(super) async fn prune(mut client: Object, batch: PruneBatch) -> Result<Prune
     }
     let mut ids = Vec::with_capacity(rows.len());
     let mut sums: BTreeMap<Row, Aggregate> = BTreeMap::new();
+    let mut last_runs = LastRuns::default();
     let (mut link_tenants, mut link_agents, mut link_hashes, mut link_ids) =
         (vec![], vec![], vec![], vec![]);
     for row in &rows {
@@ -84,6 +91,9 @@ pub(super) async fn prune(mut client: Object, batch: PruneBatch) -> Result<Prune
         ))
         .or_default()
         .add(&view);
+        if let Some(run) = run.as_ref() {
+            last_runs.note(run);
+        }
         if let Some(link) = run.as_ref().and_then(crate::agents::conversation::link_of) {
             link_tenants.push(link.tenant);
             link_agents.push(link.agent);
@@ -106,10 +116,87 @@ pub(super) async fn prune(mut client: Object, batch: PruneBatch) -> Result<Prune
     .await
     .map_err(pg_error)?;
     subtract_stats(&tx, &sums).await?;
+    drop_unused_versions(&tx, &last_runs).await?;
     tx.commit().await.map_err(pg_error)?;
     Ok(Pruned {
         runs: rows.len() as u64,
     })
+}
+
+/// Deletes the versions of `last_runs` that have no run left and that no deployment names,
+/// with their statistics and their `run_values` row, in the caller's transaction.
+async fn drop_unused_versions(
+    tx: &deadpool_postgres::Transaction<'_>,
+    last_runs: &LastRuns,
+) -> Result<(), StorageError> {
+    if last_runs.0.is_empty() {
+        return Ok(());
+    }
+    let (mut t, mut a, mut v) = (vec![], vec![], vec![]);
+    for key in last_runs.0.keys() {
+        t.push(key.tenant.as_str());
+        a.push(key.agent.as_str());
+        v.push(key.version_id.as_str());
+    }
+    // Their statistics, locked: a recorder adding runs to one waits, then finds it gone and
+    // starts it again (its run recreates the version).
+    let rows = tx
+        .query(
+            "SELECT s.tenant, s.agent, s.version_id, s.stats::text FROM version_stats s
+             JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(t, a, v)
+               ON s.tenant = k.t AND s.agent = k.a AND s.version_id = k.v
+             ORDER BY s.tenant COLLATE \"C\", s.agent COLLATE \"C\", s.version_id COLLATE \"C\"
+             FOR UPDATE OF s",
+            &[&t, &a, &v],
+        )
+        .await
+        .map_err(pg_error)?;
+    let (mut t, mut a, mut v) = (vec![], vec![], vec![]);
+    for row in &rows {
+        let key = crate::storage::VersionKey {
+            tenant: row.get(0),
+            agent: row.get(1),
+            version_id: row.get(2),
+        };
+        let text: &str = row.get(3);
+        let Ok(stats) = serde_json::from_str::<VersionStats>(text) else {
+            continue;
+        };
+        match last_runs.0.get(&key) {
+            Some(last_run) if !stats.used_after(last_run) => {
+                t.push(key.tenant);
+                a.push(key.agent);
+                v.push(key.version_id);
+            }
+            _ => {}
+        }
+    }
+    if t.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "WITH unused AS (
+             SELECT k.t, k.a, k.v FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k(t, a, v)
+             WHERE NOT EXISTS (SELECT 1 FROM deployments d
+                               WHERE d.tenant = k.t AND d.agent = k.a
+                                 AND d.record->>'version_id' = k.v)
+               AND NOT EXISTS (SELECT 1 FROM deployment_history h
+                               WHERE h.tenant = k.t AND h.agent = k.a
+                                 AND h.record->>'version_id' = k.v)
+         ), versions_gone AS (
+             DELETE FROM versions ver USING unused u
+             WHERE ver.tenant = u.t AND ver.agent = u.a AND ver.id = u.v
+         ), values_gone AS (
+             DELETE FROM run_values rv USING unused u
+             WHERE rv.tenant = u.t AND rv.agent = u.a AND rv.field = 'version' AND rv.value = u.v
+         )
+         DELETE FROM version_stats s USING unused u
+         WHERE s.tenant = u.t AND s.agent = u.a AND s.version_id = u.v",
+        &[&t, &a, &v],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
 }
 
 /// Takes the deleted runs' sums out of their hours, in the caller's transaction.

@@ -22,11 +22,13 @@
 //! key is a memory read); listings and deploys, which may wait for the disk, run on a blocking
 //! thread.
 
+use std::collections::HashMap;
+
 use futures::future::{ready, BoxFuture, FutureExt};
 use uuid::Uuid;
 
 use super::{agent_prefix, backend, off_thread};
-use crate::agents::{DeploymentRecord, SchemaRecord, VersionRecord, VersionStats};
+use crate::agents::{DeploymentRecord, LastRuns, SchemaRecord, VersionRecord, VersionStats};
 use crate::model_ref::Environment;
 use crate::storage::{
     ConversationHash, ConversationLink, ConversationStore, DeploymentPage, DeploymentStore,
@@ -418,6 +420,63 @@ impl SledVersionStore {
     }
 }
 
+impl SledVersionStore {
+    /// Retention's part: deletes each version of `last_runs` (a version and the start of the
+    /// newest of its runs that retention just deleted) whose recorded last use is no later,
+    /// so that it has no run left, unless a deployment (current or past) names it. Its record,
+    /// its statistics and its entry in the time index go; returns the versions deleted.
+    /// Without this an agent whose prompts are written per request (no templates) keeps a
+    /// version per run it ever served, and the store grows with them whatever retention does.
+    /// A version without stored statistics (its first runs not yet written) stays.
+    pub(super) fn drop_unused(
+        &self,
+        deployments: &SledDeploymentStore,
+        last_runs: &LastRuns,
+    ) -> Result<Vec<VersionKey>, StorageError> {
+        let mut deployed: HashMap<(String, String), std::collections::HashSet<String>> =
+            HashMap::new();
+        let mut dropped = Vec::new();
+        for (version, last_run) in &last_runs.0 {
+            let key = version_key(&version.tenant, &version.agent, &version.version_id);
+            let Some(stats) = self.stats.get(&key).map_err(backend)? else {
+                continue;
+            };
+            let stats: VersionStats = decode("version's statistics", &stats)?;
+            let used_after = stats.used_after(last_run);
+            if used_after {
+                continue;
+            }
+            let agent = (version.tenant.clone(), version.agent.clone());
+            let names = match deployed.entry(agent) {
+                std::collections::hash_map::Entry::Occupied(names) => names.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(deployments.versions_named(&version.tenant, &version.agent)?)
+                }
+            };
+            if names.contains(&version.version_id) {
+                continue;
+            }
+            // The record first: a time index entry without its version is skipped by a page.
+            let Some(record) = self.versions.remove(&key).map_err(backend)? else {
+                self.stats.remove(&key).map_err(backend)?;
+                continue;
+            };
+            if let Ok(record) = decode::<Created>("version", &record) {
+                let entry = time_key(
+                    &version.tenant,
+                    &version.agent,
+                    &record.created_at,
+                    &version.version_id,
+                );
+                self.by_time.remove(entry).map_err(backend)?;
+            }
+            self.stats.remove(&key).map_err(backend)?;
+            dropped.push(version.clone());
+        }
+        Ok(dropped)
+    }
+}
+
 impl VersionStore for SledVersionStore {
     fn insert<'a>(
         &'a self,
@@ -573,6 +632,23 @@ impl SledDeploymentStore {
         // A deployment is rare and must survive a crash right after it is acknowledged.
         self.db.flush().map_err(backend)?;
         Ok(record)
+    }
+
+    /// The versions that a deployment of the agent, current or past, names.
+    fn versions_named(
+        &self,
+        tenant: &str,
+        agent: &str,
+    ) -> Result<std::collections::HashSet<String>, StorageError> {
+        let prefix = agent_prefix(tenant, agent);
+        let mut names = std::collections::HashSet::new();
+        for tree in [&self.pointers, &self.history] {
+            for entry in tree.scan_prefix(&prefix) {
+                let record: DeploymentRecord = decode("deployment", &entry.map_err(backend)?.1)?;
+                names.insert(record.version_id);
+            }
+        }
+        Ok(names)
     }
 
     fn current_now(

@@ -82,12 +82,20 @@ impl SledStorage {
             .map_err(backend)?;
         // Before the runs: retention takes deleted runs out of the stats.
         let stats = Arc::new(SledStatsStore::open(&db)?);
+        // Before the runs too: retention deletes the versions whose runs are all gone.
+        let versions = Arc::new(SledVersionStore::open(&db)?);
+        let deployments = Arc::new(SledDeploymentStore::open(&db)?);
         Ok(SledStorage {
-            runs: Arc::new(SledRunStore::open(&db, stats.as_ref().clone())?),
+            runs: Arc::new(SledRunStore::open(
+                &db,
+                stats.as_ref().clone(),
+                versions.as_ref().clone(),
+                deployments.as_ref().clone(),
+            )?),
             feedback: Arc::new(SledFeedbackStore::open(&db)?),
             schemas: Arc::new(SledSchemaStore::open(&db)?),
-            versions: Arc::new(SledVersionStore::open(&db)?),
-            deployments: Arc::new(SledDeploymentStore::open(&db)?),
+            versions,
+            deployments,
             conversations: Arc::new(SledConversationStore::open(&db)?),
             answers: Arc::new(SledAnswerStore::open(&db)?),
             shares: Arc::new(SledShareStore::open(&db)?),

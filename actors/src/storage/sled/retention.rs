@@ -8,9 +8,14 @@
 //! hour and taken out of their hours in one step (`stats.rs`: an hour left with no run goes).
 //! Free-text blocks whose runs are all gone are deleted after the batch (`text_blocks.rs`).
 //!
-//! What stays: the lists of an agent's categorical values and of a tenant's agents (one entry
-//! per value or agent, not per run), a version's usage statistics (its lifetime figures, one
-//! entry per version: `agents::version`), and cached answers whose source run is gone (a hit
+//! A version whose last run the batch deleted goes too, with its statistics and its value in
+//! the agent's list of versions, unless a deployment names it (`agents.rs`,
+//! [`SledVersionStore::drop_unused`](super::SledVersionStore)): an agent whose prompts are
+//! written per request has a version per run, and they would otherwise outgrow the runs kept.
+//!
+//! What stays: the lists of an agent's other categorical values and of a tenant's agents (one
+//! entry per value or agent, not per run), the statistics of the versions still in use (their
+//! lifetime figures: `agents::version`), and cached answers whose source run is gone (a hit
 //! reads the stored answer, never the run; the cache's own bound evicts them).
 //!
 //! The ledger (`runs_meta`): the number of stored runs and the bytes of their records, kept as
@@ -22,10 +27,14 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
+use super::agents::{SledDeploymentStore, SledVersionStore};
+use super::search::SearchIndex;
 use super::stats::SledStatsStore;
 use super::{agent_prefix, backend};
+use crate::agents::LastRuns;
 use crate::recorder::run::RunRecord;
 use crate::search::id_bounds;
+use crate::search::IndexedField;
 use crate::stats::{Aggregate, RunFigures, RunView, StatsKey};
 use crate::storage::{Footprint, PruneBatch, Pruned, StorageError};
 
@@ -126,7 +135,9 @@ pub(super) struct Pruner {
     pub(super) shares_by_run: ::sled::Tree,
     pub(super) conversations: ::sled::Tree,
     pub(super) stats: SledStatsStore,
-    pub(super) text: super::text_blocks::TextBlocks,
+    pub(super) index: SearchIndex,
+    pub(super) versions: SledVersionStore,
+    pub(super) deployments: SledDeploymentStore,
     pub(super) ledger: Ledger,
 }
 
@@ -136,7 +147,9 @@ impl Pruner {
         runs: &::sled::Tree,
         by_agent: &::sled::Tree,
         stats: SledStatsStore,
-        text: super::text_blocks::TextBlocks,
+        index: SearchIndex,
+        versions: SledVersionStore,
+        deployments: SledDeploymentStore,
     ) -> Result<Pruner, StorageError> {
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         Ok(Pruner {
@@ -147,7 +160,9 @@ impl Pruner {
             shares_by_run: tree("shares_by_run")?,
             conversations: tree("agent_conversations")?,
             stats,
-            text,
+            index,
+            versions,
+            deployments,
             ledger: Ledger::open(db, runs)?,
         })
     }
@@ -156,6 +171,7 @@ impl Pruner {
     pub(super) fn prune_now(&self, batch: PruneBatch) -> Result<Pruned, StorageError> {
         let before = *id_bounds(batch.before_ms).0.as_bytes();
         let mut stats: HashMap<StatsKey, Aggregate> = HashMap::new();
+        let mut last_runs = LastRuns::default();
         let (mut runs, mut bytes) = (0u64, 0u64);
         for entry in self.runs.range(..before.to_vec()).take(batch.max_runs) {
             let (key, record) = entry.map_err(backend)?;
@@ -164,7 +180,7 @@ impl Pruner {
                 self.runs.remove(&key).map_err(backend)?;
                 continue;
             };
-            self.unlink(id, &record, &mut stats)?;
+            self.unlink(id, &record, &mut stats, &mut last_runs)?;
             if self.runs.remove(&key).map_err(backend)?.is_some() {
                 runs += 1;
                 bytes += record.len() as u64;
@@ -175,12 +191,20 @@ impl Pruner {
         }
         self.stats.subtract_now(&stats)?;
         self.ledger.add(-(runs as i64), -(bytes as i64))?;
+        for version in self.versions.drop_unused(&self.deployments, &last_runs)? {
+            self.index.forget_value(
+                &version.tenant,
+                &version.agent,
+                IndexedField::Version,
+                &version.version_id,
+            )?;
+        }
         let oldest = self
             .runs
             .first()
             .map_err(backend)?
             .and_then(|(key, _)| key.as_ref().try_into().ok());
-        self.text.drop_before(oldest)?;
+        self.index.text.drop_before(oldest)?;
         Ok(Pruned { runs })
     }
 
@@ -191,6 +215,7 @@ impl Pruner {
         id: Uuid,
         record: &[u8],
         stats: &mut HashMap<StatsKey, Aggregate>,
+        last_runs: &mut LastRuns,
     ) -> Result<(), StorageError> {
         // Feedback and any share are keyed by the run id: they go even when the record
         // cannot be read.
@@ -227,6 +252,9 @@ impl Pruner {
             self.shares.remove(token).map_err(backend)?;
         }
         stats.entry(view.key()).or_default().add(&view);
+        if let Some(run) = run.as_ref() {
+            last_runs.note(run);
+        }
         if let Some(link) = run.as_ref().and_then(crate::agents::conversation::link_of) {
             let mut key = agent_prefix(&link.tenant, &link.agent);
             key.extend_from_slice(&link.hash);

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use std::collections::HashMap;
 
+use super::agents::{SledDeploymentStore, SledVersionStore};
 use super::retention::Pruner;
 use super::search::{facets, values_by_field, SearchIndex};
 use super::stats::SledStatsStore;
@@ -39,15 +40,27 @@ fn corrupt(e: serde_json::Error) -> StorageError {
 }
 
 impl SledRunStore {
+    /// Opens the runs' trees. Retention deletes the versions whose last run it deleted:
+    /// `versions` and `deployments` are the stores that keep and name them.
     pub(super) fn open(
         db: &::sled::Db,
         stats: SledStatsStore,
+        versions: SledVersionStore,
+        deployments: SledDeploymentStore,
     ) -> Result<SledRunStore, StorageError> {
         let runs = db.open_tree("runs").map_err(backend)?;
         let by_agent = db.open_tree("runs_by_agent").map_err(backend)?;
         let index = SearchIndex::open(db, &runs)?;
         let store = SledRunStore {
-            pruner: Pruner::open(db, &runs, &by_agent, stats, index.text.clone())?,
+            pruner: Pruner::open(
+                db,
+                &runs,
+                &by_agent,
+                stats,
+                index.clone(),
+                versions,
+                deployments,
+            )?,
             index,
             db: db.clone(),
             runs,

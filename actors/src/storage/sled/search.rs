@@ -215,6 +215,27 @@ impl SearchIndex {
         self.once(&self.agents, &agent)
     }
 
+    /// Forgets a value of an agent's field that no stored run has any more (retention).
+    pub(super) fn forget_value(
+        &self,
+        tenant: &str,
+        agent: &str,
+        field: IndexedField,
+        value: &str,
+    ) -> Result<(), StorageError> {
+        let mut key = agent_prefix(tenant, agent);
+        key.push(field.code());
+        key.extend_from_slice(value.as_bytes());
+        self.values.remove(&key).map_err(backend)?;
+        // Then out of the keys remembered as written: the next run of the value files it
+        // again, even one written between the two steps.
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+        Ok(())
+    }
+
     /// Writes `key` to `tree` unless this process already did.
     fn once(&self, tree: &::sled::Tree, key: &[u8]) -> Result<(), StorageError> {
         let mut known = self
