@@ -28,7 +28,7 @@ async fn main() {
         [n, keep, dir, ..] => (n, keep, dir),
         _ => panic!("usage: sled_growth <runs> <keep> <dir> [stats|nostats]"),
     };
-    let with_stats = args.get(3).map_or(true, |m| m != "nostats");
+    let with_stats = args.get(3).is_none_or(|m| m != "nostats");
     let n: u64 = n.parse().expect("runs: a number");
     let keep: u64 = keep.parse().expect("keep: a number");
     let storage = SledStorage::open(dir.as_ref(), Duration::from_millis(200))
