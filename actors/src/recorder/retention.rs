@@ -183,6 +183,19 @@ pub async fn prune_pass(
     Ok(report)
 }
 
+/// Whether `recorded` runs of the average weight of `footprint`'s added to it pass
+/// [`HIGH_WATER`] of `max_bytes`.
+fn past_high_water(footprint: Footprint, recorded: u64, max_bytes: u64) -> bool {
+    if footprint.runs == 0 {
+        return false;
+    }
+    let per_run = footprint.bytes / footprint.runs;
+    let estimate = footprint
+        .bytes
+        .saturating_add(recorded.saturating_mul(per_run));
+    estimate as f64 > max_bytes as f64 * HIGH_WATER
+}
+
 /// The actor that runs the passes.
 pub struct Retention {
     runs: Arc<dyn RunStore>,
@@ -193,6 +206,14 @@ pub struct Retention {
     /// The size on disk after the last pass: growth past a twentieth of the bound brings the
     /// next pass forward.
     size_after: u64,
+    /// The runs' footprint after the last pass and the runs this instance had recorded then:
+    /// the runs recorded since, at the footprint's average weight, bring the next pass
+    /// forward as soon as they would take the footprint past the bound's high water, without
+    /// asking the store. sled reuses the room of deleted runs, so its size on disk may not
+    /// grow for a long while; at thousands of runs a second, waiting for the next scheduled
+    /// pass let the runs kept grow to twice the bound (`bench/memory.sh`).
+    footprint_after: Option<Footprint>,
+    recorded_after: u64,
 }
 
 impl Retention {
@@ -204,7 +225,24 @@ impl Retention {
             running: false,
             last_pass: None,
             size_after: 0,
+            footprint_after: None,
+            recorded_after: 0,
         }
+    }
+
+    /// Whether the runs recorded since the last pass would take the footprint past the
+    /// bound's high water.
+    fn recorded_past_high_water(&self) -> bool {
+        let (Some(max_bytes), Some(footprint)) = (self.policy.max_bytes, self.footprint_after)
+        else {
+            return false;
+        };
+        let recorded = self
+            .metrics
+            .runs_recorded
+            .get()
+            .saturating_sub(self.recorded_after);
+        past_high_water(footprint, recorded, max_bytes)
     }
 
     /// Starts a pass if one is due (or the store grew enough) and none is under way.
@@ -212,11 +250,13 @@ impl Retention {
         if self.running {
             return;
         }
-        let due = self.last_pass.is_none_or(|at| at.elapsed() >= PASS_EVERY);
+        let due = self.last_pass.is_none_or(|at| at.elapsed() >= PASS_EVERY)
+            || self.recorded_past_high_water();
         let grown_by = self.policy.max_bytes.map(|max| max / 20);
         let (runs, policy, metrics) =
             (self.runs.clone(), self.policy.clone(), self.metrics.clone());
         let size_after = self.size_after;
+        let recorded = self.metrics.runs_recorded.get();
         self.running = true;
         let pass = async move {
             if !due {
@@ -233,12 +273,14 @@ impl Retention {
             log_pass(&report, started.elapsed(), &metrics);
             Ok::<_, StorageError>(Some(report))
         };
-        ctx.spawn(pass.into_actor(self).map(|result, act, _| {
+        ctx.spawn(pass.into_actor(self).map(move |result, act, _| {
             act.running = false;
             match result {
                 Ok(Some(report)) => {
                     act.last_pass = Some(Instant::now());
                     act.size_after = report.size_after;
+                    act.footprint_after = report.footprint;
+                    act.recorded_after = recorded;
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -292,6 +334,22 @@ impl Actor for Retention {
 mod tests {
     use super::*;
     use crate::storage::conformance::run_at;
+
+    #[test]
+    fn runs_recorded_since_the_last_pass_bring_the_next_one_forward_past_high_water() {
+        // 1,000 runs of 1,000 bytes after the last pass, a bound of 2,000,000 (high water
+        // 1,800,000): 800 more runs reach it, 799 do not.
+        let footprint = Footprint {
+            runs: 1_000,
+            bytes: 1_000_000,
+        };
+        assert!(!past_high_water(footprint, 0, 2_000_000));
+        assert!(!past_high_water(footprint, 800, 2_000_000));
+        assert!(past_high_water(footprint, 801, 2_000_000));
+        // An empty store has no average weight: the scheduled pass and the size on disk decide.
+        let empty = Footprint { runs: 0, bytes: 0 };
+        assert!(!past_high_water(empty, 1_000_000, 1));
+    }
 
     #[actix_rt::test]
     async fn an_age_pass_deletes_exactly_the_runs_older_than_the_age() {
