@@ -9,7 +9,8 @@
 //! figures out of their hours in `stats_hours`, locking the rows in key order as
 //! `stats.rs` does, so that a batch of the recorder and one of retention never wait on each
 //! other in a cycle; an hour left with no run is deleted, and an agent's latest run per source
-//! once none of its hours is left. All of it or none of it.
+//! once none of its hours is left; then out of their days in the daily roll-up
+//! (`stats::subtract_days`). All of it or none of it.
 //!
 //! What stays, as on sled: `run_values` (one row per value, not per run), a version's
 //! lifetime usage statistics, and cached answers whose source run is gone.
@@ -19,17 +20,17 @@
 //! and rarely gives it back to the system, so the size of the table is no measure of what is
 //! kept.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use deadpool_postgres::Object;
 
 use super::{pg_error, to_i64, to_u64};
 use crate::recorder::run::RunRecord;
 use crate::search::id_bounds;
-use crate::stats::{Aggregate, RunFigures, RunView};
+use crate::stats::{daily, Aggregate, RunFigures, RunView, StatsKey};
 use crate::storage::{Footprint, PruneBatch, Pruned, StorageError};
 
-use super::stats::{key_columns, lock_hours, write_hours, Row};
+use super::stats::{key_columns, lock_hours, subtract_days, write_hours, Row};
 
 /// Rows sampled (the newest) for the average size of a run.
 const SAMPLE: i64 = 1000;
@@ -54,6 +55,8 @@ pub(super) async fn prune(mut client: Object, batch: PruneBatch) -> Result<Prune
     }
     let mut ids = Vec::with_capacity(rows.len());
     let mut sums: BTreeMap<Row, Aggregate> = BTreeMap::new();
+    // By model too, for the daily roll-up.
+    let mut by_model: HashMap<StatsKey, Aggregate> = HashMap::new();
     let (mut link_tenants, mut link_agents, mut link_hashes, mut link_ids) =
         (vec![], vec![], vec![], vec![]);
     for row in &rows {
@@ -76,6 +79,7 @@ pub(super) async fn prune(mut client: Object, batch: PruneBatch) -> Result<Prune
             }
         };
         let key = view.key();
+        by_model.entry(key.clone()).or_default().add(&view);
         sums.entry((
             key.tenant,
             key.agent,
@@ -106,6 +110,7 @@ pub(super) async fn prune(mut client: Object, batch: PruneBatch) -> Result<Prune
     .await
     .map_err(pg_error)?;
     subtract_stats(&tx, &sums).await?;
+    subtract_days(&tx, &daily::deleted_by_day(by_model.iter())).await?;
     tx.commit().await.map_err(pg_error)?;
     Ok(Pruned {
         runs: rows.len() as u64,
