@@ -302,7 +302,7 @@ impl SledStatsStore {
             touched.insert(agent_source_key(&key.tenant, &key.agent, key.source));
         }
         for (at, deleted) in &merged {
-            let Some(bytes) = self.hours.get(&at).map_err(backend)? else {
+            let Some(bytes) = self.hours.get(at).map_err(backend)? else {
                 continue;
             };
             let mut sums = serde_json::from_slice::<Aggregate>(&bytes).map_err(corrupt)?;
