@@ -222,3 +222,21 @@ impl RunView<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runs_key_names_its_model_bounded() {
+        let mut run = crate::storage::conformance::run("t", "a");
+        assert_eq!(RunView::from(&run).key().model, "m");
+        // No model answered: the one asked for, cut at a character boundary.
+        run.model = None;
+        run.requested_model = "é".repeat(MAX_MODEL_CHARS + 50);
+        let key = RunView::from(&run).key();
+        assert_eq!(key.model, "é".repeat(MAX_MODEL_CHARS));
+        assert_eq!(key.hour_key().model, "");
+        assert_eq!(bounded_model("short"), "short");
+    }
+}

@@ -8,7 +8,9 @@
 //! interval, on `Flush` and when it stops ([`RunStats::write_pending`]). Readers add what is in
 //! memory to what is stored, so a run counts as soon as it is recorded. A day or a range is the
 //! merge of its hours: counts and sums add up, and so do the latency histograms, whose fixed
-//! buckets give percentiles within 2% ([`histogram`]).
+//! buckets give percentiles within 2% ([`histogram`]). The same increments, which carry the
+//! run's model, also feed a daily roll-up of runs, errors and cost per model ([`daily`]):
+//! what the cost page reads.
 
 mod aggregate;
 pub mod daily;

@@ -236,8 +236,9 @@ pub trait ShareStore: Send + Sync + 'static {
 
 // ---- Stats ----
 
-/// The runs' aggregates per tenant, agent, source and hour ([`crate::stats`]), kept as they
-/// are recorded so that stats never read the runs. Only the recorder writes them.
+/// The runs' aggregates per tenant, agent, source and hour ([`crate::stats`]), and their daily
+/// roll-up per model ([`crate::stats::daily`]), kept as runs are recorded so that stats never
+/// read the runs. Only the recorder adds to them; retention takes deleted runs out of both.
 pub trait StatsStore: Send + Sync + 'static {
     /// Adds each increment to the stored aggregate of its hour (a key not stored yet starts
     /// from zero; increments that differ only by model go to the same hour), adds its runs,

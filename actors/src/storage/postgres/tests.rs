@@ -351,3 +351,79 @@ async fn the_change_listener_reconnects_after_losing_its_connection() {
         "copies taken before the loss are stale"
     );
 }
+
+/// A database of a release without the daily roll-up gets it from its hourly aggregates when
+/// the migration that adds it runs: per day, agent and source, under "(before upgrade)".
+#[actix_rt::test]
+async fn the_roll_up_migration_fills_it_from_the_hours_under_before_upgrade() {
+    use crate::recorder::run::RunSource;
+    use crate::stats::{Aggregate, StatsKey, BEFORE_UPGRADE};
+
+    let db = TestSchema::new();
+    let stores = db.stores();
+    let key = |agent: &str, source, hour, model: &str| StatsKey {
+        tenant: "t".into(),
+        agent: agent.into(),
+        source,
+        hour,
+        model: model.into(),
+    };
+    let sums = |runs: u64, cost_usd: f64| Aggregate {
+        runs,
+        errors: 1,
+        cost_usd,
+        ..Aggregate::default()
+    };
+    let (api, play) = (RunSource::Api, RunSource::Playground);
+    stores
+        .stats
+        .add_batch(&[
+            (key("a", api, 240, "gpt"), sums(2, 0.5)),
+            (key("a", api, 250, "claude"), sums(1, 0.25)),
+            (key("a", api, 264, "gpt"), sums(4, 1.0)),
+            (key("b", play, 241, "gpt"), sums(1, 0.125)),
+        ])
+        .await
+        .unwrap();
+    // What an earlier release left: the hours, no roll-up; then the migration.
+    let sql = MIGRATIONS.iter().find(|m| m.1 == "stats_days").unwrap().2;
+    db.storage
+        .db()
+        .run(move |client| async move {
+            client
+                .batch_execute("DROP TABLE stats_days")
+                .await
+                .map_err(pg_error)?;
+            client.batch_execute(sql).await.map_err(pg_error)
+        })
+        .await
+        .unwrap();
+    let mut rows: Vec<(u32, String, &str, String, u64, u64, f64)> = stores
+        .stats
+        .days("t", &[api, play], 0..100, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            (
+                k.day,
+                k.agent,
+                k.source.as_str(),
+                k.model,
+                t.runs,
+                t.errors,
+                t.cost_usd,
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let before = BEFORE_UPGRADE.to_string();
+    assert_eq!(
+        rows,
+        vec![
+            (10, "a".into(), "api", before.clone(), 3, 2, 0.75),
+            (10, "b".into(), "playground", before.clone(), 1, 1, 0.125),
+            (11, "a".into(), "api", before, 4, 1, 1.0),
+        ]
+    );
+}
