@@ -9,7 +9,8 @@
 //!   endian) and cost (an `f64`'s 8 bytes, big endian), so a tenant's days are one range scan.
 //!   A data directory of a release without it gets it filled once, when it is opened, from
 //!   its hourly aggregates (a scan of `stats_hours`, not of the runs: milliseconds, not
-//!   minutes, at 1M runs), under the model `(before upgrade)`.
+//!   minutes, at 1M runs), under the model `(before upgrade)`; a thread then finds those runs'
+//!   models in the background (`stats_backfill.rs`).
 //!
 //! A batch of increments is computed, then written key by key (see `add_now` for why not
 //! as a `sled::Batch`). A data directory of an earlier
@@ -22,6 +23,7 @@ use futures::future::{BoxFuture, FutureExt};
 
 use super::backend;
 use super::off_thread;
+use super::stats_backfill::{Backfill, StopOnDrop, CUT_OFF};
 use crate::recorder::run::RunSource;
 use crate::stats::daily::{self, Day, DayKey, DayTotals, BEFORE_UPGRADE};
 use crate::stats::{Aggregate, Hour, RunFigures, RunView, StatsKey};
@@ -71,6 +73,9 @@ pub struct SledStatsStore {
     hours: ::sled::Tree,
     agents: ::sled::Tree,
     days: ::sled::Tree,
+    /// Stops the thread that finds the models of older runs (`stats_backfill.rs`) when the
+    /// last clone goes.
+    _backfill: Option<Arc<StopOnDrop>>,
     /// Held by each read-modify-write of `hours` and `days`: the recorder adds, retention subtracts, each
     /// on its own thread.
     writer: Arc<Mutex<()>>,
@@ -121,17 +126,28 @@ impl SledStatsStore {
             hours: db.open_tree("stats_hours").map_err(backend)?,
             agents: db.open_tree("stats_agents").map_err(backend)?,
             days: db.open_tree("stats_days").map_err(backend)?,
+            _backfill: None,
             writer: Arc::default(),
         };
-        store.build_once(&db.open_tree("runs").map_err(backend)?)?;
-        store.fill_days_once()?;
-        Ok(store)
+        let runs = db.open_tree("runs").map_err(backend)?;
+        store.build_once(&runs)?;
+        store.fill_days_once(&runs)?;
+        let backfill = Backfill {
+            runs,
+            days: store.days.clone(),
+            writer: store.writer.clone(),
+        };
+        Ok(SledStatsStore {
+            _backfill: backfill.start()?.map(Arc::new),
+            ..store
+        })
     }
 
     /// Fills the daily roll-up of a data directory written before it existed from the hourly
     /// aggregates (once: the mark says it is done; `build_once` sets it for the runs it
-    /// counts, whose models it knows). Nothing else writes while a store opens.
-    fn fill_days_once(&self) -> Result<(), StorageError> {
+    /// counts, whose models it knows), and keeps the last run's id for the thread that then
+    /// finds their models (`stats_backfill.rs`). Nothing else writes while a store opens.
+    fn fill_days_once(&self, runs: &::sled::Tree) -> Result<(), StorageError> {
         if self.days.contains_key(DAYS_MARK).map_err(backend)? {
             return Ok(());
         }
@@ -149,7 +165,7 @@ impl SledStatsStore {
                 .or_default()
                 .add(&DayTotals::of(&sums));
         }
-        let runs: u64 = days.values().map(|d| d.runs).sum();
+        let counted: u64 = days.values().map(|d| d.runs).sum();
         let _writer = self.write_lock();
         for (key, totals) in &days {
             let at = day_key(key);
@@ -159,15 +175,20 @@ impl SledStatsStore {
                 .insert(at, &encode_day(&stored))
                 .map_err(backend)?;
         }
-        self.days.insert(DAYS_MARK, &[] as &[u8]).map_err(backend)?;
-        if runs > 0 {
+        if counted > 0 {
+            // The runs the thread will read for their models: those stored until now.
+            if let Some((last, _)) = runs.last().map_err(backend)? {
+                self.days.insert(CUT_OFF, last).map_err(backend)?;
+            }
             tracing::info!(
-                runs,
+                runs = counted,
                 rows = days.len(),
                 "filled the daily cost roll-up from the hourly stats: the runs stored before \
-                 this release show under the model \"(before upgrade)\""
+                 this release show under the model \"(before upgrade)\" until their models are \
+                 found"
             );
         }
+        self.days.insert(DAYS_MARK, &[] as &[u8]).map_err(backend)?;
         Ok(())
     }
 
@@ -442,45 +463,37 @@ impl SledStatsStore {
                 break;
             }
             let (key, bytes) = entry.map_err(backend)?;
-            // `day source agent \0 model`
-            let rest = &key[prefix.len()..];
-            let (Some(day), Some(source)) = (
-                rest.get(..4)
-                    .and_then(|d| d.try_into().ok())
-                    .map(Day::from_be_bytes),
-                rest.get(4).copied().and_then(source_of),
-            ) else {
-                return Err(corrupt("a day of the roll-up without its day or source"));
-            };
-            if !sources.contains(&source) {
+            let key = decode_day_key(&key).ok_or_else(|| corrupt("a day's key of the roll-up"))?;
+            if !sources.contains(&key.source) {
                 continue;
             }
-            let Some((agent, model)) = rest[5..]
-                .iter()
-                .position(|&b| b == 0)
-                .map(|at| (&rest[5..5 + at], &rest[5 + at + 1..]))
-            else {
-                return Err(corrupt("a day of the roll-up without its agent"));
-            };
             let totals = decode_day(&bytes).ok_or_else(|| corrupt("a day of the roll-up"))?;
-            found.push((
-                DayKey {
-                    tenant: tenant.to_string(),
-                    day,
-                    agent: String::from_utf8_lossy(agent).into_owned(),
-                    source,
-                    model: String::from_utf8_lossy(model).into_owned(),
-                },
-                totals,
-            ));
+            found.push((key, totals));
         }
         Ok(found)
     }
 }
 
+/// A day's row's key of the roll-up, decoded; `None` for the marks (and anything else).
+pub(super) fn decode_day_key(key: &[u8]) -> Option<DayKey> {
+    let tenant_end = key.iter().position(|&b| b == 0)?;
+    // `day source agent \0 model`
+    let rest = &key[tenant_end + 1..];
+    let day = Day::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+    let source = source_of(*rest.get(4)?)?;
+    let agent_end = rest[5..].iter().position(|&b| b == 0)? + 5;
+    Some(DayKey {
+        tenant: std::str::from_utf8(&key[..tenant_end]).ok()?.to_string(),
+        day,
+        agent: std::str::from_utf8(&rest[5..agent_end]).ok()?.to_string(),
+        source,
+        model: String::from_utf8_lossy(&rest[agent_end + 1..]).into_owned(),
+    })
+}
+
 /// The key of a day's row of the roll-up: `tenant \0 day source agent \0 model` (with the
 /// model empty, the prefix of the day's rows of the agent and source).
-fn day_key(key: &DayKey) -> Vec<u8> {
+pub(super) fn day_key(key: &DayKey) -> Vec<u8> {
     let mut at = Vec::with_capacity(key.tenant.len() + key.agent.len() + key.model.len() + 7);
     at.extend_from_slice(key.tenant.as_bytes());
     at.push(0);
@@ -492,7 +505,7 @@ fn day_key(key: &DayKey) -> Vec<u8> {
     at
 }
 
-fn encode_day(totals: &DayTotals) -> [u8; 24] {
+pub(super) fn encode_day(totals: &DayTotals) -> [u8; 24] {
     let mut out = [0; 24];
     out[..8].copy_from_slice(&totals.runs.to_be_bytes());
     out[8..16].copy_from_slice(&totals.errors.to_be_bytes());
@@ -500,7 +513,7 @@ fn encode_day(totals: &DayTotals) -> [u8; 24] {
     out
 }
 
-fn decode_day(bytes: &[u8]) -> Option<DayTotals> {
+pub(super) fn decode_day(bytes: &[u8]) -> Option<DayTotals> {
     let at = |i: usize| -> Option<[u8; 8]> { bytes.get(i..i + 8)?.try_into().ok() };
     (bytes.len() == 24).then_some(())?;
     Some(DayTotals {
@@ -584,10 +597,10 @@ mod tests {
     use crate::storage::PruneBatch;
 
     /// A data directory of a release without the roll-up gets it filled from its hours once,
-    /// under [`BEFORE_UPGRADE`]; runs recorded after count under their model, and retention
-    /// takes the oldest out of the before-upgrade row first.
+    /// under [`BEFORE_UPGRADE`], at once, and then per model from its runs in the background;
+    /// runs recorded after count under their model, and retention takes them out of theirs.
     #[actix_rt::test]
-    async fn a_roll_up_is_filled_once_from_the_hours_of_an_earlier_release() {
+    async fn a_roll_up_is_filled_once_for_the_runs_of_an_earlier_release() {
         let dir = tempfile::tempdir().unwrap();
         let now = crate::storage::conformance::now_ms();
         let day0 = now - now % DAY_MS - 3 * DAY_MS;
@@ -628,14 +641,33 @@ mod tests {
         };
         {
             let storage = open_waiting(dir.path()).storage();
+            // At once, the totals; the models once the thread has read the runs.
+            let total = |rows: &[(String, u64, i64)]| {
+                rows.iter()
+                    .map(|r| (r.1, r.2))
+                    .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+            };
+            assert_eq!(total(&rows(storage.clone()).await), (3, 750_000));
+            let mut waited = 0;
+            let found = loop {
+                let found = rows(storage.clone()).await;
+                if found.iter().all(|r| r.0 != BEFORE_UPGRADE) || waited > 200 {
+                    break found;
+                }
+                waited += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            };
             assert_eq!(
-                rows(storage.clone()).await,
-                vec![(BEFORE_UPGRADE.to_string(), 3, 750_000)]
+                found,
+                vec![
+                    ("claude".to_string(), 1, 250_000),
+                    ("gpt".to_string(), 2, 500_000)
+                ]
             );
             let new = vec![at(day0 + 5 * HOUR_MS, "gpt")];
             storage.runs.insert_batch(&new).await.unwrap();
             storage.stats.add_batch(&increments(&new)).await.unwrap();
-            // The two oldest runs (a gpt and a claude): out of the before-upgrade row.
+            // The two oldest runs (a gpt and a claude).
             let pruned = storage
                 .runs
                 .prune(PruneBatch {
@@ -647,21 +679,12 @@ mod tests {
             assert_eq!(pruned.runs, 2);
             assert_eq!(
                 rows(storage.clone()).await,
-                vec![
-                    (BEFORE_UPGRADE.to_string(), 1, 250_000),
-                    ("gpt".to_string(), 1, 250_000),
-                ]
+                vec![("gpt".to_string(), 2, 500_000)]
             );
             storage.runs.flush().await.unwrap();
         }
         // Once: opening again fills nothing twice.
         let storage = open_waiting(dir.path()).storage();
-        assert_eq!(
-            rows(storage).await,
-            vec![
-                (BEFORE_UPGRADE.to_string(), 1, 250_000),
-                ("gpt".to_string(), 1, 250_000),
-            ]
-        );
+        assert_eq!(rows(storage).await, vec![("gpt".to_string(), 2, 500_000)]);
     }
 }
