@@ -7,9 +7,11 @@
 //! from the same increments: their keys carry the model) and retention takes deleted runs out
 //! of it where it takes them out of the hours, so the two always count the same runs.
 //!
-//! A store opened on data written before the roll-up existed fills it once from its hourly
-//! aggregates. They do not know the model, so those runs are counted under
-//! [`BEFORE_UPGRADE`]; [`DayTotals::take_deleted`] explains how retention then finds them.
+//! Data written before the roll-up existed gets it filled once: on PostgreSQL by the migration
+//! that adds it, from the stored runs' columns; on sled at once from the hourly aggregates,
+//! which do not know the model, so those runs count under [`BEFORE_UPGRADE`] until a thread
+//! has read their models from the runs (`storage/sled/stats_backfill.rs`).
+//! [`DayTotals::take_deleted`] explains how retention finds runs counted under it.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -24,8 +26,9 @@ pub fn day_of(hour: Hour) -> Day {
     hour / 24
 }
 
-/// The model the roll-up counts the runs under that were stored before it existed (their
-/// hourly aggregates, which the roll-up is filled from, do not know the model).
+/// The model the roll-up counts the runs under that were stored before it existed, on sled,
+/// until their models are read from the runs (the hourly aggregates it is first filled from do
+/// not know the model).
 pub const BEFORE_UPGRADE: &str = "(before upgrade)";
 
 /// Whose runs a day's totals count.

@@ -13,15 +13,16 @@ CREATE TABLE stats_days (
     PRIMARY KEY (tenant, day, agent, source, model)
 );
 
--- The runs stored before it: their hourly aggregates do not know the model, so they count
--- under "(before upgrade)" (retention takes deleted runs from that row first: they are the
--- oldest). Instances of an earlier release still running after this migration add hours
--- without days: upgrade them all.
+-- The runs stored before it, from their columns (one pass over the table: seconds at 1M
+-- runs, while this migration holds the others back). The model as the stats key it: the one
+-- that answered, else the one asked for, at most 128 characters; a cost that is not a number
+-- counts as none. Instances of an earlier release still running after this migration add
+-- runs without days: upgrade them all.
 INSERT INTO stats_days (tenant, day, agent, source, model, runs, errors, cost_usd)
-SELECT tenant, (hour / 24)::integer, agent, source, '(before upgrade)',
-       SUM(COALESCE((sums->>'runs')::bigint, 0)),
-       SUM(COALESCE((sums->>'errors')::bigint, 0)),
-       SUM(COALESCE((sums->>'cost_usd')::double precision, 0))
-FROM stats_hours
-GROUP BY 1, 2, 3, 4
-HAVING SUM(COALESCE((sums->>'runs')::bigint, 0)) > 0;
+SELECT tenant, (created_ms / 86400000)::integer, agent, source, left(COALESCE(model, ''), 128),
+       count(*),
+       count(*) FILTER (WHERE status = 'error'),
+       COALESCE(SUM(cost_usd) FILTER (
+           WHERE cost_usd NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)), 0)
+FROM runs
+GROUP BY 1, 2, 3, 4, 5;
