@@ -5,9 +5,9 @@
 //! from the start, at the cost of a scan of the hours (milliseconds). Then a thread of its own
 //! reads the runs stored until then (the last one's id is the cut-off, kept in `stats_days`),
 //! one day at a time, oldest first, and replaces each day's [`BEFORE_UPGRADE`] rows with rows
-//! per model. Starting never waits for it (1M runs are read in about a minute on a busy
-//! 2-core machine); the log says how far it got, and a store reopened before it is done
-//! carries on with the days left.
+//! per model. Starting never waits for it (`examples/roll_up_upgrade.rs`: the 1M runs of
+//! `bench/ui.sh` took 7.4 s, on a busy 2-core machine, the open 0.27 s); the log says how far
+//! it got, and a store reopened before it is done carries on with the days left.
 //!
 //! The recorder adds and retention takes away at the same time. The recorder's runs are newer
 //! than the cut-off. Retention removes runs from the tree first and takes them out of the
