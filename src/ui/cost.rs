@@ -1,7 +1,8 @@
 //! `GET /cost?days=7|14|30`: runs and cost per day of each agent and of each model (stacked
 //! bars, drawn here as SVG) and each model's totals over the range, from the stats' daily
 //! roll-up (`flowgate_actors::stats::daily`): one small record per day, agent, model and
-//! source, so 30 days cost about as little to read as 7.
+//! source, so 30 days cost about as little to read as 7. `GET /api/cost` answers the same
+//! figures as JSON.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use flowgate_actors::stats::{sources_of, BEFORE_UPGRADE};
@@ -193,7 +194,10 @@ pub async fn page(
         Ok(v) => v,
         Err(redirect) => return *redirect,
     };
-    let days = query.days.unwrap_or(7).clamp(1, 40);
+    let days = query
+        .days
+        .unwrap_or(7)
+        .clamp(1, crate::http::stats::MAX_COST_DAYS);
     let sources = match sources_of(None) {
         Ok(s) => s,
         Err(e) => return page::error(Some(&viewer), &e),
