@@ -76,8 +76,8 @@ pub struct SledStatsStore {
     /// Stops the thread that finds the models of older runs (`stats_backfill.rs`) when the
     /// last clone goes.
     _backfill: Option<Arc<StopOnDrop>>,
-    /// Held by each read-modify-write of `hours` and `days`: the recorder adds, retention subtracts, each
-    /// on its own thread.
+    /// Held by each read-modify-write of `hours` and `days`: the recorder adds, retention
+    /// subtracts, the backfill replaces, each on its own thread.
     writer: Arc<Mutex<()>>,
 }
 
