@@ -333,3 +333,58 @@ async fn bad_parameters_are_refused_with_the_param_named() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 401);
 }
+
+/// `GET /api/cost`: runs and cost per day of each agent and each model over the range, as the
+/// cost page draws them; the tenant's own only; bad days refused.
+#[tokio::test]
+async fn cost_per_agent_and_model_adds_up_to_the_runs() {
+    let (_dir, gw) = start();
+    for (key, model) in [
+        ("default-key", "shop/mock-echo"),
+        ("default-key", "shop/mock-two"),
+        ("default-key", "desk/mock-two"),
+        ("acme-key", "shop/mock-echo"),
+    ] {
+        assert_eq!(send(&gw, key, model, "hello").await, 200);
+    }
+    let (status, body) = get(&gw, "default-key", "/api/cost?days=3").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["days"].as_array().unwrap().len(), 3);
+    let runs_of = |list: &str, name: &str, key: &str| -> Vec<u64> {
+        let found = body[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s[name] == key)
+            .unwrap_or_else(|| panic!("no {key} in {body}"));
+        let daily: Vec<u64> = found["daily"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["runs"].as_u64().unwrap())
+            .collect();
+        assert_eq!(found["runs"].as_u64().unwrap(), daily.iter().sum::<u64>());
+        daily
+    };
+    // Today is the last day.
+    assert_eq!(runs_of("agents", "agent", "shop"), [0, 0, 2]);
+    assert_eq!(runs_of("agents", "agent", "desk"), [0, 0, 1]);
+    assert_eq!(runs_of("models", "model", "mock-two"), [0, 0, 2]);
+    assert_eq!(runs_of("models", "model", "mock-echo"), [0, 0, 1]);
+    let two = &body["models"].as_array().unwrap()[1];
+    assert_eq!(two["model"], "mock-two");
+    assert!(two["cost_usd"].as_f64().unwrap() > 0.0, "{body}");
+
+    let (_, theirs) = get(&gw, "acme-key", "/api/cost").await;
+    assert_eq!(theirs["days"].as_array().unwrap().len(), 7);
+    assert_eq!(theirs["models"].as_array().unwrap().len(), 1, "{theirs}");
+    for bad in [
+        "/api/cost?days=0",
+        "/api/cost?days=41",
+        "/api/cost?days=x",
+        "/api/cost?day=3",
+    ] {
+        let (status, body) = get(&gw, "default-key", bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}

@@ -490,3 +490,93 @@ async fn a_session_outlives_a_restart_and_ends_with_its_revoked_key() {
     let forged = format!("flowgate_session={}", "A".repeat(43));
     assert_eq!(get(&gw, Some(&forged), "/agents").await.status(), 303);
 }
+
+/// The models table of a cost page: `(model, runs, cost)` per row, in order.
+fn model_rows(html: &str) -> Vec<(String, u64, String)> {
+    let table = html
+        .split(r#"<table id="models">"#)
+        .nth(1)
+        .and_then(|t| t.split("</table>").next())
+        .unwrap_or_else(|| panic!("no models table: {html}"));
+    table
+        .split("<tr><td>")
+        .skip(1)
+        .map(|row| {
+            let cells: Vec<&str> = row
+                .split("</td>")
+                .map(|c| c.rsplit('>').next().unwrap_or(c))
+                .collect();
+            (
+                cells[0].to_string(),
+                cells[1].parse().unwrap(),
+                cells[2].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_cost_page_shows_runs_and_cost_per_model_over_its_range() {
+    let setup = Setup::start(|data, upstream| {
+        base_config(data, Some(upstream))
+            + &model_table(
+                "up-a",
+                &[offer("upstream", "gpt-4o-mini", 1000.0, 2000.0)],
+                "",
+            )
+            + CONFIG_KEYS
+    });
+    let gw = &setup.gw;
+    let ask = |key: &'static str, model: &'static str| {
+        chat_as(
+            gw,
+            key,
+            json!({"model": model, "messages": [{"role": "user", "content": "hello"}]}),
+        )
+    };
+    for (key, model) in [
+        ("default-key", "shop/mock-echo"),
+        ("default-key", "shop/mock-echo"),
+        ("default-key", "support/up-a"),
+        ("acme-key", "acme-bot/mock-echo"),
+    ] {
+        let (status, _, answer) = ask(key, model).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    let cookie = sign_in(gw, "default-key").await;
+    for page in ["/cost?days=7", "/cost?days=30", "/cost?days=30&models=1"] {
+        let response = get(gw, Some(&cookie), page).await;
+        assert_eq!(response.status(), 200, "{page}");
+        let html = response.text().await.unwrap();
+        // The dearer model first; the runs of each over the range, the tenant's only.
+        let rows = model_rows(&html);
+        let summary: Vec<(&str, u64)> = rows.iter().map(|(m, r, _)| (m.as_str(), *r)).collect();
+        assert_eq!(summary, [("up-a", 1), ("mock-echo", 2)], "{page}: {html}");
+        assert_ne!(rows[0].2, "$0", "{page}");
+        assert!(html.contains(r#"id="total-runs">3<"#), "{page}");
+        // Per model per day, as the agents are.
+        let legend = html
+            .split(r#"id="model-legend">"#)
+            .nth(1)
+            .and_then(|l| l.split("</div>").next())
+            .unwrap();
+        assert!(legend.contains("up-a: 1 runs"), "{legend}");
+        assert!(legend.contains("mock-echo: 2 runs"), "{legend}");
+        assert!(
+            html.contains(r#"aria-label="Cost per day, per model"#),
+            "{page}"
+        );
+    }
+
+    let acme = sign_in(gw, "acme-key").await;
+    let html = get(gw, Some(&acme), "/cost?days=7")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let rows = model_rows(&html);
+    assert_eq!(rows.len(), 1, "{html}");
+    assert_eq!((rows[0].0.as_str(), rows[0].1), ("mock-echo", 1));
+    assert!(!html.contains("up-a"), "{html}");
+}

@@ -367,6 +367,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     .route("/api/admin/keys/{id}", web::patch().to(keys::update_key))
     .route("/api/admin/keys/{id}", web::delete().to(keys::revoke_key))
     .route("/api/agents", web::get().to(stats::list_agents))
+    .route("/api/cost", web::get().to(stats::cost))
     .route(
         "/api/agents/{agent}/stats",
         web::get().to(stats::agent_stats),

@@ -6,6 +6,9 @@
 //!   errors, cancelled, cost, tokens, p50/p90/p99 latency of the successful runs, cache hit
 //!   rate; and the totals. Defaults: the last 7 days, day buckets. `from` and `to` are RFC 3339
 //!   (UTC) or Unix seconds; at most 1,000 buckets (40 days of hours).
+//! * `GET /api/cost?days=&source=` — runs and cost per day over the last `days` days (7 by
+//!   default, at most 40; today so far included) of each agent and of each model, from the
+//!   daily roll-up: what the cost page draws.
 //!
 //! `source` is `api` (the default: the app's own traffic), `playground`, `replay` or `all`.
 //! Tenants see their own agents only; an admin key reads the tenant it names. Any other
@@ -89,6 +92,61 @@ pub async fn list_agents(
         "from": list.from,
         "agents": list.agents,
         "truncated": list.truncated,
+    })))
+}
+
+/// The most days `GET /api/cost` (and the cost page) sums.
+pub(crate) const MAX_COST_DAYS: u64 = 40;
+
+pub async fn cost(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let tenant = reader_tenant(&req, &state)?;
+    let params = params(&req, &["days", "source"])?;
+    let source = params.get("source").map(String::as_str);
+    let sources = sources_of(source)?;
+    let days = match params.get("days") {
+        None => 7,
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|d| (1..=MAX_COST_DAYS).contains(d))
+            .ok_or_else(|| {
+                GatewayError::invalid(format!(
+                    "`days` is a number of days from 1 to {MAX_COST_DAYS}, not `{}`",
+                    excerpt(text, 32)
+                ))
+                .with_param("days")
+            })?,
+    };
+    super::runs::settle(&state).await;
+    let cost = state
+        .gateway
+        .stats
+        .cost_by_day(&tenant, &sources, days, now_ms())
+        .await?;
+    let series = |rows: Vec<(String, Vec<(u64, f64)>)>, name: &str| -> Vec<serde_json::Value> {
+        rows.into_iter()
+            .map(|(key, per_day)| {
+                json!({
+                    name: key,
+                    "runs": per_day.iter().map(|d| d.0).sum::<u64>(),
+                    "cost_usd": per_day.iter().map(|d| d.1).sum::<f64>(),
+                    "daily": per_day
+                        .iter()
+                        .map(|(runs, cost)| json!({"runs": runs, "cost_usd": cost}))
+                        .collect::<Vec<_>>(),
+                })
+            })
+            .collect()
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "source": source.unwrap_or("api"),
+        "days": cost.starts,
+        "agents": series(cost.agents, "agent"),
+        "models": series(cost.models, "model"),
+        "truncated": cost.truncated,
     })))
 }
 

@@ -1,11 +1,11 @@
-//! `GET /cost?days=7|14|30`: runs and cost per day of each agent (stacked bars, drawn here as
-//! SVG) from the stats aggregates `GET /api/agents/{agent}/stats` reads, and cost per model
-//! from the versions' usage (`GET /api/agents/{agent}/versions`).
-
-use std::collections::BTreeMap;
+//! `GET /cost?days=7|14|30`: runs and cost per day of each agent and of each model (stacked
+//! bars, drawn here as SVG) and each model's totals over the range, from the stats' daily
+//! roll-up (`flowgate_actors::stats::daily`): one small record per day, agent, model and
+//! source, so 30 days cost about as little to read as 7. `GET /api/cost` answers the same
+//! figures as JSON.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use flowgate_actors::stats::{sources_of, BucketWidth, StatsRange};
+use flowgate_actors::stats::{sources_of, BEFORE_UPGRADE};
 use minijinja::context;
 use serde::{Deserialize, Serialize};
 
@@ -13,19 +13,17 @@ use super::format;
 use super::page;
 use crate::http::AppState;
 
-const DAY_MS: u64 = 86_400_000;
-/// Agents drawn one by one; the rest are summed as "other".
+/// Agents (or models) drawn one by one; the rest are summed as "other".
 const MAX_SERIES: usize = 7;
 const CHART_WIDTH: f64 = 720.0;
 const CHART_HEIGHT: f64 = 180.0;
 
+/// The page's query. Other parameters are ignored: `models=1`, which once asked for the
+/// cost per model on demand, may still be in bookmarks.
 #[derive(Deserialize)]
 pub struct CostQuery {
     #[serde(default)]
     days: Option<u64>,
-    /// Also the cost per model (reads every version of every agent: on demand).
-    #[serde(default)]
-    models: Option<u8>,
 }
 
 #[derive(Serialize)]
@@ -110,84 +108,43 @@ fn count(v: f64) -> String {
     format!("{v:.0}")
 }
 
-pub async fn page(
-    req: HttpRequest,
-    query: web::Query<CostQuery>,
-    state: web::Data<AppState>,
-) -> HttpResponse {
-    let viewer = match page::viewer(&req, &state).await {
-        Ok(v) => v,
-        Err(redirect) => return *redirect,
-    };
-    let days = query.days.unwrap_or(7).clamp(1, 40);
-    let now = crate::http::stats::now_ms();
-    let today = now - now % DAY_MS;
-    let from = today.saturating_sub((days - 1) * DAY_MS);
-    let range = match StatsRange::new(Some(from), Some(today + DAY_MS), BucketWidth::Day, now) {
-        Ok(r) => r,
-        Err(e) => return page::error(Some(&viewer), &e),
-    };
-    let sources = match sources_of(None) {
-        Ok(s) => s,
-        Err(e) => return page::error(Some(&viewer), &e),
-    };
-    crate::http::runs::settle(&state).await;
-    // Runs and cost per day of every agent, in one read of the aggregates.
-    let totals = match state
-        .gateway
-        .stats
-        .totals_by_agent(&viewer.tenant, &sources, &range)
-        .await
-    {
-        Ok(totals) => totals,
-        Err(e) => return page::error(Some(&viewer), &e.into()),
-    };
-    let day_names = totals.starts;
-    let mut per_agent: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
-    let mut by_model: BTreeMap<String, (u64, f64)> = BTreeMap::new();
-    for (agent, days) in totals.agents {
-        let runs = days.iter().map(|d| d.0 as f64).collect();
-        let cost = days.iter().map(|d| d.1).collect();
-        if query.models == Some(1) {
-            if let Ok(versions) = state.gateway.agents.versions(&viewer.tenant, &agent).await {
-                for v in versions {
-                    let entry = by_model
-                        .entry(v.record.properties.model.clone())
-                        .or_default();
-                    entry.0 += v.stats.run_count;
-                    entry.1 += v.stats.cost_usd;
-                }
-            }
-        }
-        per_agent.push((agent, runs, cost));
-    }
-    // The costliest agents first; past MAX_SERIES, one "other" series.
-    per_agent.sort_by(|a, b| {
-        let total = |x: &Vec<f64>| x.iter().sum::<f64>();
-        total(&b.2).total_cmp(&total(&a.2))
+/// Series to draw, the costliest first: `(name, runs per day, cost per day)`; past
+/// [`MAX_SERIES`], one "other".
+type Drawn = Vec<(String, Vec<f64>, Vec<f64>)>;
+
+fn drawn(rows: Vec<(String, Vec<(u64, f64)>)>, days: usize) -> Drawn {
+    let mut series: Drawn = rows
+        .into_iter()
+        .map(|(name, per_day)| {
+            let runs = per_day.iter().map(|d| d.0 as f64).collect();
+            let cost = per_day.iter().map(|d| d.1).collect();
+            (name, runs, cost)
+        })
+        .collect();
+    let total = |x: &Vec<f64>| x.iter().sum::<f64>();
+    // Costliest first; among equals (free models), the busiest.
+    series.sort_by(|a, b| {
+        total(&b.2)
+            .total_cmp(&total(&a.2))
+            .then(total(&b.1).total_cmp(&total(&a.1)))
     });
-    if per_agent.len() > MAX_SERIES {
-        let rest = per_agent.split_off(MAX_SERIES - 1);
-        let n = day_names.len();
-        let mut runs = vec![0.0; n];
-        let mut cost = vec![0.0; n];
+    if series.len() > MAX_SERIES {
+        let rest = series.split_off(MAX_SERIES - 1);
+        let mut runs = vec![0.0; days];
+        let mut cost = vec![0.0; days];
         for (_, r, c) in rest {
-            for i in 0..n {
+            for i in 0..days {
                 runs[i] += r[i];
                 cost[i] += c[i];
             }
         }
-        per_agent.push(("other".into(), runs, cost));
+        series.push(("other".into(), runs, cost));
     }
-    let runs_series: Vec<(String, Vec<f64>)> = per_agent
-        .iter()
-        .map(|(n, r, _)| (n.clone(), r.clone()))
-        .collect();
-    let cost_series: Vec<(String, Vec<f64>)> = per_agent
-        .iter()
-        .map(|(n, _, c)| (n.clone(), c.clone()))
-        .collect();
-    let legend: Vec<Series> = per_agent
+    series
+}
+
+fn legend(series: &Drawn) -> Vec<Series> {
+    series
         .iter()
         .enumerate()
         .map(|(i, (name, runs, cost))| Series {
@@ -199,22 +156,94 @@ pub async fn page(
                 format::cost(cost.iter().sum())
             ),
         })
+        .collect()
+}
+
+/// The cost and runs charts of `series`.
+fn charts(days: &[String], series: &Drawn) -> (Chart, Chart) {
+    let runs: Vec<(String, Vec<f64>)> = series
+        .iter()
+        .map(|(n, r, _)| (n.clone(), r.clone()))
         .collect();
-    let mut models: Vec<(String, u64, f64)> =
-        by_model.into_iter().map(|(m, (r, c))| (m, r, c)).collect();
-    models.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let cost: Vec<(String, Vec<f64>)> = series
+        .iter()
+        .map(|(n, _, c)| (n.clone(), c.clone()))
+        .collect();
+    (
+        stacked(days, &cost, format::cost),
+        stacked(days, &runs, count),
+    )
+}
+
+/// A row of the models table.
+#[derive(Serialize)]
+struct ModelRow {
+    model: String,
+    runs: u64,
+    cost: String,
+    /// The bar's width, in px of 300, against the costliest model.
+    width: f64,
+}
+
+pub async fn page(
+    req: HttpRequest,
+    query: web::Query<CostQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let viewer = match page::viewer(&req, &state).await {
+        Ok(v) => v,
+        Err(redirect) => return *redirect,
+    };
+    let days = query
+        .days
+        .unwrap_or(7)
+        .clamp(1, crate::http::stats::MAX_COST_DAYS);
+    let sources = match sources_of(None) {
+        Ok(s) => s,
+        Err(e) => return page::error(Some(&viewer), &e),
+    };
+    crate::http::runs::settle(&state).await;
+    // Runs and cost per day of every agent and model, in one read of the daily roll-up.
+    let now = crate::http::stats::now_ms();
+    let cost = match state
+        .gateway
+        .stats
+        .cost_by_day(&viewer.tenant, &sources, days, now)
+        .await
+    {
+        Ok(cost) => cost,
+        Err(e) => return page::error(Some(&viewer), &e.into()),
+    };
+    let n = cost.starts.len();
+    // The table lists every model, costliest first.
+    let mut models: Vec<(String, u64, f64)> = cost
+        .models
+        .iter()
+        .map(|(m, per_day)| {
+            let runs = per_day.iter().map(|d| d.0).sum();
+            let usd = per_day.iter().map(|d| d.1).sum();
+            (m.clone(), runs, usd)
+        })
+        .filter(|m| m.1 > 0)
+        .collect();
+    models.sort_by(|a, b| b.2.total_cmp(&a.2).then(b.1.cmp(&a.1)));
     let max_model_cost = models.iter().map(|m| m.2).fold(0.0_f64, f64::max);
-    let model_rows: Vec<(String, u64, String, f64)> = models
+    let model_rows: Vec<ModelRow> = models
         .into_iter()
-        .map(|(m, r, c)| {
-            let width = if max_model_cost > 0.0 {
-                300.0 * c / max_model_cost
+        .map(|(model, runs, usd)| ModelRow {
+            model,
+            runs,
+            cost: format::cost(usd),
+            width: if max_model_cost > 0.0 {
+                300.0 * usd / max_model_cost
             } else {
                 0.0
-            };
-            (m, r, format::cost(c), width)
+            },
         })
         .collect();
+    let before_upgrade = cost.models.iter().any(|(m, _)| m == BEFORE_UPGRADE);
+    let per_agent = drawn(cost.agents, n);
+    let per_model = drawn(cost.models, n);
     let total_cost: f64 = per_agent
         .iter()
         .map(|(_, _, c)| c.iter().sum::<f64>())
@@ -223,19 +252,25 @@ pub async fn page(
         .iter()
         .map(|(_, r, _)| r.iter().sum::<f64>())
         .sum();
+    let (cost_chart, runs_chart) = charts(&cost.starts, &per_agent);
+    let (model_cost_chart, model_runs_chart) = charts(&cost.starts, &per_model);
     page::ok(
         &viewer,
         "cost",
         "cost.html",
         context! {
             days => days,
-            cost_chart => stacked(&day_names, &cost_series, format::cost),
-            runs_chart => stacked(&day_names, &runs_series, count),
-            legend => legend,
+            cost_chart => cost_chart,
+            runs_chart => runs_chart,
+            legend => legend(&per_agent),
+            model_cost_chart => model_cost_chart,
+            model_runs_chart => model_runs_chart,
+            model_legend => legend(&per_model),
             models => model_rows,
+            before_upgrade => before_upgrade,
+            truncated => cost.truncated,
             total_cost => format::cost(total_cost),
             total_runs => total_runs as u64,
-            with_models => query.models == Some(1),
         },
     )
 }

@@ -432,9 +432,11 @@ def test_agents_and_cost_pages_count_the_runs(context, ui, runs, shot):
     page.click("text=Cost")
     assert page.inner_text("#total-runs") == "4"
     assert page.locator("svg.chart rect").count() >= 2
-    assert page.locator("#models").count() == 0
-    page.click("#show-models")
-    assert "mock-echo" in page.inner_text("#models")
+    # Per model over the same range, always shown: three runs on the mock, one upstream.
+    for model, count in [("mock-echo", "3"), ("up-model", "1")]:
+        row = page.locator("#models tr", has_text=model)
+        assert row.locator("td").nth(1).inner_text() == count
+        assert f"{model}: {count} runs" in page.inner_text("#model-legend")
     shot(page, "cost")
 
 

@@ -17,13 +17,43 @@ pub fn hour_of(ms: u64) -> Hour {
     (ms / HOUR_MS).min(u64::from(Hour::MAX)) as Hour
 }
 
-/// Whose runs an aggregate counts: one agent's runs of one source in one hour.
+/// The longest model name the stats keep: a longer one is cut (at a character boundary), so
+/// that a client's `model` string cannot bloat the daily roll-up's keys.
+pub const MAX_MODEL_CHARS: usize = 128;
+
+/// Whose runs an aggregate counts: one agent's runs of one source and one model in one hour.
+///
+/// The hourly aggregates sum over models: a store merges the keys that differ only by
+/// `model` into one hour, and reads hours back with `model` empty. The model is kept apart in
+/// the daily roll-up ([`super::daily`]), which is written and pruned from the same batches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StatsKey {
     pub tenant: String,
     pub agent: String,
     pub source: RunSource,
     pub hour: Hour,
+    /// The model that answered, else the one asked for; at most [`MAX_MODEL_CHARS`]
+    /// characters. Empty in hourly aggregates read back from a store.
+    pub model: String,
+}
+
+impl StatsKey {
+    /// The key of the hour alone (the model dropped): what the hourly aggregates are stored
+    /// under.
+    pub fn hour_key(&self) -> StatsKey {
+        StatsKey {
+            model: String::new(),
+            ..self.clone()
+        }
+    }
+}
+
+/// `model` cut to [`MAX_MODEL_CHARS`] characters.
+pub fn bounded_model(model: &str) -> &str {
+    match model.char_indices().nth(MAX_MODEL_CHARS) {
+        Some((at, _)) => &model[..at],
+        None => model,
+    }
 }
 
 /// The sums over some runs. Every field adds up: the aggregate of two sets of runs is the
@@ -65,6 +95,10 @@ pub struct RunFigures {
     pub cache: CacheStatus,
     #[serde(default)]
     pub source: RunSource,
+    #[serde(default)]
+    pub requested_model: String,
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 impl Aggregate {
@@ -136,6 +170,8 @@ pub struct RunView<'a> {
     pub completion_tokens: u64,
     pub duration_seconds: f64,
     pub cache: CacheStatus,
+    /// The model that answered, else the one asked for (unbounded: [`RunView::key`] cuts it).
+    pub model: &'a str,
 }
 
 impl<'a> From<&'a RunRecord> for RunView<'a> {
@@ -151,6 +187,7 @@ impl<'a> From<&'a RunRecord> for RunView<'a> {
             completion_tokens: run.usage.completion_tokens,
             duration_seconds: run.duration_seconds,
             cache: run.cache,
+            model: run.model.as_deref().unwrap_or(&run.requested_model),
         }
     }
 }
@@ -168,6 +205,7 @@ impl<'a> From<&'a RunFigures> for RunView<'a> {
             completion_tokens: run.usage.completion_tokens,
             duration_seconds: run.duration_seconds,
             cache: run.cache,
+            model: run.model.as_deref().unwrap_or(&run.requested_model),
         }
     }
 }
@@ -180,6 +218,25 @@ impl RunView<'_> {
             agent: self.agent.to_string(),
             source: self.source,
             hour: hour_of(self.at_ms),
+            model: bounded_model(self.model).to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runs_key_names_its_model_bounded() {
+        let mut run = crate::storage::conformance::run("t", "a");
+        assert_eq!(RunView::from(&run).key().model, "m");
+        // No model answered: the one asked for, cut at a character boundary.
+        run.model = None;
+        run.requested_model = "é".repeat(MAX_MODEL_CHARS + 50);
+        let key = RunView::from(&run).key();
+        assert_eq!(key.model, "é".repeat(MAX_MODEL_CHARS));
+        assert_eq!(key.hour_key().model, "");
+        assert_eq!(bounded_model("short"), "short");
     }
 }

@@ -8,9 +8,12 @@
 //! interval, on `Flush` and when it stops ([`RunStats::write_pending`]). Readers add what is in
 //! memory to what is stored, so a run counts as soon as it is recorded. A day or a range is the
 //! merge of its hours: counts and sums add up, and so do the latency histograms, whose fixed
-//! buckets give percentiles within 2% ([`histogram`]).
+//! buckets give percentiles within 2% ([`histogram`]). The same increments, which carry the
+//! run's model, also feed a daily roll-up of runs, errors and cost per model ([`daily`]):
+//! what the cost page reads.
 
 mod aggregate;
+pub mod daily;
 pub mod histogram;
 mod report;
 
@@ -19,11 +22,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::future::{BoxFuture, FutureExt};
 
-pub use aggregate::{hour_of, Aggregate, Hour, RunFigures, RunView, StatsKey, DAY_MS, HOUR_MS};
+pub use aggregate::{
+    bounded_model, hour_of, Aggregate, Hour, RunFigures, RunView, StatsKey, DAY_MS, HOUR_MS,
+    MAX_MODEL_CHARS,
+};
+pub use daily::{Day, DayKey, DayTotals, BEFORE_UPGRADE};
 pub use histogram::LatencyHistogram;
 pub use report::{
-    sources_of, AgentList, AgentSeries, AgentSummary, AgentTotals, BucketStats, BucketWidth,
-    DailyPoint, StatsRange, AGENT_DAYS, MAX_AGENTS, MAX_BUCKETS,
+    sources_of, AgentList, AgentSeries, AgentSummary, BucketStats, BucketWidth, CostByDay,
+    DailyPoint, StatsRange, AGENT_DAYS, MAX_AGENTS, MAX_BUCKETS, MAX_DAY_ROWS,
 };
 
 use crate::recorder::run::{RunRecord, RunSource};
@@ -201,27 +208,42 @@ impl RunStats {
         Ok(report::agent_list(&days, last, found, truncated))
     }
 
-    /// Runs and cost per bucket of `range` of each of the tenant's agents that ran `sources`
-    /// (the cost page): one read of the aggregates for every agent, and no latency merged.
-    pub async fn totals_by_agent(
+    /// Runs and cost per day over the last `days` days (today so far and the days before,
+    /// in UTC) of each of the tenant's agents and of each model that ran `sources` (the cost
+    /// page): one read of the daily roll-up, stored and in memory.
+    pub async fn cost_by_day(
         &self,
         tenant: &str,
         sources: &[RunSource],
-        range: &StatsRange,
-    ) -> Result<AgentTotals, StorageError> {
+        days: u64,
+        now_ms: u64,
+    ) -> Result<CostByDay, StorageError> {
+        let range = report::last_days(days, now_ms);
+        let hours = range.hours();
         let _reading = self.inner.gate.read().await;
-        let (last, truncated) = self.latest_runs(tenant, sources).await?;
-        let query = StatsQuery {
-            tenant: tenant.to_string(),
-            agents: last.keys().cloned().collect(),
-            sources: sources.to_vec(),
-            hours: range.hours(),
-            latency: false,
-        };
-        let found = self.gather(&query).await?;
-        let mut totals = report::totals_by_agent(range, last.into_keys(), found);
-        totals.truncated = truncated;
-        Ok(totals)
+        let mut found = self
+            .inner
+            .store
+            .days(
+                tenant,
+                sources,
+                daily::day_of(hours.start)..daily::day_of(hours.end),
+                MAX_DAY_ROWS + 1,
+            )
+            .await?;
+        let truncated = found.len() > MAX_DAY_ROWS;
+        found.truncate(MAX_DAY_ROWS);
+        found.extend(
+            self.pending()
+                .iter()
+                .filter(|(key, _)| {
+                    key.tenant == tenant
+                        && hours.contains(&key.hour)
+                        && sources.contains(&key.source)
+                })
+                .map(|(key, sums)| (DayKey::of(key), DayTotals::of(sums))),
+        );
+        Ok(report::cost_by_day(&range, found, truncated))
     }
 }
 
@@ -247,7 +269,7 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn totals_by_agent_sum_runs_and_cost_per_day_stored_and_in_memory() {
+    async fn cost_by_day_sums_runs_and_cost_per_agent_and_model_stored_and_in_memory() {
         let dir = tempfile::tempdir().unwrap();
         let storage = crate::storage::sled::SledStorage::open(
             dir.path(),
@@ -255,39 +277,61 @@ mod tests {
         )
         .unwrap();
         let stats = RunStats::new(storage.storage().stats);
+        let on = |agent: &str, ms: u64, model: Option<&str>| {
+            let mut run = run_at(agent, ms, 1.0);
+            run.model = model.map(str::to_string);
+            run.requested_model = "asked".into();
+            run
+        };
         stats.observe(&[
-            run_at("a", DAY0 + 5, 1.0),
-            run_at("a", DAY0 + HOUR_MS, 1.0),
-            run_at("b", DAY0 + DAY_MS + 7, 1.0),
+            on("a", DAY0 + 5, Some("gpt")),
+            on("a", DAY0 + HOUR_MS, Some("claude")),
+            // No model answered: the one asked for.
+            on("b", DAY0 + DAY_MS + 7, None),
         ]);
         stats.write_pending().await.unwrap();
-        let mut played = run_at("a", DAY0 + DAY_MS + 9, 1.0);
+        let mut played = on("a", DAY0 + DAY_MS + 9, Some("gpt"));
         played.source = RunSource::Playground;
         // In memory only: counted too.
-        stats.observe(&[run_at("a", DAY0 + DAY_MS + 8, 1.0), played]);
-        let range =
-            StatsRange::new(Some(DAY0), Some(DAY0 + 2 * DAY_MS), BucketWidth::Day, DAY0).unwrap();
-        let totals = stats
-            .totals_by_agent("t", &[RunSource::Api], &range)
+        stats.observe(&[on("a", DAY0 + DAY_MS + 8, Some("gpt")), played]);
+        let now = DAY0 + DAY_MS + HOUR_MS;
+        let cost = stats
+            .cost_by_day("t", &[RunSource::Api], 2, now)
             .await
             .unwrap();
         assert_eq!(
-            totals.starts,
+            cost.starts,
             ["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"]
         );
         assert_eq!(
-            totals.agents,
+            cost.agents,
             vec![
                 ("a".to_string(), vec![(2, 1.0), (1, 0.5)]),
                 ("b".to_string(), vec![(0, 0.0), (1, 0.5)]),
             ]
         );
-        assert!(!totals.truncated);
-        let other = stats
-            .totals_by_agent("u", &[RunSource::Api], &range)
-            .await
-            .unwrap();
-        assert!(other.agents.is_empty());
+        assert_eq!(
+            cost.models,
+            vec![
+                ("asked".to_string(), vec![(0, 0.0), (1, 0.5)]),
+                ("claude".to_string(), vec![(1, 0.5), (0, 0.0)]),
+                ("gpt".to_string(), vec![(1, 0.5), (1, 0.5)]),
+            ]
+        );
+        assert!(!cost.truncated);
+        // One day: yesterday's runs are out of it; the playground's when asked for.
+        let all = sources_of(Some("all")).unwrap();
+        let today = stats.cost_by_day("t", &all, 1, now).await.unwrap();
+        assert_eq!(today.starts, ["2026-01-02T00:00:00Z"]);
+        assert_eq!(
+            today.models,
+            vec![
+                ("asked".to_string(), vec![(1, 0.5)]),
+                ("gpt".to_string(), vec![(2, 1.0)]),
+            ]
+        );
+        let other = stats.cost_by_day("u", &all, 2, now).await.unwrap();
+        assert!(other.agents.is_empty() && other.models.is_empty());
     }
 
     #[actix_rt::test]

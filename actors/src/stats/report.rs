@@ -1,12 +1,13 @@
 //! What the stats endpoints answer: buckets of time over a range, checked against the bounds,
 //! and the figures of each bucket, merged from the hourly aggregates.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use super::aggregate::{hour_of, Aggregate, Hour, StatsKey, DAY_MS, HOUR_MS};
+use super::daily::{DayKey, DayTotals};
 use crate::error::GatewayError;
 use crate::recorder::run::RunSource;
 
@@ -16,6 +17,9 @@ pub const MAX_BUCKETS: u64 = 1000;
 pub const MAX_AGENTS: usize = 1000;
 /// The days `GET /api/agents` sums, today included.
 pub const AGENT_DAYS: u64 = 7;
+/// The most rows of the daily roll-up the cost page reads (days × agents × models × sources):
+/// a bound on its time for a tenant with very many agents.
+pub const MAX_DAY_ROWS: usize = 100_000;
 /// Times past the year 9999 are refused.
 const MAX_MS: u64 = 253_402_300_799_000;
 
@@ -245,43 +249,50 @@ pub(super) fn series(range: &StatsRange, found: Vec<(StatsKey, Aggregate)>) -> A
     }
 }
 
-/// Runs and cost per bucket of `range` for each agent found (latency histograms are not
-/// merged: the cost page shows none). Every agent of `agents` has a row, by name.
-pub(super) fn totals_by_agent(
+/// Runs and cost per day of each agent and of each model found in the daily roll-up (`range`
+/// is one of days). Agents and models by name.
+pub(super) fn cost_by_day(
     range: &StatsRange,
-    agents: impl IntoIterator<Item = String>,
-    found: Vec<(StatsKey, Aggregate)>,
-) -> AgentTotals {
-    let mut rows: std::collections::BTreeMap<String, Vec<(u64, f64)>> = agents
-        .into_iter()
-        .map(|a| (a, vec![(0, 0.0); range.buckets as usize]))
-        .collect();
-    for (key, sums) in found {
-        let (Some(bucket), Some(row)) = (range.bucket_of(key.hour), rows.get_mut(&key.agent))
-        else {
+    found: impl IntoIterator<Item = (DayKey, DayTotals)>,
+    truncated: bool,
+) -> CostByDay {
+    let empty = || vec![(0, 0.0); range.buckets as usize];
+    let mut agents: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
+    let mut models: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
+    for (key, totals) in found {
+        let Some(bucket) = range.bucket_of(key.day * 24) else {
             continue;
         };
-        row[bucket].0 += sums.runs;
-        row[bucket].1 += sums.cost_usd;
+        for row in [
+            agents.entry(key.agent).or_insert_with(empty),
+            models.entry(key.model).or_insert_with(empty),
+        ] {
+            row[bucket].0 += totals.runs;
+            row[bucket].1 += totals.cost_usd;
+        }
     }
     let width = range.width.ms();
-    AgentTotals {
+    CostByDay {
         starts: (0..range.buckets)
             .map(|i| rfc3339(range.start_ms + i * width))
             .collect(),
-        agents: rows.into_iter().collect(),
-        truncated: false,
+        agents: agents.into_iter().collect(),
+        models: models.into_iter().collect(),
+        truncated,
     }
 }
 
-/// Runs and cost per bucket of each agent ([`super::RunStats::totals_by_agent`]).
+/// Runs and cost per day of each agent and of each model ([`super::RunStats::cost_by_day`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct AgentTotals {
-    /// Each bucket's start, RFC 3339.
+pub struct CostByDay {
+    /// Each day's start, RFC 3339.
     pub starts: Vec<String>,
-    /// By agent name: `(runs, cost)` per bucket.
+    /// By agent name: `(runs, cost)` per day.
     pub agents: Vec<(String, Vec<(u64, f64)>)>,
-    /// More agents than [`MAX_AGENTS`]: those past it by name are left out.
+    /// By model name (runs stored before the roll-up existed under
+    /// [`super::BEFORE_UPGRADE`]): `(runs, cost)` per day.
+    pub models: Vec<(String, Vec<(u64, f64)>)>,
+    /// More rows of the roll-up than [`MAX_DAY_ROWS`] in the range: some are left out.
     pub truncated: bool,
 }
 
@@ -318,10 +329,16 @@ pub struct AgentList {
 
 /// The days `GET /api/agents` sums: today (UTC) and the days before it.
 pub(super) fn agent_days(now_ms: u64) -> StatsRange {
+    last_days(AGENT_DAYS, now_ms)
+}
+
+/// `days` days (at least one, at most [`MAX_BUCKETS`]) ending with today (UTC).
+pub(super) fn last_days(days: u64, now_ms: u64) -> StatsRange {
+    let days = days.clamp(1, MAX_BUCKETS);
     let today = now_ms - now_ms % DAY_MS;
     StatsRange {
-        start_ms: today.saturating_sub((AGENT_DAYS - 1) * DAY_MS),
-        buckets: AGENT_DAYS,
+        start_ms: today.saturating_sub((days - 1) * DAY_MS),
+        buckets: days,
         width: BucketWidth::Day,
     }
 }

@@ -42,6 +42,8 @@ macro_rules! storage_tests {
             session_store,
             versions_page_newest_first_with_their_statistics,
             runs_are_pruned_oldest_first_with_what_points_at_them,
+            stats_roll_up_per_day_and_model,
+            retention_takes_deleted_runs_out_of_the_daily_roll_up,
             pruning_never_deletes_a_run_younger_than_its_cut,
             a_size_bound_prunes_the_oldest_runs_down_to_it,
             versions_leave_with_their_last_run_unless_deployed
@@ -1185,6 +1187,7 @@ pub async fn stats_store(store: &dyn super::StatsStore) {
         agent: agent.into(),
         source,
         hour,
+        model: String::new(),
     };
     let query = |tenant: &str, agents: &[&str], sources: &[RunSource], hours| StatsQuery {
         tenant: tenant.into(),
@@ -1617,7 +1620,7 @@ pub async fn eval_store(storage: &Storage) {
 
 // ---- retention ----
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -1645,7 +1648,9 @@ pub fn run_at(tenant: &str, agent: &str, ms: u64, text: &str) -> RunRecord {
 }
 
 /// The stats increments the recorder writes for `runs`: one per key.
-fn increments(runs: &[Box<RunRecord>]) -> Vec<(crate::stats::StatsKey, crate::stats::Aggregate)> {
+pub(crate) fn increments(
+    runs: &[Box<RunRecord>],
+) -> Vec<(crate::stats::StatsKey, crate::stats::Aggregate)> {
     let mut sums: std::collections::HashMap<_, crate::stats::Aggregate> = Default::default();
     for run in runs {
         let view = crate::stats::RunView::from(run.as_ref());
@@ -1956,6 +1961,234 @@ pub async fn versions_leave_with_their_last_run_unless_deployed(storage: &Storag
         .await
         .unwrap();
     assert!(versions.get("t", "a", "v-gone").await.unwrap().is_some());
+}
+
+/// The roll-up's rows of `tenant` over `days`, sorted, as `(day, agent, source, model, runs,
+/// errors, cost in micro-dollars)`.
+async fn day_rows(
+    storage: &Storage,
+    tenant: &str,
+    sources: &[RunSource],
+    days: std::ops::Range<u32>,
+) -> Vec<(u32, String, &'static str, String, u64, u64, i64)> {
+    let mut rows: Vec<_> = storage
+        .stats
+        .days(tenant, sources, days, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            assert_eq!(k.tenant, tenant);
+            (
+                k.day,
+                k.agent,
+                k.source.as_str(),
+                k.model,
+                t.runs,
+                t.errors,
+                (t.cost_usd * 1e6).round() as i64,
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The daily roll-up: a batch's increments add up per day, agent, source and model (the
+/// hours sum over models), a read returns one tenant's days of the asked sources, end
+/// excluded, at most as many rows as asked.
+pub async fn stats_roll_up_per_day_and_model(storage: &Storage) {
+    use super::StatsQuery;
+    use crate::stats::{Aggregate, StatsKey};
+
+    let key = |tenant: &str, agent: &str, source: RunSource, hour: u32, model: &str| StatsKey {
+        tenant: tenant.into(),
+        agent: agent.into(),
+        source,
+        hour,
+        model: model.into(),
+    };
+    let sums = |runs: u64, errors: u64, cost_usd: f64| Aggregate {
+        runs,
+        errors,
+        cost_usd,
+        last_run_ms: 1,
+        ..Aggregate::default()
+    };
+    let (api, play) = (RunSource::Api, RunSource::Playground);
+    // Day 10 is hours 240..264.
+    let first = vec![
+        (key("t", "a", api, 240, "gpt"), sums(2, 1, 0.5)),
+        (key("t", "a", api, 240, "claude"), sums(1, 0, 0.25)),
+        (key("t", "a", api, 263, "gpt"), sums(3, 0, 0.75)),
+        (key("t", "a", api, 264, "gpt"), sums(4, 2, 1.0)),
+        (key("t", "a", play, 241, "gpt"), sums(5, 0, 1.25)),
+        (key("t", "b", api, 250, "gpt"), sums(1, 0, 0.125)),
+        (key("u", "a", api, 240, "gpt"), sums(7, 0, 7.0)),
+    ];
+    storage.stats.add_batch(&first).await.unwrap();
+    storage
+        .stats
+        .add_batch(&[(key("t", "a", api, 245, "claude"), sums(1, 1, 0.5))])
+        .await
+        .unwrap();
+
+    let row = |day: u32, agent: &str, source: &'static str, model: &str, runs, errors, cost| {
+        (
+            day,
+            agent.to_string(),
+            source,
+            model.to_string(),
+            runs,
+            errors,
+            cost,
+        )
+    };
+    assert_eq!(
+        day_rows(storage, "t", &[api], 0..100).await,
+        vec![
+            row(10, "a", "api", "claude", 2, 1, 750_000),
+            row(10, "a", "api", "gpt", 5, 1, 1_250_000),
+            row(10, "b", "api", "gpt", 1, 0, 125_000),
+            row(11, "a", "api", "gpt", 4, 2, 1_000_000),
+        ]
+    );
+    // Sources as asked, the end excluded, another tenant's never.
+    assert_eq!(
+        day_rows(storage, "t", &[play], 0..100).await,
+        vec![row(10, "a", "playground", "gpt", 5, 0, 1_250_000)]
+    );
+    assert_eq!(day_rows(storage, "t", &[api, play], 11..12).await.len(), 1);
+    assert!(day_rows(storage, "t", &[api], 10..10).await.is_empty());
+    assert!(day_rows(storage, "t", &[api], 12..100).await.is_empty());
+    assert_eq!(
+        day_rows(storage, "u", &[api, play], 0..100).await,
+        vec![row(10, "a", "api", "gpt", 7, 0, 7_000_000)]
+    );
+    assert!(day_rows(storage, "v", &[api], 0..100).await.is_empty());
+    assert_eq!(
+        storage
+            .stats
+            .days("t", &[api, play], 0..100, 2)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // The hours sum over models: one aggregate per hour, read back without a model.
+    let found = storage
+        .stats
+        .read(&StatsQuery {
+            tenant: "t".into(),
+            agents: vec!["a".into()],
+            sources: vec![api],
+            hours: 240..241,
+            latency: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].0, key("t", "a", api, 240, ""));
+    assert_eq!(found[0].1.runs, 3);
+}
+
+/// Retention takes the runs it deletes out of the daily roll-up, per model, as it takes them
+/// out of the hours: the two count the same runs, and a day left with none has no row.
+pub async fn retention_takes_deleted_runs_out_of_the_daily_roll_up(storage: &Storage) {
+    use super::PruneBatch;
+    use crate::stats::{hour_of, DAY_MS, HOUR_MS};
+
+    let now = now_ms();
+    let today = now - now % DAY_MS;
+    let (day1, day2) = ((today / DAY_MS - 3) as u32, (today / DAY_MS - 2) as u32);
+    // Day 1: three runs of `gpt` and two of `claude` (one of them an error), interleaved;
+    // day 2: two of `gpt`.
+    let models = ["gpt", "claude", "gpt", "claude", "gpt"];
+    let mut runs: Vec<Box<RunRecord>> = models
+        .iter()
+        .enumerate()
+        .map(|(i, model)| {
+            let mut run = run_at("t", "a", today - 3 * DAY_MS + i as u64 * HOUR_MS, "x");
+            run.model = Some(model.to_string());
+            run.cost_usd = 0.5;
+            if i == 3 {
+                run.status = RunStatus::Error;
+            }
+            Box::new(run)
+        })
+        .collect();
+    for i in 0..2u64 {
+        let mut run = run_at("t", "a", today - 2 * DAY_MS + i * HOUR_MS, "y");
+        run.model = Some("gpt".into());
+        runs.push(Box::new(run));
+    }
+    storage.runs.insert_batch(&runs).await.unwrap();
+    storage.stats.add_batch(&increments(&runs)).await.unwrap();
+    let row = |day: u32, model: &str, runs, errors, cost| {
+        (
+            day,
+            "a".to_string(),
+            "api",
+            model.to_string(),
+            runs,
+            errors,
+            cost,
+        )
+    };
+    let api = [RunSource::Api];
+    let span = day1 - 1..day2 + 2;
+    assert_eq!(
+        day_rows(storage, "t", &api, span.clone()).await,
+        vec![
+            row(day1, "claude", 2, 1, 1_000_000),
+            row(day1, "gpt", 3, 0, 1_500_000),
+            row(day2, "gpt", 2, 0, 500_000),
+        ]
+    );
+
+    // The first three runs of day 1 (gpt, claude, gpt).
+    let before = |ms| PruneBatch {
+        before_ms: ms,
+        max_runs: 100,
+    };
+    let pruned = storage
+        .runs
+        .prune(before(today - 3 * DAY_MS + 2 * HOUR_MS + 1))
+        .await
+        .unwrap();
+    assert_eq!(pruned.runs, 3);
+    assert_eq!(
+        day_rows(storage, "t", &api, span.clone()).await,
+        vec![
+            row(day1, "claude", 1, 1, 500_000),
+            row(day1, "gpt", 1, 0, 500_000),
+            row(day2, "gpt", 2, 0, 500_000),
+        ]
+    );
+    // The rest of day 1: its rows go; the hours agree.
+    let pruned = storage
+        .runs
+        .prune(before(today - 2 * DAY_MS))
+        .await
+        .unwrap();
+    assert_eq!(pruned.runs, 2);
+    assert_eq!(
+        day_rows(storage, "t", &api, span.clone()).await,
+        vec![row(day2, "gpt", 2, 0, 500_000)]
+    );
+    let hours = storage
+        .stats
+        .read(&super::StatsQuery {
+            tenant: "t".into(),
+            agents: vec!["a".into()],
+            sources: api.to_vec(),
+            hours: hour_of(today - 4 * DAY_MS)..hour_of(now) + 1,
+            latency: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(hours.iter().map(|(_, s)| s.runs).sum::<u64>(), 2);
 }
 
 /// A run that started at or after the cut stays, however large the batch.

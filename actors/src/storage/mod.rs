@@ -50,7 +50,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::recorder::run::{RunRecord, RunSource, RunSummary};
 use crate::search::{IndexedField, RunQuery};
 use crate::share::Share;
-use crate::stats::{Aggregate, Hour, StatsKey};
+use crate::stats::{Aggregate, Day, DayKey, DayTotals, Hour, StatsKey};
 
 /// A storage failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -236,12 +236,15 @@ pub trait ShareStore: Send + Sync + 'static {
 
 // ---- Stats ----
 
-/// The runs' aggregates per tenant, agent, source and hour ([`crate::stats`]), kept as they
-/// are recorded so that stats never read the runs. Only the recorder writes them.
+/// The runs' aggregates per tenant, agent, source and hour ([`crate::stats`]), and their daily
+/// roll-up per model ([`crate::stats::daily`]), kept as runs are recorded so that stats never
+/// read the runs. Only the recorder adds to them; retention takes deleted runs out of both.
 pub trait StatsStore: Send + Sync + 'static {
-    /// Adds each increment to the stored aggregate of its key (a key not stored yet starts
-    /// from zero) and remembers each (tenant, agent, source)'s latest run: all of the batch,
-    /// or on an error none of it, so that the caller may retry it whole.
+    /// Adds each increment to the stored aggregate of its hour (a key not stored yet starts
+    /// from zero; increments that differ only by model go to the same hour), adds its runs,
+    /// errors and cost to the daily roll-up of its day and model ([`crate::stats::daily`]),
+    /// and remembers each (tenant, agent, source)'s latest run: all of the batch, or on an
+    /// error none of it, so that the caller may retry it whole.
     fn add_batch<'a>(
         &'a self,
         increments: &'a [(StatsKey, Aggregate)],
@@ -261,6 +264,16 @@ pub trait StatsStore: Send + Sync + 'static {
         tenant: &'a str,
         max: usize,
     ) -> BoxFuture<'a, Result<Vec<AgentLastRun>, StorageError>>;
+
+    /// The daily roll-up of the tenant's runs of `sources` in `days` (end excluded): at most
+    /// `limit` rows, in no particular order.
+    fn days<'a>(
+        &'a self,
+        tenant: &'a str,
+        sources: &'a [RunSource],
+        days: std::ops::Range<Day>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<(DayKey, DayTotals)>, StorageError>>;
 }
 
 /// Which aggregates a stats read wants.

@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "ui_sessions_version_order",
         include_str!("migrations/0003_ui_sessions_version_order.sql"),
     ),
+    (
+        4,
+        "stats_days",
+        include_str!("migrations/0004_stats_days.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations (any fixed number: "flowgate" in ASCII).

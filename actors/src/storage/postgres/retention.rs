@@ -9,7 +9,8 @@
 //! figures out of their hours in `stats_hours`, locking the rows in key order as
 //! `stats.rs` does, so that a batch of the recorder and one of retention never wait on each
 //! other in a cycle; an hour left with no run is deleted, and an agent's latest run per source
-//! once none of its hours is left. All of it or none of it.
+//! once none of its hours is left; then out of their days in the daily roll-up
+//! (`stats::subtract_days`). All of it or none of it.
 //!
 //! A version whose last run the batch deleted goes too, in the same transaction, with its
 //! statistics and its row in `run_values`, unless a deployment (current or past) names it
@@ -24,7 +25,7 @@
 //! and rarely gives it back to the system, so the size of the table is no measure of what is
 //! kept.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use deadpool_postgres::Object;
 
@@ -32,10 +33,10 @@ use super::{pg_error, to_i64, to_u64};
 use crate::agents::{LastRuns, VersionStats};
 use crate::recorder::run::RunRecord;
 use crate::search::id_bounds;
-use crate::stats::{Aggregate, RunFigures, RunView};
+use crate::stats::{daily, Aggregate, RunFigures, RunView, StatsKey};
 use crate::storage::{Footprint, PruneBatch, Pruned, StorageError};
 
-use super::stats::{key_columns, lock_hours, write_hours, Row};
+use super::stats::{key_columns, lock_hours, subtract_days, write_hours, Row};
 
 /// Rows sampled (the newest) for the average size of a run.
 const SAMPLE: i64 = 1000;
@@ -61,6 +62,8 @@ pub(super) async fn prune(mut client: Object, batch: PruneBatch) -> Result<Prune
     let mut ids = Vec::with_capacity(rows.len());
     let mut sums: BTreeMap<Row, Aggregate> = BTreeMap::new();
     let mut last_runs = LastRuns::default();
+    // By model too, for the daily roll-up.
+    let mut by_model: HashMap<StatsKey, Aggregate> = HashMap::new();
     let (mut link_tenants, mut link_agents, mut link_hashes, mut link_ids) =
         (vec![], vec![], vec![], vec![]);
     for row in &rows {
@@ -83,6 +86,7 @@ pub(super) async fn prune(mut client: Object, batch: PruneBatch) -> Result<Prune
             }
         };
         let key = view.key();
+        by_model.entry(key.clone()).or_default().add(&view);
         sums.entry((
             key.tenant,
             key.agent,
@@ -117,6 +121,7 @@ pub(super) async fn prune(mut client: Object, batch: PruneBatch) -> Result<Prune
     .map_err(pg_error)?;
     subtract_stats(&tx, &sums).await?;
     drop_unused_versions(&tx, &last_runs).await?;
+    subtract_days(&tx, &daily::deleted_by_day(by_model.iter())).await?;
     tx.commit().await.map_err(pg_error)?;
     Ok(Pruned {
         runs: rows.len() as u64,

@@ -4,14 +4,17 @@
 //! Several instances add to the same rows, so a batch is one transaction that locks its rows
 //! (in key order, so two batches never wait on each other in a cycle), merges in memory and
 //! writes back: all of it or, on an error, none of it, so the caller may retry it whole.
+//! `stats_days`, the daily roll-up (`crate::stats::daily`), is added to in the same
+//! transaction, after the hours (every transaction locks hours, then days, each in key order).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
 use super::{corrupt, pg_error, to_i64, to_json, to_u64, Db};
 use crate::recorder::run::RunSource;
+use crate::stats::daily::{self, Day, DayKey, DayTotals};
 use crate::stats::{Aggregate, StatsKey};
 use crate::storage::{AgentLastRun, StatsQuery, StatsStore, StorageError};
 
@@ -106,6 +109,152 @@ pub(super) async fn write_hours(
     Ok(())
 }
 
+/// A day's row of the roll-up as its key columns: tenant, day, agent, source, model.
+type DayRow = (String, i32, String, &'static str, String);
+
+fn day_row(key: DayKey) -> DayRow {
+    (
+        key.tenant,
+        i32::try_from(key.day).unwrap_or(i32::MAX),
+        key.agent,
+        key.source.as_str(),
+        key.model,
+    )
+}
+
+/// Rows of the roll-up with their totals, as arrays for `UNNEST`.
+#[derive(Default)]
+struct DayColumns {
+    tenants: Vec<String>,
+    days: Vec<i32>,
+    agents: Vec<String>,
+    sources: Vec<String>,
+    models: Vec<String>,
+    runs: Vec<i64>,
+    errors: Vec<i64>,
+    costs: Vec<f64>,
+}
+
+impl DayColumns {
+    fn push(&mut self, (tenant, day, agent, source, model): &DayRow, totals: &DayTotals) {
+        self.tenants.push(tenant.clone());
+        self.days.push(*day);
+        self.agents.push(agent.clone());
+        self.sources.push(source.to_string());
+        self.models.push(model.clone());
+        self.runs.push(to_i64(totals.runs));
+        self.errors.push(to_i64(totals.errors));
+        self.costs.push(totals.cost_usd);
+    }
+}
+
+/// Takes retention's deleted runs (grouped by [`daily::deleted_by_day`]) out of the daily
+/// roll-up, in the caller's transaction, after their hours: the rows of each day, agent and
+/// source are locked (in key order) and read, [`DayTotals::take_deleted`] says what is left,
+/// and rows left with no run are deleted.
+pub(super) async fn subtract_days(
+    tx: &deadpool_postgres::Transaction<'_>,
+    deleted: &HashMap<DayKey, BTreeMap<String, DayTotals>>,
+) -> Result<(), StorageError> {
+    if deleted.is_empty() {
+        return Ok(());
+    }
+    let (mut tenants, mut days, mut agents, mut sources) = (vec![], vec![], vec![], vec![]);
+    for group in deleted.keys() {
+        let (tenant, day, agent, source, _) = day_row(group.clone());
+        tenants.push(tenant);
+        days.push(day);
+        agents.push(agent);
+        sources.push(source.to_string());
+    }
+    let rows = tx
+        .query(
+            "SELECT s.tenant, s.day, s.agent, s.source, s.model, s.runs, s.errors, s.cost_usd
+             FROM stats_days s
+             JOIN UNNEST($1::text[], $2::integer[], $3::text[], $4::text[]) AS k(t, d, a, src)
+               ON s.tenant = k.t AND s.day = k.d AND s.agent = k.a AND s.source = k.src
+             ORDER BY s.tenant, s.day, s.agent, s.source, s.model
+             FOR UPDATE OF s",
+            &[&tenants, &days, &agents, &sources],
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut stored: HashMap<DayKey, BTreeMap<String, DayTotals>> = HashMap::new();
+    for row in &rows {
+        let (Some(source), Ok(day)) = (source_of(row.get(3)), Day::try_from(row.get::<_, i32>(1)))
+        else {
+            continue;
+        };
+        let group = DayKey {
+            tenant: row.get(0),
+            day,
+            agent: row.get(2),
+            source,
+            model: String::new(),
+        };
+        let totals = DayTotals {
+            runs: to_u64(row.get(5)),
+            errors: to_u64(row.get(6)),
+            cost_usd: row.get(7),
+        };
+        stored.entry(group).or_default().insert(row.get(4), totals);
+    }
+    let (mut kept, mut emptied) = (DayColumns::default(), DayColumns::default());
+    for (group, mut models) in stored {
+        let before = models.clone();
+        for (model, totals) in deleted.get(&group).into_iter().flatten() {
+            DayTotals::take_deleted(&mut models, model, totals);
+        }
+        for (model, totals) in before {
+            let row = day_row(DayKey {
+                model: model.clone(),
+                ..group.clone()
+            });
+            match models.get(&model) {
+                None => emptied.push(&row, &totals),
+                Some(left) if *left != totals => kept.push(&row, left),
+                Some(_) => {}
+            }
+        }
+    }
+    tx.execute(
+        "UPDATE stats_days s SET runs = k.r, errors = k.e, cost_usd = k.c
+         FROM UNNEST($1::text[], $2::integer[], $3::text[], $4::text[], $5::text[],
+                     $6::bigint[], $7::bigint[], $8::float8[]) AS k(t, d, a, src, m, r, e, c)
+         WHERE s.tenant = k.t AND s.day = k.d AND s.agent = k.a AND s.source = k.src
+           AND s.model = k.m",
+        &[
+            &kept.tenants,
+            &kept.days,
+            &kept.agents,
+            &kept.sources,
+            &kept.models,
+            &kept.runs,
+            &kept.errors,
+            &kept.costs,
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.execute(
+        "DELETE FROM stats_days s
+         USING UNNEST($1::text[], $2::integer[], $3::text[], $4::text[], $5::text[])
+             AS k(t, d, a, src, m)
+         WHERE s.tenant = k.t AND s.day = k.d AND s.agent = k.a AND s.source = k.src
+           AND s.model = k.m",
+        &[
+            &emptied.tenants,
+            &emptied.days,
+            &emptied.agents,
+            &emptied.sources,
+            &emptied.models,
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
+}
+
 impl StatsStore for PgStatsStore {
     fn add_batch<'a>(
         &'a self,
@@ -121,6 +270,15 @@ impl StatsStore for PgStatsStore {
                 i64::from(key.hour),
             );
             merged.entry(row).or_default().merge(increment);
+        }
+        let mut days = DayColumns::default();
+        let by_day: BTreeMap<DayRow, DayTotals> =
+            daily::days_of(increments.iter().map(|(k, s)| (k, s)))
+                .into_iter()
+                .map(|(key, totals)| (day_row(key), totals))
+                .collect();
+        for (row, totals) in &by_day {
+            days.push(row, totals);
         }
         self.db.run(move |mut client| async move {
             if merged.is_empty() {
@@ -169,6 +327,31 @@ impl StatsStore for PgStatsStore {
             )
             .await
             .map_err(pg_error)?;
+            // Added in place, in key order (the `ORDER BY`): two batches lock the days they
+            // share in the same order.
+            tx.execute(
+                "INSERT INTO stats_days (tenant, day, agent, source, model, runs, errors, cost_usd)
+                 SELECT * FROM UNNEST($1::text[], $2::integer[], $3::text[], $4::text[],
+                                      $5::text[], $6::bigint[], $7::bigint[], $8::float8[])
+                     AS k(t, d, a, src, m, r, e, c)
+                 ORDER BY t, d, a, src, m
+                 ON CONFLICT (tenant, day, agent, source, model) DO UPDATE
+                 SET runs = stats_days.runs + EXCLUDED.runs,
+                     errors = stats_days.errors + EXCLUDED.errors,
+                     cost_usd = stats_days.cost_usd + EXCLUDED.cost_usd",
+                &[
+                    &days.tenants,
+                    &days.days,
+                    &days.agents,
+                    &days.sources,
+                    &days.models,
+                    &days.runs,
+                    &days.errors,
+                    &days.costs,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
             tx.commit().await.map_err(pg_error)?;
             Ok(())
         })
@@ -214,6 +397,7 @@ impl StatsStore for PgStatsStore {
                         what: "run stats",
                         detail: format!("hour {hour}"),
                     })?,
+                    model: String::new(),
                 };
                 let sums = serde_json::from_str(row.get(3)).map_err(corrupt("run stats"))?;
                 found.push((key, sums));
@@ -254,6 +438,63 @@ impl StatsStore for PgStatsStore {
                         source: source_of(row.get(1))?,
                         last_run_ms: to_u64(row.get(2)),
                     })
+                })
+                .collect())
+        })
+    }
+
+    fn days<'a>(
+        &'a self,
+        tenant: &'a str,
+        sources: &'a [RunSource],
+        days: std::ops::Range<Day>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<(DayKey, DayTotals)>, StorageError>> {
+        let tenant = tenant.to_string();
+        let sources: Vec<&'static str> = sources.iter().map(|s| s.as_str()).collect();
+        let limit = to_i64(limit as u64);
+        self.db.run(move |client| async move {
+            if days.is_empty() {
+                return Ok(Vec::new());
+            }
+            let statement = client
+                .prepare_cached(
+                    "SELECT day, agent, source, model, runs, errors, cost_usd FROM stats_days
+                     WHERE tenant = $1 AND day >= $2 AND day < $3 AND source = ANY($4)
+                     LIMIT $5",
+                )
+                .await
+                .map_err(pg_error)?;
+            let bound = |day: Day| i32::try_from(day).unwrap_or(i32::MAX);
+            let rows = client
+                .query(
+                    &statement,
+                    &[
+                        &tenant,
+                        &bound(days.start),
+                        &bound(days.end),
+                        &sources,
+                        &limit,
+                    ],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(rows
+                .iter()
+                .filter_map(|row| {
+                    let key = DayKey {
+                        tenant: tenant.clone(),
+                        day: Day::try_from(row.get::<_, i32>(0)).ok()?,
+                        agent: row.get(1),
+                        source: source_of(row.get(2))?,
+                        model: row.get(3),
+                    };
+                    let totals = DayTotals {
+                        runs: to_u64(row.get(4)),
+                        errors: to_u64(row.get(5)),
+                        cost_usd: row.get(6),
+                    };
+                    Some((key, totals))
                 })
                 .collect())
         })

@@ -351,3 +351,89 @@ async fn the_change_listener_reconnects_after_losing_its_connection() {
         "copies taken before the loss are stale"
     );
 }
+
+/// A database of a release without the daily roll-up gets it from its stored runs when the
+/// migration that adds it runs: per day, agent, source and model, as the recorder would have.
+#[actix_rt::test]
+async fn the_roll_up_migration_fills_it_from_the_stored_runs() {
+    use crate::recorder::run::{RunSource, RunStatus};
+    use crate::stats::{DAY_MS, HOUR_MS};
+
+    let db = TestSchema::new();
+    let stores = db.stores();
+    let day0 = 20_000 * DAY_MS;
+    let at = |ms: u64, agent: &str, model: Option<&str>| {
+        let mut run = conformance::run_at("t", agent, ms, "x");
+        run.model = model.map(str::to_string);
+        run.requested_model = "asked".into();
+        run
+    };
+    let mut runs = vec![
+        at(day0, "a", Some("gpt")),
+        at(day0 + HOUR_MS, "a", Some("gpt")),
+        at(day0 + 2 * HOUR_MS, "a", Some("claude")),
+        at(day0 + DAY_MS, "a", None),
+        at(day0 + 3 * HOUR_MS, "b", Some("gpt")),
+    ];
+    runs[1].status = RunStatus::Error;
+    runs[1].cost_usd = f64::NAN;
+    runs[4].source = RunSource::Playground;
+    let runs: Vec<Box<_>> = runs.into_iter().map(Box::new).collect();
+    stores.runs.insert_batch(&runs).await.unwrap();
+    stores
+        .stats
+        .add_batch(&conformance::increments(&runs))
+        .await
+        .unwrap();
+    let read = || async {
+        let mut rows: Vec<(u32, String, &str, String, u64, u64, f64)> = stores
+            .stats
+            .days(
+                "t",
+                &[RunSource::Api, RunSource::Playground],
+                0..30_000,
+                100,
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| {
+                (
+                    k.day,
+                    k.agent,
+                    k.source.as_str(),
+                    k.model,
+                    t.runs,
+                    t.errors,
+                    t.cost_usd,
+                )
+            })
+            .collect();
+        rows.sort_by(|a, b| (a.0, &a.1, &a.3).cmp(&(b.0, &b.1, &b.3)));
+        rows
+    };
+    let recorded = read().await;
+    assert_eq!(
+        recorded,
+        vec![
+            (20_000, "a".into(), "api", "claude".into(), 1, 0, 0.25),
+            (20_000, "a".into(), "api", "gpt".into(), 2, 1, 0.25),
+            (20_000, "b".into(), "playground", "gpt".into(), 1, 0, 0.25),
+            (20_001, "a".into(), "api", "asked".into(), 1, 0, 0.25),
+        ]
+    );
+    // What an earlier release left: the runs and hours, no roll-up; then the migration.
+    let sql = MIGRATIONS.iter().find(|m| m.1 == "stats_days").unwrap().2;
+    db.storage
+        .db()
+        .run(move |client| async move {
+            client
+                .batch_execute("DROP TABLE stats_days")
+                .await
+                .map_err(pg_error)?;
+            client.batch_execute(sql).await.map_err(pg_error)
+        })
+        .await
+        .unwrap();
+    assert_eq!(read().await, recorded);
+}

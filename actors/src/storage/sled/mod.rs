@@ -12,6 +12,7 @@ mod search;
 mod sessions;
 mod shares;
 mod stats;
+mod stats_backfill;
 mod text_blocks;
 
 use std::path::Path;
@@ -238,6 +239,7 @@ mod tests {
             ("sessions.rs", include_str!("sessions.rs")),
             ("shares.rs", include_str!("shares.rs")),
             ("stats.rs", include_str!("stats.rs")),
+            ("stats_backfill.rs", include_str!("stats_backfill.rs")),
             ("text_blocks.rs", include_str!("text_blocks.rs")),
             ("retention.rs", include_str!("retention.rs")),
             ("../spool.rs", include_str!("../spool.rs")),
