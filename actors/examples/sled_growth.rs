@@ -12,15 +12,6 @@ use flowgate_actors::storage::PruneBatch;
 
 mod common;
 
-fn rss_mb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
-}
-
 #[actix_rt::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -65,7 +56,7 @@ async fn main() {
         if (i + 1) % 100_000 == 0 {
             let kept = storage.runs.footprint().await.expect("footprint").runs;
             let disk = storage.runs.size_on_disk().await.expect("size") >> 20;
-            println!("{} {kept} {disk} {}", i + 1, rss_mb());
+            println!("{} {kept} {disk} {}", i + 1, common::rss_mb());
         }
     }
 }

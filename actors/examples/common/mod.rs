@@ -61,3 +61,15 @@ pub fn synthetic(i: u64, rng: &mut fastrand::Rng) -> RunRecord {
     }))
     .expect("a synthetic run")
 }
+
+/// The process's resident set size in MB (`VmRSS`), 0 where it cannot be read.
+// Not every example that includes this module prints it.
+#[allow(dead_code)]
+pub fn rss_mb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
