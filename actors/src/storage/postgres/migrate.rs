@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "stats_days",
         include_str!("migrations/0004_stats_days.sql"),
     ),
+    (
+        5,
+        "run_count",
+        include_str!("migrations/0005_run_count.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations (any fixed number: "flowgate" in ASCII).

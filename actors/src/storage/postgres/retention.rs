@@ -20,7 +20,8 @@
 //! What stays, as on sled: `run_values`' other rows (one per value, not per run), the lifetime
 //! statistics of the versions still in use, and cached answers whose source run is gone.
 //!
-//! The footprint: the number of runs, times the average size of a recent row, times what the
+//! The footprint: the number of runs (`run_count`, kept by the writes and by this file's
+//! deletes: a `count(*)` after every batch took longer than the batch), times the average size of a recent row, times what the
 //! table's indexes add to it. PostgreSQL reuses the room of deleted rows only after a vacuum
 //! and rarely gives it back to the system, so the size of the table is no measure of what is
 //! kept.
@@ -121,6 +122,12 @@ pub(super) async fn prune(mut client: Object, batch: PruneBatch) -> Result<Prune
     .map_err(pg_error)?;
     subtract_stats(&tx, &sums).await?;
     drop_unused_versions(&tx, &last_runs).await?;
+    tx.execute(
+        "UPDATE run_count SET runs = GREATEST(runs - $1, 0)",
+        &[&to_i64(rows.len() as u64)],
+    )
+    .await
+    .map_err(pg_error)?;
     subtract_days(&tx, &daily::deleted_by_day(by_model.iter())).await?;
     tx.commit().await.map_err(pg_error)?;
     Ok(Pruned {
@@ -255,7 +262,7 @@ async fn subtract_stats(
 pub(super) async fn footprint(client: Object) -> Result<Footprint, StorageError> {
     let row = client
         .query_one(
-            "SELECT (SELECT count(*) FROM runs)::bigint,
+            "SELECT COALESCE((SELECT runs FROM run_count), (SELECT count(*) FROM runs))::bigint,
                     COALESCE((SELECT avg(pg_column_size(r.*))
                               FROM (SELECT * FROM runs ORDER BY id DESC LIMIT $1) r), 0)::float8,
                     pg_total_relation_size('runs')::float8

@@ -3,7 +3,8 @@
 //!
 //! A batch is one statement, so one round trip whatever its size: the columns go as arrays,
 //! `UNNEST`ed into rows, upserted on the run id (a retried batch replaces, never duplicates)
-//! and their values noted in the same statement. [`PgRunStore::write_batch`] is that write, for
+//! and their values noted in the same statement, which also adds the runs it inserted (not
+//! those it replaced) to `run_count`, for retention's footprint. [`PgRunStore::write_batch`] is that write, for
 //! any caller that has runs to store (the recorder today, a local spool later).
 
 use std::collections::HashMap;
@@ -48,6 +49,14 @@ written AS (
         version_id = EXCLUDED.version_id, cache = EXCLUDED.cache, source = EXCLUDED.source,
         cost_usd = EXCLUDED.cost_usd, duration_seconds = EXCLUDED.duration_seconds,
         search_text = EXCLUDED.search_text, record = EXCLUDED.record
+    -- A row an earlier batch wrote is updated (its xmax set), a new one is inserted.
+    RETURNING (xmax = 0) AS inserted
+),
+added AS (
+    SELECT count(*) AS runs FROM written WHERE inserted
+),
+counted AS (
+    UPDATE run_count SET runs = run_count.runs + added.runs FROM added WHERE added.runs > 0
 )
 INSERT INTO run_values (tenant, agent, field, value)
 SELECT DISTINCT tenant, agent, field, value FROM batch,
