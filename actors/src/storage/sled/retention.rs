@@ -44,60 +44,29 @@ use crate::storage::{Footprint, PruneBatch, Pruned, StorageError};
 pub const BESIDE_RUN: u64 = 170;
 
 /// What sled's files take on disk over the live bytes of the runs, in steady state (runs
-/// written as old ones are deleted), until it is measured on the store itself
-/// ([`Amplification`]). `examples/sled_space.rs` measured 1.85 to 1.89 for one tree of ~1 KB
-/// values in the mode the store opens sled in; the run store alone under `bench/retention.sh`
-/// (1M runs, 200 MB bound) reached 2.4. The whole gateway under `bench/memory.sh` (1M requests
-/// of mixed traffic, `max_disk_mb = 500`, 2026-12-06) takes far more: every run of an agent
-/// whose prompts are written per request brings a version (its record, statistics, time
-/// index entry and search value: ~650 bytes on hash-ordered keys, which sled rewrites and
-/// cleans far worse than the time-ordered runs), and 1,581 MB of files held 338 MB of live
-/// entries (`examples/sled_trees.rs`): 6.1 times the runs' ledger ([`BESIDE_RUN`] included);
-/// with versions deleted along their runs, 958 MB held 138 MB, 9 times the ledger.
+/// written as old ones are deleted). `examples/sled_space.rs` measured 1.85 to 1.89 for one
+/// tree of ~1 KB values in the mode the store opens sled in; the run store alone under
+/// `bench/retention.sh` (1M runs, 200 MB bound) reached 2.4. The whole gateway under
+/// `bench/memory.sh` (1M requests of mixed traffic, `max_disk_mb = 500`, 2026-12-06) takes far
+/// more: every run of an agent whose prompts are written per request brings a version (its
+/// record, statistics, time index entry and search value: ~650 bytes on hash-ordered keys,
+/// which sled rewrites and cleans far worse than the time-ordered runs), and 1,581 MB of files
+/// held 338 MB of live entries: 6.1 times the runs' ledger ([`BESIDE_RUN`] included). Hence
+/// 6: the bound holds for that traffic, and a store whose versions are few (templated prompts)
+/// keeps fewer runs than its bound would allow rather than outgrowing it. Measuring the
+/// factor on the store itself (size on disk over the live bytes) was tried and undone: at
+/// 3,000 requests a second it rose to its cap of 12, retention kept 26k runs (49 MB of live
+/// entries), and sled's files still grew to 2.8 GB. Under this churn sled's files do not follow
+/// what they hold, so a larger factor only deletes runs.
 pub const AMPLIFICATION: f64 = 6.0;
-/// The bounds of the measured amplification: below, sled's own; above, a store whose files
-/// lag far behind what was deleted would have retention delete most of its runs.
-const MIN_AMPLIFICATION: f64 = 2.0;
-const MAX_AMPLIFICATION: f64 = 12.0;
-/// How often the amplification is measured, and from how many live bytes (below, sled's fixed
-/// overhead of a few megabytes makes the ratio meaningless).
-const MEASURE_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
-const MEASURE_FROM: u64 = 16 << 20;
-
-/// sled's amplification on this store: its size on disk over the runs' live bytes, measured
-/// every [`MEASURE_EVERY`] and averaged with the previous figure (half each), within
-/// [`MIN_AMPLIFICATION`]..=[`MAX_AMPLIFICATION`]. How much sled's files exceed what they hold
-/// depends on the traffic (how many versions, conversations, stats keys its runs bring) far
-/// more than any constant can say; measured, the footprint follows what the data directory
-/// really takes, and a size bound holds whatever the traffic. Averaged, because sled gives
-/// room back late: right after a pass deleted runs the ratio is high, and it falls as sled
-/// reuses and truncates its segments.
-#[derive(Debug)]
-struct Amplification {
-    value: f64,
-    measured_at: Option<std::time::Instant>,
-}
 
 /// The ledger's key: runs (8 bytes) then record bytes (8 bytes), big endian.
 const LEDGER: &[u8] = b"footprint-v1";
-
-/// The amplification after a measure of `disk` bytes on disk for `live` bytes of runs:
-/// averaged with the `previous` measure (none: the first), within the bounds.
-fn next_amplification(previous: Option<f64>, disk: u64, live: u64) -> f64 {
-    let measured = (disk as f64 / live.max(1) as f64).clamp(MIN_AMPLIFICATION, MAX_AMPLIFICATION);
-    match previous {
-        None => measured,
-        Some(previous) => (previous + measured) / 2.0,
-    }
-}
 
 /// The count and weight of the stored runs, in the `runs_meta` tree. Cheap to clone.
 #[derive(Clone)]
 pub(super) struct Ledger {
     meta: ::sled::Tree,
-    /// For its size on disk.
-    db: ::sled::Db,
-    amplification: std::sync::Arc<std::sync::Mutex<Amplification>>,
 }
 
 fn decode(bytes: Option<&[u8]>) -> (u64, u64) {
@@ -120,11 +89,6 @@ impl Ledger {
     pub(super) fn open(db: &::sled::Db, runs: &::sled::Tree) -> Result<Ledger, StorageError> {
         let ledger = Ledger {
             meta: db.open_tree("runs_meta").map_err(backend)?,
-            db: db.clone(),
-            amplification: std::sync::Arc::new(std::sync::Mutex::new(Amplification {
-                value: AMPLIFICATION,
-                measured_at: None,
-            })),
         };
         if ledger.meta.get(LEDGER).map_err(backend)?.is_none() {
             let (mut n, mut bytes) = (0u64, 0u64);
@@ -164,26 +128,8 @@ impl Ledger {
         let live = bytes + runs * BESIDE_RUN;
         Ok(Footprint {
             runs,
-            bytes: (live as f64 * self.amplification(live)?) as u64,
+            bytes: (live as f64 * AMPLIFICATION) as u64,
         })
-    }
-
-    /// The amplification to count, measured again if it is time ([`Amplification`]).
-    fn amplification(&self, live: u64) -> Result<f64, StorageError> {
-        let mut amp = self
-            .amplification
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let due = amp
-            .measured_at
-            .is_none_or(|at| at.elapsed() >= MEASURE_EVERY);
-        if due && live >= MEASURE_FROM {
-            let disk = self.db.size_on_disk().map_err(backend)?;
-            let previous = amp.measured_at.map(|_| amp.value);
-            amp.value = next_amplification(previous, disk, live);
-            amp.measured_at = Some(std::time::Instant::now());
-        }
-        Ok(amp.value)
     }
 }
 
@@ -328,32 +274,5 @@ impl Pruner {
                 .map_err(backend)?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_amplification_follows_the_measures_within_its_bounds() {
-        let mb = 1 << 20;
-        // The first measure is taken as it is; the next ones are averaged with it.
-        assert_eq!(next_amplification(None, 900 * mb, 100 * mb), 9.0);
-        assert_eq!(next_amplification(Some(9.0), 500 * mb, 100 * mb), 7.0);
-        // Files far behind what was deleted, or a store smaller than sled's own overhead:
-        // the bounds hold.
-        assert_eq!(
-            next_amplification(None, 5_000 * mb, 10 * mb),
-            MAX_AMPLIFICATION
-        );
-        assert_eq!(
-            next_amplification(None, 100 * mb, 100 * mb),
-            MIN_AMPLIFICATION
-        );
-        assert_eq!(
-            next_amplification(Some(12.0), 1, 0),
-            (12.0 + MIN_AMPLIFICATION) / 2.0
-        );
     }
 }
