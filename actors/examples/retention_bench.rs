@@ -10,7 +10,6 @@
 //! slowest batch write).
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,24 +22,6 @@ use flowgate_actors::storage::sled::SledStorage;
 mod common;
 
 use common::synthetic;
-
-/// The allocated bytes of every file under `dir` (`du -s`, in bytes).
-fn du(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    for entry in entries.flatten() {
-        let Ok(meta) = entry.metadata() else { continue };
-        if meta.is_dir() {
-            total += du(&entry.path());
-        } else {
-            total += meta.blocks() * 512;
-        }
-    }
-    total
-}
 
 fn mb(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
@@ -150,7 +131,7 @@ async fn bench(n: u64, max_mb: u64) {
         if (i + 1) % (n / 20).max(1) == 0 {
             let footprint = storage.runs.footprint().await.expect("footprint");
             let size = storage.runs.size_on_disk().await.expect("size");
-            let dir_size = du(&dir);
+            let dir_size = common::du(&dir);
             max_du = max_du.max(dir_size);
             max_size = max_size.max(size);
             println!(

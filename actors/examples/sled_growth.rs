@@ -1,13 +1,16 @@
-//! How the data directory follows the runs stored in sled under retention, without the rest of
-//! the gateway: writes N synthetic runs (`common::synthetic`) in batches of 100 with their
-//! stats, the way the recorder does, keeps only the newest `keep` (pruned in batches of 2,000,
-//! the way retention does), and prints the size on disk, the runs kept and the RSS every
-//! 100,000. Usage: `sled_growth <runs> <keep> <dir> [stats|nostats]`.
+//! How the data directory and the RSS follow the runs stored in sled, without the rest of the
+//! gateway: writes N synthetic runs (`common::synthetic`) in batches of 100 with their stats,
+//! the way the recorder does, keeps only the newest `keep` (pruned in batches of 2,000, the
+//! way retention does; `all`: nothing pruned), and prints the runs kept, the size on disk and
+//! the RSS every 100,000.
+//!
+//! Usage: `sled_growth <runs> <keep|all> <dir> [sled_cache_mb] [nostats]` (the cache: the
+//! store's default unless given).
 
 use std::time::Duration;
 
 use flowgate_actors::stats::{Aggregate, RunView};
-use flowgate_actors::storage::sled::SledStorage;
+use flowgate_actors::storage::sled::{SledStorage, DEFAULT_CACHE_BYTES};
 use flowgate_actors::storage::PruneBatch;
 
 mod common;
@@ -15,14 +18,19 @@ mod common;
 #[actix_rt::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: sled_growth <runs> <keep|all> <dir> [sled_cache_mb] [nostats]";
     let (n, keep, dir) = match &args[..] {
         [n, keep, dir, ..] => (n, keep, dir),
-        _ => panic!("usage: sled_growth <runs> <keep> <dir> [stats|nostats]"),
+        _ => panic!("{usage}"),
     };
-    let with_stats = args.get(3).is_none_or(|m| m != "nostats");
     let n: u64 = n.parse().expect("runs: a number");
-    let keep: u64 = keep.parse().expect("keep: a number");
-    let storage = SledStorage::open(dir.as_ref(), Duration::from_millis(200))
+    let keep: Option<u64> = (keep != "all").then(|| keep.parse().expect("keep: a number or all"));
+    let cache = match args.get(3).filter(|a| *a != "nostats") {
+        Some(mb) => mb.parse::<u64>().expect("sled_cache_mb: a number") << 20,
+        None => DEFAULT_CACHE_BYTES,
+    };
+    let with_stats = !args.iter().skip(3).any(|a| a == "nostats");
+    let storage = SledStorage::open_with_cache(dir.as_ref(), Duration::from_millis(200), cache)
         .expect("the store")
         .storage();
     println!("runs kept disk_MB rss_MB");
@@ -43,7 +51,7 @@ async fn main() {
             }
             batch.clear();
         }
-        if (i + 1) % 2_000 == 0 {
+        if let Some(keep) = keep.filter(|_| (i + 1) % 2_000 == 0) {
             let stored = storage.runs.footprint().await.expect("footprint").runs;
             if stored > keep {
                 let batch = PruneBatch {

@@ -15,23 +15,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// The allocated bytes of every file under `dir` (`du -s`, in bytes).
-fn du(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    for entry in entries.flatten() {
-        let Ok(meta) = entry.metadata() else { continue };
-        if meta.is_dir() {
-            total += du(&entry.path());
-        } else {
-            total += meta.blocks() * 512;
-        }
-    }
-    total
-}
+// For `du` alone: the synthetic runs are not used here.
+#[allow(dead_code)]
+mod common;
 
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
@@ -43,7 +29,7 @@ fn report(label: &str, db: &sled::Db, dir: &Path, live: u64, started: Instant) {
         "{label:>28}: live {live:>7} ({:>8}), size_on_disk {:>9}, du {:>9}, t {:>6.1} s",
         mb(live * 1000),
         mb(size),
-        mb(du(dir)),
+        mb(common::du(dir)),
         started.elapsed().as_secs_f64()
     );
 }

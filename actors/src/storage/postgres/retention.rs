@@ -33,7 +33,7 @@ use deadpool_postgres::Object;
 use super::{pg_error, to_i64, to_u64};
 use crate::agents::{LastRuns, VersionStats};
 use crate::recorder::run::RunRecord;
-use crate::search::id_bounds;
+use crate::search::{id_bounds, IndexedField};
 use crate::stats::{daily, Aggregate, RunFigures, RunView, StatsKey};
 use crate::storage::{Footprint, PruneBatch, Pruned, StorageError};
 
@@ -200,11 +200,11 @@ async fn drop_unused_versions(
              WHERE ver.tenant = u.t AND ver.agent = u.a AND ver.id = u.v
          ), values_gone AS (
              DELETE FROM run_values rv USING unused u
-             WHERE rv.tenant = u.t AND rv.agent = u.a AND rv.field = 'version' AND rv.value = u.v
+             WHERE rv.tenant = u.t AND rv.agent = u.a AND rv.field = $4 AND rv.value = u.v
          )
          DELETE FROM version_stats s USING unused u
          WHERE s.tenant = u.t AND s.agent = u.a AND s.version_id = u.v",
-        &[&t, &a, &v],
+        &[&t, &a, &v, &super::runs::field_name(IndexedField::Version)],
     )
     .await
     .map_err(pg_error)?;
