@@ -410,6 +410,10 @@ pub fn extract_json(text: &str) -> Option<Value> {
         let body = &after[body_start..];
         match body.find("```") {
             Some(end) => {
+                // Uncut first: the value's own strings may hold a fence (a code sample in a
+                // field), and the scan stops at the value's end; cut at the fence when the
+                // value inside is truncated.
+                candidates.push(body);
                 candidates.push(&body[..end]);
                 rest = &body[end + 3..];
             }
@@ -822,6 +826,16 @@ mod tests {
             (
                 "{\"q\": \"it's \\\"quoted\\\"\"}",
                 serde_json::json!({"q": "it's \"quoted\""}),
+            ),
+            // A fence inside a string of a fenced answer (a code sample in a field).
+            (
+                "```json\n{\"code\": \"```py\\nx = 1\\n```\", \"n\": 2}\n```\nDone.",
+                serde_json::json!({"code": "```py\nx = 1\n```", "n": 2}),
+            ),
+            // A truncated value in a fence, prose with braces after it.
+            (
+                "```json\n{\"a\": 1\n```\nThen {\"b\": 2}",
+                serde_json::json!({"a": 1}),
             ),
         ];
         for (text, expected) in cases {
