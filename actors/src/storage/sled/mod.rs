@@ -7,6 +7,7 @@ mod evals;
 mod feedback;
 mod keys;
 mod retention;
+mod run_files;
 mod runs;
 mod search;
 mod sessions;
@@ -72,6 +73,17 @@ impl SledStorage {
         flush_every: Duration,
         cache_bytes: u64,
     ) -> Result<SledStorage, StorageError> {
+        Self::open_with_segments(dir, flush_every, cache_bytes, run_files::SEGMENT_BYTES)
+    }
+
+    /// As [`SledStorage::open_with_cache`], with run files of `segment_bytes` (tests use
+    /// small ones).
+    fn open_with_segments(
+        dir: &Path,
+        flush_every: Duration,
+        cache_bytes: u64,
+        segment_bytes: u64,
+    ) -> Result<SledStorage, StorageError> {
         let db = ::sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -81,14 +93,19 @@ impl SledStorage {
             .flush_every_ms(Some(flush_every.as_millis().max(1) as u64))
             .open()
             .map_err(backend)?;
+        let runs = run_files::RunRecords {
+            tree: db.open_tree("runs").map_err(backend)?,
+            files: run_files::RunFiles::open(&db, dir, segment_bytes)?,
+        };
         // Before the runs: retention takes deleted runs out of the stats.
-        let stats = Arc::new(SledStatsStore::open(&db)?);
+        let stats = Arc::new(SledStatsStore::open(&db, &runs)?);
         // Before the runs too: retention deletes the versions whose runs are all gone.
         let versions = Arc::new(SledVersionStore::open(&db)?);
         let deployments = Arc::new(SledDeploymentStore::open(&db)?);
         Ok(SledStorage {
             runs: Arc::new(SledRunStore::open(
                 &db,
+                runs,
                 stats.as_ref().clone(),
                 versions.as_ref().clone(),
                 deployments.as_ref().clone(),
@@ -183,6 +200,67 @@ mod tests {
         (dir, storage)
     }
 
+    /// Retention deletes a run file once every run in it is deleted; the runs kept read on,
+    /// and the size on disk counts the files.
+    #[actix_rt::test]
+    async fn retention_deletes_the_run_files_whose_runs_are_all_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = || {
+            std::fs::read_dir(dir.path().join("run-files"))
+                .unwrap()
+                .count()
+        };
+        // Small files: each batch below fills one.
+        let sled = SledStorage::open_with_segments(
+            dir.path(),
+            Duration::from_millis(50),
+            DEFAULT_CACHE_BYTES,
+            2048,
+        )
+        .unwrap();
+        let storage = sled.storage();
+        let t0 = conformance::now_ms() - 3_600_000;
+        let mut ids = Vec::new();
+        for batch in 0..10u64 {
+            let runs: Vec<Box<crate::recorder::run::RunRecord>> = (0..5u64)
+                .map(|i| {
+                    let run = conformance::run_at("t", "a", t0 + batch * 1000 + i, "some text");
+                    Box::new(run)
+                })
+                .collect();
+            ids.extend(runs.iter().map(|r| r.id));
+            storage.runs.insert_batch(&runs).await.unwrap();
+        }
+        assert_eq!(files(), 10);
+        let before = storage.runs.size_on_disk().await.unwrap();
+        let pruned = storage
+            .runs
+            .prune(crate::storage::PruneBatch {
+                before_ms: t0 + 4000,
+                max_runs: 1000,
+            })
+            .await
+            .unwrap();
+        assert_eq!(pruned.runs, 20);
+        assert_eq!(files(), 6, "the files of the first four batches are gone");
+        assert!(storage.runs.size_on_disk().await.unwrap() < before);
+        for (n, id) in ids.iter().enumerate() {
+            let found = storage.runs.get("t", *id).await.unwrap();
+            assert_eq!(found.is_some(), n >= 20, "run {n}");
+        }
+        // Every run deleted: only the file being written stays.
+        storage
+            .runs
+            .prune(crate::storage::PruneBatch {
+                before_ms: t0 + 20_000,
+                max_runs: 1000,
+            })
+            .await
+            .unwrap();
+        assert_eq!(files(), 1);
+        assert_eq!(storage.runs.footprint().await.unwrap().runs, 0);
+    }
+
     #[actix_rt::test]
     async fn sled_passes_the_run_store_conformance_suite() {
         let (_dir, storage) = open();
@@ -234,6 +312,7 @@ mod tests {
             ("feedback.rs", include_str!("feedback.rs")),
             ("keys.rs", include_str!("keys.rs")),
             ("mod.rs", include_str!("mod.rs")),
+            ("run_files.rs", include_str!("run_files.rs")),
             ("runs.rs", include_str!("runs.rs")),
             ("search.rs", include_str!("search.rs")),
             ("sessions.rs", include_str!("sessions.rs")),

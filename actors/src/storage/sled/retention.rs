@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::agents::{SledDeploymentStore, SledVersionStore};
+use super::run_files::{record_len, RunRecords};
 use super::search::SearchIndex;
 use super::stats::SledStatsStore;
 use super::{agent_prefix, backend};
@@ -87,6 +88,7 @@ impl Ledger {
     /// Opens the ledger; a data directory written before it existed gets it counted from its
     /// runs, once.
     pub(super) fn open(db: &::sled::Db, runs: &::sled::Tree) -> Result<Ledger, StorageError> {
+        // `runs` holds pointers to the records (or, from an earlier release, the records).
         let ledger = Ledger {
             meta: db.open_tree("runs_meta").map_err(backend)?,
         };
@@ -95,7 +97,7 @@ impl Ledger {
             for entry in runs.iter() {
                 let (_, value) = entry.map_err(backend)?;
                 n += 1;
-                bytes += value.len() as u64;
+                bytes += record_len(&value);
             }
             ledger
                 .meta
@@ -136,7 +138,7 @@ impl Ledger {
 /// The trees a deleted run is removed from. Cheap to clone.
 #[derive(Clone)]
 pub(super) struct Pruner {
-    pub(super) runs: ::sled::Tree,
+    pub(super) runs: RunRecords,
     pub(super) by_agent: ::sled::Tree,
     pub(super) feedback: ::sled::Tree,
     pub(super) shares: ::sled::Tree,
@@ -152,7 +154,7 @@ pub(super) struct Pruner {
 impl Pruner {
     pub(super) fn open(
         db: &::sled::Db,
-        runs: &::sled::Tree,
+        runs: &RunRecords,
         by_agent: &::sled::Tree,
         stats: SledStatsStore,
         index: SearchIndex,
@@ -171,7 +173,7 @@ impl Pruner {
             index,
             versions,
             deployments,
-            ledger: Ledger::open(db, runs)?,
+            ledger: Ledger::open(db, &runs.tree)?,
         })
     }
 
@@ -181,17 +183,27 @@ impl Pruner {
         let mut stats: HashMap<StatsKey, Aggregate> = HashMap::new();
         let mut last_runs = LastRuns::default();
         let (mut runs, mut bytes) = (0u64, 0u64);
-        for entry in self.runs.range(..before.to_vec()).take(batch.max_runs) {
-            let (key, record) = entry.map_err(backend)?;
+        let tree = &self.runs.tree;
+        for entry in tree.range(..before.to_vec()).take(batch.max_runs) {
+            let (key, value) = entry.map_err(backend)?;
             let Ok(id) = Uuid::from_slice(&key) else {
                 // Not a run's key: nothing points at it.
-                self.runs.remove(&key).map_err(backend)?;
+                tree.remove(&key).map_err(backend)?;
                 continue;
             };
-            self.unlink(id, &record, &mut stats, &mut last_runs)?;
-            if self.runs.remove(&key).map_err(backend)?.is_some() {
+            // A record that cannot be read still goes: retention never stalls on it.
+            match self.runs.files.resolve(&key, value.clone()) {
+                Ok(Some(record)) => self.unlink(id, &record, &mut stats, &mut last_runs)?,
+                Ok(None) => {
+                    tracing::warn!(run = %id, "a stored run's record is gone: its pointer deleted alone");
+                }
+                Err(e) => {
+                    tracing::warn!(run = %id, error = %e, "a stored run's record cannot be read: its pointer deleted alone");
+                }
+            }
+            if tree.remove(&key).map_err(backend)?.is_some() {
                 runs += 1;
-                bytes += record.len() as u64;
+                bytes += record_len(&value);
             }
         }
         if runs == 0 {
@@ -207,12 +219,13 @@ impl Pruner {
                 &version.version_id,
             )?;
         }
-        let oldest = self
-            .runs
+        let oldest = tree
             .first()
             .map_err(backend)?
             .and_then(|(key, _)| key.as_ref().try_into().ok());
         self.index.text.drop_before(oldest)?;
+        // The run files whose runs are all deleted now (most batches: none).
+        self.runs.files.drop_before(oldest)?;
         Ok(Pruned { runs })
     }
 

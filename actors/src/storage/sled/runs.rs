@@ -1,7 +1,8 @@
-//! Runs on sled: each run as JSON under its id in `runs`, and an index `runs_by_agent` keyed
-//! `tenant \0 agent \0 run id`. Run ids are UUIDv7, so byte order is time order and an agent's
-//! runs list newest first by a reverse range scan of the index. The layout is the one earlier
-//! releases wrote: their data directories read back as they are.
+//! Runs on sled: each run's JSON in a segment file, with a pointer to it under its id in `runs`
+//! (`run_files.rs`), and an index `runs_by_agent` keyed `tenant \0 agent \0 run id`. Run ids
+//! are UUIDv7, so byte order is time order and an agent's runs list newest first by a reverse
+//! range scan of the index. Earlier releases wrote the JSON itself under the id: their data
+//! directories read back as they are.
 
 use futures::future::{BoxFuture, FutureExt};
 use uuid::Uuid;
@@ -10,6 +11,7 @@ use std::collections::HashMap;
 
 use super::agents::{SledDeploymentStore, SledVersionStore};
 use super::retention::Pruner;
+use super::run_files::{record_len, Appending, RunRecords};
 use super::search::{facets, values_by_field, SearchIndex};
 use super::stats::SledStatsStore;
 use super::{agent_prefix, backend, off_thread};
@@ -24,7 +26,7 @@ use crate::storage::{
 pub struct SledRunStore {
     /// The whole database, for its size on disk.
     db: ::sled::Db,
-    runs: ::sled::Tree,
+    runs: RunRecords,
     by_agent: ::sled::Tree,
     /// The search indexes (`search.rs`).
     pub(super) index: SearchIndex,
@@ -42,13 +44,14 @@ fn corrupt(e: serde_json::Error) -> StorageError {
 impl SledRunStore {
     /// Opens the runs' trees. Retention deletes the versions whose last run it deleted:
     /// `versions` and `deployments` are the stores that keep and name them.
+    /// `runs` are the records, opened first for the stats (`run_files.rs`).
     pub(super) fn open(
         db: &::sled::Db,
+        runs: RunRecords,
         stats: SledStatsStore,
         versions: SledVersionStore,
         deployments: SledDeploymentStore,
     ) -> Result<SledRunStore, StorageError> {
-        let runs = db.open_tree("runs").map_err(backend)?;
         let by_agent = db.open_tree("runs_by_agent").map_err(backend)?;
         let index = SearchIndex::open(db, &runs)?;
         let store = SledRunStore {
@@ -70,32 +73,39 @@ impl SledRunStore {
         Ok(store)
     }
 
-    /// Writes on the calling thread: the recorder's own, never a request's. One insert per
-    /// tree and run rather than a `sled::Batch`: a batch would take sled's global
-    /// concurrency-control write lock, which readers on the request path (cache, agents) wait
-    /// for; the batch is atomic in nothing a caller relies on (writes are idempotent on id).
+    /// Writes on the calling thread: the recorder's own, never a request's. The batch's
+    /// records go to the run files in one write, then one insert per tree and run rather than
+    /// a `sled::Batch`: a batch would take sled's global concurrency-control write lock, which
+    /// readers on the request path (cache, agents) wait for; the batch is atomic in nothing a
+    /// caller relies on (writes are idempotent on id).
     fn insert_now(&self, runs: &[Box<RunRecord>]) -> Result<(), StorageError> {
         // The free-text filters first: one that holds a run not yet written is harmless.
         self.index.text.add(runs)?;
-        let mut buf = Vec::with_capacity(4096);
+        let mut records = Appending::default();
+        for run in runs {
+            records.push(run.id.as_bytes(), |buf| {
+                serde_json::to_writer(buf, run.as_ref()).map_err(|e| {
+                    StorageError::Backend(format!("cannot serialize run {}: {e}", run.id))
+                })
+            })?;
+        }
+        // The records first: a pointer never names bytes not yet written.
+        let pointers = self.runs.files.append(&records)?;
         // For the ledger: a run written again replaces its record.
         let (mut added, mut bytes) = (0i64, 0i64);
-        for run in runs {
-            buf.clear();
-            serde_json::to_writer(&mut buf, run.as_ref()).map_err(|e| {
-                StorageError::Backend(format!("cannot serialize run {}: {e}", run.id))
-            })?;
-            // The record first: an index entry never points at nothing.
+        for (run, (id, pointer)) in runs.iter().zip(&pointers) {
             let old = self
                 .runs
-                .insert(run.id.as_bytes(), buf.as_slice())
+                .tree
+                .insert(id.as_slice(), pointer.as_slice())
                 .map_err(backend)?;
-            bytes += buf.len() as i64;
+            bytes += record_len(pointer) as i64;
             match old {
-                Some(old) => bytes -= old.len() as i64,
+                Some(old) => bytes -= record_len(&old) as i64,
                 None => added += 1,
             }
-            // The agent list's entry carries the run's facets, for searches.
+            // The agent list's entry carries the run's facets, for searches; written after
+            // the record, so that an index entry never points at nothing.
             let facets = facets(run);
             let mut key = agent_prefix(&run.tenant, &run.agent);
             key.extend_from_slice(run.id.as_bytes());
@@ -108,7 +118,7 @@ impl SledRunStore {
     }
 
     fn get_now(&self, tenant: &str, id: Uuid) -> Result<Option<RunRecord>, StorageError> {
-        let Some(bytes) = self.runs.get(id.as_bytes()).map_err(backend)? else {
+        let Some(bytes) = self.runs.get(id.as_bytes())? else {
             return Ok(None);
         };
         let run: RunRecord = serde_json::from_slice(&bytes).map_err(corrupt)?;
@@ -216,7 +226,9 @@ impl RunStore for SledRunStore {
         // I/O threads, which then cannot write the buffers the flush waits for.
         off_thread(move || {
             text.flush()?;
-            runs.flush().map(drop).map_err(backend)
+            // The records before the pointers that name them.
+            runs.files.sync()?;
+            runs.tree.flush().map(drop).map_err(backend)
         })
     }
 
@@ -226,8 +238,8 @@ impl RunStore for SledRunStore {
 
     fn size_on_disk(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
         // sled reads the metadata of its files: a little I/O, off the caller's thread.
-        let db = self.db.clone();
-        off_thread(move || db.size_on_disk().map_err(backend))
+        let (db, files) = (self.db.clone(), self.runs.files.clone());
+        off_thread(move || Ok(db.size_on_disk().map_err(backend)? + files.size_on_disk()?))
     }
 
     fn prune(&self, batch: PruneBatch) -> BoxFuture<'_, Result<Pruned, StorageError>> {

@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
+use super::run_files::RunRecords;
 use super::text_blocks::{IdRange, TextBlocks};
 use super::{agent_prefix, backend};
 use crate::agents::FeedbackRecord;
@@ -191,7 +192,7 @@ pub struct SearchIndex {
 const MAX_KNOWN: usize = 100_000;
 
 impl SearchIndex {
-    pub(super) fn open(db: &::sled::Db, runs: &::sled::Tree) -> Result<SearchIndex, StorageError> {
+    pub(super) fn open(db: &::sled::Db, runs: &RunRecords) -> Result<SearchIndex, StorageError> {
         Ok(SearchIndex {
             agents: db.open_tree("runs_agents").map_err(backend)?,
             values: db.open_tree("runs_values").map_err(backend)?,
@@ -255,7 +256,7 @@ impl SearchIndex {
     /// Indexes the runs stored before the index existed (once per data directory).
     pub(super) fn build_once(
         &self,
-        runs: &::sled::Tree,
+        runs: &RunRecords,
         by_agent: &::sled::Tree,
     ) -> Result<(), StorageError> {
         if self.values.contains_key(BUILT_MARK).map_err(backend)? {
@@ -263,7 +264,7 @@ impl SearchIndex {
         }
         let mut n = 0u64;
         for entry in runs.iter() {
-            let (_, bytes) = entry.map_err(backend)?;
+            let (_, bytes) = entry?;
             match serde_json::from_slice::<RunRecord>(&bytes) {
                 Ok(run) => {
                     let facets = facets(&run);
@@ -343,7 +344,7 @@ impl SearchIndex {
     /// One page of a search.
     pub(super) fn search(
         &self,
-        runs: &::sled::Tree,
+        runs: &RunRecords,
         by_agent: &::sled::Tree,
         scope: &SearchScope,
         query: &RunQuery,
@@ -482,7 +483,7 @@ impl SearchIndex {
                 if facets_fail(&facets) || !may_hold(&mut word_ranges_left, &id) {
                     continue;
                 }
-                let Some(bytes) = runs.get(id).map_err(backend)? else {
+                let Some(bytes) = runs.get(&id)? else {
                     continue;
                 };
                 if let Some(item) = self.examine(&bytes, &check)? {
@@ -549,7 +550,7 @@ impl SearchIndex {
     /// the page is done.
     fn pass(
         &self,
-        runs: &::sled::Tree,
+        runs: &RunRecords,
         range: std::ops::Range<Vec<u8>>,
         owner: &[u8],
         check: &Check<'_>,
@@ -557,7 +558,7 @@ impl SearchIndex {
         pass: &mut Pass,
     ) -> Result<bool, StorageError> {
         for entry in runs.range(range).rev() {
-            let (key, bytes) = entry.map_err(backend)?;
+            let (key, bytes) = entry?;
             if pass.items.len() == check.query.limit {
                 pass.more = true;
                 return Ok(true);

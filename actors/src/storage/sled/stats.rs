@@ -23,6 +23,7 @@ use futures::future::{BoxFuture, FutureExt};
 
 use super::backend;
 use super::off_thread;
+use super::run_files::RunRecords;
 use super::stats_backfill::{Backfill, StopOnDrop, CUT_OFF};
 use crate::recorder::run::RunSource;
 use crate::stats::daily::{self, Day, DayKey, DayTotals, BEFORE_UPGRADE};
@@ -121,7 +122,9 @@ fn corrupt(detail: impl std::fmt::Display) -> StorageError {
 }
 
 impl SledStatsStore {
-    pub(super) fn open(db: &::sled::Db) -> Result<SledStatsStore, StorageError> {
+    /// `runs` are read once, to count the runs of a data directory written before the stats
+    /// or the daily roll-up existed.
+    pub(super) fn open(db: &::sled::Db, runs: &RunRecords) -> Result<SledStatsStore, StorageError> {
         let store = SledStatsStore {
             hours: db.open_tree("stats_hours").map_err(backend)?,
             agents: db.open_tree("stats_agents").map_err(backend)?,
@@ -129,11 +132,10 @@ impl SledStatsStore {
             _backfill: None,
             writer: Arc::default(),
         };
-        let runs = db.open_tree("runs").map_err(backend)?;
-        store.build_once(&runs)?;
-        store.fill_days_once(&runs)?;
+        store.build_once(runs)?;
+        store.fill_days_once(&runs.tree)?;
         let backfill = Backfill {
-            runs,
+            runs: runs.clone(),
             days: store.days.clone(),
             writer: store.writer.clone(),
         };
@@ -201,14 +203,14 @@ impl SledStatsStore {
 
     /// Counts the runs stored before the stats existed (once per data directory): their
     /// aggregates are summed in memory and written as one batch, with the mark.
-    fn build_once(&self, runs: &::sled::Tree) -> Result<(), StorageError> {
+    fn build_once(&self, runs: &RunRecords) -> Result<(), StorageError> {
         if self.hours.contains_key(BUILT_MARK).map_err(backend)? {
             return Ok(());
         }
         let mut sums: HashMap<StatsKey, Aggregate> = HashMap::new();
         let mut n = 0u64;
         for entry in runs.iter() {
-            let (_, bytes) = entry.map_err(backend)?;
+            let (_, bytes) = entry?;
             match serde_json::from_slice::<RunFigures>(&bytes) {
                 Ok(run) => {
                     let view = RunView::from(&run);

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::backend;
+use super::run_files::RunRecords;
 use super::stats::{day_key, decode_day, decode_day_key, encode_day};
 use crate::search::id_bounds;
 use crate::stats::{
@@ -50,7 +51,7 @@ impl Drop for StopOnDrop {
 
 /// The work: what it reads and writes.
 pub(super) struct Backfill {
-    pub(super) runs: ::sled::Tree,
+    pub(super) runs: RunRecords,
     pub(super) days: ::sled::Tree,
     pub(super) writer: Arc<Mutex<()>>,
 }
@@ -180,7 +181,7 @@ impl Backfill {
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let mut per_model: HashMap<DayKey, DayTotals> = HashMap::new();
         for entry in self.runs.range(from.clone()..to.clone()) {
-            let (key, bytes) = entry.map_err(backend)?;
+            let (key, bytes) = entry?;
             if !in_range(&key) {
                 break;
             }
@@ -200,7 +201,7 @@ impl Backfill {
         // ...and check under it that the runs are the same and the rows count exactly them.
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let mut still = 0usize;
-        for key in self.runs.range(from..to).keys() {
+        for key in self.runs.tree.range(from..to).keys() {
             let key = key.map_err(backend)?;
             if !in_range(&key) {
                 break;
@@ -256,6 +257,7 @@ mod tests {
     use super::*;
     use crate::recorder::run::RunSource;
     use crate::storage::conformance::run_at;
+    use crate::storage::sled::run_files::{RunFiles, SEGMENT_BYTES};
 
     /// A day is replaced only when its runs are exactly what its before-upgrade rows count.
     #[test]
@@ -263,7 +265,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = ::sled::Config::new().path(dir.path()).open().unwrap();
         let backfill = Backfill {
-            runs: db.open_tree("runs").unwrap(),
+            runs: RunRecords {
+                tree: db.open_tree("runs").unwrap(),
+                files: RunFiles::open(&db, dir.path(), SEGMENT_BYTES).unwrap(),
+            },
             days: db.open_tree("stats_days").unwrap(),
             writer: Arc::default(),
         };
@@ -276,6 +281,7 @@ mod tests {
             ids.push(*run.id.as_bytes());
             backfill
                 .runs
+                .tree
                 .insert(run.id.as_bytes(), serde_json::to_vec(&run).unwrap())
                 .unwrap();
         }

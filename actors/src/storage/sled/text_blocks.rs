@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::backend;
+use super::run_files::RunRecords;
 use crate::recorder::run::RunRecord;
 use crate::search::{id_bounds, id_millis, run_texts};
 use crate::storage::StorageError;
@@ -183,7 +184,7 @@ pub(super) type IdRange = ([u8; 16], [u8; 16]);
 impl TextBlocks {
     /// Opens the blocks, adding again the runs written since the last save (every run, the
     /// first time).
-    pub(super) fn open(db: &::sled::Db, runs: &::sled::Tree) -> Result<TextBlocks, StorageError> {
+    pub(super) fn open(db: &::sled::Db, runs: &RunRecords) -> Result<TextBlocks, StorageError> {
         let tree = db.open_tree("runs_text").map_err(backend)?;
         let last = tree.last().map_err(backend)?;
         let (block, from_ms) = match last.as_ref().and_then(|(key, bytes)| {
@@ -218,7 +219,7 @@ impl TextBlocks {
         {
             let mut open = blocks.lock();
             for entry in runs.range(lower.to_vec()..) {
-                let (_, bytes) = entry.map_err(backend)?;
+                let (_, bytes) = entry?;
                 let Ok(run) = serde_json::from_slice::<RunRecord>(&bytes) else {
                     continue;
                 };
