@@ -12,8 +12,10 @@
 //!
 //! Durability: the open block lives in memory and is written to `runs_text` at most every
 //! [`SAVE_EVERY`] (before the batch that changed it is written, so a stored filter never misses
-//! a stored run it was saved after), at once before a run older than [`LATE`] is written, when
-//! it closes, and on flush. On open, the runs written since the last save — ids from the save's
+//! a stored run it was saved after), at once before a run older than [`LATE`] is written, and
+//! when it closes; a flush saves it only when it is as old. Not on every flush: the recorder
+//! flushes every few hundred milliseconds, and a 64 KiB filter written that often was most of
+//! what sled wrote once the runs' records had left it (`run_files.rs`). On open, the runs written since the last save — ids from the save's
 //! time less [`LATE`] onwards — are added again (adding is idempotent), and a data directory
 //! written before this existed gets its blocks built from every stored run, once.
 
@@ -34,8 +36,9 @@ const BITS: usize = 1 << 19;
 const PROBES: u32 = 3;
 /// A block closes when this share of its bits is set (then ~1.6% of absent trigrams pass).
 const MAX_FILL: f64 = 0.3;
-/// The open block is saved at most this often (and on flush).
-const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// The open block is saved at most this often (a flush included). What a save has not caught
+/// is read again from the runs at open.
+const SAVE_EVERY: Duration = Duration::from_secs(10);
 /// A run written this long after its id was made is saved at once; on open, runs from the
 /// last save's time less this are added again.
 const LATE: Duration = Duration::from_secs(15 * 60);
@@ -281,10 +284,10 @@ impl TextBlocks {
         Ok(())
     }
 
-    /// Saves the open block if it changed.
+    /// Saves the open block if it changed and its last save is [`SAVE_EVERY`] old.
     pub(super) fn flush(&self) -> Result<(), StorageError> {
         let mut open = self.lock();
-        if open.changed {
+        if open.changed && open.saved.elapsed() >= SAVE_EVERY {
             self.save(&mut open, true)?;
         }
         Ok(())
@@ -551,7 +554,8 @@ mod tests {
             let storage = open(dir.path());
             let runs = storage.storage().runs;
             runs.insert_batch(&[with_word("alpha")]).await.unwrap();
-            // Saves the open block; what follows within a second is not saved with it.
+            // What follows is not saved with the block (a flush within `SAVE_EVERY` of the
+            // last save does not save it either).
             runs.flush().await.unwrap();
             runs.insert_batch(&[with_word("bravo")]).await.unwrap();
             // A run that ran longer than `LATE` saves the block at once.
