@@ -62,7 +62,7 @@ pub const BESIDE_RUN: u64 = 170;
 /// (`run_files.rs`), deleted whole, the same soak held the data directory at 304–434 MB
 /// through 1M requests: run files ~66 MB, and sled 271 MB of files for 35 MB of live entries
 /// (versions, index entries). The factor stays 6: the directory peaked at 6.0 times the
-/// ledger, and 3 would let it pass the bound.
+/// ledger, so at that ratio a factor of 3 would let it pass the bound.
 pub const AMPLIFICATION: f64 = 6.0;
 
 /// The ledger's key: runs (8 bytes) then record bytes (8 bytes), big endian.
