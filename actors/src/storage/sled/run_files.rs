@@ -532,7 +532,13 @@ mod tests {
         assert_eq!(files.drop_before(None).unwrap(), 1);
         assert_eq!(segment_files(dir.path()), 1);
         assert_eq!(read(&files, &tree, 6).as_deref(), Some("{\"run\":6}"));
-        assert!(files.size_on_disk().unwrap() > 0);
+        // The size on disk is the files' (with sled's, in the store).
+        let on_disk: u64 = fs::read_dir(dir.path().join("run-files"))
+            .unwrap()
+            .map(|f| f.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(on_disk > 0);
+        assert_eq!(files.size_on_disk().unwrap(), on_disk);
     }
 
     #[test]
