@@ -19,7 +19,9 @@ use crate::config::Config;
 
 /// mimalloc: the request path allocates and frees many small objects, often on different
 /// threads (a run is built by a worker and freed by the recorder); glibc's malloc spent a
-/// seventh of the CPU on it.
+/// seventh of the CPU on it. The `mimalloc` feature (default) selects it; without it
+/// (`--no-default-features`) the system allocator is used, for heap profilers (heaptrack).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
