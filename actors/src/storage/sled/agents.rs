@@ -183,7 +183,10 @@ impl SchemaStore for SledSchemaStore {
         assignment: SchemaAssignment<'a>,
     ) -> BoxFuture<'a, Result<u32, StorageError>> {
         // Rare (a pair's first use) and small: in place.
-        ready(self.assign_now(tenant, agent, digest, assignment)).boxed()
+        ready(super::after_writes(
+            self.assign_now(tenant, agent, digest, assignment),
+        ))
+        .boxed()
     }
 
     fn get<'a>(
@@ -485,7 +488,7 @@ impl VersionStore for SledVersionStore {
         record: &'a VersionRecord,
     ) -> BoxFuture<'a, Result<VersionRecord, StorageError>> {
         // Rare (a version's first use): in place.
-        ready(self.insert_now(tenant, agent, record)).boxed()
+        ready(super::after_writes(self.insert_now(tenant, agent, record))).boxed()
     }
 
     fn get<'a>(
@@ -547,7 +550,7 @@ impl VersionStore for SledVersionStore {
         batch: &'a [(VersionKey, VersionStats)],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         // Answered at once: the recorder writes on its own thread.
-        ready(self.add_stats_now(batch)).boxed()
+        ready(super::after_writes(self.add_stats_now(batch))).boxed()
     }
 }
 
@@ -831,6 +834,6 @@ impl ConversationStore for SledConversationStore {
         links: &'a [ConversationLink],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         // Answered at once: the recorder writes on its own thread.
-        ready(self.link_now(links)).boxed()
+        ready(super::after_writes(self.link_now(links))).boxed()
     }
 }

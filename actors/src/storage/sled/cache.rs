@@ -233,7 +233,10 @@ impl AnswerStore for SledAnswerStore {
         now_ms: u64,
         max_size: u64,
     ) -> BoxFuture<'a, Result<PutOutcome, StorageError>> {
-        ready(self.put_now(key, answer, now_ms, max_size)).boxed()
+        ready(super::after_writes(
+            self.put_now(key, answer, now_ms, max_size),
+        ))
+        .boxed()
     }
 
     fn touch<'a>(
@@ -241,11 +244,11 @@ impl AnswerStore for SledAnswerStore {
         key: &'a CacheKey,
         now_ms: u64,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
-        ready(self.touch_now(key, now_ms)).boxed()
+        ready(super::after_writes(self.touch_now(key, now_ms))).boxed()
     }
 
     fn remove<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
-        ready(self.remove_now(key)).boxed()
+        ready(super::after_writes(self.remove_now(key))).boxed()
     }
 
     fn oldest(&self) -> BoxFuture<'_, Result<Option<(u64, CacheKey)>, StorageError>> {

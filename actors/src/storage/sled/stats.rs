@@ -554,7 +554,7 @@ impl StatsStore for SledStatsStore {
         increments: &'a [(StatsKey, Aggregate)],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         // Answered at once: the recorder writes on its own thread.
-        futures::future::ready(self.add_now(increments, false)).boxed()
+        futures::future::ready(super::after_writes(self.add_now(increments, false))).boxed()
     }
 
     fn read<'a>(
