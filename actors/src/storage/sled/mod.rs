@@ -174,7 +174,10 @@ fn off_thread<T: Send + 'static>(
 /// once written) through crossbeam-epoch's deferred functions, which wait in the writing
 /// thread's bag until 64 have gathered: up to 32 MB of buffers per thread. heaptrack under
 /// `bench/memory.sh` found ~87 of those buffers alive at the peak (45 MB), freed in bursts
-/// that left the allocator's pages fragmented. Every store call that writes ends here.
+/// that left the allocator's pages fragmented. Every blocking-thread call ([`off_thread`]) ends
+/// here, and so do the writes made per run or per request on the caller's thread (runs, stats,
+/// versions and their statistics, conversation links, assignments, cached answers); the rare
+/// ones (keys, sessions, evals, shares) leave theirs to the bag filling up.
 fn after_writes<T>(result: T) -> T {
     crossbeam_epoch::pin().flush();
     result
