@@ -279,11 +279,25 @@ impl Spool {
         kept.extend_from_slice(value);
         self.rejected.insert(key, kept).map_err(backend)?;
         self.queue.remove(key).map_err(backend)?;
+        // Counted before the run leaves the count (see `replay_once`).
+        self.metrics.rejected.inc();
         self.bytes.fetch_sub(value.len() as u64, Ordering::Relaxed);
         self.runs.fetch_sub(1, Ordering::Release);
-        self.metrics.rejected.inc();
         self.publish();
         Ok(())
+    }
+
+    /// Sleeps `length`, in slices, so that a stopping spool lets its database go at once
+    /// (a new batch does not cut the pause short: the database is still away).
+    fn pause(&self, length: Duration) {
+        let end = Instant::now() + length;
+        while !self.stopping.load(Ordering::Relaxed) {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+        }
     }
 
     /// Waits until a run is spooled, `timeout` passes or the spool stops.
@@ -397,7 +411,7 @@ impl Replay {
                 Err(e) => {
                     tracing::debug!(error = %e, "spool: replay waits for PostgreSQL");
                     self.spool.set_reachable(false);
-                    std::thread::sleep(backoff);
+                    self.spool.pause(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
@@ -413,9 +427,12 @@ impl Replay {
         let started = Instant::now();
         match self.write(&batch.runs).await {
             Ok(()) => {
-                self.spool.remove(&batch.entries)?;
+                // Counted (and the database marked reachable) before the runs leave the spool:
+                // whoever sees it empty sees them counted (`/metrics`, `/readyz`, the tests
+                // that wait for the spool to empty).
                 self.spool.metrics.replayed.inc_by(batch.runs.len() as u64);
                 self.spool.set_reachable(true);
+                self.spool.remove(&batch.entries)?;
                 if self.spool.is_empty() {
                     tracing::info!("spool: every spooled run is in PostgreSQL");
                 } else {
@@ -430,8 +447,8 @@ impl Replay {
                 for (entry, run) in batch.entries.iter().zip(&batch.runs) {
                     match self.write(std::slice::from_ref(run)).await {
                         Ok(()) => {
-                            self.spool.remove(std::slice::from_ref(entry))?;
                             self.spool.metrics.replayed.inc();
+                            self.spool.remove(std::slice::from_ref(entry))?;
                         }
                         Err(StorageError::Unavailable(e)) => {
                             return Err(StorageError::Unavailable(e))
@@ -555,6 +572,8 @@ mod tests {
     const OK: u8 = 0;
     const AWAY: u8 = 1;
     const SLOW: u8 = 2;
+    /// Writes wait until the mode changes: the spool cannot empty meanwhile.
+    const HELD: u8 = 3;
 
     /// A network store stand-in that can be made unreachable or slow, and refuses the runs of
     /// agent `bad` for what they hold; it keeps the ids it took, in the order it took them.
@@ -579,6 +598,11 @@ mod tests {
                 match self.mode.load(Ordering::SeqCst) {
                     AWAY => return Err(StorageError::Unavailable("refused".into())),
                     SLOW => tokio::time::sleep(Duration::from_secs(3)).await,
+                    HELD => {
+                        while self.mode.load(Ordering::SeqCst) == HELD {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
                     _ => {}
                 }
                 if runs.iter().any(|run| run.agent == "bad") {
@@ -713,10 +737,13 @@ mod tests {
             "nothing reached the database while it was away"
         );
 
-        db.mode.store(OK, Ordering::SeqCst);
-        // While the spool holds runs, a new batch queues behind them.
+        // While the spool holds runs, a new batch queues behind them (writes are held, so
+        // that the replay cannot empty the spool first).
+        db.mode.store(HELD, Ordering::SeqCst);
         let last = [run("a")];
         store.insert_batch(&last).await.unwrap();
+        assert_eq!(store.spool().status().runs, 16, "queued behind the spool");
+        db.mode.store(OK, Ordering::SeqCst);
         until_empty(&store).await;
         let mut expected: Vec<Uuid> = first.iter().map(|r| r.id).collect();
         expected.extend(spooled);
@@ -791,18 +818,35 @@ mod tests {
         let db = Arc::new(Database::default());
         db.mode.store(AWAY, Ordering::SeqCst);
         let batch = [run("a"), run("a")];
-        {
+        let first = {
             let store = open(dir.path(), &db, 1 << 20);
             store.insert_batch(&batch).await.unwrap();
             store.flush().await.unwrap();
             // The process ends with the database still away.
-            store.spool().stopping.store(true, Ordering::SeqCst);
+            Arc::downgrade(store.spool())
+        };
+        // The previous spool is dropped once its replay thread sees the store stopped; sled's
+        // own I/O threads may hold its lock a little longer (a new process would not wait).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while first.strong_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // sled lets the directory go once the previous handles are dropped.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(first.strong_count(), 0, "the first spool is let go");
         db.mode.store(OK, Ordering::SeqCst);
-        let store = open(dir.path(), &db, 1 << 20);
-        assert_eq!(store.spool().status().runs, 2, "found on disk");
+        // Counted before the replay starts: with the database back, the replay thread may
+        // take both runs before a read of the store's status.
+        let spool = loop {
+            match Spool::open(dir.path(), 1 << 20, Duration::from_millis(10), metrics()) {
+                Err(StorageError::Backend(e))
+                    if e.contains("could not acquire lock") && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                opened => break opened.unwrap(),
+            }
+        };
+        assert_eq!(spool.status().runs, 2, "found on disk");
+        let store = SpooledRunStore::start(db.clone(), spool).unwrap();
         until_empty(&store).await;
         assert_eq!(db.ids(), batch.iter().map(|r| r.id).collect::<Vec<_>>());
     }
