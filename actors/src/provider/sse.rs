@@ -28,9 +28,10 @@ impl std::fmt::Display for EventTooLarge {
 pub struct SseDecoder {
     buffer: Vec<u8>,
     event: Option<String>,
-    data: Vec<String>,
-    /// Bytes of `data` so far.
-    data_bytes: usize,
+    /// The event's `data:` lines so far, joined by `\n`.
+    data: String,
+    /// Whether the event has a `data:` line (an empty one counts).
+    has_data: bool,
 }
 
 impl SseDecoder {
@@ -39,25 +40,30 @@ impl SseDecoder {
     }
 
     /// Adds bytes and returns the events they complete. Linear in the bytes given: each line
-    /// is looked at once, and what is left of the chunk moves once.
+    /// is looked at once, and what is left of the chunk moves once. A streamed answer's every
+    /// chunk passes here, so lines are found with `memchr` and checked as UTF-8 with the
+    /// standard library's fast check (invalid bytes, rare, are replaced).
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, EventTooLarge> {
         self.buffer.extend_from_slice(bytes);
         let mut events = Vec::new();
         let mut start = 0;
-        while let Some(offset) = self.buffer[start..].iter().position(|&b| b == b'\n') {
+        while let Some(offset) = memchr::memchr(b'\n', &self.buffer[start..]) {
             let end = start + offset;
             let mut line = &self.buffer[start..end];
             start = end + 1;
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
             }
-            let line = String::from_utf8_lossy(line);
+            let line = match std::str::from_utf8(line) {
+                Ok(line) => std::borrow::Cow::Borrowed(line),
+                Err(_) => String::from_utf8_lossy(line),
+            };
             if line.is_empty() {
-                if !self.data.is_empty() || self.event.is_some() {
-                    self.data_bytes = 0;
+                if self.has_data || self.event.is_some() {
+                    self.has_data = false;
                     events.push(SseEvent {
                         event: self.event.take(),
-                        data: std::mem::take(&mut self.data).join("\n"),
+                        data: std::mem::take(&mut self.data),
                     });
                 }
                 continue;
@@ -71,11 +77,15 @@ impl SseDecoder {
             };
             match field {
                 "data" => {
-                    self.data_bytes += value.len() + 1;
-                    if self.data_bytes > MAX_EVENT_BYTES {
+                    // The lines' bytes and a line break after each.
+                    if self.data.len() + value.len() + 1 > MAX_EVENT_BYTES {
                         return Err(EventTooLarge);
                     }
-                    self.data.push(value.to_string());
+                    if self.has_data {
+                        self.data.push('\n');
+                    }
+                    self.data.push_str(value);
+                    self.has_data = true;
                 }
                 "event" => self.event = Some(value.to_string()),
                 _ => {}
@@ -134,6 +144,16 @@ mod tests {
         assert_eq!(events[0].data, "{\"a\":1}");
         assert_eq!(events[1].event.as_deref(), Some("ping"));
         assert_eq!(events[1].data, "x\ny");
+    }
+
+    #[test]
+    fn an_empty_data_line_is_an_event_and_invalid_bytes_are_replaced() {
+        let mut d = SseDecoder::new();
+        let events = d.push(b"data:\n\ndata: a\ndata:\ndata: b\xff\n\n").unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].data, "");
+        assert_eq!(events[1].data, "a\n\nb\u{fffd}");
+        assert_eq!(events[1].event, None);
     }
 
     #[test]
