@@ -287,28 +287,39 @@ impl Spool {
         Ok(())
     }
 
-    /// Sleeps `length`, in slices, so that a stopping spool lets its database go at once
-    /// (a new batch does not cut the pause short: the database is still away).
+    /// Sleeps `length`, or less if the spool stops, so that a stopping spool lets its
+    /// database go at once. A new batch does not cut the pause short: the database is still
+    /// away.
     fn pause(&self, length: Duration) {
-        let end = Instant::now() + length;
-        while !self.stopping.load(Ordering::Relaxed) {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(20)));
-        }
+        self.wait(length, false);
     }
 
     /// Waits until a run is spooled, `timeout` passes or the spool stops.
     fn wait_for_work(&self, timeout: Duration) {
+        self.wait(timeout, true);
+    }
+
+    /// Waits on `wake` up to `timeout`, until the spool stops or, `for_work`, a run is
+    /// spooled (which it then takes note of).
+    fn wait(&self, timeout: Duration, for_work: bool) {
         let (woken, wake) = &self.wake;
         let Ok(guard) = woken.lock() else { return };
         if let Ok((mut guard, _)) = wake.wait_timeout_while(guard, timeout, |woken| {
-            !*woken && !self.stopping.load(Ordering::Relaxed)
+            (!for_work || !*woken) && !self.stopping.load(Ordering::Relaxed)
         }) {
-            *guard = false;
+            if for_work {
+                *guard = false;
+            }
         }
+    }
+
+    /// Stops the replay thread, waking it wherever it waits. Under the lock: set between the
+    /// thread's check and its wait, the wake-up would be lost and it would sleep on.
+    fn stop(&self) {
+        let (woken, wake) = &self.wake;
+        let _held = woken.lock();
+        self.stopping.store(true, Ordering::Relaxed);
+        wake.notify_all();
     }
 }
 
@@ -558,8 +569,7 @@ impl RunStore for SpooledRunStore {
 
 impl Drop for SpooledRunStore {
     fn drop(&mut self) {
-        self.spool.stopping.store(true, Ordering::Relaxed);
-        self.spool.wake.1.notify_all();
+        self.spool.stop();
     }
 }
 
@@ -826,7 +836,8 @@ mod tests {
             Arc::downgrade(store.spool())
         };
         // The previous spool is dropped once its replay thread sees the store stopped; sled's
-        // own I/O threads may hold its lock a little longer (a new process would not wait).
+        // own I/O threads may hold its lock a little longer (`wait_for_lock`; a new process
+        // would not wait).
         let deadline = Instant::now() + Duration::from_secs(10);
         while first.strong_count() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -835,16 +846,9 @@ mod tests {
         db.mode.store(OK, Ordering::SeqCst);
         // Counted before the replay starts: with the database back, the replay thread may
         // take both runs before a read of the store's status.
-        let spool = loop {
-            match Spool::open(dir.path(), 1 << 20, Duration::from_millis(10), metrics()) {
-                Err(StorageError::Backend(e))
-                    if e.contains("could not acquire lock") && Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                opened => break opened.unwrap(),
-            }
-        };
+        let spool = crate::storage::sled::wait_for_lock(|| {
+            Spool::open(dir.path(), 1 << 20, Duration::from_millis(10), metrics())
+        });
         assert_eq!(spool.status().runs, 2, "found on disk");
         let store = SpooledRunStore::start(db.clone(), spool).unwrap();
         until_empty(&store).await;

@@ -183,10 +183,7 @@ impl SchemaStore for SledSchemaStore {
         assignment: SchemaAssignment<'a>,
     ) -> BoxFuture<'a, Result<u32, StorageError>> {
         // Rare (a pair's first use) and small: in place.
-        ready(super::after_writes(
-            self.assign_now(tenant, agent, digest, assignment),
-        ))
-        .boxed()
+        super::written(self.assign_now(tenant, agent, digest, assignment))
     }
 
     fn get<'a>(
@@ -488,7 +485,7 @@ impl VersionStore for SledVersionStore {
         record: &'a VersionRecord,
     ) -> BoxFuture<'a, Result<VersionRecord, StorageError>> {
         // Rare (a version's first use): in place.
-        ready(super::after_writes(self.insert_now(tenant, agent, record))).boxed()
+        super::written(self.insert_now(tenant, agent, record))
     }
 
     fn get<'a>(
@@ -550,7 +547,7 @@ impl VersionStore for SledVersionStore {
         batch: &'a [(VersionKey, VersionStats)],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         // Answered at once: the recorder writes on its own thread.
-        ready(super::after_writes(self.add_stats_now(batch))).boxed()
+        super::written(self.add_stats_now(batch))
     }
 }
 
@@ -834,6 +831,6 @@ impl ConversationStore for SledConversationStore {
         links: &'a [ConversationLink],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         // Answered at once: the recorder writes on its own thread.
-        ready(super::after_writes(self.link_now(links))).boxed()
+        super::written(self.link_now(links))
     }
 }

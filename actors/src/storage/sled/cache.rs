@@ -233,10 +233,7 @@ impl AnswerStore for SledAnswerStore {
         now_ms: u64,
         max_size: u64,
     ) -> BoxFuture<'a, Result<PutOutcome, StorageError>> {
-        ready(super::after_writes(
-            self.put_now(key, answer, now_ms, max_size),
-        ))
-        .boxed()
+        super::written(self.put_now(key, answer, now_ms, max_size))
     }
 
     fn touch<'a>(
@@ -244,11 +241,11 @@ impl AnswerStore for SledAnswerStore {
         key: &'a CacheKey,
         now_ms: u64,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
-        ready(super::after_writes(self.touch_now(key, now_ms))).boxed()
+        super::written(self.touch_now(key, now_ms))
     }
 
     fn remove<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
-        ready(super::after_writes(self.remove_now(key))).boxed()
+        super::written(self.remove_now(key))
     }
 
     fn oldest(&self) -> BoxFuture<'_, Result<Option<(u64, CacheKey)>, StorageError>> {

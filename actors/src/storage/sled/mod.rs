@@ -183,6 +183,12 @@ fn after_writes<T>(result: T) -> T {
     result
 }
 
+/// `result`, answered at once, after [`after_writes`]: for the store calls that write in place
+/// on the caller's thread (the recorder's, or a request's for a rare write).
+fn written<'a, T: Send + 'a>(result: T) -> BoxFuture<'a, T> {
+    futures::future::ready(after_writes(result)).boxed()
+}
+
 pub(crate) fn backend(e: ::sled::Error) -> StorageError {
     StorageError::Backend(e.to_string())
 }
@@ -191,10 +197,16 @@ pub(crate) fn backend(e: ::sled::Error) -> StorageError {
 /// (sled's flusher thread holds it a moment after the last handle goes).
 #[cfg(test)]
 pub(crate) fn open_waiting(dir: &Path) -> SledStorage {
+    wait_for_lock(|| SledStorage::open(dir, Duration::from_millis(50)))
+}
+
+/// `open`'s value, trying again for up to 5 s while it fails on sled's file lock.
+#[cfg(test)]
+pub(crate) fn wait_for_lock<T>(mut open: impl FnMut() -> Result<T, StorageError>) -> T {
     let mut tries = 0;
     loop {
-        match SledStorage::open(dir, Duration::from_millis(50)) {
-            Ok(storage) => return storage,
+        match open() {
+            Ok(opened) => return opened,
             Err(e) if tries < 100 && e.to_string().contains("lock") => {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(50));
@@ -220,17 +232,8 @@ mod tests {
     #[actix_rt::test]
     async fn retention_deletes_the_run_files_whose_runs_are_all_gone() {
         let dir = tempfile::tempdir().unwrap();
-        let file_bytes = || {
-            std::fs::read_dir(dir.path().join("run-files"))
-                .unwrap()
-                .map(|f| f.unwrap().metadata().unwrap().len())
-                .sum::<u64>()
-        };
-        let files = || {
-            std::fs::read_dir(dir.path().join("run-files"))
-                .unwrap()
-                .count()
-        };
+        let file_bytes = || run_files::segment_bytes(dir.path());
+        let files = || run_files::segment_files(dir.path());
         // Small files: each batch below fills one.
         let sled = SledStorage::open_with_segments(
             dir.path(),

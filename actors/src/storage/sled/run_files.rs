@@ -467,6 +467,21 @@ impl RunRecords {
     }
 }
 
+/// The segment files in the data directory `dir` (tests here and of the store).
+#[cfg(test)]
+pub(super) fn segment_files(dir: &Path) -> usize {
+    fs::read_dir(dir.join("run-files")).unwrap().count()
+}
+
+/// The bytes of the segment files in the data directory `dir`, as `ls` counts them.
+#[cfg(test)]
+pub(super) fn segment_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir.join("run-files"))
+        .unwrap()
+        .map(|f| f.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,10 +511,6 @@ mod tests {
         let value = tree.get(id(n)).unwrap()?;
         let bytes = files.resolve(&id(n), value).unwrap()?;
         Some(String::from_utf8(bytes.to_vec()).unwrap())
-    }
-
-    fn segment_files(dir: &Path) -> usize {
-        fs::read_dir(dir.join("run-files")).unwrap().count()
     }
 
     #[test]
@@ -533,10 +544,7 @@ mod tests {
         assert_eq!(segment_files(dir.path()), 1);
         assert_eq!(read(&files, &tree, 6).as_deref(), Some("{\"run\":6}"));
         // The size on disk is the files' (with sled's, in the store).
-        let on_disk: u64 = fs::read_dir(dir.path().join("run-files"))
-            .unwrap()
-            .map(|f| f.unwrap().metadata().unwrap().len())
-            .sum();
+        let on_disk = segment_bytes(dir.path());
         assert!(on_disk > 0);
         assert_eq!(files.size_on_disk().unwrap(), on_disk);
     }

@@ -168,7 +168,7 @@ impl RunStore for SledRunStore {
         runs: &'a [Box<RunRecord>],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         // Answered at once: the recorder writes on its own thread.
-        futures::future::ready(super::after_writes(self.insert_now(runs))).boxed()
+        super::written(self.insert_now(runs))
     }
 
     fn get<'a>(

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures::future::{BoxFuture, FutureExt};
+use futures::future::BoxFuture;
 
 use super::backend;
 use super::off_thread;
@@ -554,7 +554,7 @@ impl StatsStore for SledStatsStore {
         increments: &'a [(StatsKey, Aggregate)],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         // Answered at once: the recorder writes on its own thread.
-        futures::future::ready(super::after_writes(self.add_now(increments, false))).boxed()
+        super::written(self.add_now(increments, false))
     }
 
     fn read<'a>(
