@@ -76,6 +76,8 @@ impl AgentStore {
         environment: Environment,
         deployed_by: &str,
     ) -> Result<DeploymentRecord, GatewayError> {
+        // A deployment names a stored version, never one only this instance knows.
+        self.store_unstored_versions().await?;
         let version = self
             .version(tenant, agent, version_id)
             .await?

@@ -68,8 +68,9 @@ struct Inner {
     pending_stats: Mutex<HashMap<VersionKey, PendingStats>>,
     /// Held by the write of `pending_stats`.
     stats_writer: futures::lock::Mutex<()>,
-    /// Versions answered while the store was unreachable (their id is their hash, so a
-    /// request needs no store to name one), written by [`AgentStore::observe`] once it answers.
+    /// New versions answered and not yet written (their id is their hash, so a request needs
+    /// no write to name one), written by [`AgentStore::observe`] (the recorder) or by a reader
+    /// of the agent's versions; kept while the store is unreachable.
     unstored_versions: Mutex<HashMap<Vec<u8>, version::UnstoredVersion>>,
 }
 
@@ -222,9 +223,7 @@ impl AgentStore {
     pub async fn observe(&self, runs: &[Box<RunRecord>]) -> Vec<String> {
         let mut failures = Vec::new();
         if let Err(e) = self.store_unstored_versions().await {
-            failures.push(format!(
-                "cannot store the versions made while the store was away: {e}"
-            ));
+            failures.push(format!("cannot store new versions: {e}"));
         }
         for run in runs {
             if let Some(version_id) = &run.version_id {
@@ -245,9 +244,10 @@ impl AgentStore {
         !self.pending_stats_lock().is_empty()
     }
 
-    /// Writes the statistics observed since the last call to the store, in one batch. They
-    /// are on disk once the store is next flushed.
+    /// Writes the new versions and the statistics observed since the last call to the store,
+    /// the statistics in one batch. They are on disk once the store is next flushed.
     pub async fn write_stats(&self) -> Result<(), StorageError> {
-        self.write_pending_stats().await
+        let versions = self.store_unstored_versions().await;
+        versions.and(self.write_pending_stats().await)
     }
 }

@@ -13,12 +13,14 @@ use sha2::{Digest, Sha256};
 use super::{agent_prefix, bounded_insert, hash_json, hex, now_rfc3339, AgentStore, PendingStats};
 use crate::error::GatewayError;
 
-/// Versions kept in memory at most while the store is away.
+/// New versions kept in memory at most until the recorder writes them; past it a new version
+/// is written by its request (and while the store is away, that request gets the 503).
 const MAX_UNSTORED_VERSIONS: usize = 10_000;
-/// Versions kept in memory that one recorder batch writes at most.
-const UNSTORED_VERSIONS_PER_BATCH: usize = 256;
+/// Versions the writer sends to the store at once.
+const UNSTORED_VERSIONS_AT_ONCE: usize = 8;
 
-/// A version answered while the store was away, to write once it answers.
+/// A new version, answered before it is written: the recorder writes it (before the runs that
+/// name it are counted in its statistics), and so does any read of the agent's versions.
 #[derive(Clone)]
 pub(super) struct UnstoredVersion {
     tenant: String,
@@ -356,8 +358,9 @@ impl AgentStore {
             .await
     }
 
-    /// Stores version `id` (of `properties`) unless the store has it; keeps the stored record
-    /// in memory under `key`.
+    /// Keeps version `id` (of `properties`) for the recorder to write unless the store has it.
+    /// A request reads the store (one lookup) but does not wait for a write: distinct prompts
+    /// without templates make a version each, and their writes go in the recorder's batches.
     async fn store_version(
         &self,
         tenant: &str,
@@ -367,36 +370,42 @@ impl AgentStore {
         properties: &VersionProperties,
         schema_id: u32,
     ) -> Result<String, GatewayError> {
+        if self.unstored_versions_lock().contains_key(&key) {
+            return Ok(id);
+        }
+        match self.inner.versions.get(tenant, agent, &id).await {
+            Ok(Some(stored)) => {
+                bounded_insert(&self.inner.cache.versions, key, Arc::new(stored));
+                return Ok(id);
+            }
+            Ok(None) => {}
+            // The id is the properties' hash, so the request goes on: kept until written.
+            Err(StorageError::Unavailable(e)) => {
+                tracing::warn!(agent, version = %id, error = %e, "version kept in memory until the store answers");
+            }
+            Err(e) => return Err(e.into()),
+        }
         let record = VersionRecord {
             id,
             schema_id,
             created_at: now_rfc3339(),
             properties: properties.clone(),
         };
-        // The first writer wins; a concurrent one gets that record.
-        let stored = match self.inner.versions.insert(tenant, agent, &record).await {
-            Ok(stored) => stored,
-            // The store is away: the id is the properties' hash, so the request goes on, and
-            // the record is written once the store answers (bounded: past it, the 503).
-            Err(StorageError::Unavailable(e)) => {
-                let mut unstored = self.unstored_versions_lock();
-                if unstored.len() >= MAX_UNSTORED_VERSIONS && !unstored.contains_key(&key) {
-                    return Err(StorageError::Unavailable(e).into());
-                }
-                tracing::warn!(agent, version = %record.id, error = %e, "version kept in memory until the store answers");
+        {
+            let mut unstored = self.unstored_versions_lock();
+            if unstored.len() < MAX_UNSTORED_VERSIONS || unstored.contains_key(&key) {
                 let id = record.id.clone();
-                unstored.insert(
-                    key,
-                    UnstoredVersion {
-                        tenant: tenant.to_string(),
-                        agent: agent.to_string(),
-                        record,
-                    },
-                );
+                unstored.entry(key).or_insert_with(|| UnstoredVersion {
+                    tenant: tenant.to_string(),
+                    agent: agent.to_string(),
+                    record,
+                });
                 return Ok(id);
             }
-            Err(e) => return Err(e.into()),
-        };
+        }
+        // The writer is that far behind (or the store that long away): this request writes
+        // its version itself, the first writer winning.
+        let stored = self.inner.versions.insert(tenant, agent, &record).await?;
         let id = stored.id.clone();
         bounded_insert(&self.inner.cache.versions, key, Arc::new(stored));
         Ok(id)
@@ -409,10 +418,11 @@ impl AgentStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Writes versions answered while the store was away: a few at a time (the recorder
-    /// waits for this between batches), several at once; the rest go with the next batch.
+    /// Writes the versions answered and not yet written (the recorder calls it before it
+    /// counts a batch's runs; the readers of an agent's versions and `deploy` before they
+    /// read), several at once. A version is answered from memory until its write succeeds;
+    /// on an error the rest wait for the next call.
     pub(super) async fn store_unstored_versions(&self) -> Result<(), StorageError> {
-        use futures::stream::{self, StreamExt};
         let waiting: Vec<(Vec<u8>, UnstoredVersion)> = {
             let unstored = self.unstored_versions_lock();
             if unstored.is_empty() {
@@ -420,25 +430,28 @@ impl AgentStore {
             }
             unstored
                 .iter()
-                .take(UNSTORED_VERSIONS_PER_BATCH)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         };
-        let written: Vec<Result<(), StorageError>> = stream::iter(waiting)
-            .map(|(key, version)| async move {
-                let stored = self
-                    .inner
-                    .versions
-                    .insert(&version.tenant, &version.agent, &version.record)
-                    .await?;
-                self.unstored_versions_lock().remove(&key);
-                bounded_insert(&self.inner.cache.versions, key, Arc::new(stored));
-                Ok(())
-            })
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        written.into_iter().collect()
+        // A few at a time, stopping at the first error: a store that is away fails one
+        // group, not every version kept.
+        for group in waiting.chunks(UNSTORED_VERSIONS_AT_ONCE) {
+            let written =
+                futures::future::join_all(group.iter().map(|(key, version)| async move {
+                    let stored = self
+                        .inner
+                        .versions
+                        .insert(&version.tenant, &version.agent, &version.record)
+                        .await?;
+                    // The stored record (the first writer's, on a race) is the one answered next.
+                    bounded_insert(&self.inner.cache.versions, key.clone(), Arc::new(stored));
+                    self.unstored_versions_lock().remove(key);
+                    Ok::<(), StorageError>(())
+                }))
+                .await;
+            written.into_iter().collect::<Result<(), StorageError>>()?;
+        }
+        Ok(())
     }
 
     pub async fn version(
@@ -450,6 +463,9 @@ impl AgentStore {
         let key = memo_key(tenant, agent, id);
         if let Some(record) = self.inner.cache.versions.get(&key) {
             return Ok(Some(record.clone()));
+        }
+        if let Some(unstored) = self.unstored_versions_lock().get(&key) {
+            return Ok(Some(Arc::new(unstored.record.clone())));
         }
         let Some(record) = self.inner.versions.get(tenant, agent, id).await? else {
             return Ok(None);
@@ -481,6 +497,7 @@ impl AgentStore {
         tenant: &str,
         agent: &str,
     ) -> Result<Vec<VersionSummary>, GatewayError> {
+        self.store_unstored_versions().await?;
         let records = self.inner.versions.list(tenant, agent).await?;
         let mut out = Vec::with_capacity(records.len());
         for record in records {
@@ -505,6 +522,7 @@ impl AgentStore {
         after: Option<&VersionCursor>,
         limit: usize,
     ) -> Result<(Vec<VersionSummary>, Option<VersionCursor>), GatewayError> {
+        self.store_unstored_versions().await?;
         let page = self
             .inner
             .versions
@@ -699,7 +717,29 @@ mod tests {
         );
         let id = store.ensure_version("t", "a", &props, 1).await.unwrap();
         assert_eq!(store.ensure_version("t", "a", &props, 2).await.unwrap(), id);
+        // Answered from memory: the request did not write it, the recorder's write does.
+        assert!(storage.versions.get("t", "a", &id).await.unwrap().is_none());
+        assert_eq!(
+            store
+                .version("t", "a", &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .schema_id,
+            1
+        );
+        store.write_stats().await.unwrap();
         // The first record stays, in memory and in the store.
+        assert_eq!(
+            storage
+                .versions
+                .get("t", "a", &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .schema_id,
+            1
+        );
         assert_eq!(
             store
                 .version("t", "a", &id)
@@ -744,6 +784,73 @@ mod tests {
         assert_eq!(s.first_used_at.as_deref(), Some("2026-01-01T00:00:00.000Z"));
         assert_eq!(s.last_used_at.as_deref(), Some("2026-01-01T00:00:01.000Z"));
         assert!(store.versions("t", "other").await.unwrap().is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn new_versions_are_written_before_the_agents_versions_are_read() {
+        let (_dir, storage) = crate::storage::temporary();
+        let store = AgentStore::open(&storage);
+        let ids: Vec<String> = futures::future::join_all((0..20).map(|n| {
+            let store = store.clone();
+            async move {
+                let props = VersionProperties::of(
+                    "m",
+                    &request(json!({"model": "x", "messages": [
+                        {"role": "user", "content": format!("prompt {n}")}]})),
+                );
+                store.ensure_version("t", "a", &props, 1).await.unwrap()
+            }
+        }))
+        .await;
+        for id in &ids {
+            assert!(storage.versions.get("t", "a", id).await.unwrap().is_none());
+        }
+        // A listing, a page and a deploy each see them: the first writes them all.
+        assert_eq!(store.versions("t", "a").await.unwrap().len(), 20);
+        for id in &ids {
+            assert!(storage.versions.get("t", "a", id).await.unwrap().is_some());
+        }
+        let props = VersionProperties::of(
+            "m",
+            &request(json!({"model": "x", "messages": [{"role": "user", "content": "late"}]})),
+        );
+        let late = store.ensure_version("t", "a", &props, 1).await.unwrap();
+        let (page, _) = store.versions_page("t", "a", None, 100).await.unwrap();
+        assert_eq!(page.len(), 21);
+        assert!(page.iter().any(|v| v.record.id == late));
+        // A deployment names a stored version.
+        let schema = store.schema_id("t", "a", None, &Value::Null).await.unwrap();
+        let props = VersionProperties::of(
+            "m",
+            &request(json!({"model": "x", "messages": [{"role": "user", "content": "shipped"}]})),
+        );
+        let shipped = store
+            .ensure_version("t", "a", &props, schema)
+            .await
+            .unwrap();
+        assert!(storage
+            .versions
+            .get("t", "a", &shipped)
+            .await
+            .unwrap()
+            .is_none());
+        store
+            .deploy(
+                "t",
+                "a",
+                &shipped,
+                None,
+                crate::model_ref::Environment::Production,
+                "me",
+            )
+            .await
+            .unwrap();
+        assert!(storage
+            .versions
+            .get("t", "a", &shipped)
+            .await
+            .unwrap()
+            .is_some());
     }
 
     #[actix_rt::test]

@@ -430,6 +430,67 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn version_values_come_from_the_versions_and_an_earlier_releases_go() {
+        use crate::search::IndexedField;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // An earlier release filed each run's version in `runs_values`.
+            let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+            let values = db.open_tree("runs_values").unwrap();
+            values.insert(b"t\0a\0vold-version", &[]).unwrap();
+            values.insert(b"t\0a\0mmodel-1", &[]).unwrap();
+            db.flush().unwrap();
+        }
+        let storage = open_waiting(dir.path());
+        let stores = storage.storage();
+        let mut run = conformance::run("t", "a");
+        run.version_id = Some("v-of-a-run".into());
+        stores.runs.insert_batch(&[Box::new(run)]).await.unwrap();
+        for (id, at) in [
+            ("v-first", "2026-01-01T00:00:00.000Z"),
+            ("v-second", "2026-01-02T00:00:00.000Z"),
+        ] {
+            let record = crate::agents::VersionRecord {
+                id: id.into(),
+                schema_id: 1,
+                created_at: at.into(),
+                properties: crate::agents::VersionProperties::of(
+                    "m",
+                    &serde_json::from_value(serde_json::json!({"model": "m", "messages": []}))
+                        .unwrap(),
+                ),
+            };
+            stores.versions.insert("t", "a", &record).await.unwrap();
+        }
+        let scope = crate::storage::SearchScope {
+            tenant: "t".into(),
+            agent: Some("a".into()),
+        };
+        let values = stores.runs.field_values(&scope, 10).await.unwrap();
+        // The agent's stored versions (sorted); not the runs' (a run names a version stored
+        // before it), not the earlier release's entry.
+        assert_eq!(values[&IndexedField::Version], vec!["v-first", "v-second"]);
+        assert!(values[&IndexedField::Model].contains(&"model-1".to_string()));
+        // Past the bound, the newest.
+        let newest = stores.runs.field_values(&scope, 1).await.unwrap();
+        assert_eq!(newest[&IndexedField::Version], vec!["v-second"]);
+        stores.runs.flush().await.unwrap();
+        drop(stores);
+        drop(storage);
+        let db = wait_for_lock(|| {
+            ::sled::Config::new()
+                .path(dir.path())
+                .open()
+                .map_err(backend)
+        });
+        let values = db.open_tree("runs_values").unwrap();
+        assert!(!values.contains_key(b"t\0a\0vold-version").unwrap());
+        assert!(values.contains_key(b"t\0a\0mmodel-1").unwrap());
+        // Nothing of the run's version was filed.
+        assert!(!values.contains_key(b"t\0a\0vv-of-a-run").unwrap());
+    }
+
+    #[actix_rt::test]
     async fn runs_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let run = conformance::run("default", "a");

@@ -35,7 +35,6 @@ use super::{agent_prefix, backend};
 use crate::agents::LastRuns;
 use crate::recorder::run::RunRecord;
 use crate::search::id_bounds;
-use crate::search::IndexedField;
 use crate::stats::{Aggregate, RunFigures, RunView, StatsKey};
 use crate::storage::{Footprint, PruneBatch, Pruned, StorageError};
 
@@ -218,14 +217,8 @@ impl Pruner {
         }
         self.stats.subtract_now(&stats)?;
         self.ledger.add(-(runs as i64), -(bytes as i64))?;
-        for version in self.versions.drop_unused(&self.deployments, &last_runs)? {
-            self.index.forget_value(
-                &version.tenant,
-                &version.agent,
-                IndexedField::Version,
-                &version.version_id,
-            )?;
-        }
+        // Their time index entries go with them: the search UI's list of versions.
+        self.versions.drop_unused(&self.deployments, &last_runs)?;
         let oldest = tree
             .first()
             .map_err(backend)?

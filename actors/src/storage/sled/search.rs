@@ -9,7 +9,11 @@
 //!   (`tenant \0 agent \0 run id`), so a filter on them is checked without reading the run.
 //! * `runs_values` (`tenant \0 agent \0 field-code value`) and `runs_agents` (`tenant \0
 //!   agent`): which values and agents exist, written once each (for a search UI, and so that
-//!   a search over all of a tenant's agents knows which lists to merge).
+//!   a search over all of a tenant's agents knows which lists to merge). Not the versions:
+//!   without templates every distinct prompt is a version, and an entry each (written, then
+//!   deleted by retention, on hash-ordered keys) took a third of sled's files in
+//!   `bench/memory.sh`; a search UI gets the agent's versions, newest first, from their time
+//!   index (`agent_versions_by_time`, which retention keeps to the versions with runs).
 //! * Run ids are UUIDv7: a `created_at` range is an id range, and newest-first is reverse key
 //!   order.
 //!
@@ -51,15 +55,16 @@ pub const COUNT_SCAN: usize = 20_000;
 pub const MAX_AGENTS: usize = 10_000;
 /// Marks an index built for every run stored before it existed.
 const BUILT_MARK: &[u8] = b"\xff\xffbuilt-v3";
+/// Marks `runs_values` cleared of the versions earlier releases filed there.
+const NO_VERSIONS_MARK: &[u8] = b"\xff\xffno-versions-v1";
 
-/// The values of a run by categorical field.
+/// The values of a run by categorical field written to `runs_values` (the version's are not).
 fn indexed_values(run: &RunRecord) -> impl Iterator<Item = (IndexedField, &str)> {
     let model = run.model.as_deref().unwrap_or(&run.requested_model);
     [
         (IndexedField::Status, Some(run.status.as_str())),
         (IndexedField::Model, Some(model)),
         (IndexedField::Provider, run.provider.as_deref()),
-        (IndexedField::Version, run.version_id.as_deref()),
         (IndexedField::Cache, Some(run.cache.as_str())),
         (IndexedField::Source, Some(run.source.as_str())),
     ]
@@ -181,6 +186,8 @@ fn facet_answer(filter: &Filter, hashes: &[u64], facets: &[u8]) -> Option<bool> 
 pub struct SearchIndex {
     agents: ::sled::Tree,
     values: ::sled::Tree,
+    /// The versions' time index (`storage/sled/agents.rs`): the values of `version`.
+    versions_by_time: ::sled::Tree,
     feedback: ::sled::Tree,
     /// Which blocks of runs may hold a word (`text_blocks.rs`).
     pub(super) text: TextBlocks,
@@ -196,6 +203,7 @@ impl SearchIndex {
         Ok(SearchIndex {
             agents: db.open_tree("runs_agents").map_err(backend)?,
             values: db.open_tree("runs_values").map_err(backend)?,
+            versions_by_time: db.open_tree("agent_versions_by_time").map_err(backend)?,
             feedback: db.open_tree("run_feedback").map_err(backend)?,
             text: TextBlocks::open(db, runs)?,
             known: Arc::default(),
@@ -214,27 +222,6 @@ impl SearchIndex {
         agent.push(0);
         agent.extend_from_slice(run.agent.as_bytes());
         self.once(&self.agents, &agent)
-    }
-
-    /// Forgets a value of an agent's field that no stored run has any more (retention).
-    pub(super) fn forget_value(
-        &self,
-        tenant: &str,
-        agent: &str,
-        field: IndexedField,
-        value: &str,
-    ) -> Result<(), StorageError> {
-        let mut key = agent_prefix(tenant, agent);
-        key.push(field.code());
-        key.extend_from_slice(value.as_bytes());
-        self.values.remove(&key).map_err(backend)?;
-        // Then out of the keys remembered as written: the next run of the value files it
-        // again, even one written between the two steps.
-        self.known
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&key);
-        Ok(())
     }
 
     /// Writes `key` to `tree` unless this process already did.
@@ -259,6 +246,7 @@ impl SearchIndex {
         runs: &RunRecords,
         by_agent: &::sled::Tree,
     ) -> Result<(), StorageError> {
+        self.forget_versions_once()?;
         if self.values.contains_key(BUILT_MARK).map_err(backend)? {
             return Ok(());
         }
@@ -286,8 +274,41 @@ impl SearchIndex {
         Ok(())
     }
 
+    /// Deletes the versions' entries of `runs_values` that earlier releases wrote (once per
+    /// data directory).
+    fn forget_versions_once(&self) -> Result<(), StorageError> {
+        if self
+            .values
+            .contains_key(NO_VERSIONS_MARK)
+            .map_err(backend)?
+        {
+            return Ok(());
+        }
+        let mut n = 0u64;
+        for key in self.values.iter().keys() {
+            let key = key.map_err(backend)?;
+            // `tenant \0 agent \0 code value`: the byte after the second NUL.
+            let mut nuls = key.iter().enumerate().filter(|(_, b)| **b == 0);
+            let code_at = nuls.nth(1).map(|(at, _)| at + 1);
+            if code_at.and_then(|at| key.get(at)) == Some(&IndexedField::Version.code()) {
+                self.values.remove(&key).map_err(backend)?;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                entries = n,
+                "deleted the versions' search values of an earlier release"
+            );
+        }
+        self.values
+            .insert(NO_VERSIONS_MARK, &[] as &[u8])
+            .map_err(backend)?;
+        Ok(())
+    }
+
     /// The values a categorical field has among an agent's runs (for a search UI), at most
-    /// `max`.
+    /// `max`; for `version`, the agent's versions, newest first.
     pub(super) fn values(
         &self,
         tenant: &str,
@@ -295,6 +316,9 @@ impl SearchIndex {
         field: IndexedField,
         max: usize,
     ) -> Result<Vec<String>, StorageError> {
+        if field == IndexedField::Version {
+            return self.versions_of(tenant, agent, max);
+        }
         let mut prefix = agent_prefix(tenant, agent);
         prefix.push(field.code());
         let mut values = Vec::new();
@@ -303,6 +327,29 @@ impl SearchIndex {
             values.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
         }
         Ok(values)
+    }
+
+    /// The agent's versions, newest first, at most `max`: the ids at the end of their time
+    /// index's keys (`prefix created_at \0 id`).
+    fn versions_of(
+        &self,
+        tenant: &str,
+        agent: &str,
+        max: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let prefix = agent_prefix(tenant, agent);
+        let mut versions = Vec::new();
+        for key in self.versions_by_time.scan_prefix(&prefix).keys().rev() {
+            if versions.len() >= max {
+                break;
+            }
+            let key = key.map_err(backend)?;
+            let rest = &key[prefix.len()..];
+            if let Some(nul) = rest.iter().position(|b| *b == 0) {
+                versions.push(String::from_utf8_lossy(&rest[nul + 1..]).into_owned());
+            }
+        }
+        Ok(versions)
     }
 
     /// A tenant's agents.
