@@ -150,7 +150,7 @@ def test_kill_9_and_a_postgresql_outage_under_load_lose_no_answered_run(
         return psql(throwaway_postgres.url, f"SELECT id::text FROM {cluster.schema}.runs").split()
 
     # The recorders write what they hold within moments (the versions answered during the
-    # outage go first, a few per batch).
+    # outage go first, eight at a time).
     wait_until("every surviving answer stored", lambda: survivors <= set(stored_ids()),
                timeout=30, every=0.5)
     stored = stored_ids()
