@@ -718,7 +718,7 @@ mod tests {
         let id = store.ensure_version("t", "a", &props, 1).await.unwrap();
         assert_eq!(store.ensure_version("t", "a", &props, 2).await.unwrap(), id);
         // Answered from memory: the request did not write it, the recorder's write does.
-        assert!(storage.versions.get("t", "a", &id).await.unwrap().is_none());
+        assert!(!is_stored(&storage, &id).await);
         assert_eq!(
             store
                 .version("t", "a", &id)
@@ -786,6 +786,11 @@ mod tests {
         assert!(store.versions("t", "other").await.unwrap().is_empty());
     }
 
+    /// Whether the store (not this instance's memory) has version `id` of agent `a`.
+    async fn is_stored(storage: &crate::storage::Storage, id: &str) -> bool {
+        storage.versions.get("t", "a", id).await.unwrap().is_some()
+    }
+
     #[actix_rt::test]
     async fn new_versions_are_written_before_the_agents_versions_are_read() {
         let (_dir, storage) = crate::storage::temporary();
@@ -803,12 +808,12 @@ mod tests {
         }))
         .await;
         for id in &ids {
-            assert!(storage.versions.get("t", "a", id).await.unwrap().is_none());
+            assert!(!is_stored(&storage, id).await);
         }
         // A listing, a page and a deploy each see them: the first writes them all.
         assert_eq!(store.versions("t", "a").await.unwrap().len(), 20);
         for id in &ids {
-            assert!(storage.versions.get("t", "a", id).await.unwrap().is_some());
+            assert!(is_stored(&storage, id).await);
         }
         let props = VersionProperties::of(
             "m",
@@ -828,12 +833,7 @@ mod tests {
             .ensure_version("t", "a", &props, schema)
             .await
             .unwrap();
-        assert!(storage
-            .versions
-            .get("t", "a", &shipped)
-            .await
-            .unwrap()
-            .is_none());
+        assert!(!is_stored(&storage, &shipped).await);
         store
             .deploy(
                 "t",
@@ -845,12 +845,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert!(storage
-            .versions
-            .get("t", "a", &shipped)
-            .await
-            .unwrap()
-            .is_some());
+        assert!(is_stored(&storage, &shipped).await);
     }
 
     #[actix_rt::test]
