@@ -77,7 +77,8 @@ impl AgentStore {
         deployed_by: &str,
     ) -> Result<DeploymentRecord, GatewayError> {
         // A deployment names a stored version, never one only this instance knows.
-        self.store_unstored_versions().await?;
+        self.store_unstored_versions(Some(&super::version::memo_key(tenant, agent, version_id)))
+            .await?;
         let version = self
             .version(tenant, agent, version_id)
             .await?

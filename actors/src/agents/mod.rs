@@ -12,9 +12,9 @@
 //! again whatever the epoch says (a safety net). While the feed cannot vouch for its epoch
 //! (its listener reconnecting) the pointer is read from the store on every lookup.
 //!
-//! Writes on the request path are rare (a new schema pair, a new version); statistics and
-//! conversation links are written by the recorder, off the request path, through
-//! [`AgentStore::observe`]. Conversation links are stored at once, in one batch per batch of
+//! Writes on the request path are rare (a new schema pair; a new version on a store other
+//! instances read); new versions on a store of one process, statistics and conversation
+//! links are written by the recorder, off the request path, through [`AgentStore::observe`]. Conversation links are stored at once, in one batch per batch of
 //! runs; version statistics are summed in memory (readers see them at once) and stored in
 //! one batch by [`AgentStore::write_stats`], which the recorder calls within the flush
 //! interval, on `Flush` and when it stops.
@@ -222,7 +222,7 @@ impl AgentStore {
     #[allow(clippy::vec_box)]
     pub async fn observe(&self, runs: &[Box<RunRecord>]) -> Vec<String> {
         let mut failures = Vec::new();
-        if let Err(e) = self.store_unstored_versions().await {
+        if let Err(e) = self.store_unstored_versions(None).await {
             failures.push(format!("cannot store new versions: {e}"));
         }
         for run in runs {
@@ -239,15 +239,15 @@ impl AgentStore {
         failures
     }
 
-    /// Whether statistics wait in memory for [`AgentStore::write_stats`].
+    /// Whether statistics or new versions wait in memory for [`AgentStore::write_stats`].
     pub fn has_pending_stats(&self) -> bool {
-        !self.pending_stats_lock().is_empty()
+        !self.pending_stats_lock().is_empty() || self.has_unstored_versions()
     }
 
     /// Writes the new versions and the statistics observed since the last call to the store,
     /// the statistics in one batch. They are on disk once the store is next flushed.
     pub async fn write_stats(&self) -> Result<(), StorageError> {
-        let versions = self.store_unstored_versions().await;
+        let versions = self.store_unstored_versions(None).await;
         versions.and(self.write_pending_stats().await)
     }
 }

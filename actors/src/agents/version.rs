@@ -18,6 +18,9 @@ use crate::error::GatewayError;
 const MAX_UNSTORED_VERSIONS: usize = 10_000;
 /// Versions the writer sends to the store at once.
 const UNSTORED_VERSIONS_AT_ONCE: usize = 8;
+/// Versions one recorder batch writes at most (the rest go with the next): a turn of the
+/// recorder stays short whatever waits.
+const UNSTORED_VERSIONS_PER_BATCH: usize = 1024;
 
 /// A new version, answered before it is written: the recorder writes it (before the runs that
 /// name it are counted in its statistics), and so does any read of the agent's versions.
@@ -306,7 +309,7 @@ impl VersionSummary {
 }
 
 /// The in-memory key of a version record.
-fn memo_key(tenant: &str, agent: &str, id: &str) -> Vec<u8> {
+pub(super) fn memo_key(tenant: &str, agent: &str, id: &str) -> Vec<u8> {
     let mut key = agent_prefix(tenant, agent);
     key.extend_from_slice(id.as_bytes());
     key
@@ -321,8 +324,9 @@ fn stats_key(tenant: &str, agent: &str, id: &str) -> VersionKey {
 }
 
 impl AgentStore {
-    /// The version of a request whose messages are still templates, stored if it is new.
-    /// Known versions cost one hash of the request, no copy and no store access.
+    /// The version of a request whose messages are still templates, stored if it is new (by
+    /// the recorder, see [`Self::store_version`]). Known versions cost one hash of the
+    /// request, no copy and no store access.
     pub async fn version_of_request(
         &self,
         tenant: &str,
@@ -358,9 +362,12 @@ impl AgentStore {
             .await
     }
 
-    /// Keeps version `id` (of `properties`) for the recorder to write unless the store has it.
-    /// A request reads the store (one lookup) but does not wait for a write: distinct prompts
-    /// without templates make a version each, and their writes go in the recorder's batches.
+    /// Keeps version `id` (of `properties`) for the recorder to write, which leaves a version
+    /// the store has as it is (the first writer wins). The request neither reads nor writes
+    /// the store: distinct prompts without templates make a version each, and their lookups
+    /// and writes go in the recorder's batches. On a store other instances read
+    /// ([`crate::storage::VersionStore::shared`]) the request writes it, as it does while too
+    /// many wait.
     async fn store_version(
         &self,
         tenant: &str,
@@ -373,24 +380,31 @@ impl AgentStore {
         if self.unstored_versions_lock().contains_key(&key) {
             return Ok(id);
         }
-        match self.inner.versions.get(tenant, agent, &id).await {
-            Ok(Some(stored)) => {
-                bounded_insert(&self.inner.cache.versions, key, Arc::new(stored));
-                return Ok(id);
-            }
-            Ok(None) => {}
-            // The id is the properties' hash, so the request goes on: kept until written.
-            Err(StorageError::Unavailable(e)) => {
-                tracing::warn!(agent, version = %id, error = %e, "version kept in memory until the store answers");
-            }
-            Err(e) => return Err(e.into()),
-        }
         let record = VersionRecord {
             id,
             schema_id,
             created_at: now_rfc3339(),
             properties: properties.clone(),
         };
+        let shared = self.inner.versions.shared();
+        if shared {
+            match self.inner.versions.insert(tenant, agent, &record).await {
+                Ok(stored) => {
+                    let id = stored.id.clone();
+                    bounded_insert(&self.inner.cache.versions, key, Arc::new(stored));
+                    return Ok(id);
+                }
+                // The id is the properties' hash, so the request goes on: kept until the
+                // store answers (bounded: past it, the 503).
+                Err(StorageError::Unavailable(e)) => {
+                    if self.unstored_versions_lock().len() >= MAX_UNSTORED_VERSIONS {
+                        return Err(StorageError::Unavailable(e).into());
+                    }
+                    tracing::warn!(agent, version = %record.id, error = %e, "version kept in memory until the store answers");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         {
             let mut unstored = self.unstored_versions_lock();
             if unstored.len() < MAX_UNSTORED_VERSIONS || unstored.contains_key(&key) {
@@ -403,12 +417,16 @@ impl AgentStore {
                 return Ok(id);
             }
         }
-        // The writer is that far behind (or the store that long away): this request writes
-        // its version itself, the first writer winning.
+        // The writer is that far behind: this request writes its version itself, the first
+        // writer winning.
         let stored = self.inner.versions.insert(tenant, agent, &record).await?;
         let id = stored.id.clone();
         bounded_insert(&self.inner.cache.versions, key, Arc::new(stored));
         Ok(id)
+    }
+
+    pub(super) fn has_unstored_versions(&self) -> bool {
+        !self.unstored_versions_lock().is_empty()
     }
 
     fn unstored_versions_lock(&self) -> MutexGuard<'_, HashMap<Vec<u8>, UnstoredVersion>> {
@@ -418,23 +436,36 @@ impl AgentStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Writes the versions answered and not yet written (the recorder calls it before it
-    /// counts a batch's runs; the readers of an agent's versions and `deploy` before they
-    /// read), several at once. A version is answered from memory until its write succeeds;
-    /// on an error the rest wait for the next call.
-    pub(super) async fn store_unstored_versions(&self) -> Result<(), StorageError> {
+    /// Writes the versions answered and not yet written whose key starts with `scope` (an
+    /// agent's prefix, a version's key), or, with none, up to [`UNSTORED_VERSIONS_PER_BATCH`]
+    /// of them: the recorder calls it before it counts a batch's runs, the readers of an
+    /// agent's versions and `deploy` before they read. Several at once; a version is answered
+    /// from memory until its write succeeds. While the store is away the rest wait for the
+    /// next call; a version the store refuses otherwise is dropped (logged), so that it
+    /// cannot fail every later call; the first error is returned.
+    pub(super) async fn store_unstored_versions(
+        &self,
+        scope: Option<&[u8]>,
+    ) -> Result<(), StorageError> {
         let waiting: Vec<(Vec<u8>, UnstoredVersion)> = {
             let unstored = self.unstored_versions_lock();
             if unstored.is_empty() {
                 return Ok(());
             }
-            unstored
+            let in_scope = unstored
                 .iter()
+                .filter(|(k, _)| scope.is_none_or(|prefix| k.starts_with(prefix)));
+            let limit = if scope.is_some() {
+                usize::MAX
+            } else {
+                UNSTORED_VERSIONS_PER_BATCH
+            };
+            in_scope
+                .take(limit)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         };
-        // A few at a time, stopping at the first error: a store that is away fails one
-        // group, not every version kept.
+        let mut first_error = None;
         for group in waiting.chunks(UNSTORED_VERSIONS_AT_ONCE) {
             let written =
                 futures::future::join_all(group.iter().map(|(key, version)| async move {
@@ -449,11 +480,23 @@ impl AgentStore {
                     Ok::<(), StorageError>(())
                 }))
                 .await;
-            written.into_iter().collect::<Result<(), StorageError>>()?;
+            for ((key, version), result) in group.iter().zip(written) {
+                match result {
+                    Ok(()) => {}
+                    Err(e @ StorageError::Unavailable(_)) => return Err(e),
+                    Err(e) => {
+                        tracing::error!(agent = %version.agent, version = %version.record.id, error = %e, "the store refused a new version: dropped");
+                        self.unstored_versions_lock().remove(key);
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
+    /// The version's record: the stored one (the first writer's) when the store has it, else
+    /// the one this instance answered and has not written yet.
     pub async fn version(
         &self,
         tenant: &str,
@@ -464,11 +507,15 @@ impl AgentStore {
         if let Some(record) = self.inner.cache.versions.get(&key) {
             return Ok(Some(record.clone()));
         }
-        if let Some(unstored) = self.unstored_versions_lock().get(&key) {
-            return Ok(Some(Arc::new(unstored.record.clone())));
-        }
-        let Some(record) = self.inner.versions.get(tenant, agent, id).await? else {
-            return Ok(None);
+        let unstored = self
+            .unstored_versions_lock()
+            .get(&key)
+            .map(|unstored| Arc::new(unstored.record.clone()));
+        let record = match self.inner.versions.get(tenant, agent, id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return Ok(unstored),
+            Err(_) if unstored.is_some() => return Ok(unstored),
+            Err(e) => return Err(e.into()),
         };
         let record = Arc::new(record);
         bounded_insert(&self.inner.cache.versions, key, record.clone());
@@ -497,7 +544,8 @@ impl AgentStore {
         tenant: &str,
         agent: &str,
     ) -> Result<Vec<VersionSummary>, GatewayError> {
-        self.store_unstored_versions().await?;
+        self.store_unstored_versions(Some(&agent_prefix(tenant, agent)))
+            .await?;
         let records = self.inner.versions.list(tenant, agent).await?;
         let mut out = Vec::with_capacity(records.len());
         for record in records {
@@ -522,7 +570,8 @@ impl AgentStore {
         after: Option<&VersionCursor>,
         limit: usize,
     ) -> Result<(Vec<VersionSummary>, Option<VersionCursor>), GatewayError> {
-        self.store_unstored_versions().await?;
+        self.store_unstored_versions(Some(&agent_prefix(tenant, agent)))
+            .await?;
         let page = self
             .inner
             .versions
@@ -810,11 +859,21 @@ mod tests {
         for id in &ids {
             assert!(!is_stored(&storage, id).await);
         }
-        // A listing, a page and a deploy each see them: the first writes them all.
+        let props = VersionProperties::of(
+            "m",
+            &request(json!({"model": "x", "messages": [{"role": "user", "content": "b's"}]})),
+        );
+        let of_b = store.ensure_version("t", "b", &props, 1).await.unwrap();
+        // A listing, a page and a deploy each see them: the first writes them all, and only
+        // the agent's own.
         assert_eq!(store.versions("t", "a").await.unwrap().len(), 20);
         for id in &ids {
             assert!(is_stored(&storage, id).await);
         }
+        let b_stored = || storage.versions.get("t", "b", &of_b);
+        assert!(b_stored().await.unwrap().is_none());
+        store.write_stats().await.unwrap();
+        assert!(b_stored().await.unwrap().is_some());
         let props = VersionProperties::of(
             "m",
             &request(json!({"model": "x", "messages": [{"role": "user", "content": "late"}]})),

@@ -112,6 +112,13 @@ pub struct VersionPage {
 
 /// Each agent's versions (immutable once stored) and their usage statistics.
 pub trait VersionStore: Send + Sync + 'static {
+    /// Whether other instances read this store (PostgreSQL). A new version is then written
+    /// before the request that made it is answered, so that any instance can deploy it at
+    /// once; on a store of one process it is written by the recorder.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Stores `record` unless the agent has a version of its id; the stored version either
     /// way (the first writer wins, and every caller gets its record).
     fn insert<'a>(

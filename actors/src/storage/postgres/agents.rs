@@ -232,6 +232,10 @@ impl PgVersionStore {
 }
 
 impl VersionStore for PgVersionStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn insert<'a>(
         &'a self,
         tenant: &'a str,
