@@ -105,6 +105,10 @@ impl MockUpstream {
                             .default_service(web::to(dispatch))
                     })
                     .workers(workers)
+                    // Longer than flowgate's pool keeps an idle connection (90 s): with
+                    // actix's 5 s, a request sent on a pooled connection as the mock closed it
+                    // failed now and then as a connection error (an extra attempt in a test).
+                    .keep_alive(std::time::Duration::from_secs(300))
                     .disable_signals()
                     .bind(addr);
                     let server = match server {
