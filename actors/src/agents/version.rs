@@ -768,15 +768,7 @@ mod tests {
         assert_eq!(store.ensure_version("t", "a", &props, 2).await.unwrap(), id);
         // Answered from memory: the request did not write it, the recorder's write does.
         assert!(!is_stored(&storage, &id).await);
-        assert_eq!(
-            store
-                .version("t", "a", &id)
-                .await
-                .unwrap()
-                .unwrap()
-                .schema_id,
-            1
-        );
+        assert_eq!(schema_of(&store, &id).await, 1);
         store.write_stats().await.unwrap();
         // The first record stays, in memory and in the store.
         assert_eq!(
@@ -789,15 +781,7 @@ mod tests {
                 .schema_id,
             1
         );
-        assert_eq!(
-            store
-                .version("t", "a", &id)
-                .await
-                .unwrap()
-                .unwrap()
-                .schema_id,
-            1
-        );
+        assert_eq!(schema_of(&store, &id).await, 1);
         let fresh = AgentStore::open(&storage);
         assert_eq!(fresh.ensure_version("t", "a", &props, 3).await.unwrap(), id);
         assert_eq!(
@@ -835,6 +819,24 @@ mod tests {
         assert!(store.versions("t", "other").await.unwrap().is_empty());
     }
 
+    /// The schema of version `id` of agent `a`, as the agent store answers it.
+    async fn schema_of(store: &AgentStore, id: &str) -> u32 {
+        store
+            .version("t", "a", id)
+            .await
+            .unwrap()
+            .unwrap()
+            .schema_id
+    }
+
+    /// The version of one user message to model `m`.
+    fn props_of(content: &str) -> VersionProperties {
+        VersionProperties::of(
+            "m",
+            &request(json!({"model": "x", "messages": [{"role": "user", "content": content}]})),
+        )
+    }
+
     /// Whether the store (not this instance's memory) has version `id` of agent `a`.
     async fn is_stored(storage: &crate::storage::Storage, id: &str) -> bool {
         storage.versions.get("t", "a", id).await.unwrap().is_some()
@@ -847,11 +849,7 @@ mod tests {
         let ids: Vec<String> = futures::future::join_all((0..20).map(|n| {
             let store = store.clone();
             async move {
-                let props = VersionProperties::of(
-                    "m",
-                    &request(json!({"model": "x", "messages": [
-                        {"role": "user", "content": format!("prompt {n}")}]})),
-                );
+                let props = props_of(&format!("prompt {n}"));
                 store.ensure_version("t", "a", &props, 1).await.unwrap()
             }
         }))
@@ -859,10 +857,7 @@ mod tests {
         for id in &ids {
             assert!(!is_stored(&storage, id).await);
         }
-        let props = VersionProperties::of(
-            "m",
-            &request(json!({"model": "x", "messages": [{"role": "user", "content": "b's"}]})),
-        );
+        let props = props_of("b's");
         let of_b = store.ensure_version("t", "b", &props, 1).await.unwrap();
         // A listing, a page and a deploy each see them: the first writes them all, and only
         // the agent's own.
@@ -874,20 +869,14 @@ mod tests {
         assert!(b_stored().await.unwrap().is_none());
         store.write_stats().await.unwrap();
         assert!(b_stored().await.unwrap().is_some());
-        let props = VersionProperties::of(
-            "m",
-            &request(json!({"model": "x", "messages": [{"role": "user", "content": "late"}]})),
-        );
+        let props = props_of("late");
         let late = store.ensure_version("t", "a", &props, 1).await.unwrap();
         let (page, _) = store.versions_page("t", "a", None, 100).await.unwrap();
         assert_eq!(page.len(), 21);
         assert!(page.iter().any(|v| v.record.id == late));
         // A deployment names a stored version.
         let schema = store.schema_id("t", "a", None, &Value::Null).await.unwrap();
-        let props = VersionProperties::of(
-            "m",
-            &request(json!({"model": "x", "messages": [{"role": "user", "content": "shipped"}]})),
-        );
+        let props = props_of("shipped");
         let shipped = store
             .ensure_version("t", "a", &props, schema)
             .await
