@@ -3,10 +3,7 @@
 //!
 //! * `agent_schemas`: after the prefix, `c` → the agent's last schema id, `d` digest → schema
 //!   id, `s` id → the schema record (ids are 4 bytes, big endian, so records list by id);
-//! * `agent_versions`: version id → the version record;
-//! * `agent_version_stats`: version id → its statistics;
-//! * `agent_versions_by_time`: `created_at \0 version id` → nothing: the versions newest first
-//!   (built once for a data directory of an earlier release);
+//! * the versions and their statistics: `versions.rs`;
 //! * `agent_deployments`: schema id (4 bytes) and an environment byte → the current
 //!   deployment; `agent_deployment_history`: sequence (8 bytes, big endian) → a deployment;
 //! * `agent_conversations`: conversation hash → the conversation id (16 bytes).
@@ -22,21 +19,18 @@
 //! key is a memory read); listings and deploys, which may wait for the disk, run on a blocking
 //! thread.
 
-use std::collections::HashMap;
-
 use futures::future::{ready, BoxFuture, FutureExt};
 use uuid::Uuid;
 
 use super::{agent_prefix, backend, off_thread};
-use crate::agents::{DeploymentRecord, LastRuns, SchemaRecord, VersionRecord, VersionStats};
+use crate::agents::{DeploymentRecord, SchemaRecord};
 use crate::model_ref::Environment;
 use crate::storage::{
     ConversationHash, ConversationLink, ConversationStore, DeploymentPage, DeploymentStore,
-    NewDeployment, PairDigest, SchemaAssignment, SchemaStore, StorageError, VersionCursor,
-    VersionKey, VersionPage, VersionStore,
+    NewDeployment, PairDigest, SchemaAssignment, SchemaStore, StorageError,
 };
 
-fn decode<T: serde::de::DeserializeOwned>(
+pub(super) fn decode<T: serde::de::DeserializeOwned>(
     what: &'static str,
     bytes: &[u8],
 ) -> Result<T, StorageError> {
@@ -46,7 +40,7 @@ fn decode<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn encode(what: &str, value: &impl serde::Serialize) -> Result<Vec<u8>, StorageError> {
+pub(super) fn encode(what: &str, value: &impl serde::Serialize) -> Result<Vec<u8>, StorageError> {
     serde_json::to_vec(value)
         .map_err(|e| StorageError::Backend(format!("cannot serialize a {what}: {e}")))
 }
@@ -213,344 +207,6 @@ impl SchemaStore for SledSchemaStore {
     }
 }
 
-fn version_key(tenant: &str, agent: &str, id: &str) -> Vec<u8> {
-    let mut key = agent_prefix(tenant, agent);
-    key.extend_from_slice(id.as_bytes());
-    key
-}
-
-/// `prefix created_at \0 id`: a version's entry in `agent_versions_by_time`.
-fn time_key(tenant: &str, agent: &str, created_at: &str, id: &str) -> Vec<u8> {
-    let mut key = agent_prefix(tenant, agent);
-    key.extend_from_slice(created_at.as_bytes());
-    key.push(0);
-    key.extend_from_slice(id.as_bytes());
-    key
-}
-
-/// Marks `agent_versions_by_time` complete: built for the versions of an earlier release.
-const TIME_INDEX_BUILT: &[u8] = b"\xff\xffbuilt-v1";
-
-/// What the time index needs of a stored version.
-#[derive(serde::Deserialize)]
-struct Created {
-    created_at: String,
-}
-
-/// Versions in `agent_versions`, their statistics in `agent_version_stats`, their order in
-/// `agent_versions_by_time`. Cheap to clone.
-#[derive(Clone)]
-pub struct SledVersionStore {
-    versions: ::sled::Tree,
-    stats: ::sled::Tree,
-    by_time: ::sled::Tree,
-}
-
-impl SledVersionStore {
-    pub(super) fn open(db: &::sled::Db) -> Result<SledVersionStore, StorageError> {
-        let store = SledVersionStore {
-            versions: db.open_tree("agent_versions").map_err(backend)?,
-            stats: db.open_tree("agent_version_stats").map_err(backend)?,
-            by_time: db.open_tree("agent_versions_by_time").map_err(backend)?,
-        };
-        store.build_time_index_once()?;
-        Ok(store)
-    }
-
-    /// Files the versions stored before the time index existed (once per data directory).
-    fn build_time_index_once(&self) -> Result<(), StorageError> {
-        if self
-            .by_time
-            .contains_key(TIME_INDEX_BUILT)
-            .map_err(backend)?
-        {
-            return Ok(());
-        }
-        let mut n = 0u64;
-        for entry in self.versions.iter() {
-            let (key, bytes) = entry.map_err(backend)?;
-            // `tenant \0 agent \0 id`
-            let mut parts = key.splitn(3, |b| *b == 0);
-            let (Some(tenant), Some(agent), Some(id)) = (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            let created: Created = decode("version", &bytes)?;
-            let (tenant, agent, id) = (
-                String::from_utf8_lossy(tenant),
-                String::from_utf8_lossy(agent),
-                String::from_utf8_lossy(id),
-            );
-            self.by_time
-                .insert(time_key(&tenant, &agent, &created.created_at, &id), &[])
-                .map_err(backend)?;
-            n += 1;
-        }
-        // Last: a build cut short is done again in full (an entry written twice is one).
-        self.by_time
-            .insert(TIME_INDEX_BUILT, &[])
-            .map_err(backend)?;
-        if n > 0 {
-            tracing::info!(
-                versions = n,
-                "indexed the versions of an earlier release by time"
-            );
-        }
-        Ok(())
-    }
-
-    fn insert_now(
-        &self,
-        tenant: &str,
-        agent: &str,
-        record: &VersionRecord,
-    ) -> Result<VersionRecord, StorageError> {
-        let key = version_key(tenant, agent, &record.id);
-        // Most calls find it there: no serialization then.
-        if let Some(existing) = self.versions.get(&key).map_err(backend)? {
-            return decode("version", &existing);
-        }
-        let bytes = encode("version", record)?;
-        let entry = time_key(tenant, agent, &record.created_at, &record.id);
-        // The index entry first (a listing skips an entry whose version is missing), then the
-        // version by a compare-and-swap, without a sled transaction (see the module's doc): a
-        // concurrent first writer wins and its record is the answer.
-        self.by_time
-            .insert(entry.as_slice(), &[])
-            .map_err(backend)?;
-        match self
-            .versions
-            .compare_and_swap(&key, None::<&[u8]>, Some(bytes.as_slice()))
-            .map_err(backend)?
-        {
-            Ok(()) => Ok(record.clone()),
-            Err(lost) => {
-                let Some(existing) = lost.current else {
-                    return Ok(record.clone());
-                };
-                let existing: VersionRecord = decode("version", &existing)?;
-                if existing.created_at != record.created_at {
-                    // The winner filed its own entry; ours would list the version twice.
-                    self.by_time.remove(entry).map_err(backend)?;
-                }
-                Ok(existing)
-            }
-        }
-    }
-
-    fn page_now(
-        &self,
-        tenant: &str,
-        agent: &str,
-        after: Option<&VersionCursor>,
-        limit: usize,
-    ) -> Result<VersionPage, StorageError> {
-        let prefix = agent_prefix(tenant, agent);
-        let end = match after {
-            Some(c) => time_key(tenant, agent, &c.created_at, &c.id),
-            None => {
-                // Past every key of the prefix.
-                let mut end = prefix.clone();
-                end.push(0xff);
-                end
-            }
-        };
-        let mut items = Vec::with_capacity(limit.min(1000));
-        let mut next_cursor = None;
-        for entry in self.by_time.range(prefix.clone()..end).rev() {
-            let (key, _) = entry.map_err(backend)?;
-            let rest = &key[prefix.len()..];
-            let Some(split) = rest.iter().position(|b| *b == 0) else {
-                continue;
-            };
-            let id = String::from_utf8_lossy(&rest[split + 1..]);
-            if items.len() == limit {
-                let (last, _): &(VersionRecord, _) = &items[items.len() - 1];
-                next_cursor = Some(VersionCursor {
-                    created_at: last.created_at.clone(),
-                    id: last.id.clone(),
-                });
-                break;
-            }
-            let vkey = version_key(tenant, agent, &id);
-            let Some(bytes) = self.versions.get(&vkey).map_err(backend)? else {
-                continue;
-            };
-            let record: VersionRecord = decode("version", &bytes)?;
-            let stats = match self.stats.get(&vkey).map_err(backend)? {
-                Some(bytes) => Some(decode("version's statistics", &bytes)?),
-                None => None,
-            };
-            items.push((record, stats));
-        }
-        Ok(VersionPage { items, next_cursor })
-    }
-
-    fn list_now(&self, tenant: &str, agent: &str) -> Result<Vec<VersionRecord>, StorageError> {
-        self.versions
-            .scan_prefix(agent_prefix(tenant, agent))
-            .map(|entry| decode("version", &entry.map_err(backend)?.1))
-            .collect()
-    }
-
-    fn add_stats_now(&self, batch: &[(VersionKey, VersionStats)]) -> Result<(), StorageError> {
-        // One process writes this store (the recorder's thread): read, add, write in a batch.
-        let mut sums: std::collections::HashMap<Vec<u8>, VersionStats> =
-            std::collections::HashMap::new();
-        for (key, stats) in batch {
-            let id = version_key(&key.tenant, &key.agent, &key.version_id);
-            if !sums.contains_key(&id) {
-                let stored = match self.stats.get(&id).map_err(backend)? {
-                    Some(bytes) => decode("version's statistics", &bytes)?,
-                    None => VersionStats::default(),
-                };
-                sums.insert(id.clone(), stored);
-            }
-            if let Some(sum) = sums.get_mut(&id) {
-                sum.add(stats);
-            }
-        }
-        // One insert per version, not a `sled::Batch` (see the module's doc).
-        for (id, stats) in sums {
-            self.stats
-                .insert(id, encode("version's statistics", &stats)?)
-                .map_err(backend)?;
-        }
-        Ok(())
-    }
-}
-
-impl SledVersionStore {
-    /// Retention's part: deletes each version of `last_runs` (a version and the start of the
-    /// newest of its runs that retention just deleted) whose recorded last use is no later,
-    /// so that it has no run left, unless a deployment (current or past) names it. Its record,
-    /// its statistics and its entry in the time index go; returns the versions deleted.
-    /// Without this an agent whose prompts are written per request (no templates) keeps a
-    /// version per run it ever served, and the store grows with them whatever retention does.
-    /// A version without stored statistics (its first runs not yet written) stays.
-    pub(super) fn drop_unused(
-        &self,
-        deployments: &SledDeploymentStore,
-        last_runs: &LastRuns,
-    ) -> Result<Vec<VersionKey>, StorageError> {
-        let mut deployed: HashMap<(String, String), std::collections::HashSet<String>> =
-            HashMap::new();
-        let mut dropped = Vec::new();
-        for (version, last_run) in &last_runs.0 {
-            let key = version_key(&version.tenant, &version.agent, &version.version_id);
-            let Some(stats) = self.stats.get(&key).map_err(backend)? else {
-                continue;
-            };
-            let stats: VersionStats = decode("version's statistics", &stats)?;
-            let used_after = stats.used_after(last_run);
-            if used_after {
-                continue;
-            }
-            let agent = (version.tenant.clone(), version.agent.clone());
-            let names = match deployed.entry(agent) {
-                std::collections::hash_map::Entry::Occupied(names) => names.into_mut(),
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(deployments.versions_named(&version.tenant, &version.agent)?)
-                }
-            };
-            if names.contains(&version.version_id) {
-                continue;
-            }
-            // The record first: a time index entry without its version is skipped by a page.
-            let Some(record) = self.versions.remove(&key).map_err(backend)? else {
-                self.stats.remove(&key).map_err(backend)?;
-                continue;
-            };
-            if let Ok(record) = decode::<Created>("version", &record) {
-                let entry = time_key(
-                    &version.tenant,
-                    &version.agent,
-                    &record.created_at,
-                    &version.version_id,
-                );
-                self.by_time.remove(entry).map_err(backend)?;
-            }
-            self.stats.remove(&key).map_err(backend)?;
-            dropped.push(version.clone());
-        }
-        Ok(dropped)
-    }
-}
-
-impl VersionStore for SledVersionStore {
-    fn insert<'a>(
-        &'a self,
-        tenant: &'a str,
-        agent: &'a str,
-        record: &'a VersionRecord,
-    ) -> BoxFuture<'a, Result<VersionRecord, StorageError>> {
-        // Rare (a version's first use): in place.
-        super::written(self.insert_now(tenant, agent, record))
-    }
-
-    fn get<'a>(
-        &'a self,
-        tenant: &'a str,
-        agent: &'a str,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<VersionRecord>, StorageError>> {
-        let read = || match self
-            .versions
-            .get(version_key(tenant, agent, id))
-            .map_err(backend)?
-        {
-            Some(bytes) => decode("version", &bytes).map(Some),
-            None => Ok(None),
-        };
-        ready(read()).boxed()
-    }
-
-    fn list<'a>(
-        &'a self,
-        tenant: &'a str,
-        agent: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<VersionRecord>, StorageError>> {
-        let store = self.clone();
-        let (tenant, agent) = (tenant.to_string(), agent.to_string());
-        off_thread(move || store.list_now(&tenant, &agent))
-    }
-
-    fn page<'a>(
-        &'a self,
-        tenant: &'a str,
-        agent: &'a str,
-        after: Option<&'a VersionCursor>,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<VersionPage, StorageError>> {
-        let store = self.clone();
-        let (tenant, agent, after) = (tenant.to_string(), agent.to_string(), after.cloned());
-        off_thread(move || store.page_now(&tenant, &agent, after.as_ref(), limit))
-    }
-
-    fn stats<'a>(
-        &'a self,
-        key: &'a VersionKey,
-    ) -> BoxFuture<'a, Result<Option<VersionStats>, StorageError>> {
-        let read = || match self
-            .stats
-            .get(version_key(&key.tenant, &key.agent, &key.version_id))
-            .map_err(backend)?
-        {
-            Some(bytes) => decode("version's statistics", &bytes).map(Some),
-            None => Ok(None),
-        };
-        ready(read()).boxed()
-    }
-
-    fn add_stats<'a>(
-        &'a self,
-        batch: &'a [(VersionKey, VersionStats)],
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        // Answered at once: the recorder writes on its own thread.
-        super::written(self.add_stats_now(batch))
-    }
-}
-
 fn env_byte(environment: Environment) -> u8 {
     match environment {
         Environment::Dev => b'd',
@@ -635,7 +291,7 @@ impl SledDeploymentStore {
     }
 
     /// The versions that a deployment of the agent, current or past, names.
-    fn versions_named(
+    pub(super) fn versions_named(
         &self,
         tenant: &str,
         agent: &str,

@@ -15,6 +15,7 @@ mod shares;
 mod stats;
 mod stats_backfill;
 mod text_blocks;
+mod versions;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,12 +23,13 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
 
-pub use agents::{SledConversationStore, SledDeploymentStore, SledSchemaStore, SledVersionStore};
+pub use agents::{SledConversationStore, SledDeploymentStore, SledSchemaStore};
 pub use cache::SledAnswerStore;
 pub use feedback::SledFeedbackStore;
 pub use runs::SledRunStore;
 pub use shares::SledShareStore;
 pub use stats::SledStatsStore;
+pub use versions::SledVersionStore;
 
 use super::{Changes, Storage, StorageError};
 
@@ -344,6 +346,7 @@ mod tests {
             ("stats.rs", include_str!("stats.rs")),
             ("stats_backfill.rs", include_str!("stats_backfill.rs")),
             ("text_blocks.rs", include_str!("text_blocks.rs")),
+            ("versions.rs", include_str!("versions.rs")),
             ("retention.rs", include_str!("retention.rs")),
             ("../spool.rs", include_str!("../spool.rs")),
         ];

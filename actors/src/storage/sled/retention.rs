@@ -27,10 +27,11 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use super::agents::{SledDeploymentStore, SledVersionStore};
+use super::agents::SledDeploymentStore;
 use super::run_files::{record_len, RunRecords};
 use super::search::SearchIndex;
 use super::stats::SledStatsStore;
+use super::versions::SledVersionStore;
 use super::{agent_prefix, backend};
 use crate::agents::LastRuns;
 use crate::recorder::run::RunRecord;

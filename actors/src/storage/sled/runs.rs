@@ -9,11 +9,12 @@ use uuid::Uuid;
 
 use std::collections::HashMap;
 
-use super::agents::{SledDeploymentStore, SledVersionStore};
+use super::agents::SledDeploymentStore;
 use super::retention::Pruner;
 use super::run_files::{record_len, Appending, RunRecords};
 use super::search::{facets, values_by_field, SearchIndex};
 use super::stats::SledStatsStore;
+use super::versions::SledVersionStore;
 use super::{agent_prefix, backend, off_thread};
 use crate::recorder::run::{RunRecord, RunSummary};
 use crate::search::{IndexedField, RunQuery};
