@@ -8,8 +8,8 @@
 //! hour and taken out of their hours in one step (`stats.rs`: an hour left with no run goes).
 //! Free-text blocks whose runs are all gone are deleted after the batch (`text_blocks.rs`).
 //!
-//! A version whose last run the batch deleted goes too, with its statistics and its value in
-//! the agent's list of versions, unless a deployment names it (`agents.rs`,
+//! A version whose last run the batch deleted goes too, with its statistics, unless a
+//! deployment names it (`versions.rs`,
 //! [`SledVersionStore::drop_unused`](super::SledVersionStore)): an agent whose prompts are
 //! written per request has a version per run, and they would otherwise outgrow the runs kept.
 //!

@@ -13,7 +13,7 @@
 //!   without templates every distinct prompt is a version, and an entry each (written, then
 //!   deleted by retention, on hash-ordered keys) took a third of sled's files in
 //!   `bench/memory.sh`; a search UI gets the agent's versions, newest first, from their time
-//!   index (`agent_versions_by_time`, which retention keeps to the versions with runs).
+//!   ordered records (`versions.rs`, which retention keeps to the versions with runs).
 //! * Run ids are UUIDv7: a `created_at` range is an id range, and newest-first is reverse key
 //!   order.
 //!
@@ -36,6 +36,7 @@ use uuid::Uuid;
 
 use super::run_files::RunRecords;
 use super::text_blocks::{IdRange, TextBlocks};
+use super::versions::SledVersionStore;
 use super::{agent_prefix, backend};
 use crate::agents::FeedbackRecord;
 use crate::recorder::run::{RunRecord, RunSummary};
@@ -186,8 +187,8 @@ fn facet_answer(filter: &Filter, hashes: &[u64], facets: &[u8]) -> Option<bool> 
 pub struct SearchIndex {
     agents: ::sled::Tree,
     values: ::sled::Tree,
-    /// The versions' time index (`storage/sled/agents.rs`): the values of `version`.
-    versions_by_time: ::sled::Tree,
+    /// The versions (`versions.rs`): the values of `version`.
+    versions: SledVersionStore,
     feedback: ::sled::Tree,
     /// Which blocks of runs may hold a word (`text_blocks.rs`).
     pub(super) text: TextBlocks,
@@ -203,7 +204,7 @@ impl SearchIndex {
         Ok(SearchIndex {
             agents: db.open_tree("runs_agents").map_err(backend)?,
             values: db.open_tree("runs_values").map_err(backend)?,
-            versions_by_time: db.open_tree("agent_versions_by_time").map_err(backend)?,
+            versions: SledVersionStore::trees(db)?,
             feedback: db.open_tree("run_feedback").map_err(backend)?,
             text: TextBlocks::open(db, runs)?,
             known: Arc::default(),
@@ -317,7 +318,7 @@ impl SearchIndex {
         max: usize,
     ) -> Result<Vec<String>, StorageError> {
         if field == IndexedField::Version {
-            return self.versions_of(tenant, agent, max);
+            return self.versions.newest_ids(tenant, agent, max);
         }
         let mut prefix = agent_prefix(tenant, agent);
         prefix.push(field.code());
@@ -327,29 +328,6 @@ impl SearchIndex {
             values.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
         }
         Ok(values)
-    }
-
-    /// The agent's versions, newest first, at most `max`: the ids at the end of their time
-    /// index's keys (`prefix created_at \0 id`).
-    fn versions_of(
-        &self,
-        tenant: &str,
-        agent: &str,
-        max: usize,
-    ) -> Result<Vec<String>, StorageError> {
-        let prefix = agent_prefix(tenant, agent);
-        let mut versions = Vec::new();
-        for key in self.versions_by_time.scan_prefix(&prefix).keys().rev() {
-            if versions.len() >= max {
-                break;
-            }
-            let key = key.map_err(backend)?;
-            let rest = &key[prefix.len()..];
-            if let Some(nul) = rest.iter().position(|b| *b == 0) {
-                versions.push(String::from_utf8_lossy(&rest[nul + 1..]).into_owned());
-            }
-        }
-        Ok(versions)
     }
 
     /// A tenant's agents.

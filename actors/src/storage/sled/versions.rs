@@ -57,6 +57,9 @@ fn time_key_of(prefix: &[u8], created_at: &[u8], id: &[u8]) -> Vec<u8> {
 /// name is UTF-8, which has no 0xff byte).
 const MOVED: &[u8] = b"\xff\xffrecords-v2";
 
+/// Tries of a version's first write that may lose a race (see [`SledVersionStore::insert_now`]).
+const INSERT_TRIES: usize = 4;
+
 /// What the move needs of an earlier release's record.
 #[derive(serde::Deserialize)]
 struct Created {
@@ -74,27 +77,36 @@ pub struct SledVersionStore {
 
 impl SledVersionStore {
     pub(super) fn open(db: &::sled::Db) -> Result<SledVersionStore, StorageError> {
-        let store = SledVersionStore {
+        let store = SledVersionStore::trees(db)?;
+        store.move_earlier_release(db)?;
+        Ok(store)
+    }
+
+    /// A handle on the trees, for a reader of another store (`search.rs`); [`Self::open`]
+    /// opens the store.
+    pub(super) fn trees(db: &::sled::Db) -> Result<SledVersionStore, StorageError> {
+        Ok(SledVersionStore {
             records: db.open_tree("agent_versions_by_time").map_err(backend)?,
             stats: db
                 .open_tree("agent_version_stats_by_time")
                 .map_err(backend)?,
             ids: db.open_tree("agent_version_ids").map_err(backend)?,
             unplaced_stats: db.open_tree("agent_version_stats").map_err(backend)?,
-        };
-        store.move_earlier_release_once(db)?;
-        Ok(store)
+        })
     }
 
     /// Moves the versions of an earlier release (`agent_versions`, keyed by id, with their
-    /// statistics in `agent_version_stats`) to the time-ordered trees, once per data
-    /// directory. A move cut short is done again: every step writes what it wrote before.
-    fn move_earlier_release_once(&self, db: &::sled::Db) -> Result<(), StorageError> {
-        if self.records.contains_key(MOVED).map_err(backend)? {
-            return Ok(());
-        }
+    /// statistics in `agent_version_stats`) to the time-ordered trees: once per data
+    /// directory, and again if that tree is back (an earlier release ran on the directory
+    /// since). A move cut short is done again: records and id entries are written as before,
+    /// and statistics are added to the version's before they leave `agent_version_stats`
+    /// (a crash between counts them twice rather than losing them).
+    fn move_earlier_release(&self, db: &::sled::Db) -> Result<(), StorageError> {
         let earlier_name: &[u8] = b"agent_versions";
         let had_earlier = db.tree_names().iter().any(|name| name == earlier_name);
+        if !had_earlier && self.records.contains_key(MOVED).map_err(backend)? {
+            return Ok(());
+        }
         let mut n = 0u64;
         if had_earlier {
             let earlier = db.open_tree(earlier_name).map_err(backend)?;
@@ -122,8 +134,15 @@ impl SledVersionStore {
                 self.ids
                     .insert(&key, created.created_at.as_bytes())
                     .map_err(backend)?;
-                if let Some(stats) = self.unplaced_stats.get(&key).map_err(backend)? {
-                    self.stats.insert(placed, stats).map_err(backend)?;
+                if let Some(bytes) = self.unplaced_stats.get(&key).map_err(backend)? {
+                    let mut sum: VersionStats = match self.stats.get(&placed).map_err(backend)? {
+                        Some(stored) => decode("version's statistics", &stored)?,
+                        None => VersionStats::default(),
+                    };
+                    sum.add(&decode("version's statistics", &bytes)?);
+                    self.stats
+                        .insert(placed, encode("version's statistics", &sum)?)
+                        .map_err(backend)?;
                     self.unplaced_stats.remove(&key).map_err(backend)?;
                 }
                 n += 1;
@@ -139,6 +158,8 @@ impl SledVersionStore {
         }
         self.records.insert(MOVED, &[]).map_err(backend)?;
         if had_earlier {
+            // What was moved is on disk before the tree it came from goes.
+            db.flush().map_err(backend)?;
             db.drop_tree(earlier_name).map_err(backend)?;
         }
         if n > 0 {
@@ -187,20 +208,45 @@ impl SledVersionStore {
         }
     }
 
+    /// Stores `record` unless its version is stored; returns the stored record (the first
+    /// writer's).
     fn insert_now(
         &self,
         tenant: &str,
         agent: &str,
         record: &VersionRecord,
     ) -> Result<VersionRecord, StorageError> {
-        if let Some(stored) = self.find(tenant, agent, &record.id)? {
-            return Ok(stored);
+        // A lost race is tried again: a writer that lost to a version retention then deleted
+        // has nothing to answer with. Each try ends unless another writer changed the id's
+        // entry in between.
+        for _ in 0..INSERT_TRIES {
+            if let Some(stored) = self.find(tenant, agent, &record.id)? {
+                return Ok(stored);
+            }
+            if let Some(stored) = self.try_insert(tenant, agent, record)? {
+                return Ok(stored);
+            }
         }
+        Err(StorageError::Backend(format!(
+            "version {} of agent {agent}: its id changed hands {INSERT_TRIES} times while it was stored",
+            record.id
+        )))
+    }
+
+    /// One try of [`Self::insert_now`] for a version `find` did not find: `None` when another
+    /// writer's version won and is gone again.
+    fn try_insert(
+        &self,
+        tenant: &str,
+        agent: &str,
+        record: &VersionRecord,
+    ) -> Result<Option<VersionRecord>, StorageError> {
         let created_at = record.created_at.as_bytes();
         let placed = time_key(tenant, agent, created_at, &record.id);
         // The record first (a lookup by id does not find it until its id's entry names it),
         // then the id's entry. Both by compare-and-swap: a concurrent first writer wins and its
         // record is the answer.
+        let mut answer = record.clone();
         if let Err(lost) = self
             .records
             .compare_and_swap(
@@ -210,9 +256,11 @@ impl SledVersionStore {
             )
             .map_err(backend)?
         {
-            // Made in the same millisecond by another writer, whose record stands.
+            // The same version made in the same millisecond: another writer's, whose id entry
+            // may still be coming, or one a crash left without its id entry. Either way that
+            // record stands, and the id entry below names it.
             if let Some(existing) = lost.current {
-                return decode("version", &existing);
+                answer = decode("version", &existing)?;
             }
         }
         match self
@@ -224,26 +272,67 @@ impl SledVersionStore {
             )
             .map_err(backend)?
         {
-            Ok(()) => Ok(record.clone()),
+            Ok(()) => Ok(Some(answer)),
             Err(lost) => {
                 let Some(winner) = lost.current else {
-                    return Ok(record.clone());
+                    return Ok(Some(answer));
                 };
                 if winner.as_ref() == created_at {
-                    return Ok(record.clone());
+                    return Ok(Some(answer));
                 }
-                // Ours would list the version twice.
+                // Another writer's version won: ours would list it twice.
                 self.records.remove(&placed).map_err(backend)?;
                 match self
                     .records
                     .get(time_key(tenant, agent, &winner, &record.id))
                     .map_err(backend)?
                 {
-                    Some(bytes) => decode("version", &bytes),
-                    None => Ok(record.clone()),
+                    Some(bytes) => decode("version", &bytes).map(Some),
+                    None => Ok(None),
                 }
             }
         }
+    }
+
+    /// Whether the record at `created_at` is the one version `id`'s entry names: a record a
+    /// crash left behind (written before its id entry, or one retention was deleting) is
+    /// not listed.
+    fn named(
+        &self,
+        tenant: &str,
+        agent: &str,
+        id: &[u8],
+        created_at: &[u8],
+    ) -> Result<bool, StorageError> {
+        let mut key = agent_prefix(tenant, agent);
+        key.extend_from_slice(id);
+        Ok(self.ids.get(key).map_err(backend)?.as_deref() == Some(created_at))
+    }
+
+    /// The ids of the agent's versions, newest first, at most `max` (a search's values).
+    pub(super) fn newest_ids(
+        &self,
+        tenant: &str,
+        agent: &str,
+        max: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let prefix = agent_prefix(tenant, agent);
+        let mut ids = Vec::new();
+        for key in self.records.scan_prefix(&prefix).keys().rev() {
+            if ids.len() >= max {
+                break;
+            }
+            let key = key.map_err(backend)?;
+            let rest = &key[prefix.len()..];
+            let Some(nul) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let (created_at, id) = (&rest[..nul], &rest[nul + 1..]);
+            if self.named(tenant, agent, id, created_at)? {
+                ids.push(String::from_utf8_lossy(id).into_owned());
+            }
+        }
+        Ok(ids)
     }
 
     /// The statistics at `placed` (the version's time-ordered key, when it is stored) with
@@ -289,6 +378,18 @@ impl SledVersionStore {
         let mut next_cursor = None;
         for entry in self.records.range(prefix..end).rev() {
             let (key, bytes) = entry.map_err(backend)?;
+            if bytes.is_empty() {
+                continue;
+            }
+            let record: VersionRecord = decode("version", &bytes)?;
+            if !self.named(
+                tenant,
+                agent,
+                record.id.as_bytes(),
+                record.created_at.as_bytes(),
+            )? {
+                continue;
+            }
             if items.len() == limit {
                 let (last, _) = &items[items.len() - 1];
                 next_cursor = Some(VersionCursor {
@@ -297,7 +398,6 @@ impl SledVersionStore {
                 });
                 break;
             }
-            let record: VersionRecord = decode("version", &bytes)?;
             let stats = self.stats_of(&id_key(tenant, agent, &record.id), Some(&key))?;
             items.push((record, stats));
         }
@@ -305,18 +405,35 @@ impl SledVersionStore {
     }
 
     fn list_now(&self, tenant: &str, agent: &str) -> Result<Vec<VersionRecord>, StorageError> {
-        self.records
+        let mut records = Vec::new();
+        for bytes in self
+            .records
             .scan_prefix(agent_prefix(tenant, agent))
             .values()
-            .map(|bytes| decode("version", &bytes.map_err(backend)?))
-            .collect()
+        {
+            let bytes = bytes.map_err(backend)?;
+            if bytes.is_empty() {
+                continue;
+            }
+            let record: VersionRecord = decode("version", &bytes)?;
+            if self.named(
+                tenant,
+                agent,
+                record.id.as_bytes(),
+                record.created_at.as_bytes(),
+            )? {
+                records.push(record);
+            }
+        }
+        Ok(records)
     }
 
     fn add_stats_now(&self, batch: &[(VersionKey, VersionStats)]) -> Result<(), StorageError> {
         /// Where a version's sum goes, and whether statistics kept under its id while it was
         /// not stored were added to it.
         struct Sum {
-            placed: Option<Vec<u8>>,
+            /// The version's `created_at` and its key in the time-ordered trees.
+            placed: Option<(::sled::IVec, Vec<u8>)>,
             drains_unplaced: bool,
             stats: VersionStats,
         }
@@ -325,11 +442,14 @@ impl SledVersionStore {
         for (key, stats) in batch {
             let id = id_key(&key.tenant, &key.agent, &key.version_id);
             if !sums.contains_key(&id) {
-                let placed = self.placed(&key.tenant, &key.agent, &key.version_id)?;
+                let placed = self.ids.get(&id).map_err(backend)?.map(|created_at| {
+                    let placed = time_key(&key.tenant, &key.agent, &created_at, &key.version_id);
+                    (created_at, placed)
+                });
                 let unplaced = self.unplaced_stats.get(&id).map_err(backend)?;
                 let drains_unplaced = placed.is_some() && unplaced.is_some();
-                let stored = match placed.as_deref() {
-                    Some(placed) => self.stats.get(placed).map_err(backend)?,
+                let stored = match &placed {
+                    Some((_, placed)) => self.stats.get(placed).map_err(backend)?,
                     None => unplaced.clone(),
                 };
                 let mut sum = match stored {
@@ -358,10 +478,18 @@ impl SledVersionStore {
         for (id, sum) in sums {
             let bytes = encode("version's statistics", &sum.stats)?;
             match sum.placed {
-                Some(placed) => {
-                    self.stats.insert(placed, bytes).map_err(backend)?;
-                    // After: a crash between counts them twice rather than losing them.
-                    if sum.drains_unplaced {
+                Some((created_at, placed)) => {
+                    self.stats
+                        .insert(placed.as_slice(), bytes.as_slice())
+                        .map_err(backend)?;
+                    if self.ids.get(&id).map_err(backend)? != Some(created_at) {
+                        // Retention deleted the version since it was read: the sum goes
+                        // under the id, as for a version not stored, and not beside a record
+                        // that is gone.
+                        self.stats.remove(placed).map_err(backend)?;
+                        self.unplaced_stats.insert(id, bytes).map_err(backend)?;
+                    } else if sum.drains_unplaced {
+                        // After: a crash between counts them twice rather than losing them.
                         self.unplaced_stats.remove(&id).map_err(backend)?;
                     }
                 }
@@ -390,7 +518,15 @@ impl SledVersionStore {
         let mut dropped = Vec::new();
         for (version, last_run) in &last_runs.0 {
             let id = id_key(&version.tenant, &version.agent, &version.version_id);
-            let placed = self.placed(&version.tenant, &version.agent, &version.version_id)?;
+            let placed_at = self.ids.get(&id).map_err(backend)?;
+            let placed = placed_at.as_ref().map(|created_at| {
+                time_key(
+                    &version.tenant,
+                    &version.agent,
+                    created_at,
+                    &version.version_id,
+                )
+            });
             let Some(stats) = self.stats_of(&id, placed.as_deref())? else {
                 continue;
             };
@@ -411,11 +547,18 @@ impl SledVersionStore {
             let Some(placed) = placed else {
                 continue;
             };
-            // The id's entry first: from then on a lookup does not find the version, and a
-            // crash leaves at worst a record and statistics no id names.
-            self.ids.remove(&id).map_err(backend)?;
+            // The record first: from then on a lookup or a listing does not find the version
+            // (a crash after it leaves an id entry `find` deletes, and maybe statistics no
+            // record has). The id's entry last, and only if it still names this record: a
+            // writer storing the version again meanwhile keeps its own.
             self.records.remove(&placed).map_err(backend)?;
             self.stats.remove(&placed).map_err(backend)?;
+            if let Some(created_at) = placed_at {
+                self.ids
+                    .compare_and_swap(&id, Some(created_at), None::<&[u8]>)
+                    .map_err(backend)?
+                    .ok();
+            }
             dropped.push(version.clone());
         }
         Ok(dropped)
@@ -705,5 +848,126 @@ mod tests {
                 "\u{fffd}\u{fffd}records-v2"
             ]
         );
+    }
+
+    /// What a crash can leave between two writes is never listed, and the version can be
+    /// stored again, once: a record without its id entry (a first write cut short), and an id
+    /// entry without its record (retention's deletes cut short).
+    #[test]
+    fn what_a_crash_leaves_is_not_listed_and_the_version_is_stored_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let store = SledVersionStore::open(&db).unwrap();
+        let first = record("v", "2026-01-01T00:00:01.000Z");
+        store.insert_now("t", "a", &first).unwrap();
+        // Retention cut short: the record went, its id entry did not.
+        store
+            .records
+            .remove(time_key("t", "a", first.created_at.as_bytes(), "v"))
+            .unwrap();
+        assert_eq!(store.find("t", "a", "v").unwrap(), None);
+        assert!(
+            store.ids.is_empty(),
+            "the id entry of a missing record goes"
+        );
+        // A first write cut short: the record, and no id entry.
+        let orphan = record("w", "2026-01-01T00:00:02.000Z");
+        store
+            .records
+            .insert(
+                time_key("t", "a", orphan.created_at.as_bytes(), "w"),
+                serde_json::to_vec(&orphan).unwrap(),
+            )
+            .unwrap();
+        assert!(store.page_now("t", "a", None, 10).unwrap().items.is_empty());
+        assert!(store.list_now("t", "a").unwrap().is_empty());
+        assert!(store.newest_ids("t", "a", 10).unwrap().is_empty());
+        // Both are stored again, and listed once.
+        let again = record("v", "2026-01-01T00:00:03.000Z");
+        assert_eq!(store.insert_now("t", "a", &again).unwrap(), again);
+        assert_eq!(store.insert_now("t", "a", &orphan).unwrap(), orphan);
+        assert_eq!(store.find("t", "a", "w").unwrap(), Some(orphan));
+        assert_eq!(store.newest_ids("t", "a", 10).unwrap(), ["v", "w"]);
+        assert_eq!(store.list_now("t", "a").unwrap().len(), 2);
+    }
+
+    /// Writers storing one version at once, each with its own time: one record and one id
+    /// entry stay, and every writer answers the same record.
+    #[test]
+    fn concurrent_first_writes_agree_on_one_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let store = SledVersionStore::open(&db).unwrap();
+        for round in 0..20 {
+            let id = format!("v{round}");
+            let answers: Vec<VersionRecord> = std::thread::scope(|scope| {
+                let writers: Vec<_> = (0..4)
+                    .map(|w| {
+                        let (store, id) = (store.clone(), id.clone());
+                        scope.spawn(move || {
+                            let at = format!("2026-01-01T00:00:0{w}.000Z");
+                            store.insert_now("t", "a", &record(&id, &at)).unwrap()
+                        })
+                    })
+                    .collect();
+                writers.into_iter().map(|w| w.join().unwrap()).collect()
+            });
+            assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
+            assert_eq!(
+                store.find("t", "a", &id).unwrap().as_ref(),
+                Some(&answers[0])
+            );
+        }
+        assert_eq!(store.ids.len(), 20);
+        assert_eq!(store.records.len(), 21, "20 records and the marker");
+    }
+
+    /// An earlier release run on the directory after the move writes `agent_versions` again:
+    /// its versions are moved at the next start, their statistics added to what was moved.
+    #[test]
+    fn versions_an_earlier_release_wrote_after_the_move_are_moved_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = "2026-01-01T00:00:01.000Z";
+        {
+            let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+            let store = SledVersionStore::open(&db).unwrap();
+            store.insert_now("t", "a", &record("v", at)).unwrap();
+            store
+                .add_stats_now(&[(key("v"), stats(2, "2026-01-02T00:00:00.000Z"))])
+                .unwrap();
+            // The earlier release: its record, an index entry without a value, its statistics
+            // under the id.
+            let earlier = db.open_tree("agent_versions").unwrap();
+            let w = record("w", "2026-01-01T00:00:02.000Z");
+            earlier
+                .insert(b"t\0a\0w", serde_json::to_vec(&w).unwrap())
+                .unwrap();
+            earlier
+                .insert(b"t\0a\0v", serde_json::to_vec(&record("v", at)).unwrap())
+                .unwrap();
+            store
+                .records
+                .insert(b"t\0a\x002026-01-01T00:00:02.000Z\0w", &[])
+                .unwrap();
+            store
+                .unplaced_stats
+                .insert(
+                    b"t\0a\0v",
+                    serde_json::to_vec(&stats(3, "2026-01-03T00:00:00.000Z")).unwrap(),
+                )
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let store = SledVersionStore::open(&db).unwrap();
+        assert!(!db.tree_names().iter().any(|n| n == b"agent_versions"));
+        let page = store.page_now("t", "a", None, 10).unwrap();
+        let listed: Vec<(&str, Option<u64>)> = page
+            .items
+            .iter()
+            .map(|(r, s)| (r.id.as_str(), s.as_ref().map(|s| s.run_count)))
+            .collect();
+        assert_eq!(listed, [("w", None), ("v", Some(5))]);
+        assert!(store.unplaced_stats.is_empty());
     }
 }
