@@ -16,8 +16,10 @@
 //! copies a whole leaf (16 entries) on every write, and writes whole leaves to its log. Writes
 //! and deletes spread over every leaf kept them all in its cache and left every segment of its
 //! log partly live. Under `bench/memory.sh` (1M requests) those versions cost about half the
-//! gateway's CPU, ~70 MB of RSS and ~300 MB of sled's files. An earlier release's versions are
-//! moved once when the store opens (`agent_versions` is then dropped).
+//! gateway's CPU, ~70 MB of RSS and ~300 MB of sled's files. On time-ordered keys the same
+//! soak's data directory peaked at 426–483 MB against 501–557 MB, with 10–24% less CPU
+//! (`bench/README.md`, stop 30); RSS did not change. An earlier release's versions are moved
+//! when the store opens (`agent_versions` is then dropped).
 //!
 //! As in `agents.rs`, no write uses a sled transaction or `Batch`: records are written in an
 //! order whose every prefix is harmless, and the first writer of a version wins by a
