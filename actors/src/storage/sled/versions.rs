@@ -668,6 +668,18 @@ mod tests {
         }
     }
 
+    /// Agent `t`/`a`'s first page: each version's id and run count (`-`: no statistics).
+    fn listed(store: &SledVersionStore) -> Vec<String> {
+        let runs = |s: Option<VersionStats>| s.map_or("-".into(), |s| s.run_count.to_string());
+        store
+            .page_now("t", "a", None, 10)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|(r, s)| format!("{} {}", r.id, runs(s)))
+            .collect()
+    }
+
     fn keys(tree: &::sled::Tree) -> Vec<String> {
         tree.iter()
             .keys()
@@ -787,13 +799,7 @@ mod tests {
             let db = ::sled::Config::new().path(dir.path()).open().unwrap();
             let store = SledVersionStore::open(&db).unwrap();
             assert!(!db.tree_names().iter().any(|n| n == b"agent_versions"));
-            let page = store.page_now("t", "a", None, 10).unwrap();
-            let listed: Vec<(&str, Option<u64>)> = page
-                .items
-                .iter()
-                .map(|(r, s)| (r.id.as_str(), s.as_ref().map(|s| s.run_count)))
-                .collect();
-            assert_eq!(listed, [("vy", None), ("vz", Some(4))]);
+            assert_eq!(listed(&store), ["vy -", "vz 4"]);
             assert_eq!(
                 store.find("t", "a", "vz").unwrap(),
                 Some(record("vz", "2026-01-01T00:00:01.000Z"))
@@ -963,13 +969,7 @@ mod tests {
         let db = ::sled::Config::new().path(dir.path()).open().unwrap();
         let store = SledVersionStore::open(&db).unwrap();
         assert!(!db.tree_names().iter().any(|n| n == b"agent_versions"));
-        let page = store.page_now("t", "a", None, 10).unwrap();
-        let listed: Vec<(&str, Option<u64>)> = page
-            .items
-            .iter()
-            .map(|(r, s)| (r.id.as_str(), s.as_ref().map(|s| s.run_count)))
-            .collect();
-        assert_eq!(listed, [("w", None), ("v", Some(5))]);
+        assert_eq!(listed(&store), ["w -", "v 5"]);
         assert!(store.unplaced_stats.is_empty());
     }
 }
