@@ -14,10 +14,11 @@
 //!
 //! Writes on the request path are rare (a new schema pair; a new version on a store other
 //! instances read); new versions on a store of one process, statistics and conversation
-//! links are written by the recorder, off the request path, through [`AgentStore::observe`]. Conversation links are stored at once, in one batch per batch of
-//! runs; version statistics are summed in memory (readers see them at once) and stored in
-//! one batch by [`AgentStore::write_stats`], which the recorder calls within the flush
-//! interval, on `Flush` and when it stops.
+//! links are written by the recorder, off the request path, through [`AgentStore::observe`].
+//! Conversation links are stored at once, in one batch per batch of runs; version statistics
+//! are summed in memory (readers see them at once) and stored in one batch by
+//! [`AgentStore::write_stats`], which the recorder calls within the flush interval, on
+//! `Flush` and when it stops.
 
 pub mod conversation;
 pub mod deployment;

@@ -386,8 +386,7 @@ impl AgentStore {
             created_at: now_rfc3339(),
             properties: properties.clone(),
         };
-        let shared = self.inner.versions.shared();
-        if shared {
+        if self.inner.versions.shared() {
             match self.inner.versions.insert(tenant, agent, &record).await {
                 Ok(stored) => {
                     let id = stored.id.clone();

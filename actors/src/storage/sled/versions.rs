@@ -62,6 +62,13 @@ const MOVED: &[u8] = b"\xff\xffrecords-v2";
 /// Tries of a version's first write that may lose a race (see [`SledVersionStore::insert_now`]).
 const INSERT_TRIES: usize = 4;
 
+/// Where a version is: its id's entry key and, when it is stored, its `created_at` (the id
+/// entry's value) and its key in the time-ordered trees.
+struct Placed {
+    id_key: Vec<u8>,
+    at: Option<(::sled::IVec, Vec<u8>)>,
+}
+
 /// What the move needs of an earlier release's record.
 #[derive(serde::Deserialize)]
 struct Created {
@@ -173,13 +180,14 @@ impl SledVersionStore {
         Ok(())
     }
 
-    /// The version's key in the time-ordered trees, if it is stored.
-    fn placed(&self, tenant: &str, agent: &str, id: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self
-            .ids
-            .get(id_key(tenant, agent, id))
-            .map_err(backend)?
-            .map(|created_at| time_key(tenant, agent, &created_at, id)))
+    /// Where version `id` is: one read of its id's entry.
+    fn placed(&self, tenant: &str, agent: &str, id: &str) -> Result<Placed, StorageError> {
+        let id_key = id_key(tenant, agent, id);
+        let at = self.ids.get(&id_key).map_err(backend)?.map(|created_at| {
+            let key = time_key(tenant, agent, &created_at, id);
+            (created_at, key)
+        });
+        Ok(Placed { id_key, at })
     }
 
     /// The stored record of version `id`. An id's entry whose record is gone (a crash in the
@@ -190,19 +198,18 @@ impl SledVersionStore {
         agent: &str,
         id: &str,
     ) -> Result<Option<VersionRecord>, StorageError> {
-        let key = id_key(tenant, agent, id);
-        let Some(created_at) = self.ids.get(&key).map_err(backend)? else {
+        let Placed {
+            id_key,
+            at: Some((created_at, key)),
+        } = self.placed(tenant, agent, id)?
+        else {
             return Ok(None);
         };
-        match self
-            .records
-            .get(time_key(tenant, agent, &created_at, id))
-            .map_err(backend)?
-        {
+        match self.records.get(key).map_err(backend)? {
             Some(bytes) => decode("version", &bytes).map(Some),
             None => {
                 self.ids
-                    .compare_and_swap(&key, Some(created_at), None::<&[u8]>)
+                    .compare_and_swap(&id_key, Some(created_at), None::<&[u8]>)
                     .map_err(backend)?
                     .ok();
                 Ok(None)
@@ -303,12 +310,11 @@ impl SledVersionStore {
         &self,
         tenant: &str,
         agent: &str,
-        id: &[u8],
+        id: &str,
         created_at: &[u8],
     ) -> Result<bool, StorageError> {
-        let mut key = agent_prefix(tenant, agent);
-        key.extend_from_slice(id);
-        Ok(self.ids.get(key).map_err(backend)?.as_deref() == Some(created_at))
+        let named = self.ids.get(id_key(tenant, agent, id)).map_err(backend)?;
+        Ok(named.as_deref() == Some(created_at))
     }
 
     /// The ids of the agent's versions, newest first, at most `max` (a search's values).
@@ -329,9 +335,9 @@ impl SledVersionStore {
             let Some(nul) = rest.iter().position(|b| *b == 0) else {
                 continue;
             };
-            let (created_at, id) = (&rest[..nul], &rest[nul + 1..]);
-            if self.named(tenant, agent, id, created_at)? {
-                ids.push(String::from_utf8_lossy(id).into_owned());
+            let (created_at, id) = (&rest[..nul], String::from_utf8_lossy(&rest[nul + 1..]));
+            if self.named(tenant, agent, &id, created_at)? {
+                ids.push(id.into_owned());
             }
         }
         Ok(ids)
@@ -339,19 +345,15 @@ impl SledVersionStore {
 
     /// The statistics at `placed` (the version's time-ordered key, when it is stored) with
     /// those kept under its id while it was not.
-    fn stats_of(
-        &self,
-        id_key: &[u8],
-        placed: Option<&[u8]>,
-    ) -> Result<Option<VersionStats>, StorageError> {
-        let mut sum: Option<VersionStats> = match placed {
-            Some(key) => match self.stats.get(key).map_err(backend)? {
+    fn stats_of(&self, placed: &Placed) -> Result<Option<VersionStats>, StorageError> {
+        let mut sum: Option<VersionStats> = match &placed.at {
+            Some((_, key)) => match self.stats.get(key).map_err(backend)? {
                 Some(bytes) => Some(decode("version's statistics", &bytes)?),
                 None => None,
             },
             None => None,
         };
-        if let Some(bytes) = self.unplaced_stats.get(id_key).map_err(backend)? {
+        if let Some(bytes) = self.unplaced_stats.get(&placed.id_key).map_err(backend)? {
             let unplaced: VersionStats = decode("version's statistics", &bytes)?;
             sum.get_or_insert_with(VersionStats::default).add(&unplaced);
         }
@@ -384,12 +386,7 @@ impl SledVersionStore {
                 continue;
             }
             let record: VersionRecord = decode("version", &bytes)?;
-            if !self.named(
-                tenant,
-                agent,
-                record.id.as_bytes(),
-                record.created_at.as_bytes(),
-            )? {
+            if !self.named(tenant, agent, &record.id, record.created_at.as_bytes())? {
                 continue;
             }
             if items.len() == limit {
@@ -400,7 +397,11 @@ impl SledVersionStore {
                 });
                 break;
             }
-            let stats = self.stats_of(&id_key(tenant, agent, &record.id), Some(&key))?;
+            let placed = Placed {
+                id_key: id_key(tenant, agent, &record.id),
+                at: Some((record.created_at.as_bytes().into(), key.to_vec())),
+            };
+            let stats = self.stats_of(&placed)?;
             items.push((record, stats));
         }
         Ok(VersionPage { items, next_cursor })
@@ -418,12 +419,7 @@ impl SledVersionStore {
                 continue;
             }
             let record: VersionRecord = decode("version", &bytes)?;
-            if self.named(
-                tenant,
-                agent,
-                record.id.as_bytes(),
-                record.created_at.as_bytes(),
-            )? {
+            if self.named(tenant, agent, &record.id, record.created_at.as_bytes())? {
                 records.push(record);
             }
         }
@@ -434,8 +430,7 @@ impl SledVersionStore {
         /// Where a version's sum goes, and whether statistics kept under its id while it was
         /// not stored were added to it.
         struct Sum {
-            /// The version's `created_at` and its key in the time-ordered trees.
-            placed: Option<(::sled::IVec, Vec<u8>)>,
+            placed: Placed,
             drains_unplaced: bool,
             stats: VersionStats,
         }
@@ -444,13 +439,10 @@ impl SledVersionStore {
         for (key, stats) in batch {
             let id = id_key(&key.tenant, &key.agent, &key.version_id);
             if !sums.contains_key(&id) {
-                let placed = self.ids.get(&id).map_err(backend)?.map(|created_at| {
-                    let placed = time_key(&key.tenant, &key.agent, &created_at, &key.version_id);
-                    (created_at, placed)
-                });
+                let placed = self.placed(&key.tenant, &key.agent, &key.version_id)?;
                 let unplaced = self.unplaced_stats.get(&id).map_err(backend)?;
-                let drains_unplaced = placed.is_some() && unplaced.is_some();
-                let stored = match &placed {
+                let drains_unplaced = placed.at.is_some() && unplaced.is_some();
+                let stored = match &placed.at {
                     Some((_, placed)) => self.stats.get(placed).map_err(backend)?,
                     None => unplaced.clone(),
                 };
@@ -479,7 +471,7 @@ impl SledVersionStore {
         // One insert per version, not a `sled::Batch` (see `agents.rs`' doc).
         for (id, sum) in sums {
             let bytes = encode("version's statistics", &sum.stats)?;
-            match sum.placed {
+            match sum.placed.at {
                 Some((created_at, placed)) => {
                     self.stats
                         .insert(placed.as_slice(), bytes.as_slice())
@@ -519,17 +511,8 @@ impl SledVersionStore {
             HashMap::new();
         let mut dropped = Vec::new();
         for (version, last_run) in &last_runs.0 {
-            let id = id_key(&version.tenant, &version.agent, &version.version_id);
-            let placed_at = self.ids.get(&id).map_err(backend)?;
-            let placed = placed_at.as_ref().map(|created_at| {
-                time_key(
-                    &version.tenant,
-                    &version.agent,
-                    created_at,
-                    &version.version_id,
-                )
-            });
-            let Some(stats) = self.stats_of(&id, placed.as_deref())? else {
+            let placed = self.placed(&version.tenant, &version.agent, &version.version_id)?;
+            let Some(stats) = self.stats_of(&placed)? else {
                 continue;
             };
             if stats.used_after(last_run) {
@@ -545,22 +528,22 @@ impl SledVersionStore {
             if names.contains(&version.version_id) {
                 continue;
             }
-            self.unplaced_stats.remove(&id).map_err(backend)?;
-            let Some(placed) = placed else {
+            self.unplaced_stats
+                .remove(&placed.id_key)
+                .map_err(backend)?;
+            let Some((created_at, key)) = placed.at else {
                 continue;
             };
             // The record first: from then on a lookup or a listing does not find the version
             // (a crash after it leaves an id entry `find` deletes, and maybe statistics no
             // record has). The id's entry last, and only if it still names this record: a
             // writer storing the version again meanwhile keeps its own.
-            self.records.remove(&placed).map_err(backend)?;
-            self.stats.remove(&placed).map_err(backend)?;
-            if let Some(created_at) = placed_at {
-                self.ids
-                    .compare_and_swap(&id, Some(created_at), None::<&[u8]>)
-                    .map_err(backend)?
-                    .ok();
-            }
+            self.records.remove(&key).map_err(backend)?;
+            self.stats.remove(&key).map_err(backend)?;
+            self.ids
+                .compare_and_swap(&placed.id_key, Some(created_at), None::<&[u8]>)
+                .map_err(backend)?
+                .ok();
             dropped.push(version.clone());
         }
         Ok(dropped)
@@ -613,13 +596,7 @@ impl VersionStore for SledVersionStore {
         &'a self,
         key: &'a VersionKey,
     ) -> BoxFuture<'a, Result<Option<VersionStats>, StorageError>> {
-        let read = || {
-            let placed = self.placed(&key.tenant, &key.agent, &key.version_id)?;
-            self.stats_of(
-                &id_key(&key.tenant, &key.agent, &key.version_id),
-                placed.as_deref(),
-            )
-        };
+        let read = || self.stats_of(&self.placed(&key.tenant, &key.agent, &key.version_id)?);
         ready(read()).boxed()
     }
 
@@ -739,10 +716,7 @@ mod tests {
         assert_eq!(keys(&store.unplaced_stats), ["t|a|v"]);
         let read = |store: &SledVersionStore| {
             let placed = store.placed("t", "a", "v").unwrap();
-            store
-                .stats_of(b"t\0a\0v", placed.as_deref())
-                .unwrap()
-                .map(|s| s.run_count)
+            store.stats_of(&placed).unwrap().map(|s| s.run_count)
         };
         assert_eq!(read(&store), Some(2));
         store
@@ -808,7 +782,7 @@ mod tests {
             assert_eq!(keys(&store.unplaced_stats), ["t|a|never-stored"]);
             assert_eq!(
                 store
-                    .stats_of(b"t\0a\0never-stored", None)
+                    .stats_of(&store.placed("t", "a", "never-stored").unwrap())
                     .unwrap()
                     .map(|s| s.run_count),
                 Some(7)
