@@ -74,19 +74,27 @@ ensure_tools() {
     fi
 }
 
-# ensure_binaries: sets FLOWGATE and MOCK. With BIN_DIR (BENCH_BIN_DIR) set, its binaries are
-# used as they are; else the checkout's release build, built first unless SKIP_BUILD=1.
+# ensure_binaries: sets FLOWGATE, MOCK and TTFT (bench/ttft's load tool). With BIN_DIR
+# (BENCH_BIN_DIR) set, its flowgate and mock are used as they are; else the checkout's release
+# build, built first unless SKIP_BUILD=1. TTFT, a measuring tool, always comes from the checkout
+# (built when missing).
 ensure_binaries() {
     local dir=${BIN_DIR:-$ROOT/target/release}
-    if [[ -z ${BIN_DIR:-} && $SKIP_BUILD != 1 ]]; then
-        # The root package is the workspace's only default member: name both packages.
-        echo "building release binaries (cargo build --release --bins -p flowgate -p flowgate-mock-upstream)..."
-        (cd "$ROOT" && cargo build --release --bins -p flowgate -p flowgate-mock-upstream) 2>&1 | tee "$OUT/build.log"
+    local packages=(-p flowgate -p flowgate-mock-upstream -p flowgate-bench-ttft)
+    if [[ -n ${BIN_DIR:-} || $SKIP_BUILD == 1 ]]; then
+        packages=()
+        [[ -x $ROOT/target/release/flowgate-ttft ]] || packages=(-p flowgate-bench-ttft)
+    fi
+    if ((${#packages[@]} > 0)); then
+        # The root package is the workspace's only default member: name the packages.
+        echo "building release binaries (cargo build --release --bins ${packages[*]})..."
+        (cd "$ROOT" && cargo build --release --bins "${packages[@]}") 2>&1 | tee "$OUT/build.log"
         [[ ${PIPESTATUS[0]} == 0 ]] || die "cargo build failed (see $OUT/build.log)"
     fi
     FLOWGATE=$dir/flowgate
     MOCK=$dir/flowgate-mock-upstream
-    [[ -x $FLOWGATE && -x $MOCK ]] || die "missing $FLOWGATE or $MOCK (build failed?)"
+    TTFT=$ROOT/target/release/flowgate-ttft
+    [[ -x $FLOWGATE && -x $MOCK && -x $TTFT ]] || die "missing $FLOWGATE, $MOCK or $TTFT (build failed?)"
 }
 
 # ---------------------------------------------------------------------------------------------

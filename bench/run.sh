@@ -15,7 +15,9 @@
 #                            of the checkout's target/release (nothing is built)
 #   BENCH_KEEP_TMP=0         1: keep the temp dir (configs, flowgate's sled data) after the run
 #   BENCH_IDLE_WAIT=120      seconds to wait for other programs to leave the CPU before the load
-#   BENCH_SCENARIOS="throughput rate stream"   which scenarios to run
+#   BENCH_SCENARIOS="throughput rate stream ttft"   which scenarios to run
+#   BENCH_TTFT_PACING="chunk_delay_ms=5"   ttft: the mock upstream's directives for its streams
+#                            (a pause between chunks; add `;chunk_chars=1` for a chunk per character)
 #   BENCH_ROUNDS=3           throughput rounds (direct, nginx, flowgate in turn); the verdict
 #                            uses the median over rounds of flowgate/nginx in the same round
 set -euo pipefail
@@ -30,7 +32,8 @@ TOOL=${BENCH_TOOL:-auto}
 SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
 KEEP_TMP=${BENCH_KEEP_TMP:-0}
 IDLE_WAIT=${BENCH_IDLE_WAIT:-120}
-SCENARIOS=${BENCH_SCENARIOS:-throughput rate stream}
+SCENARIOS=${BENCH_SCENARIOS:-throughput rate stream ttft}
+TTFT_PACING=${BENCH_TTFT_PACING:-chunk_delay_ms=5}
 ROUNDS=${BENCH_ROUNDS:-3}
 BIN_DIR=${BENCH_BIN_DIR:-}
 # shellcheck source=bench/lib.sh
@@ -87,7 +90,12 @@ start_nginx || {
     cat "$OUT/nginx.stderr" "$OUT/nginx-error.log" >&2 2>/dev/null || true
     die "nginx did not start (see $OUT/nginx-error.log)"
 }
-start_flowgate bench-model || die "$FG_ERROR"
+# The ttft scenario's model: the same upstream model, paced (the mock's directives ride in the
+# model string), so that the first token and the end of a stream are apart.
+PACED_UPSTREAM="gpt-4o-mini;$TTFT_PACING"
+start_flowgate bench-model "" "[models.\"bench-paced\"]
+providers = [{ provider = \"upstream\", model = \"$PACED_UPSTREAM\", input_per_mtok = 0.15, output_per_mtok = 0.60 }]" ||
+    die "$FG_ERROR"
 
 # ---------------------------------------------------------------------------------------------
 # 4. Requests.
@@ -102,6 +110,7 @@ body() { # model stream(true|false)
 }
 declare -A URL=([direct]=$UP_URL [nginx]=$NGX_URL [flowgate]=$FG_URL)
 declare -A MODEL=([direct]=gpt-4o-mini [nginx]=gpt-4o-mini [flowgate]=bench-model)
+declare -A PACED=([direct]=$PACED_UPSTREAM [flowgate]=bench-paced)
 
 check_flowgate_alive() {
     if ! kill -0 "$FG_PID" 2>/dev/null; then
@@ -242,6 +251,34 @@ load() {
     sleep 1
 }
 
+# ttft NAME TARGET: streamed requests at $RATE req/s (open loop) by flowgate-ttft, each timed
+# to its first content token and to its end; appends a row to ttft.tsv.
+TTFT_TSV=$OUT/ttft.tsv
+printf 'target\tsent\tok\tfailed\tskipped\tfirst_p50_ms\tfirst_p99_ms\tend_p50_ms\tend_p99_ms\tproxy_us_per_req\n' >"$TTFT_TSV"
+ttft() {
+    local name=$1 t=$2 row sent_all proxy
+    echo "  $name: $t, streamed, ${DURATION}s at $RATE req/s (+${WARMUP}s warm-up), upstream paced by $TTFT_PACING" >&2
+    snapshot A
+    "$TTFT" --url "${URL[$t]}" --model "${PACED[$t]}" --rate "$RATE" --duration "$DURATION" \
+        --warmup "$WARMUP" >"$OUT/$name.json" 2>"$OUT/$name.stderr" ||
+        die "flowgate-ttft failed for $name: $(tail -3 "$OUT/$name.stderr")"
+    snapshot B
+    check_servers_alive
+    row=$(jq -r --arg t "$t" '[$t, .sent, .ok, ([.failures[]] | add // 0), .skipped,
+        .first_token_ms.p50, .first_token_ms.p99, .end_ms.p50, .end_ms.p99] | @tsv' "$OUT/$name.json")
+    sent_all=$(jq -r '.sent_with_warmup' "$OUT/$name.json")
+    proxy="-"
+    if [[ $t == flowgate ]]; then
+        proxy=$(awk -v hz="$CLK_TCK" -v fg=$((B_FG - A_FG)) -v n="$sent_all" \
+            'BEGIN { printf "%.1f", (n > 0) ? fg / hz * 1e6 / n : 0 }')
+        FG_SENT=$((FG_SENT + sent_all))
+        wait_recorder $((RECORDED_BASE + FG_SENT))
+        echo "    flowgate recorder: $((RECORDED - RECORDED_BASE))/$FG_SENT runs recorded (waited ${RECORDER_WAIT}s)" >&2
+    fi
+    printf '%s\t%s\n' "$row" "$proxy" >>"$TTFT_TSV"
+    sleep 1
+}
+
 # ---------------------------------------------------------------------------------------------
 # 5. Scenarios.
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +328,12 @@ if [[ " $SCENARIOS " == *" stream "* ]]; then
         load "stream-$t" "$t" stream "$DURATION"
     done
 fi
+if [[ " $SCENARIOS " == *" ttft "* ]]; then
+    echo "scenario: time to first token, streamed, $RATE req/s" >&2
+    for t in direct flowgate; do
+        ttft "ttft-$t" "$t"
+    done
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 6. Results.
@@ -312,7 +355,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0 || a == "n/a") print "
 verdict() { # value op target
     awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {
         if (v == "n/a" || v == "") { print "n/a"; exit }
-        ok = (op == ">=") ? (v + 0 >= t + 0) : (v + 0 < t + 0); print ok ? "PASS" : "FAIL" }'
+        ok = (op == ">=") ? (v + 0 >= t + 0) : (op == "<=") ? (v + 0 <= t + 0) : (v + 0 < t + 0)
+        print ok ? "PASS" : "FAIL" }'
 }
 
 {
@@ -348,12 +392,25 @@ verdict() { # value op target
         'BEGIN { if (f == "n/a" || f == "") print "n/a"; else printf "%.3f", f - d }')
     ADDED_P50=$(awk -v f="$(field flowgate rate 4)" -v d="$(field direct rate 4)" \
         'BEGIN { if (f == "n/a" || f == "") print "n/a"; else printf "%.3f", f - d }')
-    echo "flowgate rps / nginx rps (throughput):       $TP_RATIO   target >= 0.45: $(verdict "$TP_RATIO" '>=' 0.45)"
+    SAT_P99=$(ratio "$(field flowgate throughput 5)" "$(field nginx throughput 5)")
+    ttft_field() { awk -F'\t' -v t="$1" -v c="$2" 'NR > 1 && $1 == t { v = $c } END { print (v == "" ? "n/a" : v) }' "$TTFT_TSV"; }
+    ADDED_TTFT=$(awk -v f="$(ttft_field flowgate 7)" -v d="$(ttft_field direct 7)" \
+        'BEGIN { if (f == "n/a" || d == "n/a") print "n/a"; else printf "%.3f", f - d }')
+    ADDED_TTFT_P50=$(awk -v f="$(ttft_field flowgate 6)" -v d="$(ttft_field direct 6)" \
+        'BEGIN { if (f == "n/a" || d == "n/a") print "n/a"; else printf "%.3f", f - d }')
+    # The targets are issue [15]'s (bench/README.md, "Targets").
+    echo "flowgate rps / nginx rps (throughput):       $TP_RATIO   target >= 0.65: $(verdict "$TP_RATIO" '>=' 0.65)"
     echo "  median over $ROUNDS rounds (each round's ratio: $TP_ROUNDS); figures below are medians too"
-    echo "flowgate added p99 over direct @ $RATE rps:  $ADDED_P99 ms   target < 1 ms: $(verdict "$ADDED_P99" '<' 1)"
+    echo "flowgate p99 / nginx p99 (throughput):       $SAT_P99   target <= 2: $(verdict "$SAT_P99" '<=' 2)"
+    echo "flowgate added p99 over direct @ $RATE rps:  $ADDED_P99 ms   target <= 0.5 ms: $(verdict "$ADDED_P99" '<=' 0.5)"
     echo "  for reference: flowgate added p50 @ $RATE rps $ADDED_P50 ms; nginx added p99 $ADDED_P99_NGX ms"
     echo "  for reference: flowgate/direct rps $TP_DIRECT, nginx/direct rps $NGX_DIRECT (throughput)"
-    echo "flowgate stream rps / direct stream rps:     $ST_RATIO"
+    echo "flowgate stream rps / direct stream rps:     $ST_RATIO   target >= 0.5: $(verdict "$ST_RATIO" '>=' 0.5)"
+    echo "flowgate added first-token p99 @ $RATE rps:  $ADDED_TTFT ms   target <= 0.5 ms: $(verdict "$ADDED_TTFT" '<=' 0.5)"
+    echo "  for reference: added first-token p50 $ADDED_TTFT_P50 ms; direct first token p50/p99" \
+        "$(ttft_field direct 6)/$(ttft_field direct 7) ms, end p99 $(ttft_field direct 9) ms;" \
+        "flowgate $(ttft_field flowgate 6)/$(ttft_field flowgate 7) ms, end p99 $(ttft_field flowgate 9) ms," \
+        "$(ttft_field flowgate 10) us CPU a stream"
     echo "proxy CPU per request (throughput): flowgate $(field flowgate throughput 11) us, nginx $(field nginx throughput 11) us" \
         "(ratio $(round_ratios 11 | median))"
     FG_BG=$(awk -F'\t' 'NR > 1 && $1 != "flowgate" { s += $15 } END { printf "%.2f", s }' "$SUMMARY")
@@ -374,6 +431,11 @@ verdict() { # value op target
 {
     echo
     awk -F'\t' 'NR > 1 && ($8 + 0 > 0 || $9 + 0 > 0) { print "non-200/errors: " $1 " " $2 ": " $8 " non-200, " $9 " errors" }' "$SUMMARY"
+    awk -F'\t' 'NR > 1 && ($4 + 0 > 0 || $5 + 0 > 0) { print "ttft " $1 ": " $4 " failed, " $5 " not sent (too many in flight)" }' "$TTFT_TSV"
+    for f in "$OUT"/ttft-*.json; do
+        [[ -e $f ]] || continue
+        jq -r --arg f "$(basename "$f")" '(.failures // {}) | to_entries[] | "  \($f): \(.key) x\(.value)"' "$f" 2>/dev/null || true
+    done
     if [[ $TOOL == oha ]]; then
         for f in "$OUT"/*.json; do
             jq -r --arg f "$(basename "$f")" '

@@ -109,6 +109,10 @@ impl MockUpstream {
                     // actix's 5 s, a request sent on a pooled connection as the mock closed it
                     // failed now and then as a connection error (an extra attempt in a test).
                     .keep_alive(std::time::Duration::from_secs(300))
+                    // As a provider's edge does: a paced stream's chunks go out as written,
+                    // not held by Nagle's algorithm until the client's delayed ACK (~40 ms on
+                    // a reused connection), which `bench/run.sh`'s `ttft` scenario measured.
+                    .tcp_nodelay(true)
                     .disable_signals()
                     .bind(addr);
                     let server = match server {
