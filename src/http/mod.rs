@@ -41,7 +41,8 @@ pub use auth::{Auth, DEFAULT_TENANT};
 /// Shared by every worker.
 #[derive(Clone)]
 pub struct AppState {
-    pub gateway: Gateway,
+    /// Shared: each run holds it (one reference count, not a copy of its handles).
+    pub gateway: Arc<Gateway>,
     pub auth: Arc<Auth>,
     /// Who may deploy.
     pub admin: Arc<agents::AdminAuth>,
@@ -158,7 +159,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     );
     let gateway_sessions_store = gateway.sessions.clone();
     let state = AppState {
-        gateway,
+        gateway: Arc::new(gateway),
         auth: Arc::new(auth),
         admin: Arc::new(agents::AdminAuth::new(&config.admin.api_keys)),
         max_body_bytes: config.server.max_body_bytes,

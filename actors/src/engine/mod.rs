@@ -136,8 +136,8 @@ pub enum RunOutput {
 
 impl Gateway {
     /// Starts a run: from here on the request is recorded exactly once, whatever happens.
-    pub fn start(&self, ctx: RunContext) -> Run {
-        Run::new(self.clone(), ctx)
+    pub fn start(self: &Arc<Self>, ctx: RunContext) -> Run {
+        Run::new(Arc::clone(self), ctx)
     }
 
     /// The engine's one entry: plans `request` on the published snapshots, then answers it

@@ -95,7 +95,7 @@ impl RunContext {
 /// Guarantees one run record per request: finish it with a result, or dropping it (the client
 /// went away) records a cancelled run with whatever was produced and what it cost.
 pub struct Run {
-    pub(super) gateway: Gateway,
+    pub(super) gateway: Arc<Gateway>,
     pub(super) ctx: RunContext,
     pub(super) model: Option<String>,
     pub(super) provider: Option<String>,
@@ -136,7 +136,7 @@ pub(super) struct OpenAttempt {
 }
 
 impl Run {
-    pub(super) fn new(gateway: Gateway, ctx: RunContext) -> Run {
+    pub(super) fn new(gateway: Arc<Gateway>, ctx: RunContext) -> Run {
         let in_flight = gateway.metrics.in_flight();
         Run {
             gateway,

@@ -28,7 +28,7 @@ use crate::wire::ChatRequest;
 const TENANT: &str = "t";
 
 struct Harness {
-    gateway: Gateway,
+    gateway: Arc<Gateway>,
     script: Arc<Script>,
     _dir: tempfile::TempDir,
 }
@@ -124,7 +124,7 @@ fn routed_harness(
     };
     let (gateway, _supervisor) = Supervisor::start(config).unwrap();
     Harness {
-        gateway,
+        gateway: Arc::new(gateway),
         script,
         _dir: dir,
     }
