@@ -74,27 +74,34 @@ ensure_tools() {
     fi
 }
 
-# ensure_binaries: sets FLOWGATE, MOCK and TTFT (bench/ttft's load tool). With BIN_DIR
-# (BENCH_BIN_DIR) set, its flowgate and mock are used as they are; else the checkout's release
-# build, built first unless SKIP_BUILD=1. TTFT, a measuring tool, always comes from the checkout
-# (built when missing).
+# ensure_binaries: sets FLOWGATE and MOCK. With BIN_DIR (BENCH_BIN_DIR) set, its binaries are
+# used as they are; else the checkout's release build, built first unless SKIP_BUILD=1.
 ensure_binaries() {
     local dir=${BIN_DIR:-$ROOT/target/release}
-    local packages=(-p flowgate -p flowgate-mock-upstream -p flowgate-bench-ttft)
-    if [[ -n ${BIN_DIR:-} || $SKIP_BUILD == 1 ]]; then
-        packages=()
-        [[ -x $ROOT/target/release/flowgate-ttft ]] || packages=(-p flowgate-bench-ttft)
-    fi
-    if ((${#packages[@]} > 0)); then
-        # The root package is the workspace's only default member: name the packages.
-        echo "building release binaries (cargo build --release --bins ${packages[*]})..."
-        (cd "$ROOT" && cargo build --release --bins "${packages[@]}") 2>&1 | tee "$OUT/build.log"
+    if [[ -z ${BIN_DIR:-} && $SKIP_BUILD != 1 ]]; then
+        # The root package is the workspace's only default member: name both packages.
+        echo "building release binaries (cargo build --release --bins -p flowgate -p flowgate-mock-upstream)..."
+        (cd "$ROOT" && cargo build --release --bins -p flowgate -p flowgate-mock-upstream) 2>&1 | tee "$OUT/build.log"
         [[ ${PIPESTATUS[0]} == 0 ]] || die "cargo build failed (see $OUT/build.log)"
     fi
     FLOWGATE=$dir/flowgate
     MOCK=$dir/flowgate-mock-upstream
-    TTFT=$ROOT/target/release/flowgate-ttft
-    [[ -x $FLOWGATE && -x $MOCK && -x $TTFT ]] || die "missing $FLOWGATE, $MOCK or $TTFT (build failed?)"
+    [[ -x $FLOWGATE && -x $MOCK ]] || die "missing $FLOWGATE or $MOCK (build failed?)"
+}
+
+# ensure_ttft: sets TTFT, run.sh's first-token load tool (bench/ttft), from the checkout's
+# release build (in CARGO_TARGET_DIR when set): built unless SKIP_BUILD=1 finds it there. A
+# measuring tool, not what is measured: BENCH_BIN_DIR does not apply to it.
+ensure_ttft() {
+    local target=${CARGO_TARGET_DIR:-target}
+    [[ $target == /* ]] || target=$ROOT/$target
+    TTFT=$target/release/flowgate-ttft
+    if [[ $SKIP_BUILD != 1 || ! -x $TTFT ]]; then
+        echo "building the first-token load tool (cargo build --release -p flowgate-bench-ttft)..."
+        (cd "$ROOT" && cargo build --release -p flowgate-bench-ttft) 2>&1 | tee "$OUT/build-ttft.log"
+        [[ ${PIPESTATUS[0]} == 0 ]] || die "cargo build failed (see $OUT/build-ttft.log)"
+    fi
+    [[ -x $TTFT ]] || die "missing $TTFT (build failed?)"
 }
 
 # ---------------------------------------------------------------------------------------------

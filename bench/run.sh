@@ -81,6 +81,9 @@ ensure_tools
 # ---------------------------------------------------------------------------------------------
 cd "$ROOT"
 ensure_binaries
+if [[ " $SCENARIOS " == *" ttft "* ]]; then
+    ensure_ttft
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 3. Processes.
@@ -254,7 +257,7 @@ load() {
 # ttft NAME TARGET: streamed requests at $RATE req/s (open loop) by flowgate-ttft, each timed
 # to its first content token and to its end; appends a row to ttft.tsv.
 TTFT_TSV=$OUT/ttft.tsv
-printf 'target\tsent\tok\tfailed\tskipped\tfirst_p50_ms\tfirst_p99_ms\tend_p50_ms\tend_p99_ms\tproxy_us_per_req\n' >"$TTFT_TSV"
+printf 'target\tsent\tok\tfailed\tskipped\tfirst_p50_ms\tfirst_p99_ms\tend_p50_ms\tend_p99_ms\tsend_lag_p99_ms\tproxy_us_per_req\n' >"$TTFT_TSV"
 ttft() {
     local name=$1 t=$2 row sent_all proxy
     echo "  $name: $t, streamed, ${DURATION}s at $RATE req/s (+${WARMUP}s warm-up), upstream paced by $TTFT_PACING" >&2
@@ -265,7 +268,7 @@ ttft() {
     snapshot B
     check_servers_alive
     row=$(jq -r --arg t "$t" '[$t, .sent, .ok, ([.failures[]] | add // 0), .skipped,
-        .first_token_ms.p50, .first_token_ms.p99, .end_ms.p50, .end_ms.p99] | @tsv' "$OUT/$name.json")
+        .first_token_ms.p50, .first_token_ms.p99, .end_ms.p50, .end_ms.p99, .send_lag_ms.p99] | @tsv' "$OUT/$name.json")
     sent_all=$(jq -r '.sent_with_warmup' "$OUT/$name.json")
     proxy="-"
     if [[ $t == flowgate ]]; then
@@ -410,7 +413,7 @@ verdict() { # value op target
     echo "  for reference: added first-token p50 $ADDED_TTFT_P50 ms; direct first token p50/p99" \
         "$(ttft_field direct 6)/$(ttft_field direct 7) ms, end p99 $(ttft_field direct 9) ms;" \
         "flowgate $(ttft_field flowgate 6)/$(ttft_field flowgate 7) ms, end p99 $(ttft_field flowgate 9) ms," \
-        "$(ttft_field flowgate 10) us CPU a stream"
+        "$(ttft_field flowgate 11) us CPU a stream; the tool's own send lag p99 $(ttft_field direct 10) and $(ttft_field flowgate 10) ms"
     echo "proxy CPU per request (throughput): flowgate $(field flowgate throughput 11) us, nginx $(field nginx throughput 11) us" \
         "(ratio $(round_ratios 11 | median))"
     FG_BG=$(awk -F'\t' 'NR > 1 && $1 != "flowgate" { s += $15 } END { printf "%.2f", s }' "$SUMMARY")

@@ -4,9 +4,12 @@
 //! token.
 //!
 //! Open loop: request `i` is due at `start + i / rate` whether or not the earlier ones have
-//! answered, and its times are measured from when it was due, not from when it went out. A
-//! stall therefore counts against latency instead of silently lowering the rate (the
-//! correction `oha --latency-correction` makes).
+//! answered (up to `--max-in-flight` open at once), so a slow server cannot lower the rate.
+//! Its times are measured from when it went out. How late it went out against its schedule is
+//! reported apart (`send_lag_ms`): the tool never waits for the server, so that lateness is the
+//! tool's own (tokio's timer wakes on whole milliseconds, so at 1000 req/s every request leaves
+//! up to a millisecond late, by an offset that differs from run to run), and counting it as
+//! the server's latency would blur a sub-millisecond difference between two servers.
 //!
 //! The first token is the first `"content":"…"` with at least one character in the body, so
 //! a leading role-only chunk (`"content":""`) does not count: what a user sees appear.
@@ -47,6 +50,14 @@ struct Args {
     /// A request still unanswered after this many seconds is counted as an error.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
+}
+
+/// One request: how late it went out, and how it ended.
+struct Sample {
+    /// Request number (the first `warmup` ones are not measured).
+    i: u64,
+    lag: Duration,
+    outcome: Outcome,
 }
 
 /// How one request ended.
@@ -92,11 +103,11 @@ async fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error
 
     let warmup = (args.rate * args.warmup).round() as u64;
     let total = warmup + (args.rate * args.duration).round() as u64;
-    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Outcome)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
     let mut in_flight = 0usize;
     let mut skipped = 0u64;
     let mut skipped_all = 0u64;
-    let mut results: Vec<(u64, Outcome)> = Vec::with_capacity(total as usize);
+    let mut results: Vec<Sample> = Vec::with_capacity(total as usize);
     let start = Instant::now() + Duration::from_millis(10);
     for i in 0..total {
         let due = start + Duration::from_secs_f64(i as f64 / args.rate);
@@ -113,6 +124,11 @@ async fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error
                 }
             }
         }
+        // What finished while the timer fired, before counting what is open.
+        while let Ok(done) = rx.try_recv() {
+            in_flight -= 1;
+            results.push(done);
+        }
         if in_flight >= args.max_in_flight {
             skipped_all += 1;
             if i >= warmup {
@@ -128,10 +144,14 @@ async fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error
             .body(body.clone());
         let tx = tx.clone();
         tokio::spawn(async move {
-            let outcome = one(request, due).await;
-            let _ = tx.send((i, outcome));
+            let sent = Instant::now();
+            let outcome = one(request, sent).await;
+            let lag = sent.saturating_duration_since(due);
+            let _ = tx.send(Sample { i, lag, outcome });
         });
     }
+    // Only the tasks hold senders now: if one of them dies, `recv` ends instead of waiting.
+    drop(tx);
     while in_flight > 0 {
         match rx.recv().await {
             Some(done) => {
@@ -145,11 +165,13 @@ async fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error
 
     let mut first = Vec::new();
     let mut end = Vec::new();
+    let mut lags = Vec::new();
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
-    for (i, outcome) in results {
+    for Sample { i, lag, outcome } in results {
         if i < warmup {
             continue;
         }
+        lags.push(lag);
         match outcome {
             Outcome::Done { first: f, end: e } => {
                 first.push(f);
@@ -171,6 +193,7 @@ async fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error
         "failures": failures,
         "first_token_ms": percentiles(&mut first),
         "end_ms": percentiles(&mut end),
+        "send_lag_ms": percentiles(&mut lags),
         "wall_seconds": elapsed.as_secs_f64(),
     });
     eprintln!(
@@ -186,8 +209,8 @@ async fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error
     Ok(report)
 }
 
-/// Sends one request and reads its stream to the end.
-async fn one(request: reqwest::RequestBuilder, due: Instant) -> Outcome {
+/// Sends one request and reads its stream to the end; times from `sent`.
+async fn one(request: reqwest::RequestBuilder, sent: Instant) -> Outcome {
     let response = match request.send().await {
         Ok(r) => r,
         Err(e) => return Outcome::Failed(error_kind(&e)),
@@ -205,7 +228,7 @@ async fn one(request: reqwest::RequestBuilder, due: Instant) -> Outcome {
             Err(e) => return Outcome::Failed(error_kind(&e)),
         };
         if first.is_none() && scanner.feed(&chunk) {
-            first = Some(due.elapsed());
+            first = Some(sent.elapsed());
         }
         // Only the end matters for `[DONE]`: keep the last few bytes.
         tail.extend_from_slice(&chunk);
@@ -213,7 +236,7 @@ async fn one(request: reqwest::RequestBuilder, due: Instant) -> Outcome {
             tail.drain(..tail.len() - 64);
         }
     }
-    let end = due.elapsed();
+    let end = sent.elapsed();
     if !ends_with_done(&tail) {
         return Outcome::Failed("no [DONE]".into());
     }
