@@ -2,8 +2,6 @@
 #![deny(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-#[cfg(feature = "mimalloc")]
-mod alloc;
 mod bench_cli;
 mod config;
 mod evals;
@@ -24,11 +22,10 @@ use crate::config::Config;
 /// seventh of the CPU on it. The `mimalloc` feature (default) selects it; without it
 /// (`--no-default-features`) the system allocator is used, for heap profilers (heaptrack).
 /// Its 2.x line (the `v2` feature in `Cargo.toml`): 3.x kept ~15 MB more resident under
-/// `bench/memory.sh`, for the same instructions per request. Blocks of 256 KiB and more are
-/// mapped on their own ([`alloc`]): 2.x made sled's never-written metrics resident (~21 MB).
+/// `bench/memory.sh`, for the same instructions per request.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static ALLOCATOR: alloc::LargeMapped<mimalloc::MiMalloc> = alloc::LargeMapped(mimalloc::MiMalloc);
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc asks the kernel for transparent huge pages on its arenas: each 2 MiB page is
 /// zeroed and counted whole as soon as one byte of it is touched. Over 1M requests of mixed
