@@ -188,6 +188,14 @@ snapshot() { # prefix -> sets ${prefix}_{BUSY,TOTAL,UP,NGX,FG,KIDS}
 FG_SENT=0 # requests the load tool sent to flowgate (warm-ups included)
 printf 'target\tscenario\trps_ok\tp50_ms\tp99_ms\tsent\tok_200\tnon_200\terrors\tupstream_us_per_req\tproxy_us_per_req\tloadtool_us_per_req\tother_cpu_pct\tmachine_busy_pct\tflowgate_cpu_s\n' >"$SUMMARY"
 
+# flowgate_sent N: counts N more requests sent to flowgate, then lets the recorder catch up so
+# that its backlog does not eat into the next run's CPU.
+flowgate_sent() {
+    FG_SENT=$((FG_SENT + $1))
+    wait_recorder $((RECORDED_BASE + FG_SENT))
+    echo "    flowgate recorder: $((RECORDED - RECORDED_BASE))/$FG_SENT runs recorded (waited ${RECORDER_WAIT}s)" >&2
+}
+
 # load NAME TARGET SCENARIO(throughput|rate|stream) SECONDS [record(1|0)]
 # Runs the load tool; writes $OUT/NAME.{json,txt}; appends a row to summary.tsv when record=1.
 load() {
@@ -244,12 +252,7 @@ load() {
                 (busy_s > 0 ? 100 * other / busy_s : 0), (total > 0 ? 100 * busy / total : 0), fg_s }')
     row="$row"$'\t'"$cpu"
     check_servers_alive
-    if [[ $t == flowgate ]]; then
-        FG_SENT=$((FG_SENT + $(cut -f6 <<<"$row")))
-        # Let the recorder catch up so its backlog does not eat into the next run's CPU.
-        wait_recorder $((RECORDED_BASE + FG_SENT))
-        echo "    flowgate recorder: $((RECORDED - RECORDED_BASE))/$FG_SENT runs recorded (waited ${RECORDER_WAIT}s)" >&2
-    fi
+    [[ $t == flowgate ]] && flowgate_sent "$(cut -f6 <<<"$row")"
     [[ $rec == 1 ]] && printf '%s\n' "$row" >>"$SUMMARY"
     sleep 1
 }
@@ -274,9 +277,7 @@ ttft() {
     if [[ $t == flowgate ]]; then
         proxy=$(awk -v hz="$CLK_TCK" -v fg=$((B_FG - A_FG)) -v n="$sent_all" \
             'BEGIN { printf "%.1f", (n > 0) ? fg / hz * 1e6 / n : 0 }')
-        FG_SENT=$((FG_SENT + sent_all))
-        wait_recorder $((RECORDED_BASE + FG_SENT))
-        echo "    flowgate recorder: $((RECORDED - RECORDED_BASE))/$FG_SENT runs recorded (waited ${RECORDER_WAIT}s)" >&2
+        flowgate_sent "$sent_all"
     fi
     printf '%s\t%s\n' "$row" "$proxy" >>"$TTFT_TSV"
     sleep 1
@@ -355,6 +356,9 @@ round_ratios() { # column-number -> flowgate/nginx throughput of each round
         awk '{ if ($2 + 0 == 0 || $1 == "n/a") print "n/a"; else printf "%.2f\n", $1 / $2 }'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0 || a == "n/a") print "n/a"; else printf "%.2f", a / b }'; }
+minus() { # a b -> a - b in ms, n/a when either is missing
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || a == "" || b == "n/a" || b == "") print "n/a"; else printf "%.3f", a - b }'
+}
 verdict() { # value op target
     awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {
         if (v == "n/a" || v == "") { print "n/a"; exit }
@@ -389,18 +393,13 @@ verdict() { # value op target
     TP_DIRECT=$(ratio "$(field flowgate throughput 3)" "$(field direct throughput 3)")
     NGX_DIRECT=$(ratio "$(field nginx throughput 3)" "$(field direct throughput 3)")
     ST_RATIO=$(ratio "$(field flowgate stream 3)" "$(field direct stream 3)")
-    ADDED_P99=$(awk -v f="$(field flowgate rate 5)" -v d="$(field direct rate 5)" \
-        'BEGIN { if (f == "n/a" || f == "") print "n/a"; else printf "%.3f", f - d }')
-    ADDED_P99_NGX=$(awk -v f="$(field nginx rate 5)" -v d="$(field direct rate 5)" \
-        'BEGIN { if (f == "n/a" || f == "") print "n/a"; else printf "%.3f", f - d }')
-    ADDED_P50=$(awk -v f="$(field flowgate rate 4)" -v d="$(field direct rate 4)" \
-        'BEGIN { if (f == "n/a" || f == "") print "n/a"; else printf "%.3f", f - d }')
+    ADDED_P99=$(minus "$(field flowgate rate 5)" "$(field direct rate 5)")
+    ADDED_P99_NGX=$(minus "$(field nginx rate 5)" "$(field direct rate 5)")
+    ADDED_P50=$(minus "$(field flowgate rate 4)" "$(field direct rate 4)")
     SAT_P99=$(ratio "$(field flowgate throughput 5)" "$(field nginx throughput 5)")
     ttft_field() { awk -F'\t' -v t="$1" -v c="$2" 'NR > 1 && $1 == t { v = $c } END { print (v == "" ? "n/a" : v) }' "$TTFT_TSV"; }
-    ADDED_TTFT=$(awk -v f="$(ttft_field flowgate 7)" -v d="$(ttft_field direct 7)" \
-        'BEGIN { if (f == "n/a" || d == "n/a") print "n/a"; else printf "%.3f", f - d }')
-    ADDED_TTFT_P50=$(awk -v f="$(ttft_field flowgate 6)" -v d="$(ttft_field direct 6)" \
-        'BEGIN { if (f == "n/a" || d == "n/a") print "n/a"; else printf "%.3f", f - d }')
+    ADDED_TTFT=$(minus "$(ttft_field flowgate 7)" "$(ttft_field direct 7)")
+    ADDED_TTFT_P50=$(minus "$(ttft_field flowgate 6)" "$(ttft_field direct 6)")
     # The targets are issue [15]'s (bench/README.md, "Targets").
     echo "flowgate rps / nginx rps (throughput):       $TP_RATIO   target >= 0.65: $(verdict "$TP_RATIO" '>=' 0.65)"
     echo "  median over $ROUNDS rounds (each round's ratio: $TP_ROUNDS); figures below are medians too"

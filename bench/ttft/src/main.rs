@@ -68,12 +68,42 @@ enum Outcome {
     Failed(String),
 }
 
+/// Requests a run may send at most (warm-up included): each keeps a sample in memory.
+const MAX_REQUESTS: f64 = 10_000_000.0;
+
+/// How many requests a run sends: (warm-up, all). A rate, duration or timeout that is not a
+/// positive number, a negative warm-up, no room in flight or more than [`MAX_REQUESTS`] is an
+/// error that says which.
+fn plan(args: &Args) -> Result<(u64, u64), String> {
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    for (name, value) in [
+        ("--rate", args.rate),
+        ("--duration", args.duration),
+        ("--timeout", args.timeout),
+    ] {
+        if !positive(value) {
+            return Err(format!("{name} must be a positive number, not {value}"));
+        }
+    }
+    if !(args.warmup.is_finite() && args.warmup >= 0.0) {
+        return Err(format!("--warmup must be 0 or more, not {}", args.warmup));
+    }
+    if args.max_in_flight == 0 {
+        return Err("--max-in-flight must be 1 or more".into());
+    }
+    let warmup = (args.rate * args.warmup).round();
+    let total = warmup + (args.rate * args.duration).round();
+    if total > MAX_REQUESTS {
+        return Err(format!(
+            "--rate x (--warmup + --duration) is {total} requests; at most {MAX_REQUESTS} a run"
+        ));
+    }
+    Ok((warmup as u64, total as u64))
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let positive = |v: f64| v.is_finite() && v > 0.0;
-    if !positive(args.rate) || !positive(args.duration) {
-        return Err("--rate and --duration must be positive".into());
-    }
+    plan(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -101,8 +131,7 @@ async fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error
         .to_string(),
     );
 
-    let warmup = (args.rate * args.warmup).round() as u64;
-    let total = warmup + (args.rate * args.duration).round() as u64;
+    let (warmup, total) = plan(args)?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
     let mut in_flight = 0usize;
     let mut skipped = 0u64;
@@ -310,6 +339,69 @@ fn percentiles(values: &mut [Duration]) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let base = [
+            "flowgate-ttft",
+            "--url",
+            "http://127.0.0.1:1",
+            "--model",
+            "m",
+        ];
+        Args::try_parse_from(base.iter().chain(extra)).unwrap()
+    }
+
+    /// The tool against the mock upstream's real OpenAI stream, paced: every request is read
+    /// to its first token and its `[DONE]`, and the warm-up is left out.
+    #[test]
+    fn a_paced_stream_is_timed_to_its_first_token_and_its_end() {
+        let mock = flowgate_mock_upstream::MockUpstream::start();
+        let a = args(&["--rate", "200", "--duration", "0.5", "--warmup", "0.1"]);
+        let a = Args {
+            url: mock.url(),
+            model: "gpt-4o-mini;chunk_delay_ms=2".into(),
+            ..a
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let report = runtime.block_on(run(&a)).unwrap();
+        assert_eq!(report["sent"], json!(100));
+        assert_eq!(report["sent_with_warmup"], json!(120));
+        assert_eq!(report["ok"], json!(100), "{report}");
+        assert_eq!(report["failures"], json!({}));
+        let ms = |which: &str, q: &str| report[which][q].as_f64().unwrap();
+        // Each request's first token comes before its end, so each percentile does too.
+        for q in ["p50", "p99", "max"] {
+            assert!(ms("first_token_ms", q) > 0.0);
+            assert!(ms("first_token_ms", q) <= ms("end_ms", q), "{q}: {report}");
+        }
+        // The mock's stream: role, two content chunks, finish, usage, [DONE], 2 ms apart.
+        let end = ms("end_ms", "p50");
+        assert!(end >= 8.0, "the end comes after the paced chunks: {report}");
+    }
+
+    #[test]
+    fn the_defaults_plan_twelve_thousand_requests() {
+        assert_eq!(plan(&args(&[])), Ok((2_000, 12_000)));
+    }
+
+    #[test]
+    fn abusive_arguments_are_refused_with_their_name() {
+        for (extra, named) in [
+            (&["--timeout=-1"][..], "--timeout"),
+            (&["--rate", "0"][..], "--rate"),
+            (&["--rate", "NaN"][..], "--rate"),
+            (&["--duration", "inf"][..], "--duration"),
+            (&["--warmup=-2"][..], "--warmup"),
+            (&["--max-in-flight", "0"][..], "--max-in-flight"),
+            (&["--rate", "1e9", "--duration", "3600"][..], "requests"),
+        ] {
+            let err = plan(&args(extra)).unwrap_err();
+            assert!(err.contains(named), "{extra:?}: {err}");
+        }
+    }
 
     #[test]
     fn the_first_token_is_the_first_non_empty_content() {
