@@ -2,6 +2,8 @@
 #![deny(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+#[cfg(feature = "mimalloc")]
+mod alloc;
 mod bench_cli;
 mod config;
 mod evals;
@@ -22,10 +24,12 @@ use crate::config::Config;
 /// seventh of the CPU on it. The `mimalloc` feature (default) selects it; without it
 /// (`--no-default-features`) the system allocator is used, for heap profilers (heaptrack).
 /// Its 2.x line (the `v2` feature in `Cargo.toml`): 3.x kept ~15 MB more resident under
-/// `bench/memory.sh`, for the same instructions per request.
+/// `bench/memory.sh`, for the same instructions per request. Large blocks asked for zeroed are
+/// mapped on their own ([`alloc`]): 2.x made sled's never-written metrics resident (~21 MB).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::ZeroedMapped<mimalloc::MiMalloc> =
+    alloc::ZeroedMapped::new(mimalloc::MiMalloc);
 
 /// mimalloc asks the kernel for transparent huge pages on its arenas: each 2 MiB page is
 /// zeroed and counted whole as soon as one byte of it is touched. Over 1M requests of mixed
