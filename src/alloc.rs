@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub const LARGE: usize = 256 * 1024;
 /// The alignment a mapping is sure to have (the smallest page size).
 const PAGE: usize = 4096;
+/// A slot taken but holding no block's address (never a page's start).
+const BUSY: usize = 1;
 /// Slots of the shipped allocator's table: sled's metrics take ~40 at start.
 pub const SLOTS: usize = 128;
 
@@ -49,16 +51,16 @@ impl<A, const N: usize> ZeroedMapped<A, N> {
             .find(|slot| slot.load(Ordering::Acquire) == addr)
     }
 
-    /// Takes a free slot for `ptr`; false if every slot is taken.
-    fn remember(&self, ptr: *mut u8) -> bool {
-        self.slots.iter().any(|slot| {
-            slot.compare_exchange(0, ptr as usize, Ordering::AcqRel, Ordering::Relaxed)
+    /// Takes a free slot (marked busy until the caller stores an address or 0 in it).
+    fn claim(&self) -> Option<&AtomicUsize> {
+        self.slots.iter().find(|slot| {
+            slot.compare_exchange(0, BUSY, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         })
     }
 
     /// How many blocks are mapped now.
-    #[cfg(test)]
+    #[cfg(all(test, target_os = "linux"))]
     fn mapped_blocks(&self) -> usize {
         self.slots
             .iter()
@@ -72,15 +74,15 @@ fn large(layout: &Layout) -> bool {
     cfg!(target_os = "linux") && layout.size() >= LARGE && layout.align() <= PAGE
 }
 
-/// The length of the mapping of a `size`-byte block: whole pages.
-fn map_len(size: usize) -> Option<usize> {
-    size.checked_next_multiple_of(PAGE)
-}
-
 #[cfg(target_os = "linux")]
 mod os {
-    use super::map_len;
+    use super::PAGE;
     use std::ptr::null_mut;
+
+    /// The length of the mapping of a `size`-byte block: whole pages.
+    pub(super) fn map_len(size: usize) -> Option<usize> {
+        size.checked_next_multiple_of(PAGE)
+    }
 
     /// A fresh, zeroed, private mapping of `size` bytes; null if the kernel refuses.
     pub(super) fn map(size: usize) -> *mut u8 {
@@ -152,12 +154,14 @@ mod os {
     }
 }
 
-// SAFETY: a block is mapped only by `alloc_zeroed` (or moved by `realloc` of a mapped block),
-// and its start is in a slot for as long as it is mapped: the slot is taken before the block is
-// handed out and freed before it is unmapped, so no live block of the inner allocator can have
-// an address a slot holds. `dealloc` and `realloc` send a block back to the mapping side only
-// if a slot holds its address. Mappings are page-aligned, only layouts aligned to a page or
-// less are mapped, and fresh mappings are zero.
+// SAFETY: a slot holds 0, `BUSY` (never a page's start) or the start of a live mapping: it is
+// claimed (`BUSY`) before a block is mapped and names the block before it is handed out; it is
+// cleared before the block is unmapped; and it is `BUSY` while `mremap` may move the block,
+// since the old address can be handed out again as soon as the kernel moved it. So no two
+// slots hold the same address, and no live block of the inner allocator has an address a slot
+// holds: `dealloc` and `realloc` send a block back to the mapping side only if a slot holds its
+// address. Mappings are page-aligned, only layouts aligned to a page or less are mapped, and
+// fresh mappings are zero.
 unsafe impl<A: GlobalAlloc, const N: usize> GlobalAlloc for ZeroedMapped<A, N> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract, passed on.
@@ -166,14 +170,14 @@ unsafe impl<A: GlobalAlloc, const N: usize> GlobalAlloc for ZeroedMapped<A, N> {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if large(&layout) {
-            let p = os::map(layout.size());
-            if !p.is_null() {
-                if self.remember(p) {
+            // A slot first: with every slot taken, no mapping is made (and unmade) for nothing.
+            if let Some(slot) = self.claim() {
+                let p = os::map(layout.size());
+                if !p.is_null() {
+                    slot.store(p as usize, Ordering::Release);
                     return p;
                 }
-                // Every slot taken: the inner allocator's, as any other block.
-                // SAFETY: the mapping just made, of that size, never handed out.
-                unsafe { os::unmap(p, layout.size()) };
+                slot.store(0, Ordering::Relaxed);
             }
         }
         // SAFETY: the caller's contract, passed on.
@@ -207,12 +211,15 @@ unsafe impl<A: GlobalAlloc, const N: usize> GlobalAlloc for ZeroedMapped<A, N> {
         // overflow `isize`.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         if large(&new_layout) {
+            // Out of the table while the kernel may move it: once mremap returns, the old
+            // address can be handed out again (to `map` or to the inner allocator).
+            slot.store(BUSY, Ordering::Relaxed);
             // SAFETY: a slot held it: a mapped block of `layout.size()` bytes.
             let q = unsafe { os::remap(ptr, layout.size(), new_size) };
-            if !q.is_null() {
-                // The slot is this block's alone (its owner is the caller).
-                slot.store(q as usize, Ordering::Release);
-            }
+            slot.store(
+                if q.is_null() { ptr } else { q } as usize,
+                Ordering::Release,
+            );
             return q;
         }
         // Shrunk below the threshold: the inner allocator's from now on, the bytes copied.
@@ -420,6 +427,51 @@ mod tests {
     }
 
     #[test]
+    fn a_mapping_the_kernel_moves_is_found_at_its_new_address() {
+        let a = counting::<4>();
+        unsafe {
+            let size = LARGE + 10;
+            let p = a.alloc_zeroed(layout(size));
+            assert!(!p.is_null());
+            fill(p, size, 5);
+            // The page right after the mapping taken, so that growing it must move it.
+            let end = p.add(os::map_len(size).unwrap());
+            let guard = libc::mmap(
+                end.cast(),
+                PAGE,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            );
+            // Taken by us, or by an earlier mapping (EEXIST): growing in place cannot work.
+            let ours = guard != libc::MAP_FAILED;
+            if ours {
+                assert_eq!(guard, end.cast(), "a fixed mapping, where it was asked");
+            } else {
+                let errno = std::io::Error::last_os_error().raw_os_error();
+                assert_eq!(
+                    errno,
+                    Some(libc::EEXIST),
+                    "the page after is mapped already"
+                );
+            }
+            let q = a.realloc(p, layout(size), 3 * LARGE);
+            assert!(!q.is_null());
+            assert_ne!(q, p, "moved: the page after it was taken");
+            assert!(holds(q, size, 5));
+            assert!(a.slot_of(q).is_some(), "its slot names the new address");
+            assert!(a.slot_of(p).is_none(), "and no slot the old one");
+            a.dealloc(q, layout(3 * LARGE));
+            assert_eq!(a.mapped_blocks(), 0);
+            assert_eq!(a.inner.live.load(Ordering::Relaxed), 0);
+            if ours {
+                libc::munmap(guard, PAGE);
+            }
+        }
+    }
+
+    #[test]
     fn a_resize_within_the_same_pages_keeps_the_mapping() {
         let a = counting::<4>();
         unsafe {
@@ -442,6 +494,73 @@ mod tests {
             let huge = Layout::from_size_align(isize::MAX as usize / 2, 8).unwrap();
             assert!(a.alloc_zeroed(huge).is_null());
             assert_eq!(a.mapped_blocks(), 0);
+            assert_eq!(
+                a.inner.live.load(Ordering::Relaxed),
+                1,
+                "the inner allocator was asked"
+            );
         }
+    }
+    #[test]
+    fn threads_allocating_resizing_and_freeing_keep_the_table_right() {
+        use std::sync::Arc;
+        let a: Arc<ZeroedMapped<Counting, 8>> = Arc::new(ZeroedMapped::new(Counting::default()));
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let a = Arc::clone(&a);
+                std::thread::spawn(move || unsafe {
+                    let mut held: Vec<(usize, usize, u8)> = Vec::new();
+                    let mut x = 0x9e37_79b9_u32.wrapping_mul(u32::from(t) + 1);
+                    for i in 0..3000u32 {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        let seed = (i as u8).wrapping_add(t);
+                        match x % 4 {
+                            0 | 1 if held.len() < 6 => {
+                                let size = LARGE + (x as usize % (3 * LARGE));
+                                let p = a.alloc_zeroed(layout(size));
+                                assert!(!p.is_null());
+                                assert!(*p == 0 && *p.add(size - 1) == 0);
+                                *p = seed;
+                                *p.add(size - 1) = seed;
+                                held.push((p as usize, size, seed));
+                            }
+                            2 if !held.is_empty() => {
+                                let (p, size, seed) = held.swap_remove(x as usize % held.len());
+                                let next = if x & 64 == 0 {
+                                    100 + x as usize % LARGE
+                                } else {
+                                    LARGE + x as usize % (4 * LARGE)
+                                };
+                                let q = a.realloc(p as *mut u8, layout(size), next);
+                                assert!(!q.is_null());
+                                assert_eq!(*q, seed);
+                                if next >= size {
+                                    assert_eq!(*q.add(size - 1), seed);
+                                }
+                                *q.add(next - 1) = seed;
+                                held.push((q as usize, next, seed));
+                            }
+                            _ => {
+                                if let Some((p, size, seed)) = held.pop() {
+                                    assert_eq!(*(p as *mut u8), seed);
+                                    assert_eq!(*(p as *mut u8).add(size - 1), seed);
+                                    a.dealloc(p as *mut u8, layout(size));
+                                }
+                            }
+                        }
+                    }
+                    for (p, size, _) in held {
+                        a.dealloc(p as *mut u8, layout(size));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(a.mapped_blocks(), 0);
+        assert_eq!(a.inner.live.load(Ordering::Relaxed), 0);
     }
 }
