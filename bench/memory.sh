@@ -126,8 +126,15 @@ wrk -t1 -c"$CONNS" -d3600s --latency -s "$TMP/mixed.lua" "$FG_URL" >"$OUT/wrk.tx
 LOAD_PID=$!
 next=$EVERY
 first_rss="" last_t=$(date +%s.%N) last_n=0
+# The data directory's largest size, read every 2 s (not only at the lines printed).
+max_data=0 polls=0
 while :; do
     sleep 0.5
+    polls=$((polls + 1))
+    if ((polls % 4 == 0)); then
+        d=$(data_mb)
+        ((d > max_data)) && max_data=$d
+    fi
     kill -0 "$FG_PID" 2>/dev/null || die "flowgate exited (see $OUT/flowgate.stderr)"
     kill -0 "$LOAD_PID" 2>/dev/null || die "wrk exited early: $(cat "$OUT/wrk.txt")"
     n=$(requests_answered)
@@ -152,7 +159,16 @@ log "$(printf '%10s %8s %8s %9s %9s %8s %8s' "$(requests_answered)" "$rss" "$(hw
 log ""
 log "RSS: first sample ${first_rss} MB, last ${rss} MB, peak $(hwm_mb) MB (target <= 150 MB, growth < 10%)"
 log "growth first -> last: $(awk -v a="$first_rss" -v b="$rss" 'BEGIN { printf "%+.1f%%", (b - a) * 100 / a }')"
-log "runs recorded: $(metric flowgate_runs_recorded_total)  recorder errors: $(metric flowgate_recorder_errors_total)"
+data_end=$(data_mb)
+((data_end > max_data)) && max_data=$data_end
+if [[ -n $MAX_DISK_MB ]]; then
+    verdict=$( ((max_data <= MAX_DISK_MB)) && echo PASS || echo FAIL)
+    log "data dir: largest ${max_data} MB (read every 2 s), at the end ${data_end} MB; bound ${MAX_DISK_MB} MB: $verdict"
+else
+    log "data dir: largest ${max_data} MB (read every 2 s), at the end ${data_end} MB; no bound"
+fi
+runs_pruned=$(metric flowgate_runs_pruned_total)
+log "runs recorded: $(metric flowgate_runs_recorded_total)  pruned by retention: ${runs_pruned:-0}  recorder errors: $(metric flowgate_recorder_errors_total)"
 log "responses by status:"
 curl -sf "$FG_URL/metrics" | awk '/^flowgate_requests_total/ { match($0, /status="[^"]*"/); s[substr($0, RSTART + 8, RLENGTH - 9)] += $NF } END { for (k in s) printf "  %s: %d\n", k, s[k] }' | sort | tee -a "$REPORT"
 curl -sf "$FG_URL/metrics" >"$OUT/metrics.txt" || true

@@ -43,7 +43,7 @@ async fn a_size_bound_deletes_the_oldest_runs_and_what_the_api_shows_of_them() {
     );
     let gw = Flowgate::start(dir.path(), &config);
     // ~8 KB of text a run (asked and echoed, and kept as asked, rendered and answered): 40
-    // runs weigh well over the 3 MB bound with sled's amplification counted (6), and the
+    // runs weigh well over the 3 MB bound with sled's amplification counted (7), and the
     // bound keeps more than the 10 young ones.
     let filler = "lorem ipsum dolor sit amet ".repeat(300);
     // The oldest run's answer is cached (temperature 0): it outlives its run.
