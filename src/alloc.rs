@@ -31,7 +31,8 @@ pub const SLOTS: usize = 128;
 /// Zeroed large blocks from the kernel while `N` slots hold them, the others from `A`.
 pub struct ZeroedMapped<A, const N: usize = SLOTS> {
     inner: A,
-    /// The start of each mapped block; 0 is a free slot.
+    /// The start of each mapped block; 0 is a free slot, `BUSY` one claimed before its block
+    /// is mapped or while `mremap` may move it.
     slots: [AtomicUsize; N],
 }
 
@@ -378,8 +379,8 @@ mod tests {
         }
     }
 
-    /// A byte that differs from its neighbours and from the bytes 256 and 65,536 away, so that
-    /// a shifted copy shows.
+    /// A byte pattern that changes with the position (within 256 bytes and across 256- and
+    /// 65,536-byte steps), so that a shifted or truncated copy shows.
     fn pattern(i: usize, seed: u8) -> u8 {
         ((i ^ (i >> 8) ^ (i >> 16)) as u8).wrapping_add(seed)
     }

@@ -71,7 +71,7 @@ pub const BESIDE_RUN: u64 = 170;
 /// hash-ordered layout in the same minutes: the factor stays, with a margin of 3–15%.
 ///
 /// 7 since stop 32: that margin did not hold. At 6, 1M-request soaks on a 2-core AMD EPYC
-/// (5,000–7,600 req/s) reached 517 and 541 MB, and on a 2-core Intel Xeon (8,000–12,000 req/s)
+/// (5,000–7,100 req/s) reached 517 and 541 MB, and on a 2-core Intel Xeon (8,000–12,000 req/s)
 /// 626–800 MB; sled held 7.5 times its live entries at the end of one. At 7, four soaks on the
 /// AMD machine peaked at 393, 445, 346 and 413 MB (the last two read every 2 s), keeping ~42k
 /// runs at the end: the bound costs a seventh fewer runs kept.
