@@ -115,6 +115,12 @@ hwm_mb() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$FG_PID/status"; }
 # du may find a file gone between listing and reading it (retention, sled's cleaning): the
 # size it read is kept, never a failure that would end the soak under `set -e`.
 data_mb() { { du -sm "$DATA" 2>/dev/null || true; } | awk '{ v = $1 } END { print v + 0 }'; }
+# read_data: sets DATA_NOW to the data directory's size and keeps the largest in MAX_DATA.
+MAX_DATA=0
+read_data() {
+    DATA_NOW=$(data_mb)
+    if ((DATA_NOW > MAX_DATA)); then MAX_DATA=$DATA_NOW; fi
+}
 cpu_s() { awk '{ printf "%.1f", ($14 + $15) / 100 }' "/proc/$FG_PID/stat"; }
 
 log "flowgate memory soak, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(git -C "$ROOT" rev-parse --short HEAD)"
@@ -128,15 +134,12 @@ wrk -t1 -c"$CONNS" -d3600s --latency -s "$TMP/mixed.lua" "$FG_URL" >"$OUT/wrk.tx
 LOAD_PID=$!
 next=$EVERY
 first_rss="" last_t=$(date +%s.%N) last_n=0
-# The data directory's largest size, read about every 2 s and at each line printed.
-max_data=0 polls=0
+# The data directory's largest size (MAX_DATA), read about every 2 s and at each line printed.
+polls=0
 while :; do
     sleep 0.5
     polls=$((polls + 1))
-    if ((polls % 4 == 0)); then
-        d=$(data_mb)
-        ((d > max_data)) && max_data=$d
-    fi
+    if ((polls % 4 == 0)); then read_data; fi
     kill -0 "$FG_PID" 2>/dev/null || die "flowgate exited (see $OUT/flowgate.stderr)"
     kill -0 "$LOAD_PID" 2>/dev/null || die "wrk exited early: $(cat "$OUT/wrk.txt")"
     n=$(requests_answered)
@@ -145,9 +148,8 @@ while :; do
         rate=$(awk -v a="$n" -v b="$last_n" -v t="$now" -v s="$last_t" 'BEGIN { printf "%.0f", (a - b) / (t - s) }')
         rss=$(rss_mb)
         [[ -n $first_rss ]] || first_rss=$rss
-        d=$(data_mb)
-        ((d > max_data)) && max_data=$d
-        log "$(printf '%10s %8s %8s %9s %9s %8s %8s' "$n" "$rss" "$(hwm_mb)" "$d" \
+        read_data
+        log "$(printf '%10s %8s %8s %9s %9s %8s %8s' "$n" "$rss" "$(hwm_mb)" "$DATA_NOW" \
             "$(metric flowgate_recorder_queue_depth)" "$(cpu_s)" "$rate")"
         last_t=$now last_n=$n
         while ((next <= n)); do next=$((next + EVERY)); done
@@ -163,16 +165,13 @@ log "$(printf '%10s %8s %8s %9s %9s %8s %8s' "$(requests_answered)" "$rss" "$(hw
 log ""
 log "RSS: first sample ${first_rss} MB, last ${rss} MB, peak $(hwm_mb) MB (target <= 150 MB, growth < 10%)"
 log "growth first -> last: $(awk -v a="$first_rss" -v b="$rss" 'BEGIN { printf "%+.1f%%", (b - a) * 100 / a }')"
-data_end=$(data_mb)
-((data_end > max_data)) && max_data=$data_end
+read_data
+bound="no bound"
 if [[ -n $MAX_DISK_MB ]]; then
-    verdict=$( ((max_data <= MAX_DISK_MB)) && echo PASS || echo FAIL)
-    log "data dir: largest ${max_data} MB (read about every 2 s), at the end ${data_end} MB; bound ${MAX_DISK_MB} MB: $verdict"
-else
-    log "data dir: largest ${max_data} MB (read about every 2 s), at the end ${data_end} MB; no bound"
+    bound="bound ${MAX_DISK_MB} MB: $( ((MAX_DATA <= MAX_DISK_MB)) && echo PASS || echo FAIL)"
 fi
-runs_pruned=$(metric flowgate_runs_pruned_total)
-log "runs recorded: $(metric flowgate_runs_recorded_total)  pruned by retention: ${runs_pruned:-0}  recorder errors: $(metric flowgate_recorder_errors_total)"
+log "data dir: largest ${MAX_DATA} MB (read about every 2 s), at the end ${DATA_NOW} MB; $bound"
+log "runs recorded: $(metric flowgate_runs_recorded_total)  pruned by retention: $(metric flowgate_runs_pruned_total)  recorder errors: $(metric flowgate_recorder_errors_total)"
 log "responses by status:"
 curl -sf "$FG_URL/metrics" | awk '/^flowgate_requests_total/ { match($0, /status="[^"]*"/); s[substr($0, RSTART + 8, RLENGTH - 9)] += $NF } END { for (k in s) printf "  %s: %d\n", k, s[k] }' | sort | tee -a "$REPORT"
 curl -sf "$FG_URL/metrics" >"$OUT/metrics.txt" || true

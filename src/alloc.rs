@@ -44,8 +44,12 @@ impl<A, const N: usize> ZeroedMapped<A, N> {
         }
     }
 
-    /// The slot that holds `ptr`, if it is a mapped block.
-    fn slot_of(&self, ptr: *mut u8) -> Option<&AtomicUsize> {
+    /// The slot that holds `ptr`, a block of `layout`, if it is a mapped block (only a large
+    /// layout can be: any other is the inner allocator's without a look at the table).
+    fn slot_of(&self, ptr: *mut u8, layout: &Layout) -> Option<&AtomicUsize> {
+        if !large(layout) {
+            return None;
+        }
         let addr = ptr as usize;
         self.slots
             .iter()
@@ -186,25 +190,18 @@ unsafe impl<A: GlobalAlloc, const N: usize> GlobalAlloc for ZeroedMapped<A, N> {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if large(&layout) {
-            if let Some(slot) = self.slot_of(ptr) {
-                slot.store(0, Ordering::Release);
-                // SAFETY: a slot held it: a block `os::map` or `os::remap` made, of this size.
-                unsafe { os::unmap(ptr, layout.size()) };
-                return;
-            }
+        if let Some(slot) = self.slot_of(ptr, &layout) {
+            slot.store(0, Ordering::Release);
+            // SAFETY: a slot held it: a block `os::map` or `os::remap` made, of this size.
+            unsafe { os::unmap(ptr, layout.size()) };
+            return;
         }
         // SAFETY: the caller's contract, passed on.
         unsafe { self.inner.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let slot = if large(&layout) {
-            self.slot_of(ptr)
-        } else {
-            None
-        };
-        let Some(slot) = slot else {
+        let Some(slot) = self.slot_of(ptr, &layout) else {
             // SAFETY: the caller's contract, passed on.
             return unsafe { self.inner.realloc(ptr, layout, new_size) };
         };
@@ -461,8 +458,12 @@ mod tests {
             assert!(!q.is_null());
             assert_ne!(q, p, "moved: the page after it was taken");
             assert!(holds(q, size, 5));
-            assert!(a.slot_of(q).is_some(), "its slot names the new address");
-            assert!(a.slot_of(p).is_none(), "and no slot the old one");
+            let grown = layout(3 * LARGE);
+            assert!(
+                a.slot_of(q, &grown).is_some(),
+                "its slot names the new address"
+            );
+            assert!(a.slot_of(p, &grown).is_none(), "and no slot the old one");
             a.dealloc(q, layout(3 * LARGE));
             assert_eq!(a.mapped_blocks(), 0);
             assert_eq!(a.inner.live.load(Ordering::Relaxed), 0);

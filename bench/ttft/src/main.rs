@@ -103,7 +103,6 @@ fn plan(args: &Args) -> Result<(u64, u64), String> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    plan(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -113,6 +112,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let (warmup, total) = plan(args)?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(usize::MAX)
         .pool_idle_timeout(Duration::from_secs(90))
@@ -131,7 +131,6 @@ async fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error
         .to_string(),
     );
 
-    let (warmup, total) = plan(args)?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
     let mut in_flight = 0usize;
     let mut skipped = 0u64;
