@@ -171,7 +171,7 @@ pub(super) async fn respond(
                 .as_ref()
                 .and_then(|o| o.valid_json_chunks)
                 .unwrap_or(false);
-            response.streaming(sse::body(run, live, valid_json_chunks))
+            response.streaming(sse::body(run, live, valid_json_chunks).await)
         }
         Ok(RunOutput::Answer(answer)) => {
             // Written out before the run takes the answer (without a copy when it can).

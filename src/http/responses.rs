@@ -86,7 +86,7 @@ async fn answer(
                 .content_type("text/event-stream")
                 .insert_header(("cache-control", "no-cache"))
                 .insert_header(("x-accel-buffering", "no"))
-                .streaming(doors::relay(run, live, relay))
+                .streaming(doors::relay(run, live, relay).await)
         }
         Outcome::Failed(run, e) => failed(run, e),
         Outcome::Gone => doors::gone(),

@@ -15,9 +15,9 @@ use bytes::Bytes;
 use flowgate_actors::answer::LiveStream;
 use flowgate_actors::completion::StreamEvent;
 use flowgate_actors::engine::Run;
-use flowgate_actors::provider::EventStream;
+use flowgate_actors::provider::{delivered, EventStream};
 use flowgate_actors::structured::extract_json;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 
 struct State {
@@ -263,7 +263,7 @@ async fn next(mut s: State) -> Option<(Frame, State)> {
 
 /// The SSE body for a live stream. With `valid_json_chunks`, every content (or tool-call
 /// arguments) chunk is the whole valid partial JSON so far instead of a delta.
-pub fn body(
+pub async fn body(
     run: Run,
     live: LiveStream,
     valid_json_chunks: bool,
@@ -275,7 +275,18 @@ pub fn body(
     }
     let state = State::new(run, live, false);
     let prefix = state.wire_prefix();
-    futures::stream::unfold((state, prefix), wire_next)
+    // The first piece is gathered before the response goes out: actix writes what it holds
+    // whenever the body is not ready, so it would otherwise send the head on its own.
+    let (first, rest) = match wire_next((state, prefix)).await {
+        Some((piece, rest)) => (Some(piece), Some(rest)),
+        None => (None, None),
+    };
+    let rest = futures::stream::unfold(rest, |rest| async move {
+        let (piece, rest) = wire_next(rest?).await?;
+        Some((piece, Some(rest)))
+    });
+    futures::stream::iter(first)
+        .chain(rest)
         .map(Ok)
         .right_stream()
 }
@@ -309,7 +320,7 @@ async fn wire_next((mut s, prefix): (State, Vec<u8>)) -> Option<(Bytes, (State, 
             Some(first) => Some(Ok(first)),
             // The first event of a piece may be waited for; the others must be there already.
             None if out.is_empty() => s.rest.next().await,
-            None => match s.rest.next().now_or_never() {
+            None => match delivered(&mut s.rest).await {
                 Some(item) => item,
                 None => break,
             },
@@ -396,6 +407,34 @@ mod tests {
             done: false,
             valid_json: None,
         }
+    }
+
+    /// Events the upstream has delivered go out in one piece, though each waits for the task
+    /// that hands them over (as hyper's body does): one write instead of one per event.
+    #[tokio::test]
+    async fn delivered_events_go_out_in_one_piece() {
+        let content = |text: &str| StreamEvent::Content {
+            index: 0,
+            text: text.into(),
+        };
+        let mut s = state();
+        s.first = Some(content("Hel"));
+        s.rest = crate::http::doors::handed_over(vec![
+            content("lo"),
+            content(" world"),
+            StreamEvent::Finish {
+                index: 0,
+                reason: FinishReason::Stop,
+            },
+        ]);
+        let prefix = s.wire_prefix();
+        let (piece, (s, _)) = wire_next((s, prefix)).await.expect("a first piece");
+        let text = std::str::from_utf8(&piece).unwrap();
+        let events: Vec<&str> = text.split_terminator("\n\n").collect();
+        assert_eq!(events.len(), 4, "{text}");
+        assert!(events[1].contains(r#""content":"lo""#), "{text}");
+        assert!(events[3].contains(r#""finish_reason":"stop""#), "{text}");
+        assert!(s.done, "the stream's end was taken with the piece");
     }
 
     /// The bytes written straight are, event for event, the chunks built as JSON values.

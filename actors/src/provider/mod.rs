@@ -39,6 +39,24 @@ pub use actor::{HealthBoard, ProviderActor};
 /// A stream of answer events; an `Err` ends it.
 pub type EventStream = BoxStream<'static, Result<StreamEvent, GatewayError>>;
 
+/// The stream's next item if the upstream has delivered it already (`None` if it has not),
+/// for a relay that writes every delivered event in one piece. The upstream's connection runs
+/// as its own task and hands the body over a frame at a time, so a frame already read waits
+/// for that task's turn: when no item is ready, the task gets one turn first. A turn costs far
+/// less than the write (and the client's read) a frame would otherwise cost.
+pub async fn delivered(
+    stream: &mut EventStream,
+) -> Option<Option<Result<StreamEvent, GatewayError>>> {
+    use futures::{FutureExt, StreamExt};
+    for _ in 0..2 {
+        if let Some(item) = stream.next().now_or_never() {
+            return Some(item);
+        }
+        tokio::task::yield_now().await;
+    }
+    stream.next().now_or_never()
+}
+
 /// Timeouts of one provider.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -12,6 +12,9 @@ pub(super) mod messages;
 pub(super) mod responses;
 mod stream;
 
+#[cfg(test)]
+pub(in crate::http) use stream::handed_over;
+
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest};

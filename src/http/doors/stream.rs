@@ -9,7 +9,7 @@ use flowgate_actors::answer::LiveStream;
 use flowgate_actors::completion::StreamEvent;
 use flowgate_actors::engine::Run;
 use flowgate_actors::error::GatewayError;
-use flowgate_actors::provider::EventStream;
+use flowgate_actors::provider::{delivered, EventStream};
 use futures::{Stream, StreamExt};
 use serde_json::Value;
 
@@ -57,14 +57,24 @@ struct State<R> {
     done: bool,
 }
 
+/// Events written in one piece at most, and bytes past which a piece goes out.
+const MAX_EVENTS_PER_WRITE: usize = 64;
+const MAX_BYTES_PER_WRITE: usize = 16 * 1024;
+
+/// The next piece of the body: what the next event becomes, and after it what every event the
+/// upstream has already delivered becomes (up to a bound), without waiting for one that has
+/// not come.
 async fn next<R: Relay>(mut s: State<R>) -> Option<(Result<Bytes, Error>, State<R>)> {
-    loop {
-        if s.done {
-            return None;
-        }
+    let mut events = 0;
+    while !s.done {
         let item = match s.first.take() {
             Some(first) => Some(Ok(first)),
-            None => s.rest.next().await,
+            // The first event of a piece may be waited for; the others must be there already.
+            None if s.out.0.is_empty() => s.rest.next().await,
+            None => match delivered(&mut s.rest).await {
+                Some(item) => item,
+                None => break,
+            },
         };
         match item {
             Some(Ok(ev)) => {
@@ -89,14 +99,19 @@ async fn next<R: Relay>(mut s: State<R>) -> Option<(Result<Bytes, Error>, State<
                 }
             }
         }
-        if let Some(bytes) = s.out.take() {
-            return Some((Ok(bytes), s));
+        events += 1;
+        if events >= MAX_EVENTS_PER_WRITE || s.out.0.len() >= MAX_BYTES_PER_WRITE {
+            break;
         }
     }
+    let bytes = s.out.take()?;
+    Some((Ok(bytes), s))
 }
 
-/// The SSE body of a live stream, written by `relay`.
-pub(in crate::http) fn relay<R: Relay>(
+/// The SSE body of a live stream, written by `relay`. The first piece is gathered before the
+/// response goes out: actix writes what it holds whenever the body is not ready, so it would
+/// otherwise send the head on its own.
+pub(in crate::http) async fn relay<R: Relay>(
     run: Run,
     live: LiveStream,
     relay: R,
@@ -109,5 +124,73 @@ pub(in crate::http) fn relay<R: Relay>(
         out: Events::default(),
         done: false,
     };
-    futures::stream::unfold(state, next)
+    let (first, rest) = match next(state).await {
+        Some((piece, rest)) => (Some(piece), Some(rest)),
+        None => (None, None),
+    };
+    let rest = futures::stream::unfold(rest, |rest| async move {
+        let (piece, rest) = next(rest?).await?;
+        Some((piece, Some(rest)))
+    });
+    futures::stream::iter(first).chain(rest)
+}
+
+/// A stream handed over the way hyper hands over a response body: by another task, one item
+/// at a time, each only once the one before was taken.
+#[cfg(test)]
+pub(in crate::http) fn handed_over(events: Vec<StreamEvent>) -> EventStream {
+    use futures::SinkExt;
+    let (mut tx, rx) = futures::channel::mpsc::channel(0);
+    tokio::spawn(async move {
+        for ev in events {
+            if tx.send(Ok(ev)).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx.boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes each event's text as one line.
+    struct Lines;
+
+    impl Relay for Lines {
+        fn event(&mut self, event: &StreamEvent, out: &mut Events) {
+            if let StreamEvent::Content { text, .. } = event {
+                out.0.extend_from_slice(text.as_bytes());
+                out.0.extend_from_slice(b"\n");
+            }
+        }
+        fn failed(&mut self, _: &GatewayError, _: &mut Events) {}
+        fn finished(&mut self, _: &Run, _: &mut Events) {}
+    }
+
+    fn content(text: &str) -> StreamEvent {
+        StreamEvent::Content {
+            index: 0,
+            text: text.into(),
+        }
+    }
+
+    /// Events the upstream has delivered go out in one piece, though each waits for the task
+    /// that hands them over; the stream's end closes the body.
+    #[tokio::test]
+    async fn delivered_events_go_out_in_one_piece() {
+        let state = State {
+            run: None,
+            first: Some(content("a")),
+            rest: handed_over(["b", "c", "d"].map(content).to_vec()),
+            relay: Lines,
+            out: Events::default(),
+            done: false,
+        };
+        let (piece, state) = next(state).await.expect("a first piece");
+        assert_eq!(&piece.unwrap()[..], b"a\nb\nc\nd\n");
+        assert!(state.done, "the stream's end was taken with the piece");
+        assert!(next(state).await.is_none());
+    }
 }
