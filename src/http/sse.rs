@@ -4,9 +4,9 @@
 //! dropped with its [`Run`], which records the run as cancelled with what it cost.
 //!
 //! The chat endpoint's chunks are written straight as bytes, and the events the upstream has
-//! already delivered go out in one write (never waiting for more): a streamed answer costs
-//! about what the upstream's own stream does (`bench/run.sh`, `stream`). The playground, and
-//! `valid_json_chunks`, build each chunk as a JSON value first.
+//! already delivered go out in one write, with the response head for the first ([`Pieces`],
+//! which the other doors' relays use too; it never waits for an event not yet delivered). The
+//! playground, and `valid_json_chunks`, build each chunk as a JSON value first.
 
 use std::io::Write as _;
 
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use flowgate_actors::answer::LiveStream;
 use flowgate_actors::completion::StreamEvent;
 use flowgate_actors::engine::Run;
+use flowgate_actors::error::GatewayError;
 use flowgate_actors::provider::{delivered, EventStream};
 use flowgate_actors::structured::extract_json;
 use futures::{Stream, StreamExt};
@@ -275,20 +276,7 @@ pub async fn body(
     }
     let state = State::new(run, live, false);
     let prefix = state.wire_prefix();
-    // The first piece is gathered before the response goes out: actix writes what it holds
-    // whenever the body is not ready, so it would otherwise send the head on its own.
-    let (first, rest) = match wire_next((state, prefix)).await {
-        Some((piece, rest)) => (Some(piece), Some(rest)),
-        None => (None, None),
-    };
-    let rest = futures::stream::unfold(rest, |rest| async move {
-        let (piece, rest) = wire_next(rest?).await?;
-        Some((piece, Some(rest)))
-    });
-    futures::stream::iter(first)
-        .chain(rest)
-        .map(Ok)
-        .right_stream()
+    pieces_body(Wire { state, prefix }).await.right_stream()
 }
 
 fn frame_bytes(frame: Frame) -> Bytes {
@@ -304,64 +292,117 @@ fn frame_bytes(frame: Frame) -> Bytes {
 }
 
 /// Events written in one piece at most, and bytes past which a piece goes out.
-const MAX_EVENTS_PER_WRITE: usize = 64;
-const MAX_BYTES_PER_WRITE: usize = 16 * 1024;
+pub(super) const MAX_EVENTS_PER_PIECE: usize = 64;
+pub(super) const MAX_BYTES_PER_PIECE: usize = 16 * 1024;
 
-/// The next piece of the chat endpoint's body: the next event, and after it every event the
-/// upstream has already delivered (up to a bound), without waiting for one that has not come.
-async fn wire_next((mut s, prefix): (State, Vec<u8>)) -> Option<(Bytes, (State, Vec<u8>))> {
-    if s.done {
-        return None;
+/// A live stream written as a body in pieces, each as few writes as it can: what one event
+/// becomes, then what every event the upstream has already delivered becomes (up to
+/// [`MAX_EVENTS_PER_PIECE`] events that wrote something, or [`MAX_BYTES_PER_PIECE`]).
+pub(super) trait Pieces: 'static {
+    /// The next piece. With `wait`, its first event is waited for and `None` is the end;
+    /// without, nothing is waited for, and `None` may also mean nothing is delivered yet.
+    async fn piece(&mut self, wait: bool) -> Option<Bytes>;
+}
+
+/// The body written by `pieces`. Its first piece is gathered before the body is returned, but
+/// not waited for: actix writes what it holds whenever the body is not ready, so the response
+/// head would otherwise go out on its own, a write (and a read for the client) more a stream.
+pub(super) async fn pieces_body<P: Pieces>(
+    mut pieces: P,
+) -> impl Stream<Item = Result<Bytes, Error>> {
+    let first = pieces.piece(false).await;
+    let rest = futures::stream::unfold(pieces, |mut pieces| async move {
+        let piece = pieces.piece(true).await?;
+        Some((piece, pieces))
+    });
+    futures::stream::iter(first).chain(rest).map(Ok)
+}
+
+/// The next event for a piece: the held first event of the stream, else the next one, waited
+/// for when `wait`, else only if the upstream has delivered it (`None`: the piece closes).
+pub(super) async fn next_for_piece(
+    first: &mut Option<StreamEvent>,
+    rest: &mut EventStream,
+    wait: bool,
+) -> Option<Option<Result<StreamEvent, GatewayError>>> {
+    if let Some(first) = first.take() {
+        return Some(Some(Ok(first)));
     }
-    let mut out = Vec::with_capacity(512);
-    let mut events = 0;
-    loop {
-        let item = match s.first.take() {
-            Some(first) => Some(Ok(first)),
-            // The first event of a piece may be waited for; the others must be there already.
-            None if out.is_empty() => s.rest.next().await,
-            None => match delivered(&mut s.rest).await {
-                Some(item) => item,
-                None => break,
-            },
-        };
-        match item {
-            Some(Ok(ev)) => {
-                if let Some(run) = s.run.as_mut() {
-                    run.push_event(&ev);
+    if wait {
+        return Some(rest.next().await);
+    }
+    delivered(rest).await
+}
+
+/// The chat endpoint's body, written straight as bytes.
+struct Wire {
+    state: State,
+    /// [`State::wire_prefix`].
+    prefix: Vec<u8>,
+}
+
+impl Pieces for Wire {
+    async fn piece(&mut self, wait: bool) -> Option<Bytes> {
+        let Wire { state: s, prefix } = self;
+        if s.done {
+            return None;
+        }
+        let mut out = Vec::with_capacity(512);
+        let mut events = 0;
+        while let Some(item) =
+            next_for_piece(&mut s.first, &mut s.rest, wait && out.is_empty()).await
+        {
+            match item {
+                Some(Ok(ev)) => {
+                    if let Some(run) = s.run.as_mut() {
+                        run.push_event(&ev);
+                    }
+                    if s.write_wire(&ev, prefix, &mut out) {
+                        events += 1;
+                    }
                 }
-                if s.write_wire(&ev, &prefix, &mut out) {
-                    events += 1;
+                Some(Err(error)) => {
+                    s.done = true;
+                    let error = match s.run.take() {
+                        Some(run) => run.fail(error),
+                        None => error,
+                    };
+                    out.extend_from_slice(&event(&error.body()));
+                    break;
+                }
+                None => {
+                    s.done = true;
+                    if let Some(run) = s.run.take() {
+                        let last = s.last_chunk(&run);
+                        run.finish_stream();
+                        out.extend_from_slice(&event(&last));
+                        out.extend_from_slice(DONE);
+                    }
+                    break;
                 }
             }
-            Some(Err(error)) => {
-                s.done = true;
-                let error = match s.run.take() {
-                    Some(run) => run.fail(error),
-                    None => error,
-                };
-                out.extend_from_slice(&event(&error.body()));
-                break;
-            }
-            None => {
-                s.done = true;
-                if let Some(run) = s.run.take() {
-                    let last = s.last_chunk(&run);
-                    run.finish_stream();
-                    out.extend_from_slice(&event(&last));
-                    out.extend_from_slice(DONE);
-                }
+            if events >= MAX_EVENTS_PER_PIECE || out.len() >= MAX_BYTES_PER_PIECE {
                 break;
             }
         }
-        if events >= MAX_EVENTS_PER_WRITE || out.len() >= MAX_BYTES_PER_WRITE {
-            break;
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+}
+
+/// A stream handed over the way hyper hands over a response body: by another task, one item
+/// at a time, each only once the one before was taken (tests).
+#[cfg(test)]
+pub(super) fn handed_over(events: Vec<StreamEvent>) -> EventStream {
+    use futures::SinkExt;
+    let (mut tx, rx) = futures::channel::mpsc::channel(0);
+    tokio::spawn(async move {
+        for ev in events {
+            if tx.send(Ok(ev)).await.is_err() {
+                return;
+            }
         }
-    }
-    if out.is_empty() {
-        return None;
-    }
-    Some((Bytes::from(out), (s, prefix)))
+    });
+    rx.boxed()
 }
 
 /// The steps of a live stream; the run is recorded when the last one is taken (or when the
@@ -419,7 +460,7 @@ mod tests {
         };
         let mut s = state();
         s.first = Some(content("Hel"));
-        s.rest = crate::http::doors::handed_over(vec![
+        s.rest = handed_over(vec![
             content("lo"),
             content(" world"),
             StreamEvent::Finish {
@@ -428,13 +469,15 @@ mod tests {
             },
         ]);
         let prefix = s.wire_prefix();
-        let (piece, (s, _)) = wire_next((s, prefix)).await.expect("a first piece");
+        let mut wire = Wire { state: s, prefix };
+        let piece = wire.piece(false).await.expect("a first piece");
         let text = std::str::from_utf8(&piece).unwrap();
         let events: Vec<&str> = text.split_terminator("\n\n").collect();
         assert_eq!(events.len(), 4, "{text}");
         assert!(events[1].contains(r#""content":"lo""#), "{text}");
         assert!(events[3].contains(r#""finish_reason":"stop""#), "{text}");
-        assert!(s.done, "the stream's end was taken with the piece");
+        assert!(wire.state.done, "the stream's end was taken with the piece");
+        assert!(wire.piece(true).await.is_none());
     }
 
     /// The bytes written straight are, event for event, the chunks built as JSON values.

@@ -12,9 +12,6 @@ pub(super) mod messages;
 pub(super) mod responses;
 mod stream;
 
-#[cfg(test)]
-pub(in crate::http) use stream::handed_over;
-
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest};

@@ -1,7 +1,7 @@
 //! Relays a live answer as a door's own server-sent events. The door says what each engine
 //! event becomes ([`Relay`]); this loop feeds the run, records it once the stream ends (or
 //! fails), and drops it with the body when the client goes away (recorded as cancelled with
-//! what it cost).
+//! what it cost). The body goes out in pieces, as the chat endpoint's does ([`Pieces`]).
 
 use actix_web::Error;
 use bytes::{Bytes, BytesMut};
@@ -9,9 +9,14 @@ use flowgate_actors::answer::LiveStream;
 use flowgate_actors::completion::StreamEvent;
 use flowgate_actors::engine::Run;
 use flowgate_actors::error::GatewayError;
-use flowgate_actors::provider::{delivered, EventStream};
-use futures::{Stream, StreamExt};
+use flowgate_actors::provider::EventStream;
+use futures::Stream;
+
 use serde_json::Value;
+
+use crate::http::sse::{
+    next_for_piece, pieces_body, Pieces, MAX_BYTES_PER_PIECE, MAX_EVENTS_PER_PIECE,
+};
 
 /// What a door writes for a stream's events.
 pub(in crate::http) trait Relay: Send + 'static {
@@ -23,7 +28,7 @@ pub(in crate::http) trait Relay: Send + 'static {
     fn finished(&mut self, run: &Run, out: &mut Events);
 }
 
-/// Server-sent events, written in one buffer per step.
+/// Server-sent events, written in one buffer per piece.
 #[derive(Default)]
 pub(in crate::http) struct Events(BytesMut);
 
@@ -57,103 +62,74 @@ struct State<R> {
     done: bool,
 }
 
-/// Events written in one piece at most, and bytes past which a piece goes out.
-const MAX_EVENTS_PER_WRITE: usize = 64;
-const MAX_BYTES_PER_WRITE: usize = 16 * 1024;
-
-/// The next piece of the body: what the next event becomes, and after it what every event the
-/// upstream has already delivered becomes (up to a bound), without waiting for one that has
-/// not come.
-async fn next<R: Relay>(mut s: State<R>) -> Option<(Result<Bytes, Error>, State<R>)> {
-    let mut events = 0;
-    while !s.done {
-        let item = match s.first.take() {
-            Some(first) => Some(Ok(first)),
-            // The first event of a piece may be waited for; the others must be there already.
-            None if s.out.0.is_empty() => s.rest.next().await,
-            None => match delivered(&mut s.rest).await {
-                Some(item) => item,
-                None => break,
-            },
-        };
-        match item {
-            Some(Ok(ev)) => {
-                if let Some(run) = s.run.as_mut() {
-                    run.push_event(&ev);
+impl<R: Relay> Pieces for State<R> {
+    async fn piece(&mut self, wait: bool) -> Option<Bytes> {
+        let mut events = 0;
+        while !self.done {
+            let Some(item) = next_for_piece(
+                &mut self.first,
+                &mut self.rest,
+                wait && self.out.0.is_empty(),
+            )
+            .await
+            else {
+                break;
+            };
+            let before = self.out.0.len();
+            match item {
+                Some(Ok(ev)) => {
+                    if let Some(run) = self.run.as_mut() {
+                        run.push_event(&ev);
+                    }
+                    self.relay.event(&ev, &mut self.out);
                 }
-                s.relay.event(&ev, &mut s.out);
-            }
-            Some(Err(error)) => {
-                s.done = true;
-                let error = match s.run.take() {
-                    Some(run) => run.fail(error),
-                    None => error,
-                };
-                s.relay.failed(&error, &mut s.out);
-            }
-            None => {
-                s.done = true;
-                if let Some(run) = s.run.take() {
-                    s.relay.finished(&run, &mut s.out);
-                    run.finish_stream();
+                Some(Err(error)) => {
+                    self.done = true;
+                    let error = match self.run.take() {
+                        Some(run) => run.fail(error),
+                        None => error,
+                    };
+                    self.relay.failed(&error, &mut self.out);
+                }
+                None => {
+                    self.done = true;
+                    if let Some(run) = self.run.take() {
+                        self.relay.finished(&run, &mut self.out);
+                        run.finish_stream();
+                    }
                 }
             }
+            events += usize::from(self.out.0.len() > before);
+            if events >= MAX_EVENTS_PER_PIECE || self.out.0.len() >= MAX_BYTES_PER_PIECE {
+                break;
+            }
         }
-        events += 1;
-        if events >= MAX_EVENTS_PER_WRITE || s.out.0.len() >= MAX_BYTES_PER_WRITE {
-            break;
-        }
+        self.out.take()
     }
-    let bytes = s.out.take()?;
-    Some((Ok(bytes), s))
 }
 
-/// The SSE body of a live stream, written by `relay`. The first piece is gathered before the
-/// response goes out: actix writes what it holds whenever the body is not ready, so it would
-/// otherwise send the head on its own.
+/// The SSE body of a live stream, written by `relay`.
 pub(in crate::http) async fn relay<R: Relay>(
     run: Run,
     live: LiveStream,
     relay: R,
 ) -> impl Stream<Item = Result<Bytes, Error>> {
-    let state = State {
+    pieces_body(State {
         run: Some(run),
         first: Some(live.first),
         rest: live.rest,
         relay,
         out: Events::default(),
         done: false,
-    };
-    let (first, rest) = match next(state).await {
-        Some((piece, rest)) => (Some(piece), Some(rest)),
-        None => (None, None),
-    };
-    let rest = futures::stream::unfold(rest, |rest| async move {
-        let (piece, rest) = next(rest?).await?;
-        Some((piece, Some(rest)))
-    });
-    futures::stream::iter(first).chain(rest)
-}
-
-/// A stream handed over the way hyper hands over a response body: by another task, one item
-/// at a time, each only once the one before was taken.
-#[cfg(test)]
-pub(in crate::http) fn handed_over(events: Vec<StreamEvent>) -> EventStream {
-    use futures::SinkExt;
-    let (mut tx, rx) = futures::channel::mpsc::channel(0);
-    tokio::spawn(async move {
-        for ev in events {
-            if tx.send(Ok(ev)).await.is_err() {
-                return;
-            }
-        }
-    });
-    rx.boxed()
+    })
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::sse::handed_over;
+    use futures::StreamExt;
 
     /// Writes each event's text as one line.
     struct Lines;
@@ -176,21 +152,58 @@ mod tests {
         }
     }
 
+    fn state(first: StreamEvent, rest: EventStream) -> State<Lines> {
+        State {
+            run: None,
+            first: Some(first),
+            rest,
+            relay: Lines,
+            out: Events::default(),
+            done: false,
+        }
+    }
+
     /// Events the upstream has delivered go out in one piece, though each waits for the task
     /// that hands them over; the stream's end closes the body.
     #[tokio::test]
     async fn delivered_events_go_out_in_one_piece() {
-        let state = State {
-            run: None,
-            first: Some(content("a")),
-            rest: handed_over(["b", "c", "d"].map(content).to_vec()),
-            relay: Lines,
-            out: Events::default(),
-            done: false,
-        };
-        let (piece, state) = next(state).await.expect("a first piece");
-        assert_eq!(&piece.unwrap()[..], b"a\nb\nc\nd\n");
+        let rest = handed_over(["b", "c", "d"].map(content).to_vec());
+        let mut state = state(content("a"), rest);
+        let piece = state.piece(false).await.expect("a first piece");
+        assert_eq!(&piece[..], b"a\nb\nc\nd\n");
         assert!(state.done, "the stream's end was taken with the piece");
-        assert!(next(state).await.is_none());
+        assert!(state.piece(true).await.is_none());
+    }
+
+    /// Events that write nothing do not count toward a piece's bound: a run of them longer than
+    /// the bound neither ends the body nor loses what follows.
+    #[tokio::test]
+    async fn events_that_write_nothing_do_not_end_the_body() {
+        let mut rest = vec![StreamEvent::Usage(Default::default()); MAX_EVENTS_PER_PIECE * 2];
+        rest.push(content("b"));
+        let mut state = state(
+            StreamEvent::Usage(Default::default()),
+            futures::stream::iter(rest.into_iter().map(Ok)).boxed(),
+        );
+        let piece = state.piece(true).await.expect("a piece");
+        assert_eq!(&piece[..], b"b\n");
+        assert!(state.done);
+    }
+
+    /// The first piece is not waited for: an answer whose first event writes nothing, from an
+    /// upstream that sends nothing more for now, gets its response (and head) at once.
+    #[tokio::test]
+    async fn the_first_piece_is_not_waited_for() {
+        let usage = StreamEvent::Usage(Default::default());
+        let body = pieces_body(state(usage, futures::stream::pending().boxed()));
+        // A guard against a hang, not a timing: the body comes after two scheduler turns.
+        let body = tokio::time::timeout(std::time::Duration::from_secs(10), body)
+            .await
+            .expect("the body without waiting for the upstream");
+        let mut body = Box::pin(body);
+        assert!(
+            futures::FutureExt::now_or_never(body.next()).is_none(),
+            "nothing to write yet"
+        );
     }
 }
