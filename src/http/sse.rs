@@ -4,8 +4,10 @@
 //! dropped with its [`Run`], which records the run as cancelled with what it cost.
 //!
 //! The chat endpoint's chunks are written straight as bytes, and the events the upstream has
-//! already delivered go out in one write, with the response head for the first ([`Pieces`],
-//! which the other doors' relays use too; it never waits for an event not yet delivered). The
+//! already delivered go out in one write, the first of them with the response head
+//! ([`Pieces`], which the other doors' relays use too). The first piece is never waited for;
+//! each later one waits only for its first event. A stream that ends within the first piece is
+//! recorded before the head is written (a client gone by then does not make it cancelled). The
 //! playground, and `valid_json_chunks`, build each chunk as a JSON value first.
 
 use std::io::Write as _;
@@ -306,7 +308,7 @@ pub(super) trait Pieces: 'static {
 
 /// The body written by `pieces`. Its first piece is gathered before the body is returned, but
 /// not waited for: actix writes what it holds whenever the body is not ready, so the response
-/// head would otherwise go out on its own, a write (and a read for the client) more a stream.
+/// head would otherwise go out on its own: one more write (and read, for the client) a stream.
 pub(super) async fn pieces_body<P: Pieces>(
     mut pieces: P,
 ) -> impl Stream<Item = Result<Bytes, Error>> {
@@ -477,6 +479,31 @@ mod tests {
         assert!(events[1].contains(r#""content":"lo""#), "{text}");
         assert!(events[3].contains(r#""finish_reason":"stop""#), "{text}");
         assert!(wire.state.done, "the stream's end was taken with the piece");
+        assert!(wire.piece(true).await.is_none());
+    }
+
+    /// A failure after the stream started is its last event, in the piece where it came.
+    #[tokio::test]
+    async fn a_failure_closes_the_piece_with_its_error() {
+        let mut s = state();
+        s.first = Some(StreamEvent::Content {
+            index: 0,
+            text: "Hel".into(),
+        });
+        s.rest = futures::stream::iter([Err(GatewayError::new(
+            flowgate_actors::error::ErrorKind::UpstreamConnection,
+            "cut",
+        ))])
+        .boxed();
+        let prefix = s.wire_prefix();
+        let mut wire = Wire { state: s, prefix };
+        let piece = wire.piece(true).await.expect("a piece");
+        let text = std::str::from_utf8(&piece).unwrap();
+        let events: Vec<&str> = text.split_terminator("\n\n").collect();
+        assert_eq!(events.len(), 2, "{text}");
+        assert!(events[0].contains(r#""content":"Hel""#), "{text}");
+        assert!(events[1].starts_with(r#"data: {"error":"#), "{text}");
+        assert!(events[1].contains("cut"), "{text}");
         assert!(wire.piece(true).await.is_none());
     }
 

@@ -454,3 +454,68 @@ impl std::fmt::Debug for ProviderHandle {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::{SinkExt, StreamExt};
+
+    use super::*;
+
+    fn text(text: &str) -> StreamEvent {
+        StreamEvent::Content {
+            index: 0,
+            text: text.into(),
+        }
+    }
+
+    /// Items another task hands over, one at a time, each after `turns` turns of its own.
+    fn handed_over(items: &[&str], turns: usize) -> EventStream {
+        let items: Vec<StreamEvent> = items.iter().map(|t| text(t)).collect();
+        let (mut tx, rx) = futures::channel::mpsc::channel(0);
+        tokio::spawn(async move {
+            for item in items {
+                for _ in 1..turns {
+                    tokio::task::yield_now().await;
+                }
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx.boxed()
+    }
+
+    async fn all_delivered(stream: &mut EventStream) -> Vec<String> {
+        let mut texts = Vec::new();
+        while let Some(Some(item)) = delivered(stream).await {
+            match item.unwrap() {
+                StreamEvent::Content { text, .. } => texts.push(text),
+                other => panic!("{other:?}"),
+            }
+        }
+        texts
+    }
+
+    /// What the other task can hand over within two turns counts as delivered; the end of the
+    /// stream is delivered too.
+    #[tokio::test]
+    async fn items_handed_over_within_two_turns_are_delivered() {
+        let mut stream = handed_over(&["a", "b", "c"], 2);
+        assert_eq!(all_delivered(&mut stream).await, ["a", "b", "c"]);
+        assert!(matches!(delivered(&mut stream).await, Some(None)));
+    }
+
+    /// Nothing is waited for: an item the other task has not got yet is not delivered, and it
+    /// comes later, in order.
+    #[tokio::test]
+    async fn what_is_not_there_yet_is_not_waited_for() {
+        let mut stream: EventStream = futures::stream::iter([Ok(text("a"))])
+            .chain(futures::stream::pending())
+            .boxed();
+        assert_eq!(all_delivered(&mut stream).await, ["a"]);
+        let mut later = handed_over(&["b"], 5);
+        assert!(delivered(&mut later).await.is_none());
+        let b = later.next().await.expect("b comes").unwrap();
+        assert!(matches!(b, StreamEvent::Content { text, .. } if text == "b"));
+    }
+}

@@ -190,6 +190,43 @@ mod tests {
         assert!(state.done);
     }
 
+    /// The body's first piece, gathered before the body is returned, is every event delivered
+    /// by then: ready at the body's first poll, so it leaves with the response head.
+    #[tokio::test]
+    async fn the_first_piece_is_ready_with_the_body() {
+        let rest = handed_over(["b", "c"].map(content).to_vec());
+        let mut body = Box::pin(pieces_body(state(content("a"), rest)).await);
+        let first = futures::FutureExt::now_or_never(body.next()).expect("ready at once");
+        assert_eq!(&first.expect("a piece").expect("bytes")[..], b"a\nb\nc\n");
+    }
+
+    /// A piece holds at most its bound of events that wrote something; the rest follow in the
+    /// next pieces, in order and none lost.
+    #[tokio::test]
+    async fn pieces_split_at_their_bound_in_order() {
+        let texts: Vec<String> = (0..MAX_EVENTS_PER_PIECE + 36)
+            .map(|i| i.to_string())
+            .collect();
+        let rest = futures::stream::iter(
+            texts[1..]
+                .iter()
+                .map(|t| Ok(content(t)))
+                .collect::<Vec<_>>(),
+        )
+        .boxed();
+        let mut state = state(content(&texts[0]), rest);
+        let mut pieces = Vec::new();
+        while let Some(piece) = state.piece(true).await {
+            pieces.push(String::from_utf8(piece.to_vec()).unwrap());
+        }
+        let lines: Vec<usize> = pieces.iter().map(|p| p.lines().count()).collect();
+        assert_eq!(lines, [MAX_EVENTS_PER_PIECE, 36]);
+        assert_eq!(
+            pieces.concat(),
+            texts.iter().map(|t| format!("{t}\n")).collect::<String>()
+        );
+    }
+
     /// The first piece is not waited for: an answer whose first event writes nothing, from an
     /// upstream that sends nothing more for now, gets its response (and head) at once.
     #[tokio::test]
