@@ -227,41 +227,46 @@ impl State {
     }
 }
 
-async fn next(mut s: State) -> Option<(Frame, State)> {
-    loop {
-        if s.done {
-            return None;
+impl State {
+    /// What one item of the stream becomes, if anything; the end and a failure record the run.
+    fn frame(&mut self, item: Option<Result<StreamEvent, GatewayError>>) -> Option<Frame> {
+        match item {
+            Some(Ok(ev)) => {
+                if let Some(run) = self.run.as_mut() {
+                    run.push_event(&ev);
+                }
+                self.render(&ev).map(Frame::Chunk)
+            }
+            Some(Err(error)) => {
+                self.done = true;
+                let error = match self.run.take() {
+                    Some(run) => run.fail(error),
+                    None => error,
+                };
+                Some(Frame::Failed(error.body()))
+            }
+            None => {
+                self.done = true;
+                let run = self.run.take()?;
+                let last = self.last_chunk(&run);
+                run.finish_stream();
+                Some(Frame::Last(last))
+            }
         }
+    }
+}
+
+async fn next(mut s: State) -> Option<(Frame, State)> {
+    while !s.done {
         let item = match s.first.take() {
             Some(first) => Some(Ok(first)),
             None => s.rest.next().await,
         };
-        match item {
-            Some(Ok(ev)) => {
-                if let Some(run) = s.run.as_mut() {
-                    run.push_event(&ev);
-                }
-                if let Some(chunk) = s.render(&ev) {
-                    return Some((Frame::Chunk(chunk), s));
-                }
-            }
-            Some(Err(error)) => {
-                s.done = true;
-                let error = match s.run.take() {
-                    Some(run) => run.fail(error),
-                    None => error,
-                };
-                return Some((Frame::Failed(error.body()), s));
-            }
-            None => {
-                s.done = true;
-                let run = s.run.take()?;
-                let last = s.last_chunk(&run);
-                run.finish_stream();
-                return Some((Frame::Last(last), s));
-            }
+        if let Some(frame) = s.frame(item) {
+            return Some((frame, s));
         }
     }
+    None
 }
 
 /// The SSE body for a live stream. With `valid_json_chunks`, every content (or tool-call
@@ -272,9 +277,8 @@ pub async fn body(
     valid_json_chunks: bool,
 ) -> impl Stream<Item = Result<Bytes, Error>> {
     if valid_json_chunks {
-        return frames(run, live, true)
-            .map(|frame| Ok(frame_bytes(frame)))
-            .left_stream();
+        let state = State::new(run, live, true);
+        return pieces_body(Framed(state)).await.left_stream();
     }
     let state = State::new(run, live, false);
     let prefix = state.wire_prefix();
@@ -336,7 +340,7 @@ pub(super) async fn next_for_piece(
     delivered(rest).await
 }
 
-/// The chat endpoint's body, written straight as bytes.
+/// The chat endpoint's body, written straight as bytes (without `valid_json_chunks`).
 struct Wire {
     state: State,
     /// [`State::wire_prefix`].
@@ -382,6 +386,32 @@ impl Pieces for Wire {
                     }
                     break;
                 }
+            }
+            if events >= MAX_EVENTS_PER_PIECE || out.len() >= MAX_BYTES_PER_PIECE {
+                break;
+            }
+        }
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+}
+
+/// The chat endpoint's body with `valid_json_chunks`, each chunk built as a JSON value.
+struct Framed(State);
+
+impl Pieces for Framed {
+    async fn piece(&mut self, wait: bool) -> Option<Bytes> {
+        let Framed(s) = self;
+        let mut out = Vec::new();
+        let mut events = 0;
+        while !s.done {
+            let Some(item) =
+                next_for_piece(&mut s.first, &mut s.rest, wait && out.is_empty()).await
+            else {
+                break;
+            };
+            if let Some(frame) = s.frame(item) {
+                out.extend_from_slice(&frame_bytes(frame));
+                events += 1;
             }
             if events >= MAX_EVENTS_PER_PIECE || out.len() >= MAX_BYTES_PER_PIECE {
                 break;
@@ -480,6 +510,42 @@ mod tests {
         assert!(events[3].contains(r#""finish_reason":"stop""#), "{text}");
         assert!(wire.state.done, "the stream's end was taken with the piece");
         assert!(wire.piece(true).await.is_none());
+    }
+
+    /// With `valid_json_chunks` too, delivered events go out in one piece, each chunk the
+    /// whole valid JSON so far.
+    #[tokio::test]
+    async fn valid_json_chunks_go_out_in_one_piece() {
+        let content = |text: &str| StreamEvent::Content {
+            index: 0,
+            text: text.into(),
+        };
+        let mut s = state();
+        s.valid_json = Some(Vec::new());
+        s.first = Some(content("{\"city\": \"Pa"));
+        s.rest = handed_over(vec![
+            content("ris\"}"),
+            StreamEvent::Finish {
+                index: 0,
+                reason: FinishReason::Stop,
+            },
+        ]);
+        let mut framed = Framed(s);
+        let piece = framed.piece(false).await.expect("a first piece");
+        let text = std::str::from_utf8(&piece).unwrap();
+        let events: Vec<&str> = text.split_terminator("\n\n").collect();
+        assert_eq!(events.len(), 3, "{text}");
+        assert!(
+            events[0].contains(r#""content":"{\"city\":\"Pa\"}""#),
+            "{text}"
+        );
+        assert!(
+            events[1].contains(r#""content":"{\"city\":\"Paris\"}""#),
+            "{text}"
+        );
+        assert!(events[2].contains(r#""finish_reason":"stop""#), "{text}");
+        assert!(framed.0.done);
+        assert!(framed.piece(true).await.is_none());
     }
 
     /// A failure after the stream started is its last event, in the piece where it came.
