@@ -20,7 +20,7 @@ use flowgate_actors::engine::Run;
 use flowgate_actors::error::GatewayError;
 use flowgate_actors::provider::{delivered, EventStream};
 use flowgate_actors::structured::extract_json;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use serde_json::{json, Value};
 
 struct State {
@@ -305,14 +305,16 @@ pub(super) const MAX_BYTES_PER_PIECE: usize = 16 * 1024;
 /// becomes, then what every event the upstream has already delivered becomes (up to
 /// [`MAX_EVENTS_PER_PIECE`] events that wrote something, or [`MAX_BYTES_PER_PIECE`]).
 pub(super) trait Pieces: 'static {
-    /// The next piece. With `wait`, its first event is waited for and `None` is the end;
-    /// without, nothing is waited for, and `None` may also mean nothing is delivered yet.
+    /// The next piece. With `wait`, its first event is waited for, the upstream's connection
+    /// gets its turns for the others ([`delivered`]), and `None` is the end; without, it holds
+    /// only what is ready at once, and `None` may also mean nothing is.
     async fn piece(&mut self, wait: bool) -> Option<Bytes>;
 }
 
-/// The body written by `pieces`. Its first piece is gathered before the body is returned, but
-/// not waited for: actix writes what it holds whenever the body is not ready, so the response
-/// head would otherwise go out on its own: one more write (and read, for the client) a stream.
+/// The body written by `pieces`. Its first piece is gathered before the body is returned, from
+/// what is ready at once (the first event, so it goes out without delay): actix writes what it
+/// holds whenever the body is not ready, so the response head would otherwise go out on its
+/// own, one more write (and read, for the client) a stream.
 pub(super) async fn pieces_body<P: Pieces>(
     mut pieces: P,
 ) -> impl Stream<Item = Result<Bytes, Error>> {
@@ -325,11 +327,13 @@ pub(super) async fn pieces_body<P: Pieces>(
 }
 
 /// The next event for a piece: the held first event of the stream, else the next one, waited
-/// for when `wait`, else only if the upstream has delivered it (`None`: the piece closes).
+/// for when `wait`, else only if the upstream has delivered it, giving its connection turns
+/// when `turns` ([`delivered`]), else only if it is ready at once (`None`: the piece closes).
 pub(super) async fn next_for_piece(
     first: &mut Option<StreamEvent>,
     rest: &mut EventStream,
     wait: bool,
+    turns: bool,
 ) -> Option<Option<Result<StreamEvent, GatewayError>>> {
     if let Some(first) = first.take() {
         return Some(Some(Ok(first)));
@@ -337,7 +341,10 @@ pub(super) async fn next_for_piece(
     if wait {
         return Some(rest.next().await);
     }
-    delivered(rest).await
+    if turns {
+        return delivered(rest).await;
+    }
+    rest.next().now_or_never()
 }
 
 /// The chat endpoint's body, written straight as bytes (without `valid_json_chunks`).
@@ -356,7 +363,7 @@ impl Pieces for Wire {
         let mut out = Vec::with_capacity(512);
         let mut events = 0;
         while let Some(item) =
-            next_for_piece(&mut s.first, &mut s.rest, wait && out.is_empty()).await
+            next_for_piece(&mut s.first, &mut s.rest, wait && out.is_empty(), wait).await
         {
             match item {
                 Some(Ok(ev)) => {
@@ -405,7 +412,7 @@ impl Pieces for Framed {
         let mut events = 0;
         while !s.done {
             let Some(item) =
-                next_for_piece(&mut s.first, &mut s.rest, wait && out.is_empty()).await
+                next_for_piece(&mut s.first, &mut s.rest, wait && out.is_empty(), wait).await
             else {
                 break;
             };
@@ -502,7 +509,7 @@ mod tests {
         ]);
         let prefix = s.wire_prefix();
         let mut wire = Wire { state: s, prefix };
-        let piece = wire.piece(false).await.expect("a first piece");
+        let piece = wire.piece(true).await.expect("a piece");
         let text = std::str::from_utf8(&piece).unwrap();
         let events: Vec<&str> = text.split_terminator("\n\n").collect();
         assert_eq!(events.len(), 4, "{text}");
@@ -531,7 +538,7 @@ mod tests {
             },
         ]);
         let mut framed = Framed(s);
-        let piece = framed.piece(false).await.expect("a first piece");
+        let piece = framed.piece(true).await.expect("a piece");
         let text = std::str::from_utf8(&piece).unwrap();
         let events: Vec<&str> = text.split_terminator("\n\n").collect();
         assert_eq!(events.len(), 3, "{text}");

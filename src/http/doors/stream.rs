@@ -70,6 +70,7 @@ impl<R: Relay> Pieces for State<R> {
                 &mut self.first,
                 &mut self.rest,
                 wait && self.out.0.is_empty(),
+                wait,
             )
             .await
             else {
@@ -169,7 +170,7 @@ mod tests {
     async fn delivered_events_go_out_in_one_piece() {
         let rest = handed_over(["b", "c", "d"].map(content).to_vec());
         let mut state = state(content("a"), rest);
-        let piece = state.piece(false).await.expect("a first piece");
+        let piece = state.piece(true).await.expect("a piece");
         assert_eq!(&piece[..], b"a\nb\nc\nd\n");
         assert!(state.done, "the stream's end was taken with the piece");
         assert!(state.piece(true).await.is_none());
@@ -190,14 +191,18 @@ mod tests {
         assert!(state.done);
     }
 
-    /// The body's first piece, gathered before the body is returned, is every event delivered
-    /// by then: ready at the body's first poll, so it leaves with the response head.
+    /// The body's first piece, gathered before the body is returned, is what is ready at once
+    /// (the first event goes out without delay), ready at the body's first poll so that it
+    /// leaves with the response head; what the upstream delivers next is the next piece.
     #[tokio::test]
-    async fn the_first_piece_is_ready_with_the_body() {
+    async fn the_first_piece_is_what_is_ready_and_goes_with_the_body() {
         let rest = handed_over(["b", "c"].map(content).to_vec());
         let mut body = Box::pin(pieces_body(state(content("a"), rest)).await);
         let first = futures::FutureExt::now_or_never(body.next()).expect("ready at once");
-        assert_eq!(&first.expect("a piece").expect("bytes")[..], b"a\nb\nc\n");
+        assert_eq!(&first.expect("a piece").expect("bytes")[..], b"a\n");
+        let next = body.next().await.expect("a second piece").expect("bytes");
+        assert_eq!(&next[..], b"b\nc\n");
+        assert!(body.next().await.is_none());
     }
 
     /// A piece holds at most its bound of events that wrote something; the rest follow in the
