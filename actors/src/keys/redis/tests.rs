@@ -14,7 +14,20 @@ use super::*;
 use crate::keys::{Budget, Limits, ManualClock};
 
 /// 2026-12-05 10:00:00 UTC, a Saturday.
-const NOW: u64 = 1_796_464_800_000;
+/// The tests' clock: 10:00 UTC of the day the tests started. Redis expires the spend keys by
+/// its own clock at an absolute time (a day after their period ends), so the tests' day must be
+/// the real one: a fixed date saw its keys expire at once two days later.
+fn now() -> u64 {
+    static NOW: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NOW.get_or_init(|| {
+        const DAY: u64 = 86_400_000;
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is past 1970")
+            .as_millis() as u64;
+        real / DAY * DAY + 10 * 3_600_000
+    })
+}
 
 fn redis_url() -> String {
     std::env::var("FLOWGATE_TEST_REDIS_URL")
@@ -76,7 +89,7 @@ async fn keys_under(prefix: &str) -> Vec<(String, i64)> {
 
 #[tokio::test]
 async fn requests_per_minute_admit_exactly_the_limit_across_instances_then_reset() {
-    let clock = Arc::new(ManualClock::at(NOW));
+    let clock = Arc::new(ManualClock::at(now()));
     let p = prefix("rpm");
     let a = limiter(settings(&redis_url(), &p), &clock).await;
     let b = limiter(settings(&redis_url(), &p), &clock).await;
@@ -113,21 +126,23 @@ async fn requests_per_minute_admit_exactly_the_limit_across_instances_then_reset
     );
     drop(results);
     // 40 s later the window still holds; it renews a minute after its first request.
-    clock.set(NOW + 40_000);
+    clock.set(now() + 40_000);
     let refused = a.admit(vec![on_a.clone()]).await.unwrap_err();
     assert_eq!(refused.retry_after, Some(Duration::from_secs(20)));
     assert!(refused
         .headers
         .contains(&("x-ratelimit-reset-requests", "20s".into())));
-    clock.set(NOW + 60_000);
+    clock.set(now() + 60_000);
     assert!(b.admit(vec![on_b.clone()]).await.is_ok());
-    let usage = a.usage_at(std::slice::from_ref(&on_a), NOW + 60_001).await;
+    let usage = a
+        .usage_at(std::slice::from_ref(&on_a), now() + 60_001)
+        .await;
     assert_eq!(usage[0].requests, 1);
 }
 
 #[tokio::test]
 async fn a_refusal_on_the_tenant_counts_nothing_on_the_key() {
-    let clock = Arc::new(ManualClock::at(NOW));
+    let clock = Arc::new(ManualClock::at(now()));
     let p = prefix("tenant");
     let l = limiter(settings(&redis_url(), &p), &clock).await;
     let key = subject("key:k1", rpm(10));
@@ -138,7 +153,7 @@ async fn a_refusal_on_the_tenant_counts_nothing_on_the_key() {
         .await
         .unwrap_err();
     assert!(refused.message.contains("acme"), "{}", refused.message);
-    let usage = l.usage_at(&[key.clone(), tenant.clone()], NOW).await;
+    let usage = l.usage_at(&[key.clone(), tenant.clone()], now()).await;
     assert_eq!((usage[0].requests, usage[1].requests), (1, 1));
     assert_eq!((usage[0].in_flight, usage[1].in_flight), (1, 1));
     assert_eq!(tenant.refused_rate.load(Ordering::Relaxed), 1);
@@ -147,7 +162,7 @@ async fn a_refusal_on_the_tenant_counts_nothing_on_the_key() {
 
 #[tokio::test]
 async fn tokens_per_minute_count_what_runs_used_on_every_instance() {
-    let clock = Arc::new(ManualClock::at(NOW));
+    let clock = Arc::new(ManualClock::at(now()));
     let p = prefix("tpm");
     let a = limiter(settings(&redis_url(), &p), &clock).await;
     let b = limiter(settings(&redis_url(), &p), &clock).await;
@@ -171,13 +186,13 @@ async fn tokens_per_minute_count_what_runs_used_on_every_instance() {
     let refused = a.admit(vec![on_a.clone()]).await.unwrap_err();
     assert!(refused.message.contains("TPM"), "{}", refused.message);
     assert!(refused.message.contains("used 120"), "{}", refused.message);
-    clock.set(NOW + 61_000);
+    clock.set(now() + 61_000);
     assert!(a.admit(vec![on_a.clone()]).await.is_ok());
 }
 
 #[tokio::test]
 async fn budgets_stop_spend_across_instances_and_renew_at_the_period_boundary() {
-    let clock = Arc::new(ManualClock::at(NOW));
+    let clock = Arc::new(ManualClock::at(now()));
     let p = prefix("budget");
     let a = limiter(settings(&redis_url(), &p), &clock).await;
     let b = limiter(settings(&redis_url(), &p), &clock).await;
@@ -217,7 +232,7 @@ async fn budgets_stop_spend_across_instances_and_renew_at_the_period_boundary() 
     assert_eq!(on_b.refused_quota.load(Ordering::Relaxed), 1);
     // Each instance keeps the shared spend it saw (persisted, and its fallback's start).
     // `a` charged last: it saw both budgets at 0.012; `b` saw the day's in its refusal.
-    let day = period_start(Period::Day, NOW);
+    let day = period_start(Period::Day, now());
     let seen = |s: &Subject, period: Period| {
         s.spends()
             .into_iter()
@@ -253,8 +268,8 @@ async fn budgets_stop_spend_across_instances_and_renew_at_the_period_boundary() 
 
 #[tokio::test]
 async fn a_week_budget_renews_on_monday_utc() {
-    // Sunday 2026-12-06 23:59:59.999 UTC, then Monday 00:00.
-    let monday = period_end(Period::Week, period_start(Period::Week, NOW));
+    // The last millisecond of this week's Sunday, UTC, then Monday 00:00.
+    let monday = period_end(Period::Week, period_start(Period::Week, now()));
     let clock = Arc::new(ManualClock::at(monday - 1));
     let l = limiter(settings(&redis_url(), &prefix("week")), &clock).await;
     let s = subject(
@@ -278,7 +293,7 @@ async fn a_week_budget_renews_on_monday_utc() {
 
 #[tokio::test]
 async fn requests_at_once_hold_across_instances_and_a_dead_instances_places_expire() {
-    let clock = Arc::new(ManualClock::at(NOW));
+    let clock = Arc::new(ManualClock::at(now()));
     let p = prefix("parallel");
     let mut short = settings(&redis_url(), &p);
     short.lease = Duration::from_secs(3);
@@ -310,19 +325,19 @@ async fn requests_at_once_hold_across_instances_and_a_dead_instances_places_expi
     lock(&a.shared.leases).clear();
     drop(a);
     // ...and lapse at their deadline (3 s), not before.
-    clock.set(NOW + 2_999);
+    clock.set(now() + 2_999);
     assert!(b.admit(vec![on_b.clone()]).await.is_err());
-    clock.set(NOW + 3_001);
+    clock.set(now() + 3_001);
     let fourth = b.admit(vec![on_b.clone()]).await.unwrap();
 
     // A live instance renews its places: past the first deadline they still count.
-    clock.set(NOW + 5_000);
+    clock.set(now() + 5_000);
     b.tick().await;
-    clock.set(NOW + 3_001 + 4_000);
+    clock.set(now() + 3_001 + 4_000);
     let _fifth = b.admit(vec![on_b.clone()]).await.unwrap();
     assert!(b.admit(vec![on_b.clone()]).await.is_err(), "renewed");
     assert_eq!(
-        b.usage_at(std::slice::from_ref(&on_b), NOW + 7_001).await[0].in_flight,
+        b.usage_at(std::slice::from_ref(&on_b), now() + 7_001).await[0].in_flight,
         2
     );
     drop(fourth);
@@ -330,7 +345,7 @@ async fn requests_at_once_hold_across_instances_and_a_dead_instances_places_expi
 
 #[tokio::test]
 async fn a_flushed_script_cache_is_loaded_again() {
-    let clock = Arc::new(ManualClock::at(NOW));
+    let clock = Arc::new(ManualClock::at(now()));
     let l = limiter(settings(&redis_url(), &prefix("noscript")), &clock).await;
     let s = subject("key:k", rpm(2));
     assert!(l.admit(vec![s.clone()]).await.is_ok());
@@ -346,7 +361,7 @@ async fn a_flushed_script_cache_is_loaded_again() {
 
 #[tokio::test]
 async fn spend_the_store_kept_is_restored_when_redis_lost_it() {
-    let clock = Arc::new(ManualClock::at(NOW));
+    let clock = Arc::new(ManualClock::at(now()));
     let p = prefix("restore");
     let l = limiter(settings(&redis_url(), &p), &clock).await;
     let limits = Limits {
@@ -358,7 +373,7 @@ async fn spend_the_store_kept_is_restored_when_redis_lost_it() {
         ..Limits::default()
     };
     let s = subject("key:k", limits);
-    let day = period_start(Period::Day, NOW);
+    let day = period_start(Period::Day, now());
     s.restore(vec![crate::keys::Spend {
         period: Period::Day,
         start_ms: day,
@@ -367,14 +382,14 @@ async fn spend_the_store_kept_is_restored_when_redis_lost_it() {
     }]);
     l.restore(std::slice::from_ref(&s)).await;
     assert_eq!(
-        l.usage_at(std::slice::from_ref(&s), NOW).await[0].spends[0].1,
+        l.usage_at(std::slice::from_ref(&s), now()).await[0].spends[0].1,
         0.75
     );
     // Redis holding more keeps it (another instance charged since).
     l.admit(vec![s.clone()]).await.unwrap().charge(0.5, 0);
     l.drain(Duration::from_secs(5)).await;
     l.restore(std::slice::from_ref(&s)).await;
-    let spent = l.usage_at(std::slice::from_ref(&s), NOW).await[0].spends[0].1;
+    let spent = l.usage_at(std::slice::from_ref(&s), now()).await[0].spends[0].1;
     assert!((spent - 1.25).abs() < 1e-9, "{spent}");
     assert!(l.admit(vec![s.clone()]).await.is_err());
 }
@@ -438,7 +453,7 @@ impl Relay {
 
 #[tokio::test]
 async fn without_redis_admissions_count_locally_and_their_charges_reach_redis_later() {
-    let clock = Arc::new(ManualClock::at(NOW));
+    let clock = Arc::new(ManualClock::at(now()));
     let p = prefix("outage");
     let relay = Relay::start(None).await;
     let mut through = settings(&relay.url(), &p);
@@ -503,14 +518,14 @@ async fn without_redis_admissions_count_locally_and_their_charges_reach_redis_la
     }
     assert_eq!(l.pending_charges(), 0);
     assert_eq!(l.shared.metrics.up.get(), 1);
-    let spent = direct.usage_at(std::slice::from_ref(&s), NOW).await[0].spends[0].1;
+    let spent = direct.usage_at(std::slice::from_ref(&s), now()).await[0].spends[0].1;
     assert!((spent - 3.5).abs() < 1e-9, "{spent}");
     assert!(l.admit(vec![s.clone()]).await.is_ok());
 }
 
 #[tokio::test]
 async fn without_redis_a_refusing_limiter_answers_503_at_once() {
-    let clock = Arc::new(ManualClock::at(NOW));
+    let clock = Arc::new(ManualClock::at(now()));
     let relay = Relay::start(None).await;
     let mut through = settings(&relay.url(), &prefix("refuse"));
     through.timeout = Duration::from_millis(300);
@@ -535,7 +550,7 @@ async fn a_redis_that_does_not_answer_fails_at_start() {
     };
     let mut s = settings(&format!("redis://{addr}"), "x:");
     s.timeout = Duration::from_millis(300);
-    let clock = Arc::new(ManualClock::at(NOW));
+    let clock = Arc::new(ManualClock::at(now()));
     let err = match RedisLimiter::connect(s, clock).await {
         Ok(_) => panic!("connected to nothing"),
         Err(e) => e,
@@ -547,7 +562,7 @@ async fn a_redis_that_does_not_answer_fails_at_start() {
 
 #[tokio::test]
 async fn many_subjects_are_read_in_batches_in_their_order() {
-    let clock = Arc::new(ManualClock::at(NOW));
+    let clock = Arc::new(ManualClock::at(now()));
     let l = limiter(settings(&redis_url(), &prefix("batches")), &clock).await;
     let subjects: Vec<Arc<Subject>> = (0..(2 * USAGE_BATCH + 50))
         .map(|i| subject(&format!("key:k{i}"), rpm(100)))
@@ -558,7 +573,7 @@ async fn many_subjects_are_read_in_batches_in_their_order() {
             l.admit(vec![subjects[*i].clone()]).await.unwrap();
         }
     }
-    let usage = l.usage_at(&subjects, NOW).await;
+    let usage = l.usage_at(&subjects, now()).await;
     assert_eq!(usage.len(), subjects.len());
     for (i, u) in usage.iter().enumerate() {
         let expected = picked
