@@ -276,13 +276,9 @@ pub async fn body(
     live: LiveStream,
     valid_json_chunks: bool,
 ) -> impl Stream<Item = Result<Bytes, Error>> {
-    if valid_json_chunks {
-        let state = State::new(run, live, true);
-        return pieces_body(Framed(state)).await.left_stream();
-    }
-    let state = State::new(run, live, false);
+    let state = State::new(run, live, valid_json_chunks);
     let prefix = state.wire_prefix();
-    pieces_body(Wire { state, prefix }).await.right_stream()
+    pieces_body(Chat { state, prefix }).await
 }
 
 fn frame_bytes(frame: Frame) -> Bytes {
@@ -347,68 +343,43 @@ pub(super) async fn next_for_piece(
     rest.next().now_or_never()
 }
 
-/// The chat endpoint's body, written straight as bytes (without `valid_json_chunks`).
-struct Wire {
+/// The chat endpoint's body.
+struct Chat {
     state: State,
     /// [`State::wire_prefix`].
     prefix: Vec<u8>,
 }
 
-impl Pieces for Wire {
-    async fn piece(&mut self, wait: bool) -> Option<Bytes> {
-        let Wire { state: s, prefix } = self;
-        if s.done {
-            return None;
-        }
-        let mut out = Vec::with_capacity(512);
-        let mut events = 0;
-        while let Some(item) =
-            next_for_piece(&mut s.first, &mut s.rest, wait && out.is_empty(), wait).await
-        {
-            match item {
-                Some(Ok(ev)) => {
-                    if let Some(run) = s.run.as_mut() {
-                        run.push_event(&ev);
-                    }
-                    if s.write_wire(&ev, prefix, &mut out) {
-                        events += 1;
-                    }
-                }
-                Some(Err(error)) => {
-                    s.done = true;
-                    let error = match s.run.take() {
-                        Some(run) => run.fail(error),
-                        None => error,
-                    };
-                    out.extend_from_slice(&event(&error.body()));
-                    break;
-                }
-                None => {
-                    s.done = true;
-                    if let Some(run) = s.run.take() {
-                        let last = s.last_chunk(&run);
-                        run.finish_stream();
-                        out.extend_from_slice(&event(&last));
-                        out.extend_from_slice(DONE);
-                    }
-                    break;
-                }
+impl State {
+    /// Appends what one item of the stream becomes to `out`: events straight as bytes, or
+    /// built as JSON values first with `valid_json_chunks`; the end and a failure as
+    /// [`frame`](Self::frame) writes them. Whether it wrote anything.
+    fn write_item(
+        &mut self,
+        item: Option<Result<StreamEvent, GatewayError>>,
+        prefix: &[u8],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if let (Some(Ok(ev)), None) = (&item, &self.valid_json) {
+            if let Some(run) = self.run.as_mut() {
+                run.push_event(ev);
             }
-            if events >= MAX_EVENTS_PER_PIECE || out.len() >= MAX_BYTES_PER_PIECE {
-                break;
-            }
+            return self.write_wire(ev, prefix, out);
         }
-        (!out.is_empty()).then(|| Bytes::from(out))
+        match self.frame(item) {
+            Some(frame) => {
+                out.extend_from_slice(&frame_bytes(frame));
+                true
+            }
+            None => false,
+        }
     }
 }
 
-/// The chat endpoint's body with `valid_json_chunks`, each chunk built as a JSON value.
-struct Framed(State);
-
-impl Pieces for Framed {
+impl Pieces for Chat {
     async fn piece(&mut self, wait: bool) -> Option<Bytes> {
-        let Framed(s) = self;
-        let mut out = Vec::new();
+        let Chat { state: s, prefix } = self;
+        let mut out = Vec::with_capacity(512);
         let mut events = 0;
         while !s.done {
             let Some(item) =
@@ -416,10 +387,7 @@ impl Pieces for Framed {
             else {
                 break;
             };
-            if let Some(frame) = s.frame(item) {
-                out.extend_from_slice(&frame_bytes(frame));
-                events += 1;
-            }
+            events += usize::from(s.write_item(item, prefix, &mut out));
             if events >= MAX_EVENTS_PER_PIECE || out.len() >= MAX_BYTES_PER_PIECE {
                 break;
             }
@@ -475,6 +443,32 @@ mod tests {
     use super::*;
     use flowgate_actors::completion::FinishReason;
 
+    fn content(text: &str) -> StreamEvent {
+        StreamEvent::Content {
+            index: 0,
+            text: text.into(),
+        }
+    }
+
+    fn stop() -> StreamEvent {
+        StreamEvent::Finish {
+            index: 0,
+            reason: FinishReason::Stop,
+        }
+    }
+
+    /// The chat body of `s` over `first`, then `rest` handed over as hyper does, and the text
+    /// of its next piece.
+    async fn next_piece(mut s: State, first: &str, rest: Vec<StreamEvent>) -> (Chat, String) {
+        s.first = Some(content(first));
+        s.rest = handed_over(rest);
+        let prefix = s.wire_prefix();
+        let mut chat = Chat { state: s, prefix };
+        let piece = chat.piece(true).await.expect("a piece");
+        let text = String::from_utf8(piece.to_vec()).unwrap();
+        (chat, text)
+    }
+
     fn state() -> State {
         State {
             run: None,
@@ -493,24 +487,12 @@ mod tests {
     /// that hands them over (as hyper's body does): one write instead of one per event.
     #[tokio::test]
     async fn delivered_events_go_out_in_one_piece() {
-        let content = |text: &str| StreamEvent::Content {
-            index: 0,
-            text: text.into(),
-        };
-        let mut s = state();
-        s.first = Some(content("Hel"));
-        s.rest = handed_over(vec![
-            content("lo"),
-            content(" world"),
-            StreamEvent::Finish {
-                index: 0,
-                reason: FinishReason::Stop,
-            },
-        ]);
-        let prefix = s.wire_prefix();
-        let mut wire = Wire { state: s, prefix };
-        let piece = wire.piece(true).await.expect("a piece");
-        let text = std::str::from_utf8(&piece).unwrap();
+        let (mut wire, text) = next_piece(
+            state(),
+            "Hel",
+            vec![content("lo"), content(" world"), stop()],
+        )
+        .await;
         let events: Vec<&str> = text.split_terminator("\n\n").collect();
         assert_eq!(events.len(), 4, "{text}");
         assert!(events[1].contains(r#""content":"lo""#), "{text}");
@@ -523,23 +505,10 @@ mod tests {
     /// whole valid JSON so far.
     #[tokio::test]
     async fn valid_json_chunks_go_out_in_one_piece() {
-        let content = |text: &str| StreamEvent::Content {
-            index: 0,
-            text: text.into(),
-        };
         let mut s = state();
         s.valid_json = Some(Vec::new());
-        s.first = Some(content("{\"city\": \"Pa"));
-        s.rest = handed_over(vec![
-            content("ris\"}"),
-            StreamEvent::Finish {
-                index: 0,
-                reason: FinishReason::Stop,
-            },
-        ]);
-        let mut framed = Framed(s);
-        let piece = framed.piece(true).await.expect("a piece");
-        let text = std::str::from_utf8(&piece).unwrap();
+        let (mut framed, text) =
+            next_piece(s, "{\"city\": \"Pa", vec![content("ris\"}"), stop()]).await;
         let events: Vec<&str> = text.split_terminator("\n\n").collect();
         assert_eq!(events.len(), 3, "{text}");
         assert!(
@@ -551,7 +520,7 @@ mod tests {
             "{text}"
         );
         assert!(events[2].contains(r#""finish_reason":"stop""#), "{text}");
-        assert!(framed.0.done);
+        assert!(framed.state.done);
         assert!(framed.piece(true).await.is_none());
     }
 
@@ -559,17 +528,14 @@ mod tests {
     #[tokio::test]
     async fn a_failure_closes_the_piece_with_its_error() {
         let mut s = state();
-        s.first = Some(StreamEvent::Content {
-            index: 0,
-            text: "Hel".into(),
-        });
+        s.first = Some(content("Hel"));
         s.rest = futures::stream::iter([Err(GatewayError::new(
             flowgate_actors::error::ErrorKind::UpstreamConnection,
             "cut",
         ))])
         .boxed();
         let prefix = s.wire_prefix();
-        let mut wire = Wire { state: s, prefix };
+        let mut wire = Chat { state: s, prefix };
         let piece = wire.piece(true).await.expect("a piece");
         let text = std::str::from_utf8(&piece).unwrap();
         let events: Vec<&str> = text.split_terminator("\n\n").collect();
