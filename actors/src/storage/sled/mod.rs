@@ -6,6 +6,7 @@ mod cache;
 mod evals;
 mod feedback;
 mod keys;
+mod packs;
 mod retention;
 mod run_files;
 mod runs;
@@ -338,6 +339,7 @@ mod tests {
             ("feedback.rs", include_str!("feedback.rs")),
             ("keys.rs", include_str!("keys.rs")),
             ("mod.rs", include_str!("mod.rs")),
+            ("packs.rs", include_str!("packs.rs")),
             ("run_files.rs", include_str!("run_files.rs")),
             ("runs.rs", include_str!("runs.rs")),
             ("search.rs", include_str!("search.rs")),

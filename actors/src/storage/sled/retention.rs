@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::agents::SledDeploymentStore;
+use super::packs::Packs;
 use super::run_files::{record_len, RunRecords};
 use super::search::SearchIndex;
 use super::stats::SledStatsStore;
@@ -155,7 +156,7 @@ impl Ledger {
 #[derive(Clone)]
 pub(super) struct Pruner {
     pub(super) runs: RunRecords,
-    pub(super) by_agent: ::sled::Tree,
+    pub(super) by_agent: Packs,
     pub(super) feedback: ::sled::Tree,
     pub(super) shares: ::sled::Tree,
     pub(super) shares_by_run: ::sled::Tree,
@@ -171,7 +172,7 @@ impl Pruner {
     pub(super) fn open(
         db: &::sled::Db,
         runs: &RunRecords,
-        by_agent: &::sled::Tree,
+        by_agent: &Packs,
         stats: SledStatsStore,
         index: SearchIndex,
         versions: SledVersionStore,
@@ -273,9 +274,8 @@ impl Pruner {
             (None, Some(figures)) => RunView::from(figures),
             (None, None) => return Ok(()),
         };
-        let mut key = agent_prefix(view.tenant, view.agent);
-        key.extend_from_slice(id.as_bytes());
-        self.by_agent.remove(key).map_err(backend)?;
+        self.by_agent
+            .remove(&agent_prefix(view.tenant, view.agent), id.as_bytes())?;
         let mut share = view.tenant.as_bytes().to_vec();
         share.push(0);
         share.extend_from_slice(id.as_bytes());

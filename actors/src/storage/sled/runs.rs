@@ -1,7 +1,7 @@
 //! Runs on sled: each run's JSON in a segment file, with a pointer to it under its id in `runs`
-//! (`run_files.rs`), and an index `runs_by_agent` keyed `tenant \0 agent \0 run id`. Run ids
-//! are UUIDv7, so byte order is time order and an agent's runs list newest first by a reverse
-//! range scan of the index. Earlier releases wrote the JSON itself under the id: their data
+//! (`run_files.rs`), and the agents' lists in `runs_by_agent`, `tenant \0 agent \0` then the
+//! run id, written a batch at a time (`packs.rs`). Run ids are UUIDv7, so byte order is time
+//! order and an agent's runs list newest first. Earlier releases wrote the JSON itself under the id: their data
 //! directories read back as they are.
 
 use futures::future::{BoxFuture, FutureExt};
@@ -10,6 +10,7 @@ use uuid::Uuid;
 use std::collections::HashMap;
 
 use super::agents::SledDeploymentStore;
+use super::packs::Packs;
 use super::retention::Pruner;
 use super::run_files::{record_len, Appending, RunRecords};
 use super::search::{facets, values_by_field, SearchIndex};
@@ -28,7 +29,7 @@ pub struct SledRunStore {
     /// The whole database, for its size on disk.
     db: ::sled::Db,
     runs: RunRecords,
-    by_agent: ::sled::Tree,
+    by_agent: Packs,
     /// The search indexes (`search.rs`).
     pub(super) index: SearchIndex,
     /// Retention and the ledger of what the runs weigh (`retention.rs`).
@@ -53,7 +54,7 @@ impl SledRunStore {
         versions: SledVersionStore,
         deployments: SledDeploymentStore,
     ) -> Result<SledRunStore, StorageError> {
-        let by_agent = db.open_tree("runs_by_agent").map_err(backend)?;
+        let by_agent = Packs::new(db.open_tree("runs_by_agent").map_err(backend)?);
         let index = SearchIndex::open(db, &runs)?;
         let store = SledRunStore {
             pruner: Pruner::open(
@@ -94,6 +95,7 @@ impl SledRunStore {
         let pointers = self.runs.files.append(&records)?;
         // For the ledger: a run written again replaces its record.
         let (mut added, mut bytes) = (0i64, 0i64);
+        let mut listed = Vec::with_capacity(runs.len());
         for (run, (id, pointer)) in runs.iter().zip(&pointers) {
             let old = self
                 .runs
@@ -105,16 +107,17 @@ impl SledRunStore {
                 Some(old) => bytes -= record_len(&old) as i64,
                 None => added += 1,
             }
-            // The agent list's entry carries the run's facets, for searches; written after
-            // the record, so that an index entry never points at nothing.
-            let facets = facets(run);
-            let mut key = agent_prefix(&run.tenant, &run.agent);
-            key.extend_from_slice(run.id.as_bytes());
-            self.by_agent
-                .insert(key, facets.as_slice())
-                .map_err(backend)?;
+            // The agent list's entry carries the run's facets, for searches.
+            listed.push((agent_prefix(&run.tenant, &run.agent), **id, facets(run)));
             self.index.add(run)?;
         }
+        // After the records' pointers, so that a list entry never points at nothing; one
+        // insert per agent in the batch (`packs.rs`).
+        self.by_agent.insert_batch(
+            listed
+                .iter()
+                .map(|(prefix, id, facets)| (prefix.clone(), *id, facets.as_slice())),
+        )?;
         self.pruner.ledger.add(added, bytes)
     }
 
@@ -134,23 +137,16 @@ impl SledRunStore {
         limit: usize,
     ) -> Result<RunPage, StorageError> {
         let prefix = agent_prefix(tenant, agent);
-        let mut end = prefix.clone();
-        match cursor {
-            Some(cursor) => end.extend_from_slice(cursor.as_bytes()),
-            None => end.extend_from_slice(&[0xff; 17]),
-        }
+        let below = cursor.map_or([0xff; 16], |cursor| *cursor.as_bytes());
         let mut items = Vec::with_capacity(limit);
         let mut more = false;
-        for entry in self.by_agent.range(prefix.clone()..end).rev() {
-            let (key, _) = entry.map_err(backend)?;
+        for entry in self.by_agent.below(&prefix, &below) {
+            let (id, _) = entry?;
             if items.len() == limit {
                 more = true;
                 break;
             }
-            let Ok(id) = Uuid::from_slice(&key[prefix.len()..]) else {
-                continue;
-            };
-            if let Some(run) = self.get_now(tenant, id)? {
+            if let Some(run) = self.get_now(tenant, Uuid::from_bytes(id))? {
                 items.push(RunSummary::from(&run));
             }
         }
@@ -250,5 +246,51 @@ impl RunStore for SledRunStore {
 
     fn footprint(&self) -> BoxFuture<'_, Result<Footprint, StorageError>> {
         futures::future::ready(self.pruner.ledger.footprint()).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::conformance::{now_ms, run_at};
+
+    /// A batch's runs go into their agents' lists with one sled insert per agent, and list
+    /// newest first, page by page.
+    #[actix_rt::test]
+    async fn a_batch_lists_its_runs_with_one_insert_per_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = super::super::open_waiting(dir.path());
+        let store = storage.runs.clone();
+        // Within one bucket of ids (16 ms), as a batch at saturation is.
+        let base = now_ms() / 16 * 16;
+        let runs: Vec<Box<RunRecord>> = (0..40u64)
+            .map(|i| {
+                Box::new(run_at(
+                    "t",
+                    if i % 2 == 0 { "a" } else { "b" },
+                    base + i % 16,
+                    "x",
+                ))
+            })
+            .collect();
+        store.insert_batch(&runs).await.unwrap();
+        assert_eq!(store.by_agent.stored_entries(), 2);
+        let mut expected: Vec<Uuid> = runs
+            .iter()
+            .filter(|r| r.agent == "a")
+            .map(|r| r.id)
+            .collect();
+        expected.sort_unstable_by(|a, b| b.cmp(a));
+        let first = store.list_agent("t", "a", None, 15).await.unwrap();
+        let cursor = first.next_cursor.as_deref().map(|c| c.parse().unwrap());
+        let second = store.list_agent("t", "a", cursor, 15).await.unwrap();
+        assert!(second.next_cursor.is_none());
+        let listed: Vec<Uuid> = first
+            .items
+            .iter()
+            .chain(&second.items)
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(listed, expected);
     }
 }

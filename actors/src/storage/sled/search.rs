@@ -5,8 +5,9 @@
 //! index lists, then two, took 15% of flowgate's CPU).
 //!
 //! * Facets: status, cache, source, a hash of the model and of the version, and the provider,
-//!   packed in ~30 bytes ([`facets`]), are the value of the run's entry in `runs_by_agent`
-//!   (`tenant \0 agent \0 run id`), so a filter on them is checked without reading the run.
+//!   packed in ~30 bytes ([`facets`]), are the value of the run's entry in its agent's list
+//!   in `runs_by_agent` (`tenant \0 agent \0`, then the run id: `packs.rs`), so a filter on
+//!   them is checked without reading the run.
 //! * `runs_values` (`tenant \0 agent \0 field-code value`) and `runs_agents` (`tenant \0
 //!   agent`): which values and agents exist, written once each (for a search UI, and so that
 //!   a search over all of a tenant's agents knows which lists to merge). Not the versions:
@@ -34,6 +35,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
+use super::packs::{Below, Packs};
 use super::run_files::RunRecords;
 use super::text_blocks::{IdRange, TextBlocks};
 use super::versions::SledVersionStore;
@@ -245,27 +247,40 @@ impl SearchIndex {
     pub(super) fn build_once(
         &self,
         runs: &RunRecords,
-        by_agent: &::sled::Tree,
+        by_agent: &Packs,
     ) -> Result<(), StorageError> {
         self.forget_versions_once()?;
         if self.values.contains_key(BUILT_MARK).map_err(backend)? {
             return Ok(());
         }
         let mut n = 0u64;
+        let mut listed: Vec<(Vec<u8>, [u8; 16], Vec<u8>)> = Vec::new();
+        // A thousand runs an insert per agent (`packs.rs`).
+        let list = |listed: &mut Vec<(Vec<u8>, [u8; 16], Vec<u8>)>| {
+            let written = by_agent.insert_batch(
+                listed
+                    .iter()
+                    .map(|(prefix, id, facets)| (prefix.clone(), *id, facets.as_slice())),
+            );
+            listed.clear();
+            written
+        };
         for entry in runs.iter() {
             let (_, bytes) = entry?;
             match serde_json::from_slice::<RunRecord>(&bytes) {
                 Ok(run) => {
-                    let facets = facets(&run);
-                    let mut key = agent_prefix(&run.tenant, &run.agent);
-                    key.extend_from_slice(run.id.as_bytes());
-                    by_agent.insert(key, facets.as_slice()).map_err(backend)?;
+                    let prefix = agent_prefix(&run.tenant, &run.agent);
+                    listed.push((prefix, *run.id.as_bytes(), facets(&run)));
+                    if listed.len() == 1024 {
+                        list(&mut listed)?;
+                    }
                     self.add(&run)?;
                     n += 1;
                 }
                 Err(e) => tracing::warn!(error = %e, "a stored run cannot be read: not indexed"),
             }
         }
+        list(&mut listed)?;
         if n > 0 {
             tracing::info!(runs = n, "indexed the runs stored by an earlier release");
         }
@@ -357,7 +372,7 @@ impl SearchIndex {
     }
 
     /// The runs of `agents`, newest first, with their facets: their lists merged.
-    fn candidates(&self, by_agent: &::sled::Tree, tenant: &str, agents: &[String]) -> Source {
+    fn candidates(&self, by_agent: &Packs, tenant: &str, agents: &[String]) -> Source {
         Source::Any(
             agents
                 .iter()
@@ -370,7 +385,7 @@ impl SearchIndex {
     pub(super) fn search(
         &self,
         runs: &RunRecords,
-        by_agent: &::sled::Tree,
+        by_agent: &Packs,
         scope: &SearchScope,
         query: &RunQuery,
     ) -> Result<SearchPage, StorageError> {
@@ -701,10 +716,10 @@ enum Source {
 }
 
 struct List {
-    tree: ::sled::Tree,
+    packs: Packs,
     prefix: Vec<u8>,
-    /// A reverse iterator that stands just after `last`.
-    iter: Option<::sled::Iter>,
+    /// A newest-first iterator that stands just after `last`.
+    iter: Option<Below>,
     /// The newest entry of the list strictly below `bound` (`None`: there is none).
     last: Option<Candidate>,
     bound: [u8; 16],
@@ -714,9 +729,9 @@ struct List {
 const WALK: usize = 8;
 
 impl Source {
-    fn list(tree: &::sled::Tree, prefix: Vec<u8>) -> Source {
+    fn list(packs: &Packs, prefix: Vec<u8>) -> Source {
         Source::List(Box::new(List {
-            tree: tree.clone(),
+            packs: packs.clone(),
             prefix,
             iter: None,
             last: None,
@@ -744,14 +759,6 @@ impl Source {
 }
 
 impl List {
-    fn entry(
-        &self,
-        entry: ::sled::Result<(::sled::IVec, ::sled::IVec)>,
-    ) -> Result<Candidate, StorageError> {
-        let (key, value) = entry.map_err(backend)?;
-        Ok((id_of(&key, self.prefix.len()), value))
-    }
-
     fn next_below(&mut self, below: &[u8; 16]) -> Result<Option<Candidate>, StorageError> {
         if self.iter.is_some() && *below <= self.bound {
             match &self.last {
@@ -762,9 +769,9 @@ impl List {
                 // Older entries are wanted: walk on a few steps.
                 Some(_) => {
                     for _ in 0..WALK {
-                        let next = match self.iter.as_mut().and_then(|i| i.next_back()) {
+                        let next = match self.iter.as_mut().and_then(Iterator::next) {
                             None => None,
-                            Some(entry) => Some(self.entry(entry)?),
+                            Some(entry) => Some(entry?),
                         };
                         self.last = next.clone();
                         self.bound = *below;
@@ -778,12 +785,10 @@ impl List {
             }
         }
         // Open a range that ends at `below`.
-        let mut end = self.prefix.clone();
-        end.extend_from_slice(below);
-        let mut iter = self.tree.range(self.prefix.clone()..end);
-        let next = match iter.next_back() {
+        let mut iter = self.packs.below(&self.prefix, below);
+        let next = match iter.next() {
             None => None,
-            Some(entry) => Some(self.entry(entry)?),
+            Some(entry) => Some(entry?),
         };
         self.iter = Some(iter);
         self.bound = *below;

@@ -624,7 +624,13 @@ mod tests {
         }
         {
             // What an earlier release left: the same, without the roll-up.
-            let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+            // Once the store's threads have let go of it.
+            let db = super::super::wait_for_lock(|| {
+                ::sled::Config::new()
+                    .path(dir.path())
+                    .open()
+                    .map_err(super::super::backend)
+            });
             assert!(db.drop_tree("stats_days").unwrap());
             db.flush().unwrap();
         }
