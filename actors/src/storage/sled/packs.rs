@@ -1,15 +1,17 @@
 //! Lists of runs written a batch at a time: entries `prefix ++ run id → value` (an agent's runs
 //! in `runs_by_agent`, with their facets) are stored as one sled entry, a *pack*, per written
-//! batch, list and time bucket of the ids, rather than one sled entry per run.
+//! batch, list and second of the ids' timestamps, rather than one sled entry per run.
 //!
 //! Why: a sled insert clones the leaf it lands in, and run ids grow with time, so every ninth
 //! insert also splits the right-most leaf of the list and clones its parent. One insert per run
 //! into `runs_by_agent` was a quarter of the recorder's CPU (`perf`, `bench/run.sh`, 2026-12-07);
 //! the recorder writes batches of about 60 runs at saturation, so a pack takes one insert where
-//! there were 60.
+//! there were 60. A run's id is made when its request starts and a batch is made of runs that
+//! ended together: with answers that take seconds, a batch's ids span a few buckets, and the
+//! batch takes that many inserts.
 //!
 //! Keys, after the list's prefix (the tenant and the agent, `\0`-terminated):
-//! - `id` (16 bytes): one run, as earlier releases wrote them and as an index rebuild still does;
+//! - `id` (16 bytes): one run, as earlier releases wrote them (they read on beside packs);
 //! - `bucket start (6 bytes, ms, BE) ++ sequence (8 bytes, BE) ++ 3 zero bytes` (17 bytes): a
 //!   pack of the runs whose ids' timestamps (a UUIDv7's first 48 bits, in ms) fall in the
 //!   bucket, with the value `(id (16) · value length (u16 LE) · value)*`.
@@ -17,7 +19,12 @@
 //! A bucket's singles and packs sort together (both start with the ids' timestamps), so a list
 //! reads newest first bucket by bucket: it gathers a bucket's entries, sorts them and hands them
 //! out. A run written twice (a retried batch) is in two packs: the one with the higher sequence
-//! (written later) is the one read, as a later insert replaced an earlier one before.
+//! (written later) is the one read, as a later insert replaced an earlier one before; within one
+//! pack, the later entry.
+//!
+//! Releases before packs do not read them: once this release has written to a data directory,
+//! an earlier one lists only the runs recorded before.
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,9 +32,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::backend;
 use crate::storage::StorageError;
 
-/// The span of ids' timestamps one pack covers, in ms. A page of a list decodes its newest
-/// bucket whole: at 15,000 runs a second of one agent that is ~240 entries.
-const BUCKET_MS: u64 = 16;
+/// The span of ids' timestamps one pack covers, in ms: wide enough that a batch of answers that
+/// took seconds spans a few buckets, narrow enough that a page of a list, which decodes its
+/// newest bucket whole, reads one second of the agent's runs (15,000 at saturation).
+const BUCKET_MS: u64 = 1000;
 /// A pack's key after the prefix; a single run's is 16 bytes.
 const PACK_KEY_LEN: usize = 6 + 8 + 3;
 /// In front of each value in a pack: the run id and the value's length.
@@ -41,7 +49,7 @@ pub(super) type Entry = ([u8; 16], ::sled::IVec);
 pub(super) struct Packs {
     tree: ::sled::Tree,
     /// The next pack's sequence: microseconds since the epoch when opened, so that a pack
-    /// written after a restart still reads as the later one.
+    /// written after a restart reads as the later one.
     seq: Arc<AtomicU64>,
 }
 
@@ -60,7 +68,26 @@ fn bucket_bytes(bucket: u64) -> [u8; 6] {
     out
 }
 
-/// The id, sequence and value of each entry a stored key and value hold (a single: sequence 0).
+/// The entries of a pack's value: each one's id, and where its value is (start, length).
+fn entries(pack: &[u8]) -> impl Iterator<Item = ([u8; 16], usize, usize)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let head = pack.get(at..at + ENTRY_HEAD)?;
+        let len = u16::from_le_bytes([head[16], head[17]]) as usize;
+        let start = at + ENTRY_HEAD;
+        if pack.len() < start + len {
+            tracing::warn!("a damaged pack of runs: its last entries are skipped");
+            return None;
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&head[..16]);
+        at = start + len;
+        Some((id, start, len))
+    })
+}
+
+/// The id, sequence and value of each entry a stored key and value hold (a single: sequence
+/// 0), a pack's in reverse: of two entries of one run in a pack, the later one comes first.
 fn decode(suffix: &[u8], value: ::sled::IVec, out: &mut Vec<([u8; 16], u64, ::sled::IVec)>) {
     if let Ok(id) = <[u8; 16]>::try_from(suffix) {
         out.push((id, 0, value));
@@ -70,18 +97,10 @@ fn decode(suffix: &[u8], value: ::sled::IVec, out: &mut Vec<([u8; 16], u64, ::sl
         return;
     }
     let seq = u64::from_be_bytes(suffix[6..14].try_into().unwrap_or_default());
-    let mut rest: &[u8] = &value;
-    while rest.len() >= ENTRY_HEAD {
-        let len = u16::from_le_bytes([rest[16], rest[17]]) as usize;
-        let Some(entry_value) = rest.get(ENTRY_HEAD..ENTRY_HEAD + len) else {
-            tracing::warn!("a damaged pack of runs: its last entries are skipped");
-            return;
-        };
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&rest[..16]);
-        out.push((id, seq, ::sled::IVec::from(entry_value)));
-        rest = &rest[ENTRY_HEAD + len..];
-    }
+    let first = out.len();
+    // Slices of the stored value: no copy.
+    out.extend(entries(&value).map(|(id, start, len)| (id, seq, value.subslice(start, len))));
+    out[first..].reverse();
 }
 
 impl Packs {
@@ -107,38 +126,39 @@ impl Packs {
         &self,
         entries: impl IntoIterator<Item = (Vec<u8>, [u8; 16], &'a [u8])>,
     ) -> Result<(), StorageError> {
-        let mut packs: Vec<(Vec<u8>, u64, Vec<u8>)> = Vec::new();
+        let mut packs: HashMap<(Vec<u8>, u64), Vec<u8>> = HashMap::new();
         for (prefix, id, value) in entries {
-            let bucket = bucket_of(&id);
-            let at = match packs
-                .iter()
-                .rposition(|(p, b, _)| *b == bucket && *p == prefix)
-            {
-                Some(at) => at,
-                None => {
-                    packs.push((prefix, bucket, Vec::new()));
-                    packs.len() - 1
-                }
-            };
             let value = &value[..value.len().min(u16::MAX as usize)];
-            let pack = &mut packs[at].2;
+            let pack = packs.entry((prefix, bucket_of(&id))).or_default();
             pack.extend_from_slice(&id);
             pack.extend_from_slice(&(value.len() as u16).to_le_bytes());
             pack.extend_from_slice(value);
         }
-        for (mut key, bucket, pack) in packs {
-            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            key.extend_from_slice(&bucket_bytes(bucket));
-            key.extend_from_slice(&seq.to_be_bytes());
-            key.extend_from_slice(&[0; 3]);
-            self.tree.insert(key, pack).map_err(backend)?;
+        for ((prefix, bucket), pack) in packs {
+            // A new key: should the clock have gone back since a restart, a sequence already
+            // used is passed over rather than written over.
+            loop {
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                let mut key = prefix.clone();
+                key.extend_from_slice(&bucket_bytes(bucket));
+                key.extend_from_slice(&seq.to_be_bytes());
+                key.extend_from_slice(&[0; 3]);
+                let written = self
+                    .tree
+                    .compare_and_swap(key, None::<&[u8]>, Some(pack.as_slice()))
+                    .map_err(backend)?;
+                if written.is_ok() {
+                    break;
+                }
+            }
         }
         Ok(())
     }
 
     /// The entries of the list `prefix` whose ids are strictly below `below`, newest first.
     pub(super) fn below(&self, prefix: &[u8], below: &[u8; 16]) -> Below {
-        // To the end of `below`'s bucket: its packs may sort after `below` and hold ids under it.
+        // To the end of `below`'s bucket: a pack's key sorts before the UUIDv7 ids of its
+        // bucket's first millisecond, not always before other ids (tests', say).
         let mut end = prefix.to_vec();
         match bucket_of(below).checked_add(BUCKET_MS) {
             Some(next) if next < 1 << 48 => end.extend_from_slice(&bucket_bytes(next)),
@@ -153,48 +173,69 @@ impl Packs {
         }
     }
 
-    /// Removes the entry `prefix ++ id`, wherever it is stored.
-    pub(super) fn remove(&self, prefix: &[u8], id: &[u8; 16]) -> Result<(), StorageError> {
-        let mut single = prefix.to_vec();
-        single.extend_from_slice(id);
-        self.tree.remove(single).map_err(backend)?;
-        let mut start = prefix.to_vec();
-        start.extend_from_slice(&bucket_bytes(bucket_of(id)));
-        let mut end = start.clone();
-        start.extend_from_slice(&[0; PACK_KEY_LEN - 6]);
-        end.extend_from_slice(&[0xff; PACK_KEY_LEN - 6]);
-        for entry in self.tree.range(start..=end) {
-            let (key, value) = entry.map_err(backend)?;
-            if key.len() != prefix.len() + PACK_KEY_LEN {
-                continue;
-            }
-            let mut kept = Vec::with_capacity(value.len());
-            let mut found = false;
-            let mut rest: &[u8] = &value;
-            while rest.len() >= ENTRY_HEAD {
-                let len = ENTRY_HEAD + u16::from_le_bytes([rest[16], rest[17]]) as usize;
-                let Some(entry) = rest.get(..len) else {
-                    break;
-                };
-                if entry[..16] == id[..] {
-                    found = true;
-                } else {
-                    kept.extend_from_slice(entry);
+    /// Removes the entries `prefix ++ id`, wherever they are stored: each pack they are in is
+    /// rewritten once (retention deletes runs by the thousand, oldest first).
+    pub(super) fn remove_many(&self, entries: &[(Vec<u8>, [u8; 16])]) -> Result<(), StorageError> {
+        let mut buckets: HashMap<(&[u8], u64), HashSet<[u8; 16]>> = HashMap::new();
+        for (prefix, id) in entries {
+            let mut single = prefix.clone();
+            single.extend_from_slice(id);
+            self.tree.remove(single).map_err(backend)?;
+            buckets
+                .entry((prefix.as_slice(), bucket_of(id)))
+                .or_default()
+                .insert(*id);
+        }
+        for ((prefix, bucket), ids) in buckets {
+            let mut start = prefix.to_vec();
+            start.extend_from_slice(&bucket_bytes(bucket));
+            let mut end = start.clone();
+            start.extend_from_slice(&[0; PACK_KEY_LEN - 6]);
+            end.extend_from_slice(&[0xff; PACK_KEY_LEN - 6]);
+            for entry in self.tree.range(start..=end) {
+                let (key, value) = entry.map_err(backend)?;
+                if key.len() == prefix.len() + PACK_KEY_LEN {
+                    self.remove_from(&key, value, &ids)?;
                 }
-                rest = &rest[len..];
-            }
-            if !found {
-                continue;
-            }
-            // Only retention takes entries out of packs, and the recorder never rewrites one:
-            // nothing else changes this key meanwhile.
-            if kept.is_empty() {
-                self.tree.remove(key).map_err(backend)?;
-            } else {
-                self.tree.insert(key, kept).map_err(backend)?;
             }
         }
         Ok(())
+    }
+
+    /// Rewrites one pack without `ids` (deletes it when nothing is left); if it changed since
+    /// it was read, again from what it holds now.
+    fn remove_from(
+        &self,
+        key: &[u8],
+        mut value: ::sled::IVec,
+        ids: &HashSet<[u8; 16]>,
+    ) -> Result<(), StorageError> {
+        loop {
+            let mut kept = Vec::with_capacity(value.len());
+            let mut found = false;
+            for (id, start, len) in entries(&value) {
+                if ids.contains(&id) {
+                    found = true;
+                } else {
+                    kept.extend_from_slice(&value[start - ENTRY_HEAD..start + len]);
+                }
+            }
+            if !found {
+                return Ok(());
+            }
+            let new = (!kept.is_empty()).then_some(kept);
+            match self
+                .tree
+                .compare_and_swap(key, Some(&value), new)
+                .map_err(backend)?
+            {
+                Ok(()) => return Ok(()),
+                Err(changed) => match changed.current {
+                    Some(current) => value = current,
+                    None => return Ok(()),
+                },
+            }
+        }
     }
 }
 
@@ -235,8 +276,9 @@ impl Below {
             decode(&key[self.prefix_len..], value, &mut items);
         }
         items.retain(|(id, ..)| *id < self.below);
-        // Oldest first; of a run stored twice, the later write first, then kept alone.
-        items.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        // Oldest first; of a run stored twice, the later write first (the sort is stable, and
+        // `decode` puts a pack's later entry first), then kept alone.
+        items.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         items.dedup_by(|later, earlier| later.0 == earlier.0);
         self.ready = items
             .into_iter()
@@ -267,12 +309,14 @@ impl Iterator for Below {
 mod tests {
     use super::*;
 
+    const BASE: u64 = 1_800_000_000_000; // a bucket's start
+
     fn packs() -> Packs {
         let db = ::sled::Config::new().temporary(true).open().unwrap();
         Packs::new(db.open_tree("lists").unwrap())
     }
 
-    /// An id at `ms` with `n` after it.
+    /// A UUIDv7-shaped id at `ms`, told apart by `n`.
     fn id(ms: u64, n: u8) -> [u8; 16] {
         let mut id = [0u8; 16];
         id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
@@ -281,20 +325,27 @@ mod tests {
         id
     }
 
-    fn read(packs: &Packs, prefix: &[u8], below: [u8; 16]) -> Vec<([u8; 16], Vec<u8>)> {
+    fn single(packs: &Packs, prefix: &[u8], id: [u8; 16], value: &[u8]) {
+        packs.tree.insert([prefix, &id].concat(), value).unwrap();
+    }
+
+    fn read(packs: &Packs, prefix: &[u8], below: [u8; 16]) -> Vec<(u8, Vec<u8>)> {
         packs
             .below(prefix, &below)
-            .map(|e| e.map(|(id, v)| (id, v.to_vec())).unwrap())
+            .map(|e| e.map(|(id, v)| (id[15], v.to_vec())).unwrap())
             .collect()
+    }
+
+    fn ns(entries: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        entries.iter().map(|(n, _)| *n).collect()
     }
 
     #[test]
     fn batches_read_back_newest_first_across_buckets_and_lists() {
         let packs = packs();
-        let base = 1_800_000_000_000u64;
         // Two batches whose ids interleave in time, over three buckets and two lists.
-        let first = [id(base, 1), id(base + 20, 3), id(base + 40, 5)];
-        let second = [id(base + 1, 2), id(base + 21, 4), id(base + 41, 6)];
+        let first = [id(BASE, 1), id(BASE + 1000, 3), id(BASE + 2000, 5)];
+        let second = [id(BASE + 1, 2), id(BASE + 1001, 4), id(BASE + 2001, 6)];
         for batch in [&first, &second] {
             packs
                 .insert_batch(batch.iter().flat_map(|id| {
@@ -305,96 +356,126 @@ mod tests {
                 }))
                 .unwrap();
         }
-        // One insert per list and bucket a batch touched (12 runs' entries in all).
+        // One insert per list and bucket a batch touched.
         assert_eq!(packs.tree.len(), 2 * 2 * 3);
         // A batch within one bucket: one insert per list, whatever its runs.
         packs
-            .insert_batch((0..10).map(|n| (b"t\0c\0".to_vec(), id(base + 64, n), &b"C"[..])))
+            .insert_batch((0..10).map(|n| (b"t\0c\0".to_vec(), id(BASE + n as u64, n), &b"C"[..])))
             .unwrap();
         assert_eq!(packs.tree.len(), 2 * 2 * 3 + 1);
         assert_eq!(read(&packs, b"t\0c\0", [0xff; 16]).len(), 10);
+
         let all = read(&packs, b"t\0a\0", [0xff; 16]);
-        let ids: Vec<u8> = all.iter().map(|(id, _)| id[15]).collect();
-        assert_eq!(ids, [6, 5, 4, 3, 2, 1]);
+        assert_eq!(ns(&all), [6, 5, 4, 3, 2, 1]);
         assert!(all.iter().all(|(_, v)| v == b"A"));
-        // Strictly below a bound, which may fall inside a bucket.
-        let ids: Vec<u8> = read(&packs, b"t\0a\0", id(base + 21, 4))
-            .iter()
-            .map(|(id, _)| id[15])
-            .collect();
-        assert_eq!(ids, [3, 2, 1]);
+        // Strictly below a bound inside a bucket, and at a bucket's start.
+        assert_eq!(ns(&read(&packs, b"t\0a\0", id(BASE + 1001, 4))), [3, 2, 1]);
+        assert_eq!(ns(&read(&packs, b"t\0a\0", id(BASE + 1000, 0))), [2, 1]);
         assert!(read(&packs, b"t\0d\0", [0xff; 16]).is_empty());
+    }
+
+    /// Ids that are not UUIDv7 (a pack's key may then sort after the bound): nothing under
+    /// the bound is missed.
+    #[test]
+    fn a_bound_that_sorts_before_its_buckets_packs_misses_nothing() {
+        let packs = packs();
+        let low = |n: u8| {
+            let mut id = [0u8; 16];
+            id[15] = n;
+            id
+        };
+        packs
+            .insert_batch((1..=4).map(|n| (b"t\0a\0".to_vec(), low(n), &b"v"[..])))
+            .unwrap();
+        assert_eq!(ns(&read(&packs, b"t\0a\0", low(3))), [2, 1]);
     }
 
     #[test]
     fn singles_of_earlier_releases_read_with_packs_and_a_rewrite_wins() {
         let packs = packs();
-        let base = 1_800_000_000_000u64;
+        single(&packs, b"t\0a\0", id(BASE, 1), b"old");
+        single(&packs, b"t\0a\0", id(BASE + 2, 3), b"single");
         packs
-            .tree
-            .insert([b"t\0a\0".as_slice(), &id(base, 1)].concat(), b"old")
-            .unwrap();
-        packs
-            .tree
-            .insert([b"t\0a\0".as_slice(), &id(base + 2, 3)].concat(), b"single")
-            .unwrap();
-        packs
-            .insert_batch([(b"t\0a\0".to_vec(), id(base + 1, 2), &b"new"[..])])
+            .insert_batch([(b"t\0a\0".to_vec(), id(BASE + 1, 2), &b"new"[..])])
             .unwrap();
         // Written again, later: the later value is the one read, once.
         packs
-            .insert_batch([(b"t\0a\0".to_vec(), id(base, 1), &b"again"[..])])
+            .insert_batch([(b"t\0a\0".to_vec(), id(BASE, 1), &b"again"[..])])
+            .unwrap();
+        // Twice in one batch: its later entry.
+        packs
+            .insert_batch([
+                (b"t\0a\0".to_vec(), id(BASE + 3, 4), &b"first"[..]),
+                (b"t\0a\0".to_vec(), id(BASE + 3, 4), &b"last"[..]),
+            ])
             .unwrap();
         let all = read(&packs, b"t\0a\0", [0xff; 16]);
-        let got: Vec<(u8, &[u8])> = all.iter().map(|(id, v)| (id[15], v.as_slice())).collect();
+        let got: Vec<(u8, &[u8])> = all.iter().map(|(n, v)| (*n, v.as_slice())).collect();
         assert_eq!(
             got,
-            [(3, &b"single"[..]), (2, &b"new"[..]), (1, &b"again"[..])]
+            [
+                (4, &b"last"[..]),
+                (3, &b"single"[..]),
+                (2, &b"new"[..]),
+                (1, &b"again"[..])
+            ]
         );
+        // The bound inside the bucket, among singles and packs.
+        assert_eq!(ns(&read(&packs, b"t\0a\0", id(BASE + 2, 3))), [2, 1]);
     }
 
     #[test]
-    fn remove_takes_an_entry_out_of_its_pack_or_its_single() {
+    fn a_used_sequence_is_passed_over_not_written_over() {
         let packs = packs();
-        let base = 1_800_000_000_000u64;
-        let ids = [id(base, 1), id(base + 1, 2), id(base + 2, 3)];
         packs
-            .insert_batch(ids.iter().map(|id| (b"t\0a\0".to_vec(), *id, &b"v"[..])))
+            .insert_batch([(b"t\0a\0".to_vec(), id(BASE, 1), &b"v"[..])])
             .unwrap();
+        // The clock went back: the next pack would take the same sequence.
+        packs.seq.fetch_sub(1, Ordering::Relaxed);
         packs
-            .tree
-            .insert([b"t\0a\0".as_slice(), &id(base + 3, 4)].concat(), b"s")
+            .insert_batch([(b"t\0a\0".to_vec(), id(BASE, 2), &b"v"[..])])
             .unwrap();
-        packs.remove(b"t\0a\0", &ids[1]).unwrap();
-        packs.remove(b"t\0a\0", &id(base + 3, 4)).unwrap();
-        let left: Vec<u8> = read(&packs, b"t\0a\0", [0xff; 16])
-            .iter()
-            .map(|(id, _)| id[15])
-            .collect();
-        assert_eq!(left, [3, 1]);
-        packs.remove(b"t\0a\0", &ids[0]).unwrap();
-        packs.remove(b"t\0a\0", &ids[2]).unwrap();
-        assert!(read(&packs, b"t\0a\0", [0xff; 16]).is_empty());
-        assert_eq!(packs.tree.len(), 0, "an emptied pack is deleted");
+        assert_eq!(ns(&read(&packs, b"t\0a\0", [0xff; 16])), [2, 1]);
+    }
+
+    #[test]
+    fn remove_takes_entries_out_of_their_packs_and_singles() {
+        let packs = packs();
+        let p = b"t\0a\0".to_vec();
+        let ids = [id(BASE, 1), id(BASE + 1, 2), id(BASE + 2, 3)];
+        packs
+            .insert_batch(ids.iter().map(|id| (p.clone(), *id, &b"v"[..])))
+            .unwrap();
+        // Run 1 written again, in a second pack.
+        packs
+            .insert_batch([(p.clone(), ids[0], &b"w"[..])])
+            .unwrap();
+        single(&packs, &p, id(BASE + 3, 4), b"s");
+        packs
+            .remove_many(&[(p.clone(), ids[1]), (p.clone(), id(BASE + 3, 4))])
+            .unwrap();
+        assert_eq!(ns(&read(&packs, &p, [0xff; 16])), [3, 1]);
+        packs
+            .remove_many(&[(p.clone(), ids[0]), (p.clone(), ids[2])])
+            .unwrap();
+        assert!(read(&packs, &p, [0xff; 16]).is_empty());
+        assert_eq!(packs.tree.len(), 0, "emptied packs are deleted");
     }
 
     #[test]
     fn a_damaged_pack_reads_what_it_can() {
         let packs = packs();
-        let base = 1_800_000_000_000u64;
         let mut key = b"t\0a\0".to_vec();
-        key.extend_from_slice(&bucket_bytes(bucket_of(&id(base, 0))));
+        key.extend_from_slice(&bucket_bytes(bucket_of(&id(BASE, 0))));
         key.extend_from_slice(&7u64.to_be_bytes());
         key.extend_from_slice(&[0; 3]);
-        let mut value = id(base, 1).to_vec();
+        let mut value = id(BASE, 1).to_vec();
         value.extend_from_slice(&1u16.to_le_bytes());
         value.push(b'x');
-        value.extend_from_slice(&id(base, 2));
+        value.extend_from_slice(&id(BASE, 2));
         value.extend_from_slice(&200u16.to_le_bytes());
         value.extend_from_slice(b"short");
         packs.tree.insert(key, value).unwrap();
-        let all = read(&packs, b"t\0a\0", [0xff; 16]);
-        assert_eq!(all.len(), 1);
-        assert_eq!(all[0].0[15], 1);
+        assert_eq!(read(&packs, b"t\0a\0", [0xff; 16]), [(1, b"x".to_vec())]);
     }
 }

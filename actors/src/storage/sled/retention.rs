@@ -201,6 +201,8 @@ impl Pruner {
         let mut last_runs = LastRuns::default();
         let (mut runs, mut bytes) = (0u64, 0u64);
         let tree = &self.runs.tree;
+        // The agents' list entries of the batch's runs, taken out together (`packs.rs`).
+        let mut listed = Vec::new();
         for entry in tree.range(..before.to_vec()).take(batch.max_runs) {
             let (key, value) = entry.map_err(backend)?;
             let Ok(id) = Uuid::from_slice(&key) else {
@@ -210,7 +212,9 @@ impl Pruner {
             };
             // A record that cannot be read still goes: retention never stalls on it.
             match self.runs.files.resolve(&key, value.clone()) {
-                Ok(Some(record)) => self.unlink(id, &record, &mut stats, &mut last_runs)?,
+                Ok(Some(record)) => {
+                    self.unlink(id, &record, &mut stats, &mut last_runs, &mut listed)?
+                }
                 Ok(None) => {
                     tracing::warn!(run = %id, "a stored run's record is gone: its pointer deleted alone");
                 }
@@ -223,6 +227,8 @@ impl Pruner {
                 bytes += record_len(&value);
             }
         }
+        // After the records' pointers: an entry whose run is gone is passed over by readers.
+        self.by_agent.remove_many(&listed)?;
         if runs == 0 {
             return Ok(Pruned::default());
         }
@@ -241,13 +247,14 @@ impl Pruner {
     }
 
     /// Removes what points at a run about to be deleted, and adds its figures to the sums to
-    /// take out of the stats.
+    /// take out of the stats; its agent list's entry joins `listed`, removed with the batch's.
     fn unlink(
         &self,
         id: Uuid,
         record: &[u8],
         stats: &mut HashMap<StatsKey, Aggregate>,
         last_runs: &mut LastRuns,
+        listed: &mut Vec<(Vec<u8>, [u8; 16])>,
     ) -> Result<(), StorageError> {
         // Feedback and any share are keyed by the run id: they go even when the record
         // cannot be read.
@@ -274,8 +281,7 @@ impl Pruner {
             (None, Some(figures)) => RunView::from(figures),
             (None, None) => return Ok(()),
         };
-        self.by_agent
-            .remove(&agent_prefix(view.tenant, view.agent), id.as_bytes())?;
+        listed.push((agent_prefix(view.tenant, view.agent), *id.as_bytes()));
         let mut share = view.tenant.as_bytes().to_vec();
         share.push(0);
         share.extend_from_slice(id.as_bytes());

@@ -76,10 +76,11 @@ impl SledRunStore {
     }
 
     /// Writes on the calling thread: the recorder's own, never a request's. The batch's
-    /// records go to the run files in one write, then one insert per tree and run rather than
-    /// a `sled::Batch`: a batch would take sled's global concurrency-control write lock, which
+    /// records go to the run files in one write, then one pointer insert per run and one pack
+    /// per agent and second of ids for the agents' lists (`packs.rs`), rather than a
+    /// `sled::Batch`: a batch would take sled's global concurrency-control write lock, which
     /// readers on the request path (cache, agents) wait for; the batch is atomic in nothing a
-    /// caller relies on (writes are idempotent on id).
+    /// caller relies on (a run written again reads as its later write).
     fn insert_now(&self, runs: &[Box<RunRecord>]) -> Result<(), StorageError> {
         // The free-text filters first: one that holds a run not yet written is harmless.
         self.index.text.add(runs)?;
@@ -112,7 +113,7 @@ impl SledRunStore {
             self.index.add(run)?;
         }
         // After the records' pointers, so that a list entry never points at nothing; one
-        // insert per agent in the batch (`packs.rs`).
+        // insert per agent and second of the batch's ids (`packs.rs`).
         self.by_agent.insert_batch(
             listed
                 .iter()
@@ -257,12 +258,12 @@ mod tests {
     /// A batch's runs go into their agents' lists with one sled insert per agent, and list
     /// newest first, page by page.
     #[actix_rt::test]
-    async fn a_batch_lists_its_runs_with_one_insert_per_agent() {
+    async fn a_batch_lists_its_runs_with_one_insert_per_agent_and_second() {
         let dir = tempfile::tempdir().unwrap();
         let storage = super::super::open_waiting(dir.path());
         let store = storage.runs.clone();
-        // Within one bucket of ids (16 ms), as a batch at saturation is.
-        let base = now_ms() / 16 * 16;
+        // Within one bucket of ids (a second), as a batch at saturation is.
+        let base = now_ms() / 1000 * 1000;
         let runs: Vec<Box<RunRecord>> = (0..40u64)
             .map(|i| {
                 Box::new(run_at(

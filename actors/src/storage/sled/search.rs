@@ -255,7 +255,7 @@ impl SearchIndex {
         }
         let mut n = 0u64;
         let mut listed: Vec<(Vec<u8>, [u8; 16], Vec<u8>)> = Vec::new();
-        // A thousand runs an insert per agent (`packs.rs`).
+        // A thousand runs at a time: one insert per agent and second of ids (`packs.rs`).
         let list = |listed: &mut Vec<(Vec<u8>, [u8; 16], Vec<u8>)>| {
             let written = by_agent.insert_batch(
                 listed
@@ -709,7 +709,7 @@ type Candidate = ([u8; 16], ::sled::IVec);
 
 /// A stream of run ids (with their facets), newest first, that can start below any id.
 enum Source {
-    /// One list (keys `prefix ++ id`, facets as values).
+    /// One agent's list (`packs.rs`: ids with their facets).
     List(Box<List>),
     /// The union of streams.
     Any(Vec<Source>),
