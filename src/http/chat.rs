@@ -21,6 +21,16 @@ pub async fn chat_completions(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
+    // Boxed here: actix moves a handler's future into its own box as it makes it, and again as
+    // it calls the handler, and this one's state machine (the whole request) is kilobytes.
+    Box::pin(chat(req, payload, state)).await
+}
+
+async fn chat(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
     use tracing::Instrument;
     let caller = state.auth.caller(&req)?;
     // Past the key's and tenant's limits: refused before anything is read or recorded.

@@ -280,8 +280,18 @@ fn output_json(run: &RunRecord) -> Option<Value> {
     serde_json::from_str(&call.arguments).ok()
 }
 
-/// The text of the run's messages (as sent upstream, else as received), its input variables
-/// and its output.
+/// The messages' contents of a stored request; the rest of it is passed over unbuilt.
+#[derive(serde::Deserialize)]
+struct RequestContents {
+    messages: Vec<MessageContent>,
+}
+
+#[derive(serde::Deserialize)]
+struct MessageContent {
+    #[serde(default)]
+    content: Option<Value>,
+}
+
 /// The texts `text` searches: the messages (rendered, else as sent), the input variables and
 /// the output's text and tool arguments.
 pub fn run_texts(run: &RunRecord) -> Vec<String> {
@@ -289,14 +299,27 @@ pub fn run_texts(run: &RunRecord) -> Vec<String> {
     match &run.rendered_messages {
         Some(messages) => texts.extend(messages.iter().map(|m| m.text())),
         None => {
-            if let Some(request) = run
-                .request
-                .as_ref()
-                .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
-            {
-                if let Some(messages) = request.get("messages").and_then(Value::as_array) {
-                    for message in messages {
-                        push_content(message.get("content"), &mut texts);
+            if let Some(raw) = run.request.as_ref() {
+                // The contents alone (the recorder indexes every run: building the whole
+                // request as a `Value` was most of this); a request of another shape (a
+                // message that is not an object, say) is read whole, as before.
+                match serde_json::from_str::<RequestContents>(raw.get()) {
+                    Ok(request) => {
+                        for message in &request.messages {
+                            push_content(message.content.as_ref(), &mut texts);
+                        }
+                    }
+                    Err(_) => {
+                        if let Some(messages) = serde_json::from_str::<Value>(raw.get())
+                            .ok()
+                            .as_ref()
+                            .and_then(|r| r.get("messages"))
+                            .and_then(Value::as_array)
+                        {
+                            for message in messages {
+                                push_content(message.get("content"), &mut texts);
+                            }
+                        }
                     }
                 }
             }
@@ -368,5 +391,45 @@ impl TextNeedle {
                 .zip(&n[1..])
                 .all(|(h, c)| h.to_ascii_lowercase() == *c)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::conformance::run;
+
+    fn texts_of(request: &str) -> Vec<String> {
+        let mut run = run("t", "a");
+        run.rendered_messages = None;
+        run.input = None;
+        run.output = None;
+        run.request = Some(serde_json::value::RawValue::from_string(request.into()).unwrap());
+        run_texts(&run)
+    }
+
+    /// The messages' texts, from string contents and text parts, whatever else the request
+    /// and its messages hold.
+    #[test]
+    fn a_requests_message_texts_are_searched() {
+        let request = r#"{"model":"m","temperature":0.5,"messages":[
+            {"role":"system","content":"be brief","name":"x"},
+            {"role":"user","content":[{"type":"text","text":"hello"},
+                {"type":"image_url","image_url":{"url":"data:,"}},{"type":"text","text":"there"}]},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function",
+                "function":{"name":"f","arguments":"{}"}}]},
+            {"role":"tool","tool_call_id":"c","content":"42"}],"metadata":{"k":"v"}}"#;
+        assert_eq!(texts_of(request), ["be brief", "hello", "there", "42"]);
+    }
+
+    /// A request of another shape reads as before: what can be read of it.
+    #[test]
+    fn an_odd_request_reads_what_it_can() {
+        assert_eq!(
+            texts_of(r#"{"messages":["not an object",{"content":"kept"}]}"#),
+            ["kept"]
+        );
+        assert!(texts_of(r#"{"messages":"none"}"#).is_empty());
+        assert!(texts_of(r#"{"model":"m"}"#).is_empty());
     }
 }

@@ -213,26 +213,31 @@ impl SearchIndex {
         })
     }
 
-    /// Notes the values and the agent of a stored run (written once each).
+    /// Notes the values and the agent of a stored run (written once each): one lock and one
+    /// key buffer a run (the recorder calls this for every run).
     pub(super) fn add(&self, run: &RunRecord) -> Result<(), StorageError> {
-        for (field, value) in indexed_values(run) {
-            let mut key = agent_prefix(&run.tenant, &run.agent);
-            key.push(field.code());
-            key.extend_from_slice(value.as_bytes());
-            self.once(&self.values, &key)?;
-        }
-        let mut agent = run.tenant.as_bytes().to_vec();
-        agent.push(0);
-        agent.extend_from_slice(run.agent.as_bytes());
-        self.once(&self.agents, &agent)
-    }
-
-    /// Writes `key` to `tree` unless this process already did.
-    fn once(&self, tree: &::sled::Tree, key: &[u8]) -> Result<(), StorageError> {
         let mut known = self
             .known
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut key = agent_prefix(&run.tenant, &run.agent);
+        let prefix = key.len();
+        for (field, value) in indexed_values(run) {
+            key.truncate(prefix);
+            key.push(field.code());
+            key.extend_from_slice(value.as_bytes());
+            Self::once(&mut known, &self.values, &key)?;
+        }
+        // The agent's key: `tenant \0 agent`, the prefix without its last `\0`.
+        Self::once(&mut known, &self.agents, &key[..prefix - 1])
+    }
+
+    /// Writes `key` to `tree` unless this process already did.
+    fn once(
+        known: &mut HashSet<Vec<u8>>,
+        tree: &::sled::Tree,
+        key: &[u8],
+    ) -> Result<(), StorageError> {
         if !known.contains(key) {
             tree.insert(key, &[] as &[u8]).map_err(backend)?;
             if known.len() >= MAX_KNOWN {
