@@ -280,18 +280,6 @@ fn output_json(run: &RunRecord) -> Option<Value> {
     serde_json::from_str(&call.arguments).ok()
 }
 
-/// The messages' contents of a stored request; the rest of it is passed over unbuilt.
-#[derive(serde::Deserialize)]
-struct RequestContents {
-    messages: Vec<MessageContent>,
-}
-
-#[derive(serde::Deserialize)]
-struct MessageContent {
-    #[serde(default)]
-    content: Option<Value>,
-}
-
 /// The texts `text` searches: the messages (rendered, else as sent), the input variables and
 /// the output's text and tool arguments.
 pub fn run_texts(run: &RunRecord) -> Vec<String> {
@@ -299,28 +287,19 @@ pub fn run_texts(run: &RunRecord) -> Vec<String> {
     match &run.rendered_messages {
         Some(messages) => texts.extend(messages.iter().map(|m| m.text())),
         None => {
-            if let Some(raw) = run.request.as_ref() {
-                // The contents alone (the recorder indexes every run: building the whole
-                // request as a `Value` was most of this); a request of another shape (a
-                // message that is not an object, say) is read whole, as before.
-                match serde_json::from_str::<RequestContents>(raw.get()) {
-                    Ok(request) => {
-                        for message in &request.messages {
-                            push_content(message.content.as_ref(), &mut texts);
-                        }
-                    }
-                    Err(_) => {
-                        if let Some(messages) = serde_json::from_str::<Value>(raw.get())
-                            .ok()
-                            .as_ref()
-                            .and_then(|r| r.get("messages"))
-                            .and_then(Value::as_array)
-                        {
-                            for message in messages {
-                                push_content(message.get("content"), &mut texts);
-                            }
-                        }
-                    }
+            // Read whole as a `Value`: a typed read of the contents alone (cheaper) also takes
+            // requests that `Value` refuses (numbers out of range, lone surrogates, arrays for
+            // objects), and the texts indexed must not change with the release.
+            if let Some(messages) = run
+                .request
+                .as_ref()
+                .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+                .as_ref()
+                .and_then(|r| r.get("messages"))
+                .and_then(Value::as_array)
+            {
+                for message in messages {
+                    push_content(message.get("content"), &mut texts);
                 }
             }
         }
@@ -422,7 +401,8 @@ mod tests {
         assert_eq!(texts_of(request), ["be brief", "hello", "there", "42"]);
     }
 
-    /// A request of another shape reads as before: what can be read of it.
+    /// A request of another shape gives what can be read of it, and one JSON refuses (a
+    /// number out of range, a lone surrogate, an array for a message) nothing.
     #[test]
     fn an_odd_request_reads_what_it_can() {
         assert_eq!(
@@ -431,5 +411,8 @@ mod tests {
         );
         assert!(texts_of(r#"{"messages":"none"}"#).is_empty());
         assert!(texts_of(r#"{"model":"m"}"#).is_empty());
+        assert!(texts_of(r#"{"messages":[["hi"]]}"#).is_empty());
+        assert!(texts_of(r#"{"messages":[{"content":"hi"}],"temperature":1e400}"#).is_empty());
+        assert!(texts_of(r#"{"messages":[{"content":"hi"}],"user":"\ud800"}"#).is_empty());
     }
 }

@@ -222,6 +222,7 @@ impl SearchIndex {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut key = agent_prefix(&run.tenant, &run.agent);
         let prefix = key.len();
+        debug_assert_eq!(key.last(), Some(&0), "an agent prefix ends with \\0");
         for (field, value) in indexed_values(run) {
             key.truncate(prefix);
             key.push(field.code());
