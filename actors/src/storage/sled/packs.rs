@@ -124,9 +124,9 @@ impl Packs {
     /// A value is at most 64 KiB (longer ones are cut: values here are a few dozen bytes).
     pub(super) fn insert_batch<'a>(
         &self,
-        entries: impl IntoIterator<Item = (Vec<u8>, [u8; 16], &'a [u8])>,
+        entries: impl IntoIterator<Item = (&'a [u8], [u8; 16], &'a [u8])>,
     ) -> Result<(), StorageError> {
-        let mut packs: HashMap<(Vec<u8>, u64), Vec<u8>> = HashMap::new();
+        let mut packs: HashMap<(&[u8], u64), Vec<u8>> = HashMap::new();
         for (prefix, id, value) in entries {
             let value = &value[..value.len().min(u16::MAX as usize)];
             let pack = packs.entry((prefix, bucket_of(&id))).or_default();
@@ -139,7 +139,7 @@ impl Packs {
             // used is passed over rather than written over.
             loop {
                 let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-                let mut key = prefix.clone();
+                let mut key = prefix.to_vec();
                 key.extend_from_slice(&bucket_bytes(bucket));
                 key.extend_from_slice(&seq.to_be_bytes());
                 key.extend_from_slice(&[0; 3]);
@@ -350,8 +350,8 @@ mod tests {
             packs
                 .insert_batch(batch.iter().flat_map(|id| {
                     [
-                        (b"t\0a\0".to_vec(), *id, &b"A"[..]),
-                        (b"t\0b\0".to_vec(), *id, &b"B"[..]),
+                        (&b"t\0a\0"[..], *id, &b"A"[..]),
+                        (&b"t\0b\0"[..], *id, &b"B"[..]),
                     ]
                 }))
                 .unwrap();
@@ -360,7 +360,7 @@ mod tests {
         assert_eq!(packs.tree.len(), 2 * 2 * 3);
         // A batch within one bucket: one insert per list, whatever its runs.
         packs
-            .insert_batch((0..10).map(|n| (b"t\0c\0".to_vec(), id(BASE + n as u64, n), &b"C"[..])))
+            .insert_batch((0..10).map(|n| (&b"t\0c\0"[..], id(BASE + n as u64, n), &b"C"[..])))
             .unwrap();
         assert_eq!(packs.tree.len(), 2 * 2 * 3 + 1);
         assert_eq!(read(&packs, b"t\0c\0", [0xff; 16]).len(), 10);
@@ -385,7 +385,7 @@ mod tests {
             id
         };
         packs
-            .insert_batch((1..=4).map(|n| (b"t\0a\0".to_vec(), low(n), &b"v"[..])))
+            .insert_batch((1..=4).map(|n| (&b"t\0a\0"[..], low(n), &b"v"[..])))
             .unwrap();
         assert_eq!(ns(&read(&packs, b"t\0a\0", low(3))), [2, 1]);
     }
@@ -396,17 +396,17 @@ mod tests {
         single(&packs, b"t\0a\0", id(BASE, 1), b"old");
         single(&packs, b"t\0a\0", id(BASE + 2, 3), b"single");
         packs
-            .insert_batch([(b"t\0a\0".to_vec(), id(BASE + 1, 2), &b"new"[..])])
+            .insert_batch([(&b"t\0a\0"[..], id(BASE + 1, 2), &b"new"[..])])
             .unwrap();
         // Written again, later: the later value is the one read, once.
         packs
-            .insert_batch([(b"t\0a\0".to_vec(), id(BASE, 1), &b"again"[..])])
+            .insert_batch([(&b"t\0a\0"[..], id(BASE, 1), &b"again"[..])])
             .unwrap();
         // Twice in one batch: its later entry.
         packs
             .insert_batch([
-                (b"t\0a\0".to_vec(), id(BASE + 3, 4), &b"first"[..]),
-                (b"t\0a\0".to_vec(), id(BASE + 3, 4), &b"last"[..]),
+                (&b"t\0a\0"[..], id(BASE + 3, 4), &b"first"[..]),
+                (&b"t\0a\0"[..], id(BASE + 3, 4), &b"last"[..]),
             ])
             .unwrap();
         let all = read(&packs, b"t\0a\0", [0xff; 16]);
@@ -428,12 +428,12 @@ mod tests {
     fn a_used_sequence_is_passed_over_not_written_over() {
         let packs = packs();
         packs
-            .insert_batch([(b"t\0a\0".to_vec(), id(BASE, 1), &b"v"[..])])
+            .insert_batch([(&b"t\0a\0"[..], id(BASE, 1), &b"v"[..])])
             .unwrap();
         // The clock went back: the next pack would take the same sequence.
         packs.seq.fetch_sub(1, Ordering::Relaxed);
         packs
-            .insert_batch([(b"t\0a\0".to_vec(), id(BASE, 2), &b"v"[..])])
+            .insert_batch([(&b"t\0a\0"[..], id(BASE, 2), &b"v"[..])])
             .unwrap();
         assert_eq!(ns(&read(&packs, b"t\0a\0", [0xff; 16])), [2, 1]);
     }
@@ -444,11 +444,11 @@ mod tests {
         let p = b"t\0a\0".to_vec();
         let ids = [id(BASE, 1), id(BASE + 1, 2), id(BASE + 2, 3)];
         packs
-            .insert_batch(ids.iter().map(|id| (p.clone(), *id, &b"v"[..])))
+            .insert_batch(ids.iter().map(|id| (p.as_slice(), *id, &b"v"[..])))
             .unwrap();
         // Run 1 written again, in a second pack.
         packs
-            .insert_batch([(p.clone(), ids[0], &b"w"[..])])
+            .insert_batch([(p.as_slice(), ids[0], &b"w"[..])])
             .unwrap();
         single(&packs, &p, id(BASE + 3, 4), b"s");
         packs

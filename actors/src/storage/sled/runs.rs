@@ -117,7 +117,7 @@ impl SledRunStore {
         self.by_agent.insert_batch(
             listed
                 .iter()
-                .map(|(prefix, id, facets)| (prefix.clone(), *id, facets.as_slice())),
+                .map(|(prefix, id, facets)| (prefix.as_slice(), *id, facets.as_slice())),
         )?;
         self.pruner.ledger.add(added, bytes)
     }

@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use super::packs::{Below, Packs};
+use super::packs::{Below, Entry, Packs};
 use super::run_files::RunRecords;
 use super::text_blocks::{IdRange, TextBlocks};
 use super::versions::SledVersionStore;
@@ -266,7 +266,7 @@ impl SearchIndex {
             let written = by_agent.insert_batch(
                 listed
                     .iter()
-                    .map(|(prefix, id, facets)| (prefix.clone(), *id, facets.as_slice())),
+                    .map(|(prefix, id, facets)| (prefix.as_slice(), *id, facets.as_slice())),
             );
             listed.clear();
             written
@@ -710,8 +710,8 @@ fn increment_back(id: [u8; 16]) -> [u8; 16] {
     u128::from_be_bytes(id).saturating_sub(1).to_be_bytes()
 }
 
-/// A candidate: a run id and its facets.
-type Candidate = ([u8; 16], ::sled::IVec);
+/// A candidate: a run id and its facets (an entry of its agent's list).
+type Candidate = Entry;
 
 /// A stream of run ids (with their facets), newest first, that can start below any id.
 enum Source {
