@@ -25,6 +25,7 @@
 //! Releases before packs do not read them: once this release has written to a data directory,
 //! an earlier one lists only the runs recorded before.
 use std::collections::{HashMap, HashSet};
+use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -32,10 +33,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::backend;
 use crate::storage::StorageError;
 
-/// The span of ids' timestamps one pack covers, in ms: wide enough that a batch of answers that
-/// took seconds spans a few buckets, narrow enough that a page of a list, which decodes its
-/// newest bucket whole, reads one second of the agent's runs (15,000 at saturation).
-const BUCKET_MS: u64 = 1000;
+/// The span of ids' timestamps one pack of an agent's list covers, in ms: wide enough that a
+/// batch of answers that took seconds spans a few buckets, narrow enough that a page of a list,
+/// which decodes its newest bucket whole, reads one second of the agent's runs (15,000 at
+/// saturation).
+const LIST_BUCKET_MS: u64 = 1000;
+/// The span of one pack of the runs' pointers (`runs`), in ms: a lookup by id decodes its
+/// bucket, so it stays small (~150 runs at saturation); a batch of quick answers still spans
+/// one or two.
+const RUN_BUCKET_MS: u64 = 10;
 /// A pack's key after the prefix; a single run's is 16 bytes.
 const PACK_KEY_LEN: usize = 6 + 8 + 3;
 /// In front of each value in a pack: the run id and the value's length.
@@ -51,14 +57,16 @@ pub(super) struct Packs {
     /// The next pack's sequence: microseconds since the epoch when opened, so that a pack
     /// written after a restart reads as the later one.
     seq: Arc<AtomicU64>,
+    /// The span of ids' timestamps a pack covers, in ms.
+    bucket_ms: u64,
 }
 
 /// The start of the bucket of an id (or of a pack key's suffix): its first 6 bytes, in ms.
-fn bucket_of(suffix: &[u8]) -> u64 {
+fn bucket_of(suffix: &[u8], bucket_ms: u64) -> u64 {
     let mut ms = [0u8; 8];
     let n = suffix.len().min(6);
     ms[2..2 + n].copy_from_slice(&suffix[..n]);
-    u64::from_be_bytes(ms) / BUCKET_MS * BUCKET_MS
+    u64::from_be_bytes(ms) / bucket_ms * bucket_ms
 }
 
 /// The 6 bytes that start the keys of a bucket.
@@ -86,6 +94,15 @@ fn entries(pack: &[u8]) -> impl Iterator<Item = ([u8; 16], usize, usize)> + '_ {
     })
 }
 
+/// A pack key's sequence; `None` for a single run's key (or a key of neither shape).
+fn sequence(suffix: &[u8]) -> Option<u64> {
+    (suffix.len() == PACK_KEY_LEN).then(|| {
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&suffix[6..14]);
+        u64::from_be_bytes(seq)
+    })
+}
+
 /// The id, sequence and value of each entry a stored key and value hold (a single: sequence
 /// 0), a pack's in reverse: of two entries of one run in a pack, the later one comes first.
 fn decode(suffix: &[u8], value: ::sled::IVec, out: &mut Vec<([u8; 16], u64, ::sled::IVec)>) {
@@ -93,14 +110,20 @@ fn decode(suffix: &[u8], value: ::sled::IVec, out: &mut Vec<([u8; 16], u64, ::sl
         out.push((id, 0, value));
         return;
     }
-    if suffix.len() != PACK_KEY_LEN {
+    let Some(seq) = sequence(suffix) else {
         return;
-    }
-    let seq = u64::from_be_bytes(suffix[6..14].try_into().unwrap_or_default());
+    };
     let first = out.len();
     // Slices of the stored value: no copy.
     out.extend(entries(&value).map(|(id, start, len)| (id, seq, value.subslice(start, len))));
     out[first..].reverse();
+}
+
+/// A range of ids as owned bounds.
+type IdRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+fn owned<R: RangeBounds<Vec<u8>>>(range: &R) -> IdRange {
+    (range.start_bound().cloned(), range.end_bound().cloned())
 }
 
 impl Packs {
@@ -110,13 +133,30 @@ impl Packs {
         self.tree.len()
     }
 
+    /// The tree itself: tests write what earlier releases wrote.
+    #[cfg(test)]
+    pub(super) fn raw(&self) -> &::sled::Tree {
+        &self.tree
+    }
+
+    /// The agents' lists of runs (`runs_by_agent`).
     pub(super) fn new(tree: ::sled::Tree) -> Packs {
+        Packs::with_buckets(tree, LIST_BUCKET_MS)
+    }
+
+    /// The runs' pointers (`runs`), read by id: buckets of `RUN_BUCKET_MS`.
+    pub(super) fn for_runs(tree: ::sled::Tree) -> Packs {
+        Packs::with_buckets(tree, RUN_BUCKET_MS)
+    }
+
+    fn with_buckets(tree: ::sled::Tree, bucket_ms: u64) -> Packs {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
         Packs {
             tree,
             seq: Arc::new(AtomicU64::new(now)),
+            bucket_ms,
         }
     }
 
@@ -129,7 +169,9 @@ impl Packs {
         let mut packs: HashMap<(&[u8], u64), Vec<u8>> = HashMap::new();
         for (prefix, id, value) in entries {
             let value = &value[..value.len().min(u16::MAX as usize)];
-            let pack = packs.entry((prefix, bucket_of(&id))).or_default();
+            let pack = packs
+                .entry((prefix, bucket_of(&id, self.bucket_ms)))
+                .or_default();
             pack.extend_from_slice(&id);
             pack.extend_from_slice(&(value.len() as u16).to_le_bytes());
             pack.extend_from_slice(value);
@@ -155,22 +197,93 @@ impl Packs {
         Ok(())
     }
 
-    /// The entries of the list `prefix` whose ids are strictly below `below`, newest first.
-    pub(super) fn below(&self, prefix: &[u8], below: &[u8; 16]) -> Below {
-        // To the end of `below`'s bucket: a pack's key sorts before the UUIDv7 ids of its
+    /// The sled keys of the buckets `bucket` to `last` (inclusive) of the list `prefix`.
+    fn bucket_keys(&self, prefix: &[u8], first: Bound<u64>, last: Bound<u64>) -> IdRange {
+        let key = |bucket: u64| [prefix, &bucket_bytes(bucket)].concat();
+        let start = match first {
+            Bound::Included(bucket) | Bound::Excluded(bucket) => Bound::Included(key(bucket)),
+            Bound::Unbounded => Bound::Included(prefix.to_vec()),
+        };
+        // To the end of the last bucket: a pack's key sorts before the UUIDv7 ids of its
         // bucket's first millisecond, not always before other ids (tests', say).
-        let mut end = prefix.to_vec();
-        match bucket_of(below).checked_add(BUCKET_MS) {
-            Some(next) if next < 1 << 48 => end.extend_from_slice(&bucket_bytes(next)),
-            _ => end.extend_from_slice(&[0xff; 17]),
-        }
-        Below {
-            iter: self.tree.range(prefix.to_vec()..end),
+        let end = match last {
+            Bound::Included(bucket) | Bound::Excluded(bucket) => {
+                match bucket.checked_add(self.bucket_ms) {
+                    Some(next) if next < 1 << 48 => Bound::Excluded(key(next)),
+                    _ => Bound::Included([prefix, &[0xff; PACK_KEY_LEN]].concat()),
+                }
+            }
+            Bound::Unbounded => Bound::Included([prefix, &[0xff; PACK_KEY_LEN]].concat()),
+        };
+        (start, end)
+    }
+
+    /// The entries of the list `prefix` whose ids are in `ids`, newest first (`reverse`) or
+    /// oldest first; of a run stored twice, its later write.
+    pub(super) fn scan<R: RangeBounds<Vec<u8>>>(
+        &self,
+        prefix: &[u8],
+        ids: R,
+        reverse: bool,
+    ) -> Scan {
+        let bucket = |bound: Bound<&Vec<u8>>| match bound {
+            Bound::Included(id) | Bound::Excluded(id) => {
+                Bound::Included(bucket_of(id, self.bucket_ms))
+            }
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let keys = self.bucket_keys(prefix, bucket(ids.start_bound()), bucket(ids.end_bound()));
+        Scan {
+            iter: self.tree.range(keys),
             prefix_len: prefix.len(),
-            below: *below,
+            bucket_ms: self.bucket_ms,
+            ids: owned(&ids),
+            reverse,
             ready: Vec::new(),
             carry: None,
         }
+    }
+
+    /// The entries of the list `prefix` whose ids are strictly below `below`, newest first.
+    pub(super) fn below(&self, prefix: &[u8], below: &[u8; 16]) -> Scan {
+        self.scan(prefix, ..below.to_vec(), true)
+    }
+
+    /// Reads values by id, one bucket decoded at a time (see [`Lookup`]).
+    pub(super) fn lookup<'a>(&'a self, prefix: &'a [u8]) -> Lookup<'a> {
+        Lookup {
+            packs: self,
+            prefix,
+            bucket: None,
+            entries: Vec::new(),
+        }
+    }
+
+    /// The entries of the bucket `bucket`, oldest first.
+    fn bucket(&self, prefix: &[u8], bucket: u64) -> Scan {
+        let start = [&bucket_bytes(bucket)[..], &[0; 10]].concat();
+        let end = [&bucket_bytes(bucket + self.bucket_ms - 1)[..], &[0xff; 10]].concat();
+        self.scan(prefix, start..=end, false)
+    }
+
+    /// What the list `prefix` holds now for each of `ids` (its later write), reading each of
+    /// their buckets once.
+    pub(super) fn stored(
+        &self,
+        prefix: &[u8],
+        ids: &HashSet<[u8; 16]>,
+    ) -> Result<HashMap<[u8; 16], ::sled::IVec>, StorageError> {
+        let buckets: HashSet<u64> = ids.iter().map(|id| bucket_of(id, self.bucket_ms)).collect();
+        let mut found = HashMap::new();
+        for bucket in buckets {
+            for entry in self.bucket(prefix, bucket) {
+                let (id, value) = entry?;
+                if ids.contains(&id) {
+                    found.insert(id, value);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Removes the entries `prefix ++ id`, wherever they are stored: each pack they are in is
@@ -182,7 +295,7 @@ impl Packs {
             single.extend_from_slice(id);
             self.tree.remove(single).map_err(backend)?;
             buckets
-                .entry((prefix.as_slice(), bucket_of(id)))
+                .entry((prefix.as_slice(), bucket_of(id, self.bucket_ms)))
                 .or_default()
                 .insert(*id);
         }
@@ -237,49 +350,99 @@ impl Packs {
             }
         }
     }
+
+    /// Writes what is in the tree to disk.
+    pub(super) fn flush(&self) -> Result<(), StorageError> {
+        self.tree.flush().map(drop).map_err(backend)
+    }
 }
 
-/// A list read newest first, bucket by bucket (see the module's doc).
-pub(super) struct Below {
+/// Values read by id: the bucket of the last id asked is kept decoded, so that ids asked in
+/// order (a list's page, a search's candidates) decode each bucket once, not once an id.
+pub(super) struct Lookup<'a> {
+    packs: &'a Packs,
+    prefix: &'a [u8],
+    bucket: Option<u64>,
+    /// The bucket's entries, oldest first, each id once (its later write).
+    entries: Vec<Entry>,
+}
+
+impl Lookup<'_> {
+    /// The value stored for `prefix ++ id`, if any: its later write.
+    pub(super) fn get(&mut self, id: &[u8; 16]) -> Result<Option<::sled::IVec>, StorageError> {
+        let bucket = bucket_of(id, self.packs.bucket_ms);
+        if self.bucket != Some(bucket) {
+            self.bucket = None;
+            self.entries = self
+                .packs
+                .bucket(self.prefix, bucket)
+                .collect::<Result<_, _>>()?;
+            self.bucket = Some(bucket);
+        }
+        Ok(self
+            .entries
+            .binary_search_by(|(at, _)| at.cmp(id))
+            .ok()
+            .map(|i| self.entries[i].1.clone()))
+    }
+}
+
+/// A list read in id order, bucket by bucket (see the module's doc).
+pub(super) struct Scan {
     iter: ::sled::Iter,
     prefix_len: usize,
-    below: [u8; 16],
-    /// The bucket being handed out, oldest first (popped from the end).
+    bucket_ms: u64,
+    ids: IdRange,
+    /// Newest first.
+    reverse: bool,
+    /// The bucket being handed out, in the order popped from its end.
     ready: Vec<Entry>,
     /// An entry read past the bucket being gathered: the first of the next one.
     carry: Option<(::sled::IVec, ::sled::IVec)>,
 }
 
-impl Below {
+impl Scan {
     fn next_stored(&mut self) -> Option<Result<(::sled::IVec, ::sled::IVec), StorageError>> {
         if let Some(entry) = self.carry.take() {
             return Some(Ok(entry));
         }
-        self.iter.next_back().map(|entry| entry.map_err(backend))
+        let next = if self.reverse {
+            self.iter.next_back()
+        } else {
+            self.iter.next()
+        };
+        next.map(|entry| entry.map_err(backend))
     }
 
-    /// Reads the next (older) bucket into `ready`; `false` at the list's end.
+    /// Reads the next bucket into `ready`; `false` at the list's end.
     fn gather(&mut self) -> Result<bool, StorageError> {
         let Some(first) = self.next_stored() else {
             return Ok(false);
         };
         let (key, value) = first?;
-        let bucket = bucket_of(&key[self.prefix_len..]);
+        let bucket = bucket_of(&key[self.prefix_len..], self.bucket_ms);
         let mut items = Vec::new();
         decode(&key[self.prefix_len..], value, &mut items);
         while let Some(entry) = self.next_stored() {
             let (key, value) = entry?;
-            if bucket_of(&key[self.prefix_len..]) != bucket {
+            if bucket_of(&key[self.prefix_len..], self.bucket_ms) != bucket {
                 self.carry = Some((key, value));
                 break;
             }
             decode(&key[self.prefix_len..], value, &mut items);
         }
-        items.retain(|(id, ..)| *id < self.below);
+        let ids = (
+            self.ids.0.as_ref().map(Vec::as_slice),
+            self.ids.1.as_ref().map(Vec::as_slice),
+        );
+        items.retain(|(id, ..)| RangeBounds::<[u8]>::contains(&ids, &id[..]));
         // Oldest first; of a run stored twice, the later write first (the sort is stable, and
         // `decode` puts a pack's later entry first), then kept alone.
         items.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         items.dedup_by(|later, earlier| later.0 == earlier.0);
+        if !self.reverse {
+            items.reverse();
+        }
         self.ready = items
             .into_iter()
             .map(|(id, _, value)| (id, value))
@@ -288,7 +451,7 @@ impl Below {
     }
 }
 
-impl Iterator for Below {
+impl Iterator for Scan {
     type Item = Result<Entry, StorageError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -466,7 +629,7 @@ mod tests {
     fn a_damaged_pack_reads_what_it_can() {
         let packs = packs();
         let mut key = b"t\0a\0".to_vec();
-        key.extend_from_slice(&bucket_bytes(bucket_of(&id(BASE, 0))));
+        key.extend_from_slice(&bucket_bytes(bucket_of(&id(BASE, 0), LIST_BUCKET_MS)));
         key.extend_from_slice(&7u64.to_be_bytes());
         key.extend_from_slice(&[0; 3]);
         let mut value = id(BASE, 1).to_vec();

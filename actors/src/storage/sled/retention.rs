@@ -104,15 +104,15 @@ fn encode(runs: u64, bytes: u64) -> Vec<u8> {
 impl Ledger {
     /// Opens the ledger; a data directory written before it existed gets it counted from its
     /// runs, once.
-    pub(super) fn open(db: &::sled::Db, runs: &::sled::Tree) -> Result<Ledger, StorageError> {
+    pub(super) fn open(db: &::sled::Db, runs: &RunRecords) -> Result<Ledger, StorageError> {
         // `runs` holds pointers to the records (or, from an earlier release, the records).
         let ledger = Ledger {
             meta: db.open_tree("runs_meta").map_err(backend)?,
         };
         if ledger.meta.get(LEDGER).map_err(backend)?.is_none() {
             let (mut n, mut bytes) = (0u64, 0u64);
-            for entry in runs.iter() {
-                let (_, value) = entry.map_err(backend)?;
+            for entry in runs.pointers(..) {
+                let (_, value) = entry?;
                 n += 1;
                 bytes += record_len(&value);
             }
@@ -190,7 +190,7 @@ impl Pruner {
             index,
             versions,
             deployments,
-            ledger: Ledger::open(db, &runs.tree)?,
+            ledger: Ledger::open(db, runs)?,
         })
     }
 
@@ -200,16 +200,13 @@ impl Pruner {
         let mut stats: HashMap<StatsKey, Aggregate> = HashMap::new();
         let mut last_runs = LastRuns::default();
         let (mut runs, mut bytes) = (0u64, 0u64);
-        let tree = &self.runs.tree;
-        // The agents' list entries of the batch's runs, taken out together (`packs.rs`).
+        // The agents' list entries of the batch's runs and their pointers, taken out
+        // together (`packs.rs`).
         let mut listed = Vec::new();
-        for entry in tree.range(..before.to_vec()).take(batch.max_runs) {
-            let (key, value) = entry.map_err(backend)?;
-            let Ok(id) = Uuid::from_slice(&key) else {
-                // Not a run's key: nothing points at it.
-                tree.remove(&key).map_err(backend)?;
-                continue;
-            };
+        let mut gone = Vec::new();
+        for entry in self.runs.pointers(..before.to_vec()).take(batch.max_runs) {
+            let (key, value) = entry?;
+            let id = Uuid::from_bytes(key);
             // A record that cannot be read still goes: retention never stalls on it.
             match self.runs.files.resolve(&key, value.clone()) {
                 Ok(Some(record)) => {
@@ -222,11 +219,11 @@ impl Pruner {
                     tracing::warn!(run = %id, error = %e, "a stored run's record cannot be read: its pointer deleted alone");
                 }
             }
-            if tree.remove(&key).map_err(backend)?.is_some() {
-                runs += 1;
-                bytes += record_len(&value);
-            }
+            gone.push(key);
+            runs += 1;
+            bytes += record_len(&value);
         }
+        self.runs.remove_many(&gone)?;
         // After the records' pointers: an entry whose run is gone is passed over by readers.
         self.by_agent.remove_many(&listed)?;
         if runs == 0 {
@@ -236,10 +233,7 @@ impl Pruner {
         self.ledger.add(-(runs as i64), -(bytes as i64))?;
         // The versions no run names any more go with them (`versions.rs`).
         self.versions.drop_unused(&self.deployments, &last_runs)?;
-        let oldest = tree
-            .first()
-            .map_err(backend)?
-            .and_then(|(key, _)| key.as_ref().try_into().ok());
+        let oldest = self.runs.first_id()?;
         self.index.text.drop_before(oldest)?;
         // The run files whose runs are all deleted now (most batches: none).
         self.runs.files.drop_before(oldest)?;

@@ -26,7 +26,7 @@
 //! Data directories of earlier releases hold the records themselves in `runs`: a value that is
 //! not a pointer is a record, read as it is, and retention deletes it like the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::backend;
+use super::packs::{Lookup, Packs, Scan};
 use crate::storage::StorageError;
 
 /// A segment is closed, and the next one opened, once it holds this much.
@@ -424,42 +425,150 @@ impl RunFiles {
 
 /// The `runs` tree with the files its pointers name: what the store, search and retention read
 /// records through. Cheap to clone.
+///
+/// The tree maps run ids to pointers, written a batch at a time as packs of 10 ms of ids
+/// (`packs.rs`, with an empty prefix): one sled insert per batch and bucket rather than per
+/// run. Earlier releases wrote one entry per run, a pointer or the record itself: those read on
+/// beside the packs.
 #[derive(Clone)]
 pub(super) struct RunRecords {
     /// Run id → pointer (or, from an earlier release, the record).
-    pub(super) tree: ::sled::Tree,
+    pub(super) ids: Packs,
     pub(super) files: RunFiles,
 }
 
-impl RunRecords {
+/// Records read by id ([`RunRecords::lookup`]).
+pub(super) struct RunLookup<'a> {
+    ids: Lookup<'a>,
+    files: &'a RunFiles,
+}
+
+impl RunLookup<'_> {
     /// A run's record, if it is stored and readable.
-    pub(super) fn get(&self, id: &[u8]) -> Result<Option<RunBytes>, StorageError> {
-        match self.tree.get(id).map_err(backend)? {
+    pub(super) fn get(&mut self, id: &[u8]) -> Result<Option<RunBytes>, StorageError> {
+        let Ok(key) = <&[u8; 16]>::try_from(id) else {
+            return Ok(None);
+        };
+        match self.ids.get(key)? {
             Some(value) => self.files.resolve(id, value),
             None => Ok(None),
+        }
+    }
+}
+
+/// Run ids have no prefix in the `runs` tree.
+const NO_PREFIX: &[u8] = &[];
+
+impl RunRecords {
+    pub(super) fn open(tree: ::sled::Tree, files: RunFiles) -> RunRecords {
+        RunRecords {
+            ids: Packs::for_runs(tree),
+            files,
+        }
+    }
+
+    /// Stores the batch's pointers (`RunFiles::append`'s), one sled insert per 10 ms of ids.
+    /// Returns the runs it adds and the bytes of records it adds: a run written again (a
+    /// retried batch) replaces its earlier record, which no longer counts.
+    pub(super) fn insert(
+        &self,
+        pointers: &[(&[u8; 16], EncodedPointer)],
+    ) -> Result<(i64, i64), StorageError> {
+        // What the batch's ids already point at.
+        let ids: HashSet<[u8; 16]> = pointers.iter().map(|(id, _)| **id).collect();
+        let mut before: HashMap<[u8; 16], u64> = self
+            .ids
+            .stored(NO_PREFIX, &ids)?
+            .into_iter()
+            .map(|(id, value)| (id, record_len(&value)))
+            .collect();
+        let (mut added, mut bytes) = (0i64, 0i64);
+        for (id, pointer) in pointers {
+            bytes += record_len(pointer) as i64;
+            match before.insert(**id, record_len(pointer)) {
+                Some(old) => bytes -= old as i64,
+                None => added += 1,
+            }
+        }
+        self.ids.insert_batch(
+            pointers
+                .iter()
+                .map(|(id, pointer)| (NO_PREFIX, **id, pointer.as_slice())),
+        )?;
+        Ok((added, bytes))
+    }
+
+    /// Reads records by id; ids asked in order decode each bucket of pointers once.
+    pub(super) fn lookup(&self) -> RunLookup<'_> {
+        RunLookup {
+            ids: self.ids.lookup(NO_PREFIX),
+            files: &self.files,
         }
     }
 
     /// Every record, in id order.
     pub(super) fn iter(
         &self,
-    ) -> impl DoubleEndedIterator<Item = Result<(::sled::IVec, RunBytes), StorageError>> + '_ {
+    ) -> impl Iterator<Item = Result<([u8; 16], RunBytes), StorageError>> + '_ {
         self.range::<std::ops::RangeFull>(..)
     }
 
-    /// The records in a range of ids, in id order (`.rev()` for newest first); a pointer whose
-    /// record is gone is passed over.
+    /// The records in a range of ids, in id order; a pointer whose record is gone is passed
+    /// over.
     pub(super) fn range<R: std::ops::RangeBounds<Vec<u8>>>(
         &self,
         range: R,
-    ) -> impl DoubleEndedIterator<Item = Result<(::sled::IVec, RunBytes), StorageError>> + '_ {
-        self.tree.range(range).filter_map(move |entry| {
-            let (key, value) = match entry {
+    ) -> impl Iterator<Item = Result<([u8; 16], RunBytes), StorageError>> + '_ {
+        self.resolved(self.ids.scan(NO_PREFIX, range, false))
+    }
+
+    /// The records in a range of ids, newest first.
+    pub(super) fn range_rev<R: std::ops::RangeBounds<Vec<u8>>>(
+        &self,
+        range: R,
+    ) -> impl Iterator<Item = Result<([u8; 16], RunBytes), StorageError>> + '_ {
+        self.resolved(self.ids.scan(NO_PREFIX, range, true))
+    }
+
+    /// The stored ids and pointers (not resolved) in a range of ids, oldest first.
+    pub(super) fn pointers<R: std::ops::RangeBounds<Vec<u8>>>(&self, range: R) -> Scan {
+        self.ids.scan(NO_PREFIX, range, false)
+    }
+
+    /// The oldest and the newest stored run ids.
+    pub(super) fn first_id(&self) -> Result<Option<[u8; 16]>, StorageError> {
+        self.ids
+            .scan(NO_PREFIX, .., false)
+            .next()
+            .transpose()
+            .map(|e| e.map(|(id, _)| id))
+    }
+
+    pub(super) fn last_id(&self) -> Result<Option<[u8; 16]>, StorageError> {
+        self.ids
+            .scan(NO_PREFIX, .., true)
+            .next()
+            .transpose()
+            .map(|e| e.map(|(id, _)| id))
+    }
+
+    /// Deletes runs' pointers (retention; their records go with their files).
+    pub(super) fn remove_many(&self, ids: &[[u8; 16]]) -> Result<(), StorageError> {
+        let entries: Vec<(Vec<u8>, [u8; 16])> = ids.iter().map(|id| (Vec::new(), *id)).collect();
+        self.ids.remove_many(&entries)
+    }
+
+    fn resolved(
+        &self,
+        scan: Scan,
+    ) -> impl Iterator<Item = Result<([u8; 16], RunBytes), StorageError>> + '_ {
+        scan.filter_map(move |entry| {
+            let (id, value) = match entry {
                 Ok(entry) => entry,
-                Err(e) => return Some(Err(backend(e))),
+                Err(e) => return Some(Err(e)),
             };
-            match self.files.resolve(&key, value) {
-                Ok(Some(bytes)) => Some(Ok((key, bytes))),
+            match self.files.resolve(&id, value) {
+                Ok(Some(bytes)) => Some(Ok((id, bytes))),
                 Ok(None) => None,
                 Err(e) => Some(Err(e)),
             }
@@ -597,5 +706,155 @@ mod tests {
             .unwrap();
         assert!(files.resolve(&id(2), two).unwrap().is_none());
         assert!(read(&files, &tree, 1).is_some());
+    }
+
+    /// A UUIDv7-shaped id at `ms`, told apart by `n`.
+    fn id_at(ms: u64, n: u8) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+        id[6] = 0x70;
+        id[15] = n;
+        id
+    }
+
+    /// Appends records `{"run":n}` for `(ms, n)` and stores their pointers in one batch.
+    fn store(records: &RunRecords, runs: &[(u64, u8)]) -> (i64, i64) {
+        let mut batch = Appending::default();
+        for (ms, n) in runs {
+            batch
+                .push(&id_at(*ms, *n), |buf| {
+                    buf.extend_from_slice(format!("{{\"run\":{n}}}").as_bytes());
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+        }
+        records
+            .insert(&records.files.append(&batch).unwrap())
+            .unwrap()
+    }
+
+    fn text(bytes: RunBytes) -> String {
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    const BASE: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn a_batchs_pointers_take_one_insert_per_10_ms_of_ids_and_read_back_by_id_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let records = RunRecords::open(
+            db.open_tree("runs").unwrap(),
+            RunFiles::open(&db, dir.path(), 1 << 20).unwrap(),
+        );
+        // 40 runs over 2 buckets of 10 ms: 2 sled entries, not 40.
+        let batch: Vec<(u64, u8)> = (0..40).map(|n| (BASE + n as u64 / 2, n)).collect();
+        assert_eq!(store(&records, &batch), (40, 10 * 9 + 30 * 10));
+        assert_eq!(records.ids.stored_entries(), 2);
+        // An earlier release's entries read on beside the packs: a pointer-less record...
+        records
+            .ids
+            .raw()
+            .insert(id_at(BASE + 30, 50), &b"{\"run\":50}"[..])
+            .unwrap();
+        // ...and a pointer, written here one run at a time.
+        let mut one = Appending::default();
+        one.push(&id_at(BASE + 4, 51), |buf| {
+            buf.extend_from_slice(b"{\"run\":51}");
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        for (id, pointer) in records.files.append(&one).unwrap() {
+            records.ids.raw().insert(id, &pointer).unwrap();
+        }
+        for n in [0u8, 19, 20, 39] {
+            let got = records
+                .lookup()
+                .get(&id_at(BASE + n as u64 / 2, n))
+                .unwrap()
+                .unwrap();
+            assert_eq!(text(got), format!("{{\"run\":{n}}}"));
+        }
+        assert_eq!(
+            text(
+                records
+                    .lookup()
+                    .get(&id_at(BASE + 30, 50))
+                    .unwrap()
+                    .unwrap()
+            ),
+            "{\"run\":50}"
+        );
+        assert_eq!(
+            text(records.lookup().get(&id_at(BASE + 4, 51)).unwrap().unwrap()),
+            "{\"run\":51}"
+        );
+        assert!(records
+            .lookup()
+            .get(&id_at(BASE + 5, 99))
+            .unwrap()
+            .is_none());
+        assert!(records.lookup().get(b"short").unwrap().is_none());
+
+        let order: Vec<[u8; 16]> = records.iter().map(|e| e.unwrap().0).collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted, "id order");
+        assert_eq!(order.len(), 42);
+        let newest: Vec<[u8; 16]> = records.range_rev(..).map(|e| e.unwrap().0).collect();
+        assert_eq!(newest, sorted.iter().rev().copied().collect::<Vec<_>>());
+        // A range inside a bucket, both ways.
+        let from = id_at(BASE + 3, 6).to_vec();
+        let to = id_at(BASE + 5, 11).to_vec();
+        let ns = |it: Vec<[u8; 16]>| it.iter().map(|id| id[15]).collect::<Vec<u8>>();
+        let forward = ns(records
+            .range(from.clone()..to.clone())
+            .map(|e| e.unwrap().0)
+            .collect());
+        assert_eq!(forward, [6, 7, 8, 9, 51, 10]);
+        let back = ns(records.range_rev(from..=to).map(|e| e.unwrap().0).collect());
+        assert_eq!(back, [11, 10, 51, 9, 8, 7, 6]);
+        assert_eq!(records.first_id().unwrap(), Some(id_at(BASE, 0)));
+        assert_eq!(records.last_id().unwrap(), Some(id_at(BASE + 30, 50)));
+    }
+
+    #[test]
+    fn a_run_written_again_reads_as_its_later_write_and_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let records = RunRecords::open(
+            db.open_tree("runs").unwrap(),
+            RunFiles::open(&db, dir.path(), 1 << 20).unwrap(),
+        );
+        assert_eq!(store(&records, &[(BASE, 1), (BASE + 1, 2)]), (2, 18));
+        // Run 1 again in a later batch (a record of 10 bytes, not 9), and run 3 twice in one.
+        let mut batch = Appending::default();
+        for (ms, n, body) in [
+            (BASE, 1u8, "{\"run\":11}"),
+            (BASE + 3, 3, "{\"run\":3}"),
+            (BASE + 3, 3, "{\"run\":33}"),
+        ] {
+            batch
+                .push(&id_at(ms, n), |buf| {
+                    buf.extend_from_slice(body.as_bytes());
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+        }
+        let pointers = records.files.append(&batch).unwrap();
+        // Run 1 replaces its 9 bytes with 10; run 3 counts once, as its later 10 bytes.
+        assert_eq!(records.insert(&pointers).unwrap(), (1, 1 + 10));
+        let read = |ms: u64, n: u8| text(records.lookup().get(&id_at(ms, n)).unwrap().unwrap());
+        assert_eq!(read(BASE, 1), "{\"run\":11}");
+        assert_eq!(read(BASE + 3, 3), "{\"run\":33}");
+        let all: Vec<String> = records.iter().map(|e| text(e.unwrap().1)).collect();
+        assert_eq!(all, ["{\"run\":11}", "{\"run\":2}", "{\"run\":33}"]);
+        // Deleted: every write of it goes.
+        records
+            .remove_many(&[id_at(BASE, 1), id_at(BASE + 3, 3)])
+            .unwrap();
+        assert!(records.lookup().get(&id_at(BASE, 1)).unwrap().is_none());
+        let all: Vec<String> = records.iter().map(|e| text(e.unwrap().1)).collect();
+        assert_eq!(all, ["{\"run\":2}"]);
     }
 }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use super::agents::SledDeploymentStore;
 use super::packs::Packs;
 use super::retention::Pruner;
-use super::run_files::{record_len, Appending, RunRecords};
+use super::run_files::{Appending, RunLookup, RunRecords};
 use super::search::{facets, values_by_field, SearchIndex};
 use super::stats::SledStatsStore;
 use super::versions::SledVersionStore;
@@ -95,19 +95,9 @@ impl SledRunStore {
         // The records first: a pointer never names bytes not yet written.
         let pointers = self.runs.files.append(&records)?;
         // For the ledger: a run written again replaces its record.
-        let (mut added, mut bytes) = (0i64, 0i64);
+        let (added, bytes) = self.runs.insert(&pointers)?;
         let mut listed = Vec::with_capacity(runs.len());
-        for (run, (id, pointer)) in runs.iter().zip(&pointers) {
-            let old = self
-                .runs
-                .tree
-                .insert(id.as_slice(), pointer.as_slice())
-                .map_err(backend)?;
-            bytes += record_len(pointer) as i64;
-            match old {
-                Some(old) => bytes -= record_len(&old) as i64,
-                None => added += 1,
-            }
+        for (run, (id, _)) in runs.iter().zip(&pointers) {
             // The agent list's entry carries the run's facets, for searches.
             listed.push((agent_prefix(&run.tenant, &run.agent), **id, facets(run)));
             self.index.add(run)?;
@@ -123,7 +113,15 @@ impl SledRunStore {
     }
 
     fn get_now(&self, tenant: &str, id: Uuid) -> Result<Option<RunRecord>, StorageError> {
-        let Some(bytes) = self.runs.get(id.as_bytes())? else {
+        Self::read_now(&mut self.runs.lookup(), tenant, id)
+    }
+
+    fn read_now(
+        lookup: &mut RunLookup<'_>,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<Option<RunRecord>, StorageError> {
+        let Some(bytes) = lookup.get(id.as_bytes())? else {
             return Ok(None);
         };
         let run: RunRecord = serde_json::from_slice(&bytes).map_err(corrupt)?;
@@ -141,13 +139,15 @@ impl SledRunStore {
         let below = cursor.map_or([0xff; 16], |cursor| *cursor.as_bytes());
         let mut items = Vec::with_capacity(limit);
         let mut more = false;
+        // Newest first: each bucket of pointers is decoded once.
+        let mut lookup = self.runs.lookup();
         for entry in self.by_agent.below(&prefix, &below) {
             let (id, _) = entry?;
             if items.len() == limit {
                 more = true;
                 break;
             }
-            if let Some(run) = self.get_now(tenant, Uuid::from_bytes(id))? {
+            if let Some(run) = Self::read_now(&mut lookup, tenant, Uuid::from_bytes(id))? {
                 items.push(RunSummary::from(&run));
             }
         }
@@ -226,7 +226,7 @@ impl RunStore for SledRunStore {
             text.flush()?;
             // The records before the pointers that name them.
             runs.files.sync()?;
-            runs.tree.flush().map(drop).map_err(backend)
+            runs.ids.flush()
         })
     }
 

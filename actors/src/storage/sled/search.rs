@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use super::packs::{Below, Entry, Packs};
+use super::packs::{Entry, Packs, Scan};
 use super::run_files::RunRecords;
 use super::text_blocks::{IdRange, TextBlocks};
 use super::versions::SledVersionStore;
@@ -515,6 +515,8 @@ impl SearchIndex {
             budget_spent = page.budget_spent;
         } else {
             let mut word_ranges_left = word_ranges.as_deref();
+            // Candidates come newest first: each bucket of pointers is decoded once.
+            let mut lookup = runs.lookup();
             while let Some((id, facets)) = stream.next_below(&below)? {
                 if id < lower {
                     break;
@@ -529,7 +531,7 @@ impl SearchIndex {
                 if facets_fail(&facets) || !may_hold(&mut word_ranges_left, &id) {
                     continue;
                 }
-                let Some(bytes) = runs.get(&id)? else {
+                let Some(bytes) = lookup.get(&id)? else {
                     continue;
                 };
                 if let Some(item) = self.examine(&bytes, &check)? {
@@ -603,7 +605,7 @@ impl SearchIndex {
         deadline: Instant,
         pass: &mut Pass,
     ) -> Result<bool, StorageError> {
-        for entry in runs.range(range).rev() {
+        for entry in runs.range_rev(range) {
             let (key, bytes) = entry?;
             if pass.items.len() == check.query.limit {
                 pass.more = true;
@@ -725,7 +727,7 @@ struct List {
     packs: Packs,
     prefix: Vec<u8>,
     /// A newest-first iterator that stands just after `last`.
-    iter: Option<Below>,
+    iter: Option<Scan>,
     /// The newest entry of the list strictly below `bound` (`None`: there is none).
     last: Option<Candidate>,
     bound: [u8; 16],

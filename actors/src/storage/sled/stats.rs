@@ -133,7 +133,7 @@ impl SledStatsStore {
             writer: Arc::default(),
         };
         store.build_once(runs)?;
-        store.fill_days_once(&runs.tree)?;
+        store.fill_days_once(runs)?;
         let backfill = Backfill {
             runs: runs.clone(),
             days: store.days.clone(),
@@ -149,7 +149,7 @@ impl SledStatsStore {
     /// aggregates (once: the mark says it is done; `build_once` sets it for the runs it
     /// counts, whose models it knows), and keeps the last run's id for the thread that then
     /// finds their models (`stats_backfill.rs`). Nothing else writes while a store opens.
-    fn fill_days_once(&self, runs: &::sled::Tree) -> Result<(), StorageError> {
+    fn fill_days_once(&self, runs: &RunRecords) -> Result<(), StorageError> {
         if self.days.contains_key(DAYS_MARK).map_err(backend)? {
             return Ok(());
         }
@@ -179,8 +179,8 @@ impl SledStatsStore {
         }
         if counted > 0 {
             // The runs the thread will read for their models: those stored until now.
-            if let Some((last, _)) = runs.last().map_err(backend)? {
-                self.days.insert(CUT_OFF, last).map_err(backend)?;
+            if let Some(last) = runs.last_id()? {
+                self.days.insert(CUT_OFF, &last).map_err(backend)?;
             }
             tracing::info!(
                 runs = counted,

@@ -201,8 +201,8 @@ impl Backfill {
         // ...and check under it that the runs are the same and the rows count exactly them.
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let mut still = 0usize;
-        for key in self.runs.tree.range(from..to).keys() {
-            let key = key.map_err(backend)?;
+        for entry in self.runs.pointers(from..to) {
+            let (key, _) = entry?;
             if !in_range(&key) {
                 break;
             }
@@ -265,10 +265,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = ::sled::Config::new().path(dir.path()).open().unwrap();
         let backfill = Backfill {
-            runs: RunRecords {
-                tree: db.open_tree("runs").unwrap(),
-                files: RunFiles::open(&db, dir.path(), SEGMENT_BYTES).unwrap(),
-            },
+            runs: RunRecords::open(
+                db.open_tree("runs").unwrap(),
+                RunFiles::open(&db, dir.path(), SEGMENT_BYTES).unwrap(),
+            ),
             days: db.open_tree("stats_days").unwrap(),
             writer: Arc::default(),
         };
@@ -281,7 +281,8 @@ mod tests {
             ids.push(*run.id.as_bytes());
             backfill
                 .runs
-                .tree
+                .ids
+                .raw()
                 .insert(run.id.as_bytes(), serde_json::to_vec(&run).unwrap())
                 .unwrap();
         }
