@@ -1,29 +1,35 @@
-//! Lists of runs written a batch at a time: entries `prefix ++ run id → value` (an agent's runs
-//! in `runs_by_agent`, with their facets) are stored as one sled entry, a *pack*, per written
-//! batch, list and second of the ids' timestamps, rather than one sled entry per run.
+//! Lists of runs written a batch at a time: entries `prefix ++ run id → value` are stored as
+//! one sled entry, a *pack*, per written batch, list and bucket of the ids' timestamps, rather
+//! than one sled entry per run. Two trees are written so:
+//! - `runs_by_agent`: an agent's runs (prefix `tenant \0 agent \0`), with their facets, in
+//!   buckets of a second;
+//! - `runs`: every run's pointer to its record (`run_files.rs`), no prefix, in buckets of 10 ms,
+//!   as a lookup by id decodes its bucket.
 //!
 //! Why: a sled insert clones the leaf it lands in, and run ids grow with time, so every ninth
 //! insert also splits the right-most leaf of the list and clones its parent. One insert per run
-//! into `runs_by_agent` was a quarter of the recorder's CPU (`perf`, `bench/run.sh`, 2026-12-07);
-//! the recorder writes batches of about 60 runs at saturation, so a pack takes one insert where
-//! there were 60. A run's id is made when its request starts and a batch is made of runs that
-//! ended together: with answers that take seconds, a batch's ids span a few buckets, and the
-//! batch takes that many inserts.
+//! into each of these trees was a quarter of the recorder's CPU (`perf`, `bench/run.sh`,
+//! 2026-12-07); the recorder writes batches of about 60 runs at saturation, so a pack takes one
+//! insert where there were 60. A run's id is made when its request starts and a batch is made
+//! of runs that ended together: with answers that take seconds, a batch's ids span several
+//! buckets, and the batch takes that many inserts (at worst one a run, as before).
 //!
-//! Keys, after the list's prefix (the tenant and the agent, `\0`-terminated):
+//! Keys, after the list's prefix:
 //! - `id` (16 bytes): one run, as earlier releases wrote them (they read on beside packs);
 //! - `bucket start (6 bytes, ms, BE) ++ sequence (8 bytes, BE) ++ 3 zero bytes` (17 bytes): a
 //!   pack of the runs whose ids' timestamps (a UUIDv7's first 48 bits, in ms) fall in the
 //!   bucket, with the value `(id (16) · value length (u16 LE) · value)*`.
 //!
 //! A bucket's singles and packs sort together (both start with the ids' timestamps), so a list
-//! reads newest first bucket by bucket: it gathers a bucket's entries, sorts them and hands them
-//! out. A run written twice (a retried batch) is in two packs: the one with the higher sequence
+//! reads in id order bucket by bucket ([`Scan`]): it gathers a bucket's entries, sorts them and
+//! hands them out. A lookup by id ([`Lookup`]) decodes the id's bucket and keeps it for the next
+//! id. A run written twice (a retried batch) is in two packs: the one with the higher sequence
 //! (written later) is the one read, as a later insert replaced an earlier one before; within one
 //! pack, the later entry.
 //!
 //! Releases before packs do not read them: once this release has written to a data directory,
-//! an earlier one lists only the runs recorded before.
+//! an earlier one lists and finds only the runs recorded before (releases before 2026-12-07
+//! read no list packs; those before 2026-12-08 no pointer packs either).
 use std::collections::{HashMap, HashSet};
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -262,28 +268,52 @@ impl Packs {
     /// The entries of the bucket `bucket`, oldest first.
     fn bucket(&self, prefix: &[u8], bucket: u64) -> Scan {
         let start = [&bucket_bytes(bucket)[..], &[0; 10]].concat();
-        let end = [&bucket_bytes(bucket + self.bucket_ms - 1)[..], &[0xff; 10]].concat();
+        // The last bucket ends at the last timestamp 6 bytes hold.
+        let last = (bucket + self.bucket_ms - 1).min((1 << 48) - 1);
+        let end = [&bucket_bytes(last)[..], &[0xff; 10]].concat();
         self.scan(prefix, start..=end, false)
     }
 
     /// What the list `prefix` holds now for each of `ids` (its later write), reading each of
-    /// their buckets once.
+    /// their buckets once. The recorder asks this of every batch (a run written again replaces
+    /// its record): the entries are walked as stored, not decoded and sorted.
     pub(super) fn stored(
         &self,
         prefix: &[u8],
         ids: &HashSet<[u8; 16]>,
     ) -> Result<HashMap<[u8; 16], ::sled::IVec>, StorageError> {
         let buckets: HashSet<u64> = ids.iter().map(|id| bucket_of(id, self.bucket_ms)).collect();
-        let mut found = HashMap::new();
+        // Each id's latest write: its sequence (a single's is 0) and value.
+        let mut found: HashMap<[u8; 16], (u64, ::sled::IVec)> = HashMap::new();
+        let mut keep = |id: [u8; 16], seq: u64, value: ::sled::IVec| {
+            let slot = found.entry(id).or_insert((seq, value.clone()));
+            // A later pack, or the later entry of the same pack.
+            if seq >= slot.0 {
+                *slot = (seq, value);
+            }
+        };
         for bucket in buckets {
-            for entry in self.bucket(prefix, bucket) {
-                let (id, value) = entry?;
-                if ids.contains(&id) {
-                    found.insert(id, value);
+            let at = Bound::Included(bucket);
+            for entry in self.tree.range(self.bucket_keys(prefix, at, at)) {
+                let (key, value) = entry.map_err(backend)?;
+                let suffix = &key[prefix.len()..];
+                if let Ok(id) = <[u8; 16]>::try_from(suffix) {
+                    if ids.contains(&id) {
+                        keep(id, 0, value);
+                    }
+                } else if let Some(seq) = sequence(suffix) {
+                    for (id, start, len) in entries(&value) {
+                        if ids.contains(&id) {
+                            keep(id, seq, value.subslice(start, len));
+                        }
+                    }
                 }
             }
         }
-        Ok(found)
+        Ok(found
+            .into_iter()
+            .map(|(id, (_, value))| (id, value))
+            .collect())
     }
 
     /// Removes the entries `prefix ++ id`, wherever they are stored: each pack they are in is
@@ -640,5 +670,58 @@ mod tests {
         value.extend_from_slice(b"short");
         packs.tree.insert(key, value).unwrap();
         assert_eq!(read(&packs, b"t\0a\0", [0xff; 16]), [(1, b"x".to_vec())]);
+    }
+
+    #[test]
+    fn scans_cross_buckets_both_ways_and_a_lookup_follows_ids_across_buckets() {
+        let db = ::sled::Config::new().temporary(true).open().unwrap();
+        let packs = Packs::for_runs(db.open_tree("runs").unwrap());
+        let none: &[u8] = &[];
+        // 20 runs 3 ms apart (7 buckets of 10 ms), in two batches whose ids interleave.
+        let all: Vec<[u8; 16]> = (0..20u8).map(|n| id(BASE + 3 * u64::from(n), n)).collect();
+        let value = |n: usize| if n % 2 == 0 { &b"a"[..] } else { &b"b"[..] };
+        for half in [0, 1] {
+            packs
+                .insert_batch(
+                    all.iter()
+                        .enumerate()
+                        .skip(half)
+                        .step_by(2)
+                        .map(|(n, id)| (none, *id, value(n))),
+                )
+                .unwrap();
+        }
+        let ns = |scan: Scan| scan.map(|e| e.unwrap().0[15]).collect::<Vec<u8>>();
+        let at = |n: usize| all[n].to_vec();
+        assert_eq!(
+            ns(packs.scan(none, at(2)..at(9), false)),
+            (2..9).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            ns(packs.scan(none, at(2)..=at(9), true)),
+            (2..=9).rev().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            ns(packs.scan(none, (Bound::Excluded(at(2)), Bound::Unbounded), false)),
+            (3..20).collect::<Vec<_>>()
+        );
+        assert_eq!(ns(packs.scan(none, ..at(5), true)), [4, 3, 2, 1, 0]);
+        assert_eq!(ns(packs.scan(none, at(17).., true)), [19, 18, 17]);
+        // One lookup, ids asked in both orders, across buckets.
+        let mut lookup = packs.lookup(none);
+        for n in (0..20).chain((0..20).rev()) {
+            assert_eq!(lookup.get(&all[n]).unwrap().as_deref(), Some(value(n)));
+        }
+        assert!(lookup.get(&id(BASE + 4, 99)).unwrap().is_none());
+        // The last bucket that 6-byte timestamps hold.
+        let last = [0xff; 16];
+        packs.insert_batch([(none, last, &b"z"[..])]).unwrap();
+        assert_eq!(
+            packs.lookup(none).get(&last).unwrap().as_deref(),
+            Some(&b"z"[..])
+        );
+        let stored = packs.stored(none, &HashSet::from([last, all[3]])).unwrap();
+        assert_eq!(stored.get(&last).map(|v| v.to_vec()), Some(b"z".to_vec()));
+        assert_eq!(stored.get(&all[3]).map(|v| v.to_vec()), Some(b"b".to_vec()));
     }
 }

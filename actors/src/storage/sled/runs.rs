@@ -1,8 +1,8 @@
 //! Runs on sled: each run's JSON in a segment file, with a pointer to it under its id in `runs`
 //! (`run_files.rs`), and the agents' lists in `runs_by_agent`, `tenant \0 agent \0` then the
-//! run id, written a batch at a time (`packs.rs`). Run ids are UUIDv7, so byte order is time
-//! order and an agent's runs list newest first. Earlier releases wrote the JSON itself under the id: their data
-//! directories read back as they are.
+//! run id; both are written a batch at a time (`packs.rs`). Run ids are UUIDv7, so byte order is
+//! time order and an agent's runs list newest first. Earlier releases wrote one entry a run, or
+//! the JSON itself under the id: their data directories read back as they are.
 
 use futures::future::{BoxFuture, FutureExt};
 use uuid::Uuid;
@@ -76,8 +76,8 @@ impl SledRunStore {
     }
 
     /// Writes on the calling thread: the recorder's own, never a request's. The batch's
-    /// records go to the run files in one write, then one pointer insert per run and one pack
-    /// per agent and second of ids for the agents' lists (`packs.rs`), rather than a
+    /// records go to the run files in one write, then one pack of pointers per 10 ms of ids
+    /// and one pack per agent and second of ids for the agents' lists (`packs.rs`), rather than a
     /// `sled::Batch`: a batch would take sled's global concurrency-control write lock, which
     /// readers on the request path (cache, agents) wait for; the batch is atomic in nothing a
     /// caller relies on (a run written again reads as its later write).
