@@ -679,7 +679,13 @@ mod tests {
         let none: &[u8] = &[];
         // 20 runs 3 ms apart (7 buckets of 10 ms), in two batches whose ids interleave.
         let all: Vec<[u8; 16]> = (0..20u8).map(|n| id(BASE + 3 * u64::from(n), n)).collect();
-        let value = |n: usize| if n % 2 == 0 { &b"a"[..] } else { &b"b"[..] };
+        let value = |n: usize| {
+            if n.is_multiple_of(2) {
+                &b"a"[..]
+            } else {
+                &b"b"[..]
+            }
+        };
         for half in [0, 1] {
             packs
                 .insert_batch(
