@@ -96,10 +96,8 @@ impl SledStorage {
             .flush_every_ms(Some(flush_every.as_millis().max(1) as u64))
             .open()
             .map_err(backend)?;
-        let runs = run_files::RunRecords::open(
-            db.open_tree("runs").map_err(backend)?,
-            run_files::RunFiles::open(&db, dir, segment_bytes)?,
-        );
+        let runs =
+            run_files::RunRecords::open(&db, run_files::RunFiles::open(&db, dir, segment_bytes)?)?;
         // Before the runs: retention takes deleted runs out of the stats.
         let stats = Arc::new(SledStatsStore::open(&db, &runs)?);
         // Before the runs too: retention deletes the versions whose runs are all gone.

@@ -166,6 +166,19 @@ impl Packs {
         }
     }
 
+    /// Writes one entry `prefix ++ id → value` as an earlier release did (moving its entries).
+    pub(super) fn put_single(
+        &self,
+        prefix: &[u8],
+        id: &[u8],
+        value: &[u8],
+    ) -> Result<(), StorageError> {
+        self.tree
+            .insert([prefix, id].concat(), value)
+            .map(drop)
+            .map_err(backend)
+    }
+
     /// Writes entries `(prefix, id, value)`: one sled insert per prefix and bucket among them.
     /// A value is at most 64 KiB (longer ones are cut: values here are a few dozen bytes).
     pub(super) fn insert_batch<'a>(
@@ -203,7 +216,7 @@ impl Packs {
         Ok(())
     }
 
-    /// The sled keys of the buckets `bucket` to `last` (inclusive) of the list `prefix`.
+    /// The sled keys of the buckets `first` to `last` (inclusive) of the list `prefix`.
     fn bucket_keys(&self, prefix: &[u8], first: Bound<u64>, last: Bound<u64>) -> IdRange {
         let key = |bucket: u64| [prefix, &bucket_bytes(bucket)].concat();
         let start = match first {
@@ -261,7 +274,7 @@ impl Packs {
             packs: self,
             prefix,
             bucket: None,
-            entries: Vec::new(),
+            entries: None,
         }
     }
 
@@ -392,9 +405,11 @@ impl Packs {
 pub(super) struct Lookup<'a> {
     packs: &'a Packs,
     prefix: &'a [u8],
+    /// The bucket of the last id asked.
     bucket: Option<u64>,
-    /// The bucket's entries, oldest first, each id once (its later write).
-    entries: Vec<Entry>,
+    /// That bucket's entries, oldest first, each id once (its later write): decoded when a
+    /// second id of the bucket is asked, as the first is found by walking the bucket.
+    entries: Option<Vec<Entry>>,
 }
 
 impl Lookup<'_> {
@@ -402,18 +417,24 @@ impl Lookup<'_> {
     pub(super) fn get(&mut self, id: &[u8; 16]) -> Result<Option<::sled::IVec>, StorageError> {
         let bucket = bucket_of(id, self.packs.bucket_ms);
         if self.bucket != Some(bucket) {
-            self.bucket = None;
-            self.entries = self
-                .packs
-                .bucket(self.prefix, bucket)
-                .collect::<Result<_, _>>()?;
+            // The first id of a bucket (a lone lookup, a sparse list): one walk, no sort.
             self.bucket = Some(bucket);
+            self.entries = None;
+            let mut found = self.packs.stored(self.prefix, &HashSet::from([*id]))?;
+            return Ok(found.remove(id));
         }
-        Ok(self
-            .entries
+        let entries = match &mut self.entries {
+            Some(entries) => entries,
+            none => none.insert(
+                self.packs
+                    .bucket(self.prefix, bucket)
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        Ok(entries
             .binary_search_by(|(at, _)| at.cmp(id))
             .ok()
-            .map(|i| self.entries[i].1.clone()))
+            .map(|i| entries[i].1.clone()))
     }
 }
 

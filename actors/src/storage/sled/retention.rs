@@ -2,9 +2,11 @@
 //! them, and the ledger of what the stored runs weigh.
 //!
 //! A batch reads the oldest runs (ids are UUIDv7: key order is time order), then for each
-//! removes its entry in its agent's list, its feedback, its share link, its conversation link
-//! (unless a newer run filed another conversation under the same hash) and the record, last,
-//! so that no index entry ever points at nothing. The stats of the batch's runs are summed per
+//! removes its feedback, its share link and its conversation link (unless a newer run filed
+//! another conversation under the same hash); then the batch's pointers go, and after them its
+//! runs' entries in their agents' lists, each pack rewritten once (`packs.rs`): readers pass
+//! over a list entry whose run is gone. The record itself goes with its run file, once every
+//! run in that file is gone (`run_files.rs`). The stats of the batch's runs are summed per
 //! hour and taken out of their hours in one step (`stats.rs`: an hour left with no run goes).
 //! Free-text blocks whose runs are all gone are deleted after the batch (`text_blocks.rs`).
 //!

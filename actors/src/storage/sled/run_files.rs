@@ -426,10 +426,17 @@ impl RunFiles {
 /// The `runs` tree with the files its pointers name: what the store, search and retention read
 /// records through. Cheap to clone.
 ///
-/// The tree maps run ids to pointers, written a batch at a time as packs of 10 ms of ids
-/// (`packs.rs`, with an empty prefix): one sled insert per batch and bucket rather than per
-/// run. Earlier releases wrote one entry per run, a pointer or the record itself: those read on
-/// beside the packs.
+/// The tree `run_pointers` maps run ids to pointers, written a batch at a time as packs of
+/// 10 ms of ids (`packs.rs`, with an empty prefix): one sled insert per batch and bucket rather
+/// than per run. Earlier releases wrote one entry per run, a pointer or the record itself, in
+/// `runs`: those are moved to `run_pointers` when the store opens, and read on beside the
+/// packs.
+///
+/// Why a tree of its own: an earlier release run again on this data directory (a rollback)
+/// would take a pack's key in `runs` for junk and its retention would delete the run files of
+/// every run it cannot see. With the packs elsewhere, it finds `runs` empty (or holding only
+/// what it wrote itself after the rollback) and leaves the files alone until it prunes runs of
+/// its own; it then drops the files of runs older than its oldest kept, as retention would.
 #[derive(Clone)]
 pub(super) struct RunRecords {
     /// Run id → pointer (or, from an earlier release, the record).
@@ -460,11 +467,48 @@ impl RunLookup<'_> {
 const NO_PREFIX: &[u8] = &[];
 
 impl RunRecords {
-    pub(super) fn open(tree: ::sled::Tree, files: RunFiles) -> RunRecords {
-        RunRecords {
-            ids: Packs::for_runs(tree),
+    pub(super) fn open(db: &::sled::Db, files: RunFiles) -> Result<RunRecords, StorageError> {
+        let records = RunRecords {
+            ids: Packs::for_runs(db.open_tree("run_pointers").map_err(backend)?),
             files,
+        };
+        records.move_earlier_entries(&db.open_tree("runs").map_err(backend)?)?;
+        Ok(records)
+    }
+
+    /// Moves the entries of `runs` (an earlier release's, one per run) into `run_pointers`,
+    /// where they read as singles beside the packs; a chunk at a time, each copied before it is
+    /// removed, so that a crash midway leaves them readable and the next start finishes.
+    fn move_earlier_entries(&self, earlier: &::sled::Tree) -> Result<(), StorageError> {
+        const CHUNK: usize = 10_000;
+        let mut moved = 0usize;
+        loop {
+            let chunk: Vec<(::sled::IVec, ::sled::IVec)> = earlier
+                .iter()
+                .take(CHUNK)
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (key, value) in &chunk {
+                // A key of another length was never a run's: it is dropped.
+                if key.len() == 16 {
+                    self.ids.put_single(NO_PREFIX, key, value)?;
+                }
+            }
+            for (key, _) in &chunk {
+                earlier.remove(key).map_err(backend)?;
+            }
+            moved += chunk.len();
         }
+        if moved > 0 {
+            tracing::info!(
+                runs = moved,
+                "moved the runs of an earlier release to the tree of run pointers"
+            );
+        }
+        Ok(())
     }
 
     /// Stores the batch's pointers (`RunFiles::append`'s), one sled insert per 10 ms of ids.
@@ -743,10 +787,8 @@ mod tests {
     fn a_batchs_pointers_take_one_insert_per_10_ms_of_ids_and_read_back_by_id_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let db = ::sled::Config::new().path(dir.path()).open().unwrap();
-        let records = RunRecords::open(
-            db.open_tree("runs").unwrap(),
-            RunFiles::open(&db, dir.path(), 1 << 20).unwrap(),
-        );
+        let records =
+            RunRecords::open(&db, RunFiles::open(&db, dir.path(), 1 << 20).unwrap()).unwrap();
         // 40 runs over 2 buckets of 10 ms: 2 sled entries, not 40.
         let batch: Vec<(u64, u8)> = (0..40).map(|n| (BASE + n as u64 / 2, n)).collect();
         assert_eq!(store(&records, &batch), (40, 10 * 9 + 30 * 10));
@@ -822,10 +864,8 @@ mod tests {
     fn a_run_written_again_reads_as_its_later_write_and_counts_once() {
         let dir = tempfile::tempdir().unwrap();
         let db = ::sled::Config::new().path(dir.path()).open().unwrap();
-        let records = RunRecords::open(
-            db.open_tree("runs").unwrap(),
-            RunFiles::open(&db, dir.path(), 1 << 20).unwrap(),
-        );
+        let records =
+            RunRecords::open(&db, RunFiles::open(&db, dir.path(), 1 << 20).unwrap()).unwrap();
         assert_eq!(store(&records, &[(BASE, 1), (BASE + 1, 2)]), (2, 18));
         // Run 1 again in a later batch (a record of 10 bytes, not 9), and run 3 twice in one.
         let mut batch = Appending::default();
@@ -856,5 +896,38 @@ mod tests {
         assert!(records.lookup().get(&id_at(BASE, 1)).unwrap().is_none());
         let all: Vec<String> = records.iter().map(|e| text(e.unwrap().1)).collect();
         assert_eq!(all, ["{\"run\":2}"]);
+    }
+
+    #[test]
+    fn an_earlier_releases_entries_move_to_the_pointers_tree_and_packs_never_go_to_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let files = RunFiles::open(&db, dir.path(), 1 << 20).unwrap();
+        // As an earlier release left them: a pointer, a record, and a key of no run.
+        let earlier = db.open_tree("runs").unwrap();
+        let mut one = Appending::default();
+        one.push(&id_at(BASE, 1), |buf| {
+            buf.extend_from_slice(b"{\"run\":1}");
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        for (id, pointer) in files.append(&one).unwrap() {
+            earlier.insert(id, &pointer).unwrap();
+        }
+        earlier
+            .insert(id_at(BASE + 20, 2), &b"{\"run\":2}"[..])
+            .unwrap();
+        earlier.insert(b"junk", &b"x"[..]).unwrap();
+        let records = RunRecords::open(&db, files).unwrap();
+        assert!(earlier.is_empty(), "moved");
+        let all: Vec<String> = records.iter().map(|e| text(e.unwrap().1)).collect();
+        assert_eq!(all, ["{\"run\":1}", "{\"run\":2}"]);
+        // New runs go to packs in `run_pointers`: `runs` stays empty, so that an earlier
+        // release run again on this directory finds no key it would take for junk.
+        store(&records, &[(BASE + 40, 3), (BASE + 41, 4)]);
+        assert!(earlier.is_empty());
+        assert_eq!(records.ids.stored_entries(), 3);
+        let all: Vec<u8> = records.iter().map(|e| e.unwrap().0[15]).collect();
+        assert_eq!(all, [1, 2, 3, 4]);
     }
 }

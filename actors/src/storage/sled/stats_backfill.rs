@@ -265,10 +265,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = ::sled::Config::new().path(dir.path()).open().unwrap();
         let backfill = Backfill {
-            runs: RunRecords::open(
-                db.open_tree("runs").unwrap(),
-                RunFiles::open(&db, dir.path(), SEGMENT_BYTES).unwrap(),
-            ),
+            runs: RunRecords::open(&db, RunFiles::open(&db, dir.path(), SEGMENT_BYTES).unwrap())
+                .unwrap(),
             days: db.open_tree("stats_days").unwrap(),
             writer: Arc::default(),
         };
