@@ -402,6 +402,14 @@ pub fn extract_json(text: &str) -> Option<Value> {
         }
     }
     let mut candidates: Vec<&str> = Vec::new();
+    let first_value = text.find(['{', '[']);
+    // A fence inside a string of a value that starts before it (a code sample in a field of
+    // an unfenced answer) is no fence: that value first.
+    if let (Some(start), Some(fence)) = (first_value, text.find("```")) {
+        if start < fence && value_end(&text[start..]).is_some_and(|end| start + end > fence) {
+            candidates.push(&text[start..]);
+        }
+    }
     // Fenced blocks first: ```json … ``` or ``` … ```.
     let mut rest = text;
     while let Some(start) = rest.find("```") {
@@ -423,12 +431,41 @@ pub fn extract_json(text: &str) -> Option<Value> {
             }
         }
     }
-    if let Some(start) = text.find(['{', '[']) {
+    if let Some(start) = first_value {
         candidates.push(&text[start..]);
     }
     for candidate in candidates {
         if let Some(v) = parse_lenient(candidate.trim()) {
             return Some(v);
+        }
+    }
+    None
+}
+
+/// Where the value that starts `text` (at its `{` or `[`) ends: the byte after its closer;
+/// `None` when it is not closed. Double-quoted strings, with their escapes, are passed over.
+fn value_end(text: &str) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, byte) in text.bytes().enumerate() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
         }
     }
     None
@@ -826,6 +863,17 @@ mod tests {
             (
                 "{\"q\": \"it's \\\"quoted\\\"\"}",
                 serde_json::json!({"q": "it's \"quoted\""}),
+            ),
+            // A fence inside a string of an unfenced answer, prose after it (found by the
+            // property test below): the value, not what follows the fence.
+            (
+                "{\"_\":{\"a\":[\"```\"]},\"a\":[]} \u{a1}",
+                serde_json::json!({"_": {"a": ["```"]}, "a": []}),
+            ),
+            // Brackets in the prose before a fenced answer: the fenced value.
+            (
+                "Step [1] done. ```json\n{\"a\": 1}\n```",
+                serde_json::json!({"a": 1}),
             ),
             // A fence inside a string of a fenced answer (a code sample in a field).
             (

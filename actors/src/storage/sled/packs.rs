@@ -3,8 +3,8 @@
 //! than one sled entry per run. Two trees are written so:
 //! - `runs_by_agent`: an agent's runs (prefix `tenant \0 agent \0`), with their facets, in
 //!   buckets of a second;
-//! - `runs`: every run's pointer to its record (`run_files.rs`), no prefix, in buckets of 10 ms,
-//!   as a lookup by id decodes its bucket.
+//! - `run_pointers`: every run's pointer to its record (`run_files.rs`), no prefix, in buckets
+//!   of 10 ms, as a lookup by id decodes its bucket.
 //!
 //! Why: a sled insert clones the leaf it lands in, and run ids grow with time, so every ninth
 //! insert also splits the right-most leaf of the list and clones its parent. One insert per run
@@ -28,8 +28,9 @@
 //! pack, the later entry.
 //!
 //! Releases before packs do not read them: once this release has written to a data directory,
-//! an earlier one lists and finds only the runs recorded before (releases before 2026-12-07
-//! read no list packs; those before 2026-12-08 no pointer packs either).
+//! an earlier one lists and finds only the runs recorded before. Releases before 2026-12-07
+//! (stop 34) read no list packs; releases before stop 35 no pointer packs, which are in a tree
+//! of their own so that such a release finds nothing it would misread (`run_files.rs`).
 use std::collections::{HashMap, HashSet};
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};

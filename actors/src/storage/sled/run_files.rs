@@ -1,5 +1,6 @@
-//! The runs' records on sled, in files of their own: the `runs` tree maps a run's id to where
-//! its record is (a 21-byte pointer), and the records are appended to segment files in
+//! The runs' records on sled, in files of their own: the `run_pointers` tree maps a run's id to
+//! where its record is (a 21-byte pointer, in packs: [`RunRecords`]), and the records are
+//! appended to segment files in
 //! `run-files/` beside sled's. Retention deletes the oldest runs, so it empties the oldest
 //! segments, and a segment whose runs are all gone is deleted whole.
 //!
@@ -23,8 +24,9 @@
 //! when it is closed; after a power cut, a pointer may name bytes that never reached the disk,
 //! and reads as a missing run.
 //!
-//! Data directories of earlier releases hold the records themselves in `runs`: a value that is
-//! not a pointer is a record, read as it is, and retention deletes it like the others.
+//! Data directories of earlier releases hold one entry a run in `runs`, a pointer or the record
+//! itself; they are moved to `run_pointers` at open. A value that is not a pointer is a record,
+//! read as it is, and retention deletes it like the others.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
