@@ -581,21 +581,19 @@ impl RunRecords {
         self.ids.scan(NO_PREFIX, range, false)
     }
 
-    /// The oldest and the newest stored run ids.
+    /// The oldest stored run id.
     pub(super) fn first_id(&self) -> Result<Option<[u8; 16]>, StorageError> {
-        self.ids
-            .scan(NO_PREFIX, .., false)
-            .next()
-            .transpose()
-            .map(|e| e.map(|(id, _)| id))
+        self.end_id(false)
     }
 
+    /// The newest stored run id.
     pub(super) fn last_id(&self) -> Result<Option<[u8; 16]>, StorageError> {
-        self.ids
-            .scan(NO_PREFIX, .., true)
-            .next()
-            .transpose()
-            .map(|e| e.map(|(id, _)| id))
+        self.end_id(true)
+    }
+
+    fn end_id(&self, newest: bool) -> Result<Option<[u8; 16]>, StorageError> {
+        let first = self.ids.scan(NO_PREFIX, .., newest).next().transpose()?;
+        Ok(first.map(|(id, _)| id))
     }
 
     /// Deletes runs' pointers (retention; their records go with their files).
@@ -785,12 +783,16 @@ mod tests {
 
     const BASE: u64 = 1_800_000_000_000;
 
+    /// A store's records in `dir`, as the store opens them.
+    fn records_in(dir: &Path) -> RunRecords {
+        let db = ::sled::Config::new().path(dir).open().unwrap();
+        RunRecords::open(&db, RunFiles::open(&db, dir, 1 << 20).unwrap()).unwrap()
+    }
+
     #[test]
     fn a_batchs_pointers_take_one_insert_per_10_ms_of_ids_and_read_back_by_id_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
-        let records =
-            RunRecords::open(&db, RunFiles::open(&db, dir.path(), 1 << 20).unwrap()).unwrap();
+        let records = records_in(dir.path());
         // 40 runs over 2 buckets of 10 ms: 2 sled entries, not 40.
         let batch: Vec<(u64, u8)> = (0..40).map(|n| (BASE + n as u64 / 2, n)).collect();
         assert_eq!(store(&records, &batch), (40, 10 * 9 + 30 * 10));
@@ -865,9 +867,7 @@ mod tests {
     #[test]
     fn a_run_written_again_reads_as_its_later_write_and_counts_once() {
         let dir = tempfile::tempdir().unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
-        let records =
-            RunRecords::open(&db, RunFiles::open(&db, dir.path(), 1 << 20).unwrap()).unwrap();
+        let records = records_in(dir.path());
         assert_eq!(store(&records, &[(BASE, 1), (BASE + 1, 2)]), (2, 18));
         // Run 1 again in a later batch (a record of 10 bytes, not 9), and run 3 twice in one.
         let mut batch = Appending::default();
