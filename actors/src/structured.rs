@@ -406,7 +406,10 @@ pub fn extract_json(text: &str) -> Option<Value> {
     // A fence inside a string of a value that starts before it (a code sample in a field of
     // an unfenced answer) is no fence: that value first.
     if let (Some(start), Some(fence)) = (first_value, text.find("```")) {
-        if start < fence && value_end(&text[start..]).is_some_and(|end| start + end > fence) {
+        // The streams' isolator tells where that value ends (strings and escapes tracked).
+        let mut isolator = JsonIsolator::new();
+        let value = isolator.push(&text[start..]);
+        if start < fence && isolator.is_done() && start + value.len() > fence {
             candidates.push(&text[start..]);
         }
     }
@@ -437,35 +440,6 @@ pub fn extract_json(text: &str) -> Option<Value> {
     for candidate in candidates {
         if let Some(v) = parse_lenient(candidate.trim()) {
             return Some(v);
-        }
-    }
-    None
-}
-
-/// Where the value that starts `text` (at its `{` or `[`) ends: the byte after its closer;
-/// `None` when it is not closed. Double-quoted strings, with their escapes, are passed over.
-fn value_end(text: &str) -> Option<usize> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for (i, byte) in text.bytes().enumerate() {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return Some(i + 1);
-                }
-            }
-            _ => {}
         }
     }
     None

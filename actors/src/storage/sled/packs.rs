@@ -127,9 +127,9 @@ fn decode(suffix: &[u8], value: ::sled::IVec, out: &mut Vec<([u8; 16], u64, ::sl
 }
 
 /// A range of ids as owned bounds.
-type IdRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+type IdBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 
-fn owned<R: RangeBounds<Vec<u8>>>(range: &R) -> IdRange {
+fn owned<R: RangeBounds<Vec<u8>>>(range: &R) -> IdBounds {
     (range.start_bound().cloned(), range.end_bound().cloned())
 }
 
@@ -151,7 +151,7 @@ impl Packs {
         Packs::with_buckets(tree, LIST_BUCKET_MS)
     }
 
-    /// The runs' pointers (`runs`), read by id: buckets of `RUN_BUCKET_MS`.
+    /// The runs' pointers (`run_pointers`), read by id: buckets of `RUN_BUCKET_MS`.
     pub(super) fn for_runs(tree: ::sled::Tree) -> Packs {
         Packs::with_buckets(tree, RUN_BUCKET_MS)
     }
@@ -218,7 +218,7 @@ impl Packs {
     }
 
     /// The sled keys of the buckets `first` to `last` (inclusive) of the list `prefix`.
-    fn bucket_keys(&self, prefix: &[u8], first: Bound<u64>, last: Bound<u64>) -> IdRange {
+    fn bucket_keys(&self, prefix: &[u8], first: Bound<u64>, last: Bound<u64>) -> IdBounds {
         let key = |bucket: u64| [prefix, &bucket_bytes(bucket)].concat();
         let start = match first {
             Bound::Included(bucket) | Bound::Excluded(bucket) => Bound::Included(key(bucket)),
@@ -299,27 +299,16 @@ impl Packs {
         let buckets: HashSet<u64> = ids.iter().map(|id| bucket_of(id, self.bucket_ms)).collect();
         // Each id's latest write: its sequence (a single's is 0) and value.
         let mut found: HashMap<[u8; 16], (u64, ::sled::IVec)> = HashMap::new();
-        let mut keep = |id: [u8; 16], seq: u64, value: ::sled::IVec| {
-            let slot = found.entry(id).or_insert((seq, value.clone()));
-            // A later pack, or the later entry of the same pack.
-            if seq >= slot.0 {
-                *slot = (seq, value);
-            }
-        };
+        let mut decoded = Vec::new();
         for bucket in buckets {
             let at = Bound::Included(bucket);
             for entry in self.tree.range(self.bucket_keys(prefix, at, at)) {
                 let (key, value) = entry.map_err(backend)?;
-                let suffix = &key[prefix.len()..];
-                if let Ok(id) = <[u8; 16]>::try_from(suffix) {
-                    if ids.contains(&id) {
-                        keep(id, 0, value);
-                    }
-                } else if let Some(seq) = sequence(suffix) {
-                    for (id, start, len) in entries(&value) {
-                        if ids.contains(&id) {
-                            keep(id, seq, value.subslice(start, len));
-                        }
+                decode(&key[prefix.len()..], value, &mut decoded);
+                // A later pack wins; within one, `decode` gives the later entry first.
+                for (id, seq, value) in decoded.drain(..) {
+                    if ids.contains(&id) && found.get(&id).is_none_or(|(at, _)| *at < seq) {
+                        found.insert(id, (seq, value));
                     }
                 }
             }
@@ -444,7 +433,7 @@ pub(super) struct Scan {
     iter: ::sled::Iter,
     prefix_len: usize,
     bucket_ms: u64,
-    ids: IdRange,
+    ids: IdBounds,
     /// Newest first.
     reverse: bool,
     /// The bucket being handed out, in the order popped from its end.

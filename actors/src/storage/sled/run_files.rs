@@ -425,7 +425,7 @@ impl RunFiles {
     }
 }
 
-/// The `runs` tree with the files its pointers name: what the store, search and retention read
+/// The runs' pointers with the files they name: what the store, search and retention read
 /// records through. Cheap to clone.
 ///
 /// The tree `run_pointers` maps run ids to pointers, written a batch at a time as packs of
@@ -465,7 +465,7 @@ impl RunLookup<'_> {
     }
 }
 
-/// Run ids have no prefix in the `runs` tree.
+/// Run ids have no prefix in `run_pointers`.
 const NO_PREFIX: &[u8] = &[];
 
 impl RunRecords {

@@ -1,6 +1,6 @@
 //! Runs on sled: each run's JSON in a segment file, with a pointer to it under its id in
-//! `run_pointers` (`run_files.rs`), and the agents' lists in `runs_by_agent`, `tenant \0 agent \0` then the
-//! run id; both are written a batch at a time (`packs.rs`). Run ids are UUIDv7, so byte order is
+//! `run_pointers` (`run_files.rs`), and the agents' lists in `runs_by_agent`,
+//! `tenant \0 agent \0` then the run id; both are written a batch at a time (`packs.rs`). Run ids are UUIDv7, so byte order is
 //! time order and an agent's runs list newest first. Earlier releases wrote one entry a run, or
 //! the JSON itself under the id: their data directories read back as they are.
 
