@@ -718,7 +718,13 @@ mod tests {
             b"junk",
         )
         .unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        // sled's threads of the first handle may still hold its lock for a moment.
+        let db = crate::storage::sled::wait_for_lock(|| {
+            ::sled::Config::new()
+                .path(dir.path())
+                .open()
+                .map_err(backend)
+        });
         let tree = db.open_tree("runs").unwrap();
         let files = RunFiles::open(&db, dir.path(), 1 << 20).unwrap();
         assert_eq!(segment_files(dir.path()), 1);
