@@ -183,7 +183,9 @@ pub(super) async fn respond(
                 .as_ref()
                 .and_then(|o| o.valid_json_chunks)
                 .unwrap_or(false);
-            response.streaming(sse::body(run, live, valid_json_chunks).await)
+            // Boxed: the relay's future (5.7 KB) would otherwise size this one, and so every
+            // future that holds it, for the non-streamed requests too (see `chat_completions`).
+            response.streaming(Box::pin(sse::body(run, live, valid_json_chunks)).await)
         }
         Ok(RunOutput::Answer(answer)) => {
             // Written out before the run takes the answer (without a copy when it can).
@@ -319,19 +321,18 @@ pub(super) async fn prepare_raw(
     let catalog = state.gateway.catalog.load_full();
     let (tenant, run_id) = (&ctx.tenant, ctx.run_id);
     // Templates are rendered off the worker thread (rendering waits for a render worker).
-    let resolution = state
-        .gateway
-        .agents
-        .resolve(
-            &catalog,
-            tenant,
-            &model_ref.agent,
-            run_id,
-            target,
-            chat,
-            &state.renderer,
-        )
-        .await?;
+    // Boxed: the resolution's future (4.2 KB) would otherwise be part of this one and of
+    // every future above it, each copied whole when it is made (see `chat_completions`).
+    let resolution = Box::pin(state.gateway.agents.resolve(
+        &catalog,
+        tenant,
+        &model_ref.agent,
+        run_id,
+        target,
+        chat,
+        &state.renderer,
+    ))
+    .await?;
     if deployment {
         validate(&resolution.request, &state.limits)?;
     }

@@ -118,7 +118,10 @@ async fn call_provider_in_span(
     };
     let started = Instant::now();
     let total = planned.provider.settings.timeouts.total();
-    let result = match tokio::time::timeout(total, planned.provider.client.complete(call)).await {
+    // Boxed: the provider call's future (1.9 KB, the HTTP client's inside) would otherwise be
+    // copied into each of the attempt loop's futures (see `Gateway::run`).
+    let call = Box::pin(planned.provider.client.complete(call));
+    let result = match tokio::time::timeout(total, call).await {
         Ok(result) => result,
         Err(_) => Err(GatewayError::new(
             ErrorKind::Timeout,
@@ -711,7 +714,8 @@ async fn first_event(
     let first_byte = planned.provider.settings.timeouts.first_byte();
     let span = attempt_span(planned, attempt);
     let opened = tokio::time::timeout(first_byte, async {
-        let mut stream = planned.provider.client.stream(call).await?;
+        // Boxed, as the whole answer's call is (`call_provider_in_span`).
+        let mut stream = Box::pin(planned.provider.client.stream(call)).await?;
         match stream.next().await {
             Some(Ok(first)) => Ok((first, stream)),
             Some(Err(e)) => Err(e),

@@ -168,14 +168,18 @@ impl Gateway {
         if run.ctx.version_id.is_none() {
             run.ctx.version_id = Some(version_id(&plan.model.id, chat));
         }
+        // Both boxed: an async fn's future is as large as everything it holds across an await,
+        // and is copied whole when it is made and again into each future that awaits it; the
+        // request's futures nest a dozen deep (the edge's handler down to the HTTP client), so
+        // one allocation here spares copying these kilobytes at every level above.
         if chat.is_stream() {
-            let live = self.stream(run, &plan, chat).await?;
+            let live = Box::pin(self.stream(run, &plan, chat)).await?;
             // From its first event a stream goes at the pace of its provider and of the
             // client that reads it (a replay from the cache too): not the gateway's overhead.
             run.relaying_since = Some(Instant::now());
             return Ok(RunOutput::Stream(live));
         }
-        let answer = self.complete(run, &plan, chat).await?;
+        let answer = Box::pin(self.complete(run, &plan, chat)).await?;
         run.model = Some(answer.model.clone());
         run.provider = Some(answer.provider.clone());
         Ok(RunOutput::Answer(answer))

@@ -94,7 +94,14 @@ impl RunContext {
 
 /// Guarantees one run record per request: finish it with a result, or dropping it (the client
 /// went away) records a cancelled run with whatever was produced and what it cost.
-pub struct Run {
+///
+/// Boxed: a run lives in the request's futures, which hold it as an argument and again as a
+/// local at each level and are copied whole when made; its state (1.2 KB) would be copied
+/// with them a dozen times a request.
+pub struct Run(Box<RunState>);
+
+/// A [`Run`]'s state.
+pub struct RunState {
     pub(super) gateway: Arc<Gateway>,
     pub(super) ctx: RunContext,
     pub(super) model: Option<String>,
@@ -135,10 +142,24 @@ pub(super) struct OpenAttempt {
     pub(super) index: usize,
 }
 
+impl std::ops::Deref for Run {
+    type Target = RunState;
+
+    fn deref(&self) -> &RunState {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Run {
+    fn deref_mut(&mut self) -> &mut RunState {
+        &mut self.0
+    }
+}
+
 impl Run {
     pub(super) fn new(gateway: Arc<Gateway>, ctx: RunContext) -> Run {
         let in_flight = gateway.metrics.in_flight();
-        Run {
+        Run(Box::new(RunState {
             gateway,
             ctx,
             model: None,
@@ -159,7 +180,7 @@ impl Run {
             recorded: false,
             admission: None,
             _in_flight: in_flight,
-        }
+        }))
     }
 
     pub fn duration_seconds(&self) -> f64 {
