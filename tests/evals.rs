@@ -274,6 +274,16 @@ async fn datasets_from_runs_and_json_lines_and_reviews_by_people() {
         assert_eq!(status, 200);
         ids.push(run_id(&headers));
     }
+    // From a search, at once: the search waits for the recorder to write the runs just sent.
+    let (status, made) = post(
+        gw,
+        "/api/agents/geo/datasets",
+        json!({"name": "from-search",
+               "search": {"field_queries": [{"field": "status", "operator": "is", "values": ["success"]}]}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(made["items"], 3, "{made}");
     // Runs are written within the recorder's flush interval.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (status, made) = post(

@@ -23,8 +23,7 @@ use flowgate_actors::evals::{
 };
 use flowgate_actors::model_ref::is_slug;
 use flowgate_actors::recorder::run::RunRecord;
-use flowgate_actors::search::{RunQuery, SearchBody};
-use flowgate_actors::storage::SearchScope;
+use flowgate_actors::search::SearchBody;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -157,12 +156,11 @@ async fn gather(
         items.push(item_of_run(&run));
     }
     if let Some(search) = body.search {
-        let query = RunQuery::parse(search, false)?;
-        let scope = SearchScope {
-            tenant: tenant.to_string(),
-            agent: Some(agent.to_string()),
-        };
-        let page = state.gateway.runs.search(&scope, &query).await?;
+        // As the search API runs it: after the recorder has written the runs sent before, and
+        // with the agent's environments resolved (`version is production`).
+        let page =
+            super::search::search_page(state, tenant.to_string(), Some(agent.to_string()), search)
+                .await?;
         for summary in page.items {
             if let Ok(run) = find_run(state, tenant, summary.id).await {
                 items.push(item_of_run(&run));
