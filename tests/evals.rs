@@ -9,6 +9,7 @@ use common::*;
 use serde_json::{json, Value};
 
 const TENANT_KEY: &str = "evals-tenant-key";
+const ADMIN_KEY: &str = "evals-admin-key";
 const OTHER_KEY: &str = "evals-other-key";
 
 fn config(data_dir: &std::path::Path, upstream: &MockUpstream) -> String {
@@ -22,7 +23,8 @@ fn config(data_dir: &std::path::Path, upstream: &MockUpstream) -> String {
     };
     base_config(data_dir, Some(upstream))
         + &format!(
-            "\n[auth]\napi_keys = [\"{TENANT_KEY}\"]\n[auth.tenants.other]\napi_keys = [\"{OTHER_KEY}\"]\n"
+            "\n[auth]\napi_keys = [\"{TENANT_KEY}\"]\n[auth.tenants.other]\napi_keys = [\"{OTHER_KEY}\"]\n\
+             [admin]\napi_keys = [{{ key = \"{ADMIN_KEY}\", label = \"release-bot\" }}]\n"
         )
         + &model("good", "gpt-4o-mini", 1.0, 2.0)
         + &model("sloppy", "gpt-4o-mini;forget=Paris", 1.0, 2.0)
@@ -284,6 +286,59 @@ async fn datasets_from_runs_and_json_lines_and_reviews_by_people() {
     .await;
     assert_eq!(status, 201, "{made}");
     assert_eq!(made["items"], 3, "{made}");
+    // By environment, as the search API reads it: the version deployed to production when the
+    // run ran (the three above ran before it was deployed).
+    let (status, _, answer) = chat_as(
+        gw,
+        TENANT_KEY,
+        json!({"model": "geo/good",
+               "messages": [{"role": "user", "content": "Capital of {{ c }}: {{ a }}"}],
+               "input": {"c": "Chile", "a": "Santiago"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let version = answer["version_id"].as_str().unwrap();
+    let (status, deployed) = call(
+        gw,
+        reqwest::Method::POST,
+        &format!("/api/agents/geo/versions/{version}/deploy"),
+        Some(json!({"environment": "production"})),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_eq!(status, 200, "{deployed}");
+    let (status, headers, _) = chat_as(
+        gw,
+        TENANT_KEY,
+        json!({"model": "geo/good",
+               "messages": [{"role": "user", "content": "Capital of {{ c }}: {{ a }}"}],
+               "input": {"c": "Kenya", "a": "Nairobi"}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, made) = post(
+        gw,
+        "/api/agents/geo/datasets",
+        json!({"name": "from-production",
+               "search": {"field_queries": [{"field": "version", "operator": "is", "values": ["production"]}]}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(made["items"], 1, "{made}");
+    let exported = client()
+        .get(format!(
+            "{}/api/agents/geo/datasets/from-production/export",
+            gw.url
+        ))
+        .bearer_auth(TENANT_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let item: Value = serde_json::from_str(exported.trim()).unwrap();
+    assert_eq!(item["source_run"], run_id(&headers).as_str(), "{exported}");
     // Runs are written within the recorder's flush interval.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (status, made) = post(
