@@ -455,6 +455,12 @@ impl SledStatsStore {
         }
         let mut prefix = tenant.as_bytes().to_vec();
         prefix.push(0);
+        // Under the writer lock: the backfill replaces a day's before-upgrade rows with rows
+        // per model key by key (not as a `sled::Batch`, see `add_now`), and a scan in between
+        // would count that day's runs short. The scan is of the roll-up's rows only (days ×
+        // agents × models, bounded by `limit`), so the recorder waits for it no longer than
+        // for any write.
+        let _writer = self.write_lock();
         let bound = |day: Day| {
             let mut key = prefix.clone();
             key.extend_from_slice(&day.to_be_bytes());
@@ -694,5 +700,108 @@ mod tests {
         // Once: opening again fills nothing twice.
         let storage = open_waiting(dir.path()).storage();
         assert_eq!(rows(storage).await, vec![("gpt".to_string(), 2, 500_000)]);
+    }
+
+    /// A read of the roll-up while the backfill replaces a day's before-upgrade rows with rows
+    /// per model counts every run of that day, never some: the day is put back and replaced
+    /// again many times while another thread reads it without pause.
+    #[test]
+    fn a_read_during_the_backfill_counts_every_run_of_the_day() {
+        use super::super::run_files::{RunFiles, RunRecords, SEGMENT_BYTES};
+        use super::super::stats_backfill::{Backfill, DayOutcome};
+        use super::{day_key, encode_day, SledStatsStore};
+        use crate::stats::{DayKey, DayTotals};
+        use std::collections::BTreeSet;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        let dir = tempfile::tempdir().unwrap();
+        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let runs =
+            RunRecords::open(&db, RunFiles::open(&db, dir.path(), SEGMENT_BYTES).unwrap()).unwrap();
+        let store = SledStatsStore {
+            hours: db.open_tree("stats_hours").unwrap(),
+            agents: db.open_tree("stats_agents").unwrap(),
+            days: db.open_tree("stats_days").unwrap(),
+            _backfill: None,
+            writer: Arc::default(),
+        };
+        let backfill = Backfill {
+            runs: runs.clone(),
+            days: store.days.clone(),
+            writer: store.writer.clone(),
+        };
+        let day = 20_000u32;
+        let start = u64::from(day) * DAY_MS;
+        let models = ["gpt", "claude", "llama", "mistral", "gemini", "gpt"];
+        let mut last = [0u8; 16];
+        for (i, model) in models.into_iter().enumerate() {
+            let mut run = run_at("t", "a", start + i as u64 * 1000, "x");
+            run.model = Some(model.into());
+            last = *run.id.as_bytes();
+            runs.ids
+                .raw()
+                .insert(run.id.as_bytes(), serde_json::to_vec(&run).unwrap())
+                .unwrap();
+        }
+        let row = |model: &str| {
+            day_key(&DayKey {
+                tenant: "t".into(),
+                day,
+                agent: "a".into(),
+                source: RunSource::Api,
+                model: model.into(),
+            })
+        };
+        let before = row(BEFORE_UPGRADE);
+        let rows = BTreeSet::from([before.clone()]);
+        let runs_of_the_day = models.len() as u64;
+        let put_back = || {
+            for model in models {
+                store.days.remove(row(model)).unwrap();
+            }
+            let totals = DayTotals {
+                runs: runs_of_the_day,
+                errors: 0,
+                cost_usd: 0.0,
+            };
+            store.days.insert(&before, &encode_day(&totals)).unwrap();
+        };
+        put_back();
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (store, done) = (store.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut short = 0u32;
+                let mut reads = 0u32;
+                while !done.load(Ordering::Relaxed) {
+                    let found = store
+                        .days_now("t", &[RunSource::Api], day..day + 1, 100)
+                        .unwrap();
+                    let counted: u64 = found.iter().map(|(_, t)| t.runs).sum();
+                    if counted != runs_of_the_day {
+                        short += 1;
+                    }
+                    reads += 1;
+                }
+                (short, reads)
+            })
+        };
+        for _ in 0..300 {
+            {
+                let _writer = store.write_lock();
+                put_back();
+            }
+            assert_eq!(
+                backfill.replace_day(day, &rows, &last).unwrap(),
+                DayOutcome::Replaced {
+                    runs: runs_of_the_day
+                }
+            );
+        }
+        done.store(true, Ordering::Relaxed);
+        let (short, reads) = reader.join().unwrap();
+        assert!(reads > 0);
+        assert_eq!(short, 0, "{short} of {reads} reads counted the day short");
     }
 }
