@@ -458,6 +458,39 @@ async fn versions_deployments_and_statistics_persist_across_restart() {
     assert_eq!(schemas["items"].as_array().unwrap().len(), 1);
 }
 
+/// A client that sends its next turn the moment it has an answer (a tool loop with local tools,
+/// an Instructor retry) reaches the gateway before the recorder has stored that answer (it
+/// writes in batches, milliseconds later): every turn still joins the first one's
+/// conversation, streamed or not.
+#[tokio::test]
+async fn turns_sent_the_moment_their_answer_arrives_stay_in_one_conversation() {
+    let s = setup();
+    let mut messages = vec![
+        json!({"role": "system", "content": "Be brief."}),
+        json!({"role": "user", "content": "Turn 0"}),
+    ];
+    let mut runs = Vec::new();
+    for turn in 0..8 {
+        let body = json!({"model": "looper/mock-echo", "messages": messages});
+        let (headers, answer) = if turn % 2 == 1 {
+            let (headers, chunks) = stream_ok(&s.gw, body).await;
+            (headers, streamed_content(&chunks))
+        } else {
+            let (status, headers, answer) = chat(&s.gw, body).await;
+            assert_eq!(status, 200, "{answer}");
+            let text = answer["choices"][0]["message"]["content"].as_str();
+            (headers, text.unwrap().to_string())
+        };
+        runs.push(run_id(&headers));
+        messages.push(json!({"role": "assistant", "content": answer}));
+        messages.push(json!({"role": "user", "content": format!("Turn {}", turn + 1)}));
+    }
+    for id in &runs {
+        let run = get_run(&s.gw, id).await;
+        assert_eq!(run["conversation_id"], runs[0].as_str(), "{run}");
+    }
+}
+
 #[tokio::test]
 async fn follow_up_runs_join_the_conversation_and_feedback_is_stored_on_the_run() {
     let s = setup();

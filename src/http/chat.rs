@@ -339,6 +339,7 @@ pub(super) async fn prepare_raw(
     ctx.version_id = resolution.version_id;
     ctx.schema_id = Some(resolution.schema_id);
     ctx.conversation_id = Some(resolution.conversation_id);
+    ctx.messages_hash = Some(resolution.messages_hash);
     ctx.rendered_messages = resolution.rendered_messages;
     Ok(Prepared {
         chat: resolution.request,

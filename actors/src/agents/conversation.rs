@@ -8,13 +8,15 @@
 //! new request looks up the hash of its messages up to its last assistant turn.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{hash_json, AgentStore};
-use crate::completion::AssistantMessage;
+use crate::completion::{AssistantMessage, Completion};
 use crate::error::GatewayError;
 use crate::recorder::run::{RunRecord, RunStatus};
 use crate::storage::{ConversationLink, StorageError};
@@ -114,14 +116,129 @@ fn hash_messages(messages: &[Message]) -> [u8; 32] {
 
 /// The hash under which an answered run's conversation is filed: its messages, then its answer.
 pub fn continuation_hash(messages: &[Message], answer: &AssistantMessage) -> [u8; 32] {
-    chain(&hash_messages(messages), &normal_answer(answer))
+    continuation_of(&hash_messages(messages), answer)
+}
+
+/// [`continuation_hash`] from the hash of the messages ([`MessageHashes::all`]).
+pub fn continuation_of(messages: &[u8; 32], answer: &AssistantMessage) -> [u8; 32] {
+    chain(messages, &normal_answer(answer))
 }
 
 /// The hash of the messages up to the last assistant turn, which an earlier run's messages and
 /// answer must match; `None` when the messages have no assistant turn.
 pub fn lookup_hash(messages: &[Message]) -> Option<[u8; 32]> {
-    let last = messages.iter().rposition(|m| m.role == Role::Assistant)?;
-    Some(hash_messages(&messages[..=last]))
+    message_hashes(messages).lookup
+}
+
+/// A request's messages hashed once: what its conversation is looked up by, and what its
+/// answer extends into the hash the next turn will look up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageHashes {
+    /// Up to the last assistant turn ([`lookup_hash`]).
+    pub lookup: Option<[u8; 32]>,
+    /// All of them.
+    pub all: [u8; 32],
+}
+
+/// [`MessageHashes`] in one pass over the messages (the chain passes the lookup on its way).
+pub fn message_hashes(messages: &[Message]) -> MessageHashes {
+    let last = messages.iter().rposition(|m| m.role == Role::Assistant);
+    let mut hash = [0u8; 32];
+    let mut lookup = None;
+    for (i, message) in messages.iter().enumerate() {
+        hash = chain(&hash, &normal(message));
+        if Some(i) == last {
+            lookup = Some(hash);
+        }
+    }
+    MessageHashes { lookup, all: hash }
+}
+
+/// Most links held in memory while they wait for the recorder; past it a run's link is only
+/// found once stored (as before there was this map).
+const MAX_PENDING: usize = 65_536;
+
+/// One answered run's link, waiting to be stored.
+struct Pending {
+    tenant: Box<str>,
+    agent: Box<str>,
+    conversation: Uuid,
+}
+
+/// The conversation links of answered runs not yet stored. The request path adds a run's link
+/// before its answer leaves ([`AgentStore::link_pending`]); the recorder stores links in
+/// batches, a few milliseconds later, and takes them out once stored ([`AgentStore::observe`])
+/// or once their runs failed to be. A follow-up sent in between (a tool loop answering at
+/// once, an Instructor retry) finds its conversation here rather than starting a new one.
+#[derive(Default)]
+pub(super) struct PendingLinks {
+    /// By continuation hash; the few runs of other agents or tenants with the same messages
+    /// and answer share its entry.
+    links: Mutex<HashMap<[u8; 32], Vec<Pending>>>,
+}
+
+impl PendingLinks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Vec<Pending>>> {
+        self.links.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add(&self, tenant: &str, agent: &str, hash: [u8; 32], conversation: Uuid) {
+        let mut links = self.lock();
+        if links.len() >= MAX_PENDING && !links.contains_key(&hash) {
+            return;
+        }
+        let same = links.entry(hash).or_default();
+        match same
+            .iter_mut()
+            .find(|p| &*p.tenant == tenant && &*p.agent == agent)
+        {
+            // The same messages and answer again: the latest run's conversation, as the store
+            // keeps it.
+            Some(pending) => pending.conversation = conversation,
+            None => same.push(Pending {
+                tenant: tenant.into(),
+                agent: agent.into(),
+                conversation,
+            }),
+        }
+    }
+
+    fn find(&self, tenant: &str, agent: &str, hash: &[u8; 32]) -> Option<Uuid> {
+        self.lock()
+            .get(hash)?
+            .iter()
+            .find(|p| &*p.tenant == tenant && &*p.agent == agent)
+            .map(|p| p.conversation)
+    }
+
+    /// Takes out `links` (stored, or never to be), unless a later run replaced one.
+    pub(super) fn remove(&self, links: &[ConversationLink]) {
+        if links.is_empty() {
+            return;
+        }
+        let mut pending = self.lock();
+        if pending.is_empty() {
+            return;
+        }
+        for link in links {
+            let Some(same) = pending.get_mut(&link.hash) else {
+                continue;
+            };
+            same.retain(|p| {
+                !(*p.tenant == link.tenant
+                    && *p.agent == link.agent
+                    && p.conversation == link.conversation_id)
+            });
+            if same.is_empty() {
+                pending.remove(&link.hash);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
 }
 
 impl AgentStore {
@@ -133,10 +250,25 @@ impl AgentStore {
         agent: &str,
         messages: &[Message],
     ) -> Result<Option<Uuid>, GatewayError> {
-        let Some(hash) = lookup_hash(messages) else {
+        self.conversation_by(tenant, agent, lookup_hash(messages).as_ref())
+            .await
+    }
+
+    /// [`AgentStore::conversation_of`] by the messages' lookup hash: an answer not yet stored
+    /// is found in memory, the others in the store.
+    pub async fn conversation_by(
+        &self,
+        tenant: &str,
+        agent: &str,
+        lookup: Option<&[u8; 32]>,
+    ) -> Result<Option<Uuid>, GatewayError> {
+        let Some(hash) = lookup else {
             return Ok(None);
         };
-        match self.inner.conversations.find(tenant, agent, &hash).await {
+        if let Some(pending) = self.inner.pending_links.find(tenant, agent, hash) {
+            return Ok(Some(pending));
+        }
+        match self.inner.conversations.find(tenant, agent, hash).await {
             Ok(found) => Ok(found),
             // The store is away: the turn starts a conversation of its own rather than fail.
             Err(StorageError::Unavailable(e)) => {
@@ -148,17 +280,52 @@ impl AgentStore {
     }
 }
 
-/// The link that lets an answered run's next turn find its conversation; `None` for a run
-/// without an answer (or whose messages cannot be read).
-pub(crate) fn link_of(run: &RunRecord) -> Option<ConversationLink> {
-    if run.status != RunStatus::Success {
+impl AgentStore {
+    /// Keeps an answered run's link (its [`continuation_of`] hash) in memory until the
+    /// recorder has stored it: called by the request path before the answer leaves.
+    pub fn link_pending(&self, tenant: &str, agent: &str, hash: [u8; 32], conversation: Uuid) {
+        self.inner
+            .pending_links
+            .add(tenant, agent, hash, conversation);
+    }
+
+    /// How many links wait in memory for the recorder.
+    #[cfg(test)]
+    pub(crate) fn pending_links(&self) -> usize {
+        self.inner.pending_links.len()
+    }
+
+    /// Forgets the links of runs that were not stored (their batch failed): no one stores them.
+    pub fn forget_links(&self, runs: &[Box<RunRecord>]) {
+        let links: Vec<_> = runs.iter().filter_map(|run| link_of(run)).collect();
+        self.inner.pending_links.remove(&links);
+    }
+}
+
+/// The answer a successful run gave, which its conversation's next turn sends back.
+pub(crate) fn answer_of(
+    status: RunStatus,
+    output: Option<&Completion>,
+) -> Option<&AssistantMessage> {
+    if status != RunStatus::Success {
         return None;
     }
-    let answer = run
-        .output
-        .as_ref()
-        .and_then(|o| o.choices.first())
-        .map(|c| &c.message)?;
+    output.and_then(|o| o.choices.first()).map(|c| &c.message)
+}
+
+/// The link that lets an answered run's next turn find its conversation; `None` for a run
+/// without an answer (or whose messages cannot be read). The request path hashed a run's
+/// messages already ([`RunRecord::continuation`]); runs from elsewhere are read again.
+pub(crate) fn link_of(run: &RunRecord) -> Option<ConversationLink> {
+    let answer = answer_of(run.status, run.output.as_ref())?;
+    if let Some(hash) = run.continuation {
+        return Some(ConversationLink {
+            tenant: run.tenant.clone(),
+            agent: run.agent.clone(),
+            hash,
+            conversation_id: run.conversation_id.unwrap_or(run.id),
+        });
+    }
     // The messages as sent: rendered ones when templates were, else the request's.
     let parsed: Vec<Message>;
     let messages: &[Message] = match &run.rendered_messages {
@@ -231,6 +398,63 @@ mod tests {
             Some(continuation_hash(&first, &answer))
         );
         assert_eq!(lookup_hash(&first), None);
+    }
+
+    #[test]
+    fn one_pass_gives_the_lookup_and_the_continuation() {
+        let follow_up = messages(json!([
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "And?"}
+        ]));
+        let hashes = message_hashes(&follow_up);
+        assert_eq!(hashes.lookup, lookup_hash(&follow_up));
+        assert!(hashes.lookup.is_some());
+        assert_eq!(hashes.all, hash_messages(&follow_up));
+        let answer = AssistantMessage {
+            content: Some("Fine.".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            continuation_of(&hashes.all, &answer),
+            continuation_hash(&follow_up, &answer)
+        );
+        assert_eq!(message_hashes(&follow_up[..1]).lookup, None);
+    }
+
+    #[test]
+    fn pending_links_are_found_by_tenant_and_agent_until_stored() {
+        let pending = PendingLinks::default();
+        let (hash, other_hash) = ([1u8; 32], [2u8; 32]);
+        let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+        let link = |agent: &str, hash: [u8; 32], conversation: Uuid| ConversationLink {
+            tenant: "t".into(),
+            agent: agent.into(),
+            hash,
+            conversation_id: conversation,
+        };
+        pending.add("t", "a", hash, first);
+        // Another agent's run with the same messages and answer has its own conversation.
+        pending.add("t", "b", hash, second);
+        assert_eq!(pending.find("t", "a", &hash), Some(first));
+        assert_eq!(pending.find("t", "b", &hash), Some(second));
+        assert_eq!(pending.find("u", "a", &hash), None);
+        assert_eq!(pending.find("t", "a", &other_hash), None);
+        // The same messages and answer again: the latest run's conversation, and storing the
+        // earlier link does not take out the later one.
+        pending.add("t", "a", hash, second);
+        pending.remove(&[link("a", hash, first)]);
+        assert_eq!(pending.find("t", "a", &hash), Some(second));
+        pending.remove(&[link("a", hash, second), link("b", hash, second)]);
+        assert_eq!(pending.len(), 0);
+        assert!(pending.lock().is_empty());
+        // Bounded: past the limit a link waits in the store only.
+        for i in 0..MAX_PENDING as u32 + 10 {
+            let mut hash = [0u8; 32];
+            hash[..4].copy_from_slice(&i.to_be_bytes());
+            pending.add("t", "a", hash, first);
+        }
+        assert_eq!(pending.len(), MAX_PENDING);
     }
 
     #[test]

@@ -73,6 +73,8 @@ struct Inner {
     /// no write to name one), written by [`AgentStore::observe`] (the recorder) or by a reader
     /// of the agent's versions; kept while the store is unreachable.
     unstored_versions: Mutex<HashMap<Vec<u8>, version::UnstoredVersion>>,
+    /// Answered runs' conversation links until the recorder has stored them.
+    pending_links: conversation::PendingLinks,
 }
 
 /// A version's statistics waiting to be written.
@@ -208,6 +210,7 @@ impl AgentStore {
                 pending_stats: Mutex::default(),
                 stats_writer: futures::lock::Mutex::new(()),
                 unstored_versions: Mutex::default(),
+                pending_links: Default::default(),
             }),
         }
     }
@@ -237,6 +240,8 @@ impl AgentStore {
                 failures.push(format!("cannot store conversation links: {e}"));
             }
         }
+        // Stored, or lost with the store away: either way no longer waiting in memory.
+        self.inner.pending_links.remove(&links);
         failures
     }
 

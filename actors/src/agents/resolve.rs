@@ -12,6 +12,7 @@
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use super::conversation::message_hashes;
 use super::schema::{self, SchemaRecord};
 use super::AgentStore;
 use crate::catalog::Catalog;
@@ -35,6 +36,9 @@ pub struct Resolution {
     /// The messages as sent, when they differ from the request's (templates were rendered or a
     /// deployment supplied them).
     pub rendered_messages: Option<Vec<Message>>,
+    /// The hash of the messages as sent, which the answer extends into its conversation link
+    /// ([`super::conversation::continuation_of`]).
+    pub messages_hash: [u8; 32],
 }
 
 /// The request's target: the `model` string's, or a deployment named by the `environment` and
@@ -122,8 +126,10 @@ impl AgentStore {
                     .await?
             }
         };
+        let hashes = message_hashes(&resolution.request.messages);
+        resolution.messages_hash = hashes.all;
         resolution.conversation_id = self
-            .conversation_of(tenant, agent, &resolution.request.messages)
+            .conversation_by(tenant, agent, hashes.lookup.as_ref())
             .await?
             .unwrap_or(run_id);
         Ok(resolution)
@@ -176,6 +182,7 @@ impl AgentStore {
             schema_id,
             conversation_id: Uuid::nil(),
             rendered_messages: rendered,
+            messages_hash: [0; 32],
         })
     }
 
@@ -262,6 +269,7 @@ impl AgentStore {
             version_id: Some(version_id),
             schema_id,
             conversation_id: Uuid::nil(),
+            messages_hash: [0; 32],
         })
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
 use super::Gateway;
+use crate::agents::conversation::{answer_of, continuation_of};
 use crate::answer::Answer;
 use crate::catalog::Prices;
 use crate::completion::{Completion, CompletionAccumulator, StreamEvent, Usage};
@@ -43,6 +44,9 @@ pub struct RunContext {
     pub feedback_token: String,
     pub schema_id: Option<u32>,
     pub conversation_id: Option<Uuid>,
+    /// The hash of the messages as sent, once resolved: an answered run's conversation link
+    /// is its extension by the answer, kept in memory until the recorder stores it.
+    pub messages_hash: Option<[u8; 32]>,
     /// The messages sent upstream, when templates were rendered or a deployment supplied them.
     pub rendered_messages: Option<Vec<crate::wire::Message>>,
     /// What started the run.
@@ -72,6 +76,7 @@ impl RunContext {
             feedback_token: feedback_token(run_id),
             schema_id: None,
             conversation_id: None,
+            messages_hash: None,
             rendered_messages: None,
             source: RunSource::Api,
             replay_of: None,
@@ -254,6 +259,18 @@ impl Run {
                 .map(|t| t.saturating_duration_since(self.ctx.started).as_secs_f64()),
         };
         let usage = output.as_ref().map(|c| c.usage).unwrap_or(self.paid_usage);
+        let conversation_id = self.ctx.conversation_id;
+        // The link the next turn looks for, held in memory until stored: the client may send
+        // the next turn as soon as it has this answer, before the recorder's batch is written.
+        let continuation = self.ctx.messages_hash.and_then(|messages| {
+            let answer = answer_of(status, output.as_ref())?;
+            let hash = continuation_of(&messages, answer);
+            let conversation = conversation_id.unwrap_or(self.ctx.run_id);
+            self.gateway
+                .agents
+                .link_pending(&self.ctx.tenant, &self.ctx.agent, hash, conversation);
+            Some(hash)
+        });
         let run = RunRecord {
             id: self.ctx.run_id,
             tenant: self.ctx.tenant.clone(),
@@ -281,11 +298,12 @@ impl Run {
             structured: (self.structured.layer.is_some())
                 .then(|| std::mem::take(&mut self.structured)),
             schema_id: self.ctx.schema_id,
-            conversation_id: self.ctx.conversation_id,
+            conversation_id,
             rendered_messages: self.ctx.rendered_messages.take(),
             source: self.ctx.source,
             replay_of: self.ctx.replay_of,
             door: self.ctx.door,
+            continuation,
             telemetry,
         };
         if let Some(admission) = self.admission.take() {

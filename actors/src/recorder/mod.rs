@@ -189,6 +189,9 @@ impl Recorder {
             Err(e) => {
                 self.metrics.recorder_errors.inc_by(runs.len() as u64);
                 tracing::error!(runs = runs.len(), error = %e, "recorder: cannot write runs");
+                if let Some(agents) = &self.agents {
+                    agents.forget_links(&runs);
+                }
             }
         }
     }
@@ -830,8 +833,16 @@ mod tests {
         assert!(!agents.has_pending_stats());
 
         // `Flush` writes them at once.
-        let last = run("v1");
+        let mut last = run("v1");
         let last_id = last.id;
+        // As the request path does: the link waits in memory until the recorder stores it.
+        let messages: Vec<crate::wire::Message> =
+            serde_json::from_value(serde_json::json!([{"role": "user", "content": "hi"}])).unwrap();
+        let answer = &last.output.as_ref().unwrap().choices[0].message;
+        let hash = crate::agents::conversation::continuation_hash(&messages, answer);
+        last.continuation = Some(hash);
+        agents.link_pending("t", "a", hash, last_id);
+        assert_eq!(agents.pending_links(), 1);
         handle.record(Box::new(last));
         recorder.send(Flush).await.unwrap().unwrap();
         assert!(!agents.has_pending_stats());
@@ -848,6 +859,8 @@ mod tests {
             agents.conversation_of("t", "a", &follow_up).await.unwrap(),
             Some(last_id)
         );
+        // Stored: no longer held in memory.
+        assert_eq!(agents.pending_links(), 0);
     }
 
     #[actix_rt::test]

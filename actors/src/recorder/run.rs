@@ -172,6 +172,10 @@ pub struct RunRecord {
     /// `/v1/chat/completions`.
     #[serde(default, skip_serializing_if = "Door::is_chat_completions")]
     pub door: Door,
+    /// The hash the run's next turn looks its conversation up by (its messages, then its
+    /// answer), taken on the request path; not stored (the recorder stores it as a link).
+    #[serde(skip)]
+    pub continuation: Option<[u8; 32]>,
     /// What the metrics learn of the run; not stored.
     #[serde(skip)]
     pub telemetry: RunTelemetry,

@@ -94,6 +94,7 @@ pub fn run(tenant: &str, agent: &str) -> RunRecord {
         source: RunSource::Api,
         replay_of: None,
         door: Door::ChatCompletions,
+        continuation: None,
         telemetry: Default::default(),
     }
 }
