@@ -34,6 +34,11 @@ pub trait Drains: Actor<Context = Context<Self>> {
     fn drain_scheduled(&mut self) -> &mut bool;
     /// Whether its outbox holds messages.
     fn has_queued(&self) -> bool;
+    /// How long it lets a batch gather after the first message ([`BATCH_WINDOW`] unless the
+    /// actor's messages can wait longer).
+    fn batch_window(&self) -> Duration {
+        BATCH_WINDOW
+    }
 }
 
 /// For the actor's `started`: after a restart, which drops the timers of the previous run of
@@ -46,13 +51,13 @@ pub fn on_started<A: Drains>(actor: &mut A, ctx: &mut Context<A>) {
 }
 
 /// What an actor does when told of [`Pending`] messages: drains at once when asked to, else
-/// once, [`BATCH_WINDOW`] later, for everything that arrives meanwhile.
+/// once, its [`Drains::batch_window`] later, for everything that arrives meanwhile.
 pub fn on_pending<A: Drains>(actor: &mut A, pending: Pending, ctx: &mut Context<A>) {
     if pending.now {
         actor.drain(ctx);
     } else if !*actor.drain_scheduled() {
         *actor.drain_scheduled() = true;
-        ctx.run_later(BATCH_WINDOW, |actor, ctx| {
+        ctx.run_later(actor.batch_window(), |actor, ctx| {
             *actor.drain_scheduled() = false;
             actor.drain(ctx);
         });

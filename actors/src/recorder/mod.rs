@@ -41,13 +41,17 @@ impl RecorderHandle {
         self.outbox.len()
     }
 
-    /// Queues a finished run; the recorder writes it within [`BATCH_WINDOW`](outbox::BATCH_WINDOW).
+    /// Queues a finished run; the recorder writes it within its batch window
+    /// ([`Recorder`]'s [`Drains::batch_window`]).
     pub fn record(&self, run: Box<RunRecord>) {
         if self.outbox.push(run) == Pushed::First {
             self.addr.do_send(Pending { now: false });
         }
     }
 }
+
+/// The longest a run waits in the outbox for its batch to be written.
+pub const MAX_BATCH_WINDOW: Duration = Duration::from_millis(20);
 
 /// Answers once every run recorded before it is written.
 #[derive(Message)]
@@ -619,6 +623,14 @@ impl Drains for Recorder {
     fn has_queued(&self) -> bool {
         !self.outbox.is_empty()
     }
+
+    /// A tenth of the store's flush interval, within [`outbox::BATCH_WINDOW`] and
+    /// [`MAX_BATCH_WINDOW`]: a run waits for its batch a small part of what it waits to be
+    /// durable anyway, and at a moderate rate a batch holds tens of runs rather than two or
+    /// three (each batch costs the same reads of the packs it adds to, and wakes this thread).
+    fn batch_window(&self) -> Duration {
+        (self.flush_every / 10).clamp(outbox::BATCH_WINDOW, MAX_BATCH_WINDOW)
+    }
 }
 
 impl Handler<Barrier> for Recorder {
@@ -740,6 +752,26 @@ mod tests {
         tokio::time::sleep(outbox::BATCH_WINDOW * 20).await;
         assert_eq!(stored_runs(runs.as_ref()).await, 7);
         assert!(outbox.is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn a_batch_gathers_for_a_tenth_of_the_flush_interval_within_bounds() {
+        let window = |flush_ms| {
+            let (_dir, storage) = crate::storage::temporary();
+            let recorder = Recorder::new(
+                storage.runs,
+                Duration::from_millis(flush_ms),
+                Metrics::new().unwrap(),
+            );
+            recorder.batch_window()
+        };
+        // The shipped flush interval (200 ms): batches of 20 ms.
+        assert_eq!(window(200), Duration::from_millis(20));
+        assert_eq!(window(40), Duration::from_millis(4));
+        // Never shorter than the other actors' window, never longer than the cap.
+        assert_eq!(window(5), outbox::BATCH_WINDOW);
+        assert_eq!(window(0), outbox::BATCH_WINDOW);
+        assert_eq!(window(60_000), MAX_BATCH_WINDOW);
     }
 
     #[actix_rt::test]
