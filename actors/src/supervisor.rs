@@ -203,7 +203,8 @@ impl Supervisor {
         let recorder = {
             let recorder = Recorder::new(runs.clone(), config.flush_interval, metrics.clone())
                 .with_agents(agents.clone())
-                .with_run_stats(run_stats.clone());
+                .with_run_stats(run_stats.clone())
+                .with_shared_store(matches!(config.storage, Backend::Postgres(_)));
             let outbox = recorder.outbox();
             let addr =
                 actix::Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| recorder);

@@ -82,6 +82,9 @@ pub struct Recorder {
     /// Failures to write what the recorder derives from runs (stats, agents), logged once
     /// per outage rather than once per try.
     derived_failures: Arc<FailureLog>,
+    /// Other instances read the store (PostgreSQL behind a load balancer): batches are
+    /// written within [`outbox::BATCH_WINDOW`], so a run answered here is found there at once.
+    shared_store: bool,
 }
 
 /// Logs the first failure of a kind of write and its recovery, and the tries in between only
@@ -135,7 +138,14 @@ impl Recorder {
             run_stats_write_scheduled: false,
             handles: Handles::default(),
             derived_failures: Arc::default(),
+            shared_store: false,
         }
+    }
+
+    /// Other instances read what it writes: see [`Drains::batch_window`].
+    pub fn with_shared_store(mut self, shared: bool) -> Self {
+        self.shared_store = shared;
+        self
     }
 
     /// Where [`RecorderHandle`]s queue runs for this recorder.
@@ -628,7 +638,13 @@ impl Drains for Recorder {
     /// [`MAX_BATCH_WINDOW`]: a run waits for its batch a small part of what it waits to be
     /// durable anyway, and at a moderate rate a batch holds tens of runs rather than two or
     /// three (each batch costs the same reads of the packs it adds to, and wakes this thread).
+    /// This instance's readers wait for the recorder ([`Barrier`]) and its follow-ups find
+    /// their conversation in memory, but other instances of a shared store do neither: for
+    /// them the batch goes out within [`outbox::BATCH_WINDOW`].
     fn batch_window(&self) -> Duration {
+        if self.shared_store {
+            return outbox::BATCH_WINDOW;
+        }
         (self.flush_every / 10).clamp(outbox::BATCH_WINDOW, MAX_BATCH_WINDOW)
     }
 }
@@ -772,6 +788,15 @@ mod tests {
         assert_eq!(window(5), outbox::BATCH_WINDOW);
         assert_eq!(window(0), outbox::BATCH_WINDOW);
         assert_eq!(window(60_000), MAX_BATCH_WINDOW);
+        // A store other instances read: written as soon as the other actors' batches.
+        let (_dir, storage) = crate::storage::temporary();
+        let shared = Recorder::new(
+            storage.runs,
+            Duration::from_millis(200),
+            Metrics::new().unwrap(),
+        )
+        .with_shared_store(true);
+        assert_eq!(shared.batch_window(), outbox::BATCH_WINDOW);
     }
 
     #[actix_rt::test]
