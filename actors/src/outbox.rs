@@ -69,6 +69,8 @@ pub struct Outbox<T> {
     queue: Mutex<Vec<T>>,
     /// Messages kept at most; beyond it a push is refused (`None` for no bound).
     bound: Option<usize>,
+    /// A batch worth taking at once, before its window ends (`None`: the window decides).
+    full_batch: Option<usize>,
 }
 
 /// What [`Outbox::push`] did.
@@ -78,6 +80,9 @@ pub enum Pushed {
     First,
     /// The actor has been told already.
     Queued,
+    /// The queue now holds a full batch ([`Outbox::with_full_batch`]): tell the actor to take
+    /// it now (send it [`Pending`] with `now`).
+    FullBatch,
     /// The queue is full; the message was dropped.
     Full,
 }
@@ -94,7 +99,15 @@ impl<T> Outbox<T> {
         Outbox {
             queue: Mutex::new(Vec::new()),
             bound: None,
+            full_batch: None,
         }
+    }
+
+    /// Says when `size` messages are queued ([`Pushed::FullBatch`]), so that a busy actor takes
+    /// batches of about that size rather than all that gathers in its window.
+    pub fn with_full_batch(mut self, size: usize) -> Self {
+        self.full_batch = Some(size.max(2));
+        self
     }
 
     /// An outbox that drops messages beyond `bound` (samples, when the actor cannot keep up).
@@ -102,6 +115,7 @@ impl<T> Outbox<T> {
         Outbox {
             queue: Mutex::new(Vec::new()),
             bound: Some(bound),
+            full_batch: None,
         }
     }
 
@@ -116,10 +130,10 @@ impl<T> Outbox<T> {
             return Pushed::Full;
         }
         queue.push(item);
-        if queue.len() == 1 {
-            Pushed::First
-        } else {
-            Pushed::Queued
+        match queue.len() {
+            1 => Pushed::First,
+            n if Some(n) == self.full_batch => Pushed::FullBatch,
+            _ => Pushed::Queued,
         }
     }
 
@@ -152,6 +166,20 @@ mod tests {
         // After a take, the next message starts a new batch.
         assert_eq!(outbox.push(4), Pushed::First);
         assert_eq!(outbox.len(), 1);
+    }
+
+    #[test]
+    fn a_full_batch_is_told_once() {
+        let outbox = Outbox::new().with_full_batch(3);
+        assert_eq!(outbox.push(1), Pushed::First);
+        assert_eq!(outbox.push(2), Pushed::Queued);
+        assert_eq!(outbox.push(3), Pushed::FullBatch);
+        // Not taken yet: nothing more to say until the next batch.
+        assert_eq!(outbox.push(4), Pushed::Queued);
+        assert_eq!(outbox.take().len(), 4);
+        assert_eq!(outbox.push(5), Pushed::First);
+        assert_eq!(outbox.push(6), Pushed::Queued);
+        assert_eq!(outbox.push(7), Pushed::FullBatch);
     }
 
     #[test]

@@ -442,8 +442,10 @@ impl ProviderHandle {
         let failure = outcome.error.is_some();
         match self.outcomes.push(outcome) {
             Pushed::First => self.actor.do_send(Pending { now: failure }),
-            Pushed::Queued if failure => self.actor.do_send(Pending { now: true }),
-            Pushed::Queued => {}
+            Pushed::Queued | Pushed::FullBatch if failure => {
+                self.actor.do_send(Pending { now: true })
+            }
+            Pushed::Queued | Pushed::FullBatch => {}
             Pushed::Full => tracing::debug!(provider = self.name(), "provider outbox full"),
         }
     }

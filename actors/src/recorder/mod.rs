@@ -43,15 +43,24 @@ impl RecorderHandle {
 
     /// Queues a finished run; the recorder writes it within its batch window
     /// ([`Recorder`]'s [`Drains::batch_window`]).
+    /// Under load a batch goes as soon as it holds [`FULL_BATCH`] runs.
     pub fn record(&self, run: Box<RunRecord>) {
-        if self.outbox.push(run) == Pushed::First {
-            self.addr.do_send(Pending { now: false });
+        match self.outbox.push(run) {
+            Pushed::First => self.addr.do_send(Pending { now: false }),
+            Pushed::FullBatch => self.addr.do_send(Pending { now: true }),
+            Pushed::Queued | Pushed::Full => {}
         }
     }
 }
 
 /// The longest a run waits in the outbox for its batch to be written.
 pub const MAX_BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+/// Runs a batch takes at most before its window ends: at a moderate rate the window gathers
+/// tens of runs a batch (fewer wake-ups and pack reads a run), but at saturation it would
+/// gather hundreds, a burst of the recorder's work and of memory held that the bench measured
+/// as −7% throughput and +30% p99 (22,000 req/s: ~440 runs a 20 ms window).
+pub const FULL_BATCH: usize = 64;
 
 /// Answers once every run recorded before it is written.
 #[derive(Message)]
@@ -127,7 +136,7 @@ impl Recorder {
     /// Writes to `store`, whose writes are durable within `flush_every`.
     pub fn new(store: Arc<dyn RunStore>, flush_every: Duration, metrics: Metrics) -> Self {
         Recorder {
-            outbox: Arc::new(Outbox::new()),
+            outbox: Arc::new(Outbox::new().with_full_batch(FULL_BATCH)),
             drain_scheduled: false,
             store,
             flush_every,
@@ -768,6 +777,43 @@ mod tests {
         tokio::time::sleep(outbox::BATCH_WINDOW * 20).await;
         assert_eq!(stored_runs(runs.as_ref()).await, 7);
         assert!(outbox.is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn a_full_batch_is_written_before_its_window_ends() {
+        let (_dir, storage) = crate::storage::temporary();
+        let runs = storage.runs.clone();
+        // The longest window.
+        let recorder = Recorder::new(
+            storage.runs,
+            Duration::from_secs(60),
+            Metrics::new().unwrap(),
+        );
+        assert_eq!(recorder.batch_window(), MAX_BATCH_WINDOW);
+        let outbox = recorder.outbox();
+        let handle = RecorderHandle::new(recorder.start(), outbox.clone());
+        // Started (an actor that starts with runs queued takes them at once).
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        // The window's timer cannot fire from here on: the clock moves only when told to (or
+        // when nothing is left to run, which the yields below never let happen).
+        tokio::time::pause();
+        for _ in 0..FULL_BATCH - 1 {
+            handle.record(Box::new(run("v1")));
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        // Short of a full batch: it waits for its window.
+        assert_eq!(outbox.len(), FULL_BATCH - 1);
+        handle.record(Box::new(run("v1")));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        // Taken at once, with the window's timer still pending.
+        assert!(outbox.is_empty());
+        assert_eq!(stored_runs(runs.as_ref()).await, FULL_BATCH);
     }
 
     #[actix_rt::test]
