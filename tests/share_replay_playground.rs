@@ -229,6 +229,60 @@ async fn a_shared_run_is_read_without_a_key_until_revoked() {
     assert_eq!(shared(&gw, &token, "application/json").await.0, 404);
 }
 
+/// A replay or a playground run that gives the same answer as the app's run does not take over
+/// its conversation: the app's next turn joins the app's conversation.
+#[tokio::test]
+async fn the_apps_next_turn_joins_its_conversation_after_a_replay_with_the_same_answer() {
+    let (_dir, gw) = start();
+    let first = json!([{"role": "user", "content": "Hi there"}]);
+    let (status, headers, answer) = chat_as(
+        &gw,
+        "default-key",
+        json!({"model": "talk/mock-echo", "messages": first}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let id = run_id(&headers);
+    // Replayed on the same model, then run in the playground: the same answer twice more.
+    let (status, replay) = post(
+        &gw,
+        "default-key",
+        &format!("/api/runs/{id}/replay"),
+        json!({"model": "mock-echo"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{replay}");
+    assert_eq!(
+        replay["choices"][0]["message"]["content"],
+        answer["choices"][0]["message"]["content"]
+    );
+    let (status, played) = post(
+        &gw,
+        "default-key",
+        "/api/playground",
+        json!({"models": ["mock-echo"], "agent_id": "talk", "messages": first}),
+    )
+    .await;
+    assert_eq!(status, 200, "{played}");
+    let mut follow_up = first.as_array().unwrap().clone();
+    follow_up.push(answer["choices"][0]["message"].clone());
+    follow_up.push(json!({"role": "user", "content": "And then?"}));
+    let (status, headers, _) = chat_as(
+        &gw,
+        "default-key",
+        json!({"model": "talk/mock-echo", "messages": follow_up}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, run) = get_as(
+        &gw,
+        "default-key",
+        &format!("/api/runs/{}", run_id(&headers)),
+    )
+    .await;
+    assert_eq!(run["conversation_id"], id.as_str(), "{run}");
+}
+
 #[tokio::test]
 async fn a_replay_reruns_the_request_on_another_model_and_names_its_source() {
     let (_dir, gw) = start();

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::{hash_json, AgentStore};
 use crate::completion::{AssistantMessage, Completion};
 use crate::error::GatewayError;
-use crate::recorder::run::{RunRecord, RunStatus};
+use crate::recorder::run::{RunRecord, RunSource, RunStatus};
 use crate::storage::{ConversationLink, StorageError};
 use crate::wire::{ContentPart, Message, MessageContent, Role};
 
@@ -317,6 +317,10 @@ pub(crate) fn answer_of(
 /// without an answer (or whose messages cannot be read). The request path hashed a run's
 /// messages already ([`RunRecord::continuation`]); runs from elsewhere are read again.
 pub(crate) fn link_of(run: &RunRecord) -> Option<ConversationLink> {
+    // The app's own runs (see `Run::record`).
+    if run.source != RunSource::Api {
+        return None;
+    }
     let answer = answer_of(run.status, run.output.as_ref())?;
     if let Some(hash) = run.continuation {
         return Some(ConversationLink {

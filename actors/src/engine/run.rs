@@ -262,15 +262,25 @@ impl Run {
         let conversation_id = self.ctx.conversation_id;
         // The link the next turn looks for, held in memory until stored: the client may send
         // the next turn as soon as it has this answer, before the recorder's batch is written.
-        let continuation = self.ctx.messages_hash.and_then(|messages| {
-            let answer = answer_of(status, output.as_ref())?;
-            let hash = continuation_of(&messages, answer);
-            let conversation = conversation_id.unwrap_or(self.ctx.run_id);
-            self.gateway
-                .agents
-                .link_pending(&self.ctx.tenant, &self.ctx.agent, hash, conversation);
-            Some(hash)
-        });
+        // The app's own runs only: a replay or a playground run with the same answer must not
+        // take over the link, nor the app's next turn join its conversation.
+        let links = self.ctx.source == RunSource::Api;
+        let continuation = self
+            .ctx
+            .messages_hash
+            .filter(|_| links)
+            .and_then(|messages| {
+                let answer = answer_of(status, output.as_ref())?;
+                let hash = continuation_of(&messages, answer);
+                let conversation = conversation_id.unwrap_or(self.ctx.run_id);
+                self.gateway.agents.link_pending(
+                    &self.ctx.tenant,
+                    &self.ctx.agent,
+                    hash,
+                    conversation,
+                );
+                Some(hash)
+            });
         let run = RunRecord {
             id: self.ctx.run_id,
             tenant: self.ctx.tenant.clone(),
