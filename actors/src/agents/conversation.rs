@@ -313,14 +313,20 @@ pub(crate) fn answer_of(
     output.and_then(|o| o.choices.first()).map(|c| &c.message)
 }
 
-/// The link that lets an answered run's next turn find its conversation; `None` for a run
-/// without an answer (or whose messages cannot be read). The request path hashed a run's
-/// messages already ([`RunRecord::continuation`]); runs from elsewhere are read again.
+/// The link that lets an answered run's next turn find its conversation, for the app's own
+/// runs (see `Run::record`); `None` for a run without an answer (or whose messages cannot be
+/// read). The request path hashed a run's messages already ([`RunRecord::continuation`]);
+/// runs from elsewhere are read again.
 pub(crate) fn link_of(run: &RunRecord) -> Option<ConversationLink> {
-    // The app's own runs (see `Run::record`).
     if run.source != RunSource::Api {
         return None;
     }
+    filed_link_of(run)
+}
+
+/// The link a stored run may have filed, whatever its source (earlier releases linked replays
+/// and playground runs too): what retention deletes with the run.
+pub(crate) fn filed_link_of(run: &RunRecord) -> Option<ConversationLink> {
     let answer = answer_of(run.status, run.output.as_ref())?;
     if let Some(hash) = run.continuation {
         return Some(ConversationLink {

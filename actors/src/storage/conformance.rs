@@ -1697,12 +1697,12 @@ pub async fn runs_are_pruned_oldest_first_with_what_points_at_them(storage: &Sto
             } else {
                 format!("plain old {i}")
             };
-            Box::new(run_at(
-                "t",
-                agent,
-                now - 3 * DAY_MS + i * 20 * 60_000,
-                &text,
-            ))
+            let mut run = run_at("t", agent, now - 3 * DAY_MS + i * 20 * 60_000, &text);
+            // A replay whose link an earlier release filed: deleted with it all the same.
+            if i == 1 {
+                run.source = crate::recorder::run::RunSource::Replay;
+            }
+            Box::new(run)
         })
         .collect();
     let young: Vec<Box<RunRecord>> = (0..3u64)
@@ -1722,7 +1722,7 @@ pub async fn runs_are_pruned_oldest_first_with_what_points_at_them(storage: &Sto
     storage.stats.add_batch(&increments(&all)).await.unwrap();
     let links: Vec<ConversationLink> = all
         .iter()
-        .filter_map(|r| crate::agents::conversation::link_of(r))
+        .filter_map(|r| crate::agents::conversation::filed_link_of(r))
         .collect();
     assert_eq!(links.len(), all.len());
     storage.conversations.link_batch(&links).await.unwrap();

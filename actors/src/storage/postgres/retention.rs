@@ -99,7 +99,10 @@ pub(super) async fn prune(mut client: Object, batch: PruneBatch) -> Result<Prune
         if let Some(run) = run.as_ref() {
             last_runs.note(run);
         }
-        if let Some(link) = run.as_ref().and_then(crate::agents::conversation::link_of) {
+        if let Some(link) = run
+            .as_ref()
+            .and_then(crate::agents::conversation::filed_link_of)
+        {
             link_tenants.push(link.tenant);
             link_agents.push(link.agent);
             link_hashes.push(link.hash.to_vec());

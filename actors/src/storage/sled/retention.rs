@@ -288,7 +288,10 @@ impl Pruner {
         if let Some(run) = run.as_ref() {
             last_runs.note(run);
         }
-        if let Some(link) = run.as_ref().and_then(crate::agents::conversation::link_of) {
+        if let Some(link) = run
+            .as_ref()
+            .and_then(crate::agents::conversation::filed_link_of)
+        {
             let mut key = agent_prefix(&link.tenant, &link.agent);
             key.extend_from_slice(&link.hash);
             // Only if it still leads to this run's conversation: a newer run may have filed
