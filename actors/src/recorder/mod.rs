@@ -186,6 +186,28 @@ impl Recorder {
         )))
     }
 
+    /// Writes the queued runs before the recorder takes its next message or timer, as a drain
+    /// does; the receiver answers once they are written. (Returned as a handler's response
+    /// instead, a network store's write would run beside the recorder's next drain, which
+    /// could then write a later batch first.)
+    fn write_in_turn(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> futures::channel::oneshot::Receiver<()> {
+        let (done, written) = futures::channel::oneshot::channel();
+        match self.write_queued(ctx) {
+            Some(write) => {
+                ctx.wait(write.map(move |(), _, _| {
+                    let _ = done.send(());
+                }));
+            }
+            None => {
+                let _ = done.send(());
+            }
+        }
+        written
+    }
+
     /// After a batch: the metrics and the agents learn of each run.
     // Runs travel boxed from the request path: the outbox moves pointers, not records.
     #[allow(clippy::vec_box)]
@@ -664,10 +686,13 @@ impl Handler<Barrier> for Recorder {
 
     /// Answers once the runs queued before it are written.
     fn handle(&mut self, _: Barrier, ctx: &mut Self::Context) -> Self::Result {
-        match self.write_queued(ctx) {
-            Some(write) => write,
-            None => Box::pin(actix::fut::ready(())),
-        }
+        let written = self.write_in_turn(ctx);
+        Box::pin(
+            async move {
+                let _ = written.await;
+            }
+            .into_actor(self),
+        )
     }
 }
 
@@ -675,11 +700,11 @@ impl Handler<Flush> for Recorder {
     type Result = ResponseActFuture<Self, Result<(), String>>;
 
     fn handle(&mut self, _: Flush, ctx: &mut Self::Context) -> Self::Result {
-        let write: BatchWrite = match self.write_queued(ctx) {
-            Some(write) => write,
-            None => Box::pin(actix::fut::ready(())),
+        let written = self.write_in_turn(ctx);
+        let written = async move {
+            let _ = written.await;
         };
-        Box::pin(write.then(|(), recorder, _| {
+        Box::pin(written.into_actor(self).then(|(), recorder, _| {
             let agents = recorder.agents.clone();
             let run_stats = recorder.run_stats.clone();
             let store = recorder.store.clone();
@@ -778,6 +803,131 @@ mod tests {
         tokio::time::sleep(outbox::BATCH_WINDOW * 20).await;
         assert_eq!(stored_runs(runs.as_ref()).await, 7);
         assert!(outbox.is_empty());
+    }
+
+    /// A network store's stand-in: each write takes a while; it counts the writes under way
+    /// and keeps the ids in the order it wrote them.
+    #[derive(Default)]
+    struct SlowStore {
+        in_flight: std::sync::atomic::AtomicUsize,
+        most_in_flight: std::sync::atomic::AtomicUsize,
+        written: std::sync::Mutex<Vec<uuid::Uuid>>,
+    }
+
+    impl RunStore for SlowStore {
+        fn insert_batch<'a>(
+            &'a self,
+            runs: &'a [Box<RunRecord>],
+        ) -> futures::future::BoxFuture<'a, Result<(), StorageError>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            Box::pin(async move {
+                let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+                self.most_in_flight.fetch_max(now, SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                self.written
+                    .lock()
+                    .unwrap()
+                    .extend(runs.iter().map(|run| run.id));
+                self.in_flight.fetch_sub(1, SeqCst);
+                Ok(())
+            })
+        }
+        fn get<'a>(
+            &'a self,
+            _: &'a str,
+            _: uuid::Uuid,
+        ) -> futures::future::BoxFuture<'a, Result<Option<RunRecord>, StorageError>> {
+            unimplemented!()
+        }
+        fn list_agent<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: Option<uuid::Uuid>,
+            _: usize,
+        ) -> futures::future::BoxFuture<'a, Result<crate::storage::RunPage, StorageError>> {
+            unimplemented!()
+        }
+        fn search<'a>(
+            &'a self,
+            _: &'a crate::storage::SearchScope,
+            _: &'a crate::search::RunQuery,
+        ) -> futures::future::BoxFuture<'a, Result<crate::storage::SearchPage, StorageError>>
+        {
+            unimplemented!()
+        }
+        fn field_values<'a>(
+            &'a self,
+            _: &'a crate::storage::SearchScope,
+            _: usize,
+        ) -> futures::future::BoxFuture<
+            'a,
+            Result<HashMap<crate::search::IndexedField, Vec<String>>, StorageError>,
+        > {
+            unimplemented!()
+        }
+        fn flush(&self) -> futures::future::BoxFuture<'_, Result<(), StorageError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn ping(&self) -> futures::future::BoxFuture<'_, Result<(), StorageError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn size_on_disk(&self) -> futures::future::BoxFuture<'_, Result<u64, StorageError>> {
+            Box::pin(async { Ok(0) })
+        }
+        fn prune(
+            &self,
+            _: crate::storage::PruneBatch,
+        ) -> futures::future::BoxFuture<'_, Result<crate::storage::Pruned, StorageError>> {
+            unimplemented!()
+        }
+        fn footprint(
+            &self,
+        ) -> futures::future::BoxFuture<'_, Result<crate::storage::Footprint, StorageError>>
+        {
+            unimplemented!()
+        }
+    }
+
+    /// On a network store, the batch a `Barrier` writes is written before the recorder takes
+    /// anything else: a full batch queued meanwhile waits for it, so batches never overlap and
+    /// reach the store in order.
+    #[actix_rt::test]
+    async fn a_barriers_write_is_done_before_the_next_batch_starts() {
+        let store = Arc::new(SlowStore::default());
+        let recorder = Recorder::new(
+            store.clone(),
+            Duration::from_secs(60),
+            Metrics::new().unwrap(),
+        );
+        let outbox = recorder.outbox();
+        let handle = RecorderHandle::new(recorder.start(), outbox);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let first = run("v1");
+        let mut order = vec![first.id];
+        handle.record(Box::new(first));
+        let barrier = handle.addr.send(Barrier);
+        // The recorder takes the barrier and starts its write.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.in_flight.load(std::sync::atomic::Ordering::SeqCst), 1);
+        for _ in 0..FULL_BATCH {
+            let run = run("v1");
+            order.push(run.id);
+            handle.record(Box::new(run));
+        }
+        barrier.await.unwrap();
+        handle.addr.send(Barrier).await.unwrap();
+        assert_eq!(
+            store
+                .most_in_flight
+                .load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+        assert_eq!(*store.written.lock().unwrap(), order);
     }
 
     #[actix_rt::test]
