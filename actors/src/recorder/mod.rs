@@ -701,14 +701,17 @@ impl Handler<Flush> for Recorder {
 
     fn handle(&mut self, _: Flush, ctx: &mut Self::Context) -> Self::Result {
         let written = self.write_in_turn(ctx);
-        let written = async move {
-            let _ = written.await;
-        };
-        Box::pin(written.into_actor(self).then(|(), recorder, _| {
+        // Cancelled only with the actor's context (its caller then hears that the mailbox
+        // closed); never reported as written.
+        let written = async move { written.await.is_ok() };
+        Box::pin(written.into_actor(self).then(|written, recorder, _| {
             let agents = recorder.agents.clone();
             let run_stats = recorder.run_stats.clone();
             let store = recorder.store.clone();
             async move {
+                if !written {
+                    return Err("the batch write was cancelled".to_string());
+                }
                 let run_stats = match run_stats {
                     Some(run_stats) => run_stats.write_pending().await.map_err(|e| e.to_string()),
                     None => Ok(()),
@@ -905,6 +908,10 @@ mod tests {
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
+        // The stand-in's write lasts until the clock moves, which it does only when nothing is
+        // left to run (in `barrier.await`): however slow this machine, the full batch below is
+        // queued while the first write is under way.
+        tokio::time::pause();
         let first = run("v1");
         let mut order = vec![first.id];
         handle.record(Box::new(first));
