@@ -259,43 +259,50 @@ async fn a_benchmark_survives_a_restart_with_every_item_done_once() {
     drop(upstream);
 }
 
+/// Asks `geo/good` the capital template with `country` and `city` as its input.
+async fn ask_capital(
+    gw: &Flowgate,
+    country: &str,
+    city: &str,
+) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Value) {
+    chat_as(
+        gw,
+        TENANT_KEY,
+        json!({"model": "geo/good",
+               "messages": [{"role": "user", "content": "Capital of {{ c }}: {{ a }}"}],
+               "input": {"c": country, "a": city}}),
+    )
+    .await
+}
+
+/// Makes dataset `name` of `geo` from the runs whose `field` is `value`.
+async fn dataset_from_search(gw: &Flowgate, name: &str, field: &str, value: &str) -> (u16, Value) {
+    post(
+        gw,
+        "/api/agents/geo/datasets",
+        json!({"name": name,
+               "search": {"field_queries": [{"field": field, "operator": "is", "values": [value]}]}}),
+    )
+    .await
+}
+
 #[actix_rt::test]
 async fn datasets_from_runs_and_json_lines_and_reviews_by_people() {
     let setup = Setup::start(config);
     let gw = &setup.gw;
     let mut ids = Vec::new();
     for (country, city) in &CAPITALS[..3] {
-        let (status, headers, _) = chat_as(
-            gw,
-            TENANT_KEY,
-            json!({"model": "geo/good",
-                   "messages": [{"role": "user", "content": "Capital of {{ c }}: {{ a }}"}],
-                   "input": {"c": country, "a": city}}),
-        )
-        .await;
+        let (status, headers, _) = ask_capital(gw, country, city).await;
         assert_eq!(status, 200);
         ids.push(run_id(&headers));
     }
     // From a search, at once: the search waits for the recorder to write the runs just sent.
-    let (status, made) = post(
-        gw,
-        "/api/agents/geo/datasets",
-        json!({"name": "from-search",
-               "search": {"field_queries": [{"field": "status", "operator": "is", "values": ["success"]}]}}),
-    )
-    .await;
+    let (status, made) = dataset_from_search(gw, "from-search", "status", "success").await;
     assert_eq!(status, 201, "{made}");
     assert_eq!(made["items"], 3, "{made}");
     // By environment, as the search API reads it: the version deployed to production when the
     // run ran (the three above ran before it was deployed).
-    let (status, _, answer) = chat_as(
-        gw,
-        TENANT_KEY,
-        json!({"model": "geo/good",
-               "messages": [{"role": "user", "content": "Capital of {{ c }}: {{ a }}"}],
-               "input": {"c": "Chile", "a": "Santiago"}}),
-    )
-    .await;
+    let (status, _, answer) = ask_capital(gw, "Chile", "Santiago").await;
     assert_eq!(status, 200, "{answer}");
     let version = answer["version_id"].as_str().unwrap();
     let (status, deployed) = call(
@@ -307,22 +314,9 @@ async fn datasets_from_runs_and_json_lines_and_reviews_by_people() {
     )
     .await;
     assert_eq!(status, 200, "{deployed}");
-    let (status, headers, _) = chat_as(
-        gw,
-        TENANT_KEY,
-        json!({"model": "geo/good",
-               "messages": [{"role": "user", "content": "Capital of {{ c }}: {{ a }}"}],
-               "input": {"c": "Kenya", "a": "Nairobi"}}),
-    )
-    .await;
+    let (status, headers, _) = ask_capital(gw, "Kenya", "Nairobi").await;
     assert_eq!(status, 200);
-    let (status, made) = post(
-        gw,
-        "/api/agents/geo/datasets",
-        json!({"name": "from-production",
-               "search": {"field_queries": [{"field": "version", "operator": "is", "values": ["production"]}]}}),
-    )
-    .await;
+    let (status, made) = dataset_from_search(gw, "from-production", "version", "production").await;
     assert_eq!(status, 201, "{made}");
     assert_eq!(made["items"], 1, "{made}");
     let exported = client()

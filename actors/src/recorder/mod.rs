@@ -736,6 +736,13 @@ mod tests {
     use crate::recorder::run::RunTelemetry;
     use crate::storage::VersionKey;
 
+    /// Yields a few times: the recorder, on this thread, takes what it was sent.
+    async fn let_the_recorder_run() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// How many runs of agent `a` the store has.
     async fn stored_runs(store: &dyn RunStore) -> usize {
         store
@@ -905,9 +912,7 @@ mod tests {
         );
         let outbox = recorder.outbox();
         let handle = RecorderHandle::new(recorder.start(), outbox);
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        let_the_recorder_run().await;
         // The stand-in's write lasts until the clock moves, which it does only when nothing is
         // left to run (in `barrier.await`): however slow this machine, the full batch below is
         // queued while the first write is under way.
@@ -917,9 +922,7 @@ mod tests {
         handle.record(Box::new(first));
         let barrier = handle.addr.send(Barrier);
         // The recorder takes the barrier and starts its write.
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        let_the_recorder_run().await;
         assert_eq!(store.in_flight.load(std::sync::atomic::Ordering::SeqCst), 1);
         for _ in 0..FULL_BATCH {
             let run = run("v1");
@@ -951,24 +954,18 @@ mod tests {
         let outbox = recorder.outbox();
         let handle = RecorderHandle::new(recorder.start(), outbox.clone());
         // Started (an actor that starts with runs queued takes them at once).
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        let_the_recorder_run().await;
         // The window's timer cannot fire from here on: the clock moves only when told to (or
         // when nothing is left to run, which the yields below never let happen).
         tokio::time::pause();
         for _ in 0..FULL_BATCH - 1 {
             handle.record(Box::new(run("v1")));
         }
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        let_the_recorder_run().await;
         // Short of a full batch: it waits for its window.
         assert_eq!(outbox.len(), FULL_BATCH - 1);
         handle.record(Box::new(run("v1")));
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        let_the_recorder_run().await;
         // Taken at once, with the window's timer still pending.
         assert!(outbox.is_empty());
         assert_eq!(stored_runs(runs.as_ref()).await, FULL_BATCH);

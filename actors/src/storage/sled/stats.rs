@@ -708,9 +708,10 @@ mod tests {
     #[test]
     fn a_read_during_the_backfill_counts_every_run_of_the_day() {
         use super::super::run_files::{RunFiles, RunRecords, SEGMENT_BYTES};
+        use super::super::stats_backfill::test_day::{row, store_runs};
         use super::super::stats_backfill::{Backfill, DayOutcome};
-        use super::{day_key, encode_day, SledStatsStore};
-        use crate::stats::{DayKey, DayTotals};
+        use super::{encode_day, SledStatsStore};
+        use crate::stats::DayTotals;
         use std::collections::BTreeSet;
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Arc;
@@ -732,27 +733,9 @@ mod tests {
             writer: store.writer.clone(),
         };
         let day = 20_000u32;
-        let start = u64::from(day) * DAY_MS;
         let models = ["gpt", "claude", "llama", "mistral", "gemini", "gpt"];
-        let mut last = [0u8; 16];
-        for (i, model) in models.into_iter().enumerate() {
-            let mut run = run_at("t", "a", start + i as u64 * 1000, "x");
-            run.model = Some(model.into());
-            last = *run.id.as_bytes();
-            runs.ids
-                .raw()
-                .insert(run.id.as_bytes(), serde_json::to_vec(&run).unwrap())
-                .unwrap();
-        }
-        let row = |model: &str| {
-            day_key(&DayKey {
-                tenant: "t".into(),
-                day,
-                agent: "a".into(),
-                source: RunSource::Api,
-                model: model.into(),
-            })
-        };
+        let last = *store_runs(&runs, day, &models).last().unwrap();
+        let row = |model: &str| row(day, model);
         let before = row(BEFORE_UPGRADE);
         let rows = BTreeSet::from([before.clone()]);
         let runs_of_the_day = models.len() as u64;

@@ -252,11 +252,50 @@ impl Backfill {
     }
 }
 
+/// A day's runs stored as an earlier release left them, and its rows' keys (tests).
 #[cfg(test)]
-mod tests {
+pub(super) mod test_day {
     use super::*;
     use crate::recorder::run::RunSource;
     use crate::storage::conformance::run_at;
+
+    /// Stores a run of agent `a` of tenant `t` per model, a second apart from the start of
+    /// `day`; their ids, in order.
+    pub(in crate::storage::sled) fn store_runs(
+        runs: &RunRecords,
+        day: Day,
+        models: &[&str],
+    ) -> Vec<[u8; 16]> {
+        let start = u64::from(day) * DAY_MS;
+        let mut ids = Vec::new();
+        for (i, model) in models.iter().enumerate() {
+            let mut run = run_at("t", "a", start + i as u64 * 1000, "x");
+            run.model = Some(model.to_string());
+            ids.push(*run.id.as_bytes());
+            runs.ids
+                .raw()
+                .insert(run.id.as_bytes(), serde_json::to_vec(&run).unwrap())
+                .unwrap();
+        }
+        ids
+    }
+
+    /// The key of the row of `model` on `day` (tenant `t`, agent `a`, the API's runs).
+    pub(in crate::storage::sled) fn row(day: Day, model: &str) -> Vec<u8> {
+        day_key(&DayKey {
+            tenant: "t".into(),
+            day,
+            agent: "a".into(),
+            source: RunSource::Api,
+            model: model.into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_day::{row, store_runs};
+    use super::*;
     use crate::storage::sled::run_files::{RunFiles, SEGMENT_BYTES};
 
     /// A day is replaced only when its runs are exactly what its before-upgrade rows count.
@@ -271,28 +310,8 @@ mod tests {
             writer: Arc::default(),
         };
         let day: Day = 20_000;
-        let start = u64::from(day) * DAY_MS;
-        let mut ids = Vec::new();
-        for (i, model) in ["gpt", "claude", "gpt"].into_iter().enumerate() {
-            let mut run = run_at("t", "a", start + i as u64 * 1000, "x");
-            run.model = Some(model.into());
-            ids.push(*run.id.as_bytes());
-            backfill
-                .runs
-                .ids
-                .raw()
-                .insert(run.id.as_bytes(), serde_json::to_vec(&run).unwrap())
-                .unwrap();
-        }
-        let row = |model: &str| {
-            day_key(&DayKey {
-                tenant: "t".into(),
-                day,
-                agent: "a".into(),
-                source: RunSource::Api,
-                model: model.into(),
-            })
-        };
+        let ids = store_runs(&backfill.runs, day, &["gpt", "claude", "gpt"]);
+        let row = |model: &str| row(day, model);
         let before = row(BEFORE_UPGRADE);
         let count = |runs: u64| {
             let totals = DayTotals {
