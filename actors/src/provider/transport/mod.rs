@@ -1,13 +1,24 @@
-//! The HTTP transport every provider adapter calls through: hyper's pooled client (HTTP/1.1
-//! and HTTP/2 over rustls, ring, the webpki roots) with a small request builder in front.
+//! The HTTP transport every provider adapter calls through: HTTP/1.1 over TCP or rustls
+//! (ring, the webpki roots), with keep-alive connections kept per worker thread, and a small
+//! request builder in front.
 //!
-//! It replaced reqwest on the request path: reqwest re-parses the URL twice per call (its
-//! redirect layer and its response), stacks tower layers, and cost about a tenth of the
-//! request path's CPU. The adapters need none of that: no redirects (a provider API does not
-//! redirect, and following one would send the key elsewhere), no cookies, timeouts of their
-//! own. What they need is here: a builder (`header`, `bearer_auth`, `json`, `form`, `body`),
-//! `send`, and a response read whole or as a stream. Outbound proxies are honoured as curl
-//! does (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`), through a CONNECT tunnel.
+//! It replaced hyper's pooled client on the request path (which had replaced reqwest's). That
+//! client runs each connection as a task of its own and hands the request, the response head
+//! and every body chunk between that task and the caller through channels: several task
+//! switches a request, and a streamed body delivered one chunk per switch. Here the caller's
+//! task writes the request and reads the response itself, so a stream's events that have
+//! already arrived are all there at once. The adapters need nothing more: no redirects (a
+//! provider API does not redirect, and following one would send the key elsewhere), no
+//! cookies, timeouts of their own. What they need is here: a builder (`header`,
+//! `bearer_auth`, `json`, `form`, `body`), `send`, and a response read whole or as a stream.
+//! Outbound proxies are honoured as curl does (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`,
+//! `NO_PROXY`), through a CONNECT tunnel.
+//!
+//! - `h1`: the request and response as bytes (RFC 9112), no I/O;
+//! - `conn`: a connection, its read buffer, and the idle connections kept for reuse.
+
+mod conn;
+mod h1;
 
 use std::fmt;
 use std::future::Future;
@@ -19,19 +30,27 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use http_body_util::{BodyDataStream, BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, StatusCode, Uri};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
-type Inner = hyper_util::client::legacy::Client<HttpsConnector<ProxyConnector>, Full<Bytes>>;
+use conn::{Conn, Destination, PoolSettings};
+use h1::Framing;
 
-/// A pooled client. Cheap to clone: clones share the pool.
+/// What clones of a [`Client`] share.
+struct Inner {
+    /// Names this client's idle connections (clients differ in proxy settings).
+    id: u64,
+    connector: ProxyConnector,
+    tls: Arc<rustls::ClientConfig>,
+    pool: PoolSettings,
+}
+
+/// A client keeping its connections alive between requests. Cheap to clone: clones share
+/// its idle connections.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -123,37 +142,36 @@ impl tower_service::Service<Uri> for ProxyConnector {
 
 impl Client {
     pub fn new(settings: ClientSettings) -> Result<Client, Error> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(settings.connect_timeout));
         http.set_nodelay(true);
-        // https:// URLs are handed to the TLS layer.
+        // https:// URLs are connected to here, then given TLS.
         http.enforce_http(false);
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::new(Kind::Builder, e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let connector = ProxyConnector {
-            direct: http,
-            matcher: Arc::new(settings.proxy.matcher()),
-        };
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(connector);
-        let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .build(https);
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Client {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                connector: ProxyConnector {
+                    direct: http,
+                    matcher: Arc::new(settings.proxy.matcher()),
+                },
+                tls: Arc::new(tls),
+                pool: PoolSettings {
+                    idle_timeout: settings.pool_idle_timeout,
+                    max_idle_per_host: settings.pool_max_idle_per_host,
+                },
+            }),
         })
     }
 
@@ -321,16 +339,66 @@ impl RequestBuilder<'_> {
     /// Sends the request; answers when the response head has arrived.
     pub async fn send(self) -> Result<Response, Error> {
         let client = self.client;
-        let request = self.build()?.map(Full::new);
-        let response = client.request(request).await.map_err(|e| {
-            let kind = if e.is_connect() {
-                Kind::Connect
-            } else {
-                Kind::Request
+        let uri = self.uri?;
+        let dest = Destination::of(client.id, &uri)
+            .ok_or_else(|| Error::new(Kind::Builder, "not an absolute http:// or https:// URL"))?;
+        let mut head = h1::encode_head(&self.method, &uri, &self.headers, self.body.len());
+        // A small body goes out in the same write as the head.
+        let body_apart = self.body.len() > SAME_WRITE_BODY;
+        if !body_apart {
+            head.extend_from_slice(&self.body);
+        }
+        let mut conn = loop {
+            let (mut conn, reused) = match conn::checkout(&dest, &client.pool) {
+                Some(conn) => (conn, true),
+                None => {
+                    let mut connector = client.connector.clone();
+                    let conn = conn::open(&mut connector, &client.tls, &dest)
+                        .await
+                        .map_err(|e| Error::new(Kind::Connect, e))?;
+                    (conn, false)
+                }
             };
-            Error::new(kind, e)
-        })?;
-        let (head, body) = response.into_parts();
+            let mut written = conn.write_all(&head).await;
+            if written.is_ok() && body_apart {
+                written = conn.write_all(&self.body).await;
+            }
+            match written {
+                Ok(()) => break conn,
+                // The upstream closed the idle connection as it was taken: the request did not
+                // reach it, so it goes on a new one.
+                Err(_) if reused => continue,
+                Err(e) => return Err(Error::new(Kind::Request, e)),
+            }
+        };
+        let head = loop {
+            match h1::parse_head(&mut conn.buf) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(e) => return Err(Error::new(Kind::Request, e)),
+            }
+            match conn.read_more().await {
+                Ok(0) => {
+                    return Err(Error::new(
+                        Kind::Request,
+                        "the connection closed before the response head arrived",
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(Error::new(Kind::Request, e)),
+            }
+        };
+        let framing = Framing::of(&self.method, &head).map_err(|e| Error::new(Kind::Request, e))?;
+        let mut body = BodyReader {
+            conn: Some(conn),
+            framing,
+            keep_alive: head.keep_alive,
+            dest,
+            pool: client.pool,
+        };
+        if body.framing.is_none() {
+            body.finish();
+        }
         Ok(Response {
             status: head.status,
             headers: head.headers,
@@ -339,12 +407,15 @@ impl RequestBuilder<'_> {
     }
 }
 
+/// Bodies up to this size are written with the request head, in one write.
+const SAME_WRITE_BODY: usize = 64 * 1024;
+
 /// A response whose head has arrived; the body is read with [`Response::bytes`] or
 /// [`Response::bytes_stream`].
 pub struct Response {
     status: StatusCode,
     headers: HeaderMap,
-    body: Incoming,
+    body: BodyReader,
 }
 
 impl fmt::Debug for Response {
@@ -366,18 +437,85 @@ impl Response {
 
     /// The whole body.
     pub async fn bytes(self) -> Result<Bytes, Error> {
-        self.body
-            .collect()
-            .await
-            .map(|body| body.to_bytes())
-            .map_err(|e| Error::new(Kind::Body, e))
+        let mut body = self.body;
+        let mut whole = h1::Joined::default();
+        while let Some(piece) = futures::future::poll_fn(|cx| body.poll_piece(cx)).await {
+            whole.push(piece?);
+        }
+        Ok(whole.finish())
     }
 
-    /// The body as it arrives.
+    /// The body as it arrives: each item is all of the body the connection has delivered.
     pub fn bytes_stream(self) -> BoxStream<'static, Result<Bytes, Error>> {
-        BodyDataStream::new(self.body)
-            .map(|chunk| chunk.map_err(|e| Error::new(Kind::Body, e)))
-            .boxed()
+        let mut body = self.body;
+        futures::stream::poll_fn(move |cx| body.poll_piece(cx)).boxed()
+    }
+}
+
+/// Reads a response's body off its connection, and keeps the connection for the next request
+/// once the body is whole (unless the upstream said it closes it). Dropped before, it closes
+/// the connection.
+struct BodyReader {
+    conn: Option<Conn>,
+    /// `None`: no body, or no more of it.
+    framing: Option<Framing>,
+    keep_alive: bool,
+    dest: Destination,
+    pool: PoolSettings,
+}
+
+impl BodyReader {
+    /// The body is whole: the connection is kept for the next request if it can be.
+    fn finish(&mut self) {
+        self.framing = None;
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive {
+                conn::checkin(&self.dest, conn, &self.pool);
+            }
+        }
+    }
+
+    /// The next piece of the body: everything the connection has delivered that is body.
+    fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
+        loop {
+            let (Some(framing), Some(conn)) = (self.framing.as_mut(), self.conn.as_mut()) else {
+                return Poll::Ready(None);
+            };
+            let (data, whole) = match framing.decode(&mut conn.buf, false) {
+                Ok(decoded) => decoded,
+                Err(e) => return Poll::Ready(Some(Err(self.fail(e)))),
+            };
+            if whole {
+                self.finish();
+                return Poll::Ready((!data.is_empty()).then_some(Ok(data)));
+            }
+            if !data.is_empty() {
+                return Poll::Ready(Some(Ok(data)));
+            }
+            match conn.poll_read_more(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    // The connection's end is the body's only if its framing says so.
+                    self.keep_alive = false;
+                    return match framing.decode(&mut conn.buf, true) {
+                        Ok((data, _)) => {
+                            self.finish();
+                            Poll::Ready((!data.is_empty()).then_some(Ok(data)))
+                        }
+                        Err(e) => Poll::Ready(Some(Err(self.fail(e)))),
+                    };
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.fail(e)))),
+            }
+        }
+    }
+
+    /// The body cannot be read on: the connection is closed, the error returned.
+    fn fail(&mut self, error: impl Into<BoxError>) -> Error {
+        self.conn = None;
+        self.framing = None;
+        Error::new(Kind::Body, error)
     }
 }
 
@@ -589,5 +727,189 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.is_connect(), "{error}");
+    }
+
+    /// A server on loopback that answers each request on a connection with the next of
+    /// `answers` (written in the pieces given, a short pause between them); after the last
+    /// answer of a connection's turn it keeps the connection open unless `close_after` says
+    /// otherwise. Returns its URL and the count of connections it accepted.
+    async fn scripted_server(
+        answers: Vec<Vec<&'static [u8]>>,
+        close_after: bool,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/x", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let answers = Arc::new(std::sync::Mutex::new(answers.into_iter()));
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                let answers = answers.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        // One request: its head, then its content-length's bytes.
+                        let head_end = loop {
+                            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break end + 4;
+                            }
+                            let n = socket.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            seen.extend_from_slice(&buf[..n]);
+                        };
+                        let head = String::from_utf8_lossy(&seen[..head_end]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while seen.len() < head_end + length {
+                            let n = socket.read(&mut buf).await.unwrap();
+                            seen.extend_from_slice(&buf[..n]);
+                        }
+                        seen.drain(..head_end + length);
+                        let Some(pieces) = answers.lock().unwrap().next() else {
+                            return;
+                        };
+                        for piece in pieces {
+                            socket.write_all(piece).await.unwrap();
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        if close_after {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    fn plain_client() -> Client {
+        Client::new(ClientSettings {
+            proxy: Proxy::None,
+            ..ClientSettings::default()
+        })
+        .unwrap()
+    }
+
+    /// Requests one after another share one connection, whatever framed the body before.
+    #[actix_rt::test]
+    async fn a_connection_carries_the_next_request_once_the_body_is_read() {
+        let (url, accepted) = scripted_server(
+            vec![
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst"],
+                vec![
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nsec\r\n",
+                    b"3\r\nond\r\n0\r\n\r\n",
+                ],
+                vec![b"HTTP/1.1 204 No Content\r\n\r\n"],
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nfou", b"rth"],
+            ],
+            false,
+        )
+        .await;
+        let client = plain_client();
+        let mut bodies = Vec::new();
+        for _ in 0..4 {
+            let response = client
+                .post(&url)
+                .json(&serde_json::json!({"a": 1}))
+                .send()
+                .await
+                .unwrap();
+            bodies.push(response.bytes().await.unwrap());
+        }
+        assert_eq!(bodies, ["first", "second", "", "fourth"]);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// A streamed body gives what has arrived as it arrives, the chunks of one read in one
+    /// piece; its end is the chunked body's end.
+    #[actix_rt::test]
+    async fn a_streamed_body_arrives_in_the_pieces_the_upstream_sent() {
+        let (url, _) = scripted_server(
+            vec![vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                b"6\r\ndata: \r\n2\r\na\n\r\n",
+                b"7\r\ndata: b\r\n",
+                b"1\r\n\n\r\n0\r\n\r\n",
+            ]],
+            false,
+        )
+        .await;
+        let response = plain_client().post(&url).send().await.unwrap();
+        let pieces: Vec<Bytes> = response
+            .bytes_stream()
+            .map(|piece| piece.unwrap())
+            .collect()
+            .await;
+        assert_eq!(pieces.concat(), b"data: a\ndata: b\n");
+        assert_eq!(pieces[0], Bytes::from_static(b"data: a\n"), "{pieces:?}");
+    }
+
+    /// `connection: close`, or a connection the upstream closed while it was idle, is not used
+    /// again: the next request opens a new one and succeeds.
+    #[actix_rt::test]
+    async fn a_closed_connection_is_not_used_again() {
+        let (url, accepted) = scripted_server(
+            vec![
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\na"],
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb"],
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nc"],
+            ],
+            true,
+        )
+        .await;
+        let client = plain_client();
+        for expected in ["a", "b", "c"] {
+            let response = client.get(&url).send().await.unwrap();
+            assert_eq!(response.bytes().await.unwrap(), expected);
+            // The server closes its side after each answer; let the close arrive.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    /// A body cut short of its length, or a head past its bound, is an error, not a short
+    /// answer.
+    #[actix_rt::test]
+    async fn a_cut_body_or_an_endless_head_is_an_error() {
+        let (url, _) = scripted_server(
+            vec![vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"]],
+            true,
+        )
+        .await;
+        let error = plain_client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().starts_with("reading the body failed"),
+            "{error}"
+        );
+
+        let endless: &'static [u8] = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nx-a: {}\r\n\r\n",
+                "a".repeat(h1::MAX_HEAD_BYTES)
+            )
+            .into_bytes()
+            .into_boxed_slice(),
+        );
+        let (url, _) = scripted_server(vec![vec![endless]], true).await;
+        let error = plain_client().get(&url).send().await.unwrap_err();
+        assert!(error.to_string().contains("longer than"), "{error}");
     }
 }

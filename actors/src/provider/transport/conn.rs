@@ -1,0 +1,262 @@
+//! One connection to an upstream (TCP, TLS over TCP, either through a CONNECT tunnel) with
+//! its read buffer, and the idle connections kept for reuse.
+//!
+//! Idle connections are kept per thread: a connection is registered with the I/O driver of
+//! the thread that opened it (each actix worker has its own), so another worker using it would
+//! wait for that worker's driver to see its readiness. Each worker keeps its own, as nginx's
+//! workers keep their own upstream keep-alive connections.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use hyper::Uri;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// Where a connection goes: the client it belongs to (clients differ in proxy and TLS
+/// settings), the scheme, and the host and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Destination {
+    pub client: u64,
+    pub https: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Destination {
+    pub fn of(client: u64, uri: &Uri) -> Option<Destination> {
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return None,
+        };
+        let host = uri.host()?;
+        // `[::1]` in a URL is `::1` to connect to and to name in TLS.
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        Some(Destination {
+            client,
+            https,
+            host,
+            port,
+        })
+    }
+}
+
+/// The byte stream of a connection.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// An open connection: its stream and what was read from it and not yet taken.
+pub struct Conn {
+    pub stream: Stream,
+    pub buf: BytesMut,
+    /// It carried a request before (a failed write may then be the upstream having closed it
+    /// while idle).
+    pub reused: bool,
+}
+
+impl Conn {
+    pub fn new(stream: Stream) -> Conn {
+        Conn {
+            stream,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            reused: false,
+        }
+    }
+
+    /// Reads what the upstream has sent into the buffer: the count, 0 at the end.
+    pub async fn read_more(&mut self) -> io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    /// Reads into the buffer if the upstream has sent something, without waiting: `Ready`
+    /// with the count (0 at the end), `Pending` when nothing is there yet.
+    pub fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        use std::future::Future;
+        use tokio::io::AsyncReadExt;
+        // `read_buf` keeps no state between polls: one poll is one attempt to read.
+        let read = self.stream.read_buf(&mut self.buf);
+        std::pin::pin!(read).poll(cx)
+    }
+
+    /// Writes `bytes` whole and flushes them.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Still open and silent: the upstream has neither closed it nor sent anything unasked.
+    /// Costs no system call unless the I/O driver saw something arrive.
+    fn still_open(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.tcp().try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Bytes a read asks for at least.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// How long idle connections are kept, and how many to a destination.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub idle_timeout: Duration,
+    pub max_idle_per_host: usize,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+thread_local! {
+    /// This thread's idle connections, newest last.
+    static IDLE: RefCell<HashMap<Destination, Vec<Idle>>> = RefCell::new(HashMap::new());
+}
+
+/// An idle connection to `dest` that is still open, if this thread has one.
+pub fn checkout(dest: &Destination, settings: &PoolSettings) -> Option<Conn> {
+    IDLE.try_with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let conns = idle.get_mut(dest)?;
+        let now = Instant::now();
+        while let Some(entry) = conns.pop() {
+            if now.duration_since(entry.since) < settings.idle_timeout && entry.conn.still_open() {
+                let mut conn = entry.conn;
+                conn.reused = true;
+                return Some(conn);
+            }
+            // Older ones are older still: the newest that failed means the rest go too.
+            if now.duration_since(entry.since) >= settings.idle_timeout {
+                conns.clear();
+            }
+        }
+        idle.remove(dest);
+        None
+    })
+    .ok()
+    .flatten()
+}
+
+/// Keeps `conn` for the next request to `dest` (the oldest goes past the bound).
+pub fn checkin(dest: &Destination, conn: Conn, settings: &PoolSettings) {
+    if settings.max_idle_per_host == 0 || settings.idle_timeout.is_zero() {
+        return;
+    }
+    let _ = IDLE.try_with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let now = Instant::now();
+        // Destinations no request has used for the idle timeout are let go with their
+        // connections (their clients may be gone).
+        if idle.len() > 16 {
+            idle.retain(|_, conns| {
+                conns.retain(|c| now.duration_since(c.since) < settings.idle_timeout);
+                !conns.is_empty()
+            });
+        }
+        let conns = idle.entry(dest.clone()).or_default();
+        if conns.len() >= settings.max_idle_per_host {
+            conns.remove(0);
+        }
+        conns.push(Idle { conn, since: now });
+    });
+}
+
+/// Opens a TCP connection (directly or through the proxy's tunnel, by `connector`) and, for
+/// https, TLS over it.
+pub async fn open(
+    connector: &mut super::ProxyConnector,
+    tls: &Arc<rustls::ClientConfig>,
+    dest: &Destination,
+) -> Result<Conn, super::BoxError> {
+    use tower_service::Service;
+    // The connector is given the origin only.
+    let scheme = if dest.https { "https" } else { "http" };
+    let host = if dest.host.contains(':') {
+        format!("[{}]", dest.host)
+    } else {
+        dest.host.clone()
+    };
+    let origin: Uri = format!("{scheme}://{host}:{}/", dest.port).parse()?;
+    let tcp = connector.call(origin).await?.into_inner();
+    if !dest.https {
+        return Ok(Conn::new(Stream::Plain(tcp)));
+    }
+    let name = rustls::pki_types::ServerName::try_from(dest.host.clone())
+        .map_err(|e| format!("`{}` is not a name TLS can check: {e}", dest.host))?;
+    let tls = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await?;
+    Ok(Conn::new(Stream::Tls(Box::new(tls))))
+}

@@ -1,0 +1,524 @@
+//! HTTP/1.1 on the wire (RFC 9112), as the transport speaks it to an upstream: a request
+//! written out whole, a response head parsed with `httparse`, and the body's framing
+//! (`content-length`, chunked, or until the connection closes) decoded from a read buffer.
+//! No I/O here: [`super::conn`] reads and writes, this only encodes and decodes.
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::header::TRANSFER_ENCODING;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
+use hyper::{Method, StatusCode, Uri};
+
+/// The most bytes a response head may take (status line and headers).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most headers a response may have.
+const MAX_HEADERS: usize = 128;
+/// The longest chunk-size line (with its extensions) or trailer line of a chunked body.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// A protocol error: the upstream's bytes are not HTTP/1.1 as RFC 9112 frames it.
+#[derive(Debug)]
+pub struct ProtocolError(pub String);
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+fn protocol(message: impl Into<String>) -> ProtocolError {
+    ProtocolError(message.into())
+}
+
+/// The request line and headers, with `host` (unless set) and `content-length` (when there is
+/// a body, or the method is one that carries one), ending with the blank line.
+pub fn encode_head(method: &Method, uri: &Uri, headers: &HeaderMap, body_len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + headers.len() * 48);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    match uri.path_and_query() {
+        Some(pq) if !pq.as_str().is_empty() => out.extend_from_slice(pq.as_str().as_bytes()),
+        _ => out.push(b'/'),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !headers.contains_key(HOST) {
+        if let Some(authority) = uri.authority() {
+            out.extend_from_slice(b"host: ");
+            // The default port is left out, as a browser writes it.
+            let default_port = match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            };
+            match authority.port_u16() {
+                Some(port) if port == default_port => {
+                    out.extend_from_slice(authority.host().as_bytes())
+                }
+                _ => out.extend_from_slice(authority.as_str().as_bytes()),
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    let has_body = body_len > 0 || matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+    for (name, value) in headers {
+        // The transport frames the body itself.
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if has_body {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(body_len.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// HTTP/1.1 without `connection: close`: the connection can carry the next request once
+    /// the body is read.
+    pub keep_alive: bool,
+}
+
+/// Parses a response head from the front of `buf`, taking its bytes: `None` while it is
+/// incomplete. Informational (1xx) heads are skipped.
+pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ProtocolError> {
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut slots);
+        let len = match response.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > MAX_HEAD_BYTES {
+                    return Err(protocol(format!(
+                        "the response head is longer than {MAX_HEAD_BYTES} bytes"
+                    )));
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(protocol(format!("the response head is malformed: {e}"))),
+        };
+        if len > MAX_HEAD_BYTES {
+            return Err(protocol(format!(
+                "the response head is longer than {MAX_HEAD_BYTES} bytes"
+            )));
+        }
+        let code = response.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| protocol(format!("the response status {code} is not valid")))?;
+        let http11 = response.version == Some(1);
+        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        let mut close = false;
+        for header in response.headers.iter() {
+            let name = HeaderName::from_bytes(header.name.as_bytes())
+                .map_err(|_| protocol(format!("the header name {:?} is not valid", header.name)))?;
+            let value = HeaderValue::from_bytes(header.value)
+                .map_err(|_| protocol(format!("the value of header `{name}` is not valid")))?;
+            if name == CONNECTION && has_token(&value, "close") {
+                close = true;
+            }
+            headers.append(name, value);
+        }
+        buf.advance(len);
+        // 101 switches protocols, which the transport never asks for: an error below.
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            continue;
+        }
+        return Ok(Some(Head {
+            status,
+            headers,
+            // After a 101 the connection speaks another protocol: never reused.
+            keep_alive: http11 && !close && status != StatusCode::SWITCHING_PROTOCOLS,
+        }));
+    }
+}
+
+/// Whether a comma-separated header value holds `token` (ASCII case-insensitive).
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .unwrap_or(false)
+}
+
+/// How a response's body is delimited (RFC 9112 §6.3).
+#[derive(Debug)]
+pub enum Framing {
+    /// So many bytes left.
+    Length(u64),
+    /// Chunked, at this step of its grammar.
+    Chunked(Chunk),
+    /// Until the upstream closes the connection (which then cannot be reused).
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Reading a chunk-size line.
+    Size,
+    /// So many bytes of chunk data left.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// Reading trailer lines after the last chunk, until the blank one.
+    Trailers,
+}
+
+impl Framing {
+    /// The framing of the body that follows `head` in answer to `method`; `None`: no body.
+    pub fn of(method: &Method, head: &Head) -> Result<Option<Framing>, ProtocolError> {
+        let status = head.status;
+        if *method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(None);
+        }
+        if let Some(coding) = head.headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+            let chunked = coding
+                .to_str()
+                .ok()
+                .and_then(|v| v.rsplit(',').next())
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            return Ok(Some(if chunked {
+                Framing::Chunked(Chunk::Size)
+            } else {
+                Framing::UntilClose
+            }));
+        }
+        let mut length: Option<u64> = None;
+        for value in head.headers.get_all(CONTENT_LENGTH) {
+            for part in value.to_str().unwrap_or("x").split(',') {
+                let part = part.trim();
+                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(protocol(format!(
+                        "the content-length {part:?} is not a number"
+                    )));
+                }
+                let n: u64 = part
+                    .parse()
+                    .map_err(|_| protocol(format!("the content-length {part} is too large")))?;
+                if length.is_some_and(|seen| seen != n) {
+                    return Err(protocol("the response has two different content-lengths"));
+                }
+                length = Some(n);
+            }
+        }
+        Ok(match length {
+            Some(0) => None,
+            Some(n) => Some(Framing::Length(n)),
+            None => Some(Framing::UntilClose),
+        })
+    }
+
+    /// Takes the body bytes `buf` holds off its front: the data decoded (possibly empty), and
+    /// whether the body is complete. `eof`: the connection was closed after `buf`'s bytes.
+    pub fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        eof: bool,
+    ) -> Result<(Bytes, bool), ProtocolError> {
+        match self {
+            Framing::Length(left) => {
+                let take = (*left).min(buf.len() as u64) as usize;
+                let data = buf.split_to(take).freeze();
+                *left -= take as u64;
+                if *left > 0 && eof {
+                    return Err(protocol(format!(
+                        "the connection closed {left} bytes before the end of the body"
+                    )));
+                }
+                Ok((data, *left == 0))
+            }
+            Framing::UntilClose => {
+                let data = buf.split().freeze();
+                Ok((data, eof))
+            }
+            Framing::Chunked(state) => {
+                let (data, done) = decode_chunks(state, buf)?;
+                if !done && eof {
+                    return Err(protocol("the connection closed inside a chunked body"));
+                }
+                Ok((data, done))
+            }
+        }
+    }
+}
+
+/// Decodes every whole chunk `buf` holds (their data joined), leaving a partial line in it.
+fn decode_chunks(state: &mut Chunk, buf: &mut BytesMut) -> Result<(Bytes, bool), ProtocolError> {
+    let mut out = Joined::default();
+    loop {
+        match *state {
+            Chunk::Size => {
+                let Some(line) = take_line(buf)? else { break };
+                let digits = line[..].split(|&b| b == b';').next().unwrap_or(&[]);
+                let digits = trim(digits);
+                if digits.is_empty() || digits.len() > 16 {
+                    return Err(protocol("a chunk size is not a hex number"));
+                }
+                let text = std::str::from_utf8(digits)
+                    .map_err(|_| protocol("a chunk size is not a hex number"))?;
+                let size = u64::from_str_radix(text, 16).map_err(|_| {
+                    protocol(format!("the chunk size {text:?} is not a hex number"))
+                })?;
+                *state = if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                };
+            }
+            Chunk::Data(left) => {
+                if buf.is_empty() {
+                    break;
+                }
+                let take = left.min(buf.len() as u64) as usize;
+                out.push(buf.split_to(take).freeze());
+                *state = if left == take as u64 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left - take as u64)
+                };
+            }
+            Chunk::DataEnd => {
+                let Some(line) = take_line(buf)? else { break };
+                if !line.is_empty() {
+                    return Err(protocol("a chunk's data is longer than its size"));
+                }
+                *state = Chunk::Size;
+            }
+            Chunk::Trailers => {
+                let Some(line) = take_line(buf)? else { break };
+                if line.is_empty() {
+                    return Ok((out.finish(), true));
+                }
+            }
+        }
+    }
+    Ok((out.finish(), false))
+}
+
+/// Pieces of data joined: one piece is kept as it is, without a copy.
+#[derive(Default)]
+pub struct Joined {
+    first: Bytes,
+    more: Option<BytesMut>,
+}
+
+impl Joined {
+    pub fn push(&mut self, data: Bytes) {
+        if let Some(more) = self.more.as_mut() {
+            more.extend_from_slice(&data);
+        } else if self.first.is_empty() {
+            self.first = data;
+        } else {
+            let mut both = BytesMut::with_capacity(self.first.len() + data.len());
+            both.extend_from_slice(&self.first);
+            both.extend_from_slice(&data);
+            self.more = Some(both);
+        }
+    }
+
+    pub fn finish(self) -> Bytes {
+        self.more.map(BytesMut::freeze).unwrap_or(self.first)
+    }
+}
+
+/// Takes one CRLF-ended line off `buf` (without the CRLF); `None` while it is incomplete.
+fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, ProtocolError> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(end) => {
+            if end > MAX_CHUNK_LINE {
+                return Err(protocol("a chunk line is too long"));
+            }
+            let mut line = buf.split_to(end + 1);
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_CHUNK_LINE => Err(protocol("a chunk line is too long")),
+        None => Ok(None),
+    }
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &bytes[start..end.max(start)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_of(text: &str) -> Head {
+        let mut buf = BytesMut::from(text);
+        parse_head(&mut buf).unwrap().expect("a whole head")
+    }
+
+    /// Decodes `wire` fed in pieces of `step` bytes: the data, and whether it completed.
+    fn decode_in_steps(mut framing: Framing, wire: &[u8], step: usize) -> (Vec<u8>, bool) {
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        for piece in wire.chunks(step) {
+            buf.extend_from_slice(piece);
+            let (bytes, done) = framing.decode(&mut buf, false).unwrap();
+            data.extend_from_slice(&bytes);
+            if done {
+                return (data, true);
+            }
+        }
+        (data, false)
+    }
+
+    #[test]
+    fn the_request_head_names_the_host_and_the_length() {
+        let uri: Uri = "https://api.example.com/v1/chat?x=1".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer k"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("999"));
+        let head = String::from_utf8(encode_head(&Method::POST, &uri, &headers, 12)).unwrap();
+        assert_eq!(
+            head,
+            "POST /v1/chat?x=1 HTTP/1.1\r\nhost: api.example.com\r\nauthorization: Bearer k\r\n\
+             content-length: 12\r\n\r\n"
+        );
+        let uri: Uri = "http://127.0.0.1:8080".parse().unwrap();
+        let head =
+            String::from_utf8(encode_head(&Method::GET, &uri, &HeaderMap::new(), 0)).unwrap();
+        assert_eq!(head, "GET / HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n\r\n");
+    }
+
+    #[test]
+    fn a_head_is_parsed_once_whole_and_informational_heads_are_skipped() {
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\ncontent-le");
+        assert!(parse_head(&mut buf).unwrap().is_none());
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 429 Too Many\r\nretry-after: 2\r\n\
+             Connection: keep-alive, Close\r\n\r\nbody",
+        );
+        let head = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(head.headers["retry-after"], "2");
+        assert!(!head.keep_alive, "connection: close is honoured");
+        assert_eq!(&buf[..], b"body");
+        assert!(!head_of("HTTP/1.0 200 OK\r\n\r\n").keep_alive);
+        assert!(head_of("HTTP/1.1 200 OK\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn a_head_past_its_bound_or_malformed_is_an_error() {
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\n");
+        buf.extend_from_slice(format!("x-big: {}\r\n", "a".repeat(MAX_HEAD_BYTES)).as_bytes());
+        assert!(parse_head(&mut buf).is_err());
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nx-a: 1\r\n");
+        buf.extend_from_slice(&vec![b'y'; MAX_HEAD_BYTES + 1]);
+        assert!(parse_head(&mut buf).is_err(), "an endless head is refused");
+        let mut buf = BytesMut::from("SMTP ready\r\n\r\n");
+        assert!(parse_head(&mut buf).is_err());
+    }
+
+    #[test]
+    fn the_body_framing_follows_rfc_9112() {
+        let post = Method::POST;
+        let framing = |text: &str| Framing::of(&post, &head_of(text));
+        assert!(matches!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n").unwrap(),
+            Some(Framing::Length(5))
+        ));
+        assert!(framing("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .unwrap()
+            .is_none());
+        assert!(framing("HTTP/1.1 204 No Content\r\n\r\n")
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            framing(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n"
+            )
+            .unwrap(),
+            Some(Framing::Chunked(Chunk::Size))
+        ));
+        assert!(matches!(
+            framing("HTTP/1.1 200 OK\r\n\r\n").unwrap(),
+            Some(Framing::UntilClose)
+        ));
+        assert!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n").is_err()
+        );
+        assert!(framing("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n").is_err());
+        assert!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999999\r\n\r\n").is_err()
+        );
+    }
+
+    #[test]
+    fn a_chunked_body_decodes_whatever_the_reads_split() {
+        let wire = b"5;ext=1\r\nHello\r\n7\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        for step in 1..wire.len() {
+            let (data, done) = decode_in_steps(Framing::Chunked(Chunk::Size), wire, step);
+            assert!(done, "step {step}");
+            assert_eq!(data, b"Hello, world", "step {step}");
+        }
+        // What follows the body stays in the buffer (the next response on the connection).
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut framing = Framing::Chunked(Chunk::Size);
+        let (data, done) = framing.decode(&mut buf, false).unwrap();
+        assert_eq!((&data[..], done), (&b"Hello, world"[..], true));
+        assert_eq!(&buf[..], b"NEXT");
+    }
+
+    #[test]
+    fn a_bad_or_cut_chunked_body_is_an_error() {
+        for wire in [
+            &b"zz\r\nabc\r\n"[..],
+            b"3\r\nabcdef\r\n",
+            b"11111111111111111\r\n",
+        ] {
+            let mut buf = BytesMut::from(wire);
+            assert!(
+                Framing::Chunked(Chunk::Size)
+                    .decode(&mut buf, false)
+                    .is_err(),
+                "{wire:?}"
+            );
+        }
+        let mut buf = BytesMut::from(&vec![b'1'; MAX_CHUNK_LINE + 1][..]);
+        assert!(Framing::Chunked(Chunk::Size)
+            .decode(&mut buf, false)
+            .is_err());
+        let mut buf = BytesMut::from("5\r\nHel");
+        assert!(Framing::Chunked(Chunk::Size)
+            .decode(&mut buf, true)
+            .is_err());
+    }
+
+    #[test]
+    fn a_length_body_takes_its_length_and_a_cut_one_is_an_error() {
+        let (data, done) = decode_in_steps(Framing::Length(5), b"Hello, next", 3);
+        assert_eq!((data.as_slice(), done), (&b"Hello"[..], true));
+        let mut buf = BytesMut::from("Hel");
+        assert!(Framing::Length(5).decode(&mut buf, true).is_err());
+        let mut buf = BytesMut::from("all of it");
+        let (data, done) = Framing::UntilClose.decode(&mut buf, true).unwrap();
+        assert_eq!((&data[..], done), (&b"all of it"[..], true));
+    }
+}
