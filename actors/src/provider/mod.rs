@@ -40,16 +40,13 @@ pub use actor::{HealthBoard, ProviderActor};
 pub type EventStream = BoxStream<'static, Result<StreamEvent, GatewayError>>;
 
 /// The stream's next item if the upstream has delivered it already (`None` if it has not),
-/// for a relay that writes every delivered event in one piece. hyper runs the upstream
-/// connection as its own task and hands the body over a frame at a time, so a frame already
-/// read waits for that task's turn: when no item is ready, other tasks get up to two turns
-/// (`yield_now`; one was not always enough in `bench/run.sh`'s stream scenario). Nothing here
-/// waits for the network. A burst of frames then costs one write to the client instead of one
-/// each; a paced stream pays the two turns per piece (its CPU per stream did not rise in
-/// `bench/run.sh`'s ttft scenario). A body's first piece takes no turns, so that the first
-/// token is not held for them (they cost ~0.1–0.3 ms at the first token's p99 there). The
-/// connection's task runs on the worker that opened it, so on another worker's request the
-/// turns may not reach it: then pieces are only smaller.
+/// for a relay that writes every delivered event in one piece. An upstream's events that the
+/// transport has read are ready at once (it reads in the caller's task); a stream handed over
+/// by another task (hyper's client did so before `transport`, a frame at a time) needs that
+/// task's turn, so when no item is ready, other tasks get up to two turns (`yield_now`).
+/// Nothing here waits for the network. A burst of frames then costs one write to the client
+/// instead of one each. A body's first piece takes no turns, so that the first token is not
+/// held for them.
 pub async fn delivered(
     stream: &mut EventStream,
 ) -> Option<Option<Result<StreamEvent, GatewayError>>> {

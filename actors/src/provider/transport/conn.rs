@@ -7,7 +7,7 @@
 //! workers keep their own upstream keep-alive connections.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -57,15 +57,6 @@ impl Destination {
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl Stream {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => tls.get_ref().0,
-        }
-    }
 }
 
 impl AsyncRead for Stream {
@@ -154,14 +145,60 @@ impl Conn {
         self.stream.flush().await
     }
 
-    /// Still open and silent: the upstream has neither closed it nor sent anything unasked.
-    /// Costs no system call unless the I/O driver saw something arrive.
-    fn still_open(&self) -> bool {
+    /// Writes a request's body after its head. If the upstream answers before it has taken
+    /// all of it (a 413 for a body too large, a 401), writing stops there: `Ok(true)`, the
+    /// answer is in the buffer, and the connection cannot carry another request.
+    pub async fn write_body(&mut self, body: &[u8]) -> io::Result<bool> {
+        let mut sent = 0;
+        let answered = std::future::poll_fn(|cx| loop {
+            if sent == body.len() {
+                return Poll::Ready(Ok(false));
+            }
+            match Pin::new(&mut self.stream).poll_write(cx, &body[sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => sent += n,
+                Poll::Ready(Err(e)) => {
+                    // The upstream may have answered, then closed: its answer is what counts.
+                    let mut noop = Context::from_waker(std::task::Waker::noop());
+                    return match self.poll_read_more(&mut noop) {
+                        Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(Ok(true)),
+                        _ => Poll::Ready(Err(e)),
+                    };
+                }
+                // The upstream is not taking more: has it answered?
+                Poll::Pending => match self.poll_read_more(cx) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the connection closed while the request was being sent",
+                        )))
+                    }
+                    Poll::Ready(Ok(_)) => return Poll::Ready(Ok(true)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+            }
+        })
+        .await?;
+        if !answered {
+            self.stream.flush().await?;
+        }
+        Ok(answered)
+    }
+
+    /// Still open and silent: the upstream has neither closed it (nor, over TLS, sent its
+    /// `close_notify`) nor sent anything unasked. Costs no system call unless the I/O driver
+    /// saw something arrive.
+    fn still_open(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
         let mut probe = [0u8; 1];
-        matches!(self.stream.tcp().try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        let mut probe = ReadBuf::new(&mut probe);
+        let mut noop = Context::from_waker(std::task::Waker::noop());
+        Pin::new(&mut self.stream)
+            .poll_read(&mut noop, &mut probe)
+            .is_pending()
     }
 }
 
@@ -177,59 +214,87 @@ pub struct PoolSettings {
 
 struct Idle {
     conn: Conn,
-    since: Instant,
+    expires: Instant,
+}
+
+/// A thread's idle connections.
+struct Pool {
+    /// Oldest first.
+    idle: HashMap<Destination, VecDeque<Idle>>,
+    last_sweep: Instant,
+}
+
+/// How often a thread's pool lets go of expired connections to every destination (those of
+/// a client no longer used would otherwise stay).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+impl Pool {
+    fn sweep(&mut self, now: Instant) {
+        if now.duration_since(self.last_sweep) < SWEEP_EVERY {
+            return;
+        }
+        self.last_sweep = now;
+        self.idle.retain(|_, conns| {
+            expire(conns, now);
+            !conns.is_empty()
+        });
+    }
+}
+
+/// Drops the connections of `conns` idle past their timeout (the oldest come first).
+fn expire(conns: &mut VecDeque<Idle>, now: Instant) {
+    while conns.front().is_some_and(|c| c.expires <= now) {
+        conns.pop_front();
+    }
 }
 
 thread_local! {
-    /// This thread's idle connections, newest last.
-    static IDLE: RefCell<HashMap<Destination, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<Pool> = RefCell::new(Pool {
+        idle: HashMap::new(),
+        last_sweep: Instant::now(),
+    });
 }
 
 /// An idle connection to `dest` that is still open, if this thread has one.
-pub fn checkout(dest: &Destination, settings: &PoolSettings) -> Option<Conn> {
-    IDLE.try_with(|idle| {
-        let mut idle = idle.borrow_mut();
-        let conns = idle.get_mut(dest)?;
+pub fn checkout(dest: &Destination) -> Option<Conn> {
+    POOL.try_with(|pool| {
+        let mut pool = pool.borrow_mut();
         let now = Instant::now();
-        while let Some(entry) = conns.pop() {
-            if now.duration_since(entry.since) < settings.idle_timeout && entry.conn.still_open() {
-                let mut conn = entry.conn;
-                conn.reused = true;
-                return Some(conn);
-            }
-            // Older ones are older still: the newest that failed means the rest go too.
-            if now.duration_since(entry.since) >= settings.idle_timeout {
-                conns.clear();
+        pool.sweep(now);
+        let conns = pool.idle.get_mut(dest)?;
+        expire(conns, now);
+        while let Some(mut entry) = conns.pop_back() {
+            if entry.conn.still_open() {
+                entry.conn.reused = true;
+                return Some(entry.conn);
             }
         }
-        idle.remove(dest);
+        pool.idle.remove(dest);
         None
     })
     .ok()
     .flatten()
 }
 
-/// Keeps `conn` for the next request to `dest` (the oldest goes past the bound).
+/// Keeps `conn` for the next request to `dest` (the oldest goes past the bound). A connection
+/// holding bytes past its last response is not kept.
 pub fn checkin(dest: &Destination, conn: Conn, settings: &PoolSettings) {
-    if settings.max_idle_per_host == 0 || settings.idle_timeout.is_zero() {
+    if settings.max_idle_per_host == 0 || settings.idle_timeout.is_zero() || !conn.buf.is_empty() {
         return;
     }
-    let _ = IDLE.try_with(|idle| {
-        let mut idle = idle.borrow_mut();
+    let _ = POOL.try_with(|pool| {
+        let mut pool = pool.borrow_mut();
         let now = Instant::now();
-        // Destinations no request has used for the idle timeout are let go with their
-        // connections (their clients may be gone).
-        if idle.len() > 16 {
-            idle.retain(|_, conns| {
-                conns.retain(|c| now.duration_since(c.since) < settings.idle_timeout);
-                !conns.is_empty()
-            });
-        }
-        let conns = idle.entry(dest.clone()).or_default();
+        pool.sweep(now);
+        let conns = pool.idle.entry(dest.clone()).or_default();
+        expire(conns, now);
         if conns.len() >= settings.max_idle_per_host {
-            conns.remove(0);
+            conns.pop_front();
         }
-        conns.push(Idle { conn, since: now });
+        conns.push_back(Idle {
+            conn,
+            expires: now + settings.idle_timeout,
+        });
     });
 }
 

@@ -37,24 +37,30 @@ pub fn encode_head(method: &Method, uri: &Uri, headers: &HeaderMap, body_len: us
     let mut out = Vec::with_capacity(256 + headers.len() * 48);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    match uri.path_and_query() {
-        Some(pq) if !pq.as_str().is_empty() => out.extend_from_slice(pq.as_str().as_bytes()),
-        _ => out.push(b'/'),
+    // origin-form: the path (`/` if none) and the query; never the userinfo.
+    let path = uri.path();
+    out.extend_from_slice(if path.is_empty() {
+        b"/"
+    } else {
+        path.as_bytes()
+    });
+    if let Some(query) = uri.query() {
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if !headers.contains_key(HOST) {
-        if let Some(authority) = uri.authority() {
+        if let Some(host) = uri.host() {
             out.extend_from_slice(b"host: ");
+            out.extend_from_slice(host.as_bytes());
             // The default port is left out, as a browser writes it.
             let default_port = match uri.scheme_str() {
                 Some("https") => 443,
                 _ => 80,
             };
-            match authority.port_u16() {
-                Some(port) if port == default_port => {
-                    out.extend_from_slice(authority.host().as_bytes())
-                }
-                _ => out.extend_from_slice(authority.as_str().as_bytes()),
+            if let Some(port) = uri.port_u16().filter(|&p| p != default_port) {
+                out.push(b':');
+                out.extend_from_slice(port.to_string().as_bytes());
             }
             out.extend_from_slice(b"\r\n");
         }
@@ -90,9 +96,9 @@ pub struct Head {
 }
 
 /// Parses a response head from the front of `buf`, taking its bytes: `None` while it is
-/// incomplete. Informational (1xx) heads are skipped.
+/// incomplete. Informational (1xx) heads are skipped, up to [`MAX_INFORMATIONAL`] of them.
 pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ProtocolError> {
-    loop {
+    for _ in 0..=MAX_INFORMATIONAL {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut slots);
         let len = match response.parse(buf) {
@@ -128,19 +134,30 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ProtocolError> {
             }
             headers.append(name, value);
         }
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(protocol(
+                "the upstream switched protocols, which was not asked for",
+            ));
+        }
         buf.advance(len);
-        // 101 switches protocols, which the transport never asks for: an error below.
-        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        if status.is_informational() {
             continue;
         }
         return Ok(Some(Head {
             status,
             headers,
-            // After a 101 the connection speaks another protocol: never reused.
-            keep_alive: http11 && !close && status != StatusCode::SWITCHING_PROTOCOLS,
+            keep_alive: http11 && !close,
         }));
     }
+    Err(protocol(format!(
+        "the upstream sent more than {MAX_INFORMATIONAL} informational (1xx) heads"
+    )))
 }
+
+/// The most informational (1xx) heads skipped before a response.
+const MAX_INFORMATIONAL: usize = 8;
+/// The most trailer lines after a chunked body.
+const MAX_TRAILERS: u32 = 64;
 
 /// Whether a comma-separated header value holds `token` (ASCII case-insensitive).
 fn has_token(value: &HeaderValue, token: &str) -> bool {
@@ -169,13 +186,15 @@ pub enum Chunk {
     Data(u64),
     /// The CRLF after a chunk's data.
     DataEnd,
-    /// Reading trailer lines after the last chunk, until the blank one.
-    Trailers,
+    /// Reading trailer lines after the last chunk, until the blank one: so many read.
+    Trailers(u32),
 }
 
 impl Framing {
-    /// The framing of the body that follows `head` in answer to `method`; `None`: no body.
-    pub fn of(method: &Method, head: &Head) -> Result<Option<Framing>, ProtocolError> {
+    /// The framing of the body that follows `head` in answer to `method`; `None`: no body. A
+    /// head with both `transfer-encoding` and `content-length` is read by the former, and its
+    /// connection is not reused (RFC 9112 §6.3).
+    pub fn of(method: &Method, head: &mut Head) -> Result<Option<Framing>, ProtocolError> {
         let status = head.status;
         if *method == Method::HEAD
             || status.is_informational()
@@ -185,6 +204,9 @@ impl Framing {
             return Ok(None);
         }
         if let Some(coding) = head.headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+            if head.headers.contains_key(CONTENT_LENGTH) {
+                head.keep_alive = false;
+            }
             let chunked = coding
                 .to_str()
                 .ok()
@@ -264,7 +286,10 @@ fn decode_chunks(state: &mut Chunk, buf: &mut BytesMut) -> Result<(Bytes, bool),
                 let Some(line) = take_line(buf)? else { break };
                 let digits = line[..].split(|&b| b == b';').next().unwrap_or(&[]);
                 let digits = trim(digits);
-                if digits.is_empty() || digits.len() > 16 {
+                if digits.is_empty()
+                    || digits.len() > 16
+                    || !digits.iter().all(u8::is_ascii_hexdigit)
+                {
                     return Err(protocol("a chunk size is not a hex number"));
                 }
                 let text = std::str::from_utf8(digits)
@@ -273,7 +298,7 @@ fn decode_chunks(state: &mut Chunk, buf: &mut BytesMut) -> Result<(Bytes, bool),
                     protocol(format!("the chunk size {text:?} is not a hex number"))
                 })?;
                 *state = if size == 0 {
-                    Chunk::Trailers
+                    Chunk::Trailers(0)
                 } else {
                     Chunk::Data(size)
                 };
@@ -297,11 +322,15 @@ fn decode_chunks(state: &mut Chunk, buf: &mut BytesMut) -> Result<(Bytes, bool),
                 }
                 *state = Chunk::Size;
             }
-            Chunk::Trailers => {
+            Chunk::Trailers(read) => {
                 let Some(line) = take_line(buf)? else { break };
                 if line.is_empty() {
                     return Ok((out.finish(), true));
                 }
+                if read >= MAX_TRAILERS {
+                    return Err(protocol(format!("more than {MAX_TRAILERS} trailer lines")));
+                }
+                *state = Chunk::Trailers(read + 1);
             }
         }
     }
@@ -434,12 +463,26 @@ mod tests {
         assert!(parse_head(&mut buf).is_err(), "an endless head is refused");
         let mut buf = BytesMut::from("SMTP ready\r\n\r\n");
         assert!(parse_head(&mut buf).is_err());
+        let mut buf = BytesMut::from("HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert!(
+            parse_head(&mut buf).is_err(),
+            "a protocol switch was never asked for"
+        );
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 103 Early Hints\r\n\r\n"
+                .repeat(MAX_INFORMATIONAL + 1)
+                .as_str(),
+        );
+        assert!(
+            parse_head(&mut buf).is_err(),
+            "endless 1xx heads are refused"
+        );
     }
 
     #[test]
     fn the_body_framing_follows_rfc_9112() {
         let post = Method::POST;
-        let framing = |text: &str| Framing::of(&post, &head_of(text));
+        let framing = |text: &str| Framing::of(&post, &mut head_of(text));
         assert!(matches!(
             framing("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n").unwrap(),
             Some(Framing::Length(5))

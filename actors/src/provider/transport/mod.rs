@@ -348,26 +348,28 @@ impl RequestBuilder<'_> {
         if !body_apart {
             head.extend_from_slice(&self.body);
         }
-        let mut conn = loop {
-            let (mut conn, reused) = match conn::checkout(&dest, &client.pool) {
-                Some(conn) => (conn, true),
+        // A pooled connection the upstream closed as it was taken fails the write: the request
+        // did not reach the upstream, and goes once more, on a new connection.
+        let mut fresh = false;
+        let (mut conn, answered_early) = loop {
+            let pooled = if fresh { None } else { conn::checkout(&dest) };
+            let reused = pooled.is_some();
+            let mut conn = match pooled {
+                Some(conn) => conn,
                 None => {
                     let mut connector = client.connector.clone();
-                    let conn = conn::open(&mut connector, &client.tls, &dest)
+                    conn::open(&mut connector, &client.tls, &dest)
                         .await
-                        .map_err(|e| Error::new(Kind::Connect, e))?;
-                    (conn, false)
+                        .map_err(|e| Error::new(Kind::Connect, e))?
                 }
             };
-            let mut written = conn.write_all(&head).await;
-            if written.is_ok() && body_apart {
-                written = conn.write_all(&self.body).await;
+            let mut written = conn.write_all(&head).await.map(|()| false);
+            if matches!(written, Ok(false)) && body_apart {
+                written = conn.write_body(&self.body).await;
             }
             match written {
-                Ok(()) => break conn,
-                // The upstream closed the idle connection as it was taken: the request did not
-                // reach it, so it goes on a new one.
-                Err(_) if reused => continue,
+                Ok(answered_early) => break (conn, answered_early),
+                Err(_) if reused => fresh = true,
                 Err(e) => return Err(Error::new(Kind::Request, e)),
             }
         };
@@ -388,11 +390,14 @@ impl RequestBuilder<'_> {
                 Err(e) => return Err(Error::new(Kind::Request, e)),
             }
         };
-        let framing = Framing::of(&self.method, &head).map_err(|e| Error::new(Kind::Request, e))?;
+        let mut head = head;
+        let framing =
+            Framing::of(&self.method, &mut head).map_err(|e| Error::new(Kind::Request, e))?;
         let mut body = BodyReader {
             conn: Some(conn),
             framing,
-            keep_alive: head.keep_alive,
+            // Part of the body was not sent: the connection is not in a state to reuse.
+            keep_alive: head.keep_alive && !answered_early,
             dest,
             pool: client.pool,
         };
@@ -406,6 +411,17 @@ impl RequestBuilder<'_> {
         })
     }
 }
+
+impl Drop for BodyReader {
+    fn drop(&mut self) {
+        if self.conn.is_some() && self.keep_alive {
+            self.drain();
+        }
+    }
+}
+
+/// The most of an unread body a dropped reader takes off its connection to keep it.
+const DRAIN_BYTES: usize = 64 * 1024;
 
 /// Bodies up to this size are written with the request head, in one write.
 const SAME_WRITE_BODY: usize = 64 * 1024;
@@ -507,6 +523,22 @@ impl BodyReader {
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.fail(e)))),
+            }
+        }
+    }
+
+    /// Reads what has already arrived of the body, without waiting: a reader dropped once
+    /// the caller has what it wanted (a stream's last event) keeps its connection if the
+    /// body's end had arrived too.
+    fn drain(&mut self) {
+        let mut noop = Context::from_waker(std::task::Waker::noop());
+        let mut budget = DRAIN_BYTES;
+        while let Poll::Ready(Some(Ok(piece))) = self.poll_piece(&mut noop) {
+            budget = budget.saturating_sub(piece.len());
+            if budget == 0 {
+                // More than the end of a stream: not worth the connection.
+                self.conn = None;
+                return;
             }
         }
     }
@@ -838,9 +870,9 @@ mod tests {
         let (url, _) = scripted_server(
             vec![vec![
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
-                b"6\r\ndata: \r\n2\r\na\n\r\n",
-                b"7\r\ndata: b\r\n",
-                b"1\r\n\n\r\n0\r\n\r\n",
+                // Four chunks in one write: one piece.
+                b"6\r\ndata: \r\n2\r\na\n\r\n7\r\ndata: b\r\n1\r\n\n\r\n",
+                b"0\r\n\r\n",
             ]],
             false,
         )
@@ -851,17 +883,38 @@ mod tests {
             .map(|piece| piece.unwrap())
             .collect()
             .await;
-        assert_eq!(pieces.concat(), b"data: a\ndata: b\n");
-        assert_eq!(pieces[0], Bytes::from_static(b"data: a\n"), "{pieces:?}");
+        assert_eq!(pieces, [Bytes::from_static(b"data: a\ndata: b\n")]);
     }
 
-    /// `connection: close`, or a connection the upstream closed while it was idle, is not used
-    /// again: the next request opens a new one and succeeds.
+    /// A connection the upstream said it closes (`connection: close`, HTTP/1.0) is not used
+    /// again, even if the upstream leaves it open.
     #[actix_rt::test]
-    async fn a_closed_connection_is_not_used_again() {
+    async fn a_connection_the_upstream_closes_is_not_used_again() {
         let (url, accepted) = scripted_server(
             vec![
                 vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\na"],
+                vec![b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\nb"],
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nc"],
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nd"],
+            ],
+            false,
+        )
+        .await;
+        let client = plain_client();
+        for expected in ["a", "b", "c", "d"] {
+            let response = client.get(&url).send().await.unwrap();
+            assert_eq!(response.bytes().await.unwrap(), expected);
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    /// A connection the upstream closed while it was idle is not used again: the next request
+    /// opens a new one and succeeds.
+    #[actix_rt::test]
+    async fn a_connection_closed_while_idle_is_not_used_again() {
+        let (url, accepted) = scripted_server(
+            vec![
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na"],
                 vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb"],
                 vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nc"],
             ],
@@ -911,5 +964,66 @@ mod tests {
         let (url, _) = scripted_server(vec![vec![endless]], true).await;
         let error = plain_client().get(&url).send().await.unwrap_err();
         assert!(error.to_string().contains("longer than"), "{error}");
+    }
+
+    /// An upstream that answers before taking the whole body (a 413) is heard: its answer is
+    /// the response, not a broken pipe or a wait for the body to be taken.
+    #[actix_rt::test]
+    async fn an_answer_before_the_body_is_taken_is_the_response() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/upload", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!")
+                .await
+                .unwrap();
+            // Reads no more of the body, and keeps the connection open.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(socket);
+        });
+        // Far more than the socket buffers hold, so the write cannot finish unread.
+        let body = vec![b'x'; 64 * 1024 * 1024];
+        let client = plain_client();
+        let call = client.post(&url).body(body).send();
+        let response = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .expect("the answer is heard though the body is not taken")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.bytes().await.unwrap(), "too big!");
+    }
+
+    /// A stream dropped once its caller has what it wanted (its last event) keeps its
+    /// connection when the body's end has arrived: the next request uses it.
+    #[actix_rt::test]
+    async fn a_stream_dropped_at_its_last_event_keeps_its_connection() {
+        let (url, accepted) = scripted_server(
+            vec![
+                vec![
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n8\r\n[DONE]\n\n\r\n",
+                    b"0\r\n\r\n",
+                ],
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+            ],
+            false,
+        )
+        .await;
+        let client = plain_client();
+        let mut stream = client.post(&url).send().await.unwrap().bytes_stream();
+        assert_eq!(stream.next().await.unwrap().unwrap(), "[DONE]\n\n");
+        // The body's end follows the last event (the server writes it 5 ms later).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(stream);
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.bytes().await.unwrap(), "ok");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
