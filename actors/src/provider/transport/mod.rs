@@ -142,6 +142,13 @@ impl tower_service::Service<Uri> for ProxyConnector {
 
 impl Client {
     pub fn new(settings: ClientSettings) -> Result<Client, Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        Client::with_roots(settings, roots)
+    }
+
+    /// A client that trusts the certificates `roots` holds (the webpki roots for [`new`]).
+    fn with_roots(settings: ClientSettings, roots: rustls::RootCertStore) -> Result<Client, Error> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let mut http = HttpConnector::new();
@@ -149,8 +156,6 @@ impl Client {
         http.set_nodelay(true);
         // https:// URLs are connected to here, then given TLS.
         http.enforce_http(false);
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -1025,5 +1030,91 @@ mod tests {
         let response = client.get(&url).send().await.unwrap();
         assert_eq!(response.bytes().await.unwrap(), "ok");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// https goes over TLS (ALPN http/1.1) to a server whose certificate holds the URL's host,
+    /// and keeps its connection between requests; a certificate for another name is refused.
+    #[actix_rt::test]
+    async fn https_goes_over_tls_to_the_named_host_and_keeps_its_connection() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let cert_der = cert.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der.clone()], key)
+        .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let n = tls.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            seen.extend_from_slice(&buf[..n]);
+                        }
+                        seen.clear();
+                        let body = format!(
+                            "alpn={}",
+                            String::from_utf8_lossy(&alpn.clone().unwrap_or_default())
+                        );
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        tls.write_all(answer.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert_der).unwrap();
+        let settings = ClientSettings {
+            proxy: Proxy::None,
+            ..ClientSettings::default()
+        };
+        let client = Client::with_roots(settings, roots).unwrap();
+        for _ in 0..2 {
+            let response = client
+                .get(format!("https://127.0.0.1:{port}/v1/x"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.bytes().await.unwrap(), "alpn=http/1.1");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        // The certificate holds 127.0.0.1 only.
+        let error = client
+            .get(format!("https://localhost:{port}/v1/x"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(error.is_connect(), "{error}");
+        assert!(error.to_string().contains("certificate"), "{error}");
     }
 }
