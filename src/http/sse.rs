@@ -40,7 +40,18 @@ struct State {
 
 /// One `data:` event.
 pub(super) fn event(data: &Value) -> Bytes {
-    Bytes::from(format!("data: {data}\n\n"))
+    let mut out = Vec::with_capacity(256);
+    write_event(&mut out, data);
+    Bytes::from(out)
+}
+
+/// One `data:` event, appended to `out`: the JSON written straight into it (`Value`'s
+/// `Display`, through `format!`, took ~3% of a streamed request's worker time).
+fn write_event(out: &mut Vec<u8>, data: &Value) {
+    out.extend_from_slice(b"data: ");
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, data);
+    out.extend_from_slice(b"\n\n");
 }
 
 /// `text` as a JSON string.
@@ -281,14 +292,13 @@ pub async fn body(
     pieces_body(Chat { state, prefix }).await
 }
 
-fn frame_bytes(frame: Frame) -> Bytes {
+/// Appends what `frame` is on the wire to `out`.
+fn write_frame(frame: Frame, out: &mut Vec<u8>) {
     match frame {
-        Frame::Chunk(chunk) => event(&chunk),
-        Frame::Failed(error) => event(&error),
+        Frame::Chunk(value) | Frame::Failed(value) => write_event(out, &value),
         Frame::Last(chunk) => {
-            let mut bytes = event(&chunk).to_vec();
-            bytes.extend_from_slice(DONE);
-            Bytes::from(bytes)
+            write_event(out, &chunk);
+            out.extend_from_slice(DONE);
         }
     }
 }
@@ -368,7 +378,7 @@ impl State {
         }
         match self.frame(item) {
             Some(frame) => {
-                out.extend_from_slice(&frame_bytes(frame));
+                write_frame(frame, out);
                 true
             }
             None => false,
