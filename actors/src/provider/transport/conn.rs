@@ -150,21 +150,27 @@ impl Conn {
     /// answer is in the buffer, and the connection cannot carry another request.
     pub async fn write_body(&mut self, body: &[u8]) -> io::Result<bool> {
         let mut sent = 0;
-        let answered = std::future::poll_fn(|cx| loop {
-            if sent == body.len() {
-                return Poll::Ready(Ok(false));
-            }
-            match Pin::new(&mut self.stream).poll_write(cx, &body[sent..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => sent += n,
-                Poll::Ready(Err(e)) => {
-                    // The upstream may have answered, then closed: its answer is what counts.
-                    let mut noop = Context::from_waker(std::task::Waker::noop());
-                    return match self.poll_read_more(&mut noop) {
-                        Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(Ok(true)),
-                        _ => Poll::Ready(Err(e)),
-                    };
+        let written = std::future::poll_fn(|cx| loop {
+            // Over TLS a write may only fill rustls's buffer: the flush is where a blocked
+            // upstream shows, so it is waited for here too.
+            let step = if sent < body.len() {
+                match Pin::new(&mut self.stream).poll_write(cx, &body[sent..]) {
+                    Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        sent += n;
+                        Poll::Ready(Ok(()))
+                    }
+                    other => other.map_ok(|_| ()),
                 }
+            } else {
+                match Pin::new(&mut self.stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(Ok(false)),
+                    other => other,
+                }
+            };
+            match step {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 // The upstream is not taking more: has it answered?
                 Poll::Pending => match self.poll_read_more(cx) {
                     Poll::Ready(Ok(0)) => {
@@ -173,17 +179,36 @@ impl Conn {
                             "the connection closed while the request was being sent",
                         )))
                     }
-                    Poll::Ready(Ok(_)) => return Poll::Ready(Ok(true)),
+                    // Only a final answer stops the body: a 100 Continue or a 103 does not.
+                    Poll::Ready(Ok(_)) if self.holds_answer() => return Poll::Ready(Ok(true)),
+                    Poll::Ready(Ok(_)) => continue,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,
                 },
             }
         })
-        .await?;
-        if !answered {
-            self.stream.flush().await?;
+        .await;
+        match written {
+            Ok(answered) => Ok(answered),
+            // The upstream may have answered, then closed: its answer is what counts. A
+            // broken connection answers a read at once; the bound is for one that is not.
+            Err(e) => {
+                let read = tokio::time::timeout(Duration::from_secs(1), self.read_more()).await;
+                match read {
+                    Ok(Ok(_)) if self.holds_answer() => Ok(true),
+                    _ => Err(e),
+                }
+            }
         }
-        Ok(answered)
+    }
+
+    /// The buffer holds the head of a final (not 1xx) answer, or bytes that are no HTTP.
+    fn holds_answer(&self) -> bool {
+        let mut informational = 0;
+        !matches!(
+            super::h1::parse_head(&mut self.buf.clone(), &mut informational),
+            Ok(None)
+        )
     }
 
     /// Still open and silent: the upstream has neither closed it (nor, over TLS, sent its

@@ -96,9 +96,13 @@ pub struct Head {
 }
 
 /// Parses a response head from the front of `buf`, taking its bytes: `None` while it is
-/// incomplete. Informational (1xx) heads are skipped, up to [`MAX_INFORMATIONAL`] of them.
-pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ProtocolError> {
-    for _ in 0..=MAX_INFORMATIONAL {
+/// incomplete. Informational (1xx) heads are skipped, up to [`MAX_INFORMATIONAL`] of them in
+/// all: `informational` counts them across the calls for one response.
+pub fn parse_head(
+    buf: &mut BytesMut,
+    informational: &mut usize,
+) -> Result<Option<Head>, ProtocolError> {
+    while *informational <= MAX_INFORMATIONAL {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut slots);
         let len = match response.parse(buf) {
@@ -141,6 +145,7 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ProtocolError> {
         }
         buf.advance(len);
         if status.is_informational() {
+            *informational += 1;
             continue;
         }
         return Ok(Some(Head {
@@ -398,9 +403,14 @@ fn trim(bytes: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
+    /// One response's head, as `send` parses it.
+    fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ProtocolError> {
+        parse_head(buf, &mut 0)
+    }
+
     fn head_of(text: &str) -> Head {
         let mut buf = BytesMut::from(text);
-        parse_head(&mut buf).unwrap().expect("a whole head")
+        parse(&mut buf).unwrap().expect("a whole head")
     }
 
     /// Decodes `wire` fed in pieces of `step` bytes: the data, and whether it completed.
@@ -434,17 +444,40 @@ mod tests {
         let head =
             String::from_utf8(encode_head(&Method::GET, &uri, &HeaderMap::new(), 0)).unwrap();
         assert_eq!(head, "GET / HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n\r\n");
+        // The default port is left out, the userinfo never leaves, and a query alone gets `/`.
+        let uri: Uri = "https://user:secret@api.example.com:443?x=1"
+            .parse()
+            .unwrap();
+        let head =
+            String::from_utf8(encode_head(&Method::GET, &uri, &HeaderMap::new(), 0)).unwrap();
+        assert_eq!(head, "GET /?x=1 HTTP/1.1\r\nhost: api.example.com\r\n\r\n");
+    }
+
+    /// The bound on 1xx heads holds across reads: one a read, forever, is refused too.
+    #[test]
+    fn informational_heads_are_counted_across_reads() {
+        let mut informational = 0;
+        let mut refused = false;
+        for _ in 0..=MAX_INFORMATIONAL {
+            let mut buf = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\n");
+            match parse_head(&mut buf, &mut informational) {
+                Ok(None) => {}
+                Ok(Some(_)) => panic!("a 1xx head is not the response"),
+                Err(_) => refused = true,
+            }
+        }
+        assert!(refused, "{informational} informational heads were skipped");
     }
 
     #[test]
     fn a_head_is_parsed_once_whole_and_informational_heads_are_skipped() {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\ncontent-le");
-        assert!(parse_head(&mut buf).unwrap().is_none());
+        assert!(parse(&mut buf).unwrap().is_none());
         let mut buf = BytesMut::from(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 429 Too Many\r\nretry-after: 2\r\n\
              Connection: keep-alive, Close\r\n\r\nbody",
         );
-        let head = parse_head(&mut buf).unwrap().unwrap();
+        let head = parse(&mut buf).unwrap().unwrap();
         assert_eq!(head.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(head.headers["retry-after"], "2");
         assert!(!head.keep_alive, "connection: close is honoured");
@@ -457,15 +490,15 @@ mod tests {
     fn a_head_past_its_bound_or_malformed_is_an_error() {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\n");
         buf.extend_from_slice(format!("x-big: {}\r\n", "a".repeat(MAX_HEAD_BYTES)).as_bytes());
-        assert!(parse_head(&mut buf).is_err());
+        assert!(parse(&mut buf).is_err());
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nx-a: 1\r\n");
         buf.extend_from_slice(&vec![b'y'; MAX_HEAD_BYTES + 1]);
-        assert!(parse_head(&mut buf).is_err(), "an endless head is refused");
+        assert!(parse(&mut buf).is_err(), "an endless head is refused");
         let mut buf = BytesMut::from("SMTP ready\r\n\r\n");
-        assert!(parse_head(&mut buf).is_err());
+        assert!(parse(&mut buf).is_err());
         let mut buf = BytesMut::from("HTTP/1.1 101 Switching Protocols\r\n\r\n");
         assert!(
-            parse_head(&mut buf).is_err(),
+            parse(&mut buf).is_err(),
             "a protocol switch was never asked for"
         );
         let mut buf = BytesMut::from(
@@ -473,10 +506,7 @@ mod tests {
                 .repeat(MAX_INFORMATIONAL + 1)
                 .as_str(),
         );
-        assert!(
-            parse_head(&mut buf).is_err(),
-            "endless 1xx heads are refused"
-        );
+        assert!(parse(&mut buf).is_err(), "endless 1xx heads are refused");
     }
 
     #[test]
@@ -508,6 +538,24 @@ mod tests {
             framing("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n").is_err()
         );
         assert!(framing("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n").is_err());
+        // Both framings: the chunked one reads the body, and the connection goes after it.
+        let mut head =
+            head_of("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert!(matches!(
+            Framing::of(&post, &mut head).unwrap(),
+            Some(Framing::Chunked(_))
+        ));
+        assert!(!head.keep_alive);
+        let mut head = head_of("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n");
+        assert!(
+            Framing::of(&Method::HEAD, &mut head).unwrap().is_none(),
+            "HEAD has no body"
+        );
+        assert!(
+            framing("HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n")
+                .unwrap()
+                .is_none()
+        );
         assert!(
             framing("HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999999\r\n\r\n").is_err()
         );
@@ -531,10 +579,13 @@ mod tests {
 
     #[test]
     fn a_bad_or_cut_chunked_body_is_an_error() {
+        let endless_trailers = format!("0\r\n{}", "x-t: 1\r\n".repeat(MAX_TRAILERS as usize + 1));
         for wire in [
             &b"zz\r\nabc\r\n"[..],
             b"3\r\nabcdef\r\n",
             b"11111111111111111\r\n",
+            b"+5\r\nabcde\r\n",
+            endless_trailers.as_bytes(),
         ] {
             let mut buf = BytesMut::from(wire);
             assert!(

@@ -378,8 +378,9 @@ impl RequestBuilder<'_> {
                 Err(e) => return Err(Error::new(Kind::Request, e)),
             }
         };
+        let mut informational = 0;
         let head = loop {
-            match h1::parse_head(&mut conn.buf) {
+            match h1::parse_head(&mut conn.buf, &mut informational) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(e) => return Err(Error::new(Kind::Request, e)),
@@ -1054,11 +1055,18 @@ mod tests {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        // The same server on another loopback address, which the certificate does not hold.
+        let other = tokio::net::TcpListener::bind(("127.0.0.2", port))
+            .await
+            .unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let counted = accepted.clone();
         tokio::spawn(async move {
             loop {
-                let (tcp, _) = listener.accept().await.unwrap();
+                let (tcp, _) = tokio::select! {
+                    accepted = listener.accept() => accepted.unwrap(),
+                    accepted = other.accept() => accepted.unwrap(),
+                };
                 let acceptor = acceptor.clone();
                 let counted = counted.clone();
                 tokio::spawn(async move {
@@ -1110,11 +1118,59 @@ mod tests {
 
         // The certificate holds 127.0.0.1 only.
         let error = client
-            .get(format!("https://localhost:{port}/v1/x"))
+            .get(format!("https://127.0.0.2:{port}/v1/x"))
             .send()
             .await
             .unwrap_err();
         assert!(error.is_connect(), "{error}");
         assert!(error.to_string().contains("certificate"), "{error}");
+    }
+
+    /// A 100 Continue (or any 1xx) while a large body is being sent is not the answer: the
+    /// body is sent whole and the final answer read.
+    #[actix_rt::test]
+    async fn an_interim_answer_does_not_stop_the_body() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const BODY: usize = 64 * 1024 * 1024;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/upload", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let head_end = loop {
+                if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end + 4;
+                }
+                let n = socket.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            };
+            socket
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .unwrap();
+            // Let the client's write fill the socket and wait, then take the whole body.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut got = seen.len() - head_end;
+            while got < BODY {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the body was cut at {got} bytes");
+                got += n;
+            }
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{got}",
+                got.to_string().len()
+            );
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let client = plain_client();
+        let call = client.post(&url).body(vec![b'x'; BODY]).send();
+        let response = tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("the whole body is sent and answered")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.bytes().await.unwrap(), BODY.to_string());
     }
 }
