@@ -103,9 +103,6 @@ impl AsyncWrite for Stream {
 pub struct Conn {
     pub stream: Stream,
     pub buf: BytesMut,
-    /// It carried a request before (a failed write may then be the upstream having closed it
-    /// while idle).
-    pub reused: bool,
 }
 
 impl Conn {
@@ -113,7 +110,6 @@ impl Conn {
         Conn {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
-            reused: false,
         }
     }
 
@@ -290,7 +286,6 @@ pub fn checkout(dest: &Destination) -> Option<Conn> {
         expire(conns, now);
         while let Some(mut entry) = conns.pop_back() {
             if entry.conn.still_open() {
-                entry.conn.reused = true;
                 return Some(entry.conn);
             }
         }

@@ -767,6 +767,26 @@ mod tests {
         assert!(error.is_connect(), "{error}");
     }
 
+    /// Reads into `seen` until it holds a request head: where the head ends, `None` if the
+    /// connection ended first.
+    async fn read_head(
+        socket: &mut (impl tokio::io::AsyncRead + Unpin),
+        seen: &mut Vec<u8>,
+    ) -> Option<usize> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                return Some(end + 4);
+            }
+            let n = socket.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+
     /// A server on loopback that answers each request on a connection with the next of
     /// `answers` (written in the pieces given, a short pause between them); after the last
     /// answer of a connection's turn it keeps the connection open unless `close_after` says
@@ -793,15 +813,8 @@ mod tests {
                     let mut buf = vec![0u8; 4096];
                     loop {
                         // One request: its head, then its content-length's bytes.
-                        let head_end = loop {
-                            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break end + 4;
-                            }
-                            let n = socket.read(&mut buf).await.unwrap_or(0);
-                            if n == 0 {
-                                return;
-                            }
-                            seen.extend_from_slice(&buf[..n]);
+                        let Some(head_end) = read_head(&mut socket, &mut seen).await else {
+                            return;
                         };
                         let head = String::from_utf8_lossy(&seen[..head_end]).to_lowercase();
                         let length: usize = head
@@ -981,12 +994,7 @@ mod tests {
         let url = format!("http://{}/v1/upload", listener.local_addr().unwrap());
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = socket.read(&mut buf).await.unwrap();
-                seen.extend_from_slice(&buf[..n]);
-            }
+            read_head(&mut socket, &mut Vec::new()).await.unwrap();
             socket
                 .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!")
                 .await
@@ -1076,14 +1084,9 @@ mod tests {
                     counted.fetch_add(1, Ordering::SeqCst);
                     let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
                     let mut seen = Vec::new();
-                    let mut buf = [0u8; 1024];
                     loop {
-                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                            let n = tls.read(&mut buf).await.unwrap_or(0);
-                            if n == 0 {
-                                return;
-                            }
-                            seen.extend_from_slice(&buf[..n]);
+                        if read_head(&mut tls, &mut seen).await.is_none() {
+                            return;
                         }
                         seen.clear();
                         let body = format!(
@@ -1138,13 +1141,7 @@ mod tests {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut seen = Vec::new();
             let mut buf = vec![0u8; 64 * 1024];
-            let head_end = loop {
-                if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break end + 4;
-                }
-                let n = socket.read(&mut buf).await.unwrap();
-                seen.extend_from_slice(&buf[..n]);
-            };
+            let head_end = read_head(&mut socket, &mut seen).await.unwrap();
             socket
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                 .await
