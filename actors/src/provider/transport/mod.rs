@@ -989,7 +989,7 @@ mod tests {
     /// the response, not a broken pipe or a wait for the body to be taken.
     #[actix_rt::test]
     async fn an_answer_before_the_body_is_taken_is_the_response() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1/upload", listener.local_addr().unwrap());
         tokio::spawn(async move {
@@ -1046,7 +1046,7 @@ mod tests {
     #[actix_rt::test]
     async fn https_goes_over_tls_to_the_named_host_and_keeps_its_connection() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
 
         let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
         let cert_der = cert.cert.der().clone();
