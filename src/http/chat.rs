@@ -173,10 +173,7 @@ pub(super) async fn respond(
         Ok(RunOutput::Stream(live)) => {
             let mut response = HttpResponse::Ok();
             run_headers(&mut response, &run);
-            response
-                .content_type("text/event-stream")
-                .insert_header(("cache-control", "no-cache"))
-                .insert_header(("x-accel-buffering", "no"));
+            event_stream_headers(&mut response);
             let valid_json_chunks = request
                 .chat
                 .stream_options
@@ -523,14 +520,36 @@ pub(super) fn check_routing(
 }
 
 pub(super) fn run_headers(response: &mut HttpResponseBuilder, run: &Run) {
-    response.insert_header(("x-flowgate-run-id", run.id().to_string()));
+    // Names made once, not parsed (and copied) for every response.
+    static RUN_ID: HeaderName = HeaderName::from_static("x-flowgate-run-id");
+    static PROVIDER: HeaderName = HeaderName::from_static("x-flowgate-provider");
+    static MODEL: HeaderName = HeaderName::from_static("x-flowgate-model");
+    static CACHE: HeaderName = HeaderName::from_static("x-flowgate-cache");
+    let mut id = uuid::Uuid::encode_buffer();
+    let id = run.id().as_hyphenated().encode_lower(&mut id);
+    response.insert_header((RUN_ID.clone(), &*id));
     if let Some(provider) = run.provider() {
-        response.insert_header(("x-flowgate-provider", provider));
+        response.insert_header((PROVIDER.clone(), provider));
     }
     if let Some(model) = run.model() {
-        response.insert_header(("x-flowgate-model", model));
+        response.insert_header((MODEL.clone(), model));
     }
-    response.insert_header(("x-flowgate-cache", run.cache().header()));
+    response.insert_header((
+        CACHE.clone(),
+        HeaderValue::from_static(run.cache().header()),
+    ));
+}
+
+/// The headers of a server-sent events response, after [`run_headers`].
+pub(super) fn event_stream_headers(response: &mut HttpResponseBuilder) -> &mut HttpResponseBuilder {
+    static ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+    response
+        .content_type("text/event-stream")
+        .insert_header((
+            actix_web::http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        ))
+        .insert_header((ACCEL_BUFFERING.clone(), HeaderValue::from_static("no")))
 }
 
 /// The link to a run in the web UI.

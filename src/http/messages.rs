@@ -10,7 +10,7 @@ use flowgate_actors::error::GatewayError;
 use flowgate_actors::recorder::run::Door;
 use tracing::Instrument;
 
-use super::chat::{run_headers, run_url};
+use super::chat::{event_stream_headers, run_headers, run_url};
 use super::doors::messages::{error_body, render, MessageStream, MessagesRequest};
 use super::doors::{self, Outcome};
 use super::AppState;
@@ -81,11 +81,7 @@ async fn answer(
             let mut response = HttpResponse::Ok();
             run_headers(&mut response, &run);
             let relay = MessageStream::new(doors::object_id("msg", &run.id()), live.model.clone());
-            response
-                .content_type("text/event-stream")
-                .insert_header(("cache-control", "no-cache"))
-                .insert_header(("x-accel-buffering", "no"))
-                .streaming(doors::relay(run, live, relay).await)
+            event_stream_headers(&mut response).streaming(doors::relay(run, live, relay).await)
         }
         Outcome::Failed(run, e) => failed(run, e),
         Outcome::Gone => doors::gone(),

@@ -40,7 +40,10 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::chat::{agent_override, field_error, prepare_raw, render_completion, run_url, validate};
+use super::chat::{
+    agent_override, event_stream_headers, field_error, prepare_raw, render_completion, run_url,
+    validate,
+};
 use super::replay::{check_model, checked_version_id, load_version};
 use super::sse::{self, Frame};
 use super::{connection, AppState};
@@ -294,11 +297,13 @@ pub async fn playground(
     drop(bytes);
     let (plan, stream) = plan(&state, tenant, body).await?;
     if stream {
-        return Ok(HttpResponse::Ok()
-            .content_type("text/event-stream")
-            .insert_header(("cache-control", "no-cache"))
-            .insert_header(("x-accel-buffering", "no"))
-            .streaming(events(state, plan, reservation)));
+        return Ok(
+            event_stream_headers(&mut HttpResponse::Ok()).streaming(events(
+                state,
+                plan,
+                reservation,
+            )),
+        );
     }
     let runs = plan
         .models

@@ -8,7 +8,7 @@ use flowgate_actors::error::{ErrorKind, GatewayError};
 use flowgate_actors::recorder::run::Door;
 use tracing::Instrument;
 
-use super::chat::{failed, run_headers, run_url};
+use super::chat::{event_stream_headers, failed, run_headers, run_url};
 use super::doors::responses::{
     conversation, echo, render, run_id_of, ResponseStream, ResponsesRequest,
 };
@@ -82,11 +82,7 @@ async fn answer(
                 ctx.created_unix(),
                 live.model.clone(),
             );
-            response
-                .content_type("text/event-stream")
-                .insert_header(("cache-control", "no-cache"))
-                .insert_header(("x-accel-buffering", "no"))
-                .streaming(doors::relay(run, live, relay).await)
+            event_stream_headers(&mut response).streaming(doors::relay(run, live, relay).await)
         }
         Outcome::Failed(run, e) => failed(run, e),
         Outcome::Gone => doors::gone(),

@@ -16,8 +16,13 @@ use super::{EventStream, Timeouts, UpstreamRequest};
 use crate::completion::{Completion, StreamEvent};
 use crate::error::{ErrorKind, GatewayError};
 
-/// Upstream error bodies longer than this are cut before parsing.
+/// Upstream error bodies longer than this are cut before parsing (the rest is not read).
 pub const MAX_ERROR_BODY: usize = 64 * 1024;
+/// The largest whole (non-streamed) answer read from an upstream: a broken or hostile one
+/// that sends without end is cut off here, an `upstream_malformed` error, instead of growing
+/// the gateway's memory. A streamed answer is bounded per event instead
+/// ([`super::sse::MAX_EVENT_BYTES`]).
+pub const MAX_ANSWER_BODY: usize = 32 * 1024 * 1024;
 /// How long an error body may take to arrive.
 const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -60,7 +65,7 @@ impl<A: Adapter> Driver<A> {
         let (call, response) = self.send(call, false).await?;
         let total = self.timeouts.total();
         let remaining = total.saturating_sub(started.elapsed());
-        let bytes = timeout(remaining, response.bytes())
+        let bytes = timeout(remaining, response.bytes(MAX_ANSWER_BODY))
             .await
             .map_err(|_| http::timeout_error(&self.name, "its whole body", total))?
             .map_err(|e| http::transport_error(&self.name, e, &self.adapter.secrets(&call)))?;
@@ -114,7 +119,7 @@ impl<A: Adapter> Driver<A> {
         }
         let total = self.timeouts.total();
         let remaining = total.saturating_sub(started.elapsed());
-        let bytes = timeout(remaining, response.bytes())
+        let bytes = timeout(remaining, response.bytes(MAX_ANSWER_BODY))
             .await
             .map_err(|_| http::timeout_error(&self.name, "its whole body", total))?
             .map_err(|e| http::transport_error(&self.name, e, &self.adapter.secrets(call)))?;
@@ -152,11 +157,11 @@ impl<A: Adapter> Driver<A> {
     async fn status_error(&self, call: &A::Call, response: http::Response) -> GatewayError {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = match timeout(ERROR_BODY_TIMEOUT, response.bytes()).await {
+        let body = match timeout(ERROR_BODY_TIMEOUT, response.prefix(MAX_ERROR_BODY)).await {
             Ok(Ok(bytes)) => Some(bytes),
             _ => None,
         };
-        let cut = body.as_ref().map(|b| &b[..b.len().min(MAX_ERROR_BODY)]);
+        let cut = body.as_deref();
         let reply = self.adapter.error_reply(call, status, &headers, cut);
         let label = reply.label.map(|l| format!(" {l}")).unwrap_or_default();
         let message = if reply.credentials_rejected {
@@ -278,5 +283,120 @@ async fn next_event<A: Adapter>(
             }
             BodyRead::Bytes(bytes) => s.frames(&bytes),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::provider::openai::OpenAiClient;
+    use crate::provider::OpenAiSettings;
+    use crate::wire::ChatRequest;
+
+    /// An OpenAI-compatible upstream that answers every call with `head`, then writes `chunk`
+    /// until the gateway goes away: a body without end.
+    async fn endless_upstream(head: &'static str, chunk: String) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let chunk = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if socket.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+                });
+            }
+        });
+        url
+    }
+
+    fn client(base_url: String) -> OpenAiClient {
+        let settings = OpenAiSettings {
+            base_url,
+            api_key: Some("k".into()),
+            headers: Default::default(),
+            flavor: Default::default(),
+        };
+        OpenAiClient::new("up", settings, Timeouts::default()).unwrap()
+    }
+
+    fn request() -> ChatRequest {
+        serde_json::from_value(
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn an_answer_without_end_is_cut_off_as_malformed() {
+        let url = endless_upstream(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+            "x".repeat(64 * 1024),
+        )
+        .await;
+        let r = request();
+        let client = client(url);
+        let call = client.complete(UpstreamRequest {
+            request: &r,
+            model: "gpt-4o-mini",
+            reasoning_effort: None,
+        });
+        let error = tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("an endless answer ends at the bound")
+            .unwrap_err();
+        assert_eq!(
+            error.kind,
+            ErrorKind::UpstreamMalformed,
+            "{}",
+            error.message
+        );
+        assert!(
+            error
+                .message
+                .contains(&format!("larger than {MAX_ANSWER_BODY} bytes")),
+            "{}",
+            error.message
+        );
+    }
+
+    #[actix_rt::test]
+    async fn an_error_answer_without_end_is_read_for_its_start_only() {
+        let url = endless_upstream(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n",
+            "upstream trouble ".repeat(1000),
+        )
+        .await;
+        let r = request();
+        let client = client(url);
+        let call = client.complete(UpstreamRequest {
+            request: &r,
+            model: "gpt-4o-mini",
+            reasoning_effort: None,
+        });
+        let error = tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("an endless error answer is not waited out")
+            .unwrap_err();
+        assert_eq!(error.upstream_status, Some(503));
+        // Its first bytes are the message (read whole, the body would time out and say nothing).
+        assert!(
+            error.message.contains("upstream trouble"),
+            "{}",
+            error.message
+        );
     }
 }

@@ -40,6 +40,8 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 const DEFAULT_EXPIRES_IN: u64 = 3600;
 /// Token endpoint error bodies longer than this are cut.
 const MAX_ERROR_BODY: usize = 16 * 1024;
+/// A token answer larger than this is an error (a token is a few KiB).
+const MAX_TOKEN_BODY: usize = 1024 * 1024;
 /// Token requests never wait longer than this.
 const MAX_TOKEN_WAIT: Duration = Duration::from_secs(30);
 
@@ -372,7 +374,7 @@ impl TokenSource {
                 err
             })?;
         let status = response.status().as_u16();
-        let bytes = timeout(self.timeout, response.bytes())
+        let bytes = timeout(self.timeout, response.bytes(MAX_TOKEN_BODY))
             .await
             .map_err(|_| http::timeout_error(&self.name, "with an OAuth token", self.timeout))?
             .map_err(|e| http::transport_error(&self.name, e, &secrets))?;

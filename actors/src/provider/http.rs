@@ -66,6 +66,8 @@ pub fn scrub(text: &str, secrets: &[&str]) -> String {
 pub fn transport_error(name: &str, error: Error, secrets: &[&str]) -> GatewayError {
     let kind = if error.is_timeout() {
         ErrorKind::Timeout
+    } else if error.is_too_large() {
+        ErrorKind::UpstreamMalformed
     } else {
         ErrorKind::UpstreamConnection
     };

@@ -30,7 +30,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE,
+};
 use hyper::{Method, StatusCode, Uri};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -432,8 +434,8 @@ const DRAIN_BYTES: usize = 64 * 1024;
 /// Bodies up to this size are written with the request head, in one write.
 const SAME_WRITE_BODY: usize = 64 * 1024;
 
-/// A response whose head has arrived; the body is read with [`Response::bytes`] or
-/// [`Response::bytes_stream`].
+/// A response whose head has arrived; the body is read with [`Response::bytes`] (bounded),
+/// [`Response::prefix`] or [`Response::bytes_stream`].
 pub struct Response {
     status: StatusCode,
     headers: HeaderMap,
@@ -457,12 +459,52 @@ impl Response {
         &self.headers
     }
 
-    /// The whole body.
-    pub async fn bytes(self) -> Result<Bytes, Error> {
+    /// The whole body, if it is `limit` bytes at most. Past it (by its `content-length`, or
+    /// as it arrives) the body is an error ([`Error::is_too_large`]) and is read no further:
+    /// an upstream that sends without end cannot grow the gateway's memory.
+    pub async fn bytes(self, limit: usize) -> Result<Bytes, Error> {
+        let too_large = || {
+            Error::new(
+                Kind::TooLarge,
+                format!("the body is larger than {limit} bytes"),
+            )
+        };
+        if self
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|length| length > limit as u64)
+        {
+            return Err(too_large());
+        }
         let mut body = self.body;
         let mut whole = h1::Joined::default();
+        let mut read = 0usize;
         while let Some(piece) = futures::future::poll_fn(|cx| body.poll_piece(cx)).await {
-            whole.push(piece?);
+            let piece = piece?;
+            read = read.saturating_add(piece.len());
+            if read > limit {
+                return Err(too_large());
+            }
+            whole.push(piece);
+        }
+        Ok(whole.finish())
+    }
+
+    /// The body's first `limit` bytes at most (an error answer, read for its message); the
+    /// rest is not read.
+    pub async fn prefix(self, limit: usize) -> Result<Bytes, Error> {
+        let mut body = self.body;
+        let mut whole = h1::Joined::default();
+        let mut read = 0usize;
+        while read < limit {
+            let Some(piece) = futures::future::poll_fn(|cx| body.poll_piece(cx)).await else {
+                break;
+            };
+            let piece = piece?;
+            let take = piece.len().min(limit - read);
+            read += take;
+            whole.push(piece.slice(..take));
         }
         Ok(whole.finish())
     }
@@ -574,6 +616,8 @@ enum Kind {
     Request,
     /// The connection failed while reading the body.
     Body,
+    /// The body is larger than the caller's bound.
+    TooLarge,
 }
 
 impl Error {
@@ -586,6 +630,11 @@ impl Error {
 
     pub fn is_connect(&self) -> bool {
         self.kind == Kind::Connect
+    }
+
+    /// A body past the bound [`Response::bytes`] was given.
+    pub fn is_too_large(&self) -> bool {
+        self.kind == Kind::TooLarge
     }
 
     /// A connect or I/O timeout (the adapters time whole calls themselves).
@@ -614,6 +663,7 @@ impl fmt::Display for Error {
             Kind::Connect => "connection failed",
             Kind::Request => "request failed",
             Kind::Body => "reading the body failed",
+            Kind::TooLarge => "the answer is too large",
         };
         write!(f, "{what}: {}", self.source)?;
         let mut source = self.source.source();
@@ -737,7 +787,7 @@ mod tests {
         .unwrap();
         let response = client.get(&target).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(&response.bytes().await.unwrap()[..], b"ok");
+        assert_eq!(&response.bytes(1 << 20).await.unwrap()[..], b"ok");
         assert_eq!(tunnels.load(std::sync::atomic::Ordering::SeqCst), 1);
 
         // Without a proxy, the same call goes straight to the server.
@@ -876,7 +926,7 @@ mod tests {
                 .send()
                 .await
                 .unwrap();
-            bodies.push(response.bytes().await.unwrap());
+            bodies.push(response.bytes(1 << 20).await.unwrap());
         }
         assert_eq!(bodies, ["first", "second", "", "fourth"]);
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -922,7 +972,7 @@ mod tests {
         let client = plain_client();
         for expected in ["a", "b", "c", "d"] {
             let response = client.get(&url).send().await.unwrap();
-            assert_eq!(response.bytes().await.unwrap(), expected);
+            assert_eq!(response.bytes(1 << 20).await.unwrap(), expected);
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
@@ -943,7 +993,7 @@ mod tests {
         let client = plain_client();
         for expected in ["a", "b", "c"] {
             let response = client.get(&url).send().await.unwrap();
-            assert_eq!(response.bytes().await.unwrap(), expected);
+            assert_eq!(response.bytes(1 << 20).await.unwrap(), expected);
             // The server closes its side after each answer; let the close arrive.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -964,7 +1014,7 @@ mod tests {
             .send()
             .await
             .unwrap()
-            .bytes()
+            .bytes(1 << 20)
             .await
             .unwrap_err();
         assert!(
@@ -1012,7 +1062,89 @@ mod tests {
             .expect("the answer is heard though the body is not taken")
             .unwrap();
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(response.bytes().await.unwrap(), "too big!");
+        assert_eq!(response.bytes(1 << 20).await.unwrap(), "too big!");
+    }
+
+    /// A server that answers every request with `head`, then writes `chunk` until the client
+    /// goes away (a body without end when `head` says chunked).
+    async fn endless_server(head: &'static [u8], chunk: Vec<u8>) -> String {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/answer", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let chunk = chunk.clone();
+                tokio::spawn(async move {
+                    read_head(&mut socket, &mut Vec::new()).await;
+                    if socket.write_all(head).await.is_err() {
+                        return;
+                    }
+                    while !chunk.is_empty() && socket.write_all(&chunk).await.is_ok() {}
+                });
+            }
+        });
+        url
+    }
+
+    const CHUNKED_200: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+
+    /// 4096 bytes of data, not all alike.
+    fn data_4k() -> Vec<u8> {
+        (0..4096u32).map(|i| b'a' + (i % 26) as u8).collect()
+    }
+
+    /// [`data_4k`] as one chunk (0x1000 bytes).
+    fn chunk_4k() -> Vec<u8> {
+        [&b"1000\r\n"[..], &data_4k(), b"\r\n"].concat()
+    }
+
+    #[actix_rt::test]
+    async fn a_body_past_its_bound_is_an_error_not_a_bigger_buffer() {
+        // Said by its content-length: refused before any of it is read.
+        let url = endless_server(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10485760\r\n\r\n",
+            b"x".to_vec(),
+        )
+        .await;
+        let response = plain_client().get(&url).send().await.unwrap();
+        let error = response.bytes(1 << 20).await.unwrap_err();
+        assert!(error.is_too_large(), "{error}");
+        assert!(
+            error.to_string().contains("larger than 1048576 bytes"),
+            "{error}"
+        );
+
+        // A chunked body without end: cut once past the bound (it would never end otherwise).
+        let url = endless_server(CHUNKED_200, chunk_4k()).await;
+        let response = plain_client().get(&url).send().await.unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(30), response.bytes(1 << 20))
+            .await
+            .expect("an endless body ends at the bound");
+        assert!(read.unwrap_err().is_too_large());
+
+        // At the bound exactly, the body is whole.
+        let url = endless_server(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nfour",
+            Vec::new(),
+        )
+        .await;
+        let response = plain_client().get(&url).send().await.unwrap();
+        assert_eq!(response.bytes(4).await.unwrap(), "four");
+    }
+
+    #[actix_rt::test]
+    async fn a_prefix_reads_no_more_than_asked() {
+        let url = endless_server(CHUNKED_200, chunk_4k()).await;
+        let response = plain_client().get(&url).send().await.unwrap();
+        let prefix = tokio::time::timeout(Duration::from_secs(30), response.prefix(10_000))
+            .await
+            .expect("a prefix of an endless body ends")
+            .unwrap();
+        assert_eq!(prefix.len(), 10_000);
+        assert_eq!(&prefix[..], &data_4k().repeat(3)[..10_000]);
     }
 
     /// A stream dropped once its caller has what it wanted (its last event) keeps its
@@ -1037,7 +1169,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         drop(stream);
         let response = client.get(&url).send().await.unwrap();
-        assert_eq!(response.bytes().await.unwrap(), "ok");
+        assert_eq!(response.bytes(1 << 20).await.unwrap(), "ok");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
@@ -1115,7 +1247,7 @@ mod tests {
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(response.bytes().await.unwrap(), "alpn=http/1.1");
+            assert_eq!(response.bytes(1 << 20).await.unwrap(), "alpn=http/1.1");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
@@ -1168,6 +1300,6 @@ mod tests {
             .expect("the whole body is sent and answered")
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.bytes().await.unwrap(), BODY.to_string());
+        assert_eq!(response.bytes(1 << 20).await.unwrap(), BODY.to_string());
     }
 }
