@@ -229,12 +229,48 @@ impl State {
         true
     }
 
-    fn last_chunk(&self, run: &Run) -> Value {
+    /// The last chunk (for the playground, which labels it): no choices; the run's usage,
+    /// cost and duration.
+    fn last_chunk(&self, end: &End) -> Value {
         let mut chunk = self.chunk(json!([]));
-        chunk["usage"] = run.streamed_usage().to_openai();
-        chunk["cost_usd"] = json!(run.streamed_cost());
-        chunk["duration_seconds"] = json!(run.duration_seconds());
+        chunk["usage"] = end.usage.clone();
+        chunk["cost_usd"] = json!(end.cost_usd);
+        chunk["duration_seconds"] = json!(end.duration_seconds);
         chunk
+    }
+
+    /// Appends the event of [`last_chunk`](Self::last_chunk) to `out`, written straight: its
+    /// keys in the order a JSON object's are written (sorted), so the bytes are the same.
+    fn write_last(&self, end: &End, out: &mut Vec<u8>) {
+        // Writing to a Vec cannot fail.
+        out.extend_from_slice(b"data: {\"choices\":[],\"cost_usd\":");
+        let _ = serde_json::to_writer(&mut *out, &json!(end.cost_usd));
+        let _ = write!(out, ",\"created\":{},\"duration_seconds\":", self.created);
+        let _ = serde_json::to_writer(&mut *out, &json!(end.duration_seconds));
+        out.extend_from_slice(b",\"id\":");
+        json_str(out, &self.id);
+        out.extend_from_slice(b",\"model\":");
+        json_str(out, &self.model);
+        out.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"usage\":");
+        let _ = serde_json::to_writer(&mut *out, &end.usage);
+        out.extend_from_slice(b"}\n\n");
+    }
+}
+
+/// What the last chunk tells of a stream that ended well, taken from its run.
+struct End {
+    usage: Value,
+    cost_usd: f64,
+    duration_seconds: f64,
+}
+
+impl End {
+    fn of(run: &Run) -> End {
+        End {
+            usage: run.streamed_usage().to_openai(),
+            cost_usd: run.streamed_cost(),
+            duration_seconds: run.duration_seconds(),
+        }
     }
 }
 
@@ -259,7 +295,7 @@ impl State {
             None => {
                 self.done = true;
                 let run = self.run.take()?;
-                let last = self.last_chunk(&run);
+                let last = self.last_chunk(&End::of(&run));
                 run.finish_stream();
                 Some(Frame::Last(last))
             }
@@ -375,6 +411,17 @@ impl State {
                 run.push_event(ev);
             }
             return self.write_wire(ev, prefix, out);
+        }
+        if item.is_none() {
+            // The end: the last chunk written straight too, before the run is recorded.
+            self.done = true;
+            let Some(run) = self.run.take() else {
+                return false;
+            };
+            self.write_last(&End::of(&run), out);
+            out.extend_from_slice(DONE);
+            run.finish_stream();
+            return true;
         }
         match self.frame(item) {
             Some(frame) => {
@@ -554,6 +601,40 @@ mod tests {
         assert!(events[1].starts_with(r#"data: {"error":"#), "{text}");
         assert!(events[1].contains("cut"), "{text}");
         assert!(wire.piece(true).await.is_none());
+    }
+
+    /// The last chunk written straight is, byte for byte, the one built as a JSON value.
+    #[test]
+    fn the_last_chunk_written_straight_is_the_value_written() {
+        let s = state();
+        for end in [
+            End {
+                usage: json!({"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8,
+                    "prompt_tokens_details": {"cached_tokens": 0},
+                    "completion_tokens_details": {"reasoning_tokens": 0}}),
+                cost_usd: 3e-6,
+                duration_seconds: 0.004882682,
+            },
+            End {
+                usage: json!({}),
+                cost_usd: 0.0,
+                duration_seconds: 12.5,
+            },
+            End {
+                usage: json!({"total_tokens": 1}),
+                cost_usd: f64::NAN,
+                duration_seconds: 1e-9,
+            },
+        ] {
+            let mut straight = Vec::new();
+            s.write_last(&end, &mut straight);
+            let mut by_value = Vec::new();
+            write_event(&mut by_value, &s.last_chunk(&end));
+            assert_eq!(
+                String::from_utf8(straight).unwrap(),
+                String::from_utf8(by_value).unwrap()
+            );
+        }
     }
 
     /// The bytes written straight are, event for event, the chunks built as JSON values.

@@ -281,17 +281,18 @@ impl Run {
                 );
                 Some(hash)
             });
+        // Recorded once, by a method that takes the run: its strings move into the record.
         let run = RunRecord {
             id: self.ctx.run_id,
-            tenant: self.ctx.tenant.clone(),
-            agent: self.ctx.agent.clone(),
+            tenant: std::mem::take(&mut self.ctx.tenant),
+            agent: std::mem::take(&mut self.ctx.agent),
             created_at: humantime::format_rfc3339_millis(self.ctx.created_at).to_string(),
             status,
-            requested_model: self.ctx.requested_model.clone(),
-            model: self.model.clone(),
-            provider: self.provider.clone(),
-            provider_model: self.provider_model.clone(),
-            version_id: self.ctx.version_id.clone(),
+            requested_model: std::mem::take(&mut self.ctx.requested_model),
+            model: self.model.take(),
+            provider: self.provider.take(),
+            provider_model: self.provider_model.take(),
+            version_id: self.ctx.version_id.take(),
             stream: self.ctx.stream,
             request: self.ctx.request.take(),
             input: self.ctx.input.take(),
@@ -303,7 +304,7 @@ impl Run {
             cache: self.cache,
             error: error.map(|e| e.body()),
             metadata: self.ctx.metadata.take(),
-            feedback_token: self.ctx.feedback_token.clone(),
+            feedback_token: std::mem::take(&mut self.ctx.feedback_token),
             source_run_id: self.source_run_id,
             structured: (self.structured.layer.is_some())
                 .then(|| std::mem::take(&mut self.structured)),

@@ -374,12 +374,19 @@ impl TokenSource {
                 err
             })?;
         let status = response.status().as_u16();
-        let bytes = timeout(self.timeout, response.bytes(MAX_TOKEN_BODY))
+        let success = (200..300).contains(&status);
+        // An error answer is read for its start only: its status says what happened.
+        let body = if success {
+            futures::future::Either::Left(response.bytes(MAX_TOKEN_BODY))
+        } else {
+            futures::future::Either::Right(response.prefix(MAX_ERROR_BODY))
+        };
+        let bytes = timeout(self.timeout, body)
             .await
             .map_err(|_| http::timeout_error(&self.name, "with an OAuth token", self.timeout))?
             .map_err(|e| http::transport_error(&self.name, e, &secrets))?;
-        if !(200..300).contains(&status) {
-            let cut = &bytes[..bytes.len().min(MAX_ERROR_BODY)];
+        if !success {
+            let cut = &bytes[..];
             let detail = serde_json::from_slice::<TokenError>(cut)
                 .ok()
                 .map(|e| {

@@ -30,9 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE,
-};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, StatusCode, Uri};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -469,13 +467,12 @@ impl Response {
                 format!("the body is larger than {limit} bytes"),
             )
         };
-        if self
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|length| length > limit as u64)
-        {
-            return Err(too_large());
+        // The length the framing took (not a bodiless answer's, nor one chunked encoding
+        // overrides).
+        if let Some(Framing::Length(length)) = self.body.framing {
+            if length > limit as u64 {
+                return Err(too_large());
+            }
         }
         let mut body = self.body;
         let mut whole = h1::Joined::default();
@@ -492,7 +489,7 @@ impl Response {
     }
 
     /// The body's first `limit` bytes at most (an error answer, read for its message); the
-    /// rest is not read.
+    /// rest is not read. A connection that breaks after some of it gives what came.
     pub async fn prefix(self, limit: usize) -> Result<Bytes, Error> {
         let mut body = self.body;
         let mut whole = h1::Joined::default();
@@ -501,7 +498,11 @@ impl Response {
             let Some(piece) = futures::future::poll_fn(|cx| body.poll_piece(cx)).await else {
                 break;
             };
-            let piece = piece?;
+            let piece = match piece {
+                Ok(piece) => piece,
+                Err(_) if read > 0 => break,
+                Err(e) => return Err(e),
+            };
             let take = piece.len().min(limit - read);
             read += take;
             whole.push(piece.slice(..take));
@@ -1106,7 +1107,7 @@ mod tests {
         // Said by its content-length: refused before any of it is read.
         let url = endless_server(
             b"HTTP/1.1 200 OK\r\ncontent-length: 10485760\r\n\r\n",
-            b"x".to_vec(),
+            Vec::new(),
         )
         .await;
         let response = plain_client().get(&url).send().await.unwrap();
@@ -1124,6 +1125,14 @@ mod tests {
             .await
             .expect("an endless body ends at the bound");
         assert!(read.unwrap_err().is_too_large());
+
+        // A chunked body of the bound exactly is whole (the server then closes: the chunk
+        // that ends the body is written with the last data).
+        let mut body = chunk_4k();
+        body.extend_from_slice(b"0\r\n\r\n");
+        let url = endless_server(CHUNKED_200, body).await;
+        let response = plain_client().get(&url).send().await.unwrap();
+        assert_eq!(response.bytes(4096).await.unwrap(), data_4k());
 
         // At the bound exactly, the body is whole.
         let url = endless_server(
