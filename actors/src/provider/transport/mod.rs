@@ -846,19 +846,34 @@ mod tests {
         answers: Vec<Vec<&'static [u8]>>,
         close_after: bool,
     ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let (url, accepted, _) = scripted_server_closing(answers, close_after).await;
+        (url, accepted)
+    }
+
+    /// [`scripted_server`], and how many connections it has closed.
+    async fn scripted_server_closing(
+        answers: Vec<Vec<&'static [u8]>>,
+        close_after: bool,
+    ) -> (
+        String,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1/x", listener.local_addr().unwrap());
         let accepted = Arc::new(AtomicUsize::new(0));
-        let counted = accepted.clone();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (counted, closes) = (accepted.clone(), closed.clone());
         let answers = Arc::new(std::sync::Mutex::new(answers.into_iter()));
         tokio::spawn(async move {
             loop {
                 let (mut socket, _) = listener.accept().await.unwrap();
                 counted.fetch_add(1, Ordering::SeqCst);
                 let answers = answers.clone();
+                let closes = closes.clone();
                 tokio::spawn(async move {
                     let mut seen = Vec::new();
                     let mut buf = vec![0u8; 4096];
@@ -885,13 +900,15 @@ mod tests {
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                         if close_after {
+                            drop(socket);
+                            closes.fetch_add(1, Ordering::SeqCst);
                             return;
                         }
                     }
                 });
             }
         });
-        (url, accepted)
+        (url, accepted, closed)
     }
 
     fn plain_client() -> Client {
@@ -982,7 +999,7 @@ mod tests {
     /// opens a new one and succeeds.
     #[actix_rt::test]
     async fn a_connection_closed_while_idle_is_not_used_again() {
-        let (url, accepted) = scripted_server(
+        let (url, accepted, closed) = scripted_server_closing(
             vec![
                 vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na"],
                 vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb"],
@@ -992,11 +1009,19 @@ mod tests {
         )
         .await;
         let client = plain_client();
-        for expected in ["a", "b", "c"] {
+        for (i, expected) in ["a", "b", "c"].into_iter().enumerate() {
             let response = client.get(&url).send().await.unwrap();
             assert_eq!(response.bytes(1 << 20).await.unwrap(), expected);
-            // The server closes its side after each answer; let the close arrive.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // The server closes its side after each answer: wait until it has (on loopback
+            // the close has then reached this side), however slow the machine.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while closed.load(std::sync::atomic::Ordering::SeqCst) <= i {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the server never closed"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
