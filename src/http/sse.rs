@@ -244,9 +244,10 @@ impl State {
     fn write_last(&self, end: &End, out: &mut Vec<u8>) {
         // Writing to a Vec cannot fail.
         out.extend_from_slice(b"data: {\"choices\":[],\"cost_usd\":");
-        let _ = serde_json::to_writer(&mut *out, &json!(end.cost_usd));
+        // A float is written as its JSON value would be (a non-finite one as `null`).
+        let _ = serde_json::to_writer(&mut *out, &end.cost_usd);
         let _ = write!(out, ",\"created\":{},\"duration_seconds\":", self.created);
-        let _ = serde_json::to_writer(&mut *out, &json!(end.duration_seconds));
+        let _ = serde_json::to_writer(&mut *out, &end.duration_seconds);
         out.extend_from_slice(b",\"id\":");
         json_str(out, &self.id);
         out.extend_from_slice(b",\"model\":");
@@ -264,13 +265,19 @@ struct End {
     duration_seconds: f64,
 }
 
-impl End {
-    fn of(run: &Run) -> End {
-        End {
+impl State {
+    /// The stream ended well: what its last chunk tells, taken before its run is recorded
+    /// (`None` if it was already).
+    fn end(&mut self) -> Option<End> {
+        self.done = true;
+        let run = self.run.take()?;
+        let end = End {
             usage: run.streamed_usage().to_openai(),
             cost_usd: run.streamed_cost(),
             duration_seconds: run.duration_seconds(),
-        }
+        };
+        run.finish_stream();
+        Some(end)
     }
 }
 
@@ -293,11 +300,8 @@ impl State {
                 Some(Frame::Failed(error.body()))
             }
             None => {
-                self.done = true;
-                let run = self.run.take()?;
-                let last = self.last_chunk(&End::of(&run));
-                run.finish_stream();
-                Some(Frame::Last(last))
+                let end = self.end()?;
+                Some(Frame::Last(self.last_chunk(&end)))
             }
         }
     }
@@ -413,14 +417,12 @@ impl State {
             return self.write_wire(ev, prefix, out);
         }
         if item.is_none() {
-            // The end: the last chunk written straight too, before the run is recorded.
-            self.done = true;
-            let Some(run) = self.run.take() else {
+            // The end: the last chunk written straight too.
+            let Some(end) = self.end() else {
                 return false;
             };
-            self.write_last(&End::of(&run), out);
+            self.write_last(&end, out);
             out.extend_from_slice(DONE);
-            run.finish_stream();
             return true;
         }
         match self.frame(item) {

@@ -289,75 +289,47 @@ async fn next_event<A: Adapter>(
 #[cfg(test)]
 mod tests {
     use serde_json::json;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
     use crate::provider::openai::OpenAiClient;
+    use crate::provider::transport::testing::{chunk, endless_server};
     use crate::provider::OpenAiSettings;
     use crate::wire::ChatRequest;
 
-    /// An OpenAI-compatible upstream that answers every call with `head`, then writes `chunk`
-    /// until the gateway goes away: a body without end.
-    async fn endless_upstream(head: &'static str, chunk: String) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/v1", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let chunk = format!("{:x}\r\n{chunk}\r\n", chunk.len());
-                tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    if socket.write_all(head.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    while socket.write_all(chunk.as_bytes()).await.is_ok() {}
-                });
-            }
-        });
-        url
-    }
-
-    fn client(base_url: String) -> OpenAiClient {
+    /// The error of one non-streamed call to an OpenAI-compatible upstream that answers with
+    /// `head`, then `data` as chunks without end (60 s at most: past it, the body was not
+    /// cut).
+    async fn endless_call(head: &'static str, data: &[u8]) -> GatewayError {
+        let url = endless_server(head.as_bytes(), chunk(data)).await;
         let settings = OpenAiSettings {
-            base_url,
+            base_url: url,
             api_key: Some("k".into()),
             headers: Default::default(),
             flavor: Default::default(),
         };
-        OpenAiClient::new("up", settings, Timeouts::default()).unwrap()
-    }
-
-    fn request() -> ChatRequest {
-        serde_json::from_value(
+        let client = OpenAiClient::new("up", settings, Timeouts::default()).unwrap();
+        let request: ChatRequest = serde_json::from_value(
             json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
         )
-        .unwrap()
+        .unwrap();
+        let call = client.complete(UpstreamRequest {
+            request: &request,
+            model: "gpt-4o-mini",
+            reasoning_effort: None,
+        });
+        tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("an endless answer is cut, not waited out")
+            .unwrap_err()
     }
 
     #[actix_rt::test]
     async fn an_answer_without_end_is_cut_off_as_malformed() {
-        let url = endless_upstream(
+        let error = endless_call(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
-            "x".repeat(64 * 1024),
+            &[b'x'; 64 * 1024],
         )
         .await;
-        let r = request();
-        let client = client(url);
-        let call = client.complete(UpstreamRequest {
-            request: &r,
-            model: "gpt-4o-mini",
-            reasoning_effort: None,
-        });
-        let error = tokio::time::timeout(Duration::from_secs(60), call)
-            .await
-            .expect("an endless answer ends at the bound")
-            .unwrap_err();
         assert_eq!(
             error.kind,
             ErrorKind::UpstreamMalformed,
@@ -375,22 +347,11 @@ mod tests {
 
     #[actix_rt::test]
     async fn an_error_answer_without_end_is_read_for_its_start_only() {
-        let url = endless_upstream(
+        let error = endless_call(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n",
-            "upstream trouble ".repeat(1000),
+            "upstream trouble ".repeat(1000).as_bytes(),
         )
         .await;
-        let r = request();
-        let client = client(url);
-        let call = client.complete(UpstreamRequest {
-            request: &r,
-            model: "gpt-4o-mini",
-            reasoning_effort: None,
-        });
-        let error = tokio::time::timeout(Duration::from_secs(60), call)
-            .await
-            .expect("an endless error answer is not waited out")
-            .unwrap_err();
         assert_eq!(error.upstream_status, Some(503));
         // Its first bytes are the message (read whole, the body would time out and say nothing).
         assert!(

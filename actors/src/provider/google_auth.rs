@@ -38,7 +38,7 @@ const JWT_LIFETIME_SECONDS: u64 = 3600;
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// Assumed lifetime when the token endpoint does not say.
 const DEFAULT_EXPIRES_IN: u64 = 3600;
-/// Token endpoint error bodies longer than this are cut.
+/// Token endpoint error bodies longer than this are read for their start only.
 const MAX_ERROR_BODY: usize = 16 * 1024;
 /// A token answer larger than this is an error (a token is a few KiB).
 const MAX_TOKEN_BODY: usize = 1024 * 1024;
@@ -386,8 +386,7 @@ impl TokenSource {
             .map_err(|_| http::timeout_error(&self.name, "with an OAuth token", self.timeout))?
             .map_err(|e| http::transport_error(&self.name, e, &secrets))?;
         if !success {
-            let cut = &bytes[..];
-            let detail = serde_json::from_slice::<TokenError>(cut)
+            let detail = serde_json::from_slice::<TokenError>(&bytes)
                 .ok()
                 .map(|e| {
                     let error = match e.error {
@@ -402,7 +401,7 @@ impl TokenSource {
                     }
                 })
                 .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| String::from_utf8_lossy(cut).chars().take(200).collect());
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect());
             let kind = match status {
                 429 => ErrorKind::RateLimited,
                 500..=599 => ErrorKind::UpstreamServer,

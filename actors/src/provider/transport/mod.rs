@@ -19,6 +19,8 @@
 
 mod conn;
 mod h1;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::fmt;
 use std::future::Future;
@@ -684,6 +686,7 @@ impl std::error::Error for Error {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{chunk, endless_server, read_head};
     use super::*;
 
     #[test]
@@ -816,26 +819,6 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.is_connect(), "{error}");
-    }
-
-    /// Reads into `seen` until it holds a request head: where the head ends, `None` if the
-    /// connection ended first.
-    async fn read_head(
-        socket: &mut (impl tokio::io::AsyncRead + Unpin),
-        seen: &mut Vec<u8>,
-    ) -> Option<usize> {
-        use tokio::io::AsyncReadExt;
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                return Some(end + 4);
-            }
-            let n = socket.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-            seen.extend_from_slice(&buf[..n]);
-        }
     }
 
     /// A server on loopback that answers each request on a connection with the next of
@@ -1091,30 +1074,6 @@ mod tests {
         assert_eq!(response.bytes(1 << 20).await.unwrap(), "too big!");
     }
 
-    /// A server that answers every request with `head`, then writes `chunk` until the client
-    /// goes away (a body without end when `head` says chunked).
-    async fn endless_server(head: &'static [u8], chunk: Vec<u8>) -> String {
-        use tokio::io::AsyncWriteExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/v1/answer", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut socket, _)) = listener.accept().await else {
-                    return;
-                };
-                let chunk = chunk.clone();
-                tokio::spawn(async move {
-                    read_head(&mut socket, &mut Vec::new()).await;
-                    if socket.write_all(head).await.is_err() {
-                        return;
-                    }
-                    while !chunk.is_empty() && socket.write_all(&chunk).await.is_ok() {}
-                });
-            }
-        });
-        url
-    }
-
     const CHUNKED_200: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
 
     /// 4096 bytes of data, not all alike.
@@ -1124,7 +1083,7 @@ mod tests {
 
     /// [`data_4k`] as one chunk (0x1000 bytes).
     fn chunk_4k() -> Vec<u8> {
-        [&b"1000\r\n"[..], &data_4k(), b"\r\n"].concat()
+        chunk(&data_4k())
     }
 
     #[actix_rt::test]
