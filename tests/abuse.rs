@@ -668,3 +668,42 @@ async fn admins_read_the_runs_of_the_tenant_they_name_and_tenants_only_their_own
         404
     );
 }
+
+/// A provider that answers 200 and then sends without end: the caller gets a 502
+/// `upstream_malformed` once the answer passes its bound (32 MiB), not a hang until the call's
+/// total timeout, and the gateway keeps serving with its memory given back.
+#[tokio::test]
+async fn a_provider_answer_without_end_is_cut_off_with_a_502() {
+    let url = flowgate_mock_upstream::raw::endless_server(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        flowgate_mock_upstream::raw::chunk(&[b'x'; 0x10000]),
+    )
+    .await;
+    let (_dir, mut gw) = start(&format!(
+        "\n[providers.endless]\ntype = \"openai\"\nbase_url = \"{url}\"\napi_key = \"k\"\n{}",
+        model_table("endless", &[offer("endless", "gpt-4o-mini", 1.0, 1.0)], "")
+    ));
+    let before = gw.status_kb("VmRSS");
+    // Five in a row: each is cut off, and what one held is given back to the next.
+    for _ in 0..5 {
+        let (status, _, body) = tokio::time::timeout(
+            Duration::from_secs(60),
+            chat(&gw, json!({"model": "endless", "messages": user("hi")})),
+        )
+        .await
+        .expect("an endless answer is cut off, not waited out");
+        let error = assert_error(status, &body, 502, "upstream_malformed");
+        assert!(
+            error["message"].as_str().unwrap().contains("larger than"),
+            "{body}"
+        );
+    }
+    // One answer held up to its bound (32 MiB), the buffer's growth to it and what the
+    // allocator keeps for reuse; five answers that each kept theirs would be past it.
+    let after = gw.status_kb("VmRSS");
+    assert!(
+        after < before + 2 * RSS_GROWTH_BOUND_KB,
+        "RSS grew from {before} kB to {after} kB"
+    );
+    still_serving(&mut gw).await;
+}

@@ -11,6 +11,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::*;
+use flowgate_mock_upstream::raw::read_head;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -394,17 +395,7 @@ impl Scripted {
 
 async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<Received> {
     let mut data = Vec::new();
-    let mut buf = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let n = socket.read(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        data.extend_from_slice(&buf[..n]);
-    };
+    let head_end = read_head(socket, &mut data).await? - 4;
     let head = String::from_utf8_lossy(&data[..head_end]).to_string();
     let mut lines = head.split("\r\n");
     let request_line = lines.next()?.to_string();
@@ -418,6 +409,7 @@ async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<Received> {
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0);
     let mut body = data[head_end + 4..].to_vec();
+    let mut buf = [0u8; 8192];
     while body.len() < length {
         let n = socket.read(&mut buf).await.ok()?;
         if n == 0 {

@@ -8,7 +8,9 @@
 //! * [`answer`](mod@answer), [`schema_instance`], [`directives`] — what to answer, from the
 //!   crate `flowgate-mock-answer`, which the gateway's built-in `mock` provider uses too (the
 //!   shipped binary links that small crate, not this server);
-//! * [`MockUpstream`] — the actix-web server on its own thread, recording requests.
+//! * [`MockUpstream`] — the actix-web server on its own thread, recording requests;
+//! * [`raw`] — upstreams written by hand on raw TCP (an answer without end) and a request-head
+//!   reader, for tests that need what no well-behaved server sends.
 //!
 //! ```no_run
 //! use flowgate_mock_upstream::MockUpstream;
@@ -28,6 +30,7 @@ mod bedrock;
 mod embeddings;
 mod gemini;
 pub mod openai;
+pub mod raw;
 mod script;
 mod server;
 mod state;

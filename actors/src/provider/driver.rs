@@ -288,11 +288,11 @@ async fn next_event<A: Adapter>(
 
 #[cfg(test)]
 mod tests {
+    use flowgate_mock_upstream::raw::{chunk, endless_server};
     use serde_json::json;
 
     use super::*;
     use crate::provider::openai::OpenAiClient;
-    use crate::provider::transport::testing::{chunk, endless_server};
     use crate::provider::OpenAiSettings;
     use crate::wire::ChatRequest;
 

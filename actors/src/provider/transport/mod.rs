@@ -19,8 +19,6 @@
 
 mod conn;
 mod h1;
-#[cfg(test)]
-pub(crate) mod testing;
 
 use std::fmt;
 use std::future::Future;
@@ -686,8 +684,8 @@ impl std::error::Error for Error {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{chunk, endless_server, read_head};
     use super::*;
+    use flowgate_mock_upstream::raw::{chunk, endless_server, read_head};
 
     #[test]
     fn only_absolute_http_urls_are_accepted() {
