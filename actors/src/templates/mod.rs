@@ -249,7 +249,17 @@ impl From<TemplateError> for GatewayError {
 
 /// Whether the text contains Jinja syntax at all; text without it is never touched.
 pub fn has_template_syntax(text: &str) -> bool {
-    text.contains("{{") || text.contains("{%") || text.contains("{#")
+    // One pass from brace to brace (`find` of a char is a memchr), not three searches.
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(at) = text[from..].find('{') {
+        let next = from + at + 1;
+        if matches!(bytes.get(next), Some(b'{' | b'%' | b'#')) {
+            return true;
+        }
+        from = next;
+    }
+    false
 }
 
 /// Messages whose text is a template: what the caller writes, not what a model or tool said.
@@ -783,6 +793,31 @@ mod tests {
 
     fn input(value: serde_json::Value) -> Map<String, serde_json::Value> {
         value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn template_syntax_is_a_brace_before_a_brace_a_percent_or_a_hash() {
+        for text in [
+            "{{ x }}",
+            "a {% if y %}",
+            "{# note #}",
+            "{ \"json\": {{ v }} }",
+            "é{{x",
+        ] {
+            assert!(has_template_syntax(text), "{text}");
+        }
+        for text in [
+            "",
+            "{",
+            "plain",
+            "{ \"json\": 1 }",
+            "}}{",
+            "{ {",
+            "x {",
+            "%{ #{",
+        ] {
+            assert!(!has_template_syntax(text), "{text}");
+        }
     }
 
     fn text(m: &Message) -> String {

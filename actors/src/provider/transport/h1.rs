@@ -3,6 +3,8 @@
 //! (`content-length`, chunked, or until the connection closes) decoded from a read buffer.
 //! No I/O here: [`super::conn`] reads and writes, this only encodes and decodes.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::TRANSFER_ENCODING;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
@@ -103,9 +105,16 @@ pub fn parse_head(
     informational: &mut usize,
 ) -> Result<Option<Head>, ProtocolError> {
     while *informational <= MAX_INFORMATIONAL {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut slots);
-        let len = match response.parse(buf) {
+        // Left uninitialised: the parser writes the slots it fills (zeroing all 128 took
+        // more than parsing a short head).
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut slots,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => {
                 if buf.len() > MAX_HEAD_BYTES {
@@ -342,29 +351,67 @@ fn decode_chunks(state: &mut Chunk, buf: &mut BytesMut) -> Result<(Bytes, bool),
     Ok((out.finish(), false))
 }
 
-/// Pieces of data joined: one piece is kept as it is, without a copy.
+/// Pieces of data joined. One piece is kept as it is, without a copy. More are copied once
+/// into a buffer of their total size: as they come when the total is known beforehand
+/// ([`Joined::sized`], a `content-length`), else once they are all there. (A buffer grown as
+/// pieces come doubles: it would end up to twice the data's size, and hold three times it for
+/// a moment while it moves.)
 #[derive(Default)]
 pub struct Joined {
-    first: Bytes,
-    more: Option<BytesMut>,
+    /// The pieces so far, while there is no `whole` buffer.
+    pieces: Vec<Bytes>,
+    len: usize,
+    /// The total said beforehand: the second piece starts a buffer of this size.
+    expected: Option<usize>,
+    whole: Option<BytesMut>,
 }
 
 impl Joined {
-    pub fn push(&mut self, data: Bytes) {
-        if let Some(more) = self.more.as_mut() {
-            more.extend_from_slice(&data);
-        } else if self.first.is_empty() {
-            self.first = data;
-        } else {
-            let mut both = BytesMut::with_capacity(self.first.len() + data.len());
-            both.extend_from_slice(&self.first);
-            both.extend_from_slice(&data);
-            self.more = Some(both);
+    /// For a body whose size is known beforehand (at most a bound the caller checked).
+    pub fn sized(expected: usize) -> Self {
+        Joined {
+            expected: Some(expected),
+            ..Joined::default()
         }
     }
 
-    pub fn finish(self) -> Bytes {
-        self.more.map(BytesMut::freeze).unwrap_or(self.first)
+    pub fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        self.len += data.len();
+        if let Some(whole) = self.whole.as_mut() {
+            whole.extend_from_slice(&data);
+            return;
+        }
+        match self.expected {
+            Some(expected) if !self.pieces.is_empty() => {
+                let mut whole = BytesMut::with_capacity(expected.max(self.len));
+                for piece in self.pieces.drain(..) {
+                    whole.extend_from_slice(&piece);
+                }
+                whole.extend_from_slice(&data);
+                self.whole = Some(whole);
+            }
+            _ => self.pieces.push(data),
+        }
+    }
+
+    pub fn finish(mut self) -> Bytes {
+        if let Some(whole) = self.whole {
+            return whole.freeze();
+        }
+        match self.pieces.len() {
+            0 => Bytes::new(),
+            1 => self.pieces.swap_remove(0),
+            _ => {
+                let mut whole = BytesMut::with_capacity(self.len);
+                for piece in &self.pieces {
+                    whole.extend_from_slice(piece);
+                }
+                whole.freeze()
+            }
+        }
     }
 }
 
