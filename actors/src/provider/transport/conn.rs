@@ -4,13 +4,13 @@
 //! Idle connections are kept per thread: a connection is registered with the I/O driver of
 //! the thread that opened it (each actix worker has its own), so another worker using it would
 //! wait for that worker's driver to see its readiness. Each worker keeps its own, as nginx's
-//! workers keep their own upstream keep-alive connections.
+//! workers keep their own upstream keep-alive connections. One thread for the process lets go
+//! of those idle past their timeout, whether or not their worker is still sending.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -238,27 +238,26 @@ struct Idle {
     expires: Instant,
 }
 
-/// A thread's idle connections.
+/// A thread's idle connections, oldest first.
+#[derive(Default)]
 struct Pool {
-    /// Oldest first.
     idle: HashMap<Destination, VecDeque<Idle>>,
-    last_sweep: Instant,
 }
 
-/// How often a thread's pool lets go of expired connections to every destination (those of
-/// a client no longer used would otherwise stay).
+/// How often the idle connections of every thread past their timeout are let go of.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Pool {
-    fn sweep(&mut self, now: Instant) {
-        if now.duration_since(self.last_sweep) < SWEEP_EVERY {
-            return;
-        }
-        self.last_sweep = now;
+    /// Takes out the connections idle past their timeout, to every destination.
+    fn expired(&mut self, now: Instant) -> Vec<Idle> {
+        let mut expired = Vec::new();
         self.idle.retain(|_, conns| {
-            expire(conns, now);
+            while conns.front().is_some_and(|c| c.expires <= now) {
+                expired.extend(conns.pop_front());
+            }
             !conns.is_empty()
         });
+        expired
     }
 }
 
@@ -269,19 +268,59 @@ fn expire(conns: &mut VecDeque<Idle>, now: Instant) {
     }
 }
 
+/// Every thread's pool, for the sweeper. A worker that stops sending requests (a quiet hour,
+/// a burst on another worker) would otherwise keep its idle connections, up to
+/// `pool_max_idle_per_host` to each upstream, and their sockets after the upstream closed its
+/// end, until it sent a request again.
+static POOLS: Mutex<Vec<Weak<Mutex<Pool>>>> = Mutex::new(Vec::new());
+
 thread_local! {
-    static POOL: RefCell<Pool> = RefCell::new(Pool {
-        idle: HashMap::new(),
-        last_sweep: Instant::now(),
+    static POOL: Arc<Mutex<Pool>> = register();
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// This thread's pool, known to the sweeper (started with the first pool).
+fn register() -> Arc<Mutex<Pool>> {
+    static SWEEPER: Once = Once::new();
+    let pool = Arc::new(Mutex::new(Pool::default()));
+    lock(&POOLS).push(Arc::downgrade(&pool));
+    SWEEPER.call_once(|| {
+        let started = std::thread::Builder::new()
+            .name("upstream-idle".into())
+            .spawn(|| loop {
+                std::thread::sleep(SWEEP_EVERY);
+                sweep_every_pool(Instant::now());
+            });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "transport: cannot start the idle connections' sweeper");
+        }
     });
+    pool
+}
+
+/// Lets go of the connections idle past their timeout in every thread's pool. They are
+/// closed here, out of the pool's lock: a tokio socket deregisters from its thread's I/O
+/// driver from any thread.
+fn sweep_every_pool(now: Instant) {
+    let pools: Vec<Arc<Mutex<Pool>>> = {
+        let mut pools = lock(&POOLS);
+        pools.retain(|pool| pool.strong_count() > 0);
+        pools.iter().filter_map(Weak::upgrade).collect()
+    };
+    for pool in pools {
+        let expired = lock(&pool).expired(now);
+        drop(expired);
+    }
 }
 
 /// An idle connection to `dest` that is still open, if this thread has one.
 pub fn checkout(dest: &Destination) -> Option<Conn> {
     POOL.try_with(|pool| {
-        let mut pool = pool.borrow_mut();
+        let mut pool = lock(pool);
         let now = Instant::now();
-        pool.sweep(now);
         let conns = pool.idle.get_mut(dest)?;
         expire(conns, now);
         while let Some(mut entry) = conns.pop_back() {
@@ -303,9 +342,8 @@ pub fn checkin(dest: &Destination, conn: Conn, settings: &PoolSettings) {
         return;
     }
     let _ = POOL.try_with(|pool| {
-        let mut pool = pool.borrow_mut();
+        let mut pool = lock(pool);
         let now = Instant::now();
-        pool.sweep(now);
         let conns = pool.idle.entry(dest.clone()).or_default();
         expire(conns, now);
         if conns.len() >= settings.max_idle_per_host {

@@ -358,8 +358,10 @@ fn decode_chunks(state: &mut Chunk, buf: &mut BytesMut) -> Result<(Bytes, bool),
 /// a moment while it moves.)
 #[derive(Default)]
 pub struct Joined {
-    /// The pieces so far, while there is no `whole` buffer.
-    pieces: Vec<Bytes>,
+    /// The first piece, kept without a copy while it is the only one.
+    first: Bytes,
+    /// The pieces after it, while there is no `whole` buffer.
+    more: Vec<Bytes>,
     len: usize,
     /// The total said beforehand: the second piece starts a buffer of this size.
     expected: Option<usize>,
@@ -382,36 +384,32 @@ impl Joined {
         self.len += data.len();
         if let Some(whole) = self.whole.as_mut() {
             whole.extend_from_slice(&data);
-            return;
-        }
-        match self.expected {
-            Some(expected) if !self.pieces.is_empty() => {
-                let mut whole = BytesMut::with_capacity(expected.max(self.len));
-                for piece in self.pieces.drain(..) {
-                    whole.extend_from_slice(&piece);
-                }
-                whole.extend_from_slice(&data);
-                self.whole = Some(whole);
-            }
-            _ => self.pieces.push(data),
+        } else if self.first.is_empty() {
+            self.first = data;
+        } else if let Some(expected) = self.expected {
+            let mut whole = BytesMut::with_capacity(expected.max(self.len));
+            whole.extend_from_slice(&self.first);
+            whole.extend_from_slice(&data);
+            self.first = Bytes::new();
+            self.whole = Some(whole);
+        } else {
+            self.more.push(data);
         }
     }
 
-    pub fn finish(mut self) -> Bytes {
+    pub fn finish(self) -> Bytes {
         if let Some(whole) = self.whole {
             return whole.freeze();
         }
-        match self.pieces.len() {
-            0 => Bytes::new(),
-            1 => self.pieces.swap_remove(0),
-            _ => {
-                let mut whole = BytesMut::with_capacity(self.len);
-                for piece in &self.pieces {
-                    whole.extend_from_slice(piece);
-                }
-                whole.freeze()
-            }
+        if self.more.is_empty() {
+            return self.first;
         }
+        let mut whole = BytesMut::with_capacity(self.len);
+        whole.extend_from_slice(&self.first);
+        for piece in &self.more {
+            whole.extend_from_slice(piece);
+        }
+        whole.freeze()
     }
 }
 
@@ -449,6 +447,26 @@ fn trim(bytes: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_are_joined_once_and_one_piece_is_not_copied() {
+        let one = Bytes::from_static(b"only");
+        let mut joined = Joined::default();
+        joined.push(Bytes::new());
+        joined.push(one.clone());
+        let out = joined.finish();
+        assert_eq!(out.as_ptr(), one.as_ptr(), "one piece is the piece itself");
+
+        for mut joined in [Joined::default(), Joined::sized(11)] {
+            for piece in ["ab", "", "cde", "fghijk"] {
+                joined.push(Bytes::from(piece));
+            }
+            let out = joined.finish();
+            assert_eq!(out, "abcdefghijk");
+            assert_eq!(out.try_into_mut().unwrap().capacity(), 11);
+        }
+        assert_eq!(Joined::sized(4).finish(), "");
+    }
 
     /// One response's head, as `send` parses it.
     fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ProtocolError> {

@@ -1007,6 +1007,41 @@ mod tests {
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
+    /// A thread that sends no more requests lets go of its idle connections at their
+    /// timeout (before, they stayed until its next request, past the upstream's close).
+    #[actix_rt::test]
+    async fn an_idle_connection_is_closed_at_its_timeout_without_another_request() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/x", listener.local_addr().unwrap());
+        let (closed, gone) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            read_head(&mut socket, &mut Vec::new()).await;
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            // The client's close reads as the end of the stream.
+            let mut buf = [0u8; 64];
+            while socket.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            let _ = closed.send(());
+        });
+        let client = Client::new(ClientSettings {
+            proxy: Proxy::None,
+            pool_idle_timeout: Duration::from_millis(100),
+            ..ClientSettings::default()
+        })
+        .unwrap();
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.bytes(1 << 20).await.unwrap(), "ok");
+        tokio::time::timeout(Duration::from_secs(30), gone)
+            .await
+            .expect("the idle connection is closed")
+            .unwrap();
+    }
+
     /// A body cut short of its length, or a head past its bound, is an error, not a short
     /// answer.
     #[actix_rt::test]
