@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -239,9 +240,10 @@ struct Idle {
 }
 
 /// A thread's idle connections, oldest first.
-#[derive(Default)]
 struct Pool {
     idle: HashMap<Destination, VecDeque<Idle>>,
+    /// When this thread last swept its own pool (only while there is no sweeper thread).
+    last_sweep: Instant,
 }
 
 /// How often the idle connections of every thread past their timeout are let go of.
@@ -252,20 +254,32 @@ impl Pool {
     fn expired(&mut self, now: Instant) -> Vec<Idle> {
         let mut expired = Vec::new();
         self.idle.retain(|_, conns| {
-            while conns.front().is_some_and(|c| c.expires <= now) {
-                expired.extend(conns.pop_front());
-            }
+            expired.extend(expire(conns, now));
             !conns.is_empty()
         });
         expired
     }
+
+    /// Where the sweeper thread could not start, each thread sweeps its own pool as it uses
+    /// it (at most every [`SWEEP_EVERY`]).
+    fn sweep_without_sweeper(&mut self, now: Instant) {
+        if SWEEPER_RUNNING.load(Ordering::Relaxed)
+            || now.duration_since(self.last_sweep) < SWEEP_EVERY
+        {
+            return;
+        }
+        self.last_sweep = now;
+        drop(self.expired(now));
+    }
 }
 
-/// Drops the connections of `conns` idle past their timeout (the oldest come first).
-fn expire(conns: &mut VecDeque<Idle>, now: Instant) {
-    while conns.front().is_some_and(|c| c.expires <= now) {
-        conns.pop_front();
-    }
+/// Takes out the connections of `conns` idle past their timeout (the oldest come first).
+fn expire(
+    conns: &mut VecDeque<Idle>,
+    now: Instant,
+) -> std::collections::vec_deque::Drain<'_, Idle> {
+    let expired = conns.iter().take_while(|c| c.expires <= now).count();
+    conns.drain(..expired)
 }
 
 /// Every thread's pool, for the sweeper. A worker that stops sending requests (a quiet hour,
@@ -273,6 +287,7 @@ fn expire(conns: &mut VecDeque<Idle>, now: Instant) {
 /// `pool_max_idle_per_host` to each upstream, and their sockets after the upstream closed its
 /// end, until it sent a request again.
 static POOLS: Mutex<Vec<Weak<Mutex<Pool>>>> = Mutex::new(Vec::new());
+static SWEEPER_RUNNING: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     static POOL: Arc<Mutex<Pool>> = register();
@@ -285,7 +300,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// This thread's pool, known to the sweeper (started with the first pool).
 fn register() -> Arc<Mutex<Pool>> {
     static SWEEPER: Once = Once::new();
-    let pool = Arc::new(Mutex::new(Pool::default()));
+    let pool = Arc::new(Mutex::new(Pool {
+        idle: HashMap::new(),
+        last_sweep: Instant::now(),
+    }));
     lock(&POOLS).push(Arc::downgrade(&pool));
     SWEEPER.call_once(|| {
         let started = std::thread::Builder::new()
@@ -294,8 +312,12 @@ fn register() -> Arc<Mutex<Pool>> {
                 std::thread::sleep(SWEEP_EVERY);
                 sweep_every_pool(Instant::now());
             });
-        if let Err(e) = started {
-            tracing::error!(error = %e, "transport: cannot start the idle connections' sweeper");
+        match started {
+            Ok(_) => SWEEPER_RUNNING.store(true, Ordering::Relaxed),
+            Err(e) => tracing::error!(
+                error = %e,
+                "transport: cannot start the idle connections' sweeper; each worker sweeps its own"
+            ),
         }
     });
     pool
@@ -321,8 +343,9 @@ pub fn checkout(dest: &Destination) -> Option<Conn> {
     POOL.try_with(|pool| {
         let mut pool = lock(pool);
         let now = Instant::now();
+        pool.sweep_without_sweeper(now);
         let conns = pool.idle.get_mut(dest)?;
-        expire(conns, now);
+        drop(expire(conns, now));
         while let Some(mut entry) = conns.pop_back() {
             if entry.conn.still_open() {
                 return Some(entry.conn);
@@ -344,8 +367,9 @@ pub fn checkin(dest: &Destination, conn: Conn, settings: &PoolSettings) {
     let _ = POOL.try_with(|pool| {
         let mut pool = lock(pool);
         let now = Instant::now();
+        pool.sweep_without_sweeper(now);
         let conns = pool.idle.entry(dest.clone()).or_default();
-        expire(conns, now);
+        drop(expire(conns, now));
         if conns.len() >= settings.max_idle_per_host {
             conns.pop_front();
         }

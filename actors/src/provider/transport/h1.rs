@@ -353,20 +353,31 @@ fn decode_chunks(state: &mut Chunk, buf: &mut BytesMut) -> Result<(Bytes, bool),
 
 /// Pieces of data joined. One piece is kept as it is, without a copy. More are copied once
 /// into a buffer of their total size: as they come when the total is known beforehand
-/// ([`Joined::sized`], a `content-length`), else once they are all there. (A buffer grown as
-/// pieces come doubles: it would end up to twice the data's size, and hold three times it for
-/// a moment while it moves.)
+/// ([`Joined::sized`], a `content-length`; the buffer is made at most [`AHEAD`] ahead of the
+/// data, so that a length said and never sent costs nothing), else once they are all there.
+/// (A buffer grown as pieces come doubles: it would end up to twice the data's size, and hold
+/// three times it for a moment while it moves.)
 #[derive(Default)]
 pub struct Joined {
     /// The first piece, kept without a copy while it is the only one.
     first: Bytes,
-    /// The pieces after it, while there is no `whole` buffer.
+    /// The pieces after it, while there is no `whole` buffer: large ones as they came, small
+    /// ones gathered in `tail` first (a handle for each byte an upstream trickles would cost
+    /// 32 bytes a byte).
     more: Vec<Bytes>,
+    tail: BytesMut,
     len: usize,
-    /// The total said beforehand: the second piece starts a buffer of this size.
+    /// The total said beforehand: the second piece starts a buffer for it.
     expected: Option<usize>,
     whole: Option<BytesMut>,
 }
+
+/// How far ahead of the data a [`Joined::sized`] buffer is made.
+const AHEAD: usize = 1 << 20;
+/// Pieces smaller than this are gathered in a [`Joined`]'s tail...
+const SMALL_PIECE: usize = 4096;
+/// ...which becomes a piece of its own at this size.
+const TAIL: usize = 64 * 1024;
 
 impl Joined {
     /// For a body whose size is known beforehand (at most a bound the caller checked).
@@ -383,16 +394,28 @@ impl Joined {
         }
         self.len += data.len();
         if let Some(whole) = self.whole.as_mut() {
+            if whole.capacity() - whole.len() < data.len() {
+                let expected = self.expected.unwrap_or(0);
+                whole.reserve(expected.saturating_sub(whole.len()).max(data.len()));
+            }
             whole.extend_from_slice(&data);
         } else if self.first.is_empty() {
             self.first = data;
         } else if let Some(expected) = self.expected {
-            let mut whole = BytesMut::with_capacity(expected.max(self.len));
+            let mut whole = BytesMut::with_capacity(expected.min(AHEAD).max(self.len));
             whole.extend_from_slice(&self.first);
             whole.extend_from_slice(&data);
             self.first = Bytes::new();
             self.whole = Some(whole);
+        } else if data.len() < SMALL_PIECE {
+            self.tail.extend_from_slice(&data);
+            if self.tail.len() >= TAIL {
+                self.more.push(self.tail.split().freeze());
+            }
         } else {
+            if !self.tail.is_empty() {
+                self.more.push(self.tail.split().freeze());
+            }
             self.more.push(data);
         }
     }
@@ -401,7 +424,7 @@ impl Joined {
         if let Some(whole) = self.whole {
             return whole.freeze();
         }
-        if self.more.is_empty() {
+        if self.more.is_empty() && self.tail.is_empty() {
             return self.first;
         }
         let mut whole = BytesMut::with_capacity(self.len);
@@ -409,6 +432,7 @@ impl Joined {
         for piece in &self.more {
             whole.extend_from_slice(piece);
         }
+        whole.extend_from_slice(&self.tail);
         whole.freeze()
     }
 }
@@ -466,6 +490,52 @@ mod tests {
             assert_eq!(out.try_into_mut().unwrap().capacity(), 11);
         }
         assert_eq!(Joined::sized(4).finish(), "");
+
+        // Small and large pieces in turn keep their order.
+        let pieces: Vec<Vec<u8>> = (0..40u8)
+            .map(|i| vec![i; if i % 3 == 0 { 5000 } else { 7 }])
+            .collect();
+        let mut joined = Joined::default();
+        for piece in &pieces {
+            joined.push(Bytes::from(piece.clone()));
+        }
+        assert_eq!(joined.finish(), pieces.concat());
+    }
+
+    /// A byte at a time is gathered, not kept as a handle a byte.
+    #[test]
+    fn a_trickled_body_holds_few_pieces() {
+        let mut joined = Joined::default();
+        for i in 0..200_000u32 {
+            joined.push(Bytes::from(vec![(i % 251) as u8]));
+        }
+        assert!(
+            joined.more.len() <= 200_000 / TAIL + 1,
+            "{}",
+            joined.more.len()
+        );
+        let out = joined.finish();
+        assert_eq!(out.len(), 200_000);
+        assert!(out.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    }
+
+    /// A length said beforehand is not taken at its word past [`AHEAD`]: the buffer grows to
+    /// it with the data, once.
+    #[test]
+    fn a_sized_buffer_is_made_at_most_ahead_of_the_data() {
+        let mut joined = Joined::sized(32 << 20);
+        joined.push(Bytes::from_static(b"a"));
+        joined.push(Bytes::from_static(b"b"));
+        assert_eq!(joined.whole.as_ref().unwrap().capacity(), AHEAD);
+
+        let size = 4 << 20;
+        let mut joined = Joined::sized(size);
+        for _ in 0..size / 4096 {
+            joined.push(Bytes::from(vec![7u8; 4096]));
+        }
+        let out = joined.finish();
+        assert_eq!(out.len(), size);
+        assert_eq!(out.try_into_mut().unwrap().capacity(), size);
     }
 
     /// One response's head, as `send` parses it.

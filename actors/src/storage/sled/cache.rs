@@ -265,7 +265,7 @@ mod tests {
     #[test]
     fn entries_of_earlier_releases_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::storage::sled::reopen_db(dir.path());
         let store = SledAnswerStore::open(&db).unwrap();
         let key = CacheKey::from_bytes([3; 32]);
         let json = br#"{"completion":{"choices":[{"index":0,"message":{"content":"stored"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2}},"model":"m","provider":"p","provider_model":"pm","source_run_id":"01a2426c-5679-70fb-8842-ed1d4eda392f"}"#;
@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn an_entry_of_another_format_is_corrupt_not_absent() {
         let dir = tempfile::tempdir().unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::storage::sled::reopen_db(dir.path());
         let store = SledAnswerStore::open(&db).unwrap();
         let key = CacheKey::from_bytes([7; 32]);
         store

@@ -71,7 +71,7 @@ mod tests {
     #[actix_rt::test]
     async fn feedback_in_the_format_of_earlier_releases_is_read_then_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::storage::sled::reopen_db(dir.path());
         let store = SledFeedbackStore::open(&db).unwrap();
         let run = Uuid::now_v7();
         let mut old_key = run.as_bytes().to_vec();

@@ -201,14 +201,20 @@ pub(crate) fn open_waiting(dir: &Path) -> SledStorage {
     wait_for_lock(|| SledStorage::open(dir, Duration::from_millis(50)))
 }
 
-/// `open`'s value, trying again for up to 5 s while it fails on sled's file lock.
+/// The sled database in `dir`, opened again after a test dropped it (see [`open_waiting`]).
+#[cfg(test)]
+pub(crate) fn reopen_db(dir: &Path) -> ::sled::Db {
+    wait_for_lock(|| ::sled::Config::new().path(dir).open().map_err(backend))
+}
+
+/// `open`'s value, trying again for up to 20 s while it fails on sled's file lock.
 #[cfg(test)]
 pub(crate) fn wait_for_lock<T>(mut open: impl FnMut() -> Result<T, StorageError>) -> T {
     let mut tries = 0;
     loop {
         match open() {
             Ok(opened) => return opened,
-            Err(e) if tries < 100 && e.to_string().contains("lock") => {
+            Err(e) if tries < 400 && e.to_string().contains("lock") => {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -396,7 +402,7 @@ mod tests {
         }
         {
             // An earlier release's data directory: runs, no stats trees.
-            let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+            let db = crate::storage::sled::reopen_db(dir.path());
             let tree = db.open_tree("runs").unwrap();
             for run in &runs {
                 tree.insert(run.id.as_bytes(), serde_json::to_vec(run.as_ref()).unwrap())
@@ -438,7 +444,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             // An earlier release filed each run's version in `runs_values`.
-            let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+            let db = crate::storage::sled::reopen_db(dir.path());
             let values = db.open_tree("runs_values").unwrap();
             values.insert(b"t\0a\0vold-version", &[]).unwrap();
             values.insert(b"t\0a\0mmodel-1", &[]).unwrap();

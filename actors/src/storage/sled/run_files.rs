@@ -670,7 +670,7 @@ mod tests {
     fn records_read_back_from_their_segments_which_go_whole_once_their_runs_are_older_than_the_oldest_kept(
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::storage::sled::reopen_db(dir.path());
         let tree = db.open_tree("runs").unwrap();
         // Two records a segment.
         let files = RunFiles::open(&db, dir.path(), 40).unwrap();
@@ -706,7 +706,7 @@ mod tests {
     fn a_reopened_store_writes_on_after_its_newest_segment_and_deletes_files_no_entry_names() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+            let db = crate::storage::sled::reopen_db(dir.path());
             let tree = db.open_tree("runs").unwrap();
             let files = RunFiles::open(&db, dir.path(), 1 << 20).unwrap();
             write(&files, &tree, &[1, 2]);
@@ -738,7 +738,7 @@ mod tests {
     #[test]
     fn a_pointer_past_the_end_of_its_file_or_at_another_record_reads_as_missing() {
         let dir = tempfile::tempdir().unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::storage::sled::reopen_db(dir.path());
         let tree = db.open_tree("runs").unwrap();
         let files = RunFiles::open(&db, dir.path(), 1 << 20).unwrap();
         write(&files, &tree, &[1, 2]);
@@ -791,7 +791,7 @@ mod tests {
 
     /// A store's records in `dir`, as the store opens them.
     fn records_in(dir: &Path) -> RunRecords {
-        let db = ::sled::Config::new().path(dir).open().unwrap();
+        let db = crate::storage::sled::reopen_db(dir);
         RunRecords::open(&db, RunFiles::open(&db, dir, 1 << 20).unwrap()).unwrap()
     }
 
@@ -909,7 +909,7 @@ mod tests {
     #[test]
     fn an_earlier_releases_entries_move_to_the_pointers_tree_and_packs_never_go_to_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::storage::sled::reopen_db(dir.path());
         let files = RunFiles::open(&db, dir.path(), 1 << 20).unwrap();
         // As an earlier release left them: a pointer, a record, and a key of no run.
         let earlier = db.open_tree("runs").unwrap();

@@ -717,7 +717,7 @@ mod tests {
         use std::sync::Arc;
 
         let dir = tempfile::tempdir().unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::storage::sled::reopen_db(dir.path());
         let runs =
             RunRecords::open(&db, RunFiles::open(&db, dir.path(), SEGMENT_BYTES).unwrap()).unwrap();
         let store = SledStatsStore {

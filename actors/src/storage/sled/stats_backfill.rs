@@ -302,7 +302,7 @@ mod tests {
     #[test]
     fn a_day_is_replaced_only_when_its_runs_match_its_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::storage::sled::reopen_db(dir.path());
         let backfill = Backfill {
             runs: RunRecords::open(&db, RunFiles::open(&db, dir.path(), SEGMENT_BYTES).unwrap())
                 .unwrap(),

@@ -625,7 +625,7 @@ mod tests {
     async fn runs_stored_before_the_filters_existed_get_them_once() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+            let db = crate::storage::sled::reopen_db(dir.path());
             let tree = db.open_tree("runs").unwrap();
             for word in ["echo", "foxtrot"] {
                 let run = with_word(word);

@@ -669,7 +669,7 @@ mod tests {
     #[test]
     fn versions_are_kept_in_the_order_they_were_made() {
         let dir = tempfile::tempdir().unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::storage::sled::reopen_db(dir.path());
         let store = SledVersionStore::open(&db).unwrap();
         for (id, second) in [("vc", 1), ("va", 2), ("vb", 3)] {
             let at = format!("2026-01-01T00:00:0{second}.000Z");
@@ -709,7 +709,7 @@ mod tests {
     #[test]
     fn statistics_before_their_version_are_kept_and_then_moved() {
         let dir = tempfile::tempdir().unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::storage::sled::reopen_db(dir.path());
         let store = SledVersionStore::open(&db).unwrap();
         let later = "2026-01-03T00:00:00.000Z";
         store.add_stats_now(&[(key("v"), stats(2, later))]).unwrap();
@@ -737,7 +737,7 @@ mod tests {
     fn an_earlier_releases_versions_are_moved_once() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+            let db = crate::storage::sled::reopen_db(dir.path());
             let versions = db.open_tree("agent_versions").unwrap();
             let old_stats = db.open_tree("agent_version_stats").unwrap();
             let by_time = db.open_tree("agent_versions_by_time").unwrap();
@@ -770,7 +770,7 @@ mod tests {
             db.flush().unwrap();
         }
         for _ in 0..2 {
-            let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+            let db = crate::storage::sled::reopen_db(dir.path());
             let store = SledVersionStore::open(&db).unwrap();
             assert!(!db.tree_names().iter().any(|n| n == b"agent_versions"));
             assert_eq!(listed(&store), ["vy -", "vz 4"]);
@@ -799,7 +799,7 @@ mod tests {
     #[test]
     fn an_unused_version_goes_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::storage::sled::reopen_db(dir.path());
         let store = SledVersionStore::open(&db).unwrap();
         let deployments = SledDeploymentStore::open(&db).unwrap();
         for id in ["old", "busy"] {
@@ -838,7 +838,7 @@ mod tests {
     #[test]
     fn what_a_crash_leaves_is_not_listed_and_the_version_is_stored_again() {
         let dir = tempfile::tempdir().unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::storage::sled::reopen_db(dir.path());
         let store = SledVersionStore::open(&db).unwrap();
         let first = record("v", "2026-01-01T00:00:01.000Z");
         store.insert_now("t", "a", &first).unwrap();
@@ -878,7 +878,7 @@ mod tests {
     #[test]
     fn concurrent_first_writes_agree_on_one_record() {
         let dir = tempfile::tempdir().unwrap();
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::storage::sled::reopen_db(dir.path());
         let store = SledVersionStore::open(&db).unwrap();
         for round in 0..20 {
             let id = format!("v{round}");
@@ -911,7 +911,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let at = "2026-01-01T00:00:01.000Z";
         {
-            let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+            let db = crate::storage::sled::reopen_db(dir.path());
             let store = SledVersionStore::open(&db).unwrap();
             store.insert_now("t", "a", &record("v", at)).unwrap();
             store
@@ -940,7 +940,7 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let db = ::sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::storage::sled::reopen_db(dir.path());
         let store = SledVersionStore::open(&db).unwrap();
         assert!(!db.tree_names().iter().any(|n| n == b"agent_versions"));
         assert_eq!(listed(&store), ["w -", "v 5"]);
