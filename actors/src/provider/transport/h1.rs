@@ -293,7 +293,8 @@ impl Framing {
 
 /// Decodes every whole chunk `buf` holds (their data joined), leaving a partial line in it.
 fn decode_chunks(state: &mut Chunk, buf: &mut BytesMut) -> Result<(Bytes, bool), ProtocolError> {
-    let mut out = Joined::default();
+    // The chunks' data is at most what the buffer holds: one buffer, one copy.
+    let mut out = Joined::sized(buf.len());
     loop {
         match *state {
             Chunk::Size => {
@@ -352,24 +353,37 @@ fn decode_chunks(state: &mut Chunk, buf: &mut BytesMut) -> Result<(Bytes, bool),
 }
 
 /// Pieces of data joined. One piece is kept as it is, without a copy. More are copied once
-/// into a buffer of their total size: as they come when the total is known beforehand
-/// ([`Joined::sized`], a `content-length`; the buffer is made at most [`AHEAD`] ahead of the
-/// data, so that a length said and never sent costs nothing), else once they are all there.
-/// (A buffer grown as pieces come doubles: it would end up to twice the data's size, and hold
-/// three times it for a moment while it moves.)
+/// into a buffer of their total size: as they come when the total is known or bounded
+/// beforehand ([`Joined::sized`]), else once they are all there. (A buffer grown as pieces
+/// come doubles: it would end up to twice the data's size, and hold three times it for a
+/// moment while it moves.)
 #[derive(Default)]
 pub struct Joined {
     /// The first piece, kept without a copy while it is the only one.
     first: Bytes,
-    /// The pieces after it, while there is no `whole` buffer: large ones as they came, small
-    /// ones gathered in `tail` first (a handle for each byte an upstream trickles would cost
-    /// 32 bytes a byte).
-    more: Vec<Bytes>,
-    tail: BytesMut,
-    len: usize,
-    /// The total said beforehand: the second piece starts a buffer for it.
-    expected: Option<usize>,
-    whole: Option<BytesMut>,
+    rest: Rest,
+}
+
+/// Where a [`Joined`]'s pieces after the first go.
+enum Rest {
+    /// The total is unknown: large pieces as they came, small ones gathered in `tail` first
+    /// (a handle for each byte an upstream trickles would cost 32 bytes a byte).
+    Pieces { more: Vec<Bytes>, tail: BytesMut },
+    /// The total is known or bounded: from the second piece on, one buffer made for it, at
+    /// most [`AHEAD`] ahead of the data (a length said and never sent costs nothing).
+    Sized {
+        total: usize,
+        whole: Option<BytesMut>,
+    },
+}
+
+impl Default for Rest {
+    fn default() -> Self {
+        Rest::Pieces {
+            more: Vec::new(),
+            tail: BytesMut::new(),
+        }
+    }
 }
 
 /// How far ahead of the data a [`Joined::sized`] buffer is made.
@@ -380,11 +394,12 @@ const SMALL_PIECE: usize = 4096;
 const TAIL: usize = 64 * 1024;
 
 impl Joined {
-    /// For a body whose size is known beforehand (at most a bound the caller checked).
-    pub fn sized(expected: usize) -> Self {
+    /// For data whose size is known beforehand (a `content-length`), or bounded (what one
+    /// read buffer holds), by at most a bound the caller checked.
+    pub fn sized(total: usize) -> Self {
         Joined {
-            expected: Some(expected),
-            ..Joined::default()
+            first: Bytes::new(),
+            rest: Rest::Sized { total, whole: None },
         }
     }
 
@@ -392,48 +407,59 @@ impl Joined {
         if data.is_empty() {
             return;
         }
-        self.len += data.len();
-        if let Some(whole) = self.whole.as_mut() {
-            if whole.capacity() - whole.len() < data.len() {
-                let expected = self.expected.unwrap_or(0);
-                whole.reserve(expected.saturating_sub(whole.len()).max(data.len()));
+        match &mut self.rest {
+            Rest::Sized {
+                total,
+                whole: Some(whole),
+            } => {
+                if whole.capacity() - whole.len() < data.len() {
+                    whole.reserve(total.saturating_sub(whole.len()).max(data.len()));
+                }
+                whole.extend_from_slice(&data);
             }
-            whole.extend_from_slice(&data);
-        } else if self.first.is_empty() {
-            self.first = data;
-        } else if let Some(expected) = self.expected {
-            let mut whole = BytesMut::with_capacity(expected.min(AHEAD).max(self.len));
-            whole.extend_from_slice(&self.first);
-            whole.extend_from_slice(&data);
-            self.first = Bytes::new();
-            self.whole = Some(whole);
-        } else if data.len() < SMALL_PIECE {
-            self.tail.extend_from_slice(&data);
-            if self.tail.len() >= TAIL {
-                self.more.push(self.tail.split().freeze());
+            _ if self.first.is_empty() => self.first = data,
+            Rest::Sized { total, whole } => {
+                let len = self.first.len() + data.len();
+                let mut buffer = BytesMut::with_capacity((*total).min(AHEAD).max(len));
+                buffer.extend_from_slice(&self.first);
+                buffer.extend_from_slice(&data);
+                self.first = Bytes::new();
+                *whole = Some(buffer);
             }
-        } else {
-            if !self.tail.is_empty() {
-                self.more.push(self.tail.split().freeze());
+            Rest::Pieces { more, tail } => {
+                if data.len() < SMALL_PIECE {
+                    tail.extend_from_slice(&data);
+                    if tail.len() >= TAIL {
+                        more.push(tail.split().freeze());
+                    }
+                } else {
+                    if !tail.is_empty() {
+                        more.push(tail.split().freeze());
+                    }
+                    more.push(data);
+                }
             }
-            self.more.push(data);
         }
     }
 
     pub fn finish(self) -> Bytes {
-        if let Some(whole) = self.whole {
-            return whole.freeze();
+        match self.rest {
+            Rest::Sized {
+                whole: Some(whole), ..
+            } => whole.freeze(),
+            Rest::Pieces { more, tail } if !more.is_empty() || !tail.is_empty() => {
+                let len =
+                    self.first.len() + more.iter().map(Bytes::len).sum::<usize>() + tail.len();
+                let mut whole = BytesMut::with_capacity(len);
+                whole.extend_from_slice(&self.first);
+                for piece in &more {
+                    whole.extend_from_slice(piece);
+                }
+                whole.extend_from_slice(&tail);
+                whole.freeze()
+            }
+            _ => self.first,
         }
-        if self.more.is_empty() && self.tail.is_empty() {
-            return self.first;
-        }
-        let mut whole = BytesMut::with_capacity(self.len);
-        whole.extend_from_slice(&self.first);
-        for piece in &self.more {
-            whole.extend_from_slice(piece);
-        }
-        whole.extend_from_slice(&self.tail);
-        whole.freeze()
     }
 }
 
@@ -509,11 +535,10 @@ mod tests {
         for i in 0..200_000u32 {
             joined.push(Bytes::from(vec![(i % 251) as u8]));
         }
-        assert!(
-            joined.more.len() <= 200_000 / TAIL + 1,
-            "{}",
-            joined.more.len()
-        );
+        let Rest::Pieces { more, .. } = &joined.rest else {
+            panic!("a size not said keeps pieces")
+        };
+        assert!(more.len() <= 200_000 / TAIL + 1, "{}", more.len());
         let out = joined.finish();
         assert_eq!(out.len(), 200_000);
         assert!(out.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
@@ -526,7 +551,13 @@ mod tests {
         let mut joined = Joined::sized(32 << 20);
         joined.push(Bytes::from_static(b"a"));
         joined.push(Bytes::from_static(b"b"));
-        assert_eq!(joined.whole.as_ref().unwrap().capacity(), AHEAD);
+        let Rest::Sized {
+            whole: Some(whole), ..
+        } = &joined.rest
+        else {
+            panic!("a second piece starts the buffer")
+        };
+        assert_eq!(whole.capacity(), AHEAD);
 
         let size = 4 << 20;
         let mut joined = Joined::sized(size);

@@ -492,7 +492,7 @@ impl Response {
     /// rest is not read. A connection that breaks after some of it gives what came.
     pub async fn prefix(self, limit: usize) -> Result<Bytes, Error> {
         let mut body = self.body;
-        let mut whole = h1::Joined::default();
+        let mut whole = h1::Joined::sized(limit);
         let mut read = 0usize;
         while read < limit {
             let Some(piece) = futures::future::poll_fn(|cx| body.poll_piece(cx)).await else {
