@@ -529,6 +529,9 @@ impl AgentStore {
         id: &str,
     ) -> Result<VersionStats, GatewayError> {
         let key = stats_key(tenant, agent, id);
+        // Not beside a write of the pending statistics: a write that ended between reading the
+        // store and reading the pending ones would leave its runs in neither.
+        let _writer = self.inner.stats_writer.lock().await;
         let mut stats = self.inner.versions.stats(&key).await?.unwrap_or_default();
         // What this instance observed and has not added to the store yet.
         if let Some(pending) = self.pending_stats_lock().get(&key) {
@@ -571,6 +574,8 @@ impl AgentStore {
     ) -> Result<(Vec<VersionSummary>, Option<VersionCursor>), GatewayError> {
         self.store_unstored_versions(Some(&agent_prefix(tenant, agent)))
             .await?;
+        // Not beside a write of the pending statistics (see `version_stats`).
+        let _writer = self.inner.stats_writer.lock().await;
         let page = self
             .inner
             .versions
