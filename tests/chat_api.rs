@@ -106,6 +106,61 @@ async fn mock_echo_answers_with_cost_latency_and_run_headers() {
         format!("{}/runs/{run_id}", s.gw.url)
     );
     assert_eq!(body["version_id"].as_str().unwrap().len(), 32);
+    // The OpenAI shape and flowgate's additions, no more and no less.
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    let sorted = |k: Vec<&str>| {
+        let mut k: Vec<String> = k.into_iter().map(String::from).collect();
+        k.sort_unstable();
+        k
+    };
+    assert_eq!(
+        keys(&body),
+        sorted(vec![
+            "id",
+            "object",
+            "created",
+            "model",
+            "choices",
+            "usage",
+            "cost_usd",
+            "duration_seconds",
+            "version_id",
+            "metadata",
+        ])
+    );
+    assert!(body["metadata"].is_null());
+    assert!(body["created"].as_u64().unwrap() > 1_700_000_000);
+    let choice = &body["choices"][0];
+    assert_eq!(
+        keys(choice),
+        sorted(vec![
+            "index",
+            "message",
+            "logprobs",
+            "finish_reason",
+            "cost_usd",
+            "duration_seconds",
+            "feedback_token",
+            "url",
+        ])
+    );
+    assert_eq!(choice["index"], 0);
+    assert!(choice["logprobs"].is_null());
+    assert_eq!(
+        keys(&choice["message"]),
+        sorted(vec!["role", "content", "refusal"])
+    );
+    assert!(choice["message"]["refusal"].is_null());
+    let usage = &body["usage"];
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(usage["prompt_tokens_details"], json!({"cached_tokens": 0}));
+    assert_eq!(
+        usage["completion_tokens_details"],
+        json!({"reasoning_tokens": 0})
+    );
 }
 
 #[tokio::test]

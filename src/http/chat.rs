@@ -2,17 +2,15 @@
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 use flowgate_actors::agents::resolve::target_of;
-use flowgate_actors::answer::Answer;
-use flowgate_actors::completion::{Choice, ToolCallOut};
 use flowgate_actors::engine::{Run, RunContext, RunOutput, RunRequest};
 use flowgate_actors::error::{excerpt, ErrorKind, GatewayError};
 use flowgate_actors::model_ref::{ModelRef, Target};
-use flowgate_actors::recorder::run::RunSource;
 use flowgate_actors::wire::{ChatRequest, UseFallback};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::body::{read_body, Reservation};
+use super::completion::completion_body;
 use super::{connection, sse, AppState};
 use crate::config::RequestLimits;
 
@@ -186,19 +184,7 @@ pub(super) async fn respond(
         }
         Ok(RunOutput::Answer(answer)) => {
             // Written out before the run takes the answer (without a copy when it can).
-            let body = match serde_json::to_vec(&render_completion(
-                &run,
-                &answer,
-                &state.gateway.public_url,
-            )) {
-                Ok(body) => body,
-                Err(e) => {
-                    return failed(
-                        run,
-                        GatewayError::internal(format!("cannot write the answer: {e}")),
-                    )
-                }
-            };
+            let body = completion_body(&run, &answer, &state.gateway.public_url);
             let mut response = HttpResponse::Ok();
             run_headers(&mut response, &run);
             run.succeed(answer);
@@ -555,178 +541,6 @@ pub(super) fn event_stream_headers(response: &mut HttpResponseBuilder) -> &mut H
 /// The link to a run in the web UI.
 pub fn run_url(public_url: &str, run_id: &uuid::Uuid) -> String {
     format!("{public_url}/runs/{run_id}")
-}
-
-/// The OpenAI `chat.completion` object with flowgate's additions.
-pub(super) fn render_completion<'a>(
-    run: &Run,
-    answer: &'a Answer,
-    public_url: &str,
-) -> CompletionBody<'a> {
-    let ctx = run.context();
-    let cost_usd = run.cost_of(answer);
-    let duration = run.duration_seconds();
-    let n = answer.completion.choices.len().max(1) as f64;
-    let usage = &answer.completion.usage;
-    CompletionBody {
-        id: ctx.response_id(),
-        object: "chat.completion",
-        created: ctx.created_unix(),
-        model: &answer.model,
-        choices: ChoicesBody {
-            choices: &answer.completion.choices,
-            cost_usd: cost_usd / n,
-            duration_seconds: duration,
-            feedback_token: ctx.feedback_token.clone(),
-            url: run_url(public_url, &ctx.run_id),
-        },
-        usage: UsageBody {
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            total_tokens: usage.total_tokens(),
-            prompt_tokens_details: CachedTokens {
-                cached_tokens: usage.cached_tokens,
-            },
-            completion_tokens_details: ReasoningTokens {
-                reasoning_tokens: usage.reasoning_tokens,
-            },
-        },
-        cost_usd,
-        duration_seconds: duration,
-        version_id: ctx.version_id.clone(),
-        metadata: ctx.metadata.clone(),
-        // The app's own answers keep the OpenAI shape; the gateway's own runs name themselves.
-        run_id: (ctx.source != RunSource::Api).then_some(ctx.run_id),
-        source: (ctx.source != RunSource::Api).then_some(ctx.source),
-        replay_of: ctx.replay_of,
-    }
-}
-
-/// The body [`render_completion`] answers with, serialized as it is: the answer is borrowed, the
-/// few values of the run are copied (the run is recorded before the body is written).
-#[derive(serde::Serialize)]
-pub(super) struct CompletionBody<'a> {
-    id: String,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    choices: ChoicesBody<'a>,
-    usage: UsageBody,
-    cost_usd: f64,
-    duration_seconds: f64,
-    version_id: Option<String>,
-    metadata: Option<serde_json::Map<String, Value>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    run_id: Option<uuid::Uuid>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    source: Option<RunSource>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    replay_of: Option<uuid::Uuid>,
-}
-
-/// The choices, with what each repeats of the run.
-struct ChoicesBody<'a> {
-    choices: &'a [Choice],
-    cost_usd: f64,
-    duration_seconds: f64,
-    feedback_token: String,
-    url: String,
-}
-
-impl serde::Serialize for ChoicesBody<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.choices.iter().map(|choice| ChoiceBody {
-            index: choice.index,
-            message: MessageBody {
-                role: "assistant",
-                content: choice.message.content.as_deref(),
-                refusal: choice.message.refusal.as_deref(),
-                tool_calls: ToolCallsBody(&choice.message.tool_calls),
-            },
-            logprobs: (),
-            finish_reason: choice.finish_reason.as_str(),
-            cost_usd: self.cost_usd,
-            duration_seconds: self.duration_seconds,
-            feedback_token: &self.feedback_token,
-            url: &self.url,
-        }))
-    }
-}
-
-#[derive(serde::Serialize)]
-struct ChoiceBody<'a> {
-    index: u32,
-    message: MessageBody<'a>,
-    /// Always `null`.
-    logprobs: (),
-    finish_reason: &'static str,
-    cost_usd: f64,
-    duration_seconds: f64,
-    feedback_token: &'a str,
-    url: &'a str,
-}
-
-#[derive(serde::Serialize)]
-struct MessageBody<'a> {
-    role: &'static str,
-    content: Option<&'a str>,
-    refusal: Option<&'a str>,
-    #[serde(skip_serializing_if = "ToolCallsBody::is_empty")]
-    tool_calls: ToolCallsBody<'a>,
-}
-
-/// Tool calls in the OpenAI shape: `{"id", "type": "function", "function": {"name", "arguments"}}`.
-struct ToolCallsBody<'a>(&'a [ToolCallOut]);
-
-impl ToolCallsBody<'_> {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl serde::Serialize for ToolCallsBody<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        #[derive(serde::Serialize)]
-        struct Call<'a> {
-            id: &'a str,
-            #[serde(rename = "type")]
-            kind: &'static str,
-            function: Function<'a>,
-        }
-        #[derive(serde::Serialize)]
-        struct Function<'a> {
-            name: &'a str,
-            arguments: &'a str,
-        }
-        serializer.collect_seq(self.0.iter().map(|t| Call {
-            id: &t.id,
-            kind: "function",
-            function: Function {
-                name: &t.name,
-                arguments: &t.arguments,
-            },
-        }))
-    }
-}
-
-/// The OpenAI `usage` object.
-#[derive(serde::Serialize)]
-struct UsageBody {
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    total_tokens: u64,
-    prompt_tokens_details: CachedTokens,
-    completion_tokens_details: ReasoningTokens,
-}
-
-#[derive(serde::Serialize)]
-struct CachedTokens {
-    cached_tokens: u64,
-}
-
-#[derive(serde::Serialize)]
-struct ReasoningTokens {
-    reasoning_tokens: u64,
 }
 
 #[cfg(test)]

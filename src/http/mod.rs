@@ -5,6 +5,7 @@ mod auth;
 mod body;
 mod browser_guard;
 mod chat;
+mod completion;
 mod connection;
 mod doors;
 mod embeddings;

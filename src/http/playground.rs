@@ -41,9 +41,9 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::chat::{
-    agent_override, event_stream_headers, field_error, prepare_raw, render_completion, run_url,
-    validate,
+    agent_override, event_stream_headers, field_error, prepare_raw, run_url, validate,
 };
+use super::completion::completion_body;
 use super::replay::{check_model, checked_version_id, load_version};
 use super::sse::{self, Frame};
 use super::{connection, AppState};
@@ -361,7 +361,9 @@ async fn answer_of(state: &AppState, plan: &Plan, model: &str) -> ModelResult {
         }
         Err(failure) => return ModelResult::failed(model, failure, public_url),
     };
-    let completion = serde_json::to_value(render_completion(&run, &answer, public_url)).ok();
+    // The API's body, as a value beside the playground's own fields.
+    let completion: Option<Value> =
+        serde_json::from_slice(&completion_body(&run, &answer, public_url)).ok();
     let result = ModelResult {
         output: answer
             .completion
