@@ -15,7 +15,7 @@ use std::io::Write as _;
 use actix_web::Error;
 use bytes::Bytes;
 use flowgate_actors::answer::LiveStream;
-use flowgate_actors::completion::StreamEvent;
+use flowgate_actors::completion::{StreamEvent, Usage};
 use flowgate_actors::engine::Run;
 use flowgate_actors::error::GatewayError;
 use flowgate_actors::provider::{delivered, EventStream};
@@ -233,7 +233,7 @@ impl State {
     /// cost and duration.
     fn last_chunk(&self, end: &End) -> Value {
         let mut chunk = self.chunk(json!([]));
-        chunk["usage"] = end.usage.clone();
+        chunk["usage"] = end.usage.to_openai();
         chunk["cost_usd"] = json!(end.cost_usd);
         chunk["duration_seconds"] = json!(end.duration_seconds);
         chunk
@@ -252,15 +252,25 @@ impl State {
         json_str(out, &self.id);
         out.extend_from_slice(b",\"model\":");
         json_str(out, &self.model);
-        out.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"usage\":");
-        let _ = serde_json::to_writer(&mut *out, &end.usage);
-        out.extend_from_slice(b"}\n\n");
+        // The usage too, as `Usage::to_openai` would write (its keys sorted), without the value.
+        let usage = &end.usage;
+        let _ = write!(
+            out,
+            ",\"object\":\"chat.completion.chunk\",\"usage\":{{\"completion_tokens\":{},\
+             \"completion_tokens_details\":{{\"reasoning_tokens\":{}}},\"prompt_tokens\":{},\
+             \"prompt_tokens_details\":{{\"cached_tokens\":{}}},\"total_tokens\":{}}}}}\n\n",
+            usage.completion_tokens,
+            usage.reasoning_tokens,
+            usage.prompt_tokens,
+            usage.cached_tokens,
+            usage.total_tokens(),
+        );
     }
 }
 
 /// What the last chunk tells of a stream that ended well, taken from its run.
 struct End {
-    usage: Value,
+    usage: Usage,
     cost_usd: f64,
     duration_seconds: f64,
 }
@@ -272,7 +282,7 @@ impl State {
         self.done = true;
         let run = self.run.take()?;
         let end = End {
-            usage: run.streamed_usage().to_openai(),
+            usage: run.streamed_usage(),
             cost_usd: run.streamed_cost(),
             duration_seconds: run.duration_seconds(),
         };
@@ -611,19 +621,27 @@ mod tests {
         let s = state();
         for end in [
             End {
-                usage: json!({"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8,
-                    "prompt_tokens_details": {"cached_tokens": 0},
-                    "completion_tokens_details": {"reasoning_tokens": 0}}),
+                usage: Usage {
+                    prompt_tokens: 4,
+                    completion_tokens: 4,
+                    ..Usage::default()
+                },
                 cost_usd: 3e-6,
                 duration_seconds: 0.004882682,
             },
             End {
-                usage: json!({}),
+                usage: Usage::default(),
                 cost_usd: 0.0,
                 duration_seconds: 12.5,
             },
             End {
-                usage: json!({"total_tokens": 1}),
+                usage: Usage {
+                    prompt_tokens: 1_200_000,
+                    completion_tokens: 35,
+                    cached_tokens: 1_024,
+                    reasoning_tokens: 17,
+                    cache_write_tokens: 9,
+                },
                 cost_usd: f64::NAN,
                 duration_seconds: 1e-9,
             },
