@@ -543,6 +543,31 @@ async fn a_forced_tool_on_a_json_mode_model_is_answered_in_json_mode_and_validat
     let (call, args) = answered_tool_call(&body);
     assert_eq!(call["function"]["name"], "User");
     assert!(args["age"].is_i64() && args["tags"].is_array(), "{args}");
+    // In the OpenAI shape: the message keeps its content and refusal (null) beside the calls,
+    // and each call is `{id, type, function: {name, arguments}}`.
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort_unstable();
+        k
+    };
+    let message = &body["choices"][0]["message"];
+    assert_eq!(
+        keys(message),
+        ["content", "refusal", "role", "tool_calls"],
+        "{message}"
+    );
+    assert!(message["refusal"].is_null(), "{message}");
+    assert_eq!(
+        message["tool_calls"].as_array().unwrap().len(),
+        1,
+        "{message}"
+    );
+    assert_eq!(keys(&call), ["function", "id", "type"], "{call}");
+    assert!(
+        call["id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{call}"
+    );
+    assert_eq!(keys(&call["function"]), ["arguments", "name"], "{call}");
     // …while the provider, which has no tools, got JSON mode and the schema in the system
     // message.
     let sent = &s.upstream.requests()[0].body;
