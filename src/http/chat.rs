@@ -538,11 +538,6 @@ pub(super) fn event_stream_headers(response: &mut HttpResponseBuilder) -> &mut H
         .insert_header((ACCEL_BUFFERING.clone(), HeaderValue::from_static("no")))
 }
 
-/// The link to a run in the web UI.
-pub fn run_url(public_url: &str, run_id: &uuid::Uuid) -> String {
-    format!("{public_url}/runs/{run_id}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

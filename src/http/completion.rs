@@ -15,9 +15,8 @@ use flowgate_actors::answer::Answer;
 use flowgate_actors::completion::Choice;
 use flowgate_actors::engine::Run;
 use flowgate_actors::recorder::run::RunSource;
-use serde::Serialize;
 
-use super::chat::run_url;
+use super::sse::write_json as json;
 
 /// The `chat.completion` body of `answer`, for the run that answered it.
 pub(super) fn completion_body(run: &Run, answer: &Answer, public_url: &str) -> Vec<u8> {
@@ -47,10 +46,7 @@ pub(super) fn completion_body(run: &Run, answer: &Answer, public_url: &str) -> V
             out.push(b',');
         }
         write_choice(&mut out, choice);
-        out.extend_from_slice(b",\"cost_usd\":");
-        json(&mut out, &per_choice);
-        out.extend_from_slice(b",\"duration_seconds\":");
-        json(&mut out, &duration);
+        cost_and_duration(&mut out, per_choice, duration);
         out.extend_from_slice(b",\"feedback_token\":");
         json(&mut out, &ctx.feedback_token);
         out.extend_from_slice(b",\"url\":");
@@ -68,10 +64,7 @@ pub(super) fn completion_body(run: &Run, answer: &Answer, public_url: &str) -> V
         usage.cached_tokens,
         usage.reasoning_tokens,
     );
-    out.extend_from_slice(b",\"cost_usd\":");
-    json(&mut out, &cost_usd);
-    out.extend_from_slice(b",\"duration_seconds\":");
-    json(&mut out, &duration);
+    cost_and_duration(&mut out, cost_usd, duration);
     out.extend_from_slice(b",\"version_id\":");
     json(&mut out, &ctx.version_id);
     out.extend_from_slice(b",\"metadata\":");
@@ -136,9 +129,15 @@ fn choice_len(choice: &Choice) -> usize {
             .sum::<usize>()
 }
 
-/// `value` as JSON, appended to `out`.
-fn json(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
-    // Writing to a Vec cannot fail, and these values always serialize (a non-finite float is
-    // `null`).
-    let _ = serde_json::to_writer(&mut *out, value);
+/// The link to a run in the web UI.
+pub fn run_url(public_url: &str, run_id: &uuid::Uuid) -> String {
+    format!("{public_url}/runs/{run_id}")
+}
+
+/// `,"cost_usd":…,"duration_seconds":…`, as the body and each of its choices end.
+fn cost_and_duration(out: &mut Vec<u8>, cost_usd: f64, duration_seconds: f64) {
+    out.extend_from_slice(b",\"cost_usd\":");
+    json(out, &cost_usd);
+    out.extend_from_slice(b",\"duration_seconds\":");
+    json(out, &duration_seconds);
 }

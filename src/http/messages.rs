@@ -10,7 +10,8 @@ use flowgate_actors::error::GatewayError;
 use flowgate_actors::recorder::run::Door;
 use tracing::Instrument;
 
-use super::chat::{event_stream_headers, run_headers, run_url};
+use super::chat::{event_stream_headers, run_headers};
+use super::completion::run_url;
 use super::doors::messages::{error_body, render, MessageStream, MessagesRequest};
 use super::doors::{self, Outcome};
 use super::AppState;

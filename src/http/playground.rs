@@ -40,10 +40,8 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::chat::{
-    agent_override, event_stream_headers, field_error, prepare_raw, run_url, validate,
-};
-use super::completion::completion_body;
+use super::chat::{agent_override, event_stream_headers, field_error, prepare_raw, validate};
+use super::completion::{completion_body, run_url};
 use super::replay::{check_model, checked_version_id, load_version};
 use super::sse::{self, Frame};
 use super::{connection, AppState};

@@ -8,7 +8,8 @@ use flowgate_actors::error::{ErrorKind, GatewayError};
 use flowgate_actors::recorder::run::Door;
 use tracing::Instrument;
 
-use super::chat::{event_stream_headers, failed, run_headers, run_url};
+use super::chat::{event_stream_headers, failed, run_headers};
+use super::completion::run_url;
 use super::doors::responses::{
     conversation, echo, render, run_id_of, ResponseStream, ResponsesRequest,
 };

@@ -72,7 +72,7 @@ pub async fn get_run(
         object.remove("feedback_token");
         object.insert(
             "url".into(),
-            super::chat::run_url(&state.gateway.public_url, &run.id).into(),
+            super::completion::run_url(&state.gateway.public_url, &run.id).into(),
         );
     }
     Ok(HttpResponse::Ok().json(body))

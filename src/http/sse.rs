@@ -49,15 +49,15 @@ pub(super) fn event(data: &Value) -> Bytes {
 /// `Display`, through `format!`, took ~3% of a streamed request's worker time).
 fn write_event(out: &mut Vec<u8>, data: &Value) {
     out.extend_from_slice(b"data: ");
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, data);
+    write_json(out, data);
     out.extend_from_slice(b"\n\n");
 }
 
-/// `text` as a JSON string.
-fn json_str(out: &mut Vec<u8>, text: &str) {
-    // Writing to a Vec cannot fail, and a str is always valid JSON text.
-    let _ = serde_json::to_writer(&mut *out, text);
+/// `value` as JSON, appended to `out` (the chunks' and the completion body's values).
+pub(super) fn write_json(out: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
+    // Writing to a Vec cannot fail, and these values always serialize (a non-finite float is
+    // `null`).
+    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 /// The end of an SSE stream.
@@ -158,11 +158,11 @@ impl State {
     fn wire_prefix(&self) -> Vec<u8> {
         let mut prefix = Vec::with_capacity(96 + self.id.len() + self.model.len());
         prefix.extend_from_slice(b"data: {\"id\":");
-        json_str(&mut prefix, &self.id);
+        write_json(&mut prefix, &self.id);
         prefix.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
         let _ = write!(prefix, "{}", self.created);
         prefix.extend_from_slice(b",\"model\":");
-        json_str(&mut prefix, &self.model);
+        write_json(&mut prefix, &self.model);
         prefix.extend_from_slice(b",\"choices\":[");
         prefix
     }
@@ -184,7 +184,7 @@ impl State {
         match ev {
             StreamEvent::Finish { reason, .. } => {
                 out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":");
-                json_str(out, reason.as_str());
+                write_json(out, reason.as_str());
                 out.extend_from_slice(b"}]}\n\n");
                 return true;
             }
@@ -197,7 +197,7 @@ impl State {
         match ev {
             StreamEvent::Content { text, .. } => {
                 out.extend_from_slice(b"\"content\":");
-                json_str(out, text);
+                write_json(out, text);
             }
             StreamEvent::ToolCall {
                 call,
@@ -210,17 +210,17 @@ impl State {
                 let _ = write!(out, "{call}");
                 if let Some(id) = id {
                     out.extend_from_slice(b",\"id\":");
-                    json_str(out, id);
+                    write_json(out, id);
                     out.extend_from_slice(b",\"type\":\"function\"");
                 }
                 out.extend_from_slice(b",\"function\":{");
                 if let Some(name) = name {
                     out.extend_from_slice(b"\"name\":");
-                    json_str(out, name);
+                    write_json(out, name);
                     out.push(b',');
                 }
                 out.extend_from_slice(b"\"arguments\":");
-                json_str(out, arguments);
+                write_json(out, arguments);
                 out.extend_from_slice(b"}}]");
             }
             StreamEvent::Finish { .. } | StreamEvent::Usage(_) => {}
@@ -245,13 +245,13 @@ impl State {
         // Writing to a Vec cannot fail.
         out.extend_from_slice(b"data: {\"choices\":[],\"cost_usd\":");
         // A float is written as its JSON value would be (a non-finite one as `null`).
-        let _ = serde_json::to_writer(&mut *out, &end.cost_usd);
+        write_json(out, &end.cost_usd);
         let _ = write!(out, ",\"created\":{},\"duration_seconds\":", self.created);
-        let _ = serde_json::to_writer(&mut *out, &end.duration_seconds);
+        write_json(out, &end.duration_seconds);
         out.extend_from_slice(b",\"id\":");
-        json_str(out, &self.id);
+        write_json(out, &self.id);
         out.extend_from_slice(b",\"model\":");
-        json_str(out, &self.model);
+        write_json(out, &self.model);
         // The usage too, as `Usage::to_openai` would write (its keys sorted), without the value.
         let usage = &end.usage;
         let _ = write!(

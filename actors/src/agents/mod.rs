@@ -67,8 +67,10 @@ struct Inner {
     /// The runs observed since statistics were last added to the store, per version: readers
     /// add them to the stored statistics, so a run counts as soon as the recorder observed it.
     pending_stats: Mutex<HashMap<VersionKey, PendingStats>>,
-    /// Held by the write of `pending_stats`.
-    stats_writer: futures::lock::Mutex<()>,
+    /// A write of `pending_stats` holds it exclusively while it moves them to the store, and
+    /// a read shared while it reads both (as `stats::RunStats`'s gate): a read finds every run
+    /// in one place, never in both or in neither, and reads do not wait for each other.
+    stats_gate: tokio::sync::RwLock<()>,
     /// New versions answered and not yet written (their id is their hash, so a request needs
     /// no write to name one), written by [`AgentStore::observe`] (the recorder) or by a reader
     /// of the agent's versions; kept while the store is unreachable.
@@ -208,7 +210,7 @@ impl AgentStore {
                 changes: storage.changes.clone(),
                 cache: Cache::default(),
                 pending_stats: Mutex::default(),
-                stats_writer: futures::lock::Mutex::new(()),
+                stats_gate: tokio::sync::RwLock::new(()),
                 unstored_versions: Mutex::default(),
                 pending_links: Default::default(),
             }),

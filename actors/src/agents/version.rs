@@ -531,7 +531,7 @@ impl AgentStore {
         let key = stats_key(tenant, agent, id);
         // Not beside a write of the pending statistics: a write that ended between reading the
         // store and reading the pending ones would leave its runs in neither.
-        let _writer = self.inner.stats_writer.lock().await;
+        let _gate = self.inner.stats_gate.read().await;
         let mut stats = self.inner.versions.stats(&key).await?.unwrap_or_default();
         // What this instance observed and has not added to the store yet.
         if let Some(pending) = self.pending_stats_lock().get(&key) {
@@ -575,7 +575,7 @@ impl AgentStore {
         self.store_unstored_versions(Some(&agent_prefix(tenant, agent)))
             .await?;
         // Not beside a write of the pending statistics (see `version_stats`).
-        let _writer = self.inner.stats_writer.lock().await;
+        let _gate = self.inner.stats_gate.read().await;
         let page = self
             .inner
             .versions
@@ -642,7 +642,7 @@ impl AgentStore {
     /// cannot be written stays in memory for the next write.
     pub(super) async fn write_pending_stats(&self) -> Result<(), StorageError> {
         // One write at a time: a scheduled write and a flush never send the same runs twice.
-        let _writer = self.inner.stats_writer.lock().await;
+        let _gate = self.inner.stats_gate.write().await;
         let batch: Vec<(VersionKey, VersionStats)> = {
             let mut pending = self.pending_stats_lock();
             pending
